@@ -1,0 +1,138 @@
+//! Command-line interface of the `siprox` binary: argument parsing, `siprox check`, and the
+//! hand-off to the runtime. Must never start serving on a configuration that failed to load,
+//! and must never claim to serve when it does not.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use siprox::config::{self, Config, ConfigErrors};
+
+/// Exit status for an invalid configuration (and for command-line errors other than --help).
+pub const EXIT_CONFIG_ERROR: u8 = 1;
+/// Exit status when the configuration is valid but this build cannot serve it.
+pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
+
+/// siprox: a SIP proxy.
+#[derive(Debug, Parser)]
+#[command(name = "siprox", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration directory (conf.d): every *.toml in it and in its domains/ subfolder.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "DIR",
+        env = config::ENV_CONFIG_DIR,
+        default_value = "conf.d",
+        global = true
+    )]
+    pub config_dir: PathBuf,
+
+    /// What to do; without a command, siprox runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate the configuration, print a summary, and exit (0 = valid, 1 = errors).
+    Check,
+}
+
+/// Parses the process arguments and does what they say. Argument errors and `--help` /
+/// `--version` exit inside (clap's own conventions).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(
+            &cli.config_dir,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
+        None => match load(&cli.config_dir, &mut std::io::stderr().lock()) {
+            Ok(config) => run(config),
+            Err(code) => code,
+        },
+    }
+}
+
+/// `siprox check`: the summary on `out` and exit 0, or every error on `err` and exit 1.
+pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    match load(dir, err) {
+        Ok(config) => {
+            // A closed stdout (`siprox check | head -0`) must not turn a valid config into a
+            // failure, nor panic as `println!` would.
+            let _ = writeln!(out, "{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Loads `dir`; on failure prints every error, one per line, and returns the exit status.
+pub fn load(dir: &Path, err: &mut dyn Write) -> Result<Config, ExitCode> {
+    config::load(dir).map_err(|errors| {
+        report(&errors, err);
+        ExitCode::from(EXIT_CONFIG_ERROR)
+    })
+}
+
+/// Writes each error on its own line as `error: <file>: <message> at key "<key>"`.
+pub fn report(errors: &ConfigErrors, err: &mut dyn Write) {
+    for e in errors {
+        let _ = writeln!(err, "error: {e}");
+    }
+}
+
+/// Runs siprox with a validated configuration. The runtime is not in this build yet: say so
+/// and fail, rather than exit 0 or block as if serving. Replaced by the runtime issue.
+pub fn run(config: Config) -> ExitCode {
+    let listeners = config.listen.len();
+    eprintln!(
+        "siprox: configuration OK ({listeners} listener{}), but the SIP runtime is not \
+         implemented in this build yet: nothing is served. Use `siprox check` to validate \
+         a configuration.",
+        if listeners == 1 { "" } else { "s" }
+    );
+    ExitCode::from(EXIT_NOT_IMPLEMENTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_is_a_subcommand_and_config_defaults_to_conf_d() {
+        let cli = Cli::try_parse_from(["siprox", "check"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::Check)));
+        // The default only holds when SIPROX_CONFIG_DIR is unset in the test environment.
+        if std::env::var_os(config::ENV_CONFIG_DIR).is_none() {
+            assert_eq!(cli.config_dir, PathBuf::from("conf.d"));
+        }
+        let cli = Cli::try_parse_from(["siprox", "check", "-c", "/etc/siprox"]).expect("parses");
+        assert_eq!(cli.config_dir, PathBuf::from("/etc/siprox"));
+        let cli = Cli::try_parse_from(["siprox", "-c", "x.d"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.config_dir, PathBuf::from("x.d"));
+    }
+
+    #[test]
+    fn check_reports_errors_one_per_line() {
+        let dir = Path::new("/nonexistent/siprox/conf.d");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = check(dir, &mut out, &mut err);
+        assert_eq!(code, ExitCode::from(EXIT_CONFIG_ERROR));
+        assert!(out.is_empty());
+        let err = String::from_utf8_lossy(&err);
+        assert!(err.starts_with("error: /nonexistent/siprox/conf.d"), "{err}");
+        assert!(err.lines().all(|l| l.starts_with("error: ")), "{err}");
+    }
+}

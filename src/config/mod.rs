@@ -1,0 +1,22 @@
+//! conf.d/ loading with figment, the typed configuration and its validation. Reads files and
+//! the environment only; must never bind, watch, spawn or log (the runtime does those).
+//!
+//! - `load`: which files, in which order, merged how ([`load`], [`load_with_env`],
+//!   [`config_files`]).
+//! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
+//! - `validate`: what types cannot say (listeners, limits, log filter, domains).
+//! - `error`: [`ConfigError`] / [`ConfigErrors`], each naming the file or variable at fault.
+//!
+//! The reference for every key is the commented default configuration, `conf.d/00-core.toml`.
+
+mod error;
+mod load;
+mod schema;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors, Origin};
+pub use load::{
+    config_files, load, load_with_env, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX, ENV_SEPARATOR,
+};
+pub use schema::{Config, DomainConfig, HostPort, Listener, LogConfig, LogFormat, Proto};
+pub use validate::{check_log_directives, MAX_MESSAGE_SIZE_CEILING};

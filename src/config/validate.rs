@@ -1,0 +1,521 @@
+//! Checks on the merged configuration that types alone cannot express (at least one listener,
+//! no two listeners on one socket, coherent limits, a log filter that parses). Pure: it must
+//! never touch the file system or the network; binding is the runtime's job.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::value::Value;
+use figment::Figment;
+
+use super::error::{ConfigError, Origin};
+use super::load::{origin_of, render_key};
+use super::schema::{check_hostname, Config, Listener};
+
+/// Largest accepted `limits.max_message_size`. A TCP/TLS peer can make siprox buffer this
+/// much per connection before framing fails, so a typo of a few zeros must not get through.
+pub const MAX_MESSAGE_SIZE_CEILING: usize = 16 * 1024 * 1024;
+
+/// Where the merged values came from, so that validation errors name a file.
+pub(crate) struct Provenance<'a> {
+    dir: &'a Path,
+    figment: Option<&'a Figment>,
+    merged: Option<Value>,
+}
+
+/// One step of a key path into the merged value.
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl<'a> Provenance<'a> {
+    /// `figment` is `None` for a configuration built in code: errors then name `dir`.
+    pub(crate) fn new(dir: &'a Path, figment: Option<&'a Figment>) -> Self {
+        // An empty path finds the root: the whole merged tree, every value still tagged
+        // with the provider it came from.
+        let merged = figment.and_then(|f| f.find_value("").ok());
+        Provenance {
+            dir,
+            figment,
+            merged,
+        }
+    }
+
+    fn origin(&self, path: &[Seg<'_>]) -> Option<Origin> {
+        let mut value = self.merged.as_ref()?;
+        for seg in path {
+            value = match (seg, value) {
+                (Seg::Key(k), Value::Dict(_, dict)) => dict.get(*k)?,
+                (Seg::Index(i), Value::Array(_, items)) => items.get(*i)?,
+                _ => return None,
+            };
+        }
+        let md = self.figment?.get_metadata(value.tag())?;
+        origin_of(md)
+    }
+
+    /// The origin of the first of `paths` that some source set explicitly; the directory if
+    /// none was (the value is a built-in default).
+    fn origin_of_any(&self, paths: &[&[Seg<'_>]]) -> Origin {
+        paths
+            .iter()
+            .find_map(|p| self.origin(p))
+            .unwrap_or_else(|| Origin::Dir(self.dir.to_path_buf()))
+    }
+}
+
+/// All validation errors of `config`, in a stable order.
+pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    check_listeners(config, prov, &mut errors);
+    check_limits(config, prov, &mut errors);
+    if let Err(message) = check_log_directives(&config.log.level) {
+        let path = [Seg::Key("log"), Seg::Key("level")];
+        errors.push(ConfigError::Invalid {
+            origin: prov.origin_of_any(&[&path]),
+            key: "log.level".to_owned(),
+            message,
+        });
+    }
+    check_domains(config, prov, &mut errors);
+    errors
+}
+
+fn check_listeners(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    if config.listen.is_empty() {
+        errors.push(ConfigError::Invalid {
+            origin: Origin::Dir(prov.dir.to_path_buf()),
+            key: "listen".to_owned(),
+            message: "no listener: add at least one [[listen]] table".to_owned(),
+        });
+        return;
+    }
+    // Arrays are concatenated in file order, so a listener's index inside its own file is
+    // the number of earlier listeners from that same file: that is the index to report.
+    let mut located: Vec<(Origin, String)> = Vec::with_capacity(config.listen.len());
+    for i in 0..config.listen.len() {
+        let origin = prov.origin_of_any(&[&[Seg::Key("listen"), Seg::Index(i)]]);
+        let local = located.iter().filter(|(o, _)| *o == origin).count();
+        located.push((origin, format!("listen[{local}]")));
+    }
+
+    for (i, l) in config.listen.iter().enumerate() {
+        // Port 0 asks the OS for a fresh port each time: never a clash.
+        if l.addr.port() == 0 {
+            continue;
+        }
+        let clash = config.listen[..i]
+            .iter()
+            .enumerate()
+            .filter(|(_, other)| other.addr.port() != 0)
+            .find_map(|(j, other)| clash(other, l).map(|why| (j, why)));
+        if let Some((j, why)) = clash {
+            let (origin, key) = located[i].clone();
+            let (other_origin, other_key) = &located[j];
+            errors.push(ConfigError::Invalid {
+                origin,
+                key,
+                message: format!(
+                    "listener {} {} {why} {} {} ({other_key} in {other_origin})",
+                    l.proto, l.addr, config.listen[j].proto, config.listen[j].addr
+                ),
+            });
+        }
+    }
+}
+
+/// Why `b` cannot be bound next to `a`, if it cannot.
+fn clash(a: &Listener, b: &Listener) -> Option<&'static str> {
+    // tcp and tls both bind TCP sockets: they share one port space.
+    if a.proto.is_stream() != b.proto.is_stream() {
+        return None;
+    }
+    if a.addr == b.addr {
+        return Some(if a.proto == b.proto {
+            "is defined twice: same as"
+        } else {
+            "needs the same TCP socket as"
+        });
+    }
+    if overlaps(a.addr, b.addr) {
+        return Some("overlaps the wildcard address of");
+    }
+    None
+}
+
+/// A wildcard bind (`0.0.0.0:p`) takes port p on every address of its family, so a second
+/// bind of p on a specific address of that family fails with "address in use".
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip().is_unspecified() != b.ip().is_unspecified())
+}
+
+fn check_limits(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    let l = &config.limits;
+    let key = |name: &str| format!("limits.{name}");
+    let origin = |names: &[&str]| {
+        let paths: Vec<[Seg<'_>; 2]> = names
+            .iter()
+            .map(|n| [Seg::Key("limits"), Seg::Key(n)])
+            .collect();
+        let refs: Vec<&[Seg<'_>]> = paths.iter().map(|p| &p[..]).collect();
+        prov.origin_of_any(&refs)
+    };
+    let mut push = |names: &[&str], message: String| {
+        errors.push(ConfigError::Invalid {
+            origin: origin(names),
+            key: key(names[0]),
+            message,
+        });
+    };
+    for (name, value) in [
+        ("max_message_size", l.max_message_size),
+        ("max_headers", l.max_headers),
+        ("max_line_length", l.max_line_length),
+        ("max_uri_length", l.max_uri_length),
+    ] {
+        if value == 0 {
+            push(&[name], "must be greater than 0".to_owned());
+        }
+    }
+    if l.max_message_size > MAX_MESSAGE_SIZE_CEILING {
+        push(
+            &["max_message_size"],
+            format!(
+                "{} is more than the {MAX_MESSAGE_SIZE_CEILING} bytes siprox accepts",
+                l.max_message_size
+            ),
+        );
+    }
+    // A line is part of a message and a URI part of a line: a larger inner limit is dead
+    // configuration, and almost always a units mistake.
+    if l.max_line_length > l.max_message_size {
+        push(
+            &["max_line_length", "max_message_size"],
+            format!(
+                "{} is larger than limits.max_message_size ({})",
+                l.max_line_length, l.max_message_size
+            ),
+        );
+    }
+    if l.max_uri_length > l.max_line_length {
+        push(
+            &["max_uri_length", "max_line_length"],
+            format!(
+                "{} is larger than limits.max_line_length ({})",
+                l.max_uri_length, l.max_line_length
+            ),
+        );
+    }
+}
+
+fn check_domains(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    // Lowercased SIP domain name -> the domain that claimed it first.
+    let mut claimed: BTreeMap<String, &str> = BTreeMap::new();
+    for (domain, d) in &config.domains {
+        let names_path = [Seg::Key("domains"), Seg::Key(domain), Seg::Key("names")];
+        let domain_path = [Seg::Key("domains"), Seg::Key(domain)];
+        let origin = || prov.origin_of_any(&[&names_path, &domain_path]);
+        let key = render_key(["domains", domain.as_str(), "names"]);
+        if domain.is_empty() {
+            errors.push(ConfigError::Invalid {
+                origin: origin(),
+                key: "domains".to_owned(),
+                message: "a domain needs a non-empty name".to_owned(),
+            });
+        }
+        if d.names.is_empty() {
+            errors.push(ConfigError::Invalid {
+                origin: origin(),
+                key: key.clone(),
+                message: "a domain needs at least one SIP domain name".to_owned(),
+            });
+        }
+        for name in &d.names {
+            if let Err(e) = check_hostname(name) {
+                errors.push(ConfigError::Invalid {
+                    origin: origin(),
+                    key: key.clone(),
+                    message: e,
+                });
+                continue;
+            }
+            // Requests are routed to a domain by name: one name in two domains would make
+            // the choice depend on map order.
+            let lower = name.trim_end_matches('.').to_ascii_lowercase();
+            match claimed.get(lower.as_str()) {
+                Some(first) if *first != domain.as_str() => errors.push(ConfigError::Invalid {
+                    origin: origin(),
+                    key: key.clone(),
+                    message: format!(
+                        "SIP domain name `{name}` is already served by {}",
+                        render_key(["domains", first])
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    claimed.insert(lower, domain.as_str());
+                }
+            }
+        }
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+fn is_level(s: &str) -> bool {
+    LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s)) || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
+}
+
+/// Checks a `tracing` EnvFilter directive string: comma-separated `level` or
+/// `target[span{field=value}]=level` directives. The core does not depend on
+/// tracing-subscriber, so this is a syntax check, stricter in two ways: no whitespace
+/// (EnvFilter would read ` siprox` as a target with a space), and a directive without `=`
+/// must be a level: EnvFilter would read `verbose` as "trace for target verbose, everything
+/// else off", which is never what `level = "verbose"` meant.
+pub fn check_log_directives(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("empty log level: use a level such as `info`".to_owned());
+    }
+    if s.chars().any(char::is_whitespace) || s.chars().any(char::is_control) {
+        return Err(format!(
+            "`{}`: no spaces or control characters in a log filter (e.g. `warn,siprox=debug`)",
+            s.escape_debug()
+        ));
+    }
+    let mut any = false;
+    for d in split_top_level(s)? {
+        // EnvFilter skips empty directives (`info,`), so they are tolerated here too.
+        if d.is_empty() {
+            continue;
+        }
+        any = true;
+        check_directive(d)?;
+    }
+    if !any {
+        return Err(format!("`{s}`: no directive"));
+    }
+    Ok(())
+}
+
+/// Splits at commas outside `[...]` and `{...}` (span field values may contain commas).
+fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
+    let mut parts = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("`{s}`: unbalanced `{c}`"))?;
+            }
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!("`{s}`: unclosed `[` or `{{`"));
+    }
+    parts.push(&s[start..]);
+    Ok(parts)
+}
+
+fn check_directive(d: &str) -> Result<(), String> {
+    // The level is after the last `=` outside brackets; `=` inside is a span field filter.
+    let mut depth = 0usize;
+    let mut eq = None;
+    for (i, c) in d.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '=' if depth == 0 => eq = Some(i),
+            _ => {}
+        }
+    }
+    let Some(eq) = eq else {
+        return if is_level(d) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{d}` is not a log level (off, error, warn, info, debug, trace); \
+                 for one target only, write `{d}=debug`"
+            ))
+        };
+    };
+    let (selector, level) = (&d[..eq], &d[eq + 1..]);
+    if !is_level(level) {
+        return Err(format!(
+            "`{d}`: `{level}` is not a log level (off, error, warn, info, debug, trace)"
+        ));
+    }
+    let (target, span) = match selector.find('[') {
+        Some(open) => (&selector[..open], Some(&selector[open..])),
+        None => (selector, None),
+    };
+    if target.is_empty() && span.is_none() {
+        return Err(format!("`{d}`: missing target before `=`"));
+    }
+    if !target
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.'))
+    {
+        return Err(format!(
+            "`{d}`: `{target}` is not a target (letters, digits, `_`, `-`, `.` and `::`)"
+        ));
+    }
+    if let Some(span) = span {
+        if !span.ends_with(']') {
+            return Err(format!("`{d}`: a span filter `[...]` must end the target"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::schema::Proto;
+    use std::path::PathBuf;
+
+    fn listener(proto: Proto, addr: &str) -> Listener {
+        Listener {
+            proto,
+            addr: addr.parse().expect("test address"),
+            advertise: None,
+        }
+    }
+
+    fn errors_of(config: &Config) -> Vec<String> {
+        let dir = PathBuf::from("test.d");
+        validate(config, &Provenance::new(&dir, None))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn with_listeners(listen: Vec<Listener>) -> Config {
+        Config {
+            listen,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn default_with_one_listener_is_valid() {
+        let config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        assert_eq!(errors_of(&config), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        let errors = errors_of(&Config::default());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("no listener"), "{errors:?}");
+        assert!(errors[0].contains("test.d"), "{errors:?}");
+    }
+
+    #[test]
+    fn listener_clashes() {
+        let cases = [
+            (Proto::Udp, "127.0.0.1:5060", Proto::Udp, "127.0.0.1:5060", true),
+            (Proto::Tcp, "127.0.0.1:5060", Proto::Tls, "127.0.0.1:5060", true),
+            (Proto::Udp, "127.0.0.1:5060", Proto::Tcp, "127.0.0.1:5060", false),
+            (Proto::Udp, "0.0.0.0:5060", Proto::Udp, "127.0.0.1:5060", true),
+            (Proto::Udp, "[::]:5060", Proto::Udp, "127.0.0.1:5060", false),
+            (Proto::Udp, "[::]:5060", Proto::Udp, "[::1]:5060", true),
+            (Proto::Udp, "127.0.0.1:5060", Proto::Udp, "127.0.0.2:5060", false),
+            (Proto::Tcp, "127.0.0.1:0", Proto::Tcp, "127.0.0.1:0", false),
+            (Proto::Tcp, "0.0.0.0:0", Proto::Tcp, "127.0.0.1:0", false),
+        ];
+        for (pa, a, pb, b, bad) in cases {
+            let errors = errors_of(&with_listeners(vec![listener(pa, a), listener(pb, b)]));
+            assert_eq!(!errors.is_empty(), bad, "{pa} {a} / {pb} {b}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn limits_must_be_positive_and_nested() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.limits.max_headers = 0;
+        config.limits.max_uri_length = 10_000;
+        let errors = errors_of(&config);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("limits.max_headers"), "{errors:?}");
+        assert!(errors[1].contains("limits.max_uri_length"), "{errors:?}");
+
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.limits.max_message_size = 100;
+        let errors = errors_of(&config);
+        assert!(errors[0].contains("limits.max_line_length"), "{errors:?}");
+
+        config.limits.max_message_size = MAX_MESSAGE_SIZE_CEILING + 1;
+        let errors = errors_of(&config);
+        assert!(errors[0].contains("limits.max_message_size"), "{errors:?}");
+    }
+
+    #[test]
+    fn domains_need_valid_distinct_names() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        let domain = |names: &[&str]| crate::config::DomainConfig {
+            names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        config
+            .domains
+            .insert("a".into(), domain(&["a.example.com"]));
+        assert!(errors_of(&config).is_empty());
+        config
+            .domains
+            .insert("b".into(), domain(&["A.example.com."]));
+        config.domains.insert("c".into(), domain(&[]));
+        config.domains.insert("d".into(), domain(&["not a host"]));
+        let errors = errors_of(&config);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("already served by domains.a"), "{errors:?}");
+        assert!(errors[1].contains("domains.c.names"), "{errors:?}");
+        assert!(errors[2].contains("domains.d.names"), "{errors:?}");
+    }
+
+    #[test]
+    fn log_directives() {
+        for ok in [
+            "info",
+            "INFO",
+            "warn,siprox=debug",
+            "siprox::sip=trace",
+            "info,",
+            "off",
+            "3",
+            "siprox[conn{peer=1.2.3.4,x=1}]=debug",
+            "[conn]=trace",
+        ] {
+            assert_eq!(check_log_directives(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "  ",
+            ",",
+            "verbose",
+            "inf",
+            "siprox=loud",
+            "=debug",
+            "warn, siprox=debug",
+            "siprox[conn=debug",
+            "siprox]=debug",
+            "a b=debug",
+            "tab\tinfo",
+            "sip rox=info",
+            "siprox[x]y=info",
+        ] {
+            assert!(check_log_directives(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! siprox: the sans-IO core of the siprox SIP proxy. No sockets, no actix, no tokio, no threads:
+//! everything here decides, nothing here waits.
+//!
+//! # Layout
+//!
+//! - [`sip`]: the SIP message model. A lazy, zero-copy parser over `bytes::Bytes` (one pass
+//!   indexes the start line and header fields; values are parsed on access), typed header
+//!   values, URIs, stream framing for TCP/TLS, limits, and the editor that builds forwarded
+//!   messages from the untouched bytes.
+//! - [`config`]: `conf.d/` loading with figment, the typed configuration and its validation.
+//!
+//! The runtime that owns sockets and timers is the `siprox-actors` crate in `actors/`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod sip;

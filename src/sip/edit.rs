@@ -1,0 +1,312 @@
+//! Editing a received message for forwarding (RFC 3261 §16.6): prepend Via, add
+//! Record-Route, remove the top Route, rewrite the Request-URI, decrement Max-Forwards,
+//! add or remove header fields. The output copies untouched bytes in one pass into one
+//! buffer; a message without edits serialises byte-for-byte as received. Never panics.
+
+use std::fmt::Write as _;
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::{ParseError, Where};
+use super::header::HeaderName;
+use super::message::Message;
+use super::scan;
+
+/// Replace `at..end` of the original with `text_start..text_end` of the editor's text buffer.
+#[derive(Debug, Clone, Copy)]
+struct Edit {
+    at: u32,
+    end: u32,
+    text_start: u32,
+    text_end: u32,
+}
+
+/// Builds a new message from a received one plus a list of edits.
+///
+/// Edits refer to the original message, never to each other's output: removing the first
+/// Route and then prepending a Via works whatever the order of the calls.
+#[derive(Debug)]
+pub struct Editor<'m> {
+    msg: &'m Message,
+    edits: Vec<Edit>,
+    /// All inserted text, so that n edits cost one growing allocation, not n.
+    text: String,
+}
+
+impl<'m> Editor<'m> {
+    pub fn new(msg: &'m Message) -> Self {
+        Editor {
+            msg,
+            edits: Vec::new(),
+            text: String::new(),
+        }
+    }
+
+    /// The message being edited.
+    pub fn message(&self) -> &'m Message {
+        self.msg
+    }
+
+    fn push(&mut self, at: usize, end: usize, f: impl FnOnce(&mut String)) {
+        let text_start = self.text.len();
+        f(&mut self.text);
+        self.edits.push(Edit {
+            at: at as u32,
+            end: end as u32,
+            text_start: text_start as u32,
+            text_end: self.text.len() as u32,
+        });
+    }
+
+    /// Offset of the first header line (just after the start line's CRLF).
+    fn headers_start(&self) -> usize {
+        self.msg.start_line().len() + 2
+    }
+
+    /// Offset of the blank line that ends the head.
+    fn headers_end(&self) -> usize {
+        self.msg.head_str().len() - 2
+    }
+
+    /// Insert `Name: value` above every other header line (so it is the topmost of its name).
+    pub fn prepend_header(&mut self, name: &str, value: &str) {
+        let at = self.headers_start();
+        self.push(at, at, |t| {
+            let _ = write!(t, "{name}: {value}\r\n");
+        });
+    }
+
+    /// Insert a Via above the others (RFC 3261 §16.6 step 8).
+    pub fn prepend_via(&mut self, value: &str) {
+        self.prepend_header("Via", value);
+    }
+
+    /// Insert a Record-Route above the others (RFC 3261 §16.6 step 4). `value` is the whole
+    /// field value, e.g. `<sip:proxy.example.com;lr>`.
+    pub fn prepend_record_route(&mut self, value: &str) {
+        self.prepend_header("Record-Route", value);
+    }
+
+    /// Add `Name: value` after every other header line.
+    pub fn append_header(&mut self, name: &str, value: &str) {
+        let at = self.headers_end();
+        self.push(at, at, |t| {
+            let _ = write!(t, "{name}: {value}\r\n");
+        });
+    }
+
+    /// Add raw header text (one or more complete lines ending in CRLF) after the others.
+    /// The caller guarantees the text is well-formed.
+    pub fn append_raw(&mut self, lines: &str) {
+        let at = self.headers_end();
+        self.push(at, at, |t| t.push_str(lines));
+    }
+
+    /// Remove every header line of a known field. Returns how many lines go.
+    pub fn remove_headers(&mut self, name: HeaderName) -> usize {
+        self.remove_lines_where(|n, _| n == name)
+    }
+
+    /// Remove every header line whose name is `name` (any case, compact forms included).
+    pub fn remove_headers_named(&mut self, name: &str) -> usize {
+        let known = HeaderName::classify(name.as_bytes());
+        self.remove_lines_where(|n, written| {
+            if known == HeaderName::Other {
+                n == HeaderName::Other && written.eq_ignore_ascii_case(name)
+            } else {
+                n == known
+            }
+        })
+    }
+
+    fn remove_lines_where(&mut self, pred: impl Fn(HeaderName, &str) -> bool) -> usize {
+        let head = self.msg.head_str();
+        let mut n = 0;
+        for e in self.msg.entries() {
+            let written = head
+                .get(e.line.start as usize..e.name_end as usize)
+                .unwrap_or("");
+            if pred(e.name, written) {
+                self.push(e.line.start as usize, e.line.end as usize + 2, |_| {});
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Remove the first value of a list field: the whole line when it holds one value,
+    /// else the value and its comma. Returns false when the field is absent.
+    pub fn remove_first_value(&mut self, name: HeaderName) -> Result<bool, ParseError> {
+        let Some(e) = self.msg.entries().iter().find(|e| e.name == name).copied() else {
+            return Ok(false);
+        };
+        let value = self.msg.head_str().get(e.value.range()).unwrap_or("");
+        match scan::find_unquoted(value, b',', true) {
+            Err(()) => Err(ParseError::BadValue {
+                at: Where::Header(name.as_str()),
+                what: "unterminated quoted string",
+            }),
+            Ok(None) => {
+                self.push(e.line.start as usize, e.line.end as usize + 2, |_| {});
+                Ok(true)
+            }
+            Ok(Some(comma)) => {
+                let rest = &value[comma + 1..];
+                let skip = rest.len() - scan::trim_lws_start(rest).len();
+                let start = e.value.start as usize;
+                self.push(start, start + comma + 1 + skip, |_| {});
+                Ok(true)
+            }
+        }
+    }
+
+    /// Remove the topmost Route value (loose routing, RFC 3261 §16.4).
+    pub fn remove_first_route(&mut self) -> Result<bool, ParseError> {
+        self.remove_first_value(HeaderName::Route)
+    }
+
+    /// Remove the topmost Via value (a proxy forwarding a response, RFC 3261 §16.7 step 3).
+    pub fn remove_first_via(&mut self) -> Result<bool, ParseError> {
+        self.remove_first_value(HeaderName::Via)
+    }
+
+    /// Replace the Request-URI. No effect on a response.
+    pub fn set_request_uri(&mut self, uri: &str) {
+        if let Some(span) = self.msg.request_uri_span() {
+            self.push(span.start as usize, span.end as usize, |t| t.push_str(uri));
+        }
+    }
+
+    /// Decrement Max-Forwards, or add `Max-Forwards: 70` when absent (RFC 3261 §16.6 step 3).
+    /// Returns the value written. A request whose Max-Forwards is already 0 is an error:
+    /// it must be answered 483 before it gets here.
+    pub fn decrement_max_forwards(&mut self) -> Result<u8, ParseError> {
+        let Some(e) = self
+            .msg
+            .entries()
+            .iter()
+            .find(|e| e.name == HeaderName::MaxForwards)
+            .copied()
+        else {
+            self.prepend_header("Max-Forwards", "70");
+            return Ok(70);
+        };
+        let n = self.msg.max_forwards()?.unwrap_or(70);
+        let n = n.checked_sub(1).ok_or(ParseError::BadValue {
+            at: Where::Header("Max-Forwards"),
+            what: "zero",
+        })?;
+        self.push(e.value.start as usize, e.value.end as usize, |t| {
+            let _ = write!(t, "{n}");
+        });
+        Ok(n)
+    }
+
+    /// Add Content-Length when the message has none (a datagram forwarded onto a stream).
+    pub fn ensure_content_length(&mut self) {
+        if self.msg.header(HeaderName::ContentLength).is_none() {
+            let n = self.msg.body().len();
+            let at = self.headers_end();
+            self.push(at, at, |t| {
+                let _ = write!(t, "Content-Length: {n}\r\n");
+            });
+        }
+    }
+
+    /// True when no edit has been made: [`finish`](Self::finish) returns the original bytes.
+    pub fn is_unchanged(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// Build the edited message: one allocation, untouched bytes copied once.
+    pub fn finish(mut self) -> Bytes {
+        let raw = self.msg.as_bytes();
+        if self.edits.is_empty() {
+            return raw.clone();
+        }
+        // Stable: at one offset, insertions come before a removal starting there, and edits
+        // otherwise keep the order of the calls.
+        self.edits.sort_by_key(|e| (e.at, e.end != e.at));
+        let mut size = raw.len();
+        for e in &self.edits {
+            size = size + (e.text_end - e.text_start) as usize - (e.end - e.at) as usize;
+        }
+        let mut out = BytesMut::with_capacity(size);
+        let mut cursor = 0usize;
+        for e in &self.edits {
+            let (at, end) = (e.at as usize, e.end as usize);
+            if at < cursor {
+                // Overlaps a removal already applied (e.g. the first Route removed, then all
+                // Route lines): the earlier edit wins.
+                continue;
+            }
+            out.extend_from_slice(&raw[cursor..at]);
+            out.extend_from_slice(
+                &self.text.as_bytes()[e.text_start as usize..e.text_end as usize],
+            );
+            cursor = end;
+        }
+        out.extend_from_slice(&raw[cursor..]);
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(s: &str) -> Message {
+        Message::parse(Bytes::copy_from_slice(s.as_bytes())).unwrap()
+    }
+
+    const INV: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\n\
+Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>\r\n\
+Max-Forwards: 10\r\n\
+To: <sip:bob@example.com>\r\n\
+From: <sip:alice@example.com>;tag=1\r\n\
+Call-ID: c1\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn unchanged_is_byte_identical() {
+        let m = msg(INV);
+        assert_eq!(Editor::new(&m).finish(), m.as_bytes());
+    }
+
+    #[test]
+    fn forwarding_edits() {
+        let m = msg(INV);
+        let mut e = Editor::new(&m);
+        e.prepend_via("SIP/2.0/TLS proxy.example.com;branch=z9hG4bKx");
+        e.prepend_record_route("<sip:proxy.example.com;lr>");
+        assert!(e.remove_first_route().unwrap());
+        assert_eq!(e.decrement_max_forwards().unwrap(), 9);
+        e.set_request_uri("sip:bob@192.0.2.9");
+        let out = e.finish();
+        let f = Message::parse(out).unwrap();
+        f.validate().unwrap();
+        assert_eq!(f.request_uri_str(), Some("sip:bob@192.0.2.9"));
+        assert_eq!(f.top_via().unwrap().branch(), Some("z9hG4bKx"));
+        assert_eq!(f.vias().count(), 2);
+        assert_eq!(f.max_forwards().unwrap(), Some(9));
+        let routes: Vec<_> = f.routes().map(|r| r.unwrap().uri_str.to_owned()).collect();
+        assert_eq!(routes, vec!["sip:p2.example.com;lr"]);
+        assert_eq!(f.record_routes().count(), 1);
+    }
+
+    #[test]
+    fn single_route_line_removed_and_max_forwards_added() {
+        let m = msg("OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:x;lr>\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n");
+        let mut e = Editor::new(&m);
+        e.remove_first_route().unwrap();
+        e.remove_headers(HeaderName::Route);
+        assert_eq!(e.decrement_max_forwards().unwrap(), 70);
+        let out = e.finish();
+        assert_eq!(
+            &out[..],
+            b"OPTIONS sip:a@b SIP/2.0\r\nMax-Forwards: 70\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n"
+        );
+    }
+}

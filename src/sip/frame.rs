@@ -1,0 +1,179 @@
+//! Stream framing for TCP/TLS (RFC 3261 §18.3, RFC 5626 §3.5.1): from a growing buffer, yield
+//! complete messages (Content-Length is mandatory on streams) and CRLF keepalives.
+//! Bounded by [`Limits`]; it never rescans bytes it has already searched, and never panics.
+
+use bytes::{Buf, BytesMut};
+
+use super::error::ParseError;
+use super::limits::Limits;
+use super::message::{parse_head, ContentLength, Head, Message};
+
+/// What the framer found at the front of the buffer.
+#[derive(Debug)]
+pub enum Frame {
+    /// A complete message. It may still fail [`Message::validate`].
+    Message(Message),
+    /// An RFC 5626 keepalive ping (CRLF CRLF): answer with a pong (one CRLF).
+    Ping,
+    /// An RFC 5626 pong (a lone CRLF).
+    Pong,
+}
+
+/// Splits a byte stream into SIP messages and keepalives.
+///
+/// After an `Err` the stream has lost its framing: the caller must close the connection
+/// (after answering 400 where it can).
+#[derive(Debug)]
+pub struct StreamFramer {
+    limits: Limits,
+    /// Head of the message whose body is still arriving.
+    pending: Option<Head>,
+    /// How far the buffer has been searched for the end of the head without finding it.
+    scanned: usize,
+}
+
+impl StreamFramer {
+    pub fn new(limits: Limits) -> Self {
+        StreamFramer {
+            limits,
+            pending: None,
+            scanned: 0,
+        }
+    }
+
+    /// True when the buffer holds the beginning of a message (or a partial keepalive).
+    pub fn is_mid_message(&self, buf: &BytesMut) -> bool {
+        self.pending.is_some() || !buf.is_empty()
+    }
+
+    /// Take the next frame off the front of `buf`, `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, ParseError> {
+        if self.pending.is_none() {
+            // Keepalives (only between messages).
+            if buf.starts_with(b"\r\n\r\n") {
+                buf.advance(4);
+                self.scanned = 0;
+                return Ok(Some(Frame::Ping));
+            }
+            if buf.starts_with(b"\r\n") {
+                if buf.len() < 4 && b"\r\n\r\n".starts_with(&buf[..]) {
+                    // CRLF or CRLF CR: could still become a ping.
+                    return Ok(None);
+                }
+                buf.advance(2);
+                self.scanned = 0;
+                return Ok(Some(Frame::Pong));
+            }
+            if buf.len() == 1 && buf[0] == b'\r' {
+                return Ok(None);
+            }
+            // Look for the blank line that ends the head, resuming where the last search
+            // stopped (3 bytes back: the terminator may straddle two reads).
+            let from = self.scanned.saturating_sub(3);
+            match memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
+                None => {
+                    self.scanned = buf.len();
+                    if buf.len() > self.limits.max_message_size {
+                        return Err(ParseError::MessageTooLarge {
+                            limit: self.limits.max_message_size,
+                        });
+                    }
+                    return Ok(None);
+                }
+                Some(i) => {
+                    let head_end = from + i + 4;
+                    if head_end > self.limits.max_message_size {
+                        return Err(ParseError::MessageTooLarge {
+                            limit: self.limits.max_message_size,
+                        });
+                    }
+                    let head = match parse_head(&buf[..head_end], &self.limits) {
+                        Ok(h) => h,
+                        // The index stops at the first blank line, which we found: so an
+                        // "incomplete" here means the head is malformed.
+                        Err(ParseError::Incomplete) => {
+                            return Err(ParseError::BadHeaderLine { offset: head_end })
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    match &head.content_length {
+                        ContentLength::Absent => return Err(ParseError::MissingContentLength),
+                        ContentLength::Invalid(e) => return Err(e.clone()),
+                        ContentLength::Value(n) => {
+                            if head.len + n > self.limits.max_message_size {
+                                return Err(ParseError::MessageTooLarge {
+                                    limit: self.limits.max_message_size,
+                                });
+                            }
+                        }
+                    }
+                    self.pending = Some(head);
+                }
+            }
+        }
+        let Some(head) = self.pending.as_ref() else {
+            return Ok(None);
+        };
+        let total = match head.content_length {
+            ContentLength::Value(n) => head.len + n,
+            _ => head.len,
+        };
+        if buf.len() < total {
+            if buf.capacity() < total {
+                buf.reserve(total - buf.len());
+            }
+            return Ok(None);
+        }
+        let head = self.pending.take().expect("checked above");
+        self.scanned = 0;
+        let bytes = buf.split_to(total).freeze();
+        Message::from_head(bytes, head, &self.limits).map(|m| Some(Frame::Message(m)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nl: 5\r\n\r\nhello";
+
+    fn frames(chunks: &[&[u8]]) -> Result<Vec<String>, ParseError> {
+        let mut f = StreamFramer::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut out = vec![];
+        for c in chunks {
+            buf.extend_from_slice(c);
+            while let Some(fr) = f.next_frame(&mut buf)? {
+                out.push(match fr {
+                    Frame::Message(m) => String::from_utf8_lossy(m.body()).into_owned(),
+                    Frame::Ping => "PING".into(),
+                    Frame::Pong => "PONG".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn byte_by_byte_and_keepalives() {
+        let mut all = b"\r\n\r\n".to_vec();
+        all.extend_from_slice(MSG);
+        all.extend_from_slice(b"\r\n");
+        all.extend_from_slice(MSG);
+        let chunks: Vec<&[u8]> = all.chunks(1).collect();
+        assert_eq!(frames(&chunks).unwrap(), vec!["PING", "hello", "PONG", "hello"]);
+        assert_eq!(frames(&[&all]).unwrap(), vec!["PING", "hello", "PONG", "hello"]);
+    }
+
+    #[test]
+    fn missing_content_length_is_an_error() {
+        let e = frames(&[b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n"]).unwrap_err();
+        assert_eq!(e, ParseError::MissingContentLength);
+    }
+
+    #[test]
+    fn oversized_head_is_an_error() {
+        let big = vec![b'a'; 70_000];
+        assert!(matches!(frames(&[&big]), Err(ParseError::MessageTooLarge { .. })));
+    }
+}

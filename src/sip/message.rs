@@ -1,0 +1,883 @@
+//! The SIP message (RFC 3261 §7): one pass over the bytes indexes the start line and every
+//! header line; header values are parsed only when asked for. Zero-copy: a [`Message`] holds
+//! the received `Bytes` and offsets into them. Must never panic on any input.
+
+use std::fmt;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use super::error::{ParseError, Where};
+use super::header::HeaderName;
+use super::limits::Limits;
+use super::scan::{self, trim_lws, CommaSplit};
+use super::uri::Uri;
+use super::values::{CSeq, Contacts, NameAddr, Via};
+
+/// A byte range inside a message, as `u32` offsets: messages are far below 4 GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    #[inline]
+    fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+    #[inline]
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// Request methods; anything else is [`Method::Other`] and keeps its spelling in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Prack,
+    Subscribe,
+    Notify,
+    Publish,
+    Info,
+    Refer,
+    Message,
+    Update,
+    Other,
+}
+
+impl Method {
+    /// Classify a method token. Methods are case-sensitive (RFC 3261 §7.1).
+    pub fn classify(s: &[u8]) -> Method {
+        match s {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"OPTIONS" => Method::Options,
+            b"REGISTER" => Method::Register,
+            b"PRACK" => Method::Prack,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"NOTIFY" => Method::Notify,
+            b"PUBLISH" => Method::Publish,
+            b"INFO" => Method::Info,
+            b"REFER" => Method::Refer,
+            b"MESSAGE" => Method::Message,
+            b"UPDATE" => Method::Update,
+            _ => Method::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartLine {
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+    },
+    Response {
+        code: u16,
+        reason: Span,
+    },
+}
+
+/// One indexed header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderEntry {
+    pub(crate) name: HeaderName,
+    /// From the first byte of the name to the end of the line, CRLF excluded.
+    pub(crate) line: Span,
+    pub(crate) name_end: u32,
+    /// The value without leading and trailing LWS (may contain folded CRLF SP).
+    pub(crate) value: Span,
+}
+
+/// What the indexing pass learnt about Content-Length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ContentLength {
+    Absent,
+    Value(usize),
+    Invalid(ParseError),
+}
+
+/// The indexed head of a message: everything up to and including the blank line.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    /// Bytes of start line + headers + the empty line.
+    pub(crate) len: usize,
+    pub(crate) start: StartLine,
+    /// End of the start line (CRLF excluded).
+    pub(crate) start_line_end: u32,
+    pub(crate) headers: Vec<HeaderEntry>,
+    pub(crate) content_length: ContentLength,
+    /// The first error found that does not stop indexing; [`Message::validate`] reports it,
+    /// so that a request with, say, a bad version can still be answered (505) over its Via.
+    pub(crate) deferred: Option<ParseError>,
+}
+
+fn defer(slot: &mut Option<ParseError>, e: ParseError) {
+    if slot.is_none() {
+        *slot = Some(e);
+    }
+}
+
+/// Index a message head from the start of `buf` (which must not start with CRLF padding).
+/// `Err(Incomplete)` when `buf` ends before the blank line that closes the head.
+pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError> {
+    let mut deferred = None;
+    let nl = match memchr::memchr(b'\n', buf) {
+        Some(nl) => nl,
+        None if buf.len() > limits.max_line_length => {
+            return Err(ParseError::LineTooLong {
+                at: Where::StartLine,
+                limit: limits.max_line_length,
+            })
+        }
+        None => return Err(ParseError::Incomplete),
+    };
+    if nl == 0 || buf[nl - 1] != b'\r' {
+        return Err(ParseError::BadStartLine {
+            what: "not terminated by CRLF",
+        });
+    }
+    let line_end = nl - 1;
+    if line_end > limits.max_line_length {
+        return Err(ParseError::LineTooLong {
+            at: Where::StartLine,
+            limit: limits.max_line_length,
+        });
+    }
+    let start = parse_start_line(&buf[..line_end], limits, &mut deferred)?;
+
+    let mut headers = Vec::with_capacity(16);
+    let mut content_length = ContentLength::Absent;
+    let mut pos = nl + 1;
+    loop {
+        let rest = &buf[pos..];
+        if rest.len() < 2 {
+            return Err(ParseError::Incomplete);
+        }
+        if rest[0] == b'\r' && rest[1] == b'\n' {
+            pos += 2;
+            break;
+        }
+        if matches!(rest[0], b' ' | b'\t') {
+            // A continuation line directly after the start line, or stray whitespace.
+            return Err(ParseError::BadHeaderLine { offset: pos });
+        }
+        // Find the end of the logical line, following folds (CRLF followed by SP/HT).
+        let line_start = pos;
+        let mut search = pos;
+        let line_end = loop {
+            let nl = match memchr::memchr(b'\n', &buf[search..]) {
+                Some(i) => search + i,
+                None => {
+                    if buf.len() - line_start > limits.max_line_length {
+                        return Err(ParseError::LineTooLong {
+                            at: Where::OtherHeader,
+                            limit: limits.max_line_length,
+                        });
+                    }
+                    return Err(ParseError::Incomplete);
+                }
+            };
+            if nl == line_start || buf[nl - 1] != b'\r' {
+                return Err(ParseError::BadHeaderLine { offset: nl });
+            }
+            match buf.get(nl + 1) {
+                None => return Err(ParseError::Incomplete),
+                Some(b' ' | b'\t') => search = nl + 1,
+                Some(_) => break nl - 1,
+            }
+        };
+        let line = &buf[line_start..line_end];
+        if line.len() > limits.max_line_length {
+            return Err(ParseError::LineTooLong {
+                at: Where::OtherHeader,
+                limit: limits.max_line_length,
+            });
+        }
+        if headers.len() >= limits.max_headers {
+            return Err(ParseError::TooManyHeaders {
+                limit: limits.max_headers,
+            });
+        }
+        let colon = memchr::memchr(b':', line)
+            .ok_or(ParseError::BadHeaderLine { offset: line_start })?;
+        let mut name_end = colon;
+        while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
+            name_end -= 1;
+        }
+        let name_bytes = &line[..name_end];
+        if name_bytes.is_empty() || !name_bytes.iter().all(|&b| scan::is_token(b)) {
+            return Err(ParseError::BadHeaderLine { offset: line_start });
+        }
+        let mut vs = colon + 1;
+        while vs < line.len() && scan::is_lws(line[vs]) {
+            vs += 1;
+        }
+        let mut ve = line.len();
+        while ve > vs && scan::is_lws(line[ve - 1]) {
+            ve -= 1;
+        }
+        let name = HeaderName::classify(name_bytes);
+        if name == HeaderName::ContentLength {
+            content_length = match content_length {
+                ContentLength::Absent => match scan::parse_u64(
+                    std::str::from_utf8(&line[vs..ve]).unwrap_or(""),
+                ) {
+                    Some(n) if n <= u64::from(u32::MAX) => ContentLength::Value(n as usize),
+                    _ => {
+                        let e = ParseError::BadValue {
+                            at: Where::Header("Content-Length"),
+                            what: "not a non-negative integer",
+                        };
+                        defer(&mut deferred, e.clone());
+                        ContentLength::Invalid(e)
+                    }
+                },
+                _ => {
+                    let e = ParseError::DuplicateHeader {
+                        name: "Content-Length",
+                    };
+                    defer(&mut deferred, e.clone());
+                    ContentLength::Invalid(e)
+                }
+            };
+        }
+        headers.push(HeaderEntry {
+            name,
+            line: Span::new(line_start, line_end),
+            name_end: (line_start + name_end) as u32,
+            value: Span::new(line_start + vs, line_start + ve),
+        });
+        pos = line_end + 2;
+    }
+    Ok(Head {
+        len: pos,
+        start,
+        start_line_end: line_end as u32,
+        headers,
+        content_length,
+        deferred,
+    })
+}
+
+fn parse_start_line(
+    line: &[u8],
+    limits: &Limits,
+    deferred: &mut Option<ParseError>,
+) -> Result<StartLine, ParseError> {
+    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let sp = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine {
+            what: "missing status code",
+        })?;
+        if !line[..sp].eq_ignore_ascii_case(b"SIP/2.0") {
+            defer(deferred, ParseError::BadVersion);
+        }
+        let rest = &line[sp + 1..];
+        let code_len = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if code_len != 3 || !(rest.len() == 3 || rest[3] == b' ') {
+            return Err(ParseError::BadStatusCode);
+        }
+        let code = u16::from(rest[0] - b'0') * 100
+            + u16::from(rest[1] - b'0') * 10
+            + u16::from(rest[2] - b'0');
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::BadStatusCode);
+        }
+        let reason_start = (sp + 1 + 4).min(line.len());
+        if line[reason_start..]
+            .iter()
+            .any(|&b| b < b' ' && b != b'\t' || b == 0x7f)
+        {
+            defer(
+                deferred,
+                ParseError::BadStartLine {
+                    what: "control character in reason phrase",
+                },
+            );
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: Span::new(reason_start, line.len()),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version
+    let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine {
+        what: "not a request or status line",
+    })?;
+    let sp2 = memchr::memrchr(b' ', line).unwrap_or(sp1);
+    if sp1 == sp2 {
+        return Err(ParseError::BadStartLine {
+            what: "missing SIP version",
+        });
+    }
+    let method = &line[..sp1];
+    if method.is_empty() || !method.iter().all(|&b| scan::is_token(b)) {
+        return Err(ParseError::BadStartLine { what: "bad method" });
+    }
+    let uri = &line[sp1 + 1..sp2];
+    let version = &line[sp2 + 1..];
+    if !version.eq_ignore_ascii_case(b"SIP/2.0") {
+        if version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
+            defer(deferred, ParseError::BadVersion);
+        } else {
+            defer(
+                deferred,
+                ParseError::BadStartLine {
+                    what: "bad SIP version or trailing whitespace",
+                },
+            );
+        }
+    }
+    if uri.is_empty() || uri.iter().any(|&b| b == b' ' || b == b'\t') {
+        defer(
+            deferred,
+            ParseError::BadStartLine {
+                what: "whitespace in Request-URI",
+            },
+        );
+    } else if uri.len() > limits.max_uri_length {
+        defer(
+            deferred,
+            ParseError::UriTooLong {
+                at: Where::StartLine,
+                limit: limits.max_uri_length,
+            },
+        );
+    }
+    Ok(StartLine::Request {
+        method: Method::classify(method),
+        method_span: Span::new(0, sp1),
+        uri: Span::new(sp1 + 1, sp2),
+    })
+}
+
+/// A parsed SIP request or response over the bytes it arrived in.
+///
+/// Cloning is cheap (reference-counted bytes plus the header index).
+#[derive(Clone)]
+pub struct Message {
+    /// The whole message: head and body, nothing after the body.
+    raw: Bytes,
+    /// `raw[..head_len]`, validated as UTF-8 once.
+    head: ByteString,
+    start: StartLine,
+    start_line_end: u32,
+    headers: Vec<HeaderEntry>,
+    content_length: ContentLength,
+    deferred: Option<ParseError>,
+    limits: Limits,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("start_line", &self.start_line())
+            .field("headers", &self.headers.len())
+            .field("body_len", &self.body().len())
+            .finish()
+    }
+}
+
+impl Message {
+    /// Parse one UDP datagram: one datagram is one message. Bytes after the body that
+    /// Content-Length announces are ignored; without Content-Length the body is the rest.
+    /// Leading CRLFs (RFC 3261 §7.5) are skipped.
+    pub fn parse_datagram(bytes: Bytes, limits: &Limits) -> Result<Message, ParseError> {
+        if bytes.len() > limits.max_message_size {
+            return Err(ParseError::MessageTooLarge {
+                limit: limits.max_message_size,
+            });
+        }
+        let skip = leading_crlf(&bytes);
+        let bytes = bytes.slice(skip..);
+        let mut head = match parse_head(&bytes, limits) {
+            Err(ParseError::Incomplete) => {
+                return Err(ParseError::BadHeaderLine {
+                    offset: bytes.len(),
+                })
+            }
+            other => other?,
+        };
+        let available = bytes.len() - head.len;
+        let body_len = match head.content_length {
+            ContentLength::Value(n) if n > available => {
+                defer(
+                    &mut head.deferred,
+                    ParseError::BodyTooShort {
+                        declared: n,
+                        available,
+                    },
+                );
+                available
+            }
+            ContentLength::Value(n) => n,
+            _ => available,
+        };
+        Message::from_head(bytes.slice(..head.len + body_len), head, limits)
+    }
+
+    /// Parse a complete message held in `bytes` (head and exactly its body), e.g. in tests.
+    /// Over a stream use [`super::StreamFramer`]; over UDP [`Message::parse_datagram`].
+    pub fn parse(bytes: Bytes) -> Result<Message, ParseError> {
+        Message::parse_datagram(bytes, &Limits::default())
+    }
+
+    pub(crate) fn from_head(raw: Bytes, head: Head, limits: &Limits) -> Result<Message, ParseError> {
+        let head_str =
+            ByteString::try_from(raw.slice(..head.len)).map_err(|_| ParseError::InvalidUtf8)?;
+        Ok(Message {
+            raw,
+            head: head_str,
+            start: head.start,
+            start_line_end: head.start_line_end,
+            headers: head.headers,
+            content_length: head.content_length,
+            deferred: head.deferred,
+            limits: *limits,
+        })
+    }
+
+    #[inline]
+    fn s(&self, span: Span) -> &str {
+        self.head.get(span.range()).unwrap_or("")
+    }
+
+    /// The message exactly as received (head and body).
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The header section, start line and blank line included.
+    pub fn head_str(&self) -> &str {
+        &self.head
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        self.raw.get(self.head.len()..).unwrap_or(&[])
+    }
+
+    /// The body as `Bytes` (zero-copy).
+    pub fn body_bytes(&self) -> Bytes {
+        self.raw.slice(self.head.len()..)
+    }
+
+    /// The limits this message was parsed with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn is_response(&self) -> bool {
+        !self.is_request()
+    }
+
+    /// The start line, CRLF excluded.
+    pub fn start_line(&self) -> &str {
+        self.head.get(..self.start_line_end as usize).unwrap_or("")
+    }
+
+    /// The method of a request (as written), `None` for a response.
+    pub fn method(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Request { method_span, .. } => Some(self.s(method_span)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The classified method of a request, `None` for a response.
+    pub fn method_kind(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI as written, `None` for a response.
+    pub fn request_uri_str(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(self.s(uri)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub(crate) fn request_uri_span(&self) -> Option<Span> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The parsed Request-URI. Errors for a response.
+    pub fn request_uri(&self) -> Result<Uri<'_>, ParseError> {
+        let s = self.request_uri_str().ok_or(ParseError::BadStartLine {
+            what: "not a request",
+        })?;
+        if s.len() > self.limits.max_uri_length {
+            return Err(ParseError::UriTooLong {
+                at: Where::StartLine,
+                limit: self.limits.max_uri_length,
+            });
+        }
+        Uri::parse(s).map_err(|what| ParseError::BadUri {
+            at: Where::StartLine,
+            what,
+        })
+    }
+
+    /// The status code of a response, `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The reason phrase of a response, `None` for a request.
+    pub fn reason(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Response { reason, .. } => Some(self.s(reason)),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// Content-Length as declared, if present and valid.
+    pub fn content_length(&self) -> Option<usize> {
+        match self.content_length {
+            ContentLength::Value(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Number of header lines.
+    pub fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Every header line in order.
+    pub fn fields(&self) -> impl Iterator<Item = Field<'_>> + '_ {
+        self.headers.iter().map(move |h| Field {
+            name: h.name,
+            name_str: self.head.get(h.line.start as usize..h.name_end as usize).unwrap_or(""),
+            value: self.s(h.value),
+        })
+    }
+
+    pub(crate) fn entries(&self) -> &[HeaderEntry] {
+        &self.headers
+    }
+
+    /// The values of every header line of a known field, in order (not comma-split).
+    pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &str> + '_ {
+        debug_assert!(name != HeaderName::Other);
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(move |h| self.s(h.value))
+    }
+
+    /// The value of the first header line of a known field.
+    pub fn header(&self, name: HeaderName) -> Option<&str> {
+        self.header_values(name).next()
+    }
+
+    /// The values of every header line whose name is `name` (any case; compact forms match
+    /// their long form).
+    pub fn header_values_by_name<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let known = HeaderName::classify(name.as_bytes());
+        self.fields()
+            .filter(move |f| {
+                if known == HeaderName::Other {
+                    f.name == HeaderName::Other && f.name_str.eq_ignore_ascii_case(name)
+                } else {
+                    f.name == known
+                }
+            })
+            .map(|f| f.value)
+    }
+
+    /// Comma-separated elements of every line of a list field, split on demand.
+    pub fn list_values(&self, name: HeaderName) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
+        let at = Where::Header(name.as_str());
+        self.header_values(name)
+            .flat_map(CommaSplit::new)
+            .map(move |r| {
+                r.map_err(|()| ParseError::BadValue {
+                    at,
+                    what: "unterminated quoted string",
+                })
+            })
+    }
+
+    /// The value of a field that may appear once. `DuplicateHeader` when it appears twice.
+    pub fn single(&self, name: HeaderName) -> Result<Option<&str>, ParseError> {
+        let mut it = self.header_values(name);
+        let first = it.next();
+        if first.is_some() && it.next().is_some() {
+            return Err(ParseError::DuplicateHeader {
+                name: name.as_str(),
+            });
+        }
+        Ok(first)
+    }
+
+    /// Like [`single`](Self::single) but the field is required.
+    pub fn required(&self, name: HeaderName) -> Result<&str, ParseError> {
+        self.single(name)?.ok_or(ParseError::MissingHeader {
+            name: name.as_str(),
+        })
+    }
+
+    /// Every Via value, top first, across lines and commas.
+    pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, ParseError>> + '_ {
+        self.list_values(HeaderName::Via).map(|r| r.and_then(Via::parse))
+    }
+
+    /// The topmost Via.
+    pub fn top_via(&self) -> Result<Via<'_>, ParseError> {
+        self.vias()
+            .next()
+            .unwrap_or(Err(ParseError::MissingHeader { name: "Via" }))
+    }
+
+    pub fn from(&self) -> Result<NameAddr<'_>, ParseError> {
+        NameAddr::parse(self.required(HeaderName::From)?, Where::Header("From"))
+    }
+
+    pub fn to(&self) -> Result<NameAddr<'_>, ParseError> {
+        NameAddr::parse(self.required(HeaderName::To)?, Where::Header("To"))
+    }
+
+    pub fn call_id(&self) -> Result<&str, ParseError> {
+        let v = self.required(HeaderName::CallId)?;
+        let ok = !v.is_empty()
+            && v.bytes().all(|b| {
+                scan::is_token(b)
+                    || matches!(
+                        b,
+                        b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']'
+                            | b'?' | b'{' | b'}' | b'@'
+                    )
+            })
+            && v.bytes().filter(|&b| b == b'@').count() <= 1;
+        if ok {
+            Ok(v)
+        } else {
+            Err(ParseError::BadValue {
+                at: Where::Header("Call-ID"),
+                what: "not a callid",
+            })
+        }
+    }
+
+    pub fn cseq(&self) -> Result<CSeq<'_>, ParseError> {
+        CSeq::parse(self.required(HeaderName::CSeq)?)
+    }
+
+    /// Max-Forwards, `None` when absent.
+    pub fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
+        match self.single(HeaderName::MaxForwards)? {
+            None => Ok(None),
+            Some(v) => match scan::parse_u64(v) {
+                Some(n) if n <= 255 => Ok(Some(n as u8)),
+                _ => Err(ParseError::BadValue {
+                    at: Where::Header("Max-Forwards"),
+                    what: "not an integer from 0 to 255",
+                }),
+            },
+        }
+    }
+
+    /// Expires, `None` when absent.
+    pub fn expires(&self) -> Result<Option<u32>, ParseError> {
+        match self.single(HeaderName::Expires)? {
+            None => Ok(None),
+            Some(v) => match scan::parse_u64(v) {
+                Some(n) if n <= u64::from(u32::MAX) => Ok(Some(n as u32)),
+                _ => Err(ParseError::BadValue {
+                    at: Where::Header("Expires"),
+                    what: "not a delta-seconds value",
+                }),
+            },
+        }
+    }
+
+    /// Contact: `*`, or the list of contacts (empty when absent).
+    pub fn contacts(&self) -> Result<Contacts<'_>, ParseError> {
+        Contacts::parse(self)
+    }
+
+    /// Route values, top first.
+    pub fn routes(&self) -> impl Iterator<Item = Result<NameAddr<'_>, ParseError>> + '_ {
+        self.name_addr_list(HeaderName::Route)
+    }
+
+    /// Record-Route values, top first.
+    pub fn record_routes(&self) -> impl Iterator<Item = Result<NameAddr<'_>, ParseError>> + '_ {
+        self.name_addr_list(HeaderName::RecordRoute)
+    }
+
+    /// Path values (RFC 3327), top first.
+    pub fn paths(&self) -> impl Iterator<Item = Result<NameAddr<'_>, ParseError>> + '_ {
+        self.name_addr_list(HeaderName::Path)
+    }
+
+    fn name_addr_list(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<NameAddr<'_>, ParseError>> + '_ {
+        let at = Where::Header(name.as_str());
+        self.list_values(name)
+            .map(move |r| r.and_then(|v| NameAddr::parse(v, at)))
+    }
+
+    /// Content-Type, trimmed, `None` when absent.
+    pub fn content_type(&self) -> Option<&str> {
+        self.header(HeaderName::ContentType)
+    }
+
+    /// Option tags of Require.
+    pub fn require(&self) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
+        self.option_tags(HeaderName::Require)
+    }
+
+    /// Option tags of Proxy-Require.
+    pub fn proxy_require(&self) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
+        self.option_tags(HeaderName::ProxyRequire)
+    }
+
+    /// Option tags of Supported.
+    pub fn supported(&self) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
+        self.option_tags(HeaderName::Supported)
+    }
+
+    fn option_tags(&self, name: HeaderName) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
+        let at = Where::Header(name.as_str());
+        self.list_values(name).map(move |r| {
+            r.and_then(|t| {
+                if scan::is_token_str(t) {
+                    Ok(t)
+                } else {
+                    Err(ParseError::BadValue {
+                        at,
+                        what: "not an option tag",
+                    })
+                }
+            })
+        })
+    }
+
+    /// Check everything a proxy relies on (RFC 3261 §8.1.1, §16.3): the start line, the
+    /// mandatory fields, their syntax and cardinality, Via, Contact, Content-Length.
+    /// The first problem found is returned; it is fit for the reason phrase of a 400.
+    pub fn validate(&self) -> Result<(), ParseError> {
+        if let Some(e) = &self.deferred {
+            return Err(e.clone());
+        }
+        if let ContentLength::Invalid(e) = &self.content_length {
+            return Err(e.clone());
+        }
+        let mut vias = 0;
+        for v in self.vias() {
+            v?;
+            vias += 1;
+        }
+        if vias == 0 {
+            return Err(ParseError::MissingHeader { name: "Via" });
+        }
+        self.from()?.validate()?;
+        self.to()?.validate()?;
+        self.call_id()?;
+        let cseq = self.cseq()?;
+        self.max_forwards()?;
+        self.contacts()?;
+        for r in self.routes() {
+            r?.validate()?;
+        }
+        for r in self.record_routes() {
+            r?.validate()?;
+        }
+        if let Some(method) = self.method() {
+            let uri = self.request_uri()?;
+            if let Uri::Sip(u) = &uri {
+                if u.headers.is_some() {
+                    return Err(ParseError::BadUri {
+                        at: Where::StartLine,
+                        what: "headers are not allowed in a Request-URI",
+                    });
+                }
+            }
+            if cseq.method != method {
+                return Err(ParseError::CSeqMethodMismatch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Count leading CRLF bytes of a buffer (keepalives before a message are ignored).
+    pub fn leading_crlf(buf: &[u8]) -> usize {
+        leading_crlf(buf)
+    }
+}
+
+fn leading_crlf(buf: &[u8]) -> usize {
+    let mut i = 0;
+    while i + 1 < buf.len() && buf[i] == b'\r' && buf[i + 1] == b'\n' {
+        i += 2;
+    }
+    i
+}
+
+/// One header line: its classified name, its name as written, and its trimmed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field<'a> {
+    pub name: HeaderName,
+    pub name_str: &'a str,
+    pub value: &'a str,
+}
+
+impl Field<'_> {
+    /// The value with folds and runs of LWS collapsed to single spaces (allocates only when
+    /// there is something to collapse).
+    pub fn unfolded(&self) -> std::borrow::Cow<'_, str> {
+        unfold(self.value)
+    }
+}
+
+/// Collapse LWS runs that contain a fold (CR/LF) into one SP; borrowed when there is none.
+pub fn unfold(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len());
+    let mut in_ws = false;
+    for c in v.chars() {
+        if matches!(c, ' ' | '\t' | '\r' | '\n') {
+            if !in_ws {
+                out.push(' ');
+            }
+            in_ws = true;
+        } else {
+            out.push(c);
+            in_ws = false;
+        }
+    }
+    std::borrow::Cow::Owned(trim_lws(&out).to_owned())
+}

@@ -1,0 +1,231 @@
+//! Small lexical helpers shared by the header-value and URI parsers (RFC 3261 §25.1).
+//! They work on `&str` slices of an already indexed header section and must never panic:
+//! every index they produce lies on an ASCII byte, hence on a char boundary.
+
+/// Linear white space inside a header value: SP, HT, and the CR LF of a folded line
+/// (the indexer guarantees that a CR LF inside a value is followed by SP or HT).
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// `token` characters of RFC 3261 §25.1.
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+/// True when `s` is a non-empty `token`.
+#[inline]
+pub(crate) fn is_token_str(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token)
+}
+
+/// `s` without leading and trailing LWS.
+#[inline]
+pub(crate) fn trim_lws(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut end = b.len();
+    while start < end && is_lws(b[start]) {
+        start += 1;
+    }
+    while end > start && is_lws(b[end - 1]) {
+        end -= 1;
+    }
+    s.get(start..end).unwrap_or("")
+}
+
+/// `s` without leading LWS.
+#[inline]
+pub(crate) fn trim_lws_start(s: &str) -> &str {
+    let start = s.bytes().take_while(|&b| is_lws(b)).count();
+    s.get(start..).unwrap_or("")
+}
+
+/// Index just past the closing quote of a quoted string that starts at `s[0] == '"'`,
+/// honouring `\` escapes. `None` when the string is not terminated.
+pub(crate) fn quoted_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    debug_assert_eq!(b.first(), Some(&b'"'));
+    let mut i = 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Find the first `sep` byte in `s` that is outside quoted strings and, when `angle` is set,
+/// outside `<...>`. Returns `Err(())` on an unterminated quoted string.
+pub(crate) fn find_unquoted(s: &str, sep: u8, angle: bool) -> Result<Option<usize>, ()> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut in_angle = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' && !in_angle {
+            match s.get(i..).and_then(quoted_end) {
+                Some(len) => {
+                    i += len;
+                    continue;
+                }
+                None => return Err(()),
+            }
+        }
+        if angle {
+            if c == b'<' {
+                in_angle = true;
+            } else if c == b'>' {
+                in_angle = false;
+            }
+        }
+        if c == sep && !in_angle {
+            return Ok(Some(i));
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
+/// Iterator over the comma-separated elements of a list header value, split on demand.
+/// Commas inside quoted strings and `<...>` do not split. Elements are LWS-trimmed.
+/// Yields `Err(())` once (then stops) on an unterminated quoted string.
+#[derive(Debug, Clone)]
+pub struct CommaSplit<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> CommaSplit<'a> {
+    pub fn new(value: &'a str) -> Self {
+        CommaSplit { rest: Some(value) }
+    }
+}
+
+impl<'a> Iterator for CommaSplit<'a> {
+    type Item = Result<&'a str, ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest?;
+        match find_unquoted(rest, b',', true) {
+            Ok(Some(i)) => {
+                self.rest = rest.get(i + 1..);
+                Some(Ok(trim_lws(rest.get(..i).unwrap_or(""))))
+            }
+            Ok(None) => {
+                self.rest = None;
+                Some(Ok(trim_lws(rest)))
+            }
+            Err(()) => {
+                self.rest = None;
+                Some(Err(()))
+            }
+        }
+    }
+}
+
+/// Parse an unsigned decimal number (leading zeros allowed, no sign) that fits in `u64`.
+pub(crate) fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        // A longer string of digits overflows u64 whatever the digits; leading zeros that
+        // long are not worth supporting.
+        return None;
+    }
+    let mut n: u64 = 0;
+    for b in s.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Value of a hexadecimal digit.
+#[inline]
+pub(crate) fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// True when every `%` in `s` starts a valid `%XX` escape.
+pub(crate) fn escapes_valid(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (b.get(i + 1), b.get(i + 2)) {
+                (Some(&h), Some(&l)) if hex_val(h).is_some() && hex_val(l).is_some() => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// Decode `%XX` escapes. Borrowed when there is nothing to decode. Invalid escapes are kept
+/// as they are (callers that care check [`escapes_valid`] first).
+pub fn unescape(s: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !s.as_bytes().contains(&b'%') {
+        return std::borrow::Cow::Borrowed(s.as_bytes());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex_val),
+                b.get(i + 2).copied().and_then(hex_val),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_split_respects_quotes_and_angles() {
+        let v: Vec<_> = CommaSplit::new(r#""a,b" <sip:x@y;p=1,2>, <sip:z>"#)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(v, vec![r#""a,b" <sip:x@y;p=1,2>"#, "<sip:z>"]);
+        let v: Vec<_> = CommaSplit::new("a , b,\r\n c").map(|r| r.unwrap()).collect();
+        assert_eq!(v, vec!["a", "b", "c"]);
+        assert!(CommaSplit::new(r#""open, x"#).any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn numbers_and_escapes() {
+        assert_eq!(parse_u64("0068"), Some(68));
+        assert_eq!(parse_u64("-1"), None);
+        assert_eq!(parse_u64("36893488147419103232"), None);
+        assert!(escapes_valid("a%20b"));
+        assert!(!escapes_valid("a%2"));
+        assert!(!escapes_valid("%ZZ"));
+        assert_eq!(&*unescape("%75se%72"), b"user");
+        assert_eq!(&*unescape("null-%00-null"), b"null-\0-null");
+    }
+}

@@ -1,0 +1,477 @@
+//! URIs as SIP uses them (RFC 3261 §19.1, §25.1; RFC 3966 for `tel`): `sip`, `sips`, `tel`,
+//! and any other scheme kept opaque. Parsing borrows from the input and never panics; the
+//! user part and parameters stay %-escaped (see [`crate::sip::unescape`]).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::scan::{escapes_valid, is_token, parse_u64};
+
+/// Why a URI did not parse. Turned into [`ParseError::BadUri`](super::ParseError) by callers,
+/// who know where the URI came from.
+pub type UriError = &'static str;
+
+/// A parsed URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uri<'a> {
+    /// `sip:` or `sips:`.
+    Sip(SipUri<'a>),
+    /// `tel:` (RFC 3966).
+    Tel(TelUri<'a>),
+    /// Any other scheme: kept opaque.
+    Other { scheme: &'a str, rest: &'a str },
+}
+
+/// A `sip:` or `sips:` URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipUri<'a> {
+    /// `sips:`.
+    pub secure: bool,
+    /// The user part, still %-escaped.
+    pub user: Option<&'a str>,
+    /// The password, still %-escaped.
+    pub password: Option<&'a str>,
+    pub host: Host<'a>,
+    pub port: Option<u16>,
+    /// The URI parameters (`;name=value...`).
+    pub params: Params<'a>,
+    /// The header part after `?`, raw.
+    pub headers: Option<&'a str>,
+}
+
+/// A `tel:` URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelUri<'a> {
+    /// The number as written (global `+...` or local digits), visual separators kept.
+    pub number: &'a str,
+    pub params: Params<'a>,
+}
+
+/// A host: name, IPv4 address or IPv6 reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host<'a> {
+    Name(&'a str),
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+impl Host<'_> {
+    /// The address, when the host is an IP literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match *self {
+            Host::Name(_) => None,
+            Host::V4(a) => Some(IpAddr::V4(a)),
+            Host::V6(a) => Some(IpAddr::V6(a)),
+        }
+    }
+}
+
+impl fmt::Display for Host<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::V4(a) => write!(f, "{a}"),
+            Host::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// `;name[=value]` parameters, kept raw and read on demand. Names compare case-insensitively.
+/// The raw text starts at the first `;` (or is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Params<'a> {
+    raw: &'a str,
+}
+
+impl<'a> Params<'a> {
+    /// Wrap raw parameter text that starts with `;` (or is empty).
+    pub fn new(raw: &'a str) -> Self {
+        Params { raw }
+    }
+
+    /// The raw text, starting with `;` unless empty.
+    pub fn as_str(&self) -> &'a str {
+        self.raw
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Iterate `(name, value)` pairs; LWS around names, `=` and values is trimmed.
+    pub fn iter(&self) -> ParamIter<'a> {
+        ParamIter { rest: self.raw }
+    }
+
+    /// `Some(Some(v))` for `;name=v`, `Some(None)` for a bare `;name`, `None` when absent.
+    pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// True when the parameter is present, with or without a value.
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Check every parameter: a non-empty token name, and a token, host or quoted-string value.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        let mut rest = self.raw;
+        while let Some(r) = rest.strip_prefix(';') {
+            let (piece, next) = split_param(r);
+            rest = next;
+            let (name, value) = name_value(piece);
+            if name.is_empty() {
+                return Err("empty parameter");
+            }
+            if !name.bytes().all(is_param_char) {
+                return Err("bad parameter name");
+            }
+            if let Some(v) = value {
+                if v.starts_with('"') {
+                    if super::scan::quoted_end(v) != Some(v.len()) {
+                        return Err("bad quoted parameter value");
+                    }
+                } else if v.is_empty() || !v.bytes().all(|b| is_param_char(b) || b == b':') {
+                    // ':' appears in IPv6 maddr/received values: [2001:db8::1]
+                    if !(v.starts_with('[') && v.ends_with(']')) {
+                        return Err("bad parameter value");
+                    }
+                }
+            }
+        }
+        if !rest.is_empty() {
+            return Err("bad parameter list");
+        }
+        Ok(())
+    }
+}
+
+fn is_param_char(b: u8) -> bool {
+    // token chars plus the URI `param-unreserved` set and `%` escapes
+    is_token(b) || matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'(' | b')' | b'@')
+}
+
+/// Split one parameter off `s` (which follows a `;`): up to the next `;` outside a quoted string.
+fn split_param(s: &str) -> (&str, &str) {
+    match super::scan::find_unquoted(s, b';', false) {
+        Ok(Some(i)) => (s.get(..i).unwrap_or(""), s.get(i..).unwrap_or("")),
+        _ => (s, ""),
+    }
+}
+
+fn name_value(piece: &str) -> (&str, Option<&str>) {
+    match piece.find('=') {
+        Some(i) => (
+            super::scan::trim_lws(piece.get(..i).unwrap_or("")),
+            Some(super::scan::trim_lws(piece.get(i + 1..).unwrap_or(""))),
+        ),
+        None => (super::scan::trim_lws(piece), None),
+    }
+}
+
+/// Iterator over [`Params`].
+#[derive(Debug, Clone)]
+pub struct ParamIter<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = (&'a str, Option<&'a str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let r = self.rest.strip_prefix(';')?;
+            let (piece, next) = split_param(r);
+            self.rest = next;
+            let (name, value) = name_value(piece);
+            if !name.is_empty() {
+                return Some((name, value));
+            }
+        }
+    }
+}
+
+impl<'a> Uri<'a> {
+    /// Parse a URI. `s` must be the URI alone (no surrounding `<>` or whitespace).
+    pub fn parse(s: &'a str) -> Result<Uri<'a>, UriError> {
+        let colon = s.find(':').ok_or("missing scheme")?;
+        let scheme = &s[..colon];
+        let rest = &s[colon + 1..];
+        if scheme.is_empty()
+            || !scheme.as_bytes()[0].is_ascii_alphabetic()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        {
+            return Err("bad scheme");
+        }
+        if scheme.eq_ignore_ascii_case("sip") {
+            SipUri::parse_rest(rest, false).map(Uri::Sip)
+        } else if scheme.eq_ignore_ascii_case("sips") {
+            SipUri::parse_rest(rest, true).map(Uri::Sip)
+        } else if scheme.eq_ignore_ascii_case("tel") {
+            TelUri::parse_rest(rest).map(Uri::Tel)
+        } else {
+            if rest.is_empty() || rest.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err("bad opaque URI");
+            }
+            Ok(Uri::Other { scheme, rest })
+        }
+    }
+
+    /// The scheme, lower-case for the known ones.
+    pub fn scheme(&self) -> &'a str {
+        match self {
+            Uri::Sip(u) if u.secure => "sips",
+            Uri::Sip(_) => "sip",
+            Uri::Tel(_) => "tel",
+            Uri::Other { scheme, .. } => scheme,
+        }
+    }
+
+    /// The SIP URI inside, if this is `sip:` or `sips:`.
+    pub fn as_sip(&self) -> Option<&SipUri<'a>> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> SipUri<'a> {
+    /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon.
+    fn parse_rest(rest: &'a str, secure: bool) -> Result<SipUri<'a>, UriError> {
+        // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
+        let (user, password, hostport_etc) = match rest.find('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let (user, password) = match userinfo.find(':') {
+                    Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
+                    None => (userinfo, None),
+                };
+                if user.is_empty() {
+                    return Err("empty user part");
+                }
+                if !user.bytes().all(is_user_char) || !escapes_valid(user) {
+                    return Err("bad user part");
+                }
+                if let Some(p) = password {
+                    if !p.bytes().all(is_password_char) || !escapes_valid(p) {
+                        return Err("bad password");
+                    }
+                }
+                (Some(user), password, &rest[at + 1..])
+            }
+            None => (None, None, rest),
+        };
+        let hp_end = hostport_etc
+            .find([';', '?'])
+            .unwrap_or(hostport_etc.len());
+        let (host, port) = parse_hostport(&hostport_etc[..hp_end])?;
+        let after = &hostport_etc[hp_end..];
+        let (params, headers) = match after.find('?') {
+            Some(q) => (&after[..q], Some(&after[q + 1..])),
+            None => (after, None),
+        };
+        let params = Params::new(params);
+        params.validate()?;
+        if let Some(h) = headers {
+            if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'"') {
+                return Err("bad URI headers");
+            }
+        }
+        Ok(SipUri {
+            secure,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
+    }
+
+    /// The `transport` parameter, if any.
+    pub fn transport(&self) -> Option<&'a str> {
+        self.params.get("transport").flatten()
+    }
+
+    /// True when the URI has the `lr` parameter (a loose router, RFC 3261 §16.12).
+    pub fn is_loose_router(&self) -> bool {
+        self.params.has("lr")
+    }
+}
+
+impl<'a> TelUri<'a> {
+    fn parse_rest(rest: &'a str) -> Result<TelUri<'a>, UriError> {
+        let end = rest.find(';').unwrap_or(rest.len());
+        let number = &rest[..end];
+        let digits = number.strip_prefix('+').unwrap_or(number);
+        if digits.is_empty()
+            || !digits.bytes().all(|b| {
+                b.is_ascii_hexdigit() || matches!(b, b'-' | b'.' | b'(' | b')' | b'*' | b'#')
+            })
+        {
+            return Err("bad telephone number");
+        }
+        let params = Params::new(&rest[end..]);
+        params.validate()?;
+        Ok(TelUri { number, params })
+    }
+}
+
+/// Parse `host[:port]` (the port optional, the host a name, IPv4 or `[IPv6]`).
+pub fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>), UriError> {
+    let (host_str, port_str) = if let Some(v6) = s.strip_prefix('[') {
+        let close = v6.find(']').ok_or("unterminated IPv6 reference")?;
+        let after = &v6[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("junk after IPv6 reference"),
+        };
+        (&s[..close + 2], port)
+    } else {
+        match s.rfind(':') {
+            Some(c) => (&s[..c], Some(&s[c + 1..])),
+            None => (s, None),
+        }
+    };
+    let host = parse_host(host_str)?;
+    let port = match port_str {
+        None => None,
+        Some(p) => match parse_u64(p) {
+            Some(n) if n <= u64::from(u16::MAX) => Some(n as u16),
+            _ => return Err("bad port"),
+        },
+    };
+    Ok((host, port))
+}
+
+/// Parse a host: `[IPv6]`, IPv4 dotted quad, or a host name.
+pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
+    if let Some(inner) = s.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("bad IPv6 reference")?;
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(Host::V6)
+            .map_err(|_| "bad IPv6 address");
+    }
+    if s.is_empty() {
+        return Err("empty host");
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        if let Ok(a) = s.parse::<Ipv4Addr>() {
+            return Ok(Host::V4(a));
+        }
+    }
+    // hostname = *( domainlabel "." ) toplabel [ "." ]; '_' tolerated (seen in the wild).
+    let b = s.as_bytes();
+    let valid = b
+        .iter()
+        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+        && b[0] != b'.'
+        && b[0] != b'-'
+        && !s.contains("..");
+    if !valid {
+        return Err("bad host name");
+    }
+    Ok(Host::Name(s))
+}
+
+/// `unreserved / escaped / user-unreserved` (RFC 3261 §25.1).
+fn is_user_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%'
+                | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/'
+        )
+}
+
+fn is_password_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%'
+                | b'&' | b'=' | b'+' | b'$' | b','
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sip(s: &str) -> SipUri<'_> {
+        match Uri::parse(s) {
+            Ok(Uri::Sip(u)) => u,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn basic_sip() {
+        let u = sip("sip:alice:secret@example.com:5070;transport=tcp;lr?Subject=hi");
+        assert_eq!(u.user, Some("alice"));
+        assert_eq!(u.password, Some("secret"));
+        assert_eq!(u.host, Host::Name("example.com"));
+        assert_eq!(u.port, Some(5070));
+        assert_eq!(u.transport(), Some("tcp"));
+        assert!(u.is_loose_router());
+        assert_eq!(u.headers, Some("Subject=hi"));
+        assert!(!u.secure);
+        assert!(sip("SIPS:example.com").secure);
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(sip("sip:1.2.3.4").host, Host::V4(Ipv4Addr::new(1, 2, 3, 4)));
+        let u = sip("sip:u@[2001:db8::1]:5061");
+        assert_eq!(u.host, Host::V6("2001:db8::1".parse().unwrap()));
+        assert_eq!(u.port, Some(5061));
+        assert!(Uri::parse("sip:u@[2001:db8::1").is_err());
+        assert!(Uri::parse("sip:u@exa mple.com").is_err());
+        assert!(Uri::parse("sip:u@host:99999").is_err());
+        assert!(Uri::parse("sip:").is_err());
+    }
+
+    #[test]
+    fn torture_user_parts() {
+        let u = sip("sip:user;par=u%40example.net@example.com");
+        assert_eq!(u.user, Some("user;par=u%40example.net"));
+        let u = sip("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com");
+        assert_eq!(u.host, Host::Name("example.com"));
+        assert_eq!(u.password, Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"));
+        assert_eq!(
+            &*crate::sip::unescape(sip("sip:null-%00-null@example.com").user.unwrap()),
+            b"null-\0-null"
+        );
+        assert!(Uri::parse("sip:bad%zzuser@example.com").is_err());
+    }
+
+    #[test]
+    fn params() {
+        let u = sip("sip:h;lr;unknownwith=value;unknown-no-value;maddr=[2001:db8::9]");
+        assert_eq!(u.params.get("UNKNOWNWITH"), Some(Some("value")));
+        assert_eq!(u.params.get("unknown-no-value"), Some(None));
+        assert_eq!(u.params.get("maddr"), Some(Some("[2001:db8::9]")));
+        assert_eq!(u.params.get("nope"), None);
+        assert!(Uri::parse("sip:h;;lr").is_err());
+    }
+
+    #[test]
+    fn other_schemes() {
+        assert_eq!(
+            Uri::parse("tel:+1-201-555-0123;phone-context=example.com").map(|u| u.scheme()),
+            Ok("tel")
+        );
+        assert_eq!(
+            Uri::parse("soap.beep://192.0.2.103:3002"),
+            Ok(Uri::Other { scheme: "soap.beep", rest: "//192.0.2.103:3002" })
+        );
+        assert!(Uri::parse("<sip:x@y>").is_err());
+        assert!(Uri::parse("1abc:x").is_err());
+    }
+}
