@@ -1,5 +1,6 @@
 //! Integration tests of conf.d/ loading against real files in temporary directories.
 //! Must never read or change the process environment: overrides go through `load_with_env`.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::net::SocketAddr;
@@ -53,7 +54,11 @@ fn later_files_override_earlier_ones_in_lexical_order() {
     // Written in non-sorted order: the result must not depend on creation or listing order.
     write(dir.path(), "20-b.toml", "[log]\nlevel = \"trace\"\n");
     write(dir.path(), "00-core.toml", CORE);
-    write(dir.path(), "10-a.toml", "[log]\nlevel = \"debug\"\nformat = \"json\"\n");
+    write(
+        dir.path(),
+        "10-a.toml",
+        "[log]\nlevel = \"debug\"\nformat = \"json\"\n",
+    );
     let config = load_ok(dir.path());
     assert_eq!(config.log.level, "trace");
     // Tables merge key by key: 20-b did not set format, 10-a's value stays.
@@ -140,7 +145,11 @@ fn bad_proto_error_names_file_and_key() {
 fn errors_in_several_files_are_all_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "00-core.toml", CORE);
-    let a = write(dir.path(), "10-a.toml", "[limits]\nmax_headers = \"many\"\n");
+    let a = write(
+        dir.path(),
+        "10-a.toml",
+        "[limits]\nmax_headers = \"many\"\n",
+    );
     let b = write(dir.path(), "20-b.toml", "this is [not toml\n");
     let errors = load_err(dir.path());
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -233,7 +242,13 @@ fn domains_folder_is_read_after_top_level_files() {
         .collect();
     assert_eq!(
         rel,
-        ["00-core.toml", "90-late.toml", "domains/a.toml", "domains/b.toml"].map(PathBuf::from)
+        [
+            "00-core.toml",
+            "90-late.toml",
+            "domains/a.toml",
+            "domains/b.toml"
+        ]
+        .map(PathBuf::from)
     );
 }
 
@@ -266,10 +281,7 @@ fn duplicate_listener_names_both_files() {
     let errors = load_err(dir.path());
     let text = errors.to_string();
     assert_eq!(errors.len(), 1, "{text}");
-    assert!(
-        text.starts_with(&format!("{}: ", dup.display())),
-        "{text}"
-    );
+    assert!(text.starts_with(&format!("{}: ", dup.display())), "{text}");
     assert!(text.contains("at key \"listen[1]\""), "{text}");
     assert!(text.contains(&core.display().to_string()), "{text}");
     assert!(text.contains("udp 127.0.0.1:5060"), "{text}");
@@ -279,7 +291,11 @@ fn duplicate_listener_names_both_files() {
 fn invalid_limits_name_the_file_that_set_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "00-core.toml", CORE);
-    let bad = write(dir.path(), "10-limits.toml", "[limits]\nmax_message_size = 1000\n");
+    let bad = write(
+        dir.path(),
+        "10-limits.toml",
+        "[limits]\nmax_message_size = 1000\n",
+    );
     let text = load_err(dir.path()).to_string();
     // max_line_length (default 8192) now exceeds max_message_size, which 10-limits.toml set.
     assert!(text.contains(&bad.display().to_string()), "{text}");
@@ -292,7 +308,10 @@ fn missing_directory_is_an_error_naming_it() {
     let missing = dir.path().join("nope.d");
     let text = load_err(&missing).to_string();
     assert!(text.contains(&missing.display().to_string()), "{text}");
-    assert!(text.contains("cannot read configuration directory"), "{text}");
+    assert!(
+        text.contains("cannot read configuration directory"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -332,8 +351,14 @@ fn same_files_give_the_same_config() {
     let b = tempfile::tempdir().expect("tempdir");
     let files = [
         ("00-core.toml", CORE),
-        ("10-a.toml", "[log]\nlevel = \"debug\"\n[[listen]]\nproto = \"tcp\"\naddr = \"127.0.0.1:5070\"\n"),
-        ("20-b.toml", "[log]\nlevel = \"warn\"\n[[listen]]\nproto = \"tcp\"\naddr = \"127.0.0.1:5080\"\n"),
+        (
+            "10-a.toml",
+            "[log]\nlevel = \"debug\"\n[[listen]]\nproto = \"tcp\"\naddr = \"127.0.0.1:5070\"\n",
+        ),
+        (
+            "20-b.toml",
+            "[log]\nlevel = \"warn\"\n[[listen]]\nproto = \"tcp\"\naddr = \"127.0.0.1:5080\"\n",
+        ),
     ];
     for (name, content) in files {
         write(a.path(), name, content);

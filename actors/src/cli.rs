@@ -14,9 +14,9 @@ pub const EXIT_CONFIG_ERROR: u8 = 1;
 /// Exit status when the configuration is valid but this build cannot serve it.
 pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
 
-/// siprox: a SIP proxy.
+/// siprox: a SIP proxy. Without a command it runs with the configuration in DIR.
 #[derive(Debug, Parser)]
-#[command(name = "siprox", version, about, propagate_version = true)]
+#[command(name = "siprox", version, propagate_version = true)]
 pub struct Cli {
     /// Configuration directory (conf.d): every *.toml in it and in its domains/ subfolder.
     #[arg(
@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(code, ExitCode::from(EXIT_CONFIG_ERROR));
         assert!(out.is_empty());
         let err = String::from_utf8_lossy(&err);
-        assert!(err.starts_with("error: /nonexistent/siprox/conf.d"), "{err}");
+        assert!(
+            err.starts_with("error: /nonexistent/siprox/conf.d"),
+            "{err}"
+        );
         assert!(err.lines().all(|l| l.starts_with("error: ")), "{err}");
     }
 }

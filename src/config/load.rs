@@ -80,7 +80,9 @@ pub fn load_with_env(
     let figment = files
         .iter()
         .fold(Figment::new(), |f, file| f.admerge(Toml::file_exact(file)));
-    let figment = overrides.iter().fold(figment, |f, var| f.merge(var.clone()));
+    let figment = overrides
+        .iter()
+        .fold(figment, |f, var| f.merge(var.clone()));
     let mut config: Config = figment.extract().map_err(|e| {
         // Unexpected once every piece passed alone, but merging can still combine two
         // valid pieces into an invalid whole; blame the source figment records.
@@ -427,7 +429,8 @@ mod tests {
 
     #[test]
     fn multi_line_messages_fold_to_one_line() {
-        let m = "TOML parse error at line 1, column 6\n  |\n1 | x [[\n  |      ^\nexpected `.`, `=`\n";
+        let m =
+            "TOML parse error at line 1, column 6\n  |\n1 | x [[\n  |      ^\nexpected `.`, `=`\n";
         assert_eq!(
             one_line(m),
             "TOML parse error at line 1, column 6: expected `.`, `=`"

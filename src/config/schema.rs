@@ -121,7 +121,9 @@ impl HostPort {
                 // A second colon means an IPv6 address without brackets: which part is the
                 // port would be a guess.
                 Some((_, p)) if p.contains(':') => {
-                    return Err(format!("`{s}`: write IPv6 addresses in brackets, e.g. `[::1]:5060`"))
+                    return Err(format!(
+                        "`{s}`: write IPv6 addresses in brackets, e.g. `[::1]:5060`"
+                    ))
                 }
                 Some((h, p)) => {
                     check_hostname(h).map_err(|e| format!("`{s}`: {e}"))?;
@@ -159,15 +161,22 @@ pub(crate) fn check_hostname(h: &str) -> Result<(), String> {
     }
     for label in name.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err(format!("`{h}` is not a valid host name (empty or too long label)"));
+            return Err(format!(
+                "`{h}` is not a valid host name (empty or too long label)"
+            ));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(format!(
                 "`{h}` is not a valid host name (only letters, digits, `-` and `.`)"
             ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("`{h}` is not a valid host name (label starts or ends with `-`)"));
+            return Err(format!(
+                "`{h}` is not a valid host name (label starts or ends with `-`)"
+            ));
         }
     }
     Ok(())

@@ -156,19 +156,14 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn check_limits(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
     let l = &config.limits;
-    let key = |name: &str| format!("limits.{name}");
-    let origin = |names: &[&str]| {
-        let paths: Vec<[Seg<'_>; 2]> = names
-            .iter()
-            .map(|n| [Seg::Key("limits"), Seg::Key(n)])
-            .collect();
-        let refs: Vec<&[Seg<'_>]> = paths.iter().map(|p| &p[..]).collect();
-        prov.origin_of_any(&refs)
-    };
-    let mut push = |names: &[&str], message: String| {
+    // `key` is the limit at fault; the error names the file that set it or, if it kept
+    // its default, the file that set `other` (the limit it is compared with).
+    let mut push = |key: &str, other: Option<&str>, message: String| {
+        let path = [Seg::Key("limits"), Seg::Key(key)];
+        let other_path = [Seg::Key("limits"), Seg::Key(other.unwrap_or(key))];
         errors.push(ConfigError::Invalid {
-            origin: origin(names),
-            key: key(names[0]),
+            origin: prov.origin_of_any(&[&path, &other_path]),
+            key: format!("limits.{key}"),
             message,
         });
     };
@@ -179,12 +174,13 @@ fn check_limits(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigE
         ("max_uri_length", l.max_uri_length),
     ] {
         if value == 0 {
-            push(&[name], "must be greater than 0".to_owned());
+            push(name, None, "must be greater than 0".to_owned());
         }
     }
     if l.max_message_size > MAX_MESSAGE_SIZE_CEILING {
         push(
-            &["max_message_size"],
+            "max_message_size",
+            None,
             format!(
                 "{} is more than the {MAX_MESSAGE_SIZE_CEILING} bytes siprox accepts",
                 l.max_message_size
@@ -195,7 +191,8 @@ fn check_limits(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigE
     // configuration, and almost always a units mistake.
     if l.max_line_length > l.max_message_size {
         push(
-            &["max_line_length", "max_message_size"],
+            "max_line_length",
+            Some("max_message_size"),
             format!(
                 "{} is larger than limits.max_message_size ({})",
                 l.max_line_length, l.max_message_size
@@ -204,7 +201,8 @@ fn check_limits(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigE
     }
     if l.max_uri_length > l.max_line_length {
         push(
-            &["max_uri_length", "max_line_length"],
+            "max_uri_length",
+            Some("max_line_length"),
             format!(
                 "{} is larger than limits.max_line_length ({})",
                 l.max_uri_length, l.max_line_length
@@ -268,7 +266,8 @@ fn check_domains(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<Config
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 fn is_level(s: &str) -> bool {
-    LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s)) || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
+    LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s))
+        || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
 }
 
 /// Checks a `tracing` EnvFilter directive string: comma-separated `level` or
@@ -346,8 +345,8 @@ fn check_directive(d: &str) -> Result<(), String> {
             Ok(())
         } else {
             Err(format!(
-                "`{d}` is not a log level (off, error, warn, info, debug, trace); \
-                 for one target only, write `{d}=debug`"
+                "`{d}` is not a log level (off, error, warn, info, debug, trace; \
+                 for one target only, write `{d}=debug`)"
             ))
         };
     };
@@ -426,13 +425,43 @@ mod tests {
     #[test]
     fn listener_clashes() {
         let cases = [
-            (Proto::Udp, "127.0.0.1:5060", Proto::Udp, "127.0.0.1:5060", true),
-            (Proto::Tcp, "127.0.0.1:5060", Proto::Tls, "127.0.0.1:5060", true),
-            (Proto::Udp, "127.0.0.1:5060", Proto::Tcp, "127.0.0.1:5060", false),
-            (Proto::Udp, "0.0.0.0:5060", Proto::Udp, "127.0.0.1:5060", true),
+            (
+                Proto::Udp,
+                "127.0.0.1:5060",
+                Proto::Udp,
+                "127.0.0.1:5060",
+                true,
+            ),
+            (
+                Proto::Tcp,
+                "127.0.0.1:5060",
+                Proto::Tls,
+                "127.0.0.1:5060",
+                true,
+            ),
+            (
+                Proto::Udp,
+                "127.0.0.1:5060",
+                Proto::Tcp,
+                "127.0.0.1:5060",
+                false,
+            ),
+            (
+                Proto::Udp,
+                "0.0.0.0:5060",
+                Proto::Udp,
+                "127.0.0.1:5060",
+                true,
+            ),
             (Proto::Udp, "[::]:5060", Proto::Udp, "127.0.0.1:5060", false),
             (Proto::Udp, "[::]:5060", Proto::Udp, "[::1]:5060", true),
-            (Proto::Udp, "127.0.0.1:5060", Proto::Udp, "127.0.0.2:5060", false),
+            (
+                Proto::Udp,
+                "127.0.0.1:5060",
+                Proto::Udp,
+                "127.0.0.2:5060",
+                false,
+            ),
             (Proto::Tcp, "127.0.0.1:0", Proto::Tcp, "127.0.0.1:0", false),
             (Proto::Tcp, "0.0.0.0:0", Proto::Tcp, "127.0.0.1:0", false),
         ];
@@ -479,7 +508,10 @@ mod tests {
         config.domains.insert("d".into(), domain(&["not a host"]));
         let errors = errors_of(&config);
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].contains("already served by domains.a"), "{errors:?}");
+        assert!(
+            errors[0].contains("already served by domains.a"),
+            "{errors:?}"
+        );
         assert!(errors[1].contains("domains.c.names"), "{errors:?}");
         assert!(errors[2].contains("domains.d.names"), "{errors:?}");
     }

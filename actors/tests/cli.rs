@@ -1,0 +1,185 @@
+//! Tests of the real `siprox` binary: exit codes and output of `siprox check` and of the run
+//! path. Must never depend on the caller's environment: SIPROX_ variables are cleared.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn siprox_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprox"));
+    // The developer's own overrides must not change what these tests see.
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("SIPROX_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn siprox(args: &[&str]) -> Output {
+    siprox_cmd().args(args).output().expect("run siprox")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write config file");
+    path
+}
+
+const GOOD: &str = r#"
+[[listen]]
+proto = "udp"
+addr = "127.0.0.1:5060"
+"#;
+
+fn default_conf_d() -> PathBuf {
+    // actors/ is one level below the workspace root, where conf.d/ lives.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("conf.d")
+}
+
+#[test]
+fn check_good_config_prints_summary_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "00-core.toml", GOOD);
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = siprox(&["check", "-c", &dir_arg]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("udp 127.0.0.1:5060"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn check_unknown_key_exits_1_naming_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "00-core.toml", GOOD);
+    let bad = write(dir.path(), "10-x.toml", "[log]\nlevle = \"debug\"\n");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = siprox(&["check", "-c", &dir_arg]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    assert!(stderr.contains("at key \"log.levle\""), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_error_one_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "00-core.toml", GOOD);
+    write(dir.path(), "10-a.toml", "lisen = 1\n");
+    write(dir.path(), "20-b.toml", "[limits]\nmax_headers = -1\n");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = siprox(&["check", "-c", &dir_arg]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines.iter().all(|l| l.starts_with("error: ")), "{stderr}");
+    assert!(
+        lines[0].contains("10-a.toml") && lines[0].contains("lisen"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("20-b.toml") && lines[1].contains("max_headers"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_missing_dir_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.d");
+    let out = siprox(&["check", "-c", &missing.to_string_lossy()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("nope.d"), "{stderr}");
+}
+
+#[test]
+fn config_dir_from_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "00-core.toml", GOOD);
+    let out = siprox_cmd()
+        .arg("check")
+        .env("SIPROX_CONFIG_DIR", dir.path())
+        .output()
+        .expect("run siprox");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn repo_default_conf_d_passes_check() {
+    let dir = default_conf_d();
+    let out = siprox(&["check", "-c", &dir.to_string_lossy()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for l in [
+        "udp 127.0.0.1:5060",
+        "tcp 127.0.0.1:5060",
+        "tls 127.0.0.1:5061",
+    ] {
+        assert!(stdout.contains(l), "{l} missing in:\n{stdout}");
+    }
+}
+
+#[test]
+fn run_without_runtime_says_so_and_exits_2() {
+    let out = siprox(&["-c", &default_conf_d().to_string_lossy()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not implemented"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn run_with_bad_config_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "00-core.toml",
+        "[[listen]]\nproto = \"sctp\"\naddr = \"127.0.0.1:5060\"\n",
+    );
+    let out = siprox(&["-c", &dir.path().to_string_lossy()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("sctp"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not implemented"), "{stderr}");
+}
+
+#[test]
+fn version_flag_works() {
+    let out = siprox(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("siprox "), "{stdout}");
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+}
