@@ -7,10 +7,13 @@
 //!   indexes the start line and header fields; values are parsed on access), typed header
 //!   values, URIs, stream framing for TCP/TLS, limits, and the editor that builds forwarded
 //!   messages from the untouched bytes.
+//! - [`proxy`]: the stateless proxy rules of RFC 3261 §16: validation, local replies,
+//!   loose routing, Record-Route, the stateless branch, response routing by Via.
 //! - [`config`]: `conf.d/` loading with figment, the typed configuration and its validation.
 //!
 //! The runtime that owns sockets and timers is the `siprox-actors` crate in `actors/`.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod proxy;
 pub mod sip;

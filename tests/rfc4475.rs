@@ -29,7 +29,10 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let path = format!("{}/tests/data/rfc4475/EXPECTED.tsv", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/data/rfc4475/EXPECTED.tsv",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -68,7 +71,10 @@ fn all_49_messages_have_the_expected_verdict() {
                 }
                 // The reason phrase stays printable ASCII.
                 let reason = e.reason_phrase();
-                assert!(reason.bytes().all(|b| (b' '..=b'~').contains(&b)), "{reason}");
+                assert!(
+                    reason.bytes().all(|b| (b' '..=b'~').contains(&b)),
+                    "{reason}"
+                );
             }
             _ => {}
         }
@@ -80,9 +86,20 @@ fn all_49_messages_have_the_expected_verdict() {
 fn reject_reasons_fit_the_fault() {
     let err = |f: &str| check(load(f)).unwrap_err();
     assert!(matches!(err("ncl.dat"), ParseError::BadValue { .. }));
-    assert!(matches!(err("clerr.dat"), ParseError::BodyTooShort { declared: 9999, .. }));
-    assert!(matches!(err("mcl01.dat"), ParseError::DuplicateHeader { name: "Content-Length" }));
-    assert!(matches!(err("multi01.dat"), ParseError::DuplicateHeader { .. }));
+    assert!(matches!(
+        err("clerr.dat"),
+        ParseError::BodyTooShort { declared: 9999, .. }
+    ));
+    assert!(matches!(
+        err("mcl01.dat"),
+        ParseError::DuplicateHeader {
+            name: "Content-Length"
+        }
+    ));
+    assert!(matches!(
+        err("multi01.dat"),
+        ParseError::DuplicateHeader { .. }
+    ));
     assert!(matches!(err("insuf.dat"), ParseError::MissingHeader { .. }));
     assert_eq!(err("mismatch01.dat"), ParseError::CSeqMethodMismatch);
     assert_eq!(err("mismatch02.dat"), ParseError::CSeqMethodMismatch);
@@ -134,7 +151,10 @@ fn key_fields_of_ok_messages() {
     assert_eq!(m.content_type(), Some("application/sdp"));
 
     let m = check(load("intmeth.dat")).unwrap();
-    assert_eq!(m.method(), Some("!interesting-Method0123456789_*+`.%indeed'~"));
+    assert_eq!(
+        m.method(),
+        Some("!interesting-Method0123456789_*+`.%indeed'~")
+    );
 
     let m = check(load("dblreq.dat")).unwrap();
     assert_eq!(m.method(), Some("REGISTER"));

@@ -68,7 +68,8 @@ impl<'m> Editor<'m> {
         self.msg.head_str().len() - 2
     }
 
-    /// Insert `Name: value` above every other header line (so it is the topmost of its name).
+    /// Insert `Name: value` above every header line of the original (so it is the topmost of
+    /// its name). Several prepends keep their call order: the first call ends up on top.
     pub fn prepend_header(&mut self, name: &str, value: &str) {
         let at = self.headers_start();
         self.push(at, at, |t| {
@@ -170,6 +171,120 @@ impl<'m> Editor<'m> {
         self.remove_first_value(HeaderName::Via)
     }
 
+    /// Remove the list values of a field for which `remove(index)` is true (indices count
+    /// values across lines, top first). A line that loses every value goes; a line that keeps
+    /// some is rewritten with the kept values. Returns how many values go.
+    pub fn remove_values(
+        &mut self,
+        name: HeaderName,
+        remove: impl Fn(usize) -> bool,
+    ) -> Result<usize, ParseError> {
+        let head = self.msg.head_str();
+        let mut index = 0;
+        let mut removed = 0;
+        for e in self.msg.entries().iter().filter(|e| e.name == name) {
+            let value = head.get(e.value.range()).unwrap_or("");
+            let mut kept: Vec<&str> = Vec::new();
+            let mut dropped = 0;
+            for v in scan::CommaSplit::new(value) {
+                let v = v.map_err(|()| ParseError::BadValue {
+                    at: Where::Header(name.as_str()),
+                    what: "unterminated quoted string",
+                })?;
+                if remove(index) {
+                    dropped += 1;
+                } else {
+                    kept.push(v);
+                }
+                index += 1;
+            }
+            if dropped == 0 {
+                continue;
+            }
+            removed += dropped;
+            if kept.is_empty() {
+                self.push(e.line.start as usize, e.line.end as usize + 2, |_| {});
+            } else {
+                self.push(e.value.start as usize, e.value.end as usize, |t| {
+                    for (i, k) in kept.iter().enumerate() {
+                        if i > 0 {
+                            t.push_str(", ");
+                        }
+                        t.push_str(k);
+                    }
+                });
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Set `received` and/or `rport` on the topmost Via value (RFC 3261 §18.2.1, RFC 3581
+    /// §4), replacing any present; the other parameters keep their order and spelling.
+    pub fn set_top_via_params(
+        &mut self,
+        received: Option<&str>,
+        rport: Option<u16>,
+    ) -> Result<(), ParseError> {
+        if received.is_none() && rport.is_none() {
+            return Ok(());
+        }
+        let head = self.msg.head_str();
+        let Some(e) = self
+            .msg
+            .entries()
+            .iter()
+            .find(|e| e.name == HeaderName::Via)
+            .copied()
+        else {
+            return Err(ParseError::MissingHeader { name: "Via" });
+        };
+        let value = head.get(e.value.range()).unwrap_or("");
+        let first_len = match scan::find_unquoted(value, b',', true) {
+            Ok(Some(i)) => i,
+            Ok(None) => value.len(),
+            Err(()) => {
+                return Err(ParseError::BadValue {
+                    at: Where::Header("Via"),
+                    what: "unterminated quoted string",
+                })
+            }
+        };
+        let first = scan::trim_lws(&value[..first_len]);
+        let via = super::values::Via::parse(first)?;
+        let params = via.params.as_str();
+        // Both slices borrow from the head, so their distance is an offset into it.
+        let params_start = params.as_ptr() as usize - head.as_ptr() as usize;
+        let params_end = params_start + params.len();
+        let first_end = first.as_ptr() as usize - head.as_ptr() as usize + first.len();
+        let (params_start, params_end) = if params.is_empty() {
+            (first_end, first_end)
+        } else {
+            (params_start, params_end)
+        };
+        self.push(params_start, params_end, |t| {
+            for (n, v) in via.params.iter() {
+                let replaced = (n.eq_ignore_ascii_case("received") && received.is_some())
+                    || (n.eq_ignore_ascii_case("rport") && rport.is_some());
+                if replaced {
+                    continue;
+                }
+                t.push(';');
+                t.push_str(n);
+                if let Some(v) = v {
+                    t.push('=');
+                    t.push_str(v);
+                }
+            }
+            if let Some(r) = received {
+                let _ = write!(t, ";received={r}");
+            }
+            if let Some(p) = rport {
+                let _ = write!(t, ";rport={p}");
+            }
+        });
+        Ok(())
+    }
+
     /// Replace the Request-URI. No effect on a response.
     pub fn set_request_uri(&mut self, uri: &str) {
         if let Some(span) = self.msg.request_uri_span() {
@@ -227,9 +342,13 @@ impl<'m> Editor<'m> {
         // Stable: at one offset, insertions come before a removal starting there, and edits
         // otherwise keep the order of the calls.
         self.edits.sort_by_key(|e| (e.at, e.end != e.at));
+        // Only a capacity hint: overlapping removals (skipped below) are counted twice here,
+        // so the sum may fall below zero and must saturate.
         let mut size = raw.len();
         for e in &self.edits {
-            size = size + (e.text_end - e.text_start) as usize - (e.end - e.at) as usize;
+            size = size
+                .saturating_add((e.text_end - e.text_start) as usize)
+                .saturating_sub((e.end - e.at) as usize);
         }
         let mut out = BytesMut::with_capacity(size);
         let mut cursor = 0usize;
@@ -297,8 +416,52 @@ Content-Length: 0\r\n\r\n";
     }
 
     #[test]
+    fn remove_values_across_lines() {
+        let m = msg("OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:1;lr>, <sip:2;lr>\r\nRoute: <sip:3;lr>\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n");
+        let mut e = Editor::new(&m);
+        assert_eq!(e.remove_values(HeaderName::Route, |i| i == 0 || i == 2).unwrap(), 2);
+        let out = e.finish();
+        assert_eq!(
+            &out[..],
+            b"OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:2;lr>\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn top_via_received_and_rport() {
+        let m = msg("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5070;rport;branch=z9hG4bK1, SIP/2.0/UDP x\r\nl: 0\r\n\r\n");
+        let mut e = Editor::new(&m);
+        e.set_top_via_params(Some("192.0.2.7"), Some(40000)).unwrap();
+        let f = Message::parse(e.finish()).unwrap();
+        let v = f.top_via().unwrap();
+        assert_eq!(v.received(), Some("192.0.2.7"));
+        assert_eq!(v.rport(), Some(Some(40000)));
+        assert_eq!(v.branch(), Some("z9hG4bK1"));
+        assert_eq!(f.vias().count(), 2);
+        let m = msg("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n");
+        let mut e = Editor::new(&m);
+        e.set_top_via_params(Some("192.0.2.7"), None).unwrap();
+        let f = Message::parse(e.finish()).unwrap();
+        assert_eq!(f.top_via().unwrap().received(), Some("192.0.2.7"));
+    }
+
+    #[test]
+    fn overlapping_removals_do_not_underflow_the_size_hint() {
+        // Found by fuzzing (parse_message): the same long line removed twice made the
+        // capacity estimate subtract past zero.
+        let m = msg("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP a-very-long-host-name.example.com\r\nl: 0\r\n\r\n");
+        let mut e = Editor::new(&m);
+        e.remove_first_via().unwrap();
+        e.remove_headers_named("v");
+        e.remove_headers(HeaderName::Via);
+        assert_eq!(&e.finish()[..], b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n\r\n");
+    }
+
+    #[test]
     fn single_route_line_removed_and_max_forwards_added() {
-        let m = msg("OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:x;lr>\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n");
+        let m = msg(
+            "OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:x;lr>\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n",
+        );
         let mut e = Editor::new(&m);
         e.remove_first_route().unwrap();
         e.remove_headers(HeaderName::Route);

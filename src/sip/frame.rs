@@ -135,7 +135,8 @@ impl StreamFramer {
 mod tests {
     use super::*;
 
-    const MSG: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nl: 5\r\n\r\nhello";
+    const MSG: &[u8] =
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nl: 5\r\n\r\nhello";
 
     fn frames(chunks: &[&[u8]]) -> Result<Vec<String>, ParseError> {
         let mut f = StreamFramer::new(Limits::default());
@@ -161,8 +162,14 @@ mod tests {
         all.extend_from_slice(b"\r\n");
         all.extend_from_slice(MSG);
         let chunks: Vec<&[u8]> = all.chunks(1).collect();
-        assert_eq!(frames(&chunks).unwrap(), vec!["PING", "hello", "PONG", "hello"]);
-        assert_eq!(frames(&[&all]).unwrap(), vec!["PING", "hello", "PONG", "hello"]);
+        assert_eq!(
+            frames(&chunks).unwrap(),
+            vec!["PING", "hello", "PONG", "hello"]
+        );
+        assert_eq!(
+            frames(&[&all]).unwrap(),
+            vec!["PING", "hello", "PONG", "hello"]
+        );
     }
 
     #[test]
@@ -174,6 +181,9 @@ mod tests {
     #[test]
     fn oversized_head_is_an_error() {
         let big = vec![b'a'; 70_000];
-        assert!(matches!(frames(&[&big]), Err(ParseError::MessageTooLarge { .. })));
+        assert!(matches!(
+            frames(&[&big]),
+            Err(ParseError::MessageTooLarge { .. })
+        ));
     }
 }

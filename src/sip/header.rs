@@ -164,15 +164,52 @@ mod tests {
     #[test]
     fn every_long_form_classifies_to_itself() {
         let all = [
-            Via, From, To, CallId, CSeq, MaxForwards, Contact, Route, RecordRoute, Path,
-            ContentLength, ContentType, ContentEncoding, Expires, MinExpires, Require,
-            ProxyRequire, Supported, Unsupported, Allow, Accept, Subject, Event, AllowEvents,
-            ReferTo, ReferredBy, SessionExpires, AcceptContact, RejectContact,
-            RequestDisposition, Identity, Authorization, ProxyAuthorization, WwwAuthenticate,
-            ProxyAuthenticate, UserAgent, Server, Date,
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            MaxForwards,
+            Contact,
+            Route,
+            RecordRoute,
+            Path,
+            ContentLength,
+            ContentType,
+            ContentEncoding,
+            Expires,
+            MinExpires,
+            Require,
+            ProxyRequire,
+            Supported,
+            Unsupported,
+            Allow,
+            Accept,
+            Subject,
+            Event,
+            AllowEvents,
+            ReferTo,
+            ReferredBy,
+            SessionExpires,
+            AcceptContact,
+            RejectContact,
+            RequestDisposition,
+            Identity,
+            Authorization,
+            ProxyAuthorization,
+            WwwAuthenticate,
+            ProxyAuthenticate,
+            UserAgent,
+            Server,
+            Date,
         ];
         for n in all {
-            assert_eq!(HeaderName::classify(n.as_str().as_bytes()), n, "{}", n.as_str());
+            assert_eq!(
+                HeaderName::classify(n.as_str().as_bytes()),
+                n,
+                "{}",
+                n.as_str()
+            );
             let lower = n.as_str().to_ascii_lowercase();
             assert_eq!(HeaderName::classify(lower.as_bytes()), n);
         }
@@ -181,11 +218,25 @@ mod tests {
     #[test]
     fn compact_forms() {
         for (c, n) in [
-            ("i", CallId), ("m", Contact), ("e", ContentEncoding), ("l", ContentLength),
-            ("f", From), ("t", To), ("v", Via), ("s", Subject), ("k", Supported),
-            ("c", ContentType), ("o", Event), ("u", AllowEvents), ("r", ReferTo),
-            ("b", ReferredBy), ("x", SessionExpires), ("a", AcceptContact),
-            ("j", RejectContact), ("d", RequestDisposition), ("y", Identity),
+            ("i", CallId),
+            ("m", Contact),
+            ("e", ContentEncoding),
+            ("l", ContentLength),
+            ("f", From),
+            ("t", To),
+            ("v", Via),
+            ("s", Subject),
+            ("k", Supported),
+            ("c", ContentType),
+            ("o", Event),
+            ("u", AllowEvents),
+            ("r", ReferTo),
+            ("b", ReferredBy),
+            ("x", SessionExpires),
+            ("a", AcceptContact),
+            ("j", RejectContact),
+            ("d", RequestDisposition),
+            ("y", Identity),
         ] {
             assert_eq!(HeaderName::classify(c.as_bytes()), n);
             assert_eq!(HeaderName::classify(c.to_uppercase().as_bytes()), n);

@@ -212,8 +212,8 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
                 limit: limits.max_headers,
             });
         }
-        let colon = memchr::memchr(b':', line)
-            .ok_or(ParseError::BadHeaderLine { offset: line_start })?;
+        let colon =
+            memchr::memchr(b':', line).ok_or(ParseError::BadHeaderLine { offset: line_start })?;
         let mut name_end = colon;
         while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
             name_end -= 1;
@@ -233,19 +233,19 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
         let name = HeaderName::classify(name_bytes);
         if name == HeaderName::ContentLength {
             content_length = match content_length {
-                ContentLength::Absent => match scan::parse_u64(
-                    std::str::from_utf8(&line[vs..ve]).unwrap_or(""),
-                ) {
-                    Some(n) if n <= u64::from(u32::MAX) => ContentLength::Value(n as usize),
-                    _ => {
-                        let e = ParseError::BadValue {
-                            at: Where::Header("Content-Length"),
-                            what: "not a non-negative integer",
-                        };
-                        defer(&mut deferred, e.clone());
-                        ContentLength::Invalid(e)
+                ContentLength::Absent => {
+                    match scan::parse_u64(std::str::from_utf8(&line[vs..ve]).unwrap_or("")) {
+                        Some(n) if n <= u64::from(u32::MAX) => ContentLength::Value(n as usize),
+                        _ => {
+                            let e = ParseError::BadValue {
+                                at: Where::Header("Content-Length"),
+                                what: "not a non-negative integer",
+                            };
+                            defer(&mut deferred, e.clone());
+                            ContentLength::Invalid(e)
+                        }
                     }
-                },
+                }
                 _ => {
                     let e = ParseError::DuplicateHeader {
                         name: "Content-Length",
@@ -436,7 +436,11 @@ impl Message {
         Message::parse_datagram(bytes, &Limits::default())
     }
 
-    pub(crate) fn from_head(raw: Bytes, head: Head, limits: &Limits) -> Result<Message, ParseError> {
+    pub(crate) fn from_head(
+        raw: Bytes,
+        head: Head,
+        limits: &Limits,
+    ) -> Result<Message, ParseError> {
         let head_str =
             ByteString::try_from(raw.slice(..head.len)).map_err(|_| ParseError::InvalidUtf8)?;
         Ok(Message {
@@ -575,7 +579,10 @@ impl Message {
     pub fn fields(&self) -> impl Iterator<Item = Field<'_>> + '_ {
         self.headers.iter().map(move |h| Field {
             name: h.name,
-            name_str: self.head.get(h.line.start as usize..h.name_end as usize).unwrap_or(""),
+            name_str: self
+                .head
+                .get(h.line.start as usize..h.name_end as usize)
+                .unwrap_or(""),
             value: self.s(h.value),
         })
     }
@@ -600,7 +607,10 @@ impl Message {
 
     /// The values of every header line whose name is `name` (any case; compact forms match
     /// their long form).
-    pub fn header_values_by_name<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn header_values_by_name<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
         let known = HeaderName::classify(name.as_bytes());
         self.fields()
             .filter(move |f| {
@@ -614,7 +624,10 @@ impl Message {
     }
 
     /// Comma-separated elements of every line of a list field, split on demand.
-    pub fn list_values(&self, name: HeaderName) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
+    pub fn list_values(
+        &self,
+        name: HeaderName,
+    ) -> impl Iterator<Item = Result<&str, ParseError>> + '_ {
         let at = Where::Header(name.as_str());
         self.header_values(name)
             .flat_map(CommaSplit::new)
@@ -647,7 +660,8 @@ impl Message {
 
     /// Every Via value, top first, across lines and commas.
     pub fn vias(&self) -> impl Iterator<Item = Result<Via<'_>, ParseError>> + '_ {
-        self.list_values(HeaderName::Via).map(|r| r.and_then(Via::parse))
+        self.list_values(HeaderName::Via)
+            .map(|r| r.and_then(Via::parse))
     }
 
     /// The topmost Via.
@@ -672,8 +686,19 @@ impl Message {
                 scan::is_token(b)
                     || matches!(
                         b,
-                        b'(' | b')' | b'<' | b'>' | b':' | b'\\' | b'"' | b'/' | b'[' | b']'
-                            | b'?' | b'{' | b'}' | b'@'
+                        b'(' | b')'
+                            | b'<'
+                            | b'>'
+                            | b':'
+                            | b'\\'
+                            | b'"'
+                            | b'/'
+                            | b'['
+                            | b']'
+                            | b'?'
+                            | b'{'
+                            | b'}'
+                            | b'@'
                     )
             })
             && v.bytes().filter(|&b| b == b'@').count() <= 1;

@@ -212,7 +212,9 @@ mod tests {
             .map(|r| r.unwrap())
             .collect();
         assert_eq!(v, vec![r#""a,b" <sip:x@y;p=1,2>"#, "<sip:z>"]);
-        let v: Vec<_> = CommaSplit::new("a , b,\r\n c").map(|r| r.unwrap()).collect();
+        let v: Vec<_> = CommaSplit::new("a , b,\r\n c")
+            .map(|r| r.unwrap())
+            .collect();
         assert_eq!(v, vec!["a", "b", "c"]);
         assert!(CommaSplit::new(r#""open, x"#).any(|r| r.is_err()));
     }

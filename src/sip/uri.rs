@@ -150,7 +150,11 @@ impl<'a> Params<'a> {
 
 fn is_param_char(b: u8) -> bool {
     // token chars plus the URI `param-unreserved` set and `%` escapes
-    is_token(b) || matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'(' | b')' | b'@')
+    is_token(b)
+        || matches!(
+            b,
+            b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'(' | b')' | b'@'
+        )
 }
 
 /// Split one parameter off `s` (which follows a `;`): up to the next `;` outside a quoted string.
@@ -266,9 +270,7 @@ impl<'a> SipUri<'a> {
             }
             None => (None, None, rest),
         };
-        let hp_end = hostport_etc
-            .find([';', '?'])
-            .unwrap_or(hostport_etc.len());
+        let hp_end = hostport_etc.find([';', '?']).unwrap_or(hostport_etc.len());
         let (host, port) = parse_hostport(&hostport_etc[..hp_end])?;
         let after = &hostport_etc[hp_end..];
         let (params, headers) = match after.find('?') {
@@ -386,8 +388,23 @@ fn is_user_char(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%'
-                | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/'
+            b'-' | b'_'
+                | b'.'
+                | b'!'
+                | b'~'
+                | b'*'
+                | b'\''
+                | b'('
+                | b')'
+                | b'%'
+                | b'&'
+                | b'='
+                | b'+'
+                | b'$'
+                | b','
+                | b';'
+                | b'?'
+                | b'/'
         )
 }
 
@@ -395,8 +412,20 @@ fn is_password_char(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')' | b'%'
-                | b'&' | b'=' | b'+' | b'$' | b','
+            b'-' | b'_'
+                | b'.'
+                | b'!'
+                | b'~'
+                | b'*'
+                | b'\''
+                | b'('
+                | b')'
+                | b'%'
+                | b'&'
+                | b'='
+                | b'+'
+                | b'$'
+                | b','
         )
 }
 
@@ -443,7 +472,10 @@ mod tests {
         assert_eq!(u.user, Some("user;par=u%40example.net"));
         let u = sip("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com");
         assert_eq!(u.host, Host::Name("example.com"));
-        assert_eq!(u.password, Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"));
+        assert_eq!(
+            u.password,
+            Some("&it+has=1,weird!*pas$wo~d_too.(doesn't-it)")
+        );
         assert_eq!(
             &*crate::sip::unescape(sip("sip:null-%00-null@example.com").user.unwrap()),
             b"null-\0-null"
@@ -469,7 +501,10 @@ mod tests {
         );
         assert_eq!(
             Uri::parse("soap.beep://192.0.2.103:3002"),
-            Ok(Uri::Other { scheme: "soap.beep", rest: "//192.0.2.103:3002" })
+            Ok(Uri::Other {
+                scheme: "soap.beep",
+                rest: "//192.0.2.103:3002"
+            })
         );
         assert!(Uri::parse("<sip:x@y>").is_err());
         assert!(Uri::parse("1abc:x").is_err());

@@ -51,9 +51,7 @@ impl<'a> Via<'a> {
         if let Some(port_part) = trimmed_after.strip_prefix(':') {
             // "host : port" written with whitespace
             let p = trim_lws_start(port_part);
-            let pend = p
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(p.len());
+            let pend = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
             joined = (hostport, &p[..pend]);
             after = &p[pend..];
             let (host, port) = parse_sent_by(joined.0, Some(joined.1))?;
@@ -68,7 +66,8 @@ impl<'a> Via<'a> {
         }
         let (host, port) = match hostport.strip_prefix('[') {
             Some(_) => {
-                let (h, p) = super::uri::parse_hostport(hostport).map_err(|_| Self::err("bad sent-by"))?;
+                let (h, p) =
+                    super::uri::parse_hostport(hostport).map_err(|_| Self::err("bad sent-by"))?;
                 (h, p)
             }
             None => match hostport.rfind(':') {
@@ -115,7 +114,9 @@ impl<'a> Via<'a> {
 
     /// The `rport` parameter (RFC 3581): `Some(None)` when present without a value.
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params.get("rport").map(|v| v.and_then(|p| p.parse().ok()))
+        self.params
+            .get("rport")
+            .map(|v| v.and_then(|p| p.parse().ok()))
     }
 
     /// True when the branch starts with the RFC 3261 magic cookie `z9hG4bK`.
@@ -124,7 +125,10 @@ impl<'a> Via<'a> {
     }
 }
 
-fn parse_sent_by<'a>(host: &'a str, port: Option<&str>) -> Result<(Host<'a>, Option<u16>), ParseError> {
+fn parse_sent_by<'a>(
+    host: &'a str,
+    port: Option<&str>,
+) -> Result<(Host<'a>, Option<u16>), ParseError> {
     let h = parse_host(host).map_err(|_| Via::err("bad sent-by host"))?;
     let p = match port {
         None => None,
@@ -197,7 +201,9 @@ impl<'a> NameAddr<'a> {
             (&rest[1..gt], trim_lws_start(&rest[gt + 1..]))
         } else {
             // addr-spec: the URI cannot contain ';', ',' or '?' (RFC 3261 §20); params follow.
-            let end = rest.find([';', ' ', '\t', '\r', '\n']).unwrap_or(rest.len());
+            let end = rest
+                .find([';', ' ', '\t', '\r', '\n'])
+                .unwrap_or(rest.len());
             let uri = &rest[..end];
             if uri.contains('?') {
                 return Err(err("URI with headers must be enclosed in <>"));
@@ -357,7 +363,10 @@ mod tests {
         assert_eq!((v.protocol, v.version, v.transport), ("SIP", "2.0", "UDP"));
         assert_eq!(v.host, Host::V4("192.0.2.2".parse().unwrap()));
         assert_eq!(v.branch(), Some("390skdjuw"));
-        let v = Via::parse("SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8").unwrap();
+        let v = Via::parse(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
         assert_eq!(v.host, Host::Name("spindle.example.com"));
         assert_eq!(v.branch(), Some("z9hG4bK9ikj8"));
         let v = Via::parse("SIP/2.0/UDP [2001:db8::1]:5070;rport;received=192.0.2.1").unwrap();
@@ -376,7 +385,11 @@ mod tests {
     #[test]
     fn name_addr_forms() {
         let at = Where::Header("From");
-        let n = NameAddr::parse(r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#, at).unwrap();
+        let n = NameAddr::parse(
+            r#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#,
+            at,
+        )
+        .unwrap();
         assert_eq!(n.display, Some(r#"J Rosenberg \\\""#));
         assert_eq!(n.uri_str, "sip:jdrosen@example.com");
         assert_eq!(n.tag(), Some("98asjd8"));
@@ -386,13 +399,21 @@ mod tests {
         let n = NameAddr::parse("caller<sip:caller@example.com>;tag=323", at).unwrap();
         assert_eq!(n.display, Some("caller"));
         assert!(NameAddr::parse(r#""Mr. J. User <sip:j.user@example.com>"#, at).is_err());
-        assert!(NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E", at).is_err());
+        assert!(
+            NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E", at).is_err()
+        );
         assert!(NameAddr::parse(r#""Joe" <sip:joe@example.org>;;;;"#, at).is_err());
     }
 
     #[test]
     fn cseq() {
-        assert_eq!(CSeq::parse("0009\r\n  INVITE").unwrap(), CSeq { seq: 9, method: "INVITE" });
+        assert_eq!(
+            CSeq::parse("0009\r\n  INVITE").unwrap(),
+            CSeq {
+                seq: 9,
+                method: "INVITE"
+            }
+        );
         assert!(CSeq::parse("36893488147419103232 REGISTER").is_err());
         assert!(CSeq::parse("2147483648 INVITE").is_err());
         assert!(CSeq::parse("INVITE").is_err());

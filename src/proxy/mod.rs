@@ -1,0 +1,725 @@
+//! The stateless proxy of RFC 3261 §16 (with RFC 3581 and the §16.11 stateless branch):
+//! validate a request, answer it locally or compute where it goes and how it is edited;
+//! route a response back along its Via. Pure functions of (message, how it arrived,
+//! configuration): no I/O, no clock, no randomness. Must never panic on any message.
+
+mod reply;
+mod types;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+
+use crate::sip::{Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri};
+
+pub use reply::build_reply;
+pub use types::{Action, ConnId, Destination, Inbound, Listen, NextHop, Transport};
+
+/// When siprox puts itself on the route of a dialog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordRoute {
+    /// When the request leaves on another transport than it came in on (then twice:
+    /// one entry facing each side), so in-dialog requests can cross back.
+    #[default]
+    OnTransportChange,
+    /// Always (twice on a transport change).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// What the proxy core needs to know about this siprox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Where siprox listens; decides what "siprox itself" means and what goes into Via.
+    pub listens: Vec<Listen>,
+    /// Further host names that mean siprox itself (e.g. the SIP domains it serves).
+    pub aliases: Vec<String>,
+    pub record_route: RecordRoute,
+    /// `Server:` of locally generated replies.
+    pub server: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listens: Vec::new(),
+            aliases: Vec::new(),
+            record_route: RecordRoute::default(),
+            server: concat!("siprox/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
+const BRANCH_PREFIX: &str = "z9hG4bK-sx";
+
+/// The stateless proxy. Immutable once built; shared by every worker.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    cfg: ProxyConfig,
+}
+
+/// How a request is to be routed, computed the same way by [`Proxy::on_request`] and
+/// [`Proxy::forward_request`].
+#[derive(Debug)]
+struct Plan {
+    hop: NextHop,
+    /// Indices of Route values to remove (ours at the top; the last one after a strict
+    /// router).
+    remove_routes: Vec<usize>,
+    /// New Request-URI (strict-router compatibility, RFC 3261 §16.4).
+    new_ruri: Option<String>,
+}
+
+impl Proxy {
+    pub fn new(cfg: ProxyConfig) -> Proxy {
+        Proxy { cfg }
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    /// Handle a request: a local answer, a drop, a destination that needs resolving
+    /// ([`Action::Forward`]), or, when the next hop is an IP literal, the forwarded request.
+    pub fn on_request(&self, msg: &Message, rx: &Inbound) -> Action {
+        let is_ack = msg.method_kind() == Some(Method::Ack);
+        if let Err(e) = msg.validate() {
+            if is_ack {
+                return Action::Drop {
+                    reason: "malformed ACK",
+                };
+            }
+            let code = if e.is_version() { 505 } else { 400 };
+            let reason = if e.is_version() {
+                "Version Not Supported".to_owned()
+            } else {
+                e.reason_phrase()
+            };
+            return self.reply(msg, rx, code, &reason, "");
+        }
+        let method = msg.method_kind().unwrap_or(Method::Other);
+        let Ok(ruri) = msg.request_uri() else {
+            return Action::Drop {
+                reason: "bad Request-URI",
+            };
+        };
+        let ruri_is_me = self.uri_is_me(&ruri);
+
+        // RFC 3261 §16.3 step 3: Max-Forwards.
+        if msg.max_forwards().ok().flatten() == Some(0) {
+            if method == Method::Options && ruri_is_me {
+                return self.options_reply(msg, rx);
+            }
+            if is_ack {
+                return Action::Drop {
+                    reason: "ACK with Max-Forwards 0",
+                };
+            }
+            return self.reply(msg, rx, 483, "Too Many Hops", "");
+        }
+        // §16.3 step 6: Proxy-Require. siprox supports no proxy extension yet.
+        let unsupported: Vec<&str> = msg.proxy_require().filter_map(Result::ok).collect();
+        if !unsupported.is_empty() {
+            if is_ack {
+                return Action::Drop {
+                    reason: "ACK with Proxy-Require",
+                };
+            }
+            let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
+            return self.reply(msg, rx, 420, "Bad Extension", &extra);
+        }
+        let plan = match self.plan(msg, &ruri) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                // Addressed to siprox itself, with nowhere further to go.
+                return match method {
+                    Method::Options => self.options_reply(msg, rx),
+                    Method::Ack => Action::Drop {
+                        reason: "ACK for siprox itself",
+                    },
+                    _ => self.reply(msg, rx, 404, "Not Found", ""),
+                };
+            }
+            Err(code) => {
+                if is_ack {
+                    return Action::Drop {
+                        reason: "ACK that cannot be routed",
+                    };
+                }
+                return match code {
+                    416 => self.reply(msg, rx, 416, "Unsupported URI Scheme", ""),
+                    _ => self.reply(msg, rx, 400, "Bad Request (bad Route)", ""),
+                };
+            }
+        };
+        // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
+        if self.is_loop(msg) {
+            if is_ack {
+                return Action::Drop {
+                    reason: "looping ACK",
+                };
+            }
+            return self.reply(msg, rx, 482, "Loop Detected", "");
+        }
+        match resolve_literal(&plan.hop) {
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest),
+            None => Action::Forward { hop: plan.hop },
+        }
+    }
+
+    /// Build the forwarded request for a destination resolved from the [`NextHop`] that
+    /// [`on_request`](Self::on_request) returned.
+    pub fn forward_request(&self, msg: &Message, rx: &Inbound, dest: &Destination) -> Action {
+        let Ok(ruri) = msg.request_uri() else {
+            return Action::Drop {
+                reason: "bad Request-URI",
+            };
+        };
+        match self.plan(msg, &ruri) {
+            Ok(Some(plan)) => self.build_forward(msg, rx, &plan, dest),
+            _ => Action::Drop {
+                reason: "request no longer routable",
+            },
+        }
+    }
+
+    /// A request whose next hop could not be resolved: 503 (RFC 3263 §4.3 gives up).
+    pub fn unresolvable(&self, msg: &Message, rx: &Inbound) -> Action {
+        if msg.method_kind() == Some(Method::Ack) {
+            return Action::Drop {
+                reason: "ACK to an unresolvable destination",
+            };
+        }
+        self.reply(msg, rx, 503, "Service Unavailable (next hop not resolvable)", "")
+    }
+
+    /// A message whose head could not even be indexed: nothing can be answered.
+    pub fn on_unparsable(&self, _bytes: &Bytes, _err: &ParseError, _rx: &Inbound) -> Action {
+        Action::Drop {
+            reason: "unparsable message",
+        }
+    }
+
+    /// Route a response (RFC 3261 §16.7): check and remove siprox's own Via, then send the
+    /// response to the next Via — over the stream the request came on when it is still open.
+    pub fn on_response(&self, msg: &Message, rx: &Inbound) -> Action {
+        let _ = rx;
+        if msg.validate().is_err() {
+            return Action::Drop {
+                reason: "malformed response",
+            };
+        }
+        let mut vias = msg.vias();
+        let Some(Ok(mine)) = vias.next() else {
+            return Action::Drop {
+                reason: "response without Via",
+            };
+        };
+        if !self.sent_by_is_me(&mine.host, mine.port, mine.transport) {
+            return Action::Drop {
+                reason: "response whose top Via is not siprox",
+            };
+        }
+        let Some(Ok(next)) = vias.next() else {
+            return Action::Drop {
+                reason: "response to siprox itself",
+            };
+        };
+        let Some(transport) = Transport::parse(next.transport) else {
+            return Action::Drop {
+                reason: "unsupported transport in Via",
+            };
+        };
+        let conn = mine
+            .params
+            .get("i")
+            .flatten()
+            .and_then(|i| u64::from_str_radix(i, 16).ok())
+            .map(ConnId);
+        let ip = match next.received().and_then(|r| parse_ip(r)) {
+            Some(ip) => Some(ip),
+            None => next.host.ip(),
+        };
+        let port = match next.rport() {
+            Some(Some(p)) => p,
+            _ => next.port.unwrap_or(transport.default_port()),
+        };
+        let mut ed = Editor::new(msg);
+        if ed.remove_first_via().is_err() {
+            return Action::Drop {
+                reason: "malformed Via",
+            };
+        }
+        match ip {
+            Some(ip) => {
+                if !usable_unicast(ip) || port == 0 {
+                    return Action::Drop {
+                        reason: "next Via is not a usable unicast address",
+                    };
+                }
+                let mut bytes = ed;
+                if transport.is_stream() {
+                    bytes.ensure_content_length();
+                }
+                Action::Send {
+                    dest: Destination {
+                        transport,
+                        addr: SocketAddr::new(ip, port),
+                        server_name: None,
+                        conn,
+                    },
+                    bytes: bytes.finish(),
+                }
+            }
+            None => match next.host {
+                // A name in sent-by without received: RFC 3263 §5 resolution. Over a stream
+                // the connection (if still open) is what counts.
+                Host::Name(name) => match conn {
+                    Some(_) => Action::Send {
+                        dest: Destination {
+                            transport,
+                            addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+                            server_name: Some(name.to_owned()),
+                            conn,
+                        },
+                        bytes: ed.finish(),
+                    },
+                    None => Action::Drop {
+                        reason: "response to a Via host name (not resolved for responses)",
+                    },
+                },
+                _ => Action::Drop {
+                    reason: "bad Via host",
+                },
+            },
+        }
+    }
+
+    /// A locally generated response to `msg` (RFC 3261 §8.2.6), sent back the way the
+    /// request came. ACK is never answered.
+    pub fn reply(&self, msg: &Message, rx: &Inbound, code: u16, reason: &str, extra: &str) -> Action {
+        if msg.method_kind() == Some(Method::Ack) {
+            return Action::Drop {
+                reason: "ACK is never answered",
+            };
+        }
+        let to_tag = self.local_tag(msg);
+        let bytes = build_reply(msg, rx, code, reason, &to_tag, &self.cfg.server, extra);
+        Action::Send {
+            dest: reply_destination(msg, rx),
+            bytes,
+        }
+    }
+
+    fn options_reply(&self, msg: &Message, rx: &Inbound) -> Action {
+        self.reply(
+            msg,
+            rx,
+            200,
+            "OK",
+            "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH\r\nAccept: application/sdp\r\nSupported: path, outbound\r\n",
+        )
+    }
+
+    /// RFC 3261 §16.4 (route information preprocessing) and §16.5/16.6 (target, next hop).
+    /// `Ok(None)`: the request is for siprox itself. `Err(code)`: answer with that code.
+    fn plan(&self, msg: &Message, ruri: &Uri<'_>) -> Result<Option<Plan>, u16> {
+        let mut routes = Vec::new();
+        for r in msg.routes() {
+            let r = r.map_err(|_| 400u16)?;
+            routes.push(r);
+        }
+        let mut remove_routes = Vec::new();
+        let mut new_ruri = None;
+        let mut skip_last = false;
+        // A strict router before us put our URI in the Request-URI and the real target in
+        // the last Route.
+        if self.uri_is_me(ruri) && !routes.is_empty() {
+            let last = routes.len() - 1;
+            new_ruri = Some(routes[last].uri_str.to_owned());
+            remove_routes.push(last);
+            skip_last = true;
+        }
+        let usable = if skip_last { routes.len() - 1 } else { routes.len() };
+        let mut first = 0;
+        while first < usable {
+            match routes[first].uri() {
+                Ok(u) if self.uri_is_me(&u) => {
+                    remove_routes.push(first);
+                    first += 1;
+                }
+                Ok(_) => break,
+                Err(_) => return Err(400),
+            }
+        }
+        if first < usable {
+            let u = routes[first].uri().map_err(|_| 400u16)?;
+            let Uri::Sip(s) = u else { return Err(416) };
+            // A next hop that is a strict router (no `lr`) would need the Request-URI moved
+            // into Route (§16.6 step 6); siprox sends to it as a loose router, which every
+            // router since RFC 3261 is.
+            return Ok(Some(Plan {
+                hop: next_hop(&s),
+                remove_routes,
+                new_ruri,
+            }));
+        }
+        // No Route left: the Request-URI (possibly the new one) decides.
+        let target_store;
+        let target = match &new_ruri {
+            Some(t) => {
+                target_store = Uri::parse(t).map_err(|_| 400u16)?;
+                &target_store
+            }
+            None => ruri,
+        };
+        match target {
+            Uri::Sip(s) => {
+                if self.uri_is_me(target) {
+                    return Ok(None);
+                }
+                Ok(Some(Plan {
+                    hop: next_hop(s),
+                    remove_routes,
+                    new_ruri,
+                }))
+            }
+            _ => Err(416),
+        }
+    }
+
+    fn build_forward(&self, msg: &Message, rx: &Inbound, plan: &Plan, dest: &Destination) -> Action {
+        let mut ed = Editor::new(msg);
+        // RFC 3261 §18.2.1 and RFC 3581: say where the request really came from.
+        if let Ok(top) = msg.top_via() {
+            let src_ip = rx.source.ip();
+            let received = match top.host.ip() {
+                Some(ip) if ip == src_ip => None,
+                _ => Some(src_ip.to_string()),
+            };
+            let rport = top.rport().map(|_| rx.source.port());
+            if ed.set_top_via_params(received.as_deref(), rport).is_err() {
+                return Action::Drop {
+                    reason: "malformed top Via",
+                };
+            }
+        }
+        if let Some(u) = &plan.new_ruri {
+            ed.set_request_uri(u);
+        }
+        if !plan.remove_routes.is_empty() {
+            let rm = &plan.remove_routes;
+            if ed.remove_values(HeaderName::Route, |i| rm.contains(&i)).is_err() {
+                return Action::Drop {
+                    reason: "malformed Route",
+                };
+            }
+        }
+        match ed.decrement_max_forwards() {
+            Ok(_) => {}
+            Err(_) => return self.reply(msg, rx, 483, "Too Many Hops", ""),
+        }
+        // Record-Route: the entry facing the next hop ends on top.
+        let change = rx.transport != dest.transport;
+        let rr = match self.cfg.record_route {
+            RecordRoute::Never => false,
+            RecordRoute::Always => true,
+            RecordRoute::OnTransportChange => change,
+        };
+        let method = msg.method_kind();
+        if rr && method != Some(Method::Register) {
+            // Prepends keep their call order: the outbound-facing entry goes first.
+            let mut v = String::with_capacity(64);
+            self.rr_value(&mut v, dest.transport, dest.addr.ip(), change);
+            ed.prepend_record_route(&v);
+            if change {
+                v.clear();
+                self.rr_value(&mut v, rx.transport, rx.local.ip(), true);
+                ed.prepend_record_route(&v);
+            }
+        }
+        let mut via = String::with_capacity(96);
+        let _ = write!(via, "SIP/2.0/{} ", dest.transport.as_str());
+        self.write_sent_by(&mut via, dest.transport, dest.addr.ip());
+        via.push_str(";branch=");
+        self.write_branch(&mut via, msg);
+        if let Some(c) = rx.conn {
+            let _ = write!(via, ";i={c}");
+        }
+        ed.prepend_via(&via);
+        if dest.transport.is_stream() {
+            ed.ensure_content_length();
+        }
+        Action::Send {
+            dest: dest.clone(),
+            bytes: ed.finish(),
+        }
+    }
+
+    /// `<sip:host:port;transport=x;lr>` of the interface facing `toward`.
+    fn rr_value(&self, out: &mut String, transport: Transport, toward: IpAddr, r2: bool) {
+        out.push_str("<sip:");
+        self.write_sent_by(out, transport, toward);
+        if transport != Transport::Udp {
+            let _ = write!(out, ";transport={}", transport.param());
+        }
+        out.push_str(";lr");
+        if r2 {
+            out.push_str(";r2=on");
+        }
+        out.push('>');
+    }
+
+    /// The listen entry to use for `transport`, preferring the address family of `toward`.
+    fn listen_for(&self, transport: Transport, toward: IpAddr) -> Option<&Listen> {
+        let same = |l: &&Listen| l.transport == transport;
+        self.cfg
+            .listens
+            .iter()
+            .filter(same)
+            .find(|l| l.addr.is_ipv4() == toward.is_ipv4())
+            .or_else(|| self.cfg.listens.iter().find(same))
+    }
+
+    /// `host:port` siprox advertises for `transport`.
+    fn write_sent_by(&self, out: &mut String, transport: Transport, toward: IpAddr) {
+        match self.listen_for(transport, toward) {
+            Some(Listen {
+                advertise: Some(a), ..
+            }) => out.push_str(a),
+            Some(l) => write_addr(out, l.addr),
+            None => {
+                // No listener of that transport: name the first listener's host with the
+                // transport's default port; replies come back over the connection anyway.
+                match self.cfg.listens.first() {
+                    Some(l) => write_addr(out, SocketAddr::new(l.addr.ip(), transport.default_port())),
+                    None => out.push_str("invalid.invalid"),
+                }
+            }
+        }
+    }
+
+    /// The stateless branch (RFC 3261 §16.11): the same for a retransmission (and for the
+    /// CANCEL or non-2xx ACK of an INVITE), different for another transaction. Its last
+    /// part is the loop-detection hash of §16.3 step 4.
+    fn write_branch(&self, out: &mut String, msg: &Message) {
+        let mut h = Fnv::new();
+        match msg.top_via() {
+            Ok(v) if v.has_rfc3261_branch() => {
+                h.write(v.branch().unwrap_or("").as_bytes());
+                h.write(v.host.to_string().as_bytes());
+                h.write(&v.port.unwrap_or(0).to_be_bytes());
+            }
+            _ => {
+                // RFC 2543 peer: the transaction is its identifying fields.
+                h.write(msg.header(HeaderName::Via).unwrap_or("").as_bytes());
+                h.write(msg.request_uri_str().unwrap_or("").as_bytes());
+                h.write(msg.call_id().unwrap_or("").as_bytes());
+                h.write(msg.from().ok().and_then(|f| f.tag()).unwrap_or("").as_bytes());
+                h.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
+                h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+            }
+        }
+        let _ = write!(out, "{BRANCH_PREFIX}{:016x}-{:08x}", h.finish(), loop_hash(msg));
+    }
+
+    fn is_loop(&self, msg: &Message) -> bool {
+        let suffix = format!("-{:08x}", loop_hash(msg));
+        msg.vias().skip(1).filter_map(Result::ok).any(|v| {
+            v.branch()
+                .is_some_and(|b| b.starts_with(BRANCH_PREFIX) && b.ends_with(&suffix))
+                && self.sent_by_is_me(&v.host, v.port, v.transport)
+        })
+    }
+
+    /// A deterministic To tag for local replies: the same for a retransmission.
+    fn local_tag(&self, msg: &Message) -> String {
+        let mut h = Fnv::new();
+        h.write(msg.call_id().unwrap_or("").as_bytes());
+        h.write(msg.from().ok().and_then(|f| f.tag()).unwrap_or("").as_bytes());
+        h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+        format!("sx{:012x}", h.finish() & 0xffff_ffff_ffff)
+    }
+
+    /// True when the URI names siprox: one of its listen addresses or aliases, on the port
+    /// siprox listens on (the scheme's default port when none is written).
+    pub fn uri_is_me(&self, uri: &Uri<'_>) -> bool {
+        match uri {
+            Uri::Sip(s) => {
+                let transport = s
+                    .transport()
+                    .and_then(Transport::parse)
+                    .unwrap_or(if s.secure { Transport::Tls } else { Transport::Udp });
+                let port = s.port.unwrap_or(transport.default_port());
+                self.host_port_is_me(&s.host, port)
+            }
+            _ => false,
+        }
+    }
+
+    fn sent_by_is_me(&self, host: &Host<'_>, port: Option<u16>, transport: &str) -> bool {
+        let t = Transport::parse(transport).unwrap_or(Transport::Udp);
+        self.host_port_is_me(host, port.unwrap_or(t.default_port()))
+    }
+
+    fn host_port_is_me(&self, host: &Host<'_>, port: u16) -> bool {
+        let port_ok = |l: &Listen| l.addr.port() == port || advertised_port(l) == Some(port);
+        for l in &self.cfg.listens {
+            let host_ok = match host {
+                Host::Name(n) => {
+                    advertised_host(l).is_some_and(|a| a.eq_ignore_ascii_case(n))
+                        || (n.eq_ignore_ascii_case("localhost") && l.addr.ip().is_loopback())
+                }
+                _ => host.ip() == Some(l.addr.ip()) || advertised_host(l).and_then(parse_ip) == host.ip(),
+            };
+            if host_ok && port_ok(l) {
+                return true;
+            }
+        }
+        if let Host::Name(n) = host {
+            return self.cfg.aliases.iter().any(|a| a.eq_ignore_ascii_case(n));
+        }
+        false
+    }
+}
+
+fn advertised_host(l: &Listen) -> Option<&str> {
+    let a = l.advertise.as_deref()?;
+    if let Some(v6) = a.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    Some(a.split(':').next().unwrap_or(a))
+}
+
+fn advertised_port(l: &Listen) -> Option<u16> {
+    let a = l.advertise.as_deref()?;
+    let after = match a.rfind(']') {
+        Some(i) => &a[i + 1..],
+        None => a,
+    };
+    after.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+fn write_addr(out: &mut String, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            let _ = write!(out, "{}:{}", v4.ip(), v4.port());
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}]:{}", v6.ip(), v6.port());
+        }
+    }
+}
+
+/// The next hop a SIP URI names (RFC 3263 input): `maddr` overrides the host.
+fn next_hop(u: &SipUri<'_>) -> NextHop {
+    let host = match u.params.get("maddr").flatten() {
+        Some(m) => m.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        None => match u.host {
+            Host::Name(n) => n.to_owned(),
+            Host::V4(a) => a.to_string(),
+            Host::V6(a) => a.to_string(),
+        },
+    };
+    NextHop {
+        host,
+        port: u.port,
+        transport: u.transport().and_then(Transport::parse),
+        secure: u.secure,
+    }
+}
+
+/// Resolve a next hop without DNS, when its host is an IP literal (RFC 3263 §4.1, §4.2:
+/// transport from the URI, else TLS for `sips`, else UDP; port from the URI, else the
+/// transport's default).
+pub fn resolve_literal(hop: &NextHop) -> Option<Destination> {
+    let ip: IpAddr = hop.host.parse().ok()?;
+    let transport = match (hop.transport, hop.secure) {
+        (_, true) => Transport::Tls,
+        (Some(t), false) => t,
+        (None, false) => Transport::Udp,
+    };
+    Some(Destination {
+        transport,
+        addr: SocketAddr::new(ip, hop.port.unwrap_or(transport.default_port())),
+        server_name: None,
+        conn: None,
+    })
+}
+
+/// Where a locally generated reply goes: back on the stream, or for UDP to the source
+/// address, on the source port when the request asked for rport (RFC 3581) or else the
+/// Via port (RFC 3261 §18.2.2).
+fn reply_destination(msg: &Message, rx: &Inbound) -> Destination {
+    let port = match msg.top_via() {
+        Ok(v) if rx.transport == Transport::Udp && v.rport().is_none() => {
+            v.port.unwrap_or(Transport::Udp.default_port())
+        }
+        _ => rx.source.port(),
+    };
+    Destination {
+        transport: rx.transport,
+        addr: SocketAddr::new(rx.source.ip(), port),
+        server_name: None,
+        conn: rx.conn,
+    }
+}
+
+/// True for an address a response may be sent to: not broadcast, multicast or unspecified.
+fn usable_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !(a.is_broadcast() || a.is_multicast() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified()),
+    }
+}
+
+/// §16.3 step 4: the fields that stay the same when a request comes back in a loop (and
+/// change in a spiral, where the Request-URI or the route differs).
+fn loop_hash(msg: &Message) -> u32 {
+    let mut h = Fnv::new();
+    h.write(msg.request_uri_str().unwrap_or("").as_bytes());
+    h.write(msg.call_id().unwrap_or("").as_bytes());
+    h.write(msg.from().ok().and_then(|f| f.tag()).unwrap_or("").as_bytes());
+    h.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
+    h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+    for r in msg.header_values(HeaderName::Route) {
+        h.write(r.as_bytes());
+    }
+    for r in msg.header_values(HeaderName::ProxyRequire) {
+        h.write(r.as_bytes());
+    }
+    let x = h.finish();
+    (x ^ (x >> 32)) as u32
+}
+
+/// FNV-1a 64: tiny, fast, deterministic across processes and versions (unlike std's
+/// `DefaultHasher`), which matters for branches that must match across restarts.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separator, so that ("ab","c") and ("a","bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests;

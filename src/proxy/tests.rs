@@ -1,0 +1,306 @@
+//! Unit tests of the stateless proxy rules: every decision is a pure function, so each
+//! RFC 3261 §16 rule is checked here without sockets.
+
+use super::*;
+
+const ME_UDP: &str = "192.0.2.10:5060";
+const ME_TLS: &str = "192.0.2.10:5061";
+
+fn proxy(rr: RecordRoute) -> Proxy {
+    Proxy::new(ProxyConfig {
+        listens: vec![
+            Listen {
+                transport: Transport::Udp,
+                addr: ME_UDP.parse().unwrap(),
+                advertise: None,
+            },
+            Listen {
+                transport: Transport::Tls,
+                addr: ME_TLS.parse().unwrap(),
+                advertise: None,
+            },
+        ],
+        aliases: vec!["proxy.example.com".into()],
+        record_route: rr,
+        ..ProxyConfig::default()
+    })
+}
+
+fn udp_in() -> Inbound {
+    Inbound {
+        transport: Transport::Udp,
+        source: "198.51.100.7:5060".parse().unwrap(),
+        local: ME_UDP.parse().unwrap(),
+        conn: None,
+    }
+}
+
+fn tls_in() -> Inbound {
+    Inbound {
+        transport: Transport::Tls,
+        source: "198.51.100.7:40123".parse().unwrap(),
+        local: ME_TLS.parse().unwrap(),
+        conn: Some(ConnId(0x2a)),
+    }
+}
+
+fn msg(s: &str) -> Message {
+    Message::parse(Bytes::from(s.replace('\n', "\r\n"))).unwrap()
+}
+
+fn invite(ruri: &str, extra: &str) -> Message {
+    msg(&format!(
+        "INVITE {ruri} SIP/2.0\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc;rport\n\
+Max-Forwards: 70\n\
+To: <sip:bob@example.com>\n\
+From: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-1\n\
+CSeq: 1 INVITE\n\
+{extra}Content-Length: 0\n\n"
+    ))
+}
+
+fn sent(a: Action) -> (Destination, Message) {
+    match a {
+        Action::Send { dest, bytes } => (dest, Message::parse(bytes).unwrap()),
+        other => panic!("expected Send, got {other:?}"),
+    }
+}
+
+#[test]
+fn forwards_to_ip_literal_with_via_and_max_forwards() {
+    let p = proxy(RecordRoute::OnTransportChange);
+    let m = invite("sip:bob@203.0.113.5:5070", "");
+    let (dest, out) = sent(p.on_request(&m, &udp_in()));
+    assert_eq!(dest.addr, "203.0.113.5:5070".parse().unwrap());
+    assert_eq!(dest.transport, Transport::Udp);
+    let vias: Vec<_> = out.vias().map(|v| v.unwrap()).collect();
+    assert_eq!(vias.len(), 2);
+    assert_eq!(vias[0].transport, "UDP");
+    assert_eq!(vias[0].host.to_string(), "192.0.2.10");
+    assert_eq!(vias[0].port, Some(5060));
+    assert!(vias[0].branch().unwrap().starts_with("z9hG4bK-sx"));
+    // The sender's Via got rport filled in (received not needed: same IP).
+    assert_eq!(vias[1].rport(), Some(Some(5060)));
+    assert_eq!(vias[1].received(), None);
+    assert_eq!(out.max_forwards().unwrap(), Some(69));
+    assert_eq!(out.record_routes().count(), 0);
+    out.validate().unwrap();
+}
+
+#[test]
+fn retransmission_keeps_the_branch_and_cancel_shares_it() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.5", "");
+    let b1 = sent(p.on_request(&m, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    let b2 = sent(p.on_request(&m, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    assert_eq!(b1, b2);
+    let cancel = msg("CANCEL sip:bob@203.0.113.5 SIP/2.0\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc;rport\n\
+Max-Forwards: 70\nTo: <sip:bob@example.com>\nFrom: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-1\nCSeq: 1 CANCEL\nContent-Length: 0\n\n");
+    let b3 = sent(p.on_request(&cancel, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    assert_eq!(b1, b3);
+    let other = invite("sip:bob@203.0.113.5", "").as_bytes().clone();
+    let other = Message::parse(Bytes::from(
+        String::from_utf8(other.to_vec()).unwrap().replace("z9hG4bKabc", "z9hG4bKdef"),
+    ))
+    .unwrap();
+    let b4 = sent(p.on_request(&other, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    assert_ne!(b1, b4);
+}
+
+fn reply_code(a: &Action) -> (u16, String) {
+    match a {
+        Action::Send { bytes, .. } => {
+            let m = Message::parse(bytes.clone()).unwrap();
+            (m.status().unwrap(), m.reason().unwrap().to_owned())
+        }
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn validation_answers() {
+    let p = proxy(RecordRoute::Never);
+    // Missing From: 400 naming it.
+    let m = msg("INVITE sip:b@203.0.113.5 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
+To: <sip:b@x>\nCall-ID: c\nCSeq: 1 INVITE\nl: 0\n\n");
+    let (code, reason) = reply_code(&p.on_request(&m, &udp_in()));
+    assert_eq!(code, 400);
+    assert!(reason.contains("From"), "{reason}");
+    // Max-Forwards 0: 483, but 200 for OPTIONS to siprox.
+    let m = invite("sip:bob@203.0.113.5", "").as_bytes().clone();
+    let m = Message::parse(Bytes::from(
+        String::from_utf8(m.to_vec()).unwrap().replace("Max-Forwards: 70", "Max-Forwards: 0"),
+    ))
+    .unwrap();
+    assert_eq!(reply_code(&p.on_request(&m, &udp_in())).0, 483);
+    let o = msg("OPTIONS sip:192.0.2.10 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
+Max-Forwards: 0\nTo: <sip:192.0.2.10>\nFrom: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 OPTIONS\nl: 0\n\n");
+    let a = p.on_request(&o, &udp_in());
+    assert_eq!(reply_code(&a).0, 200);
+    // Proxy-Require: 420 with Unsupported.
+    let m = invite("sip:bob@203.0.113.5", "Proxy-Require: foo, bar\n");
+    let a = p.on_request(&m, &udp_in());
+    assert_eq!(reply_code(&a).0, 420);
+    if let Action::Send { bytes, .. } = a {
+        let r = Message::parse(bytes).unwrap();
+        assert_eq!(r.header_values_by_name("Unsupported").next(), Some("foo, bar"));
+        assert!(r.to().unwrap().tag().is_some());
+    }
+    // Unknown scheme: 416.
+    let m = invite("nobody:opaque", "");
+    assert_eq!(reply_code(&p.on_request(&m, &udp_in())).0, 416);
+    // An ACK is never answered.
+    let ack = msg("ACK sip:b@203.0.113.5 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
+Max-Forwards: 0\nTo: <sip:b@x>\nFrom: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 ACK\nl: 0\n\n");
+    assert!(matches!(p.on_request(&ack, &udp_in()), Action::Drop { .. }));
+}
+
+#[test]
+fn reply_goes_back_to_source_and_echoes_fields() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.5", "Proxy-Require: x\n");
+    let mut rx = udp_in();
+    rx.source = "198.51.100.99:40000".parse().unwrap();
+    let (dest, r) = sent(p.on_request(&m, &rx));
+    assert_eq!(dest.addr, rx.source, "rport asked: source port");
+    let v = r.top_via().unwrap();
+    assert_eq!(v.received(), Some("198.51.100.99"));
+    assert_eq!(v.rport(), Some(Some(40000)));
+    assert_eq!(r.call_id().unwrap(), "call-1");
+    assert_eq!(r.cseq().unwrap().method, "INVITE");
+    assert_eq!(r.from().unwrap().tag(), Some("a1"));
+    // Over TLS the reply goes back on the connection.
+    let (dest, _) = sent(p.on_request(&m, &tls_in()));
+    assert_eq!(dest.conn, Some(ConnId(0x2a)));
+}
+
+#[test]
+fn loose_routing_removes_our_routes_and_follows_the_next() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite(
+        "sip:bob@example.com",
+        "Route: <sip:192.0.2.10;lr>, <sip:192.0.2.10:5061;transport=tls;lr;r2=on>\nRoute: <sip:203.0.113.9:5080;lr>\n",
+    );
+    let (dest, out) = sent(p.on_request(&m, &udp_in()));
+    assert_eq!(dest.addr, "203.0.113.9:5080".parse().unwrap());
+    let routes: Vec<_> = out.routes().map(|r| r.unwrap().uri_str.to_owned()).collect();
+    assert_eq!(routes, vec!["sip:203.0.113.9:5080;lr"]);
+    assert_eq!(out.request_uri_str(), Some("sip:bob@example.com"));
+}
+
+#[test]
+fn strict_router_before_us_is_undone() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite(
+        "sip:192.0.2.10",
+        "Route: <sip:203.0.113.9;lr>\nRoute: <sip:bob@203.0.113.5:5090>\n",
+    );
+    let (dest, out) = sent(p.on_request(&m, &udp_in()));
+    assert_eq!(out.request_uri_str(), Some("sip:bob@203.0.113.5:5090"));
+    assert_eq!(dest.addr, "203.0.113.9:5060".parse().unwrap());
+    assert_eq!(out.routes().count(), 1);
+}
+
+#[test]
+fn double_record_route_on_transport_change() {
+    let p = proxy(RecordRoute::OnTransportChange);
+    let m = invite("sip:bob@203.0.113.5", "");
+    let (dest, out) = sent(p.on_request(&m, &tls_in()));
+    assert_eq!(dest.transport, Transport::Udp);
+    let rr: Vec<_> = out.record_routes().map(|r| r.unwrap().uri_str.to_owned()).collect();
+    assert_eq!(
+        rr,
+        vec!["sip:192.0.2.10:5060;lr;r2=on", "sip:192.0.2.10:5061;transport=tls;lr;r2=on"]
+    );
+    // Our Via carries the inbound connection for the response path.
+    assert_eq!(out.top_via().unwrap().params.get("i"), Some(Some("2a")));
+    // The in-dialog request that comes back with that route set crosses back to TLS.
+    let back = invite(
+        "sip:alice@198.51.100.7:40123;transport=tls",
+        "Route: <sip:192.0.2.10:5060;lr;r2=on>, <sip:192.0.2.10:5061;transport=tls;lr;r2=on>\n",
+    );
+    match p.on_request(&back, &udp_in()) {
+        Action::Send { dest, bytes } => {
+            assert_eq!(dest.transport, Transport::Tls);
+            assert_eq!(Message::parse(bytes).unwrap().routes().count(), 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sips_forces_tls_and_names_need_resolution() {
+    let p = proxy(RecordRoute::Never);
+    match p.on_request(&invite("sips:bob@203.0.113.5", ""), &udp_in()) {
+        Action::Send { dest, .. } => {
+            assert_eq!(dest.transport, Transport::Tls);
+            assert_eq!(dest.addr.port(), 5061);
+        }
+        other => panic!("{other:?}"),
+    }
+    match p.on_request(&invite("sip:bob@example.net;transport=tcp", ""), &udp_in()) {
+        Action::Forward { hop } => {
+            assert_eq!(hop.host, "example.net");
+            assert_eq!(hop.transport, Some(Transport::Tcp));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn loop_is_detected_but_spiral_is_not() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.5", "");
+    let (_, first) = sent(p.on_request(&m, &udp_in()));
+    // The request comes back through another proxy unchanged: a loop.
+    let looped = format!(
+        "Via: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKother\r\n{}",
+        &first.head_str()[first.start_line().len() + 2..]
+    );
+    let looped = msg(&format!("{}\r\n{looped}", first.start_line()).replace("\r\n", "\n"));
+    assert_eq!(reply_code(&p.on_request(&looped, &udp_in())).0, 482);
+    // Same, but the Request-URI changed on the way: a spiral, forwarded.
+    let spiral = looped.head_str().replacen("sip:bob@203.0.113.5", "sip:bob@203.0.113.6", 1);
+    let spiral = msg(&spiral.replace("\r\n", "\n"));
+    assert!(matches!(p.on_request(&spiral, &udp_in()), Action::Send { .. }));
+}
+
+#[test]
+fn responses_follow_the_via() {
+    let p = proxy(RecordRoute::Never);
+    let r = msg("SIP/2.0 200 OK\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i=2a\n\
+Via: SIP/2.0/TLS client.invalid:5061;branch=z9hG4bKabc;rport=40123;received=198.51.100.7\n\
+To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
+CSeq: 1 INVITE\nContent-Length: 0\n\n");
+    let (dest, out) = sent(p.on_response(&r, &udp_in()));
+    assert_eq!(dest.transport, Transport::Tls);
+    assert_eq!(dest.addr, "198.51.100.7:40123".parse().unwrap());
+    assert_eq!(dest.conn, Some(ConnId(0x2a)));
+    assert_eq!(out.vias().count(), 1);
+    // Not ours: dropped.
+    let r2 = msg("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 203.0.113.1;branch=z9hG4bK1\n\
+Via: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK2\nTo: <sip:b@x>;tag=b\nFrom: <sip:a@x>;tag=a\n\
+Call-ID: c\nCSeq: 1 INVITE\nl: 0\n\n");
+    assert!(matches!(p.on_response(&r2, &udp_in()), Action::Drop { .. }));
+    // Broadcast next hop: dropped.
+    let r3 = msg("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK-sx1\n\
+Via: SIP/2.0/UDP 255.255.255.255;branch=z9hG4bK2\nTo: <sip:b@x>;tag=b\nFrom: <sip:a@x>;tag=a\n\
+Call-ID: c\nCSeq: 1 INVITE\nl: 0\n\n");
+    assert!(matches!(p.on_response(&r3, &udp_in()), Action::Drop { .. }));
+}
+
+#[test]
+fn datagram_to_stream_gets_content_length() {
+    let p = proxy(RecordRoute::Never);
+    let m = msg("OPTIONS sip:b@203.0.113.5;transport=tcp SIP/2.0\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK1\nMax-Forwards: 5\nTo: <sip:b@x>\n\
+From: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 OPTIONS\n\n");
+    let (dest, out) = sent(p.on_request(&m, &udp_in()));
+    assert_eq!(dest.transport, Transport::Tcp);
+    assert_eq!(out.content_length(), Some(0));
+}
