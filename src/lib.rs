@@ -9,6 +9,8 @@
 //!   messages from the untouched bytes.
 //! - [`proxy`]: the stateless proxy rules of RFC 3261 §16: validation, local replies,
 //!   loose routing, Record-Route, the stateless branch, response routing by Via.
+//! - [`tls`]: TLS domain model and matching; the per-connection certificate facts read by
+//!   the `@tls.*` selects.
 //! - [`config`]: `conf.d/` loading with figment, the typed configuration and its validation.
 //!
 //! The runtime that owns sockets and timers is the `siprox-actors` crate in `actors/`.
@@ -17,3 +19,4 @@
 pub mod config;
 pub mod proxy;
 pub mod sip;
+pub mod tls;

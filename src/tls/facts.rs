@@ -1,0 +1,79 @@
+//! What siprox knows about a TLS connection and its certificates, as plain data: extracted
+//! once per connection at handshake (by the runtime), read by the `@tls.*` selects and
+//! `$tls_*` pseudo-variables. No OpenSSL types here; never holds key material.
+
+use std::sync::Arc;
+
+/// Facts about one TLS connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// Negotiated protocol, as OpenSSL names it: `TLSv1.2`, `TLSv1.3`.
+    pub version: String,
+    /// Cipher name, e.g. `TLS_AES_256_GCM_SHA384` or `ECDHE-RSA-AES256-GCM-SHA384`.
+    pub cipher: String,
+    /// Secret bits of the cipher.
+    pub cipher_bits: u32,
+    /// One-line description (`@tls` / `@tls.desc`): version, cipher and bits.
+    pub desc: String,
+    /// SNI the client sent (server side) or that siprox sent (client side).
+    pub server_name: Option<String>,
+    /// The name of the TLS domain the connection belongs to.
+    pub domain: Option<String>,
+    /// The peer's certificate, when it sent one.
+    pub peer: Option<Arc<CertFacts>>,
+    /// siprox's own certificate on this connection.
+    pub my: Option<Arc<CertFacts>>,
+    /// The peer's certificate chain verified against the domain's CAs (`@tls.peer.verified`).
+    pub peer_verified: bool,
+}
+
+/// Facts about one X.509 certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertFacts {
+    pub subject: DnFacts,
+    pub issuer: DnFacts,
+    /// X.509 version as written in SER's select: `1`, `2` or `3`.
+    pub version: u32,
+    /// Serial number, decimal.
+    pub serial: String,
+    /// `notBefore` in OpenSSL's print format: `Jun 17 15:03:20 2005 GMT`.
+    pub not_before: String,
+    /// `notAfter`, same format.
+    pub not_after: String,
+    /// `notAfter` as seconds since the Unix epoch (for expiry checks and metrics).
+    pub not_after_unix: i64,
+    /// `notBefore` as seconds since the Unix epoch.
+    pub not_before_unix: i64,
+    /// subjectAltName entries by kind.
+    pub san_email: Vec<String>,
+    pub san_dns: Vec<String>,
+    pub san_uri: Vec<String>,
+    pub san_ip: Vec<String>,
+    /// Subject and issuer are the same name (and the key verifies its own signature when
+    /// the extractor could check it).
+    pub self_signed: bool,
+    /// SHA-256 fingerprint, lower-case hex without separators.
+    pub fingerprint_sha256: String,
+}
+
+impl CertFacts {
+    /// True when `now` (Unix seconds) is past `notAfter` or before `notBefore`.
+    pub fn expired_at(&self, now: i64) -> bool {
+        now > self.not_after_unix || now < self.not_before_unix
+    }
+}
+
+/// A distinguished name: the whole one-line form and the common attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnFacts {
+    /// One line, OpenSSL's oneline style: `/C=US/O=Example/CN=Bob`.
+    pub line: String,
+    pub cn: Option<String>,
+    pub o: Option<String>,
+    pub ou: Option<String>,
+    pub c: Option<String>,
+    pub st: Option<String>,
+    pub l: Option<String>,
+    pub uid: Option<String>,
+    pub email: Option<String>,
+}
