@@ -193,7 +193,13 @@ impl Proxy {
                 reason: "ACK to an unresolvable destination",
             };
         }
-        self.reply(msg, rx, 503, "Service Unavailable (next hop not resolvable)", "")
+        self.reply(
+            msg,
+            rx,
+            503,
+            "Service Unavailable (next hop not resolvable)",
+            "",
+        )
     }
 
     /// A message whose head could not even be indexed: nothing can be answered.
@@ -239,7 +245,7 @@ impl Proxy {
             .flatten()
             .and_then(|i| u64::from_str_radix(i, 16).ok())
             .map(ConnId);
-        let ip = match next.received().and_then(|r| parse_ip(r)) {
+        let ip = match next.received().and_then(parse_ip) {
             Some(ip) => Some(ip),
             None => next.host.ip(),
         };
@@ -300,7 +306,14 @@ impl Proxy {
 
     /// A locally generated response to `msg` (RFC 3261 §8.2.6), sent back the way the
     /// request came. ACK is never answered.
-    pub fn reply(&self, msg: &Message, rx: &Inbound, code: u16, reason: &str, extra: &str) -> Action {
+    pub fn reply(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        code: u16,
+        reason: &str,
+        extra: &str,
+    ) -> Action {
         if msg.method_kind() == Some(Method::Ack) {
             return Action::Drop {
                 reason: "ACK is never answered",
@@ -343,7 +356,11 @@ impl Proxy {
             remove_routes.push(last);
             skip_last = true;
         }
-        let usable = if skip_last { routes.len() - 1 } else { routes.len() };
+        let usable = if skip_last {
+            routes.len() - 1
+        } else {
+            routes.len()
+        };
         let mut first = 0;
         while first < usable {
             match routes[first].uri() {
@@ -391,7 +408,13 @@ impl Proxy {
         }
     }
 
-    fn build_forward(&self, msg: &Message, rx: &Inbound, plan: &Plan, dest: &Destination) -> Action {
+    fn build_forward(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        plan: &Plan,
+        dest: &Destination,
+    ) -> Action {
         let mut ed = Editor::new(msg);
         // RFC 3261 §18.2.1 and RFC 3581: say where the request really came from.
         if let Ok(top) = msg.top_via() {
@@ -412,7 +435,10 @@ impl Proxy {
         }
         if !plan.remove_routes.is_empty() {
             let rm = &plan.remove_routes;
-            if ed.remove_values(HeaderName::Route, |i| rm.contains(&i)).is_err() {
+            if ed
+                .remove_values(HeaderName::Route, |i| rm.contains(&i))
+                .is_err()
+            {
                 return Action::Drop {
                     reason: "malformed Route",
                 };
@@ -495,7 +521,9 @@ impl Proxy {
                 // No listener of that transport: name the first listener's host with the
                 // transport's default port; replies come back over the connection anyway.
                 match self.cfg.listens.first() {
-                    Some(l) => write_addr(out, SocketAddr::new(l.addr.ip(), transport.default_port())),
+                    Some(l) => {
+                        write_addr(out, SocketAddr::new(l.addr.ip(), transport.default_port()))
+                    }
                     None => out.push_str("invalid.invalid"),
                 }
             }
@@ -518,12 +546,23 @@ impl Proxy {
                 h.write(msg.header(HeaderName::Via).unwrap_or("").as_bytes());
                 h.write(msg.request_uri_str().unwrap_or("").as_bytes());
                 h.write(msg.call_id().unwrap_or("").as_bytes());
-                h.write(msg.from().ok().and_then(|f| f.tag()).unwrap_or("").as_bytes());
+                h.write(
+                    msg.from()
+                        .ok()
+                        .and_then(|f| f.tag())
+                        .unwrap_or("")
+                        .as_bytes(),
+                );
                 h.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
                 h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
             }
         }
-        let _ = write!(out, "{BRANCH_PREFIX}{:016x}-{:08x}", h.finish(), loop_hash(msg));
+        let _ = write!(
+            out,
+            "{BRANCH_PREFIX}{:016x}-{:08x}",
+            h.finish(),
+            loop_hash(msg)
+        );
     }
 
     fn is_loop(&self, msg: &Message) -> bool {
@@ -539,7 +578,13 @@ impl Proxy {
     fn local_tag(&self, msg: &Message) -> String {
         let mut h = Fnv::new();
         h.write(msg.call_id().unwrap_or("").as_bytes());
-        h.write(msg.from().ok().and_then(|f| f.tag()).unwrap_or("").as_bytes());
+        h.write(
+            msg.from()
+                .ok()
+                .and_then(|f| f.tag())
+                .unwrap_or("")
+                .as_bytes(),
+        );
         h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
         format!("sx{:012x}", h.finish() & 0xffff_ffff_ffff)
     }
@@ -552,7 +597,11 @@ impl Proxy {
                 let transport = s
                     .transport()
                     .and_then(Transport::parse)
-                    .unwrap_or(if s.secure { Transport::Tls } else { Transport::Udp });
+                    .unwrap_or(if s.secure {
+                        Transport::Tls
+                    } else {
+                        Transport::Udp
+                    });
                 let port = s.port.unwrap_or(transport.default_port());
                 self.host_port_is_me(&s.host, port)
             }
@@ -573,7 +622,10 @@ impl Proxy {
                     advertised_host(l).is_some_and(|a| a.eq_ignore_ascii_case(n))
                         || (n.eq_ignore_ascii_case("localhost") && l.addr.ip().is_loopback())
                 }
-                _ => host.ip() == Some(l.addr.ip()) || advertised_host(l).and_then(parse_ip) == host.ip(),
+                _ => {
+                    host.ip() == Some(l.addr.ip())
+                        || advertised_host(l).and_then(parse_ip) == host.ip()
+                }
             };
             if host_ok && port_ok(l) {
                 return true;
@@ -686,7 +738,13 @@ fn loop_hash(msg: &Message) -> u32 {
     let mut h = Fnv::new();
     h.write(msg.request_uri_str().unwrap_or("").as_bytes());
     h.write(msg.call_id().unwrap_or("").as_bytes());
-    h.write(msg.from().ok().and_then(|f| f.tag()).unwrap_or("").as_bytes());
+    h.write(
+        msg.from()
+            .ok()
+            .and_then(|f| f.tag())
+            .unwrap_or("")
+            .as_bytes(),
+    );
     h.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
     h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
     for r in msg.header_values(HeaderName::Route) {

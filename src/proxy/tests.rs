@@ -93,21 +93,47 @@ fn forwards_to_ip_literal_with_via_and_max_forwards() {
 fn retransmission_keeps_the_branch_and_cancel_shares_it() {
     let p = proxy(RecordRoute::Never);
     let m = invite("sip:bob@203.0.113.5", "");
-    let b1 = sent(p.on_request(&m, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
-    let b2 = sent(p.on_request(&m, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    let b1 = sent(p.on_request(&m, &udp_in()))
+        .1
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_owned();
+    let b2 = sent(p.on_request(&m, &udp_in()))
+        .1
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_owned();
     assert_eq!(b1, b2);
     let cancel = msg("CANCEL sip:bob@203.0.113.5 SIP/2.0\n\
 Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc;rport\n\
 Max-Forwards: 70\nTo: <sip:bob@example.com>\nFrom: <sip:alice@example.com>;tag=a1\n\
 Call-ID: call-1\nCSeq: 1 CANCEL\nContent-Length: 0\n\n");
-    let b3 = sent(p.on_request(&cancel, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    let b3 = sent(p.on_request(&cancel, &udp_in()))
+        .1
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_owned();
     assert_eq!(b1, b3);
     let other = invite("sip:bob@203.0.113.5", "").as_bytes().clone();
     let other = Message::parse(Bytes::from(
-        String::from_utf8(other.to_vec()).unwrap().replace("z9hG4bKabc", "z9hG4bKdef"),
+        String::from_utf8(other.to_vec())
+            .unwrap()
+            .replace("z9hG4bKabc", "z9hG4bKdef"),
     ))
     .unwrap();
-    let b4 = sent(p.on_request(&other, &udp_in())).1.top_via().unwrap().branch().unwrap().to_owned();
+    let b4 = sent(p.on_request(&other, &udp_in()))
+        .1
+        .top_via()
+        .unwrap()
+        .branch()
+        .unwrap()
+        .to_owned();
     assert_ne!(b1, b4);
 }
 
@@ -125,15 +151,19 @@ fn reply_code(a: &Action) -> (u16, String) {
 fn validation_answers() {
     let p = proxy(RecordRoute::Never);
     // Missing From: 400 naming it.
-    let m = msg("INVITE sip:b@203.0.113.5 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
-To: <sip:b@x>\nCall-ID: c\nCSeq: 1 INVITE\nl: 0\n\n");
+    let m = msg(
+        "INVITE sip:b@203.0.113.5 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
+To: <sip:b@x>\nCall-ID: c\nCSeq: 1 INVITE\nl: 0\n\n",
+    );
     let (code, reason) = reply_code(&p.on_request(&m, &udp_in()));
     assert_eq!(code, 400);
     assert!(reason.contains("From"), "{reason}");
     // Max-Forwards 0: 483, but 200 for OPTIONS to siprox.
     let m = invite("sip:bob@203.0.113.5", "").as_bytes().clone();
     let m = Message::parse(Bytes::from(
-        String::from_utf8(m.to_vec()).unwrap().replace("Max-Forwards: 70", "Max-Forwards: 0"),
+        String::from_utf8(m.to_vec())
+            .unwrap()
+            .replace("Max-Forwards: 70", "Max-Forwards: 0"),
     ))
     .unwrap();
     assert_eq!(reply_code(&p.on_request(&m, &udp_in())).0, 483);
@@ -147,15 +177,20 @@ Max-Forwards: 0\nTo: <sip:192.0.2.10>\nFrom: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 
     assert_eq!(reply_code(&a).0, 420);
     if let Action::Send { bytes, .. } = a {
         let r = Message::parse(bytes).unwrap();
-        assert_eq!(r.header_values_by_name("Unsupported").next(), Some("foo, bar"));
+        assert_eq!(
+            r.header_values_by_name("Unsupported").next(),
+            Some("foo, bar")
+        );
         assert!(r.to().unwrap().tag().is_some());
     }
     // Unknown scheme: 416.
     let m = invite("nobody:opaque", "");
     assert_eq!(reply_code(&p.on_request(&m, &udp_in())).0, 416);
     // An ACK is never answered.
-    let ack = msg("ACK sip:b@203.0.113.5 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
-Max-Forwards: 0\nTo: <sip:b@x>\nFrom: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 ACK\nl: 0\n\n");
+    let ack = msg(
+        "ACK sip:b@203.0.113.5 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK1\n\
+Max-Forwards: 0\nTo: <sip:b@x>\nFrom: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 ACK\nl: 0\n\n",
+    );
     assert!(matches!(p.on_request(&ack, &udp_in()), Action::Drop { .. }));
 }
 
@@ -187,7 +222,10 @@ fn loose_routing_removes_our_routes_and_follows_the_next() {
     );
     let (dest, out) = sent(p.on_request(&m, &udp_in()));
     assert_eq!(dest.addr, "203.0.113.9:5080".parse().unwrap());
-    let routes: Vec<_> = out.routes().map(|r| r.unwrap().uri_str.to_owned()).collect();
+    let routes: Vec<_> = out
+        .routes()
+        .map(|r| r.unwrap().uri_str.to_owned())
+        .collect();
     assert_eq!(routes, vec!["sip:203.0.113.9:5080;lr"]);
     assert_eq!(out.request_uri_str(), Some("sip:bob@example.com"));
 }
@@ -211,10 +249,16 @@ fn double_record_route_on_transport_change() {
     let m = invite("sip:bob@203.0.113.5", "");
     let (dest, out) = sent(p.on_request(&m, &tls_in()));
     assert_eq!(dest.transport, Transport::Udp);
-    let rr: Vec<_> = out.record_routes().map(|r| r.unwrap().uri_str.to_owned()).collect();
+    let rr: Vec<_> = out
+        .record_routes()
+        .map(|r| r.unwrap().uri_str.to_owned())
+        .collect();
     assert_eq!(
         rr,
-        vec!["sip:192.0.2.10:5060;lr;r2=on", "sip:192.0.2.10:5061;transport=tls;lr;r2=on"]
+        vec![
+            "sip:192.0.2.10:5060;lr;r2=on",
+            "sip:192.0.2.10:5061;transport=tls;lr;r2=on"
+        ]
     );
     // Our Via carries the inbound connection for the response path.
     assert_eq!(out.top_via().unwrap().params.get("i"), Some(Some("2a")));
@@ -264,9 +308,14 @@ fn loop_is_detected_but_spiral_is_not() {
     let looped = msg(&format!("{}\r\n{looped}", first.start_line()).replace("\r\n", "\n"));
     assert_eq!(reply_code(&p.on_request(&looped, &udp_in())).0, 482);
     // Same, but the Request-URI changed on the way: a spiral, forwarded.
-    let spiral = looped.head_str().replacen("sip:bob@203.0.113.5", "sip:bob@203.0.113.6", 1);
+    let spiral = looped
+        .head_str()
+        .replacen("sip:bob@203.0.113.5", "sip:bob@203.0.113.6", 1);
     let spiral = msg(&spiral.replace("\r\n", "\n"));
-    assert!(matches!(p.on_request(&spiral, &udp_in()), Action::Send { .. }));
+    assert!(matches!(
+        p.on_request(&spiral, &udp_in()),
+        Action::Send { .. }
+    ));
 }
 
 #[test]
@@ -283,14 +332,18 @@ CSeq: 1 INVITE\nContent-Length: 0\n\n");
     assert_eq!(dest.conn, Some(ConnId(0x2a)));
     assert_eq!(out.vias().count(), 1);
     // Not ours: dropped.
-    let r2 = msg("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 203.0.113.1;branch=z9hG4bK1\n\
+    let r2 = msg(
+        "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 203.0.113.1;branch=z9hG4bK1\n\
 Via: SIP/2.0/UDP 198.51.100.7;branch=z9hG4bK2\nTo: <sip:b@x>;tag=b\nFrom: <sip:a@x>;tag=a\n\
-Call-ID: c\nCSeq: 1 INVITE\nl: 0\n\n");
+Call-ID: c\nCSeq: 1 INVITE\nl: 0\n\n",
+    );
     assert!(matches!(p.on_response(&r2, &udp_in()), Action::Drop { .. }));
     // Broadcast next hop: dropped.
-    let r3 = msg("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK-sx1\n\
+    let r3 = msg(
+        "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK-sx1\n\
 Via: SIP/2.0/UDP 255.255.255.255;branch=z9hG4bK2\nTo: <sip:b@x>;tag=b\nFrom: <sip:a@x>;tag=a\n\
-Call-ID: c\nCSeq: 1 INVITE\nl: 0\n\n");
+Call-ID: c\nCSeq: 1 INVITE\nl: 0\n\n",
+    );
     assert!(matches!(p.on_response(&r3, &udp_in()), Action::Drop { .. }));
 }
 

@@ -124,7 +124,10 @@ pub struct Destination {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send these bytes (a locally generated response, or a forwarded response).
-    Send { dest: Destination, bytes: bytes::Bytes },
+    Send {
+        dest: Destination,
+        bytes: bytes::Bytes,
+    },
     /// Resolve `hop` (RFC 3263, off the worker thread), then call
     /// [`Proxy::forward_request`](super::Proxy::forward_request) with the result.
     Forward { hop: NextHop },
