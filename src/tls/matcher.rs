@@ -78,7 +78,8 @@ fn valid_host_name(n: &str) -> bool {
         && n.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -308,23 +309,38 @@ mod tests {
             spec("two", &["x.example"], &[L2]),
         ];
         let m = ServerMatcher::build(&specs).unwrap();
-        assert_eq!(m.select(L1.parse().unwrap(), Some("x.example")), Selected::Domain(0));
-        assert_eq!(m.select(L2.parse().unwrap(), Some("x.example")), Selected::Domain(1));
+        assert_eq!(
+            m.select(L1.parse().unwrap(), Some("x.example")),
+            Selected::Domain(0)
+        );
+        assert_eq!(
+            m.select(L2.parse().unwrap(), Some("x.example")),
+            Selected::Domain(1)
+        );
     }
 
     #[test]
     fn conflicts_name_both_files() {
-        let specs = vec![spec("one", &["x.example"], &[]), spec("two", &["X.example"], &[L1])];
+        let specs = vec![
+            spec("one", &["x.example"], &[]),
+            spec("two", &["X.example"], &[L1]),
+        ];
         let e = ServerMatcher::build(&specs).unwrap_err();
         let msg = e[0].to_string();
-        assert!(msg.contains("domains/one.toml") && msg.contains("domains/two.toml"), "{msg}");
+        assert!(
+            msg.contains("domains/one.toml") && msg.contains("domains/two.toml"),
+            "{msg}"
+        );
         let specs = vec![spec("one", &[], &[L1]), spec("two", &[], &[L1])];
         assert!(matches!(
             ServerMatcher::build(&specs).unwrap_err()[0],
             MatchError::DuplicateListener { .. }
         ));
         let specs = vec![spec("bad", &["*.*.example"], &[])];
-        assert!(matches!(ServerMatcher::build(&specs).unwrap_err()[0], MatchError::BadName { .. }));
+        assert!(matches!(
+            ServerMatcher::build(&specs).unwrap_err()[0],
+            MatchError::BadName { .. }
+        ));
     }
 
     #[test]
@@ -343,11 +359,20 @@ mod tests {
         ];
         let (m, conflicts) = ClientMatcher::build(&specs);
         assert!(conflicts.is_empty());
-        assert_eq!(m.select("192.0.2.1:5061".parse().unwrap(), None), Selected::Domain(0));
         assert_eq!(
-            m.select("192.0.2.2:5061".parse().unwrap(), Some("pop1.carrier.example")),
+            m.select("192.0.2.1:5061".parse().unwrap(), None),
+            Selected::Domain(0)
+        );
+        assert_eq!(
+            m.select(
+                "192.0.2.2:5061".parse().unwrap(),
+                Some("pop1.carrier.example")
+            ),
             Selected::Domain(1)
         );
-        assert_eq!(m.select("192.0.2.2:5061".parse().unwrap(), None), Selected::Default);
+        assert_eq!(
+            m.select("192.0.2.2:5061".parse().unwrap(), None),
+            Selected::Default
+        );
     }
 }

@@ -3,8 +3,10 @@
 
 mod facts;
 mod matcher;
+mod x509;
 
 pub use facts::{CertFacts, DnFacts, TlsFacts};
 pub use matcher::{
     normalise_name, ClientMatcher, ClientSpec, MatchError, Selected, ServerMatcher, ServerSpec,
 };
+pub use x509::{cert_facts, dn_facts, unix_time};
