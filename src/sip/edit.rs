@@ -419,7 +419,11 @@ Content-Length: 0\r\n\r\n";
     fn remove_values_across_lines() {
         let m = msg("OPTIONS sip:a@b SIP/2.0\r\nRoute: <sip:1;lr>, <sip:2;lr>\r\nRoute: <sip:3;lr>\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n");
         let mut e = Editor::new(&m);
-        assert_eq!(e.remove_values(HeaderName::Route, |i| i == 0 || i == 2).unwrap(), 2);
+        assert_eq!(
+            e.remove_values(HeaderName::Route, |i| i == 0 || i == 2)
+                .unwrap(),
+            2
+        );
         let out = e.finish();
         assert_eq!(
             &out[..],
@@ -431,7 +435,8 @@ Content-Length: 0\r\n\r\n";
     fn top_via_received_and_rport() {
         let m = msg("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5070;rport;branch=z9hG4bK1, SIP/2.0/UDP x\r\nl: 0\r\n\r\n");
         let mut e = Editor::new(&m);
-        e.set_top_via_params(Some("192.0.2.7"), Some(40000)).unwrap();
+        e.set_top_via_params(Some("192.0.2.7"), Some(40000))
+            .unwrap();
         let f = Message::parse(e.finish()).unwrap();
         let v = f.top_via().unwrap();
         assert_eq!(v.received(), Some("192.0.2.7"));

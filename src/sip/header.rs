@@ -123,39 +123,64 @@ impl HeaderName {
                 _ => Other,
             };
         }
-        // Candidates by length, then one case-insensitive compare: at most a few per length.
-        let candidates: &[HeaderName] = match name.len() {
-            2 => &[To],
-            3 => &[Via],
-            4 => &[From, CSeq, Path, Date],
-            5 => &[Route, Allow, Event],
-            6 => &[Accept, Server],
-            7 => &[Contact, Call_ID_LEN7, Expires, Require, Subject],
-            8 => &[ReferTo, Identity],
-            9 => &[Supported],
-            10 => &[UserAgent],
-            11 => &[MinExpires, ReferredBy, Unsupported],
-            12 => &[MaxForwards, RecordRoute, ContentType, AllowEvents],
-            13 => &[ProxyRequire, Authorization],
-            14 => &[ContentLength, AcceptContact, RejectContact],
-            15 => &[SessionExpires],
-            16 => &[ContentEncoding, WwwAuthenticate],
-            18 => &[ProxyAuthenticate],
-            19 => &[RequestDisposition, ProxyAuthorization],
-            _ => &[],
+        // One candidate by (length, first letter), then one case-insensitive compare: this
+        // runs for every header line of every message.
+        let Some(&first) = name.first() else {
+            return Other;
         };
-        for &c in candidates {
-            if c.as_str().as_bytes().eq_ignore_ascii_case(name) {
-                return c;
+        let candidate = match (name.len(), first.to_ascii_lowercase()) {
+            (2, b't') => To,
+            (3, b'v') => Via,
+            (4, b'f') => From,
+            (4, b'c') => CSeq,
+            (4, b'p') => Path,
+            (4, b'd') => Date,
+            (5, b'r') => Route,
+            (5, b'a') => Allow,
+            (5, b'e') => Event,
+            (6, b'a') => Accept,
+            (6, b's') => Server,
+            (7, b'c') => {
+                // Contact and Call-ID share length and first letter.
+                if name.get(1).is_some_and(|b| b.eq_ignore_ascii_case(&b'o')) {
+                    Contact
+                } else {
+                    CallId
+                }
             }
+            (7, b'e') => Expires,
+            (7, b'r') => Require,
+            (7, b's') => Subject,
+            (8, b'r') => ReferTo,
+            (8, b'i') => Identity,
+            (9, b's') => Supported,
+            (10, b'u') => UserAgent,
+            (11, b'm') => MinExpires,
+            (11, b'r') => ReferredBy,
+            (11, b'u') => Unsupported,
+            (12, b'm') => MaxForwards,
+            (12, b'r') => RecordRoute,
+            (12, b'c') => ContentType,
+            (12, b'a') => AllowEvents,
+            (13, b'p') => ProxyRequire,
+            (13, b'a') => Authorization,
+            (14, b'c') => ContentLength,
+            (14, b'a') => AcceptContact,
+            (14, b'r') => RejectContact,
+            (15, b's') => SessionExpires,
+            (16, b'c') => ContentEncoding,
+            (16, b'w') => WwwAuthenticate,
+            (18, b'p') => ProxyAuthenticate,
+            (19, b'r') => RequestDisposition,
+            (19, b'p') => ProxyAuthorization,
+            _ => return Other,
+        };
+        if candidate.as_str().as_bytes().eq_ignore_ascii_case(name) {
+            return candidate;
         }
         Other
     }
 }
-
-// "Call-ID" is 7 bytes long; an alias keeps the table above readable.
-#[allow(non_upper_case_globals)]
-const Call_ID_LEN7: HeaderName = HeaderName::CallId;
 
 #[cfg(test)]
 mod tests {
@@ -242,6 +267,8 @@ mod tests {
             assert_eq!(HeaderName::classify(c.to_uppercase().as_bytes()), n);
         }
         assert_eq!(HeaderName::classify(b"z"), Other);
+        assert_eq!(HeaderName::classify(b""), Other);
+        assert_eq!(HeaderName::classify(b"Cxxxxxx"), Other);
         assert_eq!(HeaderName::classify(b"C%6Fntact"), Other);
         assert_eq!(HeaderName::classify(b"MaX-fOrWaRdS"), MaxForwards);
     }

@@ -219,7 +219,11 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
             name_end -= 1;
         }
         let name_bytes = &line[..name_end];
-        if name_bytes.is_empty() || !name_bytes.iter().all(|&b| scan::is_token(b)) {
+        let name = HeaderName::classify(name_bytes);
+        // A known name is made of token characters already; only others need the check.
+        if name == HeaderName::Other
+            && (name_bytes.is_empty() || !name_bytes.iter().all(|&b| scan::is_token(b)))
+        {
             return Err(ParseError::BadHeaderLine { offset: line_start });
         }
         let mut vs = colon + 1;
@@ -230,7 +234,6 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
         while ve > vs && scan::is_lws(line[ve - 1]) {
             ve -= 1;
         }
-        let name = HeaderName::classify(name_bytes);
         if name == HeaderName::ContentLength {
             content_length = match content_length {
                 ContentLength::Absent => {
