@@ -4,6 +4,8 @@
 //! - `load`: which files, in which order, merged how ([`load`], [`load_with_env`],
 //!   [`config_files`]).
 //! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
+//! - `runtime`: the runtime's sections `[runtime]`, `[connections]`, `[tls]`.
+//! - `tls`: the TLS settings of a domain's server and client sides.
 //! - `validate`: what types cannot say (listeners, limits, log filter, domains).
 //! - `error`: [`ConfigError`] / [`ConfigErrors`], each naming the file or variable at fault.
 //!
@@ -11,12 +13,18 @@
 
 mod error;
 mod load;
+mod runtime;
 mod schema;
+mod tls;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     config_files, load, load_with_env, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX, ENV_SEPARATOR,
 };
+pub use runtime::{
+    ConfigDuration, ConnectionsConfig, RuntimeConfig, TlsConfig, TlsVersion, VerifyClient,
+};
 pub use schema::{Config, DomainConfig, HostPort, Listener, LogConfig, LogFormat, Proto};
+pub use tls::{ClientTls, ServerTls};
 pub use validate::{check_log_directives, MAX_MESSAGE_SIZE_CEILING};

@@ -1,10 +1,17 @@
 //! TLS in the core: the domain model and how a connection picks its domain, and the facts
 //! about a connection's certificates that route scripts read. No sockets, no runtime.
 
+mod context;
 mod facts;
 mod matcher;
+#[cfg(test)]
+pub(crate) mod testutil;
 mod x509;
 
+pub use context::{
+    build_client, build_server, process_env, resolve, ClientContext, EnvLookup, ServerContext,
+    SslPolicy, TlsError,
+};
 pub use facts::{CertFacts, DnFacts, TlsFacts};
 pub use matcher::{
     normalise_name, ClientMatcher, ClientSpec, MatchError, Selected, ServerMatcher, ServerSpec,

@@ -120,7 +120,8 @@ mod tests {
         let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
         let mut name = X509NameBuilder::new().unwrap();
         name.append_entry_by_nid(Nid::COUNTRYNAME, "US").unwrap();
-        name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Example").unwrap();
+        name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Example")
+            .unwrap();
         name.append_entry_by_nid(Nid::COMMONNAME, "Bob").unwrap();
         let name = name.build();
         let mut b = X509Builder::new().unwrap();
@@ -130,8 +131,10 @@ mod tests {
         b.set_subject_name(&name).unwrap();
         b.set_issuer_name(&name).unwrap();
         b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::from_unix(1_118_000_000).unwrap()).unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(1_118_000_000).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
         let san = SubjectAlternativeName::new()
             .email("bob@example.com")
             .dns("bob.example.com")
