@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::runtime::{ConnectionsConfig, RuntimeConfig, TlsConfig};
 use crate::sip::Limits;
 
 /// The whole configuration, merged from every conf.d/ file and the environment.
@@ -31,6 +32,15 @@ pub struct Config {
     /// `[domains.<name>]`: tenant domains, usually one file each in `conf.d/domains/`.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainConfig>,
+    /// `[runtime]`: worker threads and graceful shutdown.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// `[connections]`: TCP/TLS timeouts, write queues and connection limits.
+    #[serde(default)]
+    pub connections: ConnectionsConfig,
+    /// `[tls]`: the default server and client TLS settings.
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// The files this configuration was merged from, in merge order. Not a config key.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
