@@ -11,6 +11,11 @@
 //!   loose routing, Record-Route, the stateless branch, response routing by Via.
 //! - [`tls`]: TLS domain model and matching; the per-connection certificate facts read by
 //!   the `@tls.*` selects.
+//! - [`script`]: the route-script language (SER/Kamailio style): lexer, parser and checker,
+//!   the compiled immutable form, and the sans-IO interpreter whose effects leave through
+//!   the `Host` trait.
+//! - [`select`]: the select framework: `@a.b[2].c` paths resolved at compile time and
+//!   evaluated against a message, its transport and its TLS facts.
 //! - [`config`]: `conf.d/` loading with figment, the typed configuration and its validation.
 //!
 //! The runtime that owns sockets and timers is the `siprox-actors` crate in `actors/`.
@@ -18,5 +23,7 @@
 
 pub mod config;
 pub mod proxy;
+pub mod script;
+pub mod select;
 pub mod sip;
 pub mod tls;

@@ -51,10 +51,15 @@ pub fn main() -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
-        None => match load(&cli.config_dir, &mut std::io::stderr().lock()) {
-            Ok(config) => run(config),
-            Err(code) => code,
-        },
+        None => {
+            // The stderr lock must be released before `run`: a temporary in the `match`
+            // head would live until the runtime exits and block every other thread's logs.
+            let loaded = load(&cli.config_dir, &mut std::io::stderr().lock());
+            match loaded {
+                Ok(config) => run(config),
+                Err(code) => code,
+            }
+        }
     }
 }
 
@@ -86,17 +91,28 @@ pub fn report(errors: &ConfigErrors, err: &mut dyn Write) {
     }
 }
 
-/// Runs siprox with a validated configuration. The runtime is not in this build yet: say so
-/// and fail, rather than exit 0 or block as if serving. Replaced by the runtime issue.
+/// Runs siprox with a validated configuration until SIGTERM/SIGINT: logging from `[log]`,
+/// then the runtime (`crate::runtime`). Relative `[tls]` paths are resolved against the
+/// parent of the configuration directory. Exit 0 after a graceful shutdown; 1 when the
+/// runtime cannot start (the error, naming the file or address, on stderr).
 pub fn run(config: Config) -> ExitCode {
-    let listeners = config.listen.len();
-    eprintln!(
-        "siprox: configuration OK ({listeners} listener{}), but the SIP runtime is not \
-         implemented in this build yet: nothing is served. Use `siprox check` to validate \
-         a configuration.",
-        if listeners == 1 { "" } else { "s" }
-    );
-    ExitCode::from(EXIT_NOT_IMPLEMENTED)
+    crate::logging::init(&config.log);
+    let opts = crate::runtime::RuntimeOptions {
+        base_dir: crate::runtime::RuntimeOptions::base_dir_for(&config),
+        handle_signals: true,
+    };
+    match crate::runtime::Runtime::start(config, opts) {
+        Ok(handle) => {
+            handle.wait();
+            tracing::info!("siprox stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "siprox cannot start");
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG_ERROR)
+        }
+    }
 }
 
 #[cfg(test)]

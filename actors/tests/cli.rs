@@ -149,12 +149,70 @@ fn repo_default_conf_d_passes_check() {
 }
 
 #[test]
-fn run_without_runtime_says_so_and_exits_2() {
-    let out = siprox(&["-c", &default_conf_d().to_string_lossy()]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("not implemented"), "{stderr}");
-    assert!(out.stdout.is_empty());
+fn run_serves_until_sigterm_then_exits_0() {
+    use std::io::BufRead as _;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("conf.d");
+    std::fs::create_dir(&conf).expect("conf.d");
+    write(
+        &conf,
+        "00-core.toml",
+        "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         [[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n\
+         [runtime]\nworkers = 1\n[tls]\ngenerate_dev_certs = true\n",
+    );
+    let mut child = siprox_cmd()
+        .arg("-c")
+        .arg(&conf)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn siprox");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log.contains("transport=TLS") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("siprox did not report listening:\n{log}");
+            }
+        }
+    }
+    // Relative [tls] paths live beside conf.d, not in the working directory.
+    assert!(dir.path().join("certs/server.pem").exists(), "{log}");
+    assert!(log.contains("DEVELOPMENT TLS CERTIFICATES"), "{log}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("siprox did not exit after SIGTERM:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{log}");
 }
 
 #[test]

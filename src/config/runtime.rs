@@ -127,13 +127,14 @@ pub struct ConnectionsConfig {
     pub max_connections_per_ip: usize,
     /// A TLS handshake that takes longer is abandoned.
     pub handshake_timeout: ConfigDuration,
-    /// A connection that carries nothing for this long is closed.
+    /// A connection that carries nothing for this long is closed; 0 = never.
     pub idle_timeout: ConfigDuration,
     /// A peer that accepts none of its queued bytes for this long loses its connection.
     pub send_timeout: ConfigDuration,
     /// An outgoing TCP connect that takes longer fails (the TLS handshake then has its own).
     pub connect_timeout: ConfigDuration,
     /// Most bytes queued for one connection; a peer that lets more pile up is disconnected.
+    /// At least `limits.max_message_size` (checked when the runtime starts).
     pub max_write_queue: usize,
     /// Listen backlog of each TCP/TLS socket: handshake storms need a deep one.
     pub listen_backlog: u32,

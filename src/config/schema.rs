@@ -264,9 +264,19 @@ impl LogFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
-    /// SIP domain names (the host part of request URIs) this domain serves.
+    /// SIP domain names (the host part of request URIs) this domain serves. Its TLS server
+    /// side answers to these names in SNI unless `server.sni` says otherwise.
     #[serde(default)]
     pub names: Vec<String>,
+    /// `[domains.<name>.server]`: the TLS server side (certificate, client verification...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::config::ServerTls>,
+    /// `[domains.<name>.client]`: the TLS client side used when connecting to its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<crate::config::ClientTls>,
+    /// The domain's route script (relative to the configuration directory's parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<PathBuf>,
 }
 
 impl Config {

@@ -496,6 +496,7 @@ mod tests {
         let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
         let domain = |names: &[&str]| crate::config::DomainConfig {
             names: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         };
         config
             .domains

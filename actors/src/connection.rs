@@ -1,0 +1,672 @@
+//! The `Connection` actor: one TCP or TLS stream, incoming or outgoing, on the arbiter that
+//! accepted or opened it. It owns the handshake, SIP framing, a bounded write queue with
+//! `send_timeout`, the idle timeout and graceful drain. Every message it reads goes straight
+//! to the proxy core on this thread. Must never block its thread, never wait for another
+//! connection, and never panic on what a peer sends.
+//!
+//! The I/O is one hand-written [`ActorFuture`] ([`IoDriver`]) polled inside the actor's
+//! context: it sees the actor's state on every poll, so queued bytes, buffers and timers
+//! live in the actor with no locks and no extra channel. actix polls it right after the
+//! mailbox, so bytes enqueued by [`Enqueue`] are written in the same pass.
+
+use std::collections::VecDeque;
+use std::future::Future as _;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use actix::fut::{wrap_future, ActorFuture, ActorFutureExt};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage};
+use bytes::{Bytes, BytesMut};
+use openssl::ssl::Ssl;
+use siprox::proxy::{Action, ConnId, Destination, Inbound, Transport};
+use siprox::sip::{Frame, StreamFramer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_openssl::SslStream;
+use tracing::{debug, info_span, trace, warn, Span};
+
+use crate::shared::{inc, ConnSettings, Slot};
+use crate::table::{ConnHandle, PeerKey, WriteQueue};
+use crate::worker::Worker;
+
+/// Read-buffer growth step. Small on purpose: most SIP messages fit, idle connections hold
+/// no buffer at all (see `read_some`), and big messages grow it only while they last.
+const READ_CHUNK: usize = 4096;
+/// A buffer grown past this by a large message is freed as soon as it is empty again.
+const READ_KEEP_MAX: usize = 16 * 1024;
+/// Read-and-process rounds per poll before yielding, so one busy peer cannot starve the
+/// other connections of its worker.
+const POLL_BUDGET: usize = 16;
+
+/// Why a connection closed (logs and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    PeerClosed,
+    ReadError(io::ErrorKind),
+    WriteError(io::ErrorKind),
+    SendTimeout,
+    WriteQueueFull,
+    IdleTimeout,
+    FramingError,
+    Shutdown,
+    HandshakeFailed,
+    ConnectFailed,
+}
+
+/// Enqueue bytes for writing (sent by [`ConnHandle::send`], which did the accounting).
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Enqueue(pub Bytes);
+
+/// Close now, discarding the queue.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Close(pub CloseReason);
+
+/// Graceful shutdown: stop reading, write what is queued, close.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+enum Io {
+    Tcp(TcpStream),
+    Tls(SslStream<TcpStream>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Io {
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, b),
+        }
+    }
+    fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// TCP connect and/or TLS handshake in progress; writes queue up.
+    Starting,
+    Open,
+    /// Not reading any more; writing what is queued, then closing.
+    Draining(CloseReason),
+}
+
+/// One TCP/TLS stream.
+pub struct Connection {
+    id: ConnId,
+    transport: Transport,
+    peer: SocketAddr,
+    local: SocketAddr,
+    key: PeerKey,
+    /// Server name to verify when this is an outgoing TLS connection.
+    dest: Option<Destination>,
+    span: Span,
+    worker: Rc<Worker>,
+    settings: ConnSettings,
+    /// The accepted TCP stream until the handshake takes it.
+    accepted: Option<TcpStream>,
+    io: Option<Io>,
+    rbuf: BytesMut,
+    framer: StreamFramer,
+    wq: VecDeque<Bytes>,
+    /// Bytes of `wq.front()` already written.
+    woff: usize,
+    queued: Arc<WriteQueue>,
+    /// Armed while the socket refuses our bytes; reset whenever some are accepted.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    last_activity: Instant,
+    phase: Phase,
+    _slot: Slot,
+}
+
+impl Connection {
+    /// Starts the actor for an accepted stream on the current arbiter.
+    pub(crate) fn start_incoming(
+        worker: &Rc<Worker>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+        slot: Slot,
+    ) {
+        let snap = worker.shared.snapshot.load();
+        let settings = snap.conn;
+        let limits = snap.limits;
+        drop(snap);
+        let id = worker.shared.next_conn_id();
+        let key = PeerKey {
+            transport,
+            addr: peer,
+            server_name: None,
+        };
+        Connection::create(move |_ctx| Connection {
+            id,
+            transport,
+            peer,
+            local,
+            key,
+            dest: None,
+            span: conn_span(id, peer, transport, "in"),
+            worker: worker.clone(),
+            settings,
+            accepted: Some(tcp),
+            io: None,
+            rbuf: BytesMut::new(),
+            framer: StreamFramer::new(limits),
+            wq: VecDeque::new(),
+            woff: 0,
+            queued: Arc::new(WriteQueue::default()),
+            send_timer: None,
+            idle_timer: None,
+            last_activity: Instant::now(),
+            phase: Phase::Starting,
+            _slot: slot,
+        });
+    }
+
+    /// Starts an outgoing connection to `dest` on the current arbiter and returns its handle
+    /// at once: messages sent before the connect completes wait in its queue.
+    pub(crate) fn start_outgoing(
+        worker: &Rc<Worker>,
+        key: &PeerKey,
+        dest: &Destination,
+    ) -> ConnHandle {
+        let snap = worker.shared.snapshot.load();
+        let settings = snap.conn;
+        let limits = snap.limits;
+        drop(snap);
+        let id = worker.shared.next_conn_id();
+        let queued = Arc::new(WriteQueue::default());
+        let q = queued.clone();
+        let slot = worker.shared.admit_outgoing();
+        let addr = Connection::create(|_ctx| Connection {
+            id,
+            transport: dest.transport,
+            peer: dest.addr,
+            local: dest.addr,
+            key: key.clone(),
+            dest: Some(dest.clone()),
+            span: conn_span(id, dest.addr, dest.transport, "out"),
+            worker: worker.clone(),
+            settings,
+            accepted: None,
+            io: None,
+            rbuf: BytesMut::new(),
+            framer: StreamFramer::new(limits),
+            wq: VecDeque::new(),
+            woff: 0,
+            queued: q,
+            send_timer: None,
+            idle_timer: None,
+            last_activity: Instant::now(),
+            phase: Phase::Starting,
+            _slot: slot,
+        });
+        ConnHandle::new(id, addr, queued, settings.max_write_queue)
+    }
+
+    fn inbound(&self) -> Inbound {
+        Inbound {
+            transport: self.transport,
+            source: self.peer,
+            local: self.local,
+            conn: Some(self.id),
+        }
+    }
+
+    /// Handshake (incoming TLS) or connect (outgoing), then open.
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        if let Some(dest) = self.dest.clone() {
+            let tls = self.worker.shared.snapshot.load().tls.clone();
+            let s = self.settings;
+            let fut = async move {
+                let tcp =
+                    match tokio::time::timeout(s.connect_timeout, TcpStream::connect(dest.addr))
+                        .await
+                    {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => return Err((CloseReason::ConnectFailed, e.to_string())),
+                        Err(_) => {
+                            return Err((CloseReason::ConnectFailed, "connect timeout".to_owned()))
+                        }
+                    };
+                let _ = tcp.set_nodelay(true);
+                if dest.transport != Transport::Tls {
+                    return Ok(Io::Tcp(tcp));
+                }
+                let ssl = tls
+                    .client_ssl(&dest)
+                    .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+                handshake(ssl, tcp, s.handshake_timeout, false)
+                    .await
+                    .map(Io::Tls)
+            };
+            ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
+            return;
+        }
+        let Some(tcp) = self.accepted.take() else {
+            ctx.stop();
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        if self.transport != Transport::Tls {
+            self.started_io(Ok(Io::Tcp(tcp)), ctx);
+            return;
+        }
+        let tls = self.worker.shared.snapshot.load().tls.clone();
+        let timeout = self.settings.handshake_timeout;
+        let fut = async move {
+            let ssl = tls
+                .server_ssl()
+                .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+            handshake(ssl, tcp, timeout, true).await.map(Io::Tls)
+        };
+        ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
+    }
+
+    fn started_io(&mut self, res: Result<Io, (CloseReason, String)>, ctx: &mut Context<Self>) {
+        let _e = self.span.clone().entered();
+        let io = match res {
+            Ok(io) => io,
+            Err((reason, why)) => {
+                let stats = &self.worker.shared.stats;
+                inc(match reason {
+                    CloseReason::ConnectFailed => &stats.connect_failures,
+                    _ => &stats.handshake_failures,
+                });
+                let queued = self.wq.len();
+                if self.dest.is_some() {
+                    // siprox chose to connect: a failure loses messages, the operator must see it.
+                    warn!(reason = ?reason, error = %why, dropped_messages = queued, "outgoing connection failed");
+                    for _ in 0..queued {
+                        inc(&stats.send_failures);
+                    }
+                } else {
+                    // A client's failed handshake is the client's problem (and floods are cheap
+                    // to cause): debug, and counted.
+                    debug!(reason = ?reason, error = %why, "handshake failed");
+                }
+                ctx.stop();
+                return;
+            }
+        };
+        if let Io::Tcp(t) = &io {
+            if let Ok(a) = t.local_addr() {
+                self.local = a;
+            }
+        }
+        if let Io::Tls(s) = &io {
+            if let Ok(a) = s.get_ref().local_addr() {
+                self.local = a;
+            }
+            debug!(
+                version = s.ssl().version_str(),
+                cipher = s.ssl().current_cipher().map(|c| c.name()).unwrap_or("-"),
+                "TLS established"
+            );
+        } else {
+            debug!("connection established");
+        }
+        self.io = Some(io);
+        self.queued.established.store(true, Ordering::Release);
+        if self.phase == Phase::Starting {
+            self.phase = Phase::Open;
+        }
+        self.last_activity = Instant::now();
+        // idle_timeout = 0: connections are never closed for idleness.
+        if !self.settings.idle_timeout.is_zero() {
+            self.idle_timer = Some(Box::pin(tokio::time::sleep(self.settings.idle_timeout)));
+        }
+        if self.dest.is_none() {
+            // Incoming: reachable by id (responses) and by peer (requests to the same flow).
+            let handle = ConnHandle::new(
+                self.id,
+                ctx.address(),
+                self.queued.clone(),
+                self.settings.max_write_queue,
+            );
+            self.worker.shared.table.insert(self.key.clone(), handle);
+        }
+        ctx.spawn(IoDriver);
+    }
+
+    /// Writes as much of the queue as the socket takes. `Err` = close now.
+    fn flush_queue(&mut self, cx: &mut TaskContext<'_>) -> Result<(), CloseReason> {
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
+        let mut progressed = false;
+        while let Some(front) = self.wq.front() {
+            match io.poll_write(cx, &front[self.woff..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(CloseReason::WriteError(io::ErrorKind::WriteZero))
+                }
+                Poll::Ready(Ok(n)) => {
+                    progressed = true;
+                    self.woff += n;
+                    if self.woff >= front.len() {
+                        let len = front.len();
+                        self.wq.pop_front();
+                        self.woff = 0;
+                        self.queued.bytes.fetch_sub(len, Ordering::AcqRel);
+                    }
+                }
+                Poll::Ready(Err(e)) => return Err(CloseReason::WriteError(e.kind())),
+                Poll::Pending => break,
+            }
+        }
+        if self.wq.is_empty() {
+            // Timers are freed when not needed: an idle connection costs as little as possible.
+            self.send_timer = None;
+            if progressed {
+                self.last_activity = Instant::now();
+            }
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.settings.send_timeout;
+        match &mut self.send_timer {
+            None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(t) if progressed => t.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        if progressed {
+            self.last_activity = Instant::now();
+        }
+        if let Some(t) = &mut self.send_timer {
+            if t.as_mut().poll(cx).is_ready() {
+                return Err(CloseReason::SendTimeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// One read and the frames it completes.
+    fn read_some(&mut self, cx: &mut TaskContext<'_>) -> ReadOutcome {
+        let Some(io) = self.io.as_mut() else {
+            return ReadOutcome::Pending;
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let mut io = Pin::new(io);
+        let n = match tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.rbuf) {
+            Poll::Pending => {
+                if self.rbuf.is_empty() {
+                    // Nothing pending: give the buffer back while the peer is quiet, so an
+                    // idle connection holds no read buffer at all.
+                    self.rbuf = BytesMut::new();
+                }
+                return ReadOutcome::Pending;
+            }
+            Poll::Ready(Err(e)) => return ReadOutcome::Close(CloseReason::ReadError(e.kind())),
+            Poll::Ready(Ok(n)) => n,
+        };
+        if n == 0 {
+            return ReadOutcome::Eof;
+        }
+        self.last_activity = Instant::now();
+        ReadOutcome::Data
+    }
+}
+
+enum ReadOutcome {
+    Data,
+    Pending,
+    Eof,
+    Close(CloseReason),
+}
+
+/// A TLS handshake bounded by `timeout`.
+async fn handshake(
+    ssl: Ssl,
+    tcp: TcpStream,
+    timeout: Duration,
+    server: bool,
+) -> Result<SslStream<TcpStream>, (CloseReason, String)> {
+    let mut s =
+        SslStream::new(ssl, tcp).map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+    let hs = async {
+        if server {
+            Pin::new(&mut s).accept().await
+        } else {
+            Pin::new(&mut s).connect().await
+        }
+    };
+    match tokio::time::timeout(timeout, hs).await {
+        Ok(Ok(())) => Ok(s),
+        Ok(Err(e)) => Err((CloseReason::HandshakeFailed, e.to_string())),
+        Err(_) => Err((CloseReason::HandshakeFailed, "handshake timeout".to_owned())),
+    }
+}
+
+fn conn_span(id: ConnId, peer: SocketAddr, transport: Transport, dir: &'static str) -> Span {
+    info_span!("conn", conn.id = %id, peer = %peer, transport = %transport, dir)
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.begin(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.worker.shared.table.remove(self.id, &self.key);
+        trace!(parent: &self.span, "connection actor stopped");
+    }
+}
+
+impl Handler<Enqueue> for Connection {
+    type Result = ();
+    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) {
+        // Queued in every phase: before the connect completes (sent once it does), and while
+        // draining (the drain writes it, bounded by send_timeout and shutdown_grace).
+        self.wq.push_back(msg.0);
+    }
+}
+
+impl Handler<Close> for Connection {
+    type Result = ();
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        self.finish(msg.0, ctx);
+    }
+}
+
+impl Handler<Drain> for Connection {
+    type Result = ();
+    fn handle(&mut self, _msg: Drain, ctx: &mut Self::Context) {
+        if self.io.is_none() {
+            // Still connecting or handshaking: nothing of ours is in flight.
+            self.finish(CloseReason::Shutdown, ctx);
+        } else if self.phase == Phase::Open {
+            self.phase = Phase::Draining(CloseReason::Shutdown);
+        }
+    }
+}
+
+impl Connection {
+    /// Logs and counts why the connection closes, then stops the actor (which drops the
+    /// socket and unregisters it).
+    fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        let _e = self.span.clone().entered();
+        let stats = &self.worker.shared.stats;
+        let queued = self.queued.bytes.load(Ordering::Relaxed);
+        match reason {
+            CloseReason::SendTimeout => {
+                inc(&stats.send_timeouts);
+                warn!(
+                    queued_bytes = queued,
+                    "peer did not read for send_timeout: closing"
+                );
+            }
+            CloseReason::WriteQueueFull => {
+                inc(&stats.write_queue_overflows);
+                warn!(queued_bytes = queued, "write queue full: closing");
+            }
+            CloseReason::IdleTimeout => {
+                inc(&stats.idle_timeouts);
+                debug!("idle timeout: closing");
+            }
+            CloseReason::FramingError => {
+                inc(&stats.framing_errors);
+                debug!("stream lost SIP framing: closed");
+            }
+            other => debug!(reason = ?other, "connection closed"),
+        }
+        ctx.stop();
+    }
+
+    /// The idle timer: fires at last_activity + idle_timeout (re-armed lazily, so activity
+    /// costs a timestamp, not a timer update).
+    fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(t) = &mut self.idle_timer else {
+            return false;
+        };
+        loop {
+            if t.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_activity + self.settings.idle_timeout;
+            if due <= Instant::now() {
+                return true;
+            }
+            t.as_mut().reset(due);
+        }
+    }
+
+    /// Frames and handles what the read buffer holds. `Err` = the stream lost framing.
+    fn process_frames(&mut self) -> Result<(), CloseReason> {
+        loop {
+            match self.framer.next_frame(&mut self.rbuf) {
+                Ok(Some(Frame::Message(msg))) => {
+                    let inbound = self.inbound();
+                    self.worker.on_message(msg, inbound);
+                }
+                Ok(Some(Frame::Ping)) => {
+                    // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
+                    let pong = Bytes::from_static(b"\r\n");
+                    self.queued.bytes.fetch_add(pong.len(), Ordering::AcqRel);
+                    self.wq.push_back(pong);
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    // Answer what can be answered (400 with the parse error), then close:
+                    // after a framing error nothing more on this stream can be trusted.
+                    let bytes = self.rbuf.split().freeze();
+                    let inbound = self.inbound();
+                    let snap = self.worker.shared.snapshot.load();
+                    let action = snap.proxy.on_unparsable(&bytes, &e, &inbound);
+                    drop(snap);
+                    debug!(error = %e, "framing error");
+                    match action {
+                        Action::Send { dest, bytes } if dest.conn == Some(self.id) => {
+                            self.queued.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                            self.wq.push_back(bytes);
+                        }
+                        other => self.worker.execute_simple(other, &inbound),
+                    }
+                    return Err(CloseReason::FramingError);
+                }
+            }
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP_MAX {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// One pass of the I/O state machine. `Ready(reason)` = close now.
+    fn poll_io(&mut self, cx: &mut TaskContext<'_>) -> Poll<CloseReason> {
+        for _ in 0..POLL_BUDGET {
+            if let Err(r) = self.flush_queue(cx) {
+                return Poll::Ready(r);
+            }
+            if let Phase::Draining(reason) = self.phase {
+                if !self.wq.is_empty() {
+                    return Poll::Pending;
+                }
+                let Some(io) = self.io.as_mut() else {
+                    return Poll::Ready(reason);
+                };
+                // TLS close_notify, then FIN.
+                return match io.poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(reason),
+                };
+            }
+            match self.read_some(cx) {
+                ReadOutcome::Data => {
+                    if let Err(r) = self.process_frames() {
+                        self.phase = Phase::Draining(r);
+                    }
+                }
+                ReadOutcome::Pending => {
+                    if self.poll_idle(cx) {
+                        return Poll::Ready(CloseReason::IdleTimeout);
+                    }
+                    return Poll::Pending;
+                }
+                ReadOutcome::Eof => {
+                    // The peer finished sending; it may still read what we owe it.
+                    self.phase = Phase::Draining(CloseReason::PeerClosed);
+                }
+                ReadOutcome::Close(r) => return Poll::Ready(r),
+            }
+        }
+        // Budget spent with more to do: yield to the other connections of this worker.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Drives a connection's socket inside its actor context (see the module doc).
+struct IoDriver;
+
+impl ActorFuture<Connection> for IoDriver {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Connection,
+        ctx: &mut Context<Connection>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        let span = act.span.clone();
+        let _e = span.enter();
+        match act.poll_io(task) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(reason) => {
+                act.finish(reason, ctx);
+                Poll::Ready(())
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! `Listener` actors and the sockets they own: per worker, one SO_REUSEPORT TCP listening
+//! socket per tcp/tls address (the kernel spreads connections across workers) and one
+//! SO_REUSEPORT UDP socket per udp address (it spreads datagrams by source). A TCP listener
+//! admits connections and starts their `Connection` actor on its own arbiter; a UDP
+//! listener parses each datagram and hands it to the proxy core on the spot. Must never
+//! block the worker and never let one burst starve the other actors of the arbiter.
+
+use std::future::Future as _;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use actix::fut::ActorFuture;
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage};
+use bytes::Bytes;
+use siprox::proxy::{Inbound, Transport};
+use siprox::sip::Message;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::ReadBuf;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::time::Sleep;
+use tracing::{debug, warn};
+
+use crate::connection::Connection;
+use crate::error::RuntimeError;
+use crate::shared::{inc, Refused};
+use crate::worker::Worker;
+
+/// Accepts or datagrams handled per poll before yielding to the arbiter's other actors.
+const POLL_BUDGET: usize = 64;
+/// Largest UDP datagram (IPv4 payload limit).
+const UDP_MAX: usize = 65_535;
+/// Pause after an accept error such as EMFILE, instead of spinning on it.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Stop listening (graceful shutdown): the socket closes, the actor stops.
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub struct StopListening;
+
+/// The socket a listener owns.
+pub(crate) enum ListenSocket {
+    Stream(TcpListener),
+    Udp(Rc<UdpSocket>),
+}
+
+/// One listening socket of one worker.
+pub struct Listener {
+    worker: Rc<Worker>,
+    transport: Transport,
+    local: SocketAddr,
+    socket: ListenSocket,
+    /// Receive buffer of a UDP listener (one per socket, reused for every datagram).
+    buf: Vec<u8>,
+    accept_pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl Listener {
+    pub(crate) fn new(
+        worker: Rc<Worker>,
+        transport: Transport,
+        local: SocketAddr,
+        socket: ListenSocket,
+    ) -> Listener {
+        let buf = match socket {
+            ListenSocket::Udp(_) => vec![0; UDP_MAX],
+            ListenSocket::Stream(_) => Vec::new(),
+        };
+        Listener {
+            worker,
+            transport,
+            local,
+            socket,
+            buf,
+            accept_pause: None,
+        }
+    }
+
+    fn on_accept(&mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let shared = &self.worker.shared;
+        inc(&shared.stats.accepted);
+        match shared.admit(peer.ip()) {
+            Ok(slot) => Connection::start_incoming(
+                &self.worker,
+                tcp,
+                peer,
+                self.local,
+                self.transport,
+                slot,
+            ),
+            Err(r) => {
+                inc(match r {
+                    Refused::Total => &shared.stats.refused_total_limit,
+                    Refused::PerIp => &shared.stats.refused_ip_limit,
+                });
+                debug!(%peer, limit = ?r, "connection refused by limit");
+                // Dropping the stream closes it.
+                drop(tcp);
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, n: usize, peer: SocketAddr) {
+        let bytes = Bytes::copy_from_slice(&self.buf[..n]);
+        let inbound = Inbound {
+            transport: Transport::Udp,
+            source: peer,
+            local: self.local,
+            conn: None,
+        };
+        let snap = self.worker.shared.snapshot.load();
+        match Message::parse_datagram(bytes.clone(), &snap.limits) {
+            Ok(msg) => {
+                drop(snap);
+                self.worker.on_message(msg, inbound);
+            }
+            Err(e) => {
+                inc(&self.worker.shared.stats.udp_unparsable);
+                // Keepalives (RFC 5626 §4.4.1 CRLF over UDP) are not errors worth a log.
+                if bytes.iter().any(|b| !b.is_ascii_whitespace()) {
+                    debug!(%peer, error = %e, "unparsable datagram");
+                }
+                let action = snap.proxy.on_unparsable(&bytes, &e, &inbound);
+                drop(snap);
+                self.worker.execute_simple(action, &inbound);
+            }
+        }
+    }
+
+    fn poll_socket(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if let Some(p) = &mut self.accept_pause {
+            if p.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.accept_pause = None;
+        }
+        for _ in 0..POLL_BUDGET {
+            match &self.socket {
+                ListenSocket::Stream(l) => match l.poll_accept(cx) {
+                    Poll::Ready(Ok((tcp, peer))) => self.on_accept(tcp, peer),
+                    Poll::Ready(Err(e)) => {
+                        // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; retry
+                        // after a pause rather than spin.
+                        warn!(local = %self.local, error = %e, "accept failed");
+                        let mut p = Box::pin(tokio::time::sleep(ACCEPT_ERROR_PAUSE));
+                        if p.as_mut().poll(cx).is_pending() {
+                            self.accept_pause = Some(p);
+                            return Poll::Pending;
+                        }
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                ListenSocket::Udp(s) => {
+                    let s = s.clone();
+                    let mut rb = ReadBuf::new(&mut self.buf);
+                    match s.poll_recv_from(cx, &mut rb) {
+                        Poll::Ready(Ok(peer)) => {
+                            let n = rb.filled().len();
+                            self.on_datagram(n, peer);
+                        }
+                        // ICMP errors reported on the socket, or a truncated datagram: one
+                        // datagram lost, the socket is fine.
+                        Poll::Ready(Err(e)) => {
+                            debug!(local = %self.local, error = %e, "UDP receive error")
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Actor for Listener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        debug!(transport = %self.transport, local = %self.local, worker = self.worker.index, "listening");
+        ctx.spawn(SocketDriver);
+    }
+}
+
+impl Handler<StopListening> for Listener {
+    type Result = ();
+    fn handle(&mut self, _msg: StopListening, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Polls the listener's socket inside its actor context.
+struct SocketDriver;
+
+impl ActorFuture<Listener> for SocketDriver {
+    type Output = ();
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Listener,
+        _ctx: &mut Context<Listener>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        act.poll_socket(task)
+    }
+}
+
+/// A bound socket not yet registered with a worker's runtime (sockets are bound on the
+/// starting thread, so that port 0 and bind errors are known before anything runs).
+pub(crate) enum StdSocket {
+    Stream(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl StdSocket {
+    /// Registers the socket with the current (worker) runtime.
+    pub(crate) fn into_tokio(self) -> io::Result<ListenSocket> {
+        Ok(match self {
+            StdSocket::Stream(l) => ListenSocket::Stream(TcpListener::from_std(l)?),
+            StdSocket::Udp(u) => ListenSocket::Udp(Rc::new(UdpSocket::from_std(u)?)),
+        })
+    }
+}
+
+fn socket_for(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        // An IPv6 listener must not silently take the IPv4 port too (a separate v4 listener
+        // would then fail to bind).
+        s.set_only_v6(true)?;
+    }
+    Ok(s)
+}
+
+/// Fails when something else already holds `addr` (SO_REUSEPORT alone would let a second
+/// siprox, or anything run by the same user, silently share the port), else returns the
+/// address with the port the OS picked when it was 0.
+fn probe(addr: SocketAddr, stream: bool) -> io::Result<SocketAddr> {
+    let s = if stream {
+        socket_for(addr, Type::STREAM, Protocol::TCP)?
+    } else {
+        socket_for(addr, Type::DGRAM, Protocol::UDP)?
+    };
+    if stream {
+        // Restarts must not fail on the old process's TIME_WAIT connections; a listening
+        // socket still conflicts. (On UDP SO_REUSEADDR would allow sharing: not set.)
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP socket address"))
+}
+
+/// Binds `count` SO_REUSEPORT sockets on `addr` (one per worker); returns the actual
+/// address (port 0 resolved) and the sockets.
+pub(crate) fn bind_all(
+    transport: Transport,
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<(SocketAddr, Vec<StdSocket>), RuntimeError> {
+    let err = |source| RuntimeError::Bind {
+        proto: match transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        },
+        addr,
+        source,
+    };
+    let stream = transport.is_stream();
+    let actual = probe(addr, stream).map_err(err)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(bind_one(actual, stream, backlog).map_err(err)?);
+    }
+    Ok((actual, out))
+}
+
+fn bind_one(addr: SocketAddr, stream: bool, backlog: u32) -> io::Result<StdSocket> {
+    if stream {
+        let s = socket_for(addr, Type::STREAM, Protocol::TCP)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        Ok(StdSocket::Stream(s.into()))
+    } else {
+        let s = socket_for(addr, Type::DGRAM, Protocol::UDP)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        // A deeper receive buffer rides out bursts; the OS caps it (rmem_max), and a
+        // refusal is not fatal.
+        let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
+        s.bind(&addr.into())?;
+        Ok(StdSocket::Udp(s.into()))
+    }
+}

@@ -1,0 +1,262 @@
+//! State shared by every worker: the live configuration [`Snapshot`] behind one `ArcSwap`,
+//! the connection table, admission limits and counters. Everything here is lock-free or
+//! sharded; must never hold a lock or an arc-swap guard across an `.await`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use siprox::config::Config;
+use siprox::proxy::{ConnId, Proxy};
+use siprox::sip::Limits;
+
+use crate::table::ConnectionTable;
+use crate::tls::TlsContexts;
+
+/// Connection settings taken from the snapshot when a connection starts; a reload changes
+/// what the next connection gets, never a live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnSettings {
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_write_queue: usize,
+}
+
+impl ConnSettings {
+    /// From `[connections]`.
+    pub fn from_config(c: &Config) -> ConnSettings {
+        let k = &c.connections;
+        ConnSettings {
+            handshake_timeout: k.handshake_timeout.get(),
+            idle_timeout: k.idle_timeout.get(),
+            send_timeout: k.send_timeout.get(),
+            connect_timeout: k.connect_timeout.get(),
+            max_write_queue: k.max_write_queue,
+        }
+    }
+}
+
+/// Everything the hot path reads, published whole with one `store()`: a reader sees either
+/// the old or the new one, never half of each.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration this snapshot was built from.
+    pub config: Arc<Config>,
+    /// The stateless proxy core, built for the actual bound addresses.
+    pub proxy: Proxy,
+    /// Default server and client TLS contexts.
+    pub tls: Arc<TlsContexts>,
+    /// Parser and framer limits.
+    pub limits: Limits,
+    /// Timeouts and write-queue bound of new connections.
+    pub conn: ConnSettings,
+}
+
+/// Counters for tests, logs and (later) metrics. Relaxed atomics: each is independent.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused_total_limit: AtomicU64,
+    pub(crate) refused_ip_limit: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) send_timeouts: AtomicU64,
+    pub(crate) write_queue_overflows: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) framing_errors: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) udp_unparsable: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) send_failures: AtomicU64,
+    pub(crate) dns_failures: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// TCP/TLS connections open now (incoming and outgoing, handshaking included).
+    pub connections_open: u64,
+    /// Connections accepted (before limits).
+    pub accepted: u64,
+    /// Accepts refused by `max_connections`.
+    pub refused_total_limit: u64,
+    /// Accepts refused by `max_connections_per_ip`.
+    pub refused_ip_limit: u64,
+    /// TLS handshakes that failed or timed out (both directions).
+    pub handshake_failures: u64,
+    /// Outgoing connects that failed or timed out.
+    pub connect_failures: u64,
+    /// Connections closed because the peer did not drain its queue within `send_timeout`.
+    pub send_timeouts: u64,
+    /// Connections closed because their write queue exceeded `max_write_queue`.
+    pub write_queue_overflows: u64,
+    /// Connections closed by `idle_timeout`.
+    pub idle_timeouts: u64,
+    /// Streams closed because they lost SIP framing.
+    pub framing_errors: u64,
+    /// SIP messages received (all transports).
+    pub messages_in: u64,
+    /// UDP datagrams that did not parse.
+    pub udp_unparsable: u64,
+    /// Messages the proxy core decided to drop.
+    pub dropped: u64,
+    /// Messages that could not be sent (no route, socket error, closed connection).
+    pub send_failures: u64,
+    /// Next hops DNS could not resolve.
+    pub dns_failures: u64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Admission control of TCP/TLS connections: a total and a per-source-IP bound.
+#[derive(Debug, Default)]
+pub struct Admission {
+    open: AtomicUsize,
+    /// Sharded: accepts on different workers rarely contend on one shard.
+    per_ip: DashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Total,
+    PerIp,
+}
+
+/// One admitted connection; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct Slot {
+    shared: Arc<Shared>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let a = &self.shared.admission;
+        a.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            // remove_if under the shard lock: the count and the removal are one step.
+            if let Some(mut n) = a.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+            }
+            a.per_ip.remove_if(&ip, |_, n| *n == 0);
+        }
+    }
+}
+
+impl Shared {
+    /// Admits an incoming connection from `ip`, or says which limit refused it.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+        let conf = self.snapshot.load();
+        let (max, max_ip) = (
+            conf.config.connections.max_connections,
+            conf.config.connections.max_connections_per_ip,
+        );
+        drop(conf);
+        let a = &self.admission;
+        if a.open.fetch_add(1, Ordering::AcqRel) >= max {
+            a.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::Total);
+        }
+        let mut entry = a.per_ip.entry(ip).or_insert(0);
+        if max_ip != 0 && *entry >= max_ip {
+            drop(entry);
+            a.per_ip.remove_if(&ip, |_, n| *n == 0);
+            a.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::PerIp);
+        }
+        *entry += 1;
+        drop(entry);
+        Ok(Slot {
+            shared: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    /// A slot for an outgoing connection: counted in the total, never refused (siprox
+    /// itself decided to open it, and refusing would only lose the message).
+    pub(crate) fn admit_outgoing(self: &Arc<Self>) -> Slot {
+        self.admission.open.fetch_add(1, Ordering::AcqRel);
+        Slot {
+            shared: self.clone(),
+            ip: None,
+        }
+    }
+
+    /// Open TCP/TLS connections.
+    pub fn open_connections(&self) -> usize {
+        self.admission.open.load(Ordering::Acquire)
+    }
+}
+
+/// The state every worker shares.
+pub struct Shared {
+    /// The live configuration: one `load()` per message or handshake.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Every open TCP/TLS connection, by id and by peer.
+    pub table: ConnectionTable,
+    pub(crate) stats: Stats,
+    pub(crate) admission: Admission,
+    next_id: AtomicU64,
+    /// Set once shutdown begins: listeners stop, connections drain.
+    pub(crate) shutting_down: AtomicBool,
+    /// Listener actors, so that shutdown can stop them (written once at start).
+    pub(crate) listeners: Mutex<Vec<actix::Recipient<crate::listener::StopListening>>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("open", &self.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            table: ConnectionTable::default(),
+            stats: Stats::default(),
+            admission: Admission::default(),
+            next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A fresh connection id (never reused within the process).
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections_open: self.open_connections() as u64,
+            accepted: g(&s.accepted),
+            refused_total_limit: g(&s.refused_total_limit),
+            refused_ip_limit: g(&s.refused_ip_limit),
+            handshake_failures: g(&s.handshake_failures),
+            connect_failures: g(&s.connect_failures),
+            send_timeouts: g(&s.send_timeouts),
+            write_queue_overflows: g(&s.write_queue_overflows),
+            idle_timeouts: g(&s.idle_timeouts),
+            framing_errors: g(&s.framing_errors),
+            messages_in: g(&s.messages_in),
+            udp_unparsable: g(&s.udp_unparsable),
+            dropped: g(&s.dropped),
+            send_failures: g(&s.send_failures),
+            dns_failures: g(&s.dns_failures),
+        }
+    }
+}

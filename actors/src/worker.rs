@@ -1,0 +1,222 @@
+//! One worker arbiter's context: its UDP sockets, its DNS resolver, and the hot path that
+//! turns a parsed message into the proxy core's decision and carries it out (send over UDP,
+//! enqueue on a connection, open one, or resolve a name first). Runs only on its own
+//! worker thread; must never block it (DNS and slow sends become local tasks).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use siprox::proxy::{resolve_literal, Action, Destination, Inbound, NextHop, Transport};
+use siprox::sip::Message;
+use tokio::net::UdpSocket;
+use tracing::{debug, trace};
+
+use crate::connection::Connection;
+use crate::dns::{self, Resolver};
+use crate::shared::{inc, Shared, Snapshot};
+use crate::table::{PeerKey, SendError};
+
+/// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
+/// unresolvable names gets 503s instead of an unbounded pile of tasks.
+const MAX_PENDING_TASKS: usize = 4096;
+
+/// Per-worker state, shared by the actors of one arbiter through an `Rc`.
+pub struct Worker {
+    pub(crate) index: usize,
+    pub(crate) shared: Arc<Shared>,
+    /// This worker's UDP sockets (its own SO_REUSEPORT copies), with their bound address.
+    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    pub(crate) resolver: RefCell<Option<Resolver>>,
+    pending_tasks: Cell<usize>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    ) -> Worker {
+        Worker {
+            index,
+            shared,
+            udp,
+            resolver: RefCell::new(None),
+            pending_tasks: Cell::new(0),
+        }
+    }
+
+    /// The hot path: a parsed message from any transport.
+    pub(crate) fn on_message(self: &Rc<Self>, msg: Message, inbound: Inbound) {
+        inc(&self.shared.stats.messages_in);
+        let snap = self.shared.snapshot.load();
+        let action = if msg.is_request() {
+            snap.proxy.on_request(&msg, &inbound)
+        } else {
+            snap.proxy.on_response(&msg, &inbound)
+        };
+        self.execute(&snap, action, &msg, &inbound);
+    }
+
+    /// Carries out the core's decision about `msg`.
+    pub(crate) fn execute(
+        self: &Rc<Self>,
+        snap: &Snapshot,
+        action: Action,
+        msg: &Message,
+        inbound: &Inbound,
+    ) {
+        match action {
+            Action::Send { dest, bytes } => {
+                // A reply over UDP leaves from the socket its request arrived on: clients
+                // (and NATs) expect the answer from the address they wrote to.
+                let from = (inbound.transport == Transport::Udp).then_some(inbound.local);
+                self.send(dest, bytes, from)
+            }
+            Action::Drop { reason } => {
+                inc(&self.shared.stats.dropped);
+                trace!(reason, "dropped");
+            }
+            Action::Forward { hop } => match resolve_literal(&hop) {
+                Some(dest) => match snap.proxy.forward_request(msg, inbound, &dest) {
+                    // forward_request must not ask to forward again; refuse to loop if it does.
+                    Action::Forward { .. } => {
+                        inc(&self.shared.stats.dropped);
+                        debug!("proxy core asked to forward a resolved request again: dropped");
+                    }
+                    other => self.execute(snap, other, msg, inbound),
+                },
+                None => self.resolve_then_forward(hop, msg.clone(), *inbound),
+            },
+        }
+    }
+
+    /// Carries out an action that needs no message context (a reply built from raw bytes).
+    pub(crate) fn execute_simple(self: &Rc<Self>, action: Action, inbound: &Inbound) {
+        match action {
+            Action::Send { dest, bytes } => {
+                let from = (inbound.transport == Transport::Udp).then_some(inbound.local);
+                self.send(dest, bytes, from)
+            }
+            _ => inc(&self.shared.stats.dropped),
+        }
+    }
+
+    /// RFC 3263 resolution in a local task (never on the hot path), then forward.
+    fn resolve_then_forward(self: &Rc<Self>, hop: NextHop, msg: Message, inbound: Inbound) {
+        if self.pending_tasks.get() >= MAX_PENDING_TASKS {
+            let snap = self.shared.snapshot.load();
+            let action = snap.proxy.unresolvable(&msg, &inbound);
+            debug!(host = %hop.host, "too many pending resolutions: answering 503");
+            self.execute(&snap, action, &msg, &inbound);
+            return;
+        }
+        self.pending_tasks.set(self.pending_tasks.get() + 1);
+        let me = self.clone();
+        actix::spawn(async move {
+            let dest = dns::resolve(&me, &hop).await;
+            me.pending_tasks
+                .set(me.pending_tasks.get().saturating_sub(1));
+            // Loaded after the await: a guard is never held across one.
+            let snap = me.shared.snapshot.load();
+            let action = match dest {
+                Some(dest) => snap.proxy.forward_request(&msg, &inbound, &dest),
+                None => {
+                    inc(&me.shared.stats.dns_failures);
+                    debug!(host = %hop.host, "next hop not resolvable");
+                    snap.proxy.unresolvable(&msg, &inbound)
+                }
+            };
+            match action {
+                Action::Forward { .. } => inc(&me.shared.stats.dropped),
+                other => me.execute(&snap, other, &msg, &inbound),
+            }
+        });
+    }
+
+    /// Sends `bytes` to `dest`: over UDP from this worker's socket (the one bound to `from`
+    /// if given, else the first of the destination's address family), or through the
+    /// connection table (the given connection if open, else one to the destination).
+    pub(crate) fn send(self: &Rc<Self>, dest: Destination, bytes: Bytes, from: Option<SocketAddr>) {
+        match dest.transport {
+            Transport::Udp => self.send_udp(dest.addr, bytes, from),
+            Transport::Tcp | Transport::Tls => self.send_stream(dest, bytes),
+        }
+    }
+
+    fn send_udp(self: &Rc<Self>, to: SocketAddr, bytes: Bytes, from: Option<SocketAddr>) {
+        let sock = self
+            .udp
+            .iter()
+            .find(|(a, _)| Some(*a) == from && a.is_ipv4() == to.is_ipv4())
+            // The same family as the proxy core chose for Via (its first listen of it).
+            .or_else(|| self.udp.iter().find(|(a, _)| a.is_ipv4() == to.is_ipv4()))
+            .or_else(|| self.udp.first());
+        let Some((_, sock)) = sock else {
+            inc(&self.shared.stats.send_failures);
+            debug!(%to, "no UDP listener to send from: dropped");
+            return;
+        };
+        match sock.try_send_to(&bytes, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Socket buffer full: finish in a task rather than wait here.
+                if self.pending_tasks.get() >= MAX_PENDING_TASKS {
+                    inc(&self.shared.stats.send_failures);
+                    return;
+                }
+                self.pending_tasks.set(self.pending_tasks.get() + 1);
+                let (me, sock) = (self.clone(), sock.clone());
+                actix::spawn(async move {
+                    if sock.send_to(&bytes, to).await.is_err() {
+                        inc(&me.shared.stats.send_failures);
+                    }
+                    me.pending_tasks
+                        .set(me.pending_tasks.get().saturating_sub(1));
+                });
+            }
+            Err(e) => {
+                inc(&self.shared.stats.send_failures);
+                debug!(%to, error = %e, "UDP send failed");
+            }
+        }
+    }
+
+    fn send_stream(self: &Rc<Self>, dest: Destination, bytes: Bytes) {
+        let table = &self.shared.table;
+        if let Some(id) = dest.conn {
+            if let Some(h) = table.get(id) {
+                match h.send(bytes.clone()) {
+                    Ok(()) => return,
+                    // The peer is not reading (or not connected yet): do not open a
+                    // second connection to it.
+                    Err(SendError::QueueFull | SendError::Backlogged) => {
+                        inc(&self.shared.stats.send_failures);
+                        return;
+                    }
+                    // Closed meanwhile: RFC 3261 §18.2.2, open a new one to the address.
+                    Err(SendError::Closed) => {}
+                }
+            }
+        }
+        if self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            inc(&self.shared.stats.send_failures);
+            return;
+        }
+        let key = PeerKey {
+            transport: dest.transport,
+            addr: dest.addr,
+            server_name: dest.server_name.as_deref().map(Arc::from),
+        };
+        let h = table.find_or_open(key, |key| Connection::start_outgoing(self, key, &dest));
+        if h.send(bytes).is_err() {
+            inc(&self.shared.stats.send_failures);
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Runtime transport tests with real sockets on 127.0.0.1:0 and real TLS: siprox answers
+//! and forwards over UDP, TCP and TLS, sends responses back on the stream their request came
+//! on, and verifies the certificate of TLS next hops. Must never use fixed ports or sleeps
+//! as synchronization.
+
+mod runtime_common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use runtime_common::*;
+use siprox::config::Proto;
+use siprox::proxy::Transport;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn udp_options_to_siprox_gets_200() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp]), dir.path());
+    let addr = rt.local_addr(Transport::Udp).expect("udp addr");
+    assert_ne!(addr.port(), 0, "port 0 must be resolved");
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    sock.send_to(options_to(addr, "UDP", "udp-1").as_bytes(), addr)
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 65535];
+    let (n, from) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("recv");
+    let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert_eq!(status(&reply), Some(200), "{reply}");
+    assert_eq!(from, addr, "reply comes from the listening address");
+    assert_eq!(header(&reply, "Call-ID"), Some("udp-1"));
+    assert!(rt.stats().messages_in >= 1);
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_and_tls_options_get_200_and_ping_gets_pong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Tcp, Proto::Tls]), dir.path());
+    let tcp_addr = rt.local_addr(Transport::Tcp).expect("tcp");
+    let tls_addr = rt.local_addr(Transport::Tls).expect("tls");
+
+    let mut tcp = TcpStream::connect(tcp_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    send(&mut tcp, &options_to(tcp_addr, "TCP", "tcp-1")).await;
+    let reply = read_message(&mut tcp, &mut buf, T)
+        .await
+        .expect("tcp reply");
+    assert_eq!(status(&reply), Some(200), "{reply}");
+
+    let mut tls = tls_connect(tls_addr, &ca_file(dir.path())).await;
+    let mut buf = Vec::new();
+    // Two requests in one write: framing must split them.
+    let two = format!(
+        "{}{}",
+        options_to(tls_addr, "TLS", "tls-1"),
+        options_to(tls_addr, "TLS", "tls-2")
+    );
+    send(&mut tls, &two).await;
+    let r1 = read_message(&mut tls, &mut buf, T)
+        .await
+        .expect("tls reply 1");
+    let r2 = read_message(&mut tls, &mut buf, T)
+        .await
+        .expect("tls reply 2");
+    assert_eq!(header(&r1, "Call-ID"), Some("tls-1"), "{r1}");
+    assert_eq!(header(&r2, "Call-ID"), Some("tls-2"), "{r2}");
+    assert_eq!(status(&r2), Some(200));
+
+    // RFC 5626 keepalive: CRLFCRLF ping, CRLF pong.
+    tls.write_all(b"\r\n\r\n").await.expect("ping");
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(T, tokio::io::AsyncReadExt::read_exact(&mut tls, &mut pong))
+        .await
+        .expect("pong in time")
+        .expect("pong");
+    assert_eq!(&pong, b"\r\n");
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn tls_request_is_forwarded_to_udp_uas_and_the_response_returns_on_the_same_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
+    let tls_addr = rt.local_addr(Transport::Tls).expect("tls");
+    let (uas, uas_count) = udp_uas().await;
+
+    let mut tls = tls_connect(tls_addr, &ca_file(dir.path())).await;
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        let call_id = format!("fwd-{i}");
+        let req = request(
+            "MESSAGE",
+            &format!("sip:bob@{uas}"),
+            "TLS 127.0.0.1:9",
+            &call_id,
+            "X-Body-Size: 100\r\n",
+            "hello",
+        );
+        send(&mut tls, &req).await;
+        let resp = read_message(&mut tls, &mut buf, T)
+            .await
+            .expect("response over TLS");
+        assert_eq!(status(&resp), Some(200), "{resp}");
+        assert_eq!(header(&resp, "Call-ID"), Some(call_id.as_str()));
+        // siprox removed its own Via: only the client's remains.
+        let vias = resp.matches("\r\nVia:").count();
+        assert_eq!(vias, 1, "{resp}");
+    }
+    assert_eq!(uas_count.load(Ordering::SeqCst), 3);
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn outgoing_tls_verifies_the_ip_san_and_reuses_one_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
+    let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
+    // The UAS uses siprox's own dev certificate (IP SAN 127.0.0.1, signed by the dev CA
+    // that siprox trusts through [tls] ca_file).
+    let certs = dir.path().join("certs");
+    let (uas, conns) = tls_uas(&certs.join("server.pem"), &certs.join("server.key")).await;
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let me = sock.local_addr().expect("addr");
+    let mut buf = vec![0u8; 65535];
+    // Concurrent first sends share one connect: both requests leave before any answer.
+    for i in 0..2 {
+        let req = request(
+            "MESSAGE",
+            &format!("sip:bob@{uas};transport=tls"),
+            &format!("UDP {me}"),
+            &format!("out-{i}"),
+            "",
+            "",
+        );
+        sock.send_to(req.as_bytes(), udp_addr).await.expect("send");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (n, _) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("recv");
+        let resp = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(status(&resp), Some(200), "{resp}");
+        seen.push(header(&resp, "Call-ID").unwrap_or("").to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["out-0", "out-1"]);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one outgoing connection, reused"
+    );
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn outgoing_tls_to_an_untrusted_certificate_fails_the_handshake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
+    let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
+    // A certificate from a CA siprox does not trust.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (ca, ca_key, cert, key) = (
+        other.path().join("ca.pem"),
+        other.path().join("ca.key"),
+        other.path().join("s.pem"),
+        other.path().join("s.key"),
+    );
+    siprox_actors::tls::generate_dev_certs(&ca, &ca_key, &cert, &key).expect("certs");
+    let (uas, conns) = tls_uas(&cert, &key).await;
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let me = sock.local_addr().expect("addr");
+    let req = request(
+        "MESSAGE",
+        &format!("sip:bob@{uas};transport=tls"),
+        &format!("UDP {me}"),
+        "untrusted",
+        "",
+        "",
+    );
+    sock.send_to(req.as_bytes(), udp_addr).await.expect("send");
+    assert_eventually!(
+        rt.stats().handshake_failures >= 1,
+        T,
+        "siprox must refuse the untrusted certificate: {:?}",
+        rt.stats()
+    );
+    assert!(conns.load(Ordering::SeqCst) >= 1);
+    assert_eq!(rt.stats().connections_open, 0);
+    rt.shutdown();
+}
+
+/// A TLS client limited to TLS 1.2, optionally presenting a client certificate.
+async fn tls12_client(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<tokio_openssl::SslStream<TcpStream>, openssl::ssl::Error> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVersion};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    b.set_ca_file(ca).expect("ca");
+    b.set_max_proto_version(Some(SslVersion::TLS1_2))
+        .expect("max");
+    if let Some((c, k)) = cert {
+        b.set_certificate_chain_file(c).expect("cert");
+        b.set_private_key_file(k, SslFiletype::PEM).expect("key");
+    }
+    let ssl = b
+        .build()
+        .configure()
+        .expect("cfg")
+        .into_ssl("127.0.0.1")
+        .expect("ssl");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    std::pin::Pin::new(&mut s).connect().await?;
+    Ok(s)
+}
+
+#[tokio::test]
+async fn tls_1_2_is_served_unless_min_version_is_1_3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Tls]), dir.path());
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let mut s = tls12_client(addr, &ca_file(dir.path()), None)
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(s.ssl().version_str(), "TLSv1.2");
+    let mut buf = Vec::new();
+    send(&mut s, &options_to(addr, "TLS", "v12")).await;
+    let r = read_message(&mut s, &mut buf, T).await.expect("reply");
+    assert_eq!(status(&r), Some(200));
+    rt.shutdown();
+
+    let mut cfg = config(&[Proto::Tls]);
+    cfg.tls.min_version = siprox::config::TlsVersion::Tls13;
+    let rt = start(cfg, dir.path());
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    assert!(tls12_client(addr, &ca_file(dir.path()), None)
+        .await
+        .is_err());
+    assert_eventually!(rt.stats().handshake_failures == 1, T, "{:?}", rt.stats());
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn verify_client_require_refuses_clients_without_a_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&[Proto::Tls]);
+    cfg.tls.verify_client = siprox::config::VerifyClient::Require;
+    let rt = start(cfg, dir.path());
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let ca = ca_file(dir.path());
+    assert!(tls12_client(addr, &ca, None).await.is_err());
+    assert_eventually!(rt.stats().handshake_failures == 1, T, "{:?}", rt.stats());
+    // The dev certificate (signed by the configured CA, clientAuth EKU) is accepted.
+    let certs = dir.path().join("certs");
+    let mut s = tls12_client(
+        addr,
+        &ca,
+        Some((&certs.join("server.pem"), &certs.join("server.key"))),
+    )
+    .await
+    .expect("handshake with a client certificate");
+    let mut buf = Vec::new();
+    send(&mut s, &options_to(addr, "TLS", "cc")).await;
+    let r = read_message(&mut s, &mut buf, T).await.expect("reply");
+    assert_eq!(status(&r), Some(200));
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn localhost_next_hops_resolve_without_dns_and_tls_verifies_the_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
+    let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
+    let (udp_uas_addr, udp_count) = udp_uas().await;
+    let certs = dir.path().join("certs");
+    let (tls_uas_addr, tls_conns) =
+        tls_uas(&certs.join("server.pem"), &certs.join("server.key")).await;
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let me = sock.local_addr().expect("addr");
+    let mut buf = vec![0u8; 65535];
+    for (ruri, id) in [
+        (
+            format!("sip:bob@localhost:{}", udp_uas_addr.port()),
+            "lh-udp",
+        ),
+        (
+            format!("sip:bob@localhost:{};transport=tls", tls_uas_addr.port()),
+            "lh-tls",
+        ),
+    ] {
+        let req = request("MESSAGE", &ruri, &format!("UDP {me}"), id, "", "");
+        sock.send_to(req.as_bytes(), udp_addr).await.expect("send");
+        let (n, _) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("recv");
+        let resp = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(status(&resp), Some(200), "{resp}");
+        assert_eq!(header(&resp, "Call-ID"), Some(id));
+    }
+    assert_eq!(udp_count.load(Ordering::SeqCst), 1);
+    assert_eq!(tls_conns.load(Ordering::SeqCst), 1);
+    rt.shutdown();
+}

@@ -1,0 +1,285 @@
+//! The checked, compiled form of a route script: a tree whose names (routes, variables,
+//! functions, selects, pseudo-variables) are already resolved to indices and enums, and
+//! whose regexes are compiled. Immutable after compilation; shared by every worker.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::select::{Select, Value};
+
+use super::error::Span;
+use super::{AuthFn, Level};
+
+pub(crate) type Block = Vec<Stmt>;
+
+#[derive(Debug)]
+pub(crate) enum Stmt {
+    Expr(Expr),
+    If(Expr, Block, Block),
+    Switch {
+        subject: Expr,
+        /// Case values and the body index they start at (C-style fall-through).
+        cases: Vec<(Case, usize)>,
+        default: Option<usize>,
+        body: Block,
+    },
+    While(Expr, Block),
+    Return(Option<Expr>),
+    Exit,
+    Drop,
+    Break,
+    Assign(LValue, Expr),
+    Block(Block),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Case {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LValue {
+    Var(usize),
+    Ruri,
+    RuriHost,
+    RuriUser,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+}
+
+/// How a comparison compares, decided at compile time from the operand types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CmpMode {
+    Int,
+    Str,
+    /// Case-insensitive strings (`method == "invite"`, as SER compares methods).
+    StrNoCase,
+    /// Both operands dynamic: integers if both are integers at run time, else strings.
+    Dyn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+/// Static type of an expression, for choosing comparison modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Int,
+    Str,
+    Dyn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kw {
+    Method,
+    Uri,
+    Status,
+    Proto,
+    SrcIp,
+    SrcPort,
+    DstIp,
+    DstPort,
+    Af,
+    MsgLen,
+    FromUri,
+    ToUri,
+}
+
+impl Kw {
+    pub(crate) fn ty(self) -> Ty {
+        match self {
+            Kw::Status | Kw::Proto | Kw::SrcPort | Kw::DstPort | Kw::Af | Kw::MsgLen => Ty::Int,
+            Kw::Method | Kw::Uri | Kw::SrcIp | Kw::DstIp | Kw::FromUri | Kw::ToUri => Ty::Str,
+        }
+    }
+}
+
+/// A pseudo-variable, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pv {
+    Sel(Select),
+    Var(usize),
+    /// `$pr`: the transport in lower case.
+    Proto,
+    /// `$Ts`: Unix time.
+    Time,
+}
+
+/// A string with pseudo-variables in it, split once at compile time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Part {
+    Lit(String),
+    Pv(Pv),
+}
+
+/// An IP network for `src_ip == "10.0.0.0/8"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpNet {
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix: u8,
+}
+
+impl IpNet {
+    pub(crate) fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let a = a.trim_start_matches('[').trim_end_matches(']');
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4-mapped IPv6 source still matches an IPv4 network.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Expr {
+    Lit(Value<'static>),
+    Tmpl(Vec<Part>),
+    Pv(Pv),
+    Kw(Kw),
+    Not(Box<Expr>),
+    Neg(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Cmp(CmpOp, CmpMode, Box<Expr>, Box<Expr>),
+    Regex {
+        e: Box<Expr>,
+        re: regex::Regex,
+        negate: bool,
+    },
+    /// `e == myself`: is the host (or URI) one of siprox's own.
+    Myself {
+        e: Box<Expr>,
+        negate: bool,
+    },
+    Net {
+        e: Box<Expr>,
+        net: IpNet,
+        negate: bool,
+    },
+    Arith(ArOp, Box<Expr>, Box<Expr>),
+    Call(Box<Call>),
+    /// The `myself` keyword on its own; only valid as an operand of `==`/`!=`, which the
+    /// compiler rewrites into [`Expr::Myself`].
+    MyselfMarker,
+}
+
+impl Expr {
+    pub(crate) fn ty(&self) -> Ty {
+        match self {
+            Expr::Lit(Value::Int(_)) => Ty::Int,
+            Expr::Lit(Value::Str(_)) | Expr::Tmpl(_) => Ty::Str,
+            Expr::Kw(k) => k.ty(),
+            Expr::Pv(_) | Expr::MyselfMarker => Ty::Dyn,
+            Expr::Arith(ArOp::Add, l, r) => match (l.ty(), r.ty()) {
+                (Ty::Str, _) | (_, Ty::Str) => Ty::Str,
+                (Ty::Int, Ty::Int) => Ty::Int,
+                _ => Ty::Dyn,
+            },
+            _ => Ty::Int,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) f: Func,
+    pub(crate) args: Vec<Expr>,
+    /// Where the call is written, for run-time log messages.
+    pub(crate) span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Func {
+    Forward,
+    Reply,
+    Drop,
+    Exit,
+    Route(usize),
+    RecordRoute,
+    LooseRoute,
+    AppendHf,
+    RemoveHf,
+    IsPresentHf,
+    IsMethod(Vec<String>),
+    HasTotag,
+    HasBody,
+    RewriteUri,
+    RewriteHost,
+    RewriteUser,
+    RewriteHostPort,
+    RewritePort,
+    SetFlag(u8),
+    ResetFlag(u8),
+    IsFlag(u8),
+    Log(Level),
+    Xlog(Level),
+    IsPeerVerified,
+    AppendToReply,
+    Save,
+    Lookup,
+    DispatchRpc,
+    Auth(AuthFn),
+    MaxFwd(u8),
+    SanityCheck,
+}
+
+/// The whole compiled program.
+#[derive(Debug, Default)]
+pub(crate) struct Program {
+    pub(crate) file: String,
+    pub(crate) main: Option<Block>,
+    pub(crate) reply_main: Option<Block>,
+    /// `route[NAME]` bodies by index; `route_index` maps names.
+    pub(crate) routes: Vec<Block>,
+    pub(crate) route_names: Vec<String>,
+    pub(crate) route_index: HashMap<String, usize>,
+    pub(crate) reply_named: HashMap<String, Block>,
+    pub(crate) failure: HashMap<String, Block>,
+    pub(crate) branch: HashMap<String, Block>,
+    pub(crate) events: HashMap<String, Block>,
+    pub(crate) var_index: HashMap<String, usize>,
+}

@@ -1,0 +1,378 @@
+//! Every select and pseudo-variable, evaluated by the interpreter against real parsed
+//! messages and hand-built TLS facts; TLS selects are "" on a non-TLS message.
+
+mod script_support;
+
+use script_support::*;
+use siprox::proxy::Transport;
+use siprox::select::{Env, Select, Value};
+
+fn check(
+    cases: &[(&str, Value<'static>)],
+    m: &siprox::sip::Message,
+    rx: &siprox::proxy::Inbound,
+    t: Option<&siprox::tls::TlsFacts>,
+) {
+    for (expr, want) in cases {
+        let got = ev(expr, m, rx, t);
+        assert_eq!(&got, want, "{expr}");
+    }
+}
+
+#[test]
+fn sip_selects() {
+    let m = msg(INVITE);
+    let rx = udp();
+    check(
+        &[
+            ("@ruri", s("sip:bob@biloxi.example.com:5070;transport=tcp;user=phone")),
+            ("@ruri.user", s("bob")),
+            ("@ruri.host", s("biloxi.example.com")),
+            ("@ruri.port", i(5070)),
+            ("@ruri.hostport", s("biloxi.example.com:5070")),
+            ("@ruri.scheme", s("sip")),
+            ("@ruri.params", s(";transport=tcp;user=phone")),
+            ("@ruri.params.user", s("phone")),
+            ("@ruri.params.nope", s("")),
+            ("@ruri.transport", s("tcp")),
+            ("@from", s("\"Alice\" <sip:alice@atlanta.example.com>;tag=1928301774")),
+            ("@from.uri", s("sip:alice@atlanta.example.com")),
+            ("@from.uri.host", s("atlanta.example.com")),
+            ("@from.uri.user", s("alice")),
+            ("@from.tag", s("1928301774")),
+            ("@from.name", s("Alice")),
+            ("@from.params.tag", s("1928301774")),
+            ("@to.tag", s("")),
+            ("@to.uri", s("sip:bob@biloxi.example.com")),
+            ("@to.uri.user", s("bob")),
+            ("@to.name", s("Bob")),
+            ("@via[1].branch", s("z9hG4bK776asdhds")),
+            ("@via.branch", s("z9hG4bK776asdhds")),
+            ("@via[1].transport", s("TLS")),
+            ("@via[1].host", s("pc33.atlanta.example.com")),
+            ("@via[1].port", i(5061)),
+            ("@via[1].rport", s("")),
+            ("@via[2].received", s("192.0.2.1")),
+            ("@via[2].params.branch", s("z9hG4bKnashds8")),
+            ("@via[-1].host", s("10.0.0.1")),
+            ("@via[3].branch", s("")),
+            ("@contact", s("<sip:alice@pc33.atlanta.example.com;transport=tls>")),
+            ("@contact[2].uri.params.transport", s("tcp")),
+            ("@hf_value.contact[2].uri.params.transport", s("tcp")),
+            ("@contact[2].uri.port", i(5062)),
+            ("@contact[2].expires", i(60)),
+            ("@contact[2].q", s("0.5")),
+            ("@contact[3].uri.host", s("[2001:db8::9]")),
+            ("@contact[-1].uri.host", s("[2001:db8::9]")),
+            ("@contact[4].uri", s("")),
+            ("@route.uri.host", s("proxy.example.net")),
+            ("@route[1].uri.params.lr", s("")),
+            ("@hf_value[\"X-Foo\"]", s("bar")),
+            ("@hf_value.x_foo", s("bar")),
+            ("@hf_value.user_agent", s("TestUA/1.0")),
+            ("@hf_value[\"X-Missing\"]", s("")),
+            ("@hf_value.contact", s("<sip:alice@pc33.atlanta.example.com;transport=tls>, <sip:alice@192.0.2.4:5062;transport=tcp>;expires=60;q=0.5")),
+            ("@cseq", s("314159 INVITE")),
+            ("@cseq.num", i(314_159)),
+            ("@cseq.method", s("INVITE")),
+            ("@call_id", s("a84b4c76e66710@pc33.atlanta.example.com")),
+            ("@callid", s("a84b4c76e66710@pc33.atlanta.example.com")),
+            ("@msg.body", s("v=0\r\n")),
+            ("@msg.len", i(m.as_bytes().len() as i64)),
+            ("@msg.type", s("request")),
+            ("@msg.method", s("INVITE")),
+            ("@msg.first_line", s("INVITE sip:bob@biloxi.example.com:5070;transport=tcp;user=phone SIP/2.0")),
+            ("@method", s("INVITE")),
+            ("@src.ip", s("192.0.2.1")),
+            ("@src.port", i(5060)),
+            ("@dst.ip", s("127.0.0.1")),
+            ("@dst.port", i(5061)),
+            ("@rpc.method", s("")),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    assert_eq!(
+        ev("@msg", &m, &rx, None).as_str(),
+        String::from_utf8_lossy(m.as_bytes())
+    );
+}
+
+#[test]
+fn reply_selects() {
+    let m = msg(REPLY);
+    assert_eq!(ev_reply("@msg.status", &m), i(180));
+    assert_eq!(ev_reply("$rs", &m), i(180));
+    assert_eq!(ev_reply("$rr", &m), s("Ringing"));
+    assert_eq!(ev_reply("$rm", &m), s("INVITE"));
+    assert_eq!(ev_reply("status", &m), i(180));
+    assert_eq!(ev_reply("@to.tag", &m), s("t9"));
+    assert_eq!(ev_reply("@msg.type", &m), s("reply"));
+    assert_eq!(ev_reply("@ruri", &m), s(""));
+}
+
+#[test]
+fn rpc_method_from_bodies() {
+    let json = msg("POST sip:rpc@127.0.0.1 SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>\nCall-ID: r\nCSeq: 1 POST\nContent-Length: 45\n\n{\"jsonrpc\":\"2.0\",\"method\":\"core.kill\",\"id\":1}");
+    assert_eq!(ev("@rpc.method", &json, &udp(), None), s("core.kill"));
+    let xml = msg("POST sip:rpc@127.0.0.1 SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>\nCall-ID: r\nCSeq: 1 POST\nContent-Length: 55\n\n<methodCall><methodName>tls.list</methodName></methodCall>");
+    assert_eq!(ev("@xmlrpc.method", &xml, &udp(), None), s("tls.list"));
+}
+
+#[test]
+fn tls_selects_ser_names_and_aliases() {
+    let m = msg(INVITE);
+    let rx = rx(Transport::Tls, "192.0.2.1:40000");
+    let t = tls(Some("Bob"));
+    let subject = "/C=US/ST=CA/L=Palo Alto/O=Example Inc/OU=Voice/CN=Bob/UID=u-Bob/emailAddress=Bob@example.com";
+    let mut cases: Vec<(String, Value<'static>)> = vec![
+        ("@tls".into(), s("TLSv1.3 TLS_AES_256_GCM_SHA384 256")),
+        ("@tls.desc".into(), s("TLSv1.3 TLS_AES_256_GCM_SHA384 256")),
+        ("@tls.description".into(), s("TLSv1.3 TLS_AES_256_GCM_SHA384 256")),
+        ("@tls.cipher".into(), s("TLS_AES_256_GCM_SHA384")),
+        ("@tls.cipher.bits".into(), i(256)),
+        ("@tls.version".into(), s("TLSv1.3")),
+        ("@tls.server_name".into(), s("sip.example.com")),
+        ("@tls.serverName".into(), s("sip.example.com")),
+        ("@tls.peer".into(), s("Bob")),
+        ("@tls.me".into(), s("siprox")),
+        ("@tls.my".into(), s("siprox")),
+        ("@tls.myself".into(), s("siprox")),
+        ("@tls.peer.subject".into(), s(subject)),
+        ("@tls.peer.subj".into(), s(subject)),
+        ("@tls.peer.verified".into(), i(1)),
+        ("@tls.peer.expired".into(), i(0)),
+        ("@tls.peer.self_signed".into(), i(0)),
+        ("@tls.peer.version".into(), i(3)),
+        ("@tls.peer.sn".into(), s("4096")),
+        ("@tls.peer.serialNumber".into(), s("4096")),
+        ("@tls.peer.not_before".into(), s("Jun 17 15:03:20 2005 GMT")),
+        ("@tls.peer.notAfter".into(), s("Jun 17 15:03:20 2035 GMT")),
+        ("@tls.my.not_after".into(), s("Jun 17 15:03:20 2035 GMT")),
+        ("@tls.peer.email".into(), s("Bob@mail.example.com")),
+        ("@tls.peer.host".into(), s("bob.example.com")),
+        ("@tls.peer.dns".into(), s("bob.example.com")),
+        ("@tls.peer.uri".into(), s("sip:bob@example.com")),
+        ("@tls.peer.ip".into(), s("192.0.2.77")),
+        ("@tls.my.host".into(), s("siprox.example.com")),
+        ("@tls.peer.fingerprint".into(), s(&"ab".repeat(32))),
+        ("@tls.peer.issuer".into(), s("/C=US/ST=CA/L=Palo Alto/O=Example Trust/OU=Voice/CN=Example CA/UID=u-Example CA/emailAddress=Example CA@example.com")),
+    ];
+    for (who, cn, o) in [
+        ("peer", "Bob", "Example Inc"),
+        ("my", "siprox", "Example Inc"),
+        ("me", "siprox", "Example Inc"),
+    ] {
+        for (names, want) in [
+            (
+                &["cn", "commonName", "common_name", "name"][..],
+                cn.to_owned(),
+            ),
+            (&["o", "organization", "organizationName"][..], o.to_owned()),
+            (
+                &["ou", "unit", "organizationalUnitName"][..],
+                "Voice".to_owned(),
+            ),
+            (&["c", "country", "countryName"][..], "US".to_owned()),
+            (&["st", "state", "stateOrProvinceName"][..], "CA".to_owned()),
+            (
+                &["l", "locality", "localityName"][..],
+                "Palo Alto".to_owned(),
+            ),
+            (&["uid", "uniqueIdentifier"][..], format!("u-{cn}")),
+            (&["email", "emailAddress"][..], format!("{cn}@example.com")),
+        ] {
+            for n in names {
+                cases.push((format!("@tls.{who}.subject.{n}"), s(&want)));
+            }
+        }
+        cases.push((format!("@tls.{who}.issuer.cn"), s("Example CA")));
+        cases.push((
+            format!("@tls.{who}.issuer.organization"),
+            s("Example Trust"),
+        ));
+    }
+    for (e, want) in &cases {
+        assert_eq!(&ev(e, &m, &rx, Some(&t)), want, "{e}");
+    }
+    // The same selects on a message that did not come over TLS: all "".
+    for (e, _) in &cases {
+        assert_eq!(ev(e, &m, &udp(), None), s(""), "{e} without TLS");
+    }
+    // TLS without a peer certificate: peer fields "" and checks 0.
+    let anon = tls(None);
+    assert_eq!(ev("@tls.peer", &m, &rx, Some(&anon)), s(""));
+    assert_eq!(ev("@tls.peer.verified", &m, &rx, Some(&anon)), i(0));
+    assert_eq!(ev("@tls.me", &m, &rx, Some(&anon)), s("siprox"));
+}
+
+#[test]
+fn tls_expired_and_self_signed_use_the_host_clock() {
+    let m = msg(INVITE);
+    let rx = rx(Transport::Tls, "192.0.2.1:40000");
+    let mut t = tls(Some("Bob"));
+    let mut c = cert("Bob");
+    c.self_signed = true;
+    c.not_after_unix = 1_600_000_000;
+    t.peer = Some(std::sync::Arc::new(c));
+    assert_eq!(ev("@tls.peer.expired", &m, &rx, Some(&t)), i(1));
+    assert_eq!(ev("@tls.peer.self_signed", &m, &rx, Some(&t)), i(1));
+    assert_eq!(ev("$tls_peer_expired", &m, &rx, Some(&t)), i(1));
+    assert_eq!(ev("$tls_peer_selfsigned", &m, &rx, Some(&t)), i(1));
+}
+
+#[test]
+fn pseudo_variables() {
+    let m = msg(INVITE);
+    let rx = rx(Transport::Tcp, "[2001:db8::5]:5090");
+    check(
+        &[
+            ("$ru", s("sip:bob@biloxi.example.com:5070;transport=tcp;user=phone")),
+            ("$rU", s("bob")),
+            ("$rd", s("biloxi.example.com")),
+            ("$rp", i(5070)),
+            ("$rz", s("sip")),
+            ("$fu", s("sip:alice@atlanta.example.com")),
+            ("$fU", s("alice")),
+            ("$fd", s("atlanta.example.com")),
+            ("$ft", s("1928301774")),
+            ("$fn", s("Alice")),
+            ("$tu", s("sip:bob@biloxi.example.com")),
+            ("$tU", s("bob")),
+            ("$td", s("biloxi.example.com")),
+            ("$tt", s("")),
+            ("$tn", s("Bob")),
+            ("$ci", s("a84b4c76e66710@pc33.atlanta.example.com")),
+            ("$cs", i(314_159)),
+            ("$rm", s("INVITE")),
+            ("$rs", s("")),
+            ("$rr", s("")),
+            ("$si", s("2001:db8::5")),
+            ("$sp", i(5090)),
+            ("$Ri", s("::1")),
+            ("$Rp", i(5061)),
+            ("$pr", s("tcp")),
+            ("$proto", s("tcp")),
+            ("$hdr(X-Foo)", s("bar")),
+            ("$hdr(x-foo)", s("bar")),
+            ("$hdr(Call-ID)", s("a84b4c76e66710@pc33.atlanta.example.com")),
+            ("$hdr(i)", s("a84b4c76e66710@pc33.atlanta.example.com")),
+            ("$ua", s("TestUA/1.0")),
+            ("$ct", s("<sip:alice@pc33.atlanta.example.com;transport=tls>, <sip:alice@192.0.2.4:5062;transport=tcp>;expires=60;q=0.5")),
+            ("$ml", i(m.as_bytes().len() as i64)),
+            ("$rb", s("v=0\r\n")),
+            ("$Ts", i(1_700_000_000)),
+            ("$var(unset)", i(0)),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    assert_eq!(
+        ev("$mb", &m, &rx, None).as_str(),
+        String::from_utf8_lossy(m.as_bytes())
+    );
+    // $rp without a port: the scheme's default.
+    let r = msg(REGISTER);
+    assert_eq!(ev("$rp", &r, &udp(), None), i(5060));
+}
+
+#[test]
+fn tls_pseudo_variables() {
+    let m = msg(INVITE);
+    let rx = rx(Transport::Tls, "192.0.2.1:40000");
+    let t = tls(Some("Bob"));
+    let cases = [
+        ("$tls_version", s("TLSv1.3")),
+        ("$tls_description", s("TLSv1.3 TLS_AES_256_GCM_SHA384 256")),
+        ("$tls_cipher_info", s("TLS_AES_256_GCM_SHA384")),
+        ("$tls_cipher_bits", i(256)),
+        ("$tls_peer_version", i(3)),
+        ("$tls_my_version", i(3)),
+        ("$tls_peer_serial", s("4096")),
+        ("$tls_my_serial", s("4096")),
+        ("$tls_peer_subject_cn", s("Bob")),
+        ("$tls_peer_issuer_cn", s("Example CA")),
+        ("$tls_my_subject_cn", s("siprox")),
+        ("$tls_my_issuer_cn", s("Example CA")),
+        ("$tls_peer_subject_locality", s("Palo Alto")),
+        ("$tls_peer_subject_country", s("US")),
+        ("$tls_peer_subject_state", s("CA")),
+        ("$tls_peer_subject_organization", s("Example Inc")),
+        ("$tls_peer_issuer_organization", s("Example Trust")),
+        ("$tls_peer_subject_unit", s("Voice")),
+        ("$tls_peer_subject_uid", s("u-Bob")),
+        ("$tls_peer_san_email", s("Bob@mail.example.com")),
+        ("$tls_my_san_email", s("siprox@mail.example.com")),
+        ("$tls_peer_san_hostname", s("bob.example.com")),
+        ("$tls_peer_san_uri", s("sip:bob@example.com")),
+        ("$tls_peer_san_ip", s("192.0.2.77")),
+        ("$tls_peer_verified", i(1)),
+        ("$tls_peer_expired", i(0)),
+        ("$tls_peer_selfsigned", i(0)),
+        ("$tls_peer_notBefore", s("Jun 17 15:03:20 2005 GMT")),
+        ("$tls_peer_notAfter", s("Jun 17 15:03:20 2035 GMT")),
+        ("$tls_peer_server_name", s("sip.example.com")),
+    ];
+    for (e, want) in &cases {
+        assert_eq!(&ev(e, &m, &rx, Some(&t)), want, "{e}");
+        assert_eq!(ev(e, &m, &udp(), None), s(""), "{e} without TLS");
+    }
+    assert!(ev("$tls_peer_subject", &m, &rx, Some(&t))
+        .as_str()
+        .ends_with("emailAddress=Bob@example.com"));
+}
+
+#[test]
+fn xlog_expands_pseudo_variables_and_selects_in_strings() {
+    let m = msg(INVITE);
+    let rx = rx(Transport::Tls, "192.0.2.1:40000");
+    let t = tls(Some("Bob"));
+    let r = run(
+        r#"route { xlog("L_INFO", "$rm $ru from $si:$sp cn=$tls_peer_subject_cn v=$var(x) $(ci) $$5\n"); }"#,
+        &m,
+        &rx,
+        Some(&t),
+    );
+    assert_eq!(
+        r.host.logs,
+        vec![(
+            siprox::script::Level::Info,
+            "INVITE sip:bob@biloxi.example.com:5070;transport=tcp;user=phone from 192.0.2.1:40000 cn=Bob v=0 a84b4c76e66710@pc33.atlanta.example.com $5".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn select_api_directly() {
+    let m = msg(INVITE);
+    let rx = udp();
+    let env = Env {
+        msg: Some(&m),
+        rx: &rx,
+        tls: None,
+        now_unix: 0,
+    };
+    let s = Select::parse("contact[2].uri.params.transport").unwrap();
+    assert_eq!(s.eval(&env), Value::str("tcp"));
+    assert!(!s.needs_clock());
+    assert!(Select::parse("tls.peer.expired").unwrap().needs_clock());
+    let e = Select::parse("contact[2].uri.nope").unwrap_err();
+    assert_eq!(e.offset, "contact[2].uri.".len());
+    // Event context: no message, SIP selects are "".
+    let env = Env {
+        msg: None,
+        rx: &rx,
+        tls: None,
+        now_unix: 0,
+    };
+    assert_eq!(
+        Select::parse("from.uri").unwrap().eval(&env),
+        Value::str("")
+    );
+    assert_eq!(
+        Select::parse("src.port").unwrap().eval(&env),
+        Value::Int(5060)
+    );
+}
