@@ -5,6 +5,8 @@
 //!   [`config_files`]).
 //! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
 //! - `runtime`: the runtime's sections `[runtime]`, `[connections]`, `[tls]`.
+//! - `script`: the `[script]` section (the default route script).
+//! - `management`: the `[management]` section (RPC listener, client-certificate allow-list).
 //! - `tls`: the TLS settings of a domain's server and client sides.
 //! - `validate`: what types cannot say (listeners, limits, log filter, domains).
 //! - `error`: [`ConfigError`] / [`ConfigErrors`], each naming the file or variable at fault.
@@ -13,8 +15,10 @@
 
 mod error;
 mod load;
+mod management;
 mod runtime;
 mod schema;
+mod script;
 mod tls;
 mod validate;
 
@@ -22,9 +26,11 @@ pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     config_files, load, load_with_env, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX, ENV_SEPARATOR,
 };
+pub use management::ManagementConfig;
 pub use runtime::{
     ConfigDuration, ConnectionsConfig, RuntimeConfig, TlsConfig, TlsVersion, VerifyClient,
 };
 pub use schema::{Config, DomainConfig, HostPort, Listener, LogConfig, LogFormat, Proto};
+pub use script::ScriptConfig;
 pub use tls::{ClientTls, ServerTls};
 pub use validate::{check_log_directives, MAX_MESSAGE_SIZE_CEILING};

@@ -29,6 +29,9 @@ pub struct Config {
     /// `[log]`: level and format of the logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[script]`: the default route script.
+    #[serde(default)]
+    pub script: crate::config::ScriptConfig,
     /// `[domains.<name>]`: tenant domains, usually one file each in `conf.d/domains/`.
     #[serde(default)]
     pub domains: BTreeMap<String, DomainConfig>,
@@ -41,6 +44,9 @@ pub struct Config {
     /// `[tls]`: the default server and client TLS settings.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[management]`: the JSON-RPC/XML-RPC and metrics listener.
+    #[serde(default)]
+    pub management: crate::config::ManagementConfig,
     /// The files this configuration was merged from, in merge order. Not a config key.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,

@@ -81,7 +81,101 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
         });
     }
     check_domains(config, prov, &mut errors);
+    check_tls_domains(config, prov, &mut errors);
     errors
+}
+
+/// The TLS sides of the domains: names and listeners that can match, timeouts, and no two
+/// domains claiming one name (the same tables the handshake will use, built here once so
+/// that `siprox check` and a reload refuse the same configurations).
+fn check_tls_domains(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    use crate::config::Proto;
+    use crate::tls::{ClientMatcher, ServerMatcher};
+    let tls_listeners: Vec<SocketAddr> = config
+        .listen
+        .iter()
+        .filter(|l| l.proto == Proto::Tls)
+        .map(|l| l.addr)
+        .collect();
+    // Port 0 is chosen by the OS at bind time: no configured address can be checked against it.
+    let listen_checkable = tls_listeners.iter().all(|a| a.port() != 0);
+    let origin_of = |domain: &str, side: &str| {
+        prov.origin_of_any(&[
+            &[Seg::Key("domains"), Seg::Key(domain), Seg::Key(side)],
+            &[Seg::Key("domains"), Seg::Key(domain)],
+        ])
+    };
+    let mut specs = Vec::new();
+    for (domain, d) in &config.domains {
+        let Some(server) = &d.server else { continue };
+        let origin = origin_of(domain, "server");
+        let key = |k: &str| render_key(["domains", domain.as_str(), "server", k]);
+        let spec = crate::tls::server_spec(domain, d, server, &origin.to_string());
+        if spec.sni.is_empty() && spec.listen.is_empty() {
+            errors.push(ConfigError::Invalid {
+                origin: origin.clone(),
+                key: key("sni"),
+                message: "this server side matches no ClientHello: give the domain names, \
+                          server.sni or server.listen"
+                    .to_owned(),
+            });
+        }
+        for l in &server.listen {
+            if listen_checkable && !tls_listeners.contains(l) {
+                errors.push(ConfigError::Invalid {
+                    origin: origin.clone(),
+                    key: key("listen"),
+                    message: format!("{l} is not the address of any tls [[listen]]"),
+                });
+            }
+        }
+        for (k, v) in [
+            ("handshake_timeout", server.handshake_timeout),
+            ("send_timeout", server.send_timeout),
+        ] {
+            if v.is_some_and(|v| v.get().is_zero()) {
+                errors.push(ConfigError::Invalid {
+                    origin: origin.clone(),
+                    key: key(k),
+                    message: "must be greater than 0".to_owned(),
+                });
+            }
+        }
+        if server.min_version > server.max_version {
+            errors.push(ConfigError::Invalid {
+                origin: origin.clone(),
+                key: key("min_version"),
+                message: "greater than max_version".to_owned(),
+            });
+        }
+        specs.push((origin, spec));
+    }
+    let only: Vec<_> = specs.iter().map(|(_, s)| s.clone()).collect();
+    if let Err(es) = ServerMatcher::build(&only) {
+        for e in es {
+            let origin = match &e {
+                crate::tls::MatchError::DuplicateName { second, .. }
+                | crate::tls::MatchError::DuplicateListener { second, .. } => {
+                    origin_of(second, "server")
+                }
+                crate::tls::MatchError::BadName { domain, .. } => origin_of(domain, "server"),
+            };
+            errors.push(ConfigError::Invalid {
+                origin,
+                key: "domains".to_owned(),
+                message: e.to_string(),
+            });
+        }
+    }
+    let clients = crate::tls::client_specs(config);
+    let (_, conflicts) = ClientMatcher::build(&clients);
+    for c in conflicts {
+        errors.push(ConfigError::Invalid {
+            origin: Origin::Dir(prov.dir.to_path_buf()),
+            key: "domains".to_owned(),
+            message: c,
+        });
+    }
 }
 
 fn check_listeners(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
@@ -226,11 +320,14 @@ fn check_domains(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<Config
                 message: "a domain needs a non-empty name".to_owned(),
             });
         }
-        if d.names.is_empty() {
+        // A domain with names and no TLS side is a SIP-only domain; one with only a TLS side
+        // is a certificate domain. One with neither is a typo.
+        if d.names.is_empty() && d.server.is_none() && d.client.is_none() {
             errors.push(ConfigError::Invalid {
                 origin: origin(),
                 key: key.clone(),
-                message: "a domain needs at least one SIP domain name".to_owned(),
+                message: "a domain needs SIP domain names, a [server] or a [client] table"
+                    .to_owned(),
             });
         }
         for name in &d.names {

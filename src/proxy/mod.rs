@@ -52,6 +52,30 @@ impl Default for ProxyConfig {
     }
 }
 
+/// What a route script adds to forwarding a request: a target, a new Request-URI, header
+/// edits, a forced Record-Route, and which script forwarded it (so the reply runs the same
+/// script's `onreply_route`). Owned, so it can wait for a DNS answer with the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardOpts {
+    /// Send here instead of the Route / Request-URI destination (`forward("h:p")`, `$du`).
+    pub target: Option<NextHop>,
+    /// The Request-URI as the script rewrote it.
+    pub ruri: Option<String>,
+    /// `record_route()` was called: Record-Route whatever the configured mode.
+    pub record_route: bool,
+    /// Extra parameters for siprox's Record-Route URI (`;ftag=...`).
+    pub rr_params: Option<String>,
+    /// Max-Forwards as the script set it (`mf_process_maxfwd_header`): written instead of
+    /// the usual decrement.
+    pub max_forwards: Option<u8>,
+    /// Complete header lines to append (each ends in CRLF).
+    pub append_hf: String,
+    /// Header names to remove.
+    pub remove_hf: Vec<String>,
+    /// The script that forwarded the request (a token), carried in siprox's Via.
+    pub script_tag: Option<String>,
+}
+
 /// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
 const BRANCH_PREFIX: &str = "z9hG4bK-sx";
 
@@ -165,7 +189,7 @@ impl Proxy {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest),
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, &ForwardOpts::default()),
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -173,16 +197,96 @@ impl Proxy {
     /// Build the forwarded request for a destination resolved from the [`NextHop`] that
     /// [`on_request`](Self::on_request) returned.
     pub fn forward_request(&self, msg: &Message, rx: &Inbound, dest: &Destination) -> Action {
-        let Ok(ruri) = msg.request_uri() else {
-            return Action::Drop {
-                reason: "bad Request-URI",
-            };
+        self.forward_request_with(msg, rx, dest, &ForwardOpts::default())
+    }
+
+    /// Forward as a route script asked (`forward()`): no validation or local answers here
+    /// (the runtime validated, the script decided), but routing, loop detection and the
+    /// forwarding edits as in [`on_request`](Self::on_request), plus the script's edits.
+    pub fn forward_with(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Action {
+        let plan = match self.plan_for(msg, opts) {
+            Ok(p) => p,
+            Err(code) => return self.routing_error(msg, rx, code),
         };
-        match self.plan(msg, &ruri) {
-            Ok(Some(plan)) => self.build_forward(msg, rx, &plan, dest),
-            _ => Action::Drop {
+        if self.is_loop(msg) {
+            return self.reply(msg, rx, 482, "Loop Detected", "");
+        }
+        match resolve_literal(&plan.hop) {
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts),
+            None => Action::Forward { hop: plan.hop },
+        }
+    }
+
+    /// [`forward_request`](Self::forward_request) with a script's options.
+    pub fn forward_request_with(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        dest: &Destination,
+        opts: &ForwardOpts,
+    ) -> Action {
+        match self.plan_for(msg, opts) {
+            Ok(plan) => self.build_forward(msg, rx, &plan, dest, opts),
+            Err(_) => Action::Drop {
                 reason: "request no longer routable",
             },
+        }
+    }
+
+    /// The plan for a scripted forward: the script's target wins, else the route set and
+    /// the (possibly rewritten) Request-URI decide. `Err(code)`: answer with that code.
+    fn plan_for(&self, msg: &Message, opts: &ForwardOpts) -> Result<Plan, u16> {
+        let ruri = match &opts.ruri {
+            Some(u) => Uri::parse(u).map_err(|_| 400u16)?,
+            None => msg.request_uri().map_err(|_| 400u16)?,
+        };
+        let plan = self.plan(msg, &ruri)?;
+        match (plan, &opts.target) {
+            (Some(mut p), Some(t)) => {
+                p.hop = t.clone();
+                Ok(p)
+            }
+            (Some(p), None) => Ok(p),
+            (None, Some(t)) => Ok(Plan {
+                hop: t.clone(),
+                remove_routes: Vec::new(),
+                new_ruri: None,
+            }),
+            // Addressed to siprox itself and nowhere else to go.
+            (None, None) => Err(404),
+        }
+    }
+
+    fn routing_error(&self, msg: &Message, rx: &Inbound, code: u16) -> Action {
+        match code {
+            416 => self.reply(msg, rx, 416, "Unsupported URI Scheme", ""),
+            404 => self.reply(msg, rx, 404, "Not Found", ""),
+            _ => self.reply(msg, rx, 400, "Bad Request (bad Route)", ""),
+        }
+    }
+
+    /// The script tag siprox put in its own Via of the request this response answers.
+    pub fn response_script_tag<'m>(&self, msg: &'m Message) -> Option<&'m str> {
+        let top = msg.top_via().ok()?;
+        if !self.sent_by_is_me(&top.host, top.port, top.transport) {
+            return None;
+        }
+        top.params.get("sx").flatten()
+    }
+
+    /// True when `host[:port]` names siprox (a listen address, advertised name or alias;
+    /// without a port, any port siprox listens on).
+    pub fn is_myself(&self, host: &str, port: Option<u16>) -> bool {
+        let Ok(h) = crate::sip::parse_host(host) else {
+            return false;
+        };
+        match port {
+            Some(p) => self.host_port_is_me(&h, p),
+            None => self
+                .cfg
+                .listens
+                .iter()
+                .any(|l| self.host_port_is_me(&h, l.addr.port())),
         }
     }
 
@@ -414,8 +518,15 @@ impl Proxy {
         rx: &Inbound,
         plan: &Plan,
         dest: &Destination,
+        opts: &ForwardOpts,
     ) -> Action {
         let mut ed = Editor::new(msg);
+        for name in &opts.remove_hf {
+            ed.remove_headers_named(name);
+        }
+        if !opts.append_hf.is_empty() {
+            ed.append_raw(&opts.append_hf);
+        }
         // RFC 3261 §18.2.1 and RFC 3581: say where the request really came from.
         if let Ok(top) = msg.top_via() {
             let src_ip = rx.source.ip();
@@ -430,7 +541,7 @@ impl Proxy {
                 };
             }
         }
-        if let Some(u) = &plan.new_ruri {
+        if let Some(u) = opts.ruri.as_ref().or(plan.new_ruri.as_ref()) {
             ed.set_request_uri(u);
         }
         if !plan.remove_routes.is_empty() {
@@ -444,26 +555,32 @@ impl Proxy {
                 };
             }
         }
-        match ed.decrement_max_forwards() {
-            Ok(_) => {}
-            Err(_) => return self.reply(msg, rx, 483, "Too Many Hops", ""),
+        match opts.max_forwards {
+            Some(n) => ed.set_max_forwards(n),
+            None => {
+                if ed.decrement_max_forwards().is_err() {
+                    return self.reply(msg, rx, 483, "Too Many Hops", "");
+                }
+            }
         }
         // Record-Route: the entry facing the next hop ends on top.
         let change = rx.transport != dest.transport;
-        let rr = match self.cfg.record_route {
-            RecordRoute::Never => false,
-            RecordRoute::Always => true,
-            RecordRoute::OnTransportChange => change,
-        };
+        let rr = opts.record_route
+            || match self.cfg.record_route {
+                RecordRoute::Never => false,
+                RecordRoute::Always => true,
+                RecordRoute::OnTransportChange => change,
+            };
+        let rr_params = opts.rr_params.as_deref().unwrap_or("");
         let method = msg.method_kind();
         if rr && method != Some(Method::Register) {
             // Prepends keep their call order: the outbound-facing entry goes first.
             let mut v = String::with_capacity(64);
-            self.rr_value(&mut v, dest.transport, dest.addr.ip(), change);
+            self.rr_value(&mut v, dest.transport, dest.addr.ip(), change, rr_params);
             ed.prepend_record_route(&v);
             if change {
                 v.clear();
-                self.rr_value(&mut v, rx.transport, rx.local.ip(), true);
+                self.rr_value(&mut v, rx.transport, rx.local.ip(), true, rr_params);
                 ed.prepend_record_route(&v);
             }
         }
@@ -474,6 +591,14 @@ impl Proxy {
         self.write_branch(&mut via, msg);
         if let Some(c) = rx.conn {
             let _ = write!(via, ";i={c}");
+        }
+        if let Some(tag) = opts.script_tag.as_deref() {
+            let token = tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !tag.is_empty() && token {
+                let _ = write!(via, ";sx={tag}");
+            }
         }
         ed.prepend_via(&via);
         if dest.transport.is_stream() {
@@ -486,7 +611,14 @@ impl Proxy {
     }
 
     /// `<sip:host:port;transport=x;lr>` of the interface facing `toward`.
-    fn rr_value(&self, out: &mut String, transport: Transport, toward: IpAddr, r2: bool) {
+    fn rr_value(
+        &self,
+        out: &mut String,
+        transport: Transport,
+        toward: IpAddr,
+        r2: bool,
+        params: &str,
+    ) {
         out.push_str("<sip:");
         self.write_sent_by(out, transport, toward);
         if transport != Transport::Udp {
@@ -495,6 +627,12 @@ impl Proxy {
         out.push_str(";lr");
         if r2 {
             out.push_str(";r2=on");
+        }
+        if !params.is_empty() && !params.contains(['>', '\r', '\n']) {
+            if !params.starts_with(';') {
+                out.push(';');
+            }
+            out.push_str(params);
         }
         out.push('>');
     }

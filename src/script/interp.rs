@@ -658,6 +658,22 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Func::SanityCheck => {
                 let Some(m) = msg else { return Ok(-1) };
                 match m.validate() {
+                    // RFC 3261 §16.3 step 6: siprox supports no proxy extension, so any
+                    // Proxy-Require tag is answered 420 with Unsupported (as Kamailio's
+                    // sanity module does).
+                    Ok(()) if m.is_request() && m.proxy_require().next().is_some() => {
+                        let tags: Vec<&str> = m.proxy_require().filter_map(Result::ok).collect();
+                        if m.method_kind() != Some(Method::Ack) && self.ctx.replied.is_none() {
+                            let saved = std::mem::take(&mut self.ctx.edits.reply_hf);
+                            self.ctx.edits.reply_hf =
+                                format!("{saved}Unsupported: {}\r\n", tags.join(", "));
+                            if self.host.reply(self.ctx, 420, "Bad Extension") > 0 {
+                                self.ctx.replied = Some(420);
+                            }
+                            self.ctx.edits.reply_hf = saved;
+                        }
+                        -1
+                    }
                     Ok(()) => 1,
                     Err(e) => {
                         // Kamailio's sanity module answers the request itself.

@@ -317,6 +317,25 @@ impl<'m> Editor<'m> {
         Ok(n)
     }
 
+    /// Set Max-Forwards to `n`: replace the value, or add the field when absent.
+    pub fn set_max_forwards(&mut self, n: u8) {
+        match self
+            .msg
+            .entries()
+            .iter()
+            .find(|e| e.name == HeaderName::MaxForwards)
+            .copied()
+        {
+            Some(e) => self.push(e.value.start as usize, e.value.end as usize, |t| {
+                let _ = write!(t, "{n}");
+            }),
+            None => {
+                let v = n.to_string();
+                self.prepend_header("Max-Forwards", &v);
+            }
+        }
+    }
+
     /// Add Content-Length when the message has none (a datagram forwarded onto a stream).
     pub fn ensure_content_length(&mut self) {
         if self.msg.header(HeaderName::ContentLength).is_none() {
