@@ -1,118 +1,609 @@
-//! TLS material for the runtime: builds the default server and client `SslContext`s from
-//! `[tls]`, and generates a development CA and server certificate when asked to. Reads and
-//! writes files, so it runs before the workers start (or on a blocking thread); must never
-//! be called on a worker thread, and must never log key material.
+//! TLS domains at run time: building every domain's contexts (reusing unchanged ones), the
+//! dispatch context whose ClientHello callback picks the server domain per connection,
+//! client-domain selection for outgoing TLS, the per-connection `TlsFacts`, and development
+//! certificates. Building reads files: it runs before the workers start or on a blocking
+//! thread, never on a worker. The callback runs on workers: it must never block, allocate
+//! beyond the SNI, or panic. Never logs key material.
 
 use std::fs;
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    Ssl, SslAcceptor, SslConnector, SslContext, SslFiletype, SslMethod, SslMode, SslVerifyMode,
-    SslVersion,
+    ClientHelloResponse, Ssl, SslAlert, SslContext, SslContextBuilder, SslContextRef, SslMethod,
+    SslMode, SslRef, SslVerifyMode, SslVersion,
 };
 use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
     SubjectKeyIdentifier,
 };
-use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509};
-use siprox::config::{TlsConfig, TlsVersion, VerifyClient};
+use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509VerifyResult, X509};
+use siprox::config::{ClientTls, Config, ServerTls, TlsConfig};
 use siprox::proxy::Destination;
+use siprox::tls::{
+    build_client, build_server, cert_facts, client_digest, domain_source, parse_server_name,
+    resolve, server_digest, CertFacts, ClientContext, ClientMatcher, ClientSpec, EnvLookup,
+    Selected, ServerContext, ServerMatcher, ServerSpec, TlsError, TlsFacts,
+};
 
 use crate::error::RuntimeError;
-
-/// Session-id context of the default server domain. Each future TLS domain gets its own
-/// (DESIGN.md: a shared one lets a session resume across domains).
-const SESSION_ID_CONTEXT: &[u8] = b"siprox-default";
 
 /// Days a generated development CA / server certificate is valid.
 const DEV_CA_DAYS: u32 = 3650;
 const DEV_CERT_DAYS: u32 = 397;
 
-/// The built TLS contexts of one snapshot. A live connection keeps the context it was
-/// created with (OpenSSL reference-counts it), so replacing these never touches it.
-pub struct TlsContexts {
-    /// Server side of every `tls` listener; `None` when there is no `tls` listener.
-    pub server: Option<SslContext>,
-    /// Client side of outgoing TLS connections.
-    pub client: SslConnector,
-    /// `[tls] verify_server`.
-    pub verify_server: bool,
+/// Name of the default domains (`[tls]`) in logs, facts and status.
+pub const DEFAULT_DOMAIN: &str = "default";
+/// Session-id context seed of the default server domain: not a possible table name, so no
+/// `[domains.*]` can share its session-id context.
+const DEFAULT_ID: &str = "[tls]";
+
+/// The server side of one TLS domain, as the handshake uses it.
+pub struct ServerDomain {
+    /// Domain name (`[domains.<name>]`, or [`DEFAULT_DOMAIN`]).
+    pub name: String,
+    /// The built context; shared (`Arc::ptr_eq`) with the previous snapshot when unchanged.
+    pub ctx: Arc<ServerContext>,
+    /// SNI names and listeners this domain answers on.
+    pub spec: ServerSpec,
+    pub handshake_timeout: Option<Duration>,
+    pub send_timeout: Option<Duration>,
+    /// Most live connections; 0 = only the global limit.
+    pub max_connections: usize,
+    /// Live connections of this domain; kept across reloads (by name) so a reload does not
+    /// reset the limit.
+    pub open: Arc<AtomicUsize>,
+    /// Every file the domain was built from (resolved), for the watcher and the status.
+    pub sources: Vec<PathBuf>,
 }
 
-impl std::fmt::Debug for TlsContexts {
+impl std::fmt::Debug for ServerDomain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsContexts")
-            .field("server", &self.server.is_some())
-            .field("verify_server", &self.verify_server)
-            .finish()
+        f.debug_struct("ServerDomain")
+            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
-impl TlsContexts {
-    /// A new server-side `Ssl` for an accepted connection.
-    pub fn server_ssl(&self) -> Result<Ssl, ErrorStack> {
-        match &self.server {
-            Some(ctx) => Ssl::new(ctx),
-            // Unreachable in practice (no tls listener, no accept), but never a panic.
-            None => Err(ErrorStack::get()),
-        }
-    }
+/// The client side of one TLS domain.
+pub struct ClientDomain {
+    pub name: String,
+    pub ctx: Arc<ClientContext>,
+    pub spec: ClientSpec,
+    pub handshake_timeout: Option<Duration>,
+    pub send_timeout: Option<Duration>,
+    pub sources: Vec<PathBuf>,
+}
 
-    /// A new client-side `Ssl` for a connection to `dest`: SNI and host-name verification
-    /// for a name, IP-SAN verification for an address (the openssl crate picks `set_ip` when
-    /// the "domain" parses as an address, and sends no SNI for it, as RFC 6066 requires).
-    pub fn client_ssl(&self, dest: &Destination) -> Result<Ssl, ErrorStack> {
-        let mut cfg = self.client.configure()?;
-        if !self.verify_server {
-            cfg.set_verify_hostname(false);
-            cfg.set_verify(SslVerifyMode::NONE);
-        }
-        match &dest.server_name {
-            Some(name) => cfg.into_ssl(name),
-            None => cfg.into_ssl(&dest.addr.ip().to_string()),
-        }
+impl std::fmt::Debug for ClientDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientDomain")
+            .field("name", &self.name)
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
     }
 }
 
-/// Resolves a configured path: absolute as is, relative against `base`.
-pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
+/// Every TLS domain of one snapshot and the tables that pick them. A live connection keeps
+/// the context it was accepted with (OpenSSL reference-counts it), so replacing this never
+/// touches it.
+#[derive(Debug)]
+pub struct TlsDomains {
+    /// Server domains, in the matcher's index order.
+    pub servers: Vec<Arc<ServerDomain>>,
+    pub matcher: ServerMatcher,
+    /// `[tls]`, when there is a tls listener and `default_server` is on.
+    pub default_server: Option<Arc<ServerDomain>>,
+    pub clients: Vec<Arc<ClientDomain>>,
+    pub client_matcher: ClientMatcher,
+    /// `[tls]` client side: used when no client domain matches.
+    pub default_client: Arc<ClientDomain>,
+}
+
+/// One domain that cannot be built, and why (the reason names the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainError {
+    pub domain: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DomainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "domain `{}`: {}", self.domain, self.reason)
     }
 }
 
-/// Builds the contexts of `[tls]`; `server` says whether a server context is needed (a
-/// `tls` listener exists). Paths are relative to `base`.
-pub fn build(cfg: &TlsConfig, base: &Path, server: bool) -> Result<TlsContexts, RuntimeError> {
-    let cert = resolve_path(base, &cfg.certificate);
-    let key = resolve_path(base, &cfg.private_key);
-    let ca = cfg.ca_file.as_ref().map(|p| resolve_path(base, p));
-    let version = match cfg.min_version {
-        TlsVersion::Tls12 => SslVersion::TLS1_2,
-        TlsVersion::Tls13 => SslVersion::TLS1_3,
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn server_sources(base: &Path, s: &ServerTls) -> Vec<PathBuf> {
+    [
+        Some(&s.certificate),
+        Some(&s.private_key),
+        s.private_key_password_file.as_ref(),
+        s.ca_file.as_ref(),
+        s.ca_dir.as_ref(),
+        s.crl_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| !p.as_os_str().is_empty())
+    .map(|p| resolve(base, p))
+    .collect()
+}
+
+fn client_sources(base: &Path, c: &ClientTls) -> Vec<PathBuf> {
+    [
+        c.certificate.as_ref(),
+        c.private_key.as_ref(),
+        c.private_key_password_file.as_ref(),
+        c.ca_file.as_ref(),
+        c.ca_dir.as_ref(),
+        c.crl_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| resolve(base, p))
+    .collect()
+}
+
+/// What [`build_domains`] needs besides the configuration.
+#[derive(Clone, Copy)]
+pub struct BuildOptions<'a> {
+    /// Directory relative paths are resolved against (the config directory's parent).
+    pub base: &'a Path,
+    /// A tls listener exists: the default server domain is needed.
+    pub has_tls: bool,
+    /// `siprox check` with `generate_dev_certs`: missing default files will be generated at
+    /// start, so their absence is not an error.
+    pub dev_certs_pending: bool,
+    /// Seconds since the epoch (expiry checks).
+    pub now: i64,
+    pub env: EnvLookup<'a>,
+}
+
+/// Builds every TLS domain of `config`. Contexts of `prev` whose digest is unchanged are
+/// reused as they are (no file parsed twice, no key loaded twice, `Arc::ptr_eq`). Every
+/// failing domain is reported, not only the first. Blocking (reads files): never call it on
+/// a worker thread.
+pub fn build_domains(
+    config: &Config,
+    prev: Option<&TlsDomains>,
+    o: BuildOptions<'_>,
+) -> Result<TlsDomains, Vec<DomainError>> {
+    let mut errors = Vec::new();
+    let prev_server = |name: &str| {
+        prev.and_then(|p| {
+            p.servers
+                .iter()
+                .chain(p.default_server.iter())
+                .find(|d| d.name == name)
+        })
     };
-    let server = if server {
-        Some(build_server(cfg, &cert, &key, ca.as_deref(), version)?)
+    let prev_client = |name: &str| {
+        prev.and_then(|p| {
+            p.clients
+                .iter()
+                .chain(std::iter::once(&p.default_client))
+                .find(|d| d.name == name)
+        })
+    };
+    let server = |name: &str, id: &str, s: &ServerTls, errors: &mut Vec<DomainError>| {
+        let err = |e: TlsError| DomainError {
+            domain: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let digest = match server_digest(id, s, o.base, o.env) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(err(e));
+                return None;
+            }
+        };
+        let old = prev_server(name);
+        if let Some(old) = old.filter(|d| d.ctx.digest == digest) {
+            // Unchanged inputs: the very same context. Still refuse it once it has expired.
+            if old.ctx.cert.not_after_unix < o.now {
+                errors.push(err(TlsError::Expired {
+                    path: resolve(o.base, &s.certificate),
+                    not_after: old.ctx.cert.not_after.clone(),
+                }));
+                return None;
+            }
+            return Some((old.ctx.clone(), old.open.clone()));
+        }
+        match build_server(id, s, o.base, o.env, o.now) {
+            Ok(ctx) => Some((
+                Arc::new(ctx),
+                old.map(|d| d.open.clone()).unwrap_or_default(),
+            )),
+            Err(e) => {
+                errors.push(err(e));
+                None
+            }
+        }
+    };
+
+    let mut servers = Vec::new();
+    let mut specs = Vec::new();
+    for (name, d) in &config.domains {
+        let Some(s) = &d.server else { continue };
+        let spec = siprox::tls::server_spec(name, d, s, &domain_source(config, name));
+        if let Some((ctx, open)) = server(name, name, s, &mut errors) {
+            servers.push(Arc::new(ServerDomain {
+                name: name.clone(),
+                ctx,
+                spec: spec.clone(),
+                handshake_timeout: s.handshake_timeout.map(|d| d.get()),
+                send_timeout: s.send_timeout.map(|d| d.get()),
+                max_connections: s.max_connections,
+                open,
+                sources: server_sources(o.base, s),
+            }));
+        }
+        specs.push(spec);
+    }
+    let matcher = match ServerMatcher::build(&specs) {
+        Ok(m) => m,
+        Err(es) => {
+            errors.extend(es.into_iter().map(|e| DomainError {
+                domain: match &e {
+                    siprox::tls::MatchError::DuplicateName { second, .. }
+                    | siprox::tls::MatchError::DuplicateListener { second, .. } => second.clone(),
+                    siprox::tls::MatchError::BadName { domain, .. } => domain.clone(),
+                },
+                reason: e.to_string(),
+            }));
+            ServerMatcher::default()
+        }
+    };
+
+    let t = &config.tls;
+    let default_files_missing =
+        !resolve(o.base, &t.certificate).exists() || !resolve(o.base, &t.private_key).exists();
+    let default_server = if o.has_tls
+        && t.default_server
+        && !(o.dev_certs_pending && t.generate_dev_certs && default_files_missing)
+    {
+        server(DEFAULT_DOMAIN, DEFAULT_ID, &t.server_tls(), &mut errors).map(|(ctx, open)| {
+            Arc::new(ServerDomain {
+                name: DEFAULT_DOMAIN.to_owned(),
+                ctx,
+                spec: ServerSpec {
+                    name: DEFAULT_DOMAIN.to_owned(),
+                    source: "[tls]".to_owned(),
+                    sni: Vec::new(),
+                    listen: Vec::new(),
+                },
+                handshake_timeout: None,
+                send_timeout: None,
+                max_connections: 0,
+                open,
+                sources: server_sources(o.base, &t.server_tls()),
+            })
+        })
     } else {
         None
     };
-    let client = build_client(cfg, base, ca.as_deref(), version)?;
-    Ok(TlsContexts {
-        server,
-        client,
-        verify_server: cfg.verify_server,
-    })
+
+    let client = |name: &str, c: &ClientTls, errors: &mut Vec<DomainError>| {
+        let err = |e: TlsError| DomainError {
+            domain: name.to_owned(),
+            reason: e.to_string(),
+        };
+        let digest = match client_digest(c, o.base, o.env) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(err(e));
+                return None;
+            }
+        };
+        if let Some(old) = prev_client(name).filter(|d| d.ctx.digest == digest) {
+            return Some(old.ctx.clone());
+        }
+        match build_client(c, o.base, o.env, o.now) {
+            Ok(ctx) => Some(Arc::new(ctx)),
+            Err(e) => {
+                errors.push(err(e));
+                None
+            }
+        }
+    };
+    let client_specs = siprox::tls::client_specs(config);
+    let mut clients = Vec::new();
+    for spec in &client_specs {
+        let Some(c) = config
+            .domains
+            .get(&spec.name)
+            .and_then(|d| d.client.as_ref())
+        else {
+            continue;
+        };
+        if let Some(ctx) = client(&spec.name, c, &mut errors) {
+            clients.push(Arc::new(ClientDomain {
+                name: spec.name.clone(),
+                ctx,
+                spec: spec.clone(),
+                handshake_timeout: c.handshake_timeout.map(|d| d.get()),
+                send_timeout: c.send_timeout.map(|d| d.get()),
+                sources: client_sources(o.base, c),
+            }));
+        }
+    }
+    let (client_matcher, conflicts) = ClientMatcher::build(&client_specs);
+    errors.extend(conflicts.into_iter().map(|reason| DomainError {
+        domain: "client domains".to_owned(),
+        reason,
+    }));
+    // The default CA file is optional for outgoing TLS: without it, the system store.
+    let mut dc = t.client_tls();
+    if dc
+        .ca_file
+        .as_ref()
+        .is_some_and(|p| !resolve(o.base, p).exists())
+    {
+        dc.ca_file = None;
+    }
+    let default_client = client(DEFAULT_DOMAIN, &dc, &mut errors).map(|ctx| {
+        Arc::new(ClientDomain {
+            name: DEFAULT_DOMAIN.to_owned(),
+            ctx,
+            spec: ClientSpec::default(),
+            handshake_timeout: None,
+            send_timeout: None,
+            sources: client_sources(o.base, &dc),
+        })
+    });
+    match default_client {
+        Some(default_client) if errors.is_empty() => Ok(TlsDomains {
+            servers,
+            matcher,
+            default_server,
+            clients,
+            client_matcher,
+            default_client,
+        }),
+        _ => Err(errors),
+    }
+}
+
+impl TlsDomains {
+    /// What identifies this set of domains for "did anything change": names, digests and
+    /// matching specs, in order.
+    pub fn fingerprint(&self) -> Vec<(String, u64, String)> {
+        let mut v: Vec<(String, u64, String)> = self
+            .servers
+            .iter()
+            .chain(self.default_server.iter())
+            .map(|d| (d.name.clone(), d.ctx.digest, format!("server {:?}", d.spec)))
+            .collect();
+        v.extend(
+            self.clients
+                .iter()
+                .chain(std::iter::once(&self.default_client))
+                .map(|d| (d.name.clone(), d.ctx.digest, format!("client {:?}", d.spec))),
+        );
+        v
+    }
+
+    /// A new client-side `Ssl` for a connection to `dest`, with the client domain chosen by
+    /// destination address, then server name (exact, wildcard), then the default. SNI is the
+    /// domain's `server_name`, else the destination's name (none for an address, as RFC 6066
+    /// requires); the certificate is checked against that name (DNS SAN) or the address (IP
+    /// SAN) when `verify_hostname` is on.
+    pub fn client_ssl(&self, dest: &Destination) -> Result<(Ssl, Arc<ClientDomain>), ErrorStack> {
+        let domain = match self
+            .client_matcher
+            .select(dest.addr, dest.server_name.as_deref())
+        {
+            Selected::Domain(i) => self.clients.get(i).unwrap_or(&self.default_client).clone(),
+            Selected::Default => self.default_client.clone(),
+        };
+        let c = &domain.ctx;
+        let mut ssl = Ssl::new(&c.ctx)?;
+        ssl.set_connect_state();
+        let name = c.server_name.clone().or_else(|| dest.server_name.clone());
+        match &name {
+            Some(n) if n.parse::<IpAddr>().is_err() => {
+                ssl.set_hostname(n)?;
+                if c.verify_hostname {
+                    ssl.param_mut().set_host(n)?;
+                }
+            }
+            _ => {
+                if c.verify_hostname {
+                    let ip = name
+                        .as_deref()
+                        .and_then(|n| n.parse::<IpAddr>().ok())
+                        .unwrap_or(dest.addr.ip());
+                    ssl.param_mut().set_ip(ip)?;
+                }
+            }
+        }
+        if !c.verify_server {
+            ssl.set_verify(SslVerifyMode::NONE);
+        }
+        Ok((ssl, domain))
+    }
+}
+
+/// What the dispatch callback needs, attached to each accepted `Ssl` (ex data): the domains
+/// of the snapshot taken at accept time and the listener the connection arrived on.
+struct DispatchInput {
+    domains: Arc<TlsDomains>,
+    listener: SocketAddr,
+}
+
+/// What the dispatch callback chose, attached to the `Ssl` for the connection to read after
+/// the handshake. Dropped with the `Ssl`, which gives the domain's connection slot back.
+pub struct Chosen {
+    pub domain: Arc<ServerDomain>,
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+    _slot: DomainSlot,
+}
+
+/// One live connection counted against a domain's `max_connections`.
+struct DomainSlot(Arc<AtomicUsize>);
+
+impl Drop for DomainSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn input_index() -> Option<Index<Ssl, DispatchInput>> {
+    static I: OnceLock<Option<Index<Ssl, DispatchInput>>> = OnceLock::new();
+    *I.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+fn chosen_index() -> Option<Index<Ssl, Chosen>> {
+    static I: OnceLock<Option<Index<Ssl, Chosen>>> = OnceLock::new();
+    *I.get_or_init(|| Ssl::new_ex_index().ok())
+}
+
+/// The dispatch context every tls listener accepts with. It holds the session ticket keys
+/// (OpenSSL takes tickets from the context a connection started with), so it lives as long
+/// as the process: a reload never invalidates tickets. Its ClientHello callback picks the
+/// domain (see [`dispatch_hello`]); it has no certificate of its own.
+pub fn dispatch_context() -> Result<SslContext, ErrorStack> {
+    let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    b.set_session_id_context(b"sx-dispatch")?;
+    b.set_client_hello_callback(dispatch_hello);
+    Ok(b.build())
+}
+
+/// A new server-side `Ssl` for a connection accepted on `listener`, dispatched among
+/// `domains` when its ClientHello arrives.
+pub fn server_ssl(
+    dispatch: &SslContextRef,
+    domains: Arc<TlsDomains>,
+    listener: SocketAddr,
+) -> Result<Ssl, ErrorStack> {
+    let mut ssl = Ssl::new(dispatch)?;
+    let idx = input_index().ok_or_else(ErrorStack::get)?;
+    ssl.set_ex_data(idx, DispatchInput { domains, listener });
+    Ok(ssl)
+}
+
+/// What the dispatch callback chose for this connection (after the handshake).
+pub fn chosen(ssl: &SslRef) -> Option<&Chosen> {
+    ssl.ex_data(chosen_index()?)
+}
+
+/// The ClientHello callback: SNI from the raw extension (OpenSSL has not parsed it yet),
+/// the domain from the matcher, then switch the context and apply on the `Ssl` what the
+/// switch does not carry (version bounds, verify mode and depth, tickets). DESIGN.md "TLS
+/// domains" lists what was measured.
+fn dispatch_hello(
+    ssl: &mut SslRef,
+    alert: &mut SslAlert,
+) -> Result<ClientHelloResponse, ErrorStack> {
+    // A HelloRetryRequest brings a second ClientHello: keep the first choice (and its slot).
+    if let Some(c) = chosen(ssl) {
+        let d = c.domain.clone();
+        ssl.set_ssl_context(&d.ctx.ctx)?;
+        d.ctx.policy.apply(ssl)?;
+        return Ok(ClientHelloResponse::SUCCESS);
+    }
+    let Some(input) = input_index().and_then(|i| ssl.ex_data(i)) else {
+        return Err(ErrorStack::get());
+    };
+    let (domains, listener) = (input.domains.clone(), input.listener);
+    let sni = match crate::ffi::client_hello_ext(ssl, crate::ffi::EXT_SERVER_NAME) {
+        None => None,
+        Some(raw) => match parse_server_name(raw) {
+            Ok(n) => n.map(str::to_owned),
+            Err(_) => {
+                *alert = SslAlert::DECODE_ERROR;
+                return Err(ErrorStack::get());
+            }
+        },
+    };
+    let domain = match domains.matcher.select(listener, sni.as_deref()) {
+        Selected::Domain(i) => domains.servers.get(i).cloned(),
+        Selected::Default => domains.default_server.clone(),
+    };
+    let Some(domain) = domain else {
+        *alert = SslAlert::UNRECOGNIZED_NAME;
+        return Err(ErrorStack::get());
+    };
+    let open = domain.open.fetch_add(1, Ordering::AcqRel);
+    let slot = DomainSlot(domain.open.clone());
+    if domain.max_connections != 0 && open >= domain.max_connections {
+        // Refused with OpenSSL's default alert (internal_error); the slot is given back.
+        return Err(ErrorStack::get());
+    }
+    ssl.set_ssl_context(&domain.ctx.ctx)?;
+    domain.ctx.policy.apply(ssl)?;
+    let idx = chosen_index().ok_or_else(ErrorStack::get)?;
+    ssl.set_ex_data(
+        idx,
+        Chosen {
+            domain,
+            sni,
+            _slot: slot,
+        },
+    );
+    Ok(ClientHelloResponse::SUCCESS)
+}
+
+/// The facts of an established TLS connection, read once. `my` is the certificate siprox
+/// presented (known from the domain on the server side; read from the `Ssl` otherwise).
+pub fn facts(
+    ssl: &SslRef,
+    domain: Option<&str>,
+    server_name: Option<String>,
+    my: Option<Arc<CertFacts>>,
+) -> TlsFacts {
+    let version = ssl.version_str().to_owned();
+    let (cipher, bits, desc) = match ssl.current_cipher() {
+        Some(c) => (
+            c.name().to_owned(),
+            u32::try_from(c.bits().secret).unwrap_or(0),
+            c.description().trim().to_owned(),
+        ),
+        None => (String::new(), 0, String::new()),
+    };
+    let peer = ssl.peer_certificate().map(|c| Arc::new(cert_facts(&c)));
+    let peer_verified = peer.is_some() && ssl.verify_result() == X509VerifyResult::OK;
+    let my = my.or_else(|| ssl.certificate().map(|c| Arc::new(cert_facts(c))));
+    TlsFacts {
+        desc: if desc.is_empty() {
+            format!("{version} {cipher} {bits}")
+        } else {
+            desc
+        },
+        version,
+        cipher,
+        cipher_bits: bits,
+        server_name,
+        domain: domain.map(str::to_owned),
+        peer,
+        my,
+        peer_verified,
+    }
 }
 
 fn tls_err(what: &str, path: Option<&Path>, e: ErrorStack) -> RuntimeError {
@@ -125,93 +616,9 @@ fn tls_err(what: &str, path: Option<&Path>, e: ErrorStack) -> RuntimeError {
     }
 }
 
-fn build_server(
-    cfg: &TlsConfig,
-    cert: &Path,
-    key: &Path,
-    ca: Option<&Path>,
-    version: SslVersion,
-) -> Result<SslContext, RuntimeError> {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
-        .map_err(|e| tls_err("creating the server TLS context", None, e))?;
-    b.set_certificate_chain_file(cert)
-        .map_err(|e| tls_err("loading certificate chain", Some(cert), e))?;
-    b.set_private_key_file(key, SslFiletype::PEM)
-        .map_err(|e| tls_err("loading private key", Some(key), e))?;
-    b.check_private_key()
-        .map_err(|e| tls_err("private key does not match certificate", Some(key), e))?;
-    b.set_min_proto_version(Some(version))
-        .map_err(|e| tls_err("setting min_version", None, e))?;
-    // Idle connections must be cheap: OpenSSL frees its 16 KiB+ record buffers between
-    // records instead of keeping them for the life of the connection.
-    b.set_mode(SslMode::RELEASE_BUFFERS);
-    b.set_session_id_context(SESSION_ID_CONTEXT)
-        .map_err(|e| tls_err("setting the session id context", None, e))?;
-    match cfg.verify_client {
-        VerifyClient::Off => b.set_verify(SslVerifyMode::NONE),
-        VerifyClient::Optional | VerifyClient::Require => {
-            let Some(ca) = ca else {
-                return Err(RuntimeError::Config(format!(
-                    "[tls] verify_client = \"{}\" needs ca_file",
-                    cfg.verify_client.as_str()
-                )));
-            };
-            b.set_ca_file(ca)
-                .map_err(|e| tls_err("loading ca_file", Some(ca), e))?;
-            let names = X509Name::load_client_ca_file(ca)
-                .map_err(|e| tls_err("loading client CA names from", Some(ca), e))?;
-            b.set_client_ca_list(names);
-            let mut mode = SslVerifyMode::PEER;
-            if cfg.verify_client == VerifyClient::Require {
-                mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
-            }
-            b.set_verify(mode);
-        }
-    }
-    Ok(b.build().into_context())
-}
-
-fn build_client(
-    cfg: &TlsConfig,
-    base: &Path,
-    ca: Option<&Path>,
-    version: SslVersion,
-) -> Result<SslConnector, RuntimeError> {
-    // SslConnector::builder already trusts the system's default CA paths.
-    let mut b = SslConnector::builder(SslMethod::tls_client())
-        .map_err(|e| tls_err("creating the client TLS context", None, e))?;
-    b.set_min_proto_version(Some(version))
-        .map_err(|e| tls_err("setting min_version", None, e))?;
-    b.set_mode(SslMode::RELEASE_BUFFERS);
-    if let Some(ca) = ca {
-        if ca.exists() {
-            b.set_ca_file(ca)
-                .map_err(|e| tls_err("loading ca_file", Some(ca), e))?;
-        }
-    }
-    match (&cfg.client_certificate, &cfg.client_private_key) {
-        (Some(c), Some(k)) => {
-            let (c, k) = (resolve_path(base, c), resolve_path(base, k));
-            b.set_certificate_chain_file(&c)
-                .map_err(|e| tls_err("loading client_certificate", Some(&c), e))?;
-            b.set_private_key_file(&k, SslFiletype::PEM)
-                .map_err(|e| tls_err("loading client_private_key", Some(&k), e))?;
-            b.check_private_key().map_err(|e| {
-                tls_err(
-                    "client_private_key does not match client_certificate",
-                    Some(&k),
-                    e,
-                )
-            })?;
-        }
-        (None, None) => {}
-        _ => {
-            return Err(RuntimeError::Config(
-                "[tls] client_certificate and client_private_key go together".to_owned(),
-            ))
-        }
-    }
-    Ok(b.build())
+/// Resolves a configured path: absolute as is, relative against `base`.
+pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
+    resolve(base, p)
 }
 
 /// What [`ensure_dev_certs`] did.
@@ -411,6 +818,16 @@ fn dev_server_cert(
 mod tests {
     use super::*;
 
+    fn opts(base: &Path) -> BuildOptions<'_> {
+        BuildOptions {
+            base,
+            has_tls: true,
+            dev_certs_pending: false,
+            now: unix_now(),
+            env: &siprox::tls::process_env,
+        }
+    }
+
     #[test]
     fn generated_dev_certs_build_contexts_and_verify_against_the_ca() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -430,8 +847,24 @@ mod tests {
             fs::read(dir.path().join("certs/server.pem")).expect("cert"),
             pem1
         );
-        let ctx = build(&cfg, dir.path(), true).expect("contexts");
-        assert!(ctx.server.is_some());
+        let config = Config {
+            tls: cfg.clone(),
+            ..Config::default()
+        };
+        let built = build_domains(&config, None, opts(dir.path())).expect("contexts");
+        assert!(built.default_server.is_some());
+        // Nothing changed: the very same contexts are reused.
+        let again = build_domains(&config, Some(&built), opts(dir.path())).expect("contexts");
+        let (a, b) = (
+            built.default_server.as_ref().expect("default"),
+            again.default_server.as_ref().expect("default"),
+        );
+        assert!(Arc::ptr_eq(&a.ctx, &b.ctx));
+        assert!(Arc::ptr_eq(
+            &built.default_client.ctx,
+            &again.default_client.ctx
+        ));
+        assert_eq!(built.fingerprint(), again.fingerprint());
         let cert = X509::from_pem(&pem1).expect("pem");
         let ca =
             X509::from_pem(&fs::read(dir.path().join("certs/ca.pem")).expect("ca")).expect("pem");
@@ -464,7 +897,11 @@ mod tests {
             ensure_dev_certs(&cfg, dir.path()).expect("ok"),
             DevCerts::Untouched
         );
-        let err = build(&cfg, dir.path(), true).expect_err("missing files");
-        assert!(err.to_string().contains("server.pem"), "{err}");
+        let config = Config {
+            tls: cfg,
+            ..Config::default()
+        };
+        let err = build_domains(&config, None, opts(dir.path())).expect_err("missing files");
+        assert!(err[0].to_string().contains("server.pem"), "{err:?}");
     }
 }

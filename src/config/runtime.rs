@@ -191,27 +191,51 @@ pub enum TlsVersion {
     Tls13,
 }
 
-/// `[tls]`: the default TLS settings of every TLS listener (server side) and of outgoing
-/// TLS connections (client side). Relative paths are relative to the parent directory of
-/// the configuration directory (`conf.d/../certs/...`), whatever the working directory.
+/// `[tls]`: the default server domain (every TLS listener, for ClientHellos that match no
+/// `[domains.*.server]`) and the default client domain (outgoing TLS that matches no
+/// `[domains.*.client]`), plus how TLS material is reloaded. Relative paths are relative to
+/// the parent directory of the configuration directory (`conf.d/../certs/...`), whatever
+/// the working directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain of the server, leaf first.
     pub certificate: PathBuf,
-    /// PEM private key of `certificate` (unencrypted).
+    /// PEM private key of `certificate`, optionally encrypted.
     pub private_key: PathBuf,
+    /// File whose first line is the private key's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key_password_file: Option<PathBuf>,
+    /// Environment variable holding the private key's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key_password_env: Option<String>,
     /// PEM CA certificates: verify client certificates and, on outgoing connections, the
     /// servers' certificates. Absent = the system's default CA store for outgoing connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Directory of hashed CA certificates (`c_rehash` layout), both directions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_dir: Option<PathBuf>,
+    /// PEM CRL(s) checked for client certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl_file: Option<PathBuf>,
     /// Whether TLS clients must present a certificate signed by `ca_file`.
     pub verify_client: VerifyClient,
+    /// Longest certificate chain accepted (both directions).
+    pub verify_depth: u32,
     /// Verify the certificate (and host name or IP) of servers siprox connects to. Turning
     /// this off makes outgoing TLS open to interception: only for labs.
     pub verify_server: bool,
     /// Lowest TLS version accepted and offered.
     pub min_version: TlsVersion,
+    /// Highest TLS version accepted and offered.
+    pub max_version: TlsVersion,
+    /// TLS 1.2 cipher list (OpenSSL syntax). Empty: OpenSSL's secure default.
+    pub ciphers: String,
+    /// TLS 1.3 ciphersuites. Empty: OpenSSL's default.
+    pub ciphersuites: String,
+    /// Allow session resumption (tickets and session ids).
+    pub session_resumption: bool,
     /// PEM certificate chain siprox presents when a server asks for one (outgoing TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<PathBuf>,
@@ -221,6 +245,17 @@ pub struct TlsConfig {
     /// When `certificate`/`private_key` do not exist: generate a development CA and a
     /// certificate for localhost/127.0.0.1/::1 in their place (with a loud warning).
     pub generate_dev_certs: bool,
+    /// Serve this certificate to ClientHellos that match no domain. false: such a
+    /// ClientHello is refused with the `unrecognized_name` alert (strict SNI hosting).
+    pub default_server: bool,
+    /// Warn (at every reload and once a day) about certificates expiring within this many days.
+    pub expiry_warning_days: u32,
+    /// Watch the configuration and certificate directories and reload on change.
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading: a burst is one reload.
+    pub reload_debounce: ConfigDuration,
+    /// Re-read and hash everything this often, for file systems that miss events; 0 = never.
+    pub reload_check_interval: ConfigDuration,
 }
 
 impl Default for TlsConfig {
@@ -228,13 +263,73 @@ impl Default for TlsConfig {
         TlsConfig {
             certificate: PathBuf::from("certs/server.pem"),
             private_key: PathBuf::from("certs/server.key"),
+            private_key_password_file: None,
+            private_key_password_env: None,
             ca_file: Some(PathBuf::from("certs/ca.pem")),
+            ca_dir: None,
+            crl_file: None,
             verify_client: VerifyClient::Off,
+            verify_depth: 9,
             verify_server: true,
             min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            ciphers: String::new(),
+            ciphersuites: String::new(),
+            session_resumption: true,
             client_certificate: None,
             client_private_key: None,
             generate_dev_certs: false,
+            default_server: true,
+            expiry_warning_days: 14,
+            watch: true,
+            reload_debounce: ConfigDuration::millis(200),
+            reload_check_interval: ConfigDuration::secs(60),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The default server domain's settings, in the shape of a domain's `server` table.
+    pub fn server_tls(&self) -> crate::config::ServerTls {
+        crate::config::ServerTls {
+            sni: Vec::new(),
+            listen: Vec::new(),
+            certificate: self.certificate.clone(),
+            private_key: self.private_key.clone(),
+            private_key_password_file: self.private_key_password_file.clone(),
+            private_key_password_env: self.private_key_password_env.clone(),
+            ca_file: self.ca_file.clone(),
+            ca_dir: self.ca_dir.clone(),
+            crl_file: self.crl_file.clone(),
+            verify_client: self.verify_client,
+            verify_depth: self.verify_depth,
+            min_version: self.min_version,
+            max_version: self.max_version,
+            ciphers: self.ciphers.clone(),
+            ciphersuites: self.ciphersuites.clone(),
+            session_resumption: self.session_resumption,
+            handshake_timeout: None,
+            send_timeout: None,
+            max_connections: 0,
+        }
+    }
+
+    /// The default client domain's settings, in the shape of a domain's `client` table.
+    pub fn client_tls(&self) -> crate::config::ClientTls {
+        crate::config::ClientTls {
+            certificate: self.client_certificate.clone(),
+            private_key: self.client_private_key.clone(),
+            ca_file: self.ca_file.clone(),
+            ca_dir: self.ca_dir.clone(),
+            verify_server: self.verify_server,
+            verify_hostname: self.verify_server,
+            verify_depth: self.verify_depth,
+            min_version: self.min_version,
+            max_version: self.max_version,
+            ciphers: self.ciphers.clone(),
+            ciphersuites: self.ciphersuites.clone(),
+            session_resumption: self.session_resumption,
+            ..crate::config::ClientTls::default()
         }
     }
 }

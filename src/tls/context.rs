@@ -83,7 +83,7 @@ pub struct ServerContext {
     pub policy: SslPolicy,
     /// Facts of the leaf certificate (subject, SANs, not_after...).
     pub cert: Arc<CertFacts>,
-    /// Digest of every input (settings and file contents): equal digests, equal contexts.
+    /// [`server_digest`] of its inputs: equal digests, equal contexts.
     pub digest: u64,
 }
 
@@ -386,8 +386,8 @@ pub fn build_server(
     if s.certificate.as_os_str().is_empty() || s.private_key.as_os_str().is_empty() {
         return Err(TlsError::NoCertificate);
     }
+    let digest = server_digest(id, s, base, env)?;
     let mut h = DefaultHasher::new();
-    format!("{id}{s:?}").hash(&mut h);
     let cert_path = resolve(base, &s.certificate);
     let key_path = resolve(base, &s.private_key);
     let pw_file = s
@@ -451,8 +451,79 @@ pub fn build_server(
         ctx: b.build(),
         policy,
         cert,
-        digest: h.finish(),
+        digest,
     })
+}
+
+/// Digest of everything a server context is built from: the settings and the bytes of every
+/// file (and password) it reads. Cheap next to [`build_server`] (no parsing, no key
+/// operations), so a reload computes it for every domain and rebuilds only those whose
+/// digest changed. Equal digests mean equal contexts.
+pub fn server_digest(
+    id: &str,
+    s: &ServerTls,
+    base: &Path,
+    env: EnvLookup<'_>,
+) -> Result<u64, TlsError> {
+    let mut h = DefaultHasher::new();
+    format!("server{id}{s:?}").hash(&mut h);
+    hash_file(&mut h, base, Some(&s.certificate))?;
+    hash_file(&mut h, base, Some(&s.private_key))?;
+    hash_file(&mut h, base, s.private_key_password_file.as_deref())?;
+    if let Some(var) = &s.private_key_password_env {
+        env(var).hash(&mut h);
+    }
+    hash_file(&mut h, base, s.ca_file.as_deref())?;
+    hash_file(&mut h, base, s.crl_file.as_deref())?;
+    hash_dir(&mut h, base, s.ca_dir.as_deref());
+    Ok(h.finish())
+}
+
+/// Like [`server_digest`], for the client side of a domain.
+pub fn client_digest(c: &ClientTls, base: &Path, env: EnvLookup<'_>) -> Result<u64, TlsError> {
+    let mut h = DefaultHasher::new();
+    format!("client{c:?}").hash(&mut h);
+    hash_file(&mut h, base, c.certificate.as_deref())?;
+    hash_file(&mut h, base, c.private_key.as_deref())?;
+    hash_file(&mut h, base, c.private_key_password_file.as_deref())?;
+    if let Some(var) = &c.private_key_password_env {
+        env(var).hash(&mut h);
+    }
+    hash_file(&mut h, base, c.ca_file.as_deref())?;
+    hash_file(&mut h, base, c.crl_file.as_deref())?;
+    hash_dir(&mut h, base, c.ca_dir.as_deref());
+    Ok(h.finish())
+}
+
+fn hash_file(h: &mut DefaultHasher, base: &Path, p: Option<&Path>) -> Result<(), TlsError> {
+    match p {
+        Some(p) if !p.as_os_str().is_empty() => read(&resolve(base, p))?.hash(h),
+        _ => 0u8.hash(h),
+    }
+    Ok(())
+}
+
+/// A CA directory changes when a file is added, removed or rewritten: hash names, sizes and
+/// modification times (not contents: it may hold hundreds of CAs). Unreadable: the build
+/// reports it.
+fn hash_dir(h: &mut DefaultHasher, base: &Path, p: Option<&Path>) {
+    let Some(p) = p else { return };
+    let Ok(rd) = std::fs::read_dir(resolve(base, p)) else {
+        return;
+    };
+    let mut entries: Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> = rd
+        .filter_map(Result::ok)
+        .map(|e| {
+            let md = std::fs::metadata(e.path()).ok();
+            (
+                e.file_name(),
+                md.as_ref().map_or(0, |m| m.len()),
+                md.and_then(|m| m.modified().ok()),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries.hash(h);
 }
 
 /// At most 32 bytes (OpenSSL's limit), unique per domain name.
@@ -492,8 +563,8 @@ pub fn build_client(
     env: EnvLookup<'_>,
     now: i64,
 ) -> Result<ClientContext, TlsError> {
+    let digest = client_digest(c, base, env)?;
     let mut h = DefaultHasher::new();
-    format!("{c:?}").hash(&mut h);
     let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(ossl("client context"))?;
     set_common(
         &mut b,
@@ -551,7 +622,7 @@ pub fn build_client(
         verify_server: c.verify_server,
         verify_hostname: c.verify_hostname && c.verify_server,
         server_name: c.server_name.clone(),
-        digest: h.finish(),
+        digest,
     })
 }
 
@@ -634,7 +705,8 @@ mod tests {
         s.private_key = PathBuf::from("nope.key");
         let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
         assert!(err.to_string().contains("nope.key"), "{err}");
-        // Not PEM.
+        // Not PEM (with a readable key: a missing file is reported first).
+        s.private_key = PathBuf::from("key.pem");
         s.certificate = f.write("junk.pem", b"junk");
         let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
         assert!(err.to_string().contains("junk.pem"), "{err}");

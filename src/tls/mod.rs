@@ -2,18 +2,22 @@
 //! about a connection's certificates that route scripts read. No sockets, no runtime.
 
 mod context;
+mod domains;
 mod facts;
 mod matcher;
+mod sni;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod x509;
 
 pub use context::{
-    build_client, build_server, process_env, resolve, ClientContext, EnvLookup, ServerContext,
-    SslPolicy, TlsError,
+    build_client, build_server, client_digest, process_env, resolve, server_digest, ClientContext,
+    EnvLookup, ServerContext, SslPolicy, TlsError,
 };
+pub use domains::{client_specs, domain_source, server_spec};
 pub use facts::{CertFacts, DnFacts, TlsFacts};
 pub use matcher::{
     normalise_name, ClientMatcher, ClientSpec, MatchError, Selected, ServerMatcher, ServerSpec,
 };
+pub use sni::{parse_server_name, SniError};
 pub use x509::{cert_facts, dn_facts, unix_time};

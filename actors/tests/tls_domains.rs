@@ -1,0 +1,257 @@
+//! Per-domain TLS policy really applies (DESIGN.md "TLS domains"): several domains on ONE
+//! listener, each with its own settings, probed with a real OpenSSL client. Each test proves
+//! one setting that OpenSSL would silently drop on an SNI context switch.
+
+mod runtime_common;
+mod tls_common;
+
+use std::time::Duration;
+
+use openssl::ssl::SslVersion;
+use runtime_common::{options_to, read_message, status};
+use siprox::proxy::Transport;
+use tls_common::{peer_cn, Client, Tree};
+
+const T: Duration = Duration::from_secs(5);
+
+/// An OPTIONS to siprox over `s` gets its 200: the connection really works after the
+/// handshake (for TLS 1.3 this is where a refused client certificate shows).
+async fn options_ok<S>(s: &mut S, addr: std::net::SocketAddr, id: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    // A refused connection may already be reset: a failed write is a refusal, not a panic.
+    if s.write_all(options_to(addr, "TLS", id).as_bytes())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    match read_message(s, &mut buf, T).await {
+        Ok(r) => status(&r) == Some(200),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_exact_wildcard_and_default() {
+    let t = Tree::new("");
+    t.leaf("a", "a.example");
+    t.leaf("w", "*.w.example");
+    t.domain(
+        "a",
+        "[domains.a]\nnames = [\"a.example\"]\n[domains.a.server]\n\
+         certificate = \"certs/a.pem\"\nprivate_key = \"certs/a.key\"\n",
+    );
+    t.domain(
+        "w",
+        "[domains.w]\n[domains.w.server]\nsni = [\"*.w.example\"]\n\
+         certificate = \"certs/w.pem\"\nprivate_key = \"certs/w.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+
+    let mut s = Client::sni("A.Example").connect(addr).await.expect("a");
+    assert_eq!(peer_cn(&s), "a.example");
+    assert!(options_ok(&mut s, addr, "a-1").await);
+    let s = Client::sni("pop1.w.example")
+        .connect(addr)
+        .await
+        .expect("w");
+    assert_eq!(peer_cn(&s), "*.w.example");
+    // Wildcards cover exactly one label.
+    let s = Client::sni("x.pop1.w.example")
+        .connect(addr)
+        .await
+        .expect("default");
+    assert_eq!(peer_cn(&s), "localhost");
+    // No SNI: the default domain ([tls], the dev certificate).
+    let mut s = Client::default().connect(addr).await.expect("no sni");
+    assert_eq!(peer_cn(&s), "localhost");
+    assert!(options_ok(&mut s, addr, "d-1").await);
+    let st = rt.tls_status();
+    assert!(st
+        .domains
+        .iter()
+        .any(|d| d.name == "a" && d.side == "server"));
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_client_require_and_off_on_one_listener() {
+    let t = Tree::new("");
+    t.leaf("req", "req.example");
+    t.leaf("off", "off.example");
+    t.domain(
+        "req",
+        "[domains.req]\nnames = [\"req.example\"]\n[domains.req.server]\n\
+         certificate = \"certs/req.pem\"\nprivate_key = \"certs/req.key\"\n\
+         ca_file = \"certs/test-ca.pem\"\nverify_client = \"require\"\n",
+    );
+    t.domain(
+        "off",
+        "[domains.off]\nnames = [\"off.example\"]\n[domains.off.server]\n\
+         certificate = \"certs/off.pem\"\nprivate_key = \"certs/off.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        let c = |sni: &str| Client {
+            sni: Some(sni.to_owned()),
+            min: Some(version),
+            max: Some(version),
+            ..Client::default()
+        };
+        // `off` accepts a client without a certificate.
+        let mut s = c("off.example").connect(addr).await.expect("off");
+        assert!(options_ok(&mut s, addr, "off-1").await, "{version:?}");
+        // `require` refuses it: at the handshake (1.2) or on the first read (1.3).
+        match c("req.example").connect(addr).await {
+            Err(_) => {}
+            Ok(mut s) => assert!(
+                !options_ok(&mut s, addr, "req-1").await,
+                "{version:?}: a client without a certificate must be refused"
+            ),
+        }
+        // With a certificate from the domain's CA, `require` accepts.
+        let mut with = c("req.example");
+        with.identity = Some(t.ca.leaf("client.example"));
+        let mut s = with.connect(addr).await.expect("req with cert");
+        assert!(options_ok(&mut s, addr, "req-2").await, "{version:?}");
+    }
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_only_domain_refuses_tls12_next_to_one_that_accepts_it() {
+    let t = Tree::new("");
+    t.leaf("new", "new.example");
+    t.leaf("old", "old.example");
+    t.domain(
+        "new",
+        "[domains.new]\nnames = [\"new.example\"]\n[domains.new.server]\n\
+         certificate = \"certs/new.pem\"\nprivate_key = \"certs/new.key\"\nmin_version = \"1.3\"\n",
+    );
+    t.domain(
+        "old",
+        "[domains.old]\nnames = [\"old.example\"]\n[domains.old.server]\n\
+         certificate = \"certs/old.pem\"\nprivate_key = \"certs/old.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let tls12 = |sni: &str| Client {
+        sni: Some(sni.to_owned()),
+        max: Some(SslVersion::TLS1_2),
+        ..Client::default()
+    };
+    assert!(tls12("new.example").connect(addr).await.is_err());
+    let mut s = tls12("old.example").connect(addr).await.expect("old");
+    assert_eq!(s.ssl().version_str(), "TLSv1.2");
+    assert!(options_ok(&mut s, addr, "old-1").await);
+    let s = Client::sni("new.example").connect(addr).await.expect("new");
+    assert_eq!(s.ssl().version_str(), "TLSv1.3");
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cipher_restriction_holds_per_domain() {
+    let t = Tree::new("");
+    t.leaf("strict", "strict.example");
+    t.leaf("lax", "lax.example");
+    t.domain(
+        "strict",
+        "[domains.strict]\nnames = [\"strict.example\"]\n[domains.strict.server]\n\
+         certificate = \"certs/strict.pem\"\nprivate_key = \"certs/strict.key\"\n\
+         max_version = \"1.2\"\nciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256\"\n",
+    );
+    t.domain(
+        "lax",
+        "[domains.lax]\nnames = [\"lax.example\"]\n[domains.lax.server]\n\
+         certificate = \"certs/lax.pem\"\nprivate_key = \"certs/lax.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let only = |sni: &str, cipher: &str| Client {
+        sni: Some(sni.to_owned()),
+        max: Some(SslVersion::TLS1_2),
+        ciphers: Some(cipher.to_owned()),
+        ..Client::default()
+    };
+    assert!(only("strict.example", "ECDHE-ECDSA-AES256-GCM-SHA384")
+        .connect(addr)
+        .await
+        .is_err());
+    let s = only("lax.example", "ECDHE-ECDSA-AES256-GCM-SHA384")
+        .connect(addr)
+        .await
+        .expect("lax");
+    assert_eq!(
+        s.ssl().current_cipher().map(|c| c.name()),
+        Some("ECDHE-ECDSA-AES256-GCM-SHA384")
+    );
+    // A client that offers everything gets the one cipher `strict` allows.
+    let s = Client::sni("strict.example")
+        .connect(addr)
+        .await
+        .expect("strict");
+    assert_eq!(
+        s.ssl().current_cipher().map(|c| c.name()),
+        Some("ECDHE-ECDSA-AES128-GCM-SHA256")
+    );
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sni_without_default_gets_unrecognized_name() {
+    let t = Tree::new("default_server = false\n");
+    t.leaf("a", "a.example");
+    t.domain(
+        "a",
+        "[domains.a]\nnames = [\"a.example\"]\n[domains.a.server]\n\
+         certificate = \"certs/a.pem\"\nprivate_key = \"certs/a.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let s = Client::sni("a.example").connect(addr).await.expect("a");
+    assert_eq!(peer_cn(&s), "a.example");
+    for c in [Client::sni("nobody.example"), Client::default()] {
+        let e = c.connect(addr).await.expect_err("refused");
+        let text = format!("{e:?} {e}");
+        assert!(
+            text.contains("unrecognized name") || text.contains("alert number 112"),
+            "expected alert 112, got {text}"
+        );
+    }
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_domain_connection_limit_and_listener_domain() {
+    let t = Tree::new("");
+    t.leaf("small", "small.example");
+    t.domain(
+        "small",
+        "[domains.small]\nnames = [\"small.example\"]\n[domains.small.server]\n\
+         certificate = \"certs/small.pem\"\nprivate_key = \"certs/small.key\"\n\
+         max_connections = 2\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let mut a = Client::sni("small.example").connect(addr).await.expect("1");
+    let mut b = Client::sni("small.example").connect(addr).await.expect("2");
+    assert!(options_ok(&mut a, addr, "s-1").await);
+    assert!(options_ok(&mut b, addr, "s-2").await);
+    assert!(Client::sni("small.example").connect(addr).await.is_err());
+    // Other domains are not limited by it.
+    Client::default().connect(addr).await.expect("default");
+    drop(a);
+    assert_eventually!(
+        Client::sni("small.example").connect(addr).await.is_ok(),
+        T,
+        "a slot is given back when a connection closes"
+    );
+    rt.shutdown();
+}
