@@ -1,0 +1,406 @@
+//! Phones register over TLS and get their calls over the connection they hold: two UAs
+//! whose Contacts name an address where nothing listens register through siprox's default
+//! script, call each other (INVITE, 180, 200, ACK, BYE, 200), lose and regain their
+//! connection (480, then calls again), authenticate with digest, and keep their
+//! registrations across a restart. Real sockets on 127.0.0.1:0, real TLS.
+
+mod runtime_common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use runtime_common::*;
+use siprox::config::{Config, DomainConfig, Proto};
+use siprox::proxy::Transport;
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+
+/// Where the phones claim to be: loopback, so a wrong connect attempt stays on this machine,
+/// and nothing listens there, so only their own connection can reach them.
+const UNREACHABLE: &str = "127.0.0.99:5999";
+
+fn setup(dir: &Path, script: &str) -> Config {
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(scripts.join("route.cfg"), script).unwrap();
+    let mut cfg = config(&[Proto::Udp, Proto::Tls]);
+    cfg.script.file = Some("scripts/route.cfg".into());
+    cfg.domains.insert(
+        "example".into(),
+        DomainConfig {
+            names: vec!["example.com".into()],
+            ..DomainConfig::default()
+        },
+    );
+    cfg.location.snapshot_file = Some("var/location.json".into());
+    cfg
+}
+
+fn default_script() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conf.d/scripts/default.cfg"
+    ))
+    .expect("the shipped default script")
+}
+
+struct Phone {
+    user: &'static str,
+    s: SslStream<TcpStream>,
+    buf: Vec<u8>,
+    cseq: u32,
+}
+
+impl Phone {
+    async fn connect(user: &'static str, addr: std::net::SocketAddr, ca: &Path) -> Phone {
+        Phone {
+            user,
+            s: tls_connect(addr, ca).await,
+            buf: Vec::new(),
+            cseq: 0,
+        }
+    }
+
+    async fn send(&mut self, msg: &str) {
+        send(&mut self.s, msg).await;
+    }
+
+    async fn recv(&mut self) -> String {
+        read_message(&mut self.s, &mut self.buf, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.user))
+    }
+
+    fn register_msg(&mut self, expires: u32, extra: &str) -> String {
+        self.cseq += 1;
+        let u = self.user;
+        format!(
+            "REGISTER sip:example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {UNREACHABLE};branch=z9hG4bK-reg-{u}-{c};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{u}@example.com>;tag=r{u}\r\n\
+             To: <sip:{u}@example.com>\r\n\
+             Call-ID: reg-{u}\r\n\
+             CSeq: {c} REGISTER\r\n\
+             Contact: <sip:{u}@{UNREACHABLE};transport=tls>\r\n\
+             Expires: {expires}\r\n\
+             {extra}\
+             Content-Length: 0\r\n\r\n",
+            c = self.cseq
+        )
+    }
+
+    async fn register(&mut self) -> String {
+        let m = self.register_msg(300, "");
+        self.send(&m).await;
+        self.recv().await
+    }
+}
+
+fn invite(from: &str, to: &str, call: &str) -> String {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.99\r\ns=-\r\nc=IN IP4 127.0.0.99\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:{to}@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/TLS {UNREACHABLE};branch=z9hG4bK-{call}-inv;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{from}@example.com>;tag=f-{call}\r\n\
+         To: <sip:{to}@example.com>\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:{from}@{UNREACHABLE};transport=tls>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// A UAS answer to `req` (every Via, From, To with `tag`, Call-ID, CSeq, Record-Route,
+/// and the UAS Contact).
+fn answer(req: &str, code: u16, reason: &str, tag: &str, contact_user: &str) -> String {
+    let head = req.split("\r\n\r\n").next().unwrap_or("");
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in head.split("\r\n").skip(1) {
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" | "record-route" => {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            "to" if !l.contains(";tag=") => out.push_str(&format!("{l};tag={tag}\r\n")),
+            "to" => {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    out.push_str(&format!(
+        "Contact: <sip:{contact_user}@{UNREACHABLE};transport=tls>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    out
+}
+
+/// One side's view of a dialog: Call-ID, its own (user, tag) and the peer's.
+struct Leg<'a> {
+    call: &'a str,
+    me: (&'a str, &'a str),
+    peer: (&'a str, &'a str),
+}
+
+/// An in-dialog request along the route set learnt from `resp` (its Record-Route, in order
+/// for the callee's direction `reverse = false`, reversed for the caller).
+fn in_dialog(method: &str, resp: &str, leg: &Leg<'_>, cseq: u32, reverse: bool) -> String {
+    let mut rr: Vec<&str> = resp
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .collect();
+    if reverse {
+        rr.reverse();
+    }
+    let route = if rr.is_empty() {
+        String::new()
+    } else {
+        format!("Route: {}\r\n", rr.join(", "))
+    };
+    let call = leg.call;
+    format!(
+        "{method} sip:{}@{UNREACHABLE};transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS {UNREACHABLE};branch=z9hG4bK-{call}-{method}-{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         {route}\
+         From: <sip:{}@example.com>;tag={}\r\n\
+         To: <sip:{}@example.com>;tag={}\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n",
+        leg.peer.0, leg.me.0, leg.me.1, leg.peer.0, leg.peer.1
+    )
+}
+
+/// Alice calls Bob: every request reaches Bob over Bob's connection, every reply Alice over
+/// hers; Bob hangs up (the other direction of the flow token).
+async fn call(alice: &mut Phone, bob: &mut Phone, call_id: &str) {
+    alice.send(&invite("alice", "bob", call_id)).await;
+    let inv = bob.recv().await;
+    assert!(
+        inv.starts_with(&format!(
+            "INVITE sip:bob@{UNREACHABLE};transport=tls SIP/2.0"
+        )),
+        "the Request-URI is Bob's contact: {inv}"
+    );
+    assert!(inv.contains("Record-Route: "), "{inv}");
+    bob.send(&answer(&inv, 180, "Ringing", "b-tag", "bob"))
+        .await;
+    let ringing = alice.recv().await;
+    assert_eq!(status(&ringing), Some(180), "{ringing}");
+    bob.send(&answer(&inv, 200, "OK", "b-tag", "bob")).await;
+    let ok = alice.recv().await;
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    let ftag = format!("f-{call_id}");
+    let alice_leg = Leg {
+        call: call_id,
+        me: ("alice", &ftag),
+        peer: ("bob", "b-tag"),
+    };
+    alice
+        .send(&in_dialog("ACK", &ok, &alice_leg, 1, true))
+        .await;
+    let ack = bob.recv().await;
+    assert!(
+        ack.starts_with("ACK "),
+        "ACK reaches Bob on his connection: {ack}"
+    );
+    // Bob hangs up: the request travels the flow the other way.
+    let bob_leg = Leg {
+        call: call_id,
+        me: ("bob", "b-tag"),
+        peer: ("alice", &ftag),
+    };
+    bob.send(&in_dialog("BYE", &inv, &bob_leg, 1, false)).await;
+    let bye = alice.recv().await;
+    assert!(
+        bye.starts_with("BYE "),
+        "BYE reaches Alice on her connection: {bye}"
+    );
+    alice.send(&answer(&bye, 200, "OK", &ftag, "alice")).await;
+    let done = bob.recv().await;
+    assert_eq!(status(&done), Some(200), "{done}");
+    assert!(done.contains("CSeq: 1 BYE"), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phones_register_over_tls_and_get_calls_over_their_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start(setup(dir.path(), &default_script()), dir.path());
+    let addr = rt.local_addr(Transport::Tls).unwrap();
+    let ca = ca_file(dir.path());
+
+    let mut alice = Phone::connect("alice", addr, &ca).await;
+    let mut bob = Phone::connect("bob", addr, &ca).await;
+    for p in [&mut alice, &mut bob] {
+        let r = p.register().await;
+        assert_eq!(status(&r), Some(200), "{r}");
+        assert!(
+            r.contains(&format!(
+                "<sip:{}@{UNREACHABLE};transport=tls>;expires=",
+                p.user
+            )),
+            "{r}"
+        );
+    }
+    call(&mut alice, &mut bob, "call-1").await;
+
+    // Bob's connection goes away: a call to him is 480, never a connect to his Contact.
+    drop(bob);
+    let mut r;
+    assert_eventually!(
+        {
+            alice.send(&invite("alice", "bob", "call-lost")).await;
+            r = alice.recv().await;
+            status(&r) == Some(480)
+        },
+        Duration::from_secs(5),
+        "a call to a phone whose connection closed gets 480: {r}"
+    );
+
+    // Bob comes back on a new connection and registers again: calls reach him again.
+    let mut bob = Phone::connect("bob", addr, &ca).await;
+    bob.cseq = 10;
+    let r = bob.register().await;
+    assert_eq!(status(&r), Some(200), "{r}");
+    call(&mut alice, &mut bob, "call-2").await;
+
+    // Out-of-order CSeq on the same Call-ID is refused; too short an expiry gets 423.
+    bob.cseq = 1;
+    let m = bob.register_msg(300, "");
+    bob.send(&m).await;
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(500), "out of order: {r}");
+    bob.cseq = 20;
+    let m = bob.register_msg(5, "");
+    bob.send(&m).await;
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(423), "{r}");
+    assert!(r.contains("Min-Expires: 60"), "{r}");
+
+    // A restart keeps the registrations (snapshot): Bob's binding is still there, and since
+    // his connection died with the old process, a call to him is 480, not 404.
+    rt.shutdown();
+    assert!(dir.path().join("var/location.json").exists());
+    let rt = start(setup(dir.path(), &default_script()), dir.path());
+    let addr = rt.local_addr(Transport::Tls).unwrap();
+    let mut carol = Phone::connect("carol", addr, &ca).await;
+    carol
+        .send(&invite("carol", "bob", "call-after-restart"))
+        .await;
+    let r = carol.recv().await;
+    assert_eq!(status(&r), Some(480), "{r}");
+    carol.send(&invite("carol", "nobody", "call-nobody")).await;
+    let r = carol.recv().await;
+    assert_eq!(status(&r), Some(404), "{r}");
+    rt.shutdown();
+}
+
+const DIGEST_SCRIPT: &str = r#"
+route {
+    if (!sanity_check()) { exit; }
+    if (is_method("REGISTER")) {
+        if (!www_authorize("example.com", "subscriber")) {
+            www_challenge("example.com", "0");
+            exit;
+        }
+        consume_credentials();
+        save("location");
+        exit;
+    }
+    sl_send_reply("404", "Not Here");
+}
+"#;
+
+fn digest_line(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    cnonce: &str,
+    nc: u32,
+    alg: &str,
+) -> String {
+    use openssl::hash::{hash, MessageDigest};
+    let md = if alg == "SHA-256" {
+        MessageDigest::sha256()
+    } else {
+        MessageDigest::md5()
+    };
+    let h = |s: &str| hex(&hash(md, s.as_bytes()).unwrap());
+    let line = challenge
+        .split("\r\n")
+        .find(|l| l.starts_with("WWW-Authenticate:") && l.contains(&format!("algorithm={alg}")))
+        .unwrap_or_else(|| panic!("no {alg} challenge in {challenge}"));
+    let nonce = line
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let uri = "sip:example.com";
+    let ha1 = h(&format!("{user}:example.com:{password}"));
+    let ha2 = h(&format!("REGISTER:{uri}"));
+    let nc = format!("{nc:08x}");
+    let resp = h(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Authorization: Digest username=\"{user}\", realm=\"example.com\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={alg}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"\r\n"
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_authentication_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("users.toml"),
+        "[[user]]\nname = \"alice\"\nrealm = \"example.com\"\npassword = \"wonderland\"\n",
+    )
+    .unwrap();
+    let mut cfg = setup(dir.path(), DIGEST_SCRIPT);
+    cfg.auth.users_file = Some("users.toml".into());
+    let rt = start(cfg, dir.path());
+    let addr = rt.local_addr(Transport::Tls).unwrap();
+    let mut alice = Phone::connect("alice", addr, &dir.path().join("certs/ca.pem")).await;
+
+    for alg in ["SHA-256", "MD5"] {
+        let m = alice.register_msg(300, "");
+        alice.send(&m).await;
+        let ch = alice.recv().await;
+        assert_eq!(status(&ch), Some(401), "{ch}");
+        // Wrong password: 403.
+        let m = alice.register_msg(300, &digest_line(&ch, "alice", "guess", "c1", 1, alg));
+        alice.send(&m).await;
+        let r = alice.recv().await;
+        assert_eq!(status(&r), Some(403), "{alg} wrong password: {r}");
+        // Right password: 200, and the credentials do not travel further.
+        let good = digest_line(&ch, "alice", "wonderland", "c2", 1, alg);
+        let m = alice.register_msg(300, &good);
+        alice.send(&m).await;
+        let r = alice.recv().await;
+        assert_eq!(status(&r), Some(200), "{alg}: {r}");
+        // The same nonce count again is a replay: refused.
+        let m = alice.register_msg(300, &good);
+        alice.send(&m).await;
+        let r = alice.recv().await;
+        assert!(
+            matches!(status(&r), Some(401 | 403)),
+            "{alg} replay must not pass: {r}"
+        );
+        assert_ne!(status(&r), Some(200));
+    }
+    rt.shutdown();
+}

@@ -1,0 +1,182 @@
+//! `lookup("location")`: from a Request-URI to the one contact to deliver to, and how to
+//! reach it. A flow-bound contact is reached only over its own connection; when that
+//! connection is gone the contact is unreachable (480), never connected to afresh (its
+//! Contact usually holds a private address). No forking yet: the proxy is stateless, so
+//! the request goes to the best reachable contact only. Never panics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::binding::{aor_of, Binding};
+use super::store::{LocationStore, StoreError};
+use super::Settings;
+use crate::proxy::{ConnId, Destination, Transport};
+use crate::sip::{Editor, Uri};
+
+/// The result of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Deliver to this contact (boxed: the other variants are tiny).
+    Found(Box<Target>),
+    /// The AoR has current bindings but none can be reached (their connections closed):
+    /// answer 480 Temporarily Unavailable.
+    Unreachable { bindings: usize },
+    /// No current binding (or not a SIP URI with a user): the script decides (404 by default).
+    NotFound,
+}
+
+/// How to reach the chosen contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Send over the phone's own TCP/TLS connection, which is alive on this node.
+    Connection {
+        conn: ConnId,
+        transport: Transport,
+        addr: SocketAddr,
+    },
+    /// UDP: send to the address the REGISTER came from, from the socket it arrived on
+    /// (`local`), so that the NAT binding the phone keeps open lets the request in.
+    Datagram { addr: SocketAddr, local: SocketAddr },
+    /// The phone's connection is held by another cluster node: forward the request there.
+    Node(Arc<str>),
+    /// Route by URI: the first pre-loaded Route (the Path) if any, else the new
+    /// Request-URI, resolved per RFC 3263 like any other request.
+    Uri,
+}
+
+/// The chosen contact and what to do with the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub aor: String,
+    /// The new Request-URI: the Contact URI.
+    pub ruri: String,
+    /// Route values to pre-load, top first (the binding's Path, RFC 3327 §5.3).
+    pub route: Vec<String>,
+    pub delivery: Delivery,
+    /// The binding that was chosen.
+    pub binding: Binding,
+    /// Other current bindings not used (there is no forking yet); for logs.
+    pub alternatives: usize,
+}
+
+impl Target {
+    /// Rewrite a request for this target: the Request-URI, then the Path as Route values
+    /// above any Route already there.
+    pub fn apply(&self, ed: &mut Editor<'_>) {
+        ed.set_request_uri(&self.ruri);
+        for r in &self.route {
+            ed.prepend_header("Route", r);
+        }
+    }
+
+    /// Where to send, when the binding fixes it (flow delivery); `None` for
+    /// [`Delivery::Node`] and [`Delivery::Uri`].
+    pub fn destination(&self) -> Option<Destination> {
+        match &self.delivery {
+            Delivery::Connection {
+                conn,
+                transport,
+                addr,
+            } => Some(Destination {
+                transport: *transport,
+                addr: *addr,
+                server_name: None,
+                conn: Some(*conn),
+            }),
+            Delivery::Datagram { addr, .. } => Some(Destination {
+                transport: Transport::Udp,
+                addr: *addr,
+                server_name: None,
+                conn: None,
+            }),
+            Delivery::Node(_) | Delivery::Uri => None,
+        }
+    }
+
+    /// The destination as a URI for the script's `$du` (`sip:203.0.113.7:40123;transport=tls`).
+    pub fn dst_uri(&self) -> Option<String> {
+        let d = self.destination()?;
+        Some(format!("sip:{};transport={}", d.addr, d.transport.param()))
+    }
+}
+
+/// Bindings in delivery order: highest q first, then the most recently refreshed.
+pub fn ranked(mut bindings: Vec<Binding>, now: i64) -> Vec<Binding> {
+    bindings.retain(|b| b.expires > now);
+    bindings.sort_by(|a, b| b.rank_q().cmp(&a.rank_q()).then(b.updated.cmp(&a.updated)));
+    bindings
+}
+
+/// How `b` can be reached from this node, or `None` when it cannot.
+fn delivery(
+    b: &Binding,
+    settings: &Settings,
+    is_conn_alive: &dyn Fn(ConnId) -> bool,
+) -> Option<Delivery> {
+    if !b.path.is_empty() {
+        // The REGISTER came through an edge proxy (RFC 3327): it owns the phone's flow.
+        return Some(Delivery::Uri);
+    }
+    let f = &b.flow;
+    if let Some(node) = &f.node {
+        if settings.node.as_deref() != Some(&**node) {
+            return Some(Delivery::Node(node.clone()));
+        }
+    }
+    if f.is_connection_bound() {
+        let conn = f.conn.filter(|&c| is_conn_alive(c))?;
+        return Some(Delivery::Connection {
+            conn,
+            transport: f.transport,
+            addr: f.source,
+        });
+    }
+    Some(Delivery::Datagram {
+        addr: f.source,
+        local: f.local,
+    })
+}
+
+/// Look up the Request-URI `uri` (any URI; non-SIP or user-less ones are simply not found).
+/// The best reachable contact wins: bindings are tried in [`ranked`] order and those whose
+/// connection is gone (`is_conn_alive` false, or restored from a snapshot) are skipped.
+pub fn lookup(
+    uri: &Uri<'_>,
+    now: i64,
+    settings: &Settings,
+    store: &dyn LocationStore,
+    is_conn_alive: &dyn Fn(ConnId) -> bool,
+) -> Result<LookupResult, StoreError> {
+    match aor_of(uri) {
+        Ok(aor) => lookup_aor(&aor, now, settings, store, is_conn_alive),
+        Err(_) => Ok(LookupResult::NotFound),
+    }
+}
+
+/// [`lookup`] for a canonical AoR.
+pub fn lookup_aor(
+    aor: &str,
+    now: i64,
+    settings: &Settings,
+    store: &dyn LocationStore,
+    is_conn_alive: &dyn Fn(ConnId) -> bool,
+) -> Result<LookupResult, StoreError> {
+    let bindings = ranked(store.get(aor)?, now);
+    let total = bindings.len();
+    if total == 0 {
+        return Ok(LookupResult::NotFound);
+    }
+    for b in bindings {
+        if let Some(d) = delivery(&b, settings, is_conn_alive) {
+            return Ok(LookupResult::Found(Box::new(Target {
+                aor: aor.to_owned(),
+                ruri: b.contact.clone(),
+                route: b.path.clone(),
+                delivery: d,
+                binding: b,
+                alternatives: total - 1,
+            })));
+        }
+    }
+    Ok(LookupResult::Unreachable { bindings: total })
+}
