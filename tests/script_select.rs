@@ -116,7 +116,8 @@ fn reply_selects() {
 fn rpc_method_from_bodies() {
     let json = msg("POST sip:rpc@127.0.0.1 SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>\nCall-ID: r\nCSeq: 1 POST\nContent-Length: 45\n\n{\"jsonrpc\":\"2.0\",\"method\":\"core.kill\",\"id\":1}");
     assert_eq!(ev("@rpc.method", &json, &udp(), None), s("core.kill"));
-    let xml = msg("POST sip:rpc@127.0.0.1 SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>\nCall-ID: r\nCSeq: 1 POST\nContent-Length: 55\n\n<methodCall><methodName>tls.list</methodName></methodCall>");
+    let body = "<methodCall><methodName>tls.list</methodName></methodCall>";
+    let xml = msg(&format!("POST sip:rpc@127.0.0.1 SIP/2.0\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>\nCall-ID: r\nCSeq: 1 POST\nContent-Length: {}\n\n{body}", body.len()));
     assert_eq!(ev("@xmlrpc.method", &xml, &udp(), None), s("tls.list"));
 }
 

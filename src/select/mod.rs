@@ -7,6 +7,7 @@
 //! Paths are written without the leading `@` when passed to [`Select::parse`]. Indices are
 //! 1-based as in SER; `-1` is the last element, `-2` the one before.
 
+mod rpc;
 mod sip;
 mod tls;
 mod value;
@@ -17,6 +18,7 @@ use crate::proxy::Inbound;
 use crate::sip::Message;
 use crate::tls::TlsFacts;
 
+pub use rpc::RpcSelect;
 pub use sip::{HeaderRef, Idx, NaPart, SipSelect, UriPart, ViaPart};
 pub use tls::{CertPart, DnAttr, DnWhich, SanKind, Side, TlsSelect};
 pub use value::Value;
@@ -40,6 +42,8 @@ pub struct Env<'a> {
 pub enum Select {
     Sip(SipSelect),
     Tls(TlsSelect),
+    /// `@rpc.method` / `@xmlrpc.method`: the method of an RPC call carried over HTTP.
+    Rpc(RpcSelect),
 }
 
 /// Why a select path was refused; `offset` is a byte offset into the path text (the text
@@ -171,6 +175,9 @@ impl Select {
         if first.is(&["tls"]) {
             return tls::build(&segs).map(Select::Tls);
         }
+        if first.is(&["rpc", "xmlrpc"]) {
+            return rpc::build(&segs).map(Select::Rpc);
+        }
         sip::build(&segs).map(Select::Sip)
     }
 
@@ -179,6 +186,7 @@ impl Select {
         match self {
             Select::Sip(s) => s.eval(env),
             Select::Tls(t) => t.eval(env.tls, env.now_unix),
+            Select::Rpc(r) => r.eval(env),
         }
     }
 

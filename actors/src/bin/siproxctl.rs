@@ -1,8 +1,244 @@
-//! siproxctl: the management CLI. The management RPC arrives with its own issue; until then
-//! this binary only says so, and exits non-zero.
+//! siproxctl: the management CLI. Calls one JSON-RPC (or, with `--xml`, XML-RPC) method on
+//! a siprox management listener over HTTPS with a client certificate, prints the result
+//! (a table for people, `--json` for scripts), and exits non-zero on any error with the
+//! error printed. A blocking client on purpose (one request, then exit): openssl over a std
+//! `TcpStream`, no HTTP crate. The pure parts live in `siprox_actors::ctl`.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("siproxctl: the management RPC is not implemented yet");
-    std::process::ExitCode::from(2)
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Parser;
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+use serde_json::Value;
+use siprox::rpc::{jsonrpc, xmlrpc};
+use siprox_actors::ctl::{self, CtlFile};
+
+/// Exit status when the server answered with an RPC error.
+const EXIT_RPC_ERROR: u8 = 1;
+/// Exit status when the server could not be reached or refused the connection.
+const EXIT_TRANSPORT: u8 = 2;
+
+/// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
+///
+/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload | tcp list |
+/// reload | ul dump | ul show AOR | ul rm AOR | stats | version | uptime | kill |
+/// methods | help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
+#[derive(Debug, Parser)]
+#[command(name = "siproxctl", version)]
+struct Cli {
+    /// Management URL.
+    #[arg(long, env = "SIPROXCTL_URL")]
+    url: Option<String>,
+    /// PEM client certificate.
+    #[arg(long, env = "SIPROXCTL_CERT")]
+    cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (default: the certificate file).
+    #[arg(long, env = "SIPROXCTL_KEY")]
+    key: Option<PathBuf>,
+    /// PEM CA that signed the server's certificate (default: the system's CAs).
+    #[arg(long, env = "SIPROXCTL_CA")]
+    ca: Option<PathBuf>,
+    /// Settings file (url, cert, key, ca); default ~/.config/siproxctl.toml.
+    #[arg(long, env = "SIPROXCTL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the raw result (or error) as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Speak XML-RPC instead of JSON-RPC.
+    #[arg(long)]
+    xml: bool,
+    /// Seconds to wait for the server.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// The command or METHOD and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Why a call failed.
+enum Failure {
+    Rpc { code: i64, message: String },
+    Transport(anyhow::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (method, params) = match ctl::resolve_command(&cli.command) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("siproxctl: {e}");
+            return ExitCode::from(EXIT_RPC_ERROR);
+        }
+    };
+    match run(&cli, &method, &params) {
+        Ok(v) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+                );
+            } else {
+                println!("{}", ctl::render_human(&v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Rpc { code, message }) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"code": code, "message": message}})
+                );
+            }
+            eprintln!("siproxctl: {method}: error {code}: {message}");
+            ExitCode::from(EXIT_RPC_ERROR)
+        }
+        Err(Failure::Transport(e)) => {
+            eprintln!("siproxctl: {e:#}");
+            ExitCode::from(EXIT_TRANSPORT)
+        }
+    }
+}
+
+fn run(cli: &Cli, method: &str, params: &[Value]) -> Result<Value, Failure> {
+    let file = match &cli.config {
+        Some(p) => CtlFile::load(p, true),
+        None => {
+            CtlFile::default_path().map_or(Ok(CtlFile::default()), |p| CtlFile::load(&p, false))
+        }
+    }
+    .map_err(|e| Failure::Transport(anyhow!(e)))?;
+    let url = cli
+        .url
+        .clone()
+        .or(file.url)
+        .unwrap_or_else(|| ctl::DEFAULT_URL.to_owned());
+    let cert = cli.cert.clone().or(file.cert);
+    let key = cli.key.clone().or(file.key).or_else(|| cert.clone());
+    let ca = cli.ca.clone().or(file.ca);
+
+    let (host, port, path) = ctl::parse_url(&url).map_err(|e| Failure::Transport(anyhow!(e)))?;
+    let (content_type, body) = if cli.xml {
+        ("text/xml", xmlrpc::encode_call(method, params).into_bytes())
+    } else {
+        ("application/json", jsonrpc::request(1, method, params))
+    };
+    let (status, resp) = exchange(
+        &host,
+        port,
+        &path,
+        content_type,
+        &body,
+        cert.as_ref(),
+        key.as_ref(),
+        ca.as_ref(),
+        Duration::from_secs(cli.timeout.max(1)),
+    )
+    .map_err(Failure::Transport)?;
+    if cli.xml {
+        return xmlrpc::parse_response(&resp).map_err(|(code, message)| {
+            if code == 0 {
+                Failure::Transport(anyhow!("HTTP {status}: {message}"))
+            } else {
+                Failure::Rpc {
+                    code: i64::from(code),
+                    message,
+                }
+            }
+        });
+    }
+    let v: Value = serde_json::from_slice(&resp).map_err(|_| {
+        Failure::Transport(anyhow!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&resp).trim()
+        ))
+    })?;
+    if let Some(e) = v.get("error") {
+        return Err(Failure::Rpc {
+            code: e.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_owned(),
+        });
+    }
+    v.get("result")
+        .cloned()
+        .ok_or_else(|| Failure::Transport(anyhow!("HTTP {status}: no result in the response")))
+}
+
+/// One HTTPS POST, read to EOF.
+#[allow(clippy::too_many_arguments)]
+fn exchange(
+    host: &str,
+    port: u16,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    ca: Option<&PathBuf>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    if let Some(ca) = ca {
+        b.set_ca_file(ca)
+            .with_context(|| format!("CA file {}", ca.display()))?;
+    }
+    if let Some(cert) = cert {
+        b.set_certificate_chain_file(cert)
+            .with_context(|| format!("client certificate {}", cert.display()))?;
+    }
+    if let Some(key) = key {
+        if cert.is_some() {
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .with_context(|| format!("client key {}", key.display()))?;
+            b.check_private_key()
+                .context("the client key does not match the certificate")?;
+        }
+    }
+    let connector = b.build();
+    let addr = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host}: no address"))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut tls = connector
+        .connect(host, tcp)
+        .map_err(|e| anyhow!("TLS handshake with {addr} failed: {e}"))?;
+    let host_header = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: siproxctl/{}\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    tls.write_all(&req)
+        .map_err(|e| anyhow!("sending the request failed: {e}"))?;
+    let mut resp = Vec::new();
+    // With TLS 1.3 a refused client certificate surfaces here, on the first read.
+    match tls.read_to_end(&mut resp) {
+        Ok(_) => {}
+        Err(e) if !resp.is_empty() && e.kind() != std::io::ErrorKind::WouldBlock => {}
+        Err(e) => bail!("the server closed the connection: {e}"),
+    }
+    if resp.is_empty() {
+        bail!("the server closed the connection without answering (client certificate refused?)");
+    }
+    ctl::parse_http_response(&resp).map_err(|e| anyhow!(e))
 }

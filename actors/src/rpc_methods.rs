@@ -1,0 +1,311 @@
+//! The management methods as the runtime implements them (the `Rpc` actor's
+//! [`siprox::rpc::Handler`]), the reload gate that coalesces and rate-limits reloads, and the
+//! adapters to subsystems that other work delivers (marked ADAPTER). Must never block the
+//! control arbiter: every method reads shared state or sends a message and returns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::{AsyncContext, Context};
+use serde_json::{json, Map, Value};
+use siprox::proxy::{ConnId, Transport};
+use siprox::rpc::{CallResult, Fault};
+use tracing::{info, warn};
+
+use crate::rpc::Rpc;
+use crate::shared::{Shared, StatsSnapshot};
+use crate::table::ConnInfo;
+
+/// The method implementations, for one call on the `Rpc` actor.
+pub(crate) struct Methods<'a> {
+    pub(crate) rpc: &'a mut Rpc,
+    pub(crate) ctx: &'a mut Context<Rpc>,
+}
+
+impl siprox::rpc::Handler for Methods<'_> {
+    fn call(&mut self, method: &str, params: &[Value]) -> CallResult {
+        let shared = &self.rpc.shared;
+        match method {
+            "core.version" => Ok(Value::from(version())),
+            "core.uptime" => {
+                let now = unix(SystemTime::now());
+                let since = unix(self.rpc.started);
+                Ok(json!({"now": now, "up_since": since, "uptime": now - since}))
+            }
+            "core.kill" => {
+                info!("core.kill: graceful shutdown requested over RPC");
+                self.rpc.schedule_kill(self.ctx);
+                Ok(Value::from("shutting down"))
+            }
+            "core.tcp_list" => Ok(Value::Array(
+                shared.table.infos().iter().map(conn_json).collect(),
+            )),
+            "tls.list" => Ok(Value::Array(
+                shared
+                    .table
+                    .infos()
+                    .iter()
+                    .filter(|i| i.transport == Transport::Tls)
+                    .map(conn_json)
+                    .collect(),
+            )),
+            "tls.info" => Ok(tls_info(&shared.table.infos())),
+            "tls.domains" => Ok(Value::Array(adapters::tls_domains(shared))),
+            "tls.kill" => {
+                let id = params
+                    .first()
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+                    .ok_or_else(|| Fault::invalid_params("tls.kill needs a connection id"))?;
+                let h = shared
+                    .table
+                    .get(ConnId(id))
+                    .ok_or_else(|| Fault::not_found(format!("no connection {id}")))?;
+                h.close();
+                Ok(Value::from("closed"))
+            }
+            "tls.reload" => Ok(Value::from(self.reload(ReloadKind::Tls))),
+            "cfg.reload" => Ok(Value::from(self.reload(ReloadKind::Config))),
+            "ul.dump" | "ul.show" | "ul.rm" => adapters::registrar(method, params),
+            "stats.get" => Ok(stats_json(&shared.stats())),
+            m => Err(Fault::method_not_found(m)),
+        }
+    }
+}
+
+impl Methods<'_> {
+    fn reload(&mut self, kind: ReloadKind) -> &'static str {
+        let gate = &mut self.rpc.reload;
+        if let Some(p) = gate.pending {
+            // A config reload includes the TLS one: keep the bigger.
+            gate.pending = Some(p.max(kind));
+            gate.coalesced += 1;
+            return "coalesced";
+        }
+        gate.pending = Some(kind);
+        let wait = gate.last_start.map_or(Duration::ZERO, |t| {
+            gate.min_interval.saturating_sub(t.elapsed())
+        });
+        self.ctx.run_later(wait, |act, _ctx| {
+            let Some(kind) = act.reload.pending.take() else {
+                return;
+            };
+            act.reload.last_start = Some(Instant::now());
+            act.reload.started += 1;
+            let res = adapters::start_reload(&act.shared, kind);
+            if let Err(e) = &res {
+                act.reload.failed += 1;
+                warn!(error = %e, ?kind, "reload failed");
+            }
+            act.reload.last_result = Some((SystemTime::now(), res));
+        });
+        "queued"
+    }
+}
+
+/// What a reload re-reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReloadKind {
+    Tls,
+    Config,
+}
+
+/// Coalesces reload requests: at most one pending, started no sooner than `min_interval`
+/// after the previous one (a reload loop costs one rebuild per interval, kamailio#3305).
+#[derive(Debug)]
+pub(crate) struct ReloadGate {
+    pub(crate) min_interval: Duration,
+    pub(crate) pending: Option<ReloadKind>,
+    pub(crate) last_start: Option<Instant>,
+    pub(crate) last_result: Option<(SystemTime, Result<(), String>)>,
+    /// Reloads started, failed, and requests folded into a pending one (metrics).
+    pub(crate) started: u64,
+    pub(crate) failed: u64,
+    pub(crate) coalesced: u64,
+}
+
+impl ReloadGate {
+    pub(crate) fn new(min_interval: Duration) -> ReloadGate {
+        ReloadGate {
+            min_interval,
+            pending: None,
+            last_start: None,
+            last_result: None,
+            started: 0,
+            failed: 0,
+            coalesced: 0,
+        }
+    }
+}
+
+fn version() -> String {
+    format!("siprox {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// One connection as `tls.list` / `core.tcp_list` show it; TLS facts not known are null.
+pub(crate) fn conn_json(i: &ConnInfo) -> Value {
+    let t = i.tls.as_deref();
+    json!({
+        "id": i.id.0,
+        "peer": i.peer.to_string(),
+        "transport": i.transport.to_string(),
+        "direction": if i.outgoing { "out" } else { "in" },
+        "domain": t.and_then(|t| t.domain.clone()),
+        "sni": t.and_then(|t| t.server_name.clone())
+            .or_else(|| i.server_name.as_deref().map(str::to_owned)),
+        "tls_version": t.map(|t| t.version.clone()),
+        "cipher": t.map(|t| t.cipher.clone()),
+        "peer_subject": t.and_then(|t| t.peer.as_ref().map(|c| c.subject.line.clone())),
+        "verified": t.map(|t| t.peer_verified),
+        "age": i.age.as_secs(),
+        "queued_bytes": i.queued_bytes,
+    })
+}
+
+fn tls_info(infos: &[ConnInfo]) -> Value {
+    let mut by_domain: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tls = 0u64;
+    for i in infos.iter().filter(|i| i.transport == Transport::Tls) {
+        tls += 1;
+        let d = i
+            .tls
+            .as_ref()
+            .and_then(|t| t.domain.clone())
+            .unwrap_or_else(|| "unknown".to_owned());
+        *by_domain.entry(d).or_default() += 1;
+    }
+    let by: Map<String, Value> = by_domain
+        .into_iter()
+        .map(|(k, v)| (k, Value::from(v)))
+        .collect();
+    json!({"connections": infos.len(), "tls_connections": tls, "by_domain": by})
+}
+
+/// Every counter by name (`stats.get`, and the `/metrics` mapping's source).
+pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 15] {
+    [
+        ("connections_open", s.connections_open),
+        ("accepted", s.accepted),
+        ("refused_total_limit", s.refused_total_limit),
+        ("refused_ip_limit", s.refused_ip_limit),
+        ("handshake_failures", s.handshake_failures),
+        ("connect_failures", s.connect_failures),
+        ("send_timeouts", s.send_timeouts),
+        ("write_queue_overflows", s.write_queue_overflows),
+        ("idle_timeouts", s.idle_timeouts),
+        ("framing_errors", s.framing_errors),
+        ("messages_in", s.messages_in),
+        ("udp_unparsable", s.udp_unparsable),
+        ("dropped", s.dropped),
+        ("send_failures", s.send_failures),
+        ("dns_failures", s.dns_failures),
+    ]
+}
+
+fn stats_json(s: &StatsSnapshot) -> Value {
+    Value::Object(
+        stats_pairs(s)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::from(v)))
+            .collect(),
+    )
+}
+
+/// Where management meets the other subsystems. What is still missing is marked ADAPTER
+/// (what it waits for; replace the body when it lands, keep the signature).
+pub(crate) mod adapters {
+    use super::*;
+    use crate::registry::{Reload, ReloadCause, ReloadOutcome};
+
+    /// Every TLS domain (server and client sides) from the `DomainRegistry`'s status, with
+    /// the registry's last reload and last refused reload.
+    pub(crate) fn tls_domains(shared: &Arc<Shared>) -> Vec<Value> {
+        let st = shared.tls_status();
+        let last_reload = st.last_reload.as_ref().map(|r| {
+            json!({"at": unix(r.at), "cause": format!("{:?}", r.cause),
+                   "outcome": outcome_json(&r.outcome)})
+        });
+        let last_error = st.last_error.as_ref().map(|r| {
+            json!({"at": unix(r.at), "cause": format!("{:?}", r.cause),
+                   "outcome": outcome_json(&r.outcome)})
+        });
+        st.domains
+            .iter()
+            .map(|d| {
+                json!({
+                    "name": d.name,
+                    "side": d.side,
+                    "names": d.names,
+                    "addresses": d.addresses,
+                    "certificate_subject": d.subject,
+                    "sans": d.sans,
+                    "not_after": d.not_after,
+                    "not_after_unix": d.not_after_unix,
+                    "files": d.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    "last_reload": last_reload,
+                    "last_error": last_error,
+                })
+            })
+            .collect()
+    }
+
+    fn outcome_json(o: &ReloadOutcome) -> Value {
+        match o {
+            ReloadOutcome::Published { changed } => {
+                json!({"result": "published", "changed": changed})
+            }
+            ReloadOutcome::Unchanged => json!({"result": "unchanged"}),
+            ReloadOutcome::Failed { errors } => json!({"result": "failed", "errors": errors}),
+        }
+    }
+
+    /// `(domain, not_after_unix)` of every server domain (`/metrics`).
+    pub(crate) fn cert_not_after(shared: &Arc<Shared>) -> Vec<(String, i64)> {
+        shared
+            .tls_status()
+            .domains
+            .into_iter()
+            .filter(|d| d.side == "server")
+            .map(|d| (d.name, d.not_after_unix))
+            .collect()
+    }
+
+    /// Reloads run and refused by the registry (all causes), for `/metrics`.
+    pub(crate) fn reload_counts(shared: &Arc<Shared>) -> (u64, u64) {
+        let st = shared.tls_status();
+        (st.reloads, st.failures)
+    }
+
+    /// Starts one reload in the `DomainRegistry` (it rebuilds off-thread, keeps the old
+    /// snapshot on failure and records the outcome in its status). Both kinds re-read
+    /// conf.d and every certificate: the registry rebuilds only what changed.
+    pub(crate) fn start_reload(shared: &Arc<Shared>, kind: ReloadKind) -> Result<(), String> {
+        let Some(r) = shared.reloader() else {
+            return Err("the domain registry is not running".to_owned());
+        };
+        let _ = kind;
+        r.do_send(Reload {
+            cause: ReloadCause::Request,
+        });
+        Ok(())
+    }
+
+    /// ADAPTER (awaits the registrar integration: the location store in `Shared`). Until
+    /// then `ul.*` answer "not available".
+    pub(crate) fn registrar(method: &str, params: &[Value]) -> CallResult {
+        if matches!(method, "ul.show" | "ul.rm") && params.first().and_then(Value::as_str).is_none()
+        {
+            return Err(Fault::invalid_params(format!(
+                "{method} needs an address of record (user@domain)"
+            )));
+        }
+        Err(Fault::not_available(format!(
+            "{method}: the registrar is not available in this build"
+        )))
+    }
+}

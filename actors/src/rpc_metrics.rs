@@ -1,0 +1,220 @@
+//! `GET /metrics` on the management listener: the runtime's counters in the OpenMetrics text
+//! format (`prometheus-client`). Built from a snapshot of the counters on each scrape, so the
+//! data plane pays nothing for it (its counters are plain relaxed atomics). Families whose
+//! data is not collected yet are registered anyway (empty or zero), so dashboards and alerts
+//! can be written against stable names; `docs/rpc.md` lists which.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::rpc::Rpc;
+use crate::rpc_methods::adapters;
+
+type Labels = Vec<(String, String)>;
+
+fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    r.register(name, help, c);
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    r.register(name, help, g);
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The whole exposition.
+pub(crate) fn render(rpc: &Rpc) -> String {
+    let s = rpc.shared.stats();
+    let mut r = Registry::with_prefix("siprox");
+
+    counter(
+        &mut r,
+        "messages_received",
+        "SIP messages received (all transports)",
+        s.messages_in,
+    );
+    // Not collected yet (the worker does not count by method / reply code): empty families.
+    let by_method: Family<Labels, Counter> = Family::default();
+    r.register("messages", "SIP requests received by method", by_method);
+    let by_code: Family<Labels, Counter> = Family::default();
+    r.register("replies", "SIP replies sent by status code", by_code);
+
+    let conns: Family<Labels, Gauge> = Family::default();
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for i in rpc.shared.table.infos() {
+        let domain = i
+            .tls
+            .as_ref()
+            .and_then(|t| t.domain.clone())
+            .unwrap_or_default();
+        *counts.entry((i.transport.to_string(), domain)).or_default() += 1;
+    }
+    for ((t, d), n) in counts {
+        conns
+            .get_or_create(&labels(&[("transport", &t), ("domain", &d)]))
+            .set(n);
+    }
+    r.register(
+        "connections",
+        "Open TCP/TLS connections by transport and TLS domain",
+        conns,
+    );
+    gauge(
+        &mut r,
+        "connections_open",
+        "Open TCP/TLS connections (handshaking included)",
+        i64::try_from(s.connections_open).unwrap_or(i64::MAX),
+    );
+    counter(
+        &mut r,
+        "connections_accepted",
+        "TCP/TLS connections accepted",
+        s.accepted,
+    );
+    let refused: Family<Labels, Counter> = Family::default();
+    refused
+        .get_or_create(&labels(&[("reason", "max_connections")]))
+        .inc_by(s.refused_total_limit);
+    refused
+        .get_or_create(&labels(&[("reason", "max_connections_per_ip")]))
+        .inc_by(s.refused_ip_limit);
+    r.register(
+        "connections_refused",
+        "Connections refused by admission limits",
+        refused,
+    );
+
+    // Successful handshakes and failure reasons are not counted separately yet.
+    counter(&mut r, "tls_handshakes", "TLS handshakes completed", 0);
+    let hs_fail: Family<Labels, Counter> = Family::default();
+    hs_fail
+        .get_or_create(&labels(&[("reason", "unclassified")]))
+        .inc_by(s.handshake_failures);
+    r.register(
+        "tls_handshake_failures",
+        "TLS handshakes that failed or timed out, by reason",
+        hs_fail,
+    );
+    counter(
+        &mut r,
+        "connect_failures",
+        "Outgoing connects that failed or timed out",
+        s.connect_failures,
+    );
+
+    let (reloads, failures) = adapters::reload_counts(&rpc.shared);
+    counter(
+        &mut r,
+        "reloads",
+        "Reloads run by the domain registry (all causes)",
+        reloads,
+    );
+    counter(
+        &mut r,
+        "reload_failures",
+        "Reloads refused (the running configuration kept serving)",
+        failures,
+    );
+    counter(
+        &mut r,
+        "rpc_reloads",
+        "Reloads started by tls.reload / cfg.reload",
+        rpc.reload.started,
+    );
+    counter(
+        &mut r,
+        "rpc_reloads_coalesced",
+        "tls.reload / cfg.reload calls folded into a pending reload",
+        rpc.reload.coalesced,
+    );
+
+    let not_after: Family<Labels, Gauge> = Family::default();
+    for (d, t) in adapters::cert_not_after(&rpc.shared) {
+        not_after.get_or_create(&labels(&[("domain", &d)])).set(t);
+    }
+    r.register(
+        "tls_certificate_not_after_seconds",
+        "notAfter of each TLS server domain's certificate, Unix seconds",
+        not_after,
+    );
+
+    let wq: Family<Labels, Counter> = Family::default();
+    wq.get_or_create(&labels(&[("reason", "queue_full")]))
+        .inc_by(s.write_queue_overflows);
+    wq.get_or_create(&labels(&[("reason", "send_timeout")]))
+        .inc_by(s.send_timeouts);
+    r.register(
+        "write_queue_closes",
+        "Connections closed for their write queue",
+        wq,
+    );
+    counter(
+        &mut r,
+        "idle_timeouts",
+        "Connections closed by idle_timeout",
+        s.idle_timeouts,
+    );
+    counter(
+        &mut r,
+        "framing_errors",
+        "Streams closed after losing SIP framing",
+        s.framing_errors,
+    );
+    counter(
+        &mut r,
+        "udp_unparsable",
+        "UDP datagrams that did not parse",
+        s.udp_unparsable,
+    );
+    counter(
+        &mut r,
+        "dropped",
+        "Messages the proxy decided to drop",
+        s.dropped,
+    );
+    counter(
+        &mut r,
+        "send_failures",
+        "Messages that could not be sent",
+        s.send_failures,
+    );
+    counter(
+        &mut r,
+        "dns_failures",
+        "Next hops DNS could not resolve",
+        s.dns_failures,
+    );
+    // Not collected yet: route-script runtime errors, registrar bindings.
+    counter(&mut r, "script_errors", "Route-script runtime errors", 0);
+    gauge(
+        &mut r,
+        "registrations",
+        "Registered contacts in the location store",
+        0,
+    );
+
+    let up = SystemTime::now()
+        .duration_since(rpc.started)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    gauge(&mut r, "uptime_seconds", "Seconds since siprox started", up);
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}

@@ -1,0 +1,157 @@
+//! The management methods: names, parameters, results and help, in one table. It is what
+//! `system.listMethods` and `system.methodHelp` answer and what `docs/rpc.md` documents;
+//! a method the runtime implements but this table lacks is a bug (a runtime test checks).
+
+/// One documented method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodDoc {
+    pub name: &'static str,
+    /// Positional parameters, e.g. `id: int`; empty when it takes none.
+    pub params: &'static str,
+    /// What it returns.
+    pub result: &'static str,
+    /// One sentence.
+    pub help: &'static str,
+}
+
+impl MethodDoc {
+    /// `system.methodHelp`'s answer.
+    pub fn help_text(&self) -> String {
+        let params = if self.params.is_empty() {
+            "none"
+        } else {
+            self.params
+        };
+        format!("{}\nparams: {params}\nresult: {}", self.help, self.result)
+    }
+}
+
+/// Every method, in listing order.
+pub const METHODS: &[MethodDoc] = &[
+    MethodDoc {
+        name: "system.listMethods",
+        params: "",
+        result: "array of method names",
+        help: "The methods this server implements.",
+    },
+    MethodDoc {
+        name: "system.methodHelp",
+        params: "method: string",
+        result: "string",
+        help: "Help text of one method: what it does, its parameters and its result.",
+    },
+    MethodDoc {
+        name: "core.version",
+        params: "",
+        result: "string, e.g. \"siprox 0.1.0\"",
+        help: "The server's name and version.",
+    },
+    MethodDoc {
+        name: "core.uptime",
+        params: "",
+        result:
+            "struct {now: int (Unix seconds), up_since: int (Unix seconds), uptime: int (seconds)}",
+        help: "How long this siprox has been running.",
+    },
+    MethodDoc {
+        name: "core.kill",
+        params: "",
+        result: "string \"shutting down\"",
+        help: "Graceful shutdown, as on SIGTERM: stop accepting, drain queued writes, exit.",
+    },
+    MethodDoc {
+        name: "core.tcp_list",
+        params: "",
+        result: "array of connection structs (as tls.list), TCP and TLS",
+        help: "Every open TCP and TLS connection.",
+    },
+    MethodDoc {
+        name: "tls.list",
+        params: "",
+        result: "array of struct {id: int, peer: string, transport: string, direction: string, \
+                 domain: string|nil, sni: string|nil, tls_version: string|nil, cipher: string|nil, \
+                 peer_subject: string|nil, verified: bool|nil, age: int (seconds), \
+                 queued_bytes: int}",
+        help: "Every open TLS connection with its TLS facts (nil where not known).",
+    },
+    MethodDoc {
+        name: "tls.info",
+        params: "",
+        result: "struct {connections: int, tls_connections: int, by_domain: struct {domain: int}}",
+        help: "Open connection counts, TLS ones by domain.",
+    },
+    MethodDoc {
+        name: "tls.domains",
+        params: "",
+        result: "array of struct {name: string, names: array, certificate_subject: string, \
+                 sans: array, not_after: string, not_after_unix: int, files: array, \
+                 last_reload: string|nil, last_error: string|nil}",
+        help: "Every TLS server domain: names, certificate, files and last reload result.",
+    },
+    MethodDoc {
+        name: "tls.kill",
+        params: "id: int",
+        result: "string \"closed\"",
+        help: "Close one connection (by the id tls.list shows) at once.",
+    },
+    MethodDoc {
+        name: "tls.reload",
+        params: "",
+        result: "string \"queued\" or \"coalesced\"",
+        help: "Re-read TLS material. Coalesced and rate-limited: calls while a reload is \
+               pending join it.",
+    },
+    MethodDoc {
+        name: "cfg.reload",
+        params: "",
+        result: "string \"queued\" or \"coalesced\"",
+        help: "Re-read conf.d (TLS domains and scripts included). Coalesced and rate-limited.",
+    },
+    MethodDoc {
+        name: "ul.dump",
+        params: "",
+        result: "array of struct {aor: string, contacts: array}",
+        help: "Every registration in the location table.",
+    },
+    MethodDoc {
+        name: "ul.show",
+        params: "aor: string",
+        result: "struct {aor: string, contacts: array}",
+        help: "The registrations of one address of record (user@domain).",
+    },
+    MethodDoc {
+        name: "ul.rm",
+        params: "aor: string",
+        result: "int (bindings removed)",
+        help: "Remove every registration of one address of record.",
+    },
+    MethodDoc {
+        name: "stats.get",
+        params: "",
+        result: "struct of counters (name: int)",
+        help: "The runtime counters: connections, messages, failures.",
+    },
+];
+
+/// The documentation of `name`.
+pub fn find(name: &str) -> Option<&'static MethodDoc> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_documented() {
+        for (i, m) in METHODS.iter().enumerate() {
+            assert!(!m.help.is_empty() && !m.result.is_empty(), "{}", m.name);
+            assert!(
+                METHODS[i + 1..].iter().all(|o| o.name != m.name),
+                "{}",
+                m.name
+            );
+        }
+        assert!(find("tls.kill").is_some_and(|m| m.help_text().contains("id: int")));
+    }
+}
