@@ -16,13 +16,22 @@
 //!   the `Host` trait.
 //! - [`select`]: the select framework: `@a.b[2].c` paths resolved at compile time and
 //!   evaluated against a message, its transport and its TLS facts.
+//! - [`rpc`]: the management RPC, sans-IO: HTTP/1.1 framing, JSON-RPC 2.0 and XML-RPC codecs,
+//!   the documented method registry and the client-certificate allow-list.
 //! - [`config`]: `conf.d/` loading with figment, the typed configuration and its validation.
+//! - [`registrar`]: `save`/`lookup` (RFC 3261 §10, Path, RFC 5626 flows), the
+//!   `LocationStore` trait, the in-memory store and its snapshot format.
+//! - [`auth`]: digest authentication (RFC 3261 §22, RFC 7616/8760: MD5 and SHA-256):
+//!   challenges, credential checks, time-bound nonces with replay protection, the users file.
 //!
 //! The runtime that owns sockets and timers is the `siprox-actors` crate in `actors/`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod proxy;
+pub mod registrar;
+pub mod rpc;
 pub mod script;
 pub mod select;
 pub mod sip;

@@ -67,9 +67,76 @@ pub fn main() -> ExitCode {
 pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     match load(dir, err) {
         Ok(config) => {
+            // Route scripts compile exactly as at start (and on reload).
+            let base = crate::runtime::RuntimeOptions::base_dir_for(&config);
+            let scripts = match crate::scripts::ScriptSet::compile(&config, &base) {
+                Ok(s) => s,
+                Err(errors) => {
+                    for e in errors {
+                        let _ = writeln!(err, "error: {e}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG_ERROR);
+                }
+            };
+            // TLS material: every domain's contexts built exactly as a reload builds them.
+            let has_tls = config
+                .listen
+                .iter()
+                .any(|l| l.proto == siprox::config::Proto::Tls);
+            let tls = crate::tls::build_domains(
+                &config,
+                None,
+                crate::tls::BuildOptions {
+                    base: &base,
+                    has_tls,
+                    // Generated at start when missing: not an error here.
+                    dev_certs_pending: true,
+                    now: crate::tls::unix_now(),
+                    env: &siprox::tls::process_env,
+                },
+            );
+            let tls = match tls {
+                Ok(t) => t,
+                Err(errors) => {
+                    for e in errors {
+                        let _ = writeln!(err, "error: {e}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG_ERROR);
+                }
+            };
             // A closed stdout (`siprox check | head -0`) must not turn a valid config into a
             // failure, nor panic as `println!` would.
             let _ = writeln!(out, "{}", config.summary());
+            let _ = writeln!(
+                out,
+                "tls domains: {} server, {} client (default server: {})",
+                tls.servers.len(),
+                tls.clients.len(),
+                if tls.default_server.is_some() {
+                    "[tls]"
+                } else if has_tls && config.tls.default_server {
+                    "[tls], generated at start"
+                } else {
+                    "none"
+                }
+            );
+            let _ = writeln!(
+                out,
+                "route scripts: {}",
+                if scripts.is_empty() {
+                    "none (built-in route)".to_owned()
+                } else {
+                    format!(
+                        "{} compiled (default: {})",
+                        scripts.by_domain.len() + usize::from(scripts.default.is_some()),
+                        if scripts.default.is_some() {
+                            "yes"
+                        } else {
+                            "built-in"
+                        }
+                    )
+                }
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,

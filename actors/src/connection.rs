@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use openssl::ssl::Ssl;
 use siprox::proxy::{Action, ConnId, Destination, Inbound, Transport};
 use siprox::sip::{Frame, StreamFramer};
+use siprox::tls::TlsFacts;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -34,6 +35,7 @@ use tracing::{debug, info_span, trace, warn, Span};
 
 use crate::shared::{inc, ConnSettings, Slot};
 use crate::table::{ConnHandle, PeerKey, WriteQueue};
+use crate::tls;
 use crate::worker::Worker;
 
 /// Read-buffer growth step. Small on purpose: most SIP messages fit, idle connections hold
@@ -143,6 +145,10 @@ pub struct Connection {
     idle_timer: Option<Pin<Box<Sleep>>>,
     last_activity: Instant,
     phase: Phase,
+    /// Facts of the TLS session, read once after the handshake; handed to every message.
+    tls: Option<Arc<TlsFacts>>,
+    /// Set when the stream turned out to carry HTTP (SER-style RPC on a SIP listener).
+    http: Option<siprox::rpc::HttpFramer>,
     _slot: Slot,
 }
 
@@ -179,6 +185,7 @@ impl Connection {
             accepted: Some(tcp),
             io: None,
             rbuf: BytesMut::new(),
+            http: None,
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
@@ -187,6 +194,7 @@ impl Connection {
             idle_timer: None,
             last_activity: Instant::now(),
             phase: Phase::Starting,
+            tls: None,
             _slot: slot,
         });
     }
@@ -219,6 +227,7 @@ impl Connection {
             accepted: None,
             io: None,
             rbuf: BytesMut::new(),
+            http: None,
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
@@ -227,6 +236,7 @@ impl Connection {
             idle_timer: None,
             last_activity: Instant::now(),
             phase: Phase::Starting,
+            tls: None,
             _slot: slot,
         });
         ConnHandle::new(id, addr, queued, settings.max_write_queue)
@@ -244,7 +254,7 @@ impl Connection {
     /// Handshake (incoming TLS) or connect (outgoing), then open.
     fn begin(&mut self, ctx: &mut Context<Self>) {
         if let Some(dest) = self.dest.clone() {
-            let tls = self.worker.shared.snapshot.load().tls.clone();
+            let domains = self.worker.shared.snapshot.load().tls.clone();
             let s = self.settings;
             let fut = async move {
                 let tcp =
@@ -259,14 +269,24 @@ impl Connection {
                     };
                 let _ = tcp.set_nodelay(true);
                 if dest.transport != Transport::Tls {
-                    return Ok(Io::Tcp(tcp));
+                    return Ok(Established::plain(Io::Tcp(tcp)));
                 }
-                let ssl = tls
+                let (ssl, domain) = domains
                     .client_ssl(&dest)
                     .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
-                handshake(ssl, tcp, s.handshake_timeout, false)
-                    .await
-                    .map(Io::Tls)
+                let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
+                let stream = handshake(ssl, tcp, timeout, false).await?;
+                let sni = domain
+                    .ctx
+                    .server_name
+                    .clone()
+                    .or_else(|| dest.server_name.clone());
+                let facts = tls::facts(stream.ssl(), Some(&domain.name), sni, None);
+                Ok(Established {
+                    io: Io::Tls(stream),
+                    facts: Some(Arc::new(facts)),
+                    send_timeout: domain.send_timeout,
+                })
             };
             ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
             return;
@@ -277,24 +297,67 @@ impl Connection {
         };
         let _ = tcp.set_nodelay(true);
         if self.transport != Transport::Tls {
-            self.started_io(Ok(Io::Tcp(tcp)), ctx);
+            self.started_io(Ok(Established::plain(Io::Tcp(tcp))), ctx);
             return;
         }
-        let tls = self.worker.shared.snapshot.load().tls.clone();
+        // The domains of the snapshot at accept time: the ClientHello callback picks one.
+        let domains = self.worker.shared.snapshot.load().tls.clone();
+        let ssl = tls::server_ssl(&self.worker.shared.dispatch, domains, self.local);
         let timeout = self.settings.handshake_timeout;
         let fut = async move {
-            let ssl = tls
-                .server_ssl()
-                .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
-            handshake(ssl, tcp, timeout, true).await.map(Io::Tls)
+            let ssl = ssl.map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+            let stream = handshake(ssl, tcp, timeout, true).await?;
+            let (facts, send_timeout) = match tls::chosen(stream.ssl()) {
+                Some(c) => (
+                    tls::facts(
+                        stream.ssl(),
+                        Some(&c.domain.name),
+                        c.sni.clone(),
+                        Some(c.domain.ctx.cert.clone()),
+                    ),
+                    c.domain.send_timeout,
+                ),
+                None => (tls::facts(stream.ssl(), None, None, None), None),
+            };
+            Ok(Established {
+                io: Io::Tls(stream),
+                facts: Some(Arc::new(facts)),
+                send_timeout,
+            })
         };
         ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
     }
 
-    fn started_io(&mut self, res: Result<Io, (CloseReason, String)>, ctx: &mut Context<Self>) {
+    fn started_io(
+        &mut self,
+        res: Result<Established, (CloseReason, String)>,
+        ctx: &mut Context<Self>,
+    ) {
         let _e = self.span.clone().entered();
         let io = match res {
-            Ok(io) => io,
+            Ok(est) => {
+                if let Some(t) = est.send_timeout {
+                    self.settings.send_timeout = t;
+                }
+                self.tls = est.facts;
+                if let Some(f) = &self.tls {
+                    // For the management RPC (`tls.list`), readable from any thread.
+                    self.queued.set_tls_facts(f.clone());
+                    // event_route[tls:connection-in]: the script may refuse the peer.
+                    if self.dest.is_none() {
+                        let inbound = self.inbound();
+                        if !self
+                            .worker
+                            .on_tls_event("tls:connection-in", &inbound, Some(f))
+                        {
+                            debug!("the route script dropped the connection");
+                            ctx.stop();
+                            return;
+                        }
+                    }
+                }
+                est.io
+            }
             Err((reason, why)) => {
                 let stats = &self.worker.shared.stats;
                 inc(match reason {
@@ -326,9 +389,15 @@ impl Connection {
             if let Ok(a) = s.get_ref().local_addr() {
                 self.local = a;
             }
+            let f = self.tls.as_deref();
             debug!(
                 version = s.ssl().version_str(),
                 cipher = s.ssl().current_cipher().map(|c| c.name()).unwrap_or("-"),
+                domain = f.and_then(|f| f.domain.as_deref()).unwrap_or("-"),
+                sni = f.and_then(|f| f.server_name.as_deref()).unwrap_or("-"),
+                peer_cert = f
+                    .and_then(|f| f.peer.as_ref())
+                    .map_or("-", |p| p.subject.line.as_str()),
                 "TLS established"
             );
         } else {
@@ -425,7 +494,19 @@ impl Connection {
                 }
                 return ReadOutcome::Pending;
             }
-            Poll::Ready(Err(e)) => return ReadOutcome::Close(CloseReason::ReadError(e.kind())),
+            Poll::Ready(Err(e)) => {
+                if self.tls.is_some() {
+                    // TLS 1.3: a server that refuses our client certificate (or a client whose
+                    // certificate we refused) surfaces here, on the first read after the
+                    // handshake. Outgoing: siprox chose this peer, so the operator must see it.
+                    if self.dest.is_some() {
+                        warn!(error = %e, "TLS connection failed after the handshake (refused client certificate?)");
+                    } else {
+                        debug!(error = %e, "TLS read failed");
+                    }
+                }
+                return ReadOutcome::Close(CloseReason::ReadError(e.kind()));
+            }
             Poll::Ready(Ok(n)) => n,
         };
         if n == 0 {
@@ -443,7 +524,8 @@ enum ReadOutcome {
     Close(CloseReason),
 }
 
-/// A TLS handshake bounded by `timeout`.
+/// A TLS handshake bounded by `timeout`, or by the server domain's own `handshake_timeout`
+/// (from the start of the handshake) once the ClientHello has picked the domain.
 async fn handshake(
     ssl: Ssl,
     tcp: TcpStream,
@@ -452,17 +534,58 @@ async fn handshake(
 ) -> Result<SslStream<TcpStream>, (CloseReason, String)> {
     let mut s =
         SslStream::new(ssl, tcp).map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
-    let hs = async {
-        if server {
-            Pin::new(&mut s).accept().await
+    let start = Instant::now();
+    let mut sleep = Box::pin(tokio::time::sleep_until(start + timeout));
+    let mut adjusted = false;
+    let res = std::future::poll_fn(|cx| {
+        let r = if server {
+            Pin::new(&mut s).poll_accept(cx)
         } else {
-            Pin::new(&mut s).connect().await
+            Pin::new(&mut s).poll_connect(cx)
+        };
+        if let Poll::Ready(r) = r {
+            return Poll::Ready(Some(r));
         }
-    };
-    match tokio::time::timeout(timeout, hs).await {
-        Ok(Ok(())) => Ok(s),
-        Ok(Err(e)) => Err((CloseReason::HandshakeFailed, e.to_string())),
-        Err(_) => Err((CloseReason::HandshakeFailed, "handshake timeout".to_owned())),
+        if server && !adjusted {
+            if let Some(t) = tls::chosen(s.ssl()).and_then(|c| c.domain.handshake_timeout) {
+                adjusted = true;
+                sleep.as_mut().reset(start + t);
+            }
+        }
+        sleep.as_mut().poll(cx).map(|_| None)
+    })
+    .await;
+    match res {
+        Some(Ok(())) => Ok(s),
+        Some(Err(e)) => {
+            // Name the certificate problem when there is one (verify_client refusals).
+            let v = s.ssl().verify_result();
+            let why = if v == openssl::x509::X509VerifyResult::OK {
+                e.to_string()
+            } else {
+                format!("{e} (certificate: {})", v.error_string())
+            };
+            Err((CloseReason::HandshakeFailed, why))
+        }
+        None => Err((CloseReason::HandshakeFailed, "handshake timeout".to_owned())),
+    }
+}
+
+/// What a finished connect/handshake hands to the actor.
+struct Established {
+    io: Io,
+    facts: Option<Arc<TlsFacts>>,
+    /// The TLS domain's `send_timeout`, overriding `[connections]`.
+    send_timeout: Option<Duration>,
+}
+
+impl Established {
+    fn plain(io: Io) -> Established {
+        Established {
+            io,
+            facts: None,
+            send_timeout: None,
+        }
     }
 }
 
@@ -540,6 +663,13 @@ impl Connection {
             }
             other => debug!(reason = ?other, "connection closed"),
         }
+        if self.dest.is_none() {
+            if let Some(f) = self.tls.clone() {
+                let inbound = self.inbound();
+                self.worker
+                    .on_tls_event("tls:connection-closed", &inbound, Some(&f));
+            }
+        }
         ctx.stop();
     }
 
@@ -563,11 +693,22 @@ impl Connection {
 
     /// Frames and handles what the read buffer holds. `Err` = the stream lost framing.
     fn process_frames(&mut self) -> Result<(), CloseReason> {
+        // An HTTP request line where a SIP message would start: RPC over the SIP listener.
+        if self.http.is_none()
+            && self.dest.is_none()
+            && !self.framer.is_mid_message(&BytesMut::new())
+            && siprox::rpc::looks_like_http(&self.rbuf)
+        {
+            self.http = Some(siprox::rpc::HttpFramer::default());
+        }
+        if let Some(framer) = self.http {
+            return self.process_http(framer);
+        }
         loop {
             match self.framer.next_frame(&mut self.rbuf) {
                 Ok(Some(Frame::Message(msg))) => {
                     let inbound = self.inbound();
-                    self.worker.on_message(msg, inbound);
+                    self.worker.on_message(msg, inbound, self.tls.clone());
                 }
                 Ok(Some(Frame::Ping)) => {
                     // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
@@ -601,6 +742,68 @@ impl Connection {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// HTTP requests on a SIP stream: the route script decides (`dispatch_rpc()`, a reply,
+    /// or neither, which is refused); a request never goes unanswered.
+    fn process_http(&mut self, framer: siprox::rpc::HttpFramer) -> Result<(), CloseReason> {
+        loop {
+            let req = match framer.next_request(&mut self.rbuf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.enqueue(Bytes::from(e.response().to_bytes()));
+                    return Err(CloseReason::FramingError);
+                }
+            };
+            let inbound = self.inbound();
+            let Ok(msg) = siprox::sip::Message::parse(req.raw.clone()) else {
+                let r = siprox::rpc::HttpResponse::text(400, "malformed request\n");
+                self.enqueue(Bytes::from(r.to_bytes()));
+                return Err(CloseReason::FramingError);
+            };
+            match self.worker.on_http(&msg, &inbound, self.tls.as_deref()) {
+                crate::scripts::HttpDecision::Dispatch => {
+                    let rpc = self.worker.shared.rpc.get().cloned();
+                    let handle = self.worker.shared.table.get(self.id);
+                    match (rpc, handle) {
+                        (Some(rpc), Some(h)) => {
+                            let call = rpc.send(crate::rpc::Request {
+                                req: Box::new(req),
+                                allowed: true,
+                            });
+                            // The answer comes from the control arbiter; it is queued like
+                            // any other write, so this connection never waits for it.
+                            actix::spawn(async move {
+                                match call.await {
+                                    Ok(resp) => {
+                                        let _ = h.send(Bytes::from(resp.to_bytes()));
+                                    }
+                                    Err(_) => h.close(),
+                                }
+                            });
+                        }
+                        _ => {
+                            let r = siprox::rpc::HttpResponse::text(503, "RPC not available\n");
+                            self.enqueue(Bytes::from(r.to_bytes()));
+                        }
+                    }
+                }
+                crate::scripts::HttpDecision::Reply(code, reason) => {
+                    let r = siprox::rpc::sip::script_reply(&req, code, &reason);
+                    self.enqueue(Bytes::from(r.to_bytes()));
+                }
+                crate::scripts::HttpDecision::Refuse => {
+                    let r = siprox::rpc::sip::undispatched(&req);
+                    self.enqueue(Bytes::from(r.to_bytes()));
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, bytes: Bytes) {
+        self.queued.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+        self.wq.push_back(bytes);
     }
 
     /// One pass of the I/O state machine. `Ready(reason)` = close now.

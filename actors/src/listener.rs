@@ -115,7 +115,7 @@ impl Listener {
         match Message::parse_datagram(bytes.clone(), &snap.limits) {
             Ok(msg) => {
                 drop(snap);
-                self.worker.on_message(msg, inbound);
+                self.worker.on_message(msg, inbound, None);
             }
             Err(e) => {
                 inc(&self.worker.shared.stats.udp_unparsable);

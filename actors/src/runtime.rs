@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::connection::Drain;
 use crate::error::RuntimeError;
 use crate::listener::{bind_all, ListenSocket, Listener, StdSocket};
+use crate::registry::{DomainRegistry, Reload, ReloadCause, ReloadOutcome, TlsStatus};
 use crate::shared::{ConnSettings, Shared, Snapshot, StatsSnapshot};
 use crate::tls::{self, DevCerts};
 use crate::worker::Worker;
@@ -48,6 +49,20 @@ impl RuntimeOptions {
             base_dir: base_dir.into(),
             handle_signals: false,
         }
+    }
+
+    /// The configuration directory `config` was loaded from (what a reload re-reads);
+    /// `None` for a configuration built in code.
+    pub fn config_dir_for(config: &Config) -> Option<PathBuf> {
+        let first = config.sources.first()?;
+        let mut dir = first.parent()?;
+        if dir
+            .file_name()
+            .is_some_and(|n| n == siprox::config::DOMAINS_DIR)
+        {
+            dir = dir.parent()?;
+        }
+        Some(dir.to_path_buf())
     }
 
     /// The parent of the configuration directory `config` was loaded from (`conf.d/..`),
@@ -82,6 +97,9 @@ pub struct RuntimeHandle {
     shared: Arc<Shared>,
     system: System,
     control: actix::Addr<Control>,
+    registry: actix::Addr<DomainRegistry>,
+    /// Where the management listener is bound, when enabled.
+    management: Option<SocketAddr>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -134,7 +152,30 @@ impl Runtime {
                  ones and set [tls] generate_dev_certs = false !!!"
             );
         }
-        let tls = Arc::new(tls::build(&config.tls, &opts.base_dir, has_tls)?);
+        let built = tls::build_domains(
+            &config,
+            None,
+            tls::BuildOptions {
+                base: &opts.base_dir,
+                has_tls,
+                dev_certs_pending: false,
+                now: tls::unix_now(),
+                env: &siprox::tls::process_env,
+            },
+        )
+        .map_err(|errors| {
+            RuntimeError::Config(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let tls = Arc::new(built);
+        let dispatch = tls::dispatch_context()
+            .map_err(|e| RuntimeError::System(format!("creating the TLS dispatch context: {e}")))?;
+        let config_dir = RuntimeOptions::config_dir_for(&config);
 
         // Bind every socket of every worker now: errors (address in use) are returned here,
         // and port 0 becomes a real port shared by all workers.
@@ -155,18 +196,42 @@ impl Runtime {
             }
         }
 
-        let snapshot = build_snapshot(Arc::new(config), listens.clone(), tls);
+        let scripts = crate::scripts::ScriptSet::compile(&config, &opts.base_dir)
+            .map_err(|e| RuntimeError::Config(e.join("\n")))?;
+        // Management listener (TLS built, port bound) before anything starts: errors return here.
+        let management = crate::rpc::Management::prepare(&config, &opts.base_dir)?;
+        let management_addr = management.as_ref().map(crate::rpc::Management::local_addr);
+        let location = Arc::new(crate::location::Location::start(&config, &opts.base_dir)?);
+        let snapshot = build_snapshot(Arc::new(config), listens.clone(), tls, Arc::new(scripts));
         let grace = snapshot.config.runtime.shutdown_grace.get();
-        let shared = Arc::new(Shared::new(snapshot));
+        let shared = Arc::new(Shared::new(snapshot, dispatch));
+        let _ = shared.location.set(location);
 
         let (tx, rx) = std::sync::mpsc::channel();
         let sh = shared.clone();
         let handle_signals = opts.handle_signals;
+        let registry = DomainRegistry::new(
+            shared.clone(),
+            config_dir,
+            opts.base_dir.clone(),
+            listens.clone(),
+            handle_signals,
+        );
         let thread = std::thread::Builder::new()
             .name("siprox-control".to_owned())
-            .spawn(move || run_system(sh, per_worker, grace, handle_signals, tx))
+            .spawn(move || {
+                run_system(
+                    sh,
+                    per_worker,
+                    grace,
+                    handle_signals,
+                    registry,
+                    management,
+                    tx,
+                )
+            })
             .map_err(|e| RuntimeError::System(e.to_string()))?;
-        let (system, control) = match rx.recv() {
+        let (system, control, registry) = match rx.recv() {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -185,13 +250,15 @@ impl Runtime {
             shared,
             system,
             control,
+            registry,
+            management: management_addr,
             thread: Some(thread),
         })
     }
 }
 
 /// What `[connections]` values the runtime cannot work with (beyond their types).
-fn check_connections(config: &Config) -> Result<(), RuntimeError> {
+pub(crate) fn check_connections(config: &Config) -> Result<(), RuntimeError> {
     let c = &config.connections;
     for (key, d) in [
         ("handshake_timeout", c.handshake_timeout),
@@ -215,11 +282,12 @@ fn check_connections(config: &Config) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// The snapshot for `config` with the actual bound addresses.
-fn build_snapshot(
+/// The snapshot for `config` with the actual bound addresses (at start and at each reload).
+pub(crate) fn build_snapshot(
     config: Arc<Config>,
     listens: Vec<Listen>,
-    tls: Arc<tls::TlsContexts>,
+    tls: Arc<tls::TlsDomains>,
+    scripts: Arc<crate::scripts::ScriptSet>,
 ) -> Snapshot {
     let aliases = config
         .domains
@@ -236,11 +304,12 @@ fn build_snapshot(
         conn: ConnSettings::from_config(&config),
         proxy,
         tls,
+        scripts,
         config,
     }
 }
 
-type Started = Result<(System, actix::Addr<Control>), RuntimeError>;
+type Started = Result<(System, actix::Addr<Control>, actix::Addr<DomainRegistry>), RuntimeError>;
 
 /// Body of the control thread: the actix System (its arbiter is the control arbiter), the
 /// worker arbiters, until the system stops; then joins the workers.
@@ -249,6 +318,8 @@ fn run_system(
     per_worker: Vec<Vec<(Transport, SocketAddr, StdSocket)>>,
     grace: Duration,
     handle_signals: bool,
+    registry: DomainRegistry,
+    management: Option<crate::rpc::Management>,
     tx: std::sync::mpsc::Sender<Started>,
 ) {
     let sys = System::new();
@@ -274,7 +345,23 @@ fn run_system(
             stopping: false,
         }
         .start();
-        let _ = tx.send(Ok((System::current(), control)));
+        // The registry lives on the control arbiter, next to the RPC that reloads it.
+        let registry = registry.start();
+        let _ = shared.reloader.set(registry.clone().recipient());
+        // The Rpc actor also serves HTTP requests that a route script dispatches from a SIP
+        // listener, so it runs even when the management listener is disabled.
+        let rpc = match management {
+            Some(m) => m.start(shared.clone(), control.clone().recipient()),
+            None => crate::rpc::Rpc::standalone(shared.clone(), control.clone().recipient()),
+        };
+        let _ = shared.rpc.set(rpc.recipient());
+        if let Some(location) = shared.location.get() {
+            crate::location::Keeper {
+                location: location.clone(),
+            }
+            .start();
+        }
+        let _ = tx.send(Ok((System::current(), control, registry)));
         arbiters
     });
     if let Err(e) = sys.run() {
@@ -283,6 +370,13 @@ fn run_system(
     for arb in arbiters {
         arb.stop();
         let _ = arb.join();
+    }
+    // Registrations survive a restart: the last snapshot is written after every worker
+    // has stopped, so it holds everything they saved.
+    if let Some(location) = shared.location.get() {
+        if let Err(e) = location.write_snapshot() {
+            warn!(error = %e, "location snapshot not written at exit");
+        }
     }
 }
 
@@ -419,6 +513,11 @@ impl RuntimeHandle {
         &self.listens
     }
 
+    /// Where the management listener (`[management]`) is bound, when enabled.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management
+    }
+
     /// The first listening address of `transport`.
     pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
         self.listens
@@ -435,6 +534,25 @@ impl RuntimeHandle {
     /// The live snapshot (configuration, proxy core, TLS contexts).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// Reload now (as `tls.reload` / SIGHUP do): re-read conf.d, rebuild what changed,
+    /// publish or keep the running snapshot. Resolves when that reload is done; callable from
+    /// any thread or runtime.
+    pub fn reload(&self) -> impl std::future::Future<Output = ReloadOutcome> + Send + 'static {
+        let req = self.registry.send(Reload {
+            cause: ReloadCause::Request,
+        });
+        async move {
+            req.await.unwrap_or_else(|e| ReloadOutcome::Failed {
+                errors: vec![format!("the registry is not running: {e}")],
+            })
+        }
+    }
+
+    /// The TLS domains and the reload history (what `tls.list` shows).
+    pub fn tls_status(&self) -> TlsStatus {
+        self.shared.tls_status()
     }
 
     /// Graceful shutdown, as on SIGTERM: stop accepting, drain queued writes, close, and

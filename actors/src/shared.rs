@@ -13,8 +13,9 @@ use siprox::config::Config;
 use siprox::proxy::{ConnId, Proxy};
 use siprox::sip::Limits;
 
+use crate::registry::{Reload, TlsStatus};
 use crate::table::ConnectionTable;
-use crate::tls::TlsContexts;
+use crate::tls::TlsDomains;
 
 /// Connection settings taken from the snapshot when a connection starts; a reload changes
 /// what the next connection gets, never a live one.
@@ -49,8 +50,11 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The stateless proxy core, built for the actual bound addresses.
     pub proxy: Proxy,
-    /// Default server and client TLS contexts.
-    pub tls: Arc<TlsContexts>,
+    /// Compiled route scripts (default and per domain).
+    pub scripts: Arc<crate::scripts::ScriptSet>,
+    /// Every TLS domain (server and client sides, defaults from `[tls]`) and the tables
+    /// that pick them: read by each handshake, replaced whole by the `DomainRegistry`.
+    pub tls: Arc<TlsDomains>,
     /// Parser and framer limits.
     pub limits: Limits,
     /// Timeouts and write-queue bound of new connections.
@@ -209,6 +213,18 @@ pub struct Shared {
     pub(crate) shutting_down: AtomicBool,
     /// Listener actors, so that shutdown can stop them (written once at start).
     pub(crate) listeners: Mutex<Vec<actix::Recipient<crate::listener::StopListening>>>,
+    /// The context every tls listener accepts with: its ClientHello callback picks the
+    /// domain. Created once: it holds the session ticket keys, which must outlive reloads.
+    pub(crate) dispatch: openssl::ssl::SslContext,
+    /// The `DomainRegistry` (set once it starts): where `tls.reload` / `cfg.reload` go.
+    pub(crate) reloader: std::sync::OnceLock<actix::Recipient<Reload>>,
+    /// What the last reload did and what every domain serves (control plane only).
+    pub(crate) tls_status: Mutex<TlsStatus>,
+    /// The `Rpc` actor, for HTTP requests that a route script dispatches from a SIP
+    /// listener (`dispatch_rpc()`); set once at start.
+    pub(crate) rpc: std::sync::OnceLock<actix::Recipient<crate::rpc::Request>>,
+    /// The registrar's store and the digest authenticator (set once at start).
+    pub location: std::sync::OnceLock<Arc<crate::location::Location>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -220,8 +236,13 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(snapshot: Snapshot) -> Shared {
+    pub(crate) fn new(snapshot: Snapshot, dispatch: openssl::ssl::SslContext) -> Shared {
         Shared {
+            dispatch,
+            reloader: std::sync::OnceLock::new(),
+            location: std::sync::OnceLock::new(),
+            rpc: std::sync::OnceLock::new(),
+            tls_status: Mutex::new(TlsStatus::default()),
             snapshot: ArcSwap::from_pointee(snapshot),
             table: ConnectionTable::default(),
             stats: Stats::default(),
@@ -230,6 +251,19 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The TLS domains and the last reload, as the `tls.list` / `tls.info` RPC shows them.
+    pub fn tls_status(&self) -> TlsStatus {
+        self.tls_status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Where to send [`Reload`] (the `DomainRegistry`); `None` before it started.
+    pub fn reloader(&self) -> Option<actix::Recipient<Reload>> {
+        self.reloader.get().cloned()
     }
 
     /// A fresh connection id (never reused within the process).

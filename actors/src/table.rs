@@ -12,13 +12,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use siprox::proxy::{ConnId, Transport};
+use siprox::tls::TlsFacts;
 
 use crate::connection::{Close, CloseReason, Connection, Enqueue};
 
@@ -32,8 +34,9 @@ pub struct PeerKey {
     pub server_name: Option<Arc<str>>,
 }
 
-/// The part of a connection's write queue that senders on other threads see.
-#[derive(Debug, Default)]
+/// The part of a connection's write queue that senders on other threads see (and the few
+/// read-only facts the management RPC lists).
+#[derive(Debug)]
 pub struct WriteQueue {
     /// Bytes enqueued and not yet written: senders add, the connection subtracts what it
     /// writes. Checked by senders, so a flood is refused before it costs memory.
@@ -41,6 +44,47 @@ pub struct WriteQueue {
     /// Connected (and handshaken). Before that a full queue is not the peer's fault: the
     /// excess message is refused, the connection is kept.
     pub(crate) established: AtomicBool,
+    /// When the connection was created (`tls.list` age).
+    pub(crate) since: Instant,
+    /// The connection's TLS facts, set once after the handshake (`tls.list`); empty for TCP
+    /// or until the connection sets it.
+    pub(crate) tls: OnceLock<Arc<TlsFacts>>,
+}
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        WriteQueue {
+            bytes: AtomicUsize::new(0),
+            established: AtomicBool::new(false),
+            since: Instant::now(),
+            tls: OnceLock::new(),
+        }
+    }
+}
+
+impl WriteQueue {
+    /// Records the connection's TLS facts (first call wins) for `tls.list`.
+    pub(crate) fn set_tls_facts(&self, facts: Arc<TlsFacts>) {
+        let _ = self.tls.set(facts);
+    }
+}
+
+/// What the management RPC shows about one connection: a copy, taken without waiting on
+/// the connection's actor.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub id: ConnId,
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    /// siprox opened it (to a next hop) rather than accepted it.
+    pub outgoing: bool,
+    /// The server name an outgoing TLS connection was verified against.
+    pub server_name: Option<Arc<str>>,
+    pub age: Duration,
+    pub queued_bytes: usize,
+    /// Handshake done (or connected, for TCP).
+    pub established: bool,
+    pub tls: Option<Arc<TlsFacts>>,
 }
 
 /// A cheap, clonable, thread-safe way to write to one connection.
@@ -122,19 +166,52 @@ impl ConnHandle {
     pub(crate) fn addr(&self) -> &Addr<Connection> {
         &self.addr
     }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.bytes.load(Ordering::Relaxed)
+    }
+
+    /// What the management RPC shows about this connection (`key`: its table key).
+    pub fn info(&self, key: &PeerKey, outgoing: bool) -> ConnInfo {
+        ConnInfo {
+            id: self.id,
+            transport: key.transport,
+            peer: key.addr,
+            outgoing,
+            server_name: key.server_name.clone(),
+            age: self.queued.since.elapsed(),
+            queued_bytes: self.queued_bytes(),
+            established: self.queued.established.load(Ordering::Acquire),
+            tls: self.queued.tls.get().cloned(),
+        }
+    }
+
+    /// Closes the connection now, discarding its queue (`tls.kill`).
+    pub fn close(&self) {
+        self.addr.do_send(Close(CloseReason::Shutdown));
+    }
+}
+
+/// A `by_id` entry: the handle, its key and direction (for listing).
+#[derive(Debug, Clone)]
+struct IdEntry {
+    handle: ConnHandle,
+    key: PeerKey,
+    outgoing: bool,
 }
 
 /// Every open connection, by id and by [`PeerKey`].
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
-    by_id: DashMap<ConnId, ConnHandle>,
+    by_id: DashMap<ConnId, IdEntry>,
     by_peer: DashMap<PeerKey, ConnHandle>,
 }
 
 impl ConnectionTable {
     /// The connection with this id, if open.
     pub fn get(&self, id: ConnId) -> Option<ConnHandle> {
-        self.by_id.get(&id).map(|h| h.clone())
+        self.by_id.get(&id).map(|e| e.handle.clone())
     }
 
     /// The connection to reuse for `key`, if open.
@@ -158,7 +235,14 @@ impl ConnectionTable {
     /// Registers an open connection under its id and `key` (the newest connection of a peer
     /// wins the key: it is the one most likely to be alive).
     pub(crate) fn insert(&self, key: PeerKey, handle: ConnHandle) {
-        self.by_id.insert(handle.id, handle.clone());
+        self.by_id.insert(
+            handle.id,
+            IdEntry {
+                handle: handle.clone(),
+                key: key.clone(),
+                outgoing: false,
+            },
+        );
         self.by_peer.insert(key, handle);
     }
 
@@ -170,22 +254,31 @@ impl ConnectionTable {
         key: PeerKey,
         open: impl FnOnce(&PeerKey) -> ConnHandle,
     ) -> ConnHandle {
-        let handle = match self.by_peer.entry(key) {
+        let (handle, key) = match self.by_peer.entry(key) {
             Entry::Occupied(mut e) => {
                 if e.get().is_open() {
                     return e.get().clone();
                 }
                 let h = open(e.key());
+                let k = e.key().clone();
                 e.insert(h.clone());
-                h
+                (h, k)
             }
             Entry::Vacant(v) => {
                 let h = open(v.key());
+                let k = v.key().clone();
                 v.insert(h.clone());
-                h
+                (h, k)
             }
         };
-        self.by_id.insert(handle.id, handle.clone());
+        self.by_id.insert(
+            handle.id,
+            IdEntry {
+                handle: handle.clone(),
+                key,
+                outgoing: true,
+            },
+        );
         handle
     }
 
@@ -197,6 +290,20 @@ impl ConnectionTable {
 
     /// Handles of every open connection (for shutdown).
     pub(crate) fn all(&self) -> Vec<ConnHandle> {
-        self.by_id.iter().map(|e| e.value().clone()).collect()
+        self.by_id
+            .iter()
+            .map(|e| e.value().handle.clone())
+            .collect()
+    }
+
+    /// What the management RPC lists: every registered connection, by id.
+    pub fn infos(&self) -> Vec<ConnInfo> {
+        let mut v: Vec<ConnInfo> = self
+            .by_id
+            .iter()
+            .map(|e| e.value().handle.info(&e.value().key, e.value().outgoing))
+            .collect();
+        v.sort_by_key(|i| i.id.0);
+        v
     }
 }

@@ -9,13 +9,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use siprox::proxy::{resolve_literal, Action, Destination, Inbound, NextHop, Transport};
+use siprox::proxy::{
+    resolve_literal, Action, Destination, ForwardOpts, Inbound, NextHop, Transport,
+};
 use siprox::sip::Message;
+use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
 use tracing::{debug, trace};
 
 use crate::connection::Connection;
 use crate::dns::{self, Resolver};
+use crate::scripts;
 use crate::shared::{inc, Shared, Snapshot};
 use crate::table::{PeerKey, SendError};
 
@@ -48,16 +52,74 @@ impl Worker {
         }
     }
 
-    /// The hot path: a parsed message from any transport.
-    pub(crate) fn on_message(self: &Rc<Self>, msg: Message, inbound: Inbound) {
+    /// The hot path: a parsed message from any transport, with the TLS facts of its
+    /// connection. A request runs its route script (or the built-in route); a response
+    /// runs the `onreply_route` of the script that forwarded its request, then follows Via.
+    pub(crate) fn on_message(
+        self: &Rc<Self>,
+        msg: Message,
+        inbound: Inbound,
+        tls: Option<Arc<TlsFacts>>,
+    ) {
         inc(&self.shared.stats.messages_in);
         let snap = self.shared.snapshot.load();
-        let action = if msg.is_request() {
-            snap.proxy.on_request(&msg, &inbound)
+        if msg.is_request() {
+            // A message that fails validation never reaches a script: the core answers it.
+            if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
+                if msg.validate().is_ok() {
+                    let actions = scripts::run_request(
+                        script,
+                        tag,
+                        &self.shared,
+                        &snap.proxy,
+                        &msg,
+                        &inbound,
+                        tls.as_deref(),
+                    );
+                    for (action, opts) in actions {
+                        self.execute_with(&snap, action, &msg, &inbound, opts);
+                    }
+                    return;
+                }
+            }
+            let action = snap.proxy.on_request(&msg, &inbound);
+            self.execute(&snap, action, &msg, &inbound);
         } else {
-            snap.proxy.on_response(&msg, &inbound)
-        };
-        self.execute(&snap, action, &msg, &inbound);
+            let tag = snap.proxy.response_script_tag(&msg);
+            if let Some(script) = snap.scripts.for_reply(tag) {
+                if !scripts::run_reply(script, &snap.proxy, &msg, &inbound, tls.as_deref()) {
+                    inc(&self.shared.stats.dropped);
+                    return;
+                }
+            }
+            let action = snap.proxy.on_response(&msg, &inbound);
+            self.execute(&snap, action, &msg, &inbound);
+        }
+    }
+
+    /// A TLS connection event (`tls:connection-in` after the handshake,
+    /// `tls:connection-closed`) for the route script of the connection's domain. `false`:
+    /// the script dropped the connection, which then closes.
+    pub(crate) fn on_tls_event(
+        self: &Rc<Self>,
+        event: &str,
+        inbound: &Inbound,
+        tls: Option<&TlsFacts>,
+    ) -> bool {
+        let snap = self.shared.snapshot.load();
+        scripts::run_event(&snap.scripts, event, &snap.proxy, inbound, tls)
+    }
+
+    /// An HTTP request that arrived on a SIP stream: its route script decides.
+    pub(crate) fn on_http(
+        self: &Rc<Self>,
+        msg: &Message,
+        inbound: &Inbound,
+        tls: Option<&TlsFacts>,
+    ) -> scripts::HttpDecision {
+        inc(&self.shared.stats.messages_in);
+        let snap = self.shared.snapshot.load();
+        scripts::run_http(&snap.scripts, &snap.proxy, msg, inbound, tls)
     }
 
     /// Carries out the core's decision about `msg`.
@@ -67,6 +129,19 @@ impl Worker {
         action: Action,
         msg: &Message,
         inbound: &Inbound,
+    ) {
+        self.execute_with(snap, action, msg, inbound, ForwardOpts::default())
+    }
+
+    /// Carries out a decision; `opts` are the route script's forwarding options, kept for
+    /// a forward that must wait for DNS.
+    pub(crate) fn execute_with(
+        self: &Rc<Self>,
+        snap: &Snapshot,
+        action: Action,
+        msg: &Message,
+        inbound: &Inbound,
+        opts: ForwardOpts,
     ) {
         match action {
             Action::Send { dest, bytes } => {
@@ -80,7 +155,7 @@ impl Worker {
                 trace!(reason, "dropped");
             }
             Action::Forward { hop } => match resolve_literal(&hop) {
-                Some(dest) => match snap.proxy.forward_request(msg, inbound, &dest) {
+                Some(dest) => match snap.proxy.forward_request_with(msg, inbound, &dest, &opts) {
                     // forward_request must not ask to forward again; refuse to loop if it does.
                     Action::Forward { .. } => {
                         inc(&self.shared.stats.dropped);
@@ -88,7 +163,7 @@ impl Worker {
                     }
                     other => self.execute(snap, other, msg, inbound),
                 },
-                None => self.resolve_then_forward(hop, msg.clone(), *inbound),
+                None => self.resolve_then_forward(hop, msg.clone(), *inbound, opts),
             },
         }
     }
@@ -105,7 +180,13 @@ impl Worker {
     }
 
     /// RFC 3263 resolution in a local task (never on the hot path), then forward.
-    fn resolve_then_forward(self: &Rc<Self>, hop: NextHop, msg: Message, inbound: Inbound) {
+    fn resolve_then_forward(
+        self: &Rc<Self>,
+        hop: NextHop,
+        msg: Message,
+        inbound: Inbound,
+        opts: ForwardOpts,
+    ) {
         if self.pending_tasks.get() >= MAX_PENDING_TASKS {
             let snap = self.shared.snapshot.load();
             let action = snap.proxy.unresolvable(&msg, &inbound);
@@ -122,7 +203,9 @@ impl Worker {
             // Loaded after the await: a guard is never held across one.
             let snap = me.shared.snapshot.load();
             let action = match dest {
-                Some(dest) => snap.proxy.forward_request(&msg, &inbound, &dest),
+                Some(dest) => snap
+                    .proxy
+                    .forward_request_with(&msg, &inbound, &dest, &opts),
                 None => {
                     inc(&me.shared.stats.dns_failures);
                     debug!(host = %hop.host, "next hop not resolvable");
@@ -199,6 +282,12 @@ impl Worker {
                     // Closed meanwhile: RFC 3261 §18.2.2, open a new one to the address.
                     Err(SendError::Closed) => {}
                 }
+            }
+            // A flow (RFC 5626) has no address to fall back to: its phone is behind NAT.
+            if dest.addr.ip().is_unspecified() {
+                inc(&self.shared.stats.send_failures);
+                debug!(conn = %id, "flow closed: request dropped");
+                return;
             }
         }
         if self

@@ -5,6 +5,7 @@
 //!   [`config_files`]).
 //! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
 //! - `runtime`: the runtime's sections `[runtime]`, `[connections]`, `[tls]`.
+//! - `location`: `[location]` (the location store's snapshot) and `[auth]` (digest).
 //! - `script`: the `[script]` section (the default route script).
 //! - `management`: the `[management]` section (RPC listener, client-certificate allow-list).
 //! - `tls`: the TLS settings of a domain's server and client sides.
@@ -15,6 +16,7 @@
 
 mod error;
 mod load;
+mod location;
 mod management;
 mod runtime;
 mod schema;
@@ -26,6 +28,7 @@ pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     config_files, load, load_with_env, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX, ENV_SEPARATOR,
 };
+pub use location::{AuthConfig, LocationConfig};
 pub use management::ManagementConfig;
 pub use runtime::{
     ConfigDuration, ConnectionsConfig, RuntimeConfig, TlsConfig, TlsVersion, VerifyClient,

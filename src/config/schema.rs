@@ -29,6 +29,15 @@ pub struct Config {
     /// `[log]`: level and format of the logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[registrar]`: REGISTER handling (expiry bounds, contacts, Path).
+    #[serde(default)]
+    pub registrar: crate::registrar::Settings,
+    /// `[location]`: the embedded location store's snapshot file.
+    #[serde(default)]
+    pub location: crate::config::LocationConfig,
+    /// `[auth]`: digest authentication.
+    #[serde(default)]
+    pub auth: crate::config::AuthConfig,
     /// `[script]`: the default route script.
     #[serde(default)]
     pub script: crate::config::ScriptConfig,

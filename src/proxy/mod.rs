@@ -74,6 +74,11 @@ pub struct ForwardOpts {
     pub remove_hf: Vec<String>,
     /// The script that forwarded the request (a token), carried in siprox's Via.
     pub script_tag: Option<String>,
+    /// Send exactly here, over this connection (a registered flow, RFC 5626): no
+    /// resolution, no new connection. Set by `lookup("location")`.
+    pub flow: Option<Destination>,
+    /// Route values to put on top of the request's own (a registered Path, RFC 3327).
+    pub routes: Vec<String>,
 }
 
 /// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
@@ -95,6 +100,9 @@ struct Plan {
     remove_routes: Vec<usize>,
     /// New Request-URI (strict-router compatibility, RFC 3261 §16.4).
     new_ruri: Option<String>,
+    /// The flow (RFC 5626) our own Route names for the direction this request travels:
+    /// send over that connection, whatever the Request-URI says.
+    flow: Option<Destination>,
 }
 
 impl Proxy {
@@ -155,7 +163,7 @@ impl Proxy {
             let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
             return self.reply(msg, rx, 420, "Bad Extension", &extra);
         }
-        let plan = match self.plan(msg, &ruri) {
+        let plan = match self.plan(msg, &ruri, rx.conn) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
@@ -188,6 +196,9 @@ impl Proxy {
             }
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
+        if let Some(flow) = &plan.flow {
+            return self.build_forward(msg, rx, &plan, flow, &ForwardOpts::default());
+        }
         match resolve_literal(&plan.hop) {
             Some(dest) => self.build_forward(msg, rx, &plan, &dest, &ForwardOpts::default()),
             None => Action::Forward { hop: plan.hop },
@@ -204,12 +215,15 @@ impl Proxy {
     /// (the runtime validated, the script decided), but routing, loop detection and the
     /// forwarding edits as in [`on_request`](Self::on_request), plus the script's edits.
     pub fn forward_with(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Action {
-        let plan = match self.plan_for(msg, opts) {
+        let plan = match self.plan_for(msg, rx, opts) {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
         if self.is_loop(msg) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
+        }
+        if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
+            return self.build_forward(msg, rx, &plan, flow, opts);
         }
         match resolve_literal(&plan.hop) {
             Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts),
@@ -225,7 +239,7 @@ impl Proxy {
         dest: &Destination,
         opts: &ForwardOpts,
     ) -> Action {
-        match self.plan_for(msg, opts) {
+        match self.plan_for(msg, rx, opts) {
             Ok(plan) => self.build_forward(msg, rx, &plan, dest, opts),
             Err(_) => Action::Drop {
                 reason: "request no longer routable",
@@ -235,12 +249,12 @@ impl Proxy {
 
     /// The plan for a scripted forward: the script's target wins, else the route set and
     /// the (possibly rewritten) Request-URI decide. `Err(code)`: answer with that code.
-    fn plan_for(&self, msg: &Message, opts: &ForwardOpts) -> Result<Plan, u16> {
+    fn plan_for(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Result<Plan, u16> {
         let ruri = match &opts.ruri {
             Some(u) => Uri::parse(u).map_err(|_| 400u16)?,
             None => msg.request_uri().map_err(|_| 400u16)?,
         };
-        let plan = self.plan(msg, &ruri)?;
+        let plan = self.plan(msg, &ruri, rx.conn)?;
         match (plan, &opts.target) {
             (Some(mut p), Some(t)) => {
                 p.hop = t.clone();
@@ -251,6 +265,7 @@ impl Proxy {
                 hop: t.clone(),
                 remove_routes: Vec::new(),
                 new_ruri: None,
+                flow: None,
             }),
             // Addressed to siprox itself and nowhere else to go.
             (None, None) => Err(404),
@@ -443,7 +458,12 @@ impl Proxy {
 
     /// RFC 3261 §16.4 (route information preprocessing) and §16.5/16.6 (target, next hop).
     /// `Ok(None)`: the request is for siprox itself. `Err(code)`: answer with that code.
-    fn plan(&self, msg: &Message, ruri: &Uri<'_>) -> Result<Option<Plan>, u16> {
+    fn plan(
+        &self,
+        msg: &Message,
+        ruri: &Uri<'_>,
+        rx_conn: Option<ConnId>,
+    ) -> Result<Option<Plan>, u16> {
         let mut routes = Vec::new();
         for r in msg.routes() {
             let r = r.map_err(|_| 400u16)?;
@@ -466,9 +486,13 @@ impl Proxy {
             routes.len()
         };
         let mut first = 0;
+        let mut flow = None;
         while first < usable {
             match routes[first].uri() {
                 Ok(u) if self.uri_is_me(&u) => {
+                    if flow.is_none() {
+                        flow = flow_of_route(&u, rx_conn);
+                    }
                     remove_routes.push(first);
                     first += 1;
                 }
@@ -486,6 +510,7 @@ impl Proxy {
                 hop: next_hop(&s),
                 remove_routes,
                 new_ruri,
+                flow,
             }));
         }
         // No Route left: the Request-URI (possibly the new one) decides.
@@ -506,6 +531,7 @@ impl Proxy {
                     hop: next_hop(s),
                     remove_routes,
                     new_ruri,
+                    flow,
                 }))
             }
             _ => Err(416),
@@ -526,6 +552,9 @@ impl Proxy {
         }
         if !opts.append_hf.is_empty() {
             ed.append_raw(&opts.append_hf);
+        }
+        for r in &opts.routes {
+            ed.prepend_header("Route", r);
         }
         // RFC 3261 §18.2.1 and RFC 3581: say where the request really came from.
         if let Ok(top) = msg.top_via() {
@@ -571,7 +600,15 @@ impl Proxy {
                 RecordRoute::Always => true,
                 RecordRoute::OnTransportChange => change,
             };
-        let rr_params = opts.rr_params.as_deref().unwrap_or("");
+        // RFC 5626 flow token: the connections on both sides of siprox, so that in-dialog
+        // requests from either side go back over the other side's connection (phones
+        // behind NAT cannot be reached at their Contact).
+        let mut rr_params = opts.rr_params.clone().unwrap_or_default();
+        if rx.conn.is_some() || dest.conn.is_some() {
+            let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
+            let _ = write!(rr_params, ";fl={:x}.{:x}", id(rx.conn), id(dest.conn));
+        }
+        let rr_params = rr_params.as_str();
         let method = msg.method_kind();
         if rr && method != Some(Method::Register) {
             // Prepends keep their call order: the outbound-facing entry goes first.
@@ -919,3 +956,38 @@ impl Fnv {
 
 #[cfg(test)]
 mod tests;
+
+/// The flow an own Route's `fl=<a>.<b>` names for a request that arrived on `rx_conn`: one
+/// that came in on connection `a` goes out on `b`, and the other way round. The transport
+/// is the Route's (flows are TCP or TLS).
+fn flow_of_route(u: &Uri<'_>, rx_conn: Option<ConnId>) -> Option<Destination> {
+    let s = u.as_sip()?;
+    let fl = s.params.get("fl").flatten()?;
+    let (a, b) = fl.split_once('.')?;
+    let a = u64::from_str_radix(a, 16).ok()?;
+    let b = u64::from_str_radix(b, 16).ok()?;
+    let rx = rx_conn.map(|c| c.0);
+    let out = if rx == Some(a) {
+        b
+    } else if rx == Some(b) {
+        a
+    } else {
+        return None;
+    };
+    if out == 0 {
+        return None;
+    }
+    let transport = match s.transport().and_then(Transport::parse) {
+        Some(t @ (Transport::Tcp | Transport::Tls)) => t,
+        _ if s.secure => Transport::Tls,
+        _ => return None,
+    };
+    Some(Destination {
+        transport,
+        // No address: a flow is only ever used if its connection is still open; siprox
+        // never connects to an unspecified address (the runtime drops such a send).
+        addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0),
+        server_name: None,
+        conn: Some(ConnId(out)),
+    })
+}

@@ -256,8 +256,8 @@ fn double_record_route_on_transport_change() {
     assert_eq!(
         rr,
         vec![
-            "sip:192.0.2.10:5060;lr;r2=on",
-            "sip:192.0.2.10:5061;transport=tls;lr;r2=on"
+            "sip:192.0.2.10:5060;lr;r2=on;fl=2a.0",
+            "sip:192.0.2.10:5061;transport=tls;lr;r2=on;fl=2a.0"
         ]
     );
     // Our Via carries the inbound connection for the response path.
@@ -356,4 +356,110 @@ From: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 OPTIONS\n\n");
     let (dest, out) = sent(p.on_request(&m, &udp_in()));
     assert_eq!(dest.transport, Transport::Tcp);
     assert_eq!(out.content_length(), Some(0));
+}
+
+#[test]
+fn scripted_forward_applies_the_script_edits() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite(
+        "sip:bob@example.com",
+        "X-Drop: me\nRoute: <sip:192.0.2.10;lr>\n",
+    );
+    let opts = ForwardOpts {
+        target: Some(NextHop {
+            host: "203.0.113.7".into(),
+            port: Some(5070),
+            transport: None,
+            secure: false,
+        }),
+        ruri: Some("sip:bob@203.0.113.7:5070".into()),
+        record_route: true,
+        rr_params: Some("ftag=a1".into()),
+        max_forwards: Some(10),
+        append_hf: "X-Script: yes\r\n".into(),
+        remove_hf: vec!["x-drop".into()],
+        script_tag: Some("tenant.example".into()),
+        flow: None,
+        routes: vec![],
+    };
+    let (dest, out) = sent(p.forward_with(&m, &udp_in(), &opts));
+    assert_eq!(dest.addr, "203.0.113.7:5070".parse().unwrap());
+    assert_eq!(out.request_uri_str(), Some("sip:bob@203.0.113.7:5070"));
+    assert_eq!(out.max_forwards().unwrap(), Some(10));
+    assert_eq!(out.header_values_by_name("X-Script").next(), Some("yes"));
+    assert_eq!(out.header_values_by_name("X-Drop").count(), 0);
+    assert_eq!(out.routes().count(), 0, "our own Route is still removed");
+    let rr: Vec<_> = out
+        .record_routes()
+        .map(|r| r.unwrap().uri_str.to_owned())
+        .collect();
+    assert_eq!(rr, vec!["sip:192.0.2.10:5060;lr;ftag=a1"]);
+    assert_eq!(
+        out.top_via().unwrap().params.get("sx"),
+        Some(Some("tenant.example"))
+    );
+    // The reply finds the script again through the Via.
+    let resp = format!(
+        "SIP/2.0 200 OK\r\n{}\r\nTo: <sip:b@x>;tag=b\r\nFrom: <sip:a@x>;tag=a\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n",
+        out.fields()
+            .filter(|f| f.name == HeaderName::Via)
+            .map(|f| format!("Via: {}", f.value))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    );
+    let resp = Message::parse(Bytes::from(resp)).unwrap();
+    assert_eq!(p.response_script_tag(&resp), Some("tenant.example"));
+    // A flow sends over the registered connection, whatever the Request-URI says.
+    let flow = Destination {
+        transport: Transport::Tls,
+        addr: "198.51.100.50:40999".parse().unwrap(),
+        server_name: None,
+        conn: Some(ConnId(7)),
+    };
+    let opts = ForwardOpts {
+        ruri: Some("sip:bob@10.0.0.9:5061;transport=tls".into()),
+        flow: Some(flow.clone()),
+        ..ForwardOpts::default()
+    };
+    let (dest, out) = sent(p.forward_with(&invite("sip:bob@example.com", ""), &udp_in(), &opts));
+    assert_eq!(dest, flow);
+    assert_eq!(out.top_via().unwrap().transport, "TLS");
+    // Addressed to siprox itself with nowhere to go: 404.
+    let a = p.forward_with(
+        &invite("sip:192.0.2.10", ""),
+        &udp_in(),
+        &ForwardOpts::default(),
+    );
+    assert_eq!(reply_code(&a).0, 404);
+    assert!(p.is_myself("192.0.2.10", None));
+    assert!(p.is_myself("proxy.example.com", Some(5060)));
+    assert!(!p.is_myself("192.0.2.11", None));
+}
+
+#[test]
+fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
+    let p = proxy(RecordRoute::Never);
+    // Alice (connection 2a) called Bob (connection 7) through siprox; its Record-Route
+    // carries both. Requests from either side go over the other side's connection, whatever
+    // unreachable Contact the Request-URI names.
+    let route = "Route: <sip:192.0.2.10:5061;transport=tls;lr;fl=2a.7>\n";
+    let from_alice = invite("sip:bob@10.1.2.3:5061;transport=tls", route);
+    let (dest, out) = sent(p.on_request(&from_alice, &tls_in()));
+    assert_eq!(dest.conn, Some(ConnId(7)));
+    assert_eq!(dest.transport, Transport::Tls);
+    assert!(
+        dest.addr.ip().is_unspecified(),
+        "never an address to connect to"
+    );
+    assert_eq!(out.routes().count(), 0);
+    let mut from_bob = tls_in();
+    from_bob.conn = Some(ConnId(7));
+    let (dest, _) = sent(p.on_request(&from_alice, &from_bob));
+    assert_eq!(dest.conn, Some(ConnId(0x2a)));
+    // Arriving on a third connection: no flow, the Request-URI decides.
+    let mut other = tls_in();
+    other.conn = Some(ConnId(99));
+    let (dest, _) = sent(p.on_request(&from_alice, &other));
+    assert_eq!(dest.conn, None);
+    assert_eq!(dest.addr, "10.1.2.3:5061".parse().unwrap());
 }

@@ -11,7 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod};
+use openssl::asn1::{Asn1Integer, Asn1Time};
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVersion};
+use openssl::x509::{X509NameBuilder, X509};
 use siprox::config::{Config, Listener, Proto, RuntimeConfig, TlsConfig};
 use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -294,4 +301,80 @@ pub async fn tls_uas(cert: &Path, key: &Path) -> (SocketAddr, Arc<AtomicUsize>) 
         }
     });
     (addr, conns)
+}
+
+/// A CA and a client certificate with common name `cn`, signed by it.
+pub fn client_cert(
+    ca: &X509,
+    ca_key: &PKey<openssl::pkey::Private>,
+    cn: &str,
+    dir: &Path,
+) -> (PathBuf, PathBuf) {
+    let key = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&Asn1Integer::from_bn(&BigNum::from_u32(7).unwrap()).unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    b.sign(ca_key, MessageDigest::sha256()).unwrap();
+    let cert = dir.join(format!("{cn}.pem"));
+    let keyp = dir.join(format!("{cn}.key"));
+    std::fs::write(&cert, b.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&keyp, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (cert, keyp)
+}
+
+pub async fn tls_client(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    version: SslVersion,
+) -> SslStream<TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.set_min_proto_version(Some(version)).unwrap();
+    b.set_max_proto_version(Some(version)).unwrap();
+    if let Some((c, k)) = client {
+        b.set_certificate_chain_file(c).unwrap();
+        b.set_private_key_file(k, SslFiletype::PEM).unwrap();
+    }
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("127.0.0.1")
+        .unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = SslStream::new(ssl, tcp).unwrap();
+    Pin::new(&mut s).connect().await.expect("handshake");
+    s
+}
+
+/// Development certificates under `dir/certs` (CA, server) and the CA itself, to sign
+/// client certificates with.
+pub fn dev_ca(dir: &Path) -> (X509, PKey<openssl::pkey::Private>) {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    siprox_actors::tls::generate_dev_certs(
+        &certs.join("ca.pem"),
+        &certs.join("ca.key"),
+        &certs.join("server.pem"),
+        &certs.join("server.key"),
+    )
+    .unwrap();
+    let ca = X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    let key = PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap()).unwrap();
+    (ca, key)
 }

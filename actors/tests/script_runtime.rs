@@ -1,0 +1,231 @@
+//! Route scripts in a running siprox: which script a message runs (TLS domain, Request-URI
+//! domain, default), replies through `onreply_route`, and the seed's certificate rule over
+//! TLS 1.2 and 1.3. Real sockets on 127.0.0.1:0, real TLS, certificates made in the test.
+
+mod runtime_common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use openssl::pkey::PKey;
+use openssl::ssl::SslVersion;
+use openssl::x509::X509;
+use runtime_common::*;
+use siprox::config::{DomainConfig, Proto, ScriptConfig, VerifyClient};
+use tokio::net::UdpSocket;
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn udp_exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> Option<String> {
+    sock.send_to(msg.as_bytes(), to).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    match tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_runs_the_script_of_its_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uas, received) = udp_uas().await;
+    write(
+        dir.path(),
+        "scripts/default.cfg",
+        "route {\n  append_hf(\"X-Script: default\\r\\n\");\n  forward();\n}\n\
+         onreply_route {\n  if (@cseq.method == \"INFO\") { drop; }\n}\n",
+    );
+    write(
+        dir.path(),
+        "scripts/a.cfg",
+        "route { sl_send_reply(\"488\", \"script A\"); }\n",
+    );
+    write(
+        dir.path(),
+        "scripts/b.cfg",
+        "route { sl_send_reply(\"489\", \"script B\"); }\n",
+    );
+    let mut cfg = config(&[Proto::Udp]);
+    cfg.script = ScriptConfig {
+        file: Some("scripts/default.cfg".into()),
+    };
+    for (name, file) in [("a", "scripts/a.cfg"), ("b", "scripts/b.cfg")] {
+        cfg.domains.insert(
+            name.into(),
+            DomainConfig {
+                names: vec![format!("{name}.example")],
+                script: Some(file.into()),
+                ..DomainConfig::default()
+            },
+        );
+    }
+    let rt = start(cfg, dir.path());
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let via = format!("UDP {me}");
+
+    let r = udp_exchange(
+        &sock,
+        proxy,
+        &request("OPTIONS", "sip:x@a.example", &via, "d-a", "", ""),
+    )
+    .await
+    .expect("reply from script A");
+    assert_eq!(status(&r), Some(488), "{r}");
+    assert!(r.starts_with("SIP/2.0 488 script A"), "{r}");
+    let r = udp_exchange(
+        &sock,
+        proxy,
+        &request("OPTIONS", "sip:x@B.Example", &via, "d-b", "", ""),
+    )
+    .await
+    .expect("reply from script B");
+    assert_eq!(status(&r), Some(489), "{r}");
+
+    // The default script forwards to the UAS, adding its header; the 200 comes back.
+    let r = udp_exchange(
+        &sock,
+        proxy,
+        &request(
+            "OPTIONS",
+            &format!("sip:x@{uas}"),
+            &via,
+            "d-default",
+            "",
+            "",
+        ),
+    )
+    .await
+    .expect("200 through the default script");
+    assert_eq!(status(&r), Some(200), "{r}");
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // onreply_route drops the reply to INFO: the UAS got the request, nothing comes back.
+    let r = udp_exchange(
+        &sock,
+        proxy,
+        &request("INFO", &format!("sip:x@{uas}"), &via, "d-info", "", ""),
+    )
+    .await;
+    assert!(r.is_none(), "the reply route dropped it: {r:?}");
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 2);
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_does_not_compile_stops_the_start_with_file_line_col() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "scripts/bad.cfg",
+        "route {\n  no_such_function();\n}\n",
+    );
+    let mut cfg = config(&[Proto::Udp]);
+    cfg.script.file = Some("scripts/bad.cfg".into());
+    let started =
+        siprox_actors::Runtime::start(cfg, siprox_actors::RuntimeOptions::embedded(dir.path()));
+    let Err(err) = started else {
+        panic!("start must fail");
+    };
+    let text = err.to_string();
+    assert!(text.contains("bad.cfg:2:3"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_rule_authorizes_by_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    // The CA that signs siprox's certificate also signs the clients'.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    siprox_actors::tls::generate_dev_certs(
+        &certs.join("ca.pem"),
+        &certs.join("ca.key"),
+        &certs.join("server.pem"),
+        &certs.join("server.key"),
+    )
+    .unwrap();
+    let ca = X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    let ca_key = PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap()).unwrap();
+    let bob = client_cert(&ca, &ca_key, "Bob", &certs);
+    let mallory = client_cert(&ca, &ca_key, "Mallory", &certs);
+
+    write(
+        dir.path(),
+        "scripts/seed.cfg",
+        "route {\n\
+           if (proto == TLS && @tls.peer != \"Bob\") {\n\
+             sl_send_reply(\"403\", \"Forbidden\");\n\
+             drop;\n\
+           }\n\
+           forward();\n\
+         }\n",
+    );
+    let (uas, received) = udp_uas().await;
+    let mut cfg = config(&[Proto::Udp, Proto::Tls]);
+    cfg.script.file = Some("scripts/seed.cfg".into());
+    cfg.tls.verify_client = VerifyClient::Optional;
+    let rt = start(cfg, dir.path());
+    let tls_addr = rt.local_addr(siprox::proxy::Transport::Tls).unwrap();
+    let udp_addr = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let ca_path = certs.join("ca.pem");
+
+    let mut expected_forwards = 0;
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        for (who, client, code) in [
+            ("bob", Some((bob.0.as_path(), bob.1.as_path())), 200),
+            (
+                "mallory",
+                Some((mallory.0.as_path(), mallory.1.as_path())),
+                403,
+            ),
+            ("nobody", None, 403),
+        ] {
+            let mut s = tls_client(tls_addr, &ca_path, client, version).await;
+            let call = format!("seed-{who}-{version:?}");
+            send(
+                &mut s,
+                &request(
+                    "OPTIONS",
+                    &format!("sip:x@{uas}"),
+                    "TLS 127.0.0.1:9",
+                    &call,
+                    "",
+                    "",
+                ),
+            )
+            .await;
+            let mut buf = Vec::new();
+            let r = read_message(&mut s, &mut buf, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("{who} over {version:?}: {e}"));
+            assert_eq!(status(&r), Some(code), "{who} over {version:?}: {r}");
+            if code == 200 {
+                expected_forwards += 1;
+            }
+        }
+    }
+    assert_eq!(
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        expected_forwards
+    );
+
+    // UDP is untouched by the rule.
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let via = format!("UDP {}", sock.local_addr().unwrap());
+    let r = udp_exchange(
+        &sock,
+        udp_addr,
+        &request("OPTIONS", &format!("sip:x@{uas}"), &via, "seed-udp", "", ""),
+    )
+    .await
+    .expect("UDP answer");
+    assert_eq!(status(&r), Some(200), "{r}");
+    rt.shutdown();
+}
