@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::{AsyncContext, Context};
 use serde_json::{json, Map, Value};
 use siprox::proxy::{ConnId, Transport};
-use siprox::rpc::{CallResult, Fault};
+use siprox::rpc::{CallResult, Fault, FaultKind};
 use tracing::{info, warn};
 
 use crate::rpc::Rpc;
@@ -66,7 +66,7 @@ impl siprox::rpc::Handler for Methods<'_> {
             }
             "tls.reload" => Ok(Value::from(self.reload(ReloadKind::Tls))),
             "cfg.reload" => Ok(Value::from(self.reload(ReloadKind::Config))),
-            "ul.dump" | "ul.show" | "ul.rm" => adapters::registrar(method, params),
+            "ul.dump" | "ul.show" | "ul.rm" => adapters::registrar(shared, method, params),
             "stats.get" => Ok(stats_json(&shared.stats())),
             m => Err(Fault::method_not_found(m)),
         }
@@ -295,17 +295,45 @@ pub(crate) mod adapters {
         Ok(())
     }
 
-    /// ADAPTER (awaits the registrar integration: the location store in `Shared`). Until
-    /// then `ul.*` answer "not available".
-    pub(crate) fn registrar(method: &str, params: &[Value]) -> CallResult {
-        if matches!(method, "ul.show" | "ul.rm") && params.first().and_then(Value::as_str).is_none()
-        {
-            return Err(Fault::invalid_params(format!(
-                "{method} needs an address of record (user@domain)"
+    /// `ul.dump`, `ul.show AOR`, `ul.rm AOR`: the location store.
+    pub(crate) fn registrar(shared: &Arc<Shared>, method: &str, params: &[Value]) -> CallResult {
+        let Some(loc) = shared.location.get() else {
+            return Err(Fault::not_available(format!(
+                "{method}: the location store is not running"
             )));
+        };
+        let store: &dyn siprox::registrar::LocationStore = &*loc.store;
+        let dump = || {
+            siprox::registrar::snapshot::dump(store)
+                .map_err(|e| Fault::new(FaultKind::Internal, format!("{method}: {e}")))
+        };
+        if method == "ul.dump" {
+            return serde_json::to_value(dump()?).map_err(|e| Fault::new(FaultKind::Internal, e.to_string()));
         }
-        Err(Fault::not_available(format!(
-            "{method}: the registrar is not available in this build"
-        )))
+        let aor = params.first().and_then(Value::as_str).ok_or_else(|| {
+            Fault::invalid_params(format!("{method} needs an address of record (user@domain)"))
+        })?;
+        let with_scheme = if aor.contains(':') {
+            aor.to_owned()
+        } else {
+            format!("sip:{aor}")
+        };
+        let key = siprox::registrar::aor_of_str(&with_scheme)
+            .map_err(|e| Fault::invalid_params(format!("{aor}: {e}")))?;
+        match method {
+            "ul.show" => {
+                let found: Vec<_> = dump()?.into_iter().filter(|a| a.aor == key).collect();
+                if found.is_empty() {
+                    return Err(Fault::not_found(format!("no bindings for {key}")));
+                }
+                serde_json::to_value(found).map_err(|e| Fault::new(FaultKind::Internal, e.to_string()))
+            }
+            _ => {
+                let n = store
+                    .remove(&key)
+                    .map_err(|e| Fault::new(FaultKind::Internal, format!("{method}: {e}")))?;
+                Ok(Value::from(n as u64))
+            }
+        }
     }
 }

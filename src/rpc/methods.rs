@@ -110,13 +110,13 @@ pub const METHODS: &[MethodDoc] = &[
     MethodDoc {
         name: "ul.dump",
         params: "",
-        result: "array of struct {aor: string, contacts: array}",
+        result: "array of struct {aor: string, bindings: array of struct {contact, expires (Unix time), q, call_id, cseq, path, flow...}}",
         help: "Every registration in the location table.",
     },
     MethodDoc {
         name: "ul.show",
         params: "aor: string",
-        result: "struct {aor: string, contacts: array}",
+        result: "array of one struct {aor: string, bindings: array} (fault 404 when none)",
         help: "The registrations of one address of record (user@domain).",
     },
     MethodDoc {
