@@ -694,7 +694,50 @@ pub fn generate_dev_certs(
     write_file(key, &k.private_key_to_pem_pkcs8().map_err(ssl)?, true)
         .map_err(|e| io("writing", key, e))?;
     write_file(cert, &c.to_pem().map_err(ssl)?, false).map_err(|e| io("writing", cert, e))?;
+    // A client certificate for the operator (CN=admin, allowed by the default
+    // [management]), so that siproxctl works out of the box in development.
+    let dir = cert.parent().unwrap_or_else(|| Path::new("."));
+    let (admin_cert, admin_key) = (dir.join("admin.pem"), dir.join("admin.key"));
+    if !admin_cert.exists() || !admin_key.exists() {
+        let k = ec_key().map_err(ssl)?;
+        let c = dev_client_cert(&k, &ca_cert, &ca_pkey, "admin").map_err(ssl)?;
+        write_file(
+            &admin_key,
+            &k.private_key_to_pem_pkcs8().map_err(ssl)?,
+            true,
+        )
+        .map_err(|e| io("writing", &admin_key, e))?;
+        write_file(&admin_cert, &c.to_pem().map_err(ssl)?, false)
+            .map_err(|e| io("writing", &admin_cert, e))?;
+    }
     Ok(())
+}
+
+/// A client certificate for `cn`, signed by the development CA.
+fn dev_client_cert(
+    key: &PKey<Private>,
+    ca: &X509,
+    ca_key: &PKey<Private>,
+    cn: &str,
+) -> Result<X509, ErrorStack> {
+    let mut b = X509Builder::new()?;
+    b.set_version(2)?;
+    let sn = serial()?;
+    b.set_serial_number(&sn)?;
+    let subject = name(cn)?;
+    b.set_subject_name(&subject)?;
+    b.set_issuer_name(ca.subject_name())?;
+    b.set_pubkey(key)?;
+    let (from, to) = (
+        Asn1Time::days_from_now(0)?,
+        Asn1Time::days_from_now(DEV_CERT_DAYS)?,
+    );
+    b.set_not_before(&from)?;
+    b.set_not_after(&to)?;
+    b.append_extension(BasicConstraints::new().build()?)?;
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
+    b.sign(ca_key, MessageDigest::sha256())?;
+    Ok(b.build())
 }
 
 /// Writes `data` to `path` (creating its directory); keys are readable by the owner only.

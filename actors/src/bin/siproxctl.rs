@@ -34,13 +34,14 @@ struct Cli {
     /// Management URL.
     #[arg(long, env = "SIPROXCTL_URL")]
     url: Option<String>,
-    /// PEM client certificate.
+    /// PEM client certificate (default: certs/admin.pem when it exists).
     #[arg(long, env = "SIPROXCTL_CERT")]
     cert: Option<PathBuf>,
     /// PEM private key of the client certificate (default: the certificate file).
     #[arg(long, env = "SIPROXCTL_KEY")]
     key: Option<PathBuf>,
-    /// PEM CA that signed the server's certificate (default: the system's CAs).
+    /// PEM CA that signed the server's certificate (default: certs/ca.pem when it exists,
+    /// else the system's CAs).
     #[arg(long, env = "SIPROXCTL_CA")]
     ca: Option<PathBuf>,
     /// Settings file (url, cert, key, ca); default ~/.config/siproxctl.toml.
@@ -117,9 +118,18 @@ fn run(cli: &Cli, method: &str, params: &[Value]) -> Result<Value, Failure> {
         .clone()
         .or(file.url)
         .unwrap_or_else(|| ctl::DEFAULT_URL.to_owned());
-    let cert = cli.cert.clone().or(file.cert);
-    let key = cli.key.clone().or(file.key).or_else(|| cert.clone());
-    let ca = cli.ca.clone().or(file.ca);
+    // Without settings, the development material siprox generates (run from the
+    // repository root, the default conf.d lets certs/admin.pem in).
+    let dev = |f: &str| Some(PathBuf::from("certs").join(f)).filter(|p| p.exists());
+    let explicit = cli.cert.is_some() || file.cert.is_some();
+    let cert = cli.cert.clone().or(file.cert).or_else(|| dev("admin.pem"));
+    let key = cli
+        .key
+        .clone()
+        .or(file.key)
+        .or_else(|| if explicit { None } else { dev("admin.key") })
+        .or_else(|| cert.clone());
+    let ca = cli.ca.clone().or(file.ca).or_else(|| dev("ca.pem"));
 
     let (host, port, path) = ctl::parse_url(&url).map_err(|e| Failure::Transport(anyhow!(e)))?;
     let (content_type, body) = if cli.xml {
