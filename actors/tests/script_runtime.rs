@@ -229,3 +229,118 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
     assert_eq!(status(&r), Some(200), "{r}");
     rt.shutdown();
 }
+
+/// A UDP UAS that answers 200 and records the `X-Version` each request carried.
+async fn versioned_uas() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            if status(&req).is_some() {
+                continue;
+            }
+            let v = header(&req, "X-Version").unwrap_or("none").to_owned();
+            s2.lock().unwrap().push(v);
+            let _ = sock
+                .send_to(response_for(&req, 200, 0).as_bytes(), from)
+                .await;
+        }
+    });
+    (addr, seen)
+}
+
+fn swap_in(dir: &Path, text: &str) {
+    // Write aside, then rename over: the watcher sees one atomic change.
+    let tmp = dir.join("scripts/.route.cfg.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("scripts/route.cfg")).unwrap();
+}
+
+fn versioned(v: u32) -> String {
+    format!("route {{\n  append_hf(\"X-Version: {v}\\r\\n\");\n  forward();\n}}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_a_script_under_load_loses_no_message() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "scripts/route.cfg", &versioned(1));
+    let (uas, seen) = versioned_uas().await;
+    // From files, as in production: the watcher follows conf.d and the script's directory.
+    write(
+        dir.path(),
+        "conf.d/00-test.toml",
+        "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+         [runtime]\nworkers = 2\n\
+         [script]\nfile = \"scripts/route.cfg\"\n\
+         [tls]\ngenerate_dev_certs = true\nwatch = true\nreload_debounce = \"50ms\"\n",
+    );
+    let cfg = siprox::config::load(&dir.path().join("conf.d")).expect("config loads");
+    let rt = start(cfg, dir.path());
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+
+    // Load: one request after the other, each must be answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        tokio::spawn(async move {
+            let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let via = format!("UDP {}", sock.local_addr().unwrap());
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let call = format!("swap-{i}");
+                let m = request("OPTIONS", &format!("sip:x@{uas}"), &via, &call, "", "");
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match udp_exchange(&sock, proxy, &m).await {
+                    Some(r) if status(&r) == Some(200) && r.contains(&call) => {}
+                    _ => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let has = |v: &str| seen.lock().unwrap().iter().any(|x| x == v);
+    assert_eventually!(has("1"), Duration::from_secs(5), "version 1 runs");
+    swap_in(dir.path(), &versioned(2));
+    assert_eventually!(has("2"), Duration::from_secs(5), "version 2 swapped in");
+    // A script that does not compile: the running one stays, the error is kept.
+    let before = rt.tls_status().failures;
+    swap_in(dir.path(), "route {\n  forward(\n}\n");
+    assert_eventually!(
+        rt.tls_status().failures > before,
+        Duration::from_secs(5),
+        "the broken script is refused"
+    );
+    let err = format!("{:?}", rt.tls_status().last_error);
+    assert!(err.contains("route.cfg"), "the error names the file: {err}");
+    let n = seen.lock().unwrap().len();
+    assert_eventually!(
+        seen.lock().unwrap().len() > n + 20,
+        Duration::from_secs(5),
+        "traffic goes on"
+    );
+    assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("2"));
+    swap_in(dir.path(), &versioned(3));
+    assert_eventually!(has("3"), Duration::from_secs(5), "the fixed script runs");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let (sent, failed) = (
+        sent.load(std::sync::atomic::Ordering::SeqCst),
+        failed.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    assert!(sent > 50, "enough load: {sent}");
+    assert_eq!(failed, 0, "no message lost across swaps ({sent} sent)");
+    rt.shutdown();
+}
