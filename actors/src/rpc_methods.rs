@@ -308,7 +308,8 @@ pub(crate) mod adapters {
                 .map_err(|e| Fault::new(FaultKind::Internal, format!("{method}: {e}")))
         };
         if method == "ul.dump" {
-            return serde_json::to_value(dump()?).map_err(|e| Fault::new(FaultKind::Internal, e.to_string()));
+            return serde_json::to_value(dump()?)
+                .map_err(|e| Fault::new(FaultKind::Internal, e.to_string()));
         }
         let aor = params.first().and_then(Value::as_str).ok_or_else(|| {
             Fault::invalid_params(format!("{method} needs an address of record (user@domain)"))
@@ -326,7 +327,8 @@ pub(crate) mod adapters {
                 if found.is_empty() {
                     return Err(Fault::not_found(format!("no bindings for {key}")));
                 }
-                serde_json::to_value(found).map_err(|e| Fault::new(FaultKind::Internal, e.to_string()))
+                serde_json::to_value(found)
+                    .map_err(|e| Fault::new(FaultKind::Internal, e.to_string()))
             }
             _ => {
                 let n = store

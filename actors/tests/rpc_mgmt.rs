@@ -363,7 +363,10 @@ async fn every_method_through_siproxctl() {
     let out = node.ctl(Some(&node.pki.admin), &["ul", "show", "alice@example.com"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("no bindings"), "{}", text(&out));
-    let out = node.ctl(Some(&node.pki.admin), &["--json", "ul", "rm", "alice@example.com"]);
+    let out = node.ctl(
+        Some(&node.pki.admin),
+        &["--json", "ul", "rm", "alice@example.com"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(text(&out).trim(), "0", "{}", text(&out));
     // Unknown method, bad params.
