@@ -1,1 +1,544 @@
-fn main() {}
+//! loadgen: a SIP load generator (UAC and UAS over UDP, TCP or TLS) that measures a proxy
+//! (siprox, Kamailio, ...) from the outside. It measures and prints; it must never assert,
+//! and never change its output format without bumping the `# loadgen v` line below.
+//!
+//! Run: `cargo bench --bench loadgen -- <args>` (release build; cargo appends `--bench`,
+//! which is ignored).
+//!
+//! # What it does
+//! - Call mode (default): starts a UAS on `--uas-bind` (`--uas-transport`), connects
+//!   `--connections` UAC sockets/streams to `--proxy` (`--transport`), and runs `--calls`
+//!   calls (or for `--duration`) with `--concurrency` calls in flight, flat out or paced at
+//!   `--rate` calls/s. A call is `--flow options` (OPTIONS-200) or `--flow invite`
+//!   (INVITE-100-180-200-ACK-BYE-200; ACK and BYE follow the Record-Route route set). The
+//!   Request-URI is `sip:bob@<uas>;transport=<uas-transport>`, so any proxy that routes by
+//!   Request-URI forwards it. `--new-conn-per-call` opens (and closes) one TCP/TLS
+//!   connection per call: the handshake rate. UDP requests are retransmitted (RFC 3261
+//!   timers A/E).
+//! - Idle mode (`--idle N --hold D`): opens N TCP/TLS connections to `--proxy`, holds them
+//!   idle for D, and with `--pid P` reports the proxy process's RSS before and after.
+//!
+//! # Arguments
+//! ```text
+//! --proxy ADDR            proxy to load (ip:port), required
+//! --transport T           udp | tcp | tls (UAC side)                    [udp]
+//! --uas-transport T       udp | tcp | tls (UAS side)                    [udp]
+//! --uas-bind ADDR         where the UAS listens                         [127.0.0.1:0]
+//! --uas-cert PEM --uas-key PEM   certificate of a TLS UAS (the proxy must trust its CA)
+//! --flow F                options | invite                              [invite]
+//! --calls N               stop after N calls                            [10000 unless --duration]
+//! --duration D            stop after D (10s, 500ms, 2m)
+//! --concurrency N         calls in flight                               [64]
+//! --connections N         UAC sockets/streams, calls spread over them   [4]
+//! --rate N                start N calls per second (default: flat out)
+//! --new-conn-per-call     one new TCP/TLS connection per call
+//! --source-ips N          spread UAC connections over 127.0.0.1..N (loopback proxies)  [1]
+//! --ca PEM                verify the proxy's certificate (else: no verification)
+//! --tls-version V         1.2 | 1.3 | any                               [any]
+//! --timeout D             per transaction                               [5s]
+//! --threads N             tokio worker threads                          [CPU count]
+//! --idle N --hold D       idle mode
+//! --pid P                 idle mode: proxy pid whose VmRSS is sampled
+//! ```
+//!
+//! # Output (stable; one record per line, `key=value` fields separated by one space)
+//! ```text
+//! # loadgen v1
+//! config mode=calls flow=invite transport=tls uas_transport=udp proxy=127.0.0.1:5061 concurrency=64 connections=4 rate=max new_conn_per_call=false calls=20000 duration_s=-
+//! result calls=20000 ok=20000 failed=0 elapsed_s=3.214 calls_per_s=6222.9 handshakes=0 handshakes_per_s=0.0
+//! latency name=call unit=ms n=20000 p50=1.234 p90=2.345 p99=5.678 max=12.345
+//! latency name=setup unit=ms n=20000 p50=0.800 p90=1.500 p99=3.000 max=9.000
+//! failure count=3 reason="no final response to INVITE within 5s"
+//! ```
+//! `call` = first request sent to last final response (for `--new-conn-per-call` the
+//! connect and handshake included); `setup` = INVITE (or OPTIONS) sent to its 200.
+//! `handshakes` counts the connections opened during the run (new-conn-per-call, where the
+//! config line says `connections=0`). `rate=max` means flat out.
+//! `failure` lines (zero or more) group failed calls by reason, most frequent first.
+//! Idle mode prints instead:
+//! ```text
+//! config mode=idle transport=tls proxy=127.0.0.1:5061 idle=10000 hold_s=30 source_ips=1
+//! idle opened=10000 failed=0 open_s=4.321 opened_per_s=2314.2
+//! rss pid=1234 before_kib=10240 after_kib=150000 delta_kib=139760 per_conn_bytes=14311
+//! ```
+
+#[allow(dead_code)]
+#[path = "../tests/support/ua.rs"]
+mod ua;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
+use tokio::sync::Semaphore;
+use ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Options,
+    Invite,
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    proxy: SocketAddr,
+    transport: Transport,
+    uas_transport: Transport,
+    uas_bind: SocketAddr,
+    uas_cert: Option<PathBuf>,
+    uas_key: Option<PathBuf>,
+    flow: Flow,
+    calls: Option<u64>,
+    duration: Option<Duration>,
+    concurrency: usize,
+    connections: usize,
+    rate: Option<f64>,
+    new_conn_per_call: bool,
+    source_ips: u8,
+    ca: Option<PathBuf>,
+    tls_version: (SslVersion, SslVersion),
+    timeout: Duration,
+    threads: Option<usize>,
+    idle: Option<usize>,
+    hold: Duration,
+    pid: Option<u32>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let digits = t
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let (num, unit) = t.split_at(digits);
+    let n: f64 = num.parse().map_err(|_| format!("bad duration `{s}`"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in `{s}`")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    Transport::parse(s).ok_or_else(|| format!("unknown transport `{s}` (udp, tcp, tls)"))
+}
+
+fn usage() -> &'static str {
+    "usage: cargo bench --bench loadgen -- --proxy IP:PORT [--transport udp|tcp|tls] \
+     [--uas-transport udp|tcp|tls] [--flow options|invite] [--calls N] [--duration D] \
+     [--concurrency N] [--connections N] [--rate N] [--new-conn-per-call] [--source-ips N] \
+     [--ca PEM] [--tls-version 1.2|1.3|any] [--uas-bind ADDR] [--uas-cert PEM --uas-key PEM] \
+     [--timeout D] [--threads N] | --idle N --hold D [--pid P]  (see the top of benches/loadgen.rs)"
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        proxy: "127.0.0.1:5060".parse().unwrap(),
+        transport: Transport::Udp,
+        uas_transport: Transport::Udp,
+        uas_bind: "127.0.0.1:0".parse().unwrap(),
+        uas_cert: None,
+        uas_key: None,
+        flow: Flow::Invite,
+        calls: None,
+        duration: None,
+        concurrency: 64,
+        connections: 4,
+        rate: None,
+        new_conn_per_call: false,
+        source_ips: 1,
+        ca: None,
+        tls_version: (SslVersion::TLS1_2, SslVersion::TLS1_3),
+        timeout: Duration::from_secs(5),
+        threads: None,
+        idle: None,
+        hold: Duration::from_secs(10),
+        pid: None,
+    };
+    let mut proxy_given = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or_else(|| format!("{k} needs a value"));
+        let num = |s: String| s.parse::<u64>().map_err(|_| format!("bad number `{s}`"));
+        match k.as_str() {
+            // Added by `cargo bench`.
+            "--bench" => {}
+            "--proxy" => {
+                a.proxy = v()?.parse().map_err(|e| format!("--proxy: {e}"))?;
+                proxy_given = true;
+            }
+            "--transport" => a.transport = parse_transport(&v()?)?,
+            "--uas-transport" => a.uas_transport = parse_transport(&v()?)?,
+            "--uas-bind" => a.uas_bind = v()?.parse().map_err(|e| format!("--uas-bind: {e}"))?,
+            "--uas-cert" => a.uas_cert = Some(v()?.into()),
+            "--uas-key" => a.uas_key = Some(v()?.into()),
+            "--flow" => {
+                a.flow = match v()?.as_str() {
+                    "options" => Flow::Options,
+                    "invite" => Flow::Invite,
+                    f => return Err(format!("unknown flow `{f}` (options, invite)")),
+                }
+            }
+            "--calls" => a.calls = Some(num(v()?)?),
+            "--duration" => a.duration = Some(parse_duration(&v()?)?),
+            "--concurrency" => a.concurrency = num(v()?)?.max(1) as usize,
+            "--connections" => a.connections = num(v()?)?.max(1) as usize,
+            "--rate" => {
+                let r: f64 = v()?.parse().map_err(|_| "bad --rate".to_owned())?;
+                a.rate = (r > 0.0).then_some(r);
+            }
+            "--new-conn-per-call" => a.new_conn_per_call = true,
+            "--source-ips" => a.source_ips = num(v()?)?.clamp(1, 250) as u8,
+            "--ca" => a.ca = Some(v()?.into()),
+            "--tls-version" => {
+                a.tls_version = match v()?.as_str() {
+                    "1.2" => (SslVersion::TLS1_2, SslVersion::TLS1_2),
+                    "1.3" => (SslVersion::TLS1_3, SslVersion::TLS1_3),
+                    "any" => (SslVersion::TLS1_2, SslVersion::TLS1_3),
+                    t => return Err(format!("unknown TLS version `{t}`")),
+                }
+            }
+            "--timeout" => a.timeout = parse_duration(&v()?)?,
+            "--threads" => a.threads = Some(num(v()?)?.max(1) as usize),
+            "--idle" => a.idle = Some(num(v()?)? as usize),
+            "--hold" => a.hold = parse_duration(&v()?)?,
+            "--pid" => a.pid = Some(num(v()?)? as u32),
+            "-h" | "--help" => return Err(usage().to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{}", usage())),
+        }
+    }
+    if !proxy_given {
+        return Err(format!("--proxy is required\n{}", usage()));
+    }
+    if a.calls.is_none() && a.duration.is_none() {
+        a.calls = Some(10_000);
+    }
+    if a.new_conn_per_call && a.transport == Transport::Udp {
+        return Err("--new-conn-per-call needs --transport tcp or tls".to_owned());
+    }
+    Ok(a)
+}
+
+fn connector(a: &Args) -> Result<SslConnector, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    match &a.ca {
+        Some(ca) => b
+            .set_ca_file(ca)
+            .map_err(|e| format!("--ca {}: {e}", ca.display()))?,
+        None => b.set_verify(SslVerifyMode::NONE),
+    }
+    b.set_min_proto_version(Some(a.tls_version.0))
+        .map_err(|e| e.to_string())?;
+    b.set_max_proto_version(Some(a.tls_version.1))
+        .map_err(|e| e.to_string())?;
+    Ok(b.build())
+}
+
+fn acceptor(a: &Args) -> Result<Option<SslAcceptor>, String> {
+    if a.uas_transport != Transport::Tls {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&a.uas_cert, &a.uas_key) else {
+        return Err("--uas-transport tls needs --uas-cert and --uas-key".to_owned());
+    };
+    let mut b =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| e.to_string())?;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| format!("--uas-cert: {e}"))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| format!("--uas-key: {e}"))?;
+    Ok(Some(b.build()))
+}
+
+/// The local address of the n-th UAC connection: spread over 127.0.0.1..=source_ips.
+fn source(a: &Args, n: usize) -> Option<SocketAddr> {
+    if a.source_ips <= 1 {
+        return None;
+    }
+    let last = 1 + (n % a.source_ips as usize) as u8;
+    Some(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
+        0,
+    ))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p / 100.0).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
+
+fn print_latency(name: &str, mut v: Vec<u64>) {
+    v.sort_unstable();
+    println!(
+        "latency name={name} unit=ms n={} p50={:.3} p90={:.3} p99={:.3} max={:.3}",
+        v.len(),
+        percentile(&v, 50.0),
+        percentile(&v, 90.0),
+        percentile(&v, 99.0),
+        v.last().map_or(0.0, |m| *m as f64 / 1000.0)
+    );
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    l.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What one worker measured.
+#[derive(Default)]
+struct Tally {
+    call_us: Vec<u64>,
+    setup_us: Vec<u64>,
+    failures: HashMap<String, u64>,
+}
+
+async fn run_calls(a: Args) -> Result<(), String> {
+    let acc = acceptor(&a)?;
+    let conn = Arc::new(connector(&a)?);
+    let uas = Uas::start_on(
+        a.uas_transport,
+        a.uas_bind,
+        UasOpts {
+            tls: acc,
+            ..UasOpts::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?;
+    uas.count_only();
+    let ruri = Arc::new(uas.uri("bob"));
+    println!(
+        "config mode=calls flow={} transport={} uas_transport={} proxy={} concurrency={} connections={} rate={} new_conn_per_call={} calls={} duration_s={}",
+        match a.flow {
+            Flow::Options => "options",
+            Flow::Invite => "invite",
+        },
+        a.transport.param(),
+        a.uas_transport.param(),
+        a.proxy,
+        a.concurrency,
+        if a.new_conn_per_call { 0 } else { a.connections },
+        a.rate.map_or("max".to_owned(), |r| format!("{r}")),
+        a.new_conn_per_call,
+        a.calls.map_or("-".to_owned(), |c| c.to_string()),
+        a.duration
+            .map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64())),
+    );
+    let mut clients = Vec::new();
+    if !a.new_conn_per_call {
+        for n in 0..a.connections {
+            let c = Client::connect_from(a.transport, a.proxy, Some(&conn), source(&a, n))
+                .await
+                .map_err(|e| format!("connect to {}: {e}", a.proxy))?;
+            clients.push(Arc::new(c));
+        }
+    }
+    let clients = Arc::new(clients);
+    let next = Arc::new(AtomicU64::new(0));
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let opts = FlowOpts {
+        timeout: a.timeout,
+        retransmit: a.transport == Transport::Udp,
+    };
+    let start = Instant::now();
+    let deadline = a.duration.map(|d| start + d);
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency {
+        let (a, conn, clients, next, handshakes, ruri) = (
+            a.clone(),
+            conn.clone(),
+            clients.clone(),
+            next.clone(),
+            handshakes.clone(),
+            ruri.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if a.calls.is_some_and(|c| i >= c) {
+                    break;
+                }
+                if let Some(r) = a.rate {
+                    // Pacing: call i starts at i/rate seconds.
+                    let at = start + Duration::from_secs_f64(i as f64 / r);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let t0 = Instant::now();
+                let fresh;
+                let client: &Client = if a.new_conn_per_call {
+                    match Client::connect_from(
+                        a.transport,
+                        a.proxy,
+                        Some(&conn),
+                        source(&a, i as usize),
+                    )
+                    .await
+                    {
+                        Ok(c) => {
+                            handshakes.fetch_add(1, Ordering::Relaxed);
+                            fresh = c;
+                            &fresh
+                        }
+                        Err(e) => {
+                            *t.failures.entry(format!("connect: {e}")).or_default() += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    &clients[i as usize % clients.len()]
+                };
+                let r = match a.flow {
+                    Flow::Options => options_flow(client, &ruri, opts).await,
+                    Flow::Invite => invite_flow(client, &ruri, opts)
+                        .await
+                        .map(|rep| rep.invite_rtt),
+                };
+                match r {
+                    Ok(setup) => {
+                        t.call_us.push(t0.elapsed().as_micros() as u64);
+                        t.setup_us.push(setup.as_micros() as u64);
+                    }
+                    Err(e) => *t.failures.entry(e.0).or_default() += 1,
+                }
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = task.await.map_err(|e| format!("worker: {e}"))?;
+        all.call_us.extend(t.call_us);
+        all.setup_us.extend(t.setup_us);
+        for (k, v) in t.failures {
+            *all.failures.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ok = all.call_us.len() as u64;
+    let failed: u64 = all.failures.values().sum();
+    let hs = handshakes.load(Ordering::Relaxed);
+    println!(
+        "result calls={} ok={ok} failed={failed} elapsed_s={elapsed:.3} calls_per_s={:.1} handshakes={hs} handshakes_per_s={:.1}",
+        ok + failed,
+        ok as f64 / elapsed,
+        hs as f64 / elapsed
+    );
+    print_latency("call", all.call_us);
+    print_latency("setup", all.setup_us);
+    let mut f: Vec<_> = all.failures.into_iter().collect();
+    f.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    for (reason, count) in f {
+        println!("failure count={count} reason={reason:?}");
+    }
+    Ok(())
+}
+
+async fn run_idle(a: Args, n: usize) -> Result<(), String> {
+    if a.transport == Transport::Udp {
+        return Err("--idle needs --transport tcp or tls".to_owned());
+    }
+    println!(
+        "config mode=idle transport={} proxy={} idle={n} hold_s={:.3} source_ips={}",
+        a.transport.param(),
+        a.proxy,
+        a.hold.as_secs_f64(),
+        a.source_ips
+    );
+    let conn = Arc::new(connector(&a)?);
+    let before = a.pid.and_then(rss_kib);
+    let gate = Arc::new(Semaphore::new(256));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (conn, gate, bind) = (conn.clone(), gate.clone(), source(&a, i));
+        let (proxy, tls) = (a.proxy, a.transport == Transport::Tls);
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let c = if tls { Some(&*conn) } else { None };
+            ua::connect_stream_from(proxy, c, bind)
+                .await
+                .ok()
+                .map(|(s, _, _)| s)
+        }));
+    }
+    let mut held = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(Some(s)) = t.await {
+            held.push(s);
+        }
+    }
+    let open_s = start.elapsed().as_secs_f64();
+    println!(
+        "idle opened={} failed={} open_s={open_s:.3} opened_per_s={:.1}",
+        held.len(),
+        n - held.len(),
+        held.len() as f64 / open_s
+    );
+    tokio::time::sleep(a.hold).await;
+    if let Some(pid) = a.pid {
+        let after = rss_kib(pid);
+        match (before, after) {
+            (Some(b), Some(af)) => {
+                let delta = af.saturating_sub(b);
+                println!(
+                    "rss pid={pid} before_kib={b} after_kib={af} delta_kib={delta} per_conn_bytes={}",
+                    (delta * 1024) / (held.len().max(1) as u64)
+                );
+            }
+            _ => println!("rss pid={pid} unavailable"),
+        }
+    }
+    drop(held);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.threads {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# loadgen v1");
+    let r = rt.block_on(async move {
+        match a.idle {
+            Some(n) => run_idle(a, n).await,
+            None => run_calls(a).await,
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Starts siprox for a test: in-process through the runtime API with listeners on
+//! 127.0.0.1:0 and the test PKI, or as the real binary on a temp conf.d. Must never bind a
+//! fixed port in-process, nor touch the repository's conf.d/ or certs/.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssl::ssl::SslConnector;
+use siprox::config::{
+    Config, ConfigDuration, ConnectionsConfig, Listener, Proto, RuntimeConfig, TlsConfig,
+    TlsVersion, VerifyClient,
+};
+
+use siprox_actors::StatsSnapshot;
+
+use super::certs::{Pki, Tls};
+
+/// What the test wants of siprox.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub udp: bool,
+    pub tcp: bool,
+    pub tls: bool,
+    pub workers: usize,
+    pub send_timeout: Duration,
+    pub max_write_queue: usize,
+    pub shutdown_grace: Duration,
+    pub min_tls: TlsVersion,
+    pub verify_client: VerifyClient,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            udp: true,
+            tcp: true,
+            tls: true,
+            workers: 2,
+            send_timeout: Duration::from_secs(5),
+            max_write_queue: 1 << 20,
+            shutdown_grace: Duration::from_secs(5),
+            min_tls: TlsVersion::Tls12,
+            verify_client: VerifyClient::Off,
+        }
+    }
+}
+
+fn dur(d: Duration) -> ConfigDuration {
+    ConfigDuration(d)
+}
+
+/// The configuration siprox runs with: the listeners asked for on `addrs` (port 0 = any),
+/// the test PKI's server certificate, its CA for clients and for servers siprox connects to.
+pub fn config(pki: &Pki, o: &Options, addrs: [SocketAddr; 3]) -> Config {
+    let mut listen = Vec::new();
+    for (on, proto, addr) in [
+        (o.udp, Proto::Udp, addrs[0]),
+        (o.tcp, Proto::Tcp, addrs[1]),
+        (o.tls, Proto::Tls, addrs[2]),
+    ] {
+        if on {
+            listen.push(Listener {
+                proto,
+                addr,
+                advertise: None,
+            });
+        }
+    }
+    Config {
+        listen,
+        runtime: RuntimeConfig {
+            workers: o.workers,
+            shutdown_grace: dur(o.shutdown_grace),
+        },
+        connections: ConnectionsConfig {
+            send_timeout: dur(o.send_timeout),
+            max_write_queue: o.max_write_queue,
+            ..ConnectionsConfig::default()
+        },
+        tls: TlsConfig {
+            certificate: pki.server.cert_path.clone(),
+            private_key: pki.server.key_path.clone(),
+            ca_file: Some(pki.ca_path().to_owned()),
+            verify_client: o.verify_client,
+            verify_server: true,
+            min_version: o.min_tls,
+            generate_dev_certs: false,
+            ..TlsConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// The same configuration as a conf.d/ file for the real binary (fixed ports: the binary
+/// cannot tell its caller which port 0 became).
+pub fn write_conf_d(dir: &Path, pki: &Pki, o: &Options, addrs: [SocketAddr; 3]) -> PathBuf {
+    let c = config(pki, o, addrs);
+    let conf = dir.join("conf.d");
+    std::fs::create_dir_all(&conf).expect("mkdir conf.d");
+    let mut s = String::new();
+    for l in &c.listen {
+        s.push_str(&format!(
+            "[[listen]]\nproto = \"{}\"\naddr = \"{}\"\n\n",
+            l.proto, l.addr
+        ));
+    }
+    s.push_str(&format!(
+        "[log]\nlevel = \"info\"\nformat = \"text\"\n\n\
+         [runtime]\nworkers = {}\nshutdown_grace = \"{}\"\n\n\
+         [connections]\nsend_timeout = \"{}\"\nmax_write_queue = {}\n\n\
+         [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\nca_file = \"{}\"\n\
+         verify_client = \"{}\"\nmin_version = \"{}\"\ngenerate_dev_certs = false\n",
+        c.runtime.workers,
+        c.runtime.shutdown_grace,
+        c.connections.send_timeout,
+        c.connections.max_write_queue,
+        pki.server.cert_path.display(),
+        pki.server.key_path.display(),
+        pki.ca_path().display(),
+        o.verify_client.as_str(),
+        match o.min_tls {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        },
+    ));
+    std::fs::write(conf.join("00-test.toml"), s).expect("write conf");
+    conf
+}
+
+/// Free ports on 127.0.0.1 for the binary: one UDP, then TCP ports (tcp, tls) whose UDP
+/// twin is free too. Racy by nature (another process may take one before siprox binds it),
+/// which is why in-process tests use port 0 instead.
+pub fn free_ports() -> [SocketAddr; 3] {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let t1 = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let t2 = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    [
+        udp.local_addr().unwrap(),
+        t1.local_addr().unwrap(),
+        t2.local_addr().unwrap(),
+    ]
+}
+
+/// siprox running in this process.
+pub struct Siprox {
+    pub pki: Arc<Pki>,
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub options: Options,
+    rt: adapter::Running,
+}
+
+impl Siprox {
+    /// Start siprox in-process with a fresh PKI.
+    pub async fn start(o: Options) -> Siprox {
+        Self::start_with(Arc::new(Pki::new()), o).await
+    }
+
+    /// Start siprox in-process with `pki`.
+    pub async fn start_with(pki: Arc<Pki>, o: Options) -> Siprox {
+        super::logs::install();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cfg = config(&pki, &o, [any; 3]);
+        let rt = adapter::start(cfg).await;
+        let (udp, tcp, tls) = rt.addrs();
+        Siprox {
+            pki,
+            udp,
+            tcp,
+            tls,
+            options: o,
+            rt,
+        }
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.udp.expect("no udp listener")
+    }
+
+    pub fn tcp(&self) -> SocketAddr {
+        self.tcp.expect("no tcp listener")
+    }
+
+    pub fn tls(&self) -> SocketAddr {
+        self.tls.expect("no tls listener")
+    }
+
+    /// The listener of a transport.
+    pub fn addr(&self, t: super::ua::Transport) -> SocketAddr {
+        match t {
+            super::ua::Transport::Udp => self.udp(),
+            super::ua::Transport::Tcp => self.tcp(),
+            super::ua::Transport::Tls => self.tls(),
+        }
+    }
+
+    /// A TLS client connector trusting the test CA.
+    pub fn connector(&self, tls: Tls) -> SslConnector {
+        self.pki.connector(None, tls)
+    }
+
+    /// A client of siprox over `t` (TLS: any version, no client certificate).
+    pub async fn client(&self, t: super::ua::Transport) -> super::ua::Client {
+        let c = self.connector(Tls::Any);
+        super::ua::Client::connect(t, self.addr(t), Some(&c))
+            .await
+            .expect("connect to siprox")
+    }
+
+    /// The runtime's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.rt.stats()
+    }
+
+    /// Stop siprox and wait until it is down.
+    pub async fn shutdown(self) {
+        self.rt.shutdown().await
+    }
+}
+
+/// The one place that knows the runtime's in-process API.
+mod adapter {
+    use siprox::config::Config;
+    use siprox::proxy::Transport;
+    use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions, StatsSnapshot};
+    use std::net::SocketAddr;
+
+    pub struct Running(RuntimeHandle);
+
+    /// `Runtime::start` blocks (certificate files): run it off the test's async threads.
+    pub async fn start(cfg: Config) -> Running {
+        let h =
+            tokio::task::spawn_blocking(move || Runtime::start(cfg, RuntimeOptions::embedded(".")))
+                .await
+                .expect("runtime start panicked")
+                .unwrap_or_else(|e| panic!("siprox did not start: {e}"));
+        Running(h)
+    }
+
+    impl Running {
+        pub fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+            (
+                self.0.local_addr(Transport::Udp),
+                self.0.local_addr(Transport::Tcp),
+                self.0.local_addr(Transport::Tls),
+            )
+        }
+
+        pub fn stats(&self) -> StatsSnapshot {
+            self.0.stats()
+        }
+
+        pub async fn shutdown(self) {
+            let h = self.0;
+            tokio::task::spawn_blocking(move || h.shutdown())
+                .await
+                .expect("runtime shutdown panicked");
+        }
+    }
+}
