@@ -239,7 +239,7 @@ impl Connection {
             tls: None,
             _slot: slot,
         });
-        ConnHandle::new(id, addr, queued, settings.max_write_queue)
+        ConnHandle::new(id, addr, queued, settings.max_write_queue).outgoing()
     }
 
     fn inbound(&self) -> Inbound {

@@ -94,6 +94,8 @@ pub struct ConnHandle {
     addr: Addr<Connection>,
     queued: Arc<WriteQueue>,
     max_queue: usize,
+    /// Opened by siprox to a next hop (see [`ConnHandle::outgoing`]).
+    outgoing: bool,
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -129,7 +131,16 @@ impl ConnHandle {
             addr,
             queued,
             max_queue,
+            outgoing: false,
         }
+    }
+
+    /// A connection siprox opened to a next hop: shared by every caller, so a full queue
+    /// refuses the message (a burst) instead of closing the connection for everyone; a
+    /// next hop that stops reading still loses it after `send_timeout`.
+    pub(crate) fn outgoing(mut self) -> ConnHandle {
+        self.outgoing = true;
+        self
     }
 
     /// The connection's id.
@@ -152,7 +163,7 @@ impl ConnHandle {
         let before = self.queued.bytes.fetch_add(len, Ordering::AcqRel);
         if before.saturating_add(len) > self.max_queue {
             self.queued.bytes.fetch_sub(len, Ordering::AcqRel);
-            if !self.queued.established.load(Ordering::Acquire) {
+            if !self.queued.established.load(Ordering::Acquire) || self.outgoing {
                 return Err(SendError::Backlogged);
             }
             self.addr.do_send(Close(CloseReason::WriteQueueFull));

@@ -140,6 +140,17 @@ impl Proxy {
         };
         let ruri_is_me = self.uri_is_me(&ruri);
 
+        // RFC 3261 §16.3 step 2: a Request-URI scheme siprox does not understand is refused,
+        // whatever Route says.
+        if matches!(ruri, Uri::Other { .. }) {
+            if is_ack {
+                return Action::Drop {
+                    reason: "ACK with an unknown Request-URI scheme",
+                };
+            }
+            return self.reply(msg, rx, 416, "Unsupported URI Scheme", "");
+        }
+
         // RFC 3261 §16.3 step 3: Max-Forwards.
         if msg.max_forwards().ok().flatten() == Some(0) {
             if method == Method::Options && ruri_is_me {

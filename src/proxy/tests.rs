@@ -183,8 +183,10 @@ Max-Forwards: 0\nTo: <sip:192.0.2.10>\nFrom: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 
         );
         assert!(r.to().unwrap().tag().is_some());
     }
-    // Unknown scheme: 416.
+    // Unknown scheme: 416, even with a Route to follow (§16.3 step 2).
     let m = invite("nobody:opaque", "");
+    assert_eq!(reply_code(&p.on_request(&m, &udp_in())).0, 416);
+    let m = invite("nobody:opaque", "Route: <sip:203.0.113.9;lr>\n");
     assert_eq!(reply_code(&p.on_request(&m, &udp_in())).0, 416);
     // An ACK is never answered.
     let ack = msg(
