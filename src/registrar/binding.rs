@@ -120,26 +120,7 @@ fn aor_of_sip(sip: &SipUri<'_>) -> Result<String, AorError> {
 fn canonical_user(user: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in unescape(user).iter() {
-        let bare = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'_'
-                    | b'.'
-                    | b'!'
-                    | b'~'
-                    | b'*'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'&'
-                    | b'='
-                    | b'+'
-                    | b'$'
-                    | b','
-                    | b';'
-                    | b'?'
-                    | b'/'
-            );
+        let bare = crate::sip::is_user_unreserved(b);
         if bare {
             out.push(b as char);
         } else {

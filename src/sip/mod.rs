@@ -19,5 +19,6 @@ pub use header::HeaderName;
 pub use limits::Limits;
 pub use message::{unfold, Field, Message, Method};
 pub use scan::{unescape, CommaSplit};
+pub(crate) use uri::is_user_unreserved;
 pub use uri::{parse_host, parse_hostport, Host, ParamIter, Params, SipUri, TelUri, Uri, UriError};
 pub use values::{CSeq, Contact, Contacts, NameAddr, Via};

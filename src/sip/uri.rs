@@ -385,6 +385,11 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
 
 /// `unreserved / escaped / user-unreserved` (RFC 3261 §25.1).
 fn is_user_char(b: u8) -> bool {
+    b == b'%' || is_user_unreserved(b)
+}
+
+/// The bytes a user part may carry without escaping (`unreserved / user-unreserved`).
+pub(crate) fn is_user_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -396,7 +401,6 @@ fn is_user_char(b: u8) -> bool {
                 | b'\''
                 | b'('
                 | b')'
-                | b'%'
                 | b'&'
                 | b'='
                 | b'+'
