@@ -201,12 +201,7 @@ fn uri_part(rest: &[Seg<'_>], what: &str) -> Result<UriPart, SelectError> {
             ),
         ));
     };
-    if let Some(x) = rest.get(1) {
-        return Err(SelectError::at(
-            x.at,
-            format!("nothing follows `{}`", s.name),
-        ));
-    }
+    nothing_after(rest, s)?;
     Ok(part)
 }
 
@@ -227,16 +222,7 @@ fn na_part(rest: &[Seg<'_>], what: &str) -> Result<NaPart, SelectError> {
     } else if s.is(&["q"]) {
         NaPart::Q
     } else if s.is(&["params"]) {
-        return match rest.get(1) {
-            None => Ok(NaPart::Params),
-            Some(p) => {
-                p.no_index()?;
-                if let Some(x) = rest.get(2) {
-                    return Err(SelectError::at(x.at, "nothing follows a parameter"));
-                }
-                Ok(NaPart::Param(p.name.to_ascii_lowercase()))
-            }
-        };
+        return Ok(params_part(rest)?.map_or(NaPart::Params, NaPart::Param));
     } else {
         return Err(SelectError::at(
             s.at,
@@ -246,12 +232,7 @@ fn na_part(rest: &[Seg<'_>], what: &str) -> Result<NaPart, SelectError> {
             ),
         ));
     };
-    if let Some(x) = rest.get(1) {
-        return Err(SelectError::at(
-            x.at,
-            format!("nothing follows `{}`", s.name),
-        ));
-    }
+    nothing_after(rest, s)?;
     Ok(part)
 }
 
@@ -273,16 +254,7 @@ fn via_part(rest: &[Seg<'_>]) -> Result<ViaPart, SelectError> {
     } else if s.is(&["transport", "proto"]) {
         ViaPart::Transport
     } else if s.is(&["params"]) {
-        return match rest.get(1) {
-            None => Ok(ViaPart::Params),
-            Some(p) => {
-                p.no_index()?;
-                if let Some(x) = rest.get(2) {
-                    return Err(SelectError::at(x.at, "nothing follows a parameter"));
-                }
-                Ok(ViaPart::Param(p.name.to_ascii_lowercase()))
-            }
-        };
+        return Ok(params_part(rest)?.map_or(ViaPart::Params, ViaPart::Param));
     } else {
         return Err(SelectError::at(
             s.at,
@@ -292,12 +264,7 @@ fn via_part(rest: &[Seg<'_>]) -> Result<ViaPart, SelectError> {
             ),
         ));
     };
-    if let Some(x) = rest.get(1) {
-        return Err(SelectError::at(
-            x.at,
-            format!("nothing follows `{}`", s.name),
-        ));
-    }
+    nothing_after(rest, s)?;
     Ok(part)
 }
 
@@ -690,5 +657,28 @@ impl SipSelect {
                 Value::EMPTY
             }
         }
+    }
+}
+
+/// `params` (`None`: the whole list) or `params.NAME` (lower-case), and nothing after.
+fn params_part(rest: &[Seg<'_>]) -> Result<Option<String>, SelectError> {
+    let Some(p) = rest.get(1) else {
+        return Ok(None);
+    };
+    p.no_index()?;
+    if let Some(x) = rest.get(2) {
+        return Err(SelectError::at(x.at, "nothing follows a parameter"));
+    }
+    Ok(Some(p.name.to_ascii_lowercase()))
+}
+
+/// A leaf field `s` (the first of `rest`) must end the select.
+fn nothing_after(rest: &[Seg<'_>], s: &Seg<'_>) -> Result<(), SelectError> {
+    match rest.get(1) {
+        Some(x) => Err(SelectError::at(
+            x.at,
+            format!("nothing follows `{}`", s.name),
+        )),
+        None => Ok(()),
     }
 }
