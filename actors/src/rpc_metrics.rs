@@ -48,10 +48,17 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         "SIP messages received (all transports)",
         s.messages_in,
     );
-    // Not collected yet (the worker does not count by method / reply code): empty families.
     let by_method: Family<Labels, Counter> = Family::default();
+    for (m, n) in rpc.shared.stats.sip.requests() {
+        by_method.get_or_create(&labels(&[("method", m)])).inc_by(n);
+    }
     r.register("messages", "SIP requests received by method", by_method);
     let by_code: Family<Labels, Counter> = Family::default();
+    for (code, n) in rpc.shared.stats.sip.replies() {
+        by_code
+            .get_or_create(&labels(&[("code", &code.to_string())]))
+            .inc_by(n);
+    }
     r.register("replies", "SIP replies sent by status code", by_code);
 
     let conns: Family<Labels, Gauge> = Family::default();
@@ -199,13 +206,25 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         "Next hops DNS could not resolve",
         s.dns_failures,
     );
-    // Not collected yet: route-script runtime errors, registrar bindings.
-    counter(&mut r, "script_errors", "Route-script runtime errors", 0);
+    counter(
+        &mut r,
+        "script_errors",
+        "Route-script runtime errors",
+        rpc.shared
+            .stats
+            .script_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let bindings = rpc.shared.location.get().map_or(0, |l| {
+        let mut n = 0usize;
+        let _ = siprox::registrar::LocationStore::for_each(&*l.store, &mut |_, b| n += b.len());
+        n
+    });
     gauge(
         &mut r,
         "registrations",
         "Registered contacts in the location store",
-        0,
+        i64::try_from(bindings).unwrap_or(i64::MAX),
     );
 
     let up = SystemTime::now()

@@ -430,6 +430,9 @@ pub(crate) fn run_request(
     let mut host = RuntimeHost::new(proxy, Some(msg), rx, tag).with_shared(shared);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);
+    if outcome.is_error() {
+        crate::shared::inc(&shared.stats.script_errors);
+    }
     if outcome.is_error() && outcome.replied.is_none() && !outcome.forwarded {
         let a = proxy.reply(msg, rx, 500, "Server Internal Error (route script)", "");
         host.actions.push((a, ForwardOpts::default()));

@@ -78,6 +78,86 @@ pub struct Stats {
     pub(crate) dropped: AtomicU64,
     pub(crate) send_failures: AtomicU64,
     pub(crate) dns_failures: AtomicU64,
+    pub(crate) script_errors: AtomicU64,
+    /// Requests by method and responses sent by status code (for `/metrics`).
+    pub(crate) sip: SipCounts,
+}
+
+/// Method names in `siprox::sip::Method` order, for metric labels.
+pub const METHOD_NAMES: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+    "other",
+];
+
+/// Requests received by method, responses sent by code: fixed arrays of relaxed atomics,
+/// so counting is one uncontended add on the hot path, no map, no lock.
+#[derive(Debug)]
+pub struct SipCounts {
+    pub(crate) requests: [AtomicU64; 15],
+    /// Index: status code - 100 (100..=699).
+    pub(crate) replies: Box<[AtomicU64]>,
+}
+
+impl Default for SipCounts {
+    fn default() -> Self {
+        SipCounts {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl SipCounts {
+    pub(crate) fn request(&self, m: siprox::sip::Method) {
+        if let Some(c) = self.requests.get(m as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a response about to be sent, read from its status line.
+    pub(crate) fn reply_bytes(&self, bytes: &[u8]) {
+        let Some(code) = bytes.strip_prefix(b"SIP/2.0 ").and_then(|r| r.get(..3)) else {
+            return;
+        };
+        if let Ok(code) = std::str::from_utf8(code).unwrap_or("").parse::<usize>() {
+            if let Some(c) = code.checked_sub(100).and_then(|i| self.replies.get(i)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (method, count) pairs with a non-zero count.
+    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+        METHOD_NAMES
+            .iter()
+            .zip(self.requests.iter())
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// (code, count) pairs with a non-zero count.
+    pub fn replies(&self) -> Vec<(u16, u64)> {
+        self.replies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u16 + 100, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 /// A copy of the counters at one moment.

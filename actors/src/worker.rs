@@ -62,6 +62,9 @@ impl Worker {
         tls: Option<Arc<TlsFacts>>,
     ) {
         inc(&self.shared.stats.messages_in);
+        if let Some(m) = msg.method_kind() {
+            self.shared.stats.sip.request(m);
+        }
         let snap = self.shared.snapshot.load();
         if msg.is_request() {
             // A message that fails validation never reaches a script: the core answers it.
@@ -223,6 +226,7 @@ impl Worker {
     /// if given, else the first of the destination's address family), or through the
     /// connection table (the given connection if open, else one to the destination).
     pub(crate) fn send(self: &Rc<Self>, dest: Destination, bytes: Bytes, from: Option<SocketAddr>) {
+        self.shared.stats.sip.reply_bytes(&bytes);
         match dest.transport {
             Transport::Udp => self.send_udp(dest.addr, bytes, from),
             Transport::Tcp | Transport::Tls => self.send_stream(dest, bytes),

@@ -700,4 +700,27 @@ async fn reload_storm_during_tls_traffic_fails_nothing() {
     let stats = node.rt().stats();
     assert_eq!(stats.handshake_failures, 0, "{stats:?}");
     assert_eq!(stats.framing_errors, 0, "{stats:?}");
+    // The traffic shows in /metrics: requests by method, replies by code.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(&node.pki.ca)
+        .arg("--cert")
+        .arg(&node.pki.admin.cert)
+        .arg("--key")
+        .arg(&node.pki.admin.key)
+        .arg(format!("{}/metrics", node.url))
+        .output()
+        .expect("curl runs");
+    let m = text(&out);
+    let value = |prefix: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        value("siprox_messages_total{method=\"OPTIONS\"}") >= ok.load(Ordering::Relaxed) as u64,
+        "{m}"
+    );
+    assert!(value("siprox_replies_total{code=\"200\"}") > 0, "{m}");
 }
