@@ -47,8 +47,22 @@ impl Location {
     /// Build from the configuration: load the users file and the snapshot (a snapshot that
     /// cannot be read is moved aside, and siprox starts empty: never lost silently).
     pub fn start(config: &Config, base: &Path) -> Result<Location, RuntimeError> {
+        let mut algorithms = Vec::new();
+        for a in &config.auth.algorithms {
+            algorithms.push(siprox::auth::Algorithm::parse(a).ok_or_else(|| {
+                RuntimeError::Config(format!(
+                    "[auth] algorithms: `{a}` is not SHA-256, SHA-256-sess, MD5 or MD5-sess"
+                ))
+            })?);
+        }
+        if algorithms.is_empty() {
+            return Err(RuntimeError::Config(
+                "[auth] algorithms: at least one is needed".to_owned(),
+            ));
+        }
         let settings = AuthSettings {
             nonce_ttl: u32::try_from(config.auth.nonce_ttl.get().as_secs()).unwrap_or(300),
+            algorithms,
             ..AuthSettings::default()
         };
         let auth = match &config.auth.secret_file {

@@ -33,7 +33,23 @@ fn setup(dir: &Path, script: &str) -> Config {
         },
     );
     cfg.location.snapshot_file = Some("var/location.json".into());
+    // The default script lets a phone whose verified certificate names its user register
+    // without digest: the phones here carry such certificates.
+    cfg.tls.verify_client = siprox::config::VerifyClient::Optional;
     cfg
+}
+
+/// The development CA under `dir/certs` (made once) and a client certificate for `user`.
+fn phone_cert(dir: &Path, user: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let certs = dir.join("certs");
+    if !certs.join("ca.key").exists() {
+        dev_ca(dir);
+    }
+    let ca = openssl::x509::X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    let key =
+        openssl::pkey::PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap())
+            .unwrap();
+    client_cert(&ca, &key, user, &certs)
 }
 
 fn default_script() -> String {
@@ -53,9 +69,20 @@ struct Phone {
 
 impl Phone {
     async fn connect(user: &'static str, addr: std::net::SocketAddr, ca: &Path) -> Phone {
+        let dir = ca
+            .parent()
+            .and_then(Path::parent)
+            .expect("certs/ under the test dir");
+        let (cert, key) = phone_cert(dir, user);
         Phone {
             user,
-            s: tls_connect(addr, ca).await,
+            s: tls_client(
+                addr,
+                ca,
+                Some((&cert, &key)),
+                openssl::ssl::SslVersion::TLS1_3,
+            )
+            .await,
             buf: Vec::new(),
             cseq: 0,
         }
@@ -254,6 +281,15 @@ async fn phones_register_over_tls_and_get_calls_over_their_own_connection() {
         );
     }
     call(&mut alice, &mut bob, "call-1").await;
+
+    // A certificate that names someone else does not register alice: digest is asked for.
+    let mut eve = Phone::connect("eve", addr, &ca).await;
+    eve.user = "alice";
+    let m = eve.register_msg(300, "");
+    eve.send(&m).await;
+    let r = eve.recv().await;
+    assert_eq!(status(&r), Some(401), "{r}");
+    assert!(r.contains("WWW-Authenticate: Digest"), "{r}");
 
     // Bob's connection goes away: a call to him is 480, never a connect to his Contact.
     drop(bob);

@@ -48,6 +48,9 @@ pub struct AuthConfig {
     pub secret_file: Option<PathBuf>,
     /// Nonce lifetime; older nonces get `stale=true`.
     pub nonce_ttl: ConfigDuration,
+    /// Digest algorithms offered, one challenge each, most preferred first (RFC 8760):
+    /// `SHA-256`, `MD5` (and their `-sess` forms).
+    pub algorithms: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -56,6 +59,7 @@ impl Default for AuthConfig {
             users_file: None,
             secret_file: None,
             nonce_ttl: ConfigDuration::secs(300),
+            algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
         }
     }
 }
