@@ -338,10 +338,26 @@ fn run_system(
             arb.spawn_fn(move || start_worker(index, sh, sockets));
             arbiters.push(arb);
         }
+        // Registered here, inside the runtime and before start() returns.
+        let signals = if handle_signals {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(t), Ok(i)) => Some((t, i)),
+                _ => {
+                    warn!("cannot install signal handlers: SIGTERM/SIGINT will not shut down gracefully");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let control = Control {
             shared: shared.clone(),
             grace,
-            handle_signals,
+            signals,
             stopping: false,
         }
         .start();
@@ -422,7 +438,9 @@ pub struct Shutdown;
 pub struct Control {
     shared: Arc<Shared>,
     grace: Duration,
-    handle_signals: bool,
+    /// SIGTERM and SIGINT streams, registered before siprox says it is listening: a signal
+    /// that arrives right after start is a graceful shutdown, never the default death.
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     stopping: bool,
 }
 
@@ -430,21 +448,11 @@ impl Actor for Control {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if !self.handle_signals {
+        let Some((mut term, mut int)) = self.signals.take() else {
             return;
-        }
+        };
         let me = ctx.address();
         actix::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                warn!(
-                    "cannot install signal handlers: SIGTERM/SIGINT will not shut down gracefully"
-                );
-                return;
-            };
             let mut first = true;
             loop {
                 let name = tokio::select! {
