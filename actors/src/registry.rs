@@ -133,6 +133,8 @@ pub struct DomainRegistry {
     status: TlsStatus,
     /// [`scripts_digest`] of the live scripts.
     scripts_digest: u64,
+    /// [`config_digest`] of the conf.d files the live configuration was read from.
+    config_digest: Option<u64>,
 }
 
 impl DomainRegistry {
@@ -161,6 +163,7 @@ impl DomainRegistry {
             logged: BTreeSet::new(),
             status: TlsStatus::default(),
             scripts_digest: 0,
+            config_digest: None,
         }
     }
 
@@ -188,6 +191,7 @@ impl DomainRegistry {
         let waiters = std::mem::take(&mut self.waiting);
         let job = Job {
             scripts_digest: self.scripts_digest,
+            config_digest: self.config_digest,
             config_dir: self.config_dir.clone(),
             base: self.base.clone(),
             prev: self.shared.snapshot.load_full(),
@@ -200,6 +204,7 @@ impl DomainRegistry {
         ctx.spawn(wrap_future::<_, Self>(fut).map(move |res, act, ctx| {
             let result = res.unwrap_or_else(|e| JobResult {
                 scripts_digest: None,
+                config_digest: None,
                 outcome: JobOutcome::Failed(vec![DomainError {
                     domain: "reload".to_owned(),
                     reason: format!("the reload task failed: {e}"),
@@ -253,6 +258,9 @@ impl DomainRegistry {
         };
         if let Some(d) = result.scripts_digest {
             self.scripts_digest = d;
+        }
+        if result.config_digest.is_some() {
+            self.config_digest = result.config_digest;
         }
         if let Some(dirs) = result.watch {
             self.rewatch(dirs);
@@ -355,6 +363,7 @@ impl Actor for DomainRegistry {
     fn started(&mut self, ctx: &mut Self::Context) {
         let snap = self.shared.snapshot.load_full();
         self.scripts_digest = scripts_digest(&snap.config, &self.base);
+        self.config_digest = self.config_dir.as_deref().and_then(config_digest);
         self.start_watcher(&snap.config, ctx);
         self.status.last_reload = Some(ReloadRecord {
             at: SystemTime::now(),
@@ -534,6 +543,8 @@ pub fn watch_dirs(config: &Config, config_dir: Option<&Path>, base: &Path) -> BT
 struct Job {
     /// [`scripts_digest`] of the running scripts: unchanged scripts are not recompiled.
     scripts_digest: u64,
+    /// [`config_digest`] of the running configuration: unchanged files are not re-read.
+    config_digest: Option<u64>,
     config_dir: Option<PathBuf>,
     base: PathBuf,
     prev: Arc<Snapshot>,
@@ -551,6 +562,8 @@ struct JobResult {
     outcome: JobOutcome,
     /// [`scripts_digest`] of the published scripts (with `Publish`).
     scripts_digest: Option<u64>,
+    /// [`config_digest`] of the configuration now running (not on failure).
+    config_digest: Option<u64>,
     /// Directories to watch from now on (None: keep the current ones).
     watch: Option<BTreeSet<PathBuf>>,
     listen_changed: bool,
@@ -558,7 +571,13 @@ struct JobResult {
 
 impl Job {
     fn run(self) -> JobResult {
+        // A certificate rotation leaves conf.d as it was: then the running configuration is
+        // reused as is, and only the TLS material is re-hashed (1 of 1,000 tenants in a few
+        // milliseconds instead of re-parsing 1,000 files).
+        let digest = self.config_dir.as_deref().and_then(config_digest);
+        let unchanged = digest.is_some() && digest == self.config_digest;
         let mut config = match &self.config_dir {
+            Some(_) if unchanged => (*self.prev.config).clone(),
             Some(dir) => match siprox::config::load(dir) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -575,6 +594,7 @@ impl Job {
                         watch: None,
                         listen_changed: false,
                         scripts_digest: None,
+                        config_digest: None,
                     }
                 }
             },
@@ -591,6 +611,7 @@ impl Job {
             watch,
             listen_changed,
             scripts_digest: None,
+            config_digest: None,
         };
         if let Err(e) = crate::runtime::check_connections(&config) {
             return fail(
@@ -640,6 +661,7 @@ impl Job {
                 watch,
                 listen_changed,
                 scripts_digest: None,
+                config_digest: digest,
             };
         }
         let mut changed: Vec<String> = new
@@ -656,6 +678,7 @@ impl Job {
             watch,
             listen_changed,
             scripts_digest: Some(scripts_digest),
+            config_digest: digest,
         }
     }
 }
@@ -676,4 +699,22 @@ pub(crate) fn scripts_digest(config: &Config, base: &Path) -> u64 {
         std::fs::read(&p).ok().hash(&mut h);
     }
     h.finish()
+}
+
+/// Digest of everything `siprox::config::load` reads: the conf.d file names and bytes, and
+/// the `SIPROX_` environment. `None` when the directory cannot be listed or a file read
+/// (the reload then loads, and reports the error).
+pub fn config_digest(dir: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in siprox::config::config_files(dir).ok()? {
+        f.hash(&mut h);
+        std::fs::read(&f).ok()?.hash(&mut h);
+    }
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(siprox::config::ENV_PREFIX))
+        .collect();
+    env.sort();
+    env.hash(&mut h);
+    Some(h.finish())
 }
