@@ -256,6 +256,17 @@ impl DomainRegistry {
                 ReloadOutcome::Failed { errors: lines }
             }
         };
+        if !matches!(outcome, ReloadOutcome::Failed { .. }) {
+            // The users file (a small file, read on the control arbiter, never a worker): a
+            // broken one keeps the users that were loaded, with one error line.
+            if let Some(loc) = self.shared.location.get() {
+                if let Err(e) = loc.reload_users() {
+                    if self.logged.insert(e.to_string()) {
+                        error!(error = %e, "users file not reloaded: the loaded users stay");
+                    }
+                }
+            }
+        }
         if let Some(d) = result.scripts_digest {
             self.scripts_digest = d;
         }
@@ -470,6 +481,13 @@ fn domain_status(t: &TlsDomains) -> Vec<DomainStatus> {
 pub fn watch_dirs(config: &Config, config_dir: Option<&Path>, base: &Path) -> BTreeSet<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     if let Some(f) = &config.script.file {
+        files.push(resolve(base, f));
+    }
+    // The digest users file reloads like everything else.
+    for f in [&config.auth.users_file, &config.auth.secret_file]
+        .into_iter()
+        .flatten()
+    {
         files.push(resolve(base, f));
     }
     let t = &config.tls;

@@ -438,5 +438,24 @@ async fn digest_authentication_over_tls() {
         );
         assert_ne!(status(&r), Some(200));
     }
+
+    // The users file reloads like everything else: a new password works after a reload.
+    std::fs::write(
+        dir.path().join("users.toml"),
+        "[[user]]\nname = \"alice\"\nrealm = \"example.com\"\npassword = \"looking-glass\"\n",
+    )
+    .unwrap();
+    rt.reload().await;
+    let m = alice.register_msg(300, "");
+    alice.send(&m).await;
+    let ch = alice.recv().await;
+    assert_eq!(status(&ch), Some(401), "{ch}");
+    let m = alice.register_msg(
+        300,
+        &digest_line(&ch, "alice", "looking-glass", "c9", 1, "SHA-256"),
+    );
+    alice.send(&m).await;
+    let r = alice.recv().await;
+    assert_eq!(status(&r), Some(200), "the reloaded password: {r}");
     rt.shutdown();
 }
