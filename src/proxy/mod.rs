@@ -731,16 +731,7 @@ impl Proxy {
                 // RFC 2543 peer: the transaction is its identifying fields.
                 h.write(msg.header(HeaderName::Via).unwrap_or("").as_bytes());
                 h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-                h.write(msg.call_id().unwrap_or("").as_bytes());
-                h.write(
-                    msg.from()
-                        .ok()
-                        .and_then(|f| f.tag())
-                        .unwrap_or("")
-                        .as_bytes(),
-                );
-                h.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
-                h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+                h.write_request_ids(msg);
             }
         }
         let _ = write!(
@@ -923,16 +914,7 @@ fn usable_unicast(ip: IpAddr) -> bool {
 fn loop_hash(msg: &Message) -> u32 {
     let mut h = Fnv::new();
     h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-    h.write(msg.call_id().unwrap_or("").as_bytes());
-    h.write(
-        msg.from()
-            .ok()
-            .and_then(|f| f.tag())
-            .unwrap_or("")
-            .as_bytes(),
-    );
-    h.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
-    h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+    h.write_request_ids(msg);
     for r in msg.header_values(HeaderName::Route) {
         h.write(r.as_bytes());
     }
@@ -962,6 +944,21 @@ impl Fnv {
     }
     fn finish(&self) -> u64 {
         self.0
+    }
+
+    /// Call-ID, From tag, To tag and CSeq number: what identifies a request of a dialog
+    /// (the method is left out so that a CANCEL hashes like its INVITE).
+    fn write_request_ids(&mut self, msg: &Message) {
+        self.write(msg.call_id().unwrap_or("").as_bytes());
+        self.write(
+            msg.from()
+                .ok()
+                .and_then(|f| f.tag())
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        self.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
+        self.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
     }
 }
 
