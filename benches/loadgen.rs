@@ -37,6 +37,9 @@
 //! --tls-version V         1.2 | 1.3 | any                               [any]
 //! --timeout D             per transaction                               [5s]
 //! --threads N             tokio worker threads                          [CPU count]
+//! --flow register        REGISTER with digest (user bob@siprox.test, realm siprox.test)
+//! --digest MD5|SHA-256    register flow: algorithm (default SHA-256)
+//! --password P            register flow: bob's password (default bench)
 //! --idle N --hold D       idle mode
 //! --pid P                 idle mode: proxy pid whose VmRSS is sampled
 //! ```
@@ -82,6 +85,8 @@ use ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
 enum Flow {
     Options,
     Invite,
+    /// REGISTER, 401, REGISTER with digest, 200 (user `bob`, `--password`, `--digest`).
+    Register,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +103,9 @@ struct Args {
     concurrency: usize,
     connections: usize,
     rate: Option<f64>,
+    /// `--flow register`: digest algorithm (`MD5` or `SHA-256`) and bob's password.
+    digest: String,
+    password: String,
     new_conn_per_call: bool,
     source_ips: u8,
     ca: Option<PathBuf>,
@@ -153,6 +161,8 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 64,
         connections: 4,
         rate: None,
+        digest: "SHA-256".to_owned(),
+        password: "bench".to_owned(),
         new_conn_per_call: false,
         source_ips: 1,
         ca: None,
@@ -184,13 +194,16 @@ fn parse_args() -> Result<Args, String> {
                 a.flow = match v()?.as_str() {
                     "options" => Flow::Options,
                     "invite" => Flow::Invite,
-                    f => return Err(format!("unknown flow `{f}` (options, invite)")),
+                    "register" => Flow::Register,
+                    f => return Err(format!("unknown flow `{f}` (options, invite, register)")),
                 }
             }
             "--calls" => a.calls = Some(num(v()?)?),
             "--duration" => a.duration = Some(parse_duration(&v()?)?),
             "--concurrency" => a.concurrency = num(v()?)?.max(1) as usize,
             "--connections" => a.connections = num(v()?)?.max(1) as usize,
+            "--digest" => a.digest = v()?,
+            "--password" => a.password = v()?,
             "--rate" => {
                 let r: f64 = v()?.parse().map_err(|_| "bad --rate".to_owned())?;
                 a.rate = (r > 0.0).then_some(r);
@@ -324,6 +337,7 @@ async fn run_calls(a: Args) -> Result<(), String> {
         match a.flow {
             Flow::Options => "options",
             Flow::Invite => "invite",
+            Flow::Register => "register",
         },
         a.transport.param(),
         a.uas_transport.param(),
@@ -408,6 +422,9 @@ async fn run_calls(a: Args) -> Result<(), String> {
                     Flow::Invite => invite_flow(client, &ruri, opts)
                         .await
                         .map(|rep| rep.invite_rtt),
+                    Flow::Register => {
+                        ua::register_flow(client, opts, &a.digest, "bob", &a.password).await
+                    }
                 };
                 match r {
                     Ok(setup) => {

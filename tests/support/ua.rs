@@ -647,6 +647,87 @@ pub async fn options_flow(
     }
 }
 
+/// REGISTER with digest through the client's proxy: REGISTER, 401, REGISTER with
+/// `Authorization` for `user`/`password` (algorithm `alg`: `MD5` or `SHA-256`), 200. The
+/// AoR is the To of [`build_request`] (`sip:bob@siprox.test`), the realm its host.
+pub async fn register_flow(
+    client: &Client,
+    opts: FlowOpts,
+    alg: &str,
+    user: &str,
+    password: &str,
+) -> Result<Duration, FlowError> {
+    use openssl::hash::{hash, MessageDigest};
+    let ids = CallIds::new();
+    let mut sub = client.subscribe(&ids.call_id);
+    let ruri = "sip:siprox.test";
+    let extra = "Expires: 300\r\n";
+    let first = build_request(
+        client,
+        &Req {
+            extra,
+            ..Req::new("REGISTER", ruri, &ids)
+        },
+    );
+    let start = Instant::now();
+    let (challenge, _) = transact(client, &mut sub, &first, "REGISTER", opts).await?;
+    if challenge.status() != Some(401) {
+        return fail(format!(
+            "REGISTER: expected 401, got {:?}",
+            challenge.status()
+        ));
+    }
+    let want = format!("algorithm={alg}");
+    let Some(line) = challenge
+        .header_values_by_name("WWW-Authenticate")
+        .find(|v| v.contains(&want))
+    else {
+        return fail(format!("no {alg} challenge"));
+    };
+    let Some(nonce) = line
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+    else {
+        return fail("challenge without nonce");
+    };
+    let md = if alg == "SHA-256" {
+        MessageDigest::sha256()
+    } else {
+        MessageDigest::md5()
+    };
+    let h = |t: &str| -> String {
+        hash(md, t.as_bytes())
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default()
+    };
+    let ha1 = h(&format!("{user}:siprox.test:{password}"));
+    let ha2 = h(&format!("REGISTER:{ruri}"));
+    let cnonce = &ids.from_tag;
+    let response = h(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
+    let auth = format!(
+        "{extra}Authorization: Digest username=\"{user}\", realm=\"siprox.test\", \
+         nonce=\"{nonce}\", uri=\"{ruri}\", response=\"{response}\", algorithm={alg}, \
+         qop=auth, nc=00000001, cnonce=\"{cnonce}\"\r\n"
+    );
+    let second = build_request(
+        client,
+        &Req {
+            extra: &auth,
+            cseq: 2,
+            ..Req::new("REGISTER", ruri, &ids)
+        },
+    );
+    let (ok, _) = transact(client, &mut sub, &second, "REGISTER", opts).await?;
+    match ok.status() {
+        Some(200) => Ok(start.elapsed()),
+        s => fail(format!(
+            "REGISTER with {alg} digest: got {s:?} {}",
+            ok.reason().unwrap_or("")
+        )),
+    }
+}
+
 /// INVITE-180-200-ACK-BYE-200 to `ruri` through the client's proxy. ACK and BYE follow the
 /// route set (the 200's Record-Route, reversed) to its remote target (the 200's Contact);
 /// the first hop of a non-empty route set must be the proxy this client is connected to,
