@@ -459,3 +459,82 @@ async fn digest_authentication_over_tls() {
     assert_eq!(status(&r), Some(200), "the reloaded password: {r}");
     rt.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_star_removal_and_expiry_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = setup(dir.path(), &default_script());
+    // Short expiries for the test: a binding may live one second.
+    cfg.registrar.min_expires = 1;
+    let rt = start(cfg, dir.path());
+    let addr = rt.local_addr(Transport::Tls).unwrap();
+    let ca = ca_file(dir.path());
+    let mut alice = Phone::connect("alice", addr, &ca).await;
+    let mut bob = Phone::connect("bob", addr, &ca).await;
+
+    // Path (RFC 3327): stored, echoed, and pre-loaded as a Route for requests to bob.
+    let m = bob.register_msg(300, "Supported: path\r\nPath: <sip:127.0.0.1:9;lr>\r\n");
+    bob.send(&m).await;
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(200), "{r}");
+    assert!(r.contains("Path: <sip:127.0.0.1:9;lr>"), "{r}");
+    // Path without Supported: path is refused (strict mode, 420).
+    let m = bob.register_msg(300, "Path: <sip:127.0.0.1:9;lr>\r\n");
+    bob.send(&m).await;
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(420), "{r}");
+
+    // Contact: * with Expires: 0 removes every binding: a call to bob is then 404.
+    bob.cseq += 1;
+    let star = format!(
+        "REGISTER sip:example.com SIP/2.0\r\n\
+         Via: SIP/2.0/TLS {UNREACHABLE};branch=z9hG4bK-star-{c};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@example.com>;tag=rbob\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: reg-bob\r\n\
+         CSeq: {c} REGISTER\r\n\
+         Contact: *\r\n\
+         Expires: 0\r\n\
+         Content-Length: 0\r\n\r\n",
+        c = bob.cseq
+    );
+    bob.send(&star).await;
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(200), "{r}");
+    assert!(!r.contains("Contact:"), "no binding left: {r}");
+    alice.send(&invite("alice", "bob", "after-star")).await;
+    let r = alice.recv().await;
+    assert_eq!(status(&r), Some(404), "{r}");
+
+    // A binding expires on time: registered for one second, then a call is 404.
+    let m = bob.register_msg(1, "");
+    bob.send(&m).await;
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(200), "{r}");
+    let mut n = 0;
+    let mut last = String::new();
+    assert_eventually!(
+        {
+            n += 1;
+            alice
+                .send(&invite("alice", "bob", &format!("expiry-{n}")))
+                .await;
+            // Still registered: bob gets the INVITE and turns it down; else alice gets 404.
+            match read_message(&mut bob.s, &mut bob.buf, Duration::from_millis(300)).await {
+                Ok(inv) => {
+                    bob.send(&answer(&inv, 486, "Busy Here", "b", "bob")).await;
+                    last = alice.recv().await;
+                    false
+                }
+                Err(_) => {
+                    last = alice.recv().await;
+                    status(&last) == Some(404)
+                }
+            }
+        },
+        Duration::from_secs(10),
+        "bob's one-second binding expires: {last}"
+    );
+    rt.shutdown();
+}
