@@ -513,7 +513,7 @@ async fn path_star_removal_and_expiry_over_tls() {
     let r = bob.recv().await;
     assert_eq!(status(&r), Some(200), "{r}");
     let mut n = 0;
-    let mut last = String::new();
+    let mut last;
     assert_eventually!(
         {
             n += 1;
