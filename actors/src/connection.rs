@@ -340,6 +340,9 @@ impl Connection {
                     self.settings.send_timeout = t;
                 }
                 self.tls = est.facts;
+                if self.tls.is_some() {
+                    inc(&self.worker.shared.stats.tls_handshakes);
+                }
                 if let Some(f) = &self.tls {
                     // For the management RPC (`tls.list`), readable from any thread.
                     self.queued.set_tls_facts(f.clone());
@@ -364,6 +367,12 @@ impl Connection {
                     CloseReason::ConnectFailed => &stats.connect_failures,
                     _ => &stats.handshake_failures,
                 });
+                if reason != CloseReason::ConnectFailed {
+                    let i = crate::shared::tls_failure_reason(&why);
+                    if let Some(c) = stats.tls_failures.get(i) {
+                        inc(c);
+                    }
+                }
                 let queued = self.wq.len();
                 if self.dest.is_some() {
                     // siprox chose to connect: a failure loses messages, the operator must see it.

@@ -106,12 +106,23 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         refused,
     );
 
-    // Successful handshakes and failure reasons are not counted separately yet.
-    counter(&mut r, "tls_handshakes", "TLS handshakes completed", 0);
+    let st = &rpc.shared.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    counter(
+        &mut r,
+        "tls_handshakes",
+        "TLS handshakes completed",
+        load(&st.tls_handshakes),
+    );
     let hs_fail: Family<Labels, Counter> = Family::default();
-    hs_fail
-        .get_or_create(&labels(&[("reason", "unclassified")]))
-        .inc_by(s.handshake_failures);
+    for (reason, c) in crate::shared::TLS_FAILURE_REASONS
+        .iter()
+        .zip(st.tls_failures.iter())
+    {
+        hs_fail
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(load(c));
+    }
     r.register(
         "tls_handshake_failures",
         "TLS handshakes that failed or timed out, by reason",

@@ -79,6 +79,10 @@ pub struct Stats {
     pub(crate) send_failures: AtomicU64,
     pub(crate) dns_failures: AtomicU64,
     pub(crate) script_errors: AtomicU64,
+    /// TLS handshakes completed (both directions).
+    pub(crate) tls_handshakes: AtomicU64,
+    /// Failed TLS handshakes by reason: timeout, certificate, unknown SNI, other.
+    pub(crate) tls_failures: [AtomicU64; 4],
     /// Requests by method and responses sent by status code (for `/metrics`).
     pub(crate) sip: SipCounts,
 }
@@ -372,5 +376,49 @@ impl Shared {
             send_failures: g(&s.send_failures),
             dns_failures: g(&s.dns_failures),
         }
+    }
+}
+
+/// Reason labels of `Stats::tls_failures`, in index order.
+pub const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "certificate", "unrecognized_name", "other"];
+
+/// The index in `Stats::tls_failures` of a failed handshake, from its error text.
+pub(crate) fn tls_failure_reason(why: &str) -> usize {
+    let w = why.to_ascii_lowercase();
+    if w.contains("timeout") || w.contains("timed out") {
+        0
+    } else if w.contains("certificate") || w.contains("verify") {
+        1
+    } else if w.contains("unrecognized name") || w.contains("unrecognized_name") {
+        2
+    } else {
+        3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_are_classified() {
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason("handshake timeout")],
+            "timeout"
+        );
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason(
+                "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed"
+            )],
+            "certificate"
+        );
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason("tlsv1 unrecognized name")],
+            "unrecognized_name"
+        );
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason("wrong version number")],
+            "other"
+        );
     }
 }

@@ -723,4 +723,5 @@ async fn reload_storm_during_tls_traffic_fails_nothing() {
         "{m}"
     );
     assert!(value("siprox_replies_total{code=\"200\"}") > 0, "{m}");
+    assert!(value("siprox_tls_handshakes_total") >= 4, "{m}");
 }
