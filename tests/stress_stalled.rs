@@ -100,7 +100,7 @@ async fn stalled_tls_peers_lose_their_own_connections_and_nobody_else_waits() {
             let mut i = 0u32;
             while !*stop_rx.borrow_and_update() {
                 let t = Instant::now();
-                let r = if i % 2 == 0 {
+                let r = if i.is_multiple_of(2) {
                     options_flow(&normal, &ruri, opts).await.map(|_| ())
                 } else {
                     invite_flow(&normal, &ruri, opts).await.map(|_| ())
