@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use siprox::auth::{AuthSettings, Authenticator, Users};
@@ -34,13 +34,6 @@ impl std::fmt::Debug for Location {
             .field("snapshot_file", &self.snapshot_file)
             .finish()
     }
-}
-
-pub(crate) fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Location {
@@ -94,7 +87,7 @@ impl Location {
             .map(|f| siprox::tls::resolve(base, f));
         if let Some(p) = &snapshot_file {
             match std::fs::read(p) {
-                Ok(bytes) => match restore(&*store, &bytes, now_unix()) {
+                Ok(bytes) => match restore(&*store, &bytes, crate::tls::unix_now()) {
                     Ok(n) => info!(bindings = n, file = %p.display(), "location snapshot restored"),
                     Err(e) => {
                         let aside = p.with_extension("bad");
@@ -129,7 +122,7 @@ impl Location {
 
     /// Remove expired bindings.
     pub fn expire(&self) -> usize {
-        self.store.expire(now_unix()).unwrap_or(0)
+        self.store.expire(crate::tls::unix_now()).unwrap_or(0)
     }
 
     /// Write the snapshot file atomically, if one is configured.
@@ -137,7 +130,7 @@ impl Location {
         let Some(path) = &self.snapshot_file else {
             return Ok(());
         };
-        let bytes = to_snapshot(&*self.store, now_unix())
+        let bytes = to_snapshot(&*self.store, crate::tls::unix_now())
             .map_err(|e| RuntimeError::Config(format!("location snapshot: {e}")))?;
         write_atomically(path, &bytes).map_err(|e| RuntimeError::Io {
             what: format!("writing location snapshot {}", path.display()),

@@ -3,10 +3,6 @@
 //! Compiling reads files, so it runs before the workers start or on a reload thread;
 //! running a script never blocks and never panics (the interpreter bounds every run).
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use siprox::auth::{self, AuthKind, Verdict};
 use siprox::config::Config;
 use siprox::proxy::{Action, ConnId, Destination, ForwardOpts, Inbound, Proxy};
@@ -16,10 +12,12 @@ use siprox::script::{self, Host, Level, MsgCtx, Script};
 use siprox::sip::HeaderName;
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
+use std::collections::HashMap;
+use std::path::Path;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::location::Location;
-use crate::shared::Shared;
+use crate::shared::{Shared, Snapshot};
 
 /// The compiled scripts of one snapshot. Immutable; shared by every worker.
 #[derive(Debug, Default, Clone)]
@@ -131,6 +129,8 @@ pub(crate) struct RuntimeHost<'a> {
     pub http_reply: Option<(u16, String)>,
     /// Registrations, credentials and the connection table (absent in unit contexts).
     shared: Option<&'a Shared>,
+    /// `[registrar]` of the snapshot the message is handled with.
+    registrar: Option<&'a registrar::Settings>,
     /// Set by `lookup("location")`: the registered flow and Path the next `forward()` uses.
     flow: Option<Destination>,
     routes: Vec<String>,
@@ -156,32 +156,26 @@ impl<'a> RuntimeHost<'a> {
             dispatched: false,
             http_reply: None,
             shared: None,
+            registrar: None,
             flow: None,
             routes: Vec::new(),
             stale: false,
-            now: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
+            now: crate::tls::unix_now(),
         }
     }
 }
 
 impl<'a> RuntimeHost<'a> {
-    /// With registrar, authentication and connection table.
-    pub fn with_shared(mut self, shared: &'a Shared) -> Self {
+    /// With registrar (its store and the snapshot's settings), authentication and the
+    /// connection table.
+    pub fn with_shared(mut self, shared: &'a Shared, registrar: &'a registrar::Settings) -> Self {
         self.shared = Some(shared);
+        self.registrar = Some(registrar);
         self
     }
 
     fn location(&self) -> Option<&'a Location> {
         self.shared.and_then(|s| s.location.get()).map(|l| &**l)
-    }
-
-    fn registrar_settings(&self) -> registrar::Settings {
-        self.shared
-            .map(|s| s.snapshot.load().config.registrar.clone())
-            .unwrap_or_default()
     }
 
     /// A reply decided by a registrar or auth function; at most one reply per request.
@@ -288,8 +282,10 @@ impl Host for RuntimeHost<'_> {
         let (Some(msg), Some(loc)) = (self.msg, self.location()) else {
             return -1;
         };
-        let settings = self.registrar_settings();
-        match registrar::save(msg, self.rx, self.now, &settings, &*loc.store) {
+        let Some(settings) = self.registrar else {
+            return -1;
+        };
+        match registrar::save(msg, self.rx, self.now, settings, &*loc.store) {
             Ok(saved) => {
                 let r = saved.reply(self.now);
                 self.send_reply(ctx, r.code, &r.reason, &r.headers);
@@ -317,9 +313,11 @@ impl Host for RuntimeHost<'_> {
         let Ok(uri) = siprox::sip::Uri::parse(&uri_text) else {
             return -1;
         };
-        let settings = self.registrar_settings();
+        let Some(settings) = self.registrar else {
+            return -1;
+        };
         let alive = |c: ConnId| shared.table.get(c).is_some();
-        match registrar::lookup(&uri, self.now, &settings, &*loc.store, &alive) {
+        match registrar::lookup(&uri, self.now, settings, &*loc.store, &alive) {
             Ok(LookupResult::Found(t)) => {
                 ctx.edits.new_ruri = Some(t.ruri.clone());
                 self.routes = t.route.clone();
@@ -422,12 +420,14 @@ pub(crate) fn run_request(
     script: &Script,
     tag: Option<&str>,
     shared: &Shared,
-    proxy: &Proxy,
+    snap: &Snapshot,
     msg: &Message,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
 ) -> Vec<(Action, ForwardOpts)> {
-    let mut host = RuntimeHost::new(proxy, Some(msg), rx, tag).with_shared(shared);
+    let proxy = &snap.proxy;
+    let mut host =
+        RuntimeHost::new(proxy, Some(msg), rx, tag).with_shared(shared, &snap.config.registrar);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);
     if outcome.is_error() {

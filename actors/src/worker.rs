@@ -74,7 +74,7 @@ impl Worker {
                         script,
                         tag,
                         &self.shared,
-                        &snap.proxy,
+                        &snap,
                         &msg,
                         &inbound,
                         tls.as_deref(),
