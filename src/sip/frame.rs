@@ -29,8 +29,9 @@ pub enum Frame {
 #[derive(Debug)]
 pub struct StreamFramer {
     limits: Limits,
-    /// Head of the message whose body is still arriving.
-    pending: Option<Head>,
+    /// Head of the message whose body is still arriving. Boxed: it is rare (a body split
+    /// across reads), and every idle connection holds a framer.
+    pending: Option<Box<Head>>,
     /// How far the buffer has been searched for the end of the head without finding it.
     scanned: usize,
 }
@@ -110,27 +111,45 @@ impl StreamFramer {
                             }
                         }
                     }
-                    self.pending = Some(head);
+                    // The common case, the whole message in one read: no box.
+                    if buf.len() >= total_len(&head) {
+                        return self.complete(buf, head);
+                    }
+                    self.pending = Some(Box::new(head));
                 }
             }
         }
         let Some(head) = self.pending.as_ref() else {
             return Ok(None);
         };
-        let total = match head.content_length {
-            ContentLength::Value(n) => head.len + n,
-            _ => head.len,
-        };
+        let total = total_len(head);
         if buf.len() < total {
             if buf.capacity() < total {
                 buf.reserve(total - buf.len());
             }
             return Ok(None);
         }
-        let head = self.pending.take().expect("checked above");
+        match self.pending.take() {
+            Some(head) => self.complete(buf, *head),
+            None => Ok(None),
+        }
+    }
+
+    /// The message whose head is `head`, now that `buf` holds all of it.
+    fn complete(&mut self, buf: &mut BytesMut, head: Head) -> Result<Option<Frame>, ParseError> {
+        let total = total_len(&head);
         self.scanned = 0;
         let bytes = buf.split_to(total).freeze();
         Message::from_head(bytes, head, &self.limits).map(|m| Some(Frame::Message(m)))
+    }
+}
+
+/// Head plus body, as Content-Length says (the head alone when it says nothing usable:
+/// such heads were refused before they got here).
+fn total_len(head: &Head) -> usize {
+    match head.content_length {
+        ContentLength::Value(n) => head.len + n,
+        _ => head.len,
     }
 }
 
