@@ -437,7 +437,7 @@ fn domain_status(t: &TlsDomains) -> Vec<DomainStatus> {
         .map(|d| {
             let c = &d.ctx.cert;
             DomainStatus {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 side: "server",
                 names: d.spec.sni.clone(),
                 addresses: d.spec.listen.iter().map(ToString::to_string).collect(),
@@ -455,7 +455,7 @@ fn domain_status(t: &TlsDomains) -> Vec<DomainStatus> {
             .iter()
             .chain(std::iter::once(&t.default_client))
             .map(|d| DomainStatus {
-                name: d.name.clone(),
+                name: d.name.to_string(),
                 side: "client",
                 names: d.spec.server_names.clone(),
                 addresses: d

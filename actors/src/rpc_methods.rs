@@ -155,11 +155,11 @@ pub(crate) fn conn_json(i: &ConnInfo) -> Value {
         "peer": i.peer.to_string(),
         "transport": i.transport.to_string(),
         "direction": if i.outgoing { "out" } else { "in" },
-        "domain": t.and_then(|t| t.domain.clone()),
+        "domain": t.and_then(|t| t.domain.as_deref()),
         "sni": t.and_then(|t| t.server_name.clone())
             .or_else(|| i.server_name.as_deref().map(str::to_owned)),
-        "tls_version": t.map(|t| t.version.clone()),
-        "cipher": t.map(|t| t.cipher.clone()),
+        "tls_version": t.map(|t| &*t.version),
+        "cipher": t.map(|t| &*t.cipher),
         "peer_subject": t.and_then(|t| t.peer.as_ref().map(|c| c.subject.line.clone())),
         "verified": t.map(|t| t.peer_verified),
         "age": i.age.as_secs(),
@@ -175,8 +175,9 @@ fn tls_info(infos: &[ConnInfo]) -> Value {
         let d = i
             .tls
             .as_ref()
-            .and_then(|t| t.domain.clone())
-            .unwrap_or_else(|| "unknown".to_owned());
+            .and_then(|t| t.domain.as_deref())
+            .unwrap_or("unknown")
+            .to_owned();
         *by_domain.entry(d).or_default() += 1;
     }
     let by: Map<String, Value> = by_domain

@@ -67,8 +67,9 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         let domain = i
             .tls
             .as_ref()
-            .and_then(|t| t.domain.clone())
-            .unwrap_or_default();
+            .and_then(|t| t.domain.as_deref())
+            .unwrap_or_default()
+            .to_owned();
         *counts.entry((i.transport.to_string(), domain)).or_default() += 1;
     }
     for ((t, d), n) in counts {

@@ -5,6 +5,9 @@
 //! thread, never on a worker. The callback runs on workers: it must never block, allocate
 //! beyond the SNI, or panic. Never logs key material.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -22,8 +25,8 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    ClientHelloResponse, Ssl, SslAlert, SslContext, SslContextBuilder, SslContextRef, SslMethod,
-    SslMode, SslRef, SslVerifyMode, SslVersion,
+    ClientHelloResponse, Ssl, SslAlert, SslCipherRef, SslContext, SslContextBuilder, SslContextRef,
+    SslMethod, SslMode, SslRef, SslVerifyMode, SslVersion,
 };
 use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
@@ -53,7 +56,7 @@ const DEFAULT_ID: &str = "[tls]";
 /// The server side of one TLS domain, as the handshake uses it.
 pub struct ServerDomain {
     /// Domain name (`[domains.<name>]`, or [`DEFAULT_DOMAIN`]).
-    pub name: String,
+    pub name: Arc<str>,
     /// The built context; shared (`Arc::ptr_eq`) with the previous snapshot when unchanged.
     pub ctx: Arc<ServerContext>,
     /// SNI names and listeners this domain answers on.
@@ -81,7 +84,7 @@ impl std::fmt::Debug for ServerDomain {
 
 /// The client side of one TLS domain.
 pub struct ClientDomain {
-    pub name: String,
+    pub name: Arc<str>,
     pub ctx: Arc<ClientContext>,
     pub spec: ClientSpec,
     pub handshake_timeout: Option<Duration>,
@@ -195,7 +198,7 @@ pub fn build_domains(
             p.servers
                 .iter()
                 .chain(p.default_server.iter())
-                .find(|d| d.name == name)
+                .find(|d| &*d.name == name)
         })
     };
     let prev_client = |name: &str| {
@@ -203,7 +206,7 @@ pub fn build_domains(
             p.clients
                 .iter()
                 .chain(std::iter::once(&p.default_client))
-                .find(|d| d.name == name)
+                .find(|d| &*d.name == name)
         })
     };
     let server = |name: &str, id: &str, s: &ServerTls, errors: &mut Vec<DomainError>| {
@@ -249,7 +252,7 @@ pub fn build_domains(
         let spec = siprox::tls::server_spec(name, d, s, &domain_source(config, name));
         if let Some((ctx, open)) = server(name, name, s, &mut errors) {
             servers.push(Arc::new(ServerDomain {
-                name: name.clone(),
+                name: name.as_str().into(),
                 ctx,
                 spec: spec.clone(),
                 handshake_timeout: s.handshake_timeout.map(|d| d.get()),
@@ -285,10 +288,10 @@ pub fn build_domains(
     {
         server(DEFAULT_DOMAIN, DEFAULT_ID, &t.server_tls(), &mut errors).map(|(ctx, open)| {
             Arc::new(ServerDomain {
-                name: DEFAULT_DOMAIN.to_owned(),
+                name: DEFAULT_DOMAIN.into(),
                 ctx,
                 spec: ServerSpec {
-                    name: DEFAULT_DOMAIN.to_owned(),
+                    name: DEFAULT_DOMAIN.into(),
                     source: "[tls]".to_owned(),
                     sni: Vec::new(),
                     listen: Vec::new(),
@@ -339,7 +342,7 @@ pub fn build_domains(
         };
         if let Some(ctx) = client(&spec.name, c, &mut errors) {
             clients.push(Arc::new(ClientDomain {
-                name: spec.name.clone(),
+                name: spec.name.as_str().into(),
                 ctx,
                 spec: spec.clone(),
                 handshake_timeout: c.handshake_timeout.map(|d| d.get()),
@@ -364,7 +367,7 @@ pub fn build_domains(
     }
     let default_client = client(DEFAULT_DOMAIN, &dc, &mut errors).map(|ctx| {
         Arc::new(ClientDomain {
-            name: DEFAULT_DOMAIN.to_owned(),
+            name: DEFAULT_DOMAIN.into(),
             ctx,
             spec: ClientSpec::default(),
             handshake_timeout: None,
@@ -393,13 +396,25 @@ impl TlsDomains {
             .servers
             .iter()
             .chain(self.default_server.iter())
-            .map(|d| (d.name.clone(), d.ctx.digest, format!("server {:?}", d.spec)))
+            .map(|d| {
+                (
+                    d.name.to_string(),
+                    d.ctx.digest,
+                    format!("server {:?}", d.spec),
+                )
+            })
             .collect();
         v.extend(
             self.clients
                 .iter()
                 .chain(std::iter::once(&self.default_client))
-                .map(|d| (d.name.clone(), d.ctx.digest, format!("client {:?}", d.spec))),
+                .map(|d| {
+                    (
+                        d.name.to_string(),
+                        d.ctx.digest,
+                        format!("client {:?}", d.spec),
+                    )
+                }),
         );
         v
     }
@@ -573,37 +588,54 @@ fn dispatch_hello(
 /// presented (known from the domain on the server side; read from the `Ssl` otherwise).
 pub fn facts(
     ssl: &SslRef,
-    domain: Option<&str>,
+    domain: Option<&Arc<str>>,
     server_name: Option<String>,
     my: Option<Arc<CertFacts>>,
 ) -> TlsFacts {
-    let version = ssl.version_str().to_owned();
+    let version = ssl.version_str();
     let (cipher, bits, desc) = match ssl.current_cipher() {
-        Some(c) => (
-            c.name().to_owned(),
-            u32::try_from(c.bits().secret).unwrap_or(0),
-            c.description().trim().to_owned(),
-        ),
-        None => (String::new(), 0, String::new()),
+        Some(c) => {
+            let bits = u32::try_from(c.bits().secret).unwrap_or(0);
+            (c.name(), bits, cipher_desc(c, version, bits))
+        }
+        None => ("", 0, Arc::from(version)),
     };
     let peer = ssl.peer_certificate().map(|c| Arc::new(cert_facts(&c)));
     let peer_verified = peer.is_some() && ssl.verify_result() == X509VerifyResult::OK;
     let my = my.or_else(|| ssl.certificate().map(|c| Arc::new(cert_facts(c))));
     TlsFacts {
-        desc: if desc.is_empty() {
-            format!("{version} {cipher} {bits}")
-        } else {
-            desc
-        },
-        version,
-        cipher,
+        desc,
+        version: Cow::Borrowed(version),
+        cipher: Cow::Borrowed(cipher),
         cipher_bits: bits,
         server_name,
-        domain: domain.map(str::to_owned),
+        domain: domain.cloned(),
         peer,
         my,
         peer_verified,
     }
+}
+
+/// OpenSSL's one-line description of `cipher`, made once per cipher and worker thread and
+/// shared by every connection that negotiates it (no lock: a per-thread cache).
+fn cipher_desc(cipher: &SslCipherRef, version: &str, bits: u32) -> Arc<str> {
+    thread_local! {
+        static DESCS: RefCell<HashMap<&'static str, Arc<str>>> = RefCell::new(HashMap::new());
+    }
+    DESCS.with(|m| {
+        m.borrow_mut()
+            .entry(cipher.name())
+            .or_insert_with(|| {
+                let d = cipher.description();
+                let d = d.trim();
+                if d.is_empty() {
+                    Arc::from(format!("{version} {} {bits}", cipher.name()))
+                } else {
+                    Arc::from(d)
+                }
+            })
+            .clone()
+    })
 }
 
 fn tls_err(what: &str, path: Option<&Path>, e: ErrorStack) -> RuntimeError {

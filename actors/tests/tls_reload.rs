@@ -237,7 +237,7 @@ async fn unchanged_reload_publishes_nothing_and_keeps_contexts() {
         s.tls
             .servers
             .iter()
-            .find(|d| d.name == name)
+            .find(|d| &*d.name == name)
             .expect("domain")
             .ctx
             .clone()

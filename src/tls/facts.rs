@@ -2,23 +2,25 @@
 //! once per connection at handshake (by the runtime), read by the `@tls.*` selects and
 //! `$tls_*` pseudo-variables. No OpenSSL types here; never holds key material.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Facts about one TLS connection.
+/// Facts about one TLS connection. Kept for the connection's life, so it shares what it
+/// can: names OpenSSL holds statically, the domain's name, the cipher's description.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFacts {
     /// Negotiated protocol, as OpenSSL names it: `TLSv1.2`, `TLSv1.3`.
-    pub version: String,
+    pub version: Cow<'static, str>,
     /// Cipher name, e.g. `TLS_AES_256_GCM_SHA384` or `ECDHE-RSA-AES256-GCM-SHA384`.
-    pub cipher: String,
+    pub cipher: Cow<'static, str>,
     /// Secret bits of the cipher.
     pub cipher_bits: u32,
     /// One-line description (`@tls` / `@tls.desc`): version, cipher and bits.
-    pub desc: String,
+    pub desc: Arc<str>,
     /// SNI the client sent (server side) or that siprox sent (client side).
     pub server_name: Option<String>,
     /// The name of the TLS domain the connection belongs to.
-    pub domain: Option<String>,
+    pub domain: Option<Arc<str>>,
     /// The peer's certificate, when it sent one.
     pub peer: Option<Arc<CertFacts>>,
     /// siprox's own certificate on this connection.
