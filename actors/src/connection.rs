@@ -34,7 +34,7 @@ use tokio_openssl::SslStream;
 use tracing::{debug, info_span, trace, warn, Span};
 
 use crate::shared::{inc, ConnSettings, Slot};
-use crate::table::{ConnHandle, PeerKey, WriteQueue};
+use crate::table::{ConnHandle, ConnShared, PeerKey};
 use crate::tls;
 use crate::worker::Worker;
 
@@ -119,27 +119,36 @@ enum Phase {
     Draining(CloseReason),
 }
 
+/// What a connection needs until it is open.
+struct Start {
+    /// The accepted TCP stream (none for an outgoing connection: it connects).
+    accepted: Option<TcpStream>,
+    settings: ConnSettings,
+}
+
 /// One TCP/TLS stream.
 pub struct Connection {
-    id: ConnId,
-    transport: Transport,
-    peer: SocketAddr,
+    /// Id, key (transport and peer), own mailbox and write-queue accounting: what the
+    /// connection table and every handle see.
+    shared: Arc<ConnShared>,
     local: SocketAddr,
-    key: PeerKey,
-    /// Server name to verify when this is an outgoing TLS connection.
-    dest: Option<Destination>,
+    /// Where an outgoing connection goes (and the server name to verify for TLS); boxed:
+    /// accepted connections, the many, do not pay for it.
+    dest: Option<Box<Destination>>,
     span: Span,
     worker: Rc<Worker>,
-    settings: ConnSettings,
-    /// The accepted TCP stream until the handshake takes it.
-    accepted: Option<TcpStream>,
+    /// What only the start needs (the accepted stream, its timeouts): boxed and dropped
+    /// once the connection is open.
+    start: Option<Box<Start>>,
+    idle_timeout: Duration,
+    /// `[connections] send_timeout`, or the TLS domain's own.
+    send_timeout: Duration,
     io: Option<Io>,
     rbuf: BytesMut,
     framer: StreamFramer,
     wq: VecDeque<Bytes>,
     /// Bytes of `wq.front()` already written.
     woff: usize,
-    queued: Arc<WriteQueue>,
     /// Armed while the socket refuses our bytes; reset whenever some are accepted.
     send_timer: Option<Pin<Box<Sleep>>>,
     idle_timer: Option<Pin<Box<Sleep>>>,
@@ -172,24 +181,26 @@ impl Connection {
             addr: peer,
             server_name: None,
         };
-        Connection::create(move |_ctx| Connection {
-            id,
-            transport,
-            peer,
+        let ctx = Context::new();
+        let shared = ConnShared::new(id, key, ctx.address(), settings.max_write_queue, false);
+        ctx.run(Connection {
+            shared,
             local,
-            key,
             dest: None,
             span: conn_span(id, peer, transport, "in"),
             worker: worker.clone(),
-            settings,
-            accepted: Some(tcp),
+            start: Some(Box::new(Start {
+                accepted: Some(tcp),
+                settings,
+            })),
+            idle_timeout: settings.idle_timeout,
+            send_timeout: settings.send_timeout,
             io: None,
             rbuf: BytesMut::new(),
             http: None,
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
-            queued: Arc::new(WriteQueue::default()),
             send_timer: None,
             idle_timer: None,
             last_activity: Instant::now(),
@@ -211,27 +222,34 @@ impl Connection {
         let limits = snap.limits;
         drop(snap);
         let id = worker.shared.next_conn_id();
-        let queued = Arc::new(WriteQueue::default());
-        let q = queued.clone();
         let slot = worker.shared.admit_outgoing();
-        let addr = Connection::create(|_ctx| Connection {
+        let ctx = Context::new();
+        let shared = ConnShared::new(
             id,
-            transport: dest.transport,
-            peer: dest.addr,
+            key.clone(),
+            ctx.address(),
+            settings.max_write_queue,
+            true,
+        );
+        let handle = ConnHandle::new(shared.clone());
+        ctx.run(Connection {
+            shared,
             local: dest.addr,
-            key: key.clone(),
-            dest: Some(dest.clone()),
+            dest: Some(Box::new(dest.clone())),
             span: conn_span(id, dest.addr, dest.transport, "out"),
             worker: worker.clone(),
-            settings,
-            accepted: None,
+            start: Some(Box::new(Start {
+                accepted: None,
+                settings,
+            })),
+            idle_timeout: settings.idle_timeout,
+            send_timeout: settings.send_timeout,
             io: None,
             rbuf: BytesMut::new(),
             http: None,
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
-            queued: q,
             send_timer: None,
             idle_timer: None,
             last_activity: Instant::now(),
@@ -239,23 +257,35 @@ impl Connection {
             tls: None,
             _slot: slot,
         });
-        ConnHandle::new(id, addr, queued, settings.max_write_queue).outgoing()
+        handle
+    }
+
+    fn id(&self) -> ConnId {
+        self.shared.id
+    }
+
+    fn transport(&self) -> Transport {
+        self.shared.key.transport
     }
 
     fn inbound(&self) -> Inbound {
         Inbound {
-            transport: self.transport,
-            source: self.peer,
+            transport: self.transport(),
+            source: self.shared.key.addr,
             local: self.local,
-            conn: Some(self.id),
+            conn: Some(self.id()),
         }
     }
 
     /// Handshake (incoming TLS) or connect (outgoing), then open.
     fn begin(&mut self, ctx: &mut Context<Self>) {
+        let Some(start) = self.start.take() else {
+            ctx.stop();
+            return;
+        };
         if let Some(dest) = self.dest.clone() {
             let domains = self.worker.shared.snapshot.load().tls.clone();
-            let s = self.settings;
+            let s = start.settings;
             let fut = async move {
                 let tcp =
                     match tokio::time::timeout(s.connect_timeout, TcpStream::connect(dest.addr))
@@ -291,19 +321,19 @@ impl Connection {
             ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
             return;
         }
-        let Some(tcp) = self.accepted.take() else {
+        let Some(tcp) = start.accepted else {
             ctx.stop();
             return;
         };
         let _ = tcp.set_nodelay(true);
-        if self.transport != Transport::Tls {
+        if self.transport() != Transport::Tls {
             self.started_io(Ok(Established::plain(Io::Tcp(tcp))), ctx);
             return;
         }
         // The domains of the snapshot at accept time: the ClientHello callback picks one.
         let domains = self.worker.shared.snapshot.load().tls.clone();
         let ssl = tls::server_ssl(&self.worker.shared.dispatch, domains, self.local);
-        let timeout = self.settings.handshake_timeout;
+        let timeout = start.settings.handshake_timeout;
         let fut = async move {
             let ssl = ssl.map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
             let stream = handshake(ssl, tcp, timeout, true).await?;
@@ -337,7 +367,7 @@ impl Connection {
         let io = match res {
             Ok(est) => {
                 if let Some(t) = est.send_timeout {
-                    self.settings.send_timeout = t;
+                    self.send_timeout = t;
                 }
                 self.tls = est.facts;
                 if self.tls.is_some() {
@@ -345,7 +375,7 @@ impl Connection {
                 }
                 if let Some(f) = &self.tls {
                     // For the management RPC (`tls.list`), readable from any thread.
-                    self.queued.set_tls_facts(f.clone());
+                    self.shared.set_tls_facts(f.clone());
                     // event_route[tls:connection-in]: the script may refuse the peer.
                     if self.dest.is_none() {
                         let inbound = self.inbound();
@@ -413,24 +443,19 @@ impl Connection {
             debug!("connection established");
         }
         self.io = Some(io);
-        self.queued.established.store(true, Ordering::Release);
+        self.shared.established.store(true, Ordering::Release);
         if self.phase == Phase::Starting {
             self.phase = Phase::Open;
         }
         self.last_activity = Instant::now();
         // idle_timeout = 0: connections are never closed for idleness.
-        if !self.settings.idle_timeout.is_zero() {
-            self.idle_timer = Some(Box::pin(tokio::time::sleep(self.settings.idle_timeout)));
+        if !self.idle_timeout.is_zero() {
+            self.idle_timer = Some(Box::pin(tokio::time::sleep(self.idle_timeout)));
         }
         if self.dest.is_none() {
             // Incoming: reachable by id (responses) and by peer (requests to the same flow).
-            let handle = ConnHandle::new(
-                self.id,
-                ctx.address(),
-                self.queued.clone(),
-                self.settings.max_write_queue,
-            );
-            self.worker.shared.table.insert(self.key.clone(), handle);
+            let handle = ConnHandle::new(self.shared.clone());
+            self.worker.shared.table.insert(handle);
         }
         ctx.spawn(IoDriver);
     }
@@ -453,7 +478,7 @@ impl Connection {
                         let len = front.len();
                         self.wq.pop_front();
                         self.woff = 0;
-                        self.queued.bytes.fetch_sub(len, Ordering::AcqRel);
+                        self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
                     }
                 }
                 Poll::Ready(Err(e)) => return Err(CloseReason::WriteError(e.kind())),
@@ -468,7 +493,7 @@ impl Connection {
             }
             return Ok(());
         }
-        let deadline = Instant::now() + self.settings.send_timeout;
+        let deadline = Instant::now() + self.send_timeout;
         match &mut self.send_timer {
             None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             Some(t) if progressed => t.as_mut().reset(deadline),
@@ -610,7 +635,7 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.worker.shared.table.remove(self.id, &self.key);
+        self.worker.shared.table.remove(self.id(), &self.shared.key);
         trace!(parent: &self.span, "connection actor stopped");
     }
 }
@@ -649,7 +674,7 @@ impl Connection {
     fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         let _e = self.span.clone().entered();
         let stats = &self.worker.shared.stats;
-        let queued = self.queued.bytes.load(Ordering::Relaxed);
+        let queued = self.shared.bytes.load(Ordering::Relaxed);
         match reason {
             CloseReason::SendTimeout => {
                 inc(&stats.send_timeouts);
@@ -692,7 +717,7 @@ impl Connection {
             if t.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let due = self.last_activity + self.settings.idle_timeout;
+            let due = self.last_activity + self.idle_timeout;
             if due <= Instant::now() {
                 return true;
             }
@@ -722,7 +747,7 @@ impl Connection {
                 Ok(Some(Frame::Ping)) => {
                     // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
                     let pong = Bytes::from_static(b"\r\n");
-                    self.queued.bytes.fetch_add(pong.len(), Ordering::AcqRel);
+                    self.shared.bytes.fetch_add(pong.len(), Ordering::AcqRel);
                     self.wq.push_back(pong);
                 }
                 Ok(Some(Frame::Pong)) => {}
@@ -737,8 +762,8 @@ impl Connection {
                     drop(snap);
                     debug!(error = %e, "framing error");
                     match action {
-                        Action::Send { dest, bytes } if dest.conn == Some(self.id) => {
-                            self.queued.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                        Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
+                            self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                             self.wq.push_back(bytes);
                         }
                         other => self.worker.execute_simple(other, &inbound),
@@ -774,7 +799,7 @@ impl Connection {
             match self.worker.on_http(&msg, &inbound, self.tls.as_deref()) {
                 crate::scripts::HttpDecision::Dispatch => {
                     let rpc = self.worker.shared.rpc.get().cloned();
-                    let handle = self.worker.shared.table.get(self.id);
+                    let handle = self.worker.shared.table.get(self.id());
                     match (rpc, handle) {
                         (Some(rpc), Some(h)) => {
                             let call = rpc.send(crate::rpc::Request {
@@ -811,7 +836,7 @@ impl Connection {
     }
 
     fn enqueue(&mut self, bytes: Bytes) {
-        self.queued.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+        self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wq.push_back(bytes);
     }
 

@@ -34,10 +34,23 @@ pub struct PeerKey {
     pub server_name: Option<Arc<str>>,
 }
 
-/// The part of a connection's write queue that senders on other threads see (and the few
-/// read-only facts the management RPC lists).
+/// What a connection shares with every holder of its handle: who it is, its mailbox, and
+/// the write-queue accounting that senders on other threads check. One allocation per
+/// connection, pointed to by both table maps and by the connection itself (idle
+/// connections must be cheap: see the figures in the README).
 #[derive(Debug)]
-pub struct WriteQueue {
+pub struct ConnShared {
+    pub(crate) id: ConnId,
+    /// The key the connection is (or will be) reachable under in the table.
+    pub(crate) key: PeerKey,
+    /// The connection's own mailbox. The connection holds this struct too, so it holds its
+    /// own address: it stops when it closes, never because its last sender went away.
+    addr: Addr<Connection>,
+    max_queue: usize,
+    /// Opened by siprox to a next hop: shared by every caller, so a full queue refuses the
+    /// message (a burst) instead of closing the connection for everyone; a next hop that
+    /// stops reading still loses it after `send_timeout`.
+    outgoing: bool,
     /// Bytes enqueued and not yet written: senders add, the connection subtracts what it
     /// writes. Checked by senders, so a flood is refused before it costs memory.
     pub(crate) bytes: AtomicUsize,
@@ -45,24 +58,33 @@ pub struct WriteQueue {
     /// excess message is refused, the connection is kept.
     pub(crate) established: AtomicBool,
     /// When the connection was created (`tls.list` age).
-    pub(crate) since: Instant,
+    since: Instant,
     /// The connection's TLS facts, set once after the handshake (`tls.list`); empty for TCP
     /// or until the connection sets it.
-    pub(crate) tls: OnceLock<Arc<TlsFacts>>,
+    tls: OnceLock<Arc<TlsFacts>>,
 }
 
-impl Default for WriteQueue {
-    fn default() -> Self {
-        WriteQueue {
+impl ConnShared {
+    pub(crate) fn new(
+        id: ConnId,
+        key: PeerKey,
+        addr: Addr<Connection>,
+        max_queue: usize,
+        outgoing: bool,
+    ) -> Arc<ConnShared> {
+        Arc::new(ConnShared {
+            id,
+            key,
+            addr,
+            max_queue,
+            outgoing,
             bytes: AtomicUsize::new(0),
             established: AtomicBool::new(false),
             since: Instant::now(),
             tls: OnceLock::new(),
-        }
+        })
     }
-}
 
-impl WriteQueue {
     /// Records the connection's TLS facts (first call wins) for `tls.list`.
     pub(crate) fn set_tls_facts(&self, facts: Arc<TlsFacts>) {
         let _ = self.tls.set(facts);
@@ -89,20 +111,13 @@ pub struct ConnInfo {
 
 /// A cheap, clonable, thread-safe way to write to one connection.
 #[derive(Clone)]
-pub struct ConnHandle {
-    pub(crate) id: ConnId,
-    addr: Addr<Connection>,
-    queued: Arc<WriteQueue>,
-    max_queue: usize,
-    /// Opened by siprox to a next hop (see [`ConnHandle::outgoing`]).
-    outgoing: bool,
-}
+pub struct ConnHandle(Arc<ConnShared>);
 
 impl std::fmt::Debug for ConnHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnHandle")
-            .field("id", &self.id)
-            .field("queued", &self.queued.bytes.load(Ordering::Relaxed))
+            .field("id", &self.0.id)
+            .field("queued", &self.0.bytes.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -120,109 +135,85 @@ pub enum SendError {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(
-        id: ConnId,
-        addr: Addr<Connection>,
-        queued: Arc<WriteQueue>,
-        max_queue: usize,
-    ) -> ConnHandle {
-        ConnHandle {
-            id,
-            addr,
-            queued,
-            max_queue,
-            outgoing: false,
-        }
-    }
-
-    /// A connection siprox opened to a next hop: shared by every caller, so a full queue
-    /// refuses the message (a burst) instead of closing the connection for everyone; a
-    /// next hop that stops reading still loses it after `send_timeout`.
-    pub(crate) fn outgoing(mut self) -> ConnHandle {
-        self.outgoing = true;
-        self
+    pub(crate) fn new(shared: Arc<ConnShared>) -> ConnHandle {
+        ConnHandle(shared)
     }
 
     /// The connection's id.
     pub fn id(&self) -> ConnId {
-        self.id
+        self.0.id
     }
 
     /// True while the connection's actor runs.
     pub fn is_open(&self) -> bool {
-        self.addr.connected()
+        self.0.addr.connected()
     }
 
     /// Enqueues `bytes` on the connection. Never waits: over the queue bound the connection
     /// is closed (a peer that lets that much pile up is not reading).
     pub fn send(&self, bytes: Bytes) -> Result<(), SendError> {
-        if !self.addr.connected() {
+        let c = &*self.0;
+        if !c.addr.connected() {
             return Err(SendError::Closed);
         }
         let len = bytes.len();
-        let before = self.queued.bytes.fetch_add(len, Ordering::AcqRel);
-        if before.saturating_add(len) > self.max_queue {
-            self.queued.bytes.fetch_sub(len, Ordering::AcqRel);
-            if !self.queued.established.load(Ordering::Acquire) || self.outgoing {
+        let before = c.bytes.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > c.max_queue {
+            c.bytes.fetch_sub(len, Ordering::AcqRel);
+            if !c.established.load(Ordering::Acquire) || c.outgoing {
                 return Err(SendError::Backlogged);
             }
-            self.addr.do_send(Close(CloseReason::WriteQueueFull));
+            c.addr.do_send(Close(CloseReason::WriteQueueFull));
             return Err(SendError::QueueFull);
         }
         // do_send ignores the mailbox capacity on purpose: the byte bound above is the bound.
-        self.addr.do_send(Enqueue(bytes));
+        c.addr.do_send(Enqueue(bytes));
         Ok(())
     }
 
     pub(crate) fn addr(&self) -> &Addr<Connection> {
-        &self.addr
+        &self.0.addr
     }
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.bytes.load(Ordering::Relaxed)
+        self.0.bytes.load(Ordering::Relaxed)
     }
 
-    /// What the management RPC shows about this connection (`key`: its table key).
-    pub fn info(&self, key: &PeerKey, outgoing: bool) -> ConnInfo {
+    /// What the management RPC shows about this connection.
+    pub fn info(&self) -> ConnInfo {
+        let c = &*self.0;
         ConnInfo {
-            id: self.id,
-            transport: key.transport,
-            peer: key.addr,
-            outgoing,
-            server_name: key.server_name.clone(),
-            age: self.queued.since.elapsed(),
+            id: c.id,
+            transport: c.key.transport,
+            peer: c.key.addr,
+            outgoing: c.outgoing,
+            server_name: c.key.server_name.clone(),
+            age: c.since.elapsed(),
             queued_bytes: self.queued_bytes(),
-            established: self.queued.established.load(Ordering::Acquire),
-            tls: self.queued.tls.get().cloned(),
+            established: c.established.load(Ordering::Acquire),
+            tls: c.tls.get().cloned(),
         }
     }
 
     /// Closes the connection now, discarding its queue (`tls.kill`).
     pub fn close(&self) {
-        self.addr.do_send(Close(CloseReason::Shutdown));
+        self.0.addr.do_send(Close(CloseReason::Shutdown));
     }
 }
 
-/// A `by_id` entry: the handle, its key and direction (for listing).
-#[derive(Debug, Clone)]
-struct IdEntry {
-    handle: ConnHandle,
-    key: PeerKey,
-    outgoing: bool,
-}
-
-/// Every open connection, by id and by [`PeerKey`].
+/// Every open connection, by id and by [`PeerKey`]. Both maps hold the same handle (one
+/// pointer per entry).
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
-    by_id: DashMap<ConnId, IdEntry>,
+    by_id: DashMap<ConnId, ConnHandle>,
     by_peer: DashMap<PeerKey, ConnHandle>,
 }
 
 impl ConnectionTable {
     /// The connection with this id, if open.
     pub fn get(&self, id: ConnId) -> Option<ConnHandle> {
-        self.by_id.get(&id).map(|e| e.handle.clone())
+        self.by_id.get(&id).map(|h| h.clone())
     }
 
     /// The connection to reuse for `key`, if open.
@@ -243,18 +234,11 @@ impl ConnectionTable {
         self.by_id.is_empty()
     }
 
-    /// Registers an open connection under its id and `key` (the newest connection of a peer
+    /// Registers an open connection under its id and key (the newest connection of a peer
     /// wins the key: it is the one most likely to be alive).
-    pub(crate) fn insert(&self, key: PeerKey, handle: ConnHandle) {
-        self.by_id.insert(
-            handle.id,
-            IdEntry {
-                handle: handle.clone(),
-                key: key.clone(),
-                outgoing: false,
-            },
-        );
-        self.by_peer.insert(key, handle);
+    pub(crate) fn insert(&self, handle: ConnHandle) {
+        self.by_id.insert(handle.0.id, handle.clone());
+        self.by_peer.insert(handle.0.key.clone(), handle);
     }
 
     /// The connection for `key`, or the one `open` starts now. Concurrent callers for the
@@ -265,55 +249,39 @@ impl ConnectionTable {
         key: PeerKey,
         open: impl FnOnce(&PeerKey) -> ConnHandle,
     ) -> ConnHandle {
-        let (handle, key) = match self.by_peer.entry(key) {
+        let handle = match self.by_peer.entry(key) {
             Entry::Occupied(mut e) => {
                 if e.get().is_open() {
                     return e.get().clone();
                 }
                 let h = open(e.key());
-                let k = e.key().clone();
                 e.insert(h.clone());
-                (h, k)
+                h
             }
             Entry::Vacant(v) => {
                 let h = open(v.key());
-                let k = v.key().clone();
                 v.insert(h.clone());
-                (h, k)
+                h
             }
         };
-        self.by_id.insert(
-            handle.id,
-            IdEntry {
-                handle: handle.clone(),
-                key,
-                outgoing: true,
-            },
-        );
+        self.by_id.insert(handle.0.id, handle.clone());
         handle
     }
 
     /// Unregisters connection `id` (and `key`, if it still points to it).
     pub(crate) fn remove(&self, id: ConnId, key: &PeerKey) {
         self.by_id.remove(&id);
-        self.by_peer.remove_if(key, |_, h| h.id == id);
+        self.by_peer.remove_if(key, |_, h| h.0.id == id);
     }
 
     /// Handles of every open connection (for shutdown).
     pub(crate) fn all(&self) -> Vec<ConnHandle> {
-        self.by_id
-            .iter()
-            .map(|e| e.value().handle.clone())
-            .collect()
+        self.by_id.iter().map(|e| e.value().clone()).collect()
     }
 
     /// What the management RPC lists: every registered connection, by id.
     pub fn infos(&self) -> Vec<ConnInfo> {
-        let mut v: Vec<ConnInfo> = self
-            .by_id
-            .iter()
-            .map(|e| e.value().handle.info(&e.value().key, e.value().outgoing))
-            .collect();
+        let mut v: Vec<ConnInfo> = self.by_id.iter().map(|e| e.value().info()).collect();
         v.sort_by_key(|i| i.id.0);
         v
     }
