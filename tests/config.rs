@@ -394,3 +394,25 @@ fn shipped_default_conf_d_loads() {
     let summary = config.summary();
     assert!(summary.contains("tls 127.0.0.1:5061"), "{summary}");
 }
+
+/// The README's figures name `benches/conf.d`: it must keep loading, with what they say.
+#[test]
+fn bench_conf_d_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/conf.d");
+    let config = load_ok(&dir);
+    let got: Vec<_> = config.listen.iter().map(|l| (l.proto, l.addr)).collect();
+    assert_eq!(
+        got,
+        [
+            (Proto::Udp, addr("127.0.0.1:25060")),
+            (Proto::Tcp, addr("127.0.0.1:25060")),
+            (Proto::Tls, addr("127.0.0.1:25061")),
+        ]
+    );
+    assert_eq!(config.log.level, "warn");
+    assert_eq!(config.connections.max_connections_per_ip, 0);
+    assert!(
+        config.script.file.is_none(),
+        "the figures use the built-in route"
+    );
+}
