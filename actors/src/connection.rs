@@ -34,7 +34,7 @@ use tokio_openssl::SslStream;
 use tracing::{debug, info_span, trace, warn, Span};
 
 use crate::shared::{inc, ConnSettings, Slot};
-use crate::table::{ConnHandle, ConnShared, PeerKey};
+use crate::table::{clock_ms, ConnHandle, ConnShared, PeerKey};
 use crate::tls;
 use crate::worker::Worker;
 
@@ -140,7 +140,6 @@ pub struct Connection {
     /// What only the start needs (the accepted stream, its timeouts): boxed and dropped
     /// once the connection is open.
     start: Option<Box<Start>>,
-    idle_timeout: Duration,
     /// `[connections] send_timeout`, or the TLS domain's own.
     send_timeout: Duration,
     io: Option<Io>,
@@ -151,8 +150,6 @@ pub struct Connection {
     woff: usize,
     /// Armed while the socket refuses our bytes; reset whenever some are accepted.
     send_timer: Option<Pin<Box<Sleep>>>,
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    last_activity: Instant,
     phase: Phase,
     /// Facts of the TLS session, read once after the handshake; handed to every message.
     tls: Option<Arc<TlsFacts>>,
@@ -182,7 +179,14 @@ impl Connection {
             server_name: None,
         };
         let ctx = Context::new();
-        let shared = ConnShared::new(id, key, ctx.address(), settings.max_write_queue, false);
+        let shared = ConnShared::new(
+            id,
+            key,
+            ctx.address(),
+            settings.max_write_queue,
+            false,
+            settings.idle_timeout,
+        );
         ctx.run(Connection {
             shared,
             local,
@@ -193,7 +197,6 @@ impl Connection {
                 accepted: Some(tcp),
                 settings,
             })),
-            idle_timeout: settings.idle_timeout,
             send_timeout: settings.send_timeout,
             io: None,
             rbuf: BytesMut::new(),
@@ -202,8 +205,6 @@ impl Connection {
             wq: VecDeque::new(),
             woff: 0,
             send_timer: None,
-            idle_timer: None,
-            last_activity: Instant::now(),
             phase: Phase::Starting,
             tls: None,
             _slot: slot,
@@ -230,6 +231,7 @@ impl Connection {
             ctx.address(),
             settings.max_write_queue,
             true,
+            settings.idle_timeout,
         );
         let handle = ConnHandle::new(shared.clone());
         ctx.run(Connection {
@@ -242,7 +244,6 @@ impl Connection {
                 accepted: None,
                 settings,
             })),
-            idle_timeout: settings.idle_timeout,
             send_timeout: settings.send_timeout,
             io: None,
             rbuf: BytesMut::new(),
@@ -251,8 +252,6 @@ impl Connection {
             wq: VecDeque::new(),
             woff: 0,
             send_timer: None,
-            idle_timer: None,
-            last_activity: Instant::now(),
             phase: Phase::Starting,
             tls: None,
             _slot: slot,
@@ -447,10 +446,10 @@ impl Connection {
         if self.phase == Phase::Starting {
             self.phase = Phase::Open;
         }
-        self.last_activity = Instant::now();
+        self.shared.touch();
         // idle_timeout = 0: connections are never closed for idleness.
-        if !self.idle_timeout.is_zero() {
-            self.idle_timer = Some(Box::pin(tokio::time::sleep(self.idle_timeout)));
+        if self.shared.idle_timeout_ms != 0 {
+            self.worker.watch_idle(self.shared.clone());
         }
         if self.dest.is_none() {
             // Incoming: reachable by id (responses) and by peer (requests to the same flow).
@@ -489,7 +488,7 @@ impl Connection {
             // Timers are freed when not needed: an idle connection costs as little as possible.
             self.send_timer = None;
             if progressed {
-                self.last_activity = Instant::now();
+                self.shared.touch();
             }
             return Ok(());
         }
@@ -500,7 +499,7 @@ impl Connection {
             Some(_) => {}
         }
         if progressed {
-            self.last_activity = Instant::now();
+            self.shared.touch();
         }
         if let Some(t) = &mut self.send_timer {
             if t.as_mut().poll(cx).is_ready() {
@@ -546,7 +545,7 @@ impl Connection {
         if n == 0 {
             return ReadOutcome::Eof;
         }
-        self.last_activity = Instant::now();
+        self.shared.touch();
         ReadOutcome::Data
     }
 }
@@ -656,6 +655,21 @@ impl Handler<Close> for Connection {
     }
 }
 
+/// From the worker's idle sweep: this connection looked idle; closes it if it still is
+/// (activity may have arrived since the sweep looked).
+#[derive(ActixMessage)]
+#[rtype(result = "()")]
+pub(crate) struct IdleCheck;
+
+impl Handler<IdleCheck> for Connection {
+    type Result = ();
+    fn handle(&mut self, _msg: IdleCheck, ctx: &mut Self::Context) {
+        if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
+            self.finish(CloseReason::IdleTimeout, ctx);
+        }
+    }
+}
+
 impl Handler<Drain> for Connection {
     type Result = ();
     fn handle(&mut self, _msg: Drain, ctx: &mut Self::Context) {
@@ -705,24 +719,6 @@ impl Connection {
             }
         }
         ctx.stop();
-    }
-
-    /// The idle timer: fires at last_activity + idle_timeout (re-armed lazily, so activity
-    /// costs a timestamp, not a timer update).
-    fn poll_idle(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        let Some(t) = &mut self.idle_timer else {
-            return false;
-        };
-        loop {
-            if t.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let due = self.last_activity + self.idle_timeout;
-            if due <= Instant::now() {
-                return true;
-            }
-            t.as_mut().reset(due);
-        }
     }
 
     /// Frames and handles what the read buffer holds. `Err` = the stream lost framing.
@@ -865,12 +861,7 @@ impl Connection {
                         self.phase = Phase::Draining(r);
                     }
                 }
-                ReadOutcome::Pending => {
-                    if self.poll_idle(cx) {
-                        return Poll::Ready(CloseReason::IdleTimeout);
-                    }
-                    return Poll::Pending;
-                }
+                ReadOutcome::Pending => return Poll::Pending,
                 ReadOutcome::Eof => {
                     // The peer finished sending; it may still read what we owe it.
                     self.phase = Phase::Draining(CloseReason::PeerClosed);

@@ -418,6 +418,7 @@ fn start_worker(
         })
         .collect();
     let worker = Rc::new(Worker::new(index, shared.clone(), udp));
+    actix_rt::spawn(crate::worker::idle_sweep(worker.clone()));
     let mut recipients = Vec::new();
     for (t, addr, s) in ready {
         let l = Listener::new(worker.clone(), t, addr, s).start();

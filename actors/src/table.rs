@@ -11,7 +11,7 @@
 //! the sharded map is simpler and has been battle-tested in many proxies.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use siprox::proxy::{ConnId, Transport};
 use siprox::tls::TlsFacts;
 
-use crate::connection::{Close, CloseReason, Connection, Enqueue};
+use crate::connection::{Close, CloseReason, Connection, Enqueue, IdleCheck};
 
 /// What identifies a reusable connection: transport, the peer's address, and for outgoing
 /// TLS the name its certificate was verified against (a connection verified for one name
@@ -62,6 +62,10 @@ pub struct ConnShared {
     /// The connection's TLS facts, set once after the handshake (`tls.list`); empty for TCP
     /// or until the connection sets it.
     tls: OnceLock<Arc<TlsFacts>>,
+    /// When bytes last moved either way ([`clock_ms`]); the worker's idle sweep reads it.
+    last_active: AtomicU64,
+    /// `[connections] idle_timeout` when the connection started, in ms; 0 = never.
+    pub(crate) idle_timeout_ms: u64,
 }
 
 impl ConnShared {
@@ -71,6 +75,7 @@ impl ConnShared {
         addr: Addr<Connection>,
         max_queue: usize,
         outgoing: bool,
+        idle_timeout: Duration,
     ) -> Arc<ConnShared> {
         Arc::new(ConnShared {
             id,
@@ -82,13 +87,43 @@ impl ConnShared {
             established: AtomicBool::new(false),
             since: Instant::now(),
             tls: OnceLock::new(),
+            last_active: AtomicU64::new(clock_ms()),
+            idle_timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// Records activity now (a timestamp store: no timer to re-arm).
+    pub(crate) fn touch(&self) {
+        self.last_active.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// True while the connection's actor runs.
+    pub(crate) fn is_open(&self) -> bool {
+        self.addr.connected()
+    }
+
+    /// Asks the connection to close if it is still idle (it re-checks on its own thread).
+    pub(crate) fn check_idle(&self) {
+        self.addr.do_send(IdleCheck);
+    }
+
+    /// True when nothing moved for `idle_timeout` as of `now` ([`clock_ms`]).
+    pub(crate) fn idle_at(&self, now: u64) -> bool {
+        self.idle_timeout_ms != 0
+            && now.saturating_sub(self.last_active.load(Ordering::Relaxed)) >= self.idle_timeout_ms
     }
 
     /// Records the connection's TLS facts (first call wins) for `tls.list`.
     pub(crate) fn set_tls_facts(&self, facts: Arc<TlsFacts>) {
         let _ = self.tls.set(facts);
     }
+}
+
+/// Milliseconds on a process-wide monotonic clock (for activity stamps).
+pub(crate) fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What the management RPC shows about one connection: a copy, taken without waiting on

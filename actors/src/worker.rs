@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use siprox::proxy::{
@@ -21,7 +22,7 @@ use crate::connection::Connection;
 use crate::dns::{self, Resolver};
 use crate::scripts;
 use crate::shared::{inc, Shared, Snapshot};
-use crate::table::{PeerKey, SendError};
+use crate::table::{clock_ms, ConnShared, PeerKey, SendError};
 
 /// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
 /// unresolvable names gets 503s instead of an unbounded pile of tasks.
@@ -35,6 +36,9 @@ pub struct Worker {
     udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
     pub(crate) resolver: RefCell<Option<Resolver>>,
     pending_tasks: Cell<usize>,
+    /// This worker's open connections with an idle timeout, for [`idle_sweep`]: one
+    /// pointer each instead of a timer each (idle connections must be cheap).
+    idle: RefCell<Vec<Arc<ConnShared>>>,
 }
 
 impl Worker {
@@ -49,7 +53,27 @@ impl Worker {
             udp,
             resolver: RefCell::new(None),
             pending_tasks: Cell::new(0),
+            idle: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Closes `conn` once nothing moves on it for its `idle_timeout` (see [`idle_sweep`]).
+    pub(crate) fn watch_idle(&self, conn: Arc<ConnShared>) {
+        self.idle.borrow_mut().push(conn);
+    }
+
+    /// One pass of the idle sweep: forgets closed connections, asks idle ones to close.
+    fn sweep_idle(&self) {
+        let now = clock_ms();
+        self.idle.borrow_mut().retain(|c| {
+            if !c.is_open() {
+                return false;
+            }
+            if c.idle_at(now) {
+                c.check_idle();
+            }
+            true
+        });
     }
 
     /// The hot path: a parsed message from any transport, with the TLS facts of its
@@ -313,3 +337,23 @@ impl Worker {
         }
     }
 }
+
+/// Each worker's idle-timeout clock: every tick (a quarter of `idle_timeout`, between 10 ms
+/// and 1 s) it looks at the activity stamps of the worker's connections and asks those idle
+/// for their whole `idle_timeout` to close. A connection closes at most one tick late;
+/// activity costs a timestamp store, and an idle connection holds no timer of its own.
+pub(crate) async fn idle_sweep(worker: Rc<Worker>) {
+    loop {
+        let idle = worker.shared.snapshot.load().conn.idle_timeout;
+        let tick = if idle.is_zero() {
+            IDLE_TICK_MAX
+        } else {
+            (idle / 4).clamp(IDLE_TICK_MIN, IDLE_TICK_MAX)
+        };
+        tokio::time::sleep(tick).await;
+        worker.sweep_idle();
+    }
+}
+
+const IDLE_TICK_MIN: Duration = Duration::from_millis(10);
+const IDLE_TICK_MAX: Duration = Duration::from_secs(1);

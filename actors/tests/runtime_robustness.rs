@@ -253,6 +253,43 @@ async fn graceful_shutdown_closes_connections_and_returns_within_the_grace_perio
     assert!(TcpStream::connect(tls_addr).await.is_err());
 }
 
+/// Idle means quiet for the whole `idle_timeout`: a peer that keeps talking (CRLF
+/// keepalives, RFC 5626) is never closed for idleness however long it stays, and is once
+/// it falls silent.
+#[tokio::test]
+async fn activity_keeps_a_connection_past_its_idle_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&[Proto::Tcp]);
+    cfg.connections.idle_timeout = ConfigDuration::millis(300);
+    let rt = start(cfg, dir.path());
+    let addr = rt.local_addr(Transport::Tcp).expect("tcp");
+
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    // A keepalive every 100 ms for 1.2 s: four idle timeouts long, never 300 ms quiet.
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_millis(1200) {
+        c.write_all(b"\r\n\r\n").await.expect("ping");
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(T, c.read_exact(&mut pong))
+            .await
+            .expect("pong in time")
+            .expect("pong, not a close");
+        assert_eq!(&pong, b"\r\n");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut buf = Vec::new();
+    send(&mut c, &options_to(addr, "TCP", "kept")).await;
+    read_message(&mut c, &mut buf, T)
+        .await
+        .expect("still served after the keepalives");
+    assert_eq!(rt.stats().idle_timeouts, 0);
+
+    // Silent now: closed for idleness.
+    assert!(closed_by_server(&mut c).await);
+    assert_eventually!(rt.stats().idle_timeouts == 1, T, "{:?}", rt.stats());
+    rt.shutdown();
+}
+
 #[tokio::test]
 async fn idle_and_handshake_timeouts_close_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
