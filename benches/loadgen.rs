@@ -16,7 +16,9 @@
 //!   connection per call: the handshake rate. UDP requests are retransmitted (RFC 3261
 //!   timers A/E).
 //! - Idle mode (`--idle N --hold D`): opens N TCP/TLS connections to `--proxy`, holds them
-//!   idle for D, and with `--pid P` reports the proxy process's RSS before and after.
+//!   idle for D, and with `--pid P` reports the proxy process's RSS before and after. With
+//!   `--warm` each connection first completes one OPTIONS to the proxy itself (a phone that
+//!   spoke, then went quiet) before it is held.
 //!
 //! # Arguments
 //! ```text
@@ -42,6 +44,7 @@
 //! --password P            register flow: bob's password (default bench)
 //! --idle N --hold D       idle mode
 //! --pid P                 idle mode: proxy pid whose VmRSS is sampled
+//! --warm                  idle mode: one OPTIONS transaction per connection first
 //! ```
 //!
 //! # Output (stable; one record per line, `key=value` fields separated by one space)
@@ -60,7 +63,7 @@
 //! `failure` lines (zero or more) group failed calls by reason, most frequent first.
 //! Idle mode prints instead:
 //! ```text
-//! config mode=idle transport=tls proxy=127.0.0.1:5061 idle=10000 hold_s=30 source_ips=1
+//! config mode=idle transport=tls proxy=127.0.0.1:5061 idle=10000 hold_s=30 source_ips=1 warm=false
 //! idle opened=10000 failed=0 open_s=4.321 opened_per_s=2314.2
 //! rss pid=1234 before_kib=10240 after_kib=150000 delta_kib=139760 per_conn_bytes=14311
 //! ```
@@ -107,6 +110,7 @@ struct Args {
     digest: String,
     password: String,
     new_conn_per_call: bool,
+    warm: bool,
     source_ips: u8,
     ca: Option<PathBuf>,
     tls_version: (SslVersion, SslVersion),
@@ -164,6 +168,7 @@ fn parse_args() -> Result<Args, String> {
         digest: "SHA-256".to_owned(),
         password: "bench".to_owned(),
         new_conn_per_call: false,
+        warm: false,
         source_ips: 1,
         ca: None,
         tls_version: (SslVersion::TLS1_2, SslVersion::TLS1_3),
@@ -209,6 +214,7 @@ fn parse_args() -> Result<Args, String> {
                 a.rate = (r > 0.0).then_some(r);
             }
             "--new-conn-per-call" => a.new_conn_per_call = true,
+            "--warm" => a.warm = true,
             "--source-ips" => a.source_ips = num(v()?)?.clamp(1, 250) as u8,
             "--ca" => a.ca = Some(v()?.into()),
             "--tls-version" => {
@@ -471,27 +477,43 @@ async fn run_idle(a: Args, n: usize) -> Result<(), String> {
         return Err("--idle needs --transport tcp or tls".to_owned());
     }
     println!(
-        "config mode=idle transport={} proxy={} idle={n} hold_s={:.3} source_ips={}",
+        "config mode=idle transport={} proxy={} idle={n} hold_s={:.3} source_ips={} warm={}",
         a.transport.param(),
         a.proxy,
         a.hold.as_secs_f64(),
-        a.source_ips
+        a.source_ips,
+        a.warm
     );
     let conn = Arc::new(connector(&a)?);
     let before = a.pid.and_then(rss_kib);
     let gate = Arc::new(Semaphore::new(256));
     let start = Instant::now();
+    // OPTIONS addressed to the proxy itself: answered there, nothing forwarded.
+    let ruri = Arc::new(format!("sip:{};transport={}", a.proxy, a.transport.param()));
+    let opts = FlowOpts {
+        timeout: a.timeout,
+        retransmit: false,
+    };
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let (conn, gate, bind) = (conn.clone(), gate.clone(), source(&a, i));
-        let (proxy, tls) = (a.proxy, a.transport == Transport::Tls);
+        let (conn, gate, bind, ruri) = (conn.clone(), gate.clone(), source(&a, i), ruri.clone());
+        let (proxy, tls, warm, transport) =
+            (a.proxy, a.transport == Transport::Tls, a.warm, a.transport);
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
+            if warm {
+                let c = Client::connect_from(transport, proxy, Some(&*conn), bind)
+                    .await
+                    .ok()?;
+                options_flow(&c, &ruri, opts).await.ok()?;
+                // Held only to be dropped at the end: a bare stream or a client.
+                return Some(Box::new(c) as Box<dyn Send>);
+            }
             let c = if tls { Some(&*conn) } else { None };
             ua::connect_stream_from(proxy, c, bind)
                 .await
                 .ok()
-                .map(|(s, _, _)| s)
+                .map(|(s, _, _)| Box::new(s) as Box<dyn Send>)
         }));
     }
     let mut held = Vec::with_capacity(n);
