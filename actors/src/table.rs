@@ -181,14 +181,14 @@ impl ConnHandle {
 
     /// True while the connection's actor runs.
     pub fn is_open(&self) -> bool {
-        self.0.addr.connected()
+        self.0.is_open()
     }
 
     /// Enqueues `bytes` on the connection. Never waits: over the queue bound the connection
     /// is closed (a peer that lets that much pile up is not reading).
     pub fn send(&self, bytes: Bytes) -> Result<(), SendError> {
         let c = &*self.0;
-        if !c.addr.connected() {
+        if !c.is_open() {
             return Err(SendError::Closed);
         }
         let len = bytes.len();
