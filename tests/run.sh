@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
-ensure_deps libssl-dev pkg-config baresip-core curl python3
+ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,10 +1,41 @@
 //! The few OpenSSL calls the `openssl` crate does not wrap: reading a raw extension of the
-//! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it). The
-//! only module of siprox allowed `unsafe`; every block says why it is sound. Must never hand
-//! out a pointer or a slice that outlives the borrow it came from.
+//! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it), and
+//! marking one connection's TLS 1.2 session not resumable. The only module of siprox
+//! allowed `unsafe`; every block says why it is sound. Must never hand out a pointer or a
+//! slice that outlives the borrow it came from.
+
+use std::os::raw::c_int;
 
 use foreign_types::ForeignTypeRef;
 use openssl::ssl::SslRef;
+use openssl_sys::SSL;
+
+extern "C" {
+    // libssl 1.1.0 and later (a function since then; declared in <openssl/ssl.h>, not
+    // bound by openssl-sys).
+    fn SSL_set_not_resumable_session_callback(
+        ssl: *mut SSL,
+        cb: Option<extern "C" fn(*mut SSL, c_int) -> c_int>,
+    );
+}
+
+/// OpenSSL asks it whether the new session may be resumed later: never.
+extern "C" fn never_resumable(_ssl: *mut SSL, _is_forward_secure: c_int) -> c_int {
+    1
+}
+
+/// The session this connection establishes (TLS 1.2) will not be resumable: OpenSSL neither
+/// caches it nor issues a ticket for it. For a server domain with `session_resumption =
+/// false`, whose connections start on the dispatch context: the session cache and the
+/// ticket option of the domain's own context are never consulted after the switch (TLS 1.3
+/// is covered by `num_tickets = 0`). Must be called before the ClientHello is processed
+/// further, i.e. in the ClientHello callback.
+pub fn disable_resumption(ssl: &mut SslRef) {
+    // SAFETY: `ssl.as_ptr()` is a live SSL, exclusively borrowed; the callback is a plain
+    // function with the C signature OpenSSL expects, valid for the whole program, and reads
+    // nothing through its arguments.
+    unsafe { SSL_set_not_resumable_session_callback(ssl.as_ptr(), Some(never_resumable)) }
+}
 
 /// TLS extension number of server_name (RFC 6066).
 pub const EXT_SERVER_NAME: u32 = 0;

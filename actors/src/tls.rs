@@ -531,6 +531,17 @@ pub fn chosen(ssl: &SslRef) -> Option<&Chosen> {
 /// the domain from the matcher, then switch the context and apply on the `Ssl` what the
 /// switch does not carry (version bounds, verify mode and depth, tickets). DESIGN.md "TLS
 /// domains" lists what was measured.
+/// Moves a connection from the dispatch context to `domain`'s, and applies on the `Ssl`
+/// what the switch does not carry.
+fn switch_to(ssl: &mut SslRef, domain: &ServerDomain) -> Result<(), ErrorStack> {
+    ssl.set_ssl_context(&domain.ctx.ctx)?;
+    domain.ctx.policy.apply(ssl)?;
+    if !domain.ctx.policy.session_resumption {
+        crate::ffi::disable_resumption(ssl);
+    }
+    Ok(())
+}
+
 fn dispatch_hello(
     ssl: &mut SslRef,
     alert: &mut SslAlert,
@@ -538,8 +549,7 @@ fn dispatch_hello(
     // A HelloRetryRequest brings a second ClientHello: keep the first choice (and its slot).
     if let Some(c) = chosen(ssl) {
         let d = c.domain.clone();
-        ssl.set_ssl_context(&d.ctx.ctx)?;
-        d.ctx.policy.apply(ssl)?;
+        switch_to(ssl, &d)?;
         return Ok(ClientHelloResponse::SUCCESS);
     }
     let Some(input) = input_index().and_then(|i| ssl.ex_data(i)) else {
@@ -570,8 +580,7 @@ fn dispatch_hello(
         // Refused with OpenSSL's default alert (internal_error); the slot is given back.
         return Err(ErrorStack::get());
     }
-    ssl.set_ssl_context(&domain.ctx.ctx)?;
-    domain.ctx.policy.apply(ssl)?;
+    switch_to(ssl, &domain)?;
     let idx = chosen_index().ok_or_else(ErrorStack::get)?;
     ssl.set_ex_data(
         idx,

@@ -441,7 +441,7 @@ pub fn build_server(
     };
     b.set_verify(policy.verify_mode());
     b.set_verify_depth(s.verify_depth);
-    b.set_session_id_context(&session_id_context(id))
+    b.set_session_id_context(&session_id_context(id, s.session_resumption))
         .map_err(ossl("session id context"))?;
     // Without a servername callback OpenSSL does not acknowledge SNI, and servername() is
     // empty on a resumed TLS 1.2 session (measured). It must not switch contexts again.
@@ -527,9 +527,13 @@ fn hash_dir(h: &mut DefaultHasher, base: &Path, p: Option<&Path>) {
 }
 
 /// At most 32 bytes (OpenSSL's limit), unique per domain name.
-fn session_id_context(id: &str) -> Vec<u8> {
+/// The session-id context of a server domain: sessions resume only where it matches, so
+/// only on the domain that issued them, and not after its `session_resumption` was turned
+/// off by a reload (the sessions issued before do not match any more).
+fn session_id_context(id: &str, resumption: bool) -> Vec<u8> {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
+    resumption.hash(&mut h);
     let mut v = b"sx-".to_vec();
     v.extend_from_slice(format!("{:016x}", h.finish()).as_bytes());
     v
