@@ -204,6 +204,57 @@ async fn cipher_restriction_holds_per_domain() {
     rt.shutdown();
 }
 
+/// TLS 1.3 ciphersuites too: each connection starts on the dispatch context, whose
+/// ciphersuites OpenSSL copies into the `Ssl`; the domain's must still decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_ciphersuites_hold_per_domain() {
+    let t = Tree::new("");
+    t.leaf("strict", "strict.example");
+    t.leaf("lax", "lax.example");
+    t.domain(
+        "strict",
+        "[domains.strict]\nnames = [\"strict.example\"]\n[domains.strict.server]\n\
+         certificate = \"certs/strict.pem\"\nprivate_key = \"certs/strict.key\"\n\
+         min_version = \"1.3\"\nciphersuites = \"TLS_CHACHA20_POLY1305_SHA256\"\n",
+    );
+    t.domain(
+        "lax",
+        "[domains.lax]\nnames = [\"lax.example\"]\n[domains.lax.server]\n\
+         certificate = \"certs/lax.pem\"\nprivate_key = \"certs/lax.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let only = |sni: &str, suite: &str| Client {
+        sni: Some(sni.to_owned()),
+        min: Some(SslVersion::TLS1_3),
+        ciphersuites: Some(suite.to_owned()),
+        ..Client::default()
+    };
+    assert!(only("strict.example", "TLS_AES_256_GCM_SHA384")
+        .connect(addr)
+        .await
+        .is_err());
+    let s = only("lax.example", "TLS_AES_256_GCM_SHA384")
+        .connect(addr)
+        .await
+        .expect("lax");
+    assert_eq!(
+        s.ssl().current_cipher().map(|c| c.name()),
+        Some("TLS_AES_256_GCM_SHA384")
+    );
+    // A client that offers every suite gets the one `strict` allows.
+    let mut s = Client::sni("strict.example")
+        .connect(addr)
+        .await
+        .expect("strict");
+    assert_eq!(
+        s.ssl().current_cipher().map(|c| c.name()),
+        Some("TLS_CHACHA20_POLY1305_SHA256")
+    );
+    assert!(options_ok(&mut s, addr, "strict-13").await);
+    rt.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_sni_without_default_gets_unrecognized_name() {
     let t = Tree::new("default_server = false\n");

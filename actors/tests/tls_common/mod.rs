@@ -168,6 +168,8 @@ pub struct Client {
     pub max: Option<SslVersion>,
     pub min: Option<SslVersion>,
     pub ciphers: Option<String>,
+    /// TLS 1.3 ciphersuites to offer.
+    pub ciphersuites: Option<String>,
     /// (certificate PEM, key PEM) to present.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -192,6 +194,9 @@ impl Client {
         b.set_max_proto_version(self.max).expect("max");
         if let Some(c) = &self.ciphers {
             b.set_cipher_list(c).expect("ciphers");
+        }
+        if let Some(c) = &self.ciphersuites {
+            b.set_ciphersuites(c).expect("ciphersuites");
         }
         if let Some((c, k)) = &self.identity {
             b.set_certificate(&X509::from_pem(c).expect("cert"))
