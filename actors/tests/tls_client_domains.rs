@@ -1,0 +1,182 @@
+//! TLS client domains end to end: siprox connecting out picks the client domain by the
+//! destination, sends its SNI, presents its client certificate and verifies the next hop
+//! with its CAs; everywhere else the default client applies. The next hops are real TLS
+//! servers that record what siprox presented.
+
+mod runtime_common;
+mod tls_common;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::ssl::{NameType, Ssl, SslAcceptor, SslMethod, SslVerifyMode};
+use openssl::x509::X509;
+use runtime_common::{request, response_for, status};
+use siprox::proxy::Transport;
+use tls_common::Tree;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_openssl::SslStream;
+
+const T: Duration = Duration::from_secs(5);
+
+/// What a next hop saw of one request: the SNI and the client certificate's CN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    sni: Option<String>,
+    client_cn: Option<String>,
+}
+
+/// A TLS next hop with the certificate `cert`/`key` (PEM) that answers 200 to every
+/// request and records what it saw; `require_client` asks for a client certificate from
+/// `ca` and refuses the handshake without one.
+async fn next_hop(
+    cert: &[u8],
+    key: &[u8],
+    ca: &X509,
+    require_client: bool,
+) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).expect("acceptor");
+    b.set_certificate(&X509::from_pem(cert).expect("cert"))
+        .expect("cert");
+    b.set_private_key(&PKey::private_key_from_pem(key).expect("key"))
+        .expect("key");
+    b.cert_store_mut().add_cert(ca.clone()).expect("ca");
+    b.set_verify(if require_client {
+        SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
+    } else {
+        SslVerifyMode::NONE
+    });
+    let acceptor = Arc::new(b.build());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(ssl) = Ssl::new(acceptor.context()) else {
+                    return;
+                };
+                let Ok(mut s) = SslStream::new(ssl, tcp) else {
+                    return;
+                };
+                if Pin::new(&mut s).accept().await.is_err() {
+                    return;
+                }
+                let who = Seen {
+                    sni: s.ssl().servername(NameType::HOST_NAME).map(str::to_owned),
+                    client_cn: s.ssl().peer_certificate().and_then(|c| {
+                        c.subject_name()
+                            .entries_by_nid(Nid::COMMONNAME)
+                            .next()
+                            .and_then(|e| e.data().to_string().ok())
+                    }),
+                };
+                let mut buf = Vec::new();
+                while let Ok(req) = runtime_common::read_message(&mut s, &mut buf, T).await {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(who.clone());
+                    }
+                    if s.write_all(response_for(&req, 200, 0).as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// An OPTIONS sent over UDP to siprox for `sip:bob@<hop>;transport=tls`; the status of
+/// the response relayed back, if one comes within `T`.
+async fn options_via(siprox: SocketAddr, hop: SocketAddr, id: &str) -> Option<u16> {
+    let uac = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let me = uac.local_addr().expect("addr");
+    let ruri = format!("sip:bob@{hop};transport=tls");
+    let req = request("OPTIONS", &ruri, &format!("UDP {me}"), id, "", "");
+    uac.send_to(req.as_bytes(), siprox).await.expect("send");
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(T, uac.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    status(std::str::from_utf8(&buf[..n]).ok()?)
+}
+
+fn tree() -> Tree {
+    Tree::new("\n[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_domain_of_a_destination_presents_its_certificate_and_sni() {
+    let t = tree();
+    t.leaf("siprox-client", "siprox-client");
+    let (hop_cert, hop_key) = t.ca.leaf("carrier.example");
+    let (hop, seen) = next_hop(&hop_cert, &hop_key, &t.ca.cert, true).await;
+    t.domain(
+        "carrier",
+        &format!(
+            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{hop}\"]\n\
+             server_name = \"carrier.example\"\n\
+             certificate = \"certs/siprox-client.pem\"\nprivate_key = \"certs/siprox-client.key\"\n\
+             ca_file = \"certs/test-ca.pem\"\n"
+        ),
+    );
+    let rt = t.start();
+    let udp = rt.local_addr(Transport::Udp).expect("udp");
+
+    assert_eq!(options_via(udp, hop, "carrier-1").await, Some(200));
+    let s = seen.lock().expect("seen").clone();
+    assert_eq!(
+        s,
+        [Seen {
+            sni: Some("carrier.example".to_owned()),
+            client_cn: Some("siprox-client".to_owned()),
+        }]
+    );
+    // The next request reuses the connection (one handshake, same identity).
+    assert_eq!(options_via(udp, hop, "carrier-2").await, Some(200));
+    assert_eq!(seen.lock().expect("seen").len(), 2);
+    assert_eq!(rt.stats().handshake_failures, 0);
+    rt.shutdown();
+}
+
+/// A destination no client domain names gets the default client, which does not trust the
+/// tenant's CA: the handshake fails (counted), and nothing reaches that next hop, although
+/// the carrier domain would have accepted its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_destinations_get_the_default_client_which_verifies_the_server() {
+    let t = tree();
+    t.leaf("siprox-client", "siprox-client");
+    let (cert, key) = t.ca.leaf("carrier.example");
+    let (carrier, _) = next_hop(&cert, &key, &t.ca.cert, false).await;
+    let (elsewhere, seen) = next_hop(&cert, &key, &t.ca.cert, false).await;
+    t.domain(
+        "carrier",
+        &format!(
+            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{carrier}\"]\n\
+             server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n"
+        ),
+    );
+    let rt = t.start();
+    let udp = rt.local_addr(Transport::Udp).expect("udp");
+
+    assert_eq!(options_via(udp, carrier, "ok-1").await, Some(200));
+    let uac = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let me = uac.local_addr().expect("addr");
+    let ruri = format!("sip:bob@{elsewhere};transport=tls");
+    let req = request("OPTIONS", &ruri, &format!("UDP {me}"), "else-1", "", "");
+    uac.send_to(req.as_bytes(), udp).await.expect("send");
+    assert_eventually!(rt.stats().handshake_failures == 1, T, "{:?}", rt.stats());
+    assert!(seen.lock().expect("seen").is_empty());
+    rt.shutdown();
+}
