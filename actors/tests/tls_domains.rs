@@ -125,6 +125,101 @@ async fn verify_client_require_and_off_on_one_listener() {
     rt.shutdown();
 }
 
+/// Revokes the certificate `pem` and writes the CA's CRL to `certs/crl.pem`, with the
+/// OpenSSL command-line CA (the `openssl` crate cannot build CRLs).
+fn revoke_and_publish_crl(t: &Tree, pem: &[u8]) {
+    let dir = t.path("ca");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    t.write(
+        "ca/ca.key",
+        &t.ca.key.private_key_to_pem_pkcs8().expect("key pem"),
+    );
+    t.write("ca/revoked.pem", pem);
+    t.write("ca/index.txt", b"");
+    t.write("ca/crlnumber", b"01\n");
+    let cfg = format!(
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = {d}/index.txt\n\
+         crlnumber = {d}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n\
+         certificate = {ca}\nprivate_key = {d}/ca.key\n",
+        d = dir.display(),
+        ca = t.path("certs/test-ca.pem").display(),
+    );
+    t.write("ca/ca.cnf", cfg.as_bytes());
+    let cnf = t.path("ca/ca.cnf");
+    let crl = t.path("certs/crl.pem");
+    for args in [
+        vec!["ca", "-batch", "-config"],
+        vec!["ca", "-batch", "-gencrl", "-config"],
+    ] {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(&args).arg(&cnf);
+        if args.contains(&"-gencrl") {
+            cmd.arg("-out").arg(&crl);
+        } else {
+            cmd.arg("-revoke").arg(t.path("ca/revoked.pem"));
+        }
+        let out = cmd.output().expect("openssl runs (package openssl)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A domain's CRL refuses a revoked client certificate; the neighbour without that CRL, same
+/// CA, accepts it; an unrevoked certificate passes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crl_holds_per_domain() {
+    let t = Tree::new("");
+    t.leaf("strict", "strict.example");
+    t.leaf("lax", "lax.example");
+    let revoked = t.ca.leaf("revoked.example");
+    let good = t.ca.leaf("good.example");
+    revoke_and_publish_crl(&t, &revoked.0);
+    t.domain(
+        "strict",
+        "[domains.strict]\nnames = [\"strict.example\"]\n[domains.strict.server]\n\
+         certificate = \"certs/strict.pem\"\nprivate_key = \"certs/strict.key\"\n\
+         ca_file = \"certs/test-ca.pem\"\ncrl_file = \"certs/crl.pem\"\n\
+         verify_client = \"require\"\n",
+    );
+    t.domain(
+        "lax",
+        "[domains.lax]\nnames = [\"lax.example\"]\n[domains.lax.server]\n\
+         certificate = \"certs/lax.pem\"\nprivate_key = \"certs/lax.key\"\n\
+         ca_file = \"certs/test-ca.pem\"\nverify_client = \"require\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        let c = |sni: &str, id: &(Vec<u8>, Vec<u8>)| Client {
+            sni: Some(sni.to_owned()),
+            min: Some(version),
+            max: Some(version),
+            identity: Some(id.clone()),
+            ..Client::default()
+        };
+        let mut s = c("strict.example", &good)
+            .connect(addr)
+            .await
+            .expect("good");
+        assert!(options_ok(&mut s, addr, "good").await, "{version:?}");
+        // Refused at the handshake (1.2) or on the first read (1.3).
+        match c("strict.example", &revoked).connect(addr).await {
+            Err(_) => {}
+            Ok(mut s) => assert!(
+                !options_ok(&mut s, addr, "revoked").await,
+                "{version:?}: a revoked certificate must be refused"
+            ),
+        }
+        let mut s = c("lax.example", &revoked).connect(addr).await.expect("lax");
+        assert!(options_ok(&mut s, addr, "lax").await, "{version:?}");
+    }
+    rt.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_domain_refuses_tls12_next_to_one_that_accepts_it() {
     let t = Tree::new("");
