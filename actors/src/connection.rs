@@ -187,6 +187,10 @@ impl Connection {
             false,
             settings.idle_timeout,
         );
+        worker
+            .shared
+            .table
+            .insert_id(ConnHandle::new(shared.clone()));
         ctx.run(Connection {
             shared,
             local,
@@ -454,7 +458,7 @@ impl Connection {
         if self.dest.is_none() {
             // Incoming: reachable by id (responses) and by peer (requests to the same flow).
             let handle = ConnHandle::new(self.shared.clone());
-            self.worker.shared.table.insert(handle);
+            self.worker.shared.table.open(handle);
         }
         ctx.spawn(IoDriver);
     }

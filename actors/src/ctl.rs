@@ -182,6 +182,7 @@ const COLUMN_ORDER: &[&str] = &[
     "cipher",
     "peer_subject",
     "verified",
+    "established",
     "age",
     "queued_bytes",
     "names",

@@ -162,6 +162,7 @@ pub(crate) fn conn_json(i: &ConnInfo) -> Value {
         "cipher": t.map(|t| &*t.cipher),
         "peer_subject": t.and_then(|t| t.peer.as_ref().map(|c| c.subject.line.clone())),
         "verified": t.map(|t| t.peer_verified),
+        "established": i.established,
         "age": i.age.as_secs(),
         "queued_bytes": i.queued_bytes,
     })
@@ -172,12 +173,15 @@ fn tls_info(infos: &[ConnInfo]) -> Value {
     let mut tls = 0u64;
     for i in infos.iter().filter(|i| i.transport == Transport::Tls) {
         tls += 1;
-        let d = i
-            .tls
-            .as_ref()
-            .and_then(|t| t.domain.as_deref())
-            .unwrap_or("unknown")
-            .to_owned();
+        let d = if i.established {
+            i.tls
+                .as_ref()
+                .and_then(|t| t.domain.as_deref())
+                .unwrap_or("unknown")
+        } else {
+            "(handshake)"
+        }
+        .to_owned();
         *by_domain.entry(d).or_default() += 1;
     }
     let by: Map<String, Value> = by_domain

@@ -269,9 +269,16 @@ impl ConnectionTable {
         self.by_id.is_empty()
     }
 
-    /// Registers an open connection under its id and key (the newest connection of a peer
-    /// wins the key: it is the one most likely to be alive).
-    pub(crate) fn insert(&self, handle: ConnHandle) {
+    /// Registers an accepted connection by id as soon as it exists, still in its
+    /// handshake: shutdown drains it (instead of waiting out its handshake) and `tls.list`
+    /// shows it (not established). It is reachable by peer only once open ([`Self::open`]).
+    pub(crate) fn insert_id(&self, handle: ConnHandle) {
+        self.by_id.insert(handle.0.id, handle);
+    }
+
+    /// Makes an accepted connection, now open, reachable by its key too (the newest
+    /// connection of a peer wins the key: it is the one most likely to be alive).
+    pub(crate) fn open(&self, handle: ConnHandle) {
         self.by_id.insert(handle.0.id, handle.clone());
         self.by_peer.insert(handle.0.key.clone(), handle);
     }

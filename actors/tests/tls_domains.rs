@@ -220,6 +220,100 @@ async fn crl_holds_per_domain() {
     rt.shutdown();
 }
 
+/// The first flight of a TLS client that names `sni`: what a peer that stalls right after
+/// its ClientHello sends.
+fn client_hello(sni: &str) -> Vec<u8> {
+    struct Capture(Vec<u8>);
+    impl std::io::Read for Capture {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::tls_client())
+        .expect("ctx")
+        .build();
+    let mut ssl = openssl::ssl::Ssl::new(&ctx).expect("ssl");
+    ssl.set_hostname(sni).expect("sni");
+    ssl.set_connect_state();
+    let mut s = openssl::ssl::SslStream::new(ssl, Capture(Vec::new())).expect("stream");
+    assert!(s.do_handshake().is_err(), "waits for the server");
+    s.get_ref().0.clone()
+}
+
+/// A domain's own `handshake_timeout` (counted from the start of the handshake) closes a
+/// peer that stalls after its ClientHello, while the global one still holds for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_timeout_holds_per_domain() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let t = Tree::new("");
+    t.write(
+        "conf.d/10-timeouts.toml",
+        b"[connections]\nhandshake_timeout = \"30s\"\n[runtime]\nshutdown_grace = \"30s\"\n",
+    );
+    t.leaf("quick", "quick.example");
+    t.domain(
+        "quick",
+        "[domains.quick]\nnames = [\"quick.example\"]\n[domains.quick.server]\n\
+         certificate = \"certs/quick.pem\"\nprivate_key = \"certs/quick.key\"\n\
+         handshake_timeout = \"300ms\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let mut quick = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut other = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    quick
+        .write_all(&client_hello("quick.example"))
+        .await
+        .expect("hello");
+    other
+        .write_all(&client_hello("other.example"))
+        .await
+        .expect("hello");
+
+    // `quick` is closed (after the server's flight, which we never answer)...
+    let mut buf = vec![0u8; 16384];
+    let closed = tokio::time::timeout(T, async {
+        loop {
+            match quick.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the domain's 300 ms handshake_timeout did not apply"
+    );
+    // ... while the default domain's stalled peer, under the global 30 s, is still open.
+    let mut open = true;
+    while let Ok(r) = tokio::time::timeout(Duration::from_millis(200), other.read(&mut buf)).await {
+        if matches!(r, Ok(0) | Err(_)) {
+            open = false;
+            break;
+        }
+    }
+    assert!(open, "the global handshake_timeout was cut short");
+    assert_eq!(rt.stats().handshake_failures, 1);
+    assert_eq!(rt.stats().connections_open, 1);
+    // Shutdown closes a connection stuck in its handshake at once: it does not wait out
+    // the 30 s grace period (nor the 30 s handshake_timeout) for it.
+    let down = tokio::task::spawn_blocking(move || rt.shutdown());
+    tokio::time::timeout(T, down)
+        .await
+        .expect("shutdown waited for a stalled handshake")
+        .expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_domain_refuses_tls12_next_to_one_that_accepts_it() {
     let t = Tree::new("");
