@@ -461,9 +461,12 @@ impl TlsDomains {
 }
 
 /// What the dispatch callback needs, attached to each accepted `Ssl` (ex data): the domains
-/// of the snapshot taken at accept time and the listener the connection arrived on.
+/// of the snapshot taken at accept time and the listener the connection arrived on. The
+/// callback takes the domains out once it has chosen: a connection that lives for days
+/// must not keep every domain of its snapshot alive through later reloads (it keeps its
+/// own domain, in [`Chosen`]).
 struct DispatchInput {
-    domains: Arc<TlsDomains>,
+    domains: Option<Arc<TlsDomains>>,
     listener: SocketAddr,
 }
 
@@ -518,7 +521,13 @@ pub fn server_ssl(
 ) -> Result<Ssl, ErrorStack> {
     let mut ssl = Ssl::new(dispatch)?;
     let idx = input_index().ok_or_else(ErrorStack::get)?;
-    ssl.set_ex_data(idx, DispatchInput { domains, listener });
+    ssl.set_ex_data(
+        idx,
+        DispatchInput {
+            domains: Some(domains),
+            listener,
+        },
+    );
     Ok(ssl)
 }
 
@@ -552,10 +561,12 @@ fn dispatch_hello(
         switch_to(ssl, &d)?;
         return Ok(ClientHelloResponse::SUCCESS);
     }
-    let Some(input) = input_index().and_then(|i| ssl.ex_data(i)) else {
+    let Some(input) = input_index().and_then(|i| ssl.ex_data_mut(i)) else {
         return Err(ErrorStack::get());
     };
-    let (domains, listener) = (input.domains.clone(), input.listener);
+    let (Some(domains), listener) = (input.domains.take(), input.listener) else {
+        return Err(ErrorStack::get());
+    };
     let sni = match crate::ffi::client_hello_ext(ssl, crate::ffi::EXT_SERVER_NAME) {
         None => None,
         Some(raw) => match parse_server_name(raw) {

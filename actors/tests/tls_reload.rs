@@ -269,3 +269,37 @@ async fn unchanged_reload_publishes_nothing_and_keeps_contexts() {
     assert!(a.not_after_unix > 0);
     rt.shutdown();
 }
+
+/// A connection lives on after reloads with its own domain's context, but not with every
+/// domain of the snapshot it was accepted under: once the snapshot is replaced, its domain
+/// table is freed although connections accepted under it are still open (phones hold
+/// connections for days, across many reloads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_do_not_keep_old_domain_tables_alive() {
+    let t = Tree::new("");
+    t.leaf("a", "a.example");
+    t.domain(
+        "a",
+        "[domains.a]\nnames = [\"a.example\"]\n[domains.a.server]\n\
+         certificate = \"certs/a.pem\"\nprivate_key = \"certs/a.key\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let old = Arc::downgrade(&rt.snapshot().tls);
+    let mut held = Client::sni("a.example").connect(addr).await.expect("a");
+    assert_eq!(peer_cn(&held), "a.example");
+
+    t.leaf("a", "a-1.example");
+    assert!(matches!(rt.reload().await, ReloadOutcome::Published { .. }));
+    assert_eventually!(
+        old.upgrade().is_none(),
+        T,
+        "the old domain table is still alive"
+    );
+    // The connection accepted under it still works.
+    send(&mut held, &options_to(addr, "TLS", "held")).await;
+    let mut buf = Vec::new();
+    let r = read_message(&mut held, &mut buf, T).await.expect("served");
+    assert_eq!(status(&r), Some(200));
+    rt.shutdown();
+}
