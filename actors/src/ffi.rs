@@ -1,13 +1,15 @@
 //! The few OpenSSL calls the `openssl` crate does not wrap: reading a raw extension of the
-//! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it), and
-//! marking one connection's TLS 1.2 session not resumable. The only module of siprox
+//! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it),
+//! marking one connection's TLS 1.2 session not resumable, and offering a saved session on
+//! an outgoing connection (wrapped, but `unsafe`, in the crate). The only module of siprox
 //! allowed `unsafe`; every block says why it is sound. Must never hand out a pointer or a
 //! slice that outlives the borrow it came from.
 
 use std::os::raw::c_int;
 
 use foreign_types::ForeignTypeRef;
-use openssl::ssl::SslRef;
+use openssl::error::ErrorStack;
+use openssl::ssl::{SslRef, SslSessionRef};
 use openssl_sys::SSL;
 
 extern "C" {
@@ -58,4 +60,15 @@ pub fn client_hello_ext(ssl: &SslRef, ext_type: u32) -> Option<&[u8]> {
     // for the whole callback; the slice borrows `ssl`, so it cannot outlive the callback's
     // access to the SSL, and nothing can free the ClientHello while it is borrowed shared.
     Some(unsafe { std::slice::from_raw_parts(out, len) })
+}
+
+/// Offers `session` for resumption on an outgoing connection not yet started.
+/// `session` must come from a connection of the same `SslContext` as `ssl`: the client
+/// domain's session cache (`ClientContext::sessions`) belongs to one built context and only
+/// ever holds sessions that context produced.
+pub fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> Result<(), ErrorStack> {
+    // SAFETY: the openssl crate marks this unsafe because a session from an incompatible
+    // context must not be offered; per the contract above, `session` was produced by
+    // `ssl`'s own context. OpenSSL takes its own reference to the session.
+    unsafe { ssl.set_session(session) }
 }

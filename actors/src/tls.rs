@@ -36,9 +36,9 @@ use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509VerifyResult, X5
 use siprox::config::{ClientTls, Config, ServerTls, TlsConfig};
 use siprox::proxy::Destination;
 use siprox::tls::{
-    build_client, build_server, cert_facts, client_digest, domain_source, parse_server_name,
-    resolve, server_digest, CertFacts, ClientContext, ClientMatcher, ClientSpec, EnvLookup,
-    Selected, ServerContext, ServerMatcher, ServerSpec, TlsError, TlsFacts,
+    build_client, build_server, cert_facts, client_digest, client_session_key, domain_source,
+    parse_server_name, resolve, server_digest, CertFacts, ClientContext, ClientMatcher, ClientSpec,
+    EnvLookup, Selected, ServerContext, ServerMatcher, ServerSpec, TlsError, TlsFacts,
 };
 
 use crate::error::RuntimeError;
@@ -455,6 +455,14 @@ impl TlsDomains {
         }
         if !c.verify_server {
             ssl.set_verify(SslVerifyMode::NONE);
+        }
+        if let (Some(sessions), Some(idx)) = (&c.sessions, client_session_key()) {
+            // The same destination and name as before: offer the session it gave us.
+            let dest_key = format!("{} {}", dest.addr, name.as_deref().unwrap_or(""));
+            if let Some(session) = sessions.take(&dest_key) {
+                crate::ffi::offer_session(&mut ssl, &session)?;
+            }
+            ssl.set_ex_data(idx, dest_key);
         }
         Ok((ssl, domain))
     }

@@ -24,21 +24,33 @@ use tokio_openssl::SslStream;
 
 const T: Duration = Duration::from_secs(5);
 
-/// What a next hop saw of one request: the SNI and the client certificate's CN.
+/// What a next hop saw of one request: the SNI, the client certificate's CN, and whether
+/// the connection resumed a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     sni: Option<String>,
     client_cn: Option<String>,
+    resumed: bool,
 }
 
-/// A TLS next hop with the certificate `cert`/`key` (PEM) that answers 200 to every
-/// request and records what it saw; `require_client` asks for a client certificate from
-/// `ca` and refuses the handshake without one.
+/// How a next hop behaves.
+#[derive(Clone, Copy, Default)]
+struct Hop {
+    /// Ask for a client certificate from the test CA; refuse the handshake without one.
+    require_client: bool,
+    /// Close the connection after each response (siprox must reconnect).
+    close_after_reply: bool,
+    /// Speak TLS 1.2 only.
+    tls12: bool,
+}
+
+/// A TLS next hop with the certificate `cert`/`key` (PEM), trusting `ca` for client
+/// certificates, that answers 200 to every request and records what it saw.
 async fn next_hop(
     cert: &[u8],
     key: &[u8],
     ca: &X509,
-    require_client: bool,
+    hop: Hop,
 ) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).expect("acceptor");
     b.set_certificate(&X509::from_pem(cert).expect("cert"))
@@ -46,7 +58,11 @@ async fn next_hop(
     b.set_private_key(&PKey::private_key_from_pem(key).expect("key"))
         .expect("key");
     b.cert_store_mut().add_cert(ca.clone()).expect("ca");
-    b.set_verify(if require_client {
+    if hop.tls12 {
+        b.set_max_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
+            .expect("max");
+    }
+    b.set_verify(if hop.require_client {
         SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
     } else {
         SslVerifyMode::NONE
@@ -77,6 +93,7 @@ async fn next_hop(
                             .next()
                             .and_then(|e| e.data().to_string().ok())
                     }),
+                    resumed: s.ssl().session_reused(),
                 };
                 let mut buf = Vec::new();
                 while let Ok(req) = runtime_common::read_message(&mut s, &mut buf, T).await {
@@ -87,6 +104,10 @@ async fn next_hop(
                         .await
                         .is_err()
                     {
+                        return;
+                    }
+                    if hop.close_after_reply {
+                        let _ = s.shutdown().await;
                         return;
                     }
                 }
@@ -121,7 +142,11 @@ async fn the_client_domain_of_a_destination_presents_its_certificate_and_sni() {
     let t = tree();
     t.leaf("siprox-client", "siprox-client");
     let (hop_cert, hop_key) = t.ca.leaf("carrier.example");
-    let (hop, seen) = next_hop(&hop_cert, &hop_key, &t.ca.cert, true).await;
+    let require = Hop {
+        require_client: true,
+        ..Hop::default()
+    };
+    let (hop, seen) = next_hop(&hop_cert, &hop_key, &t.ca.cert, require).await;
     t.domain(
         "carrier",
         &format!(
@@ -141,6 +166,7 @@ async fn the_client_domain_of_a_destination_presents_its_certificate_and_sni() {
         [Seen {
             sni: Some("carrier.example".to_owned()),
             client_cn: Some("siprox-client".to_owned()),
+            resumed: false,
         }]
     );
     // The next request reuses the connection (one handshake, same identity).
@@ -158,8 +184,8 @@ async fn other_destinations_get_the_default_client_which_verifies_the_server() {
     let t = tree();
     t.leaf("siprox-client", "siprox-client");
     let (cert, key) = t.ca.leaf("carrier.example");
-    let (carrier, _) = next_hop(&cert, &key, &t.ca.cert, false).await;
-    let (elsewhere, seen) = next_hop(&cert, &key, &t.ca.cert, false).await;
+    let (carrier, _) = next_hop(&cert, &key, &t.ca.cert, Hop::default()).await;
+    let (elsewhere, seen) = next_hop(&cert, &key, &t.ca.cert, Hop::default()).await;
     t.domain(
         "carrier",
         &format!(
@@ -179,4 +205,49 @@ async fn other_destinations_get_the_default_client_which_verifies_the_server() {
     assert_eventually!(rt.stats().handshake_failures == 1, T, "{:?}", rt.stats());
     assert!(seen.lock().expect("seen").is_empty());
     rt.shutdown();
+}
+
+/// siprox as a client resumes its sessions: when the next hop closed the connection, the
+/// next request reconnects with the session (TLS 1.3 ticket, TLS 1.2 session) of the one
+/// before; with the client domain's `session_resumption = false` it never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_connections_resume_their_sessions() {
+    for (tls12, resumption) in [(false, true), (true, true), (false, false), (true, false)] {
+        let t = tree();
+        let (cert, key) = t.ca.leaf("carrier.example");
+        let hop = Hop {
+            close_after_reply: true,
+            tls12,
+            ..Hop::default()
+        };
+        let (addr, seen) = next_hop(&cert, &key, &t.ca.cert, hop).await;
+        t.domain(
+            "carrier",
+            &format!(
+                "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{addr}\"]\n\
+                 server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n\
+                 session_resumption = {resumption}\n"
+            ),
+        );
+        let rt = t.start();
+        let udp = rt.local_addr(Transport::Udp).expect("udp");
+        let case = format!("tls12={tls12} session_resumption={resumption}");
+        for i in 0..3 {
+            assert_eq!(
+                options_via(udp, addr, &format!("r-{i}")).await,
+                Some(200),
+                "{case}"
+            );
+            // The hop closed: wait until siprox saw it, so the next request reconnects.
+            assert_eventually!(rt.stats().connections_open == 0, T, "{case}");
+        }
+        let resumed: Vec<bool> = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|s| s.resumed)
+            .collect();
+        assert_eq!(resumed, [false, resumption, resumption], "{case}");
+        rt.shutdown();
+    }
 }

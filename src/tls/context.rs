@@ -4,13 +4,15 @@
 //! material is never logged or kept beyond the context.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
+use openssl::ex_data::Index;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslSession,
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::stack::Stack;
@@ -547,6 +549,74 @@ pub struct ClientContext {
     pub verify_hostname: bool,
     pub server_name: Option<String>,
     pub digest: u64,
+    /// Sessions to resume when siprox connects to the same place again; `None` when the
+    /// domain's `session_resumption` is off. Belongs to `ctx`: its sessions are only ever
+    /// offered on connections made from `ctx`.
+    pub sessions: Option<Arc<ClientSessions>>,
+}
+
+/// The sessions a client domain may resume, by destination (address and server name).
+/// OpenSSL's new-session callback fills it (for TLS 1.3, when the server's tickets arrive);
+/// a connect to the same destination takes one. Bounded; touched once per connect, never
+/// per message.
+#[derive(Default)]
+pub struct ClientSessions {
+    by_dest: Mutex<HashMap<String, SslSession>>,
+}
+
+impl std::fmt::Debug for ClientSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSessions")
+            .field("held", &self.len())
+            .finish()
+    }
+}
+
+/// Most destinations a client domain remembers sessions for.
+const MAX_CLIENT_SESSIONS: usize = 4096;
+
+impl ClientSessions {
+    /// The session to offer when connecting to `dest` ([`client_session_key`]). A TLS 1.3
+    /// ticket is handed out once (RFC 8446 §C.4: tickets are not reused); the connection
+    /// that resumes with it receives fresh ones. A TLS 1.2 session may be offered again.
+    pub fn take(&self, dest: &str) -> Option<SslSession> {
+        let mut m = self.by_dest.lock().ok()?;
+        let tls13 = m.get(dest)?.protocol_version() == SslVersion::TLS1_3;
+        if tls13 {
+            m.remove(dest)
+        } else {
+            m.get(dest).cloned()
+        }
+    }
+
+    fn store(&self, dest: String, session: SslSession) {
+        let Ok(mut m) = self.by_dest.lock() else {
+            return;
+        };
+        if m.len() >= MAX_CLIENT_SESSIONS && !m.contains_key(&dest) {
+            if let Some(k) = m.keys().next().cloned() {
+                m.remove(&k);
+            }
+        }
+        m.insert(dest, session);
+    }
+
+    /// Sessions held (for tests and status).
+    pub fn len(&self) -> usize {
+        self.by_dest.lock().map_or(0, |m| m.len())
+    }
+
+    /// True when no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The ex-data slot of an outgoing `Ssl` naming its destination for [`ClientSessions`]:
+/// set by whoever creates the `Ssl`, read by the new-session callback.
+pub fn client_session_key() -> Option<Index<Ssl, String>> {
+    static I: OnceLock<Option<Index<Ssl, String>>> = OnceLock::new();
+    *I.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
 impl std::fmt::Debug for ClientContext {
@@ -621,12 +691,26 @@ pub fn build_client(
         SslVerifyMode::NONE
     });
     b.set_verify_depth(c.verify_depth);
+    // OpenSSL does not resume client sessions by itself: the application keeps them and
+    // offers them again. Only what the callback stores is kept (no internal store).
+    let sessions = c.session_resumption.then(|| {
+        let sessions = Arc::new(ClientSessions::default());
+        let store = sessions.clone();
+        b.set_session_cache_mode(SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL);
+        b.set_new_session_callback(move |ssl, session| {
+            if let Some(dest) = client_session_key().and_then(|i| ssl.ex_data(i)) {
+                store.store(dest.clone(), session);
+            }
+        });
+        sessions
+    });
     Ok(ClientContext {
         ctx: b.build(),
         verify_server: c.verify_server,
         verify_hostname: c.verify_hostname && c.verify_server,
         server_name: c.server_name.clone(),
         digest,
+        sessions,
     })
 }
 

@@ -11,8 +11,8 @@ pub(crate) mod testutil;
 mod x509;
 
 pub use context::{
-    build_client, build_server, client_digest, process_env, resolve, server_digest, ClientContext,
-    EnvLookup, ServerContext, SslPolicy, TlsError,
+    build_client, build_server, client_digest, client_session_key, process_env, resolve,
+    server_digest, ClientContext, ClientSessions, EnvLookup, ServerContext, SslPolicy, TlsError,
 };
 pub use domains::{client_specs, domain_source, server_spec};
 pub use facts::{CertFacts, DnFacts, TlsFacts};
