@@ -314,6 +314,84 @@ async fn handshake_timeout_holds_per_domain() {
         .expect("shutdown");
 }
 
+/// A TLS client to `addr` naming `sni` over a socket with a tiny receive buffer, that
+/// sends requests drawing ~60 KB responses from `uas` and never reads: its window and
+/// siprox's socket buffer fill. Returns when siprox closed it (true) or after `tries`.
+async fn stalled_peer(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    uas: std::net::SocketAddr,
+    tries: usize,
+) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = sock.connect(addr).await.expect("connect");
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+        .expect("connector");
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let mut ssl = openssl::ssl::Ssl::new(b.build().context()).expect("ssl");
+    ssl.set_hostname(sni).expect("sni");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    std::pin::Pin::new(&mut s)
+        .connect()
+        .await
+        .expect("handshake");
+    for i in 0..tries {
+        let req = runtime_common::request(
+            "MESSAGE",
+            &format!("sip:bob@{uas}"),
+            "TLS 127.0.0.1:9",
+            &format!("stall-{sni}-{i}"),
+            "X-Body-Size: 60000\r\n",
+            "",
+        );
+        // A failed write means siprox closed us.
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// A domain's own `send_timeout` closes a peer of that domain that stops reading, while a
+/// peer of another domain, under the global 60 s, stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timeout_holds_per_domain() {
+    let t = Tree::new("\n[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n");
+    t.write(
+        "conf.d/10-timeouts.toml",
+        b"[connections]\nsend_timeout = \"60s\"\nmax_write_queue = 268435456\n",
+    );
+    t.leaf("quick", "quick.example");
+    t.domain(
+        "quick",
+        "[domains.quick]\nnames = [\"quick.example\"]\n[domains.quick.server]\n\
+         certificate = \"certs/quick.pem\"\nprivate_key = \"certs/quick.key\"\n\
+         send_timeout = \"300ms\"\n",
+    );
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let (uas, _) = runtime_common::udp_uas().await;
+
+    let other = tokio::spawn(stalled_peer(addr, "other.example", uas, 100_000));
+    assert!(
+        stalled_peer(addr, "quick.example", uas, 5_000).await,
+        "the domain's 300 ms send_timeout did not close its stalled peer: {:?}",
+        rt.stats()
+    );
+    assert_eventually!(rt.stats().send_timeouts == 1, T, "{:?}", rt.stats());
+    // The other stalled peer, under the global 60 s, is still connected.
+    assert!(
+        !other.is_finished(),
+        "the global send_timeout was cut short"
+    );
+    assert_eq!(rt.stats().send_timeouts, 1);
+    other.abort();
+    rt.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_domain_refuses_tls12_next_to_one_that_accepts_it() {
     let t = Tree::new("");
