@@ -392,6 +392,74 @@ async fn send_timeout_holds_per_domain() {
     rt.shutdown();
 }
 
+/// `ca_dir` (a hashed directory, as `openssl rehash` makes it) trusts its CAs, alone, next
+/// to a `ca_file` (both trusted) and next to a `crl_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_dir_trusts_alone_and_with_ca_file_or_crl() {
+    let t = Tree::new("");
+    let other = tls_common::Ca::new("Other CA");
+    t.write("certs/cadir/test-ca.pem", &t.ca.cert.to_pem().expect("pem"));
+    t.write("certs/other-ca.pem", &other.cert.to_pem().expect("pem"));
+    let out = std::process::Command::new("openssl")
+        .arg("rehash")
+        .arg(t.path("certs/cadir"))
+        .output()
+        .expect("openssl runs (package openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    revoke_and_publish_crl(&t, &t.ca.leaf("someone-else.example").0);
+    let domains = [
+        ("dir", ""),
+        ("both", "ca_file = \"certs/other-ca.pem\"\n"),
+        ("revoking", "crl_file = \"certs/crl.pem\"\n"),
+    ];
+    for (d, extra) in domains {
+        t.leaf(d, &format!("{d}.example"));
+        t.domain(
+            d,
+            &format!(
+                "[domains.{d}]\nnames = [\"{d}.example\"]\n[domains.{d}.server]\n\
+                 certificate = \"certs/{d}.pem\"\nprivate_key = \"certs/{d}.key\"\n\
+                 ca_dir = \"certs/cadir\"\nverify_client = \"require\"\n{extra}"
+            ),
+        );
+    }
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let by_test_ca = t.ca.leaf("client.example");
+    let by_other_ca = other.leaf("client.example");
+    let accepted = |sni: &str, id: &(Vec<u8>, Vec<u8>)| {
+        let c = Client {
+            sni: Some(sni.to_owned()),
+            max: Some(SslVersion::TLS1_2),
+            identity: Some(id.clone()),
+            ..Client::default()
+        };
+        async move {
+            match c.connect(addr).await {
+                Ok(mut s) => options_ok(&mut s, addr, "ca-dir").await,
+                Err(_) => false,
+            }
+        }
+    };
+    for (d, _) in domains {
+        let sni = format!("{d}.example");
+        assert!(
+            accepted(&sni, &by_test_ca).await,
+            "{d}: the CA in ca_dir is trusted"
+        );
+        assert_eq!(
+            accepted(&sni, &by_other_ca).await,
+            d == "both",
+            "{d}: only ca_file adds the other CA"
+        );
+    }
+    rt.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_domain_refuses_tls12_next_to_one_that_accepts_it() {
     let t = Tree::new("");

@@ -251,8 +251,10 @@ fn set_identity(b: &mut SslContextBuilder, id: &Identity) -> Result<(), TlsError
     Ok(())
 }
 
-/// CA certificates and CRLs into the context's verify store; returns the CA subjects (the
-/// list of acceptable CAs a server sends).
+/// CA certificates, a CA directory and CRLs, all in the one verify store of the context
+/// (OpenSSL verifies peers against that store alone once it is set: a CA directory loaded
+/// elsewhere would be ignored next to a CA file or a CRL). Returns the CA file's subjects
+/// (the list of acceptable CAs a server sends; a directory cannot be listed).
 fn set_trust(
     b: &mut SslContextBuilder,
     base: &Path,
@@ -261,51 +263,33 @@ fn set_trust(
     crl_file: Option<&Path>,
     hasher: &mut DefaultHasher,
 ) -> Result<Option<Stack<X509Name>>, TlsError> {
+    if ca_file.is_none() && ca_dir.is_none() && crl_file.is_none() {
+        return Ok(None);
+    }
     let mut names = None;
-    if ca_file.is_some() || crl_file.is_some() {
-        let mut store = X509StoreBuilder::new().map_err(ossl("creating the CA store"))?;
-        if let Some(ca) = ca_file {
-            let path = resolve(base, ca);
-            let pem = read(&path)?;
-            pem.hash(hasher);
-            let cas = X509::stack_from_pem(&pem).map_err(|e| TlsError::Pem {
-                path: path.clone(),
-                what: format!("not PEM CA certificates ({e})"),
-            })?;
-            if cas.is_empty() {
-                return Err(TlsError::Pem {
-                    path,
-                    what: "no certificate in the CA file".into(),
-                });
-            }
-            let mut list = Stack::new().map_err(ossl("CA list"))?;
-            for ca in cas {
-                if let Ok(n) = ca.subject_name().to_owned() {
-                    let _ = list.push(n);
-                }
-                store.add_cert(ca).map_err(ossl("adding a CA"))?;
-            }
-            names = Some(list);
+    let mut store = X509StoreBuilder::new().map_err(ossl("creating the CA store"))?;
+    if let Some(ca) = ca_file {
+        let path = resolve(base, ca);
+        let pem = read(&path)?;
+        pem.hash(hasher);
+        let cas = X509::stack_from_pem(&pem).map_err(|e| TlsError::Pem {
+            path: path.clone(),
+            what: format!("not PEM CA certificates ({e})"),
+        })?;
+        if cas.is_empty() {
+            return Err(TlsError::Pem {
+                path,
+                what: "no certificate in the CA file".into(),
+            });
         }
-        if let Some(crl) = crl_file {
-            let path = resolve(base, crl);
-            let pem = read(&path)?;
-            pem.hash(hasher);
-            // Parsed here for a clear error; OpenSSL's lookup then loads the same file.
-            parse_crls(&pem).map_err(|what| TlsError::Pem {
-                path: path.clone(),
-                what,
-            })?;
-            store
-                .add_lookup(X509Lookup::file())
-                .and_then(|l| l.load_crl_file(&path, SslFiletype::PEM).map(|_| ()))
-                .map_err(ossl(format!("loading CRL {}", path.display())))?;
-            store
-                .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
-                .map_err(ossl("enabling CRL checks"))?;
+        let mut list = Stack::new().map_err(ossl("CA list"))?;
+        for ca in cas {
+            if let Ok(n) = ca.subject_name().to_owned() {
+                let _ = list.push(n);
+            }
+            store.add_cert(ca).map_err(ossl("adding a CA"))?;
         }
-        b.set_verify_cert_store(store.build())
-            .map_err(ossl("installing the CA store"))?;
+        names = Some(list);
     }
     if let Some(dir) = ca_dir {
         let path = resolve(base, dir);
@@ -316,9 +300,42 @@ fn set_trust(
             });
         }
         path.hash(hasher);
-        b.load_verify_locations(None, Some(&path))
+        let Some(name) = path.to_str() else {
+            return Err(TlsError::Read {
+                path,
+                reason: "not a UTF-8 path".into(),
+            });
+        };
+        store
+            .add_lookup(X509Lookup::hash_dir())
+            .and_then(|l| l.add_dir(name, SslFiletype::PEM))
             .map_err(ossl(format!("loading CA directory {}", path.display())))?;
     }
+    if ca_file.is_none() && ca_dir.is_none() {
+        // A CRL alone (a client domain): keep trusting the system's CAs.
+        store
+            .set_default_paths()
+            .map_err(ossl("system CA store"))?;
+    }
+    if let Some(crl) = crl_file {
+        let path = resolve(base, crl);
+        let pem = read(&path)?;
+        pem.hash(hasher);
+        // Parsed here for a clear error; OpenSSL's lookup then loads the same file.
+        parse_crls(&pem).map_err(|what| TlsError::Pem {
+            path: path.clone(),
+            what,
+        })?;
+        store
+            .add_lookup(X509Lookup::file())
+            .and_then(|l| l.load_crl_file(&path, SslFiletype::PEM).map(|_| ()))
+            .map_err(ossl(format!("loading CRL {}", path.display())))?;
+        store
+            .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
+            .map_err(ossl("enabling CRL checks"))?;
+    }
+    b.set_verify_cert_store(store.build())
+        .map_err(ossl("installing the CA store"))?;
     Ok(names)
 }
 
