@@ -460,6 +460,57 @@ async fn ca_dir_trusts_alone_and_with_ca_file_or_crl() {
     rt.shutdown();
 }
 
+/// `verify_depth` per domain: 0 accepts a client certificate issued by the trusted CA
+/// itself and refuses one that needs an intermediate; the default accepts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_depth_holds_per_domain() {
+    let t = Tree::new("");
+    for (d, extra) in [("shallow", "verify_depth = 0\n"), ("deep", "")] {
+        t.leaf(d, &format!("{d}.example"));
+        t.domain(
+            d,
+            &format!(
+                "[domains.{d}]\nnames = [\"{d}.example\"]\n[domains.{d}.server]\n\
+                 certificate = \"certs/{d}.pem\"\nprivate_key = \"certs/{d}.key\"\n\
+                 ca_file = \"certs/test-ca.pem\"\nverify_client = \"require\"\n{extra}"
+            ),
+        );
+    }
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let direct = t.ca.leaf("direct.example");
+    let inter = t.ca.intermediate("Test Intermediate");
+    let (leaf, key) = inter.leaf("chained.example");
+    let mut chained = leaf;
+    chained.extend_from_slice(&inter.cert.to_pem().expect("pem"));
+    let chained = (chained, key);
+
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        let accepted = |sni: &str, id: &(Vec<u8>, Vec<u8>)| {
+            let c = Client {
+                sni: Some(sni.to_owned()),
+                min: Some(version),
+                max: Some(version),
+                identity: Some(id.clone()),
+                ..Client::default()
+            };
+            async move {
+                match c.connect(addr).await {
+                    Ok(mut s) => options_ok(&mut s, addr, "depth").await,
+                    Err(_) => false,
+                }
+            }
+        };
+        assert!(accepted("shallow.example", &direct).await, "{version:?}");
+        assert!(
+            !accepted("shallow.example", &chained).await,
+            "{version:?}: verify_depth = 0 must refuse an intermediate"
+        );
+        assert!(accepted("deep.example", &chained).await, "{version:?}");
+    }
+    rt.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_domain_refuses_tls12_next_to_one_that_accepts_it() {
     let t = Tree::new("");

@@ -313,9 +313,7 @@ fn set_trust(
     }
     if ca_file.is_none() && ca_dir.is_none() {
         // A CRL alone (a client domain): keep trusting the system's CAs.
-        store
-            .set_default_paths()
-            .map_err(ossl("system CA store"))?;
+        store.set_default_paths().map_err(ossl("system CA store"))?;
     }
     if let Some(crl) = crl_file {
         let path = resolve(base, crl);

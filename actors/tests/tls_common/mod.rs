@@ -86,6 +86,34 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let key = key();
+        let mut n = X509NameBuilder::new().expect("name");
+        n.append_entry_by_nid(Nid::COMMONNAME, name).expect("cn");
+        let n = n.build();
+        let mut b = X509Builder::new().expect("builder");
+        b.set_version(2).expect("v3");
+        let mut sn = BigNum::new().expect("bn");
+        sn.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
+        b.set_serial_number(&sn.to_asn1_integer().expect("sn"))
+            .expect("sn");
+        b.set_subject_name(&n).expect("subject");
+        b.set_issuer_name(self.cert.subject_name()).expect("issuer");
+        b.set_pubkey(&key).expect("pubkey");
+        b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
+            .expect("nb");
+        b.set_not_after(&Asn1Time::days_from_now(30).expect("t"))
+            .expect("na");
+        b.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
+            .expect("ext");
+        b.sign(&self.key, MessageDigest::sha256()).expect("sign");
+        Ca {
+            cert: b.build(),
+            key,
+        }
+    }
+
     /// A leaf (cert PEM, key PEM) for `cn` with DNS SAN `cn`.
     pub fn leaf(&self, cn: &str) -> (Vec<u8>, Vec<u8>) {
         let k = key();
@@ -170,7 +198,7 @@ pub struct Client {
     pub ciphers: Option<String>,
     /// TLS 1.3 ciphersuites to offer.
     pub ciphersuites: Option<String>,
-    /// (certificate PEM, key PEM) to present.
+    /// (certificate PEM, followed by any intermediates; key PEM) to present.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -199,8 +227,13 @@ impl Client {
             b.set_ciphersuites(c).expect("ciphersuites");
         }
         if let Some((c, k)) = &self.identity {
-            b.set_certificate(&X509::from_pem(c).expect("cert"))
+            // The leaf, then any intermediates (a chain PEM).
+            let mut chain = X509::stack_from_pem(c).expect("certs").into_iter();
+            b.set_certificate(&chain.next().expect("a certificate"))
                 .expect("cert");
+            for extra in chain {
+                b.add_extra_chain_cert(extra).expect("chain");
+            }
             b.set_private_key(&PKey::private_key_from_pem(k).expect("key"))
                 .expect("key");
         }
