@@ -17,6 +17,7 @@ use openssl::ssl::{NameType, Ssl, SslAcceptor, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use runtime_common::{request, response_for, status};
 use siprox::proxy::Transport;
+use siprox_actors::registry::ReloadOutcome;
 use tls_common::Tree;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
@@ -250,4 +251,45 @@ async fn outgoing_connections_resume_their_sessions() {
         assert_eq!(resumed, [false, resumption, resumption], "{case}");
         rt.shutdown();
     }
+}
+
+/// A client certificate rotated on disk is presented from the next connection on, after
+/// the reload, and a session of the old identity is not resumed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_certificate_is_used_after_the_reload() {
+    let t = tree();
+    t.leaf("siprox-client", "client-1");
+    let (cert, key) = t.ca.leaf("carrier.example");
+    let hop = Hop {
+        require_client: true,
+        close_after_reply: true,
+        ..Hop::default()
+    };
+    let (addr, seen) = next_hop(&cert, &key, &t.ca.cert, hop).await;
+    t.domain(
+        "carrier",
+        &format!(
+            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{addr}\"]\n\
+             server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n\
+             certificate = \"certs/siprox-client.pem\"\nprivate_key = \"certs/siprox-client.key\"\n"
+        ),
+    );
+    let rt = t.start();
+    let udp = rt.local_addr(Transport::Udp).expect("udp");
+    assert_eq!(options_via(udp, addr, "before").await, Some(200));
+    assert_eventually!(rt.stats().connections_open == 0, T, "{:?}", rt.stats());
+
+    t.leaf("siprox-client", "client-2");
+    match rt.reload().await {
+        ReloadOutcome::Published { changed } => assert!(changed.iter().any(|d| d == "carrier")),
+        other => panic!("expected the carrier domain rebuilt, got {other:?}"),
+    }
+    assert_eq!(options_via(udp, addr, "after").await, Some(200));
+    let s = seen.lock().expect("seen").clone();
+    let who: Vec<_> = s
+        .iter()
+        .map(|s| (s.client_cn.as_deref(), s.resumed))
+        .collect();
+    assert_eq!(who, [(Some("client-1"), false), (Some("client-2"), false)]);
+    rt.shutdown();
 }
