@@ -38,7 +38,8 @@ pub enum ReloadCause {
     Files,
     /// SIGHUP.
     Signal,
-    /// The periodic hash check.
+    /// The periodic hash check (also run once as soon as the file watcher watches, for
+    /// what changed between the start's reads and then).
     Periodic,
     /// `tls.reload` / `cfg.reload` or [`crate::RuntimeHandle::reload`].
     Request,
@@ -137,9 +138,19 @@ pub struct DomainRegistry {
     config_digest: Option<u64>,
 }
 
+/// Digests of the configuration and scripts the running snapshot was built from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadedDigests {
+    /// [`scripts_digest`].
+    pub(crate) scripts: u64,
+    /// [`config_digest`].
+    pub(crate) config: Option<u64>,
+}
+
 impl DomainRegistry {
     pub(crate) fn new(
         shared: Arc<Shared>,
+        loaded: LoadedDigests,
         config_dir: Option<PathBuf>,
         base: PathBuf,
         listens: Vec<Listen>,
@@ -162,8 +173,8 @@ impl DomainRegistry {
             waiting: Vec::new(),
             logged: BTreeSet::new(),
             status: TlsStatus::default(),
-            scripts_digest: 0,
-            config_digest: None,
+            scripts_digest: loaded.scripts,
+            config_digest: loaded.config,
         }
     }
 
@@ -373,9 +384,12 @@ impl Actor for DomainRegistry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let snap = self.shared.snapshot.load_full();
-        self.scripts_digest = scripts_digest(&snap.config, &self.base);
-        self.config_digest = self.config_dir.as_deref().and_then(config_digest);
         self.start_watcher(&snap.config, ctx);
+        if self.watcher.is_some() {
+            // A change made after the start read the files and before the watcher watched
+            // raised no event: one check against the digests of what was loaded finds it.
+            self.request(ReloadCause::Periodic, None, ctx);
+        }
         self.status.last_reload = Some(ReloadRecord {
             at: SystemTime::now(),
             cause: ReloadCause::Start,

@@ -196,6 +196,15 @@ impl Runtime {
             }
         }
 
+        // What the registry compares later reloads against, taken before the scripts are
+        // read: a file changed from here on differs from these digests, so the registry's
+        // first check (once its watcher runs) picks it up instead of taking it as loaded.
+        let digests = crate::registry::LoadedDigests {
+            scripts: crate::registry::scripts_digest(&config, &opts.base_dir),
+            config: config_dir
+                .as_deref()
+                .and_then(crate::registry::config_digest),
+        };
         let scripts = crate::scripts::ScriptSet::compile(&config, &opts.base_dir)
             .map_err(|e| RuntimeError::Config(e.join("\n")))?;
         // Management listener (TLS built, port bound) before anything starts: errors return here.
@@ -212,6 +221,7 @@ impl Runtime {
         let handle_signals = opts.handle_signals;
         let registry = DomainRegistry::new(
             shared.clone(),
+            digests,
             config_dir,
             opts.base_dir.clone(),
             listens.clone(),

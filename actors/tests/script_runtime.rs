@@ -344,3 +344,48 @@ async fn swapping_a_script_under_load_loses_no_message() {
     assert_eq!(failed, 0, "no message lost across swaps ({sent} sent)");
     rt.shutdown();
 }
+
+/// A script changed at once after the start, before the file watcher may be watching: it
+/// still replaces the running one (the registry compares against what the start loaded, and
+/// checks once as soon as it watches), instead of waiting for the periodic check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_right_after_the_start_is_not_missed() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "scripts/route.cfg", &versioned(1));
+        let (uas, seen) = versioned_uas().await;
+        write(
+            dir.path(),
+            "conf.d/00-test.toml",
+            "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n\
+             [script]\nfile = \"scripts/route.cfg\"\n\
+             [tls]\ngenerate_dev_certs = true\nwatch = true\nreload_debounce = \"50ms\"\n\
+             reload_check_interval = \"600s\"\n",
+        );
+        let cfg = siprox::config::load(&dir.path().join("conf.d")).expect("config loads");
+        let rt = start(cfg, dir.path());
+        swap_in(dir.path(), &versioned(2));
+        let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let via = format!("UDP {}", sock.local_addr().unwrap());
+        let mut i = 0;
+        assert_eventually!(
+            {
+                i += 1;
+                let m = request(
+                    "OPTIONS",
+                    &format!("sip:x@{uas}"),
+                    &via,
+                    &format!("r{round}-{i}"),
+                    "",
+                    "",
+                );
+                udp_exchange(&sock, proxy, &m).await;
+                seen.lock().unwrap().last().is_some_and(|v| v == "2")
+            },
+            Duration::from_secs(5),
+            "round {round}: the change made right after the start was missed"
+        );
+        rt.shutdown();
+    }
+}
