@@ -321,3 +321,62 @@ async fn idle_and_handshake_timeouts_close_connections() {
     );
     rt.shutdown();
 }
+
+/// An outgoing connect that gets no answer is given up after `connect_timeout`: the request
+/// waiting for it is dropped and counted, and siprox goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_connect_is_given_up_after_connect_timeout() {
+    // A next hop whose accept queue is full (backlog 1, never accepting): the kernel drops
+    // further SYNs, so a connect to it hangs.
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = sock.listen(1).expect("listen");
+    let hop = listener.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(hop)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => break, // this connect hangs: the queue is full
+        }
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&[Proto::Udp]);
+    cfg.connections.connect_timeout = ConfigDuration::millis(500);
+    let rt = start(cfg, dir.path());
+    let udp = rt.local_addr(Transport::Udp).expect("udp");
+    let uac = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let me = uac.local_addr().expect("addr");
+    let req = request(
+        "OPTIONS",
+        &format!("sip:bob@{hop};transport=tcp"),
+        &format!("UDP {me}"),
+        "no-answer",
+        "",
+        "",
+    );
+    uac.send_to(req.as_bytes(), udp).await.expect("send");
+    assert_eventually!(rt.stats().connect_failures == 1, T, "{:?}", rt.stats());
+    assert_eq!(rt.stats().connections_open, 0);
+
+    // Still serving: an OPTIONS to siprox itself is answered.
+    uac.send_to(options_to(udp, "UDP", "alive").as_bytes(), udp)
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(T, uac.recv(&mut buf))
+        .await
+        .expect("answered in time")
+        .expect("recv");
+    assert_eq!(
+        status(std::str::from_utf8(&buf[..n]).expect("utf-8")),
+        Some(200)
+    );
+    drop(fillers);
+    rt.shutdown();
+}
