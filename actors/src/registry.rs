@@ -296,9 +296,11 @@ impl DomainRegistry {
         if matches!(outcome, ReloadOutcome::Failed { .. }) {
             self.status.last_error = Some(record.clone());
         }
+        if let ReloadOutcome::Published { changed } = &outcome {
+            self.warn_expiring(Some(changed));
+        }
         self.status.last_reload = Some(record);
         self.publish_status();
-        self.warn_expiring();
         for w in waiters {
             let _ = w.send(outcome.clone());
         }
@@ -314,8 +316,11 @@ impl DomainRegistry {
         }
     }
 
-    /// Warns about every live certificate expiring within `expiry_warning_days`.
-    fn warn_expiring(&self) {
+    /// Warns about the live certificates expiring within `expiry_warning_days`: of every
+    /// server domain (`None`: at start and once a day), or of the domains a reload just
+    /// (re)built. Not on checks that changed nothing: with 1,000 tenants a certificate about
+    /// to expire must not log a line a minute.
+    fn warn_expiring(&self, only: Option<&[String]>) {
         let snap = self.shared.snapshot.load();
         let days = i64::from(snap.config.tls.expiry_warning_days);
         let now = unix_now();
@@ -324,6 +329,7 @@ impl DomainRegistry {
             .servers
             .iter()
             .chain(snap.tls.default_server.iter())
+            .filter(|d| only.is_none_or(|names| names.iter().any(|n| **n == *d.name)))
         {
             let left = d.ctx.cert.not_after_unix - now;
             if left < days * 86_400 {
@@ -401,14 +407,14 @@ impl Actor for DomainRegistry {
             },
         });
         self.publish_status();
-        self.warn_expiring();
+        self.warn_expiring(None);
         let every = snap.config.tls.reload_check_interval.get();
         if !every.is_zero() {
             ctx.run_interval(every, |act, ctx| {
                 act.request(ReloadCause::Periodic, None, ctx)
             });
         }
-        ctx.run_interval(DAY, |act, _| act.warn_expiring());
+        ctx.run_interval(DAY, |act, _| act.warn_expiring(None));
         if self.handle_signals {
             let me = ctx.address();
             actix::spawn(async move {

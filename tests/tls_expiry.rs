@@ -1,0 +1,86 @@
+//! `[tls] expiry_warning_days`: a certificate about to expire is warned about at start,
+//! when a reload rebuilds its domain, and once a day; not on every check that changes
+//! nothing (with many tenants that would be a line per certificate per minute).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::{Runtime, RuntimeOptions};
+use support::certs::{Ca, Leaf};
+
+const WARNING: &str = "TLS certificate expires soon";
+
+fn expiry_warnings(domain: &str) -> usize {
+    support::logs::at_least(tracing::Level::WARN)
+        .iter()
+        .filter(|e| e.text.contains(WARNING) && e.text.contains(&format!("domain={domain}")))
+        .count()
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_certificate_is_warned_about_at_start_and_on_rebuild_only() {
+    assert!(support::logs::install(), "log capture installed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let mut ca = Ca::new(&certs, "ca", "expiry test CA");
+    let soon = |cn| Leaf {
+        cn,
+        dns: &[],
+        ips: &[],
+        to_days: 2,
+        ..Leaf::default()
+    };
+    ca.issue("soon", &soon("soon.example"));
+    ca.issue("later", &Leaf::default());
+    write(
+        dir.path(),
+        "conf.d/00-core.toml",
+        "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n\
+         [tls]\ncertificate = \"certs/later.pem\"\nprivate_key = \"certs/later.key\"\n\
+         expiry_warning_days = 30\nwatch = false\nreload_check_interval = \"0s\"\n",
+    );
+    write(
+        dir.path(),
+        "conf.d/domains/soon.toml",
+        "[domains.soon]\n[domains.soon.server]\nsni = [\"soon.example\"]\n\
+         certificate = \"certs/soon.pem\"\nprivate_key = \"certs/soon.key\"\n",
+    );
+    let config = siprox::config::load(&dir.path().join("conf.d")).expect("config");
+    let rt = Runtime::start(config, RuntimeOptions::embedded(dir.path())).expect("starts");
+
+    // At start: once.
+    assert_eventually!(expiry_warnings("soon") == 1, Duration::from_secs(5));
+    // Checks that change nothing: no more.
+    for _ in 0..3 {
+        assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);
+    }
+    // A reload that rebuilds another domain: not this one's warning again.
+    ca.issue("other", &Leaf::default());
+    write(
+        dir.path(),
+        "conf.d/domains/other.toml",
+        "[domains.other]\n[domains.other.server]\nsni = [\"other.example\"]\n\
+         certificate = \"certs/other.pem\"\nprivate_key = \"certs/other.key\"\n",
+    );
+    assert!(matches!(rt.reload().await, ReloadOutcome::Published { .. }));
+    assert_eq!(expiry_warnings("soon"), 1);
+    // Its own certificate replaced by another about to expire: warned about again.
+    ca.issue("soon", &soon("soon-2.example"));
+    match rt.reload().await {
+        ReloadOutcome::Published { changed } => assert!(changed.iter().any(|d| d == "soon")),
+        other => panic!("expected `soon` rebuilt, got {other:?}"),
+    }
+    assert_eq!(expiry_warnings("soon"), 2);
+    assert_eq!(expiry_warnings("default"), 0);
+    rt.shutdown();
+}
