@@ -137,12 +137,7 @@ async fn rotations_domains_and_a_broken_certificate_under_load() {
             cn_of(addr, "rot.example").await
         );
         if n == 30 {
-            t.leaf("third", "third.example");
-            t.domain(
-                "third",
-                "[domains.third]\nnames = [\"third.example\"]\n[domains.third.server]\n\
-                 certificate = \"certs/third.pem\"\nprivate_key = \"certs/third.key\"\n",
-            );
+            t.server_domain("third", "");
             assert_eventually!(
                 cn_of(addr, "third.example").await == "third.example",
                 ROTATED_WITHIN,
@@ -277,12 +272,7 @@ async fn unchanged_reload_publishes_nothing_and_keeps_contexts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_connections_do_not_keep_old_domain_tables_alive() {
     let t = Tree::new("");
-    t.leaf("a", "a.example");
-    t.domain(
-        "a",
-        "[domains.a]\nnames = [\"a.example\"]\n[domains.a.server]\n\
-         certificate = \"certs/a.pem\"\nprivate_key = \"certs/a.key\"\n",
-    );
+    t.server_domain("a", "");
     let rt = t.start();
     let addr = rt.local_addr(Transport::Tls).expect("tls");
     let old = Arc::downgrade(&rt.snapshot().tls);

@@ -107,27 +107,12 @@ fn s_client(
     }
 }
 
-/// Two tenants on one listener, `a` resuming (the default) and `c` not.
+/// Tenants on one listener: `a` and `b` resuming (the default), `c` not.
 fn two_tenants() -> Tree {
     let t = Tree::new("");
-    t.leaf("a", "a.example");
-    t.leaf("b", "b.example");
-    t.leaf("c", "c.example");
-    for d in ["a", "b"] {
-        t.domain(
-            d,
-            &format!(
-                "[domains.{d}]\n[domains.{d}.server]\nsni = [\"{d}.example\"]\n\
-                 certificate = \"certs/{d}.pem\"\nprivate_key = \"certs/{d}.key\"\n"
-            ),
-        );
-    }
-    t.domain(
-        "c",
-        "[domains.c]\n[domains.c.server]\nsni = [\"c.example\"]\n\
-         certificate = \"certs/c.pem\"\nprivate_key = \"certs/c.key\"\n\
-         session_resumption = false\n",
-    );
+    t.server_domain("a", "");
+    t.server_domain("b", "");
+    t.server_domain("c", "session_resumption = false\n");
     t
 }
 

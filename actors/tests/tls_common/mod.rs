@@ -182,6 +182,21 @@ impl Tree {
         self.write(&format!("conf.d/domains/{name}.toml"), body.as_bytes());
     }
 
+    /// A tenant with a TLS server side: a certificate for `<name>.example` signed by the
+    /// test CA at `certs/<name>.pem`, and `conf.d/domains/<name>.toml` naming
+    /// `<name>.example`, with `server_extra` (TOML lines) in its `server` table.
+    pub fn server_domain(&self, name: &str, server_extra: &str) {
+        self.leaf(name, &format!("{name}.example"));
+        self.domain(
+            name,
+            &format!(
+                "[domains.{name}]\nnames = [\"{name}.example\"]\n[domains.{name}.server]\n\
+                 certificate = \"certs/{name}.pem\"\nprivate_key = \"certs/{name}.key\"\n\
+                 {server_extra}"
+            ),
+        );
+    }
+
     /// Loads conf.d as the daemon does and starts siprox in this process.
     pub fn start(&self) -> RuntimeHandle {
         let config = siprox::config::load(&self.path("conf.d")).expect("valid configuration");
