@@ -138,6 +138,22 @@ fn tree() -> Tree {
     Tree::new("\n[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n")
 }
 
+/// The client domain `carrier` for the next hop at `hop`: SNI `carrier.example`, servers
+/// verified with the test CA, and `extra` (TOML lines) in its `client` table.
+fn carrier_domain(t: &Tree, hop: SocketAddr, extra: &str) {
+    t.domain(
+        "carrier",
+        &format!(
+            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{hop}\"]\n\
+             server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n{extra}"
+        ),
+    );
+}
+
+/// The `carrier` client certificate lines.
+const CLIENT_CERT: &str =
+    "certificate = \"certs/siprox-client.pem\"\nprivate_key = \"certs/siprox-client.key\"\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_domain_of_a_destination_presents_its_certificate_and_sni() {
     let t = tree();
@@ -148,15 +164,7 @@ async fn the_client_domain_of_a_destination_presents_its_certificate_and_sni() {
         ..Hop::default()
     };
     let (hop, seen) = next_hop(&hop_cert, &hop_key, &t.ca.cert, require).await;
-    t.domain(
-        "carrier",
-        &format!(
-            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{hop}\"]\n\
-             server_name = \"carrier.example\"\n\
-             certificate = \"certs/siprox-client.pem\"\nprivate_key = \"certs/siprox-client.key\"\n\
-             ca_file = \"certs/test-ca.pem\"\n"
-        ),
-    );
+    carrier_domain(&t, hop, CLIENT_CERT);
     let rt = t.start();
     let udp = rt.local_addr(Transport::Udp).expect("udp");
 
@@ -187,13 +195,7 @@ async fn other_destinations_get_the_default_client_which_verifies_the_server() {
     let (cert, key) = t.ca.leaf("carrier.example");
     let (carrier, _) = next_hop(&cert, &key, &t.ca.cert, Hop::default()).await;
     let (elsewhere, seen) = next_hop(&cert, &key, &t.ca.cert, Hop::default()).await;
-    t.domain(
-        "carrier",
-        &format!(
-            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{carrier}\"]\n\
-             server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n"
-        ),
-    );
+    carrier_domain(&t, carrier, "");
     let rt = t.start();
     let udp = rt.local_addr(Transport::Udp).expect("udp");
 
@@ -222,14 +224,7 @@ async fn outgoing_connections_resume_their_sessions() {
             ..Hop::default()
         };
         let (addr, seen) = next_hop(&cert, &key, &t.ca.cert, hop).await;
-        t.domain(
-            "carrier",
-            &format!(
-                "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{addr}\"]\n\
-                 server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n\
-                 session_resumption = {resumption}\n"
-            ),
-        );
+        carrier_domain(&t, addr, &format!("session_resumption = {resumption}\n"));
         let rt = t.start();
         let udp = rt.local_addr(Transport::Udp).expect("udp");
         let case = format!("tls12={tls12} session_resumption={resumption}");
@@ -266,14 +261,7 @@ async fn a_rotated_client_certificate_is_used_after_the_reload() {
         ..Hop::default()
     };
     let (addr, seen) = next_hop(&cert, &key, &t.ca.cert, hop).await;
-    t.domain(
-        "carrier",
-        &format!(
-            "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{addr}\"]\n\
-             server_name = \"carrier.example\"\nca_file = \"certs/test-ca.pem\"\n\
-             certificate = \"certs/siprox-client.pem\"\nprivate_key = \"certs/siprox-client.key\"\n"
-        ),
-    );
+    carrier_domain(&t, addr, CLIENT_CERT);
     let rt = t.start();
     let udp = rt.local_addr(Transport::Udp).expect("udp");
     assert_eq!(options_via(udp, addr, "before").await, Some(200));

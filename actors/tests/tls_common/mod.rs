@@ -35,6 +35,17 @@ pub fn cert(
     k: &PKey<Private>,
     issuer: Option<(&X509, &PKey<Private>)>,
 ) -> X509 {
+    cert_as(cn, sans, k, issuer, issuer.is_none())
+}
+
+/// As [`cert`], a CA certificate when `ca` (an intermediate, when `issuer` is given).
+fn cert_as(
+    cn: &str,
+    sans: &[&str],
+    k: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    ca: bool,
+) -> X509 {
     let mut n = X509NameBuilder::new().expect("name");
     n.append_entry_by_nid(Nid::COMMONNAME, cn).expect("cn");
     let n = n.build();
@@ -52,7 +63,7 @@ pub fn cert(
         .expect("nb");
     b.set_not_after(&Asn1Time::days_from_now(30).expect("t"))
         .expect("na");
-    if issuer.is_none() {
+    if ca {
         b.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
             .expect("ext");
     }
@@ -89,27 +100,8 @@ impl Ca {
     /// An intermediate CA signed by this one.
     pub fn intermediate(&self, name: &str) -> Ca {
         let key = key();
-        let mut n = X509NameBuilder::new().expect("name");
-        n.append_entry_by_nid(Nid::COMMONNAME, name).expect("cn");
-        let n = n.build();
-        let mut b = X509Builder::new().expect("builder");
-        b.set_version(2).expect("v3");
-        let mut sn = BigNum::new().expect("bn");
-        sn.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-        b.set_serial_number(&sn.to_asn1_integer().expect("sn"))
-            .expect("sn");
-        b.set_subject_name(&n).expect("subject");
-        b.set_issuer_name(self.cert.subject_name()).expect("issuer");
-        b.set_pubkey(&key).expect("pubkey");
-        b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-            .expect("nb");
-        b.set_not_after(&Asn1Time::days_from_now(30).expect("t"))
-            .expect("na");
-        b.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
-            .expect("ext");
-        b.sign(&self.key, MessageDigest::sha256()).expect("sign");
         Ca {
-            cert: b.build(),
+            cert: cert_as(name, &[], &key, Some((&self.cert, &self.key)), true),
             key,
         }
     }
