@@ -40,26 +40,9 @@ async fn stalled_tls_peers_are_closed_after_send_timeout_and_a_normal_peer_is_no
         let tcp = sock.connect(tls_addr).await.expect("connect");
         let mut s = tls_over(tcp, &ca).await;
         let done = done.clone();
+        // Closed by siprox (a failed write) is what the test waits for.
         stalled.push(tokio::spawn(async move {
-            for i in 0..5000 {
-                if done.load(Ordering::Relaxed) {
-                    break;
-                }
-                let req = request(
-                    "MESSAGE",
-                    &format!("sip:bob@{uas}"),
-                    "TLS 127.0.0.1:9",
-                    &format!("stall-{k}-{i}"),
-                    "X-Body-Size: 60000\r\n",
-                    "",
-                );
-                // A failed write means siprox closed us: what the test waits for.
-                if s.write_all(req.as_bytes()).await.is_err() {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            false
+            draw_without_reading(&mut s, uas, &k.to_string(), 5000, &done).await
         }));
     }
 

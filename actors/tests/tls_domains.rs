@@ -297,16 +297,14 @@ async fn handshake_timeout_holds_per_domain() {
         .expect("shutdown");
 }
 
-/// A TLS client to `addr` naming `sni` over a socket with a tiny receive buffer, that
-/// sends requests drawing ~60 KB responses from `uas` and never reads: its window and
-/// siprox's socket buffer fill. Returns when siprox closed it (true) or after `tries`.
+/// A TLS client to `addr` naming `sni`, over a socket with a tiny receive buffer, that stops
+/// reading ([`runtime_common::draw_without_reading`]): true when siprox closed it.
 async fn stalled_peer(
     addr: std::net::SocketAddr,
     sni: &str,
     uas: std::net::SocketAddr,
     tries: usize,
 ) -> bool {
-    use tokio::io::AsyncWriteExt as _;
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(4096).expect("rcvbuf");
     let tcp = sock.connect(addr).await.expect("connect");
@@ -320,22 +318,8 @@ async fn stalled_peer(
         .connect()
         .await
         .expect("handshake");
-    for i in 0..tries {
-        let req = runtime_common::request(
-            "MESSAGE",
-            &format!("sip:bob@{uas}"),
-            "TLS 127.0.0.1:9",
-            &format!("stall-{sni}-{i}"),
-            "X-Body-Size: 60000\r\n",
-            "",
-        );
-        // A failed write means siprox closed us.
-        if s.write_all(req.as_bytes()).await.is_err() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    false
+    let never = std::sync::atomic::AtomicBool::new(false);
+    runtime_common::draw_without_reading(&mut s, uas, sni, tries, &never).await
 }
 
 /// A domain's own `send_timeout` closes a peer of that domain that stops reading, while a

@@ -227,6 +227,36 @@ pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, msg: &str) {
     s.write_all(msg.as_bytes()).await.expect("write");
 }
 
+/// A peer that stops reading: sends up to `tries` requests, each drawing a ~60 KB response
+/// from `uas` (see [`udp_uas`]), and never reads, so its window and siprox's socket buffer
+/// fill. True when a write failed: siprox closed the connection. Stops early when `stop`.
+pub async fn draw_without_reading<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    uas: SocketAddr,
+    tag: &str,
+    tries: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> bool {
+    for i in 0..tries {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let req = request(
+            "MESSAGE",
+            &format!("sip:bob@{uas}"),
+            "TLS 127.0.0.1:9",
+            &format!("stall-{tag}-{i}"),
+            "X-Body-Size: 60000\r\n",
+            "",
+        );
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
 /// A UDP user agent server: answers every request with 200, with a body of the size the
 /// request's `X-Body-Size` header asks for (default 0). Returns its address and a counter
 /// of requests received.
