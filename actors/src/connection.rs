@@ -168,51 +168,13 @@ impl Connection {
         transport: Transport,
         slot: Slot,
     ) {
-        let snap = worker.shared.snapshot.load();
-        let settings = snap.conn;
-        let limits = snap.limits;
-        drop(snap);
-        let id = worker.shared.next_conn_id();
         let key = PeerKey {
             transport,
             addr: peer,
             server_name: None,
         };
-        let ctx = Context::new();
-        let shared = ConnShared::new(
-            id,
-            key,
-            ctx.address(),
-            settings.max_write_queue,
-            false,
-            settings.idle_timeout,
-        );
-        worker
-            .shared
-            .table
-            .insert_id(ConnHandle::new(shared.clone()));
-        ctx.run(Connection {
-            shared,
-            local,
-            dest: None,
-            span: conn_span(id, peer, transport, "in"),
-            worker: worker.clone(),
-            start: Some(Box::new(Start {
-                accepted: Some(tcp),
-                settings,
-            })),
-            send_timeout: settings.send_timeout,
-            io: None,
-            rbuf: BytesMut::new(),
-            http: None,
-            framer: StreamFramer::new(limits),
-            wq: VecDeque::new(),
-            woff: 0,
-            send_timer: None,
-            phase: Phase::Starting,
-            tls: None,
-            _slot: slot,
-        });
+        let shared = Connection::spawn(worker, key, local, None, Some(tcp), slot);
+        worker.shared.table.insert_id(ConnHandle::new(shared));
     }
 
     /// Starts an outgoing connection to `dest` on the current arbiter and returns its handle
@@ -222,32 +184,56 @@ impl Connection {
         key: &PeerKey,
         dest: &Destination,
     ) -> ConnHandle {
+        let slot = worker.shared.admit_outgoing();
+        let shared = Connection::spawn(
+            worker,
+            key.clone(),
+            dest.addr,
+            Some(dest.clone()),
+            None,
+            slot,
+        );
+        ConnHandle::new(shared)
+    }
+
+    /// Creates and starts the actor, with the settings of the live snapshot: accepted
+    /// (`accepted`, no `dest`) or outgoing (`dest`: it connects).
+    fn spawn(
+        worker: &Rc<Worker>,
+        key: PeerKey,
+        local: SocketAddr,
+        dest: Option<Destination>,
+        accepted: Option<TcpStream>,
+        slot: Slot,
+    ) -> Arc<ConnShared> {
         let snap = worker.shared.snapshot.load();
         let settings = snap.conn;
         let limits = snap.limits;
         drop(snap);
         let id = worker.shared.next_conn_id();
-        let slot = worker.shared.admit_outgoing();
+        let outgoing = dest.is_some();
+        let span = conn_span(
+            id,
+            key.addr,
+            key.transport,
+            if outgoing { "out" } else { "in" },
+        );
         let ctx = Context::new();
         let shared = ConnShared::new(
             id,
-            key.clone(),
+            key,
             ctx.address(),
             settings.max_write_queue,
-            true,
+            outgoing,
             settings.idle_timeout,
         );
-        let handle = ConnHandle::new(shared.clone());
         ctx.run(Connection {
-            shared,
-            local: dest.addr,
-            dest: Some(Box::new(dest.clone())),
-            span: conn_span(id, dest.addr, dest.transport, "out"),
+            shared: shared.clone(),
+            local,
+            dest: dest.map(Box::new),
+            span,
             worker: worker.clone(),
-            start: Some(Box::new(Start {
-                accepted: None,
-                settings,
-            })),
+            start: Some(Box::new(Start { accepted, settings })),
             send_timeout: settings.send_timeout,
             io: None,
             rbuf: BytesMut::new(),
@@ -260,7 +246,7 @@ impl Connection {
             tls: None,
             _slot: slot,
         });
-        handle
+        shared
     }
 
     fn id(&self) -> ConnId {
