@@ -41,26 +41,32 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
-pub mod connection;
-pub mod ctl;
-pub mod dns;
 pub mod error;
-#[allow(unsafe_code)]
-pub mod ffi;
-pub mod listener;
-pub mod location;
 pub mod logging;
-pub mod registry;
-pub mod rpc;
-mod rpc_methods;
-mod rpc_metrics;
+pub mod mgmt;
+pub mod reload;
 pub mod runtime;
-pub mod scripts;
-pub mod shared;
-pub mod table;
+pub mod state;
 pub mod tls;
+pub mod transport;
 pub mod worker;
 
 pub use error::RuntimeError;
 pub use runtime::{Runtime, RuntimeHandle, RuntimeOptions};
-pub use shared::{Snapshot, StatsSnapshot};
+pub use state::{Snapshot, StatsSnapshot};
+
+// The module paths of the flat tree before the folders, kept for code that imports them.
+#[doc(hidden)]
+pub use mgmt::{ctl, rpc};
+#[doc(hidden)]
+pub use reload::registry;
+#[doc(hidden)]
+pub use state as shared;
+#[doc(hidden)]
+pub use state::{location, table};
+#[doc(hidden)]
+pub use tls::ffi;
+#[doc(hidden)]
+pub use transport::{connection, listener};
+#[doc(hidden)]
+pub use worker::{dns, route as scripts};

@@ -19,12 +19,12 @@ use siprox::proxy::{Listen, Proxy, ProxyConfig, Transport};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::connection::Drain;
 use crate::error::RuntimeError;
-use crate::listener::{bind_all, ListenSocket, Listener, StdSocket};
-use crate::registry::{DomainRegistry, Reload, ReloadCause, ReloadOutcome, TlsStatus};
-use crate::shared::{ConnSettings, Shared, Snapshot, StatsSnapshot};
+use crate::reload::registry::{DomainRegistry, Reload, ReloadCause, ReloadOutcome, TlsStatus};
+use crate::state::{ConnSettings, Shared, Snapshot, StatsSnapshot};
 use crate::tls::{self, DevCerts};
+use crate::transport::connection::Drain;
+use crate::transport::listener::{bind_all, ListenSocket, Listener, StdSocket};
 use crate::worker::Worker;
 
 /// How often shutdown checks whether every connection has drained.
@@ -199,18 +199,23 @@ impl Runtime {
         // What the registry compares later reloads against, taken before the scripts are
         // read: a file changed from here on differs from these digests, so the registry's
         // first check (once its watcher runs) picks it up instead of taking it as loaded.
-        let digests = crate::registry::LoadedDigests {
-            scripts: crate::registry::scripts_digest(&config, &opts.base_dir),
+        let digests = crate::reload::registry::LoadedDigests {
+            scripts: crate::reload::registry::scripts_digest(&config, &opts.base_dir),
             config: config_dir
                 .as_deref()
-                .and_then(crate::registry::config_digest),
+                .and_then(crate::reload::registry::config_digest),
         };
-        let scripts = crate::scripts::ScriptSet::compile(&config, &opts.base_dir)
+        let scripts = crate::worker::route::ScriptSet::compile(&config, &opts.base_dir)
             .map_err(|e| RuntimeError::Config(e.join("\n")))?;
         // Management listener (TLS built, port bound) before anything starts: errors return here.
-        let management = crate::rpc::Management::prepare(&config, &opts.base_dir)?;
-        let management_addr = management.as_ref().map(crate::rpc::Management::local_addr);
-        let location = Arc::new(crate::location::Location::start(&config, &opts.base_dir)?);
+        let management = crate::mgmt::rpc::Management::prepare(&config, &opts.base_dir)?;
+        let management_addr = management
+            .as_ref()
+            .map(crate::mgmt::rpc::Management::local_addr);
+        let location = Arc::new(crate::state::location::Location::start(
+            &config,
+            &opts.base_dir,
+        )?);
         let snapshot = build_snapshot(Arc::new(config), listens.clone(), tls, Arc::new(scripts));
         let grace = snapshot.config.runtime.shutdown_grace.get();
         let shared = Arc::new(Shared::new(snapshot, dispatch));
@@ -297,7 +302,7 @@ pub(crate) fn build_snapshot(
     config: Arc<Config>,
     listens: Vec<Listen>,
     tls: Arc<tls::TlsDomains>,
-    scripts: Arc<crate::scripts::ScriptSet>,
+    scripts: Arc<crate::worker::route::ScriptSet>,
 ) -> Snapshot {
     let aliases = config
         .domains
@@ -329,7 +334,7 @@ fn run_system(
     grace: Duration,
     handle_signals: bool,
     registry: DomainRegistry,
-    management: Option<crate::rpc::Management>,
+    management: Option<crate::mgmt::rpc::Management>,
     tx: std::sync::mpsc::Sender<Started>,
 ) {
     let sys = System::new();
@@ -378,11 +383,11 @@ fn run_system(
         // listener, so it runs even when the management listener is disabled.
         let rpc = match management {
             Some(m) => m.start(shared.clone(), control.clone().recipient()),
-            None => crate::rpc::Rpc::standalone(shared.clone(), control.clone().recipient()),
+            None => crate::mgmt::rpc::Rpc::standalone(shared.clone(), control.clone().recipient()),
         };
         let _ = shared.rpc.set(rpc.recipient());
         if let Some(location) = shared.location.get() {
-            crate::location::Keeper {
+            crate::state::location::Keeper {
                 location: location.clone(),
             }
             .start();
@@ -501,7 +506,7 @@ impl Handler<Shutdown> for Control {
             .map(|l| l.clone())
             .unwrap_or_default();
         for l in listeners {
-            l.do_send(crate::listener::StopListening);
+            l.do_send(crate::transport::listener::StopListening);
         }
         // 2. Every connection: stop reading, write what is queued, close.
         for h in shared.table.all() {

@@ -3,6 +3,9 @@
 //! enqueue on a connection, open one, or resolve a name first). Runs only on its own
 //! worker thread; must never block it (DNS and slow sends become local tasks).
 
+pub mod dns;
+pub mod route;
+
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,11 +21,10 @@ use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
 use tracing::{debug, trace};
 
-use crate::connection::Connection;
-use crate::dns::{self, Resolver};
-use crate::scripts;
-use crate::shared::{inc, Shared, Snapshot};
-use crate::table::{clock_ms, ConnShared, PeerKey, SendError};
+use crate::state::table::{clock_ms, ConnShared, PeerKey, SendError};
+use crate::state::{inc, Shared, Snapshot};
+use crate::transport::connection::Connection;
+use dns::Resolver;
 
 /// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
 /// unresolvable names gets 503s instead of an unbounded pile of tasks.
@@ -94,7 +96,7 @@ impl Worker {
             // A message that fails validation never reaches a script: the core answers it.
             if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
                 if msg.validate().is_ok() {
-                    let actions = scripts::run_request(
+                    let actions = route::run_request(
                         script,
                         tag,
                         &self.shared,
@@ -114,7 +116,7 @@ impl Worker {
         } else {
             let tag = snap.proxy.response_script_tag(&msg);
             if let Some(script) = snap.scripts.for_reply(tag) {
-                if !scripts::run_reply(script, &snap.proxy, &msg, &inbound, tls.as_deref()) {
+                if !route::run_reply(script, &snap.proxy, &msg, &inbound, tls.as_deref()) {
                     inc(&self.shared.stats.dropped);
                     return;
                 }
@@ -134,7 +136,7 @@ impl Worker {
         tls: Option<&TlsFacts>,
     ) -> bool {
         let snap = self.shared.snapshot.load();
-        scripts::run_event(&snap.scripts, event, &snap.proxy, inbound, tls)
+        route::run_event(&snap.scripts, event, &snap.proxy, inbound, tls)
     }
 
     /// An HTTP request that arrived on a SIP stream: its route script decides.
@@ -143,10 +145,10 @@ impl Worker {
         msg: &Message,
         inbound: &Inbound,
         tls: Option<&TlsFacts>,
-    ) -> scripts::HttpDecision {
+    ) -> route::HttpDecision {
         inc(&self.shared.stats.messages_in);
         let snap = self.shared.snapshot.load();
-        scripts::run_http(&snap.scripts, &snap.proxy, msg, inbound, tls)
+        route::run_http(&snap.scripts, &snap.proxy, msg, inbound, tls)
     }
 
     /// Carries out the core's decision about `msg`.

@@ -13,8 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::rpc::Rpc;
-use crate::rpc_methods::adapters;
+use crate::mgmt::methods::adapters;
+use crate::mgmt::rpc::Rpc;
 
 type Labels = Vec<(String, String)>;
 
@@ -116,7 +116,7 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         load(&st.tls_handshakes),
     );
     let hs_fail: Family<Labels, Counter> = Family::default();
-    for (reason, c) in crate::shared::TLS_FAILURE_REASONS
+    for (reason, c) in crate::state::TLS_FAILURE_REASONS
         .iter()
         .zip(st.tls_failures.iter())
     {

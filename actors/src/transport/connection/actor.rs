@@ -33,8 +33,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_openssl::SslStream;
 use tracing::{debug, info_span, trace, warn, Span};
 
-use crate::shared::{inc, ConnSettings, Slot};
-use crate::table::{clock_ms, ConnHandle, ConnShared, PeerKey};
+use crate::state::table::{clock_ms, ConnHandle, ConnShared, PeerKey};
+use crate::state::{inc, ConnSettings, Slot};
 use crate::tls;
 use crate::worker::Worker;
 
@@ -387,7 +387,7 @@ impl Connection {
                     _ => &stats.handshake_failures,
                 });
                 if reason != CloseReason::ConnectFailed {
-                    let i = crate::shared::tls_failure_reason(&why);
+                    let i = crate::state::tls_failure_reason(&why);
                     if let Some(c) = stats.tls_failures.get(i) {
                         inc(c);
                     }
@@ -783,12 +783,12 @@ impl Connection {
                 return Err(CloseReason::FramingError);
             };
             match self.worker.on_http(&msg, &inbound, self.tls.as_deref()) {
-                crate::scripts::HttpDecision::Dispatch => {
+                crate::worker::route::HttpDecision::Dispatch => {
                     let rpc = self.worker.shared.rpc.get().cloned();
                     let handle = self.worker.shared.table.get(self.id());
                     match (rpc, handle) {
                         (Some(rpc), Some(h)) => {
-                            let call = rpc.send(crate::rpc::Request {
+                            let call = rpc.send(crate::mgmt::rpc::Request {
                                 req: Box::new(req),
                                 allowed: true,
                             });
@@ -809,11 +809,11 @@ impl Connection {
                         }
                     }
                 }
-                crate::scripts::HttpDecision::Reply(code, reason) => {
+                crate::worker::route::HttpDecision::Reply(code, reason) => {
                     let r = siprox::rpc::sip::script_reply(&req, code, &reason);
                     self.enqueue(Bytes::from(r.to_bytes()));
                 }
-                crate::scripts::HttpDecision::Refuse => {
+                crate::worker::route::HttpDecision::Refuse => {
                     let r = siprox::rpc::sip::undispatched(&req);
                     self.enqueue(Bytes::from(r.to_bytes()));
                 }

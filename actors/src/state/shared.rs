@@ -13,8 +13,8 @@ use siprox::config::Config;
 use siprox::proxy::{ConnId, Proxy};
 use siprox::sip::Limits;
 
-use crate::registry::{Reload, TlsStatus};
-use crate::table::ConnectionTable;
+use crate::reload::registry::{Reload, TlsStatus};
+use crate::state::table::ConnectionTable;
 use crate::tls::TlsDomains;
 
 /// Connection settings taken from the snapshot when a connection starts; a reload changes
@@ -51,7 +51,7 @@ pub struct Snapshot {
     /// The stateless proxy core, built for the actual bound addresses.
     pub proxy: Proxy,
     /// Compiled route scripts (default and per domain).
-    pub scripts: Arc<crate::scripts::ScriptSet>,
+    pub scripts: Arc<crate::worker::route::ScriptSet>,
     /// Every TLS domain (server and client sides, defaults from `[tls]`) and the tables
     /// that pick them: read by each handshake, replaced whole by the `DomainRegistry`.
     pub tls: Arc<TlsDomains>,
@@ -296,7 +296,7 @@ pub struct Shared {
     /// Set once shutdown begins: listeners stop, connections drain.
     pub(crate) shutting_down: AtomicBool,
     /// Listener actors, so that shutdown can stop them (written once at start).
-    pub(crate) listeners: Mutex<Vec<actix::Recipient<crate::listener::StopListening>>>,
+    pub(crate) listeners: Mutex<Vec<actix::Recipient<crate::transport::listener::StopListening>>>,
     /// The context every tls listener accepts with: its ClientHello callback picks the
     /// domain. Created once: it holds the session ticket keys, which must outlive reloads.
     pub(crate) dispatch: openssl::ssl::SslContext,
@@ -306,9 +306,9 @@ pub struct Shared {
     pub(crate) tls_status: Mutex<TlsStatus>,
     /// The `Rpc` actor, for HTTP requests that a route script dispatches from a SIP
     /// listener (`dispatch_rpc()`); set once at start.
-    pub(crate) rpc: std::sync::OnceLock<actix::Recipient<crate::rpc::Request>>,
+    pub(crate) rpc: std::sync::OnceLock<actix::Recipient<crate::mgmt::rpc::Request>>,
     /// The registrar's store and the digest authenticator (set once at start).
-    pub location: std::sync::OnceLock<Arc<crate::location::Location>>,
+    pub location: std::sync::OnceLock<Arc<crate::state::location::Location>>,
 }
 
 impl std::fmt::Debug for Shared {

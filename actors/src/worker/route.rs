@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use tracing::{debug, error, info, trace, warn};
 
-use crate::location::Location;
-use crate::shared::{Shared, Snapshot};
+use crate::state::location::Location;
+use crate::state::{Shared, Snapshot};
 
 /// The compiled scripts of one snapshot. Immutable; shared by every worker.
 #[derive(Debug, Default, Clone)]
@@ -431,7 +431,7 @@ pub(crate) fn run_request(
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);
     if outcome.is_error() {
-        crate::shared::inc(&shared.stats.script_errors);
+        crate::state::inc(&shared.stats.script_errors);
     }
     if outcome.is_error() && outcome.replied.is_none() && !outcome.forwarded {
         let a = proxy.reply(msg, rx, 500, "Server Internal Error (route script)", "");

@@ -23,7 +23,7 @@ use siprox::tls::resolve;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::shared::{Shared, Snapshot};
+use crate::state::{Shared, Snapshot};
 use crate::tls::{build_domains, unix_now, BuildOptions, DomainError, TlsDomains};
 
 /// Seconds in a day: the period of the certificate expiry reminder.
@@ -676,7 +676,7 @@ impl Job {
         let scripts = if scripts_same {
             self.prev.scripts.clone()
         } else {
-            match crate::scripts::ScriptSet::compile(&config, &self.base) {
+            match crate::worker::route::ScriptSet::compile(&config, &self.base) {
                 Ok(s) => Arc::new(s),
                 Err(errors) => {
                     return fail(

@@ -24,9 +24,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
-use crate::connection::Connection;
 use crate::error::RuntimeError;
-use crate::shared::{inc, Refused};
+use crate::state::{inc, Refused};
+use crate::transport::connection::Connection;
 use crate::worker::Worker;
 
 /// Accepts or datagrams handled per poll before yielding to the arbiter's other actors.

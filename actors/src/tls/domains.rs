@@ -460,7 +460,7 @@ impl TlsDomains {
             // The same destination and name as before: offer the session it gave us.
             let dest_key = format!("{} {}", dest.addr, name.as_deref().unwrap_or(""));
             if let Some(session) = sessions.take(&dest_key) {
-                crate::ffi::offer_session(&mut ssl, &session)?;
+                crate::tls::ffi::offer_session(&mut ssl, &session)?;
             }
             ssl.set_ex_data(idx, dest_key);
         }
@@ -554,7 +554,7 @@ fn switch_to(ssl: &mut SslRef, domain: &ServerDomain) -> Result<(), ErrorStack> 
     ssl.set_ssl_context(&domain.ctx.ctx)?;
     domain.ctx.policy.apply(ssl)?;
     if !domain.ctx.policy.session_resumption {
-        crate::ffi::disable_resumption(ssl);
+        crate::tls::ffi::disable_resumption(ssl);
     }
     Ok(())
 }
@@ -575,7 +575,7 @@ fn dispatch_hello(
     let (Some(domains), listener) = (input.domains.take(), input.listener) else {
         return Err(ErrorStack::get());
     };
-    let sni = match crate::ffi::client_hello_ext(ssl, crate::ffi::EXT_SERVER_NAME) {
+    let sni = match crate::tls::ffi::client_hello_ext(ssl, crate::tls::ffi::EXT_SERVER_NAME) {
         None => None,
         Some(raw) => match parse_server_name(raw) {
             Ok(n) => n.map(str::to_owned),

@@ -23,9 +23,9 @@ use tokio_openssl::SslStream;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::error::RuntimeError;
-use crate::rpc_methods::{Methods, ReloadGate};
+use crate::mgmt::methods::{Methods, ReloadGate};
 use crate::runtime::Shutdown;
-use crate::shared::Shared;
+use crate::state::Shared;
 
 /// A prepared management listener: TLS context built and socket bound, before the actor
 /// system starts, so that a bad certificate or a taken port is a startup error.
@@ -346,7 +346,7 @@ impl Handler<Request> for Rpc {
                 HttpResponse::new(
                     200,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    crate::rpc_metrics::render(self).into_bytes(),
+                    crate::mgmt::metrics::render(self).into_bytes(),
                 )
             } else {
                 HttpResponse::text(403, "forbidden\n")

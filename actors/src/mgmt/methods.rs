@@ -13,9 +13,9 @@ use siprox::proxy::{ConnId, Transport};
 use siprox::rpc::{CallResult, Fault, FaultKind};
 use tracing::{info, warn};
 
-use crate::rpc::Rpc;
-use crate::shared::{Shared, StatsSnapshot};
-use crate::table::ConnInfo;
+use crate::mgmt::rpc::Rpc;
+use crate::state::table::ConnInfo;
+use crate::state::{Shared, StatsSnapshot};
 
 /// The method implementations, for one call on the `Rpc` actor.
 pub(crate) struct Methods<'a> {
@@ -225,7 +225,7 @@ fn stats_json(s: &StatsSnapshot) -> Value {
 /// (what it waits for; replace the body when it lands, keep the signature).
 pub(crate) mod adapters {
     use super::*;
-    use crate::registry::{Reload, ReloadCause, ReloadOutcome};
+    use crate::reload::registry::{Reload, ReloadCause, ReloadOutcome};
 
     /// Every TLS domain (server and client sides) from the `DomainRegistry`'s status, with
     /// the registry's last reload and last refused reload.

@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use siprox::proxy::{ConnId, Transport};
 use siprox::tls::TlsFacts;
 
-use crate::connection::{Close, CloseReason, Connection, Enqueue, IdleCheck};
+use crate::transport::connection::{Close, CloseReason, Connection, Enqueue, IdleCheck};
 
 /// What identifies a reusable connection: transport, the peer's address, and for outgoing
 /// TLS the name its certificate was verified against (a connection verified for one name

@@ -1,0 +1,9 @@
+//! Management plane: the `[management]` HTTPS listener and the `Rpc` actor on the control
+//! arbiter (`rpc`), the methods it runs (`methods`), Prometheus `/metrics` (`metrics`) and
+//! the pure parts of `siproxctl` (`ctl`). Talks to the parts below by message and by
+//! reading shared state; must never be imported by them.
+
+pub mod ctl;
+mod methods;
+mod metrics;
+pub mod rpc;
