@@ -69,7 +69,7 @@ pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
         Ok(config) => {
             // Route scripts compile exactly as at start (and on reload).
             let base = crate::runtime::RuntimeOptions::base_dir_for(&config);
-            let scripts = match crate::worker::route::ScriptSet::compile(&config, &base) {
+            let scripts = match crate::reload::script::compile_scripts(&config, &base) {
                 Ok(s) => s,
                 Err(errors) => {
                     for e in errors {

@@ -13,17 +13,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use actix::{Actor, Arbiter, AsyncContext, Context, Handler, Message as ActixMessage, System};
+use actix::{Actor, Arbiter, AsyncContext, Context, Handler, System};
 use siprox::config::{Config, Proto};
-use siprox::proxy::{Listen, Proxy, ProxyConfig, Transport};
+use siprox::proxy::{Listen, Transport};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::error::RuntimeError;
-use crate::reload::registry::{DomainRegistry, Reload, ReloadCause, ReloadOutcome, TlsStatus};
-use crate::state::{ConnSettings, Shared, Snapshot, StatsSnapshot};
+use crate::reload::registry::DomainRegistry;
+use crate::state::messages::{
+    Reload, ReloadCause, ReloadOutcome, Shutdown, StopListening, TlsStatus,
+};
+use crate::state::{Shared, Snapshot, StatsSnapshot};
 use crate::tls::{self, DevCerts};
-use crate::transport::connection::Drain;
 use crate::transport::listener::{bind_all, ListenSocket, Listener, StdSocket};
 use crate::worker::Worker;
 
@@ -137,7 +139,7 @@ impl Runtime {
         if config.listen.is_empty() {
             return Err(RuntimeError::Config("no [[listen]] socket".to_owned()));
         }
-        check_connections(&config)?;
+        crate::state::check_connections(&config)?;
 
         // TLS material first: a missing certificate must fail before any port is taken.
         let has_tls = config.listen.iter().any(|l| l.proto == Proto::Tls);
@@ -199,13 +201,11 @@ impl Runtime {
         // What the registry compares later reloads against, taken before the scripts are
         // read: a file changed from here on differs from these digests, so the registry's
         // first check (once its watcher runs) picks it up instead of taking it as loaded.
-        let digests = crate::reload::registry::LoadedDigests {
-            scripts: crate::reload::registry::scripts_digest(&config, &opts.base_dir),
-            config: config_dir
-                .as_deref()
-                .and_then(crate::reload::registry::config_digest),
+        let digests = crate::reload::LoadedDigests {
+            scripts: crate::reload::scripts_digest(&config, &opts.base_dir),
+            config: config_dir.as_deref().and_then(crate::reload::config_digest),
         };
-        let scripts = crate::worker::route::ScriptSet::compile(&config, &opts.base_dir)
+        let scripts = crate::reload::script::compile_scripts(&config, &opts.base_dir)
             .map_err(|e| RuntimeError::Config(e.join("\n")))?;
         // Management listener (TLS built, port bound) before anything starts: errors return here.
         let management = crate::mgmt::rpc::Management::prepare(&config, &opts.base_dir)?;
@@ -216,7 +216,7 @@ impl Runtime {
             &config,
             &opts.base_dir,
         )?);
-        let snapshot = build_snapshot(Arc::new(config), listens.clone(), tls, Arc::new(scripts));
+        let snapshot = Snapshot::build(Arc::new(config), listens.clone(), tls, Arc::new(scripts));
         let grace = snapshot.config.runtime.shutdown_grace.get();
         let shared = Arc::new(Shared::new(snapshot, dispatch));
         let _ = shared.location.set(location);
@@ -269,58 +269,6 @@ impl Runtime {
             management: management_addr,
             thread: Some(thread),
         })
-    }
-}
-
-/// What `[connections]` values the runtime cannot work with (beyond their types).
-pub(crate) fn check_connections(config: &Config) -> Result<(), RuntimeError> {
-    let c = &config.connections;
-    for (key, d) in [
-        ("handshake_timeout", c.handshake_timeout),
-        ("send_timeout", c.send_timeout),
-        ("connect_timeout", c.connect_timeout),
-    ] {
-        if d.get().is_zero() {
-            return Err(RuntimeError::Config(format!(
-                "[connections] {key} must be greater than 0"
-            )));
-        }
-    }
-    // One maximal message must fit in a queue, or a peer would be cut off for being sent
-    // a single large (valid) message.
-    if c.max_write_queue < config.limits.max_message_size {
-        return Err(RuntimeError::Config(format!(
-            "[connections] max_write_queue ({}) must be at least [limits] max_message_size ({})",
-            c.max_write_queue, config.limits.max_message_size
-        )));
-    }
-    Ok(())
-}
-
-/// The snapshot for `config` with the actual bound addresses (at start and at each reload).
-pub(crate) fn build_snapshot(
-    config: Arc<Config>,
-    listens: Vec<Listen>,
-    tls: Arc<tls::TlsDomains>,
-    scripts: Arc<crate::worker::route::ScriptSet>,
-) -> Snapshot {
-    let aliases = config
-        .domains
-        .values()
-        .flat_map(|d| d.names.iter().cloned())
-        .collect();
-    let proxy = Proxy::new(ProxyConfig {
-        listens,
-        aliases,
-        ..ProxyConfig::default()
-    });
-    Snapshot {
-        limits: config.limits,
-        conn: ConnSettings::from_config(&config),
-        proxy,
-        tls,
-        scripts,
-        config,
     }
 }
 
@@ -432,7 +380,12 @@ fn start_worker(
             ListenSocket::Stream(_) => None,
         })
         .collect();
-    let worker = Rc::new(Worker::new(index, shared.clone(), udp));
+    let worker = Rc::new(Worker::new(
+        index,
+        shared.clone(),
+        udp,
+        Box::new(crate::transport::connection::Outgoing),
+    ));
     actix_rt::spawn(crate::worker::idle_sweep(worker.clone()));
     let mut recipients = Vec::new();
     for (t, addr, s) in ready {
@@ -443,11 +396,6 @@ fn start_worker(
         ls.extend(recipients);
     }
 }
-
-/// Begin a graceful shutdown.
-#[derive(ActixMessage)]
-#[rtype(result = "()")]
-pub struct Shutdown;
 
 /// The control actor: signals and graceful shutdown. Lives on the control arbiter; the data
 /// plane never waits for it.
@@ -506,11 +454,11 @@ impl Handler<Shutdown> for Control {
             .map(|l| l.clone())
             .unwrap_or_default();
         for l in listeners {
-            l.do_send(crate::transport::listener::StopListening);
+            l.do_send(StopListening);
         }
         // 2. Every connection: stop reading, write what is queued, close.
         for h in shared.table.all() {
-            h.addr().do_send(Drain);
+            h.drain();
         }
         // 3. Exit when all are closed, or when the grace period ends.
         let deadline = Instant::now() + self.grace;
@@ -624,22 +572,5 @@ mod tests {
         );
         c.sources = vec![PathBuf::from("/srv/x/conf.d/00-core.toml")];
         assert_eq!(RuntimeOptions::base_dir_for(&c), PathBuf::from("/srv/x"));
-    }
-
-    #[test]
-    fn unusable_connection_settings_are_refused() {
-        let mut c = Config::default();
-        assert!(check_connections(&c).is_ok());
-        c.connections.send_timeout = siprox::config::ConfigDuration::secs(0);
-        assert!(check_connections(&c)
-            .expect_err("zero")
-            .to_string()
-            .contains("send_timeout"));
-        let mut c = Config::default();
-        c.connections.max_write_queue = 100;
-        assert!(check_connections(&c)
-            .expect_err("small")
-            .to_string()
-            .contains("max_write_queue"));
     }
 }

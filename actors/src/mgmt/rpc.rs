@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message as ActixMessage, Recipient};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient};
 use bytes::BytesMut;
 use openssl::ssl::{Ssl, SslContext};
 use siprox::config::{Config, ManagementConfig};
@@ -24,7 +24,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::error::RuntimeError;
 use crate::mgmt::methods::{Methods, ReloadGate};
-use crate::runtime::Shutdown;
+use crate::state::messages::{RpcRequest as Request, Shutdown};
 use crate::state::Shared;
 
 /// A prepared management listener: TLS context built and socket bound, before the actor
@@ -311,15 +311,6 @@ async fn write_response(
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
-}
-
-/// One framed request for the `Rpc` actor; `allowed` is the allow-list verdict on the
-/// client certificate.
-#[derive(ActixMessage)]
-#[rtype(result = "HttpResponse")]
-pub struct Request {
-    pub req: Box<HttpRequest>,
-    pub allowed: bool,
 }
 
 /// The `Rpc` actor: runs management methods on the control arbiter. Methods only read the

@@ -1,5 +1,13 @@
-//! Control plane: the `DomainRegistry` actor, the one writer of the live snapshot, and
-//! what it reloads. Runs on the control arbiter; the data plane never imports it and never
-//! waits for it.
+//! Control plane: the `DomainRegistry` actor (`registry`), the one writer of the live
+//! snapshot; the reload job it runs off the arbiter (`job`); the directory watcher
+//! (`watch`); and route-script compiling (`script`). Runs on the control arbiter; the data
+//! plane never imports it and never waits for it.
 
+mod job;
 pub mod registry;
+pub mod script;
+mod watch;
+
+pub use job::config_digest;
+pub(crate) use job::{scripts_digest, LoadedDigests};
+pub use watch::watch_dirs;

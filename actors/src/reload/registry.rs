@@ -9,108 +9,31 @@
 //! reload. See docs/reload.md for the path with file:line anchors.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::fut::{wrap_future, ActorFutureExt};
-use actix::{Actor, AsyncContext, Context, Handler, Message as ActixMessage, ResponseFuture};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture};
 use siprox::config::Config;
 use siprox::proxy::Listen;
-use siprox::tls::resolve;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use crate::state::{Shared, Snapshot};
-use crate::tls::{build_domains, unix_now, BuildOptions, DomainError, TlsDomains};
+use crate::reload::job::{Job, JobOutcome, JobResult, LoadedDigests};
+use crate::reload::watch::{watch_dirs, Watcher};
+use crate::state::{Shared, TlsDomains};
+use crate::tls::{unix_now, DomainError};
+
+// The reload vocabulary lives in `state` (the data plane and management send it); named
+// here too, where a reader of the registry looks for it.
+pub use crate::reload::job::config_digest;
+pub use crate::state::messages::{
+    DomainStatus, Reload, ReloadCause, ReloadOutcome, ReloadRecord, TlsStatus,
+};
 
 /// Seconds in a day: the period of the certificate expiry reminder.
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// What asked for a reload (logs and status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadCause {
-    /// The runtime started (the first snapshot).
-    Start,
-    /// A file event in a watched directory.
-    Files,
-    /// SIGHUP.
-    Signal,
-    /// The periodic hash check (also run once as soon as the file watcher watches, for
-    /// what changed between the start's reads and then).
-    Periodic,
-    /// `tls.reload` / `cfg.reload` or [`crate::RuntimeHandle::reload`].
-    Request,
-}
-
-/// Reload now (coalesced with any reload already waiting). Replies once the reload that
-/// covers this request is done.
-#[derive(Debug, Clone, Copy, ActixMessage)]
-#[rtype(result = "ReloadOutcome")]
-pub struct Reload {
-    pub cause: ReloadCause,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// A new snapshot is live. `changed` names the domains added, removed or rebuilt
-    /// (empty when only other settings changed).
-    Published { changed: Vec<String> },
-    /// Everything was identical: nothing published.
-    Unchanged,
-    /// The candidate was refused; the running snapshot stays. One line per problem, each
-    /// naming the domain, the file and the reason.
-    Failed { errors: Vec<String> },
-}
-
-/// One reload, for the status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadRecord {
-    pub at: SystemTime,
-    pub cause: ReloadCause,
-    pub outcome: ReloadOutcome,
-}
-
-/// One TLS domain as the status shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainStatus {
-    pub name: String,
-    /// `server` or `client`.
-    pub side: &'static str,
-    /// SNI names (server) or server names (client) it matches.
-    pub names: Vec<String>,
-    /// Listeners (server) or destinations (client) it is limited to.
-    pub addresses: Vec<String>,
-    /// Subject of its certificate (one line), empty for a client without one.
-    pub subject: String,
-    /// subjectAltNames (DNS, then IP).
-    pub sans: Vec<String>,
-    /// `notAfter`, as `Jun 17 15:03:20 2025 GMT`, and as Unix seconds (for metrics).
-    pub not_after: String,
-    pub not_after_unix: i64,
-    /// The files it was built from.
-    pub sources: Vec<PathBuf>,
-    /// Digest of its inputs (changes when any of them does).
-    pub digest: u64,
-}
-
-/// The TLS domains and reload history, for the RPC (`tls.list`, `tls.info`) and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsStatus {
-    pub domains: Vec<DomainStatus>,
-    /// Reloads run (coalesced requests count once).
-    pub reloads: u64,
-    /// Reloads that published a new snapshot.
-    pub published: u64,
-    /// Reloads refused (the running snapshot stayed).
-    pub failures: u64,
-    pub last_reload: Option<ReloadRecord>,
-    /// The last refused reload (kept after later successes, with its time).
-    pub last_error: Option<ReloadRecord>,
-}
 
 /// The registry actor. Lives on the control arbiter; the data plane never waits for it.
 pub struct DomainRegistry {
@@ -122,8 +45,7 @@ pub struct DomainRegistry {
     listens: Vec<Listen>,
     has_tls: bool,
     handle_signals: bool,
-    watcher: Option<Debouncer<RecommendedWatcher, RecommendedCache>>,
-    watched: BTreeSet<PathBuf>,
+    watcher: Option<Watcher>,
     building: bool,
     /// A reload was asked for while building (or not yet started): one more build after.
     pending: Option<ReloadCause>,
@@ -136,15 +58,6 @@ pub struct DomainRegistry {
     scripts_digest: u64,
     /// [`config_digest`] of the conf.d files the live configuration was read from.
     config_digest: Option<u64>,
-}
-
-/// Digests of the configuration and scripts the running snapshot was built from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LoadedDigests {
-    /// [`scripts_digest`].
-    pub(crate) scripts: u64,
-    /// [`config_digest`].
-    pub(crate) config: Option<u64>,
 }
 
 impl DomainRegistry {
@@ -167,7 +80,6 @@ impl DomainRegistry {
             has_tls,
             handle_signals,
             watcher: None,
-            watched: BTreeSet::new(),
             building: false,
             pending: None,
             waiting: Vec::new(),
@@ -339,49 +251,24 @@ impl DomainRegistry {
         }
     }
 
-    /// Watches exactly `dirs` (adding before removing, so no event is missed in between).
-    fn rewatch(&mut self, dirs: BTreeSet<PathBuf>) {
-        let Some(w) = self.watcher.as_mut() else {
-            return;
-        };
-        for d in dirs.difference(&self.watched) {
-            if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
-                warn!(dir = %d.display(), error = %e, "cannot watch directory (the periodic check still covers it)");
-            }
-        }
-        for d in self.watched.difference(&dirs) {
-            let _ = w.unwatch(d);
-        }
-        self.watched = dirs;
-    }
-
     fn start_watcher(&mut self, config: &Config, ctx: &mut Context<Self>) {
         if !config.tls.watch || self.config_dir.is_none() {
             return;
         }
-        let me = ctx.address();
-        let handler = move |res: DebounceEventResult| {
-            let relevant = match res {
-                // Our own reads show up as Access(Open/Close): reloading on them would loop.
-                Ok(events) => events
-                    .iter()
-                    .any(|e| !matches!(e.kind, EventKind::Access(_))),
-                Err(_) => true,
-            };
-            if relevant {
-                me.do_send(Reload {
-                    cause: ReloadCause::Files,
-                });
-            }
-        };
-        match new_debouncer(config.tls.reload_debounce.get(), None, handler) {
+        let me = ctx.address().recipient();
+        match Watcher::start(config.tls.reload_debounce.get(), me) {
             Ok(w) => self.watcher = Some(w),
             Err(e) => {
                 warn!(error = %e, "cannot start the file watcher: reload on SIGHUP, RPC and the periodic check only")
             }
         }
-        let dirs = watch_dirs(config, self.config_dir.as_deref(), &self.base);
-        self.rewatch(dirs);
+        self.rewatch(watch_dirs(config, self.config_dir.as_deref(), &self.base));
+    }
+
+    fn rewatch(&mut self, dirs: BTreeSet<PathBuf>) {
+        if let Some(w) = self.watcher.as_mut() {
+            w.watch_exactly(dirs);
+        }
     }
 }
 
@@ -493,266 +380,4 @@ fn domain_status(t: &TlsDomains) -> Vec<DomainStatus> {
             }),
     );
     v
-}
-
-/// The directories to watch for `config`: conf.d, conf.d/domains, and the directory of
-/// every file a domain or `[tls]` refers to (the nearest existing ancestor when it does not
-/// exist yet, so that its creation is seen).
-pub fn watch_dirs(config: &Config, config_dir: Option<&Path>, base: &Path) -> BTreeSet<PathBuf> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    if let Some(f) = &config.script.file {
-        files.push(resolve(base, f));
-    }
-    // The digest users file reloads like everything else.
-    for f in [&config.auth.users_file, &config.auth.secret_file]
-        .into_iter()
-        .flatten()
-    {
-        files.push(resolve(base, f));
-    }
-    let t = &config.tls;
-    let mut add = |p: Option<&PathBuf>| {
-        if let Some(p) = p.filter(|p| !p.as_os_str().is_empty()) {
-            files.push(resolve(base, p));
-        }
-    };
-    for p in [
-        Some(&t.certificate),
-        Some(&t.private_key),
-        t.private_key_password_file.as_ref(),
-        t.ca_file.as_ref(),
-        t.ca_dir.as_ref(),
-        t.crl_file.as_ref(),
-        t.client_certificate.as_ref(),
-        t.client_private_key.as_ref(),
-    ] {
-        add(p);
-    }
-    for d in config.domains.values() {
-        add(d.script.as_ref());
-        if let Some(s) = &d.server {
-            for p in [
-                Some(&s.certificate),
-                Some(&s.private_key),
-                s.private_key_password_file.as_ref(),
-                s.ca_file.as_ref(),
-                s.ca_dir.as_ref(),
-                s.crl_file.as_ref(),
-            ] {
-                add(p);
-            }
-        }
-        if let Some(c) = &d.client {
-            for p in [
-                c.certificate.as_ref(),
-                c.private_key.as_ref(),
-                c.private_key_password_file.as_ref(),
-                c.ca_file.as_ref(),
-                c.ca_dir.as_ref(),
-                c.crl_file.as_ref(),
-            ] {
-                add(p);
-            }
-        }
-    }
-    let mut dirs = BTreeSet::new();
-    if let Some(c) = config_dir {
-        dirs.insert(c.to_path_buf());
-        let d = c.join(siprox::config::DOMAINS_DIR);
-        if d.is_dir() {
-            dirs.insert(d);
-        }
-    }
-    for f in files {
-        // Not canonicalized: a Kubernetes mount is watched where the symlinks live.
-        let mut dir = f.parent().map(Path::to_path_buf);
-        while let Some(d) = dir {
-            if d.is_dir() {
-                dirs.insert(d);
-                break;
-            }
-            dir = d.parent().map(Path::to_path_buf);
-        }
-    }
-    dirs
-}
-
-/// One reload's work, done on a blocking thread.
-struct Job {
-    /// [`scripts_digest`] of the running scripts: unchanged scripts are not recompiled.
-    scripts_digest: u64,
-    /// [`config_digest`] of the running configuration: unchanged files are not re-read.
-    config_digest: Option<u64>,
-    config_dir: Option<PathBuf>,
-    base: PathBuf,
-    prev: Arc<Snapshot>,
-    listens: Vec<Listen>,
-    has_tls: bool,
-}
-
-enum JobOutcome {
-    Publish(Box<Snapshot>, Vec<String>),
-    Unchanged,
-    Failed(Vec<DomainError>),
-}
-
-struct JobResult {
-    outcome: JobOutcome,
-    /// [`scripts_digest`] of the published scripts (with `Publish`).
-    scripts_digest: Option<u64>,
-    /// [`config_digest`] of the configuration now running (not on failure).
-    config_digest: Option<u64>,
-    /// Directories to watch from now on (None: keep the current ones).
-    watch: Option<BTreeSet<PathBuf>>,
-    listen_changed: bool,
-}
-
-impl Job {
-    fn run(self) -> JobResult {
-        // A certificate rotation leaves conf.d as it was: then the running configuration is
-        // reused as is, and only the TLS material is re-hashed (1 of 1,000 tenants in a few
-        // milliseconds instead of re-parsing 1,000 files).
-        let digest = self.config_dir.as_deref().and_then(config_digest);
-        let unchanged = digest.is_some() && digest == self.config_digest;
-        let mut config = match &self.config_dir {
-            Some(_) if unchanged => (*self.prev.config).clone(),
-            Some(dir) => match siprox::config::load(dir) {
-                Ok(c) => c,
-                Err(errors) => {
-                    return JobResult {
-                        outcome: JobOutcome::Failed(
-                            errors
-                                .iter()
-                                .map(|e| DomainError {
-                                    domain: "config".to_owned(),
-                                    reason: e.to_string(),
-                                })
-                                .collect(),
-                        ),
-                        watch: None,
-                        listen_changed: false,
-                        scripts_digest: None,
-                        config_digest: None,
-                    }
-                }
-            },
-            None => (*self.prev.config).clone(),
-        };
-        let watch = Some(watch_dirs(&config, self.config_dir.as_deref(), &self.base));
-        // Listeners are bound once; keep the running ones so the snapshot says what is bound.
-        let listen_changed = config.listen != self.prev.config.listen;
-        if listen_changed {
-            config.listen = self.prev.config.listen.clone();
-        }
-        let fail = |errors: Vec<DomainError>, watch| JobResult {
-            outcome: JobOutcome::Failed(errors),
-            watch,
-            listen_changed,
-            scripts_digest: None,
-            config_digest: None,
-        };
-        if let Err(e) = crate::runtime::check_connections(&config) {
-            return fail(
-                vec![DomainError {
-                    domain: "config".to_owned(),
-                    reason: e.to_string(),
-                }],
-                watch,
-            );
-        }
-        let opts = BuildOptions {
-            base: &self.base,
-            has_tls: self.has_tls,
-            dev_certs_pending: false,
-            now: unix_now(),
-            env: &siprox::tls::process_env,
-        };
-        let tls = match build_domains(&config, Some(&self.prev.tls), opts) {
-            Ok(t) => t,
-            Err(errors) => return fail(errors, watch),
-        };
-        let scripts_digest = scripts_digest(&config, &self.base);
-        let scripts_same = scripts_digest == self.scripts_digest && config == *self.prev.config;
-        let scripts = if scripts_same {
-            self.prev.scripts.clone()
-        } else {
-            match crate::worker::route::ScriptSet::compile(&config, &self.base) {
-                Ok(s) => Arc::new(s),
-                Err(errors) => {
-                    return fail(
-                        errors
-                            .into_iter()
-                            .map(|reason| DomainError {
-                                domain: "script".to_owned(),
-                                reason,
-                            })
-                            .collect(),
-                        watch,
-                    )
-                }
-            }
-        };
-        let (old, new) = (self.prev.tls.fingerprint(), tls.fingerprint());
-        if new == old && scripts_same {
-            return JobResult {
-                outcome: JobOutcome::Unchanged,
-                watch,
-                listen_changed,
-                scripts_digest: None,
-                config_digest: digest,
-            };
-        }
-        let mut changed: Vec<String> = new
-            .iter()
-            .filter(|n| !old.contains(n))
-            .chain(old.iter().filter(|o| !new.iter().any(|n| n.0 == o.0)))
-            .map(|n| n.0.clone())
-            .collect();
-        changed.dedup();
-        let snapshot =
-            crate::runtime::build_snapshot(Arc::new(config), self.listens, Arc::new(tls), scripts);
-        JobResult {
-            outcome: JobOutcome::Publish(Box::new(snapshot), changed),
-            watch,
-            listen_changed,
-            scripts_digest: Some(scripts_digest),
-            config_digest: digest,
-        }
-    }
-}
-
-/// Digest of every route script's bytes (missing files hash as missing: compiling then
-/// reports them).
-pub(crate) fn scripts_digest(config: &Config, base: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let files = config
-        .script
-        .file
-        .iter()
-        .chain(config.domains.values().filter_map(|d| d.script.as_ref()));
-    for f in files {
-        let p = resolve(base, f);
-        p.hash(&mut h);
-        std::fs::read(&p).ok().hash(&mut h);
-    }
-    h.finish()
-}
-
-/// Digest of everything `siprox::config::load` reads: the conf.d file names and bytes, and
-/// the `SIPROX_` environment. `None` when the directory cannot be listed or a file read
-/// (the reload then loads, and reports the error).
-pub fn config_digest(dir: &Path) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in siprox::config::config_files(dir).ok()? {
-        f.hash(&mut h);
-        std::fs::read(&f).ok()?.hash(&mut h);
-    }
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(siprox::config::ENV_PREFIX))
-        .collect();
-    env.sort();
-    env.hash(&mut h);
-    Some(h.finish())
 }

@@ -87,7 +87,7 @@ impl Location {
             .map(|f| siprox::tls::resolve(base, f));
         if let Some(p) = &snapshot_file {
             match std::fs::read(p) {
-                Ok(bytes) => match restore(&*store, &bytes, crate::tls::unix_now()) {
+                Ok(bytes) => match restore(&*store, &bytes, crate::state::unix_now()) {
                     Ok(n) => info!(bindings = n, file = %p.display(), "location snapshot restored"),
                     Err(e) => {
                         let aside = p.with_extension("bad");
@@ -122,7 +122,7 @@ impl Location {
 
     /// Remove expired bindings.
     pub fn expire(&self) -> usize {
-        self.store.expire(crate::tls::unix_now()).unwrap_or(0)
+        self.store.expire(crate::state::unix_now()).unwrap_or(0)
     }
 
     /// Write the snapshot file atomically, if one is configured.
@@ -130,7 +130,7 @@ impl Location {
         let Some(path) = &self.snapshot_file else {
             return Ok(());
         };
-        let bytes = to_snapshot(&*self.store, crate::tls::unix_now())
+        let bytes = to_snapshot(&*self.store, crate::state::unix_now())
             .map_err(|e| RuntimeError::Config(format!("location snapshot: {e}")))?;
         write_atomically(path, &bytes).map_err(|e| RuntimeError::Io {
             what: format!("writing location snapshot {}", path.display()),

@@ -1,9 +1,132 @@
-//! State shared by every part of the runtime: the snapshot, the connection table,
-//! counters, admission, the location store. The leaf of the runtime: imports no other
-//! part of it.
+//! State shared by every part of the runtime, and the vocabulary the parts exchange: the
+//! live [`Snapshot`] behind one `ArcSwap`, the connection table, counters, admission, the
+//! location store, and the message types a lower part sends to a higher one. The leaf of
+//! the runtime: it imports no other part of it (only the core and `error`). Everything
+//! here is lock-free or sharded; must never hold a lock or an arc-swap guard across an
+//! `.await`.
 
+mod admission;
+mod domains;
 pub mod location;
-mod shared;
+pub mod messages;
+mod scripts;
+mod snapshot;
+mod stats;
 pub mod table;
 
-pub use shared::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use siprox::proxy::ConnId;
+
+pub use admission::{Admission, Refused, Slot};
+pub use domains::{ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};
+pub use messages::{Reload, ReloadCause, ReloadOutcome, RpcRequest, StopListening, TlsStatus};
+pub use scripts::ScriptSet;
+pub use snapshot::{check_connections, ConnSettings, Snapshot};
+pub(crate) use stats::{inc, tls_failure_reason, Stats};
+pub use stats::{SipCounts, StatsSnapshot, METHOD_NAMES, TLS_FAILURE_REASONS};
+use table::ConnectionTable;
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The state every worker shares.
+pub struct Shared {
+    /// The live configuration: one `load()` per message or handshake.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Every open TCP/TLS connection, by id and by peer.
+    pub table: ConnectionTable,
+    pub(crate) stats: Stats,
+    pub(crate) admission: Admission,
+    next_id: AtomicU64,
+    /// Set once shutdown begins: listeners stop, connections drain.
+    pub(crate) shutting_down: AtomicBool,
+    /// Listener actors, so that shutdown can stop them (written once at start).
+    pub(crate) listeners: Mutex<Vec<actix::Recipient<StopListening>>>,
+    /// The context every tls listener accepts with: its ClientHello callback picks the
+    /// domain. Created once: it holds the session ticket keys, which must outlive reloads.
+    pub(crate) dispatch: openssl::ssl::SslContext,
+    /// The `DomainRegistry` (set once it starts): where `tls.reload` / `cfg.reload` go.
+    pub(crate) reloader: std::sync::OnceLock<actix::Recipient<Reload>>,
+    /// What the last reload did and what every domain serves (control plane only).
+    pub(crate) tls_status: Mutex<TlsStatus>,
+    /// The `Rpc` actor, for HTTP requests that a route script dispatches from a SIP
+    /// listener (`dispatch_rpc()`); set once at start.
+    pub(crate) rpc: std::sync::OnceLock<actix::Recipient<RpcRequest>>,
+    /// The registrar's store and the digest authenticator (set once at start).
+    pub location: std::sync::OnceLock<Arc<location::Location>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("open", &self.open_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(snapshot: Snapshot, dispatch: openssl::ssl::SslContext) -> Shared {
+        Shared {
+            dispatch,
+            reloader: std::sync::OnceLock::new(),
+            location: std::sync::OnceLock::new(),
+            rpc: std::sync::OnceLock::new(),
+            tls_status: Mutex::new(TlsStatus::default()),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            table: ConnectionTable::default(),
+            stats: Stats::default(),
+            admission: Admission::default(),
+            next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The TLS domains and the last reload, as the `tls.list` / `tls.info` RPC shows them.
+    pub fn tls_status(&self) -> TlsStatus {
+        self.tls_status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Where to send [`Reload`] (the `DomainRegistry`); `None` before it started.
+    pub fn reloader(&self) -> Option<actix::Recipient<Reload>> {
+        self.reloader.get().cloned()
+    }
+
+    /// A fresh connection id (never reused within the process).
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections_open: self.open_connections() as u64,
+            accepted: g(&s.accepted),
+            refused_total_limit: g(&s.refused_total_limit),
+            refused_ip_limit: g(&s.refused_ip_limit),
+            handshake_failures: g(&s.handshake_failures),
+            connect_failures: g(&s.connect_failures),
+            send_timeouts: g(&s.send_timeouts),
+            write_queue_overflows: g(&s.write_queue_overflows),
+            idle_timeouts: g(&s.idle_timeouts),
+            framing_errors: g(&s.framing_errors),
+            messages_in: g(&s.messages_in),
+            udp_unparsable: g(&s.udp_unparsable),
+            dropped: g(&s.dropped),
+            send_failures: g(&s.send_failures),
+            dns_failures: g(&s.dns_failures),
+        }
+    }
+}

@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use actix::Recipient;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use siprox::proxy::{ConnId, Transport};
 use siprox::tls::TlsFacts;
 
-use crate::transport::connection::{Close, CloseReason, Connection, Enqueue, IdleCheck};
+use crate::state::messages::{CloseReason, ConnCommand};
 
 /// What identifies a reusable connection: transport, the peer's address, and for outgoing
 /// TLS the name its certificate was verified against (a connection verified for one name
@@ -44,8 +44,10 @@ pub struct ConnShared {
     /// The key the connection is (or will be) reachable under in the table.
     pub(crate) key: PeerKey,
     /// The connection's own mailbox. The connection holds this struct too, so it holds its
-    /// own address: it stops when it closes, never because its last sender went away.
-    addr: Addr<Connection>,
+    /// own address: it stops when it closes, never because its last sender went away. A
+    /// `Recipient`, not an `Addr<Connection>`: the table (state) never names the actor
+    /// (transport) above it; one message enum keeps it to one mailbox handle.
+    addr: Recipient<ConnCommand>,
     max_queue: usize,
     /// Opened by siprox to a next hop: shared by every caller, so a full queue refuses the
     /// message (a burst) instead of closing the connection for everyone; a next hop that
@@ -72,7 +74,7 @@ impl ConnShared {
     pub(crate) fn new(
         id: ConnId,
         key: PeerKey,
-        addr: Addr<Connection>,
+        addr: Recipient<ConnCommand>,
         max_queue: usize,
         outgoing: bool,
         idle_timeout: Duration,
@@ -104,7 +106,7 @@ impl ConnShared {
 
     /// Asks the connection to close if it is still idle (it re-checks on its own thread).
     pub(crate) fn check_idle(&self) {
-        self.addr.do_send(IdleCheck);
+        self.addr.do_send(ConnCommand::IdleCheck);
     }
 
     /// True when nothing moved for `idle_timeout` as of `now` ([`clock_ms`]).
@@ -198,16 +200,18 @@ impl ConnHandle {
             if !c.established.load(Ordering::Acquire) || c.outgoing {
                 return Err(SendError::Backlogged);
             }
-            c.addr.do_send(Close(CloseReason::WriteQueueFull));
+            c.addr
+                .do_send(ConnCommand::Close(CloseReason::WriteQueueFull));
             return Err(SendError::QueueFull);
         }
         // do_send ignores the mailbox capacity on purpose: the byte bound above is the bound.
-        c.addr.do_send(Enqueue(bytes));
+        c.addr.do_send(ConnCommand::Enqueue(bytes));
         Ok(())
     }
 
-    pub(crate) fn addr(&self) -> &Addr<Connection> {
-        &self.0.addr
+    /// Asks the connection to stop reading, write what is queued and close (shutdown).
+    pub(crate) fn drain(&self) {
+        self.0.addr.do_send(ConnCommand::Drain);
     }
 
     /// Bytes queued and not yet written.
@@ -233,7 +237,9 @@ impl ConnHandle {
 
     /// Closes the connection now, discarding its queue (`tls.kill`).
     pub fn close(&self) {
-        self.0.addr.do_send(Close(CloseReason::Shutdown));
+        self.0
+            .addr
+            .do_send(ConnCommand::Close(CloseReason::Shutdown));
     }
 }
 

@@ -14,7 +14,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use actix::fut::ActorFuture;
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use bytes::Bytes;
 use siprox::proxy::{Inbound, Transport};
 use siprox::sip::Message;
@@ -25,6 +25,7 @@ use tokio::time::Sleep;
 use tracing::{debug, warn};
 
 use crate::error::RuntimeError;
+use crate::state::messages::StopListening;
 use crate::state::{inc, Refused};
 use crate::transport::connection::Connection;
 use crate::worker::Worker;
@@ -35,11 +36,6 @@ const POLL_BUDGET: usize = 64;
 const UDP_MAX: usize = 65_535;
 /// Pause after an accept error such as EMFILE, instead of spinning on it.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
-/// Stop listening (graceful shutdown): the socket closes, the actor stops.
-#[derive(ActixMessage)]
-#[rtype(result = "()")]
-pub struct StopListening;
 
 /// The socket a listener owns.
 pub(crate) enum ListenSocket {

@@ -21,14 +21,23 @@ use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
 use tracing::{debug, trace};
 
-use crate::state::table::{clock_ms, ConnShared, PeerKey, SendError};
+use crate::state::table::{clock_ms, ConnHandle, ConnShared, PeerKey, SendError};
 use crate::state::{inc, Shared, Snapshot};
-use crate::transport::connection::Connection;
 use dns::Resolver;
 
 /// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
 /// unresolvable names gets 503s instead of an unbounded pile of tasks.
 const MAX_PENDING_TASKS: usize = 4096;
+
+/// How a worker opens an outgoing TCP/TLS connection. Implemented by `transport` (the
+/// `Connection` actor) and installed when the worker is made, so that the hot path reaches
+/// streams through the connection table's handles and never names the transport above
+/// it. Called once per new connection, never per message.
+pub trait Connector {
+    /// Starts a connection to `dest` on this worker's arbiter and returns its handle at
+    /// once: what is sent before the connect completes waits in its queue.
+    fn open(&self, worker: &Rc<Worker>, key: &PeerKey, dest: &Destination) -> ConnHandle;
+}
 
 /// Per-worker state, shared by the actors of one arbiter through an `Rc`.
 pub struct Worker {
@@ -41,6 +50,7 @@ pub struct Worker {
     /// This worker's open connections with an idle timeout, for [`idle_sweep`]: one
     /// pointer each instead of a timer each (idle connections must be cheap).
     idle: RefCell<Vec<Arc<ConnShared>>>,
+    connector: Box<dyn Connector>,
 }
 
 impl Worker {
@@ -48,6 +58,7 @@ impl Worker {
         index: usize,
         shared: Arc<Shared>,
         udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+        connector: Box<dyn Connector>,
     ) -> Worker {
         Worker {
             index,
@@ -56,6 +67,7 @@ impl Worker {
             resolver: RefCell::new(None),
             pending_tasks: Cell::new(0),
             idle: RefCell::new(Vec::new()),
+            connector,
         }
     }
 
@@ -333,7 +345,7 @@ impl Worker {
             addr: dest.addr,
             server_name: dest.server_name.as_deref().map(Arc::from),
         };
-        let h = table.find_or_open(key, |key| Connection::start_outgoing(self, key, &dest));
+        let h = table.find_or_open(key, |key| self.connector.open(self, key, &dest));
         if h.send(bytes).is_err() {
             inc(&self.shared.stats.send_failures);
         }

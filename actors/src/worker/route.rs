@@ -1,10 +1,9 @@
-//! Route scripts in the runtime: compile the default script and each domain's, pick the one
-//! a message runs, and the `Host` through which a script's effects become proxy actions.
-//! Compiling reads files, so it runs before the workers start or on a reload thread;
-//! running a script never blocks and never panics (the interpreter bounds every run).
+//! Running route scripts on the worker: the `Host` through which a script's effects become
+//! proxy actions, and the entry points for requests, replies, TLS events and HTTP requests.
+//! Scripts run inline, from the snapshot (no mailbox hop per message); running one never
+//! blocks and never panics (the interpreter bounds every run).
 
 use siprox::auth::{self, AuthKind, Verdict};
-use siprox::config::Config;
 use siprox::proxy::{Action, ConnId, Destination, ForwardOpts, Inbound, Proxy};
 use siprox::registrar::{self, Delivery, LookupResult};
 use siprox::script::AuthFn;
@@ -12,105 +11,10 @@ use siprox::script::{self, Host, Level, MsgCtx, Script};
 use siprox::sip::HeaderName;
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
-use std::collections::HashMap;
-use std::path::Path;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::state::location::Location;
-use crate::state::{Shared, Snapshot};
-
-/// The compiled scripts of one snapshot. Immutable; shared by every worker.
-#[derive(Debug, Default, Clone)]
-pub struct ScriptSet {
-    /// `[script] file`; `None`: the built-in route.
-    pub default: Option<Script>,
-    /// Domain name -> its script.
-    pub by_domain: HashMap<String, Script>,
-    /// Lower-case SIP domain name -> the domain (with a script) that serves it.
-    by_sip_name: HashMap<String, String>,
-}
-
-impl ScriptSet {
-    /// Compile every script the configuration names. Every error is returned, each naming
-    /// the domain (if any), the file, line and column.
-    pub fn compile(config: &Config, base: &Path) -> Result<ScriptSet, Vec<String>> {
-        let mut set = ScriptSet::default();
-        let mut errors = Vec::new();
-        if let Some(file) = &config.script.file {
-            match compile_file(base, file) {
-                Ok(s) => set.default = Some(s),
-                Err(e) => errors.push(format!("[script] file: {e}")),
-            }
-        }
-        for (name, d) in &config.domains {
-            let Some(file) = &d.script else { continue };
-            match compile_file(base, file) {
-                Ok(s) => {
-                    for n in &d.names {
-                        set.by_sip_name
-                            .insert(n.trim_end_matches('.').to_ascii_lowercase(), name.clone());
-                    }
-                    set.by_domain.insert(name.clone(), s);
-                }
-                Err(e) => errors.push(format!("domain `{name}`: {e}")),
-            }
-        }
-        if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(errors)
-        }
-    }
-
-    /// The script a request runs, and the tag that names it in siprox's Via: the script of
-    /// the TLS domain the connection belongs to; else of the domain whose SIP names match
-    /// the Request-URI host; else the default. `None`: the built-in route.
-    pub fn for_request<'s>(
-        &'s self,
-        tls: Option<&TlsFacts>,
-        msg: &Message,
-    ) -> Option<(&'s Script, Option<&'s str>)> {
-        if let Some(domain) = tls.and_then(|t| t.domain.as_deref()) {
-            if let Some((name, s)) = self.by_domain.get_key_value(domain) {
-                return Some((s, Some(name.as_str())));
-            }
-        }
-        if !self.by_sip_name.is_empty() {
-            if let Some(host) = msg
-                .request_uri()
-                .ok()
-                .and_then(|u| u.as_sip().map(|s| s.host.to_string()))
-            {
-                let host = host.trim_end_matches('.').to_ascii_lowercase();
-                if let Some(domain) = self.by_sip_name.get(&host) {
-                    if let Some((name, s)) = self.by_domain.get_key_value(domain) {
-                        return Some((s, Some(name.as_str())));
-                    }
-                }
-            }
-        }
-        self.default.as_ref().map(|s| (s, None))
-    }
-
-    /// The script whose `onreply_route` a response runs: the one that forwarded the request
-    /// (named by the tag in siprox's Via), else the default.
-    pub fn for_reply(&self, tag: Option<&str>) -> Option<&Script> {
-        tag.and_then(|t| self.by_domain.get(t))
-            .or(self.default.as_ref())
-    }
-
-    /// True when no script is configured at all.
-    pub fn is_empty(&self) -> bool {
-        self.default.is_none() && self.by_domain.is_empty()
-    }
-}
-
-fn compile_file(base: &Path, file: &Path) -> Result<Script, String> {
-    let path = siprox::tls::resolve(base, file);
-    let src = std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    script::compile(&src, &path.display().to_string()).map_err(|e| e.to_string())
-}
+use crate::state::{ScriptSet, Shared, Snapshot};
 
 /// Where a script's effects go: the proxy core builds the actions, the worker carries them
 /// out after the run (a script never waits for I/O).
@@ -160,7 +64,7 @@ impl<'a> RuntimeHost<'a> {
             flow: None,
             routes: Vec::new(),
             stale: false,
-            now: crate::tls::unix_now(),
+            now: crate::state::unix_now(),
         }
     }
 }

@@ -1,162 +1,32 @@
-//! The `Connection` actor: one TCP or TLS stream, incoming or outgoing, on the arbiter that
-//! accepted or opened it. It owns the handshake, SIP framing, a bounded write queue with
-//! `send_timeout`, the idle timeout and graceful drain. Every message it reads goes straight
-//! to the proxy core on this thread. Must never block its thread, never wait for another
-//! connection, and never panic on what a peer sends.
-//!
-//! The I/O is one hand-written [`ActorFuture`] ([`IoDriver`]) polled inside the actor's
-//! context: it sees the actor's state on every poll, so queued bytes, buffers and timers
-//! live in the actor with no locks and no extra channel. actix polls it right after the
-//! mailbox, so bytes enqueued by [`Enqueue`] are written in the same pass.
+//! The `Connection` actor's life: started for an accepted or an outgoing stream, opened
+//! once connected (and handshaken), fed by its mailbox (`ConnCommand`), driven by one I/O
+//! future, closed with its reason logged and counted. Must never block its thread nor
+//! wait for another connection.
 
 use std::collections::VecDeque;
-use std::future::Future as _;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
 
 use actix::fut::{wrap_future, ActorFuture, ActorFutureExt};
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage};
-use bytes::{Bytes, BytesMut};
-use openssl::ssl::Ssl;
-use siprox::proxy::{Action, ConnId, Destination, Inbound, Transport};
-use siprox::sip::{Frame, StreamFramer};
-use siprox::tls::TlsFacts;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
+use bytes::BytesMut;
+use siprox::proxy::{ConnId, Destination, Inbound, Transport};
+use siprox::sip::StreamFramer;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
-use tokio_openssl::SslStream;
 use tracing::{debug, info_span, trace, warn, Span};
 
+use super::framing::ReadOutcome;
+use super::handshake::{self, Established, Failed, Io};
+use super::{Connection, Phase, Start, POLL_BUDGET};
+use crate::state::messages::{CloseReason, ConnCommand};
 use crate::state::table::{clock_ms, ConnHandle, ConnShared, PeerKey};
-use crate::state::{inc, ConnSettings, Slot};
+use crate::state::{inc, tls_failure_reason, Slot};
 use crate::tls;
 use crate::worker::Worker;
-
-/// Read-buffer growth step. Small on purpose: most SIP messages fit, idle connections hold
-/// no buffer at all (see `read_some`), and big messages grow it only while they last.
-const READ_CHUNK: usize = 4096;
-/// A buffer grown past this by a large message is freed as soon as it is empty again.
-const READ_KEEP_MAX: usize = 16 * 1024;
-/// Read-and-process rounds per poll before yielding, so one busy peer cannot starve the
-/// other connections of its worker.
-const POLL_BUDGET: usize = 16;
-
-/// Why a connection closed (logs and counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    PeerClosed,
-    ReadError(io::ErrorKind),
-    WriteError(io::ErrorKind),
-    SendTimeout,
-    WriteQueueFull,
-    IdleTimeout,
-    FramingError,
-    Shutdown,
-    HandshakeFailed,
-    ConnectFailed,
-}
-
-/// Enqueue bytes for writing (sent by [`ConnHandle::send`], which did the accounting).
-#[derive(ActixMessage)]
-#[rtype(result = "()")]
-pub struct Enqueue(pub Bytes);
-
-/// Close now, discarding the queue.
-#[derive(ActixMessage)]
-#[rtype(result = "()")]
-pub struct Close(pub CloseReason);
-
-/// Graceful shutdown: stop reading, write what is queued, close.
-#[derive(ActixMessage)]
-#[rtype(result = "()")]
-pub struct Drain;
-
-enum Io {
-    Tcp(TcpStream),
-    Tls(SslStream<TcpStream>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl Io {
-    fn poll_write(&mut self, cx: &mut TaskContext<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, b),
-            Io::Tls(s) => Pin::new(s).poll_write(cx, b),
-        }
-    }
-    fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// TCP connect and/or TLS handshake in progress; writes queue up.
-    Starting,
-    Open,
-    /// Not reading any more; writing what is queued, then closing.
-    Draining(CloseReason),
-}
-
-/// What a connection needs until it is open.
-struct Start {
-    /// The accepted TCP stream (none for an outgoing connection: it connects).
-    accepted: Option<TcpStream>,
-    settings: ConnSettings,
-}
-
-/// One TCP/TLS stream.
-pub struct Connection {
-    /// Id, key (transport and peer), own mailbox and write-queue accounting: what the
-    /// connection table and every handle see.
-    shared: Arc<ConnShared>,
-    local: SocketAddr,
-    /// Where an outgoing connection goes (and the server name to verify for TLS); boxed:
-    /// accepted connections, the many, do not pay for it.
-    dest: Option<Box<Destination>>,
-    span: Span,
-    worker: Rc<Worker>,
-    /// What only the start needs (the accepted stream, its timeouts): boxed and dropped
-    /// once the connection is open.
-    start: Option<Box<Start>>,
-    /// `[connections] send_timeout`, or the TLS domain's own.
-    send_timeout: Duration,
-    io: Option<Io>,
-    rbuf: BytesMut,
-    framer: StreamFramer,
-    wq: VecDeque<Bytes>,
-    /// Bytes of `wq.front()` already written.
-    woff: usize,
-    /// Armed while the socket refuses our bytes; reset whenever some are accepted.
-    send_timer: Option<Pin<Box<Sleep>>>,
-    phase: Phase,
-    /// Facts of the TLS session, read once after the handshake; handed to every message.
-    tls: Option<Arc<TlsFacts>>,
-    /// Set when the stream turned out to carry HTTP (SER-style RPC on a SIP listener).
-    http: Option<siprox::rpc::HttpFramer>,
-    _slot: Slot,
-}
 
 impl Connection {
     /// Starts the actor for an accepted stream on the current arbiter.
@@ -222,7 +92,7 @@ impl Connection {
         let shared = ConnShared::new(
             id,
             key,
-            ctx.address(),
+            ctx.address().recipient(),
             settings.max_write_queue,
             outgoing,
             settings.idle_timeout,
@@ -249,7 +119,7 @@ impl Connection {
         shared
     }
 
-    fn id(&self) -> ConnId {
+    pub(super) fn id(&self) -> ConnId {
         self.shared.id
     }
 
@@ -257,7 +127,7 @@ impl Connection {
         self.shared.key.transport
     }
 
-    fn inbound(&self) -> Inbound {
+    pub(super) fn inbound(&self) -> Inbound {
         Inbound {
             transport: self.transport(),
             source: self.shared.key.addr,
@@ -274,39 +144,7 @@ impl Connection {
         };
         if let Some(dest) = self.dest.clone() {
             let domains = self.worker.shared.snapshot.load().tls.clone();
-            let s = start.settings;
-            let fut = async move {
-                let tcp =
-                    match tokio::time::timeout(s.connect_timeout, TcpStream::connect(dest.addr))
-                        .await
-                    {
-                        Ok(Ok(t)) => t,
-                        Ok(Err(e)) => return Err((CloseReason::ConnectFailed, e.to_string())),
-                        Err(_) => {
-                            return Err((CloseReason::ConnectFailed, "connect timeout".to_owned()))
-                        }
-                    };
-                let _ = tcp.set_nodelay(true);
-                if dest.transport != Transport::Tls {
-                    return Ok(Established::plain(Io::Tcp(tcp)));
-                }
-                let (ssl, domain) = domains
-                    .client_ssl(&dest)
-                    .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
-                let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
-                let stream = handshake(ssl, tcp, timeout, false).await?;
-                let sni = domain
-                    .ctx
-                    .server_name
-                    .clone()
-                    .or_else(|| dest.server_name.clone());
-                let facts = tls::facts(stream.ssl(), Some(&domain.name), sni, None);
-                Ok(Established {
-                    io: Io::Tls(stream),
-                    facts: Some(Arc::new(facts)),
-                    send_timeout: domain.send_timeout,
-                })
-            };
+            let fut = handshake::connect_out(dest, domains, start.settings);
             ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
             return;
         }
@@ -322,36 +160,11 @@ impl Connection {
         // The domains of the snapshot at accept time: the ClientHello callback picks one.
         let domains = self.worker.shared.snapshot.load().tls.clone();
         let ssl = tls::server_ssl(&self.worker.shared.dispatch, domains, self.local);
-        let timeout = start.settings.handshake_timeout;
-        let fut = async move {
-            let ssl = ssl.map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
-            let stream = handshake(ssl, tcp, timeout, true).await?;
-            let (facts, send_timeout) = match tls::chosen(stream.ssl()) {
-                Some(c) => (
-                    tls::facts(
-                        stream.ssl(),
-                        Some(&c.domain.name),
-                        c.sni.clone(),
-                        Some(c.domain.ctx.cert.clone()),
-                    ),
-                    c.domain.send_timeout,
-                ),
-                None => (tls::facts(stream.ssl(), None, None, None), None),
-            };
-            Ok(Established {
-                io: Io::Tls(stream),
-                facts: Some(Arc::new(facts)),
-                send_timeout,
-            })
-        };
+        let fut = handshake::accept_tls(ssl, tcp, start.settings.handshake_timeout);
         ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
     }
 
-    fn started_io(
-        &mut self,
-        res: Result<Established, (CloseReason, String)>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn started_io(&mut self, res: Result<Established, Failed>, ctx: &mut Context<Self>) {
         let _e = self.span.clone().entered();
         let io = match res {
             Ok(est) => {
@@ -387,7 +200,7 @@ impl Connection {
                     _ => &stats.handshake_failures,
                 });
                 if reason != CloseReason::ConnectFailed {
-                    let i = crate::state::tls_failure_reason(&why);
+                    let i = tls_failure_reason(&why);
                     if let Some(c) = stats.tls_failures.get(i) {
                         inc(c);
                     }
@@ -448,168 +261,6 @@ impl Connection {
         }
         ctx.spawn(IoDriver);
     }
-
-    /// Writes as much of the queue as the socket takes. `Err` = close now.
-    fn flush_queue(&mut self, cx: &mut TaskContext<'_>) -> Result<(), CloseReason> {
-        let Some(io) = self.io.as_mut() else {
-            return Ok(());
-        };
-        let mut progressed = false;
-        while let Some(front) = self.wq.front() {
-            match io.poll_write(cx, &front[self.woff..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Err(CloseReason::WriteError(io::ErrorKind::WriteZero))
-                }
-                Poll::Ready(Ok(n)) => {
-                    progressed = true;
-                    self.woff += n;
-                    if self.woff >= front.len() {
-                        let len = front.len();
-                        self.wq.pop_front();
-                        self.woff = 0;
-                        self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
-                    }
-                }
-                Poll::Ready(Err(e)) => return Err(CloseReason::WriteError(e.kind())),
-                Poll::Pending => break,
-            }
-        }
-        if self.wq.is_empty() {
-            // Timers are freed when not needed: an idle connection costs as little as possible.
-            self.send_timer = None;
-            if progressed {
-                self.shared.touch();
-            }
-            return Ok(());
-        }
-        let deadline = Instant::now() + self.send_timeout;
-        match &mut self.send_timer {
-            None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            Some(t) if progressed => t.as_mut().reset(deadline),
-            Some(_) => {}
-        }
-        if progressed {
-            self.shared.touch();
-        }
-        if let Some(t) = &mut self.send_timer {
-            if t.as_mut().poll(cx).is_ready() {
-                return Err(CloseReason::SendTimeout);
-            }
-        }
-        Ok(())
-    }
-
-    /// One read and the frames it completes.
-    fn read_some(&mut self, cx: &mut TaskContext<'_>) -> ReadOutcome {
-        let Some(io) = self.io.as_mut() else {
-            return ReadOutcome::Pending;
-        };
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        let mut io = Pin::new(io);
-        let n = match tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.rbuf) {
-            Poll::Pending => {
-                if self.rbuf.is_empty() {
-                    // Nothing pending: give the buffer back while the peer is quiet, so an
-                    // idle connection holds no read buffer at all.
-                    self.rbuf = BytesMut::new();
-                }
-                return ReadOutcome::Pending;
-            }
-            Poll::Ready(Err(e)) => {
-                if self.tls.is_some() {
-                    // TLS 1.3: a server that refuses our client certificate (or a client whose
-                    // certificate we refused) surfaces here, on the first read after the
-                    // handshake. Outgoing: siprox chose this peer, so the operator must see it.
-                    if self.dest.is_some() {
-                        warn!(error = %e, "TLS connection failed after the handshake (refused client certificate?)");
-                    } else {
-                        debug!(error = %e, "TLS read failed");
-                    }
-                }
-                return ReadOutcome::Close(CloseReason::ReadError(e.kind()));
-            }
-            Poll::Ready(Ok(n)) => n,
-        };
-        if n == 0 {
-            return ReadOutcome::Eof;
-        }
-        self.shared.touch();
-        ReadOutcome::Data
-    }
-}
-
-enum ReadOutcome {
-    Data,
-    Pending,
-    Eof,
-    Close(CloseReason),
-}
-
-/// A TLS handshake bounded by `timeout`, or by the server domain's own `handshake_timeout`
-/// (from the start of the handshake) once the ClientHello has picked the domain.
-async fn handshake(
-    ssl: Ssl,
-    tcp: TcpStream,
-    timeout: Duration,
-    server: bool,
-) -> Result<SslStream<TcpStream>, (CloseReason, String)> {
-    let mut s =
-        SslStream::new(ssl, tcp).map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
-    let start = Instant::now();
-    let mut sleep = Box::pin(tokio::time::sleep_until(start + timeout));
-    let mut adjusted = false;
-    let res = std::future::poll_fn(|cx| {
-        let r = if server {
-            Pin::new(&mut s).poll_accept(cx)
-        } else {
-            Pin::new(&mut s).poll_connect(cx)
-        };
-        if let Poll::Ready(r) = r {
-            return Poll::Ready(Some(r));
-        }
-        if server && !adjusted {
-            if let Some(t) = tls::chosen(s.ssl()).and_then(|c| c.domain.handshake_timeout) {
-                adjusted = true;
-                sleep.as_mut().reset(start + t);
-            }
-        }
-        sleep.as_mut().poll(cx).map(|_| None)
-    })
-    .await;
-    match res {
-        Some(Ok(())) => Ok(s),
-        Some(Err(e)) => {
-            // Name the certificate problem when there is one (verify_client refusals).
-            let v = s.ssl().verify_result();
-            let why = if v == openssl::x509::X509VerifyResult::OK {
-                e.to_string()
-            } else {
-                format!("{e} (certificate: {})", v.error_string())
-            };
-            Err((CloseReason::HandshakeFailed, why))
-        }
-        None => Err((CloseReason::HandshakeFailed, "handshake timeout".to_owned())),
-    }
-}
-
-/// What a finished connect/handshake hands to the actor.
-struct Established {
-    io: Io,
-    facts: Option<Arc<TlsFacts>>,
-    /// The TLS domain's `send_timeout`, overriding `[connections]`.
-    send_timeout: Option<Duration>,
-}
-
-impl Established {
-    fn plain(io: Io) -> Established {
-        Established {
-            io,
-            facts: None,
-            send_timeout: None,
-        }
-    }
 }
 
 fn conn_span(id: ConnId, peer: SocketAddr, transport: Transport, dir: &'static str) -> Span {
@@ -629,45 +280,28 @@ impl Actor for Connection {
     }
 }
 
-impl Handler<Enqueue> for Connection {
+impl Handler<ConnCommand> for Connection {
     type Result = ();
-    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) {
-        // Queued in every phase: before the connect completes (sent once it does), and while
-        // draining (the drain writes it, bounded by send_timeout and shutdown_grace).
-        self.wq.push_back(msg.0);
-    }
-}
-
-impl Handler<Close> for Connection {
-    type Result = ();
-    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        self.finish(msg.0, ctx);
-    }
-}
-
-/// From the worker's idle sweep: this connection looked idle; closes it if it still is
-/// (activity may have arrived since the sweep looked).
-#[derive(ActixMessage)]
-#[rtype(result = "()")]
-pub(crate) struct IdleCheck;
-
-impl Handler<IdleCheck> for Connection {
-    type Result = ();
-    fn handle(&mut self, _msg: IdleCheck, ctx: &mut Self::Context) {
-        if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
-            self.finish(CloseReason::IdleTimeout, ctx);
-        }
-    }
-}
-
-impl Handler<Drain> for Connection {
-    type Result = ();
-    fn handle(&mut self, _msg: Drain, ctx: &mut Self::Context) {
-        if self.io.is_none() {
-            // Still connecting or handshaking: nothing of ours is in flight.
-            self.finish(CloseReason::Shutdown, ctx);
-        } else if self.phase == Phase::Open {
-            self.phase = Phase::Draining(CloseReason::Shutdown);
+    fn handle(&mut self, msg: ConnCommand, ctx: &mut Self::Context) {
+        match msg {
+            // Queued in every phase: before the connect completes (sent once it does), and
+            // while draining (the drain writes it, bounded by send_timeout and
+            // shutdown_grace).
+            ConnCommand::Enqueue(bytes) => self.wq.push_back(bytes),
+            ConnCommand::Close(reason) => self.finish(reason, ctx),
+            ConnCommand::IdleCheck => {
+                if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
+                    self.finish(CloseReason::IdleTimeout, ctx);
+                }
+            }
+            ConnCommand::Drain => {
+                if self.io.is_none() {
+                    // Still connecting or handshaking: nothing of ours is in flight.
+                    self.finish(CloseReason::Shutdown, ctx);
+                } else if self.phase == Phase::Open {
+                    self.phase = Phase::Draining(CloseReason::Shutdown);
+                }
+            }
         }
     }
 }
@@ -709,121 +343,6 @@ impl Connection {
             }
         }
         ctx.stop();
-    }
-
-    /// Frames and handles what the read buffer holds. `Err` = the stream lost framing.
-    fn process_frames(&mut self) -> Result<(), CloseReason> {
-        // An HTTP request line where a SIP message would start: RPC over the SIP listener.
-        if self.http.is_none()
-            && self.dest.is_none()
-            && !self.framer.is_mid_message(&BytesMut::new())
-            && siprox::rpc::looks_like_http(&self.rbuf)
-        {
-            self.http = Some(siprox::rpc::HttpFramer::default());
-        }
-        if let Some(framer) = self.http {
-            return self.process_http(framer);
-        }
-        loop {
-            match self.framer.next_frame(&mut self.rbuf) {
-                Ok(Some(Frame::Message(msg))) => {
-                    let inbound = self.inbound();
-                    self.worker.on_message(msg, inbound, self.tls.clone());
-                }
-                Ok(Some(Frame::Ping)) => {
-                    // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
-                    let pong = Bytes::from_static(b"\r\n");
-                    self.shared.bytes.fetch_add(pong.len(), Ordering::AcqRel);
-                    self.wq.push_back(pong);
-                }
-                Ok(Some(Frame::Pong)) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    // Answer what can be answered (400 with the parse error), then close:
-                    // after a framing error nothing more on this stream can be trusted.
-                    let bytes = self.rbuf.split().freeze();
-                    let inbound = self.inbound();
-                    let snap = self.worker.shared.snapshot.load();
-                    let action = snap.proxy.on_unparsable(&bytes, &e, &inbound);
-                    drop(snap);
-                    debug!(error = %e, "framing error");
-                    match action {
-                        Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
-                            self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-                            self.wq.push_back(bytes);
-                        }
-                        other => self.worker.execute_simple(other, &inbound),
-                    }
-                    return Err(CloseReason::FramingError);
-                }
-            }
-        }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP_MAX {
-            self.rbuf = BytesMut::new();
-        }
-        Ok(())
-    }
-
-    /// HTTP requests on a SIP stream: the route script decides (`dispatch_rpc()`, a reply,
-    /// or neither, which is refused); a request never goes unanswered.
-    fn process_http(&mut self, framer: siprox::rpc::HttpFramer) -> Result<(), CloseReason> {
-        loop {
-            let req = match framer.next_request(&mut self.rbuf) {
-                Ok(Some(r)) => r,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    self.enqueue(Bytes::from(e.response().to_bytes()));
-                    return Err(CloseReason::FramingError);
-                }
-            };
-            let inbound = self.inbound();
-            let Ok(msg) = siprox::sip::Message::parse(req.raw.clone()) else {
-                let r = siprox::rpc::HttpResponse::text(400, "malformed request\n");
-                self.enqueue(Bytes::from(r.to_bytes()));
-                return Err(CloseReason::FramingError);
-            };
-            match self.worker.on_http(&msg, &inbound, self.tls.as_deref()) {
-                crate::worker::route::HttpDecision::Dispatch => {
-                    let rpc = self.worker.shared.rpc.get().cloned();
-                    let handle = self.worker.shared.table.get(self.id());
-                    match (rpc, handle) {
-                        (Some(rpc), Some(h)) => {
-                            let call = rpc.send(crate::mgmt::rpc::Request {
-                                req: Box::new(req),
-                                allowed: true,
-                            });
-                            // The answer comes from the control arbiter; it is queued like
-                            // any other write, so this connection never waits for it.
-                            actix::spawn(async move {
-                                match call.await {
-                                    Ok(resp) => {
-                                        let _ = h.send(Bytes::from(resp.to_bytes()));
-                                    }
-                                    Err(_) => h.close(),
-                                }
-                            });
-                        }
-                        _ => {
-                            let r = siprox::rpc::HttpResponse::text(503, "RPC not available\n");
-                            self.enqueue(Bytes::from(r.to_bytes()));
-                        }
-                    }
-                }
-                crate::worker::route::HttpDecision::Reply(code, reason) => {
-                    let r = siprox::rpc::sip::script_reply(&req, code, &reason);
-                    self.enqueue(Bytes::from(r.to_bytes()));
-                }
-                crate::worker::route::HttpDecision::Refuse => {
-                    let r = siprox::rpc::sip::undispatched(&req);
-                    self.enqueue(Bytes::from(r.to_bytes()));
-                }
-            }
-        }
-    }
-
-    fn enqueue(&mut self, bytes: Bytes) {
-        self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-        self.wq.push_back(bytes);
     }
 
     /// One pass of the I/O state machine. `Ready(reason)` = close now.

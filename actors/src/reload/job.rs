@@ -1,0 +1,204 @@
+//! One reload's work, on a blocking thread: re-read conf.d (only when its digest changed),
+//! rebuild the TLS domains whose inputs changed, compile the scripts that changed, and
+//! return a whole candidate snapshot or the reasons it was refused. Must never publish:
+//! the `DomainRegistry` does, with one `store()`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use siprox::config::Config;
+use siprox::proxy::Listen;
+use siprox::tls::resolve;
+
+use crate::reload::watch::watch_dirs;
+use crate::state::{check_connections, Snapshot};
+use crate::tls::{build_domains, unix_now, BuildOptions, DomainError};
+
+/// Digests of the configuration and scripts the running snapshot was built from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadedDigests {
+    /// [`scripts_digest`].
+    pub(crate) scripts: u64,
+    /// [`config_digest`].
+    pub(crate) config: Option<u64>,
+}
+
+/// One reload's work, done on a blocking thread.
+pub(crate) struct Job {
+    /// [`scripts_digest`] of the running scripts: unchanged scripts are not recompiled.
+    pub(crate) scripts_digest: u64,
+    /// [`config_digest`] of the running configuration: unchanged files are not re-read.
+    pub(crate) config_digest: Option<u64>,
+    pub(crate) config_dir: Option<PathBuf>,
+    pub(crate) base: PathBuf,
+    pub(crate) prev: Arc<Snapshot>,
+    pub(crate) listens: Vec<Listen>,
+    pub(crate) has_tls: bool,
+}
+
+pub(crate) enum JobOutcome {
+    Publish(Box<Snapshot>, Vec<String>),
+    Unchanged,
+    Failed(Vec<DomainError>),
+}
+
+pub(crate) struct JobResult {
+    pub(crate) outcome: JobOutcome,
+    /// [`scripts_digest`] of the published scripts (with `Publish`).
+    pub(crate) scripts_digest: Option<u64>,
+    /// [`config_digest`] of the configuration now running (not on failure).
+    pub(crate) config_digest: Option<u64>,
+    /// Directories to watch from now on (None: keep the current ones).
+    pub(crate) watch: Option<BTreeSet<PathBuf>>,
+    pub(crate) listen_changed: bool,
+}
+
+impl Job {
+    pub(crate) fn run(self) -> JobResult {
+        // A certificate rotation leaves conf.d as it was: then the running configuration is
+        // reused as is, and only the TLS material is re-hashed (1 of 1,000 tenants in a few
+        // milliseconds instead of re-parsing 1,000 files).
+        let digest = self.config_dir.as_deref().and_then(config_digest);
+        let unchanged = digest.is_some() && digest == self.config_digest;
+        let mut config = match &self.config_dir {
+            Some(_) if unchanged => (*self.prev.config).clone(),
+            Some(dir) => match siprox::config::load(dir) {
+                Ok(c) => c,
+                Err(errors) => {
+                    return JobResult {
+                        outcome: JobOutcome::Failed(
+                            errors
+                                .iter()
+                                .map(|e| DomainError {
+                                    domain: "config".to_owned(),
+                                    reason: e.to_string(),
+                                })
+                                .collect(),
+                        ),
+                        watch: None,
+                        listen_changed: false,
+                        scripts_digest: None,
+                        config_digest: None,
+                    }
+                }
+            },
+            None => (*self.prev.config).clone(),
+        };
+        let watch = Some(watch_dirs(&config, self.config_dir.as_deref(), &self.base));
+        // Listeners are bound once; keep the running ones so the snapshot says what is bound.
+        let listen_changed = config.listen != self.prev.config.listen;
+        if listen_changed {
+            config.listen = self.prev.config.listen.clone();
+        }
+        let fail = |errors: Vec<DomainError>, watch| JobResult {
+            outcome: JobOutcome::Failed(errors),
+            watch,
+            listen_changed,
+            scripts_digest: None,
+            config_digest: None,
+        };
+        if let Err(e) = check_connections(&config) {
+            return fail(
+                vec![DomainError {
+                    domain: "config".to_owned(),
+                    reason: e.to_string(),
+                }],
+                watch,
+            );
+        }
+        let opts = BuildOptions {
+            base: &self.base,
+            has_tls: self.has_tls,
+            dev_certs_pending: false,
+            now: unix_now(),
+            env: &siprox::tls::process_env,
+        };
+        let tls = match build_domains(&config, Some(&self.prev.tls), opts) {
+            Ok(t) => t,
+            Err(errors) => return fail(errors, watch),
+        };
+        let scripts_digest = scripts_digest(&config, &self.base);
+        let scripts_same = scripts_digest == self.scripts_digest && config == *self.prev.config;
+        let scripts = if scripts_same {
+            self.prev.scripts.clone()
+        } else {
+            match crate::reload::script::compile_scripts(&config, &self.base) {
+                Ok(s) => Arc::new(s),
+                Err(errors) => {
+                    return fail(
+                        errors
+                            .into_iter()
+                            .map(|reason| DomainError {
+                                domain: "script".to_owned(),
+                                reason,
+                            })
+                            .collect(),
+                        watch,
+                    )
+                }
+            }
+        };
+        let (old, new) = (self.prev.tls.fingerprint(), tls.fingerprint());
+        if new == old && scripts_same {
+            return JobResult {
+                outcome: JobOutcome::Unchanged,
+                watch,
+                listen_changed,
+                scripts_digest: None,
+                config_digest: digest,
+            };
+        }
+        let mut changed: Vec<String> = new
+            .iter()
+            .filter(|n| !old.contains(n))
+            .chain(old.iter().filter(|o| !new.iter().any(|n| n.0 == o.0)))
+            .map(|n| n.0.clone())
+            .collect();
+        changed.dedup();
+        let snapshot = Snapshot::build(Arc::new(config), self.listens, Arc::new(tls), scripts);
+        JobResult {
+            outcome: JobOutcome::Publish(Box::new(snapshot), changed),
+            watch,
+            listen_changed,
+            scripts_digest: Some(scripts_digest),
+            config_digest: digest,
+        }
+    }
+}
+
+/// Digest of every route script's bytes (missing files hash as missing: compiling then
+/// reports them).
+pub(crate) fn scripts_digest(config: &Config, base: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let files = config
+        .script
+        .file
+        .iter()
+        .chain(config.domains.values().filter_map(|d| d.script.as_ref()));
+    for f in files {
+        let p = resolve(base, f);
+        p.hash(&mut h);
+        std::fs::read(&p).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Digest of everything `siprox::config::load` reads: the conf.d file names and bytes, and
+/// the `SIPROX_` environment. `None` when the directory cannot be listed or a file read
+/// (the reload then loads, and reports the error).
+pub fn config_digest(dir: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in siprox::config::config_files(dir).ok()? {
+        f.hash(&mut h);
+        std::fs::read(&f).ok()?.hash(&mut h);
+    }
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(siprox::config::ENV_PREFIX))
+        .collect();
+    env.sort();
+    env.hash(&mut h);
+    Some(h.finish())
+}

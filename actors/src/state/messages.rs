@@ -1,0 +1,147 @@
+//! The messages a lower part of the runtime sends to a higher one. Their types live here,
+//! in the leaf, so that the sender never imports its receiver: the connection table asks a
+//! `Connection` ([`ConnCommand`]), the worker's HTTP path asks the `Rpc` actor
+//! ([`RpcRequest`]), management asks the `DomainRegistry` ([`Reload`]) and the runtime's
+//! `Control` ([`Shutdown`]), and shutdown stops each `Listener` ([`StopListening`]).
+//! Plain data: must never carry a reference to an actor's state.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use actix::Message as ActixMessage;
+use bytes::Bytes;
+use siprox::rpc::{HttpRequest, HttpResponse};
+
+/// Why a connection closed (logs and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    PeerClosed,
+    ReadError(io::ErrorKind),
+    WriteError(io::ErrorKind),
+    SendTimeout,
+    WriteQueueFull,
+    IdleTimeout,
+    FramingError,
+    Shutdown,
+    HandshakeFailed,
+    ConnectFailed,
+}
+
+/// What a connection's handle asks of its `Connection` actor. One enum, so that a handle
+/// holds one mailbox (`Recipient`) and the table need not know the actor's type.
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "()")]
+pub enum ConnCommand {
+    /// Write these bytes (the handle did the queue accounting).
+    Enqueue(Bytes),
+    /// Close now, discarding the queue.
+    Close(CloseReason),
+    /// From the worker's idle sweep: close if still idle (activity may have arrived since
+    /// the sweep looked).
+    IdleCheck,
+    /// Graceful shutdown: stop reading, write what is queued, close.
+    Drain,
+}
+
+/// Stop listening (graceful shutdown): the socket closes, the `Listener` stops.
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "()")]
+pub struct StopListening;
+
+/// Begin a graceful shutdown (the runtime's `Control` actor: `core.kill`, SIGTERM).
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// One framed HTTP request for the `Rpc` actor; `allowed` is the allow-list verdict on the
+/// client certificate (or the route script's `dispatch_rpc()`).
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "HttpResponse")]
+pub struct RpcRequest {
+    pub req: Box<HttpRequest>,
+    pub allowed: bool,
+}
+
+/// What asked for a reload (logs and status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadCause {
+    /// The runtime started (the first snapshot).
+    Start,
+    /// A file event in a watched directory.
+    Files,
+    /// SIGHUP.
+    Signal,
+    /// The periodic hash check (also run once as soon as the file watcher watches, for
+    /// what changed between the start's reads and then).
+    Periodic,
+    /// `tls.reload` / `cfg.reload` or `RuntimeHandle::reload`.
+    Request,
+}
+
+/// Reload now (coalesced with any reload already waiting). Replies once the reload that
+/// covers this request is done.
+#[derive(Debug, Clone, Copy, ActixMessage)]
+#[rtype(result = "ReloadOutcome")]
+pub struct Reload {
+    pub cause: ReloadCause,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new snapshot is live. `changed` names the domains added, removed or rebuilt
+    /// (empty when only other settings changed).
+    Published { changed: Vec<String> },
+    /// Everything was identical: nothing published.
+    Unchanged,
+    /// The candidate was refused; the running snapshot stays. One line per problem, each
+    /// naming the domain, the file and the reason.
+    Failed { errors: Vec<String> },
+}
+
+/// One reload, for the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadRecord {
+    pub at: SystemTime,
+    pub cause: ReloadCause,
+    pub outcome: ReloadOutcome,
+}
+
+/// One TLS domain as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStatus {
+    pub name: String,
+    /// `server` or `client`.
+    pub side: &'static str,
+    /// SNI names (server) or server names (client) it matches.
+    pub names: Vec<String>,
+    /// Listeners (server) or destinations (client) it is limited to.
+    pub addresses: Vec<String>,
+    /// Subject of its certificate (one line), empty for a client without one.
+    pub subject: String,
+    /// subjectAltNames (DNS, then IP).
+    pub sans: Vec<String>,
+    /// `notAfter`, as `Jun 17 15:03:20 2025 GMT`, and as Unix seconds (for metrics).
+    pub not_after: String,
+    pub not_after_unix: i64,
+    /// The files it was built from.
+    pub sources: Vec<PathBuf>,
+    /// Digest of its inputs (changes when any of them does).
+    pub digest: u64,
+}
+
+/// The TLS domains and reload history, for the RPC (`tls.list`, `tls.info`) and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsStatus {
+    pub domains: Vec<DomainStatus>,
+    /// Reloads run (coalesced requests count once).
+    pub reloads: u64,
+    /// Reloads that published a new snapshot.
+    pub published: u64,
+    /// Reloads refused (the running snapshot stayed).
+    pub failures: u64,
+    pub last_reload: Option<ReloadRecord>,
+    /// The last refused reload (kept after later successes, with its time).
+    pub last_error: Option<ReloadRecord>,
+}

@@ -1,0 +1,190 @@
+//! Counters: relaxed atomics bumped on the hot path (one uncontended add, no map, no lock),
+//! read by tests, logs and `/metrics`. Must never allocate or lock when counting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters for tests, logs and (later) metrics. Relaxed atomics: each is independent.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused_total_limit: AtomicU64,
+    pub(crate) refused_ip_limit: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) send_timeouts: AtomicU64,
+    pub(crate) write_queue_overflows: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) framing_errors: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) udp_unparsable: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) send_failures: AtomicU64,
+    pub(crate) dns_failures: AtomicU64,
+    pub(crate) script_errors: AtomicU64,
+    /// TLS handshakes completed (both directions).
+    pub(crate) tls_handshakes: AtomicU64,
+    /// Failed TLS handshakes by reason: timeout, certificate, unknown SNI, other.
+    pub(crate) tls_failures: [AtomicU64; 4],
+    /// Requests by method and responses sent by status code (for `/metrics`).
+    pub(crate) sip: SipCounts,
+}
+
+/// Method names in `siprox::sip::Method` order, for metric labels.
+pub const METHOD_NAMES: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+    "other",
+];
+
+/// Requests received by method, responses sent by code: fixed arrays of relaxed atomics,
+/// so counting is one uncontended add on the hot path, no map, no lock.
+#[derive(Debug)]
+pub struct SipCounts {
+    pub(crate) requests: [AtomicU64; 15],
+    /// Index: status code - 100 (100..=699).
+    pub(crate) replies: Box<[AtomicU64]>,
+}
+
+impl Default for SipCounts {
+    fn default() -> Self {
+        SipCounts {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl SipCounts {
+    pub(crate) fn request(&self, m: siprox::sip::Method) {
+        if let Some(c) = self.requests.get(m as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a response about to be sent, read from its status line.
+    pub(crate) fn reply_bytes(&self, bytes: &[u8]) {
+        let Some(code) = bytes.strip_prefix(b"SIP/2.0 ").and_then(|r| r.get(..3)) else {
+            return;
+        };
+        if let Ok(code) = std::str::from_utf8(code).unwrap_or("").parse::<usize>() {
+            if let Some(c) = code.checked_sub(100).and_then(|i| self.replies.get(i)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (method, count) pairs with a non-zero count.
+    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+        METHOD_NAMES
+            .iter()
+            .zip(self.requests.iter())
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// (code, count) pairs with a non-zero count.
+    pub fn replies(&self) -> Vec<(u16, u64)> {
+        self.replies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u16 + 100, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// TCP/TLS connections open now (incoming and outgoing, handshaking included).
+    pub connections_open: u64,
+    /// Connections accepted (before limits).
+    pub accepted: u64,
+    /// Accepts refused by `max_connections`.
+    pub refused_total_limit: u64,
+    /// Accepts refused by `max_connections_per_ip`.
+    pub refused_ip_limit: u64,
+    /// TLS handshakes that failed or timed out (both directions).
+    pub handshake_failures: u64,
+    /// Outgoing connects that failed or timed out.
+    pub connect_failures: u64,
+    /// Connections closed because the peer did not drain its queue within `send_timeout`.
+    pub send_timeouts: u64,
+    /// Connections closed because their write queue exceeded `max_write_queue`.
+    pub write_queue_overflows: u64,
+    /// Connections closed by `idle_timeout`.
+    pub idle_timeouts: u64,
+    /// Streams closed because they lost SIP framing.
+    pub framing_errors: u64,
+    /// SIP messages received (all transports).
+    pub messages_in: u64,
+    /// UDP datagrams that did not parse.
+    pub udp_unparsable: u64,
+    /// Messages the proxy core decided to drop.
+    pub dropped: u64,
+    /// Messages that could not be sent (no route, socket error, closed connection).
+    pub send_failures: u64,
+    /// Next hops DNS could not resolve.
+    pub dns_failures: u64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reason labels of `Stats::tls_failures`, in index order.
+pub const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "certificate", "unrecognized_name", "other"];
+
+/// The index in `Stats::tls_failures` of a failed handshake, from its error text.
+pub(crate) fn tls_failure_reason(why: &str) -> usize {
+    let w = why.to_ascii_lowercase();
+    if w.contains("timeout") || w.contains("timed out") {
+        0
+    } else if w.contains("certificate") || w.contains("verify") {
+        1
+    } else if w.contains("unrecognized name") || w.contains("unrecognized_name") {
+        2
+    } else {
+        3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_are_classified() {
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason("handshake timeout")],
+            "timeout"
+        );
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason(
+                "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed"
+            )],
+            "certificate"
+        );
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason("tlsv1 unrecognized name")],
+            "unrecognized_name"
+        );
+        assert_eq!(
+            TLS_FAILURE_REASONS[tls_failure_reason("wrong version number")],
+            "other"
+        );
+    }
+}

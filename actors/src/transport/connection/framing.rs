@@ -1,0 +1,176 @@
+//! Bytes in and out of a connection: reading into the buffer, SIP framing (Content-Length,
+//! keep-alive pings) with each message handed to the worker, and writing the bounded queue
+//! under `send_timeout`. Called from the `Connection` actor's I/O future; must never block
+//! and never panic on what a peer sends.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Bytes, BytesMut};
+use siprox::proxy::Action;
+use siprox::sip::Frame;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Connection, READ_CHUNK, READ_KEEP_MAX};
+use crate::state::messages::CloseReason;
+
+impl Connection {
+    /// Writes as much of the queue as the socket takes. `Err` = close now.
+    pub(super) fn flush_queue(&mut self, cx: &mut TaskContext<'_>) -> Result<(), CloseReason> {
+        let Some(io) = self.io.as_mut() else {
+            return Ok(());
+        };
+        let mut progressed = false;
+        while let Some(front) = self.wq.front() {
+            match io.poll_write(cx, &front[self.woff..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(CloseReason::WriteError(io::ErrorKind::WriteZero))
+                }
+                Poll::Ready(Ok(n)) => {
+                    progressed = true;
+                    self.woff += n;
+                    if self.woff >= front.len() {
+                        let len = front.len();
+                        self.wq.pop_front();
+                        self.woff = 0;
+                        self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
+                    }
+                }
+                Poll::Ready(Err(e)) => return Err(CloseReason::WriteError(e.kind())),
+                Poll::Pending => break,
+            }
+        }
+        if self.wq.is_empty() {
+            // Timers are freed when not needed: an idle connection costs as little as possible.
+            self.send_timer = None;
+            if progressed {
+                self.shared.touch();
+            }
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.send_timeout;
+        match &mut self.send_timer {
+            None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(t) if progressed => t.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        if progressed {
+            self.shared.touch();
+        }
+        if let Some(t) = &mut self.send_timer {
+            if t.as_mut().poll(cx).is_ready() {
+                return Err(CloseReason::SendTimeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// One read and the frames it completes.
+    pub(super) fn read_some(&mut self, cx: &mut TaskContext<'_>) -> ReadOutcome {
+        let Some(io) = self.io.as_mut() else {
+            return ReadOutcome::Pending;
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let mut io = Pin::new(io);
+        let n = match tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.rbuf) {
+            Poll::Pending => {
+                if self.rbuf.is_empty() {
+                    // Nothing pending: give the buffer back while the peer is quiet, so an
+                    // idle connection holds no read buffer at all.
+                    self.rbuf = BytesMut::new();
+                }
+                return ReadOutcome::Pending;
+            }
+            Poll::Ready(Err(e)) => {
+                if self.tls.is_some() {
+                    // TLS 1.3: a server that refuses our client certificate (or a client whose
+                    // certificate we refused) surfaces here, on the first read after the
+                    // handshake. Outgoing: siprox chose this peer, so the operator must see it.
+                    if self.dest.is_some() {
+                        warn!(error = %e, "TLS connection failed after the handshake (refused client certificate?)");
+                    } else {
+                        debug!(error = %e, "TLS read failed");
+                    }
+                }
+                return ReadOutcome::Close(CloseReason::ReadError(e.kind()));
+            }
+            Poll::Ready(Ok(n)) => n,
+        };
+        if n == 0 {
+            return ReadOutcome::Eof;
+        }
+        self.shared.touch();
+        ReadOutcome::Data
+    }
+
+    /// Frames and handles what the read buffer holds. `Err` = the stream lost framing.
+    pub(super) fn process_frames(&mut self) -> Result<(), CloseReason> {
+        // An HTTP request line where a SIP message would start: RPC over the SIP listener.
+        if self.http.is_none()
+            && self.dest.is_none()
+            && !self.framer.is_mid_message(&BytesMut::new())
+            && siprox::rpc::looks_like_http(&self.rbuf)
+        {
+            self.http = Some(siprox::rpc::HttpFramer::default());
+        }
+        if let Some(framer) = self.http {
+            return self.process_http(framer);
+        }
+        loop {
+            match self.framer.next_frame(&mut self.rbuf) {
+                Ok(Some(Frame::Message(msg))) => {
+                    let inbound = self.inbound();
+                    self.worker.on_message(msg, inbound, self.tls.clone());
+                }
+                Ok(Some(Frame::Ping)) => {
+                    // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
+                    let pong = Bytes::from_static(b"\r\n");
+                    self.shared.bytes.fetch_add(pong.len(), Ordering::AcqRel);
+                    self.wq.push_back(pong);
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    // Answer what can be answered (400 with the parse error), then close:
+                    // after a framing error nothing more on this stream can be trusted.
+                    let bytes = self.rbuf.split().freeze();
+                    let inbound = self.inbound();
+                    let snap = self.worker.shared.snapshot.load();
+                    let action = snap.proxy.on_unparsable(&bytes, &e, &inbound);
+                    drop(snap);
+                    debug!(error = %e, "framing error");
+                    match action {
+                        Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
+                            self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                            self.wq.push_back(bytes);
+                        }
+                        other => self.worker.execute_simple(other, &inbound),
+                    }
+                    return Err(CloseReason::FramingError);
+                }
+            }
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP_MAX {
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    pub(super) fn enqueue(&mut self, bytes: Bytes) {
+        self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+        self.wq.push_back(bytes);
+    }
+}
+
+pub(super) enum ReadOutcome {
+    Data,
+    Pending,
+    Eof,
+    Close(CloseReason),
+}

@@ -1,0 +1,190 @@
+//! Getting a connection open: the TCP connect of an outgoing connection, the TLS handshake
+//! in either direction (bounded by the handshake timeout, or the server domain's own once
+//! the ClientHello picked it), and the TLS facts read once after it. Runs as a future in
+//! the `Connection` actor's context; must never block and never outlive its timeout.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use openssl::ssl::Ssl;
+use siprox::proxy::{Destination, Transport};
+use siprox::tls::TlsFacts;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_openssl::SslStream;
+
+use crate::state::messages::CloseReason;
+use crate::state::{ConnSettings, TlsDomains};
+use crate::tls;
+
+/// Why a connect or handshake failed, with the error text for the log.
+pub(super) type Failed = (CloseReason, String);
+
+pub(super) enum Io {
+    Tcp(TcpStream),
+    Tls(SslStream<TcpStream>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Io {
+    pub(super) fn poll_write(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, b),
+        }
+    }
+    pub(super) fn poll_shutdown(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to `dest` within `connect_timeout`, then, for TLS, handshakes with the client
+/// domain the destination selects.
+pub(super) async fn connect_out(
+    dest: Box<Destination>,
+    domains: Arc<TlsDomains>,
+    s: ConnSettings,
+) -> Result<Established, Failed> {
+    let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(dest.addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err((CloseReason::ConnectFailed, e.to_string())),
+        Err(_) => return Err((CloseReason::ConnectFailed, "connect timeout".to_owned())),
+    };
+    let _ = tcp.set_nodelay(true);
+    if dest.transport != Transport::Tls {
+        return Ok(Established::plain(Io::Tcp(tcp)));
+    }
+    let (ssl, domain) = domains
+        .client_ssl(&dest)
+        .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+    let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
+    let stream = handshake(ssl, tcp, timeout, false).await?;
+    let sni = domain
+        .ctx
+        .server_name
+        .clone()
+        .or_else(|| dest.server_name.clone());
+    let facts = tls::facts(stream.ssl(), Some(&domain.name), sni, None);
+    Ok(Established {
+        io: Io::Tls(stream),
+        facts: Some(Arc::new(facts)),
+        send_timeout: domain.send_timeout,
+    })
+}
+
+/// The server side of an accepted TLS stream: `ssl` came from the dispatch context, whose
+/// ClientHello callback picks the domain.
+pub(super) async fn accept_tls(
+    ssl: Result<Ssl, openssl::error::ErrorStack>,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<Established, Failed> {
+    let ssl = ssl.map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+    let stream = handshake(ssl, tcp, timeout, true).await?;
+    let (facts, send_timeout) = match tls::chosen(stream.ssl()) {
+        Some(c) => (
+            tls::facts(
+                stream.ssl(),
+                Some(&c.domain.name),
+                c.sni.clone(),
+                Some(c.domain.ctx.cert.clone()),
+            ),
+            c.domain.send_timeout,
+        ),
+        None => (tls::facts(stream.ssl(), None, None, None), None),
+    };
+    Ok(Established {
+        io: Io::Tls(stream),
+        facts: Some(Arc::new(facts)),
+        send_timeout,
+    })
+}
+
+/// A TLS handshake bounded by `timeout`, or by the server domain's own `handshake_timeout`
+/// (from the start of the handshake) once the ClientHello has picked the domain.
+async fn handshake(
+    ssl: Ssl,
+    tcp: TcpStream,
+    timeout: Duration,
+    server: bool,
+) -> Result<SslStream<TcpStream>, Failed> {
+    let mut s =
+        SslStream::new(ssl, tcp).map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+    let start = Instant::now();
+    let mut sleep = Box::pin(tokio::time::sleep_until(start + timeout));
+    let mut adjusted = false;
+    let res = std::future::poll_fn(|cx| {
+        let r = if server {
+            Pin::new(&mut s).poll_accept(cx)
+        } else {
+            Pin::new(&mut s).poll_connect(cx)
+        };
+        if let Poll::Ready(r) = r {
+            return Poll::Ready(Some(r));
+        }
+        if server && !adjusted {
+            if let Some(t) = tls::chosen(s.ssl()).and_then(|c| c.domain.handshake_timeout) {
+                adjusted = true;
+                sleep.as_mut().reset(start + t);
+            }
+        }
+        sleep.as_mut().poll(cx).map(|_| None)
+    })
+    .await;
+    match res {
+        Some(Ok(())) => Ok(s),
+        Some(Err(e)) => {
+            // Name the certificate problem when there is one (verify_client refusals).
+            let v = s.ssl().verify_result();
+            let why = if v == openssl::x509::X509VerifyResult::OK {
+                e.to_string()
+            } else {
+                format!("{e} (certificate: {})", v.error_string())
+            };
+            Err((CloseReason::HandshakeFailed, why))
+        }
+        None => Err((CloseReason::HandshakeFailed, "handshake timeout".to_owned())),
+    }
+}
+
+/// What a finished connect/handshake hands to the actor.
+pub(super) struct Established {
+    pub(super) io: Io,
+    pub(super) facts: Option<Arc<TlsFacts>>,
+    /// The TLS domain's `send_timeout`, overriding `[connections]`.
+    pub(super) send_timeout: Option<Duration>,
+}
+
+impl Established {
+    pub(super) fn plain(io: Io) -> Established {
+        Established {
+            io,
+            facts: None,
+            send_timeout: None,
+        }
+    }
+}
