@@ -204,9 +204,13 @@ impl Runtime {
         let digests = crate::reload::LoadedDigests {
             scripts: crate::reload::scripts_digest(&config, &opts.base_dir),
             config: config_dir.as_deref().and_then(crate::reload::config_digest),
+            users: crate::reload::users_digest(&config, &opts.base_dir),
         };
-        let scripts = crate::reload::script::compile_scripts(&config, &opts.base_dir)
+        let script_sources = crate::reload::script::read_sources(&config, &opts.base_dir);
+        let scripts = crate::reload::script::compile_sources(&config, &script_sources)
             .map_err(|e| RuntimeError::Config(e.join("\n")))?;
+        let users = crate::reload::load_users(&config, &opts.base_dir)
+            .map_err(|e| RuntimeError::Config(format!("[auth] users_file: {e}")))?;
         // Management listener (TLS built, port bound) before anything starts: errors return here.
         let management = crate::mgmt::rpc::Management::prepare(&config, &opts.base_dir)?;
         let management_addr = management
@@ -216,7 +220,13 @@ impl Runtime {
             &config,
             &opts.base_dir,
         )?);
-        let snapshot = Snapshot::build(Arc::new(config), listens.clone(), tls, Arc::new(scripts));
+        let snapshot = Snapshot::build(
+            Arc::new(config),
+            listens.clone(),
+            tls,
+            Arc::new(scripts),
+            Arc::new(users),
+        );
         let grace = snapshot.config.runtime.shutdown_grace.get();
         let shared = Arc::new(Shared::new(snapshot, dispatch));
         let _ = shared.location.set(location);
@@ -231,6 +241,7 @@ impl Runtime {
             opts.base_dir.clone(),
             listens.clone(),
             handle_signals,
+            script_sources,
         );
         let thread = std::thread::Builder::new()
             .name("siprox-control".to_owned())

@@ -1,18 +1,21 @@
 //! One reload's work, on a blocking thread: re-read conf.d (only when its digest changed),
-//! rebuild the TLS domains whose inputs changed, compile the scripts that changed, and
-//! return a whole candidate snapshot or the reasons it was refused. Must never publish:
-//! the `DomainRegistry` does, with one `store()`.
+//! rebuild the TLS domains whose inputs changed, re-read the users file and the scripts
+//! that changed, and return a whole candidate snapshot (or one that waits only for the
+//! `Script` actor to compile what was read) or the reasons it was refused. Must never
+//! publish: the `DomainRegistry` does, with one `store()`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use siprox::auth::Users;
 use siprox::config::Config;
 use siprox::proxy::Listen;
 use siprox::tls::resolve;
 
+use crate::reload::script::{read_sources, ScriptSource};
 use crate::reload::watch::watch_dirs;
-use crate::state::{check_connections, Snapshot};
+use crate::state::{check_connections, ScriptSet, Snapshot, TlsDomains};
 use crate::tls::{build_domains, unix_now, BuildOptions, DomainError};
 
 /// Digests of the configuration and scripts the running snapshot was built from.
@@ -22,6 +25,8 @@ pub(crate) struct LoadedDigests {
     pub(crate) scripts: u64,
     /// [`config_digest`].
     pub(crate) config: Option<u64>,
+    /// [`users_digest`].
+    pub(crate) users: u64,
 }
 
 /// One reload's work, done on a blocking thread.
@@ -35,12 +40,49 @@ pub(crate) struct Job {
     pub(crate) prev: Arc<Snapshot>,
     pub(crate) listens: Vec<Listen>,
     pub(crate) has_tls: bool,
+    /// [`users_digest`] of the running users: an unchanged file is not parsed again.
+    pub(crate) users_digest: u64,
 }
 
 pub(crate) enum JobOutcome {
     Publish(Box<Snapshot>, Vec<String>),
     Unchanged,
     Failed(Vec<DomainError>),
+    /// Everything is built but the scripts, which changed: the `Script` actor compiles
+    /// them, then [`Pending::finish`] makes the snapshot.
+    Compile(Box<Pending>),
+}
+
+/// A candidate snapshot waiting for its scripts.
+pub(crate) struct Pending {
+    pub(crate) config: Arc<Config>,
+    pub(crate) sources: Vec<ScriptSource>,
+    listens: Vec<Listen>,
+    tls: Arc<TlsDomains>,
+    users: Arc<Users>,
+    changed: Vec<String>,
+}
+
+impl Pending {
+    /// The snapshot with `scripts`, or the reload refused with their errors.
+    pub(crate) fn finish(self, scripts: Result<ScriptSet, Vec<String>>) -> JobOutcome {
+        match scripts {
+            Ok(s) => {
+                let snap =
+                    Snapshot::build(self.config, self.listens, self.tls, Arc::new(s), self.users);
+                JobOutcome::Publish(Box::new(snap), self.changed)
+            }
+            Err(errors) => JobOutcome::Failed(
+                errors
+                    .into_iter()
+                    .map(|reason| DomainError {
+                        domain: "script".to_owned(),
+                        reason,
+                    })
+                    .collect(),
+            ),
+        }
+    }
 }
 
 pub(crate) struct JobResult {
@@ -52,6 +94,10 @@ pub(crate) struct JobResult {
     /// Directories to watch from now on (None: keep the current ones).
     pub(crate) watch: Option<BTreeSet<PathBuf>>,
     pub(crate) listen_changed: bool,
+    /// [`users_digest`] of the users now in the snapshot (when they were read again).
+    pub(crate) users_digest: Option<u64>,
+    /// The users file could not be loaded: the loaded users stay (logged once).
+    pub(crate) users_error: Option<String>,
 }
 
 impl Job {
@@ -80,6 +126,8 @@ impl Job {
                         listen_changed: false,
                         scripts_digest: None,
                         config_digest: None,
+                        users_digest: None,
+                        users_error: None,
                     }
                 }
             },
@@ -97,6 +145,8 @@ impl Job {
             listen_changed,
             scripts_digest: None,
             config_digest: None,
+            users_digest: None,
+            users_error: None,
         };
         if let Err(e) = check_connections(&config) {
             return fail(
@@ -118,35 +168,32 @@ impl Job {
             Ok(t) => t,
             Err(errors) => return fail(errors, watch),
         };
+        // The users file goes into the snapshot: read here, never on an arbiter.
+        let users_digest = users_digest(&config, &self.base);
+        let (users, users_read, users_error) =
+            if users_digest == self.users_digest && config.auth == self.prev.config.auth {
+                (self.prev.users.clone(), None, None)
+            } else {
+                match load_users(&config, &self.base) {
+                    Ok(u) => (Arc::new(u), Some(users_digest), None),
+                    // A broken users file keeps the users that were loaded and does not hold
+                    // up the rest of the reload.
+                    Err(e) => (self.prev.users.clone(), None, Some(e)),
+                }
+            };
+        let users_same = Arc::ptr_eq(&users, &self.prev.users);
         let scripts_digest = scripts_digest(&config, &self.base);
         let scripts_same = scripts_digest == self.scripts_digest && config == *self.prev.config;
-        let scripts = if scripts_same {
-            self.prev.scripts.clone()
-        } else {
-            match crate::reload::script::compile_scripts(&config, &self.base) {
-                Ok(s) => Arc::new(s),
-                Err(errors) => {
-                    return fail(
-                        errors
-                            .into_iter()
-                            .map(|reason| DomainError {
-                                domain: "script".to_owned(),
-                                reason,
-                            })
-                            .collect(),
-                        watch,
-                    )
-                }
-            }
-        };
         let (old, new) = (self.prev.tls.fingerprint(), tls.fingerprint());
-        if new == old && scripts_same {
+        if new == old && scripts_same && users_same {
             return JobResult {
                 outcome: JobOutcome::Unchanged,
                 watch,
                 listen_changed,
                 scripts_digest: None,
                 config_digest: digest,
+                users_digest: users_read,
+                users_error,
             };
         }
         let mut changed: Vec<String> = new
@@ -156,15 +203,63 @@ impl Job {
             .map(|n| n.0.clone())
             .collect();
         changed.dedup();
-        let snapshot = Snapshot::build(Arc::new(config), self.listens, Arc::new(tls), scripts);
+        let outcome = if scripts_same {
+            let scripts = self.prev.scripts.clone();
+            let snapshot = Snapshot::build(
+                Arc::new(config),
+                self.listens,
+                Arc::new(tls),
+                scripts,
+                users,
+            );
+            JobOutcome::Publish(Box::new(snapshot), changed)
+        } else {
+            // Read here (blocking), compiled by the `Script` actor, published with the TLS
+            // domains in one snapshot.
+            let sources = read_sources(&config, &self.base);
+            JobOutcome::Compile(Box::new(Pending {
+                config: Arc::new(config),
+                sources,
+                listens: self.listens,
+                tls: Arc::new(tls),
+                users,
+                changed,
+            }))
+        };
         JobResult {
-            outcome: JobOutcome::Publish(Box::new(snapshot), changed),
+            outcome,
             watch,
             listen_changed,
             scripts_digest: Some(scripts_digest),
             config_digest: digest,
+            users_digest: users_read,
+            users_error,
         }
     }
+}
+
+/// Digest of the users file's path and bytes (`0` when there is none).
+pub(crate) fn users_digest(config: &Config, base: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(f) = &config.auth.users_file else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let p = resolve(base, f);
+    p.hash(&mut h);
+    std::fs::read(&p).ok().hash(&mut h);
+    h.finish()
+}
+
+/// The users of `[auth] users_file` (none configured: no users). Blocking.
+pub(crate) fn load_users(config: &Config, base: &Path) -> Result<Users, String> {
+    let Some(f) = &config.auth.users_file else {
+        return Ok(Users::default());
+    };
+    let path = resolve(base, f);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("reading [auth] users_file {}: {e}", path.display()))?;
+    Users::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())
 }
 
 /// Digest of every route script's bytes (missing files hash as missing: compiling then

@@ -9,5 +9,5 @@ pub mod script;
 mod watch;
 
 pub use job::config_digest;
-pub(crate) use job::{scripts_digest, LoadedDigests};
+pub(crate) use job::{load_users, scripts_digest, users_digest, LoadedDigests};
 pub use watch::watch_dirs;

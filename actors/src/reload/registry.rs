@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::fut::{wrap_future, ActorFutureExt};
-use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
 use siprox::config::Config;
 use siprox::proxy::Listen;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::reload::job::{Job, JobOutcome, JobResult, LoadedDigests};
+use crate::reload::script::{CompileScripts, Script, ScriptSource};
 use crate::reload::watch::{watch_dirs, Watcher};
 use crate::state::{Shared, TlsDomains};
 use crate::tls::{unix_now, DomainError};
@@ -58,6 +59,12 @@ pub struct DomainRegistry {
     scripts_digest: u64,
     /// [`config_digest`] of the conf.d files the live configuration was read from.
     config_digest: Option<u64>,
+    /// Digest of the live users file.
+    users_digest: u64,
+    /// The scripts read at start, to seed the `Script` actor's cache.
+    seed: Vec<ScriptSource>,
+    /// The `Script` actor (started with the registry): compiles what a reload read.
+    script: Option<Addr<Script>>,
 }
 
 impl DomainRegistry {
@@ -68,6 +75,7 @@ impl DomainRegistry {
         base: PathBuf,
         listens: Vec<Listen>,
         handle_signals: bool,
+        seed: Vec<ScriptSource>,
     ) -> DomainRegistry {
         let has_tls = listens
             .iter()
@@ -87,6 +95,9 @@ impl DomainRegistry {
             status: TlsStatus::default(),
             scripts_digest: loaded.scripts,
             config_digest: loaded.config,
+            users_digest: loaded.users,
+            seed,
+            script: None,
         }
     }
 
@@ -120,21 +131,51 @@ impl DomainRegistry {
             prev: self.shared.snapshot.load_full(),
             listens: self.listens.clone(),
             has_tls: self.has_tls,
+            users_digest: self.users_digest,
         };
+        let script = self.script.clone();
         // Off the arbiter: reading files and building SSL contexts can take milliseconds
         // per domain, and the control arbiter also runs the RPC.
-        let fut = async move { tokio::task::spawn_blocking(move || job.run()).await };
-        ctx.spawn(wrap_future::<_, Self>(fut).map(move |res, act, ctx| {
-            let result = res.unwrap_or_else(|e| JobResult {
-                scripts_digest: None,
-                config_digest: None,
-                outcome: JobOutcome::Failed(vec![DomainError {
-                    domain: "reload".to_owned(),
-                    reason: format!("the reload task failed: {e}"),
-                }]),
-                watch: None,
-                listen_changed: false,
-            });
+        let fut = async move {
+            let mut result = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|e| JobResult {
+                    scripts_digest: None,
+                    config_digest: None,
+                    users_digest: None,
+                    users_error: None,
+                    outcome: JobOutcome::Failed(vec![DomainError {
+                        domain: "reload".to_owned(),
+                        reason: format!("the reload task failed: {e}"),
+                    }]),
+                    watch: None,
+                    listen_changed: false,
+                });
+            if let JobOutcome::Compile(mut pending) = result.outcome {
+                // Changed scripts: the Script actor compiles them (from its cache when it
+                // has seen the text), and the candidate is published whole, TLS and
+                // scripts in one store.
+                let sources = std::mem::take(&mut pending.sources);
+                let compiled = match script {
+                    Some(s) => s
+                        .send(CompileScripts {
+                            config: pending.config.clone(),
+                            sources,
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(vec![format!("the Script actor stopped: {e}")])),
+                    None => Err(vec!["the Script actor is not running".to_owned()]),
+                };
+                result.outcome = pending.finish(compiled);
+                if matches!(result.outcome, JobOutcome::Failed(_)) {
+                    result.scripts_digest = None;
+                    result.config_digest = None;
+                    result.users_digest = None;
+                }
+            }
+            result
+        };
+        ctx.spawn(wrap_future::<_, Self>(fut).map(move |result, act, ctx| {
             act.finish(cause, result, waiters, ctx);
             act.building = false;
             act.kick(ctx);
@@ -165,7 +206,15 @@ impl DomainRegistry {
                 debug!(?cause, "reload: nothing changed");
                 ReloadOutcome::Unchanged
             }
-            JobOutcome::Failed(errors) => {
+            failed @ (JobOutcome::Failed(_) | JobOutcome::Compile(_)) => {
+                let errors = match failed {
+                    JobOutcome::Failed(errors) => errors,
+                    // Resolved by the Script actor before `finish`; never left pending.
+                    _ => vec![DomainError {
+                        domain: "reload".to_owned(),
+                        reason: "the scripts of the candidate were not compiled".to_owned(),
+                    }],
+                };
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 let now: BTreeSet<String> = lines.iter().cloned().collect();
                 for e in &errors {
@@ -179,16 +228,13 @@ impl DomainRegistry {
                 ReloadOutcome::Failed { errors: lines }
             }
         };
-        if !matches!(outcome, ReloadOutcome::Failed { .. }) {
-            // The users file (a small file, read on the control arbiter, never a worker): a
-            // broken one keeps the users that were loaded, with one error line.
-            if let Some(loc) = self.shared.location.get() {
-                if let Err(e) = loc.reload_users() {
-                    if self.logged.insert(e.to_string()) {
-                        error!(error = %e, "users file not reloaded: the loaded users stay");
-                    }
-                }
+        if let Some(e) = result.users_error {
+            if self.logged.insert(e.clone()) {
+                error!(error = %e, "users file not reloaded: the loaded users stay");
             }
+        }
+        if let Some(d) = result.users_digest {
+            self.users_digest = d;
         }
         if let Some(d) = result.scripts_digest {
             self.scripts_digest = d;
@@ -277,6 +323,10 @@ impl Actor for DomainRegistry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let snap = self.shared.snapshot.load_full();
+        // The Script actor, next to the registry on the control arbiter, its cache seeded
+        // with what the runtime started with.
+        let seed = std::mem::take(&mut self.seed);
+        self.script = Some(Script::new(&seed, &snap.scripts).start());
         self.start_watcher(&snap.config, ctx);
         if self.watcher.is_some() {
             // A change made after the start read the files and before the watcher watched

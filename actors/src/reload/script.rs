@@ -1,30 +1,106 @@
-//! Compiling route scripts: every script the configuration names, each error naming the
-//! domain, file, line and column. Reads files: runs before the workers start or on a reload
-//! thread, never on a worker.
+//! The `Script` actor: the control arbiter's owner of route scripts. It compiles what the
+//! reload job read ([`CompileScripts`]), keeps each compiled script by the digest of its
+//! path and text (an unchanged file is never compiled twice), and remembers each file's
+//! status and last error. It reads no file: the job reads them on a blocking thread, so the
+//! control arbiter never waits on a disk. Must never publish: it hands the compiled
+//! [`ScriptSet`] back to the reload, which publishes it with the TLS domains in one store.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use actix::{Actor, Context, Handler, Message as ActixMessage, MessageResult};
 use siprox::config::Config;
-use siprox::script::{self, Script};
+use siprox::script;
 
 use crate::state::ScriptSet;
 
-/// Compile every script the configuration names. Every error is returned, each naming
-/// the domain (if any), the file, line and column.
+/// One script file the configuration names, as the reload job read it.
+#[derive(Debug, Clone)]
+pub struct ScriptSource {
+    /// The domain whose script it is; `None`: `[script] file`.
+    pub domain: Option<String>,
+    pub path: PathBuf,
+    /// The text, or why it could not be read.
+    pub text: Result<String, String>,
+}
+
+impl ScriptSource {
+    /// Digest of the path and the text: the path is part of it because a compiled script
+    /// names its file in its errors.
+    fn digest(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.path.hash(&mut h);
+        self.text.as_ref().ok().hash(&mut h);
+        h.finish()
+    }
+}
+
+/// Reads every script file `config` names (blocking: a reload thread or the start, never
+/// an arbiter).
+pub fn read_sources(config: &Config, base: &Path) -> Vec<ScriptSource> {
+    let read = |domain: Option<&String>, file: &Path| {
+        let path = siprox::tls::resolve(base, file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()));
+        ScriptSource {
+            domain: domain.cloned(),
+            path,
+            text,
+        }
+    };
+    let mut v: Vec<ScriptSource> = config.script.file.iter().map(|f| read(None, f)).collect();
+    v.extend(
+        config
+            .domains
+            .iter()
+            .filter_map(|(name, d)| d.script.as_ref().map(|f| read(Some(name), f))),
+    );
+    v
+}
+
+/// Compile every script the configuration names, with no cache (`siprox check`, the
+/// start). Every error is returned, each naming the domain (if any), the file, line and
+/// column.
 pub fn compile_scripts(config: &Config, base: &Path) -> Result<ScriptSet, Vec<String>> {
+    compile_sources(config, &read_sources(config, base))
+}
+
+/// Compile `sources` (read by [`read_sources`]) with no cache.
+pub fn compile_sources(
+    config: &Config,
+    sources: &[ScriptSource],
+) -> Result<ScriptSet, Vec<String>> {
+    assemble(config, sources, &mut |s| compile(s))
+}
+
+fn compile(s: &ScriptSource) -> Result<script::Script, String> {
+    let text = s.text.as_ref().map_err(Clone::clone)?;
+    script::compile(text, &s.path.display().to_string()).map_err(|e| e.to_string())
+}
+
+/// The set of `sources`, each compiled by `compile`; every failure is reported.
+fn assemble(
+    config: &Config,
+    sources: &[ScriptSource],
+    compile: &mut dyn FnMut(&ScriptSource) -> Result<script::Script, String>,
+) -> Result<ScriptSet, Vec<String>> {
     let mut set = ScriptSet::default();
     let mut errors = Vec::new();
-    if let Some(file) = &config.script.file {
-        match compile_file(base, file) {
-            Ok(s) => set.default = Some(s),
-            Err(e) => errors.push(format!("[script] file: {e}")),
-        }
-    }
-    for (name, d) in &config.domains {
-        let Some(file) = &d.script else { continue };
-        match compile_file(base, file) {
-            Ok(s) => set.add_domain(name, &d.names, s),
-            Err(e) => errors.push(format!("domain `{name}`: {e}")),
+    for s in sources {
+        match (compile(s), &s.domain) {
+            (Ok(c), None) => set.default = Some(c),
+            (Ok(c), Some(name)) => {
+                let names = config
+                    .domains
+                    .get(name)
+                    .map(|d| d.names.as_slice())
+                    .unwrap_or(&[]);
+                set.add_domain(name, names, c);
+            }
+            (Err(e), None) => errors.push(format!("[script] file: {e}")),
+            (Err(e), Some(name)) => errors.push(format!("domain `{name}`: {e}")),
         }
     }
     if errors.is_empty() {
@@ -34,9 +110,169 @@ pub fn compile_scripts(config: &Config, base: &Path) -> Result<ScriptSet, Vec<St
     }
 }
 
-fn compile_file(base: &Path, file: &Path) -> Result<Script, String> {
-    let path = siprox::tls::resolve(base, file);
-    let src = std::fs::read_to_string(&path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    script::compile(&src, &path.display().to_string()).map_err(|e| e.to_string())
+/// Compile these sources into the scripts of the next snapshot. Replies with the whole set
+/// or every error.
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "Result<ScriptSet, Vec<String>>")]
+pub struct CompileScripts {
+    pub config: Arc<Config>,
+    pub sources: Vec<ScriptSource>,
+}
+
+/// What the `Script` actor knows about one script file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptStatus {
+    pub path: PathBuf,
+    /// Digest of the path and text last compiled.
+    pub digest: u64,
+    /// The last compile error of this file (`None` once it compiles).
+    pub last_error: Option<String>,
+}
+
+/// The status of every script file seen, by path.
+#[derive(Debug, ActixMessage)]
+#[rtype(result = "Vec<ScriptStatus>")]
+pub struct GetScriptStatus;
+
+/// The `Script` actor (control arbiter).
+#[derive(Debug, Default)]
+pub struct Script {
+    /// Compiled scripts by [`ScriptSource::digest`]: only those of the last request are
+    /// kept, so the cache never outgrows the configuration.
+    cache: HashMap<u64, script::Script>,
+    status: BTreeMap<PathBuf, ScriptStatus>,
+    /// Scripts compiled (cache misses), for tests and logs.
+    compiled: u64,
+}
+
+impl Script {
+    /// The actor, its cache seeded with the scripts the runtime started with.
+    pub fn new(sources: &[ScriptSource], running: &ScriptSet) -> Script {
+        let mut me = Script::default();
+        for s in sources {
+            let c = match &s.domain {
+                None => running.default.clone(),
+                Some(d) => running.by_domain.get(d).cloned(),
+            };
+            if let Some(c) = c {
+                me.cache.insert(s.digest(), c);
+            }
+            me.status.insert(
+                s.path.clone(),
+                ScriptStatus {
+                    path: s.path.clone(),
+                    digest: s.digest(),
+                    last_error: None,
+                },
+            );
+        }
+        me
+    }
+
+    fn compile_all(
+        &mut self,
+        config: &Config,
+        sources: &[ScriptSource],
+    ) -> Result<ScriptSet, Vec<String>> {
+        let mut used = HashMap::new();
+        let (cache, status, compiled) = (&self.cache, &mut self.status, &mut self.compiled);
+        let res = assemble(config, sources, &mut |s| {
+            let digest = s.digest();
+            let result = match cache.get(&digest).or_else(|| used.get(&digest)) {
+                Some(c) => Ok(c.clone()),
+                None => {
+                    *compiled += 1;
+                    compile(s)
+                }
+            };
+            status.insert(
+                s.path.clone(),
+                ScriptStatus {
+                    path: s.path.clone(),
+                    digest,
+                    last_error: result.as_ref().err().cloned(),
+                },
+            );
+            if let Ok(c) = &result {
+                used.insert(digest, c.clone());
+            }
+            result
+        });
+        if res.is_ok() {
+            // A refused set keeps the cache of the running one: reverting the file is free.
+            self.cache = used;
+        }
+        res
+    }
+}
+
+impl Actor for Script {
+    type Context = Context<Self>;
+}
+
+impl Handler<CompileScripts> for Script {
+    type Result = MessageResult<CompileScripts>;
+
+    fn handle(&mut self, msg: CompileScripts, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.compile_all(&msg.config, &msg.sources))
+    }
+}
+
+impl Handler<GetScriptStatus> for Script {
+    type Result = MessageResult<GetScriptStatus>;
+
+    fn handle(&mut self, _msg: GetScriptStatus, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.status.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(path: &str, text: &str) -> ScriptSource {
+        ScriptSource {
+            domain: None,
+            path: PathBuf::from(path),
+            text: Ok(text.to_owned()),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_script_is_compiled_once_and_errors_are_kept_per_file() {
+        let config = Arc::new(Config::default());
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let actor = Script::default().start();
+            let ask = |s: ScriptSource| {
+                actor.send(CompileScripts {
+                    config: config.clone(),
+                    sources: vec![s],
+                })
+            };
+            let good = "route { forward(); }";
+            assert!(ask(source("a.cfg", good)).await.expect("mailbox").is_ok());
+            assert!(ask(source("a.cfg", good)).await.expect("mailbox").is_ok());
+            let bad = ask(source("a.cfg", "route { nope(); }"))
+                .await
+                .expect("mailbox");
+            let errors = bad.expect_err("unknown function");
+            assert!(errors[0].contains("a.cfg:1"), "{errors:?}");
+            let status = actor.send(GetScriptStatus).await.expect("mailbox");
+            assert_eq!(status.len(), 1);
+            assert!(status[0].last_error.is_some(), "{status:?}");
+            // Back to the running text: served from the cache, the error cleared.
+            assert!(ask(source("a.cfg", good)).await.expect("mailbox").is_ok());
+            let status = actor.send(GetScriptStatus).await.expect("mailbox");
+            assert_eq!(status[0].last_error, None);
+        });
+        // The actor's count of compiles: good once, bad once; the repeats were cache hits.
+        let mut s = Script::default();
+        let cfg = Config::default();
+        for _ in 0..3 {
+            s.compile_all(&cfg, &[source("b.cfg", "route { drop; }")])
+                .expect("compiles");
+        }
+        assert_eq!(s.compiled, 1);
+    }
 }

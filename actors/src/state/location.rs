@@ -1,5 +1,5 @@
 //! The registrar and digest authentication in the runtime: the one in-memory location
-//! store of the process, the nonce authenticator and the users file, the periodic expiry
+//! store of the process, the nonce authenticator (the users live in the snapshot), the periodic expiry
 //! and the snapshot file (written atomically: temp file, fsync, rename). File I/O happens at
 //! start, on the control arbiter's timer and at exit, never on a worker thread.
 
@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use siprox::auth::{AuthSettings, Authenticator, Users};
+use siprox::auth::{AuthSettings, Authenticator};
 use siprox::config::Config;
 use siprox::registrar::{restore, to_snapshot, LocationStore, MemoryStore};
 use tracing::{info, warn};
@@ -19,9 +18,6 @@ use crate::error::RuntimeError;
 pub struct Location {
     pub store: Arc<MemoryStore>,
     pub auth: Authenticator,
-    /// The users file, swapped whole when it is reloaded.
-    pub users: ArcSwap<Users>,
-    users_file: Option<PathBuf>,
     snapshot_file: Option<PathBuf>,
     pub snapshot_interval: Duration,
     pub expire_interval: Duration,
@@ -37,7 +33,7 @@ impl std::fmt::Debug for Location {
 }
 
 impl Location {
-    /// Build from the configuration: load the users file and the snapshot (a snapshot that
+    /// Build from the configuration: the authenticator's secret and the snapshot (a snapshot that
     /// cannot be read is moved aside, and siprox starts empty: never lost silently).
     pub fn start(config: &Config, base: &Path) -> Result<Location, RuntimeError> {
         let mut algorithms = Vec::new();
@@ -70,15 +66,6 @@ impl Location {
             None => Authenticator::with_random_secret(settings),
         }
         .map_err(|e| RuntimeError::Config(format!("[auth]: {e}")))?;
-        let users_file = config
-            .auth
-            .users_file
-            .as_ref()
-            .map(|f| siprox::tls::resolve(base, f));
-        let users = match &users_file {
-            Some(p) => load_users(p)?,
-            None => Users::default(),
-        };
         let store = Arc::new(MemoryStore::new());
         let snapshot_file = config
             .location
@@ -103,21 +90,10 @@ impl Location {
         Ok(Location {
             store,
             auth,
-            users: ArcSwap::from_pointee(users),
-            users_file,
             snapshot_file,
             snapshot_interval: config.location.snapshot_interval.get(),
             expire_interval: config.location.expire_interval.get(),
         })
-    }
-
-    /// Re-read the users file; on error the old users stay and the error is returned.
-    pub fn reload_users(&self) -> Result<(), RuntimeError> {
-        if let Some(p) = &self.users_file {
-            let users = load_users(p)?;
-            self.users.store(Arc::new(users));
-        }
-        Ok(())
     }
 
     /// Remove expired bindings.
@@ -137,15 +113,6 @@ impl Location {
             source: e,
         })
     }
-}
-
-fn load_users(path: &Path) -> Result<Users, RuntimeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::Io {
-        what: format!("reading [auth] users_file {}", path.display()),
-        source: e,
-    })?;
-    Users::from_toml(&text, &path.display().to_string())
-        .map_err(|e| RuntimeError::Config(e.to_string()))
 }
 
 /// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new

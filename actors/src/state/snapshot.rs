@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use siprox::auth::Users;
 use siprox::config::Config;
 use siprox::proxy::{Listen, Proxy, ProxyConfig};
 use siprox::sip::Limits;
@@ -54,6 +55,9 @@ pub struct Snapshot {
     pub limits: Limits,
     /// Timeouts and write-queue bound of new connections.
     pub conn: ConnSettings,
+    /// The digest users (`[auth] users_file`), read by the reload job: authentication reads
+    /// them here, in the same snapshot as the scripts that call it.
+    pub users: Arc<Users>,
 }
 
 impl Snapshot {
@@ -64,6 +68,7 @@ impl Snapshot {
         listens: Vec<Listen>,
         tls: Arc<TlsDomains>,
         scripts: Arc<ScriptSet>,
+        users: Arc<Users>,
     ) -> Snapshot {
         let aliases = config
             .domains
@@ -81,6 +86,7 @@ impl Snapshot {
             proxy,
             tls,
             scripts,
+            users,
             config,
         }
     }

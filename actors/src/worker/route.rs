@@ -3,7 +3,7 @@
 //! Scripts run inline, from the snapshot (no mailbox hop per message); running one never
 //! blocks and never panics (the interpreter bounds every run).
 
-use siprox::auth::{self, AuthKind, Verdict};
+use siprox::auth::{self, AuthKind, Users, Verdict};
 use siprox::proxy::{Action, ConnId, Destination, ForwardOpts, Inbound, Proxy};
 use siprox::registrar::{self, Delivery, LookupResult};
 use siprox::script::AuthFn;
@@ -35,6 +35,8 @@ pub(crate) struct RuntimeHost<'a> {
     shared: Option<&'a Shared>,
     /// `[registrar]` of the snapshot the message is handled with.
     registrar: Option<&'a registrar::Settings>,
+    /// The digest users of the same snapshot.
+    users: Option<&'a Users>,
     /// Set by `lookup("location")`: the registered flow and Path the next `forward()` uses.
     flow: Option<Destination>,
     routes: Vec<String>,
@@ -61,6 +63,7 @@ impl<'a> RuntimeHost<'a> {
             http_reply: None,
             shared: None,
             registrar: None,
+            users: None,
             flow: None,
             routes: Vec::new(),
             stale: false,
@@ -72,9 +75,10 @@ impl<'a> RuntimeHost<'a> {
 impl<'a> RuntimeHost<'a> {
     /// With registrar (its store and the snapshot's settings), authentication and the
     /// connection table.
-    pub fn with_shared(mut self, shared: &'a Shared, registrar: &'a registrar::Settings) -> Self {
+    pub fn with_shared(mut self, shared: &'a Shared, snap: &'a Snapshot) -> Self {
         self.shared = Some(shared);
-        self.registrar = Some(registrar);
+        self.registrar = Some(&snap.config.registrar);
+        self.users = Some(&snap.users);
         self
     }
 
@@ -279,8 +283,10 @@ impl Host for RuntimeHost<'_> {
         };
         match func {
             AuthFn::WwwAuthorize | AuthFn::ProxyAuthorize => {
-                let users = loc.users.load();
-                let result = loc.auth.authorize(msg, kind, &realm, &**users, self.now);
+                let Some(users) = self.users else {
+                    return -1;
+                };
+                let result = loc.auth.authorize(msg, kind, &realm, users, self.now);
                 match result.verdict() {
                     Verdict::Proceed => 1,
                     Verdict::Challenge { stale } => {
@@ -330,8 +336,7 @@ pub(crate) fn run_request(
     tls: Option<&TlsFacts>,
 ) -> Vec<(Action, ForwardOpts)> {
     let proxy = &snap.proxy;
-    let mut host =
-        RuntimeHost::new(proxy, Some(msg), rx, tag).with_shared(shared, &snap.config.registrar);
+    let mut host = RuntimeHost::new(proxy, Some(msg), rx, tag).with_shared(shared, snap);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);
     if outcome.is_error() {
