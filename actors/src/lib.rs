@@ -2,38 +2,48 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: command-line parsing of the `siprox` binary, `siprox check`, and the hand-off
-//!   to the runtime (`cli::run`).
-//! - [`runtime`]: [`Runtime::start`] binds every socket, builds the TLS contexts, and runs
-//!   the actix `System`: one control arbiter (the `Control` actor: signals, graceful
-//!   shutdown) and N worker arbiters. [`RuntimeHandle`] gives the bound addresses, counters
-//!   and `shutdown()`.
-//! - [`listener`]: the `Listener` actor, one per socket per worker (SO_REUSEPORT): TCP/TLS
-//!   accept with admission limits, or UDP receive straight into the proxy core.
-//! - [`connection`]: the `Connection` actor, one per TCP/TLS stream: handshake, framing,
-//!   bounded write queue with `send_timeout`, idle timeout, graceful drain.
-//! - [`table`]: the `ConnectionTable` (sharded concurrent map) through which any worker
-//!   writes to any connection, and which opens outgoing connections on demand.
-//! - [`worker`]: per-worker hot path: parsed message -> route script or proxy core ->
-//!   send / forward.
-//! - [`location`]: the registrar's location store, digest authenticator and users file,
-//!   with the expiry timer and the atomic snapshot file.
-//! - [`scripts`]: compiled route scripts per snapshot, which one a message runs, and the
-//!   script `Host` that turns effects into proxy actions.
-//! - [`dns`]: RFC 3263 resolution of next-hop names (NAPTR/SRV/A/AAAA), off the hot path.
-//! - [`tls`]: TLS domains at run time: the dispatch context whose ClientHello callback picks
-//!   the server domain, outgoing client domains, per-connection `TlsFacts`, dev certificates.
-//! - [`registry`]: the `DomainRegistry` actor: watches conf.d and certificate directories,
-//!   rebuilds what changed off the worker threads, publishes the `Snapshot` (its one writer).
-//! - [`ffi`]: the only `unsafe` code: OpenSSL calls the `openssl` crate lacks.
-//! - [`rpc`]: the management plane: the `[management]` HTTPS listener (client certificate
-//!   required, then the allow-list) and the `Rpc` actor on the control arbiter that runs
-//!   the methods (`rpc_methods`, with the ADAPTERs to pending subsystems) and renders
-//!   Prometheus `/metrics` (`rpc_metrics`). Protocols are the core's `siprox::rpc`.
-//! - [`ctl`]: the pure parts of `siproxctl` (commands, settings file, rendering).
-//! - [`shared`]: the `ArcSwap<Snapshot>`, admission limits and counters.
-//! - [`logging`]: the `tracing` subscriber from `[log]`.
-//! - `bin/siprox.rs`: the daemon; `bin/siproxctl.rs`: the management CLI.
+//! The folders are the parts of the runtime, top to bottom; a part uses the parts below it
+//! and never one above it (`tests/layout.rs` holds this). Where a lower part must tell a
+//! higher one something, it sends a message whose type lives in `state::messages`, or calls
+//! a trait the higher part implements (`worker::Connector`).
+//!
+//! - entry: [`runtime`] ([`Runtime::start`] binds every socket and runs the actix `System`:
+//!   one control arbiter, with the `Control` actor for signals and graceful shutdown, and N
+//!   worker arbiters; [`RuntimeHandle`]), [`cli`] (`siprox`, `siprox check`), [`logging`],
+//!   `bin/siprox.rs`, `bin/siproxctl.rs`.
+//! - [`mgmt`]: the management plane. `rpc` (the `[management]` HTTPS listener and the `Rpc`
+//!   actor), `methods`, `metrics` (Prometheus), `ctl` (the pure parts of `siproxctl`).
+//! - [`reload`]: the control plane. `registry` (the `DomainRegistry` actor: TLS domains and
+//!   the snapshot's one writer), `job` (one reload on a blocking thread: conf.d, TLS,
+//!   users, script sources), `watch` (the directory watcher), `script` (the `Script` actor:
+//!   compiles route scripts, caches them by digest, keeps each file's last error).
+//! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive),
+//!   `connection/` (the `Connection` actor: `actor`, `handshake`, `framing`, `http`).
+//! - [`worker`]: the hot path of one worker arbiter: message -> core -> actions (`mod`),
+//!   the script host (`route`), next-hop resolution (`dns`).
+//! - [`tls`]: `domains` (building), `dispatch` (the ClientHello callback, client domains),
+//!   `facts`, `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket, no reload.
+//! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
+//!   connection table and its handles), `stats`, `admission`, `location` (the registrar's
+//!   store), `domains` and `scripts` (what a snapshot holds), `messages`.
+//! - [`error`]: the runtime's error type, used by every part.
+//!
+//! The four actors of the design, and who talks to whom: a `Listener` starts a
+//! `Connection` per stream; a `Connection` hands each message to its worker, which runs the
+//! route script and writes through the connection table; the `DomainRegistry` rebuilds a
+//! candidate snapshot off the arbiter, asks the `Script` actor to compile the scripts that
+//! changed (`CompileScripts`), and publishes TLS domains, scripts and users in one
+//! `store()`.
+//!
+//! # Why scripts run on the workers, not in the `Script` actor
+//!
+//! The `Script` actor owns compiling, caching and status; it does not run scripts. A
+//! compiled script is immutable and shared (`Arc`), so each worker runs the one in the
+//! snapshot it loaded, inline, on the thread that read the message: no mailbox hop, no
+//! allocation and no cross-thread wake-up per SIP message, and a slow script run on one
+//! worker never queues messages of another behind it. Sending every message to one actor
+//! would serialise all workers on the control arbiter and make the hot path wait on the
+//! control plane, which the design forbids.
 //!
 //! Unsafe code is forbidden here except in the one `ffi` module (OpenSSL calls the
 //! `openssl` crate lacks), where every block carries a `// SAFETY:` comment.

@@ -6,7 +6,7 @@
 //! only the domains whose inputs changed, on a blocking thread, validates the whole
 //! candidate and publishes it with one `store()`, or keeps the running snapshot and says
 //! why. Must never block the control arbiter, run two builds at once, or publish half a
-//! reload. See docs/reload.md for the path with file:line anchors.
+//! reload. docs/reload.md walks the whole path.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

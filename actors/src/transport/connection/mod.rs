@@ -4,7 +4,7 @@
 //! to the proxy core on this thread. Must never block its thread, never wait for another
 //! connection, and never panic on what a peer sends.
 //!
-//! The I/O is one hand-written [`ActorFuture`] ([`IoDriver`]) polled inside the actor's
+//! The I/O is one hand-written `ActorFuture` (`IoDriver`, in `actor`) polled inside the actor's
 //! context: it sees the actor's state on every poll, so queued bytes, buffers and timers
 //! live in the actor with no locks and no extra channel. actix polls it right after the
 //! mailbox, so bytes enqueued by `ConnCommand::Enqueue` are written in the same pass.
