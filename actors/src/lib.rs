@@ -11,8 +11,9 @@
 //!   one control arbiter, with the `Control` actor for signals and graceful shutdown, and N
 //!   worker arbiters; [`RuntimeHandle`]), [`cli`] (`siprox`, `siprox check`), [`logging`],
 //!   `bin/siprox.rs`, `bin/siproxctl.rs`.
-//! - [`mgmt`]: the management plane. `rpc` (the `[management]` HTTPS listener and the `Rpc`
-//!   actor), `methods`, `metrics` (Prometheus), `ctl` (the pure parts of `siproxctl`).
+//! - [`mgmt`]: the management plane. `listener` (the `[management]` HTTPS listener), `rpc`
+//!   (the `Rpc` actor), `methods`, `metrics` (Prometheus), `ctl` (the pure parts of
+//!   `siproxctl`).
 //! - [`reload`]: the control plane. `registry` (the `DomainRegistry` actor: TLS domains and
 //!   the snapshot's one writer), `job` (one reload on a blocking thread: conf.d, TLS,
 //!   users, script sources), `watch` (the directory watcher), `script` (the `Script` actor:

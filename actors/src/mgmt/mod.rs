@@ -1,9 +1,10 @@
-//! Management plane: the `[management]` HTTPS listener and the `Rpc` actor on the control
-//! arbiter (`rpc`), the methods it runs (`methods`), Prometheus `/metrics` (`metrics`) and
-//! the pure parts of `siproxctl` (`ctl`). Talks to the parts below by message and by
+//! Management plane: the `[management]` HTTPS listener (`listener`), the `Rpc` actor on the
+//! control arbiter (`rpc`), the methods it runs (`methods`), Prometheus `/metrics`
+//! (`metrics`) and the pure parts of `siproxctl` (`ctl`). Talks to the parts below by message and by
 //! reading shared state; must never be imported by them.
 
 pub mod ctl;
+mod listener;
 mod methods;
 mod metrics;
 pub mod rpc;
