@@ -109,7 +109,7 @@ fn chosen_index() -> Option<Index<Ssl, Chosen>> {
 /// The dispatch context every tls listener accepts with. It holds the session ticket keys
 /// (OpenSSL takes tickets from the context a connection started with), so it lives as long
 /// as the process: a reload never invalidates tickets. Its ClientHello callback picks the
-/// domain (see [`dispatch_hello`]); it has no certificate of its own.
+/// domain (see `dispatch_hello`); it has no certificate of its own.
 pub fn dispatch_context() -> Result<SslContext, ErrorStack> {
     let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;

@@ -1,7 +1,9 @@
 //! One worker arbiter's context: its UDP sockets, its DNS resolver, and the hot path that
 //! turns a parsed message into the proxy core's decision and carries it out (send over UDP,
 //! enqueue on a connection, open one, or resolve a name first). Runs only on its own
-//! worker thread; must never block it (DNS and slow sends become local tasks).
+//! worker thread; must never block it (DNS and slow sends become local tasks). Route
+//! scripts run inline here (`route`), names resolve in `dns`; streams are reached only
+//! through the connection table's handles and the [`Connector`] that `transport` installs.
 
 pub mod dns;
 pub mod route;
