@@ -3,13 +3,13 @@
 //! loses framing gets a 400 and is closed; graceful shutdown drains and exits in time.
 //! Real sockets on 127.0.0.1:0; must never wait on a fixed sleep.
 
-mod runtime_common;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runtime_common::*;
+use common::*;
 use siprox::config::{ConfigDuration, Proto};
 use siprox::proxy::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,14 +3,15 @@
 //! on, and verifies the certificate of TLS next hops. Must never use fixed ports or sleeps
 //! as synchronization.
 
-mod runtime_common;
+mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use runtime_common::*;
+use common::*;
 use siprox::config::Proto;
 use siprox::proxy::Transport;
+use siprox_testkit::pki::{Ca, Spec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -170,14 +171,10 @@ async fn outgoing_tls_to_an_untrusted_certificate_fails_the_handshake() {
     let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
     // A certificate from a CA siprox does not trust.
     let other = tempfile::tempdir().expect("tempdir");
-    let (ca, ca_key, cert, key) = (
-        other.path().join("ca.pem"),
-        other.path().join("ca.key"),
-        other.path().join("s.pem"),
-        other.path().join("s.key"),
-    );
-    siprox_actors::tls::generate_dev_certs(&ca, &ca_key, &cert, &key).expect("certs");
-    let (uas, conns) = tls_uas(&cert, &key).await;
+    let untrusted = Ca::new("untrusted CA")
+        .issue(&Spec::server("localhost").loopback())
+        .write(other.path(), "s");
+    let (uas, conns) = tls_uas(&untrusted.cert_path, &untrusted.key_path).await;
 
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let me = sock.local_addr().expect("addr");

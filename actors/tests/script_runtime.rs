@@ -2,16 +2,14 @@
 //! domain, default), replies through `onreply_route`, and the seed's certificate rule over
 //! TLS 1.2 and 1.3. Real sockets on 127.0.0.1:0, real TLS, certificates made in the test.
 
-mod runtime_common;
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use openssl::pkey::PKey;
+use common::*;
 use openssl::ssl::SslVersion;
-use openssl::x509::X509;
-use runtime_common::*;
 use siprox::config::{DomainConfig, Proto, ScriptConfig, VerifyClient};
 use tokio::net::UdpSocket;
 
@@ -143,18 +141,9 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     // The CA that signs siprox's certificate also signs the clients'.
     let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    siprox_actors::tls::generate_dev_certs(
-        &certs.join("ca.pem"),
-        &certs.join("ca.key"),
-        &certs.join("server.pem"),
-        &certs.join("server.key"),
-    )
-    .unwrap();
-    let ca = X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
-    let ca_key = PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap()).unwrap();
-    let bob = client_cert(&ca, &ca_key, "Bob", &certs);
-    let mallory = client_cert(&ca, &ca_key, "Mallory", &certs);
+    let ca = dev_ca(dir.path());
+    let bob = client_cert(&ca, "Bob", &certs);
+    let mallory = client_cert(&ca, "Mallory", &certs);
 
     write(
         dir.path(),

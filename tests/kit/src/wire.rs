@@ -1,79 +1,20 @@
-//! Shared helpers of the runtime tests: a siprox started in-process on 127.0.0.1:0 with
-//! certificates generated in a temp dir, SIP message builders, TLS clients, and small UAS
-//! peers (UDP and TLS). Test code: it may panic on failure, but must never wait without a
-//! bound (every read has a timeout).
-#![allow(dead_code)]
+//! Raw SIP text on the wire, for tests that craft exactly the bytes they send (malformed,
+//! oversized, stalled) and read exactly what comes back: request and response builders,
+//! a framed reader, and two bare peers (a UDP UAS whose 200s carry the body size a request
+//! asks for, a TLS UAS that counts connections). Test-only: may panic, but must never wait
+//! without a bound (every read has a timeout).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::asn1::{Asn1Integer, Asn1Time};
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::PKey;
-use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVersion};
-use openssl::x509::{X509NameBuilder, X509};
-use siprox::config::{Config, Listener, Proto, RuntimeConfig, TlsConfig};
-use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions};
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_openssl::SslStream;
-
-/// Polls `cond` every 20 ms until it holds, failing after `within`.
-#[macro_export]
-macro_rules! assert_eventually {
-    ($cond:expr, $within:expr, $($msg:tt)+) => {{
-        let deadline = std::time::Instant::now() + $within;
-        loop {
-            if $cond {
-                break;
-            }
-            if std::time::Instant::now() >= deadline {
-                panic!($($msg)+);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }};
-}
-
-/// A configuration listening on 127.0.0.1:0 for each of `protos`, with dev certificates
-/// generated under `certs/` (relative: under the directory given to [`start`]), 2 workers.
-pub fn config(protos: &[Proto]) -> Config {
-    Config {
-        listen: protos
-            .iter()
-            .map(|p| Listener {
-                proto: *p,
-                addr: "127.0.0.1:0".parse().expect("addr"),
-                advertise: None,
-            })
-            .collect(),
-        runtime: RuntimeConfig {
-            workers: 2,
-            ..RuntimeConfig::default()
-        },
-        tls: TlsConfig {
-            generate_dev_certs: true,
-            ..TlsConfig::default()
-        },
-        ..Config::default()
-    }
-}
-
-/// Starts siprox in this process; relative TLS paths resolve under `dir`.
-pub fn start(config: Config, dir: &Path) -> RuntimeHandle {
-    Runtime::start(config, RuntimeOptions::embedded(dir)).expect("runtime starts")
-}
-
-pub fn ca_file(dir: &Path) -> PathBuf {
-    dir.join("certs/ca.pem")
-}
 
 /// A request. `via` is `TRANSPORT host:port`.
 pub fn request(
@@ -199,29 +140,6 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no message in time"))?
 }
 
-/// A TLS client connection to `addr`, verifying siprox's certificate (IP SAN) with `ca`.
-pub async fn tls_connect(addr: SocketAddr, ca: &Path) -> SslStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
-    tls_over(tcp, ca).await
-}
-
-pub async fn tls_over(tcp: TcpStream, ca: &Path) -> SslStream<TcpStream> {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
-    b.set_ca_file(ca).expect("ca");
-    let ssl = b
-        .build()
-        .configure()
-        .expect("configure")
-        .into_ssl("127.0.0.1")
-        .expect("ssl");
-    let mut s = SslStream::new(ssl, tcp).expect("stream");
-    Pin::new(&mut s)
-        .connect()
-        .await
-        .expect("TLS handshake with siprox");
-    s
-}
-
 /// Writes a whole message.
 pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, msg: &str) {
     s.write_all(msg.as_bytes()).await.expect("write");
@@ -331,80 +249,4 @@ pub async fn tls_uas(cert: &Path, key: &Path) -> (SocketAddr, Arc<AtomicUsize>) 
         }
     });
     (addr, conns)
-}
-
-/// A CA and a client certificate with common name `cn`, signed by it.
-pub fn client_cert(
-    ca: &X509,
-    ca_key: &PKey<openssl::pkey::Private>,
-    cn: &str,
-    dir: &Path,
-) -> (PathBuf, PathBuf) {
-    let key = PKey::from_ec_key(
-        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
-    )
-    .unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&Asn1Integer::from_bn(&BigNum::from_u32(7).unwrap()).unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(ca.subject_name()).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-        .unwrap();
-    b.sign(ca_key, MessageDigest::sha256()).unwrap();
-    let cert = dir.join(format!("{cn}.pem"));
-    let keyp = dir.join(format!("{cn}.key"));
-    std::fs::write(&cert, b.build().to_pem().unwrap()).unwrap();
-    std::fs::write(&keyp, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    (cert, keyp)
-}
-
-pub async fn tls_client(
-    addr: SocketAddr,
-    ca: &Path,
-    client: Option<(&Path, &Path)>,
-    version: SslVersion,
-) -> SslStream<TcpStream> {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.set_ca_file(ca).unwrap();
-    b.set_min_proto_version(Some(version)).unwrap();
-    b.set_max_proto_version(Some(version)).unwrap();
-    if let Some((c, k)) = client {
-        b.set_certificate_chain_file(c).unwrap();
-        b.set_private_key_file(k, SslFiletype::PEM).unwrap();
-    }
-    let ssl = b
-        .build()
-        .configure()
-        .unwrap()
-        .into_ssl("127.0.0.1")
-        .unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut s = SslStream::new(ssl, tcp).unwrap();
-    Pin::new(&mut s).connect().await.expect("handshake");
-    s
-}
-
-/// Development certificates under `dir/certs` (CA, server) and the CA itself, to sign
-/// client certificates with.
-pub fn dev_ca(dir: &Path) -> (X509, PKey<openssl::pkey::Private>) {
-    let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    siprox_actors::tls::generate_dev_certs(
-        &certs.join("ca.pem"),
-        &certs.join("ca.key"),
-        &certs.join("server.pem"),
-        &certs.join("server.key"),
-    )
-    .unwrap();
-    let ca = X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
-    let key = PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap()).unwrap();
-    (ca, key)
 }

@@ -3,12 +3,10 @@
 //! must. When a proxy test fails, this says whether the harness is to blame. Must never
 //! start siprox.
 
-mod support;
-
 use std::time::Duration;
 
-use support::certs::{Pki, Tls};
-use support::ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
+use siprox_testkit::pki::{Pki, Tls};
+use siprox_testkit::ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
 
 const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
 

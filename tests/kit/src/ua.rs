@@ -3,8 +3,8 @@
 //! answers every request, and the OPTIONS and INVITE-180-200-ACK-BYE-200 flows. Real sockets
 //! on 127.0.0.1 only; it must never sleep to wait for something (timeouts bound every wait).
 //!
-//! Self-contained (siprox, tokio, openssl, tokio-openssl, bytes) so that benches/loadgen.rs
-//! can include it with `#[path]`.
+//! It parses and frames with the core's parser (`siprox::sip`), so benches/loadgen.rs,
+//! which measures other proxies too, sees messages exactly as siprox would.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
