@@ -32,7 +32,8 @@ async fn udp_exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> Option<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_message_runs_the_script_of_its_domain() {
     let dir = tempfile::tempdir().unwrap();
-    let (uas, received) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
     write(
         dir.path(),
         "scripts/default.cfg",
@@ -103,7 +104,7 @@ async fn each_message_runs_the_script_of_its_domain() {
     .await
     .expect("200 through the default script");
     assert_eq!(status(&r), Some(200), "{r}");
-    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(uas_peer.count(), 1);
 
     // onreply_route drops the reply to INFO: the UAS got the request, nothing comes back.
     let r = udp_exchange(
@@ -113,7 +114,7 @@ async fn each_message_runs_the_script_of_its_domain() {
     )
     .await;
     assert!(r.is_none(), "the reply route dropped it: {r:?}");
-    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(uas_peer.count(), 2);
     rt.shutdown();
 }
 
@@ -156,7 +157,8 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
            forward();\n\
          }\n",
     );
-    let (uas, received) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
     let mut cfg = config(&[Proto::Udp, Proto::Tls]);
     cfg.script.file = Some("scripts/seed.cfg".into());
     cfg.tls.verify_client = VerifyClient::Optional;
@@ -200,10 +202,7 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
             }
         }
     }
-    assert_eq!(
-        received.load(std::sync::atomic::Ordering::SeqCst),
-        expected_forwards
-    );
+    assert_eq!(uas_peer.count(), expected_forwards);
 
     // UDP is untouched by the rule.
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();

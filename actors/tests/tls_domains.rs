@@ -12,6 +12,7 @@ use openssl::ssl::SslVersion;
 use siprox::proxy::Transport;
 use siprox_testkit::assert_eventually;
 use siprox_testkit::tls::{peer_cn, Client};
+use siprox_testkit::ua::Uas;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -335,7 +336,8 @@ async fn send_timeout_holds_per_domain() {
     t.server_domain("quick", "send_timeout = \"300ms\"\n");
     let rt = t.start();
     let addr = rt.local_addr(Transport::Tls).expect("tls");
-    let (uas, _) = common::udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
 
     let other = tokio::spawn(stalled_peer(addr, "other.example", uas, 100_000));
     assert!(

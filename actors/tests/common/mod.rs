@@ -20,6 +20,8 @@ pub use siprox_testkit::assert_eventually;
 #[allow(unused_imports)]
 pub use siprox_testkit::tls::{tls_client, tls_connect, tls_over};
 #[allow(unused_imports)]
+pub use siprox_testkit::ua::Uas;
+#[allow(unused_imports)]
 pub use siprox_testkit::wire::*;
 
 /// A configuration listening on 127.0.0.1:0 for each of `protos`, with dev certificates

@@ -1,20 +1,13 @@
 //! Raw SIP text on the wire, for tests that craft exactly the bytes they send (malformed,
-//! oversized, stalled) and read exactly what comes back: request and response builders,
-//! a framed reader, and two bare peers (a UDP UAS whose 200s carry the body size a request
-//! asks for, a TLS UAS that counts connections). Test-only: may panic, but must never wait
-//! without a bound (every read has a timeout).
+//! oversized, stalled) and read exactly what comes back: request and response builders and
+//! a framed reader. The peers that answer are [`crate::ua`]'s. Test-only: may panic, but
+//! must never wait without a bound (every read has a timeout).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio_openssl::SslStream;
 
 /// A request. `via` is `TRANSPORT host:port`.
 pub fn request(
@@ -146,7 +139,7 @@ pub async fn send<S: AsyncWrite + Unpin>(s: &mut S, msg: &str) {
 }
 
 /// A peer that stops reading: sends up to `tries` requests, each drawing a ~60 KB response
-/// from `uas` (see [`udp_uas`]), and never reads, so its window and siprox's socket buffer
+/// from `uas` (see [`crate::ua::Uas::udp`], which honours `X-Body-Size`), and never reads, so its window and siprox's socket buffer
 /// fill. True when a write failed: siprox closed the connection. Stops early when `stop`.
 pub async fn draw_without_reading<S: AsyncWrite + Unpin>(
     s: &mut S,
@@ -173,80 +166,4 @@ pub async fn draw_without_reading<S: AsyncWrite + Unpin>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     false
-}
-
-/// A UDP user agent server: answers every request with 200, with a body of the size the
-/// request's `X-Body-Size` header asks for (default 0). Returns its address and a counter
-/// of requests received.
-pub async fn udp_uas() -> (SocketAddr, Arc<AtomicUsize>) {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind uas");
-    let addr = sock.local_addr().expect("addr");
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65535];
-        loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            if status(&req).is_some() || req.starts_with("ACK ") {
-                continue;
-            }
-            c.fetch_add(1, Ordering::SeqCst);
-            let size = header(&req, "X-Body-Size")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let _ = sock
-                .send_to(response_for(&req, 200, size).as_bytes(), from)
-                .await;
-        }
-    });
-    (addr, count)
-}
-
-/// A TLS user agent server with `cert`/`key`: answers every request with 200 on the same
-/// connection. Returns its address and a counter of accepted connections.
-pub async fn tls_uas(cert: &Path, key: &Path) -> (SocketAddr, Arc<AtomicUsize>) {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).expect("acceptor");
-    b.set_certificate_chain_file(cert).expect("cert");
-    b.set_private_key_file(key, SslFiletype::PEM).expect("key");
-    let acceptor = Arc::new(b.build());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let conns = Arc::new(AtomicUsize::new(0));
-    let c = conns.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            c.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
-                    return;
-                };
-                let Ok(mut s) = SslStream::new(ssl, tcp) else {
-                    return;
-                };
-                if Pin::new(&mut s).accept().await.is_err() {
-                    return;
-                }
-                let mut buf = Vec::new();
-                while let Ok(req) = read_message(&mut s, &mut buf, Duration::from_secs(30)).await {
-                    if status(&req).is_some() {
-                        continue;
-                    }
-                    if s.write_all(response_for(&req, 200, 0).as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, conns)
 }
