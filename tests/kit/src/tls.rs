@@ -132,16 +132,12 @@ pub async fn verified_over(
         b.set_private_key_file(k, SslFiletype::PEM)
             .expect("client key");
     }
-    let ssl = b
-        .build()
-        .configure()
-        .expect("configure")
-        .into_ssl("127.0.0.1")
-        .expect("ssl");
-    let mut s = SslStream::new(ssl, tcp).expect("stream");
-    tokio::time::timeout(Duration::from_secs(10), Pin::new(&mut s).connect())
-        .await
-        .expect("TLS handshake with siprox hung")
-        .expect("TLS handshake with siprox");
-    s
+    let server = tcp.peer_addr().expect("peer address");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::ua::tls_handshake(&b.build(), server, tcp),
+    )
+    .await
+    .expect("TLS handshake with siprox hung")
+    .expect("TLS handshake with siprox")
 }
