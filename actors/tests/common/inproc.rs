@@ -222,23 +222,24 @@ impl Siprox {
     }
 }
 
-/// The one place that knows the runtime's in-process API.
+/// What [`Siprox`] uses of a running runtime: its addresses, counters and shutdown.
 mod adapter {
     use siprox::config::Config;
     use siprox::proxy::Transport;
-    use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions, StatsSnapshot};
+    use siprox_actors::{RuntimeHandle, StatsSnapshot};
     use std::net::SocketAddr;
+    use std::path::Path;
 
     pub struct Running(RuntimeHandle);
 
     /// `Runtime::start` blocks (certificate files): run it off the test's async threads.
     pub async fn start(cfg: Config) -> Running {
-        let h =
-            tokio::task::spawn_blocking(move || Runtime::start(cfg, RuntimeOptions::embedded(".")))
-                .await
-                .expect("runtime start panicked")
-                .unwrap_or_else(|e| panic!("siprox did not start: {e}"));
-        Running(h)
+        // The PKI's paths are absolute: the base directory resolves nothing.
+        match tokio::task::spawn_blocking(move || super::super::start(cfg, Path::new("."))).await {
+            Ok(h) => Running(h),
+            // The start's own panic message says why.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     impl Running {

@@ -48,9 +48,11 @@ pub fn config(protos: &[Proto]) -> Config {
     }
 }
 
-/// Starts siprox in this process; relative TLS paths resolve under `dir`.
+/// Starts siprox in this process; relative TLS paths resolve under `dir`. Every start of
+/// the runtime tests goes through here ([`tree::Tree::start`], [`inproc::Siprox::start`]).
 pub fn start(config: Config, dir: &Path) -> RuntimeHandle {
-    Runtime::start(config, RuntimeOptions::embedded(dir)).expect("runtime starts")
+    Runtime::start(config, RuntimeOptions::embedded(dir))
+        .unwrap_or_else(|e| panic!("siprox did not start: {e}"))
 }
 
 pub fn ca_file(dir: &Path) -> PathBuf {

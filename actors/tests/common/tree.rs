@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions};
+use siprox_actors::RuntimeHandle;
 use siprox_testkit::pki::Ca;
 
 /// A siprox configuration tree in a temp dir: `<tmp>/conf.d/...`, `<tmp>/certs/...`.
@@ -82,7 +82,7 @@ impl Tree {
     /// Loads conf.d as the daemon does and starts siprox in this process.
     pub fn start(&self) -> RuntimeHandle {
         let config = siprox::config::load(&self.path("conf.d")).expect("valid configuration");
-        Runtime::start(config, RuntimeOptions::embedded(self.dir.path())).expect("starts")
+        super::start(config, self.dir.path())
     }
 }
 
