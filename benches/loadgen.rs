@@ -68,10 +68,6 @@
 //! rss pid=1234 before_kib=10240 after_kib=150000 delta_kib=139760 per_conn_bytes=14311
 //! ```
 
-#[allow(dead_code)]
-#[path = "../tests/support/ua.rs"]
-mod ua;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -81,6 +77,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
+use siprox_testkit::ua;
 use tokio::sync::Semaphore;
 use ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
 

@@ -14,20 +14,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
     HandshakeError, MidHandshakeSslStream, Ssl, SslConnector, SslContext, SslMethod, SslVerifyMode,
 };
-use openssl::x509::{X509Builder, X509NameBuilder};
 use siprox::config::{Config, DomainConfig, ServerTls};
 use siprox_actors::tls::{
     build_domains, dispatch_context, server_ssl, unix_now, BuildOptions, TlsDomains,
 };
+use siprox_testkit::pki::{self_signed, Spec};
 
 /// One direction of an in-memory pipe.
 type Buf = Rc<RefCell<VecDeque<u8>>>;
@@ -105,45 +99,13 @@ fn handshake(client: Ssl, server: Ssl) {
     }
 }
 
-fn key() -> PKey<Private> {
-    let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("group");
-    PKey::from_ec_key(EcKey::generate(&g).expect("ec")).expect("pkey")
-}
-
-fn self_signed(cn: &str, k: &PKey<Private>) -> Vec<u8> {
-    let mut n = X509NameBuilder::new().expect("name");
-    n.append_entry_by_nid(Nid::COMMONNAME, cn).expect("cn");
-    let n = n.build();
-    let mut b = X509Builder::new().expect("b");
-    b.set_version(2).expect("v");
-    let mut sn = BigNum::new().expect("bn");
-    sn.rand(64, MsbOption::MAYBE_ZERO, false).expect("rand");
-    b.set_serial_number(&sn.to_asn1_integer().expect("sn"))
-        .expect("sn");
-    b.set_subject_name(&n).expect("s");
-    b.set_issuer_name(&n).expect("i");
-    b.set_pubkey(k).expect("k");
-    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-        .expect("nb");
-    b.set_not_after(&Asn1Time::days_from_now(90).expect("t"))
-        .expect("na");
-    b.sign(k, MessageDigest::sha256()).expect("sign");
-    b.build().to_pem().expect("pem")
-}
-
 fn write_domain(dir: &Path, i: usize, generation: usize) {
-    let k = key();
     let cn = format!("t{i}.tenants.example");
-    std::fs::write(
-        dir.join(format!("certs/t{i}.pem")),
-        self_signed(&format!("{cn} g{generation}"), &k),
-    )
-    .expect("write");
-    std::fs::write(
-        dir.join(format!("certs/t{i}.key")),
-        k.private_key_to_pem_pkcs8().expect("pem"),
-    )
-    .expect("write");
+    // A bare self-signed certificate (no extensions), as a tenant might drop in.
+    let spec = Spec::leaf(&format!("{cn} g{generation}")).no_san();
+    let id = self_signed(&spec.valid_days(0, 90));
+    std::fs::write(dir.join(format!("certs/t{i}.pem")), id.cert_pem()).expect("write");
+    std::fs::write(dir.join(format!("certs/t{i}.key")), id.key_pem()).expect("write");
 }
 
 fn rss_kib() -> u64 {

@@ -4,7 +4,7 @@
 //! as baresip chooses) of their REGISTERs. Everything on 127.0.0.1 (baresip is bound
 //! to it with -n, media included). tests/run.sh installs baresip-core.
 
-mod runtime_common;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runtime_common::*;
+use common::*;
 use siprox::proxy::Transport;
 
 fn free_port() -> u16 {

@@ -4,12 +4,12 @@
 //! connection (480, then calls again), authenticate with digest, and keep their
 //! registrations across a restart. Real sockets on 127.0.0.1:0, real TLS.
 
-mod runtime_common;
+mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use runtime_common::*;
+use common::*;
 use siprox::config::{Config, DomainConfig, Proto};
 use siprox::proxy::Transport;
 use tokio::net::TcpStream;
@@ -42,14 +42,12 @@ fn setup(dir: &Path, script: &str) -> Config {
 /// The development CA under `dir/certs` (made once) and a client certificate for `user`.
 fn phone_cert(dir: &Path, user: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let certs = dir.join("certs");
-    if !certs.join("ca.key").exists() {
-        dev_ca(dir);
-    }
-    let ca = openssl::x509::X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
-    let key =
-        openssl::pkey::PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap())
-            .unwrap();
-    client_cert(&ca, &key, user, &certs)
+    let ca = if certs.join("ca.key").exists() {
+        load_ca(&certs)
+    } else {
+        dev_ca(dir)
+    };
+    client_cert(&ca, user, &certs)
 }
 
 fn default_script() -> String {

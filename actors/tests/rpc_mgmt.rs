@@ -3,7 +3,7 @@
 //! client certificates on and off the allow-list), driven through the real `siproxctl`
 //! binary, Python's `xmlrpc.client` and `curl`. Every wait is bounded.
 
-mod runtime_common;
+mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,86 +12,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::asn1::{Asn1Integer, Asn1Time};
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
+use common as rc;
 use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
-use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, SubjectAlternativeName};
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
-use runtime_common as rc;
 use serde_json::Value;
 use siprox::config::{ManagementConfig, Proto};
 use siprox_actors::RuntimeHandle;
+use siprox_testkit::pki::{self_signed, Ca, Issued, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CTL: &str = env!("CARGO_BIN_EXE_siproxctl");
 
 // ---------------------------------------------------------------------------------------
 // Certificates
-
-fn key() -> PKey<Private> {
-    let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
-    PKey::from_ec_key(EcKey::generate(&g).expect("ec")).expect("pkey")
-}
-
-/// A certificate with subject `/O=<o>/CN=<cn>` (no O when empty), signed by `issuer` or
-/// self-signed; a CA, a server (SAN 127.0.0.1) or a client certificate.
-fn cert(
-    o: &str,
-    cn: &str,
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-    kind: &str,
-) -> X509 {
-    let mut n = X509NameBuilder::new().expect("name");
-    if !o.is_empty() {
-        n.append_entry_by_nid(Nid::ORGANIZATIONNAME, o).expect("o");
-    }
-    n.append_entry_by_nid(Nid::COMMONNAME, cn).expect("cn");
-    let n = n.build();
-    let mut b = X509Builder::new().expect("builder");
-    b.set_version(2).expect("v3");
-    let mut serial = [0u8; 4];
-    openssl::rand::rand_bytes(&mut serial).expect("rand");
-    let serial = BigNum::from_u32(u32::from_ne_bytes(serial) & 0x7fff_ffff).expect("bn");
-    b.set_serial_number(&Asn1Integer::from_bn(&serial).expect("serial"))
-        .expect("serial");
-    b.set_subject_name(&n).expect("subject");
-    match issuer {
-        Some((ic, _)) => b.set_issuer_name(ic.subject_name()).expect("issuer"),
-        None => b.set_issuer_name(&n).expect("issuer"),
-    }
-    b.set_pubkey(key).expect("pubkey");
-    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-        .expect("nb");
-    b.set_not_after(&Asn1Time::days_from_now(30).expect("t"))
-        .expect("na");
-    match kind {
-        "ca" => b
-            .append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
-            .expect("ext"),
-        "server" => {
-            let san = SubjectAlternativeName::new()
-                .ip("127.0.0.1")
-                .dns("localhost")
-                .build(&b.x509v3_context(issuer.map(|(c, _)| c.as_ref()), None))
-                .expect("san");
-            b.append_extension(san).expect("ext");
-            b.append_extension(ExtendedKeyUsage::new().server_auth().build().expect("eku"))
-                .expect("ext");
-        }
-        _ => {
-            b.append_extension(ExtendedKeyUsage::new().client_auth().build().expect("eku"))
-                .expect("ext");
-        }
-    }
-    b.sign(issuer.map_or(key, |(_, k)| k), MessageDigest::sha256())
-        .expect("sign");
-    b.build()
-}
 
 /// Paths of one identity.
 #[derive(Clone)]
@@ -100,14 +33,11 @@ struct Ident {
     key: PathBuf,
 }
 
-fn write_ident(dir: &Path, name: &str, c: &X509, k: &PKey<Private>) -> Ident {
-    let cert = dir.join(format!("{name}.pem"));
-    let key_path = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, c.to_pem().expect("pem")).expect("write");
-    std::fs::write(&key_path, k.private_key_to_pem_pkcs8().expect("pem")).expect("write");
+fn write_ident(dir: &Path, name: &str, i: &Issued) -> Ident {
+    let id = i.write(dir, name);
     Ident {
-        cert,
-        key: key_path,
+        cert: id.cert_path,
+        key: id.key_path,
     }
 }
 
@@ -131,24 +61,21 @@ struct Pki {
 fn pki(dir: &Path) -> Pki {
     let d = dir.join("mgmt");
     std::fs::create_dir_all(&d).expect("mkdir");
-    let ca_key = key();
-    let ca = cert("", "siprox test management CA", &ca_key, None, "ca");
+    let ca = Ca::new("siprox test management CA");
     let ca_path = d.join("ca.pem");
-    std::fs::write(&ca_path, ca.to_pem().expect("pem")).expect("write");
-    let mk = |o: &str, cn: &str, name: &str, kind: &str| {
-        let k = key();
-        let c = cert(o, cn, &k, Some((&ca, &ca_key)), kind);
-        (write_ident(&d, name, &c, &k), c)
+    std::fs::write(&ca_path, ca.cert_pem()).expect("write");
+    let mk = |name: &str, spec: Spec| {
+        let i = ca.issue(&spec);
+        (write_ident(&d, name, &i), i.cert)
     };
-    let (server, _) = mk("", "localhost", "server", "server");
-    let (admin, _) = mk("", "admin", "admin", "client");
-    let (ops, _) = mk("siprox-test", "ops", "ops", "client");
-    let (byfp, c) = mk("", "robot", "robot", "client");
+    let server_spec = Spec::server("localhost").ip([127, 0, 0, 1].into());
+    let (server, _) = mk("server", server_spec);
+    let (admin, _) = mk("admin", Spec::client("admin"));
+    let (ops, _) = mk("ops", Spec::client("ops").o("siprox-test"));
+    let (byfp, c) = mk("robot", Spec::client("robot"));
     let fp = hex(&c.digest(MessageDigest::sha256()).expect("digest"));
-    let (eve, _) = mk("", "eve", "eve", "client");
-    let sk = key();
-    let sc = cert("", "admin", &sk, None, "client");
-    let stranger = write_ident(&d, "stranger", &sc, &sk);
+    let (eve, _) = mk("eve", Spec::client("eve"));
+    let stranger = write_ident(&d, "stranger", &self_signed(&Spec::client("admin")));
     Pki {
         ca: ca_path,
         server,

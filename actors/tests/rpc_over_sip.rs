@@ -3,12 +3,12 @@
 //! may call what by client certificate; and `event_route[tls:connection-in]` can refuse a
 //! peer. Real TLS, certificates made in the test.
 
-mod runtime_common;
+mod common;
 
 use std::time::Duration;
 
+use common::*;
 use openssl::ssl::SslVersion;
-use runtime_common::*;
 use siprox::config::{Proto, VerifyClient};
 use siprox::proxy::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,11 +78,11 @@ async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_script_governs_rpc_on_a_sip_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, ca_key) = dev_ca(dir.path());
+    let ca = dev_ca(dir.path());
     let certs = dir.path().join("certs");
-    let admin = client_cert(&ca, &ca_key, "admin", &certs);
-    let user = client_cert(&ca, &ca_key, "user", &certs);
-    let mallory = client_cert(&ca, &ca_key, "Mallory", &certs);
+    let admin = client_cert(&ca, "admin", &certs);
+    let user = client_cert(&ca, "user", &certs);
+    let mallory = client_cert(&ca, "Mallory", &certs);
     std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
     std::fs::write(dir.path().join("scripts/seed.cfg"), SEED).unwrap();
     let mut cfg = config(&[Proto::Tls]);

@@ -3,13 +3,13 @@
 //! loses framing gets a 400 and is closed; graceful shutdown drains and exits in time.
 //! Real sockets on 127.0.0.1:0; must never wait on a fixed sleep.
 
-mod runtime_common;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runtime_common::*;
+use common::*;
 use siprox::config::{ConfigDuration, Proto};
 use siprox::proxy::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,8 @@ async fn stalled_tls_peers_are_closed_after_send_timeout_and_a_normal_peer_is_no
     let rt = start(cfg, dir.path());
     let tls_addr = rt.local_addr(Transport::Tls).expect("tls");
     let ca = ca_file(dir.path());
-    let (uas, _) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
 
     // Stalled peers: small receive windows, never read; each request draws a ~60 KB
     // response from the UAS, so their windows and siprox's socket buffers fill quickly.
@@ -100,7 +101,8 @@ async fn a_full_write_queue_closes_the_connection() {
     cfg.connections.max_write_queue = 256 * 1024;
     let rt = start(cfg, dir.path());
     let tcp_addr = rt.local_addr(Transport::Tcp).expect("tcp");
-    let (uas, _) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
     let sock = TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut s = sock.connect(tcp_addr).await.expect("connect");

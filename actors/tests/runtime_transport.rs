@@ -3,14 +3,14 @@
 //! on, and verifies the certificate of TLS next hops. Must never use fixed ports or sleeps
 //! as synchronization.
 
-mod runtime_common;
+mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use runtime_common::*;
+use common::*;
 use siprox::config::Proto;
 use siprox::proxy::Transport;
+use siprox_testkit::pki::{Ca, Spec};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -90,7 +90,8 @@ async fn tls_request_is_forwarded_to_udp_uas_and_the_response_returns_on_the_sam
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
     let tls_addr = rt.local_addr(Transport::Tls).expect("tls");
-    let (uas, uas_count) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
 
     let mut tls = tls_connect(tls_addr, &ca_file(dir.path())).await;
     let mut buf = Vec::new();
@@ -114,7 +115,7 @@ async fn tls_request_is_forwarded_to_udp_uas_and_the_response_returns_on_the_sam
         let vias = resp.matches("\r\nVia:").count();
         assert_eq!(vias, 1, "{resp}");
     }
-    assert_eq!(uas_count.load(Ordering::SeqCst), 3);
+    assert_eq!(uas_peer.count(), 3);
     rt.shutdown();
 }
 
@@ -126,7 +127,8 @@ async fn outgoing_tls_verifies_the_ip_san_and_reuses_one_connection() {
     // The UAS uses siprox's own dev certificate (IP SAN 127.0.0.1, signed by the dev CA
     // that siprox trusts through [tls] ca_file).
     let certs = dir.path().join("certs");
-    let (uas, conns) = tls_uas(&certs.join("server.pem"), &certs.join("server.key")).await;
+    let uas_peer = Uas::tls(&certs.join("server.pem"), &certs.join("server.key")).await;
+    let uas = uas_peer.addr;
 
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let me = sock.local_addr().expect("addr");
@@ -155,11 +157,7 @@ async fn outgoing_tls_verifies_the_ip_san_and_reuses_one_connection() {
     }
     seen.sort();
     assert_eq!(seen, ["out-0", "out-1"]);
-    assert_eq!(
-        conns.load(Ordering::SeqCst),
-        1,
-        "one outgoing connection, reused"
-    );
+    assert_eq!(uas_peer.connections(), 1, "one outgoing connection, reused");
     rt.shutdown();
 }
 
@@ -170,14 +168,11 @@ async fn outgoing_tls_to_an_untrusted_certificate_fails_the_handshake() {
     let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
     // A certificate from a CA siprox does not trust.
     let other = tempfile::tempdir().expect("tempdir");
-    let (ca, ca_key, cert, key) = (
-        other.path().join("ca.pem"),
-        other.path().join("ca.key"),
-        other.path().join("s.pem"),
-        other.path().join("s.key"),
-    );
-    siprox_actors::tls::generate_dev_certs(&ca, &ca_key, &cert, &key).expect("certs");
-    let (uas, conns) = tls_uas(&cert, &key).await;
+    let untrusted = Ca::new("untrusted CA")
+        .issue(&Spec::server("localhost").loopback())
+        .write(other.path(), "s");
+    let uas_peer = Uas::tls(&untrusted.cert_path, &untrusted.key_path).await;
+    let uas = uas_peer.addr;
 
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let me = sock.local_addr().expect("addr");
@@ -196,7 +191,7 @@ async fn outgoing_tls_to_an_untrusted_certificate_fails_the_handshake() {
         "siprox must refuse the untrusted certificate: {:?}",
         rt.stats()
     );
-    assert!(conns.load(Ordering::SeqCst) >= 1);
+    assert!(uas_peer.connections() >= 1);
     assert_eq!(rt.stats().connections_open, 0);
     rt.shutdown();
 }
@@ -285,10 +280,11 @@ async fn localhost_next_hops_resolve_without_dns_and_tls_verifies_the_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
     let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
-    let (udp_uas_addr, udp_count) = udp_uas().await;
+    let udp_uas = Uas::udp().await;
+    let udp_uas_addr = udp_uas.addr;
     let certs = dir.path().join("certs");
-    let (tls_uas_addr, tls_conns) =
-        tls_uas(&certs.join("server.pem"), &certs.join("server.key")).await;
+    let tls_uas = Uas::tls(&certs.join("server.pem"), &certs.join("server.key")).await;
+    let tls_uas_addr = tls_uas.addr;
 
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let me = sock.local_addr().expect("addr");
@@ -313,7 +309,7 @@ async fn localhost_next_hops_resolve_without_dns_and_tls_verifies_the_name() {
         assert_eq!(status(&resp), Some(200), "{resp}");
         assert_eq!(header(&resp, "Call-ID"), Some(id));
     }
-    assert_eq!(udp_count.load(Ordering::SeqCst), 1);
-    assert_eq!(tls_conns.load(Ordering::SeqCst), 1);
+    assert_eq!(udp_uas.count(), 1);
+    assert_eq!(tls_uas.connections(), 1);
     rt.shutdown();
 }

@@ -2,16 +2,14 @@
 //! domain, default), replies through `onreply_route`, and the seed's certificate rule over
 //! TLS 1.2 and 1.3. Real sockets on 127.0.0.1:0, real TLS, certificates made in the test.
 
-mod runtime_common;
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use openssl::pkey::PKey;
+use common::*;
 use openssl::ssl::SslVersion;
-use openssl::x509::X509;
-use runtime_common::*;
 use siprox::config::{DomainConfig, Proto, ScriptConfig, VerifyClient};
 use tokio::net::UdpSocket;
 
@@ -34,7 +32,8 @@ async fn udp_exchange(sock: &UdpSocket, to: SocketAddr, msg: &str) -> Option<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_message_runs_the_script_of_its_domain() {
     let dir = tempfile::tempdir().unwrap();
-    let (uas, received) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
     write(
         dir.path(),
         "scripts/default.cfg",
@@ -105,7 +104,7 @@ async fn each_message_runs_the_script_of_its_domain() {
     .await
     .expect("200 through the default script");
     assert_eq!(status(&r), Some(200), "{r}");
-    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(uas_peer.count(), 1);
 
     // onreply_route drops the reply to INFO: the UAS got the request, nothing comes back.
     let r = udp_exchange(
@@ -115,7 +114,7 @@ async fn each_message_runs_the_script_of_its_domain() {
     )
     .await;
     assert!(r.is_none(), "the reply route dropped it: {r:?}");
-    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(uas_peer.count(), 2);
     rt.shutdown();
 }
 
@@ -143,18 +142,9 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     // The CA that signs siprox's certificate also signs the clients'.
     let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    siprox_actors::tls::generate_dev_certs(
-        &certs.join("ca.pem"),
-        &certs.join("ca.key"),
-        &certs.join("server.pem"),
-        &certs.join("server.key"),
-    )
-    .unwrap();
-    let ca = X509::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
-    let ca_key = PKey::private_key_from_pem(&std::fs::read(certs.join("ca.key")).unwrap()).unwrap();
-    let bob = client_cert(&ca, &ca_key, "Bob", &certs);
-    let mallory = client_cert(&ca, &ca_key, "Mallory", &certs);
+    let ca = dev_ca(dir.path());
+    let bob = client_cert(&ca, "Bob", &certs);
+    let mallory = client_cert(&ca, "Mallory", &certs);
 
     write(
         dir.path(),
@@ -167,7 +157,8 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
            forward();\n\
          }\n",
     );
-    let (uas, received) = udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
     let mut cfg = config(&[Proto::Udp, Proto::Tls]);
     cfg.script.file = Some("scripts/seed.cfg".into());
     cfg.tls.verify_client = VerifyClient::Optional;
@@ -211,10 +202,7 @@ async fn the_seed_rule_authorizes_by_client_certificate() {
             }
         }
     }
-    assert_eq!(
-        received.load(std::sync::atomic::Ordering::SeqCst),
-        expected_forwards
-    );
+    assert_eq!(uas_peer.count(), expected_forwards);
 
     // UDP is untouched by the rule.
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();

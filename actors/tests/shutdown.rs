@@ -3,8 +3,7 @@
 //! other way than the one SIGTERM under test (a hung siprox is killed only to clean up
 //! after the test has already failed).
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+mod common;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -12,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::certs::{Pki, Tls};
-use support::siprox::{free_ports, write_conf_d, Options};
-use support::ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
+use common::inproc::{free_ports, write_conf_d, Options};
+use siprox_testkit::assert_eventually;
+use siprox_testkit::pki::{Pki, Tls};
+use siprox_testkit::ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
 
 const GRACE: Duration = Duration::from_secs(3);
 

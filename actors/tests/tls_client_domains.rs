@@ -3,22 +3,22 @@
 //! with its CAs; everywhere else the default client applies. The next hops are real TLS
 //! servers that record what siprox presented.
 
-mod runtime_common;
-mod tls_common;
+mod common;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::tree::Tree;
+use common::{request, response_for, status};
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::ssl::{NameType, Ssl, SslAcceptor, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
-use runtime_common::{request, response_for, status};
 use siprox::proxy::Transport;
 use siprox_actors::registry::ReloadOutcome;
-use tls_common::Tree;
+use siprox_testkit::assert_eventually;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_openssl::SslStream;
@@ -97,7 +97,7 @@ async fn next_hop(
                     resumed: s.ssl().session_reused(),
                 };
                 let mut buf = Vec::new();
-                while let Ok(req) = runtime_common::read_message(&mut s, &mut buf, T).await {
+                while let Ok(req) = common::read_message(&mut s, &mut buf, T).await {
                     if let Ok(mut l) = log.lock() {
                         l.push(who.clone());
                     }

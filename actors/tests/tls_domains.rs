@@ -2,15 +2,17 @@
 //! listener, each with its own settings, probed with a real OpenSSL client. Each test proves
 //! one setting that OpenSSL would silently drop on an SNI context switch.
 
-mod runtime_common;
-mod tls_common;
+mod common;
 
 use std::time::Duration;
 
+use common::tree::Tree;
+use common::{options_to, read_message, status};
 use openssl::ssl::SslVersion;
-use runtime_common::{options_to, read_message, status};
 use siprox::proxy::Transport;
-use tls_common::{peer_cn, Client, Tree};
+use siprox_testkit::assert_eventually;
+use siprox_testkit::tls::{peer_cn, Client};
+use siprox_testkit::ua::Uas;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -298,7 +300,7 @@ async fn handshake_timeout_holds_per_domain() {
 }
 
 /// A TLS client to `addr` naming `sni`, over a socket with a tiny receive buffer, that stops
-/// reading ([`runtime_common::draw_without_reading`]): true when siprox closed it.
+/// reading ([`common::draw_without_reading`]): true when siprox closed it.
 async fn stalled_peer(
     addr: std::net::SocketAddr,
     sni: &str,
@@ -319,7 +321,7 @@ async fn stalled_peer(
         .await
         .expect("handshake");
     let never = std::sync::atomic::AtomicBool::new(false);
-    runtime_common::draw_without_reading(&mut s, uas, sni, tries, &never).await
+    common::draw_without_reading(&mut s, uas, sni, tries, &never).await
 }
 
 /// A domain's own `send_timeout` closes a peer of that domain that stops reading, while a
@@ -334,7 +336,8 @@ async fn send_timeout_holds_per_domain() {
     t.server_domain("quick", "send_timeout = \"300ms\"\n");
     let rt = t.start();
     let addr = rt.local_addr(Transport::Tls).expect("tls");
-    let (uas, _) = runtime_common::udp_uas().await;
+    let uas_peer = Uas::udp().await;
+    let uas = uas_peer.addr;
 
     let other = tokio::spawn(stalled_peer(addr, "other.example", uas, 100_000));
     assert!(
@@ -358,7 +361,7 @@ async fn send_timeout_holds_per_domain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_dir_trusts_alone_and_with_ca_file_or_crl() {
     let t = Tree::new("");
-    let other = tls_common::Ca::new("Other CA");
+    let other = siprox_testkit::pki::Ca::new("Other CA");
     t.write("certs/cadir/test-ca.pem", &t.ca.cert.to_pem().expect("pem"));
     t.write("certs/other-ca.pem", &other.cert.to_pem().expect("pem"));
     let out = std::process::Command::new("openssl")

@@ -3,18 +3,19 @@
 //! certificate dropped in and fixed, while 50 TLS connections keep running transactions.
 //! Polls with deadlines (assert_eventually), never bare sleeps.
 
-mod runtime_common;
-mod tls_common;
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runtime_common::{options_to, read_message, send, status};
+use common::tree::Tree;
+use common::{options_to, read_message, send, status};
 use siprox::proxy::Transport;
 use siprox_actors::registry::ReloadOutcome;
-use tls_common::{peer_cn, Client, Tree};
+use siprox_testkit::assert_eventually;
+use siprox_testkit::tls::{peer_cn, Client};
 
 const T: Duration = Duration::from_secs(5);
 /// The bound: a new handshake presents a new certificate within this.

@@ -4,8 +4,7 @@
 //! certificate and client-certificate policy), and `session_resumption = false` means
 //! full handshakes. TLS 1.3 (tickets) and TLS 1.2 (tickets or session ids).
 
-mod runtime_common;
-mod tls_common;
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -14,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use runtime_common::options_to;
+use common::options_to;
+use common::tree::Tree;
 use siprox::proxy::Transport;
 use siprox_actors::registry::ReloadOutcome;
-use tls_common::Tree;
 
 const T: Duration = Duration::from_secs(10);
 

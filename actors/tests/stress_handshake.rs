@@ -3,20 +3,21 @@
 //! no handshake failure and logs no error. Alone in its test binary so that the captured
 //! log holds siprox's events from this test only; must never pace the clients.
 
-mod support;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use support::certs::Tls;
-use support::siprox::{Options, Siprox};
-use support::ua::{options_flow, Client, FlowOpts, Transport};
+use common::inproc::{Options, Siprox};
+use siprox_testkit::assert_eventually;
+use siprox_testkit::pki::Tls;
+use siprox_testkit::ua::{options_flow, Client, FlowOpts, Transport};
 use tokio::task::JoinSet;
 
 const CLIENTS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_tls_handshakes_all_complete_without_errors() {
-    support::require_nofile(2 * CLIENTS as u64 + 100);
+    siprox_testkit::require_nofile(2 * CLIENTS as u64 + 100);
     let sx = Siprox::start(Options {
         udp: false,
         tcp: false,
@@ -24,12 +25,12 @@ async fn a_thousand_concurrent_tls_handshakes_all_complete_without_errors() {
     })
     .await;
     assert!(
-        support::logs::install(),
+        siprox_testkit::logs::install(),
         "log capture could not be installed"
     );
     // The capture sees this process's events (siprox's worker threads log the same way).
     tracing::warn!(target: "siprox_test_probe", "probe");
-    assert!(support::logs::at_least(tracing::Level::WARN)
+    assert!(siprox_testkit::logs::at_least(tracing::Level::WARN)
         .iter()
         .any(|e| e.target == "siprox_test_probe"));
     let conn = sx.connector(Tls::Any);
@@ -87,7 +88,7 @@ async fn a_thousand_concurrent_tls_handshakes_all_complete_without_errors() {
         "connections still open after the clients left: {:?}",
         sx.stats()
     );
-    let errs = support::logs::errors();
+    let errs = siprox_testkit::logs::errors();
     assert!(errs.is_empty(), "siprox logged errors: {errs:#?}");
     sx.shutdown().await;
 }

@@ -1,5 +1,5 @@
 //! Starts siprox for a test: in-process through the runtime API with listeners on
-//! 127.0.0.1:0 and the test PKI, or as the real binary on a temp conf.d. Must never bind a
+//! 127.0.0.1:0 and the kit's test PKI, or as the real binary on a temp conf.d. Must never bind a
 //! fixed port in-process, nor touch the repository's conf.d/ or certs/.
 
 use std::net::SocketAddr;
@@ -15,7 +15,8 @@ use siprox::config::{
 
 use siprox_actors::StatsSnapshot;
 
-use super::certs::{Pki, Tls};
+use siprox_testkit::pki::{Pki, Tls};
+use siprox_testkit::ua;
 
 /// What the test wants of siprox.
 #[derive(Debug, Clone)]
@@ -161,7 +162,7 @@ impl Siprox {
 
     /// Start siprox in-process with `pki`.
     pub async fn start_with(pki: Arc<Pki>, o: Options) -> Siprox {
-        super::logs::install();
+        siprox_testkit::logs::install();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let cfg = config(&pki, &o, [any; 3]);
         let rt = adapter::start(cfg).await;
@@ -189,11 +190,11 @@ impl Siprox {
     }
 
     /// The listener of a transport.
-    pub fn addr(&self, t: super::ua::Transport) -> SocketAddr {
+    pub fn addr(&self, t: ua::Transport) -> SocketAddr {
         match t {
-            super::ua::Transport::Udp => self.udp(),
-            super::ua::Transport::Tcp => self.tcp(),
-            super::ua::Transport::Tls => self.tls(),
+            ua::Transport::Udp => self.udp(),
+            ua::Transport::Tcp => self.tcp(),
+            ua::Transport::Tls => self.tls(),
         }
     }
 
@@ -203,9 +204,9 @@ impl Siprox {
     }
 
     /// A client of siprox over `t` (TLS: any version, no client certificate).
-    pub async fn client(&self, t: super::ua::Transport) -> super::ua::Client {
+    pub async fn client(&self, t: ua::Transport) -> ua::Client {
         let c = self.connector(Tls::Any);
-        super::ua::Client::connect(t, self.addr(t), Some(&c))
+        ua::Client::connect(t, self.addr(t), Some(&c))
             .await
             .expect("connect to siprox")
     }
@@ -221,23 +222,24 @@ impl Siprox {
     }
 }
 
-/// The one place that knows the runtime's in-process API.
+/// What [`Siprox`] uses of a running runtime: its addresses, counters and shutdown.
 mod adapter {
     use siprox::config::Config;
     use siprox::proxy::Transport;
-    use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions, StatsSnapshot};
+    use siprox_actors::{RuntimeHandle, StatsSnapshot};
     use std::net::SocketAddr;
+    use std::path::Path;
 
     pub struct Running(RuntimeHandle);
 
     /// `Runtime::start` blocks (certificate files): run it off the test's async threads.
     pub async fn start(cfg: Config) -> Running {
-        let h =
-            tokio::task::spawn_blocking(move || Runtime::start(cfg, RuntimeOptions::embedded(".")))
-                .await
-                .expect("runtime start panicked")
-                .unwrap_or_else(|e| panic!("siprox did not start: {e}"));
-        Running(h)
+        // The PKI's paths are absolute: the base directory resolves nothing.
+        match tokio::task::spawn_blocking(move || super::super::start(cfg, Path::new("."))).await {
+            Ok(h) => Running(h),
+            // The start's own panic message says why.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     impl Running {

@@ -2,19 +2,18 @@
 //! when a reload rebuilds its domain, and once a day; not on every check that changes
 //! nothing (with many tenants that would be a line per certificate per minute).
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
 use siprox_actors::registry::ReloadOutcome;
 use siprox_actors::{Runtime, RuntimeOptions};
-use support::certs::{Ca, Leaf};
+use siprox_testkit::assert_eventually;
+use siprox_testkit::pki::{Ca, Spec};
 
 const WARNING: &str = "TLS certificate expires soon";
 
 fn expiry_warnings(domain: &str) -> usize {
-    support::logs::at_least(tracing::Level::WARN)
+    siprox_testkit::logs::at_least(tracing::Level::WARN)
         .iter()
         .filter(|e| e.text.contains(WARNING) && e.text.contains(&format!("domain={domain}")))
         .count()
@@ -28,20 +27,15 @@ fn write(dir: &Path, rel: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_certificate_is_warned_about_at_start_and_on_rebuild_only() {
-    assert!(support::logs::install(), "log capture installed");
+    assert!(siprox_testkit::logs::install(), "log capture installed");
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = dir.path().join("certs");
     std::fs::create_dir_all(&certs).expect("mkdir");
-    let mut ca = Ca::new(&certs, "ca", "expiry test CA");
-    let soon = |cn| Leaf {
-        cn,
-        dns: &[],
-        ips: &[],
-        to_days: 2,
-        ..Leaf::default()
-    };
-    ca.issue("soon", &soon("soon.example"));
-    ca.issue("later", &Leaf::default());
+    let ca = Ca::new("expiry test CA");
+    ca.write(&certs, "ca");
+    let soon = |cn| Spec::server(cn).no_san().valid_days(-1, 2);
+    ca.issue(&soon("soon.example")).write(&certs, "soon");
+    ca.issue(&Spec::server("localhost")).write(&certs, "later");
     write(
         dir.path(),
         "conf.d/00-core.toml",
@@ -65,7 +59,7 @@ async fn an_expiring_certificate_is_warned_about_at_start_and_on_rebuild_only() 
         assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);
     }
     // A reload that rebuilds another domain: not this one's warning again.
-    ca.issue("other", &Leaf::default());
+    ca.issue(&Spec::server("localhost")).write(&certs, "other");
     write(
         dir.path(),
         "conf.d/domains/other.toml",
@@ -75,7 +69,7 @@ async fn an_expiring_certificate_is_warned_about_at_start_and_on_rebuild_only() 
     assert!(matches!(rt.reload().await, ReloadOutcome::Published { .. }));
     assert_eq!(expiry_warnings("soon"), 1);
     // Its own certificate replaced by another about to expire: warned about again.
-    ca.issue("soon", &soon("soon-2.example"));
+    ca.issue(&soon("soon-2.example")).write(&certs, "soon");
     match rt.reload().await {
         ReloadOutcome::Published { changed } => assert!(changed.iter().any(|d| d == "soon")),
         other => panic!("expected `soon` rebuilt, got {other:?}"),

@@ -3,15 +3,16 @@
 //! that follow it back), TLS 1.2 and 1.3, retransmissions keeping their branch, and
 //! outgoing TLS that verifies the next hop. Must never use fixed ports or bare sleeps.
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
+use common::inproc::{Options, Siprox};
 use siprox::config::TlsVersion;
 use siprox::sip::{HeaderName, Message};
-use support::certs::{Pki, Tls};
-use support::siprox::{Options, Siprox};
-use support::ua::{
+use siprox_testkit::assert_eventually;
+use siprox_testkit::pki::{Pki, Tls};
+use siprox_testkit::ua::{
     build_request, invite_flow, options_flow, top_branch, uri_addr, CallIds, Client, FlowOpts, Req,
     Transport, Uas, UasOpts,
 };

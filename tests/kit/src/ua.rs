@@ -3,20 +3,21 @@
 //! answers every request, and the OPTIONS and INVITE-180-200-ACK-BYE-200 flows. Real sockets
 //! on 127.0.0.1 only; it must never sleep to wait for something (timeouts bound every wait).
 //!
-//! Self-contained (siprox, tokio, openssl, tokio-openssl, bytes) so that benches/loadgen.rs
-//! can include it with `#[path]`.
+//! It parses and frames with the core's parser (`siprox::sip`), so benches/loadgen.rs,
+//! which measures other proxies too, sees messages exactly as siprox would.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use openssl::ssl::{SslAcceptor, SslConnector};
+use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod};
 use siprox::sip::{HeaderName, Limits, Message, StreamFramer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -836,7 +837,8 @@ pub async fn invite_flow(
 pub struct UasOpts {
     /// Receive and count, never answer.
     pub silent: bool,
-    /// Bytes of body in every 200 (to fill a slow peer's window).
+    /// Bytes of body in every 200 (to fill a slow peer's window); a request's
+    /// `X-Body-Size` header overrides it for that request's 200.
     pub body_size: usize,
     /// TLS acceptor (required for a TLS UAS).
     pub tls: Option<SslAcceptor>,
@@ -857,6 +859,8 @@ struct UasState {
     /// Kept off the list for long runs (loadgen): only counted.
     count_only: AtomicBool,
     count: AtomicU64,
+    /// TCP/TLS connections accepted (before any handshake).
+    accepted: AtomicU64,
 }
 
 /// A SIP server that answers every request: 100/180/200 for INVITE, 200 for everything
@@ -876,6 +880,30 @@ impl Drop for Uas {
 }
 
 impl Uas {
+    /// A UDP UAS on 127.0.0.1:0 with default options.
+    pub async fn udp() -> Uas {
+        Self::start(Transport::Udp, UasOpts::default())
+            .await
+            .expect("UDP UAS binds")
+    }
+
+    /// A TLS UAS on 127.0.0.1:0 presenting the certificate chain and key in these PEM
+    /// files; it asks for no client certificate.
+    pub async fn tls(cert: &Path, key: &Path) -> Uas {
+        let mut b =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).expect("acceptor");
+        b.set_certificate_chain_file(cert).expect("UAS certificate");
+        b.set_private_key_file(key, SslFiletype::PEM)
+            .expect("UAS key");
+        let opts = UasOpts {
+            tls: Some(b.build()),
+            ..UasOpts::default()
+        };
+        Self::start(Transport::Tls, opts)
+            .await
+            .expect("TLS UAS binds")
+    }
+
     /// Bind 127.0.0.1:0 and serve.
     pub async fn start(transport: Transport, opts: UasOpts) -> io::Result<Uas> {
         Self::start_on(transport, "127.0.0.1:0".parse().unwrap(), opts).await
@@ -951,6 +979,11 @@ impl Uas {
     /// How many messages arrived.
     pub fn count(&self) -> u64 {
         self.state.count.load(Ordering::Relaxed)
+    }
+
+    /// How many TCP/TLS connections were accepted, handshakes that failed included.
+    pub fn connections(&self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
     }
 
     /// Requests of `method` received so far.
@@ -1030,7 +1063,14 @@ fn answers(req: &Message, opts: &UasOpts, contact: &str) -> Vec<Vec<u8>> {
             response(req, 180, "Ringing", contact, 0),
             response(req, 200, "OK", contact, opts.body_size),
         ],
-        Some(_) => vec![response(req, 200, "OK", contact, opts.body_size)],
+        Some(_) => {
+            let body_size = req
+                .header_values_by_name("X-Body-Size")
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(opts.body_size);
+            vec![response(req, 200, "OK", contact, body_size)]
+        }
     }
 }
 
@@ -1133,6 +1173,7 @@ async fn uas_accept(
         let Ok((tcp, from)) = l.accept().await else {
             continue;
         };
+        st.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         let (st, opts, contact, tls) = (st.clone(), opts.clone(), contact.clone(), tls.clone());
         tokio::spawn(async move {

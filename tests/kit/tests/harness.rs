@@ -3,12 +3,13 @@
 //! must. When a proxy test fails, this says whether the harness is to blame. Must never
 //! start siprox.
 
-mod support;
-
 use std::time::Duration;
 
-use support::certs::{Pki, Tls};
-use support::ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
+use siprox_testkit::assert_eventually;
+use siprox_testkit::pki::{Pki, Tls};
+use siprox_testkit::ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
+use siprox_testkit::wire;
+use tokio::net::TcpStream;
 
 const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
 
@@ -96,4 +97,32 @@ async fn test_pki_negatives_are_refused_by_a_verifying_client() {
     };
     assert!(options_flow(&c, &uas.uri("x"), opts).await.is_err());
     assert_eq!(uas.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uas_sends_the_body_a_request_asks_for_and_counts_connections() {
+    let uas = Uas::udp().await;
+    let c = Client::connect(Transport::Udp, uas.addr, None)
+        .await
+        .unwrap();
+    let req = wire::request(
+        "MESSAGE",
+        &format!("sip:bob@{}", uas.addr),
+        &format!("UDP {}", c.local),
+        "body-size",
+        "X-Body-Size: 1000\r\n",
+        "",
+    );
+    c.send(req.as_bytes()).await.unwrap();
+    let resp = c.recv(Duration::from_secs(5)).await.expect("a 200");
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(resp.body().len(), 1000);
+    assert_eq!(uas.count(), 1);
+
+    let tcp = Uas::start(Transport::Tcp, UasOpts::default())
+        .await
+        .unwrap();
+    let _a = TcpStream::connect(tcp.addr).await.unwrap();
+    let _b = TcpStream::connect(tcp.addr).await.unwrap();
+    assert_eventually!(tcp.connections() == 2);
 }

@@ -9,17 +9,17 @@
 //! a small receive buffer, as a slow mobile peer would; then ~100 KiB is all the kernel
 //! absorbs, and 12 answers of 16 KiB each overflow it.
 
-mod support;
+mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
-use support::certs::Tls;
-use support::siprox::{Options, Siprox};
-use support::ua::{
+use common::inproc::{Options, Siprox};
+use siprox_testkit::pki::Tls;
+use siprox_testkit::ua::{
     call_id, invite_flow, options_flow, tls_handshake, unique, FlowOpts, Transport, Uas, UasOpts,
 };
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
@@ -54,7 +54,7 @@ fn request(local: SocketAddr, ruri: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_tls_peers_lose_their_own_connections_and_nobody_else_waits() {
-    support::require_nofile(2 * STALLED as u64 + 100);
+    siprox_testkit::require_nofile(2 * STALLED as u64 + 100);
     let sx = Siprox::start(Options {
         udp: true,
         tcp: true,

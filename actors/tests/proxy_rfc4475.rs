@@ -24,7 +24,7 @@
 //! OPTIONS to siprox itself must be answered (it keeps serving), and that answer is also the
 //! barrier after which silence is checked.
 
-mod support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::inproc::{Options, Siprox};
 use siprox::sip::{Limits, Message};
-use support::siprox::{Options, Siprox};
-use support::ua::{Received, Transport, Uas, UasOpts};
+use siprox_testkit::ua::{Received, Transport, Uas, UasOpts};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -44,7 +44,11 @@ struct Case {
 }
 
 fn data(name: &str) -> String {
-    format!("{}/tests/data/rfc4475/{name}", env!("CARGO_MANIFEST_DIR"))
+    // The corpus is shared with the core's parser tests (tests/rfc4475.rs).
+    format!(
+        "{}/../tests/data/rfc4475/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn cases() -> Vec<Case> {
