@@ -6,7 +6,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use siprox::config::{load_with_env, Config, ConfigErrors, LogFormat, Proto};
+use siprox::config::{Config, ConfigErrors, LogFormat, Proto};
+use siprox_actors::files::load_with_env;
 
 const CORE: &str = r#"
 [[listen]]

@@ -257,7 +257,7 @@ fn main() {
         digest_time.as_secs_f64() * 1e3
     );
     let t0 = Instant::now();
-    let loaded = siprox::config::load(&base.join("conf.d")).expect("load");
+    let loaded = siprox_actors::files::load(&base.join("conf.d")).expect("load");
     let load_time = t0.elapsed();
     println!(
         "  + when a domain file changed, re-reading conf.d ({} files, figment): {:.1} ms",

@@ -30,6 +30,8 @@
 //!   required, then the allow-list) and the `Rpc` actor on the control arbiter that runs
 //!   the methods (`rpc_methods`, with the ADAPTERs to pending subsystems) and renders
 //!   Prometheus `/metrics` (`rpc_metrics`). Protocols are the core's `siprox::rpc`.
+//! - [`files`]: the runtime's reads for the core: conf.d listed and read, `SIPROX_*`
+//!   variables, configured paths resolved, TLS material read into bytes.
 //! - [`ctl`]: the pure parts of `siproxctl` (commands, settings file, rendering).
 //! - [`shared`]: the `ArcSwap<Snapshot>`, admission limits and counters.
 //! - [`logging`]: the `tracing` subscriber from `[log]`.
@@ -47,6 +49,7 @@ pub mod dns;
 pub mod error;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod files;
 pub mod listener;
 pub mod location;
 pub mod logging;

@@ -616,7 +616,7 @@ impl Job {
         let unchanged = digest.is_some() && digest == self.config_digest;
         let mut config = match &self.config_dir {
             Some(_) if unchanged => (*self.prev.config).clone(),
-            Some(dir) => match siprox::config::load(dir) {
+            Some(dir) => match crate::files::load(dir) {
                 Ok(c) => c,
                 Err(errors) => {
                     return JobResult {
@@ -745,7 +745,7 @@ pub(crate) fn scripts_digest(config: &Config, base: &Path) -> u64 {
 pub fn config_digest(dir: &Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in siprox::config::config_files(dir).ok()? {
+    for f in crate::files::config_files(dir).ok()? {
         f.hash(&mut h);
         std::fs::read(&f).ok()?.hash(&mut h);
     }
