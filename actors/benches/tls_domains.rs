@@ -159,7 +159,7 @@ fn opts(base: &Path) -> BuildOptions<'_> {
         has_tls: false,
         dev_certs_pending: false,
         now: unix_now(),
-        env: &siprox::tls::process_env,
+        env: &siprox_actors::files::process_env,
     }
 }
 

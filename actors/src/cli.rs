@@ -92,7 +92,7 @@ pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
                     // Generated at start when missing: not an error here.
                     dev_certs_pending: true,
                     now: crate::tls::unix_now(),
-                    env: &siprox::tls::process_env,
+                    env: &crate::files::process_env,
                 },
             );
             let tls = match tls {

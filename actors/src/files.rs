@@ -1,13 +1,17 @@
 //! The runtime's reads of the file system and the environment for the core: conf.d listed
 //! and read (symlinks followed, Kubernetes style), `SIPROX_*` variables, configured paths
-//! resolved. The core decides on what these return; this file must never decide (merge,
+//! resolved, a TLS domain's material (PEM files, CA directory, key password) read into the
+//! bytes the core builds and hashes. The core decides on what these return; this file must never decide (merge,
 //! validate, parse) and never write. Blocking: never call it on a worker thread.
 
 use std::path::{Path, PathBuf};
 
 use siprox::config::{
-    is_config_file_name, load_sources, Config, ConfigError, ConfigErrors, ConfigSource, Origin,
-    DOMAINS_DIR,
+    is_config_file_name, load_sources, ClientTls, Config, ConfigError, ConfigErrors, ConfigSource,
+    Origin, ServerTls, DOMAINS_DIR,
+};
+use siprox::tls::{
+    BuildHooks, CaDir, FileBytes, KeyPassword, ServerContext, TlsError, TlsMaterial,
 };
 
 /// Resolve a configured path: absolute as is, else relative to `base`.
@@ -164,4 +168,149 @@ fn list_dir(
         };
         found.push((rel, path));
     }
+}
+
+/// How to look up a password held in an environment variable (injectable for tests).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// What the core's TLS building needs from the runtime: the CRL call the `openssl` crate
+/// lacks (in `ffi`) and the client session store (in `sessions`).
+pub const TLS_HOOKS: BuildHooks = BuildHooks {
+    add_crl: crate::ffi::add_crl,
+    client_sessions: crate::sessions::new_cache,
+};
+
+/// Reads the server side's material of a domain (once: the digest and the build both use
+/// these bytes) and builds it. For a context built once, like the management listener's.
+pub fn build_server(
+    id: &str,
+    s: &ServerTls,
+    base: &Path,
+    env: EnvLookup<'_>,
+    now: i64,
+) -> Result<ServerContext, TlsError> {
+    siprox::tls::build_server(id, s, &server_material(base, s, env)?, now, TLS_HOOKS)
+}
+
+/// Everything the server side `s` is built from, read (paths resolved against `base`).
+/// The first file that cannot be read is the error.
+pub fn server_material(
+    base: &Path,
+    s: &ServerTls,
+    env: EnvLookup<'_>,
+) -> Result<TlsMaterial, TlsError> {
+    material(
+        base,
+        Some(&s.certificate),
+        Some(&s.private_key),
+        s.private_key_password_file.as_deref(),
+        s.private_key_password_env.as_deref(),
+        [
+            s.ca_file.as_deref(),
+            s.crl_file.as_deref(),
+            s.ca_dir.as_deref(),
+        ],
+        env,
+    )
+}
+
+/// Like [`server_material`], for the client side of a domain.
+pub fn client_material(
+    base: &Path,
+    c: &ClientTls,
+    env: EnvLookup<'_>,
+) -> Result<TlsMaterial, TlsError> {
+    material(
+        base,
+        c.certificate.as_deref(),
+        c.private_key.as_deref(),
+        c.private_key_password_file.as_deref(),
+        c.private_key_password_env.as_deref(),
+        [
+            c.ca_file.as_deref(),
+            c.crl_file.as_deref(),
+            c.ca_dir.as_deref(),
+        ],
+        env,
+    )
+}
+
+fn material(
+    base: &Path,
+    certificate: Option<&Path>,
+    private_key: Option<&Path>,
+    password_file: Option<&Path>,
+    password_env: Option<&str>,
+    [ca_file, crl, ca_dir]: [Option<&Path>; 3],
+    env: EnvLookup<'_>,
+) -> Result<TlsMaterial, TlsError> {
+    // An empty path is "not configured" (the `[tls]` defaults can be emptied).
+    let read = |p: Option<&Path>| {
+        p.filter(|p| !p.as_os_str().is_empty())
+            .map(|p| read_file(&resolve(base, p)))
+            .transpose()
+    };
+    let certificate = read(certificate)?;
+    let private_key = read(private_key)?;
+    let password = match (read(password_file)?, password_env) {
+        (Some(file), _) => Some(KeyPassword::File(file)),
+        (None, Some(var)) => Some(KeyPassword::Env {
+            var: var.to_owned(),
+            value: env(var),
+        }),
+        (None, None) => None,
+    };
+    Ok(TlsMaterial {
+        certificate,
+        private_key,
+        password,
+        ca_file: read(ca_file)?,
+        crl: read(crl)?,
+        ca_dir: ca_dir
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| read_ca_dir(&resolve(base, p)))
+            .transpose()?,
+    })
+}
+
+/// One file's bytes (symlinks followed).
+pub fn read_file(path: &Path) -> Result<FileBytes, TlsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(FileBytes {
+            path: path.to_path_buf(),
+            bytes,
+        }),
+        Err(e) => Err(TlsError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The entries of a CA directory that the core reads ([`siprox::tls::is_ca_dir_entry`]:
+/// the hashed names `openssl rehash` makes, usually symlinks), sorted by name.
+fn read_ca_dir(path: &Path) -> Result<CaDir, TlsError> {
+    let not_a_dir = |reason: String| TlsError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_dir() {
+        return Err(not_a_dir("not a directory".into()));
+    }
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| not_a_dir(e.to_string()))? {
+        let entry = entry.map_err(|e| not_a_dir(e.to_string()))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if siprox::tls::is_ca_dir_entry(&name) {
+            let file = read_file(&entry.path())?;
+            entries.push((name, file.bytes));
+        }
+    }
+    entries.sort();
+    Ok(CaDir {
+        path: path.to_path_buf(),
+        entries,
+    })
 }

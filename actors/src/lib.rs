@@ -23,6 +23,7 @@
 //! - [`dns`]: RFC 3263 resolution of next-hop names (NAPTR/SRV/A/AAAA), off the hot path.
 //! - [`tls`]: TLS domains at run time: the dispatch context whose ClientHello callback picks
 //!   the server domain, outgoing client domains, per-connection `TlsFacts`, dev certificates.
+//! - [`sessions`]: the client session store an outgoing TLS connection resumes from.
 //! - [`registry`]: the `DomainRegistry` actor: watches conf.d and certificate directories,
 //!   rebuilds what changed off the worker threads, publishes the `Snapshot` (its one writer).
 //! - [`ffi`]: the only `unsafe` code: OpenSSL calls the `openssl` crate lacks.
@@ -59,6 +60,7 @@ mod rpc_methods;
 mod rpc_metrics;
 pub mod runtime;
 pub mod scripts;
+pub mod sessions;
 pub mod shared;
 pub mod table;
 pub mod tls;

@@ -60,7 +60,7 @@ impl Location {
         };
         let auth = match &config.auth.secret_file {
             Some(f) => {
-                let path = siprox::tls::resolve(base, f);
+                let path = crate::files::resolve(base, f);
                 let secret = std::fs::read(&path).map_err(|e| RuntimeError::Io {
                     what: format!("reading [auth] secret_file {}", path.display()),
                     source: e,
@@ -74,7 +74,7 @@ impl Location {
             .auth
             .users_file
             .as_ref()
-            .map(|f| siprox::tls::resolve(base, f));
+            .map(|f| crate::files::resolve(base, f));
         let users = match &users_file {
             Some(p) => load_users(p)?,
             None => Users::default(),
@@ -84,7 +84,7 @@ impl Location {
             .location
             .snapshot_file
             .as_ref()
-            .map(|f| siprox::tls::resolve(base, f));
+            .map(|f| crate::files::resolve(base, f));
         if let Some(p) = &snapshot_file {
             match std::fs::read(p) {
                 Ok(bytes) => match restore(&*store, &bytes, crate::tls::unix_now()) {

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::files::resolve;
 use actix::fut::{wrap_future, ActorFutureExt};
 use actix::{Actor, AsyncContext, Context, Handler, Message as ActixMessage, ResponseFuture};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use siprox::config::Config;
 use siprox::proxy::Listen;
-use siprox::tls::resolve;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -665,7 +665,7 @@ impl Job {
             has_tls: self.has_tls,
             dev_certs_pending: false,
             now: unix_now(),
-            env: &siprox::tls::process_env,
+            env: &crate::files::process_env,
         };
         let tls = match build_domains(&config, Some(&self.prev.tls), opts) {
             Ok(t) => t,

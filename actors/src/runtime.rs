@@ -160,7 +160,7 @@ impl Runtime {
                 has_tls,
                 dev_certs_pending: false,
                 now: tls::unix_now(),
-                env: &siprox::tls::process_env,
+                env: &crate::files::process_env,
             },
         )
         .map_err(|errors| {

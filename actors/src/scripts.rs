@@ -106,7 +106,7 @@ impl ScriptSet {
 }
 
 fn compile_file(base: &Path, file: &Path) -> Result<Script, String> {
-    let path = siprox::tls::resolve(base, file);
+    let path = crate::files::resolve(base, file);
     let src = std::fs::read_to_string(&path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     script::compile(&src, &path.display().to_string()).map_err(|e| e.to_string())

@@ -36,10 +36,13 @@ use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509VerifyResult, X5
 use siprox::config::{ClientTls, Config, ServerTls, TlsConfig};
 use siprox::proxy::Destination;
 use siprox::tls::{
-    build_client, build_server, cert_facts, client_digest, client_session_key, domain_source,
-    parse_server_name, resolve, server_digest, CertFacts, ClientContext, ClientMatcher, ClientSpec,
-    EnvLookup, Selected, ServerContext, ServerMatcher, ServerSpec, TlsError, TlsFacts,
+    build_client, build_server, cert_facts, client_digest, domain_source, parse_server_name,
+    server_digest, CertFacts, ClientContext, ClientMatcher, ClientSpec, Selected, ServerContext,
+    ServerMatcher, ServerSpec, TlsError, TlsFacts,
 };
+
+use crate::files::{client_material, resolve, server_material, EnvLookup, TLS_HOOKS};
+use crate::sessions::client_session_key;
 
 use crate::error::RuntimeError;
 
@@ -214,13 +217,15 @@ pub fn build_domains(
             domain: name.to_owned(),
             reason: e.to_string(),
         };
-        let digest = match server_digest(id, s, o.base, o.env) {
-            Ok(d) => d,
+        // Read once: the digest and the build come from the same bytes.
+        let material = match server_material(o.base, s, o.env) {
+            Ok(m) => m,
             Err(e) => {
                 errors.push(err(e));
                 return None;
             }
         };
+        let digest = server_digest(id, s, &material);
         let old = prev_server(name);
         if let Some(old) = old.filter(|d| d.ctx.digest == digest) {
             // Unchanged inputs: the very same context. Still refuse it once it has expired.
@@ -233,7 +238,7 @@ pub fn build_domains(
             }
             return Some((old.ctx.clone(), old.open.clone()));
         }
-        match build_server(id, s, o.base, o.env, o.now) {
+        match build_server(id, s, &material, o.now, TLS_HOOKS) {
             Ok(ctx) => Some((
                 Arc::new(ctx),
                 old.map(|d| d.open.clone()).unwrap_or_default(),
@@ -312,17 +317,18 @@ pub fn build_domains(
             domain: name.to_owned(),
             reason: e.to_string(),
         };
-        let digest = match client_digest(c, o.base, o.env) {
-            Ok(d) => d,
+        let material = match client_material(o.base, c, o.env) {
+            Ok(m) => m,
             Err(e) => {
                 errors.push(err(e));
                 return None;
             }
         };
+        let digest = client_digest(c, &material);
         if let Some(old) = prev_client(name).filter(|d| d.ctx.digest == digest) {
             return Some(old.ctx.clone());
         }
-        match build_client(c, o.base, o.env, o.now) {
+        match build_client(c, &material, o.now, TLS_HOOKS) {
             Ok(ctx) => Some(Arc::new(ctx)),
             Err(e) => {
                 errors.push(err(e));
@@ -927,7 +933,7 @@ mod tests {
             has_tls: true,
             dev_certs_pending: false,
             now: unix_now(),
-            env: &siprox::tls::process_env,
+            env: &crate::files::process_env,
         }
     }
 

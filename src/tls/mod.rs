@@ -11,8 +11,9 @@ pub(crate) mod testutil;
 mod x509;
 
 pub use context::{
-    build_client, build_server, client_digest, client_session_key, process_env, resolve,
-    server_digest, ClientContext, ClientSessions, EnvLookup, ServerContext, SslPolicy, TlsError,
+    build_client, build_server, client_digest, is_ca_dir_entry, server_digest, AddCrl, BuildHooks,
+    CaDir, ClientContext, ClientSessionCache, FileBytes, KeyPassword, ServerContext, SslPolicy,
+    TlsError, TlsMaterial,
 };
 pub use domains::{client_specs, domain_source, server_spec};
 pub use facts::{CertFacts, DnFacts, TlsFacts};
