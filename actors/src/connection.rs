@@ -188,7 +188,7 @@ impl Connection {
         let shared = Connection::spawn(
             worker,
             key.clone(),
-            dest.addr,
+            key.addr,
             Some(dest.clone()),
             None,
             slot,
@@ -275,11 +275,10 @@ impl Connection {
         if let Some(dest) = self.dest.clone() {
             let domains = self.worker.shared.snapshot.load().tls.clone();
             let s = start.settings;
+            let peer = self.shared.key.addr;
             let fut = async move {
                 let tcp =
-                    match tokio::time::timeout(s.connect_timeout, TcpStream::connect(dest.addr))
-                        .await
-                    {
+                    match tokio::time::timeout(s.connect_timeout, TcpStream::connect(peer)).await {
                         Ok(Ok(t)) => t,
                         Ok(Err(e)) => return Err((CloseReason::ConnectFailed, e.to_string())),
                         Err(_) => {
@@ -291,7 +290,7 @@ impl Connection {
                     return Ok(Established::plain(Io::Tcp(tcp)));
                 }
                 let (ssl, domain) = domains
-                    .client_ssl(&dest)
+                    .client_ssl(peer, dest.server_name.as_deref())
                     .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
                 let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
                 let stream = handshake(ssl, tcp, timeout, false).await?;
@@ -748,7 +747,7 @@ impl Connection {
                     drop(snap);
                     debug!(error = %e, "framing error");
                     match action {
-                        Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
+                        Action::Send { dest, bytes } if dest.connection() == Some(self.id()) => {
                             self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                             self.wq.push_back(bytes);
                         }

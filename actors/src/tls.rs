@@ -34,7 +34,6 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509VerifyResult, X509};
 use siprox::config::{ClientTls, Config, ServerTls, TlsConfig};
-use siprox::proxy::Destination;
 use siprox::tls::{
     build_client, build_server, cert_facts, client_digest, domain_source, parse_server_name,
     server_digest, CertFacts, ClientContext, ClientMatcher, ClientSpec, Selected, ServerContext,
@@ -430,18 +429,22 @@ impl TlsDomains {
     /// domain's `server_name`, else the destination's name (none for an address, as RFC 6066
     /// requires); the certificate is checked against that name (DNS SAN) or the address (IP
     /// SAN) when `verify_hostname` is on.
-    pub fn client_ssl(&self, dest: &Destination) -> Result<(Ssl, Arc<ClientDomain>), ErrorStack> {
-        let domain = match self
-            .client_matcher
-            .select(dest.addr, dest.server_name.as_deref())
-        {
+    pub fn client_ssl(
+        &self,
+        addr: SocketAddr,
+        server_name: Option<&str>,
+    ) -> Result<(Ssl, Arc<ClientDomain>), ErrorStack> {
+        let domain = match self.client_matcher.select(addr, server_name) {
             Selected::Domain(i) => self.clients.get(i).unwrap_or(&self.default_client).clone(),
             Selected::Default => self.default_client.clone(),
         };
         let c = &domain.ctx;
         let mut ssl = Ssl::new(&c.ctx)?;
         ssl.set_connect_state();
-        let name = c.server_name.clone().or_else(|| dest.server_name.clone());
+        let name = c
+            .server_name
+            .clone()
+            .or_else(|| server_name.map(str::to_owned));
         match &name {
             Some(n) if n.parse::<IpAddr>().is_err() => {
                 ssl.set_hostname(n)?;
@@ -454,7 +457,7 @@ impl TlsDomains {
                     let ip = name
                         .as_deref()
                         .and_then(|n| n.parse::<IpAddr>().ok())
-                        .unwrap_or(dest.addr.ip());
+                        .unwrap_or(addr.ip());
                     ssl.param_mut().set_ip(ip)?;
                 }
             }
@@ -464,7 +467,7 @@ impl TlsDomains {
         }
         if let (Some(sessions), Some(idx)) = (&c.sessions, client_session_key()) {
             // The same destination and name as before: offer the session it gave us.
-            let dest_key = format!("{} {}", dest.addr, name.as_deref().unwrap_or(""));
+            let dest_key = format!("{} {}", addr, name.as_deref().unwrap_or(""));
             if let Some(session) = sessions.take(&dest_key) {
                 crate::ffi::offer_session(&mut ssl, &session)?;
             }

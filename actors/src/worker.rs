@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use siprox::proxy::{
-    resolve_literal, Action, Destination, ForwardOpts, Inbound, NextHop, Transport,
-};
+use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, NextHop, Target, Transport};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
@@ -21,7 +19,7 @@ use tracing::{debug, trace};
 use crate::connection::Connection;
 use crate::dns::{self, Resolver};
 use crate::scripts;
-use crate::shared::{inc, Shared, Snapshot};
+use crate::shared::{inc, Shared};
 use crate::table::{clock_ms, ConnShared, PeerKey, SendError};
 
 /// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
@@ -104,13 +102,13 @@ impl Worker {
                         tls.as_deref(),
                     );
                     for (action, opts) in actions {
-                        self.execute_with(&snap, action, &msg, &inbound, opts);
+                        self.execute_with(action, &msg, &inbound, opts);
                     }
                     return;
                 }
             }
             let action = snap.proxy.on_request(&msg, &inbound);
-            self.execute(&snap, action, &msg, &inbound);
+            self.execute(action, &msg, &inbound);
         } else {
             let tag = snap.proxy.response_script_tag(&msg);
             if let Some(script) = snap.scripts.for_reply(tag) {
@@ -120,7 +118,7 @@ impl Worker {
                 }
             }
             let action = snap.proxy.on_response(&msg, &inbound);
-            self.execute(&snap, action, &msg, &inbound);
+            self.execute(action, &msg, &inbound);
         }
     }
 
@@ -150,21 +148,14 @@ impl Worker {
     }
 
     /// Carries out the core's decision about `msg`.
-    pub(crate) fn execute(
-        self: &Rc<Self>,
-        snap: &Snapshot,
-        action: Action,
-        msg: &Message,
-        inbound: &Inbound,
-    ) {
-        self.execute_with(snap, action, msg, inbound, ForwardOpts::default())
+    pub(crate) fn execute(self: &Rc<Self>, action: Action, msg: &Message, inbound: &Inbound) {
+        self.execute_with(action, msg, inbound, ForwardOpts::default())
     }
 
     /// Carries out a decision; `opts` are the route script's forwarding options, kept for
     /// a forward that must wait for DNS.
     pub(crate) fn execute_with(
         self: &Rc<Self>,
-        snap: &Snapshot,
         action: Action,
         msg: &Message,
         inbound: &Inbound,
@@ -181,17 +172,8 @@ impl Worker {
                 inc(&self.shared.stats.dropped);
                 trace!(reason, "dropped");
             }
-            Action::Forward { hop } => match resolve_literal(&hop) {
-                Some(dest) => match snap.proxy.forward_request_with(msg, inbound, &dest, &opts) {
-                    // forward_request must not ask to forward again; refuse to loop if it does.
-                    Action::Forward { .. } => {
-                        inc(&self.shared.stats.dropped);
-                        debug!("proxy core asked to forward a resolved request again: dropped");
-                    }
-                    other => self.execute(snap, other, msg, inbound),
-                },
-                None => self.resolve_then_forward(hop, msg.clone(), *inbound, opts),
-            },
+            // Only names come here: the core resolved IP literals itself.
+            Action::Forward { hop } => self.resolve_then_forward(hop, msg.clone(), *inbound, opts),
         }
     }
 
@@ -218,7 +200,7 @@ impl Worker {
             let snap = self.shared.snapshot.load();
             let action = snap.proxy.unresolvable(&msg, &inbound);
             debug!(host = %hop.host, "too many pending resolutions: answering 503");
-            self.execute(&snap, action, &msg, &inbound);
+            self.execute(action, &msg, &inbound);
             return;
         }
         self.pending_tasks.set(self.pending_tasks.get() + 1);
@@ -241,7 +223,7 @@ impl Worker {
             };
             match action {
                 Action::Forward { .. } => inc(&me.shared.stats.dropped),
-                other => me.execute(&snap, other, &msg, &inbound),
+                other => me.execute(other, &msg, &inbound),
             }
         });
     }
@@ -252,7 +234,10 @@ impl Worker {
     pub(crate) fn send(self: &Rc<Self>, dest: Destination, bytes: Bytes, from: Option<SocketAddr>) {
         self.shared.stats.sip.reply_bytes(&bytes);
         match dest.transport {
-            Transport::Udp => self.send_udp(dest.addr, bytes, from),
+            Transport::Udp => match dest.socket_addr() {
+                Some(to) => self.send_udp(to, bytes, from),
+                None => inc(&self.shared.stats.send_failures),
+            },
             Transport::Tcp | Transport::Tls => self.send_stream(dest, bytes),
         }
     }
@@ -297,7 +282,7 @@ impl Worker {
 
     fn send_stream(self: &Rc<Self>, dest: Destination, bytes: Bytes) {
         let table = &self.shared.table;
-        if let Some(id) = dest.conn {
+        if let Some(id) = dest.connection() {
             if let Some(h) = table.get(id) {
                 match h.send(bytes.clone()) {
                     Ok(()) => return,
@@ -311,13 +296,13 @@ impl Worker {
                     Err(SendError::Closed) => {}
                 }
             }
-            // A flow (RFC 5626) has no address to fall back to: its phone is behind NAT.
-            if dest.addr.ip().is_unspecified() {
-                inc(&self.shared.stats.send_failures);
-                debug!(conn = %id, "flow closed: request dropped");
-                return;
-            }
         }
+        // A flow (RFC 5626) has no address to fall back to: its phone is behind NAT.
+        let Target::Addr(addr) = dest.target else {
+            inc(&self.shared.stats.send_failures);
+            debug!(conn = ?dest.connection(), "flow closed: request dropped");
+            return;
+        };
         if self
             .shared
             .shutting_down
@@ -328,7 +313,7 @@ impl Worker {
         }
         let key = PeerKey {
             transport: dest.transport,
-            addr: dest.addr,
+            addr,
             server_name: dest.server_name.as_deref().map(Arc::from),
         };
         let h = table.find_or_open(key, |key| Connection::start_outgoing(self, key, &dest));
