@@ -1,5 +1,6 @@
-//! TLS in the core: the domain model and how a connection picks its domain, and the facts
-//! about a connection's certificates that route scripts read. No sockets, no runtime.
+//! TLS in the core: the domain model and how a connection picks its domain, the contexts
+//! built from TLS material as bytes, and the facts about a connection's certificates that
+//! route scripts read. No sockets, no runtime, no files (the runtime reads the material).
 
 mod context;
 mod domains;
