@@ -314,3 +314,90 @@ fn read_ca_dir(path: &Path) -> Result<CaDir, TlsError> {
         entries,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn config_files_follow_kubernetes_symlinks_and_a_dangling_one_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("conf.d");
+        // A ConfigMap mount: the files live in ..data/, the names are symlinks to them.
+        std::fs::create_dir_all(conf.join("..data")).expect("mkdir");
+        std::fs::write(
+            conf.join("..data/00-core.toml"),
+            "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:5060\"\n",
+        )
+        .expect("write");
+        symlink("..data/00-core.toml", conf.join("00-core.toml")).expect("symlink");
+        let files = read_config_dir(&conf).expect("readable");
+        assert_eq!(
+            files.len(),
+            1,
+            "..data itself is a hidden directory, skipped"
+        );
+        assert_eq!(files[0].rel, Path::new("00-core.toml"));
+        assert!(files[0].text.contains("127.0.0.1:5060"));
+        load_with_env(&conf, []).expect("valid");
+
+        symlink("..data/missing.toml", conf.join("10-x.toml")).expect("symlink");
+        let err = read_config_dir(&conf).expect_err("dangling");
+        let text = err.to_string();
+        assert!(text.contains("10-x.toml: cannot read"), "{text}");
+    }
+
+    #[test]
+    fn tls_material_is_read_once_with_the_first_unreadable_file_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path();
+        std::fs::write(base.join("cert.pem"), b"CERT").expect("write");
+        std::fs::write(base.join("key.pem"), b"KEY").expect("write");
+        std::fs::create_dir(base.join("ca.d")).expect("mkdir");
+        std::fs::write(base.join("ca.d/test-ca.pem"), b"CA").expect("write");
+        symlink("test-ca.pem", base.join("ca.d/9d66eef0.0")).expect("symlink");
+        std::fs::write(base.join("ca.d/README"), b"not read").expect("write");
+        let s = ServerTls {
+            certificate: "cert.pem".into(),
+            private_key: "key.pem".into(),
+            ca_dir: Some("ca.d".into()),
+            private_key_password_env: Some("SIPROX_TEST_UNSET_PW".into()),
+            ..ServerTls::default()
+        };
+        let m = server_material(base, &s, &no_env).expect("readable");
+        assert_eq!(
+            m.certificate.as_ref().map(|f| &f.bytes[..]),
+            Some(&b"CERT"[..])
+        );
+        assert_eq!(
+            m.private_key.as_ref().map(|f| f.path.clone()),
+            Some(base.join("key.pem"))
+        );
+        let ca = m.ca_dir.as_ref().expect("ca dir");
+        // Only the hashed name OpenSSL's lookup would read, through its symlink.
+        assert_eq!(ca.entries, vec![("9d66eef0.0".to_owned(), b"CA".to_vec())]);
+        assert!(matches!(
+            &m.password,
+            Some(KeyPassword::Env { var, value: None }) if var == "SIPROX_TEST_UNSET_PW"
+        ));
+
+        let missing = ServerTls {
+            private_key: "nope.key".into(),
+            crl_file: Some("nope.crl".into()),
+            ..s.clone()
+        };
+        let err = server_material(base, &missing, &no_env).expect_err("missing key");
+        assert!(err.to_string().contains("nope.key: cannot read"), "{err}");
+        let not_dir = ServerTls {
+            ca_dir: Some("cert.pem".into()),
+            ..s
+        };
+        let err = server_material(base, &not_dir, &no_env).expect_err("not a dir");
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+}
