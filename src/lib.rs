@@ -18,14 +18,19 @@
 //!   evaluated against a message, its transport and its TLS facts.
 //! - [`rpc`]: the management RPC, sans-IO: HTTP/1.1 framing, JSON-RPC 2.0 and XML-RPC codecs,
 //!   the documented method registry and the client-certificate allow-list.
-//! - [`config`]: `conf.d/` loading with figment, the typed configuration and its validation.
+//! - [`config`]: `conf.d/` merging with figment from the files' contents, the typed
+//!   configuration and its validation.
 //! - [`registrar`]: `save`/`lookup` (RFC 3261 §10, Path, RFC 5626 flows), the
 //!   `LocationStore` trait, the in-memory store and its snapshot format.
 //! - [`auth`]: digest authentication (RFC 3261 §22, RFC 7616/8760: MD5 and SHA-256):
 //!   challenges, credential checks, time-bound nonces with replay protection, the users file.
 //!
-//! The runtime that owns sockets and timers is the `siprox-actors` crate in `actors/`.
+//! The runtime that owns sockets, timers, files and the environment is the `siprox-actors`
+//! crate in `actors/`: the core takes bytes (conf.d contents, TLS material) and never opens a
+//! file or reads a variable. `clippy.toml` names what is disallowed; it is denied here, for
+//! the library (the integration tests in `tests/` write real files).
 #![forbid(unsafe_code)]
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod auth;
 pub mod config;

@@ -10,5 +10,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== the core's dependencies hold no runtime"
+# The core (package siprox) is sans-IO: no async runtime may enter its normal dependency
+# tree, even through a transitive crate (dev-dependencies, which start the runtime in
+# tests, are not part of it).
+runtime_deps=$(cargo tree -p siprox -e normal --prefix none |
+    grep -E '^(tokio|actix|actix-[a-z0-9-]+|mio) v' | sort -u || true)
+if [ -n "$runtime_deps" ]; then
+    echo "the core depends on a runtime crate:" >&2
+    echo "$runtime_deps" >&2
+    exit 1
+fi
 echo "== cargo test"
 cargo test --workspace

@@ -121,7 +121,7 @@ fn opts(base: &Path) -> BuildOptions<'_> {
         has_tls: false,
         dev_certs_pending: false,
         now: unix_now(),
-        env: &siprox::tls::process_env,
+        read: &siprox_actors::files::FILES,
     }
 }
 
@@ -219,7 +219,7 @@ fn main() {
         digest_time.as_secs_f64() * 1e3
     );
     let t0 = Instant::now();
-    let loaded = siprox::config::load(&base.join("conf.d")).expect("load");
+    let loaded = siprox_actors::files::load(&base.join("conf.d")).expect("load");
     let load_time = t0.elapsed();
     println!(
         "  + when a domain file changed, re-reading conf.d ({} files, figment): {:.1} ms",

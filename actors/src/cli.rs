@@ -92,7 +92,7 @@ pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
                     // Generated at start when missing: not an error here.
                     dev_certs_pending: true,
                     now: crate::tls::unix_now(),
-                    env: &siprox::tls::process_env,
+                    read: &crate::reload::files::FILES,
                 },
             );
             let tls = match tls {
@@ -145,7 +145,7 @@ pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
 
 /// Loads `dir`; on failure prints every error, one per line, and returns the exit status.
 pub fn load(dir: &Path, err: &mut dyn Write) -> Result<Config, ExitCode> {
-    config::load(dir).map_err(|errors| {
+    crate::reload::files::load(dir).map_err(|errors| {
         report(&errors, err);
         ExitCode::from(EXIT_CONFIG_ERROR)
     })

@@ -17,13 +17,17 @@
 //! - [`reload`]: the control plane. `registry` (the `DomainRegistry` actor: TLS domains and
 //!   the snapshot's one writer), `job` (one reload on a blocking thread: conf.d, TLS,
 //!   users, script sources), `watch` (the directory watcher), `script` (the `Script` actor:
-//!   compiles route scripts, caches them by digest, keeps each file's last error).
+//!   compiles route scripts, caches them by digest, keeps each file's last error), `files`
+//!   (the runtime's reads for the core: conf.d listed and read, `SIPROX_*` variables, TLS
+//!   material read into bytes; also used by `cli` and the start, which sit above it).
 //! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive),
 //!   `connection/` (the `Connection` actor: `actor`, `handshake`, `framing`, `http`).
 //! - [`worker`]: the hot path of one worker arbiter: message -> core -> actions (`mod`),
 //!   the script host (`route`), next-hop resolution (`dns`).
-//! - [`tls`]: `domains` (building), `dispatch` (the ClientHello callback, client domains),
-//!   `facts`, `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket, no reload.
+//! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
+//!   callback, client domains), `sessions` (the client session store an outgoing connection
+//!   resumes from), `facts`, `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket,
+//!   no reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
 //!   connection table and its handles), `stats`, `admission`, `location` (the registrar's
 //!   store), `domains` and `scripts` (what a snapshot holds), `messages`.
@@ -63,6 +67,8 @@ pub mod transport;
 pub mod worker;
 
 pub use error::RuntimeError;
+/// conf.d and TLS material as the runtime reads them (`files::load`): for tests and tools.
+pub use reload::files;
 pub use runtime::{Runtime, RuntimeHandle, RuntimeOptions};
 pub use state::{Snapshot, StatsSnapshot};
 
@@ -76,7 +82,7 @@ pub use state as shared;
 #[doc(hidden)]
 pub use state::{location, table};
 #[doc(hidden)]
-pub use tls::ffi;
+pub use tls::{ffi, sessions};
 #[doc(hidden)]
 pub use transport::{connection, listener};
 #[doc(hidden)]

@@ -162,7 +162,7 @@ impl Runtime {
                 has_tls,
                 dev_certs_pending: false,
                 now: tls::unix_now(),
-                env: &siprox::tls::process_env,
+                read: &crate::reload::files::FILES,
             },
         )
         .map_err(|errors| {

@@ -30,7 +30,7 @@ fn start(dir: &Path) -> RuntimeHandle {
          [tls]\ngenerate_dev_certs = true\nwatch = false\nreload_check_interval = \"0s\"\n",
     );
     write(dir, "scripts/main.cfg", GOOD);
-    let config = siprox::config::load(&dir.join("conf.d")).expect("valid configuration");
+    let config = siprox_actors::files::load(&dir.join("conf.d")).expect("valid configuration");
     Runtime::start(config, RuntimeOptions::embedded(dir)).expect("starts")
 }
 

@@ -1,10 +1,10 @@
-//! Reading conf.d/: which files, in which order, merged how, overridden by which environment
-//! variables. Only reads files; must never write, watch, spawn or depend on a runtime, and
-//! must never panic on what a file contains.
+//! Merging conf.d/: which files count, in which order, merged how, overridden by which
+//! environment variables, from contents the runtime read. Must never open a file, list a
+//! directory or read the environment (the runtime does, in `siprox_actors::files`), and must
+//! never panic on what a file contains.
 
 use std::cmp::Ordering;
 use std::ffi::OsStr;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use figment::error::Kind;
@@ -26,31 +26,41 @@ pub const ENV_CONFIG_DIR: &str = "SIPROX_CONFIG_DIR";
 /// Subfolder of the configuration directory that holds one file per tenant domain.
 pub const DOMAINS_DIR: &str = "domains";
 
-/// Loads and validates the configuration in `dir`, with `SIPROX_...` overrides taken from
-/// the process environment.
-pub fn load(dir: &Path) -> Result<Config, ConfigErrors> {
-    // Lossy, not `std::env::vars()`: that one panics on a non-UTF-8 variable anywhere in the
-    // environment, even one that has nothing to do with siprox.
-    let env = std::env::vars_os().map(|(k, v)| {
-        (
-            k.to_string_lossy().into_owned(),
-            v.to_string_lossy().into_owned(),
-        )
-    });
-    load_with_env(dir, env)
+/// One configuration file as the runtime read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// Path relative to the configuration directory (`10-x.toml`, `domains/a.toml`): the
+    /// merge order sorts on its bytes.
+    pub rel: PathBuf,
+    /// The file's text.
+    pub text: String,
 }
 
-/// Loads and validates the configuration in `dir`, with `SIPROX_...` overrides taken from
-/// `env` instead of the process environment (tests pass their own).
+/// Merges and validates the configuration of `dir` from the contents of its files, with
+/// `SIPROX_...` overrides taken from `env` (every variable of the environment may be
+/// passed: the others are skipped). `dir` only names things in errors (`dir/rel`).
 ///
-/// Order: every `*.toml` in `dir` and `dir/domains/`, sorted byte-wise by path relative to
-/// `dir`; each file is merged over the previous ones (tables merge, later scalars win,
+/// Order: every file sorted byte-wise by its relative path, whatever order `files` lists
+/// them in; each file is merged over the previous ones (tables merge, later scalars win,
 /// arrays are concatenated); then the environment overrides (which replace, not append).
-pub fn load_with_env(
+pub fn load_sources(
     dir: &Path,
+    mut files: Vec<ConfigSource>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    let files = config_files(dir)?;
+    // The sort is what makes the same files always give the same configuration, whatever
+    // order the file system listed them in.
+    files.sort_by(|a, b| {
+        match a
+            .rel
+            .as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.rel.as_os_str().as_encoded_bytes())
+        {
+            Ordering::Equal => a.text.cmp(&b.text),
+            o => o,
+        }
+    });
     let (overrides, mut errors) = env_overrides(env);
     if files.is_empty() {
         errors.push(ConfigError::NoFiles {
@@ -62,11 +72,18 @@ pub fn load_with_env(
     // and on merged data an unknown key would be blamed on whichever file last touched its
     // table. Alone, every error names exactly its own file, and all files get checked.
     // Each file is parsed once: its figment is checked alone, then merged.
+    let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(&f.rel)).collect();
     let leaves: Vec<Figment> = files
-        .iter()
-        .map(|f| Figment::from(Toml::file_exact(f)))
+        .into_iter()
+        .zip(&paths)
+        .map(|(f, path)| {
+            Figment::from(TomlFile {
+                path: path.clone(),
+                text: f.text,
+            })
+        })
         .collect();
-    for (file, leaf) in files.iter().zip(&leaves) {
+    for (file, leaf) in paths.iter().zip(&leaves) {
         if let Err(e) = leaf.extract::<Config>() {
             let origin = Origin::File(file.clone());
             errors.extend(e.into_iter().map(|e| convert(e, &origin)));
@@ -102,7 +119,7 @@ pub fn load_with_env(
                 .collect(),
         )
     })?;
-    config.sources = files;
+    config.sources = paths;
     config.env_overrides = overrides.into_iter().map(|v| v.name).collect();
 
     let provenance = Provenance::new(dir, Some(&figment));
@@ -111,6 +128,23 @@ pub fn load_with_env(
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// One file's text as a figment provider that names the file: values keep it as their
+/// source, so validation errors name the file like a `Toml::file` would.
+struct TomlFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl Provider for TomlFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("TOML file", Source::File(self.path.clone()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Toml::string(&self.text).data()
     }
 }
 
@@ -130,94 +164,10 @@ fn merge_tree(mut figments: Vec<Figment>) -> Figment {
     }
 }
 
-/// The configuration files of `dir`, in merge order: `*.toml` directly in `dir` and in
-/// `dir/domains/`, sorted byte-wise by relative path (`00-core.toml` < `10-x.toml` <
-/// `domains/a.toml`). Dotfiles, editor backups (`x.toml~`, `.x.toml.swp`), other extensions
-/// and other subfolders are skipped. A missing `dir` is an error; a missing `domains/` is not.
-pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
-    let mut found = Vec::new();
-    let mut errors = Vec::new();
-    list_dir(dir, None, &mut found, &mut errors);
-    if errors.is_empty() {
-        let domains = dir.join(DOMAINS_DIR);
-        if domains.is_dir() {
-            list_dir(&domains, Some(DOMAINS_DIR), &mut found, &mut errors);
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    // read_dir order is whatever the file system likes; the sort is what makes the same
-    // files always give the same configuration.
-    found.sort_by(|a: &(Vec<u8>, PathBuf), b| match a.0.cmp(&b.0) {
-        Ordering::Equal => a.1.cmp(&b.1),
-        o => o,
-    });
-    Ok(found.into_iter().map(|(_, path)| path).collect())
-}
-
-/// Adds the config files of one directory to `found`, each with its byte-wise sort key.
-fn list_dir(
-    dir: &Path,
-    prefix: Option<&str>,
-    found: &mut Vec<(Vec<u8>, PathBuf)>,
-    errors: &mut Vec<ConfigError>,
-) {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(source) => {
-            errors.push(ConfigError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            });
-            return;
-        }
-    };
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(source) => {
-                errors.push(ConfigError::Dir {
-                    path: dir.to_path_buf(),
-                    source,
-                });
-                continue;
-            }
-        };
-        let name = entry.file_name();
-        if !is_config_file_name(&name) {
-            continue;
-        }
-        let path = entry.path();
-        // fs::metadata follows symlinks: Kubernetes mounts ConfigMap files as symlinks into
-        // a hidden `..data/` directory, and those must count as files.
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => continue,
-            Err(e) => {
-                // A dangling `x.toml` symlink is a file the operator meant to load: silently
-                // running without it would be worse than refusing.
-                errors.push(ConfigError::Invalid {
-                    origin: Origin::File(path),
-                    key: String::new(),
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        }
-        let mut key = Vec::new();
-        if let Some(prefix) = prefix {
-            key.extend_from_slice(prefix.as_bytes());
-            key.push(b'/');
-        }
-        key.extend_from_slice(name.as_encoded_bytes());
-        found.push((key, path));
-    }
-}
-
-/// `*.toml`, not hidden. Editor leftovers (`x.toml~`, `#x.toml#`, `.x.toml.swp`, `.#x.toml`)
+/// Whether a file of the configuration directory (or of its `domains/`) is a configuration
+/// file: `*.toml`, not hidden. Editor leftovers (`x.toml~`, `#x.toml#`, `.x.toml.swp`, `.#x.toml`)
 /// fail one test or the other.
-fn is_config_file_name(name: &OsStr) -> bool {
+pub fn is_config_file_name(name: &OsStr) -> bool {
     let b = name.as_encoded_bytes();
     !b.starts_with(b".") && b.ends_with(b".toml")
 }
@@ -399,6 +349,63 @@ mod tests {
         ] {
             assert!(!is_config_file_name(OsStr::new(skip)), "{skip}");
         }
+    }
+
+    fn src(rel: &str, text: &str) -> ConfigSource {
+        ConfigSource {
+            rel: PathBuf::from(rel),
+            text: text.to_owned(),
+        }
+    }
+
+    const CORE: &str = "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:5060\"\n";
+
+    #[test]
+    fn contents_merge_in_byte_order_whatever_order_they_come_in() {
+        let files = [
+            src("domains/a.toml", "[log]\nlevel = \"warn\"\n"),
+            src("00-core.toml", CORE),
+            src("10-x.toml", "[log]\nlevel = \"debug\"\n"),
+        ];
+        let dir = Path::new("conf.d");
+        let a = load_sources(dir, files.to_vec(), []).expect("valid");
+        let mut reversed = files.to_vec();
+        reversed.reverse();
+        let b = load_sources(dir, reversed, []).expect("valid");
+        // domains/ sorts after the top-level files: its value wins.
+        assert_eq!(a.log.level, "warn");
+        assert_eq!(a.log, b.log);
+        assert_eq!(
+            a.sources,
+            ["00-core.toml", "10-x.toml", "domains/a.toml"].map(|r| dir.join(r))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_by_directory_and_relative_path() {
+        let files = vec![
+            src("00-core.toml", CORE),
+            src("domains/b.toml", "[log]\nlvel = 1\n"),
+        ];
+        let env = [("SIPROX_LOG__LEVL".to_owned(), "x".to_owned())];
+        let errors = load_sources(Path::new("/etc/siprox"), files, env).unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(errors.len(), 2, "{text}");
+        assert!(
+            text.contains("/etc/siprox/domains/b.toml: unknown key `lvel`"),
+            "{text}"
+        );
+        assert!(text.contains("at key \"log.lvel\""), "{text}");
+        assert!(
+            text.contains("environment variable SIPROX_LOG__LEVL: unknown key `levl`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_files_is_an_error_naming_the_directory() {
+        let errors = load_sources(Path::new("conf.d"), Vec::new(), []).unwrap_err();
+        assert!(errors.to_string().contains("conf.d: no *.toml"), "{errors}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! conf.d/ loading with figment, the typed configuration and its validation. Reads files and
-//! the environment only; must never bind, watch, spawn or log (the runtime does those).
+//! conf.d/ merging with figment, the typed configuration and its validation, from contents
+//! the runtime read. Must never open a file, read the environment, bind, watch, spawn or log
+//! (the runtime does those).
 //!
-//! - `load`: which files, in which order, merged how ([`load`], [`load_with_env`],
-//!   [`config_files`]).
+//! - `load`: which files count, in which order, merged how ([`load_sources`],
+//!   [`is_config_file_name`]).
 //! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
 //! - `runtime`: the runtime's sections `[runtime]`, `[connections]`, `[tls]`.
 //! - `location`: `[location]` (the location store's snapshot) and `[auth]` (digest).
@@ -26,7 +27,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
-    config_files, load, load_with_env, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX, ENV_SEPARATOR,
+    is_config_file_name, load_sources, ConfigSource, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX,
+    ENV_SEPARATOR,
 };
 pub use location::{AuthConfig, LocationConfig};
 pub use management::ManagementConfig;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::sip::{Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri};
 
 pub use reply::build_reply;
-pub use types::{Action, ConnId, Destination, Inbound, Listen, NextHop, Transport};
+pub use types::{Action, ConnId, Destination, Inbound, Listen, NextHop, Target, Transport};
 
 /// When siprox puts itself on the route of a dialog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -402,10 +402,8 @@ impl Proxy {
                 }
                 Action::Send {
                     dest: Destination {
-                        transport,
-                        addr: SocketAddr::new(ip, port),
-                        server_name: None,
                         conn,
+                        ..Destination::addr(transport, SocketAddr::new(ip, port))
                     },
                     bytes: bytes.finish(),
                 }
@@ -414,12 +412,10 @@ impl Proxy {
                 // A name in sent-by without received: RFC 3263 §5 resolution. Over a stream
                 // the connection (if still open) is what counts.
                 Host::Name(name) => match conn {
-                    Some(_) => Action::Send {
+                    Some(conn) => Action::Send {
                         dest: Destination {
-                            transport,
-                            addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
                             server_name: Some(name.to_owned()),
-                            conn,
+                            ..Destination::flow(transport, conn)
                         },
                         bytes: ed.finish(),
                     },
@@ -605,6 +601,7 @@ impl Proxy {
         }
         // Record-Route: the entry facing the next hop ends on top.
         let change = rx.transport != dest.transport;
+        let toward = dest.socket_addr().map(|a| a.ip());
         let rr = opts.record_route
             || match self.cfg.record_route {
                 RecordRoute::Never => false,
@@ -615,26 +612,31 @@ impl Proxy {
         // requests from either side go back over the other side's connection (phones
         // behind NAT cannot be reached at their Contact).
         let mut rr_params = opts.rr_params.clone().unwrap_or_default();
-        if rx.conn.is_some() || dest.conn.is_some() {
+        if rx.conn.is_some() || dest.connection().is_some() {
             let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
-            let _ = write!(rr_params, ";fl={:x}.{:x}", id(rx.conn), id(dest.conn));
+            let _ = write!(
+                rr_params,
+                ";fl={:x}.{:x}",
+                id(rx.conn),
+                id(dest.connection())
+            );
         }
         let rr_params = rr_params.as_str();
         let method = msg.method_kind();
         if rr && method != Some(Method::Register) {
             // Prepends keep their call order: the outbound-facing entry goes first.
             let mut v = String::with_capacity(64);
-            self.rr_value(&mut v, dest.transport, dest.addr.ip(), change, rr_params);
+            self.rr_value(&mut v, dest.transport, toward, change, rr_params);
             ed.prepend_record_route(&v);
             if change {
                 v.clear();
-                self.rr_value(&mut v, rx.transport, rx.local.ip(), true, rr_params);
+                self.rr_value(&mut v, rx.transport, Some(rx.local.ip()), true, rr_params);
                 ed.prepend_record_route(&v);
             }
         }
         let mut via = String::with_capacity(96);
         let _ = write!(via, "SIP/2.0/{} ", dest.transport.as_str());
-        self.write_sent_by(&mut via, dest.transport, dest.addr.ip());
+        self.write_sent_by(&mut via, dest.transport, toward);
         via.push_str(";branch=");
         self.write_branch(&mut via, msg);
         if let Some(c) = rx.conn {
@@ -663,7 +665,7 @@ impl Proxy {
         &self,
         out: &mut String,
         transport: Transport,
-        toward: IpAddr,
+        toward: Option<IpAddr>,
         r2: bool,
         params: &str,
     ) {
@@ -686,18 +688,20 @@ impl Proxy {
     }
 
     /// The listen entry to use for `transport`, preferring the address family of `toward`.
-    fn listen_for(&self, transport: Transport, toward: IpAddr) -> Option<&Listen> {
+    fn listen_for(&self, transport: Transport, toward: Option<IpAddr>) -> Option<&Listen> {
         let same = |l: &&Listen| l.transport == transport;
+        // A flow has no address: its family is unknown here, IPv4 is tried first.
+        let v4 = toward.is_none_or(|ip| ip.is_ipv4());
         self.cfg
             .listens
             .iter()
             .filter(same)
-            .find(|l| l.addr.is_ipv4() == toward.is_ipv4())
+            .find(|l| l.addr.is_ipv4() == v4)
             .or_else(|| self.cfg.listens.iter().find(same))
     }
 
     /// `host:port` siprox advertises for `transport`.
-    fn write_sent_by(&self, out: &mut String, transport: Transport, toward: IpAddr) {
+    fn write_sent_by(&self, out: &mut String, transport: Transport, toward: Option<IpAddr>) {
         match self.listen_for(transport, toward) {
             Some(Listen {
                 advertise: Some(a), ..
@@ -868,19 +872,17 @@ fn next_hop(u: &SipUri<'_>) -> NextHop {
 /// Resolve a next hop without DNS, when its host is an IP literal (RFC 3263 §4.1, §4.2:
 /// transport from the URI, else TLS for `sips`, else UDP; port from the URI, else the
 /// transport's default).
-pub fn resolve_literal(hop: &NextHop) -> Option<Destination> {
+fn resolve_literal(hop: &NextHop) -> Option<Destination> {
     let ip: IpAddr = hop.host.parse().ok()?;
     let transport = match (hop.transport, hop.secure) {
         (_, true) => Transport::Tls,
         (Some(t), false) => t,
         (None, false) => Transport::Udp,
     };
-    Some(Destination {
+    Some(Destination::addr(
         transport,
-        addr: SocketAddr::new(ip, hop.port.unwrap_or(transport.default_port())),
-        server_name: None,
-        conn: None,
-    })
+        SocketAddr::new(ip, hop.port.unwrap_or(transport.default_port())),
+    ))
 }
 
 /// Where a locally generated reply goes: back on the stream, or for UDP to the source
@@ -894,10 +896,8 @@ fn reply_destination(msg: &Message, rx: &Inbound) -> Destination {
         _ => rx.source.port(),
     };
     Destination {
-        transport: rx.transport,
-        addr: SocketAddr::new(rx.source.ip(), port),
-        server_name: None,
         conn: rx.conn,
+        ..Destination::addr(rx.transport, SocketAddr::new(rx.source.ip(), port))
     }
 }
 
@@ -990,12 +990,6 @@ fn flow_of_route(u: &Uri<'_>, rx_conn: Option<ConnId>) -> Option<Destination> {
         _ if s.secure => Transport::Tls,
         _ => return None,
     };
-    Some(Destination {
-        transport,
-        // No address: a flow is only ever used if its connection is still open; siprox
-        // never connects to an unspecified address (the runtime drops such a send).
-        addr: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0),
-        server_name: None,
-        conn: Some(ConnId(out)),
-    })
+    // No address: a flow is only ever used while its connection is open.
+    Some(Destination::flow(transport, ConnId(out)))
 }

@@ -73,7 +73,10 @@ fn forwards_to_ip_literal_with_via_and_max_forwards() {
     let p = proxy(RecordRoute::OnTransportChange);
     let m = invite("sip:bob@203.0.113.5:5070", "");
     let (dest, out) = sent(p.on_request(&m, &udp_in()));
-    assert_eq!(dest.addr, "203.0.113.5:5070".parse().unwrap());
+    assert_eq!(
+        dest.socket_addr().unwrap(),
+        "203.0.113.5:5070".parse().unwrap()
+    );
     assert_eq!(dest.transport, Transport::Udp);
     let vias: Vec<_> = out.vias().map(|v| v.unwrap()).collect();
     assert_eq!(vias.len(), 2);
@@ -203,7 +206,11 @@ fn reply_goes_back_to_source_and_echoes_fields() {
     let mut rx = udp_in();
     rx.source = "198.51.100.99:40000".parse().unwrap();
     let (dest, r) = sent(p.on_request(&m, &rx));
-    assert_eq!(dest.addr, rx.source, "rport asked: source port");
+    assert_eq!(
+        dest.socket_addr().unwrap(),
+        rx.source,
+        "rport asked: source port"
+    );
     let v = r.top_via().unwrap();
     assert_eq!(v.received(), Some("198.51.100.99"));
     assert_eq!(v.rport(), Some(Some(40000)));
@@ -223,7 +230,10 @@ fn loose_routing_removes_our_routes_and_follows_the_next() {
         "Route: <sip:192.0.2.10;lr>, <sip:192.0.2.10:5061;transport=tls;lr;r2=on>\nRoute: <sip:203.0.113.9:5080;lr>\n",
     );
     let (dest, out) = sent(p.on_request(&m, &udp_in()));
-    assert_eq!(dest.addr, "203.0.113.9:5080".parse().unwrap());
+    assert_eq!(
+        dest.socket_addr().unwrap(),
+        "203.0.113.9:5080".parse().unwrap()
+    );
     let routes: Vec<_> = out
         .routes()
         .map(|r| r.unwrap().uri_str.to_owned())
@@ -241,7 +251,10 @@ fn strict_router_before_us_is_undone() {
     );
     let (dest, out) = sent(p.on_request(&m, &udp_in()));
     assert_eq!(out.request_uri_str(), Some("sip:bob@203.0.113.5:5090"));
-    assert_eq!(dest.addr, "203.0.113.9:5060".parse().unwrap());
+    assert_eq!(
+        dest.socket_addr().unwrap(),
+        "203.0.113.9:5060".parse().unwrap()
+    );
     assert_eq!(out.routes().count(), 1);
 }
 
@@ -284,7 +297,7 @@ fn sips_forces_tls_and_names_need_resolution() {
     match p.on_request(&invite("sips:bob@203.0.113.5", ""), &udp_in()) {
         Action::Send { dest, .. } => {
             assert_eq!(dest.transport, Transport::Tls);
-            assert_eq!(dest.addr.port(), 5061);
+            assert_eq!(dest.socket_addr().map(|a| a.port()), Some(5061));
         }
         other => panic!("{other:?}"),
     }
@@ -330,7 +343,10 @@ To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: 
 CSeq: 1 INVITE\nContent-Length: 0\n\n");
     let (dest, out) = sent(p.on_response(&r, &udp_in()));
     assert_eq!(dest.transport, Transport::Tls);
-    assert_eq!(dest.addr, "198.51.100.7:40123".parse().unwrap());
+    assert_eq!(
+        dest.socket_addr().unwrap(),
+        "198.51.100.7:40123".parse().unwrap()
+    );
     assert_eq!(dest.conn, Some(ConnId(0x2a)));
     assert_eq!(out.vias().count(), 1);
     // Not ours: dropped.
@@ -385,7 +401,10 @@ fn scripted_forward_applies_the_script_edits() {
         routes: vec![],
     };
     let (dest, out) = sent(p.forward_with(&m, &udp_in(), &opts));
-    assert_eq!(dest.addr, "203.0.113.7:5070".parse().unwrap());
+    assert_eq!(
+        dest.socket_addr().unwrap(),
+        "203.0.113.7:5070".parse().unwrap()
+    );
     assert_eq!(out.request_uri_str(), Some("sip:bob@203.0.113.7:5070"));
     assert_eq!(out.max_forwards().unwrap(), Some(10));
     assert_eq!(out.header_values_by_name("X-Script").next(), Some("yes"));
@@ -413,10 +432,8 @@ fn scripted_forward_applies_the_script_edits() {
     assert_eq!(p.response_script_tag(&resp), Some("tenant.example"));
     // A flow sends over the registered connection, whatever the Request-URI says.
     let flow = Destination {
-        transport: Transport::Tls,
-        addr: "198.51.100.50:40999".parse().unwrap(),
-        server_name: None,
         conn: Some(ConnId(7)),
+        ..Destination::addr(Transport::Tls, "198.51.100.50:40999".parse().unwrap())
     };
     let opts = ForwardOpts {
         ruri: Some("sip:bob@10.0.0.9:5061;transport=tls".into()),
@@ -447,21 +464,118 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
     let route = "Route: <sip:192.0.2.10:5061;transport=tls;lr;fl=2a.7>\n";
     let from_alice = invite("sip:bob@10.1.2.3:5061;transport=tls", route);
     let (dest, out) = sent(p.on_request(&from_alice, &tls_in()));
-    assert_eq!(dest.conn, Some(ConnId(7)));
-    assert_eq!(dest.transport, Transport::Tls);
-    assert!(
-        dest.addr.ip().is_unspecified(),
-        "never an address to connect to"
+    assert_eq!(
+        dest.target,
+        Target::Flow(ConnId(7)),
+        "a connection, never an address to connect to"
     );
+    assert_eq!(dest.conn, None);
+    assert_eq!(dest.transport, Transport::Tls);
     assert_eq!(out.routes().count(), 0);
     let mut from_bob = tls_in();
     from_bob.conn = Some(ConnId(7));
     let (dest, _) = sent(p.on_request(&from_alice, &from_bob));
-    assert_eq!(dest.conn, Some(ConnId(0x2a)));
+    assert_eq!(dest.target, Target::Flow(ConnId(0x2a)));
     // Arriving on a third connection: no flow, the Request-URI decides.
     let mut other = tls_in();
     other.conn = Some(ConnId(99));
     let (dest, _) = sent(p.on_request(&from_alice, &other));
     assert_eq!(dest.conn, None);
-    assert_eq!(dest.addr, "10.1.2.3:5061".parse().unwrap());
+    assert_eq!(dest.target, Target::Addr("10.1.2.3:5061".parse().unwrap()));
+}
+
+#[test]
+fn a_response_to_a_via_host_name_goes_only_over_its_connection() {
+    let p = proxy(RecordRoute::Never);
+    // No received/rport address: only the connection the request came on can carry it.
+    let r = msg("SIP/2.0 200 OK\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i=2a\n\
+Via: SIP/2.0/TLS client.invalid:5061;branch=z9hG4bKabc\n\
+To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
+CSeq: 1 INVITE\nContent-Length: 0\n\n");
+    let (dest, _) = sent(p.on_response(&r, &udp_in()));
+    assert_eq!(dest.target, Target::Flow(ConnId(0x2a)));
+    assert_eq!(dest.socket_addr(), None);
+    assert_eq!(dest.connection(), Some(ConnId(0x2a)));
+    assert_eq!(dest.server_name.as_deref(), Some("client.invalid"));
+}
+
+#[test]
+fn forwarding_to_a_flow_records_both_connections() {
+    // The flow's own connection goes into the Record-Route token, though the destination
+    // has no address: in-dialog requests must find both sides again.
+    let p = proxy(RecordRoute::Always);
+    let route = "Route: <sip:192.0.2.10:5061;transport=tls;lr;fl=2a.7>\n";
+    let (dest, out) = sent(p.on_request(
+        &invite("sip:bob@10.1.2.3:5061;transport=tls", route),
+        &tls_in(),
+    ));
+    assert_eq!(dest.target, Target::Flow(ConnId(7)));
+    let rr: Vec<_> = out
+        .record_routes()
+        .map(|r| r.unwrap().uri_str.to_owned())
+        .collect();
+    assert_eq!(rr.len(), 1, "{rr:?}");
+    assert!(rr[0].ends_with(";fl=2a.7"), "{rr:?}");
+    // Via and Record-Route name the TLS listener (IPv4 first: a flow has no family).
+    assert!(
+        rr[0].starts_with("sip:192.0.2.10:5061;transport=tls"),
+        "{rr:?}"
+    );
+    assert_eq!(out.top_via().unwrap().transport, "TLS");
+}
+
+#[test]
+fn ip_literal_hops_are_resolved_by_the_core_and_only_names_are_forwarded() {
+    let p = proxy(RecordRoute::Never);
+    let cases = [
+        ("sip:bob@203.0.113.5", Transport::Udp, "203.0.113.5:5060"),
+        (
+            "sip:bob@203.0.113.5:5070;transport=tcp",
+            Transport::Tcp,
+            "203.0.113.5:5070",
+        ),
+        ("sips:bob@203.0.113.5", Transport::Tls, "203.0.113.5:5061"),
+        (
+            "sip:bob@[2001:db8::1]:5062",
+            Transport::Udp,
+            "[2001:db8::1]:5062",
+        ),
+        (
+            "sip:bob@example.net;maddr=203.0.113.8",
+            Transport::Udp,
+            "203.0.113.8:5060",
+        ),
+    ];
+    for (ruri, transport, addr) in cases {
+        let (dest, _) = sent(p.on_request(&invite(ruri, ""), &udp_in()));
+        assert_eq!(dest.transport, transport, "{ruri}");
+        assert_eq!(dest.target, Target::Addr(addr.parse().unwrap()), "{ruri}");
+        assert_eq!(dest.conn, None, "{ruri}");
+    }
+    // A name needs RFC 3263 DNS: the runtime resolves it, then calls forward_request.
+    match p.on_request(&invite("sip:bob@example.net", ""), &udp_in()) {
+        Action::Forward { hop } => assert_eq!(hop.host, "example.net"),
+        other => panic!("{other:?}"),
+    }
+    // The same for a script's target.
+    let to = |host: &str| ForwardOpts {
+        target: Some(NextHop {
+            host: host.into(),
+            port: Some(5080),
+            transport: Some(Transport::Tcp),
+            secure: false,
+        }),
+        ..ForwardOpts::default()
+    };
+    let m = invite("sip:bob@example.com", "");
+    let (dest, _) = sent(p.forward_with(&m, &udp_in(), &to("2001:db8::2")));
+    assert_eq!(
+        dest,
+        Destination::addr(Transport::Tcp, "[2001:db8::2]:5080".parse().unwrap())
+    );
+    assert!(matches!(
+        p.forward_with(&m, &udp_in(), &to("sip.example.net")),
+        Action::Forward { hop } if hop.host == "sip.example.net"
+    ));
 }

@@ -108,16 +108,68 @@ pub struct NextHop {
     pub secure: bool,
 }
 
+/// Where a message goes: one connection and nothing else, or an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Only over this connection (an RFC 5626 flow, a response to a Via host name): its
+    /// peer has no address siprox could connect to (behind NAT), so once the connection has
+    /// closed the message is dropped.
+    Flow(ConnId),
+    /// To this address; over a stream, through [`Destination::conn`] while it is open, else
+    /// through a connection to the address, found or opened (RFC 3261 §18.2.2).
+    Addr(SocketAddr),
+}
+
 /// A resolved destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     pub transport: Transport,
-    pub addr: SocketAddr,
+    pub target: Target,
     /// The name to send as SNI and verify the certificate against (TLS); `None` for IP
     /// literals, which are verified against the certificate's IP SANs.
     pub server_name: Option<String>,
-    /// Send over this connection (a response back over the stream its request came on).
+    /// With [`Target::Addr`] over a stream: the connection to try first (the stream a
+    /// request came on, a registered connection). `None` with [`Target::Flow`], which
+    /// names its own.
     pub conn: Option<ConnId>,
+}
+
+impl Destination {
+    /// To `addr`, no connection preferred.
+    pub fn addr(transport: Transport, addr: SocketAddr) -> Destination {
+        Destination {
+            transport,
+            target: Target::Addr(addr),
+            server_name: None,
+            conn: None,
+        }
+    }
+
+    /// Over connection `conn` only.
+    pub fn flow(transport: Transport, conn: ConnId) -> Destination {
+        Destination {
+            transport,
+            target: Target::Flow(conn),
+            server_name: None,
+            conn: None,
+        }
+    }
+
+    /// The address, unless this is a flow.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self.target {
+            Target::Addr(a) => Some(a),
+            Target::Flow(_) => None,
+        }
+    }
+
+    /// The connection to send over first: the flow's, or the preferred one.
+    pub fn connection(&self) -> Option<ConnId> {
+        match self.target {
+            Target::Flow(c) => Some(c),
+            Target::Addr(_) => self.conn,
+        }
+    }
 }
 
 /// What the runtime must do with a message.
@@ -128,8 +180,9 @@ pub enum Action {
         dest: Destination,
         bytes: bytes::Bytes,
     },
-    /// Resolve `hop` (RFC 3263, off the worker thread), then call
-    /// [`Proxy::forward_request`](super::Proxy::forward_request) with the result.
+    /// Resolve `hop`, whose host is a name (RFC 3263 DNS, off the worker thread), then call
+    /// [`Proxy::forward_request`](super::Proxy::forward_request) with the result. Never for
+    /// an IP literal: the core resolves those itself and answers with `Send`.
     Forward { hop: NextHop },
     /// Do nothing more; the reason is for logs and metrics.
     Drop { reason: &'static str },

@@ -78,17 +78,11 @@ impl Target {
                 transport,
                 addr,
             } => Some(Destination {
-                transport: *transport,
-                addr: *addr,
-                server_name: None,
+                // Its connection first; when closed, a new one to the address it came from.
                 conn: Some(*conn),
+                ..Destination::addr(*transport, *addr)
             }),
-            Delivery::Datagram { addr, .. } => Some(Destination {
-                transport: Transport::Udp,
-                addr: *addr,
-                server_name: None,
-                conn: None,
-            }),
+            Delivery::Datagram { addr, .. } => Some(Destination::addr(Transport::Udp, *addr)),
             Delivery::Node(_) | Delivery::Uri => None,
         }
     }
@@ -96,7 +90,11 @@ impl Target {
     /// The destination as a URI for the script's `$du` (`sip:203.0.113.7:40123;transport=tls`).
     pub fn dst_uri(&self) -> Option<String> {
         let d = self.destination()?;
-        Some(format!("sip:{};transport={}", d.addr, d.transport.param()))
+        Some(format!(
+            "sip:{};transport={}",
+            d.socket_addr()?,
+            d.transport.param()
+        ))
     }
 }
 

@@ -1,24 +1,25 @@
-//! Building the OpenSSL contexts of a TLS domain from its settings: read and validate every
-//! file (key matches certificate, chain, validity), then one `SslContext` per side. Called
-//! off the worker threads (at start, on reload). Errors name the file and the reason; key
-//! material is never logged or kept beyond the context.
+//! Building the OpenSSL contexts of a TLS domain from its settings and its TLS material as
+//! bytes: validate everything (key matches certificate, chain, validity), then one
+//! `SslContext` per side, and the digest that says whether a rebuild is needed, from the
+//! very bytes that are built. Must never open a file, read the environment or keep state
+//! between builds (the runtime reads the material and keeps client sessions); errors name
+//! the file and the reason; key material is never logged or kept beyond the context.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use openssl::ex_data::Index;
+use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{
-    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslSession,
+    SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslRef, SslSession,
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::stack::Stack;
-use openssl::x509::store::{X509Lookup, X509StoreBuilder};
+use openssl::x509::store::{X509StoreBuilder, X509StoreBuilderRef};
 use openssl::x509::verify::X509VerifyFlags;
-use openssl::x509::{X509Crl, X509Name, X509};
+use openssl::x509::{X509Crl, X509CrlRef, X509Name, X509};
 
 use super::facts::CertFacts;
 use super::x509::cert_facts;
@@ -45,7 +46,7 @@ pub enum TlsError {
     NoCertificate,
 }
 
-fn ossl(what: impl Into<String>) -> impl FnOnce(openssl::error::ErrorStack) -> TlsError {
+fn ossl(what: impl Into<String>) -> impl FnOnce(ErrorStack) -> TlsError {
     let what = what.into();
     move |e| TlsError::Setting {
         what,
@@ -53,28 +54,112 @@ fn ossl(what: impl Into<String>) -> impl FnOnce(openssl::error::ErrorStack) -> T
     }
 }
 
-/// Resolve a configured path: absolute as is, else relative to `base`.
-pub fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
+/// The bytes of one file, with the path that names it in errors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileBytes {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+/// Where the password of an encrypted private key came from.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum KeyPassword {
+    /// `private_key_password_file`: its first line is the password.
+    File(FileBytes),
+    /// `private_key_password_env`: the variable's value, `None` when it is not set.
+    Env { var: String, value: Option<String> },
+}
+
+impl std::fmt::Debug for KeyPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password itself.
+        match self {
+            KeyPassword::File(file) => write!(f, "File({})", file.path.display()),
+            KeyPassword::Env { var, value } => {
+                write!(f, "Env({var}, set: {})", value.is_some())
+            }
+        }
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+/// The entries of a CA directory that count (see [`is_ca_dir_entry`]), sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaDir {
+    pub path: PathBuf,
+    /// (file name, bytes).
+    pub entries: Vec<(String, Vec<u8>)>,
 }
 
-/// How to look up a password held in an environment variable (injectable for tests).
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+/// Everything one side of a domain is built from besides its settings, read once by the
+/// runtime: the certificate chain PEM, the key PEM and its password, the CA file PEM, the
+/// CA directory's entries and the CRL PEM. A field is `None` when it is not configured.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsMaterial {
+    pub certificate: Option<FileBytes>,
+    pub private_key: Option<FileBytes>,
+    pub password: Option<KeyPassword>,
+    pub ca_file: Option<FileBytes>,
+    pub ca_dir: Option<CaDir>,
+    pub crl: Option<FileBytes>,
+}
 
-/// The process environment.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Paths only: the key and its password must never reach a log.
+        let path = |b: &Option<FileBytes>| b.as_ref().map(|b| b.path.display().to_string());
+        f.debug_struct("TlsMaterial")
+            .field("certificate", &path(&self.certificate))
+            .field("private_key", &path(&self.private_key))
+            .field("password", &self.password)
+            .field("ca_file", &path(&self.ca_file))
+            .field(
+                "ca_dir",
+                &self.ca_dir.as_ref().map(|d| d.path.display().to_string()),
+            )
+            .field("crl", &path(&self.crl))
+            .finish()
+    }
+}
+
+/// Whether a file of a `ca_dir` is read: the names `openssl rehash` gives, `<8 hex>.<n>` for
+/// a CA certificate and `<8 hex>.r<n>` for a CRL (what OpenSSL's hashed-directory lookup
+/// reads; anything else in the directory is ignored, as it was by that lookup).
+pub fn is_ca_dir_entry(name: &str) -> bool {
+    let Some((hash, suffix)) = name.split_once('.') else {
+        return false;
+    };
+    let n = suffix.strip_prefix('r').unwrap_or(suffix);
+    hash.len() == 8
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_crl_entry(name: &str) -> bool {
+    name.split_once('.')
+        .is_some_and(|(_, s)| s.starts_with('r'))
+}
+
+/// Adds one CRL to a verify store (`X509_STORE_add_crl`). The `openssl` crate does not wrap
+/// it and the core forbids `unsafe`: the runtime's `ffi` module provides it.
+pub type AddCrl = fn(&mut X509StoreBuilderRef, &X509CrlRef) -> Result<(), ErrorStack>;
+
+/// Where a client context's sessions go and come from. OpenSSL's new-session callback
+/// hands each new session to [`ClientSessionCache::new_session`] with the connection it
+/// belongs to; the runtime keeps them (the core holds no session state).
+pub trait ClientSessionCache: Send + Sync {
+    /// A session `ssl` established (for TLS 1.3, when the server's ticket arrived).
+    fn new_session(&self, ssl: &SslRef, session: SslSession);
+    /// The session to offer when connecting to `dest` again, if any.
+    fn take(&self, dest: &str) -> Option<SslSession>;
+}
+
+/// What building needs from the runtime: the calls the core cannot make itself.
+#[derive(Clone, Copy)]
+pub struct BuildHooks {
+    pub add_crl: AddCrl,
+    /// A new, empty session cache for a client context with `session_resumption` on.
+    pub client_sessions: fn() -> Arc<dyn ClientSessionCache>,
 }
 
 /// A built server side of a domain, with what the handshake must set on the `Ssl` after
@@ -140,65 +225,55 @@ fn ssl_version(v: TlsVersion) -> SslVersion {
     }
 }
 
-/// The certificate chain and key, read and checked.
+/// The certificate chain and key, parsed and checked.
 struct Identity {
     chain: Vec<X509>,
     key: PKey<Private>,
 }
 
 fn load_identity(
-    cert_path: &Path,
-    key_path: &Path,
-    password_file: Option<&Path>,
-    password_env: Option<&str>,
-    env: EnvLookup<'_>,
-    hasher: &mut DefaultHasher,
+    cert: &FileBytes,
+    key: &FileBytes,
+    password: Option<&KeyPassword>,
     now: i64,
 ) -> Result<Identity, TlsError> {
-    let cert_pem = read(cert_path)?;
-    cert_pem.hash(hasher);
-    let chain = X509::stack_from_pem(&cert_pem).map_err(|e| TlsError::Pem {
-        path: cert_path.to_path_buf(),
+    let chain = X509::stack_from_pem(&cert.bytes).map_err(|e| TlsError::Pem {
+        path: cert.path.clone(),
         what: format!("not a PEM certificate chain ({e})"),
     })?;
     if chain.is_empty() {
         return Err(TlsError::Pem {
-            path: cert_path.to_path_buf(),
+            path: cert.path.clone(),
             what: "no certificate in the file".into(),
         });
     }
-    let key_pem = read(key_path)?;
-    key_pem.hash(hasher);
-    let password = match (password_file, password_env) {
-        (Some(f), _) => {
-            let p = read(f)?;
-            let line = p.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
-            Some(line.strip_suffix(b"\r").map(<[u8]>::to_vec).unwrap_or(line))
+    let password = match password {
+        Some(KeyPassword::File(f)) => {
+            let line = f.bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+            Some(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
         }
-        (None, Some(var)) => Some(
-            env(var)
+        Some(KeyPassword::Env { var, value }) => Some(
+            value
+                .clone()
                 .ok_or_else(|| TlsError::Password {
-                    path: key_path.to_path_buf(),
+                    path: key.path.clone(),
                     what: format!("environment variable {var} is not set"),
                 })?
                 .into_bytes(),
         ),
-        (None, None) => None,
+        None => None,
     };
-    if let Some(p) = &password {
-        p.hash(hasher);
-    }
-    let key = match &password {
-        Some(p) => PKey::private_key_from_pem_passphrase(&key_pem, p).map_err(|_| {
+    let pkey = match &password {
+        Some(p) => PKey::private_key_from_pem_passphrase(&key.bytes, p).map_err(|_| {
             TlsError::Password {
-                path: key_path.to_path_buf(),
+                path: key.path.clone(),
                 what: "cannot decrypt (wrong password, or not a PEM private key)".into(),
             }
         })?,
         // The callback refuses to give a password: without it OpenSSL would prompt on the
         // terminal for an encrypted key, and a daemon would hang on its stdin.
-        None => PKey::private_key_from_pem_callback(&key_pem, |_| Ok(0)).map_err(|_| TlsError::Pem {
-            path: key_path.to_path_buf(),
+        None => PKey::private_key_from_pem_callback(&key.bytes, |_| Ok(0)).map_err(|_| TlsError::Pem {
+            path: key.path.clone(),
             what: "not an unencrypted PEM private key (encrypted keys need private_key_password_file or private_key_password_env)".into(),
         })?,
     };
@@ -206,22 +281,22 @@ fn load_identity(
     let leaf_key = leaf
         .public_key()
         .map_err(ossl("reading the certificate's key"))?;
-    if !key.public_eq(&leaf_key) {
+    if !pkey.public_eq(&leaf_key) {
         return Err(TlsError::KeyMismatch {
-            certificate: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
+            certificate: cert.path.clone(),
+            key: key.path.clone(),
         });
     }
     let facts = cert_facts(leaf);
     if now > facts.not_after_unix {
         return Err(TlsError::Expired {
-            path: cert_path.to_path_buf(),
+            path: cert.path.clone(),
             not_after: facts.not_after,
         });
     }
     if now < facts.not_before_unix {
         return Err(TlsError::NotYetValid {
-            path: cert_path.to_path_buf(),
+            path: cert.path.clone(),
             not_before: facts.not_before,
         });
     }
@@ -229,12 +304,12 @@ fn load_identity(
     for w in chain.windows(2) {
         if w[1].issued(&w[0]) != openssl::x509::X509VerifyResult::OK {
             return Err(TlsError::Pem {
-                path: cert_path.to_path_buf(),
+                path: cert.path.clone(),
                 what: "chain out of order: each certificate must be followed by its issuer".into(),
             });
         }
     }
-    Ok(Identity { chain, key })
+    Ok(Identity { chain, key: pkey })
 }
 
 fn set_identity(b: &mut SslContextBuilder, id: &Identity) -> Result<(), TlsError> {
@@ -252,33 +327,27 @@ fn set_identity(b: &mut SslContextBuilder, id: &Identity) -> Result<(), TlsError
 }
 
 /// CA certificates, a CA directory and CRLs, all in the one verify store of the context
-/// (OpenSSL verifies peers against that store alone once it is set: a CA directory loaded
-/// elsewhere would be ignored next to a CA file or a CRL). Returns the CA file's subjects
-/// (the list of acceptable CAs a server sends; a directory cannot be listed).
+/// (OpenSSL verifies peers against that store alone once it is set: CAs loaded elsewhere
+/// would be ignored next to a CA file or a CRL). Returns the CA file's subjects (the list
+/// of acceptable CAs a server sends; a directory's CAs are not announced, as before).
 fn set_trust(
     b: &mut SslContextBuilder,
-    base: &Path,
-    ca_file: Option<&Path>,
-    ca_dir: Option<&Path>,
-    crl_file: Option<&Path>,
-    hasher: &mut DefaultHasher,
+    m: &TlsMaterial,
+    add_crl: AddCrl,
 ) -> Result<Option<Stack<X509Name>>, TlsError> {
-    if ca_file.is_none() && ca_dir.is_none() && crl_file.is_none() {
+    if m.ca_file.is_none() && m.ca_dir.is_none() && m.crl.is_none() {
         return Ok(None);
     }
     let mut names = None;
     let mut store = X509StoreBuilder::new().map_err(ossl("creating the CA store"))?;
-    if let Some(ca) = ca_file {
-        let path = resolve(base, ca);
-        let pem = read(&path)?;
-        pem.hash(hasher);
-        let cas = X509::stack_from_pem(&pem).map_err(|e| TlsError::Pem {
-            path: path.clone(),
+    if let Some(ca) = &m.ca_file {
+        let cas = X509::stack_from_pem(&ca.bytes).map_err(|e| TlsError::Pem {
+            path: ca.path.clone(),
             what: format!("not PEM CA certificates ({e})"),
         })?;
         if cas.is_empty() {
             return Err(TlsError::Pem {
-                path,
+                path: ca.path.clone(),
                 what: "no certificate in the CA file".into(),
             });
         }
@@ -291,43 +360,55 @@ fn set_trust(
         }
         names = Some(list);
     }
-    if let Some(dir) = ca_dir {
-        let path = resolve(base, dir);
-        if !path.is_dir() {
-            return Err(TlsError::Read {
-                path,
-                reason: "not a directory".into(),
-            });
+    let mut crl_check = false;
+    if let Some(dir) = &m.ca_dir {
+        for (name, bytes) in &dir.entries {
+            let path = dir.path.join(name);
+            if is_crl_entry(name) {
+                for crl in parse_crls(bytes).map_err(|what| TlsError::Pem {
+                    path: path.clone(),
+                    what,
+                })? {
+                    add_crl(&mut store, &crl)
+                        .map_err(ossl(format!("loading CRL {}", path.display())))?;
+                }
+                // Loaded, as OpenSSL's directory lookup loaded them, but checking is
+                // turned on by `crl_file` alone (CRL_CHECK_ALL would then demand a CRL for
+                // every CA of every chain).
+                continue;
+            }
+            let cas = X509::stack_from_pem(bytes).map_err(|e| TlsError::Pem {
+                path: path.clone(),
+                what: format!("not PEM CA certificates ({e})"),
+            })?;
+            if cas.is_empty() {
+                return Err(TlsError::Pem {
+                    path,
+                    what: "no certificate in this CA directory entry".into(),
+                });
+            }
+            for ca in cas {
+                store
+                    .add_cert(ca)
+                    .map_err(ossl(format!("adding CA {}", path.display())))?;
+            }
         }
-        path.hash(hasher);
-        let Some(name) = path.to_str() else {
-            return Err(TlsError::Read {
-                path,
-                reason: "not a UTF-8 path".into(),
-            });
-        };
-        store
-            .add_lookup(X509Lookup::hash_dir())
-            .and_then(|l| l.add_dir(name, SslFiletype::PEM))
-            .map_err(ossl(format!("loading CA directory {}", path.display())))?;
     }
-    if ca_file.is_none() && ca_dir.is_none() {
+    if m.ca_file.is_none() && m.ca_dir.is_none() {
         // A CRL alone (a client domain): keep trusting the system's CAs.
         store.set_default_paths().map_err(ossl("system CA store"))?;
     }
-    if let Some(crl) = crl_file {
-        let path = resolve(base, crl);
-        let pem = read(&path)?;
-        pem.hash(hasher);
-        // Parsed here for a clear error; OpenSSL's lookup then loads the same file.
-        parse_crls(&pem).map_err(|what| TlsError::Pem {
-            path: path.clone(),
+    if let Some(crl) = &m.crl {
+        let crls = parse_crls(&crl.bytes).map_err(|what| TlsError::Pem {
+            path: crl.path.clone(),
             what,
         })?;
-        store
-            .add_lookup(X509Lookup::file())
-            .and_then(|l| l.load_crl_file(&path, SslFiletype::PEM).map(|_| ()))
-            .map_err(ossl(format!("loading CRL {}", path.display())))?;
+        for c in &crls {
+            add_crl(&mut store, c).map_err(ossl(format!("loading CRL {}", crl.path.display())))?;
+        }
+        crl_check = true;
+    }
+    if crl_check {
         store
             .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
             .map_err(ossl("enabling CRL checks"))?;
@@ -391,35 +472,21 @@ fn set_common(
     Ok(())
 }
 
-/// Build the server side of a domain. `id` names the domain; it becomes the session-id
-/// context, so a session of one domain never resumes on another (measured pitfall).
+/// Build the server side of a domain from `m` (read by the runtime for `s`). `id` names the
+/// domain; it becomes the session-id context, so a session of one domain never resumes on
+/// another (measured pitfall). The context's digest is [`server_digest`] of the same bytes.
 pub fn build_server(
     id: &str,
     s: &ServerTls,
-    base: &Path,
-    env: EnvLookup<'_>,
+    m: &TlsMaterial,
     now: i64,
+    hooks: BuildHooks,
 ) -> Result<ServerContext, TlsError> {
-    if s.certificate.as_os_str().is_empty() || s.private_key.as_os_str().is_empty() {
+    let (Some(cert), Some(key)) = (&m.certificate, &m.private_key) else {
         return Err(TlsError::NoCertificate);
-    }
-    let digest = server_digest(id, s, base, env)?;
-    let mut h = DefaultHasher::new();
-    let cert_path = resolve(base, &s.certificate);
-    let key_path = resolve(base, &s.private_key);
-    let pw_file = s
-        .private_key_password_file
-        .as_ref()
-        .map(|p| resolve(base, p));
-    let identity = load_identity(
-        &cert_path,
-        &key_path,
-        pw_file.as_deref(),
-        s.private_key_password_env.as_deref(),
-        env,
-        &mut h,
-        now,
-    )?;
+    };
+    let digest = server_digest(id, s, m);
+    let identity = load_identity(cert, key, m.password.as_ref(), now)?;
     let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(ossl("server context"))?;
     set_common(
         &mut b,
@@ -430,16 +497,9 @@ pub fn build_server(
         s.session_resumption,
     )?;
     set_identity(&mut b, &identity)?;
-    let names = set_trust(
-        &mut b,
-        base,
-        s.ca_file.as_deref(),
-        s.ca_dir.as_deref(),
-        s.crl_file.as_deref(),
-        &mut h,
-    )?;
+    let names = set_trust(&mut b, m, hooks.add_crl)?;
     if s.verify_client != VerifyClient::Off {
-        if s.ca_file.is_none() && s.ca_dir.is_none() {
+        if m.ca_file.is_none() && m.ca_dir.is_none() {
             return Err(TlsError::Setting {
                 what: "verify_client".into(),
                 reason: "needs ca_file or ca_dir to verify client certificates".into(),
@@ -472,75 +532,23 @@ pub fn build_server(
     })
 }
 
-/// Digest of everything a server context is built from: the settings and the bytes of every
-/// file (and password) it reads. Cheap next to [`build_server`] (no parsing, no key
-/// operations), so a reload computes it for every domain and rebuilds only those whose
-/// digest changed. Equal digests mean equal contexts.
-pub fn server_digest(
-    id: &str,
-    s: &ServerTls,
-    base: &Path,
-    env: EnvLookup<'_>,
-) -> Result<u64, TlsError> {
+/// Digest of everything a server context is built from: the settings and the material's
+/// bytes. Cheap next to [`build_server`] (no parsing, no key operations), so a reload
+/// computes it for every domain and rebuilds only those whose digest changed. Equal digests
+/// mean equal contexts: a reload builds from the very material it hashed.
+pub fn server_digest(id: &str, s: &ServerTls, m: &TlsMaterial) -> u64 {
     let mut h = DefaultHasher::new();
     format!("server{id}{s:?}").hash(&mut h);
-    hash_file(&mut h, base, Some(&s.certificate))?;
-    hash_file(&mut h, base, Some(&s.private_key))?;
-    hash_file(&mut h, base, s.private_key_password_file.as_deref())?;
-    if let Some(var) = &s.private_key_password_env {
-        env(var).hash(&mut h);
-    }
-    hash_file(&mut h, base, s.ca_file.as_deref())?;
-    hash_file(&mut h, base, s.crl_file.as_deref())?;
-    hash_dir(&mut h, base, s.ca_dir.as_deref());
-    Ok(h.finish())
+    m.hash(&mut h);
+    h.finish()
 }
 
 /// Like [`server_digest`], for the client side of a domain.
-pub fn client_digest(c: &ClientTls, base: &Path, env: EnvLookup<'_>) -> Result<u64, TlsError> {
+pub fn client_digest(c: &ClientTls, m: &TlsMaterial) -> u64 {
     let mut h = DefaultHasher::new();
     format!("client{c:?}").hash(&mut h);
-    hash_file(&mut h, base, c.certificate.as_deref())?;
-    hash_file(&mut h, base, c.private_key.as_deref())?;
-    hash_file(&mut h, base, c.private_key_password_file.as_deref())?;
-    if let Some(var) = &c.private_key_password_env {
-        env(var).hash(&mut h);
-    }
-    hash_file(&mut h, base, c.ca_file.as_deref())?;
-    hash_file(&mut h, base, c.crl_file.as_deref())?;
-    hash_dir(&mut h, base, c.ca_dir.as_deref());
-    Ok(h.finish())
-}
-
-fn hash_file(h: &mut DefaultHasher, base: &Path, p: Option<&Path>) -> Result<(), TlsError> {
-    match p {
-        Some(p) if !p.as_os_str().is_empty() => read(&resolve(base, p))?.hash(h),
-        _ => 0u8.hash(h),
-    }
-    Ok(())
-}
-
-/// A CA directory changes when a file is added, removed or rewritten: hash names, sizes and
-/// modification times (not contents: it may hold hundreds of CAs). Unreadable: the build
-/// reports it.
-fn hash_dir(h: &mut DefaultHasher, base: &Path, p: Option<&Path>) {
-    let Some(p) = p else { return };
-    let Ok(rd) = std::fs::read_dir(resolve(base, p)) else {
-        return;
-    };
-    let mut entries: Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> = rd
-        .filter_map(Result::ok)
-        .map(|e| {
-            let md = std::fs::metadata(e.path()).ok();
-            (
-                e.file_name(),
-                md.as_ref().map_or(0, |m| m.len()),
-                md.and_then(|m| m.modified().ok()),
-            )
-        })
-        .collect();
-    entries.sort();
-    entries.hash(h);
+    m.hash(&mut h);
+    h.finish()
 }
 
 /// At most 32 bytes (OpenSSL's limit), unique per domain name.
@@ -567,71 +575,7 @@ pub struct ClientContext {
     /// Sessions to resume when siprox connects to the same place again; `None` when the
     /// domain's `session_resumption` is off. Belongs to `ctx`: its sessions are only ever
     /// offered on connections made from `ctx`.
-    pub sessions: Option<Arc<ClientSessions>>,
-}
-
-/// The sessions a client domain may resume, by destination (address and server name).
-/// OpenSSL's new-session callback fills it (for TLS 1.3, when the server's tickets arrive);
-/// a connect to the same destination takes one. Bounded; touched once per connect, never
-/// per message.
-#[derive(Default)]
-pub struct ClientSessions {
-    by_dest: Mutex<HashMap<String, SslSession>>,
-}
-
-impl std::fmt::Debug for ClientSessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientSessions")
-            .field("held", &self.len())
-            .finish()
-    }
-}
-
-/// Most destinations a client domain remembers sessions for.
-const MAX_CLIENT_SESSIONS: usize = 4096;
-
-impl ClientSessions {
-    /// The session to offer when connecting to `dest` ([`client_session_key`]). A TLS 1.3
-    /// ticket is handed out once (RFC 8446 §C.4: tickets are not reused); the connection
-    /// that resumes with it receives fresh ones. A TLS 1.2 session may be offered again.
-    pub fn take(&self, dest: &str) -> Option<SslSession> {
-        let mut m = self.by_dest.lock().ok()?;
-        let tls13 = m.get(dest)?.protocol_version() == SslVersion::TLS1_3;
-        if tls13 {
-            m.remove(dest)
-        } else {
-            m.get(dest).cloned()
-        }
-    }
-
-    fn store(&self, dest: String, session: SslSession) {
-        let Ok(mut m) = self.by_dest.lock() else {
-            return;
-        };
-        if m.len() >= MAX_CLIENT_SESSIONS && !m.contains_key(&dest) {
-            if let Some(k) = m.keys().next().cloned() {
-                m.remove(&k);
-            }
-        }
-        m.insert(dest, session);
-    }
-
-    /// Sessions held (for tests and status).
-    pub fn len(&self) -> usize {
-        self.by_dest.lock().map_or(0, |m| m.len())
-    }
-
-    /// True when no session is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The ex-data slot of an outgoing `Ssl` naming its destination for [`ClientSessions`]:
-/// set by whoever creates the `Ssl`, read by the new-session callback.
-pub fn client_session_key() -> Option<Index<Ssl, String>> {
-    static I: OnceLock<Option<Index<Ssl, String>>> = OnceLock::new();
-    *I.get_or_init(|| Ssl::new_ex_index().ok())
+    pub sessions: Option<Arc<dyn ClientSessionCache>>,
 }
 
 impl std::fmt::Debug for ClientContext {
@@ -644,16 +588,15 @@ impl std::fmt::Debug for ClientContext {
     }
 }
 
-/// Build the client side of a domain. Without a CA file or directory, servers are verified
-/// against the system's default store.
+/// Build the client side of a domain from `m` (read by the runtime for `c`). Without a CA
+/// file or directory, servers are verified against the system's default store.
 pub fn build_client(
     c: &ClientTls,
-    base: &Path,
-    env: EnvLookup<'_>,
+    m: &TlsMaterial,
     now: i64,
+    hooks: BuildHooks,
 ) -> Result<ClientContext, TlsError> {
-    let digest = client_digest(c, base, env)?;
-    let mut h = DefaultHasher::new();
+    let digest = client_digest(c, m);
     let mut b = SslContextBuilder::new(SslMethod::tls_client()).map_err(ossl("client context"))?;
     set_common(
         &mut b,
@@ -663,21 +606,9 @@ pub fn build_client(
         &c.ciphersuites,
         c.session_resumption,
     )?;
-    match (&c.certificate, &c.private_key) {
+    match (&m.certificate, &m.private_key) {
         (Some(cert), Some(key)) => {
-            let pw_file = c
-                .private_key_password_file
-                .as_ref()
-                .map(|p| resolve(base, p));
-            let id = load_identity(
-                &resolve(base, cert),
-                &resolve(base, key),
-                pw_file.as_deref(),
-                c.private_key_password_env.as_deref(),
-                env,
-                &mut h,
-                now,
-            )?;
+            let id = load_identity(cert, key, m.password.as_ref(), now)?;
             set_identity(&mut b, &id)?;
         }
         (None, None) => {}
@@ -688,18 +619,11 @@ pub fn build_client(
             })
         }
     }
-    if c.ca_file.is_none() && c.ca_dir.is_none() {
+    if m.ca_file.is_none() && m.ca_dir.is_none() {
         b.set_default_verify_paths()
             .map_err(ossl("system CA store"))?;
     }
-    set_trust(
-        &mut b,
-        base,
-        c.ca_file.as_deref(),
-        c.ca_dir.as_deref(),
-        c.crl_file.as_deref(),
-        &mut h,
-    )?;
+    set_trust(&mut b, m, hooks.add_crl)?;
     b.set_verify(if c.verify_server {
         SslVerifyMode::PEER
     } else {
@@ -709,14 +633,10 @@ pub fn build_client(
     // OpenSSL does not resume client sessions by itself: the application keeps them and
     // offers them again. Only what the callback stores is kept (no internal store).
     let sessions = c.session_resumption.then(|| {
-        let sessions = Arc::new(ClientSessions::default());
+        let sessions = (hooks.client_sessions)();
         let store = sessions.clone();
         b.set_session_cache_mode(SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL);
-        b.set_new_session_callback(move |ssl, session| {
-            if let Some(dest) = client_session_key().and_then(|i| ssl.ex_data(i)) {
-                store.store(dest.clone(), session);
-            }
-        });
+        b.set_new_session_callback(move |ssl, session| store.new_session(ssl, session));
         sessions
     });
     Ok(ClientContext {
@@ -734,29 +654,108 @@ mod tests {
     use super::*;
     use crate::tls::testutil::{cert, key, now};
     use openssl::symm::Cipher;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// The files of a test domain, in memory: the core never reads a file, so its tests do
+    /// not write any.
     struct Files {
-        dir: tempfile::TempDir,
+        files: RefCell<HashMap<PathBuf, Vec<u8>>>,
     }
+
+    const BASE: &str = "/etc/siprox";
 
     impl Files {
         fn new() -> Files {
             Files {
-                dir: tempfile::tempdir().unwrap(),
+                files: RefCell::new(HashMap::new()),
             }
         }
         fn write(&self, name: &str, data: &[u8]) -> PathBuf {
-            let p = self.dir.path().join(name);
-            std::fs::write(&p, data).unwrap();
+            self.files
+                .borrow_mut()
+                .insert(Path::new(BASE).join(name), data.to_vec());
             PathBuf::from(name)
         }
-        fn base(&self) -> &Path {
-            self.dir.path()
+        fn read(&self, p: &Path) -> Result<FileBytes, TlsError> {
+            let path = Path::new(BASE).join(p);
+            match self.files.borrow().get(&path) {
+                Some(bytes) => Ok(FileBytes {
+                    path,
+                    bytes: bytes.clone(),
+                }),
+                None => Err(TlsError::Read {
+                    path,
+                    reason: "No such file or directory".into(),
+                }),
+            }
+        }
+        /// What the runtime reads for `s` (its `files::server_material`).
+        fn material(
+            &self,
+            s: &ServerTls,
+            env: &dyn Fn(&str) -> Option<String>,
+        ) -> Result<TlsMaterial, TlsError> {
+            Ok(TlsMaterial {
+                certificate: Some(self.read(&s.certificate)?),
+                private_key: Some(self.read(&s.private_key)?),
+                password: match (&s.private_key_password_file, &s.private_key_password_env) {
+                    (Some(f), _) => Some(KeyPassword::File(self.read(f)?)),
+                    (None, Some(var)) => Some(KeyPassword::Env {
+                        var: var.clone(),
+                        value: env(var),
+                    }),
+                    (None, None) => None,
+                },
+                ca_file: s.ca_file.as_deref().map(|p| self.read(p)).transpose()?,
+                ca_dir: None,
+                crl: s.crl_file.as_deref().map(|p| self.read(p)).transpose()?,
+            })
         }
     }
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    static CRLS_ADDED: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_crl(_: &mut X509StoreBuilderRef, _: &X509CrlRef) -> Result<(), ErrorStack> {
+        CRLS_ADDED.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[derive(Default)]
+    struct NoSessions;
+
+    impl ClientSessionCache for NoSessions {
+        fn new_session(&self, _: &SslRef, _: SslSession) {}
+        fn take(&self, _: &str) -> Option<SslSession> {
+            None
+        }
+    }
+
+    static CACHES_MADE: AtomicUsize = AtomicUsize::new(0);
+
+    fn new_cache() -> Arc<dyn ClientSessionCache> {
+        CACHES_MADE.fetch_add(1, Ordering::Relaxed);
+        Arc::new(NoSessions)
+    }
+
+    const HOOKS: BuildHooks = BuildHooks {
+        add_crl: count_crl,
+        client_sessions: new_cache,
+    };
+
+    fn build(
+        id: &str,
+        s: &ServerTls,
+        f: &Files,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ServerContext, TlsError> {
+        build_server(id, s, &f.material(s, env)?, now(), HOOKS)
     }
 
     /// A CA, and a leaf for `cn` signed by it; returns (settings, files).
@@ -780,16 +779,46 @@ mod tests {
     #[test]
     fn builds_and_reports_facts() {
         let (s, f) = domain("sip.example.com", now() - 100, now() + 86_400);
-        let built = build_server("example", &s, f.base(), &no_env, now()).unwrap();
+        let built = build("example", &s, &f, &no_env).unwrap();
         assert_eq!(built.cert.subject.cn.as_deref(), Some("sip.example.com"));
         assert_eq!(built.policy.verify, VerifyClient::Off);
         // Same inputs, same digest; another setting, another digest.
-        let again = build_server("example", &s, f.base(), &no_env, now()).unwrap();
+        let again = build("example", &s, &f, &no_env).unwrap();
         assert_eq!(built.digest, again.digest);
         let mut s2 = s.clone();
         s2.verify_client = VerifyClient::Require;
-        let other = build_server("example", &s2, f.base(), &no_env, now()).unwrap();
+        let other = build("example", &s2, &f, &no_env).unwrap();
         assert_ne!(built.digest, other.digest);
+    }
+
+    #[test]
+    fn the_digest_is_of_the_bytes_that_are_built() {
+        let (s, f) = domain("a.example", now() - 100, now() + 86_400);
+        let m = f.material(&s, &no_env).unwrap();
+        let built = build_server("a", &s, &m, now(), HOOKS).unwrap();
+        assert_eq!(built.digest, server_digest("a", &s, &m));
+        // Another CA file, same paths and settings: another digest.
+        let mut m2 = m.clone();
+        if let Some(ca) = &mut m2.ca_file {
+            ca.bytes.extend_from_slice(b"\n");
+        }
+        assert_ne!(server_digest("a", &s, &m), server_digest("a", &s, &m2));
+        // A password that changes in the environment changes the digest too.
+        let pw = |v: &str| TlsMaterial {
+            password: Some(KeyPassword::Env {
+                var: "PW".into(),
+                value: Some(v.into()),
+            }),
+            ..m.clone()
+        };
+        assert_ne!(
+            server_digest("a", &s, &pw("one")),
+            server_digest("a", &s, &pw("two"))
+        );
+        // The id is part of it: two domains never share a context.
+        assert_ne!(server_digest("a", &s, &m), server_digest("b", &s, &m));
+        // Never the password in a log line.
+        assert!(!format!("{:?}", pw("s3cret")).contains("s3cret"));
     }
 
     #[test]
@@ -797,33 +826,33 @@ mod tests {
         let (mut s, f) = domain("a.example", now() - 100, now() + 86_400);
         // Expired.
         let (e, fe) = domain("old.example", now() - 1000, now() - 10);
-        let err = build_server("old", &e, fe.base(), &no_env, now()).unwrap_err();
+        let err = build("old", &e, &fe, &no_env).unwrap_err();
         assert!(matches!(err, TlsError::Expired { .. }), "{err}");
         assert!(err.to_string().contains("cert.pem"));
         // Key of another certificate.
         s.private_key = f.write("other.key", &key().private_key_to_pem_pkcs8().unwrap());
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
-        // Missing file.
-        s.private_key = PathBuf::from("nope.key");
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
-        assert!(err.to_string().contains("nope.key"), "{err}");
-        // Not PEM (with a readable key: a missing file is reported first).
+        // Not PEM.
         s.private_key = PathBuf::from("key.pem");
         s.certificate = f.write("junk.pem", b"junk");
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(err.to_string().contains("junk.pem"), "{err}");
+        // No certificate at all.
+        let none = TlsMaterial::default();
+        let err = build_server("a", &s, &none, now(), HOOKS).unwrap_err();
+        assert_eq!(err, TlsError::NoCertificate);
     }
 
     #[test]
     fn chain_order_is_checked() {
         let (mut s, f) = domain("a.example", now() - 100, now() + 86_400);
-        let pem = std::fs::read(f.base().join("cert.pem")).unwrap();
+        let pem = f.read(Path::new("cert.pem")).unwrap().bytes;
         let certs = X509::stack_from_pem(&pem).unwrap();
         let mut reversed = certs[1].to_pem().unwrap();
         reversed.extend(certs[0].to_pem().unwrap());
         s.certificate = f.write("reversed.pem", &reversed);
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(
             matches!(err, TlsError::KeyMismatch { .. } | TlsError::Pem { .. }),
             "{err}"
@@ -833,28 +862,27 @@ mod tests {
     #[test]
     fn encrypted_keys_take_a_password_from_file_or_env() {
         let (mut s, f) = domain("a.example", now() - 100, now() + 86_400);
-        let k =
-            PKey::private_key_from_pem(&std::fs::read(f.base().join("key.pem")).unwrap()).unwrap();
+        let k = PKey::private_key_from_pem(&f.read(Path::new("key.pem")).unwrap().bytes).unwrap();
         let enc = k
             .private_key_to_pem_pkcs8_passphrase(Cipher::aes_256_cbc(), b"s3cret")
             .unwrap();
         s.private_key = f.write("enc.key", &enc);
         assert!(matches!(
-            build_server("a", &s, f.base(), &no_env, now()).unwrap_err(),
+            build("a", &s, &f, &no_env).unwrap_err(),
             TlsError::Pem { .. }
         ));
-        s.private_key_password_file = Some(f.write("pw", b"s3cret\n"));
-        build_server("a", &s, f.base(), &no_env, now()).unwrap();
+        s.private_key_password_file = Some(f.write("pw", b"s3cret\r\n"));
+        build("a", &s, &f, &no_env).unwrap();
         s.private_key_password_file = Some(f.write("pw2", b"wrong\n"));
         assert!(matches!(
-            build_server("a", &s, f.base(), &no_env, now()).unwrap_err(),
+            build("a", &s, &f, &no_env).unwrap_err(),
             TlsError::Password { .. }
         ));
         s.private_key_password_file = None;
         s.private_key_password_env = Some("KEY_PW".into());
         let env = |n: &str| (n == "KEY_PW").then(|| "s3cret".to_owned());
-        build_server("a", &s, f.base(), &env, now()).unwrap();
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        build("a", &s, &f, &env).unwrap();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(err.to_string().contains("KEY_PW"), "{err}");
     }
 
@@ -863,20 +891,61 @@ mod tests {
         let (mut s, f) = domain("a.example", now() - 100, now() + 86_400);
         s.min_version = TlsVersion::Tls13;
         s.max_version = TlsVersion::Tls12;
-        assert!(build_server("a", &s, f.base(), &no_env, now()).is_err());
+        assert!(build("a", &s, &f, &no_env).is_err());
         s.max_version = TlsVersion::Tls13;
         s.ciphers = "NOT-A-CIPHER".into();
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(err.to_string().contains("NOT-A-CIPHER"), "{err}");
         s.ciphers.clear();
         s.ca_file = None;
         s.verify_client = VerifyClient::Require;
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(err.to_string().contains("verify_client"), "{err}");
         s.crl_file = Some(f.write("crl.pem", b"not a crl"));
         s.verify_client = VerifyClient::Off;
-        let err = build_server("a", &s, f.base(), &no_env, now()).unwrap_err();
+        let before = CRLS_ADDED.load(Ordering::Relaxed);
+        let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(err.to_string().contains("crl.pem"), "{err}");
+        assert_eq!(CRLS_ADDED.load(Ordering::Relaxed), before);
+    }
+
+    #[test]
+    fn ca_dir_entries_are_the_hashed_names() {
+        for ok in ["9d66eef0.0", "9D66EEF0.12", "9d66eef0.r0"] {
+            assert!(is_ca_dir_entry(ok), "{ok}");
+        }
+        for skip in [
+            "ca.pem",
+            "9d66eef0",
+            "9d66eef0.",
+            "9d66eef0.r",
+            "9d66eef.0",
+            "9d66eef0.0.bak",
+            "zzzzzzzz.0",
+        ] {
+            assert!(!is_ca_dir_entry(skip), "{skip}");
+        }
+    }
+
+    #[test]
+    fn a_ca_dir_alone_verifies_clients_and_a_bad_entry_is_named() {
+        let (mut s, f) = domain("a.example", now() - 100, now() + 86_400);
+        let ca = f.read(Path::new("ca.pem")).unwrap().bytes;
+        s.ca_file = None;
+        s.ca_dir = Some(PathBuf::from("cadir"));
+        s.verify_client = VerifyClient::Require;
+        let mut m = f.material(&s, &no_env).unwrap();
+        m.ca_dir = Some(CaDir {
+            path: Path::new(BASE).join("cadir"),
+            entries: vec![("9d66eef0.0".into(), ca)],
+        });
+        let built = build_server("a", &s, &m, now(), HOOKS).unwrap();
+        assert_eq!(built.policy.verify, VerifyClient::Require);
+        if let Some(dir) = &mut m.ca_dir {
+            dir.entries.push(("0badc0de.0".into(), b"junk".to_vec()));
+        }
+        let err = build_server("a", &s, &m, now(), HOOKS).unwrap_err();
+        assert!(err.to_string().contains("cadir/0badc0de.0"), "{err}");
     }
 
     #[test]
@@ -888,12 +957,25 @@ mod tests {
             private_key: Some(s.private_key.clone()),
             ..ClientTls::default()
         };
-        let built = build_client(&c, f.base(), &no_env, now()).unwrap();
+        let m = f.material(&s, &no_env).unwrap();
+        let made = CACHES_MADE.load(Ordering::Relaxed);
+        let built = build_client(&c, &m, now(), HOOKS).unwrap();
         assert!(built.verify_server && built.verify_hostname);
-        let half = ClientTls {
-            certificate: Some(s.certificate.clone()),
-            ..ClientTls::default()
+        // Resumption on: the runtime's session cache is asked for once, and kept.
+        assert!(built.sessions.is_some());
+        assert!(CACHES_MADE.load(Ordering::Relaxed) > made);
+        let off = ClientTls {
+            session_resumption: false,
+            ..c.clone()
         };
-        assert!(build_client(&half, f.base(), &no_env, now()).is_err());
+        assert!(build_client(&off, &m, now(), HOOKS)
+            .unwrap()
+            .sessions
+            .is_none());
+        let half = TlsMaterial {
+            private_key: None,
+            ..m
+        };
+        assert!(build_client(&c, &half, now(), HOOKS).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! TLS in the core: the domain model and how a connection picks its domain, and the facts
-//! about a connection's certificates that route scripts read. No sockets, no runtime.
+//! TLS in the core: the domain model and how a connection picks its domain, the contexts
+//! built from TLS material as bytes, and the facts about a connection's certificates that
+//! route scripts read. No sockets, no runtime, no files (the runtime reads the material).
 
 mod context;
 mod domains;
@@ -11,8 +12,9 @@ pub(crate) mod testutil;
 mod x509;
 
 pub use context::{
-    build_client, build_server, client_digest, client_session_key, process_env, resolve,
-    server_digest, ClientContext, ClientSessions, EnvLookup, ServerContext, SslPolicy, TlsError,
+    build_client, build_server, client_digest, is_ca_dir_entry, server_digest, AddCrl, BuildHooks,
+    CaDir, ClientContext, ClientSessionCache, FileBytes, KeyPassword, ServerContext, SslPolicy,
+    TlsError, TlsMaterial,
 };
 pub use domains::{client_specs, domain_source, server_spec};
 pub use facts::{CertFacts, DnFacts, TlsFacts};

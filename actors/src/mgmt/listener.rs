@@ -58,11 +58,11 @@ impl Management {
             warn!("[management] allow is empty: every RPC call will be refused as forbidden");
         }
         let now = crate::tls::unix_now();
-        let built = siprox::tls::build_server(
+        let built = crate::reload::files::build_server(
             "management",
             &cfg.server_tls(),
             base,
-            &siprox::tls::process_env,
+            &crate::reload::files::process_env,
             now,
         )
         .map_err(|e| RuntimeError::Config(format!("[management] TLS: {e}")))?;

@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::state::resolve;
 use siprox::auth::Users;
 use siprox::config::Config;
 use siprox::proxy::Listen;
-use siprox::tls::resolve;
 
 use crate::reload::script::{read_sources, ScriptSource};
 use crate::reload::watch::watch_dirs;
@@ -109,7 +109,7 @@ impl Job {
         let unchanged = digest.is_some() && digest == self.config_digest;
         let mut config = match &self.config_dir {
             Some(_) if unchanged => (*self.prev.config).clone(),
-            Some(dir) => match siprox::config::load(dir) {
+            Some(dir) => match super::files::load(dir) {
                 Ok(c) => c,
                 Err(errors) => {
                     return JobResult {
@@ -162,7 +162,7 @@ impl Job {
             has_tls: self.has_tls,
             dev_certs_pending: false,
             now: unix_now(),
-            env: &siprox::tls::process_env,
+            read: &super::files::FILES,
         };
         let tls = match build_domains(&config, Some(&self.prev.tls), opts) {
             Ok(t) => t,
@@ -280,13 +280,13 @@ pub(crate) fn scripts_digest(config: &Config, base: &Path) -> u64 {
     h.finish()
 }
 
-/// Digest of everything `siprox::config::load` reads: the conf.d file names and bytes, and
+/// Digest of everything `files::load` reads: the conf.d file names and bytes, and
 /// the `SIPROX_` environment. `None` when the directory cannot be listed or a file read
 /// (the reload then loads, and reports the error).
 pub fn config_digest(dir: &Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in siprox::config::config_files(dir).ok()? {
+    for f in super::files::config_files(dir).ok()? {
         f.hash(&mut h);
         std::fs::read(&f).ok()?.hash(&mut h);
     }

@@ -3,6 +3,7 @@
 //! (`watch`); and route-script compiling (`script`). Runs on the control arbiter; the data
 //! plane never imports it and never waits for it.
 
+pub mod files;
 mod job;
 pub mod registry;
 pub mod script;

@@ -41,7 +41,7 @@ impl ScriptSource {
 /// an arbiter).
 pub fn read_sources(config: &Config, base: &Path) -> Vec<ScriptSource> {
     let read = |domain: Option<&String>, file: &Path| {
-        let path = siprox::tls::resolve(base, file);
+        let path = crate::state::resolve(base, file);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()));
         ScriptSource {

@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::state::resolve;
 use actix::Recipient;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use siprox::config::Config;
-use siprox::tls::resolve;
 use tracing::warn;
 
 use crate::state::{Reload, ReloadCause};

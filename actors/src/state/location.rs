@@ -56,7 +56,7 @@ impl Location {
         };
         let auth = match &config.auth.secret_file {
             Some(f) => {
-                let path = siprox::tls::resolve(base, f);
+                let path = crate::state::resolve(base, f);
                 let secret = std::fs::read(&path).map_err(|e| RuntimeError::Io {
                     what: format!("reading [auth] secret_file {}", path.display()),
                     source: e,
@@ -71,7 +71,7 @@ impl Location {
             .location
             .snapshot_file
             .as_ref()
-            .map(|f| siprox::tls::resolve(base, f));
+            .map(|f| crate::state::resolve(base, f));
         if let Some(p) = &snapshot_file {
             match std::fs::read(p) {
                 Ok(bytes) => match restore(&*store, &bytes, crate::state::unix_now()) {

@@ -36,6 +36,16 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A configured path: absolute as is, else relative to `base`. Pure (no file access): the
+/// parts that read files (`reload::files`, `location`, dev certificates) resolve alike.
+pub fn resolve(base: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
 /// The state every worker shares.
 pub struct Shared {
     /// The live configuration: one `load()` per message or handshake.

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::state::resolve;
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
@@ -20,7 +21,6 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509};
 use siprox::config::TlsConfig;
-use siprox::tls::resolve;
 
 use crate::error::RuntimeError;
 

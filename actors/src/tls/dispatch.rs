@@ -13,29 +13,33 @@ use openssl::ssl::{
     ClientHelloResponse, Ssl, SslAlert, SslContext, SslContextBuilder, SslContextRef, SslMethod,
     SslMode, SslRef, SslVerifyMode, SslVersion,
 };
-use siprox::proxy::Destination;
-use siprox::tls::{client_session_key, parse_server_name, Selected};
+use siprox::tls::{parse_server_name, Selected};
 
 use crate::state::{ClientDomain, ServerDomain, TlsDomains};
+use crate::tls::sessions::client_session_key;
 
 impl TlsDomains {
-    /// A new client-side `Ssl` for a connection to `dest`, with the client domain chosen by
+    /// A new client-side `Ssl` for a connection to `addr` (named `server_name`), with the client domain chosen by
     /// destination address, then server name (exact, wildcard), then the default. SNI is the
     /// domain's `server_name`, else the destination's name (none for an address, as RFC 6066
     /// requires); the certificate is checked against that name (DNS SAN) or the address (IP
     /// SAN) when `verify_hostname` is on.
-    pub fn client_ssl(&self, dest: &Destination) -> Result<(Ssl, Arc<ClientDomain>), ErrorStack> {
-        let domain = match self
-            .client_matcher
-            .select(dest.addr, dest.server_name.as_deref())
-        {
+    pub fn client_ssl(
+        &self,
+        addr: SocketAddr,
+        server_name: Option<&str>,
+    ) -> Result<(Ssl, Arc<ClientDomain>), ErrorStack> {
+        let domain = match self.client_matcher.select(addr, server_name) {
             Selected::Domain(i) => self.clients.get(i).unwrap_or(&self.default_client).clone(),
             Selected::Default => self.default_client.clone(),
         };
         let c = &domain.ctx;
         let mut ssl = Ssl::new(&c.ctx)?;
         ssl.set_connect_state();
-        let name = c.server_name.clone().or_else(|| dest.server_name.clone());
+        let name = c
+            .server_name
+            .clone()
+            .or_else(|| server_name.map(str::to_owned));
         match &name {
             Some(n) if n.parse::<IpAddr>().is_err() => {
                 ssl.set_hostname(n)?;
@@ -48,7 +52,7 @@ impl TlsDomains {
                     let ip = name
                         .as_deref()
                         .and_then(|n| n.parse::<IpAddr>().ok())
-                        .unwrap_or(dest.addr.ip());
+                        .unwrap_or(addr.ip());
                     ssl.param_mut().set_ip(ip)?;
                 }
             }
@@ -58,7 +62,7 @@ impl TlsDomains {
         }
         if let (Some(sessions), Some(idx)) = (&c.sessions, client_session_key()) {
             // The same destination and name as before: offer the session it gave us.
-            let dest_key = format!("{} {}", dest.addr, name.as_deref().unwrap_or(""));
+            let dest_key = format!("{} {}", addr, name.as_deref().unwrap_or(""));
             if let Some(session) = sessions.take(&dest_key) {
                 crate::tls::ffi::offer_session(&mut ssl, &session)?;
             }

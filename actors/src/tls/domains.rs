@@ -1,17 +1,37 @@
 //! Building every TLS domain of a configuration, reusing the contexts whose inputs did not
-//! change. Building reads files: it runs before the workers start or on a reload thread,
-//! never on a worker. Never logs key material.
+//! change. The material (PEM bytes) comes from a [`ReadMaterial`] the caller gives (the
+//! runtime's `reload::files`): this file opens none. Building is still slow: it runs before
+//! the workers start or on a reload thread, never on a worker. Never logs key material.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use siprox::config::{ClientTls, Config, ServerTls};
 use siprox::tls::{
-    build_client, build_server, client_digest, domain_source, resolve, server_digest,
-    ClientMatcher, ClientSpec, EnvLookup, ServerMatcher, ServerSpec, TlsError,
+    build_client, build_server, client_digest, domain_source, server_digest, BuildHooks,
+    ClientMatcher, ClientSpec, ServerMatcher, ServerSpec, TlsError, TlsMaterial,
 };
 
-use crate::state::{ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};
+use crate::state::{resolve, ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};
+
+/// How to look up a password held in an environment variable (injectable for tests).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// What the core's TLS building needs from the runtime: the CRL call the `openssl` crate
+/// lacks (in `ffi`) and the client session store (in `sessions`).
+pub const TLS_HOOKS: BuildHooks = BuildHooks {
+    add_crl: crate::tls::ffi::add_crl,
+    client_sessions: crate::tls::sessions::new_cache,
+};
+
+/// Where a domain's material comes from (paths resolved against `base`). The runtime's
+/// reader is `reload::files::Files`; tls itself never opens a certificate.
+pub trait ReadMaterial {
+    /// Everything the server side `s` is built from; the first unreadable file is the error.
+    fn server(&self, base: &Path, s: &ServerTls) -> Result<TlsMaterial, TlsError>;
+    /// Like [`ReadMaterial::server`], for the client side `c`.
+    fn client(&self, base: &Path, c: &ClientTls) -> Result<TlsMaterial, TlsError>;
+}
 
 /// Session-id context seed of the default server domain: not a possible table name, so no
 /// `[domains.*]` can share its session-id context.
@@ -73,12 +93,13 @@ pub struct BuildOptions<'a> {
     pub dev_certs_pending: bool,
     /// Seconds since the epoch (expiry checks).
     pub now: i64,
-    pub env: EnvLookup<'a>,
+    /// Reads each domain's material once: its digest and its build use the same bytes.
+    pub read: &'a dyn ReadMaterial,
 }
 
 /// Builds every TLS domain of `config`. Contexts of `prev` whose digest is unchanged are
 /// reused as they are (no file parsed twice, no key loaded twice, `Arc::ptr_eq`). Every
-/// failing domain is reported, not only the first. Blocking (reads files): never call it on
+/// failing domain is reported, not only the first. Blocking (its reader reads files): never call it on
 /// a worker thread.
 pub fn build_domains(
     config: &Config,
@@ -107,13 +128,15 @@ pub fn build_domains(
             domain: name.to_owned(),
             reason: e.to_string(),
         };
-        let digest = match server_digest(id, s, o.base, o.env) {
-            Ok(d) => d,
+        // Read once: the digest and the build come from the same bytes.
+        let material = match o.read.server(o.base, s) {
+            Ok(m) => m,
             Err(e) => {
                 errors.push(err(e));
                 return None;
             }
         };
+        let digest = server_digest(id, s, &material);
         let old = prev_server(name);
         if let Some(old) = old.filter(|d| d.ctx.digest == digest) {
             // Unchanged inputs: the very same context. Still refuse it once it has expired.
@@ -126,7 +149,7 @@ pub fn build_domains(
             }
             return Some((old.ctx.clone(), old.open.clone()));
         }
-        match build_server(id, s, o.base, o.env, o.now) {
+        match build_server(id, s, &material, o.now, TLS_HOOKS) {
             Ok(ctx) => Some((
                 Arc::new(ctx),
                 old.map(|d| d.open.clone()).unwrap_or_default(),
@@ -205,17 +228,18 @@ pub fn build_domains(
             domain: name.to_owned(),
             reason: e.to_string(),
         };
-        let digest = match client_digest(c, o.base, o.env) {
-            Ok(d) => d,
+        let material = match o.read.client(o.base, c) {
+            Ok(m) => m,
             Err(e) => {
                 errors.push(err(e));
                 return None;
             }
         };
+        let digest = client_digest(c, &material);
         if let Some(old) = prev_client(name).filter(|d| d.ctx.digest == digest) {
             return Some(old.ctx.clone());
         }
-        match build_client(c, o.base, o.env, o.now) {
+        match build_client(c, &material, o.now, TLS_HOOKS) {
             Ok(ctx) => Some(Arc::new(ctx)),
             Err(e) => {
                 errors.push(err(e));
@@ -288,7 +312,51 @@ mod tests {
     use crate::tls::{ensure_dev_certs, DevCerts};
     use openssl::x509::X509;
     use siprox::config::TlsConfig;
+    use siprox::tls::FileBytes;
     use std::fs;
+
+    /// A plain reader for these tests (the runtime's is `reload::files`, a part above tls):
+    /// the files the dev certificates use, no CA directory and no key password.
+    struct Plain;
+
+    fn read(base: &Path, p: Option<&PathBuf>) -> Result<Option<FileBytes>, TlsError> {
+        p.filter(|p| !p.as_os_str().is_empty())
+            .map(|p| {
+                let path = resolve(base, p);
+                fs::read(&path)
+                    .map(|bytes| FileBytes {
+                        path: path.clone(),
+                        bytes,
+                    })
+                    .map_err(|e| TlsError::Read {
+                        path,
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()
+    }
+
+    impl ReadMaterial for Plain {
+        fn server(&self, base: &Path, s: &ServerTls) -> Result<TlsMaterial, TlsError> {
+            Ok(TlsMaterial {
+                certificate: read(base, Some(&s.certificate))?,
+                private_key: read(base, Some(&s.private_key))?,
+                ca_file: read(base, s.ca_file.as_ref())?,
+                crl: read(base, s.crl_file.as_ref())?,
+                ..TlsMaterial::default()
+            })
+        }
+
+        fn client(&self, base: &Path, c: &ClientTls) -> Result<TlsMaterial, TlsError> {
+            Ok(TlsMaterial {
+                certificate: read(base, c.certificate.as_ref())?,
+                private_key: read(base, c.private_key.as_ref())?,
+                ca_file: read(base, c.ca_file.as_ref())?,
+                crl: read(base, c.crl_file.as_ref())?,
+                ..TlsMaterial::default()
+            })
+        }
+    }
 
     fn opts(base: &Path) -> BuildOptions<'_> {
         BuildOptions {
@@ -296,7 +364,7 @@ mod tests {
             has_tls: true,
             dev_certs_pending: false,
             now: unix_now(),
-            env: &siprox::tls::process_env,
+            read: &Plain,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The few OpenSSL calls the `openssl` crate does not wrap: reading a raw extension of the
 //! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it),
-//! marking one connection's TLS 1.2 session not resumable, and offering a saved session on
-//! an outgoing connection (wrapped, but `unsafe`, in the crate). The only module of siprox
+//! marking one connection's TLS 1.2 session not resumable, offering a saved session on
+//! an outgoing connection (wrapped, but `unsafe`, in the crate), and adding a CRL parsed
+//! from bytes to a verify store. The only module of siprox
 //! allowed `unsafe`; every block says why it is sound. Must never hand out a pointer or a
 //! slice that outlives the borrow it came from.
 
@@ -10,6 +11,8 @@ use std::os::raw::c_int;
 use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
 use openssl::ssl::{SslRef, SslSessionRef};
+use openssl::x509::store::X509StoreBuilderRef;
+use openssl::x509::X509CrlRef;
 use openssl_sys::SSL;
 
 extern "C" {
@@ -71,4 +74,26 @@ pub fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> Result<(), Er
     // context must not be offered; per the contract above, `session` was produced by
     // `ssl`'s own context. OpenSSL takes its own reference to the session.
     unsafe { ssl.set_session(session) }
+}
+
+extern "C" {
+    // libcrypto; declared in <openssl/x509_vfy.h>, not bound by openssl-sys.
+    fn X509_STORE_add_crl(
+        store: *mut openssl_sys::X509_STORE,
+        crl: *mut openssl_sys::X509_CRL,
+    ) -> c_int;
+}
+
+/// Adds `crl` to a verify store being built: the core builds trust from bytes, and the
+/// `openssl` crate can only load a CRL from a path (the core's `AddCrl` hook).
+pub fn add_crl(store: &mut X509StoreBuilderRef, crl: &X509CrlRef) -> Result<(), ErrorStack> {
+    // SAFETY: both pointers are live objects borrowed for the call (the store exclusively);
+    // X509_STORE_add_crl takes its own reference to the CRL (X509_CRL_up_ref) and keeps no
+    // pointer to our borrow. An existing equal CRL is not an error (OpenSSL 1.1.1+).
+    let ok = unsafe { X509_STORE_add_crl(store.as_ptr(), crl.as_ptr()) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
 }

@@ -2,7 +2,7 @@
 //! resolver that runs as a task on the worker, so a slow DNS server delays only the one
 //! message waiting for it. Must never block a worker thread: the resolver is built (it
 //! reads /etc/resolv.conf and /etc/hosts) on a blocking thread, and the getaddrinfo
-//! fallback runs there too. IP literals never come here (`proxy::resolve_literal`).
+//! fallback runs there too. IP literals never come here (the core resolves them itself).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
@@ -72,11 +72,9 @@ pub(crate) fn naptr_service(service: &[u8]) -> Option<Transport> {
 
 fn destination(t: Transport, addr: SocketAddr, host: &str) -> Destination {
     Destination {
-        transport: t,
-        addr,
         // RFC 5922: the certificate must name the SIP domain, not the SRV target.
         server_name: Some(host.trim_end_matches('.').to_owned()),
-        conn: None,
+        ..Destination::addr(t, addr)
     }
 }
 

@@ -15,16 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use siprox::proxy::{
-    resolve_literal, Action, Destination, ForwardOpts, Inbound, NextHop, Transport,
-};
+use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, NextHop, Target, Transport};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
 use tracing::{debug, trace};
 
 use crate::state::table::{clock_ms, ConnHandle, ConnShared, PeerKey, SendError};
-use crate::state::{inc, Shared, Snapshot};
+use crate::state::{inc, Shared};
 use dns::Resolver;
 
 /// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
@@ -120,13 +118,13 @@ impl Worker {
                         tls.as_deref(),
                     );
                     for (action, opts) in actions {
-                        self.execute_with(&snap, action, &msg, &inbound, opts);
+                        self.execute_with(action, &msg, &inbound, opts);
                     }
                     return;
                 }
             }
             let action = snap.proxy.on_request(&msg, &inbound);
-            self.execute(&snap, action, &msg, &inbound);
+            self.execute(action, &msg, &inbound);
         } else {
             let tag = snap.proxy.response_script_tag(&msg);
             if let Some(script) = snap.scripts.for_reply(tag) {
@@ -136,7 +134,7 @@ impl Worker {
                 }
             }
             let action = snap.proxy.on_response(&msg, &inbound);
-            self.execute(&snap, action, &msg, &inbound);
+            self.execute(action, &msg, &inbound);
         }
     }
 
@@ -166,21 +164,14 @@ impl Worker {
     }
 
     /// Carries out the core's decision about `msg`.
-    pub(crate) fn execute(
-        self: &Rc<Self>,
-        snap: &Snapshot,
-        action: Action,
-        msg: &Message,
-        inbound: &Inbound,
-    ) {
-        self.execute_with(snap, action, msg, inbound, ForwardOpts::default())
+    pub(crate) fn execute(self: &Rc<Self>, action: Action, msg: &Message, inbound: &Inbound) {
+        self.execute_with(action, msg, inbound, ForwardOpts::default())
     }
 
     /// Carries out a decision; `opts` are the route script's forwarding options, kept for
     /// a forward that must wait for DNS.
     pub(crate) fn execute_with(
         self: &Rc<Self>,
-        snap: &Snapshot,
         action: Action,
         msg: &Message,
         inbound: &Inbound,
@@ -197,17 +188,8 @@ impl Worker {
                 inc(&self.shared.stats.dropped);
                 trace!(reason, "dropped");
             }
-            Action::Forward { hop } => match resolve_literal(&hop) {
-                Some(dest) => match snap.proxy.forward_request_with(msg, inbound, &dest, &opts) {
-                    // forward_request must not ask to forward again; refuse to loop if it does.
-                    Action::Forward { .. } => {
-                        inc(&self.shared.stats.dropped);
-                        debug!("proxy core asked to forward a resolved request again: dropped");
-                    }
-                    other => self.execute(snap, other, msg, inbound),
-                },
-                None => self.resolve_then_forward(hop, msg.clone(), *inbound, opts),
-            },
+            // Only names come here: the core resolved IP literals itself.
+            Action::Forward { hop } => self.resolve_then_forward(hop, msg.clone(), *inbound, opts),
         }
     }
 
@@ -234,7 +216,7 @@ impl Worker {
             let snap = self.shared.snapshot.load();
             let action = snap.proxy.unresolvable(&msg, &inbound);
             debug!(host = %hop.host, "too many pending resolutions: answering 503");
-            self.execute(&snap, action, &msg, &inbound);
+            self.execute(action, &msg, &inbound);
             return;
         }
         self.pending_tasks.set(self.pending_tasks.get() + 1);
@@ -257,7 +239,7 @@ impl Worker {
             };
             match action {
                 Action::Forward { .. } => inc(&me.shared.stats.dropped),
-                other => me.execute(&snap, other, &msg, &inbound),
+                other => me.execute(other, &msg, &inbound),
             }
         });
     }
@@ -268,7 +250,10 @@ impl Worker {
     pub(crate) fn send(self: &Rc<Self>, dest: Destination, bytes: Bytes, from: Option<SocketAddr>) {
         self.shared.stats.sip.reply_bytes(&bytes);
         match dest.transport {
-            Transport::Udp => self.send_udp(dest.addr, bytes, from),
+            Transport::Udp => match dest.socket_addr() {
+                Some(to) => self.send_udp(to, bytes, from),
+                None => inc(&self.shared.stats.send_failures),
+            },
             Transport::Tcp | Transport::Tls => self.send_stream(dest, bytes),
         }
     }
@@ -313,7 +298,7 @@ impl Worker {
 
     fn send_stream(self: &Rc<Self>, dest: Destination, bytes: Bytes) {
         let table = &self.shared.table;
-        if let Some(id) = dest.conn {
+        if let Some(id) = dest.connection() {
             if let Some(h) = table.get(id) {
                 match h.send(bytes.clone()) {
                     Ok(()) => return,
@@ -327,13 +312,13 @@ impl Worker {
                     Err(SendError::Closed) => {}
                 }
             }
-            // A flow (RFC 5626) has no address to fall back to: its phone is behind NAT.
-            if dest.addr.ip().is_unspecified() {
-                inc(&self.shared.stats.send_failures);
-                debug!(conn = %id, "flow closed: request dropped");
-                return;
-            }
         }
+        // A flow (RFC 5626) has no address to fall back to: its phone is behind NAT.
+        let Target::Addr(addr) = dest.target else {
+            inc(&self.shared.stats.send_failures);
+            debug!(conn = ?dest.connection(), "flow closed: request dropped");
+            return;
+        };
         if self
             .shared
             .shutting_down
@@ -344,7 +329,7 @@ impl Worker {
         }
         let key = PeerKey {
             transport: dest.transport,
-            addr: dest.addr,
+            addr,
             server_name: dest.server_name.as_deref().map(Arc::from),
         };
         let h = table.find_or_open(key, |key| self.connector.open(self, key, &dest));

@@ -58,7 +58,7 @@ impl Connection {
         let shared = Connection::spawn(
             worker,
             key.clone(),
-            dest.addr,
+            key.addr,
             Some(dest.clone()),
             None,
             slot,
@@ -144,7 +144,7 @@ impl Connection {
         };
         if let Some(dest) = self.dest.clone() {
             let domains = self.worker.shared.snapshot.load().tls.clone();
-            let fut = handshake::connect_out(dest, domains, start.settings);
+            let fut = handshake::connect_out(self.shared.key.addr, dest, domains, start.settings);
             ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
             return;
         }

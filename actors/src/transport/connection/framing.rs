@@ -146,7 +146,7 @@ impl Connection {
                     drop(snap);
                     debug!(error = %e, "framing error");
                     match action {
-                        Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
+                        Action::Send { dest, bytes } if dest.connection() == Some(self.id()) => {
                             self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                             self.wq.push_back(bytes);
                         }

@@ -5,6 +5,7 @@
 
 use std::future::Future as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -62,14 +63,16 @@ impl Io {
     }
 }
 
-/// Connects to `dest` within `connect_timeout`, then, for TLS, handshakes with the client
-/// domain the destination selects.
+/// Connects to `peer` (the table key's address: a flow has none, so it never gets here)
+/// within `connect_timeout`, then, for TLS, handshakes with the client domain that `peer`
+/// and `dest`'s server name select.
 pub(super) async fn connect_out(
+    peer: SocketAddr,
     dest: Box<Destination>,
     domains: Arc<TlsDomains>,
     s: ConnSettings,
 ) -> Result<Established, Failed> {
-    let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(dest.addr)).await {
+    let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(peer)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err((CloseReason::ConnectFailed, e.to_string())),
         Err(_) => return Err((CloseReason::ConnectFailed, "connect timeout".to_owned())),
@@ -79,7 +82,7 @@ pub(super) async fn connect_out(
         return Ok(Established::plain(Io::Tcp(tcp)));
     }
     let (ssl, domain) = domains
-        .client_ssl(&dest)
+        .client_ssl(peer, dest.server_name.as_deref())
         .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
     let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
     let stream = handshake(ssl, tcp, timeout, false).await?;

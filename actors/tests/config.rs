@@ -1,4 +1,5 @@
-//! Integration tests of conf.d/ loading against real files in temporary directories.
+//! Integration tests of conf.d/ loading (the runtime's reads in `files`, the core's merge)
+//! against real files in temporary directories.
 //! Must never read or change the process environment: overrides go through `load_with_env`.
 #![forbid(unsafe_code)]
 
@@ -6,7 +7,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use siprox::config::{load_with_env, Config, ConfigErrors, LogFormat, Proto};
+use siprox::config::{Config, ConfigErrors, LogFormat, Proto};
+use siprox_actors::files::load_with_env;
 
 const CORE: &str = r#"
 [[listen]]
