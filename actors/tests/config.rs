@@ -378,7 +378,7 @@ fn same_files_give_the_same_config() {
 
 #[test]
 fn shipped_default_conf_d_loads() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf.d");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf.d");
     let config = load_ok(&dir);
     let got: Vec<_> = config.listen.iter().map(|l| (l.proto, l.addr)).collect();
     assert_eq!(
@@ -400,7 +400,7 @@ fn shipped_default_conf_d_loads() {
 /// The README's figures name `benches/conf.d`: it must keep loading, with what they say.
 #[test]
 fn bench_conf_d_loads() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/conf.d");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/conf.d");
     let config = load_ok(&dir);
     let got: Vec<_> = config.listen.iter().map(|l| (l.proto, l.addr)).collect();
     assert_eq!(
