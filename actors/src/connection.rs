@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_openssl::SslStream;
-use tracing::{debug, info_span, trace, warn, Span};
+use tracing::{debug, info, info_span, trace, warn, Span};
 
 use crate::shared::{inc, ConnSettings, Slot};
 use crate::table::{clock_ms, ConnHandle, ConnShared, PeerKey};
@@ -777,20 +777,37 @@ impl Connection {
                 }
             };
             let inbound = self.inbound();
+            let caller = siprox::rpc::sip::caller(inbound.source, self.tls.as_deref());
+            if let Some(r) = siprox::rpc::sip::refuse_batch(&req) {
+                info!(%caller, "RPC batch refused on a SIP listener");
+                self.enqueue(Bytes::from(r.to_bytes()));
+                continue;
+            }
             let Ok(msg) = siprox::sip::Message::parse(req.raw.clone()) else {
                 let r = siprox::rpc::HttpResponse::text(400, "malformed request\n");
                 self.enqueue(Bytes::from(r.to_bytes()));
                 return Err(CloseReason::FramingError);
             };
+            // The method the script decided on; the RPC layer runs that one and no other.
+            let method = siprox::rpc::method_any(&req.body);
             match self.worker.on_http(&msg, &inbound, self.tls.as_deref()) {
-                crate::scripts::HttpDecision::Dispatch => {
+                crate::scripts::HttpDecision::Dispatch { trusted } => {
+                    let allowed = trusted || {
+                        let snap = self.worker.shared.snapshot.load();
+                        siprox::rpc::sip::admitted(
+                            &snap.config.management.allow,
+                            self.tls.as_deref(),
+                        )
+                    };
                     let rpc = self.worker.shared.rpc.get().cloned();
                     let handle = self.worker.shared.table.get(self.id());
                     match (rpc, handle) {
                         (Some(rpc), Some(h)) => {
                             let call = rpc.send(crate::rpc::Request {
                                 req: Box::new(req),
-                                allowed: true,
+                                allowed,
+                                caller,
+                                only: Some(method.unwrap_or_default()),
                             });
                             // The answer comes from the control arbiter; it is queued like
                             // any other write, so this connection never waits for it.
@@ -810,10 +827,12 @@ impl Connection {
                     }
                 }
                 crate::scripts::HttpDecision::Reply(code, reason) => {
+                    info!(%caller, method = method.as_deref().unwrap_or(""), code, "RPC call answered by the route script");
                     let r = siprox::rpc::sip::script_reply(&req, code, &reason);
                     self.enqueue(Bytes::from(r.to_bytes()));
                 }
                 crate::scripts::HttpDecision::Refuse => {
+                    info!(%caller, method = method.as_deref().unwrap_or(""), "RPC call not dispatched by the route script");
                     let r = siprox::rpc::sip::undispatched(&req);
                     self.enqueue(Bytes::from(r.to_bytes()));
                 }

@@ -212,6 +212,10 @@ async fn serve_connection(server: &Server, tcp: TcpStream) {
     let who = peer
         .as_ref()
         .map_or_else(String::new, |c| c.subject.line.clone());
+    let caller = match tls.get_ref().peer_addr() {
+        Ok(a) => format!("{a} {who}"),
+        Err(_) => who.clone(),
+    };
     if !allowed {
         warn!(subject = %who, "management client certificate not on the allow-list");
     }
@@ -232,6 +236,8 @@ async fn serve_connection(server: &Server, tcp: TcpStream) {
             .send(Request {
                 req: Box::new(req),
                 allowed,
+                caller: caller.clone(),
+                only: None,
             })
             .await
         {
@@ -320,6 +326,33 @@ async fn write_response(
 pub struct Request {
     pub req: Box<HttpRequest>,
     pub allowed: bool,
+    /// Peer address and TLS subject (or `anonymous`), for the log line of every call.
+    pub caller: String,
+    /// From a SIP listener: the one method the route script decided on. Any other call in
+    /// the request is refused, whatever the decoders make of it.
+    pub only: Option<String>,
+}
+
+/// Logs every call with its caller at INFO, and enforces [`Request::only`].
+struct Logged<'a, H> {
+    inner: H,
+    caller: &'a str,
+    only: Option<&'a str>,
+}
+
+impl<H: siprox::rpc::Handler> siprox::rpc::Handler for Logged<'_, H> {
+    fn before_call(&mut self, method: &str) -> Result<(), siprox::rpc::Fault> {
+        if self.only.is_some_and(|m| m != method) {
+            warn!(caller = %self.caller, method, "RPC call refused: not the method the route script decided on");
+            return Err(siprox::rpc::Fault::forbidden());
+        }
+        info!(caller = %self.caller, method, "RPC call");
+        self.inner.before_call(method)
+    }
+
+    fn call(&mut self, method: &str, params: &[siprox::rpc::Value]) -> siprox::rpc::CallResult {
+        self.inner.call(method, params)
+    }
 }
 
 /// The `Rpc` actor: runs management methods on the control arbiter. Methods only read the
@@ -354,7 +387,18 @@ impl Handler<Request> for Rpc {
             r.close = !req.keep_alive();
             return actix::MessageResult(r);
         }
-        let mut methods = Methods { rpc: self, ctx };
+        if !msg.allowed {
+            info!(
+                caller = %msg.caller,
+                method = siprox::rpc::method_any(&req.body).as_deref().unwrap_or(""),
+                "RPC call refused: caller not on [management] allow"
+            );
+        }
+        let mut methods = Logged {
+            inner: Methods { rpc: self, ctx },
+            caller: &msg.caller,
+            only: msg.only.as_deref(),
+        };
         actix::MessageResult(siprox::rpc::serve(req, msg.allowed, &mut methods))
     }
 }

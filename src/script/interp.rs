@@ -624,11 +624,15 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                     self.host.lookup(self.ctx, &table, &flags)
                 }
             }
-            Func::DispatchRpc => {
+            Func::DispatchRpc { trusted } => {
                 if msg.is_none() {
                     return Ok(-1);
                 }
-                self.host.dispatch_rpc(self.ctx)
+                if *trusted {
+                    self.host.dispatch_rpc_trusted(self.ctx)
+                } else {
+                    self.host.dispatch_rpc(self.ctx)
+                }
             }
             Func::Auth(f) => {
                 let a = self.arg(c, 0)?.as_str().into_owned();
