@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use siprox::auth::{AuthSettings, Authenticator, Users};
 use siprox::config::Config;
+use siprox::proxy::FlowKeys;
 use siprox::registrar::{restore, to_snapshot, LocationStore, MemoryStore};
 use tracing::{info, warn};
 
@@ -137,6 +138,65 @@ impl Location {
             source: e,
         })
     }
+}
+
+/// The flow-token keys of `[auth] flow_key_file` (created with one random key, mode 0600,
+/// when it does not exist yet); without the setting, a random key for this process.
+pub fn load_flow_keys(config: &Config, base: &Path) -> Result<FlowKeys, RuntimeError> {
+    let Some(f) = &config.auth.flow_key_file else {
+        return Ok(FlowKeys::random());
+    };
+    let path = siprox::tls::resolve(base, f);
+    let what = |verb: &str| format!("{verb} [auth] flow_key_file {}", path.display());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = FlowKeys::generate_file()
+                .map_err(|e| RuntimeError::Config(format!("{}: {e}", what("generating"))))?;
+            match create_private(&path, text.as_bytes()) {
+                Ok(()) => {
+                    info!(file = %path.display(), "flow-token key generated");
+                    text
+                }
+                // Another process made it first: use that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read_to_string(&path).map_err(|source| RuntimeError::Io {
+                        what: what("reading"),
+                        source,
+                    })?
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Io {
+                        what: what("creating"),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(source) => {
+            return Err(RuntimeError::Io {
+                what: what("reading"),
+                source,
+            })
+        }
+    };
+    FlowKeys::parse(&text).map_err(|e| RuntimeError::Config(format!("{}: {e}", what("in"))))
+}
+
+/// A new file readable by its owner only; fails if it exists.
+fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 fn load_users(path: &Path) -> Result<Users, RuntimeError> {

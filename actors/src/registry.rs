@@ -504,9 +504,13 @@ pub fn watch_dirs(config: &Config, config_dir: Option<&Path>, base: &Path) -> BT
         files.push(resolve(base, f));
     }
     // The digest users file reloads like everything else.
-    for f in [&config.auth.users_file, &config.auth.secret_file]
-        .into_iter()
-        .flatten()
+    for f in [
+        &config.auth.users_file,
+        &config.auth.secret_file,
+        &config.auth.flow_key_file,
+    ]
+    .into_iter()
+    .flatten()
     {
         files.push(resolve(base, f));
     }
@@ -693,7 +697,25 @@ impl Job {
             }
         };
         let (old, new) = (self.prev.tls.fingerprint(), tls.fingerprint());
-        if new == old && scripts_same {
+        // Without a key file the running (per-process) keys stay; a key file that does not
+        // load fails the reload, so the running keys stay too: live dialogs stay reachable.
+        let flow_keys = match &config.auth.flow_key_file {
+            None => self.prev.proxy.config().flow_keys.clone(),
+            Some(_) => match crate::location::load_flow_keys(&config, &self.base) {
+                Ok(k) => k,
+                Err(e) => {
+                    return fail(
+                        vec![DomainError {
+                            domain: "auth".to_owned(),
+                            reason: e.to_string(),
+                        }],
+                        watch,
+                    )
+                }
+            },
+        };
+        let keys_same = flow_keys == self.prev.proxy.config().flow_keys;
+        if new == old && scripts_same && keys_same {
             return JobResult {
                 outcome: JobOutcome::Unchanged,
                 watch,
@@ -709,8 +731,14 @@ impl Job {
             .map(|n| n.0.clone())
             .collect();
         changed.dedup();
-        let snapshot =
-            crate::runtime::build_snapshot(Arc::new(config), self.listens, Arc::new(tls), scripts);
+        let snapshot = crate::runtime::build_snapshot(
+            Arc::new(config),
+            self.listens,
+            Arc::new(tls),
+            scripts,
+            flow_keys,
+            self.prev.proxy.flow_counter().clone(),
+        );
         JobResult {
             outcome: JobOutcome::Publish(Box::new(snapshot), changed),
             watch,

@@ -227,6 +227,17 @@ pub(crate) fn render(rpc: &Rpc) -> String {
             .script_errors
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    counter(
+        &mut r,
+        "flow_tokens_refused",
+        "Requests refused for a forged or altered Record-Route flow token",
+        rpc.shared
+            .snapshot
+            .load()
+            .proxy
+            .flow_counter()
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let bindings = rpc.shared.location.get().map_or(0, |l| {
         let mut n = 0usize;
         let _ = siprox::registrar::LocationStore::for_each(&*l.store, &mut |_, b| n += b.len());

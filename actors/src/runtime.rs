@@ -211,7 +211,15 @@ impl Runtime {
         let management = crate::rpc::Management::prepare(&config, &opts.base_dir)?;
         let management_addr = management.as_ref().map(crate::rpc::Management::local_addr);
         let location = Arc::new(crate::location::Location::start(&config, &opts.base_dir)?);
-        let snapshot = build_snapshot(Arc::new(config), listens.clone(), tls, Arc::new(scripts));
+        let flow_keys = crate::location::load_flow_keys(&config, &opts.base_dir)?;
+        let snapshot = build_snapshot(
+            Arc::new(config),
+            listens.clone(),
+            tls,
+            Arc::new(scripts),
+            flow_keys,
+            Arc::default(),
+        );
         let grace = snapshot.config.runtime.shutdown_grace.get();
         let shared = Arc::new(Shared::new(snapshot, dispatch));
         let _ = shared.location.set(location);
@@ -298,6 +306,8 @@ pub(crate) fn build_snapshot(
     listens: Vec<Listen>,
     tls: Arc<tls::TlsDomains>,
     scripts: Arc<crate::scripts::ScriptSet>,
+    flow_keys: siprox::proxy::FlowKeys,
+    flow_refused: Arc<std::sync::atomic::AtomicU64>,
 ) -> Snapshot {
     let aliases = config
         .domains
@@ -307,8 +317,10 @@ pub(crate) fn build_snapshot(
     let proxy = Proxy::new(ProxyConfig {
         listens,
         aliases,
+        flow_keys,
         ..ProxyConfig::default()
-    });
+    })
+    .with_flow_counter(flow_refused);
     Snapshot {
         limits: config.limits,
         conn: ConnSettings::from_config(&config),

@@ -255,11 +255,13 @@ fn double_record_route_on_transport_change() {
         .record_routes()
         .map(|r| r.unwrap().uri_str.to_owned())
         .collect();
+    let fl = p.config().flow_keys.token(0x2a, 0).expect("token");
+    assert!(fl.starts_with("2a.0."), "{fl}");
     assert_eq!(
         rr,
         vec![
-            "sip:192.0.2.10:5060;lr;r2=on;fl=2a.0",
-            "sip:192.0.2.10:5061;transport=tls;lr;r2=on;fl=2a.0"
+            format!("sip:192.0.2.10:5060;lr;r2=on;fl={fl}"),
+            format!("sip:192.0.2.10:5061;transport=tls;lr;r2=on;fl={fl}")
         ]
     );
     // Our Via carries the inbound connection for the response path.
@@ -444,7 +446,9 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
     // Alice (connection 2a) called Bob (connection 7) through siprox; its Record-Route
     // carries both. Requests from either side go over the other side's connection, whatever
     // unreachable Contact the Request-URI names.
-    let route = "Route: <sip:192.0.2.10:5061;transport=tls;lr;fl=2a.7>\n";
+    let fl = p.config().flow_keys.token(0x2a, 7).expect("token");
+    let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
+    let route = route.as_str();
     let from_alice = invite("sip:bob@10.1.2.3:5061;transport=tls", route);
     let (dest, out) = sent(p.on_request(&from_alice, &tls_in()));
     assert_eq!(dest.conn, Some(ConnId(7)));
@@ -464,4 +468,33 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
     let (dest, _) = sent(p.on_request(&from_alice, &other));
     assert_eq!(dest.conn, None);
     assert_eq!(dest.addr, "10.1.2.3:5061".parse().unwrap());
+}
+
+#[test]
+fn forged_or_altered_flow_tokens_are_refused_and_counted() {
+    let p = proxy(RecordRoute::Never);
+    let mut from_mallory = tls_in();
+    from_mallory.conn = Some(ConnId(3));
+    let good = p.config().flow_keys.token(0x2a, 7).expect("token");
+    // The old unsigned form, Mallory's own connection paired with a victim's, a valid
+    // token with one id changed, and one signed by another key.
+    let other = FlowKeys::parse(&"x".repeat(32)).expect("key");
+    let (_, mac) = good.rsplit_once('.').expect("mac");
+    for fl in [
+        "3.7".to_owned(),
+        format!("3.7.{mac}"),
+        other.token(3, 7).expect("token"),
+        format!("{good}0"),
+    ] {
+        let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
+        let m = invite("sip:bob@10.1.2.3:5061;transport=tls", &route);
+        assert_eq!(reply_code(&p.on_request(&m, &from_mallory)).0, 403, "{fl}");
+        let opts = ForwardOpts::default();
+        assert_eq!(
+            reply_code(&p.forward_with(&m, &from_mallory, &opts)).0,
+            403,
+            "{fl}"
+        );
+    }
+    assert_eq!(p.flow_counter().load(Ordering::Relaxed), 8);
 }
