@@ -737,23 +737,19 @@ impl Connection {
                     self.wq.push_back(pong);
                 }
                 Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Malformed { bytes, error })) => {
+                    // Its end was known: answer 400 and keep reading this stream.
+                    inc(&self.worker.shared.stats.framing_errors);
+                    debug!(%error, "malformed message on a stream: answered, stream kept");
+                    self.answer_unparsable(&bytes, &error);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // Answer what can be answered (400 with the parse error), then close:
                     // after a framing error nothing more on this stream can be trusted.
                     let bytes = self.rbuf.split().freeze();
-                    let inbound = self.inbound();
-                    let snap = self.worker.shared.snapshot.load();
-                    let action = snap.proxy.on_unparsable(&bytes, &e, &inbound);
-                    drop(snap);
                     debug!(error = %e, "framing error");
-                    match action {
-                        Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
-                            self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-                            self.wq.push_back(bytes);
-                        }
-                        other => self.worker.execute_simple(other, &inbound),
-                    }
+                    self.answer_unparsable(&bytes, &e);
                     return Err(CloseReason::FramingError);
                 }
             }
@@ -762,6 +758,22 @@ impl Connection {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// The core's answer (a 400 where the request is identifiable) to bytes that did not
+    /// parse, queued on this connection.
+    fn answer_unparsable(&mut self, bytes: &Bytes, e: &siprox::sip::ParseError) {
+        let inbound = self.inbound();
+        let snap = self.worker.shared.snapshot.load();
+        let action = snap.proxy.on_unparsable(bytes, e, &inbound);
+        drop(snap);
+        match action {
+            Action::Send { dest, bytes } if dest.conn == Some(self.id()) => {
+                self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                self.wq.push_back(bytes);
+            }
+            other => self.worker.execute_simple(other, &inbound),
+        }
     }
 
     /// HTTP requests on a SIP stream: the route script decides (`dispatch_rpc()`, a reply,

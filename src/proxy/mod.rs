@@ -354,10 +354,29 @@ impl Proxy {
         )
     }
 
-    /// A message whose head could not even be indexed: nothing can be answered.
-    pub fn on_unparsable(&self, _bytes: &Bytes, _err: &ParseError, _rx: &Inbound) -> Action {
-        Action::Drop {
-            reason: "unparsable message",
+    /// A message whose head could not be indexed. On a stream (the sender is the peer at
+    /// the other end) a request that names its Via, From, To, Call-ID and CSeq gets a 400
+    /// with the error as reason, over the same connection. A datagram that does not parse
+    /// is dropped: answering it would reflect traffic to whatever source it claims.
+    pub fn on_unparsable(&self, bytes: &Bytes, err: &ParseError, rx: &Inbound) -> Action {
+        if rx.conn.is_none() || !rx.transport.is_stream() {
+            return Action::Drop {
+                reason: "unparsable message",
+            };
+        }
+        match reply::unparsable_reply(bytes, &err.reason_phrase(), &self.cfg.server) {
+            Some(bytes) => Action::Send {
+                dest: Destination {
+                    transport: rx.transport,
+                    addr: rx.source,
+                    server_name: None,
+                    conn: rx.conn,
+                },
+                bytes,
+            },
+            None => Action::Drop {
+                reason: "unparsable message",
+            },
         }
     }
 
