@@ -56,6 +56,10 @@ pub enum CloseReason {
     SendTimeout,
     WriteQueueFull,
     IdleTimeout,
+    /// The source IP buffers more than `max_partial_bytes_per_ip` of unfinished messages.
+    PartialLimit,
+    /// A message took longer than `message_timeout` from its first byte to its last.
+    MessageTimeout,
     FramingError,
     Shutdown,
     HandshakeFailed,
@@ -155,6 +159,10 @@ pub struct Connection {
     tls: Option<Arc<TlsFacts>>,
     /// Set when the stream turned out to carry HTTP (SER-style RPC on a SIP listener).
     http: Option<siprox::rpc::HttpFramer>,
+    /// Bytes of unfinished messages this stream has reported for its source IP.
+    partial_held: usize,
+    /// `[connections] max_partial_bytes_per_ip` when the connection started.
+    max_partial: usize,
     _slot: Slot,
 }
 
@@ -226,6 +234,7 @@ impl Connection {
             settings.max_write_queue,
             outgoing,
             settings.idle_timeout,
+            settings.message_timeout,
         );
         ctx.run(Connection {
             shared: shared.clone(),
@@ -238,6 +247,8 @@ impl Connection {
             io: None,
             rbuf: BytesMut::new(),
             http: None,
+            partial_held: 0,
+            max_partial: settings.max_partial_bytes_per_ip,
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
@@ -437,8 +448,8 @@ impl Connection {
             self.phase = Phase::Open;
         }
         self.shared.touch();
-        // idle_timeout = 0: connections are never closed for idleness.
-        if self.shared.idle_timeout_ms != 0 {
+        // idle_timeout = 0 and message_timeout = 0: never closed by the sweep.
+        if self.shared.idle_timeout_ms != 0 || self.shared.message_timeout_ms != 0 {
             self.worker.watch_idle(self.shared.clone());
         }
         if self.dest.is_none() {
@@ -654,7 +665,9 @@ pub(crate) struct IdleCheck;
 impl Handler<IdleCheck> for Connection {
     type Result = ();
     fn handle(&mut self, _msg: IdleCheck, ctx: &mut Self::Context) {
-        if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
+        if self.phase == Phase::Open && self.shared.message_late_at(clock_ms()) {
+            self.finish(CloseReason::MessageTimeout, ctx);
+        } else if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
             self.finish(CloseReason::IdleTimeout, ctx);
         }
     }
@@ -677,6 +690,11 @@ impl Connection {
     /// socket and unregisters it).
     fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         let _e = self.span.clone().entered();
+        if self.partial_held != 0 {
+            let ip = self.shared.key.addr.ip();
+            self.worker.shared.hold_partial(ip, self.partial_held, 0, 0);
+            self.partial_held = 0;
+        }
         let stats = &self.worker.shared.stats;
         let queued = self.shared.bytes.load(Ordering::Relaxed);
         match reason {
@@ -694,6 +712,20 @@ impl Connection {
             CloseReason::IdleTimeout => {
                 inc(&stats.idle_timeouts);
                 debug!("idle timeout: closing");
+            }
+            CloseReason::PartialLimit => {
+                inc(&stats.message_timeouts);
+                warn!(
+                    buffered = self.rbuf.len(),
+                    "source IP holds more than max_partial_bytes_per_ip of unfinished messages: closing"
+                );
+            }
+            CloseReason::MessageTimeout => {
+                inc(&stats.message_timeouts);
+                debug!(
+                    buffered = self.rbuf.len(),
+                    "message not complete within message_timeout: closing"
+                );
             }
             CloseReason::FramingError => {
                 inc(&stats.framing_errors);
@@ -852,6 +884,23 @@ impl Connection {
         }
     }
 
+    /// Accounts what the read buffer holds of unfinished messages against the source IP's
+    /// `max_partial_bytes_per_ip`; `false`: over it. A stream between messages holds none
+    /// and costs no lookup.
+    fn hold_partial(&mut self) -> bool {
+        let held = self.rbuf.len();
+        if held == self.partial_held {
+            return true;
+        }
+        let ip = self.shared.key.addr.ip();
+        let ok = self
+            .worker
+            .shared
+            .hold_partial(ip, self.partial_held, held, self.max_partial);
+        self.partial_held = held;
+        ok
+    }
+
     fn enqueue(&mut self, bytes: Bytes) {
         self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wq.push_back(bytes);
@@ -878,8 +927,15 @@ impl Connection {
             }
             match self.read_some(cx) {
                 ReadOutcome::Data => {
+                    let before = self.rbuf.len();
                     if let Err(r) = self.process_frames() {
                         self.phase = Phase::Draining(r);
+                    }
+                    // The message deadline runs from the first byte of each message.
+                    self.shared
+                        .partial(!self.rbuf.is_empty(), self.rbuf.len() < before);
+                    if !self.hold_partial() {
+                        return Poll::Ready(CloseReason::PartialLimit);
                     }
                 }
                 ReadOutcome::Pending => return Poll::Pending,

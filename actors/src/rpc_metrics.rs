@@ -190,6 +190,12 @@ pub(crate) fn render(rpc: &Rpc) -> String {
     );
     counter(
         &mut r,
+        "message_timeouts",
+        "Streams closed because a message took longer than message_timeout to arrive",
+        s.message_timeouts,
+    );
+    counter(
+        &mut r,
         "framing_errors",
         "Streams closed after losing SIP framing",
         s.framing_errors,

@@ -23,6 +23,8 @@ use crate::tls::TlsDomains;
 pub struct ConnSettings {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub message_timeout: Duration,
+    pub max_partial_bytes_per_ip: usize,
     pub send_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_write_queue: usize,
@@ -35,6 +37,8 @@ impl ConnSettings {
         ConnSettings {
             handshake_timeout: k.handshake_timeout.get(),
             idle_timeout: k.idle_timeout.get(),
+            message_timeout: k.message_timeout.get(),
+            max_partial_bytes_per_ip: k.max_partial_bytes_per_ip,
             send_timeout: k.send_timeout.get(),
             connect_timeout: k.connect_timeout.get(),
             max_write_queue: k.max_write_queue,
@@ -72,6 +76,9 @@ pub struct Stats {
     pub(crate) send_timeouts: AtomicU64,
     pub(crate) write_queue_overflows: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    /// Streams closed because a message took longer than `message_timeout` to arrive, or
+    /// their source IP buffered more than `max_partial_bytes_per_ip` of unfinished ones.
+    pub(crate) message_timeouts: AtomicU64,
     pub(crate) framing_errors: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) udp_unparsable: AtomicU64,
@@ -185,6 +192,8 @@ pub struct StatsSnapshot {
     pub write_queue_overflows: u64,
     /// Connections closed by `idle_timeout`.
     pub idle_timeouts: u64,
+    /// Streams closed by `message_timeout` (a message trickled in too slowly).
+    pub message_timeouts: u64,
     /// Streams closed because they lost SIP framing.
     pub framing_errors: u64,
     /// SIP messages received (all transports).
@@ -209,6 +218,8 @@ pub struct Admission {
     open: AtomicUsize,
     /// Sharded: accepts on different workers rarely contend on one shard.
     per_ip: DashMap<IpAddr, usize>,
+    /// Bytes of unfinished messages buffered per source IP (only streams holding some).
+    partial: DashMap<IpAddr, usize>,
 }
 
 /// Why a connection was not admitted.
@@ -240,6 +251,21 @@ impl Drop for Slot {
 }
 
 impl Shared {
+    /// A stream from `ip` now buffers `now` bytes of unfinished messages instead of
+    /// `before`. `false` when that takes the IP over `limit` (0 = no bound): the caller
+    /// closes the stream (and later releases what it holds with `now = 0`).
+    pub(crate) fn hold_partial(&self, ip: IpAddr, before: usize, now: usize, limit: usize) -> bool {
+        let p = &self.admission.partial;
+        let mut entry = p.entry(ip).or_insert(0);
+        *entry = entry.saturating_sub(before).saturating_add(now);
+        let total = *entry;
+        drop(entry);
+        if total == 0 {
+            p.remove_if(&ip, |_, n| *n == 0);
+        }
+        limit == 0 || total <= limit
+    }
+
     /// Admits an incoming connection from `ip`, or says which limit refused it.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let conf = self.snapshot.load();
@@ -369,6 +395,7 @@ impl Shared {
             send_timeouts: g(&s.send_timeouts),
             write_queue_overflows: g(&s.write_queue_overflows),
             idle_timeouts: g(&s.idle_timeouts),
+            message_timeouts: g(&s.message_timeouts),
             framing_errors: g(&s.framing_errors),
             messages_in: g(&s.messages_in),
             udp_unparsable: g(&s.udp_unparsable),
