@@ -822,9 +822,13 @@ impl Connection {
             };
             let inbound = self.inbound();
             let caller = siprox::rpc::sip::caller(inbound.source, self.tls.as_deref());
-            if let Some(r) = siprox::rpc::sip::refuse_batch(&req) {
+            if let Some(mut r) = siprox::rpc::sip::refuse_batch(&req) {
                 info!(%caller, "RPC batch refused on a SIP listener");
+                r.close = !req.keep_alive();
                 self.enqueue(Bytes::from(r.to_bytes()));
+                if r.close {
+                    return Err(CloseReason::Shutdown);
+                }
                 continue;
             }
             let Ok(msg) = siprox::sip::Message::parse(req.raw.clone()) else {
@@ -859,6 +863,10 @@ impl Connection {
                                 match call.await {
                                     Ok(resp) => {
                                         let _ = h.send(Bytes::from(resp.to_bytes()));
+                                        // It said `Connection: close`: written, then closed.
+                                        if resp.close {
+                                            h.addr().do_send(Drain);
+                                        }
                                     }
                                     Err(_) => h.close(),
                                 }
@@ -874,11 +882,17 @@ impl Connection {
                     info!(%caller, method = method.as_deref().unwrap_or(""), code, "RPC call answered by the route script");
                     let r = siprox::rpc::sip::script_reply(&req, code, &reason);
                     self.enqueue(Bytes::from(r.to_bytes()));
+                    if r.close {
+                        return Err(CloseReason::Shutdown);
+                    }
                 }
                 crate::scripts::HttpDecision::Refuse => {
                     info!(%caller, method = method.as_deref().unwrap_or(""), "RPC call not dispatched by the route script");
                     let r = siprox::rpc::sip::undispatched(&req);
                     self.enqueue(Bytes::from(r.to_bytes()));
+                    if r.close {
+                        return Err(CloseReason::Shutdown);
+                    }
                 }
             }
         }

@@ -215,3 +215,45 @@ async fn dispatch_rpc_trusted_leaves_the_decision_to_the_script() {
     );
     drop(rt);
 }
+
+/// An HTTP answer that says `Connection: close` is followed by the close, on a SIP
+/// listener too; keep-alive requests keep the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"route {
+    if (@rpc.method == "core.kill") { sl_send_reply("403", "Forbidden"); exit; }
+    dispatch_rpc_trusted();
+}"#;
+    let (cfg, _certs) = setup_dir(dir.path(), script);
+    let rt = start(cfg, dir.path());
+    let tcp = rt.local_addr(Transport::Tcp).unwrap();
+    async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+    // Keep-alive: two answers on one stream.
+    let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    for _ in 0..2 {
+        let r = exchange(&mut s, &json(JSON_VERSION)).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(!r.contains("Connection: close"), "{r}");
+    }
+    // The client asks for the close.
+    let req =
+        json(JSON_VERSION).replace("Host: siprox\r\n", "Host: siprox\r\nConnection: close\r\n");
+    let r = exchange(&mut s, &req).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("Connection: close"), "{r}");
+    assert!(closed(&mut s).await, "closed after Connection: close");
+    // The script's refusal says Connection: close, and closes.
+    let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let r = exchange(&mut s, &json(JSON_KILL)).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("Connection: close"), "{r}");
+    assert!(closed(&mut s).await, "closed after the script's reply");
+    drop(rt);
+}
