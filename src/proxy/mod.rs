@@ -410,12 +410,18 @@ impl Proxy {
                 reason: "unsupported transport in Via",
             };
         };
-        let conn = mine
-            .params
-            .get("i")
-            .flatten()
-            .and_then(|i| u64::from_str_radix(i, 16).ok())
-            .map(ConnId);
+        let conn = match mine.params.get("i") {
+            None => None,
+            Some(i) => match self.cfg.flow_keys.verify(i.unwrap_or("")) {
+                Ok((c, 0)) if c != 0 => Some(ConnId(c)),
+                _ => {
+                    self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                    return Action::Drop {
+                        reason: "response with a forged connection id in siprox's Via",
+                    };
+                }
+            },
+        };
         let ip = match next.received().and_then(parse_ip) {
             Some(ip) => Some(ip),
             None => next.host.ip(),
@@ -686,8 +692,10 @@ impl Proxy {
         self.write_sent_by(&mut via, dest.transport, dest.addr.ip());
         via.push_str(";branch=");
         self.write_branch(&mut via, msg);
-        if let Some(c) = rx.conn {
-            let _ = write!(via, ";i={c}");
+        // The connection the response goes back over, signed like a flow token: a forged
+        // response must not be able to name another peer's connection.
+        if let Some(t) = rx.conn.and_then(|c| self.cfg.flow_keys.token(c.0, 0)) {
+            let _ = write!(via, ";i={t}");
         }
         if let Some(tag) = opts.script_tag.as_deref() {
             let token = tag

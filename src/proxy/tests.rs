@@ -265,7 +265,11 @@ fn double_record_route_on_transport_change() {
         ]
     );
     // Our Via carries the inbound connection for the response path.
-    assert_eq!(out.top_via().unwrap().params.get("i"), Some(Some("2a")));
+    let i = p.config().flow_keys.token(0x2a, 0).expect("token");
+    assert_eq!(
+        out.top_via().unwrap().params.get("i"),
+        Some(Some(i.as_str()))
+    );
     // The in-dialog request that comes back with that route set crosses back to TLS.
     let back = invite(
         "sip:alice@198.51.100.7:40123;transport=tls",
@@ -325,11 +329,29 @@ fn loop_is_detected_but_spiral_is_not() {
 #[test]
 fn responses_follow_the_via() {
     let p = proxy(RecordRoute::Never);
-    let r = msg("SIP/2.0 200 OK\n\
-Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i=2a\n\
+    let resp = |i: &str| {
+        msg(&format!(
+            "SIP/2.0 200 OK\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i={i}\n\
 Via: SIP/2.0/TLS client.invalid:5061;branch=z9hG4bKabc;rport=40123;received=198.51.100.7\n\
 To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
-CSeq: 1 INVITE\nContent-Length: 0\n\n");
+CSeq: 1 INVITE\nContent-Length: 0\n\n"
+        ))
+    };
+    // A forged connection id (the old unsigned form, or another id under a MAC): dropped.
+    let good = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let (_, mac) = good.rsplit_once('.').expect("mac");
+    for forged in ["2a".to_owned(), format!("2b.0.{mac}")] {
+        assert!(
+            matches!(
+                p.on_response(&resp(&forged), &udp_in()),
+                Action::Drop { .. }
+            ),
+            "{forged}"
+        );
+    }
+    assert_eq!(p.flow_counter().load(Ordering::Relaxed), 2);
+    let r = resp(&good);
     let (dest, out) = sent(p.on_response(&r, &udp_in()));
     assert_eq!(dest.transport, Transport::Tls);
     assert_eq!(dest.addr, "198.51.100.7:40123".parse().unwrap());
