@@ -172,6 +172,14 @@ impl Worker {
     ) {
         match action {
             Action::Send { dest, bytes } => {
+                // RFC 5626 §5.3: a request for a flow (a connection, no address to fall
+                // back to) whose connection is gone is answered 430 Flow Failed.
+                if let Some(id) = dest.conn.filter(|_| dest.addr.ip().is_unspecified()) {
+                    if msg.is_request() && !self.shared.table.get(id).is_some_and(|h| h.is_open()) {
+                        let a = snap.proxy.reply(msg, inbound, 430, "Flow Failed", "");
+                        return self.execute_simple(a, inbound);
+                    }
+                }
                 // A reply over UDP leaves from the socket its request arrived on: clients
                 // (and NATs) expect the answer from the address they wrote to.
                 let from = (inbound.transport == Transport::Udp).then_some(inbound.local);

@@ -220,5 +220,28 @@ async fn a_forged_flow_token_does_not_reach_another_phone() {
     .await;
     let r = mallory.recv().await;
     assert_eq!(status(&r), Some(403), "altered token: {r}");
+
+    // Alice's connection goes away: Bob's next in-dialog request along the token gets
+    // 430 Flow Failed (RFC 5626 §5.3), not silence.
+    let open = rt.stats().connections_open;
+    drop(alice);
+    assert_eventually!(
+        rt.stats().connections_open == open - 1,
+        Duration::from_secs(5),
+        "{:?}",
+        rt.stats()
+    );
+    let route = format!("Route: {rr}\r\n");
+    send(
+        &mut bob.s,
+        &message("bob", "alice", "dlg-gone", &route, "gone?"),
+    )
+    .await;
+    let r = bob.recv().await;
+    assert_eq!(
+        status(&r),
+        Some(430),
+        "a flow whose connection is gone: {r}"
+    );
     drop(rt);
 }
