@@ -529,7 +529,7 @@ proptest! {
             .into_iter()
             .filter_map(|f| match f {
                 Frame::Message(m) => Some(m.as_bytes().clone()),
-                Frame::Ping | Frame::Pong => None,
+                Frame::Ping | Frame::Pong | Frame::Malformed { .. } => None,
             })
             .collect();
         prop_assert_eq!(got.len(), msgs.len());

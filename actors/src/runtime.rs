@@ -220,12 +220,15 @@ impl Runtime {
             &config,
             &opts.base_dir,
         )?);
+        let flow_keys = crate::reload::files::load_flow_keys(&config, &opts.base_dir)?;
         let snapshot = Snapshot::build(
             Arc::new(config),
             listens.clone(),
             tls,
             Arc::new(scripts),
             Arc::new(users),
+            flow_keys,
+            Arc::default(),
         );
         let grace = snapshot.config.runtime.shutdown_grace.get();
         let shared = Arc::new(Shared::new(snapshot, dispatch));

@@ -109,6 +109,11 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
+        Node::start_with(|_| {})
+    }
+
+    /// [`Node::start`] with `tweak` applied to `[management]`.
+    fn start_with(tweak: impl FnOnce(&mut ManagementConfig)) -> Node {
         let dir = tempfile::tempdir().expect("tmp");
         let pki = pki(dir.path());
         let mut config = rc::config(&[Proto::Tls, Proto::Tcp]);
@@ -127,6 +132,7 @@ impl Node {
             reload_min_interval: siprox::config::ConfigDuration::millis(500),
             ..ManagementConfig::default()
         };
+        tweak(&mut config.management);
         let rt = rc::start(config, dir.path());
         let mgmt = rt.management_addr().expect("management listener");
         Node {
@@ -651,4 +657,34 @@ async fn reload_storm_during_tls_traffic_fails_nothing() {
     );
     assert!(value("siprox_replies_total{code=\"200\"}") > 0, "{m}");
     assert!(value("siprox_tls_handshakes_total") >= 4, "{m}");
+}
+
+/// 200 idle TCP connections (more than `max_connections`, each holding a slot until its
+/// handshake times out) do not lock the operator out: siproxctl still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_operators_out() {
+    let node = tokio::task::spawn_blocking(|| {
+        Node::start_with(|m| {
+            m.request_timeout = siprox::config::ConfigDuration::secs(30);
+            m.handshake_timeout = siprox::config::ConfigDuration::secs(30);
+        })
+    })
+    .await
+    .expect("start");
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        match tokio::net::TcpStream::connect(node.mgmt).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let node = Arc::new(node);
+    for _ in 0..3 {
+        let n = node.clone();
+        let out = tokio::task::spawn_blocking(move || n.ctl(Some(&n.pki.admin), &["version"]))
+            .await
+            .expect("siproxctl");
+        assert!(out.status.success(), "locked out: {}", text(&out));
+    }
+    drop(idle);
 }

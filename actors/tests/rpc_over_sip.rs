@@ -88,6 +88,8 @@ async fn the_route_script_governs_rpc_on_a_sip_listener() {
     let mut cfg = config(&[Proto::Tls]);
     cfg.script.file = Some("scripts/seed.cfg".into());
     cfg.tls.verify_client = VerifyClient::Optional;
+    // dispatch_rpc() runs a call only for a peer on [management] allow.
+    cfg.management.allow = vec!["admin".to_owned(), "user".to_owned()];
     let rt = start(cfg, dir.path());
     let addr = rt.local_addr(Transport::Tls).unwrap();
     let ca_path = certs.join("ca.pem");

@@ -194,14 +194,25 @@ async fn a_stream_that_loses_framing_is_closed() {
     let rt = start(cfg, dir.path());
     let addr = rt.local_addr(Transport::Tcp).expect("tcp");
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    // A head that never ends, over the message size limit.
+    // A head that never ends, over the message size limit; it names itself (Via, From, To,
+    // Call-ID, CSeq), so it is answered before the close.
     let junk = format!(
-        "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK-j\r\n{}",
+        "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK-j\r\n\
+         From: <sip:a@127.0.0.1>;tag=j\r\nTo: <sip:{addr}>\r\nCall-ID: junk\r\nCSeq: 1 OPTIONS\r\n{}",
         "X-Junk: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(64)
     );
     let _ = s.write_all(junk.as_bytes()).await;
     let mut all = Vec::new();
     let _ = tokio::time::timeout(T, s.read_to_end(&mut all)).await;
+    let answer = String::from_utf8_lossy(&all);
+    assert_eq!(status(&answer), Some(400), "{answer}");
+    assert!(answer.contains("larger than 2048 bytes"), "{answer}");
+    assert!(answer.contains("Call-ID: junk"), "{answer}");
+    assert_eq!(
+        answer.matches("SIP/2.0 ").count(),
+        1,
+        "one answer, then the close: {answer}"
+    );
     assert_eventually!(rt.stats().framing_errors == 1, T, "{:?}", rt.stats());
     assert_eventually!(rt.stats().connections_open == 0, T, "{:?}", rt.stats());
     rt.shutdown();

@@ -46,6 +46,11 @@ pub struct AuthConfig {
     /// secret per process (nonces do not survive a restart: clients get a new challenge).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    /// File of the keys that sign Record-Route flow tokens (RFC 5626 §5.2): one key per
+    /// line, at least 32 characters, the first signs and every one verifies (rotation).
+    /// Created with a random key when missing. Absent: a random key per process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_key_file: Option<PathBuf>,
     /// Nonce lifetime; older nonces get `stale=true`.
     pub nonce_ttl: ConfigDuration,
     /// Digest algorithms offered, one challenge each, most preferred first (RFC 8760):
@@ -58,6 +63,7 @@ impl Default for AuthConfig {
         AuthConfig {
             users_file: None,
             secret_file: None,
+            flow_key_file: None,
             nonce_ttl: ConfigDuration::secs(300),
             algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
         }

@@ -36,7 +36,12 @@ pub struct ManagementConfig {
     pub request_timeout: ConfigDuration,
     /// A keep-alive connection with no new request for this long is closed.
     pub idle_timeout: ConfigDuration,
-    /// Most management connections open at once (more are closed at accept).
+    /// A client that has not finished its TLS handshake within this is disconnected.
+    pub handshake_timeout: ConfigDuration,
+    /// Most authenticated management connections open at once (more are closed at
+    /// accept), and apart from them most connections still in their TLS handshake: when
+    /// those are full, the oldest is dropped for the newcomer, so that idle connections
+    /// cannot lock operators out.
     pub max_connections: usize,
     /// Minimum interval between two reloads started by `tls.reload` / `cfg.reload`; calls
     /// in between are coalesced into the one pending reload.
@@ -55,6 +60,7 @@ impl Default for ManagementConfig {
             max_request_size: 1024 * 1024,
             request_timeout: ConfigDuration::secs(10),
             idle_timeout: ConfigDuration::secs(60),
+            handshake_timeout: ConfigDuration::secs(5),
             max_connections: 64,
             reload_min_interval: ConfigDuration::secs(1),
         }

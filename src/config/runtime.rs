@@ -129,6 +129,12 @@ pub struct ConnectionsConfig {
     pub handshake_timeout: ConfigDuration,
     /// A connection that carries nothing for this long is closed; 0 = never.
     pub idle_timeout: ConfigDuration,
+    /// From the first byte of a message (or HTTP request) on a stream to its last: a peer
+    /// that takes longer is disconnected, however it trickles its bytes; 0 = never.
+    pub message_timeout: ConfigDuration,
+    /// Most bytes of unfinished messages buffered for the streams of one source IP; the
+    /// stream whose read goes over it is closed. 0 = no bound.
+    pub max_partial_bytes_per_ip: usize,
     /// A peer that accepts none of its queued bytes for this long loses its connection.
     pub send_timeout: ConfigDuration,
     /// An outgoing TCP connect that takes longer fails (the TLS handshake then has its own).
@@ -147,6 +153,8 @@ impl Default for ConnectionsConfig {
             max_connections_per_ip: 4_096,
             handshake_timeout: ConfigDuration::secs(5),
             idle_timeout: ConfigDuration::secs(600),
+            message_timeout: ConfigDuration::secs(5),
+            max_partial_bytes_per_ip: 16 * 1024 * 1024,
             send_timeout: ConfigDuration::secs(5),
             connect_timeout: ConfigDuration::secs(5),
             max_write_queue: 1024 * 1024,

@@ -3,16 +3,20 @@
 //! route a response back along its Via. Pure functions of (message, how it arrived,
 //! configuration): no I/O, no clock, no randomness. Must never panic on any message.
 
+pub mod flow;
 mod reply;
 mod types;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::sip::{Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri};
 
+pub use flow::{FlowKeyError, FlowKeys, FlowTokenError};
 pub use reply::build_reply;
 pub use types::{Action, ConnId, Destination, Inbound, Listen, NextHop, Target, Transport};
 
@@ -39,6 +43,8 @@ pub struct ProxyConfig {
     pub record_route: RecordRoute,
     /// `Server:` of locally generated replies.
     pub server: String,
+    /// Keys of the Record-Route flow tokens (RFC 5626 §5.2).
+    pub flow_keys: FlowKeys,
 }
 
 impl Default for ProxyConfig {
@@ -48,6 +54,7 @@ impl Default for ProxyConfig {
             aliases: Vec::new(),
             record_route: RecordRoute::default(),
             server: concat!("siprox/", env!("CARGO_PKG_VERSION")).to_owned(),
+            flow_keys: FlowKeys::random(),
         }
     }
 }
@@ -88,6 +95,9 @@ const BRANCH_PREFIX: &str = "z9hG4bK-sx";
 #[derive(Debug, Clone)]
 pub struct Proxy {
     cfg: ProxyConfig,
+    /// Requests refused for a forged or altered flow token; shared by the proxies of
+    /// successive snapshots so that the metric survives a reload.
+    flow_refused: Arc<AtomicU64>,
 }
 
 /// How a request is to be routed, computed the same way by [`Proxy::on_request`] and
@@ -107,7 +117,21 @@ struct Plan {
 
 impl Proxy {
     pub fn new(cfg: ProxyConfig) -> Proxy {
-        Proxy { cfg }
+        Proxy {
+            cfg,
+            flow_refused: Arc::default(),
+        }
+    }
+
+    /// This proxy counting refused flow tokens in `counter` (the previous snapshot's).
+    pub fn with_flow_counter(mut self, counter: Arc<AtomicU64>) -> Proxy {
+        self.flow_refused = counter;
+        self
+    }
+
+    /// The counter of requests refused for a forged or altered flow token.
+    pub fn flow_counter(&self) -> &Arc<AtomicU64> {
+        &self.flow_refused
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -192,10 +216,7 @@ impl Proxy {
                         reason: "ACK that cannot be routed",
                     };
                 }
-                return match code {
-                    416 => self.reply(msg, rx, 416, "Unsupported URI Scheme", ""),
-                    _ => self.reply(msg, rx, 400, "Bad Request (bad Route)", ""),
-                };
+                return self.routing_error(msg, rx, code);
             }
         };
         // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
@@ -287,6 +308,7 @@ impl Proxy {
         match code {
             416 => self.reply(msg, rx, 416, "Unsupported URI Scheme", ""),
             404 => self.reply(msg, rx, 404, "Not Found", ""),
+            403 => self.reply(msg, rx, 403, "Forbidden (invalid flow token)", ""),
             _ => self.reply(msg, rx, 400, "Bad Request (bad Route)", ""),
         }
     }
@@ -332,10 +354,26 @@ impl Proxy {
         )
     }
 
-    /// A message whose head could not even be indexed: nothing can be answered.
-    pub fn on_unparsable(&self, _bytes: &Bytes, _err: &ParseError, _rx: &Inbound) -> Action {
-        Action::Drop {
-            reason: "unparsable message",
+    /// A message whose head could not be indexed. On a stream (the sender is the peer at
+    /// the other end) a request that names its Via, From, To, Call-ID and CSeq gets a 400
+    /// with the error as reason, over the same connection. A datagram that does not parse
+    /// is dropped: answering it would reflect traffic to whatever source it claims.
+    pub fn on_unparsable(&self, bytes: &Bytes, err: &ParseError, rx: &Inbound) -> Action {
+        let Some(conn) = rx.conn.filter(|_| rx.transport.is_stream()) else {
+            return Action::Drop {
+                reason: "unparsable message",
+            };
+        };
+        match reply::unparsable_reply(bytes, &err.reason_phrase(), &self.cfg.server) {
+            // Over the connection it came on only: a stream that has closed is not
+            // reopened to deliver a 400 for garbage.
+            Some(bytes) => Action::Send {
+                dest: Destination::flow(rx.transport, conn),
+                bytes,
+            },
+            None => Action::Drop {
+                reason: "unparsable message",
+            },
         }
     }
 
@@ -369,12 +407,18 @@ impl Proxy {
                 reason: "unsupported transport in Via",
             };
         };
-        let conn = mine
-            .params
-            .get("i")
-            .flatten()
-            .and_then(|i| u64::from_str_radix(i, 16).ok())
-            .map(ConnId);
+        let conn = match mine.params.get("i") {
+            None => None,
+            Some(i) => match self.cfg.flow_keys.verify(i.unwrap_or("")) {
+                Ok((c, 0)) if c != 0 => Some(ConnId(c)),
+                _ => {
+                    self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                    return Action::Drop {
+                        reason: "response with a forged connection id in siprox's Via",
+                    };
+                }
+            },
+        };
         let ip = match next.received().and_then(parse_ip) {
             Some(ip) => Some(ip),
             None => next.host.ip(),
@@ -498,7 +542,13 @@ impl Proxy {
             match routes[first].uri() {
                 Ok(u) if self.uri_is_me(&u) => {
                     if flow.is_none() {
-                        flow = flow_of_route(&u, rx_conn);
+                        flow = match flow_of_route(&u, rx_conn, &self.cfg.flow_keys) {
+                            Ok(f) => f,
+                            Err(_) => {
+                                self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                                return Err(403);
+                            }
+                        };
                     }
                     remove_routes.push(first);
                     first += 1;
@@ -614,12 +664,9 @@ impl Proxy {
         let mut rr_params = opts.rr_params.clone().unwrap_or_default();
         if rx.conn.is_some() || dest.connection().is_some() {
             let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
-            let _ = write!(
-                rr_params,
-                ";fl={:x}.{:x}",
-                id(rx.conn),
-                id(dest.connection())
-            );
+            if let Some(t) = self.cfg.flow_keys.token(id(rx.conn), id(dest.connection())) {
+                let _ = write!(rr_params, ";fl={t}");
+            }
         }
         let rr_params = rr_params.as_str();
         let method = msg.method_kind();
@@ -639,8 +686,10 @@ impl Proxy {
         self.write_sent_by(&mut via, dest.transport, toward);
         via.push_str(";branch=");
         self.write_branch(&mut via, msg);
-        if let Some(c) = rx.conn {
-            let _ = write!(via, ";i={c}");
+        // The connection the response goes back over, signed like a flow token: a forged
+        // response must not be able to name another peer's connection.
+        if let Some(t) = rx.conn.and_then(|c| self.cfg.flow_keys.token(c.0, 0)) {
+            let _ = write!(via, ";i={t}");
         }
         if let Some(tag) = opts.script_tag.as_deref() {
             let token = tag
@@ -965,31 +1014,38 @@ impl Fnv {
 #[cfg(test)]
 mod tests;
 
-/// The flow an own Route's `fl=<a>.<b>` names for a request that arrived on `rx_conn`: one
-/// that came in on connection `a` goes out on `b`, and the other way round. The transport
-/// is the Route's (flows are TCP or TLS).
-fn flow_of_route(u: &Uri<'_>, rx_conn: Option<ConnId>) -> Option<Destination> {
-    let s = u.as_sip()?;
-    let fl = s.params.get("fl").flatten()?;
-    let (a, b) = fl.split_once('.')?;
-    let a = u64::from_str_radix(a, 16).ok()?;
-    let b = u64::from_str_radix(b, 16).ok()?;
+/// The flow an own Route's `fl=<a>.<b>.<mac>` names for a request that arrived on
+/// `rx_conn`: one that came in on connection `a` goes out on `b`, and the other way round.
+/// The transport is the Route's (flows are TCP or TLS). `Err`: a token siprox did not make
+/// (forged, altered, or of a key no longer held): the request is refused.
+fn flow_of_route(
+    u: &Uri<'_>,
+    rx_conn: Option<ConnId>,
+    keys: &FlowKeys,
+) -> Result<Option<Destination>, FlowTokenError> {
+    let Some(s) = u.as_sip() else {
+        return Ok(None);
+    };
+    let Some(fl) = s.params.get("fl") else {
+        return Ok(None);
+    };
+    let (a, b) = keys.verify(fl.unwrap_or(""))?;
     let rx = rx_conn.map(|c| c.0);
     let out = if rx == Some(a) {
         b
     } else if rx == Some(b) {
         a
     } else {
-        return None;
+        return Ok(None);
     };
     if out == 0 {
-        return None;
+        return Ok(None);
     }
     let transport = match s.transport().and_then(Transport::parse) {
         Some(t @ (Transport::Tcp | Transport::Tls)) => t,
         _ if s.secure => Transport::Tls,
-        _ => return None,
+        _ => return Ok(None),
     };
     // No address: a flow is only ever used while its connection is open.
-    Some(Destination::flow(transport, ConnId(out)))
+    Ok(Some(Destination::flow(transport, ConnId(out))))
 }

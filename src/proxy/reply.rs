@@ -109,3 +109,87 @@ fn write_top_via(out: &mut String, value: &str, rx: &Inbound) {
     }
     out.push_str(rest);
 }
+
+/// A 400 for a request on a stream whose head could not be indexed (a framing error, or a
+/// [`crate::sip::Frame::Malformed`] message), from its raw lines: the start line must be a
+/// request other than ACK, and Via, From, To, Call-ID and CSeq must be there (long or
+/// compact names), copied with control bytes turned into `?`. `None` when the message is not
+/// identifiable enough to answer.
+pub fn unparsable_reply(raw: &[u8], reason: &str, server: &str) -> Option<Bytes> {
+    let head_end = memchr::memmem::find(raw, b"\r\n\r\n").unwrap_or(raw.len());
+    let mut lines = raw[..head_end].split(|&b| b == b'\n');
+    let start = lines.next()?;
+    let start = start.strip_suffix(b"\r").unwrap_or(start);
+    let mut parts = start.split(|&b| b == b' ');
+    let method = parts.next()?;
+    let (_, version) = (parts.next()?, parts.next()?);
+    if method.is_empty()
+        || !method
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(b))
+        || method == b"ACK"
+        || !version.eq_ignore_ascii_case(b"SIP/2.0")
+    {
+        return None;
+    }
+    let mut via = Vec::new();
+    let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii().to_ascii_lowercase();
+        let value: Vec<u8> = line[colon + 1..]
+            .trim_ascii()
+            .iter()
+            .map(|&b| {
+                if b < 0x20 && b != b'\t' || b == 0x7f {
+                    b'?'
+                } else {
+                    b
+                }
+            })
+            .collect();
+        match name.as_slice() {
+            b"via" | b"v" => via.push(value),
+            b"from" | b"f" => from = from.or(Some(value)),
+            b"to" | b"t" => to = to.or(Some(value)),
+            b"call-id" | b"i" => call_id = call_id.or(Some(value)),
+            b"cseq" => cseq = cseq.or(Some(value)),
+            _ => {}
+        }
+    }
+    let (Some(from), Some(mut to), Some(call_id), Some(cseq)) = (from, to, call_id, cseq) else {
+        return None;
+    };
+    if via.is_empty() {
+        return None;
+    }
+    if !to.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag=")) {
+        to.extend_from_slice(b";tag=sx-bad-request");
+    }
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out = format!("SIP/2.0 400 {reason}\r\n").into_bytes();
+    for v in &via {
+        out.extend_from_slice(b"Via: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (n, v) in [
+        ("From", &from),
+        ("To", &to),
+        ("Call-ID", &call_id),
+        ("CSeq", &cseq),
+    ] {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("Server: {server}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    Some(Bytes::from(out))
+}

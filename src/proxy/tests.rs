@@ -268,15 +268,21 @@ fn double_record_route_on_transport_change() {
         .record_routes()
         .map(|r| r.unwrap().uri_str.to_owned())
         .collect();
+    let fl = p.config().flow_keys.token(0x2a, 0).expect("token");
+    assert!(fl.starts_with("2a.0."), "{fl}");
     assert_eq!(
         rr,
         vec![
-            "sip:192.0.2.10:5060;lr;r2=on;fl=2a.0",
-            "sip:192.0.2.10:5061;transport=tls;lr;r2=on;fl=2a.0"
+            format!("sip:192.0.2.10:5060;lr;r2=on;fl={fl}"),
+            format!("sip:192.0.2.10:5061;transport=tls;lr;r2=on;fl={fl}")
         ]
     );
     // Our Via carries the inbound connection for the response path.
-    assert_eq!(out.top_via().unwrap().params.get("i"), Some(Some("2a")));
+    let i = p.config().flow_keys.token(0x2a, 0).expect("token");
+    assert_eq!(
+        out.top_via().unwrap().params.get("i"),
+        Some(Some(i.as_str()))
+    );
     // The in-dialog request that comes back with that route set crosses back to TLS.
     let back = invite(
         "sip:alice@198.51.100.7:40123;transport=tls",
@@ -336,11 +342,29 @@ fn loop_is_detected_but_spiral_is_not() {
 #[test]
 fn responses_follow_the_via() {
     let p = proxy(RecordRoute::Never);
-    let r = msg("SIP/2.0 200 OK\n\
-Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i=2a\n\
+    let resp = |i: &str| {
+        msg(&format!(
+            "SIP/2.0 200 OK\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i={i}\n\
 Via: SIP/2.0/TLS client.invalid:5061;branch=z9hG4bKabc;rport=40123;received=198.51.100.7\n\
 To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
-CSeq: 1 INVITE\nContent-Length: 0\n\n");
+CSeq: 1 INVITE\nContent-Length: 0\n\n"
+        ))
+    };
+    // A forged connection id (the old unsigned form, or another id under a MAC): dropped.
+    let good = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let (_, mac) = good.rsplit_once('.').expect("mac");
+    for forged in ["2a".to_owned(), format!("2b.0.{mac}")] {
+        assert!(
+            matches!(
+                p.on_response(&resp(&forged), &udp_in()),
+                Action::Drop { .. }
+            ),
+            "{forged}"
+        );
+    }
+    assert_eq!(p.flow_counter().load(Ordering::Relaxed), 2);
+    let r = resp(&good);
     let (dest, out) = sent(p.on_response(&r, &udp_in()));
     assert_eq!(dest.transport, Transport::Tls);
     assert_eq!(
@@ -461,7 +485,9 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
     // Alice (connection 2a) called Bob (connection 7) through siprox; its Record-Route
     // carries both. Requests from either side go over the other side's connection, whatever
     // unreachable Contact the Request-URI names.
-    let route = "Route: <sip:192.0.2.10:5061;transport=tls;lr;fl=2a.7>\n";
+    let fl = p.config().flow_keys.token(0x2a, 7).expect("token");
+    let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
+    let route = route.as_str();
     let from_alice = invite("sip:bob@10.1.2.3:5061;transport=tls", route);
     let (dest, out) = sent(p.on_request(&from_alice, &tls_in()));
     assert_eq!(
@@ -578,4 +604,33 @@ fn ip_literal_hops_are_resolved_by_the_core_and_only_names_are_forwarded() {
         p.forward_with(&m, &udp_in(), &to("sip.example.net")),
         Action::Forward { hop } if hop.host == "sip.example.net"
     ));
+}
+
+#[test]
+fn forged_or_altered_flow_tokens_are_refused_and_counted() {
+    let p = proxy(RecordRoute::Never);
+    let mut from_mallory = tls_in();
+    from_mallory.conn = Some(ConnId(3));
+    let good = p.config().flow_keys.token(0x2a, 7).expect("token");
+    // The old unsigned form, Mallory's own connection paired with a victim's, a valid
+    // token with one id changed, and one signed by another key.
+    let other = FlowKeys::parse(&"x".repeat(32)).expect("key");
+    let (_, mac) = good.rsplit_once('.').expect("mac");
+    for fl in [
+        "3.7".to_owned(),
+        format!("3.7.{mac}"),
+        other.token(3, 7).expect("token"),
+        format!("{good}0"),
+    ] {
+        let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
+        let m = invite("sip:bob@10.1.2.3:5061;transport=tls", &route);
+        assert_eq!(reply_code(&p.on_request(&m, &from_mallory)).0, 403, "{fl}");
+        let opts = ForwardOpts::default();
+        assert_eq!(
+            reply_code(&p.forward_with(&m, &from_mallory, &opts)).0,
+            403,
+            "{fl}"
+        );
+    }
+    assert_eq!(p.flow_counter().load(Ordering::Relaxed), 8);
 }

@@ -60,7 +60,12 @@ impl AllowEntry {
         match self {
             AllowEntry::Fingerprint(f) => cert.fingerprint_sha256.eq_ignore_ascii_case(f),
             AllowEntry::Subject(s) => cert.subject.line == *s,
-            AllowEntry::Cn(cn) => cert.subject.cn.as_deref() == Some(cn.as_str()),
+            // A subject with several CNs has no one CN to match: an entry for the first
+            // would admit `/CN=admin/CN=mallory` (and OpenSSL-based tools differ on which
+            // CN they show). Such a certificate can still be named by subject or digest.
+            AllowEntry::Cn(cn) => {
+                cert.subject.cn_count <= 1 && cert.subject.cn.as_deref() == Some(cn.as_str())
+            }
         }
     }
 }
@@ -155,5 +160,27 @@ mod tests {
         assert!(!l.permits(Some(&cert("eve", "/CN=eve", "00"))));
         assert!(!l.permits(None));
         assert!(!AllowList::default().permits(Some(&cert("admin", "/CN=admin", "00"))));
+        let mut two = cert("admin", "/CN=admin/CN=mallory", "00");
+        two.subject.cn_count = 2;
+        assert!(!l.permits(Some(&two)), "several CNs never match a CN entry");
+        let by_subject = AllowList::parse(&["/CN=admin/CN=mallory"]).expect("valid");
+        assert!(by_subject.permits(Some(&two)));
+    }
+
+    #[test]
+    fn a_name_with_two_cns_is_counted() {
+        let mut b = openssl::x509::X509NameBuilder::new().expect("builder");
+        b.append_entry_by_text("CN", "admin").expect("cn");
+        b.append_entry_by_text("CN", "mallory").expect("cn");
+        let name = b.build();
+        let f = crate::tls::dn_facts(&name);
+        assert_eq!((f.cn.as_deref(), f.cn_count), (Some("admin"), 2));
+        let c = CertFacts {
+            subject: f,
+            ..CertFacts::default()
+        };
+        assert!(!AllowList::parse(&["admin"])
+            .expect("valid")
+            .permits(Some(&c)));
     }
 }

@@ -113,14 +113,16 @@ pub fn error_for(body: &[u8], f: &Fault) -> String {
     String::from_utf8(encode(&error_response(id, f))).unwrap_or_default()
 }
 
-/// The method of a single request, or of a batch's first.
+/// The method of a single request; `None` for a batch, which names several (a guard that
+/// read only one of them would let the others through).
 pub fn method_name(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
-    let first = match &v {
-        Value::Array(a) => a.first()?,
-        o => o,
-    };
-    first.get("method")?.as_str().map(str::to_owned)
+    v.as_object()?.get("method")?.as_str().map(str::to_owned)
+}
+
+/// Whether `body` is a JSON-RPC batch (a JSON array, however it is labelled).
+pub fn is_batch(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
 /// A request (for clients such as `siproxctl`).

@@ -115,6 +115,13 @@ pub type CallResult = Result<Value, Fault>;
 /// The method implementations (the runtime's). `system.*` methods are answered here, from
 /// [`METHODS`], and never reach a handler.
 pub trait Handler {
+    /// Called for every call before it runs, `system.*` included: the runtime logs the
+    /// caller here, and a gate may refuse the call (`Err`) so that it never runs.
+    fn before_call(&mut self, method: &str) -> Result<(), Fault> {
+        let _ = method;
+        Ok(())
+    }
+
     /// Run `method` with positional `params` (a JSON-RPC `params` object arrives as one
     /// object parameter).
     fn call(&mut self, method: &str, params: &[Value]) -> CallResult;
@@ -144,8 +151,8 @@ impl Protocol {
     }
 }
 
-/// The method named by an RPC body in `protocol`, without running it (for the route
-/// script's `@rpc.method` / `@xmlrpc.method`). For a JSON-RPC batch, the first call's.
+/// The method named by an RPC body in `protocol`, without running it. A JSON-RPC batch
+/// names no single method: `None`.
 pub fn method_of(protocol: Protocol, body: &[u8]) -> Option<String> {
     match protocol {
         Protocol::JsonRpc => jsonrpc::method_name(body),
@@ -153,8 +160,19 @@ pub fn method_of(protocol: Protocol, body: &[u8]) -> Option<String> {
     }
 }
 
-/// Answers `system.*` from the registry, everything else through `handler`.
+/// The method of a single JSON-RPC or XML-RPC call, whatever the Content-Type says (for
+/// the route script's `@rpc.method` / `@xmlrpc.method`). The body is tried with both
+/// decoders that [`serve`] uses, so that a label on the request cannot make the script
+/// see no method while a call runs; a body only one of them accepts names the method it
+/// would run.
+pub fn method_any(body: &[u8]) -> Option<String> {
+    jsonrpc::method_name(body).or_else(|| xmlrpc::method_name(body))
+}
+
+/// Answers `system.*` from the registry, everything else through `handler`; every call
+/// passes [`Handler::before_call`] first.
 pub fn call(handler: &mut dyn Handler, method: &str, params: &[Value]) -> CallResult {
+    handler.before_call(method)?;
     match method {
         "system.listMethods" => Ok(Value::Array(
             METHODS.iter().map(|m| Value::from(m.name)).collect(),
@@ -367,8 +385,17 @@ mod tests {
                 br#"[{"jsonrpc":"2.0","method":"tls.list"}]"#
             )
             .as_deref(),
-            Some("tls.list")
+            None,
+            "a batch names no single method"
         );
         assert_eq!(method_of(Protocol::JsonRpc, b"garbage"), None);
+        assert_eq!(
+            method_any(br#"{"jsonrpc":"2.0","id":1,"method":"core.kill"}"#).as_deref(),
+            Some("core.kill")
+        );
+        assert_eq!(
+            method_any(b"<methodCall><methodName>core.kill</methodName></methodCall>").as_deref(),
+            Some("core.kill")
+        );
     }
 }

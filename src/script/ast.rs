@@ -261,7 +261,11 @@ pub(crate) enum Func {
     AppendToReply,
     Save,
     Lookup,
-    DispatchRpc,
+    /// `dispatch_rpc()` (`trusted: false`: the allow-list applies) or
+    /// `dispatch_rpc_trusted()`.
+    DispatchRpc {
+        trusted: bool,
+    },
     Auth(AuthFn),
     MaxFwd(u8),
     SanityCheck,

@@ -493,6 +493,11 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 if !msg.is_some_and(|m| m.is_request()) || reason.contains(['\r', '\n']) {
                     return Ok(-1);
                 }
+                // A stateless proxy answers a request once: after a final reply, another
+                // would reach the client as a stray response.
+                if self.ctx.replied.is_some_and(|c| c >= 200) {
+                    return Ok(-1);
+                }
                 let r = self.host.reply(self.ctx, code as u16, &reason);
                 if r > 0 {
                     self.ctx.replied = Some(code as u16);
@@ -624,11 +629,15 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                     self.host.lookup(self.ctx, &table, &flags)
                 }
             }
-            Func::DispatchRpc => {
+            Func::DispatchRpc { trusted } => {
                 if msg.is_none() {
                     return Ok(-1);
                 }
-                self.host.dispatch_rpc(self.ctx)
+                if *trusted {
+                    self.host.dispatch_rpc_trusted(self.ctx)
+                } else {
+                    self.host.dispatch_rpc(self.ctx)
+                }
             }
             Func::Auth(f) => {
                 let a = self.arg(c, 0)?.as_str().into_owned();
@@ -636,8 +645,16 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 if msg.is_none() {
                     return Ok(-1);
                 }
+                let challenge = matches!(f, AuthFn::WwwChallenge | AuthFn::ProxyChallenge);
+                if challenge && self.ctx.replied.is_some_and(|c| c >= 200) {
+                    return Ok(-1);
+                }
                 let r = self.host.auth(self.ctx, *f, &a, &b);
-                if r > 0 && matches!(f, AuthFn::WwwChallenge | AuthFn::ProxyChallenge) {
+                // -2: the credentials were refused and answered (403 and friends).
+                if r == -2 && !challenge {
+                    self.ctx.replied = Some(403);
+                }
+                if r > 0 && challenge {
                     let code = if *f == AuthFn::WwwChallenge { 401 } else { 407 };
                     self.ctx.replied = Some(code);
                 }

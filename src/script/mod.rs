@@ -421,8 +421,15 @@ pub trait Host {
         let _ = (ctx, table, flags);
         -1
     }
-    /// `dispatch_rpc()`: hand an RPC request (HTTP on a SIP listener) to the RPC layer.
+    /// `dispatch_rpc()`: hand an RPC request (HTTP on a SIP listener) to the RPC layer,
+    /// which runs it only for a TLS peer on `[management] allow`.
     fn dispatch_rpc(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
+        let _ = ctx;
+        -1
+    }
+    /// `dispatch_rpc_trusted()`: the same without the allow-list check; the script's own
+    /// conditions are the whole rule.
+    fn dispatch_rpc_trusted(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
         let _ = ctx;
         -1
     }

@@ -1,17 +1,20 @@
 //! `@rpc.method` and `@xmlrpc.method`: the RPC method an HTTP request carries when it
 //! arrived on a SIP listener (SER style: the request is parsed as a message whose method is
-//! `POST` and whose body is the call). Read from the body on evaluation; anything that is
-//! not an RPC call yields the empty string, never an error.
+//! `POST` and whose body is the call). Both give the method of a JSON-RPC or an XML-RPC
+//! call, read from the body whatever its Content-Type, so that a guard written with either
+//! covers both protocols; a JSON-RPC batch (refused on a SIP listener before the script
+//! runs) and anything that is not an RPC call yield the empty string, never an error.
 
 use super::{Env, Seg, SelectError, Value};
-use crate::rpc::{self, Protocol};
+use crate::rpc;
 
 /// An RPC select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RpcSelect {
-    /// `@rpc.method`: JSON-RPC or XML-RPC, by Content-Type (or the body's first byte).
+    /// `@rpc.method`: the method of a JSON-RPC or XML-RPC call.
     Method,
-    /// `@xmlrpc.method`: the `methodName` of an XML-RPC `methodCall` (SER's select).
+    /// `@xmlrpc.method`: SER's name for the same thing. It used to be empty for a JSON-RPC
+    /// body, which let JSON-RPC through a guard written for XML-RPC.
     XmlrpcMethod,
 }
 
@@ -49,29 +52,7 @@ impl RpcSelect {
         let Some(msg) = env.msg else {
             return Value::EMPTY;
         };
-        let body = msg.body();
-        let protocol = match self {
-            RpcSelect::XmlrpcMethod => Protocol::XmlRpc,
-            RpcSelect::Method => {
-                let ct = msg.content_type().map(|c| {
-                    c.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase()
-                });
-                match ct.as_deref() {
-                    Some("application/json") | Some("application/json-rpc") => Protocol::JsonRpc,
-                    Some("text/xml") | Some("application/xml") => Protocol::XmlRpc,
-                    _ => match body.iter().find(|b| !b.is_ascii_whitespace()) {
-                        Some(b'<') => Protocol::XmlRpc,
-                        Some(b'{') | Some(b'[') => Protocol::JsonRpc,
-                        _ => return Value::EMPTY,
-                    },
-                }
-            }
-        };
-        rpc::method_of(protocol, body).map_or(Value::EMPTY, Value::from)
+        rpc::method_any(msg.body()).map_or(Value::EMPTY, Value::from)
     }
 }
 
@@ -119,7 +100,18 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tls.list"}"#,
         );
         assert_eq!(eval("rpc.method", &j), "tls.list");
-        assert_eq!(eval("xmlrpc.method", &j), "");
+        assert_eq!(eval("xmlrpc.method", &j), "tls.list", "both protocols");
+        // The label does not hide the method from the script.
+        let lying = http(
+            "text/plain",
+            r#"{"jsonrpc":"2.0","id":1,"method":"core.kill"}"#,
+        );
+        assert_eq!(eval("xmlrpc.method", &lying), "core.kill");
+        let batch = http(
+            "application/json",
+            r#"[{"jsonrpc":"2.0","id":1,"method":"core.version"},{"jsonrpc":"2.0","id":2,"method":"core.kill"}]"#,
+        );
+        assert_eq!(eval("rpc.method", &batch), "");
         let sip = "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\n\
                    From: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
                    Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";

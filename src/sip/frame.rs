@@ -20,12 +20,21 @@ pub enum Frame {
     Ping,
     /// An RFC 5626 pong (a lone CRLF).
     Pong,
+    /// A message whose head does not parse but whose end is known (one readable
+    /// Content-Length): its bytes, taken off the stream, and why. Answer it (400) and go on
+    /// reading: the stream has kept its framing.
+    Malformed {
+        bytes: bytes::Bytes,
+        error: ParseError,
+    },
 }
 
 /// Splits a byte stream into SIP messages and keepalives.
 ///
-/// After an `Err` the stream has lost its framing: the caller must close the connection
-/// (after answering 400 where it can).
+/// After an `Err` the stream has lost its framing (no head end within the size limit, or a
+/// missing, negative or ambiguous Content-Length): the caller must close the connection
+/// after answering 400 where it can. A head that is malformed in other ways, with one
+/// readable Content-Length, is a [`Frame::Malformed`] and the stream goes on.
 #[derive(Debug)]
 pub struct StreamFramer {
     limits: Limits,
@@ -93,12 +102,33 @@ impl StreamFramer {
                     }
                     let head = match parse_head(&buf[..head_end], &self.limits) {
                         Ok(h) => h,
-                        // The index stops at the first blank line, which we found: so an
-                        // "incomplete" here means the head is malformed.
-                        Err(ParseError::Incomplete) => {
-                            return Err(ParseError::BadHeaderLine { offset: head_end })
+                        Err(e) => {
+                            // The index stops at the first blank line, which we found: so
+                            // an "incomplete" here means the head is malformed.
+                            let e = match e {
+                                ParseError::Incomplete => {
+                                    ParseError::BadHeaderLine { offset: head_end }
+                                }
+                                e => e,
+                            };
+                            let Some(n) = lenient_content_length(&buf[..head_end]) else {
+                                return Err(e);
+                            };
+                            let total = head_end.saturating_add(n);
+                            if total > self.limits.max_message_size {
+                                return Err(e);
+                            }
+                            if buf.len() < total {
+                                // Searched again once the body is in: rare, and bounded.
+                                self.scanned = 0;
+                                return Ok(None);
+                            }
+                            self.scanned = 0;
+                            return Ok(Some(Frame::Malformed {
+                                bytes: buf.split_to(total).freeze(),
+                                error: e,
+                            }));
                         }
-                        Err(e) => return Err(e),
                     };
                     match &head.content_length {
                         ContentLength::Absent => return Err(ParseError::MissingContentLength),
@@ -144,6 +174,29 @@ impl StreamFramer {
     }
 }
 
+/// The Content-Length of a head that does not parse, when it has exactly one such line
+/// (long or compact form) holding only digits: enough to skip the message and keep the
+/// stream. Anything less certain is `None`.
+fn lenient_content_length(head: &[u8]) -> Option<usize> {
+    let mut found = None;
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
+            continue;
+        }
+        let v = line[colon + 1..].trim_ascii();
+        if v.is_empty() || v.len() > 9 || !v.iter().all(u8::is_ascii_digit) || found.is_some() {
+            return None;
+        }
+        found = std::str::from_utf8(v).ok()?.parse().ok();
+    }
+    found
+}
+
 /// Head plus body, as Content-Length says (the head alone when it says nothing usable:
 /// such heads were refused before they got here).
 fn total_len(head: &Head) -> usize {
@@ -171,6 +224,9 @@ mod tests {
                     Frame::Message(m) => String::from_utf8_lossy(m.body()).into_owned(),
                     Frame::Ping => "PING".into(),
                     Frame::Pong => "PONG".into(),
+                    Frame::Malformed { bytes, .. } => {
+                        format!("MALFORMED {}", bytes.len())
+                    }
                 });
             }
         }
@@ -198,6 +254,25 @@ mod tests {
     fn missing_content_length_is_an_error() {
         let e = frames(&[b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n"]).unwrap_err();
         assert_eq!(e, ParseError::MissingContentLength);
+    }
+
+    #[test]
+    fn a_malformed_head_with_one_readable_length_is_skipped_whole() {
+        let bad: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nno colon here\r\nl: 3\r\n\r\nabc";
+        let mut all = bad.to_vec();
+        all.extend_from_slice(MSG);
+        let chunks: Vec<&[u8]> = all.chunks(7).collect();
+        assert_eq!(
+            frames(&chunks).unwrap(),
+            vec![format!("MALFORMED {}", bad.len()), "hello".to_owned()]
+        );
+        // Two lengths, or none: the end is not known, the stream is lost.
+        assert!(frames(&[
+            b"OPTIONS sip:a@b SIP/2.0\r\nno colon\r\nl: 3\r\nContent-Length: 3\r\n\r\nabc"
+        ])
+        .is_err());
+        assert!(frames(&[b"OPTIONS sip:a@b SIP/2.0\r\nno colon\r\n\r\n"]).is_err());
+        assert!(frames(&[b"OPTIONS sip:a@b SIP/2.0\r\nno colon\r\nl: -3\r\n\r\n"]).is_err());
     }
 
     #[test]

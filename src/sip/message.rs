@@ -368,6 +368,48 @@ fn parse_start_line(
     })
 }
 
+/// Whether `head[i]` is a byte SIP never allows there: a NUL that is not escaped as a
+/// quoted-pair (`\` NUL is valid in a quoted-string, RFC 3261 §25.1 and RFC 4475 §3.1.1.10),
+/// or a CR that does not start a CRLF.
+fn forbidden_at(head: &[u8], i: usize) -> bool {
+    match head.get(i) {
+        Some(0) => i == 0 || head.get(i - 1) != Some(&b'\\'),
+        Some(b'\r') => head.get(i + 1) != Some(&b'\n'),
+        _ => false,
+    }
+}
+
+/// The first forbidden byte ([`forbidden_at`]) in a head.
+fn forbidden_byte(head: &[u8]) -> Option<usize> {
+    let nul = memchr::memchr_iter(0, head).find(|&i| forbidden_at(head, i));
+    let cr = memchr::memchr_iter(b'\r', head).find(|&i| forbidden_at(head, i));
+    match (nul, cr) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The head as text, byte for byte: every byte that is not part of valid UTF-8 (Latin-1
+/// display names from older phones) and every forbidden byte becomes `?`. Offsets stay
+/// those of the raw bytes, which are what is forwarded.
+fn text_view(head: &[u8]) -> String {
+    let mut v: Vec<u8> = head
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if forbidden_at(head, i) { b'?' } else { b })
+        .collect();
+    let mut at = 0;
+    while let Err(e) = std::str::from_utf8(&v[at..]) {
+        let bad = at + e.valid_up_to();
+        let n = e.error_len().unwrap_or(v.len() - bad);
+        for b in &mut v[bad..bad + n] {
+            *b = b'?';
+        }
+        at = bad + n;
+    }
+    String::from_utf8(v).unwrap_or_default()
+}
+
 /// A parsed SIP request or response over the bytes it arrived in.
 ///
 /// Cloning is cheap (reference-counted bytes plus the header index).
@@ -441,11 +483,20 @@ impl Message {
 
     pub(crate) fn from_head(
         raw: Bytes,
-        head: Head,
+        mut head: Head,
         limits: &Limits,
     ) -> Result<Message, ParseError> {
-        let head_str =
-            ByteString::try_from(raw.slice(..head.len)).map_err(|_| ParseError::InvalidUtf8)?;
+        let bytes = raw.get(..head.len).ok_or(ParseError::Incomplete)?;
+        let forbidden = forbidden_byte(bytes);
+        let head_str = match (std::str::from_utf8(bytes), forbidden) {
+            (Ok(_), None) => {
+                ByteString::try_from(raw.slice(..head.len)).map_err(|_| ParseError::InvalidUtf8)?
+            }
+            _ => ByteString::from(text_view(bytes)),
+        };
+        if let Some(offset) = forbidden {
+            defer(&mut head.deferred, ParseError::ForbiddenByte { offset });
+        }
         Ok(Message {
             raw,
             head: head_str,
@@ -908,4 +959,42 @@ pub fn unfold(v: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(trim_lws(&out).to_owned())
+}
+
+#[cfg(test)]
+mod byte_tests {
+    use super::*;
+
+    fn msg(from: &[u8]) -> Vec<u8> {
+        let mut m = b"MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: ".to_vec();
+        m.extend_from_slice(from);
+        m.extend_from_slice(b";tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nSubject: Gr\xfc\xdfe\r\nContent-Length: 0\r\n\r\n");
+        m
+    }
+
+    #[test]
+    fn latin1_values_are_accepted_and_kept_byte_for_byte() {
+        let raw = msg(b"\"M\xfcller\" <sip:m@example.com>");
+        let m = Message::parse(Bytes::from(raw.clone())).expect("Latin-1 is accepted");
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(m.as_bytes().as_ref(), &raw[..], "kept as received");
+        assert_eq!(m.from().expect("From").uri_str, "sip:m@example.com");
+        assert!(m.head_str().contains("\"M?ller\""), "{}", m.head_str());
+    }
+
+    #[test]
+    fn nul_and_bare_cr_are_refused() {
+        for from in [
+            &b"\"a\0b\" <sip:m@example.com>"[..],
+            b"\"a\rInjected: x\" <sip:m@example.com>",
+        ] {
+            let m = Message::parse(Bytes::from(msg(from))).expect("indexes");
+            assert!(
+                matches!(m.validate(), Err(ParseError::ForbiddenByte { .. })),
+                "{:?}",
+                m.validate()
+            );
+            assert!(!m.head_str().contains(['\0']));
+        }
+    }
 }

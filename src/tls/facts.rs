@@ -70,7 +70,11 @@ impl CertFacts {
 pub struct DnFacts {
     /// One line, OpenSSL's oneline style: `/C=US/O=Example/CN=Bob`.
     pub line: String,
+    /// The first CN.
     pub cn: Option<String>,
+    /// How many CN entries the name holds (a name read from a certificate; 0 otherwise).
+    /// With several, "the CN" is ambiguous: the management allow-list refuses CN entries.
+    pub cn_count: usize,
     pub o: Option<String>,
     pub ou: Option<String>,
     pub c: Option<String>,

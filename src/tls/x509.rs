@@ -80,6 +80,7 @@ pub fn dn_facts(name: &X509NameRef) -> DnFacts {
     DnFacts {
         line,
         cn: get(Nid::COMMONNAME),
+        cn_count: name.entries_by_nid(Nid::COMMONNAME).count(),
         o: get(Nid::ORGANIZATIONNAME),
         ou: get(Nid::ORGANIZATIONALUNITNAME),
         c: get(Nid::COUNTRYNAME),

@@ -95,6 +95,7 @@ pub fn dn(cn: &str, o: &str) -> DnFacts {
     DnFacts {
         line: format!("/C=US/ST=CA/L=Palo Alto/O={o}/OU=Voice/CN={cn}/UID=u-{cn}/emailAddress={cn}@example.com"),
         cn: Some(cn.into()),
+        cn_count: 1,
         o: Some(o.into()),
         ou: Some("Voice".into()),
         c: Some("US".into()),

@@ -122,8 +122,11 @@ impl Management {
             },
             request_timeout: cfg.request_timeout.get(),
             idle_timeout: cfg.idle_timeout.get(),
+            handshake_timeout: cfg.handshake_timeout.get(),
             max_connections: cfg.max_connections,
             open: AtomicUsize::new(0),
+            pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
             rpc: rpc.clone(),
         });
         actix::spawn(accept_loop(listener, server));
@@ -139,9 +142,23 @@ struct Server {
     limits: HttpLimits,
     request_timeout: Duration,
     idle_timeout: Duration,
+    handshake_timeout: Duration,
     max_connections: usize,
+    /// Authenticated (handshake done) connections.
     open: AtomicUsize,
+    /// Connections still in their handshake, oldest first: at `max_connections` the oldest
+    /// is aborted for the newcomer, so idle sockets cannot hold every slot.
+    pending: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::task::AbortHandle)>>,
+    next_id: std::sync::atomic::AtomicU64,
     rpc: Addr<Rpc>,
+}
+
+impl Server {
+    fn handshake_done(&self, id: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|(i, _)| *i != id);
+        }
+    }
 }
 
 async fn accept_loop(listener: std::net::TcpListener, server: Arc<Server>) {
@@ -162,24 +179,47 @@ async fn accept_loop(listener: std::net::TcpListener, server: Arc<Server>) {
                 continue;
             }
         };
-        if server.open.fetch_add(1, Ordering::AcqRel) >= server.max_connections {
-            server.open.fetch_sub(1, Ordering::AcqRel);
+        if server.open.load(Ordering::Acquire) >= server.max_connections {
             debug!(%peer, "management connection refused: max_connections");
             continue;
         }
+        let id = server.next_id.fetch_add(1, Ordering::Relaxed);
         let s = server.clone();
-        actix::spawn(
+        let task = actix::spawn(
             async move {
-                serve_connection(&s, tcp).await;
-                s.open.fetch_sub(1, Ordering::AcqRel);
+                serve_connection(&s, tcp, id).await;
             }
             .instrument(info_span!("mgmt", %peer)),
         );
+        let evicted = match server.pending.lock() {
+            Ok(mut p) => {
+                p.push_back((id, task.abort_handle()));
+                if p.len() > server.max_connections {
+                    p.pop_front()
+                } else {
+                    None
+                }
+            }
+            Err(_) => None,
+        };
+        if let Some((_, oldest)) = evicted {
+            debug!("management: oldest unauthenticated connection dropped for a new one");
+            oldest.abort();
+        }
+    }
+}
+
+/// Counts an authenticated connection while it lives.
+struct OpenSlot<'a>(&'a Server);
+
+impl Drop for OpenSlot<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// One management connection: handshake, identity, then keep-alive requests.
-async fn serve_connection(server: &Server, tcp: TcpStream) {
+async fn serve_connection(server: &Server, tcp: TcpStream, id: u64) {
     let _ = tcp.set_nodelay(true);
     let ssl = match Ssl::new(&server.ctx) {
         Ok(s) => s,
@@ -191,7 +231,10 @@ async fn serve_connection(server: &Server, tcp: TcpStream) {
     let Ok(mut tls) = SslStream::new(ssl, tcp) else {
         return;
     };
-    match tokio::time::timeout(server.request_timeout, Pin::new(&mut tls).accept()).await {
+    let handshake = tokio::time::timeout(server.handshake_timeout, Pin::new(&mut tls).accept());
+    let done = handshake.await;
+    server.handshake_done(id);
+    match done {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             debug!(error = %e, "management handshake failed");
@@ -202,6 +245,12 @@ async fn serve_connection(server: &Server, tcp: TcpStream) {
             return;
         }
     }
+    if server.open.fetch_add(1, Ordering::AcqRel) >= server.max_connections {
+        server.open.fetch_sub(1, Ordering::AcqRel);
+        debug!("management connection refused after its handshake: max_connections");
+        return;
+    }
+    let _slot = OpenSlot(server);
     // Verified by OpenSSL against the management CA (FAIL_IF_NO_PEER_CERT): only the
     // allow-list is left to check.
     let peer = tls
@@ -212,6 +261,10 @@ async fn serve_connection(server: &Server, tcp: TcpStream) {
     let who = peer
         .as_ref()
         .map_or_else(String::new, |c| c.subject.line.clone());
+    let caller = match tls.get_ref().peer_addr() {
+        Ok(a) => format!("{a} {who}"),
+        Err(_) => who.clone(),
+    };
     if !allowed {
         warn!(subject = %who, "management client certificate not on the allow-list");
     }
@@ -232,6 +285,8 @@ async fn serve_connection(server: &Server, tcp: TcpStream) {
             .send(Request {
                 req: Box::new(req),
                 allowed,
+                caller: caller.clone(),
+                only: None,
             })
             .await
         {

@@ -192,7 +192,7 @@ fn tls_info(infos: &[ConnInfo]) -> Value {
 }
 
 /// Every counter by name (`stats.get`, and the `/metrics` mapping's source).
-pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 15] {
+pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 16] {
     [
         ("connections_open", s.connections_open),
         ("accepted", s.accepted),
@@ -203,6 +203,7 @@ pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 15] {
         ("send_timeouts", s.send_timeouts),
         ("write_queue_overflows", s.write_queue_overflows),
         ("idle_timeouts", s.idle_timeouts),
+        ("message_timeouts", s.message_timeouts),
         ("framing_errors", s.framing_errors),
         ("messages_in", s.messages_in),
         ("udp_unparsable", s.udp_unparsable),

@@ -190,6 +190,12 @@ pub(crate) fn render(rpc: &Rpc) -> String {
     );
     counter(
         &mut r,
+        "message_timeouts",
+        "Streams closed because a message took longer than message_timeout to arrive",
+        s.message_timeouts,
+    );
+    counter(
+        &mut r,
         "framing_errors",
         "Streams closed after losing SIP framing",
         s.framing_errors,
@@ -225,6 +231,17 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         rpc.shared
             .stats
             .script_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    counter(
+        &mut r,
+        "flow_tokens_refused",
+        "Requests refused for a forged or altered Record-Route flow token",
+        rpc.shared
+            .snapshot
+            .load()
+            .proxy
+            .flow_counter()
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     let bindings = rpc.shared.location.get().map_or(0, |l| {

@@ -7,12 +7,35 @@ use std::time::{Duration, SystemTime};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient};
 use siprox::rpc::HttpResponse;
+use tracing::{info, warn};
 
 use crate::mgmt::methods::{Methods, ReloadGate};
 use crate::state::messages::{RpcRequest as Request, Shutdown};
 use crate::state::Shared;
 
 pub use crate::mgmt::listener::Management;
+
+/// Logs every call with its caller at INFO, and enforces [`Request::only`].
+struct Logged<'a, H> {
+    inner: H,
+    caller: &'a str,
+    only: Option<&'a str>,
+}
+
+impl<H: siprox::rpc::Handler> siprox::rpc::Handler for Logged<'_, H> {
+    fn before_call(&mut self, method: &str) -> Result<(), siprox::rpc::Fault> {
+        if self.only.is_some_and(|m| m != method) {
+            warn!(caller = %self.caller, method, "RPC call refused: not the method the route script decided on");
+            return Err(siprox::rpc::Fault::forbidden());
+        }
+        info!(caller = %self.caller, method, "RPC call");
+        self.inner.before_call(method)
+    }
+
+    fn call(&mut self, method: &str, params: &[siprox::rpc::Value]) -> siprox::rpc::CallResult {
+        self.inner.call(method, params)
+    }
+}
 
 /// The `Rpc` actor: runs management methods on the control arbiter. Methods only read the
 /// shared state or send messages; none waits for a worker.
@@ -46,7 +69,18 @@ impl Handler<Request> for Rpc {
             r.close = !req.keep_alive();
             return actix::MessageResult(r);
         }
-        let mut methods = Methods { rpc: self, ctx };
+        if !msg.allowed {
+            info!(
+                caller = %msg.caller,
+                method = siprox::rpc::method_any(&req.body).as_deref().unwrap_or(""),
+                "RPC call refused: caller not on [management] allow"
+            );
+        }
+        let mut methods = Logged {
+            inner: Methods { rpc: self, ctx },
+            caller: &msg.caller,
+            only: msg.only.as_deref(),
+        };
         actix::MessageResult(siprox::rpc::serve(req, msg.allowed, &mut methods))
     }
 }

@@ -3,8 +3,10 @@
 //! resolved, a TLS domain's material (PEM files, CA directory, key password) read into the
 //! bytes the core builds and hashes. In `reload` because its callers are the reload job,
 //! `siprox check` and the start (entry), and the management listener; `tls` builds from the
-//! material it is given. The core decides on what these return; this file must never decide
-//! (merge, validate, parse) and never write. Blocking: never call it on a worker thread.
+//! material it is given; also `[auth] flow_key_file`. The core decides on what these
+//! return; this file must never decide (merge, validate, parse) and never write, except the
+//! flow-token key file it creates once when it is missing. Blocking: never call it on a
+//! worker thread.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,11 @@ use siprox::config::{
     is_config_file_name, load_sources, ClientTls, Config, ConfigError, ConfigErrors, ConfigSource,
     Origin, ServerTls, DOMAINS_DIR,
 };
+use siprox::proxy::FlowKeys;
 use siprox::tls::{CaDir, FileBytes, KeyPassword, ServerContext, TlsError, TlsMaterial};
+use tracing::info;
+
+use crate::error::RuntimeError;
 
 use crate::tls::ReadMaterial;
 
@@ -278,6 +284,65 @@ fn material(
             .map(|p| read_ca_dir(&resolve(base, p)))
             .transpose()?,
     })
+}
+
+/// The flow-token keys of `[auth] flow_key_file` (created with one random key, mode 0600,
+/// when it does not exist yet); without the setting, a random key for this process.
+pub fn load_flow_keys(config: &Config, base: &Path) -> Result<FlowKeys, RuntimeError> {
+    let Some(f) = &config.auth.flow_key_file else {
+        return Ok(FlowKeys::random());
+    };
+    let path = resolve(base, f);
+    let what = |verb: &str| format!("{verb} [auth] flow_key_file {}", path.display());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = FlowKeys::generate_file()
+                .map_err(|e| RuntimeError::Config(format!("{}: {e}", what("generating"))))?;
+            match create_private(&path, text.as_bytes()) {
+                Ok(()) => {
+                    info!(file = %path.display(), "flow-token key generated");
+                    text
+                }
+                // Another process made it first: use that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read_to_string(&path).map_err(|source| RuntimeError::Io {
+                        what: what("reading"),
+                        source,
+                    })?
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Io {
+                        what: what("creating"),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(source) => {
+            return Err(RuntimeError::Io {
+                what: what("reading"),
+                source,
+            })
+        }
+    };
+    FlowKeys::parse(&text).map_err(|e| RuntimeError::Config(format!("{}: {e}", what("in"))))
+}
+
+/// A new file readable by its owner only; fails if it exists.
+fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// One file's bytes (symlinks followed).

@@ -1,17 +1,18 @@
 //! One reload's work, on a blocking thread: re-read conf.d (only when its digest changed),
-//! rebuild the TLS domains whose inputs changed, re-read the users file and the scripts
-//! that changed, and return a whole candidate snapshot (or one that waits only for the
+//! rebuild the TLS domains whose inputs changed, re-read the users file, the flow-token key
+//! file and the scripts that changed, and return a whole candidate snapshot (or one that waits only for the
 //! `Script` actor to compile what was read) or the reasons it was refused. Must never
 //! publish: the `DomainRegistry` does, with one `store()`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::state::resolve;
 use siprox::auth::Users;
 use siprox::config::Config;
-use siprox::proxy::Listen;
+use siprox::proxy::{FlowKeys, Listen};
 
 use crate::reload::script::{read_sources, ScriptSource};
 use crate::reload::watch::watch_dirs;
@@ -60,6 +61,8 @@ pub(crate) struct Pending {
     listens: Vec<Listen>,
     tls: Arc<TlsDomains>,
     users: Arc<Users>,
+    flow_keys: FlowKeys,
+    flow_refused: Arc<AtomicU64>,
     changed: Vec<String>,
 }
 
@@ -68,8 +71,15 @@ impl Pending {
     pub(crate) fn finish(self, scripts: Result<ScriptSet, Vec<String>>) -> JobOutcome {
         match scripts {
             Ok(s) => {
-                let snap =
-                    Snapshot::build(self.config, self.listens, self.tls, Arc::new(s), self.users);
+                let snap = Snapshot::build(
+                    self.config,
+                    self.listens,
+                    self.tls,
+                    Arc::new(s),
+                    self.users,
+                    self.flow_keys,
+                    self.flow_refused,
+                );
                 JobOutcome::Publish(Box::new(snap), self.changed)
             }
             Err(errors) => JobOutcome::Failed(
@@ -182,10 +192,30 @@ impl Job {
                 }
             };
         let users_same = Arc::ptr_eq(&users, &self.prev.users);
+        // Without a key file the running (per-process) keys stay; a key file that does not
+        // load fails the reload, so the running keys stay too: live dialogs stay reachable.
+        let prev_keys = &self.prev.proxy.config().flow_keys;
+        let flow_keys = match &config.auth.flow_key_file {
+            None => prev_keys.clone(),
+            Some(_) => match super::files::load_flow_keys(&config, &self.base) {
+                Ok(k) => k,
+                Err(e) => {
+                    return fail(
+                        vec![DomainError {
+                            domain: "auth".to_owned(),
+                            reason: e.to_string(),
+                        }],
+                        watch,
+                    )
+                }
+            },
+        };
+        let keys_same = flow_keys == *prev_keys;
+        let flow_refused = self.prev.proxy.flow_counter().clone();
         let scripts_digest = scripts_digest(&config, &self.base);
         let scripts_same = scripts_digest == self.scripts_digest && config == *self.prev.config;
         let (old, new) = (self.prev.tls.fingerprint(), tls.fingerprint());
-        if new == old && scripts_same && users_same {
+        if new == old && scripts_same && users_same && keys_same {
             return JobResult {
                 outcome: JobOutcome::Unchanged,
                 watch,
@@ -211,6 +241,8 @@ impl Job {
                 Arc::new(tls),
                 scripts,
                 users,
+                flow_keys,
+                flow_refused,
             );
             JobOutcome::Publish(Box::new(snapshot), changed)
         } else {
@@ -223,6 +255,8 @@ impl Job {
                 listens: self.listens,
                 tls: Arc::new(tls),
                 users,
+                flow_keys,
+                flow_refused,
                 changed,
             }))
         };

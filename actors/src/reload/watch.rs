@@ -68,9 +68,13 @@ pub fn watch_dirs(config: &Config, config_dir: Option<&Path>, base: &Path) -> BT
         files.push(resolve(base, f));
     }
     // The digest users file reloads like everything else.
-    for f in [&config.auth.users_file, &config.auth.secret_file]
-        .into_iter()
-        .flatten()
+    for f in [
+        &config.auth.users_file,
+        &config.auth.secret_file,
+        &config.auth.flow_key_file,
+    ]
+    .into_iter()
+    .flatten()
     {
         files.push(resolve(base, f));
     }

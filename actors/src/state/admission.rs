@@ -1,4 +1,4 @@
-//! Admission control of TCP/TLS connections: a total and a per-source-IP bound, and the
+//! Admission control of TCP/TLS connections: a total and a per-source-IP bound, the
 //! [`Slot`] that gives a connection's place back when it is dropped. Must never block: an
 //! accept is admitted or refused at once.
 
@@ -16,6 +16,8 @@ pub struct Admission {
     open: AtomicUsize,
     /// Sharded: accepts on different workers rarely contend on one shard.
     per_ip: DashMap<IpAddr, usize>,
+    /// Bytes of unfinished messages buffered per source IP (only streams holding some).
+    partial: DashMap<IpAddr, usize>,
 }
 
 /// Why a connection was not admitted.
@@ -47,6 +49,21 @@ impl Drop for Slot {
 }
 
 impl Shared {
+    /// A stream from `ip` now buffers `now` bytes of unfinished messages instead of
+    /// `before`. `false` when that takes the IP over `limit` (0 = no bound): the caller
+    /// closes the stream (and later releases what it holds with `now = 0`).
+    pub(crate) fn hold_partial(&self, ip: IpAddr, before: usize, now: usize, limit: usize) -> bool {
+        let p = &self.admission.partial;
+        let mut entry = p.entry(ip).or_insert(0);
+        *entry = entry.saturating_sub(before).saturating_add(now);
+        let total = *entry;
+        drop(entry);
+        if total == 0 {
+            p.remove_if(&ip, |_, n| *n == 0);
+        }
+        limit == 0 || total <= limit
+    }
+
     /// Admits an incoming connection from `ip`, or says which limit refused it.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
         let conf = self.snapshot.load();

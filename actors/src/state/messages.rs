@@ -22,6 +22,10 @@ pub enum CloseReason {
     SendTimeout,
     WriteQueueFull,
     IdleTimeout,
+    /// The source IP buffers more than `max_partial_bytes_per_ip` of unfinished messages.
+    PartialLimit,
+    /// A message took longer than `message_timeout` from its first byte to its last.
+    MessageTimeout,
     FramingError,
     Shutdown,
     HandshakeFailed,
@@ -61,6 +65,11 @@ pub struct Shutdown;
 pub struct RpcRequest {
     pub req: Box<HttpRequest>,
     pub allowed: bool,
+    /// Peer address and TLS subject (or `anonymous`), for the log line of every call.
+    pub caller: String,
+    /// From a SIP listener: the one method the route script decided on. Any other call in
+    /// the request is refused, whatever the decoders make of it.
+    pub only: Option<String>,
 }
 
 /// What asked for a reload (logs and status).

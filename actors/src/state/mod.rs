@@ -131,6 +131,7 @@ impl Shared {
             send_timeouts: g(&s.send_timeouts),
             write_queue_overflows: g(&s.write_queue_overflows),
             idle_timeouts: g(&s.idle_timeouts),
+            message_timeouts: g(&s.message_timeouts),
             framing_errors: g(&s.framing_errors),
             messages_in: g(&s.messages_in),
             udp_unparsable: g(&s.udp_unparsable),

@@ -2,12 +2,13 @@
 //! published with one `store()` by the `DomainRegistry`. Building one is pure (no file, no
 //! socket): the reload job hands it what it read. Must never be mutated once published.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use siprox::auth::Users;
 use siprox::config::Config;
-use siprox::proxy::{Listen, Proxy, ProxyConfig};
+use siprox::proxy::{FlowKeys, Listen, Proxy, ProxyConfig};
 use siprox::sip::Limits;
 
 use crate::error::RuntimeError;
@@ -19,6 +20,8 @@ use crate::state::{ScriptSet, TlsDomains};
 pub struct ConnSettings {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub message_timeout: Duration,
+    pub max_partial_bytes_per_ip: usize,
     pub send_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_write_queue: usize,
@@ -31,6 +34,8 @@ impl ConnSettings {
         ConnSettings {
             handshake_timeout: k.handshake_timeout.get(),
             idle_timeout: k.idle_timeout.get(),
+            message_timeout: k.message_timeout.get(),
+            max_partial_bytes_per_ip: k.max_partial_bytes_per_ip,
             send_timeout: k.send_timeout.get(),
             connect_timeout: k.connect_timeout.get(),
             max_write_queue: k.max_write_queue,
@@ -62,13 +67,16 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The snapshot for `config` with the actual bound addresses (at start and at each
-    /// reload).
+    /// reload). `flow_refused` is the previous snapshot's counter of refused flow tokens,
+    /// so that the metric survives a reload.
     pub fn build(
         config: Arc<Config>,
         listens: Vec<Listen>,
         tls: Arc<TlsDomains>,
         scripts: Arc<ScriptSet>,
         users: Arc<Users>,
+        flow_keys: FlowKeys,
+        flow_refused: Arc<AtomicU64>,
     ) -> Snapshot {
         let aliases = config
             .domains
@@ -78,8 +86,10 @@ impl Snapshot {
         let proxy = Proxy::new(ProxyConfig {
             listens,
             aliases,
+            flow_keys,
             ..ProxyConfig::default()
-        });
+        })
+        .with_flow_counter(flow_refused);
         Snapshot {
             limits: config.limits,
             conn: ConnSettings::from_config(&config),

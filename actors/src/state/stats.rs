@@ -14,6 +14,9 @@ pub struct Stats {
     pub(crate) send_timeouts: AtomicU64,
     pub(crate) write_queue_overflows: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    /// Streams closed because a message took longer than `message_timeout` to arrive, or
+    /// their source IP buffered more than `max_partial_bytes_per_ip` of unfinished ones.
+    pub(crate) message_timeouts: AtomicU64,
     pub(crate) framing_errors: AtomicU64,
     pub(crate) messages_in: AtomicU64,
     pub(crate) udp_unparsable: AtomicU64,
@@ -127,6 +130,8 @@ pub struct StatsSnapshot {
     pub write_queue_overflows: u64,
     /// Connections closed by `idle_timeout`.
     pub idle_timeouts: u64,
+    /// Streams closed by `message_timeout` (a message trickled in too slowly).
+    pub message_timeouts: u64,
     /// Streams closed because they lost SIP framing.
     pub framing_errors: u64,
     /// SIP messages received (all transports).

@@ -68,6 +68,10 @@ pub struct ConnShared {
     last_active: AtomicU64,
     /// `[connections] idle_timeout` when the connection started, in ms; 0 = never.
     pub(crate) idle_timeout_ms: u64,
+    /// When the message now partly in the read buffer began ([`clock_ms`]); 0 = none.
+    partial_since: AtomicU64,
+    /// `[connections] message_timeout` when the connection started, in ms; 0 = never.
+    pub(crate) message_timeout_ms: u64,
 }
 
 impl ConnShared {
@@ -78,6 +82,7 @@ impl ConnShared {
         max_queue: usize,
         outgoing: bool,
         idle_timeout: Duration,
+        message_timeout: Duration,
     ) -> Arc<ConnShared> {
         Arc::new(ConnShared {
             id,
@@ -91,7 +96,28 @@ impl ConnShared {
             tls: OnceLock::new(),
             last_active: AtomicU64::new(clock_ms()),
             idle_timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            partial_since: AtomicU64::new(0),
+            message_timeout_ms: u64::try_from(message_timeout.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// The read buffer now holds part of a message: `started` says whether that message
+    /// began with this read (the previous one completed, or none was pending).
+    pub(crate) fn partial(&self, pending: bool, started: bool) {
+        let now = clock_ms().max(1);
+        if !pending {
+            self.partial_since.store(0, Ordering::Relaxed);
+        } else if started || self.partial_since.load(Ordering::Relaxed) == 0 {
+            self.partial_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// True when a message has been arriving for `message_timeout` as of `now`.
+    pub(crate) fn message_late_at(&self, now: u64) -> bool {
+        let since = self.partial_since.load(Ordering::Relaxed);
+        self.message_timeout_ms != 0
+            && since != 0
+            && now.saturating_sub(since) >= self.message_timeout_ms
     }
 
     /// Records activity now (a timestamp store: no timer to re-arm).

@@ -83,7 +83,7 @@ impl Worker {
             if !c.is_open() {
                 return false;
             }
-            if c.idle_at(now) {
+            if c.idle_at(now) || c.message_late_at(now) {
                 c.check_idle();
             }
             true
@@ -179,6 +179,16 @@ impl Worker {
     ) {
         match action {
             Action::Send { dest, bytes } => {
+                // RFC 5626 §5.3: a request for a flow (a connection, no address to fall
+                // back to) whose connection is gone is answered 430 Flow Failed.
+                if let Target::Flow(id) = dest.target {
+                    if msg.is_request() && !self.shared.table.get(id).is_some_and(|h| h.is_open()) {
+                        let snap = self.shared.snapshot.load();
+                        let a = snap.proxy.reply(msg, inbound, 430, "Flow Failed", "");
+                        drop(snap);
+                        return self.execute_simple(a, inbound);
+                    }
+                }
                 // A reply over UDP leaves from the socket its request arrived on: clients
                 // (and NATs) expect the answer from the address they wrote to.
                 let from = (inbound.transport == Transport::Udp).then_some(inbound.local);
@@ -339,18 +349,20 @@ impl Worker {
     }
 }
 
-/// Each worker's idle-timeout clock: every tick (a quarter of `idle_timeout`, between 10 ms
-/// and 1 s) it looks at the activity stamps of the worker's connections and asks those idle
-/// for their whole `idle_timeout` to close. A connection closes at most one tick late;
+/// Each worker's idle-timeout clock: every tick (a quarter of the shorter of `idle_timeout`
+/// and `message_timeout`, between 10 ms and 1 s) it looks at the activity stamps of the
+/// worker's connections and asks those idle for their whole `idle_timeout`, or with a
+/// message unfinished for `message_timeout`, to close. A connection closes at most one tick late;
 /// activity costs a timestamp store, and an idle connection holds no timer of its own.
 pub(crate) async fn idle_sweep(worker: Rc<Worker>) {
     loop {
-        let idle = worker.shared.snapshot.load().conn.idle_timeout;
-        let tick = if idle.is_zero() {
-            IDLE_TICK_MAX
-        } else {
-            (idle / 4).clamp(IDLE_TICK_MIN, IDLE_TICK_MAX)
-        };
+        let conn = worker.shared.snapshot.load().conn;
+        let tick = [conn.idle_timeout, conn.message_timeout]
+            .into_iter()
+            .filter(|t| !t.is_zero())
+            .map(|t| (t / 4).clamp(IDLE_TICK_MIN, IDLE_TICK_MAX))
+            .min()
+            .unwrap_or(IDLE_TICK_MAX);
         tokio::time::sleep(tick).await;
         worker.sweep_idle();
     }

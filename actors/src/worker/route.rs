@@ -29,6 +29,8 @@ pub(crate) struct RuntimeHost<'a> {
     http: bool,
     /// `dispatch_rpc()` was called.
     pub dispatched: bool,
+    /// It was `dispatch_rpc_trusted()`: no allow-list check.
+    trusted: bool,
     /// `sl_send_reply()` on an HTTP request: its code and reason.
     pub http_reply: Option<(u16, String)>,
     /// Registrations, credentials and the connection table (absent in unit contexts).
@@ -60,6 +62,7 @@ impl<'a> RuntimeHost<'a> {
             actions: Vec::new(),
             http: false,
             dispatched: false,
+            trusted: false,
             http_reply: None,
             shared: None,
             registrar: None,
@@ -322,6 +325,14 @@ impl Host for RuntimeHost<'_> {
         self.dispatched = true;
         1
     }
+
+    fn dispatch_rpc_trusted(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
+        let r = self.dispatch_rpc(ctx);
+        if r > 0 {
+            self.trusted = true;
+        }
+        r
+    }
 }
 
 /// Run `script` on a request; returns the actions to carry out, in order. A script that
@@ -395,8 +406,9 @@ pub(crate) fn run_event(
 /// What the route script decided about an HTTP request that arrived on a SIP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpDecision {
-    /// `dispatch_rpc()`: hand it to the management RPC.
-    Dispatch,
+    /// `dispatch_rpc()`: hand it to the management RPC; `trusted` when it was
+    /// `dispatch_rpc_trusted()` (no `[management] allow` check).
+    Dispatch { trusted: bool },
     /// `sl_send_reply(code, reason)`: answer with that HTTP status.
     Reply(u16, String),
     /// Neither: refuse it (HTTP 403), never leave it hanging.
@@ -423,7 +435,9 @@ pub(crate) fn run_http(
         return HttpDecision::Reply(code, reason);
     }
     if host.dispatched && !outcome.is_error() {
-        return HttpDecision::Dispatch;
+        return HttpDecision::Dispatch {
+            trusted: host.trusted,
+        };
     }
     HttpDecision::Refuse
 }

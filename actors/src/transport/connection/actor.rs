@@ -96,6 +96,7 @@ impl Connection {
             settings.max_write_queue,
             outgoing,
             settings.idle_timeout,
+            settings.message_timeout,
         );
         ctx.run(Connection {
             shared: shared.clone(),
@@ -108,6 +109,8 @@ impl Connection {
             io: None,
             rbuf: BytesMut::new(),
             http: None,
+            partial_held: 0,
+            max_partial: settings.max_partial_bytes_per_ip,
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
@@ -250,8 +253,8 @@ impl Connection {
             self.phase = Phase::Open;
         }
         self.shared.touch();
-        // idle_timeout = 0: connections are never closed for idleness.
-        if self.shared.idle_timeout_ms != 0 {
+        // idle_timeout = 0 and message_timeout = 0: never closed by the sweep.
+        if self.shared.idle_timeout_ms != 0 || self.shared.message_timeout_ms != 0 {
             self.worker.watch_idle(self.shared.clone());
         }
         if self.dest.is_none() {
@@ -290,7 +293,9 @@ impl Handler<ConnCommand> for Connection {
             ConnCommand::Enqueue(bytes) => self.wq.push_back(bytes),
             ConnCommand::Close(reason) => self.finish(reason, ctx),
             ConnCommand::IdleCheck => {
-                if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
+                if self.phase == Phase::Open && self.shared.message_late_at(clock_ms()) {
+                    self.finish(CloseReason::MessageTimeout, ctx);
+                } else if self.phase == Phase::Open && self.shared.idle_at(clock_ms()) {
                     self.finish(CloseReason::IdleTimeout, ctx);
                 }
             }
@@ -311,6 +316,11 @@ impl Connection {
     /// socket and unregisters it).
     fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         let _e = self.span.clone().entered();
+        if self.partial_held != 0 {
+            let ip = self.shared.key.addr.ip();
+            self.worker.shared.hold_partial(ip, self.partial_held, 0, 0);
+            self.partial_held = 0;
+        }
         let stats = &self.worker.shared.stats;
         let queued = self.shared.bytes.load(Ordering::Relaxed);
         match reason {
@@ -328,6 +338,20 @@ impl Connection {
             CloseReason::IdleTimeout => {
                 inc(&stats.idle_timeouts);
                 debug!("idle timeout: closing");
+            }
+            CloseReason::PartialLimit => {
+                inc(&stats.message_timeouts);
+                warn!(
+                    buffered = self.rbuf.len(),
+                    "source IP holds more than max_partial_bytes_per_ip of unfinished messages: closing"
+                );
+            }
+            CloseReason::MessageTimeout => {
+                inc(&stats.message_timeouts);
+                debug!(
+                    buffered = self.rbuf.len(),
+                    "message not complete within message_timeout: closing"
+                );
             }
             CloseReason::FramingError => {
                 inc(&stats.framing_errors);
@@ -366,8 +390,15 @@ impl Connection {
             }
             match self.read_some(cx) {
                 ReadOutcome::Data => {
+                    let before = self.rbuf.len();
                     if let Err(r) = self.process_frames() {
                         self.phase = Phase::Draining(r);
+                    }
+                    // The message deadline runs from the first byte of each message.
+                    self.shared
+                        .partial(!self.rbuf.is_empty(), self.rbuf.len() < before);
+                    if !self.hold_partial() {
+                        return Poll::Ready(CloseReason::PartialLimit);
                     }
                 }
                 ReadOutcome::Pending => return Poll::Pending,

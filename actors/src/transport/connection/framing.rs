@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Connection, READ_CHUNK, READ_KEEP_MAX};
+use crate::state::inc;
 use crate::state::messages::CloseReason;
 
 impl Connection {
@@ -135,23 +136,19 @@ impl Connection {
                     self.wq.push_back(pong);
                 }
                 Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Malformed { bytes, error })) => {
+                    // Its end was known: answer 400 and keep reading this stream.
+                    inc(&self.worker.shared.stats.framing_errors);
+                    debug!(%error, "malformed message on a stream: answered, stream kept");
+                    self.answer_unparsable(&bytes, &error);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // Answer what can be answered (400 with the parse error), then close:
                     // after a framing error nothing more on this stream can be trusted.
                     let bytes = self.rbuf.split().freeze();
-                    let inbound = self.inbound();
-                    let snap = self.worker.shared.snapshot.load();
-                    let action = snap.proxy.on_unparsable(&bytes, &e, &inbound);
-                    drop(snap);
                     debug!(error = %e, "framing error");
-                    match action {
-                        Action::Send { dest, bytes } if dest.connection() == Some(self.id()) => {
-                            self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-                            self.wq.push_back(bytes);
-                        }
-                        other => self.worker.execute_simple(other, &inbound),
-                    }
+                    self.answer_unparsable(&bytes, &e);
                     return Err(CloseReason::FramingError);
                 }
             }
@@ -160,6 +157,39 @@ impl Connection {
             self.rbuf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// The core's answer (a 400 where the request is identifiable) to bytes that did not
+    /// parse, queued on this connection.
+    fn answer_unparsable(&mut self, bytes: &Bytes, e: &siprox::sip::ParseError) {
+        let inbound = self.inbound();
+        let snap = self.worker.shared.snapshot.load();
+        let action = snap.proxy.on_unparsable(bytes, e, &inbound);
+        drop(snap);
+        match action {
+            Action::Send { dest, bytes } if dest.connection() == Some(self.id()) => {
+                self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+                self.wq.push_back(bytes);
+            }
+            other => self.worker.execute_simple(other, &inbound),
+        }
+    }
+
+    /// Accounts what the read buffer holds of unfinished messages against the source IP's
+    /// `max_partial_bytes_per_ip`; `false`: over it. A stream between messages holds none
+    /// and costs no lookup.
+    pub(super) fn hold_partial(&mut self) -> bool {
+        let held = self.rbuf.len();
+        if held == self.partial_held {
+            return true;
+        }
+        let ip = self.shared.key.addr.ip();
+        let ok = self
+            .worker
+            .shared
+            .hold_partial(ip, self.partial_held, held, self.max_partial);
+        self.partial_held = held;
+        ok
     }
 
     pub(super) fn enqueue(&mut self, bytes: Bytes) {

@@ -3,6 +3,7 @@
 //! Must never leave a request unanswered, and never wait for the answer on this thread.
 
 use bytes::Bytes;
+use tracing::info;
 
 use super::Connection;
 use crate::state::messages::{CloseReason, RpcRequest};
@@ -25,20 +26,41 @@ impl Connection {
                 }
             };
             let inbound = self.inbound();
+            let caller = siprox::rpc::sip::caller(inbound.source, self.tls.as_deref());
+            if let Some(mut r) = siprox::rpc::sip::refuse_batch(&req) {
+                info!(%caller, "RPC batch refused on a SIP listener");
+                r.close = !req.keep_alive();
+                self.enqueue(Bytes::from(r.to_bytes()));
+                if r.close {
+                    return Err(CloseReason::Shutdown);
+                }
+                continue;
+            }
             let Ok(msg) = siprox::sip::Message::parse(req.raw.clone()) else {
                 let r = siprox::rpc::HttpResponse::text(400, "malformed request\n");
                 self.enqueue(Bytes::from(r.to_bytes()));
                 return Err(CloseReason::FramingError);
             };
+            // The method the script decided on; the RPC layer runs that one and no other.
+            let method = siprox::rpc::method_any(&req.body);
             match self.worker.on_http(&msg, &inbound, self.tls.as_deref()) {
-                HttpDecision::Dispatch => {
+                HttpDecision::Dispatch { trusted } => {
+                    let allowed = trusted || {
+                        let snap = self.worker.shared.snapshot.load();
+                        siprox::rpc::sip::admitted(
+                            &snap.config.management.allow,
+                            self.tls.as_deref(),
+                        )
+                    };
                     let rpc = self.worker.shared.rpc.get().cloned();
                     let handle = self.worker.shared.table.get(self.id());
                     match (rpc, handle) {
                         (Some(rpc), Some(h)) => {
                             let call = rpc.send(RpcRequest {
                                 req: Box::new(req),
-                                allowed: true,
+                                allowed,
+                                caller,
+                                only: Some(method.unwrap_or_default()),
                             });
                             // The answer comes from the control arbiter; it is queued like
                             // any other write, so this connection never waits for it.
@@ -46,6 +68,10 @@ impl Connection {
                                 match call.await {
                                     Ok(resp) => {
                                         let _ = h.send(Bytes::from(resp.to_bytes()));
+                                        // It said `Connection: close`: written, then closed.
+                                        if resp.close {
+                                            h.drain();
+                                        }
                                     }
                                     Err(_) => h.close(),
                                 }
@@ -58,12 +84,20 @@ impl Connection {
                     }
                 }
                 HttpDecision::Reply(code, reason) => {
+                    info!(%caller, method = method.as_deref().unwrap_or(""), code, "RPC call answered by the route script");
                     let r = siprox::rpc::sip::script_reply(&req, code, &reason);
                     self.enqueue(Bytes::from(r.to_bytes()));
+                    if r.close {
+                        return Err(CloseReason::Shutdown);
+                    }
                 }
                 HttpDecision::Refuse => {
+                    info!(%caller, method = method.as_deref().unwrap_or(""), "RPC call not dispatched by the route script");
                     let r = siprox::rpc::sip::undispatched(&req);
                     self.enqueue(Bytes::from(r.to_bytes()));
+                    if r.close {
+                        return Err(CloseReason::Shutdown);
+                    }
                 }
             }
         }

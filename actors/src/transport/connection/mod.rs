@@ -1,6 +1,7 @@
 //! The `Connection` actor: one TCP or TLS stream, incoming or outgoing, on the arbiter that
 //! accepted or opened it. It owns the handshake, SIP framing, a bounded write queue with
-//! `send_timeout`, the idle timeout and graceful drain. Every message it reads goes straight
+//! `send_timeout`, the idle and per-message timeouts, the per-IP bound on unfinished
+//! messages, and graceful drain. Every message it reads goes straight
 //! to the proxy core on this thread. Must never block its thread, never wait for another
 //! connection, and never panic on what a peer sends.
 //!
@@ -92,6 +93,10 @@ pub struct Connection {
     tls: Option<Arc<TlsFacts>>,
     /// Set when the stream turned out to carry HTTP (SER-style RPC on a SIP listener).
     http: Option<siprox::rpc::HttpFramer>,
+    /// Bytes of unfinished messages this stream has reported for its source IP.
+    partial_held: usize,
+    /// `[connections] max_partial_bytes_per_ip` when the connection started.
+    max_partial: usize,
     _slot: Slot,
 }
 

@@ -1,0 +1,178 @@
+//! The shipped default script (`conf.d/scripts/default.cfg`) and the documented example
+//! (`docs/examples/default.cfg`) are not open relays: an
+//! anonymous request for a foreign destination is refused with 403 over UDP, TCP and TLS
+//! (also with a made-up to-tag), one that claims one of our users is challenged (407), a
+//! client with a verified certificate is relayed, and OPTIONS keepalives to siprox are
+//! answered. Real sockets on 127.0.0.1:0, real TLS.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use siprox::config::{DomainConfig, Proto};
+use siprox::proxy::Transport;
+use tokio::net::{TcpStream, UdpSocket};
+
+const T: Duration = Duration::from_secs(5);
+
+fn relay_attempt(
+    target: std::net::SocketAddr,
+    via: &str,
+    call: &str,
+    from: &str,
+    to_tag: &str,
+) -> String {
+    format!(
+        "INVITE sip:victim@{target} SIP/2.0\r\n\
+         Via: SIP/2.0/{via} 127.0.0.1:9;branch=z9hG4bK-{call};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{from}>;tag=f-{call}\r\n\
+         To: <sip:victim@{target}>{to_tag}\r\n\
+         Call-ID: {call}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:x@127.0.0.1:9>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_script_refuses_anonymous_relaying() {
+    refuses_anonymous_relaying(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conf.d/scripts/default.cfg"
+    ))
+    .await;
+}
+
+/// The example in docs/examples (the docs call it a starting point) holds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_example_script_refuses_anonymous_relaying() {
+    refuses_anonymous_relaying(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/default.cfg"
+    ))
+    .await;
+}
+
+async fn refuses_anonymous_relaying(script: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_ca(dir.path());
+    let certs = dir.path().join("certs");
+    let phone = client_cert(&ca, "alice", &certs);
+    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+    std::fs::copy(script, dir.path().join("scripts/default.cfg")).unwrap();
+    let mut cfg = config(&[Proto::Udp, Proto::Tcp, Proto::Tls]);
+    cfg.script.file = Some("scripts/default.cfg".into());
+    cfg.tls.verify_client = siprox::config::VerifyClient::Optional;
+    cfg.domains.insert(
+        "example".into(),
+        DomainConfig {
+            names: vec!["example.com".into()],
+            ..DomainConfig::default()
+        },
+    );
+    let rt = start(cfg, dir.path());
+    let udp = rt.local_addr(Transport::Udp).unwrap();
+    let tcp = rt.local_addr(Transport::Tcp).unwrap();
+    let tls = rt.local_addr(Transport::Tls).unwrap();
+    // The foreign destination: a UAS on another loopback address (not siprox's), counting
+    // what reaches it and answering 200.
+    let sock = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let uas = sock.local_addr().unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = reached.clone();
+    tokio::spawn(async move {
+        let mut b = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut b).await {
+            let req = String::from_utf8_lossy(&b[..n]).to_string();
+            if status(&req).is_some() || req.starts_with("ACK ") {
+                continue;
+            }
+            r2.fetch_add(1, Ordering::SeqCst);
+            let _ = sock
+                .send_to(response_for(&req, 200, 0).as_bytes(), from)
+                .await;
+        }
+    });
+
+    // UDP: anonymous, foreign From -> 403; with a to-tag -> 403; our domain -> 407.
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut b = vec![0u8; 65536];
+    for (call, from, to_tag, want) in [
+        ("udp-anon", "mallory@evil.example", "", 403),
+        ("udp-tag", "mallory@evil.example", ";tag=made-up", 403),
+        ("udp-ours", "alice@example.com", "", 407),
+    ] {
+        c.send_to(
+            relay_attempt(uas, "UDP", call, from, to_tag).as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+        let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
+            .await
+            .expect("answered")
+            .unwrap();
+        let r = String::from_utf8_lossy(&b[..n]).to_string();
+        // A to-tag without siprox's Route is no dialog of ours: refused (403), or "not
+        // here" (404) as the documented example answers it; never relayed.
+        let got = status(&r);
+        let ok = got == Some(want) || (call == "udp-tag" && got == Some(404));
+        assert!(ok, "{call}: {r}");
+    }
+    // OPTIONS keepalive to siprox itself.
+    c.send_to(options_to(udp, "UDP", "keepalive").as_bytes(), udp)
+        .await
+        .unwrap();
+    let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(status(&String::from_utf8_lossy(&b[..n])), Some(200));
+
+    // TCP and TLS without a certificate: 403.
+    let mut s = TcpStream::connect(tcp).await.unwrap();
+    let mut buf = Vec::new();
+    send(
+        &mut s,
+        &relay_attempt(uas, "TCP", "tcp-anon", "m@evil.example", ""),
+    )
+    .await;
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
+    assert_eq!(status(&r), Some(403), "{r}");
+    let mut s = tls_connect(tls, &ca_file(dir.path())).await;
+    let mut buf = Vec::new();
+    send(
+        &mut s,
+        &relay_attempt(uas, "TLS", "tls-anon", "m@evil.example", ""),
+    )
+    .await;
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
+    assert_eq!(status(&r), Some(403), "{r}");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "nothing anonymous was relayed"
+    );
+
+    // A verified client certificate is relayed.
+    let mut s = tls_client(
+        tls,
+        &certs.join("ca.pem"),
+        Some((&phone.0, &phone.1)),
+        openssl::ssl::SslVersion::TLS1_3,
+    )
+    .await;
+    let mut buf = Vec::new();
+    send(
+        &mut s,
+        &relay_attempt(uas, "TLS", "tls-cert", "alice@example.com", ""),
+    )
+    .await;
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
+    assert_eq!(status(&r), Some(200), "{r}");
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
+    drop(rt);
+}

@@ -1,0 +1,255 @@
+//! RFC 5626 §5.2 flow tokens: the `fl=` parameter siprox puts in its Record-Route (and so
+//! in every in-dialog Route) names the connections on both sides of a dialog, signed with
+//! an HMAC-SHA256 over them under a secret key, so that a peer cannot name a connection
+//! siprox did not give it. Sans-IO: the runtime reads or generates the key file; this
+//! takes key bytes. Must never accept a token whose MAC does not verify, and never compare
+//! MACs in variable time.
+
+use openssl::hash::MessageDigest;
+use openssl::memcmp;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+
+/// Bytes of HMAC-SHA256 kept in a token (96 bits, RFC 2104 §5 allows truncation to half
+/// the output and no less than 80 bits).
+const MAC_LEN: usize = 12;
+/// Fewest bytes in a key.
+pub const MIN_KEY_LEN: usize = 32;
+/// Most keys accepted at once (the first signs; the others are being rotated out).
+pub const MAX_KEYS: usize = 4;
+/// Domain separation: the key may be shared with nothing else, but a MAC of this must never
+/// be mistaken for a MAC of something else.
+const LABEL: &[u8] = b"siprox flow token v1\0";
+
+/// A bad key set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowKeyError {
+    #[error("no flow key")]
+    Empty,
+    #[error("a flow key needs at least {MIN_KEY_LEN} characters (e.g. `openssl rand -hex 32`)")]
+    TooShort,
+    #[error("at most {MAX_KEYS} flow keys (the first signs, the others are being rotated out)")]
+    TooMany,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FlowTokenError {
+    #[error("malformed flow token")]
+    Malformed,
+    #[error("flow token MAC does not verify")]
+    BadMac,
+}
+
+/// The keys flow tokens are signed and checked with: the first signs, every one verifies
+/// (rotation: add the new key on top, drop the old one once the longest dialog is over).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FlowKeys {
+    keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for FlowKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        write!(f, "FlowKeys({} keys)", self.keys.len())
+    }
+}
+
+impl FlowKeys {
+    /// From key bytes, the signing key first.
+    pub fn new(keys: Vec<Vec<u8>>) -> Result<FlowKeys, FlowKeyError> {
+        if keys.is_empty() {
+            return Err(FlowKeyError::Empty);
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(FlowKeyError::TooMany);
+        }
+        if keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
+            return Err(FlowKeyError::TooShort);
+        }
+        Ok(FlowKeys { keys })
+    }
+
+    /// A key file's text: one key per line (its characters are the key), `#` comments and
+    /// blank lines ignored, the signing key first.
+    pub fn parse(text: &str) -> Result<FlowKeys, FlowKeyError> {
+        FlowKeys::new(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| l.as_bytes().to_vec())
+                .collect(),
+        )
+    }
+
+    /// One fresh random key, as the text of a key file (64 hex digits and a newline).
+    pub fn generate_file() -> Result<String, openssl::error::ErrorStack> {
+        let mut b = [0u8; 32];
+        openssl::rand::rand_bytes(&mut b)?;
+        let mut s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        s.push('\n');
+        Ok(s)
+    }
+
+    /// A random key for this process only (tests, and a core built without the runtime).
+    pub fn random() -> FlowKeys {
+        let text = FlowKeys::generate_file().unwrap_or_default();
+        FlowKeys::parse(&text).unwrap_or_else(|_| FlowKeys {
+            // rand_bytes failing leaves no good key; a key nobody knows still refuses
+            // every token that siprox did not make in this process.
+            keys: vec![format!("{:p}{:?}", &text, std::time::SystemTime::now()).into_bytes()],
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn mac(key: &[u8], a: u64, b: u64) -> Option<[u8; MAC_LEN]> {
+        let pkey = PKey::hmac(key).ok()?;
+        let mut s = Signer::new(MessageDigest::sha256(), &pkey).ok()?;
+        s.update(LABEL).ok()?;
+        s.update(&a.to_be_bytes()).ok()?;
+        s.update(&b.to_be_bytes()).ok()?;
+        let full = s.sign_to_vec().ok()?;
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(full.get(..MAC_LEN)?);
+        Some(out)
+    }
+
+    /// The token for a flow between connections `a` and `b` (0: no connection on that
+    /// side): `a.b.mac`, ids and MAC in lower-case hex. `None` only if OpenSSL fails.
+    pub fn token(&self, a: u64, b: u64) -> Option<String> {
+        let mac = FlowKeys::mac(self.keys.first()?, a, b)?;
+        let mut s = format!("{a:x}.{b:x}.");
+        for x in mac {
+            s.push_str(&format!("{x:02x}"));
+        }
+        Some(s)
+    }
+
+    /// The two connection ids of a token siprox made with one of these keys.
+    pub fn verify(&self, token: &str) -> Result<(u64, u64), FlowTokenError> {
+        let mut parts = token.split('.');
+        let (Some(a), Some(b), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(FlowTokenError::Malformed);
+        };
+        let id = |s: &str| {
+            if s.is_empty() || s.len() > 16 {
+                return None;
+            }
+            u64::from_str_radix(s, 16).ok()
+        };
+        let (Some(a), Some(b)) = (id(a), id(b)) else {
+            return Err(FlowTokenError::Malformed);
+        };
+        let got = unhex(mac).ok_or(FlowTokenError::Malformed)?;
+        // Every key is tried, so that the time taken does not say which one matched.
+        let mut ok = false;
+        for k in &self.keys {
+            let Some(want) = FlowKeys::mac(k, a, b) else {
+                continue;
+            };
+            ok |= memcmp::eq(&want, &got);
+        }
+        if ok {
+            Ok((a, b))
+        } else {
+            Err(FlowTokenError::BadMac)
+        }
+    }
+}
+
+fn unhex(s: &str) -> Option<[u8; MAC_LEN]> {
+    let b = s.as_bytes();
+    if b.len() != 2 * MAC_LEN {
+        return None;
+    }
+    let mut out = [0u8; MAC_LEN];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(lines: &str) -> FlowKeys {
+        FlowKeys::parse(lines).expect("valid keys")
+    }
+
+    #[test]
+    fn a_token_verifies_and_any_change_is_refused() {
+        let k = keys(&"a".repeat(32));
+        let t = k.token(0x2a, 7).expect("token");
+        assert_eq!(k.verify(&t), Ok((0x2a, 7)));
+        let (ids, mac) = t.rsplit_once('.').expect("three parts");
+        // Another flow with the same MAC, a flipped MAC bit, a truncated MAC.
+        let forged = format!("{}.{mac}", ids.replace("2a.7", "2a.8"));
+        assert_eq!(k.verify(&forged), Err(FlowTokenError::BadMac));
+        let mut flipped = mac.to_owned().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        let flipped = format!("{ids}.{}", String::from_utf8(flipped).expect("hex"));
+        assert_eq!(k.verify(&flipped), Err(FlowTokenError::BadMac));
+        assert_eq!(
+            k.verify(&format!("{ids}.{}", &mac[..10])),
+            Err(FlowTokenError::Malformed)
+        );
+        for bad in [
+            "2a.7",
+            "",
+            "..",
+            "x.7.00",
+            "2a.7.zz",
+            "1.2.3.4",
+            "11111111111111111.1.00",
+        ] {
+            assert!(k.verify(bad).is_err(), "{bad}");
+        }
+        // Another key refuses it.
+        assert_eq!(
+            keys(&"b".repeat(32)).verify(&t),
+            Err(FlowTokenError::BadMac)
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_tokens_of_the_previous_key() {
+        let old = keys(&"o".repeat(40));
+        let t = old.token(1, 2).expect("token");
+        let rotated = keys(&format!(
+            "# new key first\n{}\n\n{}\n",
+            "n".repeat(40),
+            "o".repeat(40)
+        ));
+        assert_eq!(rotated.verify(&t), Ok((1, 2)));
+        assert_ne!(rotated.token(1, 2), old.token(1, 2), "the new key signs");
+        let dropped = keys(&"n".repeat(40));
+        assert!(dropped.verify(&t).is_err());
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        assert_eq!(
+            FlowKeys::parse("# only a comment\n"),
+            Err(FlowKeyError::Empty)
+        );
+        assert_eq!(FlowKeys::parse("short\n"), Err(FlowKeyError::TooShort));
+        let five = format!("{}\n", "k".repeat(32)).repeat(5);
+        assert_eq!(FlowKeys::parse(&five), Err(FlowKeyError::TooMany));
+        let g = FlowKeys::generate_file().expect("random");
+        assert_eq!(FlowKeys::parse(&g).map(|k| k.len()), Ok(1));
+        assert_ne!(FlowKeys::random(), FlowKeys::random());
+        assert!(!format!("{:?}", keys(&"s".repeat(32))).contains("sss"));
+    }
+}
