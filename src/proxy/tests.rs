@@ -514,11 +514,14 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
 fn a_response_to_a_via_host_name_goes_only_over_its_connection() {
     let p = proxy(RecordRoute::Never);
     // No received/rport address: only the connection the request came on can carry it.
-    let r = msg("SIP/2.0 200 OK\n\
-Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i=2a\n\
+    let i = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let r = msg(&format!(
+        "SIP/2.0 200 OK\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i={i}\n\
 Via: SIP/2.0/TLS client.invalid:5061;branch=z9hG4bKabc\n\
 To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
-CSeq: 1 INVITE\nContent-Length: 0\n\n");
+CSeq: 1 INVITE\nContent-Length: 0\n\n"
+    ));
     let (dest, _) = sent(p.on_response(&r, &udp_in()));
     assert_eq!(dest.target, Target::Flow(ConnId(0x2a)));
     assert_eq!(dest.socket_addr(), None);
@@ -531,9 +534,10 @@ fn forwarding_to_a_flow_records_both_connections() {
     // The flow's own connection goes into the Record-Route token, though the destination
     // has no address: in-dialog requests must find both sides again.
     let p = proxy(RecordRoute::Always);
-    let route = "Route: <sip:192.0.2.10:5061;transport=tls;lr;fl=2a.7>\n";
+    let fl = p.config().flow_keys.token(0x2a, 7).expect("token");
+    let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
     let (dest, out) = sent(p.on_request(
-        &invite("sip:bob@10.1.2.3:5061;transport=tls", route),
+        &invite("sip:bob@10.1.2.3:5061;transport=tls", &route),
         &tls_in(),
     ));
     assert_eq!(dest.target, Target::Flow(ConnId(7)));
@@ -542,7 +546,7 @@ fn forwarding_to_a_flow_records_both_connections() {
         .map(|r| r.unwrap().uri_str.to_owned())
         .collect();
     assert_eq!(rr.len(), 1, "{rr:?}");
-    assert!(rr[0].ends_with(";fl=2a.7"), "{rr:?}");
+    assert!(rr[0].ends_with(&format!(";fl={fl}")), "{rr:?}");
     // Via and Record-Route name the TLS listener (IPv4 first: a flow has no family).
     assert!(
         rr[0].starts_with("sip:192.0.2.10:5061;transport=tls"),
