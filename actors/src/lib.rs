@@ -19,7 +19,8 @@
 //!   users, script sources), `watch` (the directory watcher), `script` (the `Script` actor:
 //!   compiles route scripts, caches them by digest, keeps each file's last error), `files`
 //!   (the runtime's reads for the core: conf.d listed and read, `SIPROX_*` variables, TLS
-//!   material read into bytes; also used by `cli` and the start, which sit above it).
+//!   material read into bytes, the flow-token key file; also used by `cli` and the start,
+//!   which sit above it).
 //! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive),
 //!   `connection/` (the `Connection` actor: `actor`, `handshake`, `framing`, `http`).
 //! - [`worker`]: the hot path of one worker arbiter: message -> core -> actions (`mod`),
