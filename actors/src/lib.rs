@@ -66,24 +66,8 @@ pub mod tls;
 pub mod transport;
 pub mod worker;
 
+// The crate's API at its root; everything else is named by its part (`reload::files`,
+// `tls::generate_dev_certs`, `state::messages::ReloadOutcome`...).
 pub use error::RuntimeError;
-/// conf.d and TLS material as the runtime reads them (`files::load`): for tests and tools.
-pub use reload::files;
 pub use runtime::{Runtime, RuntimeHandle, RuntimeOptions};
 pub use state::{Snapshot, StatsSnapshot};
-
-// The module paths of the flat tree before the folders, kept for code that imports them.
-#[doc(hidden)]
-pub use mgmt::{ctl, rpc};
-#[doc(hidden)]
-pub use reload::registry;
-#[doc(hidden)]
-pub use state as shared;
-#[doc(hidden)]
-pub use state::{location, table};
-#[doc(hidden)]
-pub use tls::{ffi, sessions};
-#[doc(hidden)]
-pub use transport::{connection, listener};
-#[doc(hidden)]
-pub use worker::{dns, route as scripts};

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::state::messages::ReloadOutcome;
 use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions, Snapshot};
 
 const GOOD: &str = "route { forward(); }\n";
@@ -30,7 +30,8 @@ fn start(dir: &Path) -> RuntimeHandle {
          [tls]\ngenerate_dev_certs = true\nwatch = false\nreload_check_interval = \"0s\"\n",
     );
     write(dir, "scripts/main.cfg", GOOD);
-    let config = siprox_actors::files::load(&dir.join("conf.d")).expect("valid configuration");
+    let config =
+        siprox_actors::reload::files::load(&dir.join("conf.d")).expect("valid configuration");
     Runtime::start(config, RuntimeOptions::embedded(dir)).expect("starts")
 }
 
