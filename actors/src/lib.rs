@@ -17,7 +17,8 @@
 //! - [`reload`]: the control plane. `registry` (the `DomainRegistry` actor: TLS domains and
 //!   the snapshot's one writer), `job` (one reload on a blocking thread: conf.d, TLS,
 //!   users, script sources), `watch` (the directory watcher), `script` (the `Script` actor:
-//!   compiles route scripts, caches them by digest, keeps each file's last error), `files`
+//!   compiles route scripts, caches them by digest, keeps each file's last error), `error`
+//!   (`ReloadError`: why a candidate is refused, naming its file, key or line), `files`
 //!   (the runtime's reads for the core: conf.d listed and read, `SIPROX_*` variables, TLS
 //!   material read into bytes; also used by `cli` and the start, which sit above it).
 //! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive),
@@ -26,8 +27,9 @@
 //!   the script host (`route`), next-hop resolution (`dns`).
 //! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
 //!   callback, client domains), `sessions` (the client session store an outgoing connection
-//!   resumes from), `facts`, `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket,
-//!   no reload.
+//!   resumes from), `facts`, `failure` (`HandshakeFailure`: why a handshake failed, from
+//!   OpenSSL's codes), `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket, no
+//!   reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
 //!   connection table and its handles), `stats`, `admission`, `location` (the registrar's
 //!   store), `domains` and `scripts` (what a snapshot holds), `messages`.

@@ -108,3 +108,54 @@ async fn a_script_and_a_certificate_publish_in_one_store() {
     assert_eq!(script_of(&fixed), script_of(&before));
     rt.shutdown();
 }
+
+/// Each kind of refused reload names its input in the RPC's last error: a conf.d file and
+/// key (`configuration:`), a script file:line:col under whose script it is (`[script] file`,
+/// or its domain), never a made-up domain such as `config` or `script`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reloads_name_file_and_key_or_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(dir.path());
+    let failed = |o: ReloadOutcome| match o {
+        ReloadOutcome::Failed { errors } => errors,
+        other => panic!("expected a refused reload, got {other:?}"),
+    };
+
+    write(
+        dir.path(),
+        "conf.d/20-typo.toml",
+        "[runtime]\nwrokers = 2\n",
+    );
+    let errors = failed(rt.reload().await);
+    assert!(
+        errors.iter().any(|e| e.starts_with("configuration: ")
+            && e.contains("20-typo.toml")
+            && e.contains("wrokers")),
+        "{errors:?}"
+    );
+    let last = format!("{:?}", rt.tls_status().last_error);
+    assert!(last.contains("20-typo.toml"), "{last}");
+    std::fs::remove_file(dir.path().join("conf.d/20-typo.toml")).expect("rm");
+
+    write(
+        dir.path(),
+        "scripts/main.cfg",
+        "route {\n  no_such_function();\n}\n",
+    );
+    let errors = failed(rt.reload().await);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("[script] file: ") && e.contains("main.cfg:2:3")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("domain `")),
+        "no made-up domain: {errors:?}"
+    );
+
+    // Back to what runs: nothing to publish, nothing refused.
+    write(dir.path(), "scripts/main.cfg", GOOD);
+    assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);
+    rt.shutdown();
+}
