@@ -12,8 +12,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== the core's dependencies hold no runtime"
 # The core (package siprox) is sans-IO: no async runtime may enter its normal dependency
-# tree, even through a transitive crate (dev-dependencies, which start the runtime in
-# tests, are not part of it).
+# tree, even through a transitive crate. Dev-dependencies (the test kit, and tokio and
+# openssl for benches/loadgen.rs's own endpoints) are not part of it; the tests that start
+# the runtime live in actors/tests/.
 runtime_deps=$(cargo tree -p siprox -e normal --prefix none |
     grep -E '^(tokio|actix|actix-[a-z0-9-]+|mio) v' | sort -u || true)
 if [ -n "$runtime_deps" ]; then

@@ -121,7 +121,7 @@ fn opts(base: &Path) -> BuildOptions<'_> {
         has_tls: false,
         dev_certs_pending: false,
         now: unix_now(),
-        read: &siprox_actors::files::FILES,
+        read: &siprox_actors::reload::files::FILES,
     }
 }
 
@@ -211,7 +211,7 @@ fn main() {
     // A certificate rotation leaves conf.d as it is: the reload only checks that (digest of
     // every file) and reuses the running configuration.
     let t0 = Instant::now();
-    let digest = siprox_actors::registry::config_digest(&base.join("conf.d"));
+    let digest = siprox_actors::reload::config_digest(&base.join("conf.d"));
     let digest_time = t0.elapsed();
     assert!(digest.is_some());
     println!(
@@ -219,7 +219,7 @@ fn main() {
         digest_time.as_secs_f64() * 1e3
     );
     let t0 = Instant::now();
-    let loaded = siprox_actors::files::load(&base.join("conf.d")).expect("load");
+    let loaded = siprox_actors::reload::files::load(&base.join("conf.d")).expect("load");
     let load_time = t0.elapsed();
     println!(
         "  + when a domain file changed, re-reading conf.d ({} files, figment): {:.1} ms",

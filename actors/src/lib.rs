@@ -17,7 +17,8 @@
 //! - [`reload`]: the control plane. `registry` (the `DomainRegistry` actor: TLS domains and
 //!   the snapshot's one writer), `job` (one reload on a blocking thread: conf.d, TLS,
 //!   users, script sources), `watch` (the directory watcher), `script` (the `Script` actor:
-//!   compiles route scripts, caches them by digest, keeps each file's last error), `files`
+//!   compiles route scripts, caches them by digest, keeps each file's last error), `error`
+//!   (`ReloadError`: why a candidate is refused, naming its file, key or line), `files`
 //!   (the runtime's reads for the core: conf.d listed and read, `SIPROX_*` variables, TLS
 //!   material read into bytes, the flow-token key file; also used by `cli` and the start,
 //!   which sit above it).
@@ -27,8 +28,9 @@
 //!   the script host (`route`), next-hop resolution (`dns`).
 //! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
 //!   callback, client domains), `sessions` (the client session store an outgoing connection
-//!   resumes from), `facts`, `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket,
-//!   no reload.
+//!   resumes from), `facts`, `failure` (`HandshakeFailure`: why a handshake failed, from
+//!   OpenSSL's codes), `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket, no
+//!   reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
 //!   connection table and its handles), `stats`, `admission`, `location` (the registrar's
 //!   store), `domains` and `scripts` (what a snapshot holds), `messages`.
@@ -67,24 +69,8 @@ pub mod tls;
 pub mod transport;
 pub mod worker;
 
+// The crate's API at its root; everything else is named by its part (`reload::files`,
+// `tls::generate_dev_certs`, `state::messages::ReloadOutcome`...).
 pub use error::RuntimeError;
-/// conf.d and TLS material as the runtime reads them (`files::load`): for tests and tools.
-pub use reload::files;
 pub use runtime::{Runtime, RuntimeHandle, RuntimeOptions};
 pub use state::{Snapshot, StatsSnapshot};
-
-// The module paths of the flat tree before the folders, kept for code that imports them.
-#[doc(hidden)]
-pub use mgmt::{ctl, rpc};
-#[doc(hidden)]
-pub use reload::registry;
-#[doc(hidden)]
-pub use state as shared;
-#[doc(hidden)]
-pub use state::{location, table};
-#[doc(hidden)]
-pub use tls::{ffi, sessions};
-#[doc(hidden)]
-pub use transport::{connection, listener};
-#[doc(hidden)]
-pub use worker::{dns, route as scripts};

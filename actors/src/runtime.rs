@@ -207,10 +207,13 @@ impl Runtime {
             users: crate::reload::users_digest(&config, &opts.base_dir),
         };
         let script_sources = crate::reload::script::read_sources(&config, &opts.base_dir);
-        let scripts = crate::reload::script::compile_sources(&config, &script_sources)
-            .map_err(|e| RuntimeError::Config(e.join("\n")))?;
+        let scripts =
+            crate::reload::script::compile_sources(&config, &script_sources).map_err(|e| {
+                let lines: Vec<String> = e.iter().map(ToString::to_string).collect();
+                RuntimeError::Config(lines.join("\n"))
+            })?;
         let users = crate::reload::load_users(&config, &opts.base_dir)
-            .map_err(|e| RuntimeError::Config(format!("[auth] users_file: {e}")))?;
+            .map_err(|e| RuntimeError::Config(e.to_string()))?;
         // Management listener (TLS built, port bound) before anything starts: errors return here.
         let management = crate::mgmt::rpc::Management::prepare(&config, &opts.base_dir)?;
         let management_addr = management

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use siprox::config::{Config, ConfigErrors, LogFormat, Proto};
-use siprox_actors::files::load_with_env;
+use siprox_actors::reload::files::load_with_env;
 
 const CORE: &str = r#"
 [[listen]]

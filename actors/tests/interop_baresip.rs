@@ -175,7 +175,7 @@ fn two_baresip_phones_register_over_tls_and_call_each_other() {
          [[user]]\nname = \"bob\"\npassword = \"bob-pw\"\n",
     )
     .unwrap();
-    let cfg = siprox_actors::files::load(&root.join("conf.d")).expect("config");
+    let cfg = siprox_actors::reload::files::load(&root.join("conf.d")).expect("config");
     let rt = start(cfg, root);
     let port = rt.local_addr(Transport::Tls).unwrap().port();
     let ca = ca_file(root);

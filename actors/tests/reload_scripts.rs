@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::state::messages::ReloadOutcome;
 use siprox_actors::{Runtime, RuntimeHandle, RuntimeOptions, Snapshot};
 
 const GOOD: &str = "route { forward(); }\n";
@@ -30,7 +30,8 @@ fn start(dir: &Path) -> RuntimeHandle {
          [tls]\ngenerate_dev_certs = true\nwatch = false\nreload_check_interval = \"0s\"\n",
     );
     write(dir, "scripts/main.cfg", GOOD);
-    let config = siprox_actors::files::load(&dir.join("conf.d")).expect("valid configuration");
+    let config =
+        siprox_actors::reload::files::load(&dir.join("conf.d")).expect("valid configuration");
     Runtime::start(config, RuntimeOptions::embedded(dir)).expect("starts")
 }
 
@@ -105,5 +106,56 @@ async fn a_script_and_a_certificate_publish_in_one_store() {
     let fixed = rt.snapshot();
     assert_ne!(cert_digest(&fixed), cert_digest(&after));
     assert_eq!(script_of(&fixed), script_of(&before));
+    rt.shutdown();
+}
+
+/// Each kind of refused reload names its input in the RPC's last error: a conf.d file and
+/// key (`configuration:`), a script file:line:col under whose script it is (`[script] file`,
+/// or its domain), never a made-up domain such as `config` or `script`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reloads_name_file_and_key_or_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(dir.path());
+    let failed = |o: ReloadOutcome| match o {
+        ReloadOutcome::Failed { errors } => errors,
+        other => panic!("expected a refused reload, got {other:?}"),
+    };
+
+    write(
+        dir.path(),
+        "conf.d/20-typo.toml",
+        "[runtime]\nwrokers = 2\n",
+    );
+    let errors = failed(rt.reload().await);
+    assert!(
+        errors.iter().any(|e| e.starts_with("configuration: ")
+            && e.contains("20-typo.toml")
+            && e.contains("wrokers")),
+        "{errors:?}"
+    );
+    let last = format!("{:?}", rt.tls_status().last_error);
+    assert!(last.contains("20-typo.toml"), "{last}");
+    std::fs::remove_file(dir.path().join("conf.d/20-typo.toml")).expect("rm");
+
+    write(
+        dir.path(),
+        "scripts/main.cfg",
+        "route {\n  no_such_function();\n}\n",
+    );
+    let errors = failed(rt.reload().await);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("[script] file: ") && e.contains("main.cfg:2:3")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("domain `")),
+        "no made-up domain: {errors:?}"
+    );
+
+    // Back to what runs: nothing to publish, nothing refused.
+    write(dir.path(), "scripts/main.cfg", GOOD);
+    assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);
     rt.shutdown();
 }

@@ -191,6 +191,9 @@ async fn outgoing_tls_to_an_untrusted_certificate_fails_the_handshake() {
         "siprox must refuse the untrusted certificate: {:?}",
         rt.stats()
     );
+    // Our own verification refused it: counted as a certificate failure, whatever the text.
+    let s = rt.stats();
+    assert_eq!(s.tls_failures.certificate, s.handshake_failures, "{s:?}");
     assert!(uas_peer.connections() >= 1);
     assert_eq!(rt.stats().connections_open, 0);
     rt.shutdown();

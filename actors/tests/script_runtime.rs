@@ -269,7 +269,7 @@ async fn swapping_a_script_under_load_loses_no_message() {
          [script]\nfile = \"scripts/route.cfg\"\n\
          [tls]\ngenerate_dev_certs = true\nwatch = true\nreload_debounce = \"50ms\"\n",
     );
-    let cfg = siprox_actors::files::load(&dir.path().join("conf.d")).expect("config loads");
+    let cfg = siprox_actors::reload::files::load(&dir.path().join("conf.d")).expect("config loads");
     let rt = start(cfg, dir.path());
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
 
@@ -350,7 +350,8 @@ async fn a_change_right_after_the_start_is_not_missed() {
              [tls]\ngenerate_dev_certs = true\nwatch = true\nreload_debounce = \"50ms\"\n\
              reload_check_interval = \"600s\"\n",
         );
-        let cfg = siprox_actors::files::load(&dir.path().join("conf.d")).expect("config loads");
+        let cfg =
+            siprox_actors::reload::files::load(&dir.path().join("conf.d")).expect("config loads");
         let rt = start(cfg, dir.path());
         swap_in(dir.path(), &versioned(2));
         let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();

@@ -17,7 +17,7 @@ use openssl::pkey::PKey;
 use openssl::ssl::{NameType, Ssl, SslAcceptor, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use siprox::proxy::Transport;
-use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::state::messages::ReloadOutcome;
 use siprox_actors::RuntimeHandle;
 use siprox_testkit::assert_eventually;
 use tokio::io::AsyncWriteExt;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::state::messages::ReloadOutcome;
 use siprox_actors::{Runtime, RuntimeOptions};
 use siprox_testkit::assert_eventually;
 use siprox_testkit::pki::{Ca, Spec};
@@ -49,7 +49,7 @@ async fn an_expiring_certificate_is_warned_about_at_start_and_on_rebuild_only() 
         "[domains.soon]\n[domains.soon.server]\nsni = [\"soon.example\"]\n\
          certificate = \"certs/soon.pem\"\nprivate_key = \"certs/soon.key\"\n",
     );
-    let config = siprox_actors::files::load(&dir.path().join("conf.d")).expect("config");
+    let config = siprox_actors::reload::files::load(&dir.path().join("conf.d")).expect("config");
     let rt = Runtime::start(config, RuntimeOptions::embedded(dir.path())).expect("starts");
 
     // At start: once.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::tree::Tree;
 use common::{options_to, read_message, send, status};
 use siprox::proxy::Transport;
-use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::state::messages::ReloadOutcome;
 use siprox_testkit::assert_eventually;
 use siprox_testkit::tls::{peer_cn, Client};
 

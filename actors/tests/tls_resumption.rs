@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::options_to;
 use common::tree::Tree;
 use siprox::proxy::Transport;
-use siprox_actors::registry::ReloadOutcome;
+use siprox_actors::state::messages::ReloadOutcome;
 
 const T: Duration = Duration::from_secs(10);
 

@@ -1,6 +1,6 @@
 //! Merging conf.d/: which files count, in which order, merged how, overridden by which
 //! environment variables, from contents the runtime read. Must never open a file, list a
-//! directory or read the environment (the runtime does, in `siprox_actors::files`), and must
+//! directory or read the environment (the runtime does, in `siprox_actors::reload::files`), and must
 //! never panic on what a file contains.
 
 use std::cmp::Ordering;

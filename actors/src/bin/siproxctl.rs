@@ -2,7 +2,7 @@
 //! a siprox management listener over HTTPS with a client certificate, prints the result
 //! (a table for people, `--json` for scripts), and exits non-zero on any error with the
 //! error printed. A blocking client on purpose (one request, then exit): openssl over a std
-//! `TcpStream`, no HTTP crate. The pure parts live in `siprox_actors::ctl`.
+//! `TcpStream`, no HTTP crate. The pure parts live in `siprox_actors::mgmt::ctl`.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -16,7 +16,7 @@ use clap::Parser;
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
 use serde_json::Value;
 use siprox::rpc::{jsonrpc, xmlrpc};
-use siprox_actors::ctl::{self, CtlFile};
+use siprox_actors::mgmt::ctl::{self, CtlFile};
 
 /// Exit status when the server answered with an RPC error.
 const EXIT_RPC_ERROR: u8 = 1;

@@ -116,12 +116,12 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         load(&st.tls_handshakes),
     );
     let hs_fail: Family<Labels, Counter> = Family::default();
-    for (reason, c) in crate::state::TLS_FAILURE_REASONS
+    for (label, c) in crate::state::TlsFailureLabel::ALL
         .iter()
         .zip(st.tls_failures.iter())
     {
         hs_fail
-            .get_or_create(&labels(&[("reason", reason)]))
+            .get_or_create(&labels(&[("reason", label.as_str())]))
             .inc_by(load(c));
     }
     r.register(

@@ -14,10 +14,11 @@ use siprox::auth::Users;
 use siprox::config::Config;
 use siprox::proxy::{FlowKeys, Listen};
 
+use crate::reload::error::{ReloadError, UsersFileError};
 use crate::reload::script::{read_sources, ScriptSource};
 use crate::reload::watch::watch_dirs;
 use crate::state::{check_connections, ScriptSet, Snapshot, TlsDomains};
-use crate::tls::{build_domains, unix_now, BuildOptions, DomainError};
+use crate::tls::{build_domains, unix_now, BuildOptions};
 
 /// Digests of the configuration and scripts the running snapshot was built from.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +49,7 @@ pub(crate) struct Job {
 pub(crate) enum JobOutcome {
     Publish(Box<Snapshot>, Vec<String>),
     Unchanged,
-    Failed(Vec<DomainError>),
+    Failed(Vec<ReloadError>),
     /// Everything is built but the scripts, which changed: the `Script` actor compiles
     /// them, then [`Pending::finish`] makes the snapshot.
     Compile(Box<Pending>),
@@ -67,8 +68,9 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// The snapshot with `scripts`, or the reload refused with their errors.
-    pub(crate) fn finish(self, scripts: Result<ScriptSet, Vec<String>>) -> JobOutcome {
+    /// The snapshot with `scripts`, or the reload refused with their errors (or with why
+    /// they were not compiled).
+    pub(crate) fn finish(self, scripts: Result<ScriptSet, Vec<ReloadError>>) -> JobOutcome {
         match scripts {
             Ok(s) => {
                 let snap = Snapshot::build(
@@ -82,15 +84,7 @@ impl Pending {
                 );
                 JobOutcome::Publish(Box::new(snap), self.changed)
             }
-            Err(errors) => JobOutcome::Failed(
-                errors
-                    .into_iter()
-                    .map(|reason| DomainError {
-                        domain: "script".to_owned(),
-                        reason,
-                    })
-                    .collect(),
-            ),
+            Err(errors) => JobOutcome::Failed(errors),
         }
     }
 }
@@ -107,7 +101,7 @@ pub(crate) struct JobResult {
     /// [`users_digest`] of the users now in the snapshot (when they were read again).
     pub(crate) users_digest: Option<u64>,
     /// The users file could not be loaded: the loaded users stay (logged once).
-    pub(crate) users_error: Option<String>,
+    pub(crate) users_error: Option<ReloadError>,
 }
 
 impl Job {
@@ -124,13 +118,7 @@ impl Job {
                 Err(errors) => {
                     return JobResult {
                         outcome: JobOutcome::Failed(
-                            errors
-                                .iter()
-                                .map(|e| DomainError {
-                                    domain: "config".to_owned(),
-                                    reason: e.to_string(),
-                                })
-                                .collect(),
+                            errors.0.into_iter().map(ReloadError::Config).collect(),
                         ),
                         watch: None,
                         listen_changed: false,
@@ -149,7 +137,7 @@ impl Job {
         if listen_changed {
             config.listen = self.prev.config.listen.clone();
         }
-        let fail = |errors: Vec<DomainError>, watch| JobResult {
+        let fail = |errors: Vec<ReloadError>, watch| JobResult {
             outcome: JobOutcome::Failed(errors),
             watch,
             listen_changed,
@@ -159,13 +147,7 @@ impl Job {
             users_error: None,
         };
         if let Err(e) = check_connections(&config) {
-            return fail(
-                vec![DomainError {
-                    domain: "config".to_owned(),
-                    reason: e.to_string(),
-                }],
-                watch,
-            );
+            return fail(vec![ReloadError::Settings(e)], watch);
         }
         let opts = BuildOptions {
             base: &self.base,
@@ -176,7 +158,9 @@ impl Job {
         };
         let tls = match build_domains(&config, Some(&self.prev.tls), opts) {
             Ok(t) => t,
-            Err(errors) => return fail(errors, watch),
+            Err(errors) => {
+                return fail(errors.into_iter().map(ReloadError::Domain).collect(), watch)
+            }
         };
         // The users file goes into the snapshot: read here, never on an arbiter.
         let users_digest = users_digest(&config, &self.base);
@@ -188,7 +172,7 @@ impl Job {
                     Ok(u) => (Arc::new(u), Some(users_digest), None),
                     // A broken users file keeps the users that were loaded and does not hold
                     // up the rest of the reload.
-                    Err(e) => (self.prev.users.clone(), None, Some(e)),
+                    Err(e) => (self.prev.users.clone(), None, Some(ReloadError::Users(e))),
                 }
             };
         let users_same = Arc::ptr_eq(&users, &self.prev.users);
@@ -199,15 +183,8 @@ impl Job {
             None => prev_keys.clone(),
             Some(_) => match super::files::load_flow_keys(&config, &self.base) {
                 Ok(k) => k,
-                Err(e) => {
-                    return fail(
-                        vec![DomainError {
-                            domain: "auth".to_owned(),
-                            reason: e.to_string(),
-                        }],
-                        watch,
-                    )
-                }
+                // The error names `[auth] flow_key_file` and the path.
+                Err(e) => return fail(vec![ReloadError::Settings(e)], watch),
             },
         };
         let keys_same = flow_keys == *prev_keys;
@@ -286,14 +263,16 @@ pub(crate) fn users_digest(config: &Config, base: &Path) -> u64 {
 }
 
 /// The users of `[auth] users_file` (none configured: no users). Blocking.
-pub(crate) fn load_users(config: &Config, base: &Path) -> Result<Users, String> {
+pub(crate) fn load_users(config: &Config, base: &Path) -> Result<Users, UsersFileError> {
     let Some(f) = &config.auth.users_file else {
         return Ok(Users::default());
     };
     let path = resolve(base, f);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("reading [auth] users_file {}: {e}", path.display()))?;
-    Users::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(source) => return Err(UsersFileError::Read { path, source }),
+    };
+    Ok(Users::from_toml(&text, &path.display().to_string())?)
 }
 
 /// Digest of every route script's bytes (missing files hash as missing: compiling then

@@ -20,11 +20,12 @@ use siprox::proxy::Listen;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::reload::error::ReloadError;
 use crate::reload::job::{Job, JobOutcome, JobResult, LoadedDigests};
 use crate::reload::script::{CompileScripts, Script, ScriptSource};
 use crate::reload::watch::{watch_dirs, Watcher};
 use crate::state::{Shared, TlsDomains};
-use crate::tls::{unix_now, DomainError};
+use crate::tls::unix_now;
 
 // The reload vocabulary lives in `state` (the data plane and management send it); named
 // here too, where a reader of the registry looks for it.
@@ -144,10 +145,9 @@ impl DomainRegistry {
                     config_digest: None,
                     users_digest: None,
                     users_error: None,
-                    outcome: JobOutcome::Failed(vec![DomainError {
-                        domain: "reload".to_owned(),
-                        reason: format!("the reload task failed: {e}"),
-                    }]),
+                    outcome: JobOutcome::Failed(vec![ReloadError::Internal(format!(
+                        "the reload task failed: {e}"
+                    ))]),
                     watch: None,
                     listen_changed: false,
                 });
@@ -156,15 +156,22 @@ impl DomainRegistry {
                 // has seen the text), and the candidate is published whole, TLS and
                 // scripts in one store.
                 let sources = std::mem::take(&mut pending.sources);
+                let internal = |why: String| Err(vec![ReloadError::Internal(why)]);
                 let compiled = match script {
-                    Some(s) => s
+                    Some(s) => match s
                         .send(CompileScripts {
                             config: pending.config.clone(),
                             sources,
                         })
                         .await
-                        .unwrap_or_else(|e| Err(vec![format!("the Script actor stopped: {e}")])),
-                    None => Err(vec!["the Script actor is not running".to_owned()]),
+                    {
+                        Ok(Ok(set)) => Ok(set),
+                        Ok(Err(errors)) => {
+                            Err(errors.into_iter().map(ReloadError::Script).collect())
+                        }
+                        Err(e) => internal(format!("the Script actor stopped: {e}")),
+                    },
+                    None => internal("the Script actor is not running".to_owned()),
                 };
                 result.outcome = pending.finish(compiled);
                 if matches!(result.outcome, JobOutcome::Failed(_)) {
@@ -210,16 +217,17 @@ impl DomainRegistry {
                 let errors = match failed {
                     JobOutcome::Failed(errors) => errors,
                     // Resolved by the Script actor before `finish`; never left pending.
-                    _ => vec![DomainError {
-                        domain: "reload".to_owned(),
-                        reason: "the scripts of the candidate were not compiled".to_owned(),
-                    }],
+                    _ => vec![ReloadError::Internal(
+                        "the scripts of the candidate were not compiled".to_owned(),
+                    )],
                 };
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 let now: BTreeSet<String> = lines.iter().cloned().collect();
-                for e in &errors {
-                    if !self.logged.contains(&e.to_string()) {
-                        error!(domain = %e.domain, error = %e.reason, ?cause,
+                for (e, line) in errors.iter().zip(&lines) {
+                    if !self.logged.contains(line) {
+                        // `error` names the file and key or line:col (and the domain).
+                        error!(kind = e.kind(), domain = e.domain().unwrap_or("-"),
+                            error = %line, ?cause,
                             "reload refused: the running configuration stays");
                     }
                 }
@@ -229,8 +237,9 @@ impl DomainRegistry {
             }
         };
         if let Some(e) = result.users_error {
-            if self.logged.insert(e.clone()) {
-                error!(error = %e, "users file not reloaded: the loaded users stay");
+            let line = e.to_string();
+            if self.logged.insert(line.clone()) {
+                error!(kind = e.kind(), error = %line, "users file not reloaded: the loaded users stay");
             }
         }
         if let Some(d) = result.users_digest {

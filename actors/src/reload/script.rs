@@ -14,6 +14,7 @@ use actix::{Actor, Context, Handler, Message as ActixMessage, MessageResult};
 use siprox::config::Config;
 use siprox::script;
 
+use crate::reload::error::{ScriptError, ScriptProblem};
 use crate::state::ScriptSet;
 
 /// One script file the configuration names, as the reload job read it.
@@ -22,7 +23,7 @@ pub struct ScriptSource {
     /// The domain whose script it is; `None`: `[script] file`.
     pub domain: Option<String>,
     pub path: PathBuf,
-    /// The text, or why it could not be read.
+    /// The text, or why it could not be read (the I/O error's text).
     pub text: Result<String, String>,
 }
 
@@ -42,8 +43,7 @@ impl ScriptSource {
 pub fn read_sources(config: &Config, base: &Path) -> Vec<ScriptSource> {
     let read = |domain: Option<&String>, file: &Path| {
         let path = crate::state::resolve(base, file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
         ScriptSource {
             domain: domain.cloned(),
             path,
@@ -63,7 +63,7 @@ pub fn read_sources(config: &Config, base: &Path) -> Vec<ScriptSource> {
 /// Compile every script the configuration names, with no cache (`siprox check`, the
 /// start). Every error is returned, each naming the domain (if any), the file, line and
 /// column.
-pub fn compile_scripts(config: &Config, base: &Path) -> Result<ScriptSet, Vec<String>> {
+pub fn compile_scripts(config: &Config, base: &Path) -> Result<ScriptSet, Vec<ScriptError>> {
     compile_sources(config, &read_sources(config, base))
 }
 
@@ -71,21 +71,31 @@ pub fn compile_scripts(config: &Config, base: &Path) -> Result<ScriptSet, Vec<St
 pub fn compile_sources(
     config: &Config,
     sources: &[ScriptSource],
-) -> Result<ScriptSet, Vec<String>> {
+) -> Result<ScriptSet, Vec<ScriptError>> {
     assemble(config, sources, &mut |s| compile(s))
 }
 
-fn compile(s: &ScriptSource) -> Result<script::Script, String> {
-    let text = s.text.as_ref().map_err(Clone::clone)?;
-    script::compile(text, &s.path.display().to_string()).map_err(|e| e.to_string())
+fn compile(s: &ScriptSource) -> Result<script::Script, ScriptError> {
+    let problem = match &s.text {
+        Err(e) => ScriptProblem::Read(e.clone()),
+        Ok(text) => match script::compile(text, &s.path.display().to_string()) {
+            Ok(c) => return Ok(c),
+            Err(e) => ScriptProblem::Compile(e),
+        },
+    };
+    Err(ScriptError {
+        domain: s.domain.clone(),
+        path: s.path.clone(),
+        problem,
+    })
 }
 
 /// The set of `sources`, each compiled by `compile`; every failure is reported.
 fn assemble(
     config: &Config,
     sources: &[ScriptSource],
-    compile: &mut dyn FnMut(&ScriptSource) -> Result<script::Script, String>,
-) -> Result<ScriptSet, Vec<String>> {
+    compile: &mut dyn FnMut(&ScriptSource) -> Result<script::Script, ScriptError>,
+) -> Result<ScriptSet, Vec<ScriptError>> {
     let mut set = ScriptSet::default();
     let mut errors = Vec::new();
     for s in sources {
@@ -99,8 +109,7 @@ fn assemble(
                     .unwrap_or(&[]);
                 set.add_domain(name, names, c);
             }
-            (Err(e), None) => errors.push(format!("[script] file: {e}")),
-            (Err(e), Some(name)) => errors.push(format!("domain `{name}`: {e}")),
+            (Err(e), _) => errors.push(e),
         }
     }
     if errors.is_empty() {
@@ -113,7 +122,7 @@ fn assemble(
 /// Compile these sources into the scripts of the next snapshot. Replies with the whole set
 /// or every error.
 #[derive(Debug, ActixMessage)]
-#[rtype(result = "Result<ScriptSet, Vec<String>>")]
+#[rtype(result = "Result<ScriptSet, Vec<ScriptError>>")]
 pub struct CompileScripts {
     pub config: Arc<Config>,
     pub sources: Vec<ScriptSource>,
@@ -125,8 +134,8 @@ pub struct ScriptStatus {
     pub path: PathBuf,
     /// Digest of the path and text last compiled.
     pub digest: u64,
-    /// The last compile error of this file (`None` once it compiles).
-    pub last_error: Option<String>,
+    /// The last error of this file (`None` once it compiles).
+    pub last_error: Option<ScriptProblem>,
 }
 
 /// The status of every script file seen, by path.
@@ -173,7 +182,7 @@ impl Script {
         &mut self,
         config: &Config,
         sources: &[ScriptSource],
-    ) -> Result<ScriptSet, Vec<String>> {
+    ) -> Result<ScriptSet, Vec<ScriptError>> {
         let mut used = HashMap::new();
         let (cache, status, compiled) = (&self.cache, &mut self.status, &mut self.compiled);
         let res = assemble(config, sources, &mut |s| {
@@ -190,7 +199,7 @@ impl Script {
                 ScriptStatus {
                     path: s.path.clone(),
                     digest,
-                    last_error: result.as_ref().err().cloned(),
+                    last_error: result.as_ref().err().map(|e| e.problem.clone()),
                 },
             );
             if let Ok(c) = &result {
@@ -257,7 +266,7 @@ mod tests {
                 .await
                 .expect("mailbox");
             let errors = bad.expect_err("unknown function");
-            assert!(errors[0].contains("a.cfg:1"), "{errors:?}");
+            assert!(errors[0].to_string().contains("a.cfg:1"), "{errors:?}");
             let status = actor.send(GetScriptStatus).await.expect("mailbox");
             assert_eq!(status.len(), 1);
             assert!(status[0].last_error.is_some(), "{status:?}");

@@ -25,8 +25,8 @@ pub use domains::{ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};
 pub use messages::{Reload, ReloadCause, ReloadOutcome, RpcRequest, StopListening, TlsStatus};
 pub use scripts::ScriptSet;
 pub use snapshot::{check_connections, ConnSettings, Snapshot};
-pub(crate) use stats::{inc, tls_failure_reason, Stats};
-pub use stats::{SipCounts, StatsSnapshot, METHOD_NAMES, TLS_FAILURE_REASONS};
+pub(crate) use stats::{inc, Stats};
+pub use stats::{SipCounts, StatsSnapshot, TlsFailureCounts, TlsFailureLabel, METHOD_NAMES};
 use table::ConnectionTable;
 
 /// Seconds since the Unix epoch now.
@@ -138,6 +138,7 @@ impl Shared {
             dropped: g(&s.dropped),
             send_failures: g(&s.send_failures),
             dns_failures: g(&s.dns_failures),
+            tls_failures: s.tls_failure_counts(),
         }
     }
 }

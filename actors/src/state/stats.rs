@@ -26,7 +26,7 @@ pub struct Stats {
     pub(crate) script_errors: AtomicU64,
     /// TLS handshakes completed (both directions).
     pub(crate) tls_handshakes: AtomicU64,
-    /// Failed TLS handshakes by reason: timeout, certificate, unknown SNI, other.
+    /// Failed TLS handshakes by [`TlsFailureLabel`] (its discriminant is the index).
     pub(crate) tls_failures: [AtomicU64; 4],
     /// Requests by method and responses sent by status code (for `/metrics`).
     pub(crate) sip: SipCounts,
@@ -144,26 +144,67 @@ pub struct StatsSnapshot {
     pub send_failures: u64,
     /// Next hops DNS could not resolve.
     pub dns_failures: u64,
+    /// `handshake_failures` by reason (the labels of `/metrics`).
+    pub tls_failures: TlsFailureCounts,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Reason labels of `Stats::tls_failures`, in index order.
-pub const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "certificate", "unrecognized_name", "other"];
+/// The `reason` label of a failed TLS handshake (`siprox_tls_handshake_failures_total`):
+/// dashboards use these names, so they never change. The runtime's TLS part maps each kind
+/// of failure (`tls::HandshakeFailure`) to one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailureLabel {
+    Timeout,
+    Certificate,
+    UnrecognizedName,
+    Other,
+}
 
-/// The index in `Stats::tls_failures` of a failed handshake, from its error text.
-pub(crate) fn tls_failure_reason(why: &str) -> usize {
-    let w = why.to_ascii_lowercase();
-    if w.contains("timeout") || w.contains("timed out") {
-        0
-    } else if w.contains("certificate") || w.contains("verify") {
-        1
-    } else if w.contains("unrecognized name") || w.contains("unrecognized_name") {
-        2
-    } else {
-        3
+impl TlsFailureLabel {
+    /// Every label, in `Stats::tls_failures` order.
+    pub const ALL: [TlsFailureLabel; 4] = [
+        TlsFailureLabel::Timeout,
+        TlsFailureLabel::Certificate,
+        TlsFailureLabel::UnrecognizedName,
+        TlsFailureLabel::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailureLabel::Timeout => "timeout",
+            TlsFailureLabel::Certificate => "certificate",
+            TlsFailureLabel::UnrecognizedName => "unrecognized_name",
+            TlsFailureLabel::Other => "other",
+        }
+    }
+}
+
+/// Failed TLS handshakes by `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsFailureCounts {
+    pub timeout: u64,
+    pub certificate: u64,
+    pub unrecognized_name: u64,
+    pub other: u64,
+}
+
+impl Stats {
+    /// Counts one failed handshake under `label`.
+    pub(crate) fn tls_failure(&self, label: TlsFailureLabel) {
+        inc(&self.tls_failures[label as usize]);
+    }
+
+    pub(crate) fn tls_failure_counts(&self) -> TlsFailureCounts {
+        let g = |l: TlsFailureLabel| self.tls_failures[l as usize].load(Ordering::Relaxed);
+        TlsFailureCounts {
+            timeout: g(TlsFailureLabel::Timeout),
+            certificate: g(TlsFailureLabel::Certificate),
+            unrecognized_name: g(TlsFailureLabel::UnrecognizedName),
+            other: g(TlsFailureLabel::Other),
+        }
     }
 }
 
@@ -172,24 +213,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handshake_failures_are_classified() {
+    fn labels_index_their_own_counter() {
+        let s = Stats::default();
+        s.tls_failure(TlsFailureLabel::Certificate);
+        s.tls_failure(TlsFailureLabel::Other);
+        s.tls_failure(TlsFailureLabel::Other);
         assert_eq!(
-            TLS_FAILURE_REASONS[tls_failure_reason("handshake timeout")],
-            "timeout"
+            s.tls_failure_counts(),
+            TlsFailureCounts {
+                certificate: 1,
+                other: 2,
+                ..TlsFailureCounts::default()
+            }
         );
+        for (i, l) in TlsFailureLabel::ALL.iter().enumerate() {
+            assert_eq!(*l as usize, i, "{l:?}");
+        }
+        let names: Vec<&str> = TlsFailureLabel::ALL.iter().map(|l| l.as_str()).collect();
         assert_eq!(
-            TLS_FAILURE_REASONS[tls_failure_reason(
-                "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed"
-            )],
-            "certificate"
-        );
-        assert_eq!(
-            TLS_FAILURE_REASONS[tls_failure_reason("tlsv1 unrecognized name")],
-            "unrecognized_name"
-        );
-        assert_eq!(
-            TLS_FAILURE_REASONS[tls_failure_reason("wrong version number")],
-            "other"
+            names,
+            ["timeout", "certificate", "unrecognized_name", "other"]
         );
     }
 }

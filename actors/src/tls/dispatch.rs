@@ -16,6 +16,7 @@ use openssl::ssl::{
 use siprox::tls::{parse_server_name, Selected};
 
 use crate::state::{ClientDomain, ServerDomain, TlsDomains};
+use crate::tls::failure::Refusal;
 use crate::tls::sessions::client_session_key;
 
 impl TlsDomains {
@@ -80,6 +81,8 @@ impl TlsDomains {
 struct DispatchInput {
     domains: Option<Arc<TlsDomains>>,
     listener: SocketAddr,
+    /// Why the callback refused the ClientHello, for the handshake's failure kind.
+    refused: Option<Refusal>,
 }
 
 /// What the dispatch callback chose, attached to the `Ssl` for the connection to read after
@@ -138,6 +141,7 @@ pub fn server_ssl(
         DispatchInput {
             domains: Some(domains),
             listener,
+            refused: None,
         },
     );
     Ok(ssl)
@@ -146,6 +150,19 @@ pub fn server_ssl(
 /// What the dispatch callback chose for this connection (after the handshake).
 pub fn chosen(ssl: &SslRef) -> Option<&Chosen> {
     ssl.ex_data(chosen_index()?)
+}
+
+/// Why the dispatch callback refused this connection's ClientHello, if it did.
+pub(crate) fn refusal(ssl: &SslRef) -> Option<Refusal> {
+    ssl.ex_data(input_index()?)?.refused
+}
+
+/// Records the callback's refusal and fails the ClientHello (with the alert already set).
+fn refuse(ssl: &mut SslRef, why: Refusal) -> Result<ClientHelloResponse, ErrorStack> {
+    if let Some(input) = input_index().and_then(|i| ssl.ex_data_mut(i)) {
+        input.refused = Some(why);
+    }
+    Err(ErrorStack::get())
 }
 
 /// The ClientHello callback: SNI from the raw extension (OpenSSL has not parsed it yet),
@@ -195,13 +212,13 @@ fn dispatch_hello(
     };
     let Some(domain) = domain else {
         *alert = SslAlert::UNRECOGNIZED_NAME;
-        return Err(ErrorStack::get());
+        return refuse(ssl, Refusal::UnrecognizedName);
     };
     let open = domain.open.fetch_add(1, Ordering::AcqRel);
     let slot = DomainSlot(domain.open.clone());
     if domain.max_connections != 0 && open >= domain.max_connections {
         // Refused with OpenSSL's default alert (internal_error); the slot is given back.
-        return Err(ErrorStack::get());
+        return refuse(ssl, Refusal::DomainLimit);
     }
     switch_to(ssl, &domain)?;
     let idx = chosen_index().ok_or_else(ErrorStack::get)?;

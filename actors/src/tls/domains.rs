@@ -50,6 +50,8 @@ impl std::fmt::Display for DomainError {
     }
 }
 
+impl std::error::Error for DomainError {}
+
 fn server_sources(base: &Path, s: &ServerTls) -> Vec<PathBuf> {
     [
         Some(&s.certificate),

@@ -1,13 +1,15 @@
 //! TLS at run time: building domains (`domains`, from material it is given: it reads no
 //! certificate itself), picking one per connection (`dispatch`), the client session store
-//! (`sessions`), the facts of a connection (`facts`), development certificates
-//! (`devcerts`), and the one `unsafe` module (`ffi`). Knows no sockets and no reload: it
-//! takes a snapshot's domains and an `Ssl`, and gives back contexts, choices and facts.
+//! (`sessions`), the facts of a connection (`facts`), why a handshake failed (`failure`),
+//! development certificates (`devcerts`), and the one `unsafe` module (`ffi`). Knows no
+//! sockets and no reload: it takes a snapshot's domains and an `Ssl`, and gives back
+//! contexts, choices, facts and failure kinds.
 
 mod devcerts;
 mod dispatch;
 mod domains;
 mod facts;
+pub mod failure;
 pub mod sessions;
 // The only module allowed `unsafe`: OpenSSL calls the `openssl` crate lacks.
 #[allow(unsafe_code)]
@@ -17,6 +19,7 @@ pub use devcerts::{ensure_dev_certs, generate_dev_certs, resolve_path, DevCerts}
 pub use dispatch::{chosen, dispatch_context, server_ssl, Chosen};
 pub use domains::{build_domains, BuildOptions, DomainError, EnvLookup, ReadMaterial, TLS_HOOKS};
 pub use facts::facts;
+pub use failure::{CertificateFailure, HandshakeFailure};
 // The domain types live in the snapshot (`state`); they are re-exported here, where they
 // were before, for the benches and tests that name them.
 pub use crate::state::{unix_now, ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};

@@ -81,7 +81,8 @@ impl Tree {
 
     /// Loads conf.d as the daemon does and starts siprox in this process.
     pub fn start(&self) -> RuntimeHandle {
-        let config = siprox_actors::files::load(&self.path("conf.d")).expect("valid configuration");
+        let config =
+            siprox_actors::reload::files::load(&self.path("conf.d")).expect("valid configuration");
         super::start(config, self.dir.path())
     }
 }

@@ -24,7 +24,7 @@ use super::handshake::{self, Established, Failed, Io};
 use super::{Connection, Phase, Start, POLL_BUDGET};
 use crate::state::messages::{CloseReason, ConnCommand};
 use crate::state::table::{clock_ms, ConnHandle, ConnShared, PeerKey};
-use crate::state::{inc, tls_failure_reason, Slot};
+use crate::state::{inc, Slot};
 use crate::tls;
 use crate::worker::Worker;
 
@@ -196,29 +196,32 @@ impl Connection {
                 }
                 est.io
             }
-            Err((reason, why)) => {
+            Err(failed) => {
                 let stats = &self.worker.shared.stats;
-                inc(match reason {
-                    CloseReason::ConnectFailed => &stats.connect_failures,
-                    _ => &stats.handshake_failures,
-                });
-                if reason != CloseReason::ConnectFailed {
-                    let i = tls_failure_reason(&why);
-                    if let Some(c) = stats.tls_failures.get(i) {
-                        inc(c);
+                let reason = failed.reason();
+                let (kind, why) = match &failed {
+                    Failed::Connect(why) => {
+                        inc(&stats.connect_failures);
+                        (None, why)
                     }
-                }
+                    Failed::Handshake(kind, why) => {
+                        inc(&stats.handshake_failures);
+                        stats.tls_failure(kind.label());
+                        (Some(kind), why)
+                    }
+                };
+                let kind = kind.map_or(String::new(), ToString::to_string);
                 let queued = self.wq.len();
                 if self.dest.is_some() {
                     // siprox chose to connect: a failure loses messages, the operator must see it.
-                    warn!(reason = ?reason, error = %why, dropped_messages = queued, "outgoing connection failed");
+                    warn!(reason = ?reason, failure = %kind, error = %why, dropped_messages = queued, "outgoing connection failed");
                     for _ in 0..queued {
                         inc(&stats.send_failures);
                     }
                 } else {
                     // A client's failed handshake is the client's problem (and floods are cheap
                     // to cause): debug, and counted.
-                    debug!(reason = ?reason, error = %why, "handshake failed");
+                    debug!(reason = ?reason, failure = %kind, error = %why, "handshake failed");
                 }
                 ctx.stop();
                 return;

@@ -22,9 +22,30 @@ use tokio_openssl::SslStream;
 use crate::state::messages::CloseReason;
 use crate::state::{ConnSettings, TlsDomains};
 use crate::tls;
+use crate::tls::HandshakeFailure;
 
-/// Why a connect or handshake failed, with the error text for the log.
-pub(super) type Failed = (CloseReason, String);
+/// Why a connect or handshake failed, with OpenSSL's or the socket's text for the log.
+#[derive(Debug)]
+pub(super) enum Failed {
+    /// The TCP connect of an outgoing connection.
+    Connect(String),
+    /// The TLS handshake, its kind classified where it failed.
+    Handshake(HandshakeFailure, String),
+}
+
+impl Failed {
+    pub(super) fn reason(&self) -> CloseReason {
+        match self {
+            Failed::Connect(_) => CloseReason::ConnectFailed,
+            Failed::Handshake(..) => CloseReason::HandshakeFailed,
+        }
+    }
+
+    /// A handshake that failed before it began (no `Ssl` could be made).
+    fn setup(e: impl ToString) -> Failed {
+        Failed::Handshake(HandshakeFailure::Other, e.to_string())
+    }
+}
 
 pub(super) enum Io {
     Tcp(TcpStream),
@@ -74,8 +95,8 @@ pub(super) async fn connect_out(
 ) -> Result<Established, Failed> {
     let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(peer)).await {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Err((CloseReason::ConnectFailed, e.to_string())),
-        Err(_) => return Err((CloseReason::ConnectFailed, "connect timeout".to_owned())),
+        Ok(Err(e)) => return Err(Failed::Connect(e.to_string())),
+        Err(_) => return Err(Failed::Connect("connect timeout".to_owned())),
     };
     let _ = tcp.set_nodelay(true);
     if dest.transport != Transport::Tls {
@@ -83,7 +104,7 @@ pub(super) async fn connect_out(
     }
     let (ssl, domain) = domains
         .client_ssl(peer, dest.server_name.as_deref())
-        .map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+        .map_err(Failed::setup)?;
     let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
     let stream = handshake(ssl, tcp, timeout, false).await?;
     let sni = domain
@@ -106,7 +127,7 @@ pub(super) async fn accept_tls(
     tcp: TcpStream,
     timeout: Duration,
 ) -> Result<Established, Failed> {
-    let ssl = ssl.map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+    let ssl = ssl.map_err(Failed::setup)?;
     let stream = handshake(ssl, tcp, timeout, true).await?;
     let (facts, send_timeout) = match tls::chosen(stream.ssl()) {
         Some(c) => (
@@ -135,8 +156,7 @@ async fn handshake(
     timeout: Duration,
     server: bool,
 ) -> Result<SslStream<TcpStream>, Failed> {
-    let mut s =
-        SslStream::new(ssl, tcp).map_err(|e| (CloseReason::HandshakeFailed, e.to_string()))?;
+    let mut s = SslStream::new(ssl, tcp).map_err(Failed::setup)?;
     let start = Instant::now();
     let mut sleep = Box::pin(tokio::time::sleep_until(start + timeout));
     let mut adjusted = false;
@@ -160,17 +180,14 @@ async fn handshake(
     .await;
     match res {
         Some(Ok(())) => Ok(s),
-        Some(Err(e)) => {
-            // Name the certificate problem when there is one (verify_client refusals).
-            let v = s.ssl().verify_result();
-            let why = if v == openssl::x509::X509VerifyResult::OK {
-                e.to_string()
-            } else {
-                format!("{e} (certificate: {})", v.error_string())
-            };
-            Err((CloseReason::HandshakeFailed, why))
-        }
-        None => Err((CloseReason::HandshakeFailed, "handshake timeout".to_owned())),
+        Some(Err(e)) => Err(Failed::Handshake(
+            HandshakeFailure::of(s.ssl(), &e),
+            e.to_string(),
+        )),
+        None => Err(Failed::Handshake(
+            HandshakeFailure::Timeout,
+            "handshake timeout".to_owned(),
+        )),
     }
 }
 
