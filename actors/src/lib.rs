@@ -86,4 +86,4 @@ pub use tls::{ffi, sessions};
 #[doc(hidden)]
 pub use transport::{connection, listener};
 #[doc(hidden)]
-pub use worker::{dns, route as scripts};
+pub use worker::{dns, script as scripts};
