@@ -19,6 +19,8 @@ mod ast;
 mod compile;
 mod error;
 pub mod host;
+#[cfg(test)]
+mod host_tests;
 mod interp;
 mod lexer;
 mod pv;
