@@ -447,3 +447,50 @@ fn script_selection_tls_domain_then_request_uri_then_default() {
         .for_request(None, &request("INVITE", "sip:x@a.example.com", ""))
         .is_none());
 }
+
+const AUTH: &str = r#"route {
+    if (!www_authorize("example.com", "subscriber")) {
+        www_challenge("example.com", "0");
+        exit;
+    }
+    forward();
+}"#;
+
+#[test]
+fn the_real_digest_challenges_and_refuses_bad_credentials_once() {
+    let authenticator =
+        crate::auth::Authenticator::new(b"0123456789abcdef", Default::default()).unwrap();
+    let users = crate::auth::Users::default();
+    let digest = super::host::Digest {
+        authenticator: &authenticator,
+        users: &users,
+    };
+    let log = Recorded::default();
+    let env = Env {
+        auth: Some(&digest),
+        ..Env::bare(&log, NOW)
+    };
+    let s = compile(AUTH, "test.cfg").unwrap();
+    let p = proxy();
+    let run = |extra: &str| {
+        let m = request("REGISTER", "sip:example.com", extra);
+        only_send(run_request(&s, None, &p, &env, &m, &tls_in(1), None)).1
+    };
+
+    // No credentials: one challenge per configured algorithm, SHA-256 first.
+    let out = run("");
+    assert_eq!(out.status(), Some(401));
+    let challenges: Vec<&str> = out.header_values_by_name("WWW-Authenticate").collect();
+    assert_eq!(challenges.len(), 2, "{challenges:?}");
+    assert!(challenges[0].contains("realm=\"example.com\"") && challenges[0].contains("SHA-256"));
+
+    // Credentials that do not parse: 400 from the host, and the script's challenge is not
+    // sent after it (one answer per request).
+    let out = run("Authorization: Digest realm=\"example.com\", username=\n");
+    assert_eq!(out.status(), Some(400));
+    assert!(log
+        .0
+        .borrow()
+        .iter()
+        .any(|l| l.contains("CredentialsRefused")));
+}
