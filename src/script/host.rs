@@ -393,8 +393,9 @@ impl Host for ProxyHost<'_> {
 pub struct RequestRun {
     /// The actions to carry out, in order.
     pub actions: Vec<(Action, ForwardOpts)>,
-    /// The script failed at run time (recursion or step limit): counted by the runtime.
-    pub failed: bool,
+    /// How the route ended; `is_error()`: it failed at run time (recursion or step limit),
+    /// which the runtime counts.
+    pub outcome: script::Outcome,
 }
 
 /// Run `script` on a request; returns the actions to carry out, in order. A script that
@@ -417,7 +418,7 @@ pub fn run_request(
     }
     RequestRun {
         actions: host.actions,
-        failed: outcome.is_error(),
+        outcome,
     }
 }
 

@@ -157,7 +157,7 @@ impl World {
 }
 
 fn only_send(run: RequestRun) -> (Destination, Message) {
-    assert!(!run.failed);
+    assert!(!run.outcome.is_error());
     assert_eq!(run.actions.len(), 1, "{:?}", run.actions);
     match run.actions.into_iter().next().map(|(a, _)| a) {
         Some(Action::Send { dest, bytes }) => (dest, Message::parse(bytes).unwrap()),
@@ -493,4 +493,23 @@ fn the_real_digest_challenges_and_refuses_bad_credentials_once() {
         .borrow()
         .iter()
         .any(|l| l.contains("CredentialsRefused")));
+}
+
+#[test]
+fn a_script_that_fails_at_run_time_answers_500_and_says_so() {
+    let w = World::new(&[]);
+    let s = compile(
+        "route { route(LOOP); } route[LOOP] { route(LOOP); }",
+        "loop.cfg",
+    )
+    .unwrap();
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let run = run_request(&s, None, &proxy(), &w.env(), &m, &tls_in(1), None);
+    assert!(run.outcome.is_error(), "{:?}", run.outcome);
+    match run.actions.as_slice() {
+        [(Action::Send { bytes, .. }, _)] => {
+            assert_eq!(Message::parse(bytes.clone()).unwrap().status(), Some(500))
+        }
+        other => panic!("expected one 500, got {other:?}"),
+    }
 }

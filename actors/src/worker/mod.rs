@@ -121,10 +121,10 @@ impl Worker {
                             tls.as_deref(),
                         )
                     });
-                    if run.failed {
+                    if run.outcome.is_error() {
                         inc(&self.shared.stats.script_errors);
                     }
-                    trace!(actions = run.actions.len(), "request route done");
+                    trace!(end = ?run.outcome.end, actions = run.actions.len(), "request route done");
                     for (action, opts) in run.actions {
                         self.execute_with(action, &msg, &inbound, opts);
                     }
