@@ -13,7 +13,9 @@
 //!   the `@tls.*` selects.
 //! - [`script`]: the route-script language (SER/Kamailio style): lexer, parser and checker,
 //!   the compiled immutable form, and the sans-IO interpreter whose effects leave through
-//!   the `Host` trait.
+//!   the `Host` trait; `script::host` is the proxy's `Host` (forward, replies, save/lookup,
+//!   digest auth, dispatch_rpc as proxy actions, the runtime's state behind small traits)
+//!   and `ScriptSet` picks the script a message runs (TLS domain, Request-URI, default).
 //! - [`select`]: the select framework: `@a.b[2].c` paths resolved at compile time and
 //!   evaluated against a message, its transport and its TLS facts.
 //! - [`rpc`]: the management RPC, sans-IO: HTTP/1.1 framing, JSON-RPC 2.0 and XML-RPC codecs,

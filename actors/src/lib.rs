@@ -24,8 +24,11 @@
 //!   which sit above it).
 //! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive),
 //!   `connection/` (the `Connection` actor: `actor`, `handshake`, `framing`, `http`).
-//! - [`worker`]: the hot path of one worker arbiter: message -> core -> actions (`mod`),
-//!   the script host (`route`), next-hop resolution (`dns`).
+//! - [`worker`]: the hot path of one worker arbiter: message -> core -> actions (`mod`);
+//!   `script` lends the core's script host (`siprox::script::host`, which maps a script's
+//!   effects to proxy actions, and `ScriptSet::for_request`, which picks the script) the
+//!   runtime's state through the core's traits (location store, authenticator, connection
+//!   table as `Liveness`, `tracing` as `ScriptLog`); next-hop resolution (`dns`).
 //! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
 //!   callback, client domains), `sessions` (the client session store an outgoing connection
 //!   resumes from), `facts`, `failure` (`HandshakeFailure`: why a handshake failed, from
@@ -33,7 +36,7 @@
 //!   reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
 //!   connection table and its handles), `stats`, `admission`, `location` (the registrar's
-//!   store), `domains` and `scripts` (what a snapshot holds), `messages`.
+//!   store), `domains` (what a snapshot holds, with the core's `ScriptSet`), `messages`.
 //! - [`error`]: the runtime's error type, used by every part.
 //!
 //! The four actors of the design, and who talks to whom: a `Listener` starts a

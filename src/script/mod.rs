@@ -18,9 +18,13 @@
 mod ast;
 mod compile;
 mod error;
+pub mod host;
+#[cfg(test)]
+mod host_tests;
 mod interp;
 mod lexer;
 mod pv;
+mod set;
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +36,7 @@ use crate::tls::TlsFacts;
 
 pub use error::{CompileError, CompileErrors, RunError, Span};
 pub use interp::{MAX_NEST, MAX_ROUTE_DEPTH, MAX_STEPS};
+pub use set::ScriptSet;
 
 /// A compiled script: immutable, cheap to clone (one `Arc`), `Send + Sync`.
 #[derive(Clone)]

@@ -2,11 +2,12 @@
 //! turns a parsed message into the proxy core's decision and carries it out (send over UDP,
 //! enqueue on a connection, open one, or resolve a name first). Runs only on its own
 //! worker thread; must never block it (DNS and slow sends become local tasks). Route
-//! scripts run inline here (`route`), names resolve in `dns`; streams are reached only
+//! scripts run inline here, through the core's script host (`siprox::script::host`, lent
+//! the runtime's state by `script`); names resolve in `dns`; streams are reached only
 //! through the connection table's handles and the [`Connector`] that `transport` installs.
 
 pub mod dns;
-pub mod route;
+pub mod script;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, NextHop, Target, Transport};
+use siprox::script::host::{self, HttpDecision};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
@@ -108,16 +110,22 @@ impl Worker {
             // A message that fails validation never reaches a script: the core answers it.
             if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
                 if msg.validate().is_ok() {
-                    let actions = route::run_request(
-                        script,
-                        tag,
-                        &self.shared,
-                        &snap,
-                        &msg,
-                        &inbound,
-                        tls.as_deref(),
-                    );
-                    for (action, opts) in actions {
+                    let run = script::with_env(&self.shared, &snap, |env| {
+                        host::run_request(
+                            script,
+                            tag,
+                            &snap.proxy,
+                            env,
+                            &msg,
+                            &inbound,
+                            tls.as_deref(),
+                        )
+                    });
+                    if run.outcome.is_error() {
+                        inc(&self.shared.stats.script_errors);
+                    }
+                    trace!(end = ?run.outcome.end, actions = run.actions.len(), "request route done");
+                    for (action, opts) in run.actions {
                         self.execute_with(action, &msg, &inbound, opts);
                     }
                     return;
@@ -127,8 +135,9 @@ impl Worker {
             self.execute(action, &msg, &inbound);
         } else {
             let tag = snap.proxy.response_script_tag(&msg);
-            if let Some(script) = snap.scripts.for_reply(tag) {
-                if !route::run_reply(script, &snap.proxy, &msg, &inbound, tls.as_deref()) {
+            if let Some(sc) = snap.scripts.for_reply(tag) {
+                let env = script::bare_env();
+                if !host::run_reply(sc, &snap.proxy, &env, &msg, &inbound, tls.as_deref()) {
                     inc(&self.shared.stats.dropped);
                     return;
                 }
@@ -148,7 +157,8 @@ impl Worker {
         tls: Option<&TlsFacts>,
     ) -> bool {
         let snap = self.shared.snapshot.load();
-        route::run_event(&snap.scripts, event, &snap.proxy, inbound, tls)
+        let env = script::bare_env();
+        host::run_event(&snap.scripts, event, &snap.proxy, &env, inbound, tls)
     }
 
     /// An HTTP request that arrived on a SIP stream: its route script decides.
@@ -157,10 +167,11 @@ impl Worker {
         msg: &Message,
         inbound: &Inbound,
         tls: Option<&TlsFacts>,
-    ) -> route::HttpDecision {
+    ) -> HttpDecision {
         inc(&self.shared.stats.messages_in);
         let snap = self.shared.snapshot.load();
-        route::run_http(&snap.scripts, &snap.proxy, msg, inbound, tls)
+        let env = script::bare_env();
+        host::run_http(&snap.scripts, &snap.proxy, &env, msg, inbound, tls)
     }
 
     /// Carries out the core's decision about `msg`.

@@ -7,7 +7,7 @@ use tracing::info;
 
 use super::Connection;
 use crate::state::messages::{CloseReason, RpcRequest};
-use crate::worker::route::HttpDecision;
+use siprox::script::host::HttpDecision;
 
 impl Connection {
     /// HTTP requests on a SIP stream: the route script decides (`dispatch_rpc()`, a reply,

@@ -1,12 +1,12 @@
-//! The compiled route scripts of one snapshot, and which one a message runs. Compiled by the
-//! `Script` actor (`reload::script`), run by the workers (`worker::route`). Immutable once
-//! in a snapshot; selecting a script must never allocate beyond the Request-URI host.
+//! The compiled route scripts of one configuration, and which one a message runs. Compiled
+//! by the runtime's `Script` actor, run through [`super::host`]. Immutable once built;
+//! selecting a script must never allocate beyond the Request-URI host.
 
 use std::collections::HashMap;
 
-use siprox::script::Script;
-use siprox::sip::Message;
-use siprox::tls::TlsFacts;
+use crate::script::Script;
+use crate::sip::Message;
+use crate::tls::TlsFacts;
 
 /// The compiled scripts of one snapshot. Immutable; shared by every worker.
 #[derive(Debug, Default, Clone)]

@@ -1,24 +1,123 @@
-//! Running route scripts on the worker: the `Host` through which a script's effects become
-//! proxy actions, and the entry points for requests, replies, TLS events and HTTP requests.
-//! Scripts run inline, from the snapshot (no mailbox hop per message); running one never
-//! blocks and never panics (the interpreter bounds every run).
+//! What a route script's effects do: the [`Host`] through which forward, sl_send_reply,
+//! save/lookup, the digest functions and dispatch_rpc become proxy actions, and the entry
+//! points for requests, replies, TLS events and HTTP requests. Decides only: what needs the
+//! runtime's state (the location store, credentials, which connections are open, logging)
+//! comes in through the small traits below, and the caller carries the actions out. Must
+//! never perform I/O, block or panic (the interpreter bounds every run).
 
-use siprox::auth::{self, AuthKind, Users, Verdict};
-use siprox::proxy::{Action, ConnId, Destination, ForwardOpts, Inbound, Proxy};
-use siprox::registrar::{self, Delivery, LookupResult};
-use siprox::script::AuthFn;
-use siprox::script::{self, Host, Level, MsgCtx, Script};
-use siprox::sip::HeaderName;
-use siprox::sip::Message;
-use siprox::tls::TlsFacts;
-use tracing::{debug, error, info, trace, warn};
+use crate::auth::{
+    self, AuthKind, AuthResult, Authenticator, Challenge, CryptoError, UserDb, Verdict,
+};
+use crate::proxy::{Action, ConnId, Destination, ForwardOpts, Inbound, Proxy};
+use crate::registrar::{self, Delivery, LocationStore, LookupResult, SaveError, StoreError};
+use crate::script::AuthFn;
+use crate::script::{self, Host, Level, MsgCtx, Script, ScriptSet};
+use crate::sip::HeaderName;
+use crate::sip::Message;
+use crate::tls::TlsFacts;
 
-use crate::state::location::Location;
-use crate::state::{ScriptSet, Shared, Snapshot};
+/// Whether a connection is still open (the runtime's connection table): a binding whose
+/// flow is gone answers 480 instead of being forwarded nowhere.
+pub trait Liveness {
+    fn is_open(&self, conn: ConnId) -> bool;
+}
 
-/// Where a script's effects go: the proxy core builds the actions, the worker carries them
+/// Digest authentication for `www_authorize` and friends: the users, the nonce state and
+/// the secret live in the runtime (and, in a cluster, in Redis).
+pub trait Auth {
+    /// Checks the request's credentials for `realm`.
+    fn authorize(&self, msg: &Message, kind: AuthKind, realm: &str, now: i64) -> AuthResult;
+    /// A fresh 401/407 challenge for `realm`.
+    fn challenge(
+        &self,
+        kind: AuthKind,
+        realm: &str,
+        stale: bool,
+        now: i64,
+    ) -> Result<Challenge, CryptoError>;
+}
+
+/// The process's [`Authenticator`] (nonces, secret) with the users of one snapshot.
+pub struct Digest<'a> {
+    pub authenticator: &'a Authenticator,
+    pub users: &'a dyn UserDb,
+}
+
+impl Auth for Digest<'_> {
+    fn authorize(&self, msg: &Message, kind: AuthKind, realm: &str, now: i64) -> AuthResult {
+        self.authenticator
+            .authorize(msg, kind, realm, self.users, now)
+    }
+
+    fn challenge(
+        &self,
+        kind: AuthKind,
+        realm: &str,
+        stale: bool,
+        now: i64,
+    ) -> Result<Challenge, CryptoError> {
+        self.authenticator.challenge(kind, realm, stale, now)
+    }
+}
+
+/// Something a run noticed that the runtime may want to log (the core does not log).
+#[derive(Debug)]
+pub enum Note<'a> {
+    /// `forward(target)` with a target that does not parse.
+    BadForwardTarget { target: &'a str, error: &'a str },
+    /// `save()` refused a REGISTER (answered with the error's reply).
+    RegisterRefused(&'a SaveError),
+    /// The location store failed during `lookup()`.
+    LookupFailed(&'a StoreError),
+    /// `*_authorize` refused the credentials (answered 403 or 400).
+    CredentialsRefused(&'a AuthResult),
+    /// A digest challenge could not be built.
+    ChallengeFailed(&'a CryptoError),
+}
+
+/// Where a script's `log`/`xlog` lines and the run's [`Note`]s go.
+pub trait ScriptLog {
+    fn log(&self, level: Level, msg: &str);
+    /// False: the script does not build the line at all.
+    fn enabled(&self, level: Level) -> bool;
+    fn note(&self, note: Note<'_>);
+}
+
+/// The registrar behind `save("location")` and `lookup("location")`.
+pub struct Registrar<'a> {
+    /// The bindings (the in-memory store, or Redis in a cluster).
+    pub store: &'a dyn LocationStore,
+    /// `[registrar]` of the snapshot the message is handled with.
+    pub settings: &'a registrar::Settings,
+    pub liveness: &'a dyn Liveness,
+}
+
+/// What a run may use beyond the message and the proxy: the runtime's state behind the
+/// seams above, and the time. Without a registrar or credentials, save/lookup and the
+/// digest functions return -1 (replies, events and HTTP requests run without them).
+pub struct Env<'a> {
+    pub registrar: Option<Registrar<'a>>,
+    pub auth: Option<&'a dyn Auth>,
+    pub log: &'a dyn ScriptLog,
+    /// Unix seconds, read once per message by the caller.
+    pub now: i64,
+}
+
+impl<'a> Env<'a> {
+    /// No registrar, no credentials.
+    pub fn bare(log: &'a dyn ScriptLog, now: i64) -> Env<'a> {
+        Env {
+            registrar: None,
+            auth: None,
+            log,
+            now,
+        }
+    }
+}
+
+/// Where a script's effects go: the proxy core builds the actions, the caller carries them
 /// out after the run (a script never waits for I/O).
-pub(crate) struct RuntimeHost<'a> {
+pub struct ProxyHost<'a> {
     pub proxy: &'a Proxy,
     pub msg: Option<&'a Message>,
     pub rx: &'a Inbound,
@@ -33,12 +132,8 @@ pub(crate) struct RuntimeHost<'a> {
     trusted: bool,
     /// `sl_send_reply()` on an HTTP request: its code and reason.
     pub http_reply: Option<(u16, String)>,
-    /// Registrations, credentials and the connection table (absent in unit contexts).
-    shared: Option<&'a Shared>,
-    /// `[registrar]` of the snapshot the message is handled with.
-    registrar: Option<&'a registrar::Settings>,
-    /// The digest users of the same snapshot.
-    users: Option<&'a Users>,
+    /// Registrations, credentials, liveness, logging and the time.
+    env: &'a Env<'a>,
     /// Set by `lookup("location")`: the registered flow and Path the next `forward()` uses.
     flow: Option<Destination>,
     routes: Vec<String>,
@@ -47,14 +142,15 @@ pub(crate) struct RuntimeHost<'a> {
     now: i64,
 }
 
-impl<'a> RuntimeHost<'a> {
+impl<'a> ProxyHost<'a> {
     pub fn new(
         proxy: &'a Proxy,
+        env: &'a Env<'a>,
         msg: Option<&'a Message>,
         rx: &'a Inbound,
         tag: Option<&'a str>,
     ) -> Self {
-        RuntimeHost {
+        ProxyHost {
             proxy,
             msg,
             rx,
@@ -64,29 +160,19 @@ impl<'a> RuntimeHost<'a> {
             dispatched: false,
             trusted: false,
             http_reply: None,
-            shared: None,
-            registrar: None,
-            users: None,
+            env,
             flow: None,
             routes: Vec::new(),
             stale: false,
-            now: crate::state::unix_now(),
+            now: env.now,
         }
     }
 }
 
-impl<'a> RuntimeHost<'a> {
-    /// With registrar (its store and the snapshot's settings), authentication and the
-    /// connection table.
-    pub fn with_shared(mut self, shared: &'a Shared, snap: &'a Snapshot) -> Self {
-        self.shared = Some(shared);
-        self.registrar = Some(&snap.config.registrar);
-        self.users = Some(&snap.users);
-        self
-    }
-
-    fn location(&self) -> Option<&'a Location> {
-        self.shared.and_then(|s| s.location.get()).map(|l| &**l)
+impl<'a> ProxyHost<'a> {
+    /// The actions decided so far, in order.
+    pub fn into_actions(self) -> Vec<(Action, ForwardOpts)> {
+        self.actions
     }
 
     /// A reply decided by a registrar or auth function; at most one reply per request.
@@ -103,7 +189,7 @@ impl<'a> RuntimeHost<'a> {
     }
 }
 
-impl Host for RuntimeHost<'_> {
+impl Host for ProxyHost<'_> {
     fn forward(&mut self, ctx: &mut MsgCtx<'_>, target: Option<&str>) -> i32 {
         let Some(msg) = self.msg.filter(|m| m.is_request()) else {
             return -1;
@@ -112,7 +198,10 @@ impl Host for RuntimeHost<'_> {
             Some(t) => match script::parse_target(t) {
                 Ok(hop) => Some(hop),
                 Err(e) => {
-                    warn!(target = t, error = e, "script: bad forward target");
+                    self.env.log.note(Note::BadForwardTarget {
+                        target: t,
+                        error: e,
+                    });
                     return -1;
                 }
             },
@@ -162,27 +251,11 @@ impl Host for RuntimeHost<'_> {
     }
 
     fn log(&mut self, level: Level, msg: &str) {
-        match level {
-            Level::Alert | Level::Bug | Level::Crit | Level::Err => {
-                error!(target: "siprox::script", "{msg}")
-            }
-            Level::Warn => warn!(target: "siprox::script", "{msg}"),
-            Level::Notice | Level::Info => info!(target: "siprox::script", "{msg}"),
-            Level::Dbg => debug!(target: "siprox::script", "{msg}"),
-        }
+        self.env.log.log(level, msg)
     }
 
     fn log_enabled(&self, level: Level) -> bool {
-        match level {
-            Level::Alert | Level::Bug | Level::Crit | Level::Err => {
-                tracing::enabled!(target: "siprox::script", tracing::Level::ERROR)
-            }
-            Level::Warn => tracing::enabled!(target: "siprox::script", tracing::Level::WARN),
-            Level::Notice | Level::Info => {
-                tracing::enabled!(target: "siprox::script", tracing::Level::INFO)
-            }
-            Level::Dbg => tracing::enabled!(target: "siprox::script", tracing::Level::DEBUG),
-        }
+        self.env.log.enabled(level)
     }
 
     fn now_unix(&self) -> i64 {
@@ -190,13 +263,10 @@ impl Host for RuntimeHost<'_> {
     }
 
     fn save(&mut self, ctx: &mut MsgCtx<'_>, _table: &str, _flags: &str) -> i32 {
-        let (Some(msg), Some(loc)) = (self.msg, self.location()) else {
+        let (Some(msg), Some(reg)) = (self.msg, self.env.registrar.as_ref()) else {
             return -1;
         };
-        let Some(settings) = self.registrar else {
-            return -1;
-        };
-        match registrar::save(msg, self.rx, self.now, settings, &*loc.store) {
+        match registrar::save(msg, self.rx, self.now, reg.settings, reg.store) {
             Ok(saved) => {
                 let r = saved.reply(self.now);
                 self.send_reply(ctx, r.code, &r.reason, &r.headers);
@@ -204,7 +274,7 @@ impl Host for RuntimeHost<'_> {
             }
             Err(e) => {
                 let r = e.reply();
-                debug!(error = %e, "REGISTER refused");
+                self.env.log.note(Note::RegisterRefused(&e));
                 self.send_reply(ctx, r.code, &r.reason, &r.headers);
                 -1
             }
@@ -212,7 +282,7 @@ impl Host for RuntimeHost<'_> {
     }
 
     fn lookup(&mut self, ctx: &mut MsgCtx<'_>, _table: &str, _flags: &str) -> i32 {
-        let (Some(msg), Some(loc), Some(shared)) = (self.msg, self.location(), self.shared) else {
+        let (Some(msg), Some(reg)) = (self.msg, self.env.registrar.as_ref()) else {
             return -1;
         };
         let uri_text = ctx
@@ -221,14 +291,11 @@ impl Host for RuntimeHost<'_> {
             .clone()
             .or_else(|| msg.request_uri_str().map(str::to_owned));
         let Some(uri_text) = uri_text else { return -1 };
-        let Ok(uri) = siprox::sip::Uri::parse(&uri_text) else {
+        let Ok(uri) = crate::sip::Uri::parse(&uri_text) else {
             return -1;
         };
-        let Some(settings) = self.registrar else {
-            return -1;
-        };
-        let alive = |c: ConnId| shared.table.get(c).is_some();
-        match registrar::lookup(&uri, self.now, settings, &*loc.store, &alive) {
+        let alive = |c: ConnId| reg.liveness.is_open(c);
+        match registrar::lookup(&uri, self.now, reg.settings, reg.store, &alive) {
             Ok(LookupResult::Found(t)) => {
                 ctx.edits.new_ruri = Some(t.ruri.clone());
                 self.routes = t.route.clone();
@@ -256,14 +323,14 @@ impl Host for RuntimeHost<'_> {
             }
             Ok(LookupResult::NotFound) => -1,
             Err(e) => {
-                warn!(error = %e, "location lookup failed");
+                self.env.log.note(Note::LookupFailed(&e));
                 -1
             }
         }
     }
 
     fn auth(&mut self, ctx: &mut MsgCtx<'_>, func: AuthFn, a: &str, _b: &str) -> i32 {
-        let (Some(msg), Some(loc)) = (self.msg, self.location()) else {
+        let (Some(msg), Some(creds)) = (self.msg, self.env.auth) else {
             return -1;
         };
         let kind = match func {
@@ -286,10 +353,7 @@ impl Host for RuntimeHost<'_> {
         };
         match func {
             AuthFn::WwwAuthorize | AuthFn::ProxyAuthorize => {
-                let Some(users) = self.users else {
-                    return -1;
-                };
-                let result = loc.auth.authorize(msg, kind, &realm, users, self.now);
+                let result = creds.authorize(msg, kind, &realm, self.now);
                 match result.verdict() {
                     Verdict::Proceed => 1,
                     Verdict::Challenge { stale } => {
@@ -299,19 +363,19 @@ impl Host for RuntimeHost<'_> {
                     // Wrong password, replayed nonce, malformed credentials: answered here
                     // (403 and friends), so the script's challenge does not ask again.
                     Verdict::Reject { code, reason } => {
-                        debug!(?result, "digest credentials refused");
+                        self.env.log.note(Note::CredentialsRefused(&result));
                         self.send_reply(ctx, code, &reason, "");
                         -2
                     }
                 }
             }
-            _ => match loc.auth.challenge(kind, &realm, self.stale, self.now) {
+            _ => match creds.challenge(kind, &realm, self.stale, self.now) {
                 Ok(c) => {
                     self.send_reply(ctx, c.code, c.reason, &c.headers);
                     1
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot build a digest challenge");
+                    self.env.log.note(Note::ChallengeFailed(&e));
                     -1
                 }
             },
@@ -335,36 +399,45 @@ impl Host for RuntimeHost<'_> {
     }
 }
 
+/// What a request route decided.
+#[derive(Debug)]
+pub struct RequestRun {
+    /// The actions to carry out, in order.
+    pub actions: Vec<(Action, ForwardOpts)>,
+    /// How the route ended; `is_error()`: it failed at run time (recursion or step limit),
+    /// which the runtime counts.
+    pub outcome: script::Outcome,
+}
+
 /// Run `script` on a request; returns the actions to carry out, in order. A script that
 /// fails at run time (recursion or step limit) answers 500 unless it already answered.
-pub(crate) fn run_request(
+pub fn run_request(
     script: &Script,
     tag: Option<&str>,
-    shared: &Shared,
-    snap: &Snapshot,
+    proxy: &Proxy,
+    env: &Env<'_>,
     msg: &Message,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
-) -> Vec<(Action, ForwardOpts)> {
-    let proxy = &snap.proxy;
-    let mut host = RuntimeHost::new(proxy, Some(msg), rx, tag).with_shared(shared, snap);
+) -> RequestRun {
+    let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);
-    if outcome.is_error() {
-        crate::state::inc(&shared.stats.script_errors);
-    }
     if outcome.is_error() && outcome.replied.is_none() && !outcome.forwarded {
         let a = proxy.reply(msg, rx, 500, "Server Internal Error (route script)", "");
         host.actions.push((a, ForwardOpts::default()));
     }
-    trace!(end = ?outcome.end, actions = host.actions.len(), "request route done");
-    host.actions
+    RequestRun {
+        actions: host.actions,
+        outcome,
+    }
 }
 
 /// Run the `onreply_route` of `script` on a response. `false`: the script dropped it.
-pub(crate) fn run_reply(
+pub fn run_reply(
     script: &Script,
     proxy: &Proxy,
+    env: &Env<'_>,
     msg: &Message,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
@@ -372,7 +445,7 @@ pub(crate) fn run_reply(
     if !script.has_reply_route() {
         return true;
     }
-    let mut host = RuntimeHost::new(proxy, Some(msg), rx, None);
+    let mut host = ProxyHost::new(proxy, env, Some(msg), rx, None);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_reply(&mut ctx, &mut host);
     !matches!(outcome.end, script::End::Drop)
@@ -381,10 +454,11 @@ pub(crate) fn run_reply(
 /// TLS connection events (`event_route[tls:connection-in]`, `[tls:connection-closed]`):
 /// the script of the connection's domain, else the default. `false`: the route dropped
 /// the connection (only meaningful for `connection-in`, which then closes it).
-pub(crate) fn run_event(
+pub fn run_event(
     set: &ScriptSet,
     event: &str,
     proxy: &Proxy,
+    env: &Env<'_>,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
 ) -> bool {
@@ -395,7 +469,7 @@ pub(crate) fn run_event(
     let Some(script) = script.filter(|s| s.has_event(event)) else {
         return true;
     };
-    let mut host = RuntimeHost::new(proxy, None, rx, None);
+    let mut host = ProxyHost::new(proxy, env, None, rx, None);
     let mut ctx = MsgCtx::event(rx, tls);
     match script.run_event(event, &mut ctx, &mut host) {
         Some(o) => !matches!(o.end, script::End::Drop),
@@ -417,9 +491,10 @@ pub enum HttpDecision {
 
 /// Run the request route on an HTTP request seen as a message (`@rpc.method`,
 /// `@xmlrpc.method` read its body). Without a script nothing dispatches it.
-pub(crate) fn run_http(
+pub fn run_http(
     set: &ScriptSet,
     proxy: &Proxy,
+    env: &Env<'_>,
     msg: &Message,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
@@ -427,7 +502,7 @@ pub(crate) fn run_http(
     let Some((script, tag)) = set.for_request(tls, msg) else {
         return HttpDecision::Refuse;
     };
-    let mut host = RuntimeHost::new(proxy, Some(msg), rx, tag);
+    let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
     host.http = true;
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);

@@ -1,0 +1,524 @@
+//! Unit tests of the script host: what each script effect becomes (the actions a runtime
+//! carries out), and which script a message runs. The runtime's state comes in through the
+//! host's own seams (`Liveness`, `Auth`, `ScriptLog`) with small fakes, and the registrar
+//! through the core's in-memory store. No sockets; must never depend on the clock.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+
+use super::host::{
+    run_http, run_request, Auth, Env, HttpDecision, Liveness, Note, Registrar, RequestRun,
+    ScriptLog,
+};
+use super::{compile, Level, ScriptSet};
+use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
+use crate::proxy::{Action, ConnId, Destination, Inbound, Listen, Proxy, ProxyConfig, Transport};
+use crate::registrar::{self, LocationStore as _, MemoryStore};
+use crate::sip::Message;
+use crate::tls::TlsFacts;
+
+const NOW: i64 = 1_800_000_000;
+const ME: &str = "192.0.2.10:5061";
+
+fn proxy() -> Proxy {
+    Proxy::new(ProxyConfig {
+        listens: vec![Listen {
+            transport: Transport::Tls,
+            addr: ME.parse().unwrap(),
+            advertise: None,
+        }],
+        aliases: vec!["example.com".into()],
+        ..ProxyConfig::default()
+    })
+}
+
+fn tls_in(conn: u64) -> Inbound {
+    Inbound {
+        transport: Transport::Tls,
+        source: "198.51.100.7:40123".parse().unwrap(),
+        local: ME.parse().unwrap(),
+        conn: Some(ConnId(conn)),
+    }
+}
+
+fn msg(s: &str) -> Message {
+    Message::parse(Bytes::from(s.replace('\n', "\r\n"))).unwrap()
+}
+
+fn request(method: &str, ruri: &str, extra: &str) -> Message {
+    msg(&format!(
+        "{method} {ruri} SIP/2.0\n\
+Via: SIP/2.0/TLS 198.51.100.7:40123;branch=z9hG4bK{method}1\n\
+Max-Forwards: 70\n\
+To: <sip:bob@example.com>\n\
+From: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-1\n\
+CSeq: 1 {method}\n\
+{extra}Content-Length: 0\n\n"
+    ))
+}
+
+fn register_bob() -> Message {
+    request(
+        "REGISTER",
+        "sip:example.com",
+        "Contact: <sip:bob@198.51.100.7:40123;transport=tls>;expires=600\n",
+    )
+}
+
+/// Connections the fake table holds open.
+struct Open(Vec<ConnId>);
+
+impl Liveness for Open {
+    fn is_open(&self, conn: ConnId) -> bool {
+        self.0.contains(&conn)
+    }
+}
+
+/// Credentials that are never there, and a fixed challenge.
+struct NoCredentials;
+
+impl Auth for NoCredentials {
+    fn authorize(&self, _: &Message, _: AuthKind, _: &str, _: i64) -> AuthResult {
+        AuthResult::NoCredentials
+    }
+
+    fn challenge(
+        &self,
+        kind: AuthKind,
+        realm: &str,
+        stale: bool,
+        _: i64,
+    ) -> Result<Challenge, CryptoError> {
+        let (code, reason) = kind.challenge_status();
+        Ok(Challenge {
+            code,
+            reason,
+            headers: format!(
+                "{}: Digest realm=\"{realm}\", nonce=\"n1\", stale={stale}\r\n",
+                kind.challenge_header()
+            ),
+        })
+    }
+}
+
+/// Keeps what the run logged and noticed.
+#[derive(Default)]
+struct Recorded(RefCell<Vec<String>>);
+
+impl ScriptLog for Recorded {
+    fn log(&self, _: Level, msg: &str) {
+        self.0.borrow_mut().push(msg.to_owned());
+    }
+    fn enabled(&self, _: Level) -> bool {
+        true
+    }
+    fn note(&self, note: Note<'_>) {
+        self.0.borrow_mut().push(format!("{note:?}"));
+    }
+}
+
+/// The runtime's state for one test: a store, open connections, credentials, a log.
+struct World {
+    store: MemoryStore,
+    settings: registrar::Settings,
+    open: Open,
+    log: Recorded,
+}
+
+impl World {
+    fn new(open: &[u64]) -> World {
+        World {
+            store: MemoryStore::new(),
+            settings: registrar::Settings::default(),
+            open: Open(open.iter().map(|&c| ConnId(c)).collect()),
+            log: Recorded::default(),
+        }
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            registrar: Some(Registrar {
+                store: &self.store,
+                settings: &self.settings,
+                liveness: &self.open,
+            }),
+            auth: Some(&NoCredentials),
+            log: &self.log,
+            now: NOW,
+        }
+    }
+
+    fn run(&self, script: &str, m: &Message, rx: &Inbound) -> RequestRun {
+        let s = compile(script, "test.cfg").unwrap();
+        run_request(&s, None, &proxy(), &self.env(), m, rx, None)
+    }
+}
+
+fn only_send(run: RequestRun) -> (Destination, Message) {
+    assert!(!run.outcome.is_error());
+    assert_eq!(run.actions.len(), 1, "{:?}", run.actions);
+    match run.actions.into_iter().next().map(|(a, _)| a) {
+        Some(Action::Send { dest, bytes }) => (dest, Message::parse(bytes).unwrap()),
+        other => panic!("expected one Send, got {other:?}"),
+    }
+}
+
+fn header<'m>(m: &'m Message, name: &'m str) -> Option<&'m str> {
+    m.header_values_by_name(name).next()
+}
+
+#[test]
+fn forward_to_a_name_asks_for_resolution() {
+    let w = World::new(&[]);
+    let run = w.run(
+        r#"route { forward("sip.example.net;transport=tls"); }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    );
+    assert_eq!(run.actions.len(), 1);
+    match &run.actions[0] {
+        (Action::Forward { hop }, opts) => {
+            assert_eq!(hop.host, "sip.example.net");
+            assert_eq!(hop.transport, Some(Transport::Tls));
+            assert_eq!(
+                opts.target.as_ref().map(|h| h.host.as_str()),
+                Some("sip.example.net")
+            );
+        }
+        other => panic!("expected Forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn forward_to_a_literal_sends_with_our_via() {
+    let w = World::new(&[]);
+    let (dest, out) = only_send(w.run(
+        r#"route { forward("203.0.113.5:5070;transport=tcp"); }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    ));
+    assert_eq!(dest.transport, Transport::Tcp);
+    assert_eq!(
+        dest.socket_addr(),
+        Some("203.0.113.5:5070".parse().unwrap())
+    );
+    assert!(out.is_request());
+    let via = header(&out, "Via");
+    assert!(
+        via.is_some_and(|v| v.starts_with("SIP/2.0/TCP 192.0.2.10:")),
+        "{via:?}"
+    );
+}
+
+#[test]
+fn a_bad_forward_target_fails_the_call() {
+    let w = World::new(&[]);
+    let run = w.run(
+        r#"route {
+            $var(t) = "bad host";
+            if (!forward("$var(t)")) { sl_send_reply("500", "Bad Target"); }
+        }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    );
+    let (_, out) = only_send(run);
+    // Nothing forwarded: only the script's own answer.
+    assert_eq!(out.status(), Some(500));
+}
+
+#[test]
+fn a_reply_carries_append_to_reply_headers() {
+    let w = World::new(&[]);
+    let (dest, out) = only_send(w.run(
+        r#"route { append_to_reply("X-Why: policy\r\n"); sl_send_reply("403", "Forbidden"); }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(7),
+    ));
+    assert_eq!(out.status(), Some(403));
+    assert_eq!(header(&out, "X-Why"), Some("policy"));
+    // Back on the connection the request came on.
+    assert_eq!(dest.connection(), Some(ConnId(7)));
+}
+
+#[test]
+fn save_answers_200_with_the_binding() {
+    let w = World::new(&[3]);
+    let (_, out) = only_send(w.run(
+        r#"route { if (method == "REGISTER") { save("location"); exit; } }"#,
+        &register_bob(),
+        &tls_in(3),
+    ));
+    assert_eq!(out.status(), Some(200));
+    assert!(header(&out, "Contact").is_some_and(|c| c.contains("bob@198.51.100.7")));
+    assert_eq!(w.store.get("sip:bob@example.com").map(|b| b.len()), Ok(1));
+}
+
+const LOOKUP: &str = r#"route {
+    if (method == "REGISTER") { save("location"); exit; }
+    if (!lookup("location")) { sl_send_reply("404", "Not Found"); exit; }
+    forward();
+}"#;
+
+#[test]
+fn lookup_hit_forwards_over_the_registered_flow() {
+    let w = World::new(&[3]);
+    only_send(w.run(LOOKUP, &register_bob(), &tls_in(3)));
+    let (dest, out) = only_send(w.run(
+        LOOKUP,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(9),
+    ));
+    assert!(out.is_request());
+    assert_eq!(dest.transport, Transport::Tls);
+    assert_eq!(dest.connection(), Some(ConnId(3)));
+    assert_eq!(
+        out.request_uri_str(),
+        Some("sip:bob@198.51.100.7:40123;transport=tls")
+    );
+}
+
+#[test]
+fn lookup_miss_lets_the_script_answer_404() {
+    let w = World::new(&[]);
+    let (_, out) = only_send(w.run(
+        LOOKUP,
+        &request("INVITE", "sip:carol@example.com", ""),
+        &tls_in(9),
+    ));
+    assert_eq!(out.status(), Some(404));
+}
+
+#[test]
+fn lookup_of_a_closed_flow_answers_480_once() {
+    let w = World::new(&[3]);
+    only_send(w.run(LOOKUP, &register_bob(), &tls_in(3)));
+    let gone = World {
+        open: Open(Vec::new()),
+        ..w
+    };
+    // The script's own 404 is not sent: one answer per request.
+    let (_, out) = only_send(gone.run(
+        LOOKUP,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(9),
+    ));
+    assert_eq!(out.status(), Some(480));
+}
+
+#[test]
+fn missing_credentials_get_a_digest_challenge() {
+    let w = World::new(&[]);
+    let (_, out) = only_send(w.run(
+        r#"route {
+            if (!www_authorize("example.com", "subscriber")) {
+                www_challenge("example.com", "0");
+                exit;
+            }
+            forward();
+        }"#,
+        &request("REGISTER", "sip:example.com", ""),
+        &tls_in(1),
+    ));
+    assert_eq!(out.status(), Some(401));
+    assert_eq!(
+        header(&out, "WWW-Authenticate"),
+        Some("Digest realm=\"example.com\", nonce=\"n1\", stale=false")
+    );
+}
+
+#[test]
+fn without_a_registrar_or_credentials_the_functions_fail() {
+    let log = Recorded::default();
+    let env = Env::bare(&log, NOW);
+    let s = compile(
+        r#"route {
+            if (!save("location") && !lookup("location") && !www_authorize("x", "y")) {
+                sl_send_reply("503", "No Registrar");
+            }
+        }"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let m = register_bob();
+    let (_, out) = only_send(run_request(&s, None, &proxy(), &env, &m, &tls_in(1), None));
+    assert_eq!(out.status(), Some(503));
+}
+
+fn http_request(method: &str) -> Message {
+    msg(&format!(
+        "POST /RPC2 HTTP/1.1\nHost: example.com\nContent-Type: application/json\nContent-Length: {}\n\n{{\"jsonrpc\":\"2.0\",\"method\":\"{method}\",\"id\":1}}",
+        37 + method.len()
+    ))
+}
+
+#[test]
+fn dispatch_rpc_hands_an_http_request_to_the_rpc() {
+    let mut set = ScriptSet::default();
+    set.default = Some(
+        compile(
+            r#"route {
+                if (@rpc.method == "core.version") { dispatch_rpc(); exit; }
+                if (@rpc.method == "core.uptime") { dispatch_rpc_trusted(); exit; }
+                if (@rpc.method == "core.kill") { sl_send_reply("403", "Forbidden"); exit; }
+            }"#,
+            "rpc.cfg",
+        )
+        .unwrap(),
+    );
+    let log = Recorded::default();
+    let env = Env::bare(&log, NOW);
+    let p = proxy();
+    let decide = |method: &str| {
+        let m = http_request(method);
+        run_http(&set, &p, &env, &m, &tls_in(1), None)
+    };
+    // The RPC layer applies `[management] allow` unless the script took that on itself.
+    assert_eq!(
+        decide("core.version"),
+        HttpDecision::Dispatch { trusted: false }
+    );
+    assert_eq!(
+        decide("core.uptime"),
+        HttpDecision::Dispatch { trusted: true }
+    );
+    assert_eq!(
+        decide("core.kill"),
+        HttpDecision::Reply(403, "Forbidden".to_owned())
+    );
+    assert_eq!(decide("tls.list"), HttpDecision::Refuse);
+    // No script: nothing dispatches it.
+    let empty = ScriptSet::default();
+    let m = http_request("core.version");
+    assert_eq!(
+        run_http(&empty, &p, &env, &m, &tls_in(1), None),
+        HttpDecision::Refuse
+    );
+}
+
+#[test]
+fn dispatch_rpc_on_a_sip_request_fails() {
+    let w = World::new(&[]);
+    let (_, out) = only_send(w.run(
+        r#"route { if (!dispatch_rpc()) { sl_send_reply("400", "Not HTTP"); } }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    ));
+    assert_eq!(out.status(), Some(400));
+}
+
+fn script(file: &str) -> super::Script {
+    compile("route { forward(); }", file).unwrap()
+}
+
+#[test]
+fn script_selection_tls_domain_then_request_uri_then_default() {
+    let mut set = ScriptSet::default();
+    set.add_domain("a", &["a.example.com".to_owned()], script("a.cfg"));
+    set.add_domain("b", &["b.example.com".to_owned()], script("b.cfg"));
+    let facts = |d: &str| TlsFacts {
+        domain: Some(d.into()),
+        ..TlsFacts::default()
+    };
+    let pick = |set: &ScriptSet, tls: Option<&TlsFacts>, ruri: &str| {
+        set.for_request(tls, &request("INVITE", ruri, ""))
+            .map(|(s, tag)| (s.file().to_owned(), tag.map(str::to_owned)))
+    };
+    let named = |f: &str, t: &str| Some((f.to_owned(), Some(t.to_owned())));
+
+    // The connection's TLS domain wins over the Request-URI.
+    assert_eq!(
+        pick(&set, Some(&facts("b")), "sip:x@a.example.com"),
+        named("b.cfg", "b")
+    );
+    // A TLS domain without a script of its own: the Request-URI's domain (case and a
+    // trailing dot do not matter).
+    assert_eq!(
+        pick(&set, Some(&facts("c")), "sip:x@A.Example.COM."),
+        named("a.cfg", "a")
+    );
+    assert_eq!(pick(&set, None, "sip:x@b.example.com"), named("b.cfg", "b"));
+    // Neither, and no default: the built-in route.
+    assert_eq!(pick(&set, None, "sip:x@elsewhere.net"), None);
+    set.default = Some(script("default.cfg"));
+    assert_eq!(
+        pick(&set, None, "sip:x@elsewhere.net"),
+        Some(("default.cfg".to_owned(), None))
+    );
+    // The script a response runs: the one its request was forwarded by, else the default.
+    assert_eq!(set.for_reply(Some("a")).map(|s| s.file()), Some("a.cfg"));
+    assert_eq!(
+        set.for_reply(Some("gone")).map(|s| s.file()),
+        Some("default.cfg")
+    );
+    assert!(ScriptSet::default()
+        .for_request(None, &request("INVITE", "sip:x@a.example.com", ""))
+        .is_none());
+}
+
+const AUTH: &str = r#"route {
+    if (!www_authorize("example.com", "subscriber")) {
+        www_challenge("example.com", "0");
+        exit;
+    }
+    forward();
+}"#;
+
+#[test]
+fn the_real_digest_challenges_and_refuses_bad_credentials_once() {
+    let authenticator =
+        crate::auth::Authenticator::new(b"0123456789abcdef", Default::default()).unwrap();
+    let users = crate::auth::Users::default();
+    let digest = super::host::Digest {
+        authenticator: &authenticator,
+        users: &users,
+    };
+    let log = Recorded::default();
+    let env = Env {
+        auth: Some(&digest),
+        ..Env::bare(&log, NOW)
+    };
+    let s = compile(AUTH, "test.cfg").unwrap();
+    let p = proxy();
+    let run = |extra: &str| {
+        let m = request("REGISTER", "sip:example.com", extra);
+        only_send(run_request(&s, None, &p, &env, &m, &tls_in(1), None)).1
+    };
+
+    // No credentials: one challenge per configured algorithm, SHA-256 first.
+    let out = run("");
+    assert_eq!(out.status(), Some(401));
+    let challenges: Vec<&str> = out.header_values_by_name("WWW-Authenticate").collect();
+    assert_eq!(challenges.len(), 2, "{challenges:?}");
+    assert!(challenges[0].contains("realm=\"example.com\"") && challenges[0].contains("SHA-256"));
+
+    // Credentials that do not parse: 400 from the host, and the script's challenge is not
+    // sent after it (one answer per request).
+    let out = run("Authorization: Digest realm=\"example.com\", username=\n");
+    assert_eq!(out.status(), Some(400));
+    assert!(log
+        .0
+        .borrow()
+        .iter()
+        .any(|l| l.contains("CredentialsRefused")));
+}
+
+#[test]
+fn a_script_that_fails_at_run_time_answers_500_and_says_so() {
+    let w = World::new(&[]);
+    let s = compile(
+        "route { route(LOOP); } route[LOOP] { route(LOOP); }",
+        "loop.cfg",
+    )
+    .unwrap();
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let run = run_request(&s, None, &proxy(), &w.env(), &m, &tls_in(1), None);
+    assert!(run.outcome.is_error(), "{:?}", run.outcome);
+    match run.actions.as_slice() {
+        [(Action::Send { bytes, .. }, _)] => {
+            assert_eq!(Message::parse(bytes.clone()).unwrap().status(), Some(500))
+        }
+        other => panic!("expected one 500, got {other:?}"),
+    }
+}
