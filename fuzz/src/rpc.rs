@@ -341,6 +341,15 @@ pub fn xml_image(v: &Value) -> Value {
     }
 }
 
+/// How many `<value>`s deep `v` is.
+fn nesting(v: &Value) -> usize {
+    1 + match v {
+        Value::Array(a) => a.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(o) => o.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// XML-RPC: `parse_call`, `method_name`, `handle`, and the response and call encoders read
 /// back through `parse_response` / `parse_call` (the client's side); `parse_response` on
 /// the raw body too.
@@ -368,6 +377,9 @@ pub fn xml_body(body: &[u8]) {
             assert_eq!(back, Err((f.kind.xml_code(), f.message)));
         }
         Ok((m, p)) => {
+            // The depth check holds: nothing deeper reaches the (recursive) parser.
+            let deepest = p.iter().map(nesting).max().unwrap_or(0);
+            assert!(deepest <= xmlrpc::MAX_DEPTH, "a call nested {deepest} deep parsed");
             assert_eq!(name.as_deref(), Some(m.as_str()), "method_name lies");
             assert_eq!(calls, vec![(m.clone(), p.clone())]);
             match answer(&m, &p) {
