@@ -14,6 +14,10 @@ use super::{CallResult, Fault, FaultKind};
 /// Deepest `<value>` nesting accepted (management values are a few levels deep).
 pub const MAX_DEPTH: usize = 32;
 
+/// Deepest `<value>` nesting a client accepts in a response: a result may wrap values of
+/// a call (an echo in an array), so twice a call's limit.
+pub const MAX_RESPONSE_DEPTH: usize = 2 * MAX_DEPTH;
+
 /// Runs the call in `body` through `call`; the `methodResponse` document (a fault included).
 pub fn handle(body: &[u8], call: &mut dyn FnMut(&str, &[Value]) -> CallResult) -> String {
     match parse_call(body) {
@@ -98,6 +102,11 @@ pub fn encode_call(method: &str, params: &[Value]) -> String {
 /// The value of a `methodResponse`, or its fault.
 pub fn parse_response(body: &[u8]) -> Result<Value, (i32, String)> {
     let text = std::str::from_utf8(body).map_err(|_| (0, "not UTF-8".to_owned()))?;
+    // The client's side needs the same guard against a stack overflow: whatever answers
+    // is not to be trusted to nest sensibly.
+    if depth(text) > MAX_RESPONSE_DEPTH {
+        return Err((0, "a methodResponse nested too deep".to_owned()));
+    }
     if let Ok(f) = dxr::deserialize_xml::<dxr::FaultResponse>(text) {
         if let Ok(f) = dxr::Fault::try_from(f) {
             return Err((f.code(), f.string().to_owned()));
@@ -312,6 +321,34 @@ mod tests {
         let doc = encode_call("tls.kill", &[json!(12)]);
         let (m, p) = parse_call(doc.as_bytes()).expect("parse");
         assert_eq!((m.as_str(), p), ("tls.kill", vec![json!(12)]));
+    }
+
+    /// Found by the `xmlrpc` fuzz target: `parse_response` (siproxctl's side) had no depth
+    /// check, and dxr does not check the root element, so any deeply nested document (a
+    /// `methodCall` too) overflowed the stack.
+    #[test]
+    fn deep_responses_are_refused() {
+        let nest = |n: usize, root: &str| {
+            let mut s = format!("<{root}><params><param>");
+            for _ in 0..n {
+                s.push_str("<value><array><data>");
+            }
+            s.push_str("<value><int>1</int></value>");
+            for _ in 0..n {
+                s.push_str("</data></array></value>");
+            }
+            s.push_str(&format!("</param></params></{root}>"));
+            s
+        };
+        for root in ["methodResponse", "methodCall"] {
+            let e = parse_response(nest(20_000, root).as_bytes()).expect_err(root);
+            assert_eq!(e.0, 0, "{e:?}");
+        }
+        let mut v = json!(1);
+        for _ in 0..MAX_RESPONSE_DEPTH - 1 {
+            v = json!([v]);
+        }
+        assert_eq!(parse_response(encode_response(&v).as_bytes()), Ok(v));
     }
 
     /// Found by the `xmlrpc` fuzz target: `</value>` inside a comment counted as a close,
