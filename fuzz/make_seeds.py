@@ -97,7 +97,13 @@ NESTED = (b"<methodCall><methodName>deep</methodName><params><param>"
           + b"</data></array></value>" * 12 + b"</param></params></methodCall>")
 TOO_DEEP = (b"<methodCall><methodName>x</methodName><params><param>"
             + b"<value><array><data>" * 40 + b"</params></methodCall>")
+# Regression: `</value>` in comments hid nesting from the depth check (fixed in xmlrpc.rs).
+HIDDEN = (b"<methodCall><methodName>x</methodName><params><param>"
+          + (b"<value><array><data>" * 3 + b"<!--</value></value></value>-->") * 14
+          + b"<value><int>1</int></value>" + b"</data></array></value>" * 42
+          + b"</param></params></methodCall>")
 XML = {
+    "hidden-closes": HIDDEN,
     "python": XML_CALL,
     "no-params": b"<methodCall><methodName>tls.list</methodName></methodCall>",
     "empty-params": b'<?xml version="1.0"?><methodCall><methodName>core.version</methodName><params></params></methodCall>',

@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     rpc::json_body(body);
-    let req = rpc::request_with(label, body);
-    rpc::management(&req);
-    rpc::sip_listener(&req);
+    if let Some(req) = rpc::request_with(label, body) {
+        rpc::management(&req);
+        rpc::sip_listener(&req);
+    }
 });

@@ -168,8 +168,12 @@ pub fn sip_listener(req: &HttpRequest) {
 }
 
 /// A request carrying `body`, labelled by `label` (0: JSON, 1: XML, 2: no Content-Type,
-/// else an unrelated type), as the framer would build it.
-pub fn request_with(label: u8, body: &[u8]) -> HttpRequest {
+/// else an unrelated type), as the framer would build it; `None` for a body over the
+/// framer's limit (it never reaches the decoders).
+pub fn request_with(label: u8, body: &[u8]) -> Option<HttpRequest> {
+    if body.len() > siprox::rpc::HttpLimits::default().max_body {
+        return None;
+    }
     let ct = match label % 4 {
         0 => Some("application/json"),
         1 => Some("text/xml; charset=utf-8"),
@@ -184,7 +188,7 @@ pub fn request_with(label: u8, body: &[u8]) -> HttpRequest {
     let mut buf = BytesMut::from(raw.as_bytes());
     buf.extend_from_slice(body);
     match HttpFramer::default().next_request(&mut buf) {
-        Ok(Some(r)) => r,
+        Ok(Some(r)) => Some(r),
         other => panic!("a well-formed request does not frame: {other:?}"),
     }
 }
@@ -379,7 +383,10 @@ pub fn xml_body(body: &[u8]) {
         Ok((m, p)) => {
             // The depth check holds: nothing deeper reaches the (recursive) parser.
             let deepest = p.iter().map(nesting).max().unwrap_or(0);
-            assert!(deepest <= xmlrpc::MAX_DEPTH, "a call nested {deepest} deep parsed");
+            assert!(
+                deepest <= xmlrpc::MAX_DEPTH,
+                "a call nested {deepest} deep parsed"
+            );
             assert_eq!(name.as_deref(), Some(m.as_str()), "method_name lies");
             assert_eq!(calls, vec![(m.clone(), p.clone())]);
             match answer(&m, &p) {
