@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate fuzz/seeds/ from the RFC 4475 corpus (tests/data/rfc4475).
+"""Regenerate fuzz/seeds/: the SIP targets from the RFC 4475 corpus (tests/data/rfc4475),
+the management-RPC targets (http_framer, jsonrpc, xmlrpc) from hand-made requests like
+those of the tests and docs/rpc.md.
 
 Every bare LF becomes CRLF (the rule in EXPECTED.tsv). Run from anywhere:
     python3 fuzz/make_seeds.py
@@ -57,5 +59,131 @@ def main() -> None:
         write("parse_uri", f"uri{i:03}", u.encode())
 
 
+# JSON-RPC bodies: the spec's examples, siproxctl's calls, batches, notifications, garbage.
+JSON = {
+    "version": b'{"jsonrpc":"2.0","id":1,"method":"core.version"}',
+    "string-id": b'{"jsonrpc":"2.0","id":"a","method":"core.uptime"}',
+    "null-id": b'{"jsonrpc":"2.0","id":null,"method":"core.kill"}',
+    "positional": b'{"jsonrpc":"2.0","method":"ul.show","params":["alice@example.com",3,true,1.5,null],"id":7}',
+    "named": b'{"jsonrpc":"2.0","method":"tls.kill","params":{"id":12,"why":["a",{"b":-5000000000}]},"id":8}',
+    "help": b'{"jsonrpc":"2.0","method":"system.methodHelp","params":["tls.kill"],"id":9}',
+    "list": b'{"jsonrpc":"2.0","method":"system.listMethods","id":10}',
+    "notification": b'{"jsonrpc":"2.0","method":"cfg.reload"}',
+    "batch": b'[{"jsonrpc":"2.0","id":1,"method":"core.version"},{"jsonrpc":"2.0","id":2,"method":"core.kill"}]',
+    "batch-mixed": b' [{"jsonrpc":"2.0","method":"sum","params":[1,2],"id":"1"},'
+                   b'{"jsonrpc":"2.0","method":"sum","params":[7]},{"foo":"boo"},'
+                   b'{"jsonrpc":"2.0","method":"nope","id":"5"},1,[]]',
+    "batch-notifications": b'[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","method":"b"}]',
+    "empty-batch": b"[]",
+    "bad-version": b'{"jsonrpc":"1.0","method":"sum","id":1}',
+    "bad-id": b'{"jsonrpc":"2.0","method":"sum","id":{}}',
+    "bad-params": b'{"jsonrpc":"2.0","method":"sum","params":3,"id":1}',
+    "dup-method": b'{"jsonrpc":"2.0","id":1,"method":"core.version","method":"core.kill"}',
+    "unicode": rb'{"jsonrpc":"2.0","id":"\u00e9","method":"ul.show","params":["J\u00fcrgen \ud83d\ude00 \u0000"]}',
+    "parse-error": b'{"jsonrpc":"2.0","method":"foobar,"params":"bar","baz]',
+}
+
+# XML-RPC bodies: Python's xmlrpc.client style, SER's, every value type, nesting, faults.
+XML_CALL = (b"<?xml version='1.0'?>\n<methodCall>\n<methodName>ul.show</methodName>\n<params>\n"
+            b"<param>\n<value><string>alice@example.com</string></value>\n</param>\n"
+            b"<param>\n<value><int>3</int></value>\n</param>\n"
+            b"<param>\n<value><boolean>1</boolean></value>\n</param>\n"
+            b"<param>\n<value><double>1.5</double></value>\n</param>\n"
+            b"<param>\n<value><struct>\n<member>\n<name>a</name>\n<value><array><data>\n"
+            b"<value><i4>1</i4></value>\n<value>bare</value>\n</data></array></value>\n"
+            b"</member>\n</struct></value>\n</param>\n</params>\n</methodCall>\n")
+NESTED = (b"<methodCall><methodName>deep</methodName><params><param>"
+          + b"<value><array><data>" * 12 + b"<value><i8>-5000000000</i8></value>"
+          + b"</data></array></value>" * 12 + b"</param></params></methodCall>")
+TOO_DEEP = (b"<methodCall><methodName>x</methodName><params><param>"
+            + b"<value><array><data>" * 40 + b"</params></methodCall>")
+# Regression: `</value>` in comments hid nesting from the depth check (fixed in xmlrpc.rs).
+HIDDEN = (b"<methodCall><methodName>x</methodName><params><param>"
+          + (b"<value><array><data>" * 3 + b"<!--</value></value></value>-->") * 14
+          + b"<value><int>1</int></value>" + b"</data></array></value>" * 42
+          + b"</param></params></methodCall>")
+XML = {
+    "hidden-closes": HIDDEN,
+    "python": XML_CALL,
+    "no-params": b"<methodCall><methodName>tls.list</methodName></methodCall>",
+    "empty-params": b'<?xml version="1.0"?><methodCall><methodName>core.version</methodName><params></params></methodCall>',
+    "types": b"<methodCall><methodName>t</methodName><params>"
+             b"<param><value><dateTime.iso8601>20260102T03:04:05</dateTime.iso8601></value></param>"
+             b"<param><value><base64>aGVsbG8=</base64></value></param>"
+             b"<param><value><nil/></value></param><param><value/></param>"
+             b"<param><value><string>x&lt;&amp;&gt;&#13;&#x1F600;<![CDATA[<value>]]></string></value></param>"
+             b"<param><value><double>-0.0</double></value></param>"
+             b"<param><value><struct></struct></value></param>"
+             b"<param><value><array><data></data></array></value></param>"
+             b"</params></methodCall>",
+    "nested": NESTED,
+    "too-deep": TOO_DEEP,
+    "empty-name": b"<methodCall><methodName></methodName></methodCall>",
+    "bad-int": b"<methodCall><methodName>a</methodName><params><param><value><int>x</int></value></param></params></methodCall>",
+    "unclosed": b"<methodCall><methodName>x</methodName>",
+    "fault": b'<?xml version="1.0"?><methodResponse><fault><value><struct>'
+             b"<member><name>faultCode</name><value><int>403</int></value></member>"
+             b"<member><name>faultString</name><value><string>forbidden</string></value></member>"
+             b"</struct></value></fault></methodResponse>",
+    "response": b"<methodResponse><params><param><value><string>siprox 0.1.0</string></value></param></params></methodResponse>",
+}
+
+
+def http(method: str, target: str, body: bytes = b"", ctype=None, extra: str = "",
+         length=None) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
+    if ctype:
+        head += f"Content-Type: {ctype}\r\n"
+    if body or method in ("POST", "PUT") or length is not None:
+        head += f"Content-Length: {len(body) if length is None else length}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def rpc_seeds() -> None:
+    # jsonrpc / xmlrpc: first byte = Content-Type label (0 JSON, 1 XML, 2 none, 3 text/plain).
+    for name, body in JSON.items():
+        write("jsonrpc", name, b"\x00" + body)
+    write("jsonrpc", "batch-as-xml", b"\x01" + JSON["batch"])
+    write("jsonrpc", "version-unlabelled", b"\x02" + JSON["version"])
+    for name, body in XML.items():
+        write("xmlrpc", name, b"\x01" + body)
+    write("xmlrpc", "python-as-json", b"\x00" + XML_CALL)
+    write("xmlrpc", "python-unlabelled", b"\x02" + b"\n  " + XML_CALL)
+
+    # http_framer: first byte = number of chunk-size bytes that follow (as stream_framer).
+    reqs = {
+        "json": http("POST", "/", JSON["version"], "application/json"),
+        "json-rpc2": http("POST", "/RPC2", JSON["named"], "application/json-rpc"),
+        "batch": http("POST", "/", JSON["batch-mixed"], "application/json"),
+        "xml": http("POST", "/RPC2", XML_CALL, "text/xml; charset=utf-8"),
+        "nested-xml": http("POST", "/RPC2", NESTED, "application/xml"),
+        "xml-labelled-json": http("POST", "/", XML["no-params"], "application/json"),
+        "unlabelled": http("POST", "/RPC", JSON["help"]),
+        "metrics": http("GET", "/metrics"),
+        "metrics-10": b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        "options": b"OPTIONS * HTTP/1.1\r\n\r\n",
+        "close": http("POST", "/", JSON["list"], "application/json", "Connection: close\r\n"),
+        "no-length": b"POST / HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{}",
+        "chunked": b"POST / HTTP/1.1\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(JSON["version"])
+                   + JSON["version"] + b"\r\n0\r\n\r\n",
+        "huge-length": http("POST", "/", b"{}", "application/json", length=99999999999),
+        "overflow-length": http("POST", "/", b"{}", "application/json",
+                                length=18446744073709551617),
+        "two-lengths": b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        "http2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "wrong-path": http("POST", "/nope?x=1", JSON["version"], "application/json"),
+        "image": http("POST", "/", b"\x89PNG", "image/png"),
+    }
+    for name, r in reqs.items():
+        write("http_framer", name + "-whole", b"\x00" + r)
+        write("http_framer", name + "-chunks", b"\x04\x01\x07\x40\x03" + r)
+    pipeline = b"\r\n".join([reqs["json"], reqs["xml"], reqs["metrics"], reqs["batch"],
+                              reqs["unlabelled"]])
+    write("http_framer", "pipeline-whole", b"\x00" + pipeline)
+    write("http_framer", "pipeline-bytewise", b"\x01\x01" + pipeline)
+
+
 if __name__ == "__main__":
     main()
+    rpc_seeds()

@@ -3,6 +3,8 @@
 //! the only panics allowed are the `assert!`s that state properties of valid messages.
 #![forbid(unsafe_code)]
 
+pub mod rpc;
+
 use bytes::Bytes;
 use siprox::sip::{unescape, Editor, HeaderName, Message, NameAddr, Uri};
 

@@ -14,6 +14,10 @@ use super::{CallResult, Fault, FaultKind};
 /// Deepest `<value>` nesting accepted (management values are a few levels deep).
 pub const MAX_DEPTH: usize = 32;
 
+/// Deepest `<value>` nesting a client accepts in a response: a result may wrap values of
+/// a call (an echo in an array), so twice a call's limit.
+pub const MAX_RESPONSE_DEPTH: usize = 2 * MAX_DEPTH;
+
 /// Runs the call in `body` through `call`; the `methodResponse` document (a fault included).
 pub fn handle(body: &[u8], call: &mut dyn FnMut(&str, &[Value]) -> CallResult) -> String {
     match parse_call(body) {
@@ -29,11 +33,20 @@ pub fn handle(body: &[u8], call: &mut dyn FnMut(&str, &[Value]) -> CallResult) -
 pub fn parse_call(body: &[u8]) -> Result<(String, Vec<Value>), Fault> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Fault::new(FaultKind::Parse, "XML-RPC body is not UTF-8"))?;
-    if depth(text) > MAX_DEPTH {
-        return Err(Fault::new(
-            FaultKind::InvalidRequest,
-            format!("values nested deeper than {MAX_DEPTH}"),
-        ));
+    match depth(text) {
+        usize::MAX => {
+            return Err(Fault::new(
+                FaultKind::InvalidRequest,
+                "a DOCTYPE or another <! declaration in an XML-RPC call",
+            ))
+        }
+        d if d > MAX_DEPTH => {
+            return Err(Fault::new(
+                FaultKind::InvalidRequest,
+                format!("values nested deeper than {MAX_DEPTH}"),
+            ))
+        }
+        _ => {}
     }
     let call: dxr::MethodCall<'_> = dxr::deserialize_xml(text)
         .map_err(|e| Fault::new(FaultKind::Parse, format!("not an XML-RPC methodCall: {e}")))?;
@@ -89,6 +102,11 @@ pub fn encode_call(method: &str, params: &[Value]) -> String {
 /// The value of a `methodResponse`, or its fault.
 pub fn parse_response(body: &[u8]) -> Result<Value, (i32, String)> {
     let text = std::str::from_utf8(body).map_err(|_| (0, "not UTF-8".to_owned()))?;
+    // The client's side needs the same guard against a stack overflow: whatever answers
+    // is not to be trusted to nest sensibly.
+    if depth(text) > MAX_RESPONSE_DEPTH {
+        return Err((0, "a methodResponse nested too deep".to_owned()));
+    }
     if let Ok(f) = dxr::deserialize_xml::<dxr::FaultResponse>(text) {
         if let Ok(f) = dxr::Fault::try_from(f) {
             return Err((f.code(), f.string().to_owned()));
@@ -103,23 +121,78 @@ fn with_decl(s: String) -> String {
     format!("<?xml version=\"1.0\"?>\n{s}")
 }
 
-/// Deepest nesting of `<value>` elements (a cheap scan, not a parse).
+/// Deepest nesting of `<value>` elements (a cheap scan, not a parse), or `usize::MAX` for a
+/// body the scan cannot vouch for (a DOCTYPE or another `<!` declaration: an XML-RPC call
+/// needs none). It reads markup as the parser does: a `</value>` inside a comment, a CDATA
+/// section, a processing instruction or a quoted attribute closes nothing (counting those
+/// let a body nest without bound behind the check, and overflow the stack).
 fn depth(text: &str) -> usize {
     let b = text.as_bytes();
     let (mut d, mut max) = (0usize, 0usize);
-    for i in memchr::memchr_iter(b'<', b) {
-        let rest = &b[i + 1..];
-        let boundary = |r: &[u8]| matches!(r.first(), Some(b'>' | b' ' | b'\t' | b'\r' | b'\n'));
-        if rest.starts_with(b"value") && boundary(&rest[5..]) {
-            // `<value/>` opens nothing.
-            let end = memchr::memchr(b'>', rest).unwrap_or(rest.len());
-            if end == 0 || rest.get(end - 1) != Some(&b'/') {
-                d += 1;
-                max = max.max(d);
+    let mut i = 0;
+    while let Some(lt) = memchr::memchr(b'<', &b[i..]) {
+        let rest = &b[i + lt + 1..];
+        // Where the scan resumes, relative to `rest`; a construct that never ends ends the
+        // scan (the parser refuses it anyway).
+        let skip_past = |close: &[u8], from: usize| {
+            memchr::memmem::find(&rest[from.min(rest.len())..], close)
+                .map(|e| from + e + close.len())
+        };
+        let next = if rest.starts_with(b"!--") {
+            skip_past(b"-->", 3)
+        } else if rest.starts_with(b"![CDATA[") {
+            skip_past(b"]]>", 8)
+        } else if rest.starts_with(b"?") {
+            skip_past(b"?>", 1)
+        } else if rest.starts_with(b"!") {
+            return usize::MAX;
+        } else {
+            // A tag: its end is the first `>` outside quotes.
+            let mut quote = None;
+            let end = rest.iter().position(|&c| match quote {
+                Some(q) => {
+                    if c == q {
+                        quote = None;
+                    }
+                    false
+                }
+                None => {
+                    if c == b'"' || c == b'\'' {
+                        quote = Some(c);
+                    }
+                    c == b'>'
+                }
+            });
+            let Some(end) = end else {
+                break;
+            };
+            let tag = &rest[..end];
+            let (closing, tag) = match tag.strip_prefix(b"/") {
+                Some(t) => (true, t),
+                None => (false, tag),
+            };
+            let name_len = tag
+                .iter()
+                .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'/'))
+                .unwrap_or(tag.len());
+            let name = &tag[..name_len];
+            // `x:value` too: whatever the parser makes of a prefix, count it.
+            let local = name.rsplit(|&c| c == b':').next().unwrap_or(name);
+            if local == b"value" {
+                if closing {
+                    d = d.saturating_sub(1);
+                } else if !tag.ends_with(b"/") {
+                    // `<value/>` opens nothing.
+                    d += 1;
+                    max = max.max(d);
+                }
             }
-        } else if rest.starts_with(b"/value") {
-            d = d.saturating_sub(1);
-        }
+            Some(end + 1)
+        };
+        let Some(next) = next else {
+            break;
+        };
+        i += lt + 1 + next;
     }
     max
 }
@@ -248,6 +321,77 @@ mod tests {
         let doc = encode_call("tls.kill", &[json!(12)]);
         let (m, p) = parse_call(doc.as_bytes()).expect("parse");
         assert_eq!((m.as_str(), p), ("tls.kill", vec![json!(12)]));
+    }
+
+    /// Found by the `xmlrpc` fuzz target: `parse_response` (siproxctl's side) had no depth
+    /// check, and dxr does not check the root element, so any deeply nested document (a
+    /// `methodCall` too) overflowed the stack.
+    #[test]
+    fn deep_responses_are_refused() {
+        let nest = |n: usize, root: &str| {
+            let mut s = format!("<{root}><params><param>");
+            for _ in 0..n {
+                s.push_str("<value><array><data>");
+            }
+            s.push_str("<value><int>1</int></value>");
+            for _ in 0..n {
+                s.push_str("</data></array></value>");
+            }
+            s.push_str(&format!("</param></params></{root}>"));
+            s
+        };
+        for root in ["methodResponse", "methodCall"] {
+            let e = parse_response(nest(20_000, root).as_bytes()).expect_err(root);
+            assert_eq!(e.0, 0, "{e:?}");
+        }
+        let mut v = json!(1);
+        for _ in 0..MAX_RESPONSE_DEPTH - 1 {
+            v = json!([v]);
+        }
+        assert_eq!(parse_response(encode_response(&v).as_bytes()), Ok(v));
+    }
+
+    /// Found by the `xmlrpc` fuzz target: `</value>` inside a comment counted as a close,
+    /// so a body could nest without bound behind the depth check and overflow the stack
+    /// (a segfault of the whole proxy, from any HTTP request on a SIP listener).
+    #[test]
+    fn closes_hidden_in_markup_do_not_hide_nesting() {
+        let fake = [
+            "<!--</value></value></value></value>-->",
+            "<![CDATA[</value></value></value></value>]]>",
+            "<?pi </value></value></value></value>?>",
+        ];
+        for f in fake {
+            let mut s = String::from("<methodCall><methodName>x</methodName><params><param>");
+            for i in 0..40 {
+                s.push_str("<value><array><data>");
+                if i % 3 == 2 {
+                    s.push_str(f);
+                }
+            }
+            s.push_str("<value><int>1</int></value>");
+            for _ in 0..40 {
+                s.push_str("</data></array></value>");
+            }
+            s.push_str("</param></params></methodCall>");
+            let e = parse_call(s.as_bytes()).expect_err(f);
+            assert_eq!(e.kind, FaultKind::InvalidRequest, "{f}");
+            assert_eq!(method_name(s.as_bytes()), None, "{f}");
+        }
+        // A quoted `>` or `</value>` in an attribute neither ends a tag nor closes a value.
+        assert_eq!(depth(r#"<value a="x>"><value b='</value>'><value>"#), 3);
+        // Comments, CDATA and the declaration that do not hide anything are still fine.
+        let ok = "<?xml version=\"1.0\"?><!-- c --><methodCall><methodName>a</methodName>\
+                  <params><param><value><string><![CDATA[<b>]]></string></value></param>\
+                  </params></methodCall>";
+        assert_eq!(
+            parse_call(ok.as_bytes()),
+            Ok(("a".to_owned(), vec![json!("<b>")]))
+        );
+        // A DOCTYPE is refused: an XML-RPC call needs none, and the scan cannot vouch for it.
+        let dt = "<!DOCTYPE m [<!ENTITY e \"</value>\">]><methodCall><methodName>a</methodName>\
+                  </methodCall>";
+        assert!(parse_call(dt.as_bytes()).is_err());
     }
 
     #[test]

@@ -1,0 +1,19 @@
+//! Fuzz target: an XML-RPC body through `xmlrpc::parse_call`, `method_name`, `handle` and
+//! `parse_response`, the response and call encoders read back, then as a request (first
+//! byte: its Content-Type label) on the management and SIP-listener paths. Must never panic.
+#![no_main]
+#![forbid(unsafe_code)]
+
+use libfuzzer_sys::fuzz_target;
+use siprox_fuzz::rpc;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&label, body)) = data.split_first() else {
+        return;
+    };
+    rpc::xml_body(body);
+    if let Some(req) = rpc::request_with(label, body) {
+        rpc::management(&req);
+        rpc::sip_listener(&req);
+    }
+});
