@@ -154,8 +154,30 @@ async fn refused_reloads_name_file_and_key_or_line() {
         "no made-up domain: {errors:?}"
     );
 
-    // Back to what runs: nothing to publish, nothing refused.
     write(dir.path(), "scripts/main.cfg", GOOD);
+
+    // A flow-token key file that does not load names the setting and its file, under no
+    // made-up domain (it was "domain `auth`").
+    write(dir.path(), "var/flow.key", "not a key\n");
+    write(
+        dir.path(),
+        "conf.d/30-keys.toml",
+        "[auth]\nflow_key_file = \"var/flow.key\"\n",
+    );
+    let errors = failed(rt.reload().await);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("[auth] flow_key_file") && e.contains("flow.key")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("domain `")),
+        "no made-up domain: {errors:?}"
+    );
+    std::fs::remove_file(dir.path().join("conf.d/30-keys.toml")).expect("rm");
+
+    // Back to what runs: nothing to publish, nothing refused.
     assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);
     rt.shutdown();
 }
