@@ -25,7 +25,11 @@
 //!   the server domain, outgoing client domains, per-connection `TlsFacts`, dev certificates.
 //! - [`registry`]: the `DomainRegistry` actor: watches conf.d and certificate directories,
 //!   rebuilds what changed off the worker threads, publishes the `Snapshot` (its one writer).
-//! - [`ffi`]: the only `unsafe` code: OpenSSL calls the `openssl` crate lacks.
+//! - [`ffi`]: the only `unsafe` code: OpenSSL calls the `openssl` crate lacks, the
+//!   open-file limit and `malloc_trim`.
+//! - [`fdlimit`]: the open-file limit raised at start for what the configuration needs,
+//!   and the rate-limited WARN when accepts are refused at it.
+//! - [`memory`]: returning freed heap memory to the OS after connection floods.
 //! - [`rpc`]: the management plane: the `[management]` HTTPS listener (client certificate
 //!   required, then the allow-list) and the `Rpc` actor on the control arbiter that runs
 //!   the methods (`rpc_methods`, with the ADAPTERs to pending subsystems) and renders
@@ -45,11 +49,13 @@ pub mod connection;
 pub mod ctl;
 pub mod dns;
 pub mod error;
+pub mod fdlimit;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod listener;
 pub mod location;
 pub mod logging;
+pub mod memory;
 pub mod registry;
 pub mod rpc;
 mod rpc_methods;

@@ -71,6 +71,14 @@ pub struct Stats {
     pub(crate) accepted: AtomicU64,
     pub(crate) refused_total_limit: AtomicU64,
     pub(crate) refused_ip_limit: AtomicU64,
+    /// Accepts closed at once because the process was out of file descriptors.
+    pub(crate) refused_fd_limit: AtomicU64,
+    /// The one WARN per interval about `refused_fd_limit`, shared by every listener.
+    pub(crate) fd_limit_warn: crate::fdlimit::LogLimiter,
+    /// Times the heap was trimmed after connections went (see `memory`).
+    pub(crate) memory_trims: AtomicU64,
+    /// Most incoming connections open since the last heap trim (see `memory`).
+    pub(crate) conn_high_water: AtomicUsize,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) send_timeouts: AtomicU64,
@@ -182,6 +190,10 @@ pub struct StatsSnapshot {
     pub refused_total_limit: u64,
     /// Accepts refused by `max_connections_per_ip`.
     pub refused_ip_limit: u64,
+    /// Accepts closed at once at the open-file limit (EMFILE/ENFILE).
+    pub refused_fd_limit: u64,
+    /// Heap trims after the number of connections fell (`[runtime] trim_memory_after`).
+    pub memory_trims: u64,
     /// TLS handshakes that failed or timed out (both directions).
     pub handshake_failures: u64,
     /// Outgoing connects that failed or timed out.
@@ -275,10 +287,14 @@ impl Shared {
         );
         drop(conf);
         let a = &self.admission;
-        if a.open.fetch_add(1, Ordering::AcqRel) >= max {
+        let before = a.open.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
             a.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
         }
+        self.stats
+            .conn_high_water
+            .fetch_max(before + 1, Ordering::Relaxed);
         let mut entry = a.per_ip.entry(ip).or_insert(0);
         if max_ip != 0 && *entry >= max_ip {
             drop(entry);
@@ -390,6 +406,8 @@ impl Shared {
             accepted: g(&s.accepted),
             refused_total_limit: g(&s.refused_total_limit),
             refused_ip_limit: g(&s.refused_ip_limit),
+            refused_fd_limit: g(&s.refused_fd_limit),
+            memory_trims: g(&s.memory_trims),
             handshake_failures: g(&s.handshake_failures),
             connect_failures: g(&s.connect_failures),
             send_timeouts: g(&s.send_timeouts),

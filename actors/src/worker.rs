@@ -362,6 +362,7 @@ pub(crate) async fn idle_sweep(worker: Rc<Worker>) {
             .unwrap_or(IDLE_TICK_MAX);
         tokio::time::sleep(tick).await;
         worker.sweep_idle();
+        crate::memory::after_sweep(&worker.shared);
     }
 }
 
