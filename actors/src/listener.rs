@@ -129,6 +129,9 @@ impl Listener {
                 self.shedding = true;
                 return true;
             }
+            // Spent and still at the limit (another worker took the freed slot): pause, and
+            // refuse nothing that arrives once descriptors are free again.
+            self.shedding = false;
             let stats = &self.worker.shared.stats;
             if let Some(suppressed) = stats
                 .fd_limit_warn
