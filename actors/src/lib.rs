@@ -22,20 +22,23 @@
 //!   (the runtime's reads for the core: conf.d listed and read, `SIPROX_*` variables, TLS
 //!   material read into bytes, the flow-token key file; also used by `cli` and the start,
 //!   which sit above it).
-//! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive),
-//!   `connection/` (the `Connection` actor: `actor`, `handshake`, `framing`, `http`).
+//! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive;
+//!   out of descriptors it refuses with a reserve descriptor), `connection/` (the
+//!   `Connection` actor: `actor`, `handshake`, `framing`, `http`), `fdlimit` (the open-file
+//!   limit raised at start for what the configuration needs).
 //! - [`worker`]: the hot path of one worker arbiter: message -> core -> actions (`mod`);
 //!   `script` lends the core's script host (`siprox::script::host`, which maps a script's
 //!   effects to proxy actions, and `ScriptSet::for_request`, which picks the script) the
 //!   runtime's state through the core's traits (location store, authenticator, connection
-//!   table as `Liveness`, `tracing` as `ScriptLog`); next-hop resolution (`dns`).
+//!   table as `Liveness`, `tracing` as `ScriptLog`); next-hop resolution (`dns`); `memory`
+//!   (freed heap returned to the OS after a flood of connections, from the idle sweep).
 //! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
 //!   callback, client domains), `sessions` (the client session store an outgoing connection
 //!   resumes from), `facts`, `failure` (`HandshakeFailure`: why a handshake failed, from
-//!   OpenSSL's codes), `devcerts`, and `ffi`, the only `unsafe` code. Knows no socket, no
-//!   reload.
+//!   OpenSSL's codes), `devcerts`, and `ffi`, the only `unsafe` code (also the open-file
+//!   limit and `malloc_trim`). Knows no socket, no reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
-//!   connection table and its handles), `stats`, `admission`, `location` (the registrar's
+//!   connection table and its handles), `stats` (with the WARN rate limiter), `admission`, `location` (the registrar's
 //!   store), `domains` (what a snapshot holds, with the core's `ScriptSet`), `messages`.
 //! - [`error`]: the runtime's error type, used by every part.
 //!

@@ -140,6 +140,8 @@ impl Runtime {
             return Err(RuntimeError::Config("no [[listen]] socket".to_owned()));
         }
         crate::state::check_connections(&config)?;
+        // Before any socket or file is opened: the limit then covers everything.
+        crate::transport::fdlimit::ensure(&config, workers);
 
         // TLS material first: a missing certificate must fail before any port is taken.
         let has_tls = config.listen.iter().any(|l| l.proto == Proto::Tls);

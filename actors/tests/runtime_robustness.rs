@@ -376,3 +376,34 @@ async fn an_unanswered_connect_is_given_up_after_connect_timeout() {
     drop(fillers);
     rt.shutdown();
 }
+
+#[tokio::test]
+async fn a_fall_in_open_connections_trims_the_heap_once() {
+    const OPEN: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&[Proto::Tcp]);
+    cfg.runtime.trim_memory_after = OPEN / 2;
+    let rt = start(cfg, dir.path());
+    let addr = rt.local_addr(Transport::Tcp).expect("tcp");
+    let mut held = Vec::with_capacity(OPEN);
+    for _ in 0..OPEN {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    assert_eventually!(
+        rt.stats().connections_open == OPEN as u64,
+        T,
+        "{:?}",
+        rt.stats()
+    );
+    // Rising (the sweeps record the high point) trims nothing.
+    assert_eq!(rt.stats().memory_trims, 0);
+    drop(held);
+    assert_eventually!(rt.stats().connections_open == 0, T, "{:?}", rt.stats());
+    assert_eventually!(
+        rt.stats().memory_trims == 1,
+        T,
+        "no trim after the fall: {:?}",
+        rt.stats()
+    );
+    rt.shutdown();
+}

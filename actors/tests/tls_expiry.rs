@@ -8,7 +8,7 @@ use std::time::Duration;
 use siprox_actors::state::messages::ReloadOutcome;
 use siprox_actors::{Runtime, RuntimeOptions};
 use siprox_testkit::assert_eventually;
-use siprox_testkit::pki::{Ca, Spec};
+use siprox_testkit::pki::{self, Ca, Spec};
 
 const WARNING: &str = "TLS certificate expires soon";
 
@@ -76,5 +76,81 @@ async fn an_expiring_certificate_is_warned_about_at_start_and_on_rebuild_only() 
     }
     assert_eq!(expiry_warnings("soon"), 2);
     assert_eq!(expiry_warnings("default"), 0);
+    rt.shutdown();
+}
+
+const SELF_SIGNED: &str = "TLS certificate is self-signed";
+
+fn self_signed_warnings(domain: &str) -> Vec<String> {
+    siprox_testkit::logs::at_least(tracing::Level::WARN)
+        .into_iter()
+        .filter(|e| e.text.contains(SELF_SIGNED) && e.text.contains(&format!("domain={domain}")))
+        .map(|e| e.text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_tenant_certificate_is_warned_about_at_start_and_reload_and_an_expired_one_refused(
+) {
+    assert!(siprox_testkit::logs::install(), "log capture installed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca = Ca::new("self-signed test CA");
+    ca.write(&certs, "ca");
+    // Far from expiry: the other test counts this binary's expiry warnings.
+    ca.issue(&Spec::server("localhost").valid_days(-1, 300))
+        .write(&certs, "server");
+    // A tenant's "certificate" made with `openssl req -x509`.
+    pki::self_signed(&Spec::server("a.example")).write(&certs, "tenant-a");
+    write(
+        dir.path(),
+        "conf.d/00-core.toml",
+        "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n\
+         [tls]\ncertificate = \"certs/server.pem\"\nprivate_key = \"certs/server.key\"\n\
+         watch = false\nreload_check_interval = \"0s\"\n",
+    );
+    let tenant = |name: &str| {
+        format!(
+            "[domains.{name}]\n[domains.{name}.server]\nsni = [\"{name}.example\"]\n\
+             certificate = \"certs/tenant-{name}.pem\"\nprivate_key = \"certs/tenant-{name}.key\"\n"
+        )
+    };
+    write(dir.path(), "conf.d/domains/a.toml", &tenant("a"));
+    let config = siprox_actors::reload::files::load(&dir.path().join("conf.d")).expect("config");
+    let rt = Runtime::start(config, RuntimeOptions::embedded(dir.path())).expect("starts");
+
+    // At start: one line, naming the domain and the file.
+    assert_eventually!(self_signed_warnings("a").len() == 1, Duration::from_secs(5));
+    let line = &self_signed_warnings("a")[0];
+    assert!(line.contains("tenant-a.pem"), "{line}");
+    // The CA-issued default certificate: no such line.
+    assert!(self_signed_warnings("default").is_empty());
+    assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);
+    assert_eq!(self_signed_warnings("a").len(), 1);
+
+    // A reload that adds a self-signed tenant: one line for it, none again for `a`.
+    pki::self_signed(&Spec::server("b.example")).write(&certs, "tenant-b");
+    write(dir.path(), "conf.d/domains/b.toml", &tenant("b"));
+    assert!(matches!(rt.reload().await, ReloadOutcome::Published { .. }));
+    let b = self_signed_warnings("b");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(b[0].contains("tenant-b.pem"), "{b:?}");
+    assert_eq!(self_signed_warnings("a").len(), 1);
+
+    // An expired one is not accepted at all: the reload is refused, naming domain and file.
+    ca.issue(&Spec::server("c.example").expired())
+        .write(&certs, "tenant-c");
+    write(dir.path(), "conf.d/domains/c.toml", &tenant("c"));
+    match rt.reload().await {
+        ReloadOutcome::Failed { errors } => assert!(
+            errors.iter().any(|e| e.contains("domain `c`")
+                && e.contains("tenant-c.pem")
+                && e.contains("expired")),
+            "{errors:?}"
+        ),
+        other => panic!("an expired certificate was accepted: {other:?}"),
+    }
+    assert!(!rt.snapshot().config.domains.contains_key("c"));
     rt.shutdown();
 }

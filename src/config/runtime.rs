@@ -101,6 +101,9 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// How long SIGTERM/SIGINT waits for queued writes to drain before exiting anyway.
     pub shutdown_grace: ConfigDuration,
+    /// Once this many fewer TCP/TLS connections are open than at the last high point (a
+    /// flood of handshakes gone), freed heap memory is returned to the OS; 0 = never.
+    pub trim_memory_after: usize,
 }
 
 impl RuntimeConfig {
@@ -113,6 +116,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             workers: 0,
             shutdown_grace: ConfigDuration::secs(5),
+            trim_memory_after: 1024,
         }
     }
 }

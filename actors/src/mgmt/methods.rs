@@ -192,12 +192,14 @@ fn tls_info(infos: &[ConnInfo]) -> Value {
 }
 
 /// Every counter by name (`stats.get`, and the `/metrics` mapping's source).
-pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 16] {
+pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 18] {
     [
         ("connections_open", s.connections_open),
         ("accepted", s.accepted),
         ("refused_total_limit", s.refused_total_limit),
         ("refused_ip_limit", s.refused_ip_limit),
+        ("refused_fd_limit", s.refused_fd_limit),
+        ("memory_trims", s.memory_trims),
         ("handshake_failures", s.handshake_failures),
         ("connect_failures", s.connect_failures),
         ("send_timeouts", s.send_timeouts),

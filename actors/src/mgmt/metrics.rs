@@ -101,9 +101,12 @@ pub(crate) fn render(rpc: &Rpc) -> String {
     refused
         .get_or_create(&labels(&[("reason", "max_connections_per_ip")]))
         .inc_by(s.refused_ip_limit);
+    refused
+        .get_or_create(&labels(&[("reason", "fd_limit")]))
+        .inc_by(s.refused_fd_limit);
     r.register(
         "connections_refused",
-        "Connections refused by admission limits",
+        "Connections refused by admission limits or at the open-file limit",
         refused,
     );
 
@@ -181,6 +184,12 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         "write_queue_closes",
         "Connections closed for their write queue",
         wq,
+    );
+    counter(
+        &mut r,
+        "memory_trims",
+        "Heap memory returned to the OS after the number of connections fell",
+        s.memory_trims,
     );
     counter(
         &mut r,

@@ -265,6 +265,7 @@ impl DomainRegistry {
         }
         if let ReloadOutcome::Published { changed } = &outcome {
             self.warn_expiring(Some(changed));
+            self.warn_self_signed(Some(changed));
         }
         self.status.last_reload = Some(record);
         self.publish_status();
@@ -303,6 +304,27 @@ impl DomainRegistry {
                 warn!(domain = %d.name, not_after = %d.ctx.cert.not_after,
                     days_left = left / 86_400, "TLS certificate expires soon");
             }
+        }
+    }
+
+    /// Warns about every self-signed certificate of a server domain: at start (`None`) and
+    /// for the domains a reload just (re)built. Clients can only trust one by pinning it,
+    /// which is rarely what a tenant who dropped it in meant. (An expired certificate is not
+    /// warned about: it is refused, at start and on reload, with an error naming the file.)
+    fn warn_self_signed(&self, only: Option<&[String]>) {
+        let snap = self.shared.snapshot.load();
+        for d in snap
+            .tls
+            .servers
+            .iter()
+            .chain(snap.tls.default_server.iter())
+            .filter(|d| only.is_none_or(|names| names.iter().any(|n| **n == *d.name)))
+            .filter(|d| d.ctx.cert.self_signed)
+        {
+            let file = d.sources.first().map(|p| p.display().to_string());
+            warn!(domain = %d.name, file = file.as_deref().unwrap_or("?"),
+                subject = %d.ctx.cert.subject.line,
+                "TLS certificate is self-signed: clients that verify it will refuse it");
         }
     }
 
@@ -354,6 +376,7 @@ impl Actor for DomainRegistry {
         });
         self.publish_status();
         self.warn_expiring(None);
+        self.warn_self_signed(None);
         let every = snap.config.tls.reload_check_interval.get();
         if !every.is_zero() {
             ctx.run_interval(every, |act, ctx| {

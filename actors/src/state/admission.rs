@@ -73,10 +73,14 @@ impl Shared {
         );
         drop(conf);
         let a = &self.admission;
-        if a.open.fetch_add(1, Ordering::AcqRel) >= max {
+        let before = a.open.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
             a.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
         }
+        self.stats
+            .conn_high_water
+            .fetch_max(before + 1, Ordering::Relaxed);
         let mut entry = a.per_ip.entry(ip).or_insert(0);
         if max_ip != 0 && *entry >= max_ip {
             drop(entry);

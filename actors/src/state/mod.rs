@@ -125,6 +125,8 @@ impl Shared {
             accepted: g(&s.accepted),
             refused_total_limit: g(&s.refused_total_limit),
             refused_ip_limit: g(&s.refused_ip_limit),
+            refused_fd_limit: g(&s.refused_fd_limit),
+            memory_trims: g(&s.memory_trims),
             handshake_failures: g(&s.handshake_failures),
             connect_failures: g(&s.connect_failures),
             send_timeouts: g(&s.send_timeouts),

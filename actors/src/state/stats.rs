@@ -1,7 +1,8 @@
 //! Counters: relaxed atomics bumped on the hot path (one uncontended add, no map, no lock),
 //! read by tests, logs and `/metrics`. Must never allocate or lock when counting.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Counters for tests, logs and (later) metrics. Relaxed atomics: each is independent.
 #[derive(Debug, Default)]
@@ -9,6 +10,14 @@ pub struct Stats {
     pub(crate) accepted: AtomicU64,
     pub(crate) refused_total_limit: AtomicU64,
     pub(crate) refused_ip_limit: AtomicU64,
+    /// Accepts closed at once because the process was out of file descriptors.
+    pub(crate) refused_fd_limit: AtomicU64,
+    /// The one WARN per interval about `refused_fd_limit`, shared by every listener.
+    pub(crate) fd_limit_warn: LogLimiter,
+    /// Times the heap was trimmed after connections went (see `worker::memory`).
+    pub(crate) memory_trims: AtomicU64,
+    /// Most incoming connections open since the last heap trim (see `worker::memory`).
+    pub(crate) conn_high_water: AtomicUsize,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) send_timeouts: AtomicU64,
@@ -120,6 +129,10 @@ pub struct StatsSnapshot {
     pub refused_total_limit: u64,
     /// Accepts refused by `max_connections_per_ip`.
     pub refused_ip_limit: u64,
+    /// Accepts closed at once at the open-file limit (EMFILE/ENFILE).
+    pub refused_fd_limit: u64,
+    /// Heap trims after the number of connections fell (`[runtime] trim_memory_after`).
+    pub memory_trims: u64,
     /// TLS handshakes that failed or timed out (both directions).
     pub handshake_failures: u64,
     /// Outgoing connects that failed or timed out.
@@ -208,6 +221,37 @@ impl Stats {
     }
 }
 
+/// A WARN that repeats logged at most once per interval, with how many were suppressed in
+/// between. Lock-free: shared by every worker's listeners.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    /// Milliseconds (of the caller's clock) before which the next line is suppressed.
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub fn allow(&self, now_ms: u64, interval: Duration) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Acquire);
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(interval.as_millis() as u64),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +278,23 @@ mod tests {
             names,
             ["timeout", "certificate", "unrecognized_name", "other"]
         );
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+
+    #[test]
+    fn limiter_logs_once_per_interval_and_counts_the_rest() {
+        let l = LogLimiter::default();
+        let i = Duration::from_secs(10);
+        assert_eq!(l.allow(1_000, i), Some(0));
+        for t in 1_001..1_031 {
+            assert_eq!(l.allow(t, i), None);
+        }
+        assert_eq!(l.allow(10_999, i), None);
+        assert_eq!(l.allow(11_000, i), Some(31));
+        assert_eq!(l.allow(11_001, i), None);
     }
 }

@@ -2,9 +2,10 @@
 //! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it),
 //! marking one connection's TLS 1.2 session not resumable, offering a saved session on
 //! an outgoing connection (wrapped, but `unsafe`, in the crate), and adding a CRL parsed
-//! from bytes to a verify store. The only module of siprox
-//! allowed `unsafe`; every block says why it is sound. Must never hand out a pointer or a
-//! slice that outlives the borrow it came from.
+//! from bytes to a verify store; and the two libc calls std lacks: the open-file limit
+//! (`getrlimit`/`setrlimit`) and glibc's `malloc_trim`. The only module of siprox allowed
+//! `unsafe`; every block says why it is sound. Must never hand out a pointer or a slice
+//! that outlives the borrow it came from.
 
 use std::os::raw::c_int;
 
@@ -96,4 +97,48 @@ pub fn add_crl(store: &mut X509StoreBuilderRef, crl: &X509CrlRef) -> Result<(), 
     } else {
         Err(ErrorStack::get())
     }
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process (`u64::MAX`: unlimited).
+pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable `rlimit` local; getrlimit writes only into it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the soft `RLIMIT_NOFILE` to `soft`, keeping the hard limit `hard` (an unprivileged
+/// process may raise its soft limit up to its hard one, never past it).
+pub fn set_nofile_soft(soft: u64, hard: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid `rlimit` that setrlimit only reads; a value the kernel
+    // refuses (EINVAL, EPERM) is returned as an error, changing nothing.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Returns the free memory at the top of every malloc arena, and the free whole pages
+/// inside them, to the OS (glibc `malloc_trim(0)`). True when some memory was released.
+/// Takes each arena's lock in turn: call it off the hot path, after connections have gone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim_heap() -> bool {
+    // SAFETY: malloc_trim takes no pointer and is thread-safe (it locks each arena while
+    // it trims it); it only releases memory malloc holds free.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Elsewhere (musl, other systems) there is no `malloc_trim`: nothing to do.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim_heap() -> bool {
+    false
 }

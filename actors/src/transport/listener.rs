@@ -2,8 +2,10 @@
 //! socket per tcp/tls address (the kernel spreads connections across workers) and one
 //! SO_REUSEPORT UDP socket per udp address (it spreads datagrams by source). A TCP listener
 //! admits connections and starts their `Connection` actor on its own arbiter; a UDP
-//! listener parses each datagram and hands it to the proxy core on the spot. Must never
-//! block the worker and never let one burst starve the other actors of the arbiter.
+//! listener parses each datagram and hands it to the proxy core on the spot. At the
+//! open-file limit a TCP listener refuses the connections waiting in its backlog (accept
+//! with a reserve descriptor, close) rather than leave them hanging. Must never block the
+//! worker and never let one burst starve the other actors of the arbiter.
 
 use std::future::Future as _;
 use std::io;
@@ -28,14 +30,28 @@ use crate::error::RuntimeError;
 use crate::state::messages::StopListening;
 use crate::state::{inc, Refused};
 use crate::transport::connection::Connection;
+use crate::transport::fdlimit;
 use crate::worker::Worker;
 
 /// Accepts or datagrams handled per poll before yielding to the arbiter's other actors.
 const POLL_BUDGET: usize = 64;
 /// Largest UDP datagram (IPv4 payload limit).
 const UDP_MAX: usize = 65_535;
-/// Pause after an accept error such as EMFILE, instead of spinning on it.
+/// Pause after an accept error that the reserve descriptor cannot clear (ENOBUFS, or
+/// EMFILE with the reserve already spent), instead of spinning on it.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A descriptor held only to be given up at the open-file limit: closing it lets one
+/// `accept` succeed, so a waiting client is refused (closed) at once instead of sitting in
+/// the backlog until it gives up (the libev/node.js "reserve fd" technique).
+fn reserve_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// EMFILE (this process) or ENFILE (the whole system): out of file descriptors.
+fn is_fd_limit(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
 
 /// The socket a listener owns.
 pub(crate) enum ListenSocket {
@@ -52,6 +68,11 @@ pub struct Listener {
     /// Receive buffer of a UDP listener (one per socket, reused for every datagram).
     buf: Vec<u8>,
     accept_pause: Option<Pin<Box<Sleep>>>,
+    /// See [`reserve_fd`]: `None` while spent (given up to refuse a connection, and not
+    /// yet reopened because the process is still at its limit). TCP listeners only.
+    reserve: Option<std::fs::File>,
+    /// The reserve was closed for an accept: the next accepted connection is refused.
+    shedding: bool,
 }
 
 impl Listener {
@@ -61,9 +82,9 @@ impl Listener {
         local: SocketAddr,
         socket: ListenSocket,
     ) -> Listener {
-        let buf = match socket {
-            ListenSocket::Udp(_) => vec![0; UDP_MAX],
-            ListenSocket::Stream(_) => Vec::new(),
+        let (buf, reserve) = match socket {
+            ListenSocket::Udp(_) => (vec![0; UDP_MAX], None),
+            ListenSocket::Stream(_) => (Vec::new(), reserve_fd()),
         };
         Listener {
             worker,
@@ -72,7 +93,55 @@ impl Listener {
             socket,
             buf,
             accept_pause: None,
+            reserve,
+            shedding: false,
         }
+    }
+
+    /// A connection accepted with the reserve descriptor's slot: closed at once, counted,
+    /// logged at most once per interval; then the reserve is taken back if it can be.
+    fn refuse_at_fd_limit(&mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        drop(tcp);
+        self.shedding = false;
+        self.reserve = reserve_fd();
+        let stats = &self.worker.shared.stats;
+        inc(&stats.refused_fd_limit);
+        let limiter = &stats.fd_limit_warn;
+        if let Some(suppressed) =
+            limiter.allow(crate::state::table::clock_ms(), fdlimit::WARN_INTERVAL)
+        {
+            warn!(local = %self.local, %peer, suppressed,
+                refused_total = stats.refused_fd_limit.load(std::sync::atomic::Ordering::Relaxed),
+                "out of file descriptors: new connections are closed at once; raise the \
+                 open-file limit (LimitNOFILE=, ulimit -n) or lower max_connections");
+        }
+    }
+
+    /// An accept error: at the fd limit, give up the reserve so the next accept takes the
+    /// waiting connection (to refuse it); otherwise, or with no reserve left, pause.
+    /// Returns true when accepting may go on now.
+    fn on_accept_error(&mut self, e: &io::Error) -> bool {
+        if is_fd_limit(e) {
+            if let Some(r) = self.reserve.take() {
+                drop(r);
+                self.shedding = true;
+                return true;
+            }
+            // Spent and still at the limit (another worker took the freed slot): pause, and
+            // refuse nothing that arrives once descriptors are free again.
+            self.shedding = false;
+            let stats = &self.worker.shared.stats;
+            if let Some(suppressed) = stats
+                .fd_limit_warn
+                .allow(crate::state::table::clock_ms(), fdlimit::WARN_INTERVAL)
+            {
+                warn!(local = %self.local, error = %e, suppressed,
+                    "out of file descriptors and no reserve left: accepting paused");
+            }
+        } else {
+            warn!(local = %self.local, error = %e, "accept failed");
+        }
+        false
     }
 
     fn on_accept(&mut self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
@@ -133,21 +202,37 @@ impl Listener {
             }
             self.accept_pause = None;
         }
+        if self.reserve.is_none()
+            && !self.shedding
+            && matches!(self.socket, ListenSocket::Stream(_))
+        {
+            self.reserve = reserve_fd();
+        }
         for _ in 0..POLL_BUDGET {
             match &self.socket {
                 ListenSocket::Stream(l) => match l.poll_accept(cx) {
+                    Poll::Ready(Ok((tcp, peer))) if self.shedding => {
+                        self.refuse_at_fd_limit(tcp, peer)
+                    }
                     Poll::Ready(Ok((tcp, peer))) => self.on_accept(tcp, peer),
                     Poll::Ready(Err(e)) => {
-                        // EMFILE/ENFILE/ENOBUFS: the connection stays in the backlog; retry
-                        // after a pause rather than spin.
-                        warn!(local = %self.local, error = %e, "accept failed");
+                        if self.on_accept_error(&e) {
+                            continue;
+                        }
                         let mut p = Box::pin(tokio::time::sleep(ACCEPT_ERROR_PAUSE));
                         if p.as_mut().poll(cx).is_pending() {
                             self.accept_pause = Some(p);
                             return Poll::Pending;
                         }
                     }
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Another worker took the waiting connection: take the reserve back.
+                        if self.shedding {
+                            self.shedding = false;
+                            self.reserve = reserve_fd();
+                        }
+                        return Poll::Pending;
+                    }
                 },
                 ListenSocket::Udp(s) => {
                     let s = s.clone();

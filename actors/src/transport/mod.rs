@@ -3,4 +3,5 @@
 //! plane (`reload`, `mgmt`).
 
 pub mod connection;
+pub mod fdlimit;
 pub mod listener;

@@ -7,6 +7,7 @@
 //! through the connection table's handles and the [`Connector`] that `transport` installs.
 
 pub mod dns;
+pub(crate) mod memory;
 pub mod script;
 
 use std::cell::{Cell, RefCell};
@@ -376,6 +377,7 @@ pub(crate) async fn idle_sweep(worker: Rc<Worker>) {
             .unwrap_or(IDLE_TICK_MAX);
         tokio::time::sleep(tick).await;
         worker.sweep_idle();
+        memory::after_sweep(&worker.shared);
     }
 }
 

@@ -74,6 +74,7 @@ pub fn config(pki: &Pki, o: &Options, addrs: [SocketAddr; 3]) -> Config {
         runtime: RuntimeConfig {
             workers: o.workers,
             shutdown_grace: dur(o.shutdown_grace),
+            ..RuntimeConfig::default()
         },
         connections: ConnectionsConfig {
             send_timeout: dur(o.send_timeout),
