@@ -40,41 +40,6 @@ fn xml_call(method: &str) -> String {
     )
 }
 
-async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    req: &str,
-) -> String {
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let mut chunk = [0u8; 8192];
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let cl: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + cl {
-                    break;
-                }
-            }
-        }
-    })
-    .await
-    .expect("an HTTP answer in time");
-    String::from_utf8_lossy(&buf).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_script_governs_rpc_on_a_sip_listener() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use common::*;
 use openssl::ssl::SslVersion;
 use siprox::config::{Proto, VerifyClient};
 use siprox::proxy::Transport;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// `docs/rpc.md`, "RPC over a SIP listener".
 const RPC_MD: &str = r#"route {
@@ -40,38 +40,6 @@ const BATCH: &str = r#"[{"jsonrpc":"2.0","id":1,"method":"core.version"},{"jsonr
 const JSON_KILL: &str = r#"{"jsonrpc":"2.0","id":3,"method":"core.kill"}"#;
 const JSON_VERSION: &str = r#"{"jsonrpc":"2.0","id":4,"method":"core.version"}"#;
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &str) -> String {
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let mut chunk = [0u8; 8192];
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let cl: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + cl {
-                    break;
-                }
-            }
-        }
-    })
-    .await
-    .expect("an HTTP answer in time");
-    String::from_utf8_lossy(&buf).to_string()
-}
-
 enum Who {
     PlainTcp,
     TlsNoCert,
@@ -89,11 +57,11 @@ async fn call(s: &Setup, who: &Who, req: &str) -> String {
     match who {
         Who::PlainTcp => {
             let mut t = tokio::net::TcpStream::connect(s.tcp).await.expect("tcp");
-            exchange(&mut t, req).await
+            http_exchange(&mut t, req).await
         }
         Who::TlsNoCert => {
             let mut t = tls_client(s.tls, &s.ca, None, SslVersion::TLS1_3).await;
-            exchange(&mut t, req).await
+            http_exchange(&mut t, req).await
         }
         Who::TlsCert(cn) => {
             let c = (
@@ -101,7 +69,7 @@ async fn call(s: &Setup, who: &Who, req: &str) -> String {
                 s.certs.join(format!("{cn}.key")),
             );
             let mut t = tls_client(s.tls, &s.ca, Some((&c.0, &c.1)), SslVersion::TLS1_2).await;
-            exchange(&mut t, req).await
+            http_exchange(&mut t, req).await
         }
     }
 }
@@ -238,20 +206,20 @@ async fn connection_close_is_honoured() {
     // Keep-alive: two answers on one stream.
     let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
     for _ in 0..2 {
-        let r = exchange(&mut s, &json(JSON_VERSION)).await;
+        let r = http_exchange(&mut s, &json(JSON_VERSION)).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         assert!(!r.contains("Connection: close"), "{r}");
     }
     // The client asks for the close.
     let req =
         json(JSON_VERSION).replace("Host: siprox\r\n", "Host: siprox\r\nConnection: close\r\n");
-    let r = exchange(&mut s, &req).await;
+    let r = http_exchange(&mut s, &req).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("Connection: close"), "{r}");
     assert!(closed(&mut s).await, "closed after Connection: close");
     // The script's refusal says Connection: close, and closes.
     let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
-    let r = exchange(&mut s, &json(JSON_KILL)).await;
+    let r = http_exchange(&mut s, &json(JSON_KILL)).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert!(r.contains("Connection: close"), "{r}");
     assert!(closed(&mut s).await, "closed after the script's reply");

@@ -167,3 +167,37 @@ pub async fn draw_without_reading<S: AsyncWrite + Unpin>(
     }
     false
 }
+
+/// Writes one HTTP request and reads its answer: the head and `Content-Length` bytes of body
+/// (or up to EOF), within 5 s. For RPC over a SIP listener.
+pub async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &str) -> String {
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut chunk = [0u8; 8192];
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let cl: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + cl {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an HTTP answer in time");
+    String::from_utf8_lossy(&buf).to_string()
+}
