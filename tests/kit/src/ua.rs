@@ -205,9 +205,9 @@ impl Client {
         let mut tls_version = None;
         let (out, local, reader) = match transport {
             Transport::Udp => {
-                let sock = Arc::new(
-                    UdpSocket::bind(bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await?,
-                );
+                let sock = Arc::new(udp_bind(
+                    bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+                )?);
                 let local = sock.local_addr()?;
                 let reader = tokio::spawn(udp_reader(sock.clone(), dispatch.clone()));
                 (Out::Udp(sock), local, reader)
@@ -919,7 +919,7 @@ impl Uas {
         let opts = Arc::new(opts);
         let (addr, task) = match transport {
             Transport::Udp => {
-                let sock = Arc::new(UdpSocket::bind(addr).await?);
+                let sock = Arc::new(udp_bind(addr)?);
                 let local = sock.local_addr()?;
                 let contact = contact_of(transport, local);
                 let st = state.clone();
@@ -1239,4 +1239,22 @@ async fn uas_stream(s: Stream, from: SocketAddr, st: &UasState, opts: &UasOpts, 
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// A UDP socket with a 4 MiB receive buffer, as siprox gives its own: with the kernel's
+/// default (208 KiB, about 90 datagrams on loopback) a peer that shares two cores with the
+/// proxy under load loses datagrams while it waits for a core, and over UDP a stateless
+/// proxy has no retransmission to hide that: the load generator would measure its own
+/// socket instead of the proxy.
+fn udp_bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: capped by net.core.rmem_max (4 MiB here).
+    let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
