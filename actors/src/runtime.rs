@@ -225,7 +225,9 @@ impl Runtime {
             &config,
             &opts.base_dir,
         )?);
-        let flow_keys = crate::reload::files::load_flow_keys(&config, &opts.base_dir)?;
+        // One epoch per process: tokens from before a restart name no new connection.
+        let flow_keys = crate::reload::files::load_flow_keys(&config, &opts.base_dir)?
+            .with_epoch(siprox::proxy::FlowKeys::new_epoch());
         let snapshot = Snapshot::build(
             Arc::new(config),
             listens.clone(),

@@ -240,3 +240,44 @@ async fn a_forged_flow_token_does_not_reach_another_phone() {
     );
     drop(rt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_before_a_restart_names_no_connection_after_it() {
+    // Connection ids start over when siprox restarts, and the key file is kept: without a
+    // per-process epoch, a Route from an old dialog would name whichever new connection got
+    // the same id. Two starts on one key file are two processes' worth of ids.
+    let dir = tempfile::tempdir().unwrap();
+    dev_ca(dir.path());
+    let mut cfg = config(&[Proto::Tls]);
+    cfg.auth.flow_key_file = Some("var/flow.key".into());
+    let first = start(cfg.clone(), dir.path());
+    let keys = first.snapshot().proxy.config().flow_keys.clone();
+    let token = keys.token(2, 1).expect("token");
+    assert_eq!(keys.verify(&token), Ok((2, 1)));
+    // A reload keeps the process's epoch: what it signed still verifies (key rotation).
+    std::fs::write(
+        dir.path().join("var/flow.key"),
+        format!(
+            "{}\n{}\n",
+            "n".repeat(40),
+            std::fs::read_to_string(dir.path().join("var/flow.key")).unwrap()
+        ),
+    )
+    .unwrap();
+    // The file watcher may publish it first; either way the rotated file goes live.
+    if let siprox_actors::state::messages::ReloadOutcome::Failed { errors } = first.reload().await {
+        panic!("reload refused: {errors:?}");
+    }
+    assert_eventually!(first.snapshot().proxy.config().flow_keys.len() == 2);
+    let rotated = first.snapshot().proxy.config().flow_keys.clone();
+    assert_eq!(rotated.verify(&token), Ok((2, 1)));
+    first.shutdown();
+
+    let second = start(cfg, dir.path());
+    let after = second.snapshot().proxy.config().flow_keys.clone();
+    assert_eq!(after.len(), 2, "the same key file");
+    assert!(
+        after.verify(&token).is_err(),
+        "a token from before the restart must not verify after it"
+    );
+}

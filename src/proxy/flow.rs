@@ -47,6 +47,10 @@ pub enum FlowTokenError {
 #[derive(Clone)]
 pub struct FlowKeys {
     keys: Vec<Vec<u8>>,
+    /// This process's epoch, mixed into every MAC: connection ids start over when siprox
+    /// restarts, so a token from before a restart must not name whichever new connection
+    /// got the same id. Kept across reloads (key rotation must still verify old tokens).
+    epoch: u64,
     /// Each key's HMAC state with the key (and the label) already absorbed, cloned per
     /// token: a token costs two SHA-256 blocks and no allocation. (OpenSSL 3's
     /// `Signer::new` per token cost ~15 µs each in algorithm fetches, a third of a call.)
@@ -55,7 +59,7 @@ pub struct FlowKeys {
 
 impl PartialEq for FlowKeys {
     fn eq(&self, other: &FlowKeys) -> bool {
-        self.keys == other.keys
+        self.keys == other.keys && self.epoch == other.epoch
     }
 }
 
@@ -63,9 +67,10 @@ impl Eq for FlowKeys {}
 
 /// `None` never happens for HMAC (RFC 2104 §2 takes a key of any length); the type allows
 /// it, so it is handled rather than unwrapped.
-fn keyed(key: &[u8]) -> Option<HmacSha256> {
+fn keyed(key: &[u8], epoch: u64) -> Option<HmacSha256> {
     let mut m = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
     m.update(LABEL);
+    m.update(&epoch.to_be_bytes());
     Some(m)
 }
 
@@ -90,10 +95,14 @@ impl FlowKeys {
         }
         let keyed = keys
             .iter()
-            .map(|k| keyed(k))
+            .map(|k| keyed(k, 0))
             .collect::<Option<Vec<_>>>()
             .ok_or(FlowKeyError::TooShort)?;
-        Ok(FlowKeys { keys, keyed })
+        Ok(FlowKeys {
+            keys,
+            epoch: 0,
+            keyed,
+        })
     }
 
     /// A key file's text: one key per line (its characters are the key), `#` comments and
@@ -120,15 +129,41 @@ impl FlowKeys {
     /// A random key for this process only (tests, and a core built without the runtime).
     pub fn random() -> FlowKeys {
         let text = FlowKeys::generate_file().unwrap_or_default();
-        FlowKeys::parse(&text).unwrap_or_else(|_| {
-            // rand_bytes failing leaves no good key; a key nobody knows still refuses
-            // every token that siprox did not make in this process.
-            let key = format!("{:p}{:?}", &text, std::time::SystemTime::now()).into_bytes();
-            FlowKeys {
-                keyed: keyed(&key).into_iter().collect(),
-                keys: vec![key],
-            }
-        })
+        FlowKeys::parse(&text)
+            .unwrap_or_else(|_| {
+                // rand_bytes failing leaves no good key; a key nobody knows still refuses
+                // every token that siprox did not make in this process.
+                let key = format!("{:p}{:?}", &text, std::time::SystemTime::now()).into_bytes();
+                FlowKeys {
+                    keyed: keyed(&key, 0).into_iter().collect(),
+                    keys: vec![key],
+                    epoch: 0,
+                }
+            })
+            .with_epoch(FlowKeys::new_epoch())
+    }
+
+    /// The same keys under `epoch` (the runtime draws one per process with
+    /// [`FlowKeys::new_epoch`] and keeps it across reloads).
+    pub fn with_epoch(mut self, epoch: u64) -> FlowKeys {
+        self.epoch = epoch;
+        self.keyed = self.keys.iter().filter_map(|k| keyed(k, epoch)).collect();
+        self
+    }
+
+    /// This key set's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A random epoch for a new process (0 only if the random source fails, which makes
+    /// tokens survive restarts as before, never refuses good ones).
+    pub fn new_epoch() -> u64 {
+        let mut b = [0u8; 8];
+        match openssl::rand::rand_bytes(&mut b) {
+            Ok(()) => u64::from_be_bytes(b),
+            Err(_) => 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -249,6 +284,20 @@ mod tests {
             keys(&"b".repeat(32)).verify(&t),
             Err(FlowTokenError::BadMac)
         );
+    }
+
+    #[test]
+    fn a_token_from_another_process_is_refused() {
+        // The same key file after a restart: connection ids start over, tokens do not carry.
+        let before = keys("k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1").with_epoch(7);
+        let after = keys("k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1").with_epoch(8);
+        let t = before.token(2, 1).expect("token");
+        assert_eq!(before.verify(&t), Ok((2, 1)));
+        assert_eq!(after.verify(&t), Err(FlowTokenError::BadMac));
+        // A reload keeps the epoch: the same key set verifies what it signed.
+        let reloaded = keys("k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1").with_epoch(before.epoch());
+        assert_eq!(reloaded.verify(&t), Ok((2, 1)));
+        assert_ne!(FlowKeys::new_epoch(), FlowKeys::new_epoch());
     }
 
     #[test]

@@ -182,7 +182,8 @@ impl Job {
         let flow_keys = match &config.auth.flow_key_file {
             None => prev_keys.clone(),
             Some(_) => match super::files::load_flow_keys(&config, &self.base) {
-                Ok(k) => k,
+                // The process's epoch stays: a rotated key file still verifies old tokens.
+                Ok(k) => k.with_epoch(prev_keys.epoch()),
                 // The error names `[auth] flow_key_file` and the path.
                 Err(e) => return fail(vec![ReloadError::Settings(e)], watch),
             },
