@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::state::resolve;
+use crate::tls::{client_sources, server_sources};
 use actix::Recipient;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
@@ -78,49 +79,20 @@ pub fn watch_dirs(config: &Config, config_dir: Option<&Path>, base: &Path) -> BT
     {
         files.push(resolve(base, f));
     }
+    // The same file lists the TLS domains are built from, so that a file a domain reads is
+    // always a file the watcher sees.
     let t = &config.tls;
-    let mut add = |p: Option<&PathBuf>| {
-        if let Some(p) = p.filter(|p| !p.as_os_str().is_empty()) {
-            files.push(resolve(base, p));
-        }
-    };
-    for p in [
-        Some(&t.certificate),
-        Some(&t.private_key),
-        t.private_key_password_file.as_ref(),
-        t.ca_file.as_ref(),
-        t.ca_dir.as_ref(),
-        t.crl_file.as_ref(),
-        t.client_certificate.as_ref(),
-        t.client_private_key.as_ref(),
-    ] {
-        add(p);
-    }
+    files.extend(server_sources(base, &t.server_tls()));
+    files.extend(client_sources(base, &t.client_tls()));
     for d in config.domains.values() {
-        add(d.script.as_ref());
+        if let Some(f) = d.script.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            files.push(resolve(base, f));
+        }
         if let Some(s) = &d.server {
-            for p in [
-                Some(&s.certificate),
-                Some(&s.private_key),
-                s.private_key_password_file.as_ref(),
-                s.ca_file.as_ref(),
-                s.ca_dir.as_ref(),
-                s.crl_file.as_ref(),
-            ] {
-                add(p);
-            }
+            files.extend(server_sources(base, s));
         }
         if let Some(c) = &d.client {
-            for p in [
-                c.certificate.as_ref(),
-                c.private_key.as_ref(),
-                c.private_key_password_file.as_ref(),
-                c.ca_file.as_ref(),
-                c.ca_dir.as_ref(),
-                c.crl_file.as_ref(),
-            ] {
-                add(p);
-            }
+            files.extend(client_sources(base, c));
         }
     }
     let mut dirs = BTreeSet::new();

@@ -52,7 +52,8 @@ impl std::fmt::Display for DomainError {
 
 impl std::error::Error for DomainError {}
 
-fn server_sources(base: &Path, s: &ServerTls) -> Vec<PathBuf> {
+/// The files a server domain is built from (what a reload re-reads and the watcher watches).
+pub(crate) fn server_sources(base: &Path, s: &ServerTls) -> Vec<PathBuf> {
     [
         Some(&s.certificate),
         Some(&s.private_key),
@@ -68,7 +69,8 @@ fn server_sources(base: &Path, s: &ServerTls) -> Vec<PathBuf> {
     .collect()
 }
 
-fn client_sources(base: &Path, c: &ClientTls) -> Vec<PathBuf> {
+/// The files a client domain is built from.
+pub(crate) fn client_sources(base: &Path, c: &ClientTls) -> Vec<PathBuf> {
     [
         c.certificate.as_ref(),
         c.private_key.as_ref(),

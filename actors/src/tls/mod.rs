@@ -8,6 +8,7 @@
 mod devcerts;
 mod dispatch;
 mod domains;
+pub(crate) use domains::{client_sources, server_sources};
 mod facts;
 pub mod failure;
 pub mod sessions;
