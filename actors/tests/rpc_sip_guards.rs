@@ -225,3 +225,36 @@ async fn connection_close_is_honoured() {
     assert!(closed(&mut s).await, "closed after the script's reply");
     drop(rt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_call_is_logged_with_its_caller() {
+    // docs/rpc.md: "Every call is logged at INFO with its caller".
+    assert!(
+        siprox_testkit::logs::install_at(tracing::level_filters::LevelFilter::INFO),
+        "log capture installed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, certs) = setup_dir(dir.path(), RPC_MD);
+    let rt = start(cfg, dir.path());
+    let s = Setup {
+        tcp: rt.local_addr(Transport::Tcp).unwrap(),
+        tls: rt.local_addr(Transport::Tls).unwrap(),
+        ca: certs.join("ca.pem"),
+        certs,
+    };
+    let r = call(&s, &Who::TlsCert("admin"), &json(JSON_VERSION)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "admin: {r}");
+    let logged = |what: &'static str, who: &'static str| {
+        siprox_testkit::logs::at_least(tracing::Level::INFO)
+            .iter()
+            .any(|e| {
+                e.text.contains(what) && e.text.contains(who) && e.text.contains("core.version")
+            })
+    };
+    assert_eventually!(logged("RPC call", "CN=admin"));
+    // A caller without a certificate is named as such, and its refusal is logged too.
+    let r = call(&s, &Who::TlsNoCert, &json(JSON_VERSION)).await;
+    refused(&r, "anonymous core.version");
+    assert_eventually!(logged("RPC call refused", "anonymous"));
+    drop(rt);
+}

@@ -61,6 +61,12 @@ impl<S: Subscriber> Layer<S> for Capture {
 /// Install the capturing subscriber (idempotent). Returns false when another global
 /// subscriber was installed first (then nothing is captured).
 pub fn install() -> bool {
+    install_at(LevelFilter::WARN)
+}
+
+/// [`install`] capturing from `level` up (e.g. INFO, for a test of what siprox logs at
+/// INFO). The first install in a test binary sets the level.
+pub fn install_at(level: LevelFilter) -> bool {
     *INSTALLED.get_or_init(|| {
         let print = std::env::var("SIPROX_TEST_LOG").ok().map(|f| {
             tracing_subscriber::fmt::layer()
@@ -68,7 +74,7 @@ pub fn install() -> bool {
                 .with_filter(EnvFilter::new(f))
         });
         tracing_subscriber::registry()
-            .with(Capture.with_filter(LevelFilter::WARN))
+            .with(Capture.with_filter(level))
             .with(print)
             .try_init()
             .is_ok()
