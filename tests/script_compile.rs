@@ -254,9 +254,17 @@ fn default_script_compiles_and_routes() {
     for r in ["WITHINDLG", "REGISTRAR", "LOCATION", "RELAY"] {
         assert!(sc.has_route(r), "{r}");
     }
-    // REGISTER -> save
-    let r = run_with(&sc, &msg(REGISTER), &udp(), None, RecHost::default(), &[]);
-    assert_eq!(r.host.calls, vec!["save location"]);
+    // REGISTER for siprox -> digest (this host accepts it) -> save
+    let reg = REGISTER.replace("REGISTER sip:example.com", "REGISTER sip:127.0.0.1");
+    let r = run_with(&sc, &msg(&reg), &udp(), None, RecHost::default(), &[]);
+    assert_eq!(
+        r.host.calls,
+        vec![
+            "auth WwwAuthorize  subscriber",
+            "auth ConsumeCredentials  ",
+            "save location"
+        ]
+    );
     // In-dialog BYE with our Route -> forwarded
     let r = run_with(&sc, &msg(BYE), &udp(), None, RecHost::default(), &[]);
     assert_eq!(r.host.calls, vec!["forward"]);

@@ -3,7 +3,10 @@
 //! anonymous request for a foreign destination is refused with 403 over UDP, TCP and TLS
 //! (also with a made-up to-tag), one that claims one of our users is challenged (407), a
 //! client with a verified certificate is relayed, and OPTIONS keepalives to siprox are
-//! answered. Real sockets on 127.0.0.1:0, real TLS.
+//! answered. A request made to look in-dialog (a to-tag, and a Route set that names siprox
+//! and then the foreign host, as `loose_route()` follows) is refused with 403 too, and so
+//! are an anonymous CANCEL and ACK for the foreign host. Real sockets on 127.0.0.1:0, real
+//! TLS.
 
 mod common;
 
@@ -24,16 +27,29 @@ fn relay_attempt(
     from: &str,
     to_tag: &str,
 ) -> String {
+    relay_attempt_with("INVITE", target, via, call, from, to_tag, "")
+}
+
+/// `method` for `target`, with `route` (whole header lines) added.
+fn relay_attempt_with(
+    method: &str,
+    target: std::net::SocketAddr,
+    via: &str,
+    call: &str,
+    from: &str,
+    to_tag: &str,
+    route: &str,
+) -> String {
     format!(
-        "INVITE sip:victim@{target} SIP/2.0\r\n\
+        "{method} sip:victim@{target} SIP/2.0\r\n\
          Via: SIP/2.0/{via} 127.0.0.1:9;branch=z9hG4bK-{call};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:{from}>;tag=f-{call}\r\n\
          To: <sip:victim@{target}>{to_tag}\r\n\
          Call-ID: {call}\r\n\
-         CSeq: 1 INVITE\r\n\
+         CSeq: 1 {method}\r\n\
          Contact: <sip:x@127.0.0.1:9>\r\n\
-         Content-Length: 0\r\n\r\n"
+         {route}Content-Length: 0\r\n\r\n"
     )
 }
 
@@ -83,11 +99,17 @@ async fn refuses_anonymous_relaying(script: &str) {
     let uas = sock.local_addr().unwrap();
     let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r2 = reached.clone();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a2 = acks.clone();
     tokio::spawn(async move {
         let mut b = vec![0u8; 65536];
         while let Ok((n, from)) = sock.recv_from(&mut b).await {
             let req = String::from_utf8_lossy(&b[..n]).to_string();
-            if status(&req).is_some() || req.starts_with("ACK ") {
+            if req.starts_with("ACK ") {
+                a2.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            if status(&req).is_some() {
                 continue;
             }
             r2.fetch_add(1, Ordering::SeqCst);
@@ -122,6 +144,37 @@ async fn refuses_anonymous_relaying(script: &str) {
         let ok = got == Some(want) || (call == "udp-tag" && got == Some(404));
         assert!(ok, "{call}: {r}");
     }
+    // Made to look in-dialog: a to-tag and a Route set that names siprox, then the victim.
+    // loose_route() follows it; the core refuses a Route of siprox's that siprox did not
+    // sign for this dialog. Also an anonymous CANCEL for the foreign host.
+    let crafted = format!("Route: <sip:{udp};lr>, <sip:{uas};lr>\r\n");
+    for (method, call, to_tag, route) in [
+        ("BYE", "udp-route", ";tag=made-up", crafted.as_str()),
+        ("INVITE", "udp-reinvite", ";tag=made-up", crafted.as_str()),
+        ("CANCEL", "udp-cancel", "", ""),
+    ] {
+        c.send_to(
+            relay_attempt_with(method, uas, "UDP", call, "m@evil.example", to_tag, route)
+                .as_bytes(),
+            udp,
+        )
+        .await
+        .unwrap();
+        let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
+            .await
+            .expect("answered")
+            .unwrap();
+        let r = String::from_utf8_lossy(&b[..n]).to_string();
+        assert_eq!(status(&r), Some(403), "{method} {call}: {r}");
+    }
+    // An anonymous ACK for the foreign host (no answer is ever sent to an ACK).
+    c.send_to(
+        relay_attempt_with("ACK", uas, "UDP", "udp-ack", "m@evil.example", "", "").as_bytes(),
+        udp,
+    )
+    .await
+    .unwrap();
+
     // OPTIONS keepalive to siprox itself.
     c.send_to(options_to(udp, "UDP", "keepalive").as_bytes(), udp)
         .await
@@ -142,6 +195,22 @@ async fn refuses_anonymous_relaying(script: &str) {
     .await;
     let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(403), "{r}");
+    let crafted = format!("Route: <sip:{tcp};transport=tcp;lr>, <sip:{uas};lr>\r\n");
+    send(
+        &mut s,
+        &relay_attempt_with(
+            "BYE",
+            uas,
+            "TCP",
+            "tcp-route",
+            "m@evil.example",
+            ";tag=made-up",
+            &crafted,
+        ),
+    )
+    .await;
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
+    assert_eq!(status(&r), Some(403), "{r}");
     let mut s = tls_connect(tls, &ca_file(dir.path())).await;
     let mut buf = Vec::new();
     send(
@@ -151,10 +220,31 @@ async fn refuses_anonymous_relaying(script: &str) {
     .await;
     let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(403), "{r}");
+    let crafted = format!("Route: <sip:{tls};transport=tls;lr>, <sip:{uas};lr>\r\n");
+    send(
+        &mut s,
+        &relay_attempt_with(
+            "BYE",
+            uas,
+            "TLS",
+            "tls-route",
+            "m@evil.example",
+            ";tag=made-up",
+            &crafted,
+        ),
+    )
+    .await;
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
+    assert_eq!(status(&r), Some(403), "{r}");
     assert_eq!(
         reached.load(Ordering::SeqCst),
         0,
         "nothing anonymous was relayed"
+    );
+    assert_eq!(
+        acks.load(Ordering::SeqCst),
+        0,
+        "no anonymous ACK was relayed"
     );
 
     // A verified client certificate is relayed.

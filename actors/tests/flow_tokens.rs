@@ -198,21 +198,22 @@ async fn a_forged_flow_token_does_not_reach_another_phone() {
     assert_eq!(parts.len(), 3, "a.b.mac: {fl}");
     // Bob sends back along it: delivered to Alice over her connection.
     let route = format!("Route: {rr}\r\n");
+    send(&mut bob.s, &message("bob", "alice", "dlg", &route, "back")).await;
+    let got = alice.recv().await;
+    assert!(got.contains("\r\n\r\nback"), "{got}");
+    // The token is the dialog's: the same Route on a request of another Call-ID (one
+    // Mallory could copy from a dialog of hers) is refused.
     send(
         &mut bob.s,
-        &message("bob", "alice", "dlg-back", &route, "back"),
+        &message("bob", "alice", "dlg-other", &route, "other"),
     )
     .await;
-    let got = alice.recv().await;
-    assert!(got.contains("Call-ID: dlg-back"), "{got}");
+    let r = bob.recv().await;
+    assert_eq!(status(&r), Some(403), "another dialog's token: {r}");
     // Mallory puts another connection id into that token: refused.
     let altered = format!("{}.{}.{}", parts[1], parts[0], parts[2]);
     let route = format!("Route: {}\r\n", rr.replace(&fl, &altered));
-    send(
-        &mut mallory.s,
-        &message("alice", "bob", "altered", &route, "x"),
-    )
-    .await;
+    send(&mut mallory.s, &message("alice", "bob", "dlg", &route, "x")).await;
     let r = mallory.recv().await;
     assert_eq!(status(&r), Some(403), "altered token: {r}");
 
@@ -227,11 +228,7 @@ async fn a_forged_flow_token_does_not_reach_another_phone() {
         rt.stats()
     );
     let route = format!("Route: {rr}\r\n");
-    send(
-        &mut bob.s,
-        &message("bob", "alice", "dlg-gone", &route, "gone?"),
-    )
-    .await;
+    send(&mut bob.s, &message("bob", "alice", "dlg", &route, "gone?")).await;
     let r = bob.recv().await;
     assert_eq!(
         status(&r),
@@ -252,8 +249,8 @@ async fn a_token_from_before_a_restart_names_no_connection_after_it() {
     cfg.auth.flow_key_file = Some("var/flow.key".into());
     let first = start(cfg.clone(), dir.path());
     let keys = first.snapshot().proxy.config().flow_keys.clone();
-    let token = keys.token(2, 1).expect("token");
-    assert_eq!(keys.verify(&token), Ok((2, 1)));
+    let token = keys.token(2, 1, b"call-1").expect("token");
+    assert_eq!(keys.verify(&token, b"call-1"), Ok((2, 1)));
     // A reload keeps the process's epoch: what it signed still verifies (key rotation).
     std::fs::write(
         dir.path().join("var/flow.key"),
@@ -270,14 +267,14 @@ async fn a_token_from_before_a_restart_names_no_connection_after_it() {
     }
     assert_eventually!(first.snapshot().proxy.config().flow_keys.len() == 2);
     let rotated = first.snapshot().proxy.config().flow_keys.clone();
-    assert_eq!(rotated.verify(&token), Ok((2, 1)));
+    assert_eq!(rotated.verify(&token, b"call-1"), Ok((2, 1)));
     first.shutdown();
 
     let second = start(cfg, dir.path());
     let after = second.snapshot().proxy.config().flow_keys.clone();
     assert_eq!(after.len(), 2, "the same key file");
     assert!(
-        after.verify(&token).is_err(),
+        after.verify(&token, b"call-1").is_err(),
         "a token from before the restart must not verify after it"
     );
 }

@@ -1,7 +1,8 @@
 //! RFC 5626 §5.2 flow tokens: the `fl=` parameter siprox puts in its Record-Route (and so
 //! in every in-dialog Route) names the connections on both sides of a dialog, signed with
-//! an HMAC-SHA256 over them under a secret key, so that a peer cannot name a connection
-//! siprox did not give it. Sans-IO: the runtime reads or generates the key file; this
+//! an HMAC-SHA256 over them and the dialog's Call-ID under a secret key, so that a peer
+//! cannot name a connection siprox did not give it, nor reuse a Route of one dialog (or
+//! write one) to have siprox relay requests of another. Sans-IO: the runtime reads or generates the key file; this
 //! takes key bytes. Must never accept a token whose MAC does not verify, and never compare
 //! MACs in variable time.
 
@@ -20,7 +21,7 @@ pub const MIN_KEY_LEN: usize = 32;
 pub const MAX_KEYS: usize = 4;
 /// Domain separation: the key may be shared with nothing else, but a MAC of this must never
 /// be mistaken for a MAC of something else.
-const LABEL: &[u8] = b"siprox flow token v1\0";
+const LABEL: &[u8] = b"siprox flow token v2\0";
 
 /// A bad key set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,14 +48,19 @@ pub enum FlowTokenError {
 #[derive(Clone)]
 pub struct FlowKeys {
     keys: Vec<Vec<u8>>,
-    /// This process's epoch, mixed into every MAC: connection ids start over when siprox
-    /// restarts, so a token from before a restart must not name whichever new connection
-    /// got the same id. Kept across reloads (key rotation must still verify old tokens).
+    /// This process's epoch, mixed into every MAC that names a connection: connection ids
+    /// start over when siprox restarts, so a token from before a restart must not name
+    /// whichever new connection got the same id. Kept across reloads (key rotation must
+    /// still verify old tokens). A token that names no connection (a dialog between two
+    /// UDP peers) is signed without it: such dialogs outlive a restart.
     epoch: u64,
-    /// Each key's HMAC state with the key (and the label) already absorbed, cloned per
-    /// token: a token costs two SHA-256 blocks and no allocation. (OpenSSL 3's
-    /// `Signer::new` per token cost ~15 µs each in algorithm fetches, a third of a call.)
+    /// Each key's HMAC state with the key, the label and the epoch already absorbed,
+    /// cloned per token: a token costs two or three SHA-256 blocks and no allocation.
+    /// (OpenSSL 3's `Signer::new` per token cost ~15 µs each in algorithm fetches, a third
+    /// of a call.)
     keyed: Vec<HmacSha256>,
+    /// The same with epoch 0, for tokens that name no connection.
+    keyed0: Vec<HmacSha256>,
 }
 
 impl PartialEq for FlowKeys {
@@ -101,6 +107,7 @@ impl FlowKeys {
         Ok(FlowKeys {
             keys,
             epoch: 0,
+            keyed0: keyed.clone(),
             keyed,
         })
     }
@@ -134,8 +141,10 @@ impl FlowKeys {
                 // rand_bytes failing leaves no good key; a key nobody knows still refuses
                 // every token that siprox did not make in this process.
                 let key = format!("{:p}{:?}", &text, std::time::SystemTime::now()).into_bytes();
+                let k: Vec<HmacSha256> = keyed(&key, 0).into_iter().collect();
                 FlowKeys {
-                    keyed: keyed(&key, 0).into_iter().collect(),
+                    keyed0: k.clone(),
+                    keyed: k,
                     keys: vec![key],
                     epoch: 0,
                 }
@@ -148,6 +157,7 @@ impl FlowKeys {
     pub fn with_epoch(mut self, epoch: u64) -> FlowKeys {
         self.epoch = epoch;
         self.keyed = self.keys.iter().filter_map(|k| keyed(k, epoch)).collect();
+        self.keyed0 = self.keys.iter().filter_map(|k| keyed(k, 0)).collect();
         self
     }
 
@@ -174,10 +184,22 @@ impl FlowKeys {
         self.keys.is_empty()
     }
 
-    fn mac(keyed: &HmacSha256, a: u64, b: u64) -> [u8; MAC_LEN] {
+    /// The keyed states a token for connections `a` and `b` is signed with.
+    fn states(&self, a: u64, b: u64) -> &[HmacSha256] {
+        if a == 0 && b == 0 {
+            &self.keyed0
+        } else {
+            &self.keyed
+        }
+    }
+
+    fn mac(keyed: &HmacSha256, a: u64, b: u64, dialog: &[u8]) -> [u8; MAC_LEN] {
         let mut m = keyed.clone();
         m.update(&a.to_be_bytes());
         m.update(&b.to_be_bytes());
+        // Length-prefixed: the ids are fixed-size, the dialog is what remains.
+        m.update(&(dialog.len() as u64).to_be_bytes());
+        m.update(dialog);
         let full = m.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&full[..MAC_LEN]);
@@ -185,9 +207,10 @@ impl FlowKeys {
     }
 
     /// The token for a flow between connections `a` and `b` (0: no connection on that
-    /// side): `a.b.mac`, ids and MAC in lower-case hex. `None` only without a key.
-    pub fn token(&self, a: u64, b: u64) -> Option<String> {
-        let mac = FlowKeys::mac(self.keyed.first()?, a, b);
+    /// side) in the dialog (or transaction) `dialog` (its Call-ID): `a.b.mac`, ids and MAC
+    /// in lower-case hex. `None` only without a key.
+    pub fn token(&self, a: u64, b: u64, dialog: &[u8]) -> Option<String> {
+        let mac = FlowKeys::mac(self.states(a, b).first()?, a, b, dialog);
         use std::fmt::Write as _;
         let mut s = String::with_capacity(2 * 16 + 2 + 2 * MAC_LEN);
         // Writing to a String cannot fail.
@@ -198,8 +221,8 @@ impl FlowKeys {
         Some(s)
     }
 
-    /// The two connection ids of a token siprox made with one of these keys.
-    pub fn verify(&self, token: &str) -> Result<(u64, u64), FlowTokenError> {
+    /// The two connection ids of a token siprox made with one of these keys for `dialog`.
+    pub fn verify(&self, token: &str, dialog: &[u8]) -> Result<(u64, u64), FlowTokenError> {
         let mut parts = token.split('.');
         let (Some(a), Some(b), Some(mac), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -218,8 +241,8 @@ impl FlowKeys {
         let got = unhex(mac).ok_or(FlowTokenError::Malformed)?;
         // Every key is tried, so that the time taken does not say which one matched.
         let mut ok = false;
-        for k in &self.keyed {
-            ok |= memcmp::eq(&FlowKeys::mac(k, a, b), &got);
+        for k in self.states(a, b) {
+            ok |= memcmp::eq(&FlowKeys::mac(k, a, b, dialog), &got);
         }
         if ok {
             Ok((a, b))
@@ -247,6 +270,8 @@ fn unhex(s: &str) -> Option<[u8; MAC_LEN]> {
 mod tests {
     use super::*;
 
+    const D: &[u8] = b"call-1@example.com";
+
     fn keys(lines: &str) -> FlowKeys {
         FlowKeys::parse(lines).expect("valid keys")
     }
@@ -254,18 +279,18 @@ mod tests {
     #[test]
     fn a_token_verifies_and_any_change_is_refused() {
         let k = keys(&"a".repeat(32));
-        let t = k.token(0x2a, 7).expect("token");
-        assert_eq!(k.verify(&t), Ok((0x2a, 7)));
+        let t = k.token(0x2a, 7, D).expect("token");
+        assert_eq!(k.verify(&t, D), Ok((0x2a, 7)));
         let (ids, mac) = t.rsplit_once('.').expect("three parts");
         // Another flow with the same MAC, a flipped MAC bit, a truncated MAC.
         let forged = format!("{}.{mac}", ids.replace("2a.7", "2a.8"));
-        assert_eq!(k.verify(&forged), Err(FlowTokenError::BadMac));
+        assert_eq!(k.verify(&forged, D), Err(FlowTokenError::BadMac));
         let mut flipped = mac.to_owned().into_bytes();
         flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
         let flipped = format!("{ids}.{}", String::from_utf8(flipped).expect("hex"));
-        assert_eq!(k.verify(&flipped), Err(FlowTokenError::BadMac));
+        assert_eq!(k.verify(&flipped, D), Err(FlowTokenError::BadMac));
         assert_eq!(
-            k.verify(&format!("{ids}.{}", &mac[..10])),
+            k.verify(&format!("{ids}.{}", &mac[..10]), D),
             Err(FlowTokenError::Malformed)
         );
         for bad in [
@@ -277,11 +302,11 @@ mod tests {
             "1.2.3.4",
             "11111111111111111.1.00",
         ] {
-            assert!(k.verify(bad).is_err(), "{bad}");
+            assert!(k.verify(bad, D).is_err(), "{bad}");
         }
         // Another key refuses it.
         assert_eq!(
-            keys(&"b".repeat(32)).verify(&t),
+            keys(&"b".repeat(32)).verify(&t, D),
             Err(FlowTokenError::BadMac)
         );
     }
@@ -291,28 +316,55 @@ mod tests {
         // The same key file after a restart: connection ids start over, tokens do not carry.
         let before = keys("k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1").with_epoch(7);
         let after = keys("k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1").with_epoch(8);
-        let t = before.token(2, 1).expect("token");
-        assert_eq!(before.verify(&t), Ok((2, 1)));
-        assert_eq!(after.verify(&t), Err(FlowTokenError::BadMac));
+        let t = before.token(2, 1, D).expect("token");
+        assert_eq!(before.verify(&t, D), Ok((2, 1)));
+        assert_eq!(after.verify(&t, D), Err(FlowTokenError::BadMac));
         // A reload keeps the epoch: the same key set verifies what it signed.
         let reloaded = keys("k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1").with_epoch(before.epoch());
-        assert_eq!(reloaded.verify(&t), Ok((2, 1)));
+        assert_eq!(reloaded.verify(&t, D), Ok((2, 1)));
         assert_ne!(FlowKeys::new_epoch(), FlowKeys::new_epoch());
+    }
+
+    #[test]
+    fn a_token_is_bound_to_its_dialog() {
+        let k = keys(&"d".repeat(32));
+        let t = k.token(0, 0, b"call-a").expect("token");
+        assert_eq!(k.verify(&t, b"call-a"), Ok((0, 0)));
+        assert_eq!(k.verify(&t, b"call-b"), Err(FlowTokenError::BadMac));
+        assert_eq!(k.verify(&t, b""), Err(FlowTokenError::BadMac));
+        let t = k.token(3, 4, b"call-a").expect("token");
+        assert_eq!(k.verify(&t, b"call-a"), Ok((3, 4)));
+        assert_eq!(k.verify(&t, b"call-a "), Err(FlowTokenError::BadMac));
+    }
+
+    #[test]
+    fn a_token_without_connections_outlives_a_restart() {
+        // Two UDP peers: no connection id to be reused, so the dialog survives a restart.
+        let before = keys(&"e".repeat(32)).with_epoch(7);
+        let after = keys(&"e".repeat(32)).with_epoch(8);
+        let t = before.token(0, 0, D).expect("token");
+        assert_eq!(after.verify(&t, D), Ok((0, 0)));
+        let t = before.token(0, 5, D).expect("token");
+        assert_eq!(after.verify(&t, D), Err(FlowTokenError::BadMac));
     }
 
     #[test]
     fn rotation_keeps_tokens_of_the_previous_key() {
         let old = keys(&"o".repeat(40));
-        let t = old.token(1, 2).expect("token");
+        let t = old.token(1, 2, D).expect("token");
         let rotated = keys(&format!(
             "# new key first\n{}\n\n{}\n",
             "n".repeat(40),
             "o".repeat(40)
         ));
-        assert_eq!(rotated.verify(&t), Ok((1, 2)));
-        assert_ne!(rotated.token(1, 2), old.token(1, 2), "the new key signs");
+        assert_eq!(rotated.verify(&t, D), Ok((1, 2)));
+        assert_ne!(
+            rotated.token(1, 2, D),
+            old.token(1, 2, D),
+            "the new key signs"
+        );
         let dropped = keys(&"n".repeat(40));
-        assert!(dropped.verify(&t).is_err());
+        assert!(dropped.verify(&t, D).is_err());
     }
 
     #[test]

@@ -100,6 +100,23 @@ pub struct Proxy {
     flow_refused: Arc<AtomicU64>,
 }
 
+/// Why a request cannot be routed: each is answered with its own status and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// A Route or Request-URI that does not parse: 400.
+    BadRoute,
+    /// Not a SIP or SIPS URI: 416.
+    Scheme,
+    /// For siprox itself, and nowhere further to go: 404.
+    NotFound,
+    /// A flow token siprox did not make, or made for another dialog: 403.
+    ForgedToken,
+    /// A request inside a dialog whose Route names siprox without the token siprox put in
+    /// its Record-Route for that dialog: a Route set someone wrote, to be relayed through
+    /// siprox past the script's checks for initial requests: 403.
+    UnsignedDialogRoute,
+}
+
 /// How a request is to be routed, computed the same way by [`Proxy::on_request`] and
 /// [`Proxy::forward_request`].
 #[derive(Debug)]
@@ -280,11 +297,11 @@ impl Proxy {
     }
 
     /// The plan for a scripted forward: the script's target wins, else the route set and
-    /// the (possibly rewritten) Request-URI decide. `Err(code)`: answer with that code.
-    fn plan_for(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Result<Plan, u16> {
+    /// the (possibly rewritten) Request-URI decide. `Err`: answer as [`Refused`] says.
+    fn plan_for(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Result<Plan, Refused> {
         let ruri = match &opts.ruri {
-            Some(u) => Uri::parse(u).map_err(|_| 400u16)?,
-            None => msg.request_uri().map_err(|_| 400u16)?,
+            Some(u) => Uri::parse(u).map_err(|_| Refused::BadRoute)?,
+            None => msg.request_uri().map_err(|_| Refused::BadRoute)?,
         };
         let plan = self.plan(msg, &ruri, rx.conn)?;
         match (plan, &opts.target) {
@@ -300,16 +317,23 @@ impl Proxy {
                 flow: None,
             }),
             // Addressed to siprox itself and nowhere else to go.
-            (None, None) => Err(404),
+            (None, None) => Err(Refused::NotFound),
         }
     }
 
-    fn routing_error(&self, msg: &Message, rx: &Inbound, code: u16) -> Action {
-        match code {
-            416 => self.reply(msg, rx, 416, "Unsupported URI Scheme", ""),
-            404 => self.reply(msg, rx, 404, "Not Found", ""),
-            403 => self.reply(msg, rx, 403, "Forbidden (invalid flow token)", ""),
-            _ => self.reply(msg, rx, 400, "Bad Request (bad Route)", ""),
+    fn routing_error(&self, msg: &Message, rx: &Inbound, why: Refused) -> Action {
+        match why {
+            Refused::Scheme => self.reply(msg, rx, 416, "Unsupported URI Scheme", ""),
+            Refused::NotFound => self.reply(msg, rx, 404, "Not Found", ""),
+            Refused::ForgedToken => self.reply(msg, rx, 403, "Forbidden (invalid flow token)", ""),
+            Refused::UnsignedDialogRoute => self.reply(
+                msg,
+                rx,
+                403,
+                "Forbidden (Route not issued by siprox for this dialog)",
+                "",
+            ),
+            Refused::BadRoute => self.reply(msg, rx, 400, "Bad Request (bad Route)", ""),
         }
     }
 
@@ -409,7 +433,11 @@ impl Proxy {
         };
         let conn = match mine.params.get("i") {
             None => None,
-            Some(i) => match self.cfg.flow_keys.verify(i.unwrap_or("")) {
+            Some(i) => match self
+                .cfg
+                .flow_keys
+                .verify(i.unwrap_or(""), msg.call_id().unwrap_or("").as_bytes())
+            {
                 Ok((c, 0)) if c != 0 => Some(ConnId(c)),
                 _ => {
                     self.flow_refused.fetch_add(1, Ordering::Relaxed);
@@ -508,28 +536,52 @@ impl Proxy {
     }
 
     /// RFC 3261 §16.4 (route information preprocessing) and §16.5/16.6 (target, next hop).
-    /// `Ok(None)`: the request is for siprox itself. `Err(code)`: answer with that code.
+    /// `Ok(None)`: the request is for siprox itself. `Err`: answer as [`Refused`] says.
+    ///
+    /// A request inside a dialog (To has a tag) may only pass siprox's own Route if that
+    /// Route carries the token siprox signed for this dialog's Call-ID in its Record-Route:
+    /// otherwise anyone could write `Route: <sip:siprox;lr>, <sip:anywhere;lr>` and a
+    /// to-tag, and be relayed anywhere past the checks scripts make on initial requests.
+    /// The ACK of a non-2xx reply is exempt: it carries the INVITE's preloaded Route set
+    /// (RFC 3261 §17.1.1.3), which names siprox without a token when a phone uses siprox
+    /// as its outbound proxy.
     fn plan(
         &self,
         msg: &Message,
         ruri: &Uri<'_>,
         rx_conn: Option<ConnId>,
-    ) -> Result<Option<Plan>, u16> {
+    ) -> Result<Option<Plan>, Refused> {
         let mut routes = Vec::new();
         for r in msg.routes() {
-            let r = r.map_err(|_| 400u16)?;
+            let r = r.map_err(|_| Refused::BadRoute)?;
             routes.push(r);
         }
+        let dialog = msg.call_id().unwrap_or("").as_bytes();
         let mut remove_routes = Vec::new();
         let mut new_ruri = None;
         let mut skip_last = false;
-        // A strict router before us put our URI in the Request-URI and the real target in
-        // the last Route.
+        let mut own = false;
+        let mut signed = false;
+        let mut flow = None;
+        // A strict router before us put our URI (our Record-Route, token and all) in the
+        // Request-URI and the real target in the last Route.
         if self.uri_is_me(ruri) && !routes.is_empty() {
             let last = routes.len() - 1;
             new_ruri = Some(routes[last].uri_str.to_owned());
             remove_routes.push(last);
             skip_last = true;
+            own = true;
+            match flow_of_route(ruri, rx_conn, &self.cfg.flow_keys, dialog) {
+                Ok(RouteToken::None) => {}
+                Ok(RouteToken::Signed(f)) => {
+                    signed = true;
+                    flow = f;
+                }
+                Err(_) => {
+                    self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(Refused::ForgedToken);
+                }
+            }
         }
         let usable = if skip_last {
             routes.len() - 1
@@ -537,29 +589,40 @@ impl Proxy {
             routes.len()
         };
         let mut first = 0;
-        let mut flow = None;
         while first < usable {
             match routes[first].uri() {
                 Ok(u) if self.uri_is_me(&u) => {
-                    if flow.is_none() {
-                        flow = match flow_of_route(&u, rx_conn, &self.cfg.flow_keys) {
-                            Ok(f) => f,
-                            Err(_) => {
-                                self.flow_refused.fetch_add(1, Ordering::Relaxed);
-                                return Err(403);
+                    own = true;
+                    // Every own Route's token is checked (a double Record-Route puts two).
+                    match flow_of_route(&u, rx_conn, &self.cfg.flow_keys, dialog) {
+                        Ok(RouteToken::None) => {}
+                        Ok(RouteToken::Signed(f)) => {
+                            signed = true;
+                            if flow.is_none() {
+                                flow = f;
                             }
-                        };
+                        }
+                        Err(_) => {
+                            self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                            return Err(Refused::ForgedToken);
+                        }
                     }
                     remove_routes.push(first);
                     first += 1;
                 }
                 Ok(_) => break,
-                Err(_) => return Err(400),
+                Err(_) => return Err(Refused::BadRoute),
             }
         }
+        if own && !signed && msg.method_kind() != Some(Method::Ack) && in_dialog(msg) {
+            self.flow_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::UnsignedDialogRoute);
+        }
         if first < usable {
-            let u = routes[first].uri().map_err(|_| 400u16)?;
-            let Uri::Sip(s) = u else { return Err(416) };
+            let u = routes[first].uri().map_err(|_| Refused::BadRoute)?;
+            let Uri::Sip(s) = u else {
+                return Err(Refused::Scheme);
+            };
             // A next hop that is a strict router (no `lr`) would need the Request-URI moved
             // into Route (§16.6 step 6); siprox sends to it as a loose router, which every
             // router since RFC 3261 is.
@@ -574,7 +637,7 @@ impl Proxy {
         let target_store;
         let target = match &new_ruri {
             Some(t) => {
-                target_store = Uri::parse(t).map_err(|_| 400u16)?;
+                target_store = Uri::parse(t).map_err(|_| Refused::BadRoute)?;
                 &target_store
             }
             None => ruri,
@@ -591,7 +654,7 @@ impl Proxy {
                     flow,
                 }))
             }
-            _ => Err(416),
+            _ => Err(Refused::Scheme),
         }
     }
 
@@ -658,19 +721,24 @@ impl Proxy {
                 RecordRoute::Always => true,
                 RecordRoute::OnTransportChange => change,
             };
-        // RFC 5626 flow token: the connections on both sides of siprox, so that in-dialog
-        // requests from either side go back over the other side's connection (phones
-        // behind NAT cannot be reached at their Contact).
-        let mut rr_params = opts.rr_params.clone().unwrap_or_default();
-        if rx.conn.is_some() || dest.connection().is_some() {
-            let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
-            if let Some(t) = self.cfg.flow_keys.token(id(rx.conn), id(dest.connection())) {
-                let _ = write!(rr_params, ";fl={t}");
-            }
-        }
-        let rr_params = rr_params.as_str();
+        let dialog = msg.call_id().unwrap_or("").as_bytes();
         let method = msg.method_kind();
         if rr && method != Some(Method::Register) {
+            // RFC 5626 flow token: the connections on both sides of siprox, so that
+            // in-dialog requests from either side go back over the other side's connection
+            // (phones behind NAT cannot be reached at their Contact); signed for this
+            // Call-ID, which is what lets an in-dialog request through siprox's Route at
+            // all (see `plan`), so every Record-Route carries one, UDP too.
+            let mut rr_params = opts.rr_params.clone().unwrap_or_default();
+            let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
+            if let Some(t) = self
+                .cfg
+                .flow_keys
+                .token(id(rx.conn), id(dest.connection()), dialog)
+            {
+                let _ = write!(rr_params, ";fl={t}");
+            }
+            let rr_params = rr_params.as_str();
             // Prepends keep their call order: the outbound-facing entry goes first.
             let mut v = String::with_capacity(64);
             self.rr_value(&mut v, dest.transport, toward, change, rr_params);
@@ -688,7 +756,10 @@ impl Proxy {
         self.write_branch(&mut via, msg);
         // The connection the response goes back over, signed like a flow token: a forged
         // response must not be able to name another peer's connection.
-        if let Some(t) = rx.conn.and_then(|c| self.cfg.flow_keys.token(c.0, 0)) {
+        if let Some(t) = rx
+            .conn
+            .and_then(|c| self.cfg.flow_keys.token(c.0, 0, dialog))
+        {
             let _ = write!(via, ";i={t}");
         }
         if let Some(tag) = opts.script_tag.as_deref() {
@@ -1014,38 +1085,57 @@ impl Fnv {
 #[cfg(test)]
 mod tests;
 
+/// What an own Route's (or a strict router's Request-URI's) `fl=` parameter says.
+enum RouteToken {
+    /// No token.
+    None,
+    /// A token siprox signed for this dialog, and the flow it names for a request that
+    /// arrived on the connection it came in on (`None`: no connection to use).
+    Signed(Option<Destination>),
+}
+
+/// A request inside a dialog: its To carries a tag (RFC 3261 §12.2).
+fn in_dialog(msg: &Message) -> bool {
+    msg.to().ok().is_some_and(|t| t.tag().is_some())
+}
+
 /// The flow an own Route's `fl=<a>.<b>.<mac>` names for a request that arrived on
-/// `rx_conn`: one that came in on connection `a` goes out on `b`, and the other way round.
-/// The transport is the Route's (flows are TCP or TLS). `Err`: a token siprox did not make
-/// (forged, altered, or of a key no longer held): the request is refused.
+/// `rx_conn` in the dialog `dialog` (its Call-ID): one that came in on connection `a`
+/// goes out on `b`, and the other way round. The transport is the Route's (flows are TCP
+/// or TLS). `Err`: a token siprox did not make for this dialog (forged, altered, of
+/// another dialog, or of a key no longer held): the request is refused.
 fn flow_of_route(
     u: &Uri<'_>,
     rx_conn: Option<ConnId>,
     keys: &FlowKeys,
-) -> Result<Option<Destination>, FlowTokenError> {
+    dialog: &[u8],
+) -> Result<RouteToken, FlowTokenError> {
     let Some(s) = u.as_sip() else {
-        return Ok(None);
+        return Ok(RouteToken::None);
     };
     let Some(fl) = s.params.get("fl") else {
-        return Ok(None);
+        return Ok(RouteToken::None);
     };
-    let (a, b) = keys.verify(fl.unwrap_or(""))?;
+    let (a, b) = keys.verify(fl.unwrap_or(""), dialog)?;
     let rx = rx_conn.map(|c| c.0);
     let out = if rx == Some(a) {
         b
     } else if rx == Some(b) {
         a
     } else {
-        return Ok(None);
+        return Ok(RouteToken::Signed(None));
     };
     if out == 0 {
-        return Ok(None);
+        return Ok(RouteToken::Signed(None));
     }
     let transport = match s.transport().and_then(Transport::parse) {
         Some(t @ (Transport::Tcp | Transport::Tls)) => t,
         _ if s.secure => Transport::Tls,
-        _ => return Ok(None),
+        _ => return Ok(RouteToken::Signed(None)),
     };
     // No address: a flow is only ever used while its connection is open.
-    Ok(Some(Destination::flow(transport, ConnId(out))))
+    Ok(RouteToken::Signed(Some(Destination::flow(
+        transport,
+        ConnId(out),
+    ))))
 }

@@ -61,6 +61,20 @@ CSeq: 1 INVITE\n\
     ))
 }
 
+/// A request inside dialog `call-1` (To has a tag).
+fn in_dialog(method: &str, ruri: &str, extra: &str) -> Message {
+    msg(&format!(
+        "{method} {ruri} SIP/2.0\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKbye;rport\n\
+Max-Forwards: 70\n\
+To: <sip:bob@example.com>;tag=b1\n\
+From: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-1\n\
+CSeq: 2 {method}\n\
+{extra}Content-Length: 0\n\n"
+    ))
+}
+
 fn sent(a: Action) -> (Destination, Message) {
     match a {
         Action::Send { dest, bytes } => (dest, Message::parse(bytes).unwrap()),
@@ -268,7 +282,11 @@ fn double_record_route_on_transport_change() {
         .record_routes()
         .map(|r| r.unwrap().uri_str.to_owned())
         .collect();
-    let fl = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let fl = p
+        .config()
+        .flow_keys
+        .token(0x2a, 0, b"call-1")
+        .expect("token");
     assert!(fl.starts_with("2a.0."), "{fl}");
     assert_eq!(
         rr,
@@ -278,15 +296,20 @@ fn double_record_route_on_transport_change() {
         ]
     );
     // Our Via carries the inbound connection for the response path.
-    let i = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let i = p
+        .config()
+        .flow_keys
+        .token(0x2a, 0, b"call-1")
+        .expect("token");
     assert_eq!(
         out.top_via().unwrap().params.get("i"),
         Some(Some(i.as_str()))
     );
     // The in-dialog request that comes back with that route set crosses back to TLS.
-    let back = invite(
+    let back = in_dialog(
+        "BYE",
         "sip:alice@198.51.100.7:40123;transport=tls",
-        "Route: <sip:192.0.2.10:5060;lr;r2=on>, <sip:192.0.2.10:5061;transport=tls;lr;r2=on>\n",
+        &format!("Route: <{}>, <{}>\n", rr[0], rr[1]),
     );
     match p.on_request(&back, &udp_in()) {
         Action::Send { dest, bytes } => {
@@ -352,7 +375,11 @@ CSeq: 1 INVITE\nContent-Length: 0\n\n"
         ))
     };
     // A forged connection id (the old unsigned form, or another id under a MAC): dropped.
-    let good = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let good = p
+        .config()
+        .flow_keys
+        .token(0x2a, 0, b"call-1")
+        .expect("token");
     let (_, mac) = good.rsplit_once('.').expect("mac");
     for forged in ["2a".to_owned(), format!("2b.0.{mac}")] {
         assert!(
@@ -438,7 +465,8 @@ fn scripted_forward_applies_the_script_edits() {
         .record_routes()
         .map(|r| r.unwrap().uri_str.to_owned())
         .collect();
-    assert_eq!(rr, vec!["sip:192.0.2.10:5060;lr;ftag=a1"]);
+    let fl = p.config().flow_keys.token(0, 0, b"call-1").expect("token");
+    assert_eq!(rr, vec![format!("sip:192.0.2.10:5060;lr;ftag=a1;fl={fl}")]);
     assert_eq!(
         out.top_via().unwrap().params.get("sx"),
         Some(Some("tenant.example"))
@@ -485,7 +513,11 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
     // Alice (connection 2a) called Bob (connection 7) through siprox; its Record-Route
     // carries both. Requests from either side go over the other side's connection, whatever
     // unreachable Contact the Request-URI names.
-    let fl = p.config().flow_keys.token(0x2a, 7).expect("token");
+    let fl = p
+        .config()
+        .flow_keys
+        .token(0x2a, 7, b"call-1")
+        .expect("token");
     let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
     let route = route.as_str();
     let from_alice = invite("sip:bob@10.1.2.3:5061;transport=tls", route);
@@ -514,7 +546,11 @@ fn flow_tokens_send_in_dialog_requests_over_the_other_sides_connection() {
 fn a_response_to_a_via_host_name_goes_only_over_its_connection() {
     let p = proxy(RecordRoute::Never);
     // No received/rport address: only the connection the request came on can carry it.
-    let i = p.config().flow_keys.token(0x2a, 0).expect("token");
+    let i = p
+        .config()
+        .flow_keys
+        .token(0x2a, 0, b"call-1")
+        .expect("token");
     let r = msg(&format!(
         "SIP/2.0 200 OK\n\
 Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-sx1;i={i}\n\
@@ -534,7 +570,11 @@ fn forwarding_to_a_flow_records_both_connections() {
     // The flow's own connection goes into the Record-Route token, though the destination
     // has no address: in-dialog requests must find both sides again.
     let p = proxy(RecordRoute::Always);
-    let fl = p.config().flow_keys.token(0x2a, 7).expect("token");
+    let fl = p
+        .config()
+        .flow_keys
+        .token(0x2a, 7, b"call-1")
+        .expect("token");
     let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
     let (dest, out) = sent(p.on_request(
         &invite("sip:bob@10.1.2.3:5061;transport=tls", &route),
@@ -615,7 +655,11 @@ fn forged_or_altered_flow_tokens_are_refused_and_counted() {
     let p = proxy(RecordRoute::Never);
     let mut from_mallory = tls_in();
     from_mallory.conn = Some(ConnId(3));
-    let good = p.config().flow_keys.token(0x2a, 7).expect("token");
+    let good = p
+        .config()
+        .flow_keys
+        .token(0x2a, 7, b"call-1")
+        .expect("token");
     // The old unsigned form, Mallory's own connection paired with a victim's, a valid
     // token with one id changed, and one signed by another key.
     let other = FlowKeys::parse(&"x".repeat(32)).expect("key");
@@ -623,7 +667,7 @@ fn forged_or_altered_flow_tokens_are_refused_and_counted() {
     for fl in [
         "3.7".to_owned(),
         format!("3.7.{mac}"),
-        other.token(3, 7).expect("token"),
+        other.token(3, 7, b"call-1").expect("token"),
         format!("{good}0"),
     ] {
         let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;fl={fl}>\n");
@@ -637,4 +681,73 @@ fn forged_or_altered_flow_tokens_are_refused_and_counted() {
         );
     }
     assert_eq!(p.flow_counter().load(Ordering::Relaxed), 8);
+}
+
+#[test]
+fn in_dialog_requests_pass_siprox_only_with_the_route_it_signed_for_the_dialog() {
+    // Mallory has no dialog through siprox, writes siprox's Route and a foreign one, and a
+    // to-tag: relaying that would skip every check scripts make on initial requests.
+    let p = proxy(RecordRoute::Never);
+    let forged = "Route: <sip:192.0.2.10;lr>, <sip:203.0.113.66;lr>\n";
+    let bye = in_dialog("BYE", "sip:victim@203.0.113.66", forged);
+    let (code, reason) = reply_code(&p.on_request(&bye, &udp_in()));
+    assert_eq!(code, 403);
+    assert!(reason.contains("not issued by siprox"), "{reason}");
+    assert_eq!(
+        reply_code(&p.forward_with(&bye, &udp_in(), &ForwardOpts::default())).0,
+        403
+    );
+    // The same through a strict router's Request-URI.
+    let strict = in_dialog(
+        "INFO",
+        "sip:192.0.2.10",
+        "Route: <sip:victim@203.0.113.66>\n",
+    );
+    assert_eq!(reply_code(&p.on_request(&strict, &udp_in())).0, 403);
+    assert_eq!(p.flow_counter().load(Ordering::Relaxed), 3);
+    // A token of another dialog is no better.
+    let other = p.config().flow_keys.token(0, 0, b"call-2").expect("token");
+    let reused = format!("Route: <sip:192.0.2.10;lr;fl={other}>, <sip:203.0.113.66;lr>\n");
+    let bye = in_dialog("BYE", "sip:victim@203.0.113.66", &reused);
+    assert_eq!(reply_code(&p.on_request(&bye, &udp_in())).0, 403);
+    // The ACK of a non-2xx reply carries the INVITE's preloaded Route (RFC 3261
+    // §17.1.1.3): a phone using siprox as outbound proxy names siprox without a token.
+    let ack = in_dialog("ACK", "sip:bob@203.0.113.5", "Route: <sip:192.0.2.10;lr>\n");
+    let (dest, _) = sent(p.on_request(&ack, &udp_in()));
+    assert_eq!(
+        dest.socket_addr(),
+        Some("203.0.113.5:5060".parse().unwrap())
+    );
+    // Outside a dialog, a preloaded Route naming siprox (an outbound proxy) still goes.
+    let invite = invite("sip:bob@203.0.113.5", "Route: <sip:192.0.2.10;lr>\n");
+    let (dest, _) = sent(p.on_request(&invite, &udp_in()));
+    assert_eq!(
+        dest.socket_addr(),
+        Some("203.0.113.5:5060".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_udp_dialog_gets_a_signed_record_route_that_lets_its_requests_through() {
+    let p = proxy(RecordRoute::Always);
+    let (_, out) = sent(p.on_request(&invite("sip:bob@203.0.113.5", ""), &udp_in()));
+    let rr: Vec<_> = out
+        .record_routes()
+        .map(|r| r.unwrap().uri_str.to_owned())
+        .collect();
+    let fl = p.config().flow_keys.token(0, 0, b"call-1").expect("token");
+    assert_eq!(rr, vec![format!("sip:192.0.2.10:5060;lr;fl={fl}")]);
+    // Bob's BYE with the route set he was given goes to Alice's Contact.
+    let bye = in_dialog(
+        "BYE",
+        "sip:alice@198.51.100.7:5060",
+        &format!("Route: <{}>\n", rr[0]),
+    );
+    let (dest, out) = sent(p.on_request(&bye, &udp_in()));
+    assert_eq!(
+        dest.socket_addr(),
+        Some("198.51.100.7:5060".parse().unwrap())
+    );
+    assert_eq!(out.routes().count(), 0);
+    assert_eq!(p.flow_counter().load(Ordering::Relaxed), 0);
 }
