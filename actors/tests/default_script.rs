@@ -5,7 +5,8 @@
 //! client with a verified certificate is relayed, and OPTIONS keepalives to siprox are
 //! answered. A request made to look in-dialog (a to-tag, and a Route set that names siprox
 //! and then the foreign host, as `loose_route()` follows) is refused with 403 too, and so
-//! are an anonymous CANCEL and ACK for the foreign host. Real sockets on 127.0.0.1:0, real
+//! are an anonymous CANCEL and ACK for the foreign host, while a CANCEL from one of our
+//! users is relayed, never challenged. Real sockets on 127.0.0.1:0, real
 //! TLS.
 
 mod common;
@@ -174,6 +175,36 @@ async fn refuses_anonymous_relaying(script: &str) {
     )
     .await
     .unwrap();
+
+    // A CANCEL of one of our users is never challenged (RFC 3261 §9.2: it cannot be
+    // resubmitted): it goes where its INVITE went. The UAS answers it.
+    c.send_to(
+        relay_attempt_with(
+            "CANCEL",
+            uas,
+            "UDP",
+            "udp-cancel-ours",
+            "alice@example.com",
+            "",
+            "",
+        )
+        .as_bytes(),
+        udp,
+    )
+    .await
+    .unwrap();
+    let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
+        .await
+        .expect("answered")
+        .unwrap();
+    let r = String::from_utf8_lossy(&b[..n]).to_string();
+    assert_eq!(status(&r), Some(200), "CANCEL of our user: {r}");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        1,
+        "only that CANCEL was relayed"
+    );
+    reached.store(0, Ordering::SeqCst);
 
     // OPTIONS keepalive to siprox itself.
     c.send_to(options_to(udp, "UDP", "keepalive").as_bytes(), udp)
