@@ -54,6 +54,17 @@ fn relay_attempt_with(
     )
 }
 
+/// Sends `m` to siprox at `to` from `c` and returns the answer.
+async fn ask(c: &UdpSocket, m: &str, to: std::net::SocketAddr) -> String {
+    c.send_to(m.as_bytes(), to).await.unwrap();
+    let mut b = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
+        .await
+        .expect("answered")
+        .unwrap();
+    String::from_utf8_lossy(&b[..n]).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_script_refuses_anonymous_relaying() {
     refuses_anonymous_relaying(concat!(
@@ -122,23 +133,12 @@ async fn refuses_anonymous_relaying(script: &str) {
 
     // UDP: anonymous, foreign From -> 403; with a to-tag -> 403; our domain -> 407.
     let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut b = vec![0u8; 65536];
     for (call, from, to_tag, want) in [
         ("udp-anon", "mallory@evil.example", "", 403),
         ("udp-tag", "mallory@evil.example", ";tag=made-up", 403),
         ("udp-ours", "alice@example.com", "", 407),
     ] {
-        c.send_to(
-            relay_attempt(uas, "UDP", call, from, to_tag).as_bytes(),
-            udp,
-        )
-        .await
-        .unwrap();
-        let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
-            .await
-            .expect("answered")
-            .unwrap();
-        let r = String::from_utf8_lossy(&b[..n]).to_string();
+        let r = ask(&c, &relay_attempt(uas, "UDP", call, from, to_tag), udp).await;
         // A to-tag without siprox's Route is no dialog of ours: refused (403), or "not
         // here" (404) as the documented example answers it; never relayed.
         let got = status(&r);
@@ -154,18 +154,8 @@ async fn refuses_anonymous_relaying(script: &str) {
         ("INVITE", "udp-reinvite", ";tag=made-up", crafted.as_str()),
         ("CANCEL", "udp-cancel", "", ""),
     ] {
-        c.send_to(
-            relay_attempt_with(method, uas, "UDP", call, "m@evil.example", to_tag, route)
-                .as_bytes(),
-            udp,
-        )
-        .await
-        .unwrap();
-        let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
-            .await
-            .expect("answered")
-            .unwrap();
-        let r = String::from_utf8_lossy(&b[..n]).to_string();
+        let m = relay_attempt_with(method, uas, "UDP", call, "m@evil.example", to_tag, route);
+        let r = ask(&c, &m, udp).await;
         assert_eq!(status(&r), Some(403), "{method} {call}: {r}");
     }
     // An anonymous ACK for the foreign host (no answer is ever sent to an ACK).
@@ -178,26 +168,16 @@ async fn refuses_anonymous_relaying(script: &str) {
 
     // A CANCEL of one of our users is never challenged (RFC 3261 §9.2: it cannot be
     // resubmitted): it goes where its INVITE went. The UAS answers it.
-    c.send_to(
-        relay_attempt_with(
-            "CANCEL",
-            uas,
-            "UDP",
-            "udp-cancel-ours",
-            "alice@example.com",
-            "",
-            "",
-        )
-        .as_bytes(),
-        udp,
-    )
-    .await
-    .unwrap();
-    let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
-        .await
-        .expect("answered")
-        .unwrap();
-    let r = String::from_utf8_lossy(&b[..n]).to_string();
+    let m = relay_attempt_with(
+        "CANCEL",
+        uas,
+        "UDP",
+        "udp-cancel-ours",
+        "alice@example.com",
+        "",
+        "",
+    );
+    let r = ask(&c, &m, udp).await;
     assert_eq!(status(&r), Some(200), "CANCEL of our user: {r}");
     assert_eq!(
         reached.load(Ordering::SeqCst),
@@ -207,14 +187,8 @@ async fn refuses_anonymous_relaying(script: &str) {
     reached.store(0, Ordering::SeqCst);
 
     // OPTIONS keepalive to siprox itself.
-    c.send_to(options_to(udp, "UDP", "keepalive").as_bytes(), udp)
-        .await
-        .unwrap();
-    let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
-        .await
-        .expect("answered")
-        .unwrap();
-    assert_eq!(status(&String::from_utf8_lossy(&b[..n])), Some(200));
+    let r = ask(&c, &options_to(udp, "UDP", "keepalive"), udp).await;
+    assert_eq!(status(&r), Some(200), "{r}");
 
     // TCP and TLS without a certificate: 403.
     let mut s = TcpStream::connect(tcp).await.unwrap();
