@@ -264,8 +264,8 @@ pub(crate) mod adapters {
 
     fn outcome_json(o: &ReloadOutcome) -> Value {
         match o {
-            ReloadOutcome::Published { changed } => {
-                json!({"result": "published", "changed": changed})
+            ReloadOutcome::Published { changed, refused } => {
+                json!({"result": "published", "changed": changed, "refused": refused})
             }
             ReloadOutcome::Unchanged => json!({"result": "unchanged"}),
             ReloadOutcome::Failed { errors } => json!({"result": "failed", "errors": errors}),
