@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::state::resolve;
 use siprox::auth::{Authenticator, Users};
-use siprox::config::{Class, Config};
+use siprox::config::Config;
 use siprox::proxy::{FlowKeys, Listen};
 
 use crate::reload::error::{ReloadError, UsersFileError};
@@ -65,7 +65,7 @@ pub(crate) struct Pending {
     auth: (Arc<Authenticator>, u64),
     flow_keys: FlowKeys,
     flow_refused: Arc<AtomicU64>,
-    changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
 }
 
 impl Pending {
@@ -101,9 +101,9 @@ pub(crate) struct JobResult {
     pub(crate) config_digest: Option<u64>,
     /// Directories to watch from now on (None: keep the current ones).
     pub(crate) watch: Option<BTreeSet<PathBuf>>,
-    /// Restart-only keys whose configured value differs from the running one (None:
-    /// conf.d was not read again, the last list stands).
-    pub(crate) restart_only: Option<Vec<siprox::config::Change>>,
+    /// Keys whose configured value differs from the one in force (None: conf.d was not
+    /// read again, the last list stands). The restart-only ones stay as they run.
+    pub(crate) changes: Option<Vec<siprox::config::Change>>,
     /// What was not applied though the rest was (with `Publish`/`Compile`): tenants that
     /// keep their last good build, the global part of conf.d.
     pub(crate) kept: Vec<ReloadError>,
@@ -126,6 +126,7 @@ impl Job {
         // What this reload could not apply of conf.d's global part: the rest still goes
         // ahead (tenants' files and material).
         let mut global: Vec<ReloadError> = Vec::new();
+        // Every key that differs from what runs (when conf.d was read again).
         let mut restart_only = None;
         let mut config = match &self.config_dir {
             Some(dir) if !unchanged => match super::files::load(dir) {
@@ -150,20 +151,15 @@ impl Job {
             }
             let changes = siprox::config::diff(running, &config);
             config = siprox::config::pin_restart_only(running, &config, &changes);
-            restart_only = Some(
-                changes
-                    .into_iter()
-                    .filter(|c| c.class == Class::RestartOnly)
-                    .collect(),
-            );
+            restart_only = Some(changes);
         }
         // A refused global part is read again at every check until it loads.
         let digest = if global.is_empty() { digest } else { None };
         let watch = Some(watch_dirs(&config, self.config_dir.as_deref(), &self.base));
-        let fail = |errors: Vec<ReloadError>, watch, restart_only| JobResult {
+        let fail = |errors: Vec<ReloadError>, watch, changes| JobResult {
             outcome: JobOutcome::Failed(errors),
             watch,
-            restart_only,
+            changes,
             kept: Vec::new(),
             domains_checked: false,
             scripts_digest: None,
@@ -240,7 +236,7 @@ impl Job {
                     JobOutcome::Failed(kept)
                 },
                 watch,
-                restart_only,
+                changes: restart_only,
                 kept: Vec::new(),
                 domains_checked: true,
                 scripts_digest: None,
@@ -287,7 +283,7 @@ impl Job {
         JobResult {
             outcome,
             watch,
-            restart_only,
+            changes: restart_only,
             kept,
             domains_checked: true,
             scripts_digest: Some(scripts_digest),

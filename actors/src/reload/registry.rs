@@ -31,7 +31,8 @@ use crate::tls::unix_now;
 // here too, where a reader of the registry looks for it.
 pub use crate::reload::job::config_digest;
 pub use crate::state::messages::{
-    DomainStatus, Reload, ReloadCause, ReloadOutcome, ReloadRecord, ScriptHealth, TlsStatus,
+    DomainStatus, Reload, ReloadCause, ReloadOutcome, ReloadPreview, ReloadRecord, ScriptHealth,
+    TlsStatus,
 };
 
 /// Seconds in a day: the period of the certificate expiry reminder.
@@ -192,7 +193,7 @@ impl DomainRegistry {
                         "the reload task failed: {e}"
                     ))]),
                     watch: None,
-                    restart_only: None,
+                    changes: None,
                     kept: Vec::new(),
                     domains_checked: false,
                 });
@@ -243,8 +244,13 @@ impl DomainRegistry {
         waiters: Vec<oneshot::Sender<ReloadOutcome>>,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(pending) = result.restart_only {
-            self.note_restart_only(pending);
+        if let Some(changes) = result.changes {
+            self.note_restart_only(
+                changes
+                    .into_iter()
+                    .filter(|c| c.class == siprox::config::Class::RestartOnly)
+                    .collect(),
+            );
         }
         let now = SystemTime::now();
         // The problems of this reload: what it refused whole, or what it published without.
@@ -547,6 +553,56 @@ impl DomainRegistry {
         }
     }
 
+    /// A dry run: the reload job against what runs, conf.d read again whatever its digest,
+    /// the changed scripts compiled without the cache; nothing published, nothing of the
+    /// registry's state touched. It runs beside a real reload, never instead of one.
+    fn preview(&self) -> impl std::future::Future<Output = ReloadOutcome> + 'static {
+        let job = Job {
+            scripts_digest: self.scripts_digest,
+            config_digest: None,
+            config_dir: self.config_dir.clone(),
+            base: self.base.clone(),
+            prev: self.shared.snapshot.load_full(),
+            listens: self.listens.clone(),
+            has_tls: self.has_tls,
+            users_digest: self.users_digest,
+        };
+        async move {
+            let run = tokio::task::spawn_blocking(move || {
+                let r = job.run();
+                let mut p = ReloadPreview {
+                    changes: r.changes.unwrap_or_default(),
+                    domains: Vec::new(),
+                    refused: r.kept.iter().map(ToString::to_string).collect(),
+                    errors: Vec::new(),
+                };
+                match r.outcome {
+                    JobOutcome::Publish(_, changed) => p.domains = changed,
+                    JobOutcome::Unchanged => {}
+                    JobOutcome::Failed(errors) => {
+                        p.errors = errors.iter().map(ToString::to_string).collect();
+                    }
+                    JobOutcome::Compile(pending) => {
+                        p.domains.clone_from(&pending.changed);
+                        if let Err(errors) = crate::reload::script::compile_sources(
+                            &pending.config,
+                            &pending.sources,
+                        ) {
+                            p.errors = errors.iter().map(ToString::to_string).collect();
+                        }
+                    }
+                }
+                p
+            });
+            match run.await {
+                Ok(p) => ReloadOutcome::Preview(Box::new(p)),
+                Err(e) => ReloadOutcome::Failed {
+                    errors: vec![format!("reload: the dry run failed: {e}")],
+                },
+            }
+        }
+    }
+
     fn start_watcher(&mut self, config: &Config, ctx: &mut Context<Self>) {
         if !config.tls.watch || self.config_dir.is_none() {
             return;
@@ -638,6 +694,9 @@ impl Handler<Reload> for DomainRegistry {
     type Result = ResponseFuture<ReloadOutcome>;
 
     fn handle(&mut self, msg: Reload, ctx: &mut Self::Context) -> Self::Result {
+        if msg.cause == ReloadCause::DryRun {
+            return Box::pin(self.preview());
+        }
         let (tx, rx) = oneshot::channel();
         self.request(msg.cause, Some(tx), ctx);
         Box::pin(async move {

@@ -86,6 +86,9 @@ pub enum ReloadCause {
     Periodic,
     /// `tls.reload` / `cfg.reload` or `RuntimeHandle::reload`.
     Request,
+    /// `cfg.reload` with `dry_run`: read and build everything, publish nothing, answer
+    /// [`ReloadOutcome::Preview`]. Never coalesced with a real reload.
+    DryRun,
 }
 
 /// Reload now (coalesced with any reload already waiting). Replies once the reload that
@@ -112,6 +115,23 @@ pub enum ReloadOutcome {
     /// The candidate was refused; the running snapshot stays. One line per problem, each
     /// naming the domain, the file and the reason.
     Failed { errors: Vec<String> },
+    /// A dry run ([`ReloadCause::DryRun`]): what a reload would do now.
+    Preview(Box<ReloadPreview>),
+}
+
+/// What a reload would do, without doing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadPreview {
+    /// Every key of conf.d whose value differs from the one in force, with its class
+    /// (restart-only ones would stay as they are).
+    pub changes: Vec<siprox::config::Change>,
+    /// TLS domains that would be added, removed or rebuilt.
+    pub domains: Vec<String>,
+    /// What would not be applied while the rest would (a tenant kept on its last good
+    /// configuration, the global part of conf.d).
+    pub refused: Vec<String>,
+    /// What would refuse the whole reload.
+    pub errors: Vec<String>,
 }
 
 /// One reload, for the status.
