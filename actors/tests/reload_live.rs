@@ -583,3 +583,45 @@ async fn log_level_and_format_apply_without_a_restart() {
         d.lines()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_global_file_refuses_the_global_part_only() {
+    assert!(logs::install_at(LevelFilter::INFO), "log capture");
+    let s = Site::new();
+    s.tenant("glob-b", "glob-b-0.example");
+    let rt = s.t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+
+    // 00-core.toml does not parse: B's rotation still applies.
+    s.t.write("conf.d/00-core.toml", b"[runtime\nworkers = 2\n");
+    s.t.leaf("glob-b", "glob-b-1.example");
+    match rt.reload().await {
+        ReloadOutcome::Published { changed, refused } => {
+            assert_eq!(changed, vec!["glob-b".to_owned()]);
+            assert!(
+                refused.iter().any(|e| e.contains("00-core.toml")),
+                "{refused:?}"
+            );
+        }
+        other => panic!("the rotation must apply: {other:?}"),
+    }
+    assert_eq!(cn_of(addr, "glob-b.example").await, "glob-b-1.example");
+
+    // A global value that is refused (by the runtime's checks, or by validation): the
+    // global part stays as it runs, a rotation still applies.
+    s.core(2, "[\"admin\"]", "[connections]\nsend_timeout = \"0s\"\n");
+    s.t.leaf("glob-b", "glob-b-2.example");
+    match rt.reload().await {
+        ReloadOutcome::Published { changed, refused } => {
+            assert!(changed.contains(&"glob-b".to_owned()), "{changed:?}");
+            assert!(
+                refused.iter().any(|e| e.contains("send_timeout")),
+                "{refused:?}"
+            );
+        }
+        other => panic!("the rotation must apply: {other:?}"),
+    }
+    assert_eq!(cn_of(addr, "glob-b.example").await, "glob-b-2.example");
+    assert_eq!(rt.snapshot().conn.send_timeout.as_secs(), 5);
+    rt.shutdown();
+}

@@ -3,10 +3,11 @@
 //! (directories, never files: certbot renames and Kubernetes `..data` symlink swaps blind a
 //! watch on the file itself), and reloads on file events (debounced), SIGHUP, a periodic
 //! hash check and the `Reload` message (RPC). A reload re-reads the configuration, rebuilds
-//! only the domains whose inputs changed, on a blocking thread, validates the whole
-//! candidate and publishes it with one `store()`, or keeps the running snapshot and says
-//! why. Must never block the control arbiter, run two builds at once, or publish half a
-//! reload. docs/reload.md walks the whole path.
+//! only the domains whose inputs changed, on a blocking thread, and publishes the candidate
+//! with one `store()`: a tenant that does not build keeps its last good build, restart-only
+//! keys keep their running values and are warned about once, and what was not applied is
+//! said, per domain and per script file. Must never block the control arbiter, run two
+//! builds at once, or publish half a snapshot. docs/reload.md walks the whole path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
