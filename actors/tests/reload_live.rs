@@ -193,6 +193,19 @@ async fn restart_only_keys_are_warned_once_and_live_keys_apply() {
     assert_eq!(snap.conn.idle_timeout.as_secs(), 42);
     assert_eq!(snap.config.runtime.workers, 2, "still what runs");
     assert_eq!(snap.config.management.allow, vec!["admin", "ops"]);
+    // The applied settings are named too (a reload used to say only `changed=[]`).
+    assert_eq!(
+        logged(
+            Level::INFO,
+            &[
+                "configuration reloaded",
+                "connections.idle_timeout",
+                "management.allow"
+            ]
+        )
+        .len(),
+        1
+    );
     let warned = logged(Level::WARN, &["runtime.workers = 3 (in force: 2)"]);
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert_eq!(rt.reload().await, ReloadOutcome::Unchanged);

@@ -245,13 +245,20 @@ impl DomainRegistry {
         waiters: Vec<oneshot::Sender<ReloadOutcome>>,
         ctx: &mut Context<Self>,
     ) {
+        // The live settings this reload applies, for its log line (tenants' tables are named
+        // by `changed`, as domains).
+        let mut applied = String::new();
         if let Some(changes) = result.changes {
-            self.note_restart_only(
-                changes
-                    .into_iter()
-                    .filter(|c| c.class == siprox::config::Class::RestartOnly)
-                    .collect(),
-            );
+            let (restart, live): (Vec<_>, Vec<_>) = changes
+                .into_iter()
+                .partition(|c| c.class == siprox::config::Class::RestartOnly);
+            applied = live
+                .iter()
+                .filter(|c| !c.key.starts_with("domains."))
+                .map(|c| c.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.note_restart_only(restart);
         }
         let now = SystemTime::now();
         // The problems of this reload: what it refused whole, or what it published without.
@@ -261,9 +268,9 @@ impl DomainRegistry {
                 self.shared.snapshot.store(Arc::new(*snapshot));
                 let refused: Vec<String> = result.kept.iter().map(ToString::to_string).collect();
                 if refused.is_empty() {
-                    info!(?cause, changed = ?changed, "configuration reloaded");
+                    info!(?cause, changed = ?changed, settings = %applied, "configuration reloaded");
                 } else {
-                    warn!(?cause, changed = ?changed, refused = refused.len(),
+                    warn!(?cause, changed = ?changed, settings = %applied, refused = refused.len(),
                         "configuration reloaded, except what is logged as refused");
                 }
                 self.status.published += 1;
