@@ -479,8 +479,9 @@ impl DomainRegistry {
             }
         }
         // A tenant that never loaded is not in the snapshot, and still has its error to show.
+        let listed: BTreeSet<String> = domains.iter().map(|d| d.name.clone()).collect();
         for (name, h) in &self.health {
-            if domains.iter().any(|d| d.name == *name) {
+            if listed.contains(name) {
                 continue;
             }
             if let Some((l, t)) = &h.last_error {

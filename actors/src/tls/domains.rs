@@ -502,6 +502,62 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_tenant_keeps_its_last_good_build_and_a_new_one_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = TlsConfig {
+            generate_dev_certs: true,
+            ..TlsConfig::default()
+        };
+        ensure_dev_certs(&cfg, dir.path()).expect("generate");
+        let certs = dir.path().join("certs");
+        for t in ["t", "u"] {
+            fs::copy(certs.join("server.pem"), certs.join(format!("{t}.pem"))).expect("cp");
+            fs::copy(certs.join("server.key"), certs.join(format!("{t}.key"))).expect("cp");
+        }
+        let tenant = |t: &str| siprox::config::DomainConfig {
+            names: vec![format!("{t}.example")],
+            server: Some(ServerTls {
+                certificate: PathBuf::from(format!("certs/{t}.pem")),
+                private_key: PathBuf::from(format!("certs/{t}.key")),
+                ..ServerTls::default()
+            }),
+            ..Default::default()
+        };
+        let mut config = Config {
+            tls: cfg,
+            ..Config::default()
+        };
+        config.domains.insert("t".to_owned(), tenant("t"));
+        let first = build_domains(&config, None, opts(dir.path())).expect("builds");
+
+        fs::write(certs.join("t.pem"), b"garbage").expect("write");
+        config.domains.insert("u".to_owned(), tenant("u"));
+        fs::write(certs.join("u.key"), b"garbage").expect("write");
+        let (built, kept) =
+            build_domains_isolated(&config, Some(&first), opts(dir.path())).expect("isolated");
+        let names: Vec<&str> = kept.iter().map(|e| e.domain.as_str()).collect();
+        assert_eq!(names, vec!["t", "u"], "{kept:?}");
+        let t = |d: &TlsDomains| {
+            d.servers
+                .iter()
+                .find(|d| &*d.name == "t")
+                .map(|d| d.ctx.clone())
+        };
+        assert!(Arc::ptr_eq(
+            &t(&first).expect("t"),
+            &t(&built).expect("t kept")
+        ));
+        assert!(built.servers.iter().all(|d| &*d.name != "u"), "u left out");
+        // All or nothing for `siprox check` and a strict start.
+        assert!(build_domains(&config, Some(&first), opts(dir.path())).is_err());
+        // A start has nothing to keep: t is left out too.
+        let (fresh, kept) =
+            build_domains_isolated(&config, None, opts(dir.path())).expect("isolated");
+        assert_eq!(kept.len(), 2);
+        assert!(fresh.servers.is_empty());
+    }
+
+    #[test]
     fn missing_certificate_without_generation_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = TlsConfig::default();
