@@ -167,6 +167,7 @@ pub fn run(config: Config) -> ExitCode {
     let opts = crate::runtime::RuntimeOptions {
         base_dir: crate::runtime::RuntimeOptions::base_dir_for(&config),
         handle_signals: true,
+        log_hook: Some(crate::logging::apply),
     };
     match crate::runtime::Runtime::start(config, opts) {
         Ok(handle) => {

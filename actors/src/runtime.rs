@@ -24,7 +24,7 @@ use crate::reload::registry::DomainRegistry;
 use crate::state::messages::{
     Reload, ReloadCause, ReloadOutcome, Shutdown, StopListening, TlsStatus,
 };
-use crate::state::{Shared, Snapshot, StatsSnapshot};
+use crate::state::{Credentials, Shared, Snapshot, StatsSnapshot};
 use crate::tls::{self, DevCerts};
 use crate::transport::listener::{bind_all, ListenSocket, Listener, StdSocket};
 use crate::worker::Worker;
@@ -41,6 +41,9 @@ pub struct RuntimeOptions {
     /// Install SIGTERM/SIGINT handlers that start a graceful shutdown (the daemon: yes;
     /// tests embedding the runtime: no, the test harness owns the process's signals).
     pub handle_signals: bool,
+    /// Applies a reloaded `[log]` to the process's subscriber (the daemon:
+    /// `logging::apply`; embedded: none, the embedding code owns its logging).
+    pub log_hook: Option<crate::reload::registry::LogHook>,
 }
 
 impl RuntimeOptions {
@@ -50,6 +53,7 @@ impl RuntimeOptions {
         RuntimeOptions {
             base_dir: base_dir.into(),
             handle_signals: false,
+            log_hook: None,
         }
     }
 
@@ -156,18 +160,14 @@ impl Runtime {
                  ones and set [tls] generate_dev_certs = false !!!"
             );
         }
-        let built = tls::build_domains(
-            &config,
-            None,
-            tls::BuildOptions {
-                base: &opts.base_dir,
-                has_tls,
-                dev_certs_pending: false,
-                now: tls::unix_now(),
-                read: &crate::reload::files::FILES,
-            },
-        )
-        .map_err(|errors| {
+        let opts_tls = tls::BuildOptions {
+            base: &opts.base_dir,
+            has_tls,
+            dev_certs_pending: false,
+            now: tls::unix_now(),
+            read: &crate::reload::files::FILES,
+        };
+        let joined = |errors: Vec<tls::DomainError>| {
             RuntimeError::Config(
                 errors
                     .iter()
@@ -175,7 +175,23 @@ impl Runtime {
                     .collect::<Vec<_>>()
                     .join("; "),
             )
-        })?;
+        };
+        // One tenant's broken upload must not take every other tenant (and plain SIP) down:
+        // it is left out, loudly, unless the operator asked for all or nothing.
+        let (built, left_out) = if config.runtime.strict_start {
+            (
+                tls::build_domains(&config, None, opts_tls).map_err(joined)?,
+                Vec::new(),
+            )
+        } else {
+            tls::build_domains_isolated(&config, None, opts_tls).map_err(joined)?
+        };
+        for e in &left_out {
+            tracing::error!(domain = %e.domain, error = %e,
+                "TLS domain left out: it cannot be loaded (its SNI names get what [tls] \
+                 default_server says); every other domain starts. [runtime] strict_start = \
+                 true refuses the start instead");
+        }
         let tls = Arc::new(built);
         let dispatch = tls::dispatch_context()
             .map_err(|e| RuntimeError::System(format!("creating the TLS dispatch context: {e}")))?;
@@ -228,12 +244,16 @@ impl Runtime {
         // One epoch per process: tokens from before a restart name no new connection.
         let flow_keys = crate::reload::files::load_flow_keys(&config, &opts.base_dir)?
             .with_epoch(siprox::proxy::FlowKeys::new_epoch());
+        let auth = crate::state::location::authenticator(&config, &opts.base_dir, None)?;
         let snapshot = Snapshot::build(
             Arc::new(config),
             listens.clone(),
             tls,
             Arc::new(scripts),
-            Arc::new(users),
+            Credentials {
+                users: Arc::new(users),
+                auth,
+            },
             flow_keys,
             Arc::default(),
         );
@@ -252,7 +272,8 @@ impl Runtime {
             listens.clone(),
             handle_signals,
             script_sources,
-        );
+        )
+        .with_start(left_out, opts.log_hook);
         let thread = std::thread::Builder::new()
             .name("siprox-control".to_owned())
             .spawn(move || {

@@ -70,7 +70,7 @@ async fn a_script_and_a_certificate_publish_in_one_store() {
     write(dir.path(), "scripts/main.cfg", GOOD_WITH_ROUTE);
     rotate_certificate(dir.path());
     match rt.reload().await {
-        ReloadOutcome::Published { changed } => {
+        ReloadOutcome::Published { changed, .. } => {
             assert_eq!(changed, vec!["default".to_owned()], "the rotated domain")
         }
         other => panic!("expected a published reload, got {other:?}"),

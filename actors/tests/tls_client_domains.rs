@@ -279,7 +279,7 @@ async fn a_rotated_client_certificate_is_used_after_the_reload() {
     // asks; then this one finds nothing left to do. Either way one of the two must have
     // rebuilt the carrier domain, and the next connection must present client-2.
     match rt.reload().await {
-        ReloadOutcome::Published { changed } => assert!(changed.iter().any(|d| d == "carrier")),
+        ReloadOutcome::Published { changed, .. } => assert!(changed.iter().any(|d| d == "carrier")),
         ReloadOutcome::Unchanged => {}
         other => panic!("expected the carrier domain rebuilt, got {other:?}"),
     }

@@ -225,7 +225,8 @@ async fn unchanged_reload_publishes_nothing_and_keeps_contexts() {
     assert_eq!(
         rt.reload().await,
         ReloadOutcome::Published {
-            changed: vec!["a".to_owned()]
+            changed: vec!["a".to_owned()],
+            refused: vec![],
         }
     );
     let s2 = rt.snapshot();
@@ -242,23 +243,36 @@ async fn unchanged_reload_publishes_nothing_and_keeps_contexts() {
     assert!(!Arc::ptr_eq(&ctx(&s1, "a"), &ctx(&s2, "a")), "a rebuilt");
     assert_eq!(cn_of(addr, "a.example").await, "a-1.example");
 
-    // A broken domain file: refused, the running snapshot stays, the error names the file.
+    // A broken new tenant: left out, everything else applies; the error names the file and
+    // stays on the domain's status (not as a failed reload of everyone).
     t.domain("c", "[domains.c]\nnames = [\"c.example\"]\n[domains.c.server]\ncertificate = \"certs/nope.pem\"\nprivate_key = \"certs/nope.key\"\n");
     match rt.reload().await {
-        ReloadOutcome::Failed { errors } => {
+        ReloadOutcome::Published { refused, .. } => {
             assert!(
-                errors
+                refused
                     .iter()
                     .any(|e| e.contains("nope.pem") && e.contains("`c`")),
-                "{errors:?}"
+                "{refused:?}"
             )
         }
-        other => panic!("expected a failure, got {other:?}"),
+        other => panic!("expected c left out, got {other:?}"),
     }
-    assert!(Arc::ptr_eq(&s2, &rt.snapshot()));
+    assert!(rt.snapshot().tls.servers.iter().all(|d| &*d.name != "c"));
+    assert!(Arc::ptr_eq(&ctx(&s2, "a"), &ctx(&rt.snapshot(), "a")));
     let st = rt.tls_status();
-    assert_eq!(st.failures, 1);
+    assert_eq!(st.failures, 0);
     assert!(st.last_error.is_some());
+    let c = st
+        .domains
+        .iter()
+        .find(|d| d.name == "c")
+        .expect("c's status");
+    assert!(
+        c.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("nope.pem")),
+        "{c:?}"
+    );
     let a = st.domains.iter().find(|d| d.name == "a").expect("a");
     assert!(a.subject.contains("a-1.example"), "{a:?}");
     assert!(a.sans.contains(&"a-1.example".to_owned()));

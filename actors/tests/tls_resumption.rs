@@ -194,7 +194,7 @@ fn sessions_issued_before_resumption_was_turned_off_do_not_resume() {
         .expect("runtime")
         .block_on(rt.reload());
     assert!(
-        matches!(&outcome, ReloadOutcome::Published { changed } if changed.iter().any(|d| d == "a")),
+        matches!(&outcome, ReloadOutcome::Published { changed, .. } if changed.iter().any(|d| d == "a")),
         "{outcome:?}"
     );
     for (version, sess) in saved {

@@ -187,7 +187,9 @@ impl Challenge {
 /// Checks credentials and issues challenges; one per process, shared by every worker.
 #[derive(Debug)]
 pub struct Authenticator {
-    nonces: NonceManager,
+    /// Shared with the authenticator a reload builds from this one: its replay table must
+    /// outlive a change of algorithms, or a captured request could be replayed once.
+    nonces: std::sync::Arc<NonceManager>,
     settings: AuthSettings,
 }
 
@@ -211,7 +213,11 @@ impl Authenticator {
     /// With a configured secret (shared across a cluster).
     pub fn new(secret: &[u8], settings: AuthSettings) -> Result<Authenticator, CryptoError> {
         Ok(Authenticator {
-            nonces: NonceManager::new(secret, settings.nonce_ttl, settings.max_tracked_nonces)?,
+            nonces: std::sync::Arc::new(NonceManager::new(
+                secret,
+                settings.nonce_ttl,
+                settings.max_tracked_nonces,
+            )?),
             settings,
         })
     }
@@ -219,9 +225,23 @@ impl Authenticator {
     /// With a random secret (single node).
     pub fn with_random_secret(settings: AuthSettings) -> Result<Authenticator, CryptoError> {
         Ok(Authenticator {
-            nonces: NonceManager::random(settings.nonce_ttl, settings.max_tracked_nonces)?,
+            nonces: std::sync::Arc::new(NonceManager::random(
+                settings.nonce_ttl,
+                settings.max_tracked_nonces,
+            )?),
             settings,
         })
+    }
+
+    /// The same secret and nonce replay table with new `settings` (a reload that changed
+    /// `[auth] algorithms` or `nonce_ttl`): nonces issued before stay valid, and stay
+    /// single-use.
+    pub fn reconfigured(&self, settings: AuthSettings) -> Authenticator {
+        self.nonces.set_ttl(settings.nonce_ttl);
+        Authenticator {
+            nonces: self.nonces.clone(),
+            settings,
+        }
     }
 
     pub fn settings(&self) -> &AuthSettings {

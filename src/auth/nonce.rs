@@ -74,7 +74,8 @@ struct Shard {
 pub struct NonceManager {
     key: PKey<Private>,
     serial: AtomicU64,
-    ttl: i64,
+    /// Seconds; atomic so that a reload can change it without losing the replay table.
+    ttl: std::sync::atomic::AtomicI64,
     per_shard: usize,
     shards: [Mutex<Shard>; SHARDS],
 }
@@ -83,7 +84,7 @@ impl std::fmt::Debug for NonceManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
         f.debug_struct("NonceManager")
-            .field("ttl", &self.ttl)
+            .field("ttl", &self.ttl())
             .field("per_shard", &self.per_shard)
             .finish_non_exhaustive()
     }
@@ -101,7 +102,7 @@ impl NonceManager {
         Ok(NonceManager {
             key: PKey::hmac(secret)?,
             serial: AtomicU64::new(u64::from_be_bytes(start)),
-            ttl: i64::from(ttl.max(1)),
+            ttl: std::sync::atomic::AtomicI64::new(i64::from(ttl.max(1))),
             per_shard: (max_tracked / SHARDS).max(1),
             shards: Default::default(),
         })
@@ -116,7 +117,13 @@ impl NonceManager {
 
     /// Nonce lifetime, seconds.
     pub fn ttl(&self) -> i64 {
+        self.ttl.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A new nonce lifetime (a reload), for nonces issued before as well.
+    pub fn set_ttl(&self, ttl: u32) {
         self.ttl
+            .store(i64::from(ttl.max(1)), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn mac(&self, head: &[u8], realm: &str) -> Result<[u8; MAC_LEN], CryptoError> {
@@ -175,7 +182,7 @@ impl NonceManager {
         };
         // A nonce from the future (clock stepped back, or another node ahead) is treated
         // as expired rather than trusted for longer than its lifetime.
-        if now.saturating_sub(issued) > self.ttl || issued > now.saturating_add(5) {
+        if now.saturating_sub(issued) > self.ttl() || issued > now.saturating_add(5) {
             NonceCheck::Expired(id)
         } else {
             NonceCheck::Fresh(id)
@@ -189,7 +196,7 @@ impl NonceManager {
         // Nothing under this lock can leave the map inconsistent, so a poisoned lock
         // is still sound to use.
         let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let ttl = self.ttl;
+        let ttl = self.ttl();
         while let Some((first, _)) = s.map.first_key_value() {
             if now.saturating_sub(first.issued) > ttl {
                 s.map.pop_first();

@@ -11,10 +11,13 @@
 //! - `management`: the `[management]` section (RPC listener, client-certificate allow-list).
 //! - `tls`: the TLS settings of a domain's server and client sides.
 //! - `validate`: what types cannot say (listeners, limits, log filter, domains).
+//! - `changes`: every key classed live or restart-only, and the diff of two configurations
+//!   ([`diff`]) that a reload reports.
 //! - `error`: [`ConfigError`] / [`ConfigErrors`], each naming the file or variable at fault.
 //!
 //! The reference for every key is the commented default configuration, `conf.d/00-core.toml`.
 
+mod changes;
 mod error;
 mod load;
 mod location;
@@ -25,6 +28,7 @@ mod script;
 mod tls;
 mod validate;
 
+pub use changes::{class_of, diff, pin_restart_only, Change, Class};
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     is_config_file_name, load_sources, ConfigSource, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX,

@@ -104,6 +104,9 @@ pub struct RuntimeConfig {
     /// Once this many fewer TCP/TLS connections are open than at the last high point (a
     /// flood of handshakes gone), freed heap memory is returned to the OS; 0 = never.
     pub trim_memory_after: usize,
+    /// Refuse to start when any tenant domain (`[domains.*]`) cannot be built. false: such
+    /// a tenant is left out with an error naming it, and every other tenant starts.
+    pub strict_start: bool,
 }
 
 impl RuntimeConfig {
@@ -117,6 +120,7 @@ impl Default for RuntimeConfig {
             workers: 0,
             shutdown_grace: ConfigDuration::secs(5),
             trim_memory_after: 1024,
+            strict_start: false,
         }
     }
 }

@@ -85,8 +85,11 @@ pub const METHODS: &[MethodDoc] = &[
         params: "",
         result: "array of struct {name: string, names: array, certificate_subject: string, \
                  sans: array, not_after: string, not_after_unix: int, files: array, \
-                 last_reload: string|nil, last_error: string|nil}",
-        help: "Every TLS server domain: names, certificate, files and last reload result.",
+                 last_reload: struct|nil, last_error: struct {at: int, error: string}|nil \
+                 (this domain's: it serves its last good build, or is left out), \
+                 last_good_load: int|nil (Unix time), reload_failures: int}",
+        help: "Every TLS domain: names, certificate, files, last reload result, and its own \
+               last error and last good load.",
     },
     MethodDoc {
         name: "tls.kill",
@@ -103,9 +106,12 @@ pub const METHODS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "cfg.reload",
-        params: "",
-        result: "string \"queued\" or \"coalesced\"",
-        help: "Re-read conf.d (TLS domains and scripts included). Coalesced and rate-limited.",
+        params: "none, \"wait\" or \"dry_run\" (JSON-RPC; also {\"wait\": true} / {\"dry_run\": true})",
+        result: "none: string \"queued\" or \"coalesced\"; wait: struct {result: \"published\"|\"unchanged\"|\"failed\", changed, refused, errors, restart_only: array of struct {key, configured, in_force, class}, scripts: array of struct {file, error}, domain_errors: array of struct {domain, error}}; dry_run: struct {result: \"dry_run\", would: \"publish\"|\"change nothing\"|\"refuse\", live, restart_only, domains, refused, errors}",
+        help: "Re-read conf.d (TLS domains and scripts included). Without params: coalesced and \
+               rate-limited, answered at once. `wait`: answered when the reload is done, with \
+               what it applied, refused and could not apply before a restart. `dry_run`: what a \
+               reload would do now; nothing is applied.",
     },
     MethodDoc {
         name: "ul.dump",

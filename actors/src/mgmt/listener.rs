@@ -33,7 +33,6 @@ pub struct Management {
     listener: std::net::TcpListener,
     addr: SocketAddr,
     ctx: SslContext,
-    allow: AllowList,
     cfg: ManagementConfig,
 }
 
@@ -86,7 +85,6 @@ impl Management {
             listener,
             addr,
             ctx: built.ctx,
-            allow,
             cfg: cfg.clone(),
         }))
     }
@@ -102,11 +100,10 @@ impl Management {
             listener,
             addr,
             ctx,
-            allow,
             cfg,
         } = self;
         let rpc = Rpc {
-            shared,
+            shared: shared.clone(),
             control,
             started: SystemTime::now(),
             reload: ReloadGate::new(cfg.reload_min_interval.get()),
@@ -115,7 +112,7 @@ impl Management {
         .start();
         let server = Arc::new(Server {
             ctx,
-            allow,
+            shared,
             limits: HttpLimits {
                 max_body: cfg.max_request_size,
                 ..HttpLimits::default()
@@ -138,7 +135,9 @@ impl Management {
 /// What every management connection shares.
 struct Server {
     ctx: SslContext,
-    allow: AllowList,
+    /// `[management] allow` is read from the live snapshot at each request: a reload that
+    /// removes a caller revokes it at once, on its open connections too.
+    shared: Arc<Shared>,
     limits: HttpLimits,
     request_timeout: Duration,
     idle_timeout: Duration,
@@ -257,7 +256,11 @@ async fn serve_connection(server: &Server, tcp: TcpStream, id: u64) {
         .ssl()
         .peer_certificate()
         .map(|c| siprox::tls::cert_facts(&c));
-    let allowed = server.allow.permits(peer.as_ref());
+    let allowed = |peer| {
+        // Checked by the reload before publishing; an entry that does not parse allows nobody.
+        AllowList::parse(&server.shared.snapshot.load().config.management.allow)
+            .is_ok_and(|a| a.permits(peer))
+    };
     let who = peer
         .as_ref()
         .map_or_else(String::new, |c| c.subject.line.clone());
@@ -265,7 +268,7 @@ async fn serve_connection(server: &Server, tcp: TcpStream, id: u64) {
         Ok(a) => format!("{a} {who}"),
         Err(_) => who.clone(),
     };
-    if !allowed {
+    if !allowed(peer.as_ref()) {
         warn!(subject = %who, "management client certificate not on the allow-list");
     }
     let framer = HttpFramer::new(server.limits);
@@ -284,7 +287,7 @@ async fn serve_connection(server: &Server, tcp: TcpStream, id: u64) {
             .rpc
             .send(Request {
                 req: Box::new(req),
-                allowed,
+                allowed: allowed(peer.as_ref()),
                 caller: caller.clone(),
                 only: None,
             })

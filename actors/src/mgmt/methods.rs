@@ -230,15 +230,12 @@ pub(crate) mod adapters {
     use super::*;
     use crate::reload::registry::{Reload, ReloadCause, ReloadOutcome};
 
-    /// Every TLS domain (server and client sides) from the `DomainRegistry`'s status, with
-    /// the registry's last reload and last refused reload.
+    /// Every TLS domain (server and client sides) from the `DomainRegistry`'s status: each
+    /// with its own last error (a tenant serving its last good configuration, or left out)
+    /// and when its running build was loaded, and the registry's last reload.
     pub(crate) fn tls_domains(shared: &Arc<Shared>) -> Vec<Value> {
         let st = shared.tls_status();
         let last_reload = st.last_reload.as_ref().map(|r| {
-            json!({"at": unix(r.at), "cause": format!("{:?}", r.cause),
-                   "outcome": outcome_json(&r.outcome)})
-        });
-        let last_error = st.last_error.as_ref().map(|r| {
             json!({"at": unix(r.at), "cause": format!("{:?}", r.cause),
                    "outcome": outcome_json(&r.outcome)})
         });
@@ -256,20 +253,100 @@ pub(crate) mod adapters {
                     "not_after_unix": d.not_after_unix,
                     "files": d.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                     "last_reload": last_reload,
-                    "last_error": last_error,
+                    "last_error": d.last_error.as_ref().map(|e| json!({
+                        "at": d.last_error_at.map(unix),
+                        "error": e,
+                    })),
+                    "last_good_load": d.last_good_at.map(unix),
+                    "reload_failures": d.failures,
                 })
             })
             .collect()
     }
 
-    fn outcome_json(o: &ReloadOutcome) -> Value {
+    pub(crate) fn outcome_json(o: &ReloadOutcome) -> Value {
         match o {
-            ReloadOutcome::Published { changed } => {
-                json!({"result": "published", "changed": changed})
+            ReloadOutcome::Published { changed, refused } => {
+                json!({"result": "published", "changed": changed, "refused": refused})
             }
             ReloadOutcome::Unchanged => json!({"result": "unchanged"}),
             ReloadOutcome::Failed { errors } => json!({"result": "failed", "errors": errors}),
+            ReloadOutcome::Preview(p) => {
+                let (restart, live): (Vec<_>, Vec<_>) = p
+                    .changes
+                    .iter()
+                    .partition(|c| c.class == siprox::config::Class::RestartOnly);
+                json!({
+                    "result": "dry_run",
+                    "would": if !p.errors.is_empty() {
+                        "refuse"
+                    } else if p.domains.is_empty() && live.is_empty() && p.refused.is_empty() {
+                        "change nothing"
+                    } else {
+                        "publish"
+                    },
+                    "live": live.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
+                    "restart_only": restart.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
+                    "domains": p.domains,
+                    "refused": p.refused,
+                    "errors": p.errors,
+                })
+            }
         }
+    }
+
+    /// One changed key: the value configured and the one in force.
+    fn change_json(c: &siprox::config::Change) -> Value {
+        json!({"key": c.key, "configured": c.new, "in_force": c.old, "class": c.class.as_str()})
+    }
+
+    /// The answer of a `cfg.reload` that waited for its reload: its outcome, and what the
+    /// registry knows after it (restart-only keys not applied, route scripts in error,
+    /// domains in error).
+    pub(crate) fn reload_answer(shared: &Arc<Shared>, outcome: &ReloadOutcome) -> Value {
+        let mut v = outcome_json(outcome);
+        if matches!(outcome, ReloadOutcome::Preview(_)) {
+            return v;
+        }
+        let st = shared.tls_status();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "restart_only".to_owned(),
+                Value::Array(st.restart_pending.iter().map(change_json).collect()),
+            );
+            o.insert(
+                "scripts".to_owned(),
+                Value::Array(
+                    st.scripts
+                        .iter()
+                        .map(|s| json!({"file": s.path.display().to_string(), "error": s.last_error}))
+                        .collect(),
+                ),
+            );
+            o.insert(
+                "domain_errors".to_owned(),
+                Value::Array(
+                    st.domains
+                        .iter()
+                        .filter_map(|d| {
+                            Some(json!({"domain": d.name, "error": d.last_error.as_ref()?}))
+                        })
+                        .collect(),
+                ),
+            );
+        }
+        v
+    }
+
+    /// Reload failures of each TLS domain (`/metrics`).
+    pub(crate) fn domain_failures(shared: &Arc<Shared>) -> Vec<(String, u64)> {
+        shared
+            .tls_status()
+            .domains
+            .into_iter()
+            .filter(|d| d.failures > 0)
+            .map(|d| (d.name, d.failures))
+            .collect()
     }
 
     /// `(domain, not_after_unix)` of every server domain (`/metrics`).

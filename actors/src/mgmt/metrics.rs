@@ -165,6 +165,18 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         rpc.reload.coalesced,
     );
 
+    let domain_failures: Family<Labels, Counter> = Family::default();
+    for (d, n) in adapters::domain_failures(&rpc.shared) {
+        domain_failures
+            .get_or_create(&labels(&[("domain", &d)]))
+            .inc_by(n);
+    }
+    r.register(
+        "domain_reload_failures",
+        "Reloads (and the start) that could not build a TLS domain: it kept its last good configuration, or stayed out",
+        domain_failures,
+    );
+
     let not_after: Family<Labels, Gauge> = Family::default();
     for (d, t) in adapters::cert_not_after(&rpc.shared) {
         not_after.get_or_create(&labels(&[("domain", &d)])).set(t);

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient};
+use actix::fut::{wrap_future, ActorFutureExt};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient, ResponseActFuture};
 use siprox::rpc::HttpResponse;
 use tracing::{info, warn};
 
 use crate::mgmt::methods::{Methods, ReloadGate};
-use crate::state::messages::{RpcRequest as Request, Shutdown};
+use crate::state::messages::{Reload, ReloadCause, ReloadOutcome, RpcRequest as Request, Shutdown};
 use crate::state::Shared;
 
 pub use crate::mgmt::listener::Management;
@@ -52,7 +53,7 @@ impl Actor for Rpc {
 }
 
 impl Handler<Request> for Rpc {
-    type Result = actix::MessageResult<Request>;
+    type Result = ResponseActFuture<Self, HttpResponse>;
 
     fn handle(&mut self, msg: Request, ctx: &mut Self::Context) -> Self::Result {
         let req = &msg.req;
@@ -67,7 +68,7 @@ impl Handler<Request> for Rpc {
                 HttpResponse::text(403, "forbidden\n")
             };
             r.close = !req.keep_alive();
-            return actix::MessageResult(r);
+            return Box::pin(actix::fut::ready(r));
         }
         if !msg.allowed {
             info!(
@@ -76,12 +77,89 @@ impl Handler<Request> for Rpc {
                 "RPC call refused: caller not on [management] allow"
             );
         }
+        let waits = msg.allowed
+            && msg.only.as_deref().is_none_or(|m| m == "cfg.reload")
+            && waiting_reload(&req.body).is_some();
+        if let (true, Some(reloader)) = (waits, self.shared.reloader()) {
+            // `cfg.reload` with `wait` or `dry_run`: answered once the registry is done, with
+            // what it did (or would do). The registry coalesces; the gate's rate limit is
+            // for the fire-and-forget form, which a loop could repeat without waiting.
+            let cause = match waiting_reload(&req.body) {
+                Some(true) => ReloadCause::DryRun,
+                _ => ReloadCause::Request,
+            };
+            let sent = reloader.send(Reload { cause });
+            let fut = async move {
+                sent.await.unwrap_or_else(|e| ReloadOutcome::Failed {
+                    errors: vec![format!("the registry is not running: {e}")],
+                })
+            };
+            return Box::pin(wrap_future::<_, Self>(fut).map(move |outcome, act, ctx| {
+                let answer = crate::mgmt::methods::adapters::reload_answer(&act.shared, &outcome);
+                let mut methods = Logged {
+                    inner: Prepared {
+                        method: "cfg.reload",
+                        answer: Some(answer),
+                        rest: Methods { rpc: act, ctx },
+                    },
+                    caller: &msg.caller,
+                    only: msg.only.as_deref(),
+                };
+                siprox::rpc::serve(&msg.req, msg.allowed, &mut methods)
+            }));
+        }
         let mut methods = Logged {
             inner: Methods { rpc: self, ctx },
             caller: &msg.caller,
             only: msg.only.as_deref(),
         };
-        actix::MessageResult(siprox::rpc::serve(req, msg.allowed, &mut methods))
+        let r = siprox::rpc::serve(req, msg.allowed, &mut methods);
+        Box::pin(actix::fut::ready(r))
+    }
+}
+
+/// Answers one method with a value computed before (a reload that was waited for), and
+/// every other method as usual.
+struct Prepared<H> {
+    method: &'static str,
+    answer: Option<siprox::rpc::Value>,
+    rest: H,
+}
+
+impl<H: siprox::rpc::Handler> siprox::rpc::Handler for Prepared<H> {
+    fn call(&mut self, method: &str, params: &[siprox::rpc::Value]) -> siprox::rpc::CallResult {
+        if method == self.method {
+            if let Some(a) = self.answer.take() {
+                return Ok(a);
+            }
+        }
+        self.rest.call(method, params)
+    }
+}
+
+/// `Some(dry_run)` for a JSON-RPC `cfg.reload` call (not a batch) whose params ask to wait
+/// (`["wait"]`, `{"wait": true}`) or for a dry run (`["dry_run"]`, `{"dry_run": true}`).
+fn waiting_reload(body: &[u8]) -> Option<bool> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("method")?.as_str()? != "cfg.reload" {
+        return None;
+    }
+    let flag = |name: &str| match v.get("params") {
+        Some(serde_json::Value::Array(a)) => a.iter().any(|p| {
+            p.as_str() == Some(name)
+                || p.get(name).and_then(serde_json::Value::as_bool) == Some(true)
+        }),
+        Some(o @ serde_json::Value::Object(_)) => {
+            o.get(name).and_then(serde_json::Value::as_bool) == Some(true)
+        }
+        _ => false,
+    };
+    if flag("dry_run") {
+        Some(true)
+    } else if flag("wait") {
+        Some(false)
+    } else {
+        None
     }
 }
 

@@ -41,11 +41,19 @@ pub enum ReloadError {
 }
 
 impl ReloadError {
-    /// The domain it is about, if it is about one.
+    /// The TLS domain it is about, if it is about one. A script error is about its file
+    /// (see [`ReloadError::script_file`]), whichever domains use it.
     pub fn domain(&self) -> Option<&str> {
         match self {
             ReloadError::Domain(e) => Some(&e.domain),
-            ReloadError::Script(e) => e.domain.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The route script file it is about, if it is about one.
+    pub fn script_file(&self) -> Option<&std::path::Path> {
+        match self {
+            ReloadError::Script(e) => Some(&e.path),
             _ => None,
         }
     }
@@ -141,7 +149,8 @@ mod tests {
         });
         let text = s.to_string();
         assert!(text.starts_with("domain `b`: s/main.cfg:2:3: "), "{text}");
-        assert_eq!((s.domain(), s.kind()), (Some("b"), "script"));
+        assert_eq!((s.domain(), s.kind()), (None, "script"));
+        assert_eq!(s.script_file(), Some(std::path::Path::new("s/main.cfg")));
 
         let r = ReloadError::from(ScriptError {
             domain: None,

@@ -10,15 +10,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::state::resolve;
-use siprox::auth::Users;
+use siprox::auth::{Authenticator, Users};
 use siprox::config::Config;
 use siprox::proxy::{FlowKeys, Listen};
 
 use crate::reload::error::{ReloadError, UsersFileError};
 use crate::reload::script::{read_sources, ScriptSource};
 use crate::reload::watch::watch_dirs;
-use crate::state::{check_connections, ScriptSet, Snapshot, TlsDomains};
-use crate::tls::{build_domains, unix_now, BuildOptions};
+use crate::state::{check_connections, Credentials, ScriptSet, Snapshot, TlsDomains};
+use crate::tls::{build_domains_isolated, unix_now, BuildOptions};
 
 /// Digests of the configuration and scripts the running snapshot was built from.
 #[derive(Debug, Clone, Copy)]
@@ -62,9 +62,10 @@ pub(crate) struct Pending {
     listens: Vec<Listen>,
     tls: Arc<TlsDomains>,
     users: Arc<Users>,
+    auth: (Arc<Authenticator>, u64),
     flow_keys: FlowKeys,
     flow_refused: Arc<AtomicU64>,
-    changed: Vec<String>,
+    pub(crate) changed: Vec<String>,
 }
 
 impl Pending {
@@ -78,7 +79,10 @@ impl Pending {
                     self.listens,
                     self.tls,
                     Arc::new(s),
-                    self.users,
+                    Credentials {
+                        users: self.users,
+                        auth: self.auth,
+                    },
                     self.flow_keys,
                     self.flow_refused,
                 );
@@ -97,7 +101,14 @@ pub(crate) struct JobResult {
     pub(crate) config_digest: Option<u64>,
     /// Directories to watch from now on (None: keep the current ones).
     pub(crate) watch: Option<BTreeSet<PathBuf>>,
-    pub(crate) listen_changed: bool,
+    /// Keys whose configured value differs from the one in force (None: conf.d was not
+    /// read again, the last list stands). The restart-only ones stay as they run.
+    pub(crate) changes: Option<Vec<siprox::config::Change>>,
+    /// What was not applied though the rest was (with `Publish`/`Compile`): tenants that
+    /// keep their last good build, the global part of conf.d.
+    pub(crate) kept: Vec<ReloadError>,
+    /// Every TLS domain was built (or kept): a domain with no error in this reload is fine.
+    pub(crate) domains_checked: bool,
     /// [`users_digest`] of the users now in the snapshot (when they were read again).
     pub(crate) users_digest: Option<u64>,
     /// The users file could not be loaded: the loaded users stay (logged once).
@@ -111,44 +122,51 @@ impl Job {
         // milliseconds instead of re-parsing 1,000 files).
         let digest = self.config_dir.as_deref().and_then(config_digest);
         let unchanged = digest.is_some() && digest == self.config_digest;
+        let running = &*self.prev.config;
+        // What this reload could not apply of conf.d's global part: the rest still goes
+        // ahead (tenants' files and material).
+        let mut global: Vec<ReloadError> = Vec::new();
+        // Every key that differs from what runs (when conf.d was read again).
+        let mut restart_only = None;
         let mut config = match &self.config_dir {
-            Some(_) if unchanged => (*self.prev.config).clone(),
-            Some(dir) => match super::files::load(dir) {
+            Some(dir) if !unchanged => match super::files::load(dir) {
                 Ok(c) => c,
                 Err(errors) => {
-                    return JobResult {
-                        outcome: JobOutcome::Failed(
-                            errors.0.into_iter().map(ReloadError::Config).collect(),
-                        ),
-                        watch: None,
-                        listen_changed: false,
-                        scripts_digest: None,
-                        config_digest: None,
-                        users_digest: None,
-                        users_error: None,
-                    }
+                    // Nothing of the new conf.d can be merged: the running configuration
+                    // stays, and the TLS material it names is still re-read.
+                    global.extend(errors.0.into_iter().map(ReloadError::Config));
+                    running.clone()
                 }
             },
-            None => (*self.prev.config).clone(),
+            _ => running.clone(),
         };
-        let watch = Some(watch_dirs(&config, self.config_dir.as_deref(), &self.base));
-        // Listeners are bound once; keep the running ones so the snapshot says what is bound.
-        let listen_changed = config.listen != self.prev.config.listen;
-        if listen_changed {
-            config.listen = self.prev.config.listen.clone();
+        if !unchanged && global.is_empty() && self.config_dir.is_some() {
+            global = check_global(&config, &self.base);
+            if !global.is_empty() {
+                // The global part is refused; the tenants' tables still apply.
+                config = Config {
+                    domains: std::mem::take(&mut config.domains),
+                    ..running.clone()
+                };
+            }
+            let changes = siprox::config::diff(running, &config);
+            config = siprox::config::pin_restart_only(running, &config, &changes);
+            restart_only = Some(changes);
         }
-        let fail = |errors: Vec<ReloadError>, watch| JobResult {
+        // A refused global part is read again at every check until it loads.
+        let digest = if global.is_empty() { digest } else { None };
+        let watch = Some(watch_dirs(&config, self.config_dir.as_deref(), &self.base));
+        let fail = |errors: Vec<ReloadError>, watch, changes| JobResult {
             outcome: JobOutcome::Failed(errors),
             watch,
-            listen_changed,
+            changes,
+            kept: Vec::new(),
+            domains_checked: false,
             scripts_digest: None,
             config_digest: None,
             users_digest: None,
             users_error: None,
         };
-        if let Err(e) = check_connections(&config) {
-            return fail(vec![ReloadError::Settings(e)], watch);
-        }
         let opts = BuildOptions {
             base: &self.base,
             has_tls: self.has_tls,
@@ -156,16 +174,18 @@ impl Job {
             now: unix_now(),
             read: &super::files::FILES,
         };
-        let tls = match build_domains(&config, Some(&self.prev.tls), opts) {
+        let (tls, kept) = match build_domains_isolated(&config, Some(&self.prev.tls), opts) {
             Ok(t) => t,
             Err(errors) => {
-                return fail(errors.into_iter().map(ReloadError::Domain).collect(), watch)
+                let mut all = global;
+                all.extend(errors.into_iter().map(ReloadError::Domain));
+                return fail(all, watch, restart_only);
             }
         };
         // The users file goes into the snapshot: read here, never on an arbiter.
         let users_digest = users_digest(&config, &self.base);
         let (users, users_read, users_error) =
-            if users_digest == self.users_digest && config.auth == self.prev.config.auth {
+            if users_digest == self.users_digest && config.auth == running.auth {
                 (self.prev.users.clone(), None, None)
             } else {
                 match load_users(&config, &self.base) {
@@ -176,6 +196,17 @@ impl Job {
                 }
             };
         let users_same = Arc::ptr_eq(&users, &self.prev.users);
+        // `[auth]` algorithms, nonce lifetime and secret: checked with the global part, so
+        // this only fails when the secret file went away since.
+        let auth = match crate::state::location::authenticator(
+            &config,
+            &self.base,
+            Some((&self.prev.auth, self.prev.auth_secret)),
+        ) {
+            Ok(a) => a,
+            Err(e) => return fail(vec![ReloadError::Settings(e)], watch, restart_only),
+        };
+        let auth_same = Arc::ptr_eq(&auth.0, &self.prev.auth);
         // Without a key file the running (per-process) keys stay; a key file that does not
         // load fails the reload, so the running keys stay too: live dialogs stay reachable.
         let prev_keys = &self.prev.proxy.config().flow_keys;
@@ -185,19 +216,29 @@ impl Job {
                 // The process's epoch stays: a rotated key file still verifies old tokens.
                 Ok(k) => k.with_epoch(prev_keys.epoch()),
                 // The error names `[auth] flow_key_file` and the path.
-                Err(e) => return fail(vec![ReloadError::Settings(e)], watch),
+                Err(e) => return fail(vec![ReloadError::Settings(e)], watch, restart_only),
             },
         };
         let keys_same = flow_keys == *prev_keys;
         let flow_refused = self.prev.proxy.flow_counter().clone();
         let scripts_digest = scripts_digest(&config, &self.base);
-        let scripts_same = scripts_digest == self.scripts_digest && config == *self.prev.config;
+        let scripts_same = scripts_digest == self.scripts_digest && config == *running;
         let (old, new) = (self.prev.tls.fingerprint(), tls.fingerprint());
-        if new == old && scripts_same && users_same && keys_same {
+        let kept: Vec<ReloadError> = global
+            .into_iter()
+            .chain(kept.into_iter().map(ReloadError::Domain))
+            .collect();
+        if new == old && scripts_same && users_same && keys_same && auth_same {
             return JobResult {
-                outcome: JobOutcome::Unchanged,
+                outcome: if kept.is_empty() {
+                    JobOutcome::Unchanged
+                } else {
+                    JobOutcome::Failed(kept)
+                },
                 watch,
-                listen_changed,
+                changes: restart_only,
+                kept: Vec::new(),
+                domains_checked: true,
                 scripts_digest: None,
                 config_digest: digest,
                 users_digest: users_read,
@@ -218,7 +259,7 @@ impl Job {
                 self.listens,
                 Arc::new(tls),
                 scripts,
-                users,
+                Credentials { users, auth },
                 flow_keys,
                 flow_refused,
             );
@@ -233,6 +274,7 @@ impl Job {
                 listens: self.listens,
                 tls: Arc::new(tls),
                 users,
+                auth,
                 flow_keys,
                 flow_refused,
                 changed,
@@ -241,13 +283,33 @@ impl Job {
         JobResult {
             outcome,
             watch,
-            listen_changed,
+            changes: restart_only,
+            kept,
+            domains_checked: true,
             scripts_digest: Some(scripts_digest),
             config_digest: digest,
             users_digest: users_read,
             users_error,
         }
     }
+}
+
+/// What the runtime checks beyond the core's validation, on the global part of a candidate
+/// configuration: `[connections]`, `[management] allow`, `[auth]` (algorithms, secret).
+fn check_global(config: &Config, base: &Path) -> Vec<ReloadError> {
+    let mut errors = Vec::new();
+    if let Err(e) = check_connections(config) {
+        errors.push(ReloadError::Settings(e));
+    }
+    if let Err(e) = siprox::rpc::AllowList::parse(&config.management.allow) {
+        errors.push(ReloadError::Settings(crate::error::RuntimeError::Config(
+            format!("[management] allow: {}", e.join("; ")),
+        )));
+    }
+    if let Err(e) = crate::state::location::authenticator(config, base, None) {
+        errors.push(ReloadError::Settings(e));
+    }
+    errors
 }
 
 /// Digest of the users file's path and bytes (`0` when there is none).

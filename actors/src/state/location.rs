@@ -17,7 +17,6 @@ use crate::error::RuntimeError;
 /// Registrations and credentials, shared by every worker.
 pub struct Location {
     pub store: Arc<MemoryStore>,
-    pub auth: Authenticator,
     snapshot_file: Option<PathBuf>,
     pub snapshot_interval: Duration,
     pub expire_interval: Duration,
@@ -33,39 +32,10 @@ impl std::fmt::Debug for Location {
 }
 
 impl Location {
-    /// Build from the configuration: the authenticator's secret and the snapshot (a snapshot that
-    /// cannot be read is moved aside, and siprox starts empty: never lost silently).
+    /// Build from the configuration: the snapshot (a snapshot that cannot be read is moved
+    /// aside, and siprox starts empty: never lost silently). The authenticator lives in the
+    /// `Snapshot` ([`authenticator`]), so that a reload changes it.
     pub fn start(config: &Config, base: &Path) -> Result<Location, RuntimeError> {
-        let mut algorithms = Vec::new();
-        for a in &config.auth.algorithms {
-            algorithms.push(siprox::auth::Algorithm::parse(a).ok_or_else(|| {
-                RuntimeError::Config(format!(
-                    "[auth] algorithms: `{a}` is not SHA-256, SHA-256-sess, MD5 or MD5-sess"
-                ))
-            })?);
-        }
-        if algorithms.is_empty() {
-            return Err(RuntimeError::Config(
-                "[auth] algorithms: at least one is needed".to_owned(),
-            ));
-        }
-        let settings = AuthSettings {
-            nonce_ttl: u32::try_from(config.auth.nonce_ttl.get().as_secs()).unwrap_or(300),
-            algorithms,
-            ..AuthSettings::default()
-        };
-        let auth = match &config.auth.secret_file {
-            Some(f) => {
-                let path = crate::state::resolve(base, f);
-                let secret = std::fs::read(&path).map_err(|e| RuntimeError::Io {
-                    what: format!("reading [auth] secret_file {}", path.display()),
-                    source: e,
-                })?;
-                Authenticator::new(&secret, settings)
-            }
-            None => Authenticator::with_random_secret(settings),
-        }
-        .map_err(|e| RuntimeError::Config(format!("[auth]: {e}")))?;
         let store = Arc::new(MemoryStore::new());
         let snapshot_file = config
             .location
@@ -89,7 +59,6 @@ impl Location {
         }
         Ok(Location {
             store,
-            auth,
             snapshot_file,
             snapshot_interval: config.location.snapshot_interval.get(),
             expire_interval: config.location.expire_interval.get(),
@@ -113,6 +82,62 @@ impl Location {
             source: e,
         })
     }
+}
+
+/// The digest authenticator of `[auth]` (algorithms, nonce lifetime, secret) and the digest
+/// of its secret. With `prev` (the running one and its secret digest) and the same secret,
+/// the running nonce table is kept: a reload that changes the algorithms neither
+/// invalidates the nonces out there nor lets one be replayed. Blocking (reads
+/// `secret_file`): at start or on a reload thread.
+pub fn authenticator(
+    config: &Config,
+    base: &Path,
+    prev: Option<(&Arc<Authenticator>, u64)>,
+) -> Result<(Arc<Authenticator>, u64), RuntimeError> {
+    use std::hash::{Hash, Hasher};
+    let mut algorithms = Vec::new();
+    for a in &config.auth.algorithms {
+        algorithms.push(siprox::auth::Algorithm::parse(a).ok_or_else(|| {
+            RuntimeError::Config(format!(
+                "[auth] algorithms: `{a}` is not SHA-256, SHA-256-sess, MD5 or MD5-sess"
+            ))
+        })?);
+    }
+    if algorithms.is_empty() {
+        return Err(RuntimeError::Config(
+            "[auth] algorithms: at least one is needed".to_owned(),
+        ));
+    }
+    let settings = AuthSettings {
+        nonce_ttl: u32::try_from(config.auth.nonce_ttl.get().as_secs()).unwrap_or(300),
+        algorithms,
+        ..AuthSettings::default()
+    };
+    let secret = match &config.auth.secret_file {
+        Some(f) => {
+            let path = crate::state::resolve(base, f);
+            Some(std::fs::read(&path).map_err(|e| RuntimeError::Io {
+                what: format!("reading [auth] secret_file {}", path.display()),
+                source: e,
+            })?)
+        }
+        None => None,
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut h);
+    let key = h.finish();
+    if let Some((running, running_key)) = prev.filter(|(_, k)| *k == key) {
+        if *running.settings() == settings {
+            return Ok((running.clone(), key));
+        }
+        return Ok((Arc::new(running.reconfigured(settings)), running_key));
+    }
+    match &secret {
+        Some(s) => Authenticator::new(s, settings),
+        None => Authenticator::with_random_secret(settings),
+    }
+    .map(|a| (Arc::new(a), key))
+    .map_err(|e| RuntimeError::Config(format!("[auth]: {e}")))
 }
 
 /// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new

@@ -86,6 +86,9 @@ pub enum ReloadCause {
     Periodic,
     /// `tls.reload` / `cfg.reload` or `RuntimeHandle::reload`.
     Request,
+    /// `cfg.reload` with `dry_run`: read and build everything, publish nothing, answer
+    /// [`ReloadOutcome::Preview`]. Never coalesced with a real reload.
+    DryRun,
 }
 
 /// Reload now (coalesced with any reload already waiting). Replies once the reload that
@@ -100,13 +103,35 @@ pub struct Reload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
     /// A new snapshot is live. `changed` names the domains added, removed or rebuilt
-    /// (empty when only other settings changed).
-    Published { changed: Vec<String> },
+    /// (empty when only other settings changed). `refused` is what it could not apply, one
+    /// line each: a tenant that keeps its last good configuration (or, never loaded, stays
+    /// out), or the global part of a conf.d that does not load.
+    Published {
+        changed: Vec<String>,
+        refused: Vec<String>,
+    },
     /// Everything was identical: nothing published.
     Unchanged,
     /// The candidate was refused; the running snapshot stays. One line per problem, each
     /// naming the domain, the file and the reason.
     Failed { errors: Vec<String> },
+    /// A dry run ([`ReloadCause::DryRun`]): what a reload would do now.
+    Preview(Box<ReloadPreview>),
+}
+
+/// What a reload would do, without doing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadPreview {
+    /// Every key of conf.d whose value differs from the one in force, with its class
+    /// (restart-only ones would stay as they are).
+    pub changes: Vec<siprox::config::Change>,
+    /// TLS domains that would be added, removed or rebuilt.
+    pub domains: Vec<String>,
+    /// What would not be applied while the rest would (a tenant kept on its last good
+    /// configuration, the global part of conf.d).
+    pub refused: Vec<String>,
+    /// What would refuse the whole reload.
+    pub errors: Vec<String>,
 }
 
 /// One reload, for the status.
@@ -138,6 +163,22 @@ pub struct DomainStatus {
     pub sources: Vec<PathBuf>,
     /// Digest of its inputs (changes when any of them does).
     pub digest: u64,
+    /// Why its last reload failed (it serves its last good build, or is left out), until a
+    /// reload builds it again.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    /// When its running build was loaded.
+    pub last_good_at: Option<SystemTime>,
+    /// Reloads (and the start) that could not build it.
+    pub failures: u64,
+}
+
+/// One route script file, for the status: its error until a reload compiles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptHealth {
+    pub path: PathBuf,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
 }
 
 /// The TLS domains and reload history, for the RPC (`tls.list`, `tls.info`) and tests.
@@ -153,4 +194,8 @@ pub struct TlsStatus {
     pub last_reload: Option<ReloadRecord>,
     /// The last refused reload (kept after later successes, with its time).
     pub last_error: Option<ReloadRecord>,
+    /// Restart-only keys whose configured value differs from the one in force.
+    pub restart_pending: Vec<siprox::config::Change>,
+    /// Route script files with an error, by path (cleared once they compile).
+    pub scripts: Vec<ScriptHealth>,
 }

@@ -23,7 +23,7 @@ pub use admission::{Admission, Refused, Slot};
 pub use domains::{ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};
 pub use messages::{Reload, ReloadCause, ReloadOutcome, RpcRequest, StopListening, TlsStatus};
 pub use siprox::script::ScriptSet;
-pub use snapshot::{check_connections, ConnSettings, Snapshot};
+pub use snapshot::{check_connections, ConnSettings, Credentials, Snapshot};
 pub(crate) use stats::{inc, Stats};
 pub use stats::{SipCounts, StatsSnapshot, TlsFailureCounts, TlsFailureLabel, METHOD_NAMES};
 use table::ConnectionTable;

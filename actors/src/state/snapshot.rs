@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use siprox::auth::Users;
+use siprox::auth::{Authenticator, Users};
 use siprox::config::Config;
 use siprox::proxy::{FlowKeys, Listen, Proxy, ProxyConfig};
 use siprox::sip::Limits;
@@ -43,6 +43,16 @@ impl ConnSettings {
     }
 }
 
+/// The digest users and authenticator of a snapshot, built together by the start or a
+/// reload.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// `[auth] users_file`, parsed.
+    pub users: Arc<Users>,
+    /// The authenticator and the digest of its secret.
+    pub auth: (Arc<Authenticator>, u64),
+}
+
 /// Everything the hot path reads, published whole with one `store()`: a reader sees either
 /// the old or the new one, never half of each.
 #[derive(Debug)]
@@ -63,6 +73,11 @@ pub struct Snapshot {
     /// The digest users (`[auth] users_file`), read by the reload job: authentication reads
     /// them here, in the same snapshot as the scripts that call it.
     pub users: Arc<Users>,
+    /// The digest authenticator of `[auth]` (algorithms, nonce lifetime, secret), rebuilt by
+    /// a reload that changes them (sharing the nonce table while the secret stays).
+    pub auth: Arc<Authenticator>,
+    /// Digest of the secret `auth` was built with: a reload compares it.
+    pub auth_secret: u64,
 }
 
 impl Snapshot {
@@ -74,7 +89,10 @@ impl Snapshot {
         listens: Vec<Listen>,
         tls: Arc<TlsDomains>,
         scripts: Arc<ScriptSet>,
-        users: Arc<Users>,
+        Credentials {
+            users,
+            auth: (auth, auth_secret),
+        }: Credentials,
         flow_keys: FlowKeys,
         flow_refused: Arc<AtomicU64>,
     ) -> Snapshot {
@@ -97,6 +115,8 @@ impl Snapshot {
             tls,
             scripts,
             users,
+            auth,
+            auth_secret,
             config,
         }
     }

@@ -101,16 +101,39 @@ pub struct BuildOptions<'a> {
     pub read: &'a dyn ReadMaterial,
 }
 
-/// Builds every TLS domain of `config`. Contexts of `prev` whose digest is unchanged are
-/// reused as they are (no file parsed twice, no key loaded twice, `Arc::ptr_eq`). Every
-/// failing domain is reported, not only the first. Blocking (its reader reads files): never call it on
-/// a worker thread.
+/// Builds every TLS domain of `config`, all or nothing (`siprox check`, a strict start):
+/// any domain that cannot be built is an error. See [`build_domains_isolated`].
 pub fn build_domains(
     config: &Config,
     prev: Option<&TlsDomains>,
     o: BuildOptions<'_>,
 ) -> Result<TlsDomains, Vec<DomainError>> {
+    match build_domains_isolated(config, prev, o) {
+        Ok((t, kept)) if kept.is_empty() => Ok(t),
+        Ok((_, kept)) => Err(kept),
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds every TLS domain of `config`. Contexts of `prev` whose digest is unchanged are
+/// reused as they are (no file parsed twice, no key loaded twice, `Arc::ptr_eq`). Every
+/// failing domain is reported, not only the first. Blocking (its reader reads files): never
+/// call it on a worker thread.
+///
+/// One tenant's broken material must not hold up the others: a domain that cannot be
+/// built keeps its previous, still valid, build from `prev` (or, with none, is left out:
+/// its SNI names then get what `[tls] default_server` says), and is returned in the second
+/// list with why. `Err` only for what no domain can be kept for: conflicts between domains,
+/// and a default domain that fails with no previous build to keep.
+pub fn build_domains_isolated(
+    config: &Config,
+    prev: Option<&TlsDomains>,
+    o: BuildOptions<'_>,
+) -> Result<(TlsDomains, Vec<DomainError>), Vec<DomainError>> {
     let mut errors = Vec::new();
+    // Domains that failed and kept their last good build (or were left out).
+    let mut kept = Vec::new();
+    let still_valid = |ctx: &siprox::tls::ServerContext| ctx.cert.not_after_unix >= o.now;
     let prev_server = |name: &str| {
         prev.and_then(|p| {
             p.servers
@@ -170,7 +193,8 @@ pub fn build_domains(
     for (name, d) in &config.domains {
         let Some(s) = &d.server else { continue };
         let spec = siprox::tls::server_spec(name, d, s, &domain_source(config, name));
-        if let Some((ctx, open)) = server(name, name, s, &mut errors) {
+        let mut failed = Vec::new();
+        if let Some((ctx, open)) = server(name, name, s, &mut failed) {
             servers.push(Arc::new(ServerDomain {
                 name: name.as_str().into(),
                 ctx,
@@ -181,8 +205,15 @@ pub fn build_domains(
                 open,
                 sources: server_sources(o.base, s),
             }));
+            specs.push(spec);
+            continue;
         }
-        specs.push(spec);
+        kept.extend(failed);
+        // The last good build serves on, names and all, as it was published.
+        if let Some(old) = prev_server(name).filter(|d| still_valid(&d.ctx)) {
+            specs.push(old.spec.clone());
+            servers.push(old.clone());
+        }
     }
     let matcher = match ServerMatcher::build(&specs) {
         Ok(m) => m,
@@ -206,8 +237,9 @@ pub fn build_domains(
         && t.default_server
         && !(o.dev_certs_pending && t.generate_dev_certs && default_files_missing)
     {
-        server(DEFAULT_DOMAIN, DEFAULT_ID, &t.server_tls(), &mut errors).map(|(ctx, open)| {
-            Arc::new(ServerDomain {
+        let mut failed = Vec::new();
+        match server(DEFAULT_DOMAIN, DEFAULT_ID, &t.server_tls(), &mut failed) {
+            Some((ctx, open)) => Some(Arc::new(ServerDomain {
                 name: DEFAULT_DOMAIN.into(),
                 ctx,
                 spec: ServerSpec {
@@ -221,8 +253,22 @@ pub fn build_domains(
                 max_connections: 0,
                 open,
                 sources: server_sources(o.base, &t.server_tls()),
-            })
-        })
+            })),
+            // A reload keeps the running default; a start has none to keep.
+            None => match prev
+                .and_then(|p| p.default_server.clone())
+                .filter(|d| still_valid(&d.ctx))
+            {
+                Some(old) => {
+                    kept.extend(failed);
+                    Some(old)
+                }
+                None => {
+                    errors.extend(failed);
+                    None
+                }
+            },
+        }
     } else {
         None
     };
@@ -261,7 +307,8 @@ pub fn build_domains(
         else {
             continue;
         };
-        if let Some(ctx) = client(&spec.name, c, &mut errors) {
+        let mut failed = Vec::new();
+        if let Some(ctx) = client(&spec.name, c, &mut failed) {
             clients.push(Arc::new(ClientDomain {
                 name: spec.name.as_str().into(),
                 ctx,
@@ -270,6 +317,13 @@ pub fn build_domains(
                 send_timeout: c.send_timeout.map(|d| d.get()),
                 sources: client_sources(o.base, c),
             }));
+        } else {
+            kept.extend(failed);
+            if let Some(old) =
+                prev.and_then(|p| p.clients.iter().find(|d| &*d.name == spec.name.as_str()))
+            {
+                clients.push(old.clone());
+            }
         }
     }
     let (client_matcher, conflicts) = ClientMatcher::build(&client_specs);
@@ -286,25 +340,39 @@ pub fn build_domains(
     {
         dc.ca_file = None;
     }
-    let default_client = client(DEFAULT_DOMAIN, &dc, &mut errors).map(|ctx| {
-        Arc::new(ClientDomain {
+    let mut failed = Vec::new();
+    let default_client = match client(DEFAULT_DOMAIN, &dc, &mut failed) {
+        Some(ctx) => Some(Arc::new(ClientDomain {
             name: DEFAULT_DOMAIN.into(),
             ctx,
             spec: ClientSpec::default(),
             handshake_timeout: None,
             send_timeout: None,
             sources: client_sources(o.base, &dc),
-        })
-    });
+        })),
+        None => match prev.map(|p| p.default_client.clone()) {
+            Some(old) => {
+                kept.extend(failed);
+                Some(old)
+            }
+            None => {
+                errors.extend(failed);
+                None
+            }
+        },
+    };
     match default_client {
-        Some(default_client) if errors.is_empty() => Ok(TlsDomains {
-            servers,
-            matcher,
-            default_server,
-            clients,
-            client_matcher,
-            default_client,
-        }),
+        Some(default_client) if errors.is_empty() => Ok((
+            TlsDomains {
+                servers,
+                matcher,
+                default_server,
+                clients,
+                client_matcher,
+                default_client,
+            },
+            kept,
+        )),
         _ => Err(errors),
     }
 }
@@ -431,6 +499,62 @@ mod tests {
             .permissions();
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(key_mode.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_failing_tenant_keeps_its_last_good_build_and_a_new_one_is_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = TlsConfig {
+            generate_dev_certs: true,
+            ..TlsConfig::default()
+        };
+        ensure_dev_certs(&cfg, dir.path()).expect("generate");
+        let certs = dir.path().join("certs");
+        for t in ["t", "u"] {
+            fs::copy(certs.join("server.pem"), certs.join(format!("{t}.pem"))).expect("cp");
+            fs::copy(certs.join("server.key"), certs.join(format!("{t}.key"))).expect("cp");
+        }
+        let tenant = |t: &str| siprox::config::DomainConfig {
+            names: vec![format!("{t}.example")],
+            server: Some(ServerTls {
+                certificate: PathBuf::from(format!("certs/{t}.pem")),
+                private_key: PathBuf::from(format!("certs/{t}.key")),
+                ..ServerTls::default()
+            }),
+            ..Default::default()
+        };
+        let mut config = Config {
+            tls: cfg,
+            ..Config::default()
+        };
+        config.domains.insert("t".to_owned(), tenant("t"));
+        let first = build_domains(&config, None, opts(dir.path())).expect("builds");
+
+        fs::write(certs.join("t.pem"), b"garbage").expect("write");
+        config.domains.insert("u".to_owned(), tenant("u"));
+        fs::write(certs.join("u.key"), b"garbage").expect("write");
+        let (built, kept) =
+            build_domains_isolated(&config, Some(&first), opts(dir.path())).expect("isolated");
+        let names: Vec<&str> = kept.iter().map(|e| e.domain.as_str()).collect();
+        assert_eq!(names, vec!["t", "u"], "{kept:?}");
+        let t = |d: &TlsDomains| {
+            d.servers
+                .iter()
+                .find(|d| &*d.name == "t")
+                .map(|d| d.ctx.clone())
+        };
+        assert!(Arc::ptr_eq(
+            &t(&first).expect("t"),
+            &t(&built).expect("t kept")
+        ));
+        assert!(built.servers.iter().all(|d| &*d.name != "u"), "u left out");
+        // All or nothing for `siprox check` and a strict start.
+        assert!(build_domains(&config, Some(&first), opts(dir.path())).is_err());
+        // A start has nothing to keep: t is left out too.
+        let (fresh, kept) =
+            build_domains_isolated(&config, None, opts(dir.path())).expect("isolated");
+        assert_eq!(kept.len(), 2);
+        assert!(fresh.servers.is_empty());
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub mod ffi;
 
 pub use devcerts::{ensure_dev_certs, generate_dev_certs, resolve_path, DevCerts};
 pub use dispatch::{chosen, dispatch_context, server_ssl, Chosen};
-pub use domains::{build_domains, BuildOptions, DomainError, EnvLookup, ReadMaterial, TLS_HOOKS};
+pub use domains::{
+    build_domains, build_domains_isolated, BuildOptions, DomainError, EnvLookup, ReadMaterial,
+    TLS_HOOKS,
+};
 pub use facts::facts;
 pub use failure::{CertificateFailure, HandshakeFailure};
 // The domain types live in the snapshot (`state`); they are re-exported here, where they

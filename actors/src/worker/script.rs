@@ -61,12 +61,12 @@ impl ScriptLog for TracingLog {
 
 /// Runs `f` with the environment a request route gets: the registrar (the process's store,
 /// the snapshot's settings, the connection table), digest authentication (the process's
-/// authenticator, the snapshot's users), and the time. Before the location store is set up
+/// snapshot's authenticator and users), and the time. Before the location store is set up
 /// (never, once the runtime has started) save/lookup and the digest functions return -1.
 pub(crate) fn with_env<R>(shared: &Shared, snap: &Snapshot, f: impl FnOnce(&Env<'_>) -> R) -> R {
     let location = shared.location.get();
-    let digest = location.map(|l| Digest {
-        authenticator: &l.auth,
+    let digest = location.map(|_| Digest {
+        authenticator: &snap.auth,
         users: &*snap.users,
     });
     let env = Env {
