@@ -78,6 +78,14 @@ pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG_ERROR);
                 }
             };
+            // What a start would generate, or why it would refuse (never over existing keys).
+            let dev_certs = match crate::tls::dev_certs_plan(&config.tls, &base) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    return ExitCode::from(EXIT_CONFIG_ERROR);
+                }
+            };
             // TLS material: every domain's contexts built exactly as a reload builds them.
             let has_tls = config
                 .listen
@@ -137,6 +145,18 @@ pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
                     )
                 }
             );
+            if let Some(plan) = dev_certs {
+                let files: Vec<_> = plan
+                    .files()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "development certificates generated at start: {}",
+                    files.join(", ")
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -176,7 +196,8 @@ pub fn run(config: Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error = %e, "siprox cannot start");
+            // Once, on stderr, as every other start error: the log goes to stderr too, so a
+            // log event here printed the same error a second time.
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG_ERROR)
         }

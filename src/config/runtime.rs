@@ -258,8 +258,9 @@ pub struct TlsConfig {
     /// PEM private key of `client_certificate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_private_key: Option<PathBuf>,
-    /// When `certificate`/`private_key` do not exist: generate a development CA and a
-    /// certificate for localhost/127.0.0.1/::1 in their place (with a loud warning).
+    /// When none of `certificate`, `private_key`, `ca_file` and its key exist: generate a
+    /// development CA and a certificate for localhost/127.0.0.1/::1 there (with a loud
+    /// warning). When only some exist, the start refuses: existing files are never replaced.
     pub generate_dev_certs: bool,
     /// Serve this certificate to ClientHellos that match no domain. false: such a
     /// ClientHello is refused with the `unrecognized_name` alert (strict SNI hosting).

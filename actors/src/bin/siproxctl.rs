@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use clap::Parser;
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod};
 use serde_json::Value;
 use siprox::rpc::{jsonrpc, xmlrpc};
-use siprox_actors::mgmt::ctl::{self, CtlFile};
+use siprox_actors::mgmt::ctl::{self, CtlFile, Material, Refused};
 
 /// Exit status when the server answered with an RPC error.
 const EXIT_RPC_ERROR: u8 = 1;
@@ -26,8 +26,12 @@ const EXIT_TRANSPORT: u8 = 2;
 /// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
 ///
 /// Commands: tls list | tls info | tls domains | tls kill ID | tls reload | tcp list |
-/// reload | ul dump | ul show AOR | ul rm AOR | stats | version | uptime | kill |
-/// methods | help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
+/// reload | ul list (= ul dump, ul show) | ul show AOR | ul rm AOR | stats | version |
+/// uptime | kill | methods | help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
+///
+/// Without --cert/--ca (or settings), siproxctl uses siprox's development certificates
+/// (certs/admin.pem, certs/admin.key, certs/ca.pem) found beside --conf-dir, else in the
+/// working directory.
 #[derive(Debug, Parser)]
 #[command(name = "siproxctl", version)]
 struct Cli {
@@ -44,6 +48,10 @@ struct Cli {
     /// else the system's CAs).
     #[arg(long, env = "SIPROXCTL_CA")]
     ca: Option<PathBuf>,
+    /// siprox's configuration directory: the development certificates are looked for in
+    /// its sibling certs/ first (as siprox resolves them).
+    #[arg(long, value_name = "DIR", env = "SIPROX_CONFIG_DIR")]
+    conf_dir: Option<PathBuf>,
     /// Settings file (url, cert, key, ca); default ~/.config/siproxctl.toml.
     #[arg(long, env = "SIPROXCTL_CONFIG")]
     config: Option<PathBuf>,
@@ -63,8 +71,14 @@ struct Cli {
 
 /// Why a call failed.
 enum Failure {
-    Rpc { code: i64, message: String },
+    Rpc {
+        code: i64,
+        message: String,
+    },
     Transport(anyhow::Error),
+    /// The TLS connection was refused one way or the other: printed with a hint that names
+    /// the options and the files used.
+    Refused(Refused, Box<Material>),
 }
 
 fn main() -> ExitCode {
@@ -84,7 +98,12 @@ fn main() -> ExitCode {
                     serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
                 );
             } else {
-                println!("{}", ctl::render_human(&v));
+                let width = std::env::var("COLUMNS")
+                    .ok()
+                    .and_then(|c| c.trim().parse::<usize>().ok())
+                    .filter(|w| *w >= 40)
+                    .unwrap_or(ctl::DEFAULT_WIDTH);
+                println!("{}", ctl::render_for(&method, &v, width));
             }
             ExitCode::SUCCESS
         }
@@ -102,34 +121,40 @@ fn main() -> ExitCode {
             eprintln!("siproxctl: {e:#}");
             ExitCode::from(EXIT_TRANSPORT)
         }
+        Err(Failure::Refused(r, material)) => {
+            eprintln!("siproxctl: {r}");
+            eprintln!("{}", ctl::hint(&r, &material));
+            ExitCode::from(EXIT_TRANSPORT)
+        }
     }
 }
 
 fn run(cli: &Cli, method: &str, params: &[Value]) -> Result<Value, Failure> {
-    let file = match &cli.config {
-        Some(p) => CtlFile::load(p, true),
-        None => {
-            CtlFile::default_path().map_or(Ok(CtlFile::default()), |p| CtlFile::load(&p, false))
-        }
+    let file_path = cli.config.clone().or_else(CtlFile::default_path);
+    let file = match &file_path {
+        Some(p) => CtlFile::load(p, cli.config.is_some()),
+        None => Ok(CtlFile::default()),
     }
     .map_err(|e| Failure::Transport(anyhow!(e)))?;
     let url = cli
         .url
         .clone()
-        .or(file.url)
+        .or(file.url.clone())
         .unwrap_or_else(|| ctl::DEFAULT_URL.to_owned());
-    // Without settings, the development material siprox generates (run from the
-    // repository root, the default conf.d lets certs/admin.pem in).
-    let dev = |f: &str| Some(PathBuf::from("certs").join(f)).filter(|p| p.exists());
-    let explicit = cli.cert.is_some() || file.cert.is_some();
-    let cert = cli.cert.clone().or(file.cert).or_else(|| dev("admin.pem"));
-    let key = cli
-        .key
-        .clone()
-        .or(file.key)
-        .or_else(|| if explicit { None } else { dev("admin.key") })
-        .or_else(|| cert.clone());
-    let ca = cli.ca.clone().or(file.ca).or_else(|| dev("ca.pem"));
+    let cwd = std::env::current_dir().ok();
+    let search = ctl::dev_search_dirs(cli.conf_dir.as_deref(), cwd.as_deref());
+    let given = ctl::Given {
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        ca: cli.ca.clone(),
+    };
+    let material = ctl::resolve_material(
+        &given,
+        &file,
+        file_path.as_deref().filter(|p| p.exists()),
+        &search,
+        &|p: &std::path::Path| p.exists(),
+    );
 
     let (host, port, path) = ctl::parse_url(&url).map_err(|e| Failure::Transport(anyhow!(e)))?;
     let (content_type, body) = if cli.xml {
@@ -143,12 +168,13 @@ fn run(cli: &Cli, method: &str, params: &[Value]) -> Result<Value, Failure> {
         &path,
         content_type,
         &body,
-        cert.as_ref(),
-        key.as_ref(),
-        ca.as_ref(),
+        &material,
         Duration::from_secs(cli.timeout.max(1)),
     )
-    .map_err(Failure::Transport)?;
+    .map_err(|e| match e.downcast::<Refused>() {
+        Ok(r) => Failure::Refused(r, Box::new(material.clone())),
+        Err(e) => Failure::Transport(e),
+    })?;
     if cli.xml {
         return xmlrpc::parse_response(&resp).map_err(|(code, message)| {
             if code == 0 {
@@ -182,30 +208,25 @@ fn run(cli: &Cli, method: &str, params: &[Value]) -> Result<Value, Failure> {
         .ok_or_else(|| Failure::Transport(anyhow!("HTTP {status}: no result in the response")))
 }
 
-/// One HTTPS POST, read to EOF.
-#[allow(clippy::too_many_arguments)]
+/// One HTTPS POST, read to EOF. A refused TLS connection is a [`Refused`] inside the error.
 fn exchange(
     host: &str,
     port: u16,
     path: &str,
     content_type: &str,
     body: &[u8],
-    cert: Option<&PathBuf>,
-    key: Option<&PathBuf>,
-    ca: Option<&PathBuf>,
+    m: &Material,
     timeout: Duration,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    if let Some(ca) = ca {
+    if let Some(ca) = &m.ca {
         b.set_ca_file(ca)
             .with_context(|| format!("CA file {}", ca.display()))?;
     }
-    if let Some(cert) = cert {
+    if let Some(cert) = &m.cert {
         b.set_certificate_chain_file(cert)
             .with_context(|| format!("client certificate {}", cert.display()))?;
-    }
-    if let Some(key) = key {
-        if cert.is_some() {
+        if let Some(key) = &m.key {
             b.set_private_key_file(key, SslFiletype::PEM)
                 .with_context(|| format!("client key {}", key.display()))?;
             b.check_private_key()
@@ -222,9 +243,25 @@ fn exchange(
         .with_context(|| format!("cannot connect to {addr}"))?;
     tcp.set_read_timeout(Some(timeout))?;
     tcp.set_write_timeout(Some(timeout))?;
-    let mut tls = connector
-        .connect(host, tcp)
-        .map_err(|e| anyhow!("TLS handshake with {addr} failed: {e}"))?;
+    let mut tls = connector.connect(host, tcp).map_err(|e| {
+        let verify = match &e {
+            HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {
+                Some(mid.ssl().verify_result())
+            }
+            HandshakeError::SetupFailure(_) => None,
+        };
+        match verify {
+            Some(v) if v != openssl::x509::X509VerifyResult::OK => {
+                anyhow::Error::new(Refused::ServerNotTrusted {
+                    addr: addr.to_string(),
+                    reason: v.error_string().to_owned(),
+                })
+            }
+            _ => anyhow::Error::new(Refused::ClientNotAccepted {
+                what: format!("TLS handshake with {addr} failed: {e}"),
+            }),
+        }
+    })?;
     let host_header = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -238,17 +275,21 @@ fn exchange(
     );
     let mut req = head.into_bytes();
     req.extend_from_slice(body);
+    // With TLS 1.3 a refused client certificate surfaces after the handshake: on the first
+    // read, or already on this write when the server's alert and close came first.
+    let refused = |what: String| anyhow::Error::new(Refused::ClientNotAccepted { what });
     tls.write_all(&req)
-        .map_err(|e| anyhow!("sending the request failed: {e}"))?;
+        .map_err(|e| refused(format!("sending the request failed: {e}")))?;
     let mut resp = Vec::new();
-    // With TLS 1.3 a refused client certificate surfaces here, on the first read.
     match tls.read_to_end(&mut resp) {
         Ok(_) => {}
         Err(e) if !resp.is_empty() && e.kind() != std::io::ErrorKind::WouldBlock => {}
-        Err(e) => bail!("the server closed the connection: {e}"),
+        Err(e) => return Err(refused(format!("the server closed the connection: {e}"))),
     }
     if resp.is_empty() {
-        bail!("the server closed the connection without answering (client certificate refused?)");
+        return Err(refused(
+            "the server closed the connection without answering".to_owned(),
+        ));
     }
     ctl::parse_http_response(&resp).map_err(|e| anyhow!(e))
 }

@@ -16,7 +16,9 @@ pub mod sessions;
 #[allow(unsafe_code)]
 pub mod ffi;
 
-pub use devcerts::{ensure_dev_certs, generate_dev_certs, resolve_path, DevCerts};
+pub use devcerts::{
+    dev_certs_plan, ensure_dev_certs, generate_dev_certs, resolve_path, DevCertPlan, DevCerts,
+};
 pub use dispatch::{chosen, dispatch_context, server_ssl, Chosen};
 pub use domains::{
     build_domains, build_domains_isolated, BuildOptions, DomainError, EnvLookup, ReadMaterial,
