@@ -276,7 +276,7 @@ fn check_listeners(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<Conf
         });
         return;
     }
-    // Arrays are concatenated in file order, so a listener's index inside its own file is
+    // [[listen]] entries are appended in file order (load::COLLECTIONS), so a listener's index inside its own file is
     // the number of earlier listeners from that same file: that is the index to report.
     let mut located: Vec<(Origin, String)> = Vec::with_capacity(config.listen.len());
     for i in 0..config.listen.len() {
