@@ -191,7 +191,15 @@ pub fn load_config(
             }
         };
         let (leaf, file_errors) = check_alone(path, parsed, &mut pruned);
-        errors.extend(file_errors.into_iter().map(|e| convert(e, &origin)));
+        errors.extend(file_errors.into_iter().map(|e| {
+            // serde knows the key, not where it is written: find its line in the text.
+            let line = super::lines::line_of(&f.text, &e.path);
+            let mut e = convert(e, &origin);
+            if let (Some(line), ConfigError::Invalid { message, .. }) = (line, &mut e) {
+                *message = format!("line {line}: {message}");
+            }
+            e
+        }));
         leaves.push(leaf);
     }
     let mut good_vars = Vec::new();
@@ -721,7 +729,7 @@ mod tests {
         let text = errors.to_string();
         assert_eq!(errors.len(), 2, "{text}");
         assert!(
-            text.contains("/etc/siprox/domains/b.toml: unknown key `lvel`"),
+            text.contains("/etc/siprox/domains/b.toml: line 2: unknown key `lvel`"),
             "{text}"
         );
         assert!(text.contains("at key \"log.lvel\""), "{text}");
@@ -878,7 +886,7 @@ mod tests {
         assert!(
             errors
                 .to_string()
-                .contains("conf.d/10-x.toml: `listen_replace` must be true or false, not a number at key \"listen_replace\""),
+                .contains("conf.d/10-x.toml: line 1: `listen_replace` must be true or false, not a number at key \"listen_replace\""),
             "{errors}"
         );
     }
@@ -913,10 +921,11 @@ mod tests {
         let errors = load_sources(Path::new("conf.d"), files, []).unwrap_err();
         let text = errors.to_string();
         for want in [
-            "conf.d/10-a.toml: unknown key `lvel`",
+            "conf.d/10-a.toml: line 2: unknown key `lvel`",
+            "conf.d/10-a.toml: line 3: invalid type",
             "at key \"log.level\"",
             "at key \"limits.max_headers\"",
-            "conf.d/10-a.toml: unknown key `bogus`",
+            "conf.d/10-a.toml: line 6: unknown key `bogus`",
             "conf.d/20-b.toml:",
             "at key \"connections.send_timeout\"",
             "conf.d/30-c.toml: TOML parse error at line 1",

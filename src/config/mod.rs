@@ -17,6 +17,7 @@
 //! The reference for every key is the commented default configuration, `conf.d/00-core.toml`.
 
 mod error;
+mod lines;
 mod load;
 mod location;
 mod management;
