@@ -103,6 +103,7 @@ pub fn verify(dir: &Path, err: &mut dyn Write) -> Result<Verified, ExitCode> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    lines.extend(probe_addresses(&loaded).iter().map(ToString::to_string));
     // Route scripts compile exactly as at start (and on reload).
     let scripts = match crate::reload::script::compile_scripts(config, &base) {
         Ok(s) => Some(s),
@@ -151,6 +152,54 @@ pub fn verify(dir: &Path, err: &mut dyn Write) -> Result<Verified, ExitCode> {
             Err(ExitCode::from(EXIT_CONFIG_ERROR))
         }
     }
+}
+
+/// Each listener's (and the management listener's) IP address, bound with port 0 and
+/// released at once: an address this host does not have (a typo, an interface that is not
+/// up) fails the start, so check says it too. The port itself is not tried: it may be held
+/// by the siprox that is running now, which is no reason to refuse a new configuration.
+fn probe_addresses(loaded: &Loaded) -> Vec<config::ConfigError> {
+    let config = &loaded.config;
+    let mut errors = Vec::new();
+    let mut probe =
+        |proto: &str, addr: std::net::SocketAddr, origin: config::Origin, key: String| {
+            let any = std::net::SocketAddr::new(addr.ip(), 0);
+            let result = if proto == "udp" {
+                std::net::UdpSocket::bind(any).map(drop)
+            } else {
+                std::net::TcpListener::bind(any).map(drop)
+            };
+            if let Err(e) = result {
+                errors.push(config::ConfigError::Invalid {
+                    origin,
+                    key,
+                    message: format!("cannot listen on {proto} {addr}: {e}"),
+                });
+            }
+        };
+    let mut seen: Vec<config::Origin> = Vec::new();
+    for (i, l) in config.listen.iter().enumerate() {
+        let origin = loaded.origins.of_or_dir(&["listen", &i.to_string()]);
+        // The index within its own file, as the file's author counts (like validation).
+        let local = seen.iter().filter(|o| **o == origin).count();
+        seen.push(origin.clone());
+        probe(
+            l.proto.as_str(),
+            l.addr,
+            origin,
+            format!("listen[{local}].addr"),
+        );
+    }
+    if config.management.enabled {
+        let origin = loaded.origins.of_or_dir(&["management", "listen"]);
+        probe(
+            "https",
+            config.management.listen,
+            origin,
+            "management.listen".to_owned(),
+        );
+    }
+    errors
 }
 
 /// `siprox check`: warnings and errors on `err`; the summary (or with `print`, the merged

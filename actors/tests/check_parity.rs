@@ -187,6 +187,15 @@ const CASES: &[Case] = &[
         want: "at key \"auth.flow_key_file\"",
     },
     Case {
+        name: "listen address this host does not have",
+        // TEST-NET-1 (RFC 5737): never assigned to a host.
+        files: &[(
+            "conf.d/10-x.toml",
+            "[[listen]]\nproto = \"tcp\"\naddr = \"192.0.2.1:5060\"\n",
+        )],
+        want: "conf.d/10-x.toml: cannot listen on tcp 192.0.2.1:5060: Cannot assign requested address (os error 99) at key \"listen[0].addr\"",
+    },
+    Case {
         name: "route script that does not compile",
         files: &[
             ("conf.d/10-x.toml", "[script]\nfile = \"route.cfg\"\n"),
