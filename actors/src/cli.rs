@@ -61,7 +61,7 @@ pub fn main() -> ExitCode {
         None => {
             // The stderr lock must be released before `run`: a temporary in the `match`
             // head would live until the runtime exits and block every other thread's logs.
-            let verified = verify(&cli.config_dir, &mut std::io::stderr().lock());
+            let verified = verify(&cli.config_dir, false, &mut std::io::stderr().lock());
             match verified {
                 Ok(v) => run(v.loaded.config, &v.warnings),
                 Err(code) => code,
@@ -86,13 +86,25 @@ pub struct Verified {
 /// refuse the same configurations with the same words: the core's pipeline (load, merge,
 /// validate, digest), then what needs the files the configuration points to (`[auth]`
 /// files, the management TLS material, route scripts, every TLS domain). Every error of
-/// every stage that can run is written to `err`, one per line; warnings are returned
-/// (`check` prints them, the start logs them).
-pub fn verify(dir: &Path, err: &mut dyn Write) -> Result<Verified, ExitCode> {
+/// every stage that can run is written to `err`, one per line, after the warnings when
+/// `print_warnings` is set or the configuration fails; otherwise the warnings are returned
+/// for the start to log.
+pub fn verify(dir: &Path, print_warnings: bool, err: &mut dyn Write) -> Result<Verified, ExitCode> {
     let outcome = crate::reload::files::load_outcome(dir);
+    let warn = |err: &mut dyn Write| {
+        for w in &outcome.warnings {
+            let _ = writeln!(err, "warning: {w}");
+        }
+    };
+    if print_warnings {
+        warn(err);
+    }
     let loaded = match outcome.loaded {
         Ok(l) => l,
         Err(errors) => {
+            if !print_warnings {
+                warn(err);
+            }
             report(&errors, err);
             return Err(ExitCode::from(EXIT_CONFIG_ERROR));
         }
@@ -146,6 +158,9 @@ pub fn verify(dir: &Path, err: &mut dyn Write) -> Result<Verified, ExitCode> {
             scripts,
         }),
         _ => {
+            if !print_warnings {
+                warn(err);
+            }
             for l in lines {
                 let _ = writeln!(err, "error: {l}");
             }
@@ -205,12 +220,7 @@ fn probe_addresses(loaded: &Loaded) -> Vec<config::ConfigError> {
 /// `siprox check`: warnings and errors on `err`; the summary (or with `print`, the merged
 /// configuration) on `out` and exit 0, or exit 1.
 pub fn check(dir: &Path, print: bool, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
-    // The warnings do not wait for a valid configuration.
-    let warnings = crate::reload::files::load_outcome(dir).warnings;
-    for w in &warnings {
-        let _ = writeln!(err, "warning: {w}");
-    }
-    let v = match verify(dir, err) {
+    let v = match verify(dir, true, err) {
         Ok(v) => v,
         Err(code) => return code,
     };
