@@ -99,9 +99,12 @@ pub fn verify(dir: &Path, print_warnings: bool, err: &mut dyn Write) -> Result<V
     if print_warnings {
         warn(err);
     }
-    let loaded = match outcome.loaded {
-        Ok(l) => l,
-        Err(errors) => {
+    let (loaded, mut lines) = match (outcome.loaded, outcome.invalid) {
+        (Ok(l), _) => (l, Vec::new()),
+        // Only validation failed: the files it points to are checked too, so that one
+        // run shows every error.
+        (Err(errors), Some(l)) => (*l, errors.iter().map(ToString::to_string).collect()),
+        (Err(errors), None) => {
             if !print_warnings {
                 warn(err);
             }
@@ -111,10 +114,11 @@ pub fn verify(dir: &Path, print_warnings: bool, err: &mut dyn Write) -> Result<V
     };
     let config = &loaded.config;
     let base = crate::runtime::RuntimeOptions::base_dir_for(config);
-    let mut lines: Vec<String> = crate::reload::files::check_pointed_files(&loaded, &base)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    lines.extend(
+        crate::reload::files::check_pointed_files(&loaded, &base)
+            .iter()
+            .map(ToString::to_string),
+    );
     lines.extend(probe_addresses(&loaded).iter().map(ToString::to_string));
     // Route scripts compile exactly as at start (and on reload).
     let scripts = match crate::reload::script::compile_scripts(config, &base) {

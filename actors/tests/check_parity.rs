@@ -250,6 +250,29 @@ fn check_and_start_give_the_same_verdict_and_errors() {
 }
 
 #[test]
+fn one_run_reports_value_errors_and_pointed_file_errors_together() {
+    let (_dir, conf) = tree(&[
+        ("conf.d/00-core.toml", CORE),
+        (
+            "conf.d/10-x.toml",
+            "[connections]\nsend_timeout = \"0s\"\n[auth]\nusers_file = \"nope.toml\"\n",
+        ),
+    ]);
+    let (code, errors, all) = check(&conf, &[]);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("connections.send_timeout"))
+            && errors.iter().any(|l| l.contains("auth.users_file")),
+        "{all}"
+    );
+    let mut started = Started::new(&conf, &[]);
+    assert_eq!(started.outcome(), Some(1));
+    assert_eq!(error_lines(&started.stderr()), errors);
+}
+
+#[test]
 fn a_missing_tenant_certificate_names_the_file_and_key_that_point_to_it() {
     let case = CASES
         .iter()

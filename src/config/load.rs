@@ -67,6 +67,10 @@ pub struct Outcome {
     pub loaded: Result<Loaded, ConfigErrors>,
     /// One line each, to be shown at WARN.
     pub warnings: Vec<String>,
+    /// When every file and variable read well and only validation failed: the merged
+    /// configuration anyway, so that `siprox check` can go on to the checks of the files it
+    /// points to and report those errors too. Never to serve from.
+    pub invalid: Option<Box<Loaded>>,
 }
 
 /// Where the merged values came from (the merged figment keeps each value's source).
@@ -238,31 +242,39 @@ pub fn load_config(
             return Outcome {
                 loaded: Err(ConfigErrors(errors)),
                 warnings,
+                invalid: None,
             };
         }
     };
     config.sources = paths;
     config.env_overrides = good_vars.into_iter().map(|v| v.name).collect();
 
+    let read_well = errors.is_empty();
     let provenance = Provenance::new(dir, Some(&figment));
     errors.extend(validate(&config, &provenance).into_iter().filter(|e| {
         let top = e.key().split(['.', '[']).next().unwrap_or("");
         top.is_empty() || !pruned.contains(top)
     }));
-    let origins = Origins {
-        dir: dir.to_path_buf(),
-        figment: Some(figment),
+    let loaded = Loaded {
+        config,
+        digest,
+        origins: Origins {
+            dir: dir.to_path_buf(),
+            figment: Some(figment),
+        },
     };
-    let loaded = if errors.is_empty() {
-        Ok(Loaded {
-            config,
-            digest,
-            origins,
-        })
-    } else {
-        Err(ConfigErrors(errors))
-    };
-    Outcome { loaded, warnings }
+    if errors.is_empty() {
+        return Outcome {
+            loaded: Ok(loaded),
+            warnings,
+            invalid: None,
+        };
+    }
+    Outcome {
+        loaded: Err(ConfigErrors(errors)),
+        warnings,
+        invalid: read_well.then(|| Box::new(loaded)),
+    }
 }
 
 /// The digest of everything [`load_config`] reads: each file's relative path and text, and

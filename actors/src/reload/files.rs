@@ -69,6 +69,7 @@ pub fn load_outcome(dir: &Path) -> Outcome {
             loaded: Err(errors),
             // The environment's warnings do not depend on the files: still say them.
             warnings: load_config(dir, Vec::new(), env).warnings,
+            invalid: None,
         },
     }
 }
