@@ -10,6 +10,7 @@
 //! - `script`: the `[script]` section (the default route script).
 //! - `management`: the `[management]` section (RPC listener, client-certificate allow-list).
 //! - `tls`: the TLS settings of a domain's server and client sides.
+//! - `lines`: the line of a key in a file's text, for errors serde gives without one.
 //! - `print`: the merged configuration with each value's origin (`siprox check --print`).
 //! - `validate`: what types cannot say (listeners, limits, log filter, domains).
 //! - `error`: [`ConfigError`] / [`ConfigErrors`], each naming the file or variable at fault.

@@ -16,6 +16,13 @@ pub fn render_with_origins(loaded: &Loaded) -> String {
         "# siprox: merged configuration of {}, with where each value came from",
         loaded.origins.dir().display()
     );
+    for f in &loaded.config.sources {
+        let _ = writeln!(out, "# file {}", f.display());
+    }
+    for v in &loaded.config.env_overrides {
+        let _ = writeln!(out, "# env  {v}");
+    }
+    let _ = writeln!(out, "# (optional keys that are not set are not shown)");
     let value = match toml::Value::try_from(&loaded.config) {
         Ok(toml::Value::Table(t)) => t,
         Ok(_) | Err(_) => {
