@@ -271,15 +271,6 @@ pub fn check(dir: &Path, print: bool, out: &mut dyn Write, err: &mut dyn Write) 
     ExitCode::SUCCESS
 }
 
-/// Loads `dir` (the core pipeline only); on failure prints every error, one per line, and
-/// returns the exit status.
-pub fn load(dir: &Path, err: &mut dyn Write) -> Result<Config, ExitCode> {
-    crate::reload::files::load(dir).map_err(|errors| {
-        report(&errors, err);
-        ExitCode::from(EXIT_CONFIG_ERROR)
-    })
-}
-
 /// Writes each error on its own line as `error: <file>: <message> at key "<key>"`.
 pub fn report(errors: &ConfigErrors, err: &mut dyn Write) {
     for e in errors {
