@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use siprox::config::{self, Config, ConfigErrors};
+use siprox::config::{self, Config, ConfigErrors, Loaded, Proto};
 
 /// Exit status for an invalid configuration (and for command-line errors other than --help).
 pub const EXIT_CONFIG_ERROR: u8 = 1;
@@ -37,8 +37,14 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load and validate the configuration, print a summary, and exit (0 = valid, 1 = errors).
-    Check,
+    /// Load and validate the configuration exactly as a start would (files, keys, the files
+    /// they point to, scripts, TLS material), print a summary, and exit (0 = valid, 1 = errors).
+    Check {
+        /// Print the merged configuration instead of the summary, each value with the file
+        /// or environment variable it came from (`# default` when none set it).
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 /// Parses the process arguments and does what they say. Argument errors and `--help` /
@@ -46,129 +52,246 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => check(
+        Some(Command::Check { print }) => check(
             &cli.config_dir,
+            print,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
         None => {
             // The stderr lock must be released before `run`: a temporary in the `match`
             // head would live until the runtime exits and block every other thread's logs.
-            let loaded = load(&cli.config_dir, &mut std::io::stderr().lock());
-            match loaded {
-                Ok(config) => run(config),
+            let verified = verify(&cli.config_dir, false, &mut std::io::stderr().lock());
+            match verified {
+                Ok(v) => run(v.loaded.config, &v.warnings),
                 Err(code) => code,
             }
         }
     }
 }
 
-/// `siprox check`: the summary on `out` and exit 0, or every error on `err` and exit 1.
-pub fn check(dir: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
-    match load(dir, err) {
-        Ok(config) => {
-            // Route scripts compile exactly as at start (and on reload).
-            let base = crate::runtime::RuntimeOptions::base_dir_for(&config);
-            let scripts = match crate::reload::script::compile_scripts(&config, &base) {
-                Ok(s) => s,
-                Err(errors) => {
-                    for e in errors {
-                        let _ = writeln!(err, "error: {e}");
-                    }
-                    return ExitCode::from(EXIT_CONFIG_ERROR);
-                }
-            };
-            // What a start would generate, or why it would refuse (never over existing keys).
-            let dev_certs = match crate::tls::dev_certs_plan(&config.tls, &base) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    let _ = writeln!(err, "error: {e}");
-                    return ExitCode::from(EXIT_CONFIG_ERROR);
-                }
-            };
-            // TLS material: every domain's contexts built exactly as a reload builds them.
-            let has_tls = config
-                .listen
-                .iter()
-                .any(|l| l.proto == siprox::config::Proto::Tls);
-            let tls = crate::tls::build_domains(
-                &config,
-                None,
-                crate::tls::BuildOptions {
-                    base: &base,
-                    has_tls,
-                    // Generated at start when missing: not an error here.
-                    dev_certs_pending: true,
-                    now: crate::tls::unix_now(),
-                    read: &crate::reload::files::FILES,
-                },
-            );
-            let tls = match tls {
-                Ok(t) => t,
-                Err(errors) => {
-                    for e in errors {
-                        let _ = writeln!(err, "error: {e}");
-                    }
-                    return ExitCode::from(EXIT_CONFIG_ERROR);
-                }
-            };
-            // A closed stdout (`siprox check | head -0`) must not turn a valid config into a
-            // failure, nor panic as `println!` would.
-            let _ = writeln!(out, "{}", config.summary());
-            let _ = writeln!(
-                out,
-                "tls domains: {} server, {} client (default server: {})",
-                tls.servers.len(),
-                tls.clients.len(),
-                if tls.default_server.is_some() {
-                    "[tls]"
-                } else if has_tls && config.tls.default_server {
-                    "[tls], generated at start"
-                } else {
-                    "none"
-                }
-            );
-            let _ = writeln!(
-                out,
-                "route scripts: {}",
-                if scripts.is_empty() {
-                    "none (built-in route)".to_owned()
-                } else {
-                    format!(
-                        "{} compiled (default: {})",
-                        scripts.by_domain.len() + usize::from(scripts.default.is_some()),
-                        if scripts.default.is_some() {
-                            "yes"
-                        } else {
-                            "built-in"
-                        }
-                    )
-                }
-            );
-            if let Some(plan) = dev_certs {
-                let files: Vec<_> = plan
-                    .files()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "development certificates generated at start: {}",
-                    files.join(", ")
-                );
-            }
-            ExitCode::SUCCESS
+/// A configuration that passed every check a start makes before it binds.
+pub struct Verified {
+    /// The pipeline's result.
+    pub loaded: Loaded,
+    /// The pipeline's warnings (ignored environment variables).
+    pub warnings: Vec<String>,
+    /// The TLS domains, as built.
+    pub tls: crate::state::TlsDomains,
+    /// The route scripts, as compiled.
+    pub scripts: crate::state::ScriptSet,
+    /// The development certificates a start would generate (never over an existing file).
+    pub dev_certs: Option<crate::tls::DevCertPlan>,
+}
+
+/// Everything `siprox check` and the start both run, in one place so that they accept and
+/// refuse the same configurations with the same words: the core's pipeline (load, merge,
+/// validate, digest), then what needs the files the configuration points to (`[auth]`
+/// files, the management TLS material, route scripts, every TLS domain). Every error of
+/// every stage that can run is written to `err`, one per line, after the warnings when
+/// `print_warnings` is set or the configuration fails; otherwise the warnings are returned
+/// for the start to log.
+pub fn verify(dir: &Path, print_warnings: bool, err: &mut dyn Write) -> Result<Verified, ExitCode> {
+    let outcome = crate::reload::files::load_outcome(dir);
+    let warn = |err: &mut dyn Write| {
+        for w in &outcome.warnings {
+            let _ = writeln!(err, "warning: {w}");
         }
-        Err(code) => code,
+    };
+    if print_warnings {
+        warn(err);
+    }
+    let (loaded, mut lines) = match (outcome.loaded, outcome.invalid) {
+        (Ok(l), _) => (l, Vec::new()),
+        // Only validation failed: the files it points to are checked too, so that one
+        // run shows every error.
+        (Err(errors), Some(l)) => (*l, errors.iter().map(ToString::to_string).collect()),
+        (Err(errors), None) => {
+            if !print_warnings {
+                warn(err);
+            }
+            report(&errors, err);
+            return Err(ExitCode::from(EXIT_CONFIG_ERROR));
+        }
+    };
+    let config = &loaded.config;
+    let base = crate::runtime::RuntimeOptions::base_dir_for(config);
+    lines.extend(
+        crate::reload::files::check_pointed_files(&loaded, &base)
+            .iter()
+            .map(ToString::to_string),
+    );
+    lines.extend(probe_addresses(&loaded).iter().map(ToString::to_string));
+    // Route scripts compile exactly as at start (and on reload).
+    let scripts = match crate::reload::script::compile_scripts(config, &base) {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            lines.extend(errors.iter().map(ToString::to_string));
+            None
+        }
+    };
+    // What a start would generate, or why it would refuse (never over existing keys).
+    let dev_certs = match crate::tls::dev_certs_plan(&config.tls, &base) {
+        Ok(plan) => plan,
+        Err(e) => {
+            lines.push(e.to_string());
+            None
+        }
+    };
+    // TLS material: every domain's contexts built exactly as a reload builds them.
+    let has_tls = config.listen.iter().any(|l| l.proto == Proto::Tls);
+    let read = crate::reload::files::Pointed {
+        files: crate::reload::files::FILES,
+        config,
+        origins: &loaded.origins,
+    };
+    let tls = crate::tls::build_domains(
+        config,
+        None,
+        crate::tls::BuildOptions {
+            base: &base,
+            has_tls,
+            // Generated at start when missing: not an error here.
+            dev_certs_pending: true,
+            now: crate::tls::unix_now(),
+            read: &read,
+        },
+    );
+    let tls = match tls {
+        Ok(t) => Some(t),
+        Err(errors) => {
+            lines.extend(errors.iter().map(ToString::to_string));
+            None
+        }
+    };
+    match (tls, scripts) {
+        (Some(tls), Some(scripts)) if lines.is_empty() => Ok(Verified {
+            loaded,
+            warnings: outcome.warnings,
+            tls,
+            scripts,
+            dev_certs,
+        }),
+        _ => {
+            if !print_warnings {
+                warn(err);
+            }
+            for l in lines {
+                let _ = writeln!(err, "error: {l}");
+            }
+            Err(ExitCode::from(EXIT_CONFIG_ERROR))
+        }
     }
 }
 
-/// Loads `dir`; on failure prints every error, one per line, and returns the exit status.
-pub fn load(dir: &Path, err: &mut dyn Write) -> Result<Config, ExitCode> {
-    crate::reload::files::load(dir).map_err(|errors| {
-        report(&errors, err);
-        ExitCode::from(EXIT_CONFIG_ERROR)
-    })
+/// Each listener's (and the management listener's) IP address, bound with port 0 and
+/// released at once: an address this host does not have (a typo, an interface that is not
+/// up) fails the start, so check says it too. The port itself is not tried: it may be held
+/// by the siprox that is running now, which is no reason to refuse a new configuration.
+fn probe_addresses(loaded: &Loaded) -> Vec<config::ConfigError> {
+    let config = &loaded.config;
+    let mut errors = Vec::new();
+    let mut probe =
+        |proto: &str, addr: std::net::SocketAddr, origin: config::Origin, key: String| {
+            let any = std::net::SocketAddr::new(addr.ip(), 0);
+            let result = if proto == "udp" {
+                std::net::UdpSocket::bind(any).map(drop)
+            } else {
+                std::net::TcpListener::bind(any).map(drop)
+            };
+            if let Err(e) = result {
+                errors.push(config::ConfigError::Invalid {
+                    origin,
+                    key,
+                    message: format!("cannot listen on {proto} {addr}: {e}"),
+                });
+            }
+        };
+    let mut seen: Vec<config::Origin> = Vec::new();
+    for (i, l) in config.listen.iter().enumerate() {
+        let origin = loaded.origins.of_or_dir(&["listen", &i.to_string()]);
+        // The index within its own file, as the file's author counts (like validation).
+        let local = seen.iter().filter(|o| **o == origin).count();
+        seen.push(origin.clone());
+        probe(
+            l.proto.as_str(),
+            l.addr,
+            origin,
+            format!("listen[{local}].addr"),
+        );
+    }
+    if config.management.enabled {
+        let origin = loaded.origins.of_or_dir(&["management", "listen"]);
+        probe(
+            "https",
+            config.management.listen,
+            origin,
+            "management.listen".to_owned(),
+        );
+    }
+    errors
+}
+
+/// `siprox check`: warnings and errors on `err`; the summary (or with `print`, the merged
+/// configuration) on `out` and exit 0, or exit 1.
+pub fn check(dir: &Path, print: bool, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    let v = match verify(dir, true, err) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let config = &v.loaded.config;
+    // A closed stdout (`siprox check | head -0`) must not turn a valid config into a
+    // failure, nor panic as `println!` would.
+    if print {
+        let _ = write!(out, "{}", siprox::config::render_with_origins(&v.loaded));
+        return ExitCode::SUCCESS;
+    }
+    let has_tls = config.listen.iter().any(|l| l.proto == Proto::Tls);
+    let (tls, scripts) = (&v.tls, &v.scripts);
+    let _ = writeln!(out, "{}", config.summary());
+    let _ = writeln!(
+        out,
+        "tls domains: {} server, {} client (default server: {})",
+        tls.servers.len(),
+        tls.clients.len(),
+        if tls.default_server.is_some() {
+            "[tls]"
+        } else if has_tls && config.tls.default_server {
+            "[tls], generated at start"
+        } else {
+            "none"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "route scripts: {}",
+        if scripts.is_empty() {
+            "none (built-in route)".to_owned()
+        } else {
+            format!(
+                "{} compiled (default: {})",
+                scripts.by_domain.len() + usize::from(scripts.default.is_some()),
+                if scripts.default.is_some() {
+                    "yes"
+                } else {
+                    "built-in"
+                }
+            )
+        }
+    );
+    if let Some(plan) = &v.dev_certs {
+        let files: Vec<_> = plan
+            .files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "development certificates generated at start: {}",
+            files.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// Writes each error on its own line as `error: <file>: <message> at key "<key>"`.
@@ -182,8 +305,11 @@ pub fn report(errors: &ConfigErrors, err: &mut dyn Write) {
 /// then the runtime (`crate::runtime`). Relative `[tls]` paths are resolved against the
 /// parent of the configuration directory. Exit 0 after a graceful shutdown; 1 when the
 /// runtime cannot start (the error, naming the file or address, on stderr).
-pub fn run(config: Config) -> ExitCode {
+pub fn run(config: Config, warnings: &[String]) -> ExitCode {
     crate::logging::init(&config.log);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let opts = crate::runtime::RuntimeOptions {
         base_dir: crate::runtime::RuntimeOptions::base_dir_for(&config),
         handle_signals: true,
@@ -217,7 +343,9 @@ mod tests {
     #[test]
     fn check_is_a_subcommand_and_config_defaults_to_conf_d() {
         let cli = Cli::try_parse_from(["siprox", "check"]).expect("parses");
-        assert!(matches!(cli.command, Some(Command::Check)));
+        assert!(matches!(cli.command, Some(Command::Check { print: false })));
+        let cli = Cli::try_parse_from(["siprox", "check", "--print"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::Check { print: true })));
         // The default only holds when SIPROX_CONFIG_DIR is unset in the test environment.
         if std::env::var_os(config::ENV_CONFIG_DIR).is_none() {
             assert_eq!(cli.config_dir, PathBuf::from("conf.d"));
@@ -233,7 +361,7 @@ mod tests {
     fn check_reports_errors_one_per_line() {
         let dir = Path::new("/nonexistent/siprox/conf.d");
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = check(dir, &mut out, &mut err);
+        let code = check(dir, false, &mut out, &mut err);
         assert_eq!(code, ExitCode::from(EXIT_CONFIG_ERROR));
         assert!(out.is_empty());
         let err = String::from_utf8_lossy(&err);

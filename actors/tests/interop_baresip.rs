@@ -161,13 +161,20 @@ fn two_baresip_phones_register_over_tls_and_call_each_other() {
          [runtime]\nworkers = 2\n\
          [script]\nfile = \"conf.d/scripts/default.cfg\"\n\
          [tls]\ngenerate_dev_certs = true\n\
-         [auth]\nusers_file = \"conf.d/auth/users.toml\"\nalgorithms = [\"MD5\"]\n\
+         [auth]\nusers_file = \"conf.d/auth/users.toml\"\nalgorithms = [\"SHA-256\", \"MD5\"]\n\
          [domains.lab]\nnames = [\"example.com\"]\n",
     )
     .unwrap();
     // The default script asks phones without a client certificate for digest. baresip 1.0
     // (libre) gives up on a 401 that carries any algorithm it does not know, even next to
-    // MD5, so this siprox offers MD5 only ([auth] algorithms).
+    // MD5, so this siprox offers MD5 only: with the README's recipe, verbatim, a drop-in
+    // over a core file that offers SHA-256 and MD5 as the shipped one does (the drop-in's
+    // list replaces the core file's; it used to be appended to it).
+    std::fs::write(
+        root.join("conf.d/50-baresip.toml"),
+        "[auth]\nalgorithms = [\"MD5\"]\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(root.join("conf.d/auth")).unwrap();
     std::fs::write(
         root.join("conf.d/auth/users.toml"),
@@ -176,6 +183,7 @@ fn two_baresip_phones_register_over_tls_and_call_each_other() {
     )
     .unwrap();
     let cfg = siprox_actors::reload::files::load(&root.join("conf.d")).expect("config");
+    assert_eq!(cfg.auth.algorithms, ["MD5"]);
     let rt = start(cfg, root);
     let port = rt.local_addr(Transport::Tls).unwrap().port();
     let ca = ca_file(root);

@@ -20,7 +20,8 @@ use crate::sip::Limits;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// `[[listen]]`: the sockets siprox binds. Files append to this list.
+    /// `[[listen]]`: the sockets siprox binds. Files append to this list (a file with
+    /// `listen_replace = true` replaces it; see `load::COLLECTIONS`).
     #[serde(default)]
     pub listen: Vec<Listener>,
     /// `[limits]`: what the parser and the stream framer accept.

@@ -57,6 +57,19 @@ impl<'a> Provenance<'a> {
         origin_of(md)
     }
 
+    /// The origin of the value at `path`, segments as strings (a list index as digits).
+    pub(crate) fn origin_of_path(&self, path: &[&str]) -> Option<Origin> {
+        let mut value = self.merged.as_ref()?;
+        for seg in path {
+            value = match value {
+                Value::Dict(_, dict) => dict.get(*seg)?,
+                Value::Array(_, items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        origin_of(self.figment?.get_metadata(value.tag())?)
+    }
+
     /// The origin of the first of `paths` that some source set explicitly; the directory if
     /// none was (the value is a built-in default).
     fn origin_of_any(&self, paths: &[&[Seg<'_>]]) -> Origin {
@@ -82,7 +95,83 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
     }
     check_domains(config, prov, &mut errors);
     check_tls_domains(config, prov, &mut errors);
+    check_runtime_settings(config, prov, &mut errors);
     errors
+}
+
+/// What the runtime would refuse at start or on reload, decided here so that `siprox check`
+/// refuses it too, with the same words (the runtime keeps its own checks only for
+/// configurations built in code).
+fn check_runtime_settings(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    let mut push = |section: &str, key: &str, message: String| {
+        errors.push(ConfigError::Invalid {
+            origin: prov
+                .origin_of_any(&[&[Seg::Key(section), Seg::Key(key)], &[Seg::Key(section)]]),
+            key: format!("{section}.{key}"),
+            message,
+        });
+    };
+    let max = super::RuntimeConfig::MAX_WORKERS;
+    if config.runtime.workers > max {
+        push(
+            "runtime",
+            "workers",
+            format!("{} is more than {max}", config.runtime.workers),
+        );
+    }
+    let c = &config.connections;
+    for (key, d) in [
+        ("handshake_timeout", c.handshake_timeout),
+        ("send_timeout", c.send_timeout),
+        ("connect_timeout", c.connect_timeout),
+    ] {
+        if d.get().is_zero() {
+            push("connections", key, "must be greater than 0".to_owned());
+        }
+    }
+    // One maximal message must fit in a queue, or a peer would be cut off for being sent
+    // a single large (valid) message.
+    if c.max_write_queue < config.limits.max_message_size {
+        push(
+            "connections",
+            "max_write_queue",
+            format!(
+                "{} is less than limits.max_message_size ({})",
+                c.max_write_queue, config.limits.max_message_size
+            ),
+        );
+    }
+    for a in &config.auth.algorithms {
+        if crate::auth::Algorithm::parse(a).is_none() {
+            push(
+                "auth",
+                "algorithms",
+                format!("`{a}` is not SHA-256, SHA-256-sess, MD5 or MD5-sess"),
+            );
+        }
+    }
+    if config.auth.algorithms.is_empty() {
+        push("auth", "algorithms", "at least one is needed".to_owned());
+    }
+    let m = &config.management;
+    if m.enabled {
+        if let Err(e) = crate::rpc::AllowList::parse(&m.allow) {
+            push("management", "allow", e.join("; "));
+        }
+        for (key, path) in [
+            ("certificate", &m.certificate),
+            ("private_key", &m.private_key),
+            ("ca_file", &m.ca_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                push(
+                    "management",
+                    key,
+                    "is needed when the management listener is enabled".to_owned(),
+                );
+            }
+        }
+    }
 }
 
 /// The TLS sides of the domains: names and listeners that can match, timeouts, and no two
@@ -187,7 +276,7 @@ fn check_listeners(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<Conf
         });
         return;
     }
-    // Arrays are concatenated in file order, so a listener's index inside its own file is
+    // [[listen]] entries are appended in file order (load::COLLECTIONS), so a listener's index inside its own file is
     // the number of earlier listeners from that same file: that is the index to report.
     let mut located: Vec<(Origin, String)> = Vec::with_capacity(config.listen.len());
     for i in 0..config.listen.len() {
@@ -509,6 +598,33 @@ mod tests {
     fn default_with_one_listener_is_valid() {
         let config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
         assert_eq!(errors_of(&config), Vec::<String>::new());
+    }
+
+    #[test]
+    fn what_the_runtime_refuses_is_refused_here() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.connections.send_timeout = crate::config::ConfigDuration(std::time::Duration::ZERO);
+        config.connections.max_write_queue = 10;
+        config.runtime.workers = 100_000;
+        config.auth.algorithms = vec!["SHA-1".to_owned()];
+        config.management.enabled = true;
+        config.management.allow = vec!["sha256:12".to_owned()];
+        config.management.certificate = PathBuf::new();
+        let errors = errors_of(&config).join("\n");
+        for want in [
+            "must be greater than 0 at key \"connections.send_timeout\"",
+            "at key \"connections.max_write_queue\"",
+            "100000 is more than 1024 at key \"runtime.workers\"",
+            "`SHA-1` is not SHA-256, SHA-256-sess, MD5 or MD5-sess at key \"auth.algorithms\"",
+            "at key \"management.allow\"",
+            "is needed when the management listener is enabled at key \"management.certificate\"",
+        ] {
+            assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
+        }
+        config.auth.algorithms.clear();
+        assert!(errors_of(&config)
+            .iter()
+            .any(|e| e.contains("at least one is needed")));
     }
 
     #[test]

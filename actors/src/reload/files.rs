@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use siprox::config::{
-    is_config_file_name, load_sources, ClientTls, Config, ConfigError, ConfigErrors, ConfigSource,
-    Origin, ServerTls, DOMAINS_DIR,
+    is_config_file_name, load_config, load_sources, ClientTls, Config, ConfigError, ConfigErrors,
+    ConfigSource, Loaded, Origin, Origins, Outcome, ServerTls, DOMAINS_DIR,
 };
 use siprox::proxy::FlowKeys;
 use siprox::tls::{CaDir, FileBytes, KeyPassword, ServerContext, TlsError, TlsMaterial};
@@ -57,6 +57,127 @@ pub fn load_with_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
     load_sources(dir, read_config_dir(dir)?, env)
+}
+
+/// The core's pipeline ([`load_config`]: merge, validate, digest) on the files of `dir` and
+/// the process environment, with its warnings: what `siprox check` and the start run.
+pub fn load_outcome(dir: &Path) -> Outcome {
+    let env = process_env_vars();
+    match read_config_dir(dir) {
+        Ok(files) => load_config(dir, files, env),
+        Err(errors) => Outcome {
+            loaded: Err(errors),
+            // The environment's warnings do not depend on the files: still say them.
+            warnings: load_config(dir, Vec::new(), env).warnings,
+            invalid: None,
+        },
+    }
+}
+
+/// [`siprox::config::digest`] of the files of `dir` and the process environment: what a
+/// reload compares to know whether conf.d changed. `None` when the directory cannot be
+/// listed or a file read (the reload then loads, and reports the error).
+pub fn config_digest(dir: &Path) -> Option<u64> {
+    let files = read_config_dir(dir).ok()?;
+    Some(siprox::config::digest(&files, process_env_vars()))
+}
+
+/// Every check on the files the configuration points to that the start would make, made
+/// without starting: `[auth]` users, secret and flow-token key files, the management
+/// listener's TLS material. Each error names the conf file and key that point to the file.
+/// Reads only; a flow-token key file that does not exist yet is not an error (the start
+/// creates it).
+pub fn check_pointed_files(loaded: &Loaded, base: &Path) -> Vec<ConfigError> {
+    let config = &loaded.config;
+    let origins = &loaded.origins;
+    let mut errors = Vec::new();
+    let mut push = |path: &[&str], message: String| {
+        errors.push(ConfigError::Invalid {
+            origin: origins.of_or_dir(path),
+            key: path.join("."),
+            message,
+        });
+    };
+    let auth = &config.auth;
+    if let Some(f) = &auth.users_file {
+        let path = resolve(base, f);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if let Err(e) = siprox::auth::Users::from_toml(&text, &path.display().to_string()) {
+                    push(&["auth", "users_file"], e.to_string());
+                }
+            }
+            Err(e) => push(
+                &["auth", "users_file"],
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+    if let Some(f) = &auth.secret_file {
+        let path = resolve(base, f);
+        match std::fs::read(&path) {
+            Ok(secret) => {
+                let settings = siprox::auth::AuthSettings::default();
+                if let Err(e) = siprox::auth::Authenticator::new(&secret, settings) {
+                    push(&["auth", "secret_file"], format!("{}: {e}", path.display()));
+                }
+            }
+            Err(e) => push(
+                &["auth", "secret_file"],
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+    if let Some(f) = &auth.flow_key_file {
+        let path = resolve(base, f);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if let Err(e) = FlowKeys::parse(&text) {
+                    push(
+                        &["auth", "flow_key_file"],
+                        format!("{}: {e}", path.display()),
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => push(
+                &["auth", "flow_key_file"],
+                format!("cannot read {}: {e}", path.display()),
+            ),
+        }
+    }
+    let m = &config.management;
+    // Empty paths are refused by the core's validation already.
+    let paths_set = [&m.certificate, &m.private_key, &m.ca_file]
+        .iter()
+        .all(|p| !p.as_os_str().is_empty());
+    // Files a start would generate first (`[tls] generate_dev_certs`) are not there yet:
+    // building from them would refuse what the start accepts.
+    let generated = dev_cert_files(config, base);
+    let pending = [&m.certificate, &m.private_key, &m.ca_file]
+        .iter()
+        .any(|p| generated.contains(&resolve(base, p)));
+    if m.enabled && paths_set && !pending {
+        let s = m.server_tls();
+        let read = Pointed {
+            files: FILES,
+            config,
+            origins,
+        };
+        let built = read.server(base, &s).and_then(|material| {
+            siprox::tls::build_server(
+                "management",
+                &s,
+                &material,
+                crate::tls::unix_now(),
+                TLS_HOOKS,
+            )
+        });
+        if let Err(e) = built {
+            push(&["management"], format!("TLS: {e}"));
+        }
+    }
+    errors
 }
 
 /// The configuration files of `dir` with their text: `*.toml` directly in `dir` and in
@@ -190,6 +311,181 @@ impl ReadMaterial for Files<'_> {
 
     fn client(&self, base: &Path, c: &ClientTls) -> Result<TlsMaterial, TlsError> {
         client_material(base, c, self.env)
+    }
+}
+
+/// The files a start would generate as development certificates (the `[tls]` certificate,
+/// key, CA and CA key; see `tls::ensure_dev_certs`), empty when it would generate none.
+fn dev_cert_files(config: &Config, base: &Path) -> Vec<PathBuf> {
+    let t = &config.tls;
+    let cert = resolve(base, &t.certificate);
+    let key = resolve(base, &t.private_key);
+    if !t.generate_dev_certs || (cert.exists() && key.exists()) {
+        return Vec::new();
+    }
+    let ca = match &t.ca_file {
+        Some(p) => resolve(base, p),
+        None => cert.with_file_name("ca.pem"),
+    };
+    let ca_key = ca.with_extension("key");
+    vec![cert, key, ca, ca_key]
+}
+
+/// Like [`Files`], but an unreadable file's error also names the configuration file and
+/// key that point to it (`set by conf.d/domains/a.toml at key "domains.'a'.server.certificate"`):
+/// the domain alone does not say which of forty files holds the typo. For `siprox check`
+/// and the start's checks, which have the [`Loaded`] configuration at hand.
+#[derive(Clone, Copy)]
+pub struct Pointed<'a> {
+    /// The reader.
+    pub files: Files<'a>,
+    /// The configuration the sides come from (to find which table holds a side).
+    pub config: &'a Config,
+    /// Where each of its values came from.
+    pub origins: &'a Origins,
+}
+
+impl Pointed<'_> {
+    /// The key path of the table holding `side`, and the keys of its path fields.
+    fn locate(&self, side: Side<'_>) -> Option<(Vec<String>, [&'static str; 6])> {
+        const DOMAIN_KEYS: [&str; 6] = [
+            "certificate",
+            "private_key",
+            "private_key_password_file",
+            "ca_file",
+            "crl_file",
+            "ca_dir",
+        ];
+        let c = self.config;
+        for (name, d) in &c.domains {
+            let hit = match side {
+                Side::Server(s) => d.server.as_ref() == Some(s),
+                Side::Client(x) => d.client.as_ref() == Some(x),
+            };
+            if hit {
+                let which = match side {
+                    Side::Server(_) => "server",
+                    Side::Client(_) => "client",
+                };
+                return Some((
+                    vec!["domains".to_owned(), name.clone(), which.to_owned()],
+                    DOMAIN_KEYS,
+                ));
+            }
+        }
+        match side {
+            Side::Server(s) if *s == c.tls.server_tls() => {
+                Some((vec!["tls".to_owned()], DOMAIN_KEYS))
+            }
+            Side::Server(s) if *s == c.management.server_tls() => {
+                Some((vec!["management".to_owned()], DOMAIN_KEYS))
+            }
+            Side::Client(x) if *x == c.tls.client_tls() => Some((
+                vec!["tls".to_owned()],
+                [
+                    "client_certificate",
+                    "client_private_key",
+                    "private_key_password_file",
+                    "ca_file",
+                    "crl_file",
+                    "ca_dir",
+                ],
+            )),
+            _ => None,
+        }
+    }
+
+    /// `e` with the conf file and key that point to its file, when it is an unreadable file.
+    fn name_origin(&self, base: &Path, side: Side<'_>, e: TlsError) -> TlsError {
+        let TlsError::Read { path, reason } = e else {
+            return e;
+        };
+        let fields = side.paths();
+        let Some((table, keys)) = self.locate(side) else {
+            return TlsError::Read { path, reason };
+        };
+        let at = fields.iter().zip(keys).find_map(|(p, key)| {
+            let p = p.filter(|p| !p.as_os_str().is_empty())?;
+            let full = resolve(base, p);
+            // A CA directory's error names the directory or one of its entries.
+            (path == full || path.starts_with(&full)).then_some(key)
+        });
+        let Some(key) = at else {
+            return TlsError::Read { path, reason };
+        };
+        let mut segs: Vec<&str> = table.iter().map(String::as_str).collect();
+        segs.push(key);
+        let origin = self
+            .origins
+            .of(&segs)
+            .unwrap_or_else(|| Origin::Dir(self.origins.dir().to_path_buf()));
+        let key = siprox_key(&segs);
+        TlsError::Read {
+            path,
+            reason: format!("{reason} (set by {origin} at key \"{key}\")"),
+        }
+    }
+}
+
+/// A key path as an operator writes it (`domains.'a.com'.server.certificate`).
+fn siprox_key(segs: &[&str]) -> String {
+    segs.iter()
+        .map(|s| {
+            if !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                (*s).to_owned()
+            } else {
+                format!("'{s}'")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// One side of a TLS domain.
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    Server(&'a ServerTls),
+    Client(&'a ClientTls),
+}
+
+impl<'a> Side<'a> {
+    /// Its path fields, in the order of [`Pointed::locate`]'s keys.
+    fn paths(self) -> [Option<&'a Path>; 6] {
+        match self {
+            Side::Server(s) => [
+                Some(s.certificate.as_path()),
+                Some(s.private_key.as_path()),
+                s.private_key_password_file.as_deref(),
+                s.ca_file.as_deref(),
+                s.crl_file.as_deref(),
+                s.ca_dir.as_deref(),
+            ],
+            Side::Client(c) => [
+                c.certificate.as_deref(),
+                c.private_key.as_deref(),
+                c.private_key_password_file.as_deref(),
+                c.ca_file.as_deref(),
+                c.crl_file.as_deref(),
+                c.ca_dir.as_deref(),
+            ],
+        }
+    }
+}
+
+impl ReadMaterial for Pointed<'_> {
+    fn server(&self, base: &Path, s: &ServerTls) -> Result<TlsMaterial, TlsError> {
+        self.files
+            .server(base, s)
+            .map_err(|e| self.name_origin(base, Side::Server(s), e))
+    }
+
+    fn client(&self, base: &Path, c: &ClientTls) -> Result<TlsMaterial, TlsError> {
+        self.files
+            .client(base, c)
+            .map_err(|e| self.name_origin(base, Side::Client(c), e))
     }
 }
 

@@ -356,20 +356,10 @@ pub(crate) fn scripts_digest(config: &Config, base: &Path) -> u64 {
     h.finish()
 }
 
-/// Digest of everything `files::load` reads: the conf.d file names and bytes, and
-/// the `SIPROX_` environment. `None` when the directory cannot be listed or a file read
-/// (the reload then loads, and reports the error).
+/// Digest of everything `files::load` reads: the conf.d files and the `SIPROX_`
+/// configuration variables, hashed by the core pipeline's own function (see
+/// [`super::files::config_digest`]; never `std::env::vars()`, which panics on a non-UTF-8
+/// variable anywhere in the environment).
 pub fn config_digest(dir: &Path) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in super::files::config_files(dir).ok()? {
-        f.hash(&mut h);
-        std::fs::read(&f).ok()?.hash(&mut h);
-    }
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(siprox::config::ENV_PREFIX))
-        .collect();
-    env.sort();
-    env.hash(&mut h);
-    Some(h.finish())
+    super::files::config_digest(dir)
 }
