@@ -359,11 +359,31 @@ async fn a_broken_tenant_keeps_its_last_good_certificate_while_the_others_change
         "{m}"
     );
 
-    // Fixed: served, the error cleared, and a recovery line.
+    // B's certificate file goes missing (an operator's mv): B keeps serving its last good
+    // one, and the error names the conf file and key that point to the file, as `siprox
+    // check` does, though conf.d itself did not change.
+    std::fs::remove_file(s.t.path("certs/iso-b.pem")).unwrap();
+    match rt.reload().await {
+        ReloadOutcome::Failed { errors } => {
+            let want = "domains/iso-b.toml at key \"domains.iso-b.server.certificate\"";
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("iso-b.pem") && e.contains(want)),
+                "{errors:?}"
+            );
+        }
+        other => panic!("nothing to apply but an error: {other:?}"),
+    }
+    assert_eq!(cn_of(addr, "iso-b.example").await, "iso-b-1.example");
+    s.t.leaf("iso-b", "iso-b-1.example");
+
+    // Fixed (and B's file back, freshly issued): served, the error cleared, and a
+    // recovery line.
     s.t.leaf("iso-a", "iso-a-1.example");
     match rt.reload().await {
         ReloadOutcome::Published { changed, refused } => {
-            assert_eq!(changed, vec!["iso-a".to_owned()]);
+            assert_eq!(changed, vec!["iso-a".to_owned(), "iso-b".to_owned()]);
             assert!(refused.is_empty(), "{refused:?}");
         }
         other => panic!("the fix must apply: {other:?}"),

@@ -128,9 +128,16 @@ impl Job {
         let mut global: Vec<ReloadError> = Vec::new();
         // Every key that differs from what runs (when conf.d was read again).
         let mut restart_only = None;
+        // Where conf.d's values came from: a domain whose file is missing is then named
+        // with the conf file and key that point to it, as `siprox check` names it.
+        let mut loaded: Option<siprox::config::Loaded> = None;
         let mut config = match &self.config_dir {
-            Some(dir) if !unchanged => match super::files::load(dir) {
-                Ok(c) => c,
+            Some(dir) if !unchanged => match super::files::load_outcome(dir).loaded {
+                Ok(l) => {
+                    let c = l.config.clone();
+                    loaded = Some(l);
+                    c
+                }
                 Err(errors) => {
                     // Nothing of the new conf.d can be merged: the running configuration
                     // stays, and the TLS material it names is still re-read.
@@ -167,14 +174,40 @@ impl Job {
             users_digest: None,
             users_error: None,
         };
-        let opts = BuildOptions {
-            base: &self.base,
-            has_tls: self.has_tls,
-            dev_certs_pending: false,
-            now: unix_now(),
-            read: &super::files::FILES,
+        let now = unix_now();
+        let build = |read: &dyn crate::tls::ReadMaterial| {
+            let opts = BuildOptions {
+                base: &self.base,
+                has_tls: self.has_tls,
+                dev_certs_pending: false,
+                now,
+                read,
+            };
+            build_domains_isolated(&config, Some(&self.prev.tls), opts)
         };
-        let (tls, kept) = match build_domains_isolated(&config, Some(&self.prev.tls), opts) {
+        let mut built = build(&super::files::FILES);
+        if !matches!(&built, Ok((_, kept)) if kept.is_empty()) {
+            // A domain failed: build again with the origins at hand (only then: a rotation
+            // with conf.d unchanged does not re-read conf.d) so that its error names the
+            // conf file and key that point to a missing file.
+            if loaded.is_none() {
+                loaded = self
+                    .config_dir
+                    .as_deref()
+                    .and_then(|d| super::files::load_outcome(d).loaded.ok());
+            }
+            if let Some(l) = loaded
+                .as_ref()
+                .filter(|l| l.config.domains == config.domains)
+            {
+                built = build(&super::files::Pointed {
+                    files: super::files::FILES,
+                    config: &l.config,
+                    origins: &l.origins,
+                });
+            }
+        }
+        let (tls, kept) = match built {
             Ok(t) => t,
             Err(errors) => {
                 let mut all = global;
