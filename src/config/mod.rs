@@ -7,6 +7,7 @@
 //! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
 //! - `runtime`: the runtime's sections `[runtime]`, `[connections]`, `[tls]`.
 //! - `location`: `[location]` (the location store's snapshot) and `[auth]` (digest).
+//! - `cluster`: the `[cluster]` section (node name, advertise URI, Redis, liveness timers).
 //! - `script`: the `[script]` section (the default route script).
 //! - `management`: the `[management]` section (RPC listener, client-certificate allow-list).
 //! - `tls`: the TLS settings of a domain's server and client sides.
@@ -15,6 +16,7 @@
 //!
 //! The reference for every key is the commented default configuration, `conf.d/00-core.toml`.
 
+mod cluster;
 mod error;
 mod load;
 mod location;
@@ -25,6 +27,7 @@ mod script;
 mod tls;
 mod validate;
 
+pub use cluster::ClusterConfig;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     is_config_file_name, load_sources, ConfigSource, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX,
