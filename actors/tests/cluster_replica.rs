@@ -222,6 +222,93 @@ async fn two_nodes_share_bindings_through_one_redis_and_survive_its_outage() {
     );
     assert!(b.cluster().replica.current.load(Ordering::Relaxed));
     assert_eq!(bob.options().await, 200);
+
+    // Node A gone: its heartbeat key expires after node_timeout, and B stops offering
+    // A's bindings (which it still holds until they expire).
+    a.handle.shutdown();
+    assert_eventually!(
+        b.replica_contacts("bob").is_empty(),
+        CONVERGE,
+        "node B still offers the dead node's binding"
+    );
+    assert!(b.cluster().replica.is_dead("a"));
+    assert_eq!(b.cluster().replica.len(), 2);
+    b.handle.shutdown();
+}
+
+/// The figures of docs/cluster.md's memory model: Redis bytes per binding (hash, TTL and
+/// the stream entry its write appended) and replica bytes per binding, for `N` phones that
+/// register through node A and are replicated on node B. Prints them; fails when either
+/// leaves the budget the model assumes (2 KiB in Redis, 1 KiB in a replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_binding_in_redis_and_in_a_replica() {
+    const N: usize = 2000;
+    let redis = RedisServer::start();
+    let used = || -> usize {
+        redis
+            .cli(&["INFO", "memory"])
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .expect("INFO memory")
+    };
+    let a = Node::start("a", vec![redis.url()]);
+    let b = Node::start("b", vec![redis.url()]);
+    // Both nodes connected, heartbeats written: what is left is the bindings' share.
+    assert_eventually!(
+        b.cluster().replica.current.load(Ordering::Relaxed),
+        CONVERGE
+    );
+    let before = used();
+    let addr = a.handle.local_addr(Transport::Tcp).expect("tcp");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for i in 0..N {
+        let msg = format!(
+            "REGISTER sip:example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TCP 127.0.0.99:5999;branch=z9hG4bK-m{i};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:user{i}@example.com>;tag=m{i}\r\n\
+             To: <sip:user{i}@example.com>\r\n\
+             Call-ID: mem-{i}@127.0.0.99\r\n\
+             CSeq: 1 REGISTER\r\n\
+             Contact: <sip:user{i}@198.51.100.7:40123;transport=tls>;+sip.instance=\"<urn:uuid:00000000-0000-4000-8000-{i:012}>\";reg-id=1\r\n\
+             User-Agent: Phone/1.0\r\n\
+             Supported: outbound, path\r\n\
+             Expires: 600\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        send(&mut s, &msg).await;
+        let r = read_message(&mut s, &mut buf, Duration::from_secs(3))
+            .await
+            .expect("answer");
+        assert_eq!(status(&r), Some(200), "{r}");
+    }
+    assert_eventually!(
+        b.cluster().replica.len() == N,
+        Duration::from_secs(60),
+        "node B holds {} of {N}",
+        b.cluster().replica.len()
+    );
+    let redis_per = (used() - before) / N;
+    let stream: usize = redis
+        .cli(&["MEMORY", "USAGE", "t:changes"])
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    println!("of which the change stream, per entry: {}", stream / N);
+    let replica_per = b.cluster().replica.approx_bytes() / N;
+    println!("redis bytes per binding (hash + TTL + stream entry): {redis_per}");
+    println!(
+        "replica bytes per binding (estimate; {} of them the Binding struct): {replica_per}",
+        std::mem::size_of::<siprox::registrar::Binding>()
+    );
+    assert!(redis_per < 2048, "redis bytes per binding: {redis_per}");
+    assert!(
+        replica_per < 1024,
+        "replica bytes per binding: {replica_per}"
+    );
     a.handle.shutdown();
     b.handle.shutdown();
 }

@@ -68,6 +68,8 @@ impl Replica {
         let mut entry = self.aors.entry(aor.into()).or_default();
         entry.retain(|b| b.flow.node.as_deref() != Some(node));
         entry.extend(bindings);
+        // Most AoRs hold one binding: no spare capacity of a growing vector, kept per AoR.
+        entry.shrink_to_fit();
         let empty = entry.is_empty();
         drop(entry);
         if empty {
@@ -84,6 +86,7 @@ impl Replica {
             if v.is_empty() {
                 self.aors.remove(&*aor);
             } else {
+                v.shrink_to_fit();
                 self.aors.insert(aor.into(), v);
             }
         }
@@ -109,6 +112,28 @@ impl Replica {
 
     pub fn is_empty(&self) -> bool {
         self.aors.is_empty()
+    }
+
+    /// Approximate heap and inline bytes the replica holds: each binding's
+    /// `Binding::approx_size`, each AoR's key and vector, and a map slot per AoR (hash,
+    /// pointers and the table's spare capacity, taken as 2x the slot). For docs/cluster.md's
+    /// memory model; an estimate, not an allocator count.
+    pub fn approx_bytes(&self) -> usize {
+        let slot = 2
+            * (std::mem::size_of::<Box<str>>()
+                + std::mem::size_of::<Vec<Binding>>()
+                + std::mem::size_of::<u64>());
+        self.aors
+            .iter()
+            .map(|e| {
+                slot + e.key().len()
+                    + e.value().capacity() * std::mem::size_of::<Binding>()
+                    + e.value()
+                        .iter()
+                        .map(|b| b.approx_size() - std::mem::size_of::<Binding>())
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Drop bindings with `expires <= now`: Redis keeps a key until its longest binding
