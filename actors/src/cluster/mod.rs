@@ -374,16 +374,13 @@ fn apply(store: &ClusterStore, entry: &::redis::streams::StreamId) {
     if node == *store.replica.node {
         return;
     }
-    let Ok(values) = serde_json::from_slice::<Vec<serde_json::Value>>(&batch) else {
+    let intern = |n: &str| store.replica.intern(n);
+    let Some(mut bindings) = wire::decode_batch(&batch, &intern) else {
         debug!(id = %entry.id, "cluster: stream entry with unreadable bindings skipped");
         return;
     };
-    let intern = |n: &str| store.replica.intern(n);
-    let bindings: Vec<Binding> = values
-        .iter()
-        .filter_map(|v| wire::decode(v.to_string().as_bytes(), &intern))
-        .filter(|b| b.flow.node.as_deref() == Some(node.as_str()))
-        .collect();
+    // An entry speaks for its own node only.
+    bindings.retain(|b| b.flow.node.as_deref() == Some(node.as_str()));
     store.replica.apply(&aor, &node, bindings);
 }
 

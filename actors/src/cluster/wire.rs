@@ -79,7 +79,10 @@ pub fn encode(b: &Binding, node: &str, advertise: &str) -> String {
 /// A stored binding back, with its owner's shared name from `intern`; `None` when the value
 /// is not one, or names no node.
 pub fn decode(value: &[u8], intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding> {
-    let s: Stored = serde_json::from_slice(value).ok()?;
+    from_stored(serde_json::from_slice(value).ok()?, intern)
+}
+
+fn from_stored(s: Stored, intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding> {
     let b = s.binding;
     let transport = Transport::parse(&b.transport)?;
     let node = intern(b.node.as_deref()?);
@@ -102,6 +105,18 @@ pub fn decode(value: &[u8], intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding
         user_agent: b.user_agent,
         updated: b.updated,
     })
+}
+
+/// A stream entry's batch (a JSON array of stored bindings) back; entries that do not
+/// parse are left out, a batch that is not an array is `None`.
+pub fn decode_batch(batch: &[u8], intern: &dyn Fn(&str) -> Arc<str>) -> Option<Vec<Binding>> {
+    let values: Vec<serde_json::Value> = serde_json::from_slice(batch).ok()?;
+    Some(
+        values
+            .into_iter()
+            .filter_map(|v| from_stored(serde_json::from_value(v).ok()?, intern))
+            .collect(),
+    )
 }
 
 /// A stream entry id (`ms-seq`) as a pair that orders like Redis orders them.
@@ -145,6 +160,10 @@ mod tests {
         assert_eq!(back, want);
         assert!(decode(b"{}", &|n| n.into()).is_none());
         assert!(decode(b"\xff", &|n| n.into()).is_none());
+        let batch = format!("[{v},{{}},{v}]");
+        let all = decode_batch(batch.as_bytes(), &|n| n.into()).unwrap();
+        assert_eq!(all.len(), 2, "the unreadable one is left out");
+        assert!(decode_batch(b"{}", &|n| n.into()).is_none());
     }
 
     #[test]

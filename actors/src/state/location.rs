@@ -1,5 +1,6 @@
 //! The registrar and digest authentication in the runtime: the one in-memory location
-//! store of the process, the nonce authenticator (the users live in the snapshot), the periodic expiry
+//! store of the process (in a cluster wrapped with the replica of the other nodes'
+//! bindings, `state::replica`), the nonce authenticator (the users live in the snapshot), the periodic expiry
 //! and the snapshot file (written atomically: temp file, fsync, rename). File I/O happens at
 //! start, on the control arbiter's timer and at exit, never on a worker thread.
 

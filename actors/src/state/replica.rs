@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use siprox::registrar::{Binding, LocationStore, MemoryStore, StoreError, UpdateFn};
 use tokio::sync::mpsc;
@@ -29,8 +30,9 @@ pub struct Replica {
     /// This node's name: changes and fields of this node are never applied here.
     pub node: Arc<str>,
     aors: DashMap<Box<str>, Vec<Binding>>,
-    /// Nodes whose liveness key expired: their bindings are not offered to a lookup.
-    dead: Mutex<HashSet<Arc<str>>>,
+    /// Nodes whose liveness key expired: their bindings are not offered to a lookup. Read
+    /// on every lookup, written by the heartbeat loop: swapped whole, never locked.
+    dead: ArcSwap<HashSet<Arc<str>>>,
     /// One shared name per node, as in the local store.
     names: Mutex<Vec<Arc<str>>>,
     /// The replica follows Redis now (connected and synced). False before the first sync
@@ -43,7 +45,7 @@ impl Replica {
         Replica {
             node: node.into(),
             aors: DashMap::new(),
-            dead: Mutex::new(HashSet::new()),
+            dead: ArcSwap::from_pointee(HashSet::new()),
             names: Mutex::new(Vec::new()),
             current: AtomicBool::new(false),
         }
@@ -98,7 +100,7 @@ impl Replica {
         let Some(v) = self.aors.get(aor) else {
             return Vec::new();
         };
-        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let dead = self.dead.load();
         v.iter()
             .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
             .cloned()
@@ -162,13 +164,15 @@ impl Replica {
 
     /// Mark `node` dead (its liveness key expired) or alive again.
     pub fn set_alive(&self, node: &Arc<str>, alive: bool) {
-        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        // One writer (the heartbeat loop): load, change a copy, store.
+        let mut dead = HashSet::clone(&self.dead.load());
         let changed = if alive {
             dead.remove(node)
         } else {
             dead.insert(node.clone())
         };
         if changed {
+            self.dead.store(Arc::new(dead));
             if alive {
                 info!(node = %node, "cluster node alive");
             } else {
@@ -179,11 +183,7 @@ impl Replica {
 
     /// True when `node`'s liveness key has expired.
     pub fn is_dead(&self, node: &str) -> bool {
-        self.dead
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|n| **n == *node)
+        self.dead.load().iter().any(|n| **n == *node)
     }
 }
 
