@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
-ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl
+# redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it).
+ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

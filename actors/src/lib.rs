@@ -22,6 +22,9 @@
 //!   (the runtime's reads for the core: conf.d listed and read, `SIPROX_*` variables, TLS
 //!   material read into bytes, the flow-token key file; also used by `cli` and the start,
 //!   which sit above it).
+//! - [`cluster`]: the `Cluster` actor (control arbiter): this node's registrations written
+//!   behind to Redis, the change stream tailed into the replica (`state::replica`), node
+//!   heartbeats (`redis`: the connections, `wire`: keys and values). Feeds `state` only.
 //! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive;
 //!   out of descriptors it refuses with a reserve descriptor), `connection/` (the
 //!   `Connection` actor: `actor`, `handshake`, `framing`, `http`), `fdlimit` (the open-file
@@ -39,7 +42,7 @@
 //!   limit and `malloc_trim`). Knows no socket, no reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the
 //!   connection table and its handles), `stats` (with the WARN rate limiter), `admission`, `location` (the registrar's
-//!   store), `domains` (what a snapshot holds, with the core's `ScriptSet`), `messages`.
+//!   store), `replica` (the other nodes' bindings, the cluster's write queue), `domains` (what a snapshot holds, with the core's `ScriptSet`), `messages`.
 //! - [`error`]: the runtime's error type, used by every part.
 //!
 //! The four actors of the design, and who talks to whom: a `Listener` starts a
@@ -65,6 +68,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod logging;
 pub mod mgmt;

@@ -381,6 +381,10 @@ fn run_system(
                 location: location.clone(),
             }
             .start();
+            let config = shared.snapshot.load().config.clone();
+            if let Some(c) = crate::cluster::Cluster::new(location, config.cluster.as_ref()) {
+                c.start();
+            }
         }
         let _ = tx.send(Ok((System::current(), control, registry)));
         arbiters
@@ -543,6 +547,11 @@ impl RuntimeHandle {
     /// The counters now.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats()
+    }
+
+    /// The location store (and, in a cluster, the replica and the write queue).
+    pub fn location(&self) -> Option<Arc<crate::state::location::Location>> {
+        self.shared.location.get().cloned()
     }
 
     /// The live snapshot (configuration, proxy core, TLS contexts).

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 /// The parts, top to bottom. A part may use the parts below it, never one above it. `error`
 /// is the crate's error type: every part may name it, and it names no part.
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "entry",     // runtime.rs, cli.rs, logging.rs, lib.rs, bin/
     "mgmt",      // RPC, metrics, siproxctl
     "reload",    // DomainRegistry, the reload job, the watcher, scripts
+    "cluster",   // the Cluster actor: Redis, the change stream, heartbeats; feeds state
     "transport", // listeners, connections
     "worker",    // the hot path
     "tls",       // domains, dispatch, facts, dev certificates, ffi

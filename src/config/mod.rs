@@ -7,6 +7,7 @@
 //! - `schema`: the typed configuration ([`Config`]) and its [`Config::summary`].
 //! - `runtime`: the runtime's sections `[runtime]`, `[connections]`, `[tls]`.
 //! - `location`: `[location]` (the location store's snapshot) and `[auth]` (digest).
+//! - `cluster`: the `[cluster]` section (node name, advertise URI, Redis, liveness timers).
 //! - `script`: the `[script]` section (the default route script).
 //! - `management`: the `[management]` section (RPC listener, client-certificate allow-list).
 //! - `tls`: the TLS settings of a domain's server and client sides.
@@ -20,6 +21,7 @@
 //! The reference for every key is the commented default configuration, `conf.d/00-core.toml`.
 
 mod changes;
+mod cluster;
 mod error;
 mod lines;
 mod load;
@@ -33,6 +35,7 @@ mod tls;
 mod validate;
 
 pub use changes::{class_of, diff, pin_restart_only, Change, Class};
+pub use cluster::ClusterConfig;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     digest, is_config_file_name, known_sections, load_config, load_sources, ConfigSource, Loaded,

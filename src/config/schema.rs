@@ -57,6 +57,10 @@ pub struct Config {
     /// `[management]`: the JSON-RPC/XML-RPC and metrics listener.
     #[serde(default)]
     pub management: crate::config::ManagementConfig,
+    /// `[cluster]`: this node in a cluster sharing registrations through Redis. Absent: one
+    /// node, nothing shared, no Redis needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::config::ClusterConfig>,
     /// The files this configuration was merged from, in merge order. Not a config key.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,

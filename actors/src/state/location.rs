@@ -1,5 +1,6 @@
 //! The registrar and digest authentication in the runtime: the one in-memory location
-//! store of the process, the nonce authenticator (the users live in the snapshot), the periodic expiry
+//! store of the process (in a cluster wrapped with the replica of the other nodes'
+//! bindings, `state::replica`), the nonce authenticator (the users live in the snapshot), the periodic expiry
 //! and the snapshot file (written atomically: temp file, fsync, rename). File I/O happens at
 //! start, on the control arbiter's timer and at exit, never on a worker thread.
 
@@ -13,10 +14,22 @@ use siprox::registrar::{restore, to_snapshot, LocationStore, MemoryStore};
 use tracing::{info, warn};
 
 use crate::error::RuntimeError;
+use crate::state::replica::{Change, ClusterStore, Outbox, Replica};
+
+/// Changes that may wait for Redis before the next one is dropped (and counted): a burst of
+/// registrations while Redis is slow, not an outage (an outage is covered by re-pushing the
+/// whole local store once Redis is back).
+const CLUSTER_QUEUE: usize = 4096;
 
 /// Registrations and credentials, shared by every worker.
 pub struct Location {
+    /// This node's own bindings.
     pub store: Arc<MemoryStore>,
+    /// In a cluster: the local store plus the replica of the other nodes' bindings, and the
+    /// queue of this node's changes to Redis. `None` on a single node.
+    pub cluster: Option<Arc<ClusterStore>>,
+    /// The receiving end of the cluster's outbox, taken once by the cluster actor.
+    pub cluster_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Change>>>,
     snapshot_file: Option<PathBuf>,
     pub snapshot_interval: Duration,
     pub expire_interval: Duration,
@@ -57,17 +70,42 @@ impl Location {
                 Err(e) => warn!(file = %p.display(), error = %e, "cannot read location snapshot"),
             }
         }
+        let (cluster, cluster_queue) = match &config.cluster {
+            Some(c) => {
+                let (outbox, rx) = Outbox::new(CLUSTER_QUEUE);
+                let cs = ClusterStore {
+                    local: store.clone(),
+                    replica: Arc::new(Replica::new(&c.node)),
+                    outbox,
+                };
+                (Some(Arc::new(cs)), Some(rx))
+            }
+            None => (None, None),
+        };
         Ok(Location {
             store,
+            cluster,
+            cluster_queue: std::sync::Mutex::new(cluster_queue),
             snapshot_file,
             snapshot_interval: config.location.snapshot_interval.get(),
             expire_interval: config.location.expire_interval.get(),
         })
     }
 
-    /// Remove expired bindings.
+    /// The store the registrar and `lookup()` use: in a cluster, the local store and the
+    /// replica; else the local store.
+    pub fn registrar_store(&self) -> &dyn LocationStore {
+        match &self.cluster {
+            Some(c) => &**c,
+            None => &*self.store,
+        }
+    }
+
+    /// Remove expired bindings (of the replica too).
     pub fn expire(&self) -> usize {
-        self.store.expire(crate::state::unix_now()).unwrap_or(0)
+        self.registrar_store()
+            .expire(crate::state::unix_now())
+            .unwrap_or(0)
     }
 
     /// Write the snapshot file atomically, if one is configured.

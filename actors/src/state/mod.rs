@@ -9,6 +9,7 @@ mod admission;
 mod domains;
 pub mod location;
 pub mod messages;
+pub mod replica;
 mod snapshot;
 mod stats;
 pub mod table;

@@ -71,7 +71,7 @@ pub(crate) fn with_env<R>(shared: &Shared, snap: &Snapshot, f: impl FnOnce(&Env<
     });
     let env = Env {
         registrar: location.map(|l| Registrar {
-            store: &*l.store,
+            store: l.registrar_store(),
             settings: &snap.config.registrar,
             liveness: &shared.table,
         }),

@@ -1,0 +1,188 @@
+//! What siprox writes into Redis and reads back: key names, hash fields, binding values
+//! (JSON, the location snapshot's own format plus the owner's advertise URI) and stream
+//! ids. Pure functions; a value that does not parse is skipped by the caller, never a panic.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use siprox::proxy::{ConnId, Transport};
+use siprox::registrar::snapshot::SnapshotBinding;
+use siprox::registrar::{Binding, Flow};
+
+/// The Redis names of one cluster (`key_prefix`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub prefix: String,
+}
+
+impl Keys {
+    /// The hash of one AoR. The AoR is the hash tag: one AoR lives in one Redis Cluster slot.
+    pub fn loc(&self, aor: &str) -> String {
+        format!("{}:loc:{{{aor}}}", self.prefix)
+    }
+
+    /// The pattern a resync scans.
+    pub fn loc_pattern(&self) -> String {
+        format!("{}:loc:*", self.prefix)
+    }
+
+    /// The AoR of a binding hash's key, if it is one.
+    pub fn aor_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?
+            .strip_prefix(":loc:{")?
+            .strip_suffix('}')
+    }
+
+    /// The change stream every node tails.
+    pub fn changes(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    /// A node's liveness key.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+}
+
+/// A binding's field in its AoR's hash: the owning node, then the contact. The node comes
+/// first so that every field has exactly one writer (its node) and a node can tell its own
+/// fields apart without reading their values: no read-modify-write race between nodes.
+pub fn field(node: &str, contact: &str) -> String {
+    format!("{node}|{contact}")
+}
+
+/// The node of a field.
+pub fn field_node(field: &str) -> Option<&str> {
+    field.split_once('|').map(|(n, _)| n)
+}
+
+/// A binding as stored in Redis: the snapshot's binding (with the node and the connection
+/// id, which the owner needs to reach the phone) and the owner's advertise URI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stored {
+    pub advertise: String,
+    pub binding: SnapshotBinding,
+}
+
+/// This node's binding as stored: stamped with this node's name.
+pub fn encode(b: &Binding, node: &str, advertise: &str) -> String {
+    let mut sb = SnapshotBinding::from(b);
+    sb.node = Some(node.to_owned());
+    let s = Stored {
+        advertise: advertise.to_owned(),
+        binding: sb,
+    };
+    serde_json::to_string(&s).unwrap_or_default()
+}
+
+/// A stored binding back, with its owner's shared name from `intern`; `None` when the value
+/// is not one, or names no node.
+pub fn decode(value: &[u8], intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding> {
+    from_stored(serde_json::from_slice(value).ok()?, intern)
+}
+
+fn from_stored(s: Stored, intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding> {
+    let b = s.binding;
+    let transport = Transport::parse(&b.transport)?;
+    let node = intern(b.node.as_deref()?);
+    Some(Binding {
+        contact: b.contact,
+        expires: b.expires,
+        q: b.q.filter(|&q| q <= 1000),
+        call_id: b.call_id,
+        cseq: b.cseq,
+        path: b.path,
+        flow: Flow {
+            transport,
+            source: b.source,
+            local: b.local,
+            conn: b.conn.map(ConnId),
+            node: Some(node),
+        },
+        instance: b.instance,
+        reg_id: b.reg_id,
+        user_agent: b.user_agent,
+        updated: b.updated,
+    })
+}
+
+/// A stream entry's batch (a JSON array of stored bindings) back; entries that do not
+/// parse are left out, a batch that is not an array is `None`.
+pub fn decode_batch(batch: &[u8], intern: &dyn Fn(&str) -> Arc<str>) -> Option<Vec<Binding>> {
+    let values: Vec<serde_json::Value> = serde_json::from_slice(batch).ok()?;
+    Some(
+        values
+            .into_iter()
+            .filter_map(|v| from_stored(serde_json::from_value(v).ok()?, intern))
+            .collect(),
+    )
+}
+
+/// A stream entry id (`ms-seq`) as a pair that orders like Redis orders them.
+pub fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding() -> Binding {
+        Binding {
+            contact: "sip:alice@192.0.2.1:5061;transport=tls".into(),
+            expires: 1_000_300,
+            q: Some(500),
+            call_id: "c1".into(),
+            cseq: 7,
+            path: vec![],
+            flow: Flow {
+                transport: Transport::Tls,
+                source: "192.0.2.1:40000".parse().unwrap(),
+                local: "127.0.0.1:5061".parse().unwrap(),
+                conn: Some(ConnId(42)),
+                node: None,
+            },
+            instance: None,
+            reg_id: None,
+            user_agent: Some("ua".into()),
+            updated: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn a_binding_round_trips_with_its_node_and_connection() {
+        let v = encode(&binding(), "a", "sip:10.0.0.1:5071");
+        let back = decode(v.as_bytes(), &|n| n.into()).unwrap();
+        let mut want = binding();
+        want.flow.node = Some("a".into());
+        assert_eq!(back, want);
+        assert!(decode(b"{}", &|n| n.into()).is_none());
+        assert!(decode(b"\xff", &|n| n.into()).is_none());
+        let batch = format!("[{v},{{}},{v}]");
+        let all = decode_batch(batch.as_bytes(), &|n| n.into()).unwrap();
+        assert_eq!(all.len(), 2, "the unreadable one is left out");
+        assert!(decode_batch(b"{}", &|n| n.into()).is_none());
+    }
+
+    #[test]
+    fn keys_carry_the_aor_as_hash_tag() {
+        let k = Keys {
+            prefix: "siprox".into(),
+        };
+        let key = k.loc("alice@example.com");
+        assert_eq!(key, "siprox:loc:{alice@example.com}");
+        assert_eq!(k.aor_of(&key), Some("alice@example.com"));
+        assert_eq!(k.aor_of("other:loc:{x}"), None);
+        assert_eq!(field_node(&field("a", "sip:x|y")), Some("a"));
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(stream_id("10-0") > stream_id("9-5"));
+        assert!(stream_id("10-1") > stream_id("10-0"));
+        assert_eq!(stream_id("0"), Some((0, 0)));
+        assert_eq!(stream_id("x-1"), None);
+    }
+}

@@ -1,0 +1,394 @@
+//! The cluster's side of the location store, as plain data: the [`Replica`] of every other
+//! node's bindings (fed by the cluster actor from Redis), the bounded [`Outbox`] of this
+//! node's changes on their way to Redis, and the [`ClusterStore`] that the registrar and
+//! `lookup()` use: the local store plus the replica. No I/O here and nothing that waits: a
+//! worker's save or lookup must never touch Redis or block on the cluster actor.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use siprox::registrar::{Binding, LocationStore, MemoryStore, StoreError, UpdateFn};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// This node's whole set of bindings for one AoR, after a save or a removal: what the
+/// cluster actor writes to Redis. Sets, not deltas, so that applying one twice or after a
+/// resync is harmless. Empty: this node holds no binding of `aor` any more.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub aor: String,
+    pub bindings: Vec<Binding>,
+}
+
+/// The bindings other nodes own, by AoR. Each binding's `flow.node` names its owner (never
+/// this node: the local store is the truth for this node's own phones).
+#[derive(Debug)]
+pub struct Replica {
+    /// This node's name: changes and fields of this node are never applied here.
+    pub node: Arc<str>,
+    aors: DashMap<Box<str>, Vec<Binding>>,
+    /// Nodes whose liveness key expired: their bindings are not offered to a lookup. Read
+    /// on every lookup, written by the heartbeat loop: swapped whole, never locked.
+    dead: ArcSwap<HashSet<Arc<str>>>,
+    /// One shared name per node, as in the local store.
+    names: Mutex<Vec<Arc<str>>>,
+    /// The replica follows Redis now (connected and synced). False before the first sync
+    /// and while Redis is unreachable: what it holds may be stale.
+    pub current: AtomicBool,
+}
+
+impl Replica {
+    pub fn new(node: &str) -> Replica {
+        Replica {
+            node: node.into(),
+            aors: DashMap::new(),
+            dead: ArcSwap::from_pointee(HashSet::new()),
+            names: Mutex::new(Vec::new()),
+            current: AtomicBool::new(false),
+        }
+    }
+
+    /// The shared name of `node`.
+    pub fn intern(&self, node: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = names.iter().find(|n| ***n == *node) {
+            return n.clone();
+        }
+        let n: Arc<str> = node.into();
+        names.push(n.clone());
+        n
+    }
+
+    /// `node` now holds exactly `bindings` for `aor` (each already naming `node`).
+    pub fn apply(&self, aor: &str, node: &str, bindings: Vec<Binding>) {
+        if node == &*self.node {
+            return;
+        }
+        let mut entry = self.aors.entry(aor.into()).or_default();
+        entry.retain(|b| b.flow.node.as_deref() != Some(node));
+        entry.extend(bindings);
+        // Most AoRs hold one binding: no spare capacity of a growing vector, kept per AoR.
+        entry.shrink_to_fit();
+        let empty = entry.is_empty();
+        drop(entry);
+        if empty {
+            self.aors.remove_if(aor, |_, v| v.is_empty());
+        }
+    }
+
+    /// Everything at once, after a resync: what Redis held when it was scanned.
+    pub fn replace_all(&self, all: HashMap<String, Vec<Binding>>) {
+        self.aors
+            .retain(|aor, _| all.get(&**aor).is_some_and(|v| !v.is_empty()));
+        for (aor, mut v) in all {
+            v.retain(|b| b.flow.node.as_deref() != Some(&*self.node));
+            if v.is_empty() {
+                self.aors.remove(&*aor);
+            } else {
+                v.shrink_to_fit();
+                self.aors.insert(aor.into(), v);
+            }
+        }
+    }
+
+    /// The bindings of `aor` owned by live nodes, expired ones included (the registrar
+    /// filters by time).
+    pub fn get(&self, aor: &str) -> Vec<Binding> {
+        let Some(v) = self.aors.get(aor) else {
+            return Vec::new();
+        };
+        let dead = self.dead.load();
+        v.iter()
+            .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Bindings held (of live and dead nodes).
+    pub fn len(&self) -> usize {
+        self.aors.iter().map(|e| e.value().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.aors.is_empty()
+    }
+
+    /// Approximate heap and inline bytes the replica holds: each binding's
+    /// `Binding::approx_size`, each AoR's key and vector, and a map slot per AoR (hash,
+    /// pointers and the table's spare capacity, taken as 2x the slot). For docs/cluster.md's
+    /// memory model; an estimate, not an allocator count.
+    pub fn approx_bytes(&self) -> usize {
+        let slot = 2
+            * (std::mem::size_of::<Box<str>>()
+                + std::mem::size_of::<Vec<Binding>>()
+                + std::mem::size_of::<u64>());
+        self.aors
+            .iter()
+            .map(|e| {
+                slot + e.key().len()
+                    + e.value().capacity() * std::mem::size_of::<Binding>()
+                    + e.value()
+                        .iter()
+                        .map(|b| b.approx_size() - std::mem::size_of::<Binding>())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Drop bindings with `expires <= now`: Redis keeps a key until its longest binding
+    /// ends, so the per-binding expiry is this replica's job.
+    pub fn expire(&self, now: i64) -> usize {
+        let mut gone = 0;
+        self.aors.retain(|_, v| {
+            let before = v.len();
+            v.retain(|b| b.expires > now);
+            gone += before - v.len();
+            !v.is_empty()
+        });
+        gone
+    }
+
+    /// The nodes that own a binding here.
+    pub fn nodes(&self) -> Vec<Arc<str>> {
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| **n != self.node)
+            .cloned()
+            .collect()
+    }
+
+    /// Mark `node` dead (its liveness key expired) or alive again.
+    pub fn set_alive(&self, node: &Arc<str>, alive: bool) {
+        // One writer (the heartbeat loop): load, change a copy, store.
+        let mut dead = HashSet::clone(&self.dead.load());
+        let changed = if alive {
+            dead.remove(node)
+        } else {
+            dead.insert(node.clone())
+        };
+        if changed {
+            self.dead.store(Arc::new(dead));
+            if alive {
+                info!(node = %node, "cluster node alive");
+            } else {
+                warn!(node = %node, "cluster node dead: its bindings are no longer offered");
+            }
+        }
+    }
+
+    /// True when `node`'s liveness key has expired.
+    pub fn is_dead(&self, node: &str) -> bool {
+        self.dead.load().iter().any(|n| **n == *node)
+    }
+}
+
+/// The bounded queue from the workers to the cluster actor. A worker never waits on it: a
+/// full queue drops the change, counts it, and the cluster actor re-pushes this node's whole
+/// store once it catches up.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<Change>,
+    /// Changes dropped because the queue was full (or the actor gone).
+    pub dropped: AtomicU64,
+    /// Changes the cluster actor took while Redis was unreachable and did not write one by
+    /// one: the whole local store is pushed instead once Redis is back.
+    pub deferred: AtomicU64,
+    /// The queue was full at the last attempt: one WARN when it fills, one INFO when it
+    /// drains, not one line per dropped change.
+    full: AtomicBool,
+}
+
+impl Outbox {
+    /// A queue of `capacity` changes and its receiving end (for the cluster actor).
+    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Change>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Outbox {
+                tx,
+                dropped: AtomicU64::new(0),
+                deferred: AtomicU64::new(0),
+                full: AtomicBool::new(false),
+            },
+            rx,
+        )
+    }
+
+    /// Queue `c` without waiting.
+    pub fn push(&self, c: Change) {
+        match self.tx.try_send(c) {
+            Ok(()) => {
+                if self.full.swap(false, Ordering::Relaxed) {
+                    info!("cluster write queue accepts changes again");
+                }
+            }
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "cluster write queue full (Redis slow or unreachable): changes are \
+                         dropped and counted, and this node's bindings re-pushed when it drains"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Changes waiting.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Most changes that can wait.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+}
+
+/// The location store of a cluster node: this node's bindings in the local store (the truth
+/// for its own phones, written as on a single node), every other node's from the replica.
+/// Saves go to the local store and, as a whole set per AoR, to the outbox.
+#[derive(Debug)]
+pub struct ClusterStore {
+    pub local: Arc<MemoryStore>,
+    pub replica: Arc<Replica>,
+    pub outbox: Outbox,
+}
+
+impl ClusterStore {
+    fn publish(&self, aor: &str) {
+        let bindings = self.local.get(aor).unwrap_or_default();
+        self.outbox.push(Change {
+            aor: aor.to_owned(),
+            bindings,
+        });
+    }
+}
+
+impl LocationStore for ClusterStore {
+    fn get(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
+        let mut v = self.local.get(aor)?;
+        v.extend(self.replica.get(aor));
+        Ok(v)
+    }
+
+    /// Only this node's bindings are handed to `f`: a REGISTER here rewrites what this node
+    /// owns, never another node's entries.
+    fn update(&self, aor: &str, f: &mut UpdateFn<'_>) -> Result<bool, StoreError> {
+        let done = self.local.update(aor, f)?;
+        if done {
+            self.publish(aor);
+        }
+        Ok(done)
+    }
+
+    fn remove(&self, aor: &str) -> Result<usize, StoreError> {
+        let n = self.local.remove(aor)?;
+        if n > 0 {
+            self.publish(aor);
+        }
+        Ok(n)
+    }
+
+    fn expire(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self.local.expire(now)? + self.replica.expire(now))
+    }
+
+    fn len(&self) -> usize {
+        self.local.len()
+    }
+
+    /// This node's own bindings (snapshots and `ul.dump` show what this node holds).
+    fn for_each(&self, f: &mut dyn FnMut(&str, &[Binding])) -> Result<(), StoreError> {
+        self.local.for_each(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siprox::proxy::{ConnId, Transport};
+    use siprox::registrar::Flow;
+
+    fn binding(contact: &str, node: Option<&str>, expires: i64) -> Binding {
+        Binding {
+            contact: contact.into(),
+            expires,
+            q: None,
+            call_id: "c".into(),
+            cseq: 1,
+            path: vec![],
+            flow: Flow {
+                transport: Transport::Tls,
+                source: "192.0.2.1:1".parse().unwrap(),
+                local: "127.0.0.1:2".parse().unwrap(),
+                conn: Some(ConnId(1)),
+                node: node.map(Into::into),
+            },
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+            updated: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (o, mut rx) = Outbox::new(2);
+        for _ in 0..3 {
+            o.push(Change {
+                aor: "a".into(),
+                bindings: vec![],
+            });
+        }
+        assert_eq!(o.queued(), 2);
+        assert_eq!(o.dropped.load(Ordering::Relaxed), 1);
+        assert!(rx.try_recv().is_ok());
+        o.push(Change {
+            aor: "a".into(),
+            bindings: vec![],
+        });
+        assert_eq!(o.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn each_node_replaces_only_its_own_bindings() {
+        let r = Replica::new("me");
+        r.apply("alice", "b", vec![binding("sip:1", Some("b"), 100)]);
+        r.apply("alice", "c", vec![binding("sip:2", Some("c"), 100)]);
+        r.apply("alice", "me", vec![binding("sip:3", Some("me"), 100)]);
+        assert_eq!(r.get("alice").len(), 2);
+        r.apply("alice", "b", vec![]);
+        let left = r.get("alice");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].contact, "sip:2");
+        r.set_alive(&r.intern("c"), false);
+        assert!(r.get("alice").is_empty());
+        assert_eq!(r.len(), 1);
+        r.set_alive(&r.intern("c"), true);
+        assert_eq!(r.get("alice").len(), 1);
+        assert_eq!(r.expire(100), 1);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_resync_replaces_everything_but_this_nodes_own() {
+        let r = Replica::new("me");
+        r.apply("old", "b", vec![binding("sip:1", Some("b"), 100)]);
+        let mut all = HashMap::new();
+        all.insert(
+            "new".to_owned(),
+            vec![
+                binding("sip:2", Some("b"), 100),
+                binding("sip:3", Some("me"), 100),
+            ],
+        );
+        r.replace_all(all);
+        assert!(r.get("old").is_empty());
+        assert_eq!(r.get("new").len(), 1);
+    }
+}

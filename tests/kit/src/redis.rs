@@ -1,0 +1,215 @@
+//! Real Redis servers for the cluster tests: one `redis-server` on a free loopback port in a
+//! temp dir (no persistence), stopped and restarted on the same port for outage tests, and
+//! a 3-master Redis Cluster built with `redis-cli --cluster create`. Every process is killed
+//! on drop. Test code: may panic, never waits without a bound.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first PING.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free loopback port now (the OS picks it; the listener is closed before the server
+/// binds it, which is the usual small race of this approach).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl RedisServer {
+    /// A standalone server on a free loopback port.
+    pub fn start() -> RedisServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            extra: Vec::new(),
+            child: None,
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    fn start_in(dir: &Path, extra: &[&str]) -> RedisServer {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let mut s = RedisServer {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+            _tmp: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within {START_TIMEOUT:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True when the server answers PING.
+    pub fn answers(&self) -> bool {
+        self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG")
+    }
+
+    /// `redis-cli -p <port> args...`: its output, or `None` when it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (!text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// Kill the server (an outage: nothing is saved).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port (empty: it saves nothing).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    _tmp: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                RedisServer::start_in(
+                    &tmp.path().join(format!("n{i}")),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes, _tmp: tmp };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !c.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// Every node says `cluster_state:ok`.
+    pub fn is_ok(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            n.cli(&["CLUSTER", "INFO"])
+                .is_some_and(|t| t.contains("cluster_state:ok"))
+        })
+    }
+
+    /// The seed URLs, as `[cluster] redis` lists them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `redis-cli -c` (following redirects) against the first node.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args([
+                "-c",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.nodes[0].port.to_string(),
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
