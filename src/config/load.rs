@@ -535,10 +535,40 @@ struct EnvSplit {
 /// The top-level keys of the configuration (`log`, `listen`, ...): the sections an
 /// environment variable may name.
 pub fn known_sections() -> Vec<String> {
-    // From the schema itself, so a new section is known here the day it exists.
-    match Value::serialize(Config::default()) {
-        Ok(Value::Dict(_, d)) => d.into_keys().collect(),
-        _ => Vec::new(),
+    // From the schema itself (its derived `Deserialize`'s field list, optional sections
+    // like `[cluster]` included, which a serialized default leaves out), so a new section
+    // is known here the day it exists.
+    let mut fields: &'static [&'static str] = &[];
+    let _ = <Config as serde::Deserialize>::deserialize(FieldNames(&mut fields));
+    let mut out: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+    out.sort();
+    out
+}
+
+/// A deserializer that only notes the field names of the struct asked of it, then stops.
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("only the field names are read"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("only the field names are read"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        identifier ignored_any
     }
 }
 
@@ -1001,10 +1031,20 @@ mod tests {
     #[test]
     fn known_sections_come_from_the_schema() {
         let s = known_sections();
-        for want in ["listen", "log", "auth", "domains", "management", "tls"] {
+        // `cluster` is optional: absent from a serialized default, a section all the same.
+        for want in [
+            "listen",
+            "log",
+            "auth",
+            "domains",
+            "management",
+            "tls",
+            "cluster",
+        ] {
             assert!(s.iter().any(|k| k == want), "{want} in {s:?}");
         }
         assert!(!s.iter().any(|k| k == "sources"), "{s:?}");
+        assert!(!s.iter().any(|k| k == "env_overrides"), "{s:?}");
     }
 
     #[test]
