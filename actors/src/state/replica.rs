@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use siprox::registrar::{Binding, LocationStore, MemoryStore, StoreError, UpdateFn};
+use siprox::registrar::{Binding, LocationStore, MemoryStore, StoreError, UpdateFn, Withheld};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -105,6 +105,18 @@ impl Replica {
             .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
             .cloned()
             .collect()
+    }
+
+    /// How many current bindings of `aor` are held but withheld because their node is
+    /// dead (a lookup that finds nothing else answers 480 rather than 404).
+    pub fn withheld(&self, aor: &str, now: i64) -> usize {
+        let Some(v) = self.aors.get(aor) else {
+            return 0;
+        };
+        let dead = self.dead.load();
+        v.iter()
+            .filter(|b| b.expires > now && b.flow.node.as_ref().is_some_and(|n| dead.contains(n)))
+            .count()
     }
 
     /// Bindings held (of live and dead nodes).
@@ -257,6 +269,8 @@ pub struct ClusterStore {
     pub local: Arc<MemoryStore>,
     pub replica: Arc<Replica>,
     pub outbox: Outbox,
+    /// `Retry-After` of the 503 a lookup answers while the replica is not current.
+    pub retry_after: u32,
 }
 
 impl ClusterStore {
@@ -272,8 +286,24 @@ impl ClusterStore {
 impl LocationStore for ClusterStore {
     fn get(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
         let mut v = self.local.get(aor)?;
-        v.extend(self.replica.get(aor));
+        // A replica that is not current (Redis unreachable, or not synced yet) may offer
+        // a flow that moved: nothing of it is offered, and `withheld` says why.
+        if self.replica.current.load(Ordering::Relaxed) {
+            v.extend(self.replica.get(aor));
+        }
         Ok(v)
+    }
+
+    fn withheld(&self, aor: &str, now: i64) -> Option<Withheld> {
+        if !self.replica.current.load(Ordering::Relaxed) {
+            return Some(Withheld::Stale {
+                retry_after: self.retry_after,
+            });
+        }
+        match self.replica.withheld(aor, now) {
+            0 => None,
+            bindings => Some(Withheld::NodeDown { bindings }),
+        }
     }
 
     /// Only this node's bindings are handed to `f`: a REGISTER here rewrites what this node
@@ -328,6 +358,7 @@ mod tests {
                 local: "127.0.0.1:2".parse().unwrap(),
                 conn: Some(ConnId(1)),
                 node: node.map(Into::into),
+                node_route: None,
             },
             instance: None,
             reg_id: None,

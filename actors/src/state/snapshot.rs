@@ -105,6 +105,7 @@ impl Snapshot {
             listens,
             aliases,
             flow_keys,
+            node: config.cluster.as_ref().map(|c| c.node.clone()),
             ..ProxyConfig::default()
         })
         .with_flow_counter(flow_refused);

@@ -39,6 +39,7 @@ pub fn facts(
         peer,
         my,
         peer_verified,
+        cluster_peer: false,
     }
 }
 
