@@ -96,7 +96,24 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
     check_domains(config, prov, &mut errors);
     check_tls_domains(config, prov, &mut errors);
     check_runtime_settings(config, prov, &mut errors);
+    check_cluster_keys(config, prov, &mut errors);
     errors
+}
+
+/// A cluster signs node tokens (`nf=`) with the flow keys: every node must read them from
+/// a file (the same file on every node, so that one rotation covers the cluster), never
+/// from a key drawn at random per process.
+fn check_cluster_keys(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    if config.cluster.is_some() && config.auth.flow_key_file.is_none() {
+        let path = [Seg::Key("cluster")];
+        errors.push(ConfigError::Invalid {
+            origin: prov.origin_of_any(&[&path]),
+            key: "auth.flow_key_file".to_owned(),
+            message: "[cluster] needs [auth] flow_key_file, the same file on every node \
+                      (node tokens are signed with it)"
+                .to_owned(),
+        });
+    }
 }
 
 /// What the runtime would refuse at start or on reload, decided here so that `siprox check`
