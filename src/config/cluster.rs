@@ -49,16 +49,17 @@ pub struct ClusterTls {
 /// The name of the TLS domain made from `[cluster.tls]`. Brackets: no domain written in
 /// conf.d is mistaken for it by accident.
 pub const CLUSTER_DOMAIN: &str = "[cluster.tls]";
-/// The SNI a node sends when it connects to another node: it selects the cluster domain on
-/// the other side (whatever listener it arrives on), which requires a certificate of the
-/// cluster CA. `.invalid` (RFC 2606): never a real name.
+/// The SNI a node sends when it connects to another node's advertise address: it selects
+/// the cluster domain on the other side (whatever listener it arrives on), which requires a
+/// certificate of the cluster CA. `.invalid` (RFC 2606): never a real name.
 pub const CLUSTER_SNI: &str = "cluster.siprox.invalid";
 
 /// The TLS domain node-to-node connections use, on both sides: server side chosen by
 /// [`CLUSTER_SNI`] and requiring a client certificate verified by the cluster CA; client
-/// side chosen by the same server name, presenting the node certificate and verifying the
-/// other node's against the cluster CA (not its host name: the CA issues node
-/// certificates only). `None` without `[cluster.tls]`.
+/// side chosen by the same server name (the runtime gives it to every connection to
+/// another node's advertise address), sending it as SNI, presenting the node certificate
+/// and verifying the other node's against the cluster CA (not its host name: the CA issues
+/// node certificates only). `None` without `[cluster.tls]`.
 pub fn cluster_domain(c: &ClusterConfig) -> Option<super::DomainConfig> {
     let t = c.tls.as_ref()?;
     Some(super::DomainConfig {
@@ -78,6 +79,7 @@ pub fn cluster_domain(c: &ClusterConfig) -> Option<super::DomainConfig> {
             ca_file: Some(t.ca_file.clone()),
             verify_server: true,
             verify_hostname: false,
+            server_name: Some(CLUSTER_SNI.to_owned()),
             ..super::ClientTls::default()
         }),
         script: None,

@@ -1013,7 +1013,7 @@ fn next_hop(u: &SipUri<'_>) -> NextHop {
 /// Resolve a next hop without DNS, when its host is an IP literal (RFC 3263 §4.1, §4.2:
 /// transport from the URI, else TLS for `sips`, else UDP; port from the URI, else the
 /// transport's default).
-pub(crate) fn resolve_literal(hop: &NextHop) -> Option<Destination> {
+fn resolve_literal(hop: &NextHop) -> Option<Destination> {
     let ip: IpAddr = hop.host.parse().ok()?;
     let transport = match (hop.transport, hop.secure) {
         (_, true) => Transport::Tls,

@@ -316,32 +316,10 @@ impl Host for ProxyHost<'_> {
                     Delivery::Connection { .. } | Delivery::Datagram { .. } => {
                         self.flow = t.destination();
                     }
-                    // The owning node, at its advertise URI: over TLS with the cluster's
-                    // server name, which selects the `[cluster.tls]` domain on both sides
-                    // (this node's certificate out, the cluster CA's check of the other).
-                    Delivery::Node(_) => {
-                        let inner = t.route.first().map(|first| {
-                            let inner = first.trim_start_matches('<');
-                            inner.split('>').next().unwrap_or(inner).to_owned()
-                        });
-                        let Some(inner) = inner else { return -1 };
-                        match script::parse_target(&inner)
-                            .ok()
-                            .as_ref()
-                            .and_then(crate::proxy::resolve_literal)
-                        {
-                            Some(mut d) => {
-                                if d.transport == crate::proxy::Transport::Tls {
-                                    d.server_name = Some(crate::config::CLUSTER_SNI.to_owned());
-                                }
-                                self.flow = Some(d);
-                            }
-                            // A host name: resolved like any other target.
-                            None => ctx.edits.dst_uri = Some(inner),
-                        }
-                    }
-                    // The Route names the edge proxy the phone registered through.
-                    Delivery::Uri => {
+                    // The Route names the owning node (its advertise URI: the runtime
+                    // connects to a node's address with the cluster's TLS domain) or the
+                    // edge proxy the phone registered through.
+                    Delivery::Node(_) | Delivery::Uri => {
                         if let Some(first) = t.route.first() {
                             let inner = first.trim_start_matches('<');
                             let inner = inner.split('>').next().unwrap_or(inner);
