@@ -22,7 +22,7 @@ use siprox::config::{
 use siprox::sip::{HeaderName, Message};
 use siprox_actors::RuntimeHandle;
 use siprox_testkit::pki::{Ca, Identity, Pki, Spec, Tls};
-use siprox_testkit::redis::RedisServer;
+use siprox_testkit::redis::{RedisCluster, RedisServer};
 use siprox_testkit::ua::{self, Client, Transport};
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -43,12 +43,12 @@ struct Site {
     pki: Pki,
     cluster_ca: Ca,
     flow_key: String,
-    redis: String,
+    redis: Vec<String>,
     default_script: PathBuf,
 }
 
 impl Site {
-    fn new(redis: String) -> Site {
+    fn new(redis: Vec<String>) -> Site {
         Site {
             pki: Pki::new(),
             cluster_ca: Ca::with(Spec::ca("siprox cluster CA")),
@@ -86,7 +86,7 @@ impl Site {
         let cluster = ClusterConfig {
             node: name.to_owned(),
             advertise: format!("sip:{tls};transport=tls"),
-            redis: vec![self.redis.clone()],
+            redis: self.redis.clone(),
             key_prefix: "r".to_owned(),
             heartbeat: ConfigDuration(HEARTBEAT),
             node_timeout: ConfigDuration(NODE_TIMEOUT),
@@ -314,22 +314,10 @@ async fn call(caller: &mut Phone, callee: &mut Phone, bye_from_callee: bool) {
     }
 }
 
-/// Whether `node`'s replica holds a live binding of `user` owned by `owner`.
-fn sees(node: &Node, user: &str, owner: &str) -> bool {
-    let cs = node.handle.location().and_then(|l| l.cluster.clone());
-    cs.is_some_and(|c| {
-        c.replica
-            .get(&format!("sip:{user}@example.com"))
-            .iter()
-            .any(|b| b.flow.node.as_deref() == Some(owner) && b.flow.node_route.is_some())
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_reach_phones_on_other_nodes_over_their_own_connections() {
-    siprox_testkit::logs::install();
-    let mut redis = RedisServer::start();
-    let site = Site::new(redis.url());
+/// Alice on node 1, Bob on node 2, Bob's calls entering node 3; a copied node token;
+/// node 1 shut down (480), alice registered again on node 2 (reachable). Returns nodes 2
+/// and 3, Bob's phone on node 3 and Alice's on node 2.
+async fn routing(site: &Site) -> (Node, Node, Phone, Phone) {
     let n1 = site.node("n1");
     let n2 = site.node("n2");
     let n3 = site.node("n3");
@@ -390,6 +378,27 @@ async fn calls_reach_phones_on_other_nodes_over_their_own_connections() {
     while bob.c.recv(Duration::from_millis(200)).await.is_some() {}
     call(&mut bob, &mut alice, true).await;
 
+    (n2, n3, bob, alice)
+}
+
+/// Whether `node`'s replica holds a live binding of `user` owned by `owner`.
+fn sees(node: &Node, user: &str, owner: &str) -> bool {
+    let cs = node.handle.location().and_then(|l| l.cluster.clone());
+    cs.is_some_and(|c| {
+        c.replica
+            .get(&format!("sip:{user}@example.com"))
+            .iter()
+            .any(|b| b.flow.node.as_deref() == Some(owner) && b.flow.node_route.is_some())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_phones_on_other_nodes_over_their_own_connections() {
+    siprox_testkit::logs::install();
+    let mut redis = RedisServer::start();
+    let site = Site::new(vec![redis.url()]);
+    let (n2, n3, mut bob, mut alice) = routing(&site).await;
+
     // Redis gone: node 3 cannot know where alice is now: 503 with Retry-After. Node 2,
     // where alice is, still connects a call to her.
     redis.stop();
@@ -426,6 +435,16 @@ async fn calls_reach_phones_on_other_nodes_over_their_own_connections() {
     while alice.c.recv(Duration::from_millis(200)).await.is_some() {}
     call(&mut bob_local, &mut alice, false).await;
 
+    n2.handle.shutdown();
+    n3.handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_phones_on_other_nodes_with_a_redis_cluster() {
+    siprox_testkit::logs::install();
+    let rc = RedisCluster::start();
+    let site = Site::new(rc.nodes.iter().map(RedisServer::url).collect());
+    let (n2, n3, _bob, _alice) = routing(&site).await;
     n2.handle.shutdown();
     n3.handle.shutdown();
 }
