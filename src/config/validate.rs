@@ -612,6 +612,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_a_flow_key_file() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.cluster = Some(crate::config::ClusterConfig {
+            node: "a".into(),
+            advertise: "sip:127.0.0.1:5060".into(),
+            redis: vec!["redis://127.0.0.1".into()],
+            key_prefix: "siprox".into(),
+            heartbeat: crate::config::ConfigDuration::secs(2),
+            node_timeout: crate::config::ConfigDuration::secs(6),
+            tls: None,
+            insecure_plaintext: true,
+        });
+        let errors = errors_of(&config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("auth.flow_key_file"), "{errors:?}");
+        config.auth.flow_key_file = Some("flow.keys".into());
+        assert_eq!(errors_of(&config), Vec::<String>::new());
+    }
+
+    #[test]
     fn default_with_one_listener_is_valid() {
         let config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
         assert_eq!(errors_of(&config), Vec::<String>::new());
