@@ -2,9 +2,11 @@
 //! in every in-dialog Route) names the connections on both sides of a dialog, signed with
 //! an HMAC-SHA256 over them and the dialog's Call-ID under a secret key, so that a peer
 //! cannot name a connection siprox did not give it, nor reuse a Route of one dialog (or
-//! write one) to have siprox relay requests of another. Sans-IO: the runtime reads or generates the key file; this
-//! takes key bytes. Must never accept a token whose MAC does not verify, and never compare
-//! MACs in variable time.
+//! write one) to have siprox relay requests of another. Node tokens (`nf=`, cluster
+//! routing) name one connection of the node that made them, under a label of their own so
+//! that neither kind verifies as the other. Sans-IO: the runtime reads or generates the key
+//! file; this takes key bytes. Must never accept a token whose MAC does not verify, and
+//! never compare MACs in variable time.
 
 use hmac::{Hmac, Mac};
 use openssl::memcmp;

@@ -1,8 +1,11 @@
 //! `lookup("location")`: from a Request-URI to the one contact to deliver to, and how to
 //! reach it. A flow-bound contact is reached only over its own connection; when that
 //! connection is gone the contact is unreachable (480), never connected to afresh (its
-//! Contact usually holds a private address). No forking yet: the proxy is stateless, so
-//! the request goes to the best reachable contact only. Never panics.
+//! Contact usually holds a private address). In a cluster, a contact whose connection
+//! another node holds is reached through that node (its Route), and bindings the store
+//! withholds (a dead node's, a stale replica's) make 480 or 503 rather than 404. No forking
+//! yet: the proxy is stateless, so the request goes to the best reachable contact only.
+//! Never panics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
