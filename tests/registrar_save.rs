@@ -566,8 +566,19 @@ fn other_node_holds_the_connection() {
         ..Settings::default()
     };
     let u = siprox::sip::Uri::parse("sip:alice@example.com").unwrap();
+    // Without the owner's Route (its advertise URI and node token) node 1 cannot reach it.
+    assert_eq!(
+        lookup(&u, NOW, &n1, &store, &alive).unwrap(),
+        LookupResult::Unreachable { bindings: 1 }
+    );
+    // With it (as the replica holds other nodes' bindings), through that Route.
+    let route = "<sip:10.0.0.2:5071;transport=tls;lr;nf=1.tls.00>";
+    let mut b = store.get("sip:alice@example.com").unwrap();
+    b[0].flow.node_route = Some(Arc::from(route));
+    store.put("sip:alice@example.com", b).unwrap();
     let t = found(lookup(&u, NOW, &n1, &store, &alive).unwrap());
     assert_eq!(t.delivery, Delivery::Node(Arc::from("node-2")));
+    assert_eq!(t.route, vec![route.to_owned()]);
     let t = found(lookup(&u, NOW, &n2, &store, &alive).unwrap());
     assert!(matches!(t.delivery, Delivery::Connection { .. }));
 }

@@ -383,7 +383,7 @@ fn run_system(
             .start();
             let config = shared.snapshot.load().config.clone();
             if let Some(c) = crate::cluster::Cluster::new(location, config.cluster.as_ref()) {
-                c.start();
+                c.with_shared(shared.clone()).start();
             }
         }
         let _ = tx.send(Ok((System::current(), control, registry)));

@@ -51,6 +51,8 @@ fn node_config(dir: &Path, node: &str, redis: Vec<String>) -> Config {
         key_prefix: "t".to_owned(),
         heartbeat: ConfigDuration::millis(200),
         node_timeout: ConfigDuration::millis(1000),
+        tls: None,
+        insecure_plaintext: true,
     });
     cfg
 }

@@ -1,6 +1,10 @@
-//! `[cluster]`: this node's name and advertise URI, where Redis is, and the liveness timers.
+//! `[cluster]`: this node's name and advertise URI, where Redis is, the liveness timers and
+//! `[cluster.tls]`, the certificate nodes present to each other (turned into a TLS domain of
+//! its own by [`cluster_domain`]).
 //! Checked when read (a wrong value is an error naming the `cluster.<key>` and the file, in
 //! `siprox check` as in a reload). Only names and values: never connects to Redis.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +27,69 @@ pub struct ClusterConfig {
     pub heartbeat: ConfigDuration,
     /// A node whose liveness key is this old is dead: its bindings stop being offered.
     pub node_timeout: ConfigDuration,
+    /// `[cluster.tls]`: what nodes present to and verify of each other.
+    pub tls: Option<ClusterTls>,
+    /// Allow a clear-text `advertise` (no TLS between nodes): node tokens are then accepted
+    /// from any peer. For a test bed on one host only.
+    pub insecure_plaintext: bool,
+}
+
+/// `[cluster.tls]`: the node certificate (issued by the cluster CA) that a node presents
+/// both when it connects to another node and when another node connects to it, and the
+/// cluster CA that verifies the other side. Paths are relative to the configuration
+/// directory's parent, as every TLS file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// The name of the TLS domain made from `[cluster.tls]`. Brackets: no domain written in
+/// conf.d is mistaken for it by accident.
+pub const CLUSTER_DOMAIN: &str = "[cluster.tls]";
+/// The SNI a node sends when it connects to another node's advertise address: it selects
+/// the cluster domain on the other side (whatever listener it arrives on), which requires a
+/// certificate of the cluster CA. `.invalid` (RFC 2606): never a real name.
+pub const CLUSTER_SNI: &str = "cluster.siprox.invalid";
+
+/// The TLS domain node-to-node connections use, on both sides: server side chosen by
+/// [`CLUSTER_SNI`] and requiring a client certificate verified by the cluster CA; client
+/// side chosen by the same server name (the runtime gives it to every connection to
+/// another node's advertise address), sending it as SNI, presenting the node certificate
+/// and verifying the other node's against the cluster CA (not its host name: the CA issues
+/// node certificates only). `None` without `[cluster.tls]`.
+pub fn cluster_domain(c: &ClusterConfig) -> Option<super::DomainConfig> {
+    let t = c.tls.as_ref()?;
+    Some(super::DomainConfig {
+        names: Vec::new(),
+        server: Some(super::ServerTls {
+            sni: vec![CLUSTER_SNI.to_owned()],
+            certificate: t.certificate.clone(),
+            private_key: t.private_key.clone(),
+            ca_file: Some(t.ca_file.clone()),
+            verify_client: super::runtime::VerifyClient::Require,
+            ..super::ServerTls::default()
+        }),
+        client: Some(super::ClientTls {
+            server_names: vec![CLUSTER_SNI.to_owned()],
+            certificate: Some(t.certificate.clone()),
+            private_key: Some(t.private_key.clone()),
+            ca_file: Some(t.ca_file.clone()),
+            verify_server: true,
+            verify_hostname: false,
+            server_name: Some(CLUSTER_SNI.to_owned()),
+            ..super::ClientTls::default()
+        }),
+        script: None,
+    })
+}
+
+/// True when `advertise` is reached over TLS (`sips:` or `;transport=tls`).
+pub fn advertise_is_tls(advertise: &str) -> bool {
+    let a = advertise.to_ascii_lowercase();
+    a.starts_with("sips:") || a.contains(";transport=tls")
 }
 
 impl ClusterConfig {
@@ -53,6 +120,10 @@ struct RawCluster {
     heartbeat: ConfigDuration,
     #[serde(default = "default_node_timeout")]
     node_timeout: ConfigDuration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls: Option<ClusterTls>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    insecure_plaintext: bool,
 }
 
 fn default_prefix() -> String {
@@ -124,6 +195,24 @@ impl TryFrom<RawCluster> for ClusterConfig {
                 String::from(r.heartbeat)
             ));
         }
+        // Node-to-node requests carry node tokens and whole calls: never clear text unless
+        // asked for by name.
+        if !r.insecure_plaintext {
+            if !advertise_is_tls(a) {
+                return Err(format!(
+                    "cluster.advertise: `{a}` is not TLS (sips: or ;transport=tls); nodes talk \
+                     to each other over TLS (set cluster.insecure_plaintext = true to allow clear \
+                     text on a test bed)"
+                ));
+            }
+            if r.tls.is_none() {
+                return Err(
+                    "cluster.tls: TLS between nodes needs [cluster.tls] with certificate, \
+                            private_key and ca_file (the cluster CA)"
+                        .to_owned(),
+                );
+            }
+        }
         Ok(ClusterConfig {
             node: r.node,
             advertise: a.to_owned(),
@@ -131,6 +220,8 @@ impl TryFrom<RawCluster> for ClusterConfig {
             key_prefix: r.key_prefix,
             heartbeat: r.heartbeat,
             node_timeout: r.node_timeout,
+            tls: r.tls,
+            insecure_plaintext: r.insecure_plaintext,
         })
     }
 }
@@ -148,6 +239,8 @@ impl From<ClusterConfig> for RawCluster {
             key_prefix: c.key_prefix,
             heartbeat: c.heartbeat,
             node_timeout: c.node_timeout,
+            tls: c.tls,
+            insecure_plaintext: c.insecure_plaintext,
         }
     }
 }
@@ -169,7 +262,7 @@ mod tests {
     #[test]
     fn defaults_fill_what_is_not_written() {
         let c = parse(
-            "[cluster]\nnode = \"a\"\nadvertise = \"sip:127.0.0.1:5071\"\nredis = \"redis://127.0.0.1:6379\"\n",
+            "[cluster]\nnode = \"a\"\nadvertise = \"sip:127.0.0.1:5071\"\nredis = \"redis://127.0.0.1:6379\"\ninsecure_plaintext = true\n",
         )
         .unwrap();
         assert_eq!(c.key_prefix, "siprox");
@@ -182,17 +275,55 @@ mod tests {
     #[test]
     fn a_list_of_urls_is_a_redis_cluster() {
         let c = parse(
-            "[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = [\"redis://h:1\", \"redis://h:2\"]\n",
+            "[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = [\"redis://h:1\", \"redis://h:2\"]\ninsecure_plaintext = true\n",
         )
         .unwrap();
         assert!(c.is_redis_cluster());
     }
 
     #[test]
+    fn nodes_talk_tls_unless_clear_text_is_asked_for() {
+        let base = "[cluster]\nnode = \"a\"\nredis = \"redis://h\"\n";
+        let tls = "[cluster.tls]\ncertificate = \"n.pem\"\nprivate_key = \"n.key\"\nca_file = \"ca.pem\"\n";
+        let e = parse(&format!("{base}advertise = \"sip:10.0.0.1:5060\"\n{tls}")).unwrap_err();
+        assert!(
+            e.contains("cluster.advertise") && e.contains("insecure_plaintext"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{base}advertise = \"sip:10.0.0.1:5061;transport=tls\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("cluster.tls"), "{e}");
+        let c = parse(&format!(
+            "{base}advertise = \"sip:10.0.0.1:5061;transport=TLS\"\n{tls}"
+        ))
+        .unwrap();
+        let d = cluster_domain(&c).expect("a domain");
+        let server = d.server.expect("server side");
+        assert_eq!(server.sni, vec![CLUSTER_SNI.to_owned()]);
+        assert_eq!(
+            server.verify_client,
+            crate::config::runtime::VerifyClient::Require
+        );
+        assert_eq!(
+            d.client.expect("client side").server_names,
+            vec![CLUSTER_SNI.to_owned()]
+        );
+        let c = parse(&format!("{base}advertise = \"sips:10.0.0.1\"\n{tls}")).unwrap();
+        assert!(!c.insecure_plaintext);
+        let c = parse(&format!(
+            "{base}advertise = \"sip:10.0.0.1\"\ninsecure_plaintext = true\n"
+        ))
+        .unwrap();
+        assert!(cluster_domain(&c).is_none());
+    }
+
+    #[test]
     fn each_bad_value_names_its_key() {
         let base = |extra: &str| {
             format!(
-                "[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\n{extra}"
+                "[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\ninsecure_plaintext = true\n{extra}"
             )
         };
         for (extra, key) in [
@@ -206,19 +337,19 @@ mod tests {
             let e = parse(&base(extra)).unwrap_err();
             assert!(e.contains(key), "{extra}: {e}");
         }
-        let e = parse("[cluster]\nnode = \"a b\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\n")
+        let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a b\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\n")
             .unwrap_err();
         assert!(e.contains("cluster.node"), "{e}");
         let e = parse("[cluster]\nnode = \"a\"\nadvertise = \"h:5060\"\nredis = \"redis://h\"\n")
             .unwrap_err();
         assert!(e.contains("cluster.advertise"), "{e}");
-        let e = parse("[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"http://h\"\n")
+        let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"http://h\"\n")
             .unwrap_err();
         assert!(e.contains("cluster.redis"), "{e}");
-        let e = parse("[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"rediss://h\"\n")
+        let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"rediss://h\"\n")
             .unwrap_err();
         assert!(e.contains("not supported yet"), "{e}");
-        let e = parse("[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = []\n").unwrap_err();
+        let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = []\n").unwrap_err();
         assert!(e.contains("cluster.redis"), "{e}");
         let e = parse(
             "[cluster]\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\nnodes = 1\n",

@@ -248,9 +248,33 @@ pub fn load_config(
     };
     config.sources = paths;
     config.env_overrides = good_vars.into_iter().map(|v| v.name).collect();
+    // `[cluster.tls]` is a TLS domain like any other from here on (checked, loaded and
+    // reloaded with them); a domain written in conf.d under its name is refused below.
+    let clash = config.domains.contains_key(crate::config::CLUSTER_DOMAIN);
+    if let Some(d) = config
+        .cluster
+        .as_ref()
+        .and_then(crate::config::cluster_domain)
+    {
+        if !clash {
+            config
+                .domains
+                .insert(crate::config::CLUSTER_DOMAIN.to_owned(), d);
+        }
+    }
 
     let read_well = errors.is_empty();
     let provenance = Provenance::new(dir, Some(&figment));
+    if clash {
+        errors.push(ConfigError::Invalid {
+            origin: Origin::Dir(dir.to_path_buf()),
+            key: "domains".to_owned(),
+            message: format!(
+                "`{}` is the name of the domain made from [cluster.tls]; name yours otherwise",
+                crate::config::CLUSTER_DOMAIN
+            ),
+        });
+    }
     errors.extend(validate(&config, &provenance).into_iter().filter(|e| {
         let top = e.key().split(['.', '[']).next().unwrap_or("");
         top.is_empty() || !pruned.contains(top)

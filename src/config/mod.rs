@@ -35,7 +35,9 @@ mod tls;
 mod validate;
 
 pub use changes::{class_of, diff, pin_restart_only, Change, Class};
-pub use cluster::ClusterConfig;
+pub use cluster::{
+    advertise_is_tls, cluster_domain, ClusterConfig, ClusterTls, CLUSTER_DOMAIN, CLUSTER_SNI,
+};
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{
     digest, is_config_file_name, known_sections, load_config, load_sources, ConfigSource, Loaded,

@@ -96,7 +96,24 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
     check_domains(config, prov, &mut errors);
     check_tls_domains(config, prov, &mut errors);
     check_runtime_settings(config, prov, &mut errors);
+    check_cluster_keys(config, prov, &mut errors);
     errors
+}
+
+/// A cluster signs node tokens (`nf=`) with the flow keys: every node must read them from
+/// a file (the same file on every node, so that one rotation covers the cluster), never
+/// from a key drawn at random per process.
+fn check_cluster_keys(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    if config.cluster.is_some() && config.auth.flow_key_file.is_none() {
+        let path = [Seg::Key("cluster")];
+        errors.push(ConfigError::Invalid {
+            origin: prov.origin_of_any(&[&path]),
+            key: "auth.flow_key_file".to_owned(),
+            message: "[cluster] needs [auth] flow_key_file, the same file on every node \
+                      (node tokens are signed with it)"
+                .to_owned(),
+        });
+    }
 }
 
 /// What the runtime would refuse at start or on reload, decided here so that `siprox check`
@@ -592,6 +609,26 @@ mod tests {
             listen,
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn a_cluster_needs_a_flow_key_file() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.cluster = Some(crate::config::ClusterConfig {
+            node: "a".into(),
+            advertise: "sip:127.0.0.1:5060".into(),
+            redis: vec!["redis://127.0.0.1".into()],
+            key_prefix: "siprox".into(),
+            heartbeat: crate::config::ConfigDuration::secs(2),
+            node_timeout: crate::config::ConfigDuration::secs(6),
+            tls: None,
+            insecure_plaintext: true,
+        });
+        let errors = errors_of(&config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("auth.flow_key_file"), "{errors:?}");
+        config.auth.flow_key_file = Some("flow.keys".into());
+        assert_eq!(errors_of(&config), Vec::<String>::new());
     }
 
     #[test]

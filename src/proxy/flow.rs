@@ -2,13 +2,17 @@
 //! in every in-dialog Route) names the connections on both sides of a dialog, signed with
 //! an HMAC-SHA256 over them and the dialog's Call-ID under a secret key, so that a peer
 //! cannot name a connection siprox did not give it, nor reuse a Route of one dialog (or
-//! write one) to have siprox relay requests of another. Sans-IO: the runtime reads or generates the key file; this
-//! takes key bytes. Must never accept a token whose MAC does not verify, and never compare
-//! MACs in variable time.
+//! write one) to have siprox relay requests of another. Node tokens (`nf=`, cluster
+//! routing) name one connection of the node that made them, under a label of their own so
+//! that neither kind verifies as the other. Sans-IO: the runtime reads or generates the key
+//! file; this takes key bytes. Must never accept a token whose MAC does not verify, and
+//! never compare MACs in variable time.
 
 use hmac::{Hmac, Mac};
 use openssl::memcmp;
 use sha2::Sha256;
+
+use super::Transport;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -22,6 +26,10 @@ pub const MAX_KEYS: usize = 4;
 /// Domain separation: the key may be shared with nothing else, but a MAC of this must never
 /// be mistaken for a MAC of something else.
 const LABEL: &[u8] = b"siprox flow token v2\0";
+/// Domain separation for node tokens (`nf=`): a node token must never verify as an `fl=`
+/// token nor the other way round. Node tokens are not bound to a dialog, so the two MACs
+/// are computed under different labels from the raw keys, never from [`LABEL`]'s states.
+const NODE_LABEL: &[u8] = b"siprox node flow token v1\0";
 
 /// A bad key set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -252,6 +260,76 @@ impl FlowKeys {
     }
 }
 
+impl FlowKeys {
+    fn node_mac(
+        key: &[u8],
+        epoch: u64,
+        conn: u64,
+        transport: Transport,
+        node: &str,
+    ) -> Option<[u8; MAC_LEN]> {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
+        m.update(NODE_LABEL);
+        m.update(&epoch.to_be_bytes());
+        m.update(&conn.to_be_bytes());
+        m.update(transport.param().as_bytes());
+        m.update(b"\0");
+        m.update(node.as_bytes());
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&full[..MAC_LEN]);
+        Some(out)
+    }
+
+    /// The node token (`nf=`, cluster routing) for connection `conn` (of `transport`, which
+    /// the owner needs for its Via and Record-Route) held by cluster node `node`:
+    /// `conn.transport.mac`. Minted by the owning node when it saves a binding and checked
+    /// only by that node, so it carries this process's epoch (a restarted node refuses the
+    /// tokens of its previous life, whose connection ids start over). It is not bound to a
+    /// dialog: the caller must accept it only from a peer node. `None` only without a key.
+    pub fn node_token(&self, conn: u64, transport: Transport, node: &str) -> Option<String> {
+        let mac = FlowKeys::node_mac(self.keys.first()?, self.epoch, conn, transport, node)?;
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(16 + 5 + 2 * MAC_LEN);
+        let _ = write!(s, "{conn:x}.{}.", transport.param());
+        for x in mac {
+            let _ = write!(s, "{x:02x}");
+        }
+        Some(s)
+    }
+
+    /// The connection (and its transport) a node token of `node` names, if one of these
+    /// keys made it in this process.
+    pub fn verify_node(&self, token: &str, node: &str) -> Result<(u64, Transport), FlowTokenError> {
+        let mut parts = token.split('.');
+        let (Some(conn), Some(t), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(FlowTokenError::Malformed);
+        };
+        if conn.is_empty() || conn.len() > 16 {
+            return Err(FlowTokenError::Malformed);
+        }
+        let transport = match Transport::parse(t) {
+            Some(t @ (Transport::Tcp | Transport::Tls)) => t,
+            _ => return Err(FlowTokenError::Malformed),
+        };
+        let conn = u64::from_str_radix(conn, 16).map_err(|_| FlowTokenError::Malformed)?;
+        let got = unhex(mac).ok_or(FlowTokenError::Malformed)?;
+        let mut ok = false;
+        for k in &self.keys {
+            if let Some(want) = FlowKeys::node_mac(k, self.epoch, conn, transport, node) {
+                ok |= memcmp::eq(&want, &got);
+            }
+        }
+        if ok && conn != 0 {
+            Ok((conn, transport))
+        } else {
+            Err(FlowTokenError::BadMac)
+        }
+    }
+}
+
 fn unhex(s: &str) -> Option<[u8; MAC_LEN]> {
     let b = s.as_bytes();
     if b.len() != 2 * MAC_LEN {
@@ -365,6 +443,42 @@ mod tests {
         );
         let dropped = keys(&"n".repeat(40));
         assert!(dropped.verify(&t, D).is_err());
+    }
+
+    #[test]
+    fn node_tokens_are_not_flow_tokens() {
+        let k = keys(&"n".repeat(32)).with_epoch(5);
+        let t = k.node_token(0x2a, Transport::Tls, "sip1").expect("token");
+        assert_eq!(k.verify_node(&t, "sip1"), Ok((0x2a, Transport::Tls)));
+        let tcp = t.replace(".tls.", ".tcp.");
+        assert_eq!(k.verify_node(&tcp, "sip1"), Err(FlowTokenError::BadMac));
+        // Another node's name, another process, another key: refused.
+        assert_eq!(k.verify_node(&t, "sip2"), Err(FlowTokenError::BadMac));
+        let restarted = keys(&"n".repeat(32)).with_epoch(6);
+        assert_eq!(
+            restarted.verify_node(&t, "sip1"),
+            Err(FlowTokenError::BadMac)
+        );
+        // An `fl=` token never verifies as a node token, nor the other way round, even
+        // with the same ids.
+        let fl = k.token(0x2a, 0, b"").expect("token");
+        assert!(k.verify_node(&fl, "sip1").is_err());
+        let (conn, mac) = t.split_once(".tls.").expect("three parts");
+        assert!(k.verify(&format!("{conn}.0.{mac}"), b"").is_err());
+        assert!(k.verify(&t, b"").is_err());
+        for bad in [
+            "",
+            ".",
+            "2a.tls.",
+            "2a.tls.zz",
+            "x.tls.00",
+            "2a.udp.00",
+            "2a.00",
+        ] {
+            assert!(k.verify_node(bad, "sip1").is_err(), "{bad}");
+        }
+        let zero = k.node_token(0, Transport::Tcp, "sip1").expect("token");
+        assert!(k.verify_node(&zero, "sip1").is_err(), "no connection 0");
     }
 
     #[test]

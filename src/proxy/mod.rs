@@ -43,8 +43,13 @@ pub struct ProxyConfig {
     pub record_route: RecordRoute,
     /// `Server:` of locally generated replies.
     pub server: String,
-    /// Keys of the Record-Route flow tokens (RFC 5626 §5.2).
+    /// Keys of the Record-Route flow tokens (RFC 5626 §5.2) and of node tokens (`nf=`).
     pub flow_keys: FlowKeys,
+    /// This node's name in a cluster: the node tokens (`nf=`) it accepts name it.
+    pub node: Option<String>,
+    /// `[cluster] insecure_plaintext` without `[cluster.tls]`: nothing tells a peer node
+    /// from a phone, so node tokens are accepted from anyone (a test bed only).
+    pub node_tokens_from_anyone: bool,
 }
 
 impl Default for ProxyConfig {
@@ -55,6 +60,8 @@ impl Default for ProxyConfig {
             record_route: RecordRoute::default(),
             server: concat!("siprox/", env!("CARGO_PKG_VERSION")).to_owned(),
             flow_keys: FlowKeys::random(),
+            node: None,
+            node_tokens_from_anyone: false,
         }
     }
 }
@@ -86,6 +93,9 @@ pub struct ForwardOpts {
     pub flow: Option<Destination>,
     /// Route values to put on top of the request's own (a registered Path, RFC 3327).
     pub routes: Vec<String>,
+    /// The request came from a peer cluster node (its client certificate verified against
+    /// the cluster CA): only then is a node token (`nf=`) in siprox's own Route honoured.
+    pub from_node: bool,
 }
 
 /// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
@@ -215,7 +225,8 @@ impl Proxy {
             let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
             return self.reply(msg, rx, 420, "Bad Extension", &extra);
         }
-        let plan = match self.plan(msg, &ruri, rx.conn) {
+        // Without a script nothing says whether the peer is a cluster node: `nf=` is refused.
+        let plan = match self.plan(msg, &ruri, rx.conn, false) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
@@ -303,7 +314,7 @@ impl Proxy {
             Some(u) => Uri::parse(u).map_err(|_| Refused::BadRoute)?,
             None => msg.request_uri().map_err(|_| Refused::BadRoute)?,
         };
-        let plan = self.plan(msg, &ruri, rx.conn)?;
+        let plan = self.plan(msg, &ruri, rx.conn, opts.from_node)?;
         match (plan, &opts.target) {
             (Some(mut p), Some(t)) => {
                 p.hop = t.clone();
@@ -550,6 +561,7 @@ impl Proxy {
         msg: &Message,
         ruri: &Uri<'_>,
         rx_conn: Option<ConnId>,
+        from_node: bool,
     ) -> Result<Option<Plan>, Refused> {
         let mut routes = Vec::new();
         for r in msg.routes() {
@@ -602,6 +614,15 @@ impl Proxy {
                                 flow = f;
                             }
                         }
+                        Err(_) => {
+                            self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                            return Err(Refused::ForgedToken);
+                        }
+                    }
+                    // A peer node routes to a phone whose flow this node holds.
+                    match self.node_flow_of_route(&u, from_node) {
+                        Ok(None) => {}
+                        Ok(Some(f)) => flow = Some(f),
                         Err(_) => {
                             self.flow_refused.fetch_add(1, Ordering::Relaxed);
                             return Err(Refused::ForgedToken);
@@ -1084,6 +1105,29 @@ impl Fnv {
 
 #[cfg(test)]
 mod tests;
+
+impl Proxy {
+    /// The flow an own Route's `nf=<conn>.<transport>.<mac>` names (cluster routing: a
+    /// peer node forwards a request for a phone whose connection this node holds). `Err`
+    /// for a token this node did not make, and for any token from something that is not a
+    /// peer node: a node token is not bound to a dialog, so a phone that saw one (in a
+    /// forwarded request's Route) must not be able to use it.
+    fn node_flow_of_route(
+        &self,
+        u: &Uri<'_>,
+        from_node: bool,
+    ) -> Result<Option<Destination>, FlowTokenError> {
+        let Some(nf) = u.as_sip().and_then(|s| s.params.get("nf")) else {
+            return Ok(None);
+        };
+        let trusted = from_node || self.cfg.node_tokens_from_anyone;
+        let Some(node) = self.cfg.node.as_deref().filter(|_| trusted) else {
+            return Err(FlowTokenError::BadMac);
+        };
+        let (conn, transport) = self.cfg.flow_keys.verify_node(nf.unwrap_or(""), node)?;
+        Ok(Some(Destination::flow(transport, ConnId(conn))))
+    }
+}
 
 /// What an own Route's (or a strict router's Request-URI's) `fl=` parameter says.
 enum RouteToken {

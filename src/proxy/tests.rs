@@ -450,6 +450,7 @@ fn scripted_forward_applies_the_script_edits() {
         script_tag: Some("tenant.example".into()),
         flow: None,
         routes: vec![],
+        from_node: false,
     };
     let (dest, out) = sent(p.forward_with(&m, &udp_in(), &opts));
     assert_eq!(
@@ -750,4 +751,44 @@ fn a_udp_dialog_gets_a_signed_record_route_that_lets_its_requests_through() {
     );
     assert_eq!(out.routes().count(), 0);
     assert_eq!(p.flow_counter().load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_node_token_is_honoured_only_from_a_peer_node() {
+    let mut cfg = proxy(RecordRoute::Never).config().clone();
+    cfg.node = Some("sip1".into());
+    let p = Proxy::new(cfg);
+    let nf = p
+        .config()
+        .flow_keys
+        .node_token(7, Transport::Tcp, "sip1")
+        .expect("token");
+    let route = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;nf={nf}>\n");
+    let m = invite("sip:alice@10.1.2.3:5061;transport=tcp", &route);
+    let node = ForwardOpts {
+        from_node: true,
+        ..ForwardOpts::default()
+    };
+    // From a peer node: over the phone's own connection, with the phone's transport.
+    let (dest, out) = sent(p.forward_with(&m, &tls_in(), &node));
+    assert_eq!(dest.target, Target::Flow(ConnId(7)));
+    assert_eq!(dest.transport, Transport::Tcp);
+    assert_eq!(out.routes().count(), 0, "the node's own Route is consumed");
+    // The same Route from a phone (the token leaked in a forwarded request): 403.
+    let a = p.forward_with(&m, &tls_in(), &ForwardOpts::default());
+    assert_eq!(reply_code(&a).0, 403);
+    // A token for another node, or altered, or an `fl=` token in its place: 403.
+    let other = p
+        .config()
+        .flow_keys
+        .node_token(7, Transport::Tcp, "sip2")
+        .expect("token");
+    let fl = p.config().flow_keys.token(7, 0, b"").expect("token");
+    for bad in [other, nf.replace(".tcp.", ".tls."), fl] {
+        let r = format!("Route: <sip:192.0.2.10:5061;transport=tls;lr;nf={bad}>\n");
+        let a = p.forward_with(&invite("sip:alice@10.1.2.3", &r), &tls_in(), &node);
+        assert_eq!(reply_code(&a).0, 403, "{bad}");
+    }
+    // Without a script nothing says the peer is a node: refused too.
+    assert_eq!(reply_code(&p.on_request(&m, &tls_in())).0, 403);
 }

@@ -22,6 +22,10 @@ pub struct Flow {
     pub conn: Option<ConnId>,
     /// The cluster node that holds `conn` (`None` on a single node). Shared: one per node.
     pub node: Option<Arc<str>>,
+    /// How another node reaches this flow: the Route value naming the owning node's
+    /// advertise URI and its node token (`<sip:10.0.0.1:5071;transport=tls;lr;nf=...>`).
+    /// Set only on other nodes' bindings (the replica); `None` on this node's own.
+    pub node_route: Option<Arc<str>>,
 }
 
 impl Flow {

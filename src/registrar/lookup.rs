@@ -1,14 +1,17 @@
 //! `lookup("location")`: from a Request-URI to the one contact to deliver to, and how to
 //! reach it. A flow-bound contact is reached only over its own connection; when that
 //! connection is gone the contact is unreachable (480), never connected to afresh (its
-//! Contact usually holds a private address). No forking yet: the proxy is stateless, so
-//! the request goes to the best reachable contact only. Never panics.
+//! Contact usually holds a private address). In a cluster, a contact whose connection
+//! another node holds is reached through that node (its Route), and bindings the store
+//! withholds (a dead node's, a stale replica's) make 480 or 503 rather than 404. No forking
+//! yet: the proxy is stateless, so the request goes to the best reachable contact only.
+//! Never panics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::binding::{aor_of, Binding};
-use super::store::{LocationStore, StoreError};
+use super::store::{LocationStore, StoreError, Withheld};
 use super::Settings;
 use crate::proxy::{ConnId, Destination, Transport};
 use crate::sip::{Editor, Uri};
@@ -23,6 +26,9 @@ pub enum LookupResult {
     Unreachable { bindings: usize },
     /// No current binding (or not a SIP URI with a user): the script decides (404 by default).
     NotFound,
+    /// No binding this node can offer, and the other nodes' bindings are not known now
+    /// (cluster, shared store unreachable): answer 503 with `Retry-After`.
+    Unavailable { retry_after: u32 },
 }
 
 /// How to reach the chosen contact.
@@ -37,7 +43,8 @@ pub enum Delivery {
     /// UDP: send to the address the REGISTER came from, from the socket it arrived on
     /// (`local`), so that the NAT binding the phone keeps open lets the request in.
     Datagram { addr: SocketAddr, local: SocketAddr },
-    /// The phone's connection is held by another cluster node: forward the request there.
+    /// The phone's connection is held by another cluster node: forward the request there,
+    /// through the Route in the target (the node's advertise URI and node token).
     Node(Arc<str>),
     /// Route by URI: the first pre-loaded Route (the Path) if any, else the new
     /// Request-URI, resolved per RFC 3263 like any other request.
@@ -118,6 +125,8 @@ fn delivery(
     let f = &b.flow;
     if let Some(node) = &f.node {
         if settings.node.as_deref() != Some(&**node) {
+            // Without a Route (no advertise URI or token) the owner cannot be reached.
+            f.node_route.as_ref()?;
             return Some(Delivery::Node(node.clone()));
         }
     }
@@ -161,20 +170,29 @@ pub fn lookup_aor(
 ) -> Result<LookupResult, StoreError> {
     let bindings = ranked(store.get(aor)?, now);
     let total = bindings.len();
-    if total == 0 {
-        return Ok(LookupResult::NotFound);
-    }
     for b in bindings {
         if let Some(d) = delivery(&b, settings, is_conn_alive) {
+            let route = match (&d, &b.flow.node_route) {
+                (Delivery::Node(_), Some(r)) => vec![r.to_string()],
+                _ => b.path.clone(),
+            };
             return Ok(LookupResult::Found(Box::new(Target {
                 aor: aor.to_owned(),
                 ruri: b.contact.clone(),
-                route: b.path.clone(),
+                route,
                 delivery: d,
                 binding: b,
                 alternatives: total - 1,
             })));
         }
     }
-    Ok(LookupResult::Unreachable { bindings: total })
+    // Nothing deliverable here: a cluster store may know of bindings it did not offer.
+    match store.withheld(aor, now) {
+        Some(Withheld::Stale { retry_after }) => Ok(LookupResult::Unavailable { retry_after }),
+        Some(Withheld::NodeDown { bindings }) => Ok(LookupResult::Unreachable {
+            bindings: total + bindings,
+        }),
+        None if total == 0 => Ok(LookupResult::NotFound),
+        None => Ok(LookupResult::Unreachable { bindings: total }),
+    }
 }

@@ -29,7 +29,7 @@ pub use binding::{aor_of, aor_of_str, uri_eq, AorError, Binding, Flow};
 pub use lookup::{lookup, lookup_aor, ranked, Delivery, LookupResult, Target};
 pub use save::{flow_of, save, ContactUpdate, Register, SaveError, Saved};
 pub use snapshot::{from_snapshot, restore, to_snapshot, SnapshotError};
-pub use store::{LocationStore, MemoryStore, StoreError, UpdateFn};
+pub use store::{LocationStore, MemoryStore, StoreError, UpdateFn, Withheld};
 
 use crate::proxy::{build_reply, Inbound};
 use crate::sip::Message;

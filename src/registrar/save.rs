@@ -431,6 +431,7 @@ pub fn flow_of(rx: &Inbound, node: Option<Arc<str>>) -> Flow {
             None
         },
         node,
+        node_route: None,
     }
 }
 

@@ -133,6 +133,7 @@ impl SnapshotBinding {
                 local: self.local,
                 conn: None::<ConnId>,
                 node,
+                node_route: None,
             },
             instance: self.instance,
             reg_id: self.reg_id,

@@ -47,6 +47,24 @@ pub trait LocationStore: Send + Sync {
     /// Visit every AoR with its bindings (for `ul.dump` and snapshots). The store may hold
     /// a lock on part of its data during `f`: `f` must not call back into the store.
     fn for_each(&self, f: &mut dyn FnMut(&str, &[Binding])) -> Result<(), StoreError>;
+    /// Why this store may hold bindings of `aor` that [`get`](Self::get) does not offer
+    /// (a cluster node: the owner is dead, or the replica is not current). `None` on a
+    /// single node: what `get` returns is all there is.
+    fn withheld(&self, aor: &str, now: i64) -> Option<Withheld> {
+        let _ = (aor, now);
+        None
+    }
+}
+
+/// Why bindings are withheld from a lookup (cluster only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    /// `aor` has current bindings, but only on nodes that stopped answering their
+    /// heartbeat: unreachable (480) until the phone registers through a live node.
+    NodeDown { bindings: usize },
+    /// The other nodes' bindings are not known right now (the shared store is
+    /// unreachable): answer 503 and ask to retry after this many seconds.
+    Stale { retry_after: u32 },
 }
 
 /// The embedded in-memory store: a fixed number of shards chosen by a hash of the AoR,

@@ -219,8 +219,21 @@ impl Host for ProxyHost<'_> {
             script_tag: self.tag.map(str::to_owned),
             flow: self.flow.take(),
             routes: std::mem::take(&mut self.routes),
+            from_node: ctx.tls.is_some_and(|t| t.cluster_peer),
         };
         let action = self.proxy.forward_with(msg, self.rx, &opts);
+        // A peer node sent this over a node token (`nf=`) to a flow that has closed since:
+        // RFC 5626 §5.3, 430 Flow Failed, so that the node tries another binding or answers.
+        if let (true, Some(reg), crate::proxy::Action::Send { dest, .. }) =
+            (opts.from_node, self.env.registrar.as_ref(), &action)
+        {
+            if let crate::proxy::Target::Flow(c) = dest.target {
+                if !reg.liveness.is_open(c) && msg.method_kind() != Some(crate::sip::Method::Ack) {
+                    self.send_reply(ctx, 430, "Flow Failed", "");
+                    return -1;
+                }
+            }
+        }
         self.actions.push((action, opts));
         1
     }
@@ -303,15 +316,16 @@ impl Host for ProxyHost<'_> {
                     Delivery::Connection { .. } | Delivery::Datagram { .. } => {
                         self.flow = t.destination();
                     }
-                    Delivery::Uri => {
+                    // The Route names the owning node (its advertise URI: the runtime
+                    // connects to a node's address with the cluster's TLS domain) or the
+                    // edge proxy the phone registered through.
+                    Delivery::Node(_) | Delivery::Uri => {
                         if let Some(first) = t.route.first() {
                             let inner = first.trim_start_matches('<');
                             let inner = inner.split('>').next().unwrap_or(inner);
                             ctx.edits.dst_uri = Some(inner.to_owned());
                         }
                     }
-                    // Another cluster node holds the phone's connection: not built yet.
-                    Delivery::Node(_) => return -1,
                 }
                 1
             }
@@ -319,6 +333,17 @@ impl Host for ProxyHost<'_> {
             // phone behind NAT cannot be reached any other way: 480, no connect attempt.
             Ok(LookupResult::Unreachable { .. }) => {
                 self.send_reply(ctx, 480, "Temporarily Unavailable", "");
+                -1
+            }
+            // A cluster node that cannot see the other nodes' bindings now: RFC 3261
+            // §21.5.4, a 503 that says when to try again (the phone may be on another node).
+            Ok(LookupResult::Unavailable { retry_after }) => {
+                self.send_reply(
+                    ctx,
+                    503,
+                    "Service Unavailable",
+                    &format!("Retry-After: {retry_after}\r\n"),
+                );
                 -1
             }
             Ok(LookupResult::NotFound) => -1,

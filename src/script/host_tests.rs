@@ -522,3 +522,169 @@ fn a_script_that_fails_at_run_time_answers_500_and_says_so() {
         other => panic!("expected one 500, got {other:?}"),
     }
 }
+
+/// A cluster node's store: the memory store plus what it says it withholds.
+struct Withholding(MemoryStore, Option<registrar::Withheld>);
+
+impl registrar::LocationStore for Withholding {
+    fn get(&self, aor: &str) -> Result<Vec<registrar::Binding>, registrar::StoreError> {
+        self.0.get(aor)
+    }
+    fn update(
+        &self,
+        aor: &str,
+        f: &mut registrar::UpdateFn<'_>,
+    ) -> Result<bool, registrar::StoreError> {
+        self.0.update(aor, f)
+    }
+    fn remove(&self, aor: &str) -> Result<usize, registrar::StoreError> {
+        self.0.remove(aor)
+    }
+    fn expire(&self, now: i64) -> Result<usize, registrar::StoreError> {
+        self.0.expire(now)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn for_each(
+        &self,
+        f: &mut dyn FnMut(&str, &[registrar::Binding]),
+    ) -> Result<(), registrar::StoreError> {
+        self.0.for_each(f)
+    }
+    fn withheld(&self, _: &str, _: i64) -> Option<registrar::Withheld> {
+        self.1
+    }
+}
+
+fn run_with_store(store: &dyn registrar::LocationStore, settings: &registrar::Settings) -> Message {
+    let (open, log) = (Open(Vec::new()), Recorded::default());
+    let env = Env {
+        registrar: Some(Registrar {
+            store,
+            settings,
+            liveness: &open,
+        }),
+        auth: None,
+        log: &log,
+        now: NOW,
+    };
+    let s = compile(LOOKUP, "test.cfg").unwrap();
+    let run = run_request(
+        &s,
+        None,
+        &proxy(),
+        &env,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(9),
+        None,
+    );
+    only_send(run).1
+}
+
+#[test]
+fn lookup_of_another_nodes_phone_routes_to_that_node() {
+    let store = Withholding(MemoryStore::new(), None);
+    let settings = registrar::Settings {
+        node: Some("n2".into()),
+        ..registrar::Settings::default()
+    };
+    let route = "<sip:192.0.2.20:5071;transport=tls;lr;nf=3.tls.00>";
+    let mut flow = registrar::flow_of(&tls_in(3), Some("n1".into()));
+    flow.node_route = Some(route.into());
+    let b = registrar::Binding {
+        contact: "sip:bob@198.51.100.7:40123;transport=tls".into(),
+        expires: NOW + 600,
+        q: None,
+        call_id: "c".into(),
+        cseq: 1,
+        path: vec![],
+        flow,
+        instance: None,
+        reg_id: None,
+        user_agent: None,
+        updated: NOW,
+    };
+    store.put("sip:bob@example.com", vec![b.clone()]).unwrap();
+    let (open, log) = (Open(Vec::new()), Recorded::default());
+    let env = Env {
+        registrar: Some(Registrar {
+            store: &store,
+            settings: &settings,
+            liveness: &open,
+        }),
+        auth: None,
+        log: &log,
+        now: NOW,
+    };
+    let s = compile(LOOKUP, "test.cfg").unwrap();
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let (dest, out) = only_send(run_request(&s, None, &proxy(), &env, &m, &tls_in(9), None));
+    assert_eq!(dest.socket_addr(), Some("192.0.2.20:5071".parse().unwrap()));
+    assert_eq!(dest.transport, Transport::Tls);
+    assert_eq!(header(&out, "Route"), Some(route));
+    assert_eq!(out.request_uri_str(), Some(b.contact.as_str()));
+    // Without the owner's Route the binding cannot be reached: 480, not a guess.
+    let mut lost = b;
+    lost.flow.node_route = None;
+    store.put("sip:bob@example.com", vec![lost]).unwrap();
+    assert_eq!(run_with_store(&store, &settings).status(), Some(480));
+}
+
+#[test]
+fn withheld_bindings_answer_480_or_503_instead_of_404() {
+    let settings = registrar::Settings::default();
+    let dead = Withholding(
+        MemoryStore::new(),
+        Some(registrar::Withheld::NodeDown { bindings: 1 }),
+    );
+    assert_eq!(run_with_store(&dead, &settings).status(), Some(480));
+    let stale = Withholding(
+        MemoryStore::new(),
+        Some(registrar::Withheld::Stale { retry_after: 6 }),
+    );
+    let out = run_with_store(&stale, &settings);
+    assert_eq!(out.status(), Some(503));
+    assert_eq!(header(&out, "Retry-After"), Some("6"));
+    let single = Withholding(MemoryStore::new(), None);
+    assert_eq!(run_with_store(&single, &settings).status(), Some(404));
+}
+
+#[test]
+fn a_node_token_to_a_closed_flow_answers_430() {
+    let mut cfg = proxy().config().clone();
+    cfg.node = Some("n1".into());
+    let p = Proxy::new(cfg);
+    let nf = p
+        .config()
+        .flow_keys
+        .node_token(3, Transport::Tls, "n1")
+        .unwrap();
+    let m = request(
+        "INVITE",
+        "sip:bob@198.51.100.7:40123;transport=tls",
+        &format!("Route: <sip:{ME};transport=tls;lr;nf={nf}>\n"),
+    );
+    let node = TlsFacts {
+        peer_verified: true,
+        cluster_peer: true,
+        ..TlsFacts::default()
+    };
+    let s = compile("route { forward(); }", "test.cfg").unwrap();
+    let run_on = |w: &World| {
+        only_send(run_request(
+            &s,
+            None,
+            &p,
+            &w.env(),
+            &m,
+            &tls_in(9),
+            Some(&node),
+        ))
+    };
+    let (dest, out) = run_on(&World::new(&[3]));
+    assert!(out.is_request());
+    assert_eq!(dest.connection(), Some(ConnId(3)));
+    let (_, out) = run_on(&World::new(&[]));
+    assert_eq!(out.status(), Some(430));
+}

@@ -27,6 +27,9 @@ pub struct TlsFacts {
     pub my: Option<Arc<CertFacts>>,
     /// The peer's certificate chain verified against the domain's CAs (`@tls.peer.verified`).
     pub peer_verified: bool,
+    /// The peer's certificate chain verified against the cluster CA (`[cluster.tls]`):
+    /// the peer is another siprox node, whose node tokens (`nf=`) are honoured.
+    pub cluster_peer: bool,
 }
 
 /// Facts about one X.509 certificate.

@@ -140,6 +140,7 @@ pub fn tls(peer_cn: Option<&str>) -> TlsFacts {
         peer: peer_cn.map(|c| Arc::new(cert(c))),
         my: Some(Arc::new(cert("siprox"))),
         peer_verified: peer_cn.is_some(),
+        cluster_peer: false,
     }
 }
 

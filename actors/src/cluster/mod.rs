@@ -26,7 +26,7 @@ use self::redis::Conn;
 use self::wire::Keys;
 use crate::state::location::Location;
 use crate::state::replica::{Change, ClusterStore};
-use crate::state::unix_now;
+use crate::state::{unix_now, Shared};
 
 /// Entries the change stream keeps (`XADD MAXLEN ~`): a node that falls further behind
 /// than this resyncs by `SCAN`.
@@ -43,6 +43,8 @@ pub struct Cluster {
     cfg: Arc<ClusterConfig>,
     store: Arc<ClusterStore>,
     queue: Option<mpsc::Receiver<Change>>,
+    /// The runtime's state: the flow keys that sign node tokens (`nf=`) are its snapshot's.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Cluster {
@@ -59,7 +61,15 @@ impl Cluster {
             cfg: Arc::new(cfg.clone()),
             store,
             queue,
+            shared: None,
         })
+    }
+
+    /// Sign node tokens with the flow keys of `shared`'s snapshot (without it, bindings
+    /// are stored without a token and other nodes cannot route to them).
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Cluster {
+        self.shared = Some(shared);
+        self
     }
 }
 
@@ -73,6 +83,7 @@ impl actix::Actor for Cluster {
         };
         if let Some(rx) = self.queue.take() {
             actix::spawn(writer(
+                self.shared.clone(),
                 self.cfg.clone(),
                 keys.clone(),
                 self.store.clone(),
@@ -116,6 +127,7 @@ impl Link {
 /// without writing (counted as deferred): once Redis is back the whole local store is
 /// pushed, which covers them, and also a Redis that came back empty.
 async fn writer(
+    shared: Option<Arc<Shared>>,
     cfg: Arc<ClusterConfig>,
     keys: Keys,
     store: Arc<ClusterStore>,
@@ -148,7 +160,7 @@ async fn writer(
         if need_full {
             // What is queued now is in the local store already.
             while rx.try_recv().is_ok() {}
-            match push_all(&cfg, &keys, &store, c, &mut written).await {
+            match push_all(&shared, &cfg, &keys, &store, c, &mut written).await {
                 Ok(n) => {
                     link.up();
                     need_full = false;
@@ -168,7 +180,7 @@ async fn writer(
             () = tokio::time::sleep(cfg.heartbeat.get()) => continue,
         };
         let Some(change) = change else { return };
-        if let Err(e) = write(&cfg, &keys, c, &change, &mut written).await {
+        if let Err(e) = write(&shared, &cfg, &keys, c, &change, &mut written).await {
             // Lost here, covered by the full push once Redis is back.
             store.outbox.deferred.fetch_add(1, Ordering::Relaxed);
             link.down(&e);
@@ -190,6 +202,7 @@ fn defer(store: &ClusterStore, rx: &mut mpsc::Receiver<Change>) {
 /// Every AoR of the local store, and an empty set for each AoR this node wrote before and
 /// holds no more. Returns how many AoRs were written.
 async fn push_all(
+    shared: &Option<Arc<Shared>>,
     cfg: &ClusterConfig,
     keys: &Keys,
     store: &ClusterStore,
@@ -217,7 +230,7 @@ async fn push_all(
     }
     let n = all.len();
     for c in &all {
-        write(cfg, keys, conn, c, written).await?;
+        write(shared, cfg, keys, conn, c, written).await?;
     }
     Ok(n)
 }
@@ -227,6 +240,7 @@ async fn push_all(
 /// Not a transaction: in a Redis Cluster the hash and the stream live in different slots.
 /// Each field has one writer (this node, in order), so there is no race to lose.
 async fn write(
+    shared: &Option<Arc<Shared>>,
     cfg: &ClusterConfig,
     keys: &Keys,
     conn: &mut Conn,
@@ -235,6 +249,10 @@ async fn write(
 ) -> RedisResult<()> {
     let key = keys.loc(&c.aor);
     let now = unix_now();
+    // The keys of the snapshot in force now: a rotation signs the next write.
+    let flow_keys = shared
+        .as_ref()
+        .map(|s| s.snapshot.load().proxy.config().flow_keys.clone());
     let node = cfg.node.as_str();
     let current: Vec<&Binding> = c.bindings.iter().filter(|b| b.expires > now).collect();
     let new: Vec<(String, String)> = current
@@ -242,7 +260,7 @@ async fn write(
         .map(|b| {
             (
                 wire::field(node, &b.contact),
-                wire::encode(b, node, &cfg.advertise),
+                wire::encode(b, node, &cfg.advertise, flow_keys.as_ref()),
             )
         })
         .collect();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use siprox::proxy::{ConnId, Transport};
+use siprox::proxy::{ConnId, FlowKeys, Transport};
 use siprox::registrar::snapshot::SnapshotBinding;
 use siprox::registrar::{Binding, Flow};
 
@@ -62,15 +62,27 @@ pub fn field_node(field: &str) -> Option<&str> {
 #[serde(deny_unknown_fields)]
 pub struct Stored {
     pub advertise: String,
+    /// The node token (`nf=`) the owner minted for the binding's connection: what another
+    /// node puts in the Route to have the owner deliver over that connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nf: Option<String>,
     pub binding: SnapshotBinding,
 }
 
-/// This node's binding as stored: stamped with this node's name.
-pub fn encode(b: &Binding, node: &str, advertise: &str) -> String {
+/// This node's binding as stored: stamped with this node's name and, for a binding bound
+/// to a connection, the node token for it (signed with `keys`; none without keys).
+pub fn encode(b: &Binding, node: &str, advertise: &str, keys: Option<&FlowKeys>) -> String {
     let mut sb = SnapshotBinding::from(b);
     sb.node = Some(node.to_owned());
+    let nf = match (keys, b.flow.conn) {
+        (Some(k), Some(c)) if b.flow.transport.is_stream() => {
+            k.node_token(c.0, b.flow.transport, node)
+        }
+        _ => None,
+    };
     let s = Stored {
         advertise: advertise.to_owned(),
+        nf,
         binding: sb,
     };
     serde_json::to_string(&s).unwrap_or_default()
@@ -85,6 +97,7 @@ pub fn decode(value: &[u8], intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding
 fn from_stored(s: Stored, intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding> {
     let b = s.binding;
     let transport = Transport::parse(&b.transport)?;
+    let node_route = s.nf.map(|nf| node_route(&s.advertise, &nf));
     let node = intern(b.node.as_deref()?);
     Some(Binding {
         contact: b.contact,
@@ -99,12 +112,20 @@ fn from_stored(s: Stored, intern: &dyn Fn(&str) -> Arc<str>) -> Option<Binding> 
             local: b.local,
             conn: b.conn.map(ConnId),
             node: Some(node),
+            node_route,
         },
         instance: b.instance,
         reg_id: b.reg_id,
         user_agent: b.user_agent,
         updated: b.updated,
     })
+}
+
+/// The Route value that reaches a flow through its owning node: the node's advertise URI,
+/// loose-routing, with the node token (RFC 3327 / RFC 5626 edge model).
+pub fn node_route(advertise: &str, nf: &str) -> Arc<str> {
+    // The advertise URI was checked to be a SIP URI without `<>` when the config was read.
+    Arc::from(format!("<{advertise};lr;nf={nf}>"))
 }
 
 /// A stream entry's batch (a JSON array of stored bindings) back; entries that do not
@@ -143,6 +164,7 @@ mod tests {
                 local: "127.0.0.1:5061".parse().unwrap(),
                 conn: Some(ConnId(42)),
                 node: None,
+                node_route: None,
             },
             instance: None,
             reg_id: None,
@@ -153,11 +175,21 @@ mod tests {
 
     #[test]
     fn a_binding_round_trips_with_its_node_and_connection() {
-        let v = encode(&binding(), "a", "sip:10.0.0.1:5071");
+        let v = encode(&binding(), "a", "sip:10.0.0.1:5071", None);
         let back = decode(v.as_bytes(), &|n| n.into()).unwrap();
         let mut want = binding();
         want.flow.node = Some("a".into());
         assert_eq!(back, want);
+        // With keys, the owner's node token rides along and becomes the Route to it.
+        let keys = FlowKeys::parse(&"k".repeat(32)).unwrap();
+        let signed = encode(&binding(), "a", "sip:10.0.0.1:5071", Some(&keys));
+        let back = decode(signed.as_bytes(), &|n| n.into()).unwrap();
+        let nf = keys.node_token(42, Transport::Tls, "a").unwrap();
+        assert_eq!(
+            back.flow.node_route.as_deref(),
+            Some(format!("<sip:10.0.0.1:5071;lr;nf={nf}>").as_str())
+        );
+        assert_eq!(keys.verify_node(&nf, "a"), Ok((42, Transport::Tls)));
         assert!(decode(b"{}", &|n| n.into()).is_none());
         assert!(decode(b"\xff", &|n| n.into()).is_none());
         let batch = format!("[{v},{{}},{v}]");

@@ -77,6 +77,8 @@ impl Location {
                     local: store.clone(),
                     replica: Arc::new(Replica::new(&c.node)),
                     outbox,
+                    retry_after: u32::try_from(c.node_timeout.get().as_secs().max(1))
+                        .unwrap_or(u32::MAX),
                 };
                 (Some(Arc::new(cs)), Some(rx))
             }

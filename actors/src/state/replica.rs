@@ -5,12 +5,14 @@
 //! worker's save or lookup must never touch Redis or block on the cluster actor.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use siprox::registrar::{Binding, LocationStore, MemoryStore, StoreError, UpdateFn};
+use siprox::proxy::Transport;
+use siprox::registrar::{Binding, LocationStore, MemoryStore, StoreError, UpdateFn, Withheld};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -38,9 +40,48 @@ pub struct Replica {
     /// The replica follows Redis now (connected and synced). False before the first sync
     /// and while Redis is unreachable: what it holds may be stale.
     pub current: AtomicBool,
+    /// The addresses of other nodes' advertise URIs (TLS, IP literal) seen in their
+    /// bindings: a connection to one of them is a node-to-node connection and uses the
+    /// `[cluster.tls]` domain. Read on each outgoing connect; swapped whole when a node
+    /// appears (rarely), never locked.
+    peers: ArcSwap<HashSet<SocketAddr>>,
+}
+
+/// The address a node's Route (`<sip:10.0.0.1:5071;transport=tls;lr;nf=...>`) names, when
+/// it is TLS to an IP literal.
+fn route_addr(route: &str) -> Option<SocketAddr> {
+    let inner = route.trim_start_matches('<');
+    let inner = inner.split('>').next().unwrap_or(inner);
+    let hop = siprox::script::parse_target(inner).ok()?;
+    let tls = hop.secure || hop.transport == Some(Transport::Tls);
+    let ip: IpAddr = hop.host.parse().ok().filter(|_| tls)?;
+    Some(SocketAddr::new(
+        ip,
+        hop.port.unwrap_or(Transport::Tls.default_port()),
+    ))
 }
 
 impl Replica {
+    /// Whether `addr` is another node's advertise address.
+    pub fn is_peer(&self, addr: SocketAddr) -> bool {
+        self.peers.load().contains(&addr)
+    }
+
+    fn note_peers<'b>(&self, bindings: impl Iterator<Item = &'b Binding>) {
+        for b in bindings {
+            let Some(a) = b.flow.node_route.as_deref().and_then(route_addr) else {
+                continue;
+            };
+            if !self.peers.load().contains(&a) {
+                self.peers.rcu(|p| {
+                    let mut p = HashSet::clone(p);
+                    p.insert(a);
+                    p
+                });
+            }
+        }
+    }
+
     pub fn new(node: &str) -> Replica {
         Replica {
             node: node.into(),
@@ -48,6 +89,7 @@ impl Replica {
             dead: ArcSwap::from_pointee(HashSet::new()),
             names: Mutex::new(Vec::new()),
             current: AtomicBool::new(false),
+            peers: ArcSwap::from_pointee(HashSet::new()),
         }
     }
 
@@ -67,6 +109,7 @@ impl Replica {
         if node == &*self.node {
             return;
         }
+        self.note_peers(bindings.iter());
         let mut entry = self.aors.entry(aor.into()).or_default();
         entry.retain(|b| b.flow.node.as_deref() != Some(node));
         entry.extend(bindings);
@@ -85,6 +128,7 @@ impl Replica {
             .retain(|aor, _| all.get(&**aor).is_some_and(|v| !v.is_empty()));
         for (aor, mut v) in all {
             v.retain(|b| b.flow.node.as_deref() != Some(&*self.node));
+            self.note_peers(v.iter());
             if v.is_empty() {
                 self.aors.remove(&*aor);
             } else {
@@ -105,6 +149,18 @@ impl Replica {
             .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
             .cloned()
             .collect()
+    }
+
+    /// How many current bindings of `aor` are held but withheld because their node is
+    /// dead (a lookup that finds nothing else answers 480 rather than 404).
+    pub fn withheld(&self, aor: &str, now: i64) -> usize {
+        let Some(v) = self.aors.get(aor) else {
+            return 0;
+        };
+        let dead = self.dead.load();
+        v.iter()
+            .filter(|b| b.expires > now && b.flow.node.as_ref().is_some_and(|n| dead.contains(n)))
+            .count()
     }
 
     /// Bindings held (of live and dead nodes).
@@ -257,6 +313,8 @@ pub struct ClusterStore {
     pub local: Arc<MemoryStore>,
     pub replica: Arc<Replica>,
     pub outbox: Outbox,
+    /// `Retry-After` of the 503 a lookup answers while the replica is not current.
+    pub retry_after: u32,
 }
 
 impl ClusterStore {
@@ -272,8 +330,24 @@ impl ClusterStore {
 impl LocationStore for ClusterStore {
     fn get(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
         let mut v = self.local.get(aor)?;
-        v.extend(self.replica.get(aor));
+        // A replica that is not current (Redis unreachable, or not synced yet) may offer
+        // a flow that moved: nothing of it is offered, and `withheld` says why.
+        if self.replica.current.load(Ordering::Relaxed) {
+            v.extend(self.replica.get(aor));
+        }
         Ok(v)
+    }
+
+    fn withheld(&self, aor: &str, now: i64) -> Option<Withheld> {
+        if !self.replica.current.load(Ordering::Relaxed) {
+            return Some(Withheld::Stale {
+                retry_after: self.retry_after,
+            });
+        }
+        match self.replica.withheld(aor, now) {
+            0 => None,
+            bindings => Some(Withheld::NodeDown { bindings }),
+        }
     }
 
     /// Only this node's bindings are handed to `f`: a REGISTER here rewrites what this node
@@ -311,7 +385,7 @@ impl LocationStore for ClusterStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use siprox::proxy::{ConnId, Transport};
+    use siprox::proxy::ConnId;
     use siprox::registrar::Flow;
 
     fn binding(contact: &str, node: Option<&str>, expires: i64) -> Binding {
@@ -328,6 +402,7 @@ mod tests {
                 local: "127.0.0.1:2".parse().unwrap(),
                 conn: Some(ConnId(1)),
                 node: node.map(Into::into),
+                node_route: None,
             },
             instance: None,
             reg_id: None,
@@ -373,6 +448,27 @@ mod tests {
         assert_eq!(r.get("alice").len(), 1);
         assert_eq!(r.expire(100), 1);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn other_nodes_tls_addresses_are_peers() {
+        let r = Replica::new("me");
+        let mut b = binding("sip:1", Some("b"), 100);
+        b.flow.node_route = Some("<sip:10.0.0.2:5071;transport=tls;lr;nf=1.tls.00>".into());
+        let mut c = binding("sip:2", Some("c"), 100);
+        c.flow.node_route = Some("<sip:10.0.0.3:5060;lr;nf=1.tls.00>".into());
+        r.apply("alice", "b", vec![b]);
+        r.apply("bob", "c", vec![c]);
+        assert!(r.is_peer("10.0.0.2:5071".parse().unwrap()));
+        assert!(
+            !r.is_peer("10.0.0.3:5060".parse().unwrap()),
+            "clear text: not TLS"
+        );
+        assert_eq!(
+            route_addr("<sips:10.0.0.4;lr>"),
+            "10.0.0.4:5061".parse().ok()
+        );
+        assert_eq!(route_addr("<sips:node4.example;lr>"), None);
     }
 
     #[test]

@@ -105,6 +105,11 @@ impl Snapshot {
             listens,
             aliases,
             flow_keys,
+            node: config.cluster.as_ref().map(|c| c.node.clone()),
+            node_tokens_from_anyone: config
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.insecure_plaintext && c.tls.is_none()),
             ..ProxyConfig::default()
         })
         .with_flow_counter(flow_refused);

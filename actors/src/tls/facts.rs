@@ -38,6 +38,10 @@ pub fn facts(
         domain: domain.cloned(),
         peer,
         my,
+        // The cluster domain requires (server side) and checks (client side) a
+        // certificate of the cluster CA: verified there, the peer is another node.
+        cluster_peer: peer_verified
+            && domain.is_some_and(|d| &**d == siprox::config::CLUSTER_DOMAIN),
         peer_verified,
     }
 }

@@ -145,8 +145,22 @@ impl Connection {
             ctx.stop();
             return;
         };
-        if let Some(dest) = self.dest.clone() {
+        if let Some(mut dest) = self.dest.clone() {
             let domains = self.worker.shared.snapshot.load().tls.clone();
+            // To another cluster node's advertise address, whatever routed it there (a
+            // lookup, or a Route of a dialog): the cluster's server name selects the
+            // `[cluster.tls]` domain on both sides. The table key keeps no name, so every
+            // request to that node shares the one connection.
+            let to_node = self
+                .worker
+                .shared
+                .location
+                .get()
+                .and_then(|l| l.cluster.as_ref())
+                .is_some_and(|c| c.replica.is_peer(self.shared.key.addr));
+            if to_node && dest.transport == Transport::Tls && dest.server_name.is_none() {
+                dest.server_name = Some(siprox::config::CLUSTER_SNI.to_owned());
+            }
             let fut = handshake::connect_out(self.shared.key.addr, dest, domains, start.settings);
             ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
             return;
