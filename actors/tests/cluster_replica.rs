@@ -51,6 +51,7 @@ fn node_config(dir: &Path, node: &str, redis: Vec<String>) -> Config {
         key_prefix: "t".to_owned(),
         heartbeat: ConfigDuration::millis(200),
         node_timeout: ConfigDuration::millis(1000),
+        ticket_rotation: ConfigDuration::secs(3600),
     });
     cfg
 }

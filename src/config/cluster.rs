@@ -23,6 +23,8 @@ pub struct ClusterConfig {
     pub heartbeat: ConfigDuration,
     /// A node whose liveness key is this old is dead: its bindings stop being offered.
     pub node_timeout: ConfigDuration,
+    /// How often the cluster's TLS session-ticket key rotates (one node does it).
+    pub ticket_rotation: ConfigDuration,
 }
 
 impl ClusterConfig {
@@ -53,6 +55,8 @@ struct RawCluster {
     heartbeat: ConfigDuration,
     #[serde(default = "default_node_timeout")]
     node_timeout: ConfigDuration,
+    #[serde(default = "default_ticket_rotation")]
+    ticket_rotation: ConfigDuration,
 }
 
 fn default_prefix() -> String {
@@ -65,6 +69,10 @@ fn default_heartbeat() -> ConfigDuration {
 
 fn default_node_timeout() -> ConfigDuration {
     ConfigDuration::secs(6)
+}
+
+fn default_ticket_rotation() -> ConfigDuration {
+    ConfigDuration::secs(3600)
 }
 
 /// A node name goes into Redis keys and stream entries: printable, no separators.
@@ -124,6 +132,14 @@ impl TryFrom<RawCluster> for ClusterConfig {
                 String::from(r.heartbeat)
             ));
         }
+        // A key must be known everywhere before it encrypts, and outlive two rotations.
+        if r.ticket_rotation.get() < r.heartbeat.get() * 4 {
+            return Err(format!(
+                "cluster.ticket_rotation: {} is less than 4 x cluster.heartbeat ({})",
+                String::from(r.ticket_rotation),
+                String::from(r.heartbeat)
+            ));
+        }
         Ok(ClusterConfig {
             node: r.node,
             advertise: a.to_owned(),
@@ -131,6 +147,7 @@ impl TryFrom<RawCluster> for ClusterConfig {
             key_prefix: r.key_prefix,
             heartbeat: r.heartbeat,
             node_timeout: r.node_timeout,
+            ticket_rotation: r.ticket_rotation,
         })
     }
 }
@@ -148,6 +165,7 @@ impl From<ClusterConfig> for RawCluster {
             key_prefix: c.key_prefix,
             heartbeat: c.heartbeat,
             node_timeout: c.node_timeout,
+            ticket_rotation: c.ticket_rotation,
         }
     }
 }
@@ -198,6 +216,7 @@ mod tests {
         for (extra, key) in [
             ("key_prefix = \"a:b\"", "cluster.key_prefix"),
             ("heartbeat = \"0s\"", "cluster.heartbeat"),
+            ("ticket_rotation = \"1s\"", "cluster.ticket_rotation"),
             (
                 "heartbeat = \"5s\"\nnode_timeout = \"6s\"",
                 "cluster.node_timeout",

@@ -96,7 +96,24 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
     check_domains(config, prov, &mut errors);
     check_tls_domains(config, prov, &mut errors);
     check_runtime_settings(config, prov, &mut errors);
+    check_cluster_auth(config, prov, &mut errors);
     errors
+}
+
+/// The nodes of a cluster must accept each other's digest nonces: they need the same nonce
+/// secret, which comes from `[auth] secret_file` (deployed with the certificates), not from
+/// Redis (a node must not start with a secret of its own because Redis was down, and the
+/// secret must not be readable by whoever reads Redis).
+fn check_cluster_auth(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    if config.cluster.is_some() && config.auth.secret_file.is_none() {
+        errors.push(ConfigError::Invalid {
+            origin: prov.origin_of_any(&[&[Seg::Key("cluster")]]),
+            key: "auth.secret_file".to_owned(),
+            message: "[cluster] needs [auth] secret_file, the same file on every node, so \
+                      that a digest challenge from one node is accepted by another"
+                .to_owned(),
+        });
+    }
 }
 
 /// What the runtime would refuse at start or on reload, decided here so that `siprox check`

@@ -7,7 +7,9 @@
 //! other nodes' keys checked). Must never be awaited by a worker, and never panic on what
 //! Redis returns: a value that does not parse is skipped.
 
+pub mod auth;
 mod redis;
+pub mod tickets;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +45,10 @@ pub struct Cluster {
     cfg: Arc<ClusterConfig>,
     store: Arc<ClusterStore>,
     queue: Option<mpsc::Receiver<Change>>,
+    /// Digest replay state to share (`with_auth`).
+    auth: Option<auth::AuthShare>,
+    /// The session-ticket key ring to keep (`with_tickets`).
+    tickets: Option<Arc<tickets::TicketRing>>,
 }
 
 impl Cluster {
@@ -59,7 +65,21 @@ impl Cluster {
             cfg: Arc::new(cfg.clone()),
             store,
             queue,
+            auth: None,
+            tickets: None,
         })
+    }
+
+    /// Also share the digest nonce replay state (`cluster::auth`).
+    pub fn with_auth(mut self, share: auth::AuthShare) -> Cluster {
+        self.auth = Some(share);
+        self
+    }
+
+    /// Also keep the session-ticket key ring from Redis (`cluster::tickets`).
+    pub fn with_tickets(mut self, ring: Arc<tickets::TicketRing>) -> Cluster {
+        self.tickets = Some(ring);
+        self
     }
 }
 
@@ -81,6 +101,12 @@ impl actix::Actor for Cluster {
         }
         actix::spawn(tail(self.cfg.clone(), keys.clone(), self.store.clone()));
         actix::spawn(heartbeat(self.cfg.clone(), keys, self.store.clone()));
+        if let Some(share) = self.auth.take() {
+            auth::spawn(self.cfg.clone(), share);
+        }
+        if let Some(ring) = self.tickets.take() {
+            tickets::spawn(self.cfg.clone(), ring);
+        }
     }
 }
 
