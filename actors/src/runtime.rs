@@ -573,6 +573,12 @@ impl RuntimeHandle {
         self.shared.snapshot.load_full()
     }
 
+    /// The cluster's session-ticket key ring as this node holds it (`None` without
+    /// `[cluster]`).
+    pub fn ticket_keys(&self) -> Option<Arc<crate::tls::ticket_keys::TicketRing>> {
+        crate::tls::ticket_keys::ring_of_context(&self.shared.dispatch)
+    }
+
     /// Reload now (as `tls.reload` / SIGHUP do): re-read conf.d, rebuild what changed,
     /// publish or keep the running snapshot. Resolves when that reload is done; callable from
     /// any thread or runtime.
