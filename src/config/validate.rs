@@ -645,6 +645,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_the_shared_nonce_secret_file() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.cluster = Some(
+            toml::from_str::<crate::config::ClusterConfig>(
+                "node = \"a\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\n",
+            )
+            .expect("a cluster section"),
+        );
+        let errors = errors_of(&config).join("\n");
+        assert!(
+            errors.contains("[cluster] needs [auth] secret_file")
+                && errors.contains("at key \"auth.secret_file\""),
+            "{errors}"
+        );
+        config.auth.secret_file = Some(PathBuf::from("cluster.secret"));
+        assert_eq!(errors_of(&config), Vec::<String>::new());
+    }
+
+    #[test]
     fn no_listener_is_an_error() {
         let errors = errors_of(&Config::default());
         assert_eq!(errors.len(), 1);
