@@ -197,7 +197,9 @@ impl Runtime {
         let ticket_ring = config
             .cluster
             .as_ref()
-            .map(crate::cluster::tickets::ring_for);
+            .map(crate::cluster::tickets::ring_for)
+            .transpose()
+            .map_err(|e| RuntimeError::System(format!("creating the TLS ticket key ring: {e}")))?;
         let dispatch = tls::dispatch_context_with(ticket_ring)
             .map_err(|e| RuntimeError::System(format!("creating the TLS dispatch context: {e}")))?;
         let config_dir = RuntimeOptions::config_dir_for(&config);

@@ -13,7 +13,7 @@ use siprox::config::ClusterConfig;
 use tracing::{debug, info};
 
 pub use crate::tls::ticket_keys::TicketRing;
-use crate::tls::ticket_keys::{now_ms, TicketKey, NAME_LEN};
+use crate::tls::ticket_keys::{now_ms, TicketKey};
 
 use super::redis::{self as conn, Conn};
 use super::{Link, RETRY};
@@ -24,8 +24,10 @@ pub const KEEP: usize = 3;
 
 /// The ring for a node of `cfg`: a new key encrypts once two reads of the ring went by, so
 /// every node decrypts with it before any ticket made with it can reach them.
-pub fn ring_for(cfg: &ClusterConfig) -> Arc<TicketRing> {
-    Arc::new(TicketRing::new(activation(cfg).as_millis() as u64))
+pub fn ring_for(cfg: &ClusterConfig) -> Result<Arc<TicketRing>, openssl::error::ErrorStack> {
+    Ok(Arc::new(TicketRing::new(
+        activation(cfg).as_millis() as u64
+    )?))
 }
 
 fn activation(cfg: &ClusterConfig) -> Duration {
@@ -127,22 +129,13 @@ async fn read(c: &mut Conn, key: &str) -> RedisResult<Vec<TicketKey>> {
 }
 
 fn new_key() -> RedisResult<TicketKey> {
-    let mut k = TicketKey {
-        name: [0; NAME_LEN],
-        aes: [0; 32],
-        hmac: [0; 32],
-        created_ms: now_ms(),
-    };
-    for b in [&mut k.name[..], &mut k.aes[..], &mut k.hmac[..]] {
-        openssl::rand::rand_bytes(b).map_err(|e| {
-            ::redis::RedisError::from((
-                ::redis::ErrorKind::Client,
-                "random ticket key",
-                e.to_string(),
-            ))
-        })?;
-    }
-    Ok(k)
+    TicketKey::random(now_ms()).map_err(|e| {
+        ::redis::RedisError::from((
+            ::redis::ErrorKind::Client,
+            "random ticket key",
+            e.to_string(),
+        ))
+    })
 }
 
 fn hex(b: &[u8]) -> String {

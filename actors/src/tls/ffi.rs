@@ -232,9 +232,7 @@ unsafe extern "C" fn ticket_key_cb(
     let iv = std::slice::from_raw_parts_mut(iv, TICKET_IV_LEN);
     let now = now_ms();
     if enc == 1 {
-        let Some(key) = ring.encrypting(now) else {
-            return 0;
-        };
+        let key = ring.encrypting(now);
         if openssl::rand::rand_bytes(iv).is_err() {
             return -1;
         }

@@ -33,6 +33,22 @@ impl std::fmt::Debug for TicketKey {
     }
 }
 
+impl TicketKey {
+    /// A new random key made at `created_ms`.
+    pub fn random(created_ms: u64) -> Result<TicketKey, openssl::error::ErrorStack> {
+        let mut k = TicketKey {
+            name: [0; NAME_LEN],
+            aes: [0; 32],
+            hmac: [0; 32],
+            created_ms,
+        };
+        openssl::rand::rand_bytes(&mut k.name)?;
+        openssl::rand::rand_bytes(&mut k.aes)?;
+        openssl::rand::rand_bytes(&mut k.hmac)?;
+        Ok(k)
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -44,6 +60,10 @@ pub struct TicketRing {
     /// A new key encrypts only once it is this old, so that every node has picked it up
     /// (and decrypts with it) before any ticket made with it reaches another node.
     activation_ms: u64,
+    /// This process's own key, used until the cluster's keys arrive (Redis unreachable at
+    /// start): a TLS 1.3 server must not answer with an empty ticket, which OpenSSL 3.0
+    /// sends when the callback has no key. Its tickets resume on this node only.
+    fallback: TicketKey,
 }
 
 impl std::fmt::Debug for TicketRing {
@@ -62,12 +82,14 @@ pub struct Chosen {
 }
 
 impl TicketRing {
-    /// An empty ring (no tickets are issued until keys arrive).
-    pub fn new(activation_ms: u64) -> TicketRing {
-        TicketRing {
+    /// A ring without the cluster's keys yet (tickets use a key of this process until they
+    /// arrive).
+    pub fn new(activation_ms: u64) -> Result<TicketRing, openssl::error::ErrorStack> {
+        Ok(TicketRing {
             keys: ArcSwap::from_pointee(Vec::new()),
             activation_ms,
-        }
+            fallback: TicketKey::random(0)?,
+        })
     }
 
     /// Replaces the keys (newest first). True when they changed.
@@ -86,19 +108,24 @@ impl TicketRing {
 
     /// The key new tickets are made with at `now_ms`: the newest one old enough to be known
     /// everywhere, or, when every key is that new (the cluster's first key), the oldest.
-    pub fn encrypting(&self, now_ms: u64) -> Option<TicketKey> {
+    pub fn encrypting(&self, now_ms: u64) -> TicketKey {
         let keys = self.keys.load();
         keys.iter()
             .find(|k| k.created_ms.saturating_add(self.activation_ms) <= now_ms)
             .or_else(|| keys.last())
-            .cloned()
+            .unwrap_or(&self.fallback)
+            .clone()
     }
 
     /// The key a ticket named `name` was made with, if the ring still holds it.
     pub fn decrypting(&self, name: &[u8], now_ms: u64) -> Option<Chosen> {
-        let current = self.encrypting(now_ms)?;
+        let current = self.encrypting(now_ms);
         let keys = self.keys.load();
-        let key = keys.iter().find(|k| k.name[..] == *name)?.clone();
+        let key = keys
+            .iter()
+            .chain(std::iter::once(&self.fallback))
+            .find(|k| k.name[..] == *name)?
+            .clone();
         Some(Chosen {
             renew: key.name != current.name,
             key,
@@ -169,16 +196,19 @@ mod tests {
 
     #[test]
     fn a_new_key_encrypts_only_once_active_and_old_ones_still_decrypt() {
-        let r = TicketRing::new(1000);
-        assert!(r.encrypting(0).is_none());
+        let r = TicketRing::new(1000).unwrap();
+        // Before the cluster's keys arrive: this process's own key, never an empty ticket.
+        let own = r.encrypting(0);
+        assert!(!r.decrypting(&own.name, 0).unwrap().renew);
         // The first key of a cluster encrypts at once.
         assert!(r.install(vec![key(1, 10_000)]));
         assert!(!r.install(vec![key(1, 10_000)]));
-        assert_eq!(r.encrypting(10_000).unwrap().name, [1; NAME_LEN]);
+        assert_eq!(r.encrypting(10_000).name, [1; NAME_LEN]);
+        assert!(r.decrypting(&own.name, 10_000).unwrap().renew);
         r.install(vec![key(2, 20_000), key(1, 10_000)]);
         // Key 2 is known here but perhaps not yet on every node.
-        assert_eq!(r.encrypting(20_500).unwrap().name, [1; NAME_LEN]);
-        assert_eq!(r.encrypting(21_000).unwrap().name, [2; NAME_LEN]);
+        assert_eq!(r.encrypting(20_500).name, [1; NAME_LEN]);
+        assert_eq!(r.encrypting(21_000).name, [2; NAME_LEN]);
         let old = r.decrypting(&[1; NAME_LEN], 21_000).unwrap();
         assert!(old.renew);
         assert!(!r.decrypting(&[2; NAME_LEN], 21_000).unwrap().renew);
