@@ -20,7 +20,7 @@ use common::*;
 use siprox::config::{ClusterConfig, Config, ConfigDuration, DomainConfig, Proto};
 use siprox::proxy::Transport;
 use siprox_actors::RuntimeHandle;
-use siprox_testkit::redis::RedisServer;
+use siprox_testkit::redis::{RedisCluster, RedisServer};
 use tokio::net::TcpStream;
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -40,11 +40,11 @@ route {
 }
 "#;
 
-fn cluster(node: &str, redis: &str) -> ClusterConfig {
+fn cluster(node: &str, redis: &[String]) -> ClusterConfig {
     ClusterConfig {
         node: node.to_owned(),
         advertise: format!("sip:{node}.cluster.invalid:5071;transport=tls"),
-        redis: vec![redis.to_owned()],
+        redis: redis.to_vec(),
         key_prefix: "t".to_owned(),
         heartbeat: ConfigDuration::millis(200),
         node_timeout: ConfigDuration::millis(1000),
@@ -59,7 +59,7 @@ struct Node {
 
 impl Node {
     /// A node over TCP with digest on REGISTER, the users file, and the cluster's secret.
-    fn digest(node: &str, redis: &str) -> Node {
+    fn digest(node: &str, redis: &[String]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("scripts")).unwrap();
@@ -153,11 +153,17 @@ fn digest_line(challenge: &str, nc: u32, cnonce: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_from_one_node_is_accepted_on_another_and_a_replay_refused_on_a_third() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let n1 = Node::digest("n1", &url);
-    let n2 = Node::digest("n2", &url);
-    let n3 = Node::digest("n3", &url);
+    let url = [redis.url()];
+    digest_across(
+        Node::digest("n1", &url),
+        Node::digest("n2", &url),
+        Node::digest("n3", &url),
+    )
+    .await;
+}
 
+/// Challenge on `n1`, answer on `n2`, the same count replayed on `n3` and `n1`.
+async fn digest_across(n1: Node, n2: Node, n3: Node) {
     let mut s1 = n1.connect().await;
     let ch = ask(&mut s1, &register(1, "")).await;
     assert_eq!(status(&ch), Some(401), "{ch}");
@@ -284,10 +290,15 @@ fn s_client(
 
 /// A node from a conf.d tree (two tenants, `a` and `b`) in the cluster on `redis`.
 fn tls_node(node: &str, redis: &str, rotation: &str) -> (Tree, RuntimeHandle) {
+    tls_node_toml(node, &format!("\"{redis}\""), rotation)
+}
+
+/// [`tls_node`] with `redis` as TOML (one URL in quotes, or a list of seeds).
+fn tls_node_toml(node: &str, redis: &str, rotation: &str) -> (Tree, RuntimeHandle) {
     let t = Tree::new(&format!(
         "[auth]\nsecret_file = \"nonce.secret\"\n\n\
          [cluster]\nnode = \"{node}\"\nadvertise = \"sip:{node}.cluster.invalid:5071;transport=tls\"\n\
-         redis = \"{redis}\"\nkey_prefix = \"t\"\nheartbeat = \"200ms\"\nnode_timeout = \"1s\"\n\
+         redis = {redis}\nkey_prefix = \"t\"\nheartbeat = \"200ms\"\nnode_timeout = \"1s\"\n\
          ticket_rotation = \"{rotation}\"\n"
     ));
     t.write("nonce.secret", b"the cluster's nonce secret");
@@ -421,4 +432,31 @@ async fn without_redis_a_node_serves_tls_and_resumes_its_own_tickets() {
         assert!(again.served && again.reused, "{version}: {again:?}");
     }
     rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_and_tickets_across_nodes_on_a_redis_cluster() {
+    let rc = RedisCluster::start();
+    let urls = rc.urls();
+    digest_across(
+        Node::digest("n1", &urls),
+        Node::digest("n2", &urls),
+        Node::digest("n3", &urls),
+    )
+    .await;
+    let seeds = format!(
+        "[{}]",
+        urls.iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (t1, rt1) = tls_node_toml("t1", &seeds, "1h");
+    let (_t2, rt2) = tls_node_toml("t2", &seeds, "1h");
+    let a1 = rt1.local_addr(Transport::Tls).expect("tls");
+    let a2 = rt2.local_addr(Transport::Tls).expect("tls");
+    let sess = t1.path("rc.sess");
+    ticket_resumed_on(a1, a2, "-tls1_3", &sess).await;
+    rt1.shutdown();
+    rt2.shutdown();
 }
