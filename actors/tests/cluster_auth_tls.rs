@@ -23,7 +23,8 @@ use siprox_actors::RuntimeHandle;
 use siprox_testkit::redis::{RedisCluster, RedisServer};
 use tokio::net::TcpStream;
 
-const CONVERGE: Duration = Duration::from_secs(15);
+/// Long enough for a rotation or two (3 s in the rotation test) under load.
+const CONVERGE: Duration = Duration::from_secs(20);
 
 const DIGEST_SCRIPT: &str = r#"
 route {
@@ -367,8 +368,8 @@ fn names(rt: &RuntimeHandle) -> Vec<[u8; 16]> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_resumes_after_a_rotation_until_its_key_leaves_the_ring() {
     let redis = RedisServer::start();
-    let (t1, rt1) = tls_node("n1", &redis.url(), "1s");
-    let (_t2, rt2) = tls_node("n2", &redis.url(), "1s");
+    let (t1, rt1) = tls_node("n1", &redis.url(), "3s");
+    let (_t2, rt2) = tls_node("n2", &redis.url(), "3s");
     let a1 = rt1.local_addr(Transport::Tls).expect("tls");
     let a2 = rt2.local_addr(Transport::Tls).expect("tls");
     let sess = t1.path("rot.sess");
