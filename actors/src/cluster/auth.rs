@@ -15,7 +15,7 @@ use ::redis::RedisResult;
 use siprox::auth::{Authenticator, NonceId, ReplaySink};
 use siprox::config::ClusterConfig;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::redis::{self as conn, Conn};
 use super::{Link, RETRY};
@@ -38,8 +38,13 @@ pub struct ReplayLink {
 
 impl ReplaySink for ReplayLink {
     fn accepted(&self, id: NonceId, nc: u32) {
-        if self.tx.try_send((id, nc)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send((id, nc)).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            // Once, not per request: the count says how many followed.
+            warn!(
+                queue = QUEUE,
+                "cluster: nonce counts dropped, not shared with the other nodes (queue full)"
+            );
         }
     }
 }
