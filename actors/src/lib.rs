@@ -24,7 +24,9 @@
 //!   which sit above it).
 //! - [`cluster`]: the `Cluster` actor (control arbiter): this node's registrations written
 //!   behind to Redis, the change stream tailed into the replica (`state::replica`), node
-//!   heartbeats (`redis`: the connections, `wire`: keys and values). Feeds `state` only.
+//!   heartbeats (`redis`: the connections, `wire`: keys and values); `auth` (digest nonce
+//!   counts shared through a stream) and `tickets` (the TLS session-ticket key ring kept
+//!   from Redis and rotated). Feeds `state` and the ring only.
 //! - [`transport`]: sockets. `listener` (the `Listener` actor: accept loops, UDP receive;
 //!   out of descriptors it refuses with a reserve descriptor), `connection/` (the
 //!   `Connection` actor: `actor`, `handshake`, `framing`, `http`), `fdlimit` (the open-file
@@ -37,7 +39,8 @@
 //!   (freed heap returned to the OS after a flood of connections, from the idle sweep).
 //! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
 //!   callback, client domains), `sessions` (the client session store an outgoing connection
-//!   resumes from), `facts`, `failure` (`HandshakeFailure`: why a handshake failed, from
+//!   resumes from), `ticket_keys` (a cluster's shared session-ticket keys, read by the
+//!   ticket callback), `facts`, `failure` (`HandshakeFailure`: why a handshake failed, from
 //!   OpenSSL's codes), `devcerts`, and `ffi`, the only `unsafe` code (also the open-file
 //!   limit and `malloc_trim`). Knows no socket, no reload.
 //! - [`state`]: the leaf. `snapshot` (the [`Snapshot`] behind one `ArcSwap`), `table` (the

@@ -193,7 +193,14 @@ impl Runtime {
                  true refuses the start instead");
         }
         let tls = Arc::new(built);
-        let dispatch = tls::dispatch_context()
+        // In a cluster, tickets use the key ring every node shares (kept by the Cluster actor).
+        let ticket_ring = config
+            .cluster
+            .as_ref()
+            .map(crate::cluster::tickets::ring_for)
+            .transpose()
+            .map_err(|e| RuntimeError::System(format!("creating the TLS ticket key ring: {e}")))?;
+        let dispatch = tls::dispatch_context_with(ticket_ring)
             .map_err(|e| RuntimeError::System(format!("creating the TLS dispatch context: {e}")))?;
         let config_dir = RuntimeOptions::config_dir_for(&config);
 
@@ -382,7 +389,16 @@ fn run_system(
             }
             .start();
             let config = shared.snapshot.load().config.clone();
-            if let Some(c) = crate::cluster::Cluster::new(location, config.cluster.as_ref()) {
+            if let Some(mut c) = crate::cluster::Cluster::new(location, config.cluster.as_ref())
+            {
+                let sh = shared.clone();
+                let (sink, share) =
+                    crate::cluster::auth::link(Arc::new(move || sh.snapshot.load().auth.clone()));
+                shared.snapshot.load().auth.nonces().set_sink(sink);
+                c = c.with_auth(share);
+                if let Some(ring) = crate::tls::ticket_keys::ring_of_context(&shared.dispatch) {
+                    c = c.with_tickets(ring);
+                }
                 c.with_shared(shared.clone()).start();
             }
         }
@@ -557,6 +573,12 @@ impl RuntimeHandle {
     /// The live snapshot (configuration, proxy core, TLS contexts).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot.load_full()
+    }
+
+    /// The cluster's session-ticket key ring as this node holds it (`None` without
+    /// `[cluster]`).
+    pub fn ticket_keys(&self) -> Option<Arc<crate::tls::ticket_keys::TicketRing>> {
+        crate::tls::ticket_keys::ring_of_context(&self.shared.dispatch)
     }
 
     /// Reload now (as `tls.reload` / SIGHUP do): re-read conf.d, rebuild what changed,

@@ -53,6 +53,7 @@ fn node_config(dir: &Path, node: &str, redis: Vec<String>) -> Config {
         node_timeout: ConfigDuration::millis(1000),
         tls: None,
         insecure_plaintext: true,
+        ticket_rotation: ConfigDuration::secs(3600),
     });
     cfg
 }

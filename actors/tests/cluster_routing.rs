@@ -96,6 +96,7 @@ impl Site {
                 ca_file: ca.cert_path,
             }),
             insecure_plaintext: false,
+            ticket_rotation: ConfigDuration::secs(3600),
         };
         // What loading conf.d does with [cluster.tls].
         cfg.domains

@@ -9,8 +9,8 @@
 //! - [`consume_credentials`]: drop the credentials before forwarding.
 //! - [`Users`]: the users file (`conf.d/users.toml`), HA1 per hash, never plain passwords.
 //!
-//! Replay protection is per process: in a cluster with a shared secret a nonce used on one
-//! node is not known to be used on another (the nonce lifetime bounds that window).
+//! Replay protection is per process; in a cluster the runtime shares it through a
+//! [`ReplaySink`] (accepted counts out) and `NonceManager::apply_remote` (other nodes' in).
 
 mod authorize;
 mod digest;
@@ -23,6 +23,6 @@ pub use authorize::{
     Authenticator, Challenge, InvalidReason, Verdict,
 };
 pub use digest::{ha1, response, Algorithm, CryptoError, HashAlg, ResponseInput};
-pub use nonce::{NcCheck, NonceCheck, NonceId, NonceManager};
+pub use nonce::{NcCheck, NonceCheck, NonceId, NonceManager, ReplaySink};
 pub use params::{AuthParams, Credentials, CredentialsError, ParamError};
 pub use users::{UserDb, Users, UsersError};

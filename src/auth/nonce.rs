@@ -3,10 +3,12 @@
 //! `base64(version || timestamp || serial || HMAC-SHA256(secret, version||timestamp||serial||realm)[..16])`:
 //! issuing keeps no state, checking needs only the secret; the replay table is bounded and
 //! fails safe (a nonce it had to forget is answered as stale, never accepted again).
+//! In a cluster every accepted count is handed to a [`ReplaySink`] (which must never block)
+//! and other nodes' counts come back through [`NonceManager::apply_remote`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
@@ -23,6 +25,12 @@ const SHARDS: usize = 16;
 /// Nonce counts below the highest seen are still accepted once each within this window,
 /// so that requests reordered in flight (UDP, parallel transactions) are not refused.
 const WINDOW: u32 = 64;
+
+/// Where accepted nonce counts go so that other nodes refuse them too (a cluster). Called
+/// on the worker that accepted the request: it must return at once (queue, never wait).
+pub trait ReplaySink: Send + Sync {
+    fn accepted(&self, id: NonceId, nc: u32);
+}
 
 /// The outcome of checking a nonce's integrity and age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +86,8 @@ pub struct NonceManager {
     ttl: std::sync::atomic::AtomicI64,
     per_shard: usize,
     shards: [Mutex<Shard>; SHARDS],
+    /// Set once (cluster start); carried to the manager a reload builds for a new secret.
+    sink: OnceLock<Arc<dyn ReplaySink>>,
 }
 
 impl std::fmt::Debug for NonceManager {
@@ -105,6 +115,7 @@ impl NonceManager {
             ttl: std::sync::atomic::AtomicI64::new(i64::from(ttl.max(1))),
             per_shard: (max_tracked / SHARDS).max(1),
             shards: Default::default(),
+            sink: OnceLock::new(),
         })
     }
 
@@ -189,9 +200,40 @@ impl NonceManager {
         }
     }
 
+    /// From now on, hand every accepted nonce count to `sink`. False when one was set before
+    /// (the first one stays).
+    pub fn set_sink(&self, sink: Arc<dyn ReplaySink>) -> bool {
+        self.sink.set(sink).is_ok()
+    }
+
+    /// The sink set by [`NonceManager::set_sink`], to carry over to a rebuilt manager.
+    pub fn sink(&self) -> Option<Arc<dyn ReplaySink>> {
+        self.sink.get().cloned()
+    }
+
     /// Record nonce count `nc` for a fresh nonce (call only after the digest matched, so
-    /// that wrong guesses cannot burn a legitimate client's counts).
+    /// that wrong guesses cannot burn a legitimate client's counts). An accepted count goes
+    /// to the sink, if one is set.
     pub fn use_nc(&self, id: NonceId, nc: u32, now: i64) -> NcCheck {
+        let r = self.record(id, nc, now);
+        if r == NcCheck::Ok {
+            if let Some(sink) = self.sink.get() {
+                sink.accepted(id, nc);
+            }
+        }
+        r
+    }
+
+    /// Another node accepted count `nc` of nonce `id`: this node refuses it from now on. A
+    /// nonce past its lifetime is not recorded (it is refused as expired anyway).
+    pub fn apply_remote(&self, id: NonceId, nc: u32, now: i64) {
+        if now.saturating_sub(id.issued) > self.ttl() {
+            return;
+        }
+        let _ = self.record(id, nc, now);
+    }
+
+    fn record(&self, id: NonceId, nc: u32, now: i64) -> NcCheck {
         let shard = &self.shards[(id.serial % SHARDS as u64) as usize];
         // Nothing under this lock can leave the map inconsistent, so a poisoned lock
         // is still sound to use.
@@ -315,5 +357,38 @@ mod tests {
         // The first ones were evicted while valid: never accepted again, even with a new nc.
         assert_eq!(m.use_nc(ids[0], 2, 1100), NcCheck::Forgotten);
         assert_eq!(m.use_nc(ids[0], 1, 1100), NcCheck::Forgotten);
+    }
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(NonceId, u32)>>);
+
+    impl ReplaySink for Collect {
+        fn accepted(&self, id: NonceId, nc: u32) {
+            self.0.lock().unwrap().push((id, nc));
+        }
+    }
+
+    #[test]
+    fn accepted_counts_go_to_the_sink_and_remote_counts_are_refused() {
+        // Two nodes with one secret: what one accepts, the other learns and refuses.
+        let a = NonceManager::new(b"s", 300, 1000).unwrap();
+        let b = NonceManager::new(b"s", 300, 1000).unwrap();
+        let sink = Arc::new(Collect::default());
+        assert!(a.set_sink(sink.clone()));
+        let n = a.issue("r", 1000).unwrap();
+        let id = id_of(&b, &n, 1000);
+        assert_eq!(a.use_nc(id, 1, 1000), NcCheck::Ok);
+        assert_eq!(a.use_nc(id, 1, 1000), NcCheck::Replay);
+        let sent = sink.0.lock().unwrap().clone();
+        assert_eq!(sent, vec![(id, 1)], "only the accepted count is published");
+        for (id, nc) in sent {
+            b.apply_remote(id, nc, 1001);
+        }
+        assert_eq!(b.use_nc(id, 1, 1002), NcCheck::Replay);
+        assert_eq!(b.use_nc(id, 2, 1002), NcCheck::Ok);
+        // An expired remote count is not kept.
+        let old = id_of(&b, &b.issue("r", 1000).unwrap(), 1000);
+        b.apply_remote(old, 1, 1400);
+        assert_eq!(b.tracked(), 1);
     }
 }

@@ -32,6 +32,8 @@ pub struct ClusterConfig {
     /// Allow a clear-text `advertise` (no TLS between nodes): node tokens are then accepted
     /// from any peer. For a test bed on one host only.
     pub insecure_plaintext: bool,
+    /// How often the cluster's TLS session-ticket key rotates (one node does it).
+    pub ticket_rotation: ConfigDuration,
 }
 
 /// `[cluster.tls]`: the node certificate (issued by the cluster CA) that a node presents
@@ -124,6 +126,8 @@ struct RawCluster {
     tls: Option<ClusterTls>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     insecure_plaintext: bool,
+    #[serde(default = "default_ticket_rotation")]
+    ticket_rotation: ConfigDuration,
 }
 
 fn default_prefix() -> String {
@@ -136,6 +140,10 @@ fn default_heartbeat() -> ConfigDuration {
 
 fn default_node_timeout() -> ConfigDuration {
     ConfigDuration::secs(6)
+}
+
+fn default_ticket_rotation() -> ConfigDuration {
+    ConfigDuration::secs(3600)
 }
 
 /// A node name goes into Redis keys and stream entries: printable, no separators.
@@ -213,6 +221,14 @@ impl TryFrom<RawCluster> for ClusterConfig {
                 );
             }
         }
+        // A key must be known everywhere before it encrypts, and outlive two rotations.
+        if r.ticket_rotation.get() < r.heartbeat.get() * 4 {
+            return Err(format!(
+                "cluster.ticket_rotation: {} is less than 4 x cluster.heartbeat ({})",
+                String::from(r.ticket_rotation),
+                String::from(r.heartbeat)
+            ));
+        }
         Ok(ClusterConfig {
             node: r.node,
             advertise: a.to_owned(),
@@ -222,6 +238,7 @@ impl TryFrom<RawCluster> for ClusterConfig {
             node_timeout: r.node_timeout,
             tls: r.tls,
             insecure_plaintext: r.insecure_plaintext,
+            ticket_rotation: r.ticket_rotation,
         })
     }
 }
@@ -241,6 +258,7 @@ impl From<ClusterConfig> for RawCluster {
             node_timeout: c.node_timeout,
             tls: c.tls,
             insecure_plaintext: c.insecure_plaintext,
+            ticket_rotation: c.ticket_rotation,
         }
     }
 }
@@ -329,6 +347,7 @@ mod tests {
         for (extra, key) in [
             ("key_prefix = \"a:b\"", "cluster.key_prefix"),
             ("heartbeat = \"0s\"", "cluster.heartbeat"),
+            ("ticket_rotation = \"1s\"", "cluster.ticket_rotation"),
             (
                 "heartbeat = \"5s\"\nnode_timeout = \"6s\"",
                 "cluster.node_timeout",

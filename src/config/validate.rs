@@ -97,6 +97,7 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
     check_tls_domains(config, prov, &mut errors);
     check_runtime_settings(config, prov, &mut errors);
     check_cluster_keys(config, prov, &mut errors);
+    check_cluster_auth(config, prov, &mut errors);
     errors
 }
 
@@ -111,6 +112,22 @@ fn check_cluster_keys(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<C
             key: "auth.flow_key_file".to_owned(),
             message: "[cluster] needs [auth] flow_key_file, the same file on every node \
                       (node tokens are signed with it)"
+                .to_owned(),
+        });
+    }
+}
+
+/// The nodes of a cluster must accept each other's digest nonces: they need the same nonce
+/// secret, which comes from `[auth] secret_file` (deployed with the certificates), not from
+/// Redis (a node must not start with a secret of its own because Redis was down, and the
+/// secret must not be readable by whoever reads Redis).
+fn check_cluster_auth(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    if config.cluster.is_some() && config.auth.secret_file.is_none() {
+        errors.push(ConfigError::Invalid {
+            origin: prov.origin_of_any(&[&[Seg::Key("cluster")]]),
+            key: "auth.secret_file".to_owned(),
+            message: "[cluster] needs [auth] secret_file, the same file on every node, so \
+                      that a digest challenge from one node is accepted by another"
                 .to_owned(),
         });
     }
@@ -623,7 +640,9 @@ mod tests {
             node_timeout: crate::config::ConfigDuration::secs(6),
             tls: None,
             insecure_plaintext: true,
+            ticket_rotation: crate::config::ConfigDuration::secs(3600),
         });
+        config.auth.secret_file = Some("nonce.secret".into());
         let errors = errors_of(&config);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("auth.flow_key_file"), "{errors:?}");
@@ -662,6 +681,27 @@ mod tests {
         assert!(errors_of(&config)
             .iter()
             .any(|e| e.contains("at least one is needed")));
+    }
+
+    #[test]
+    fn a_cluster_needs_the_shared_nonce_secret_file() {
+        let mut config = with_listeners(vec![listener(Proto::Udp, "127.0.0.1:5060")]);
+        config.cluster = Some(
+            toml::from_str::<crate::config::ClusterConfig>(
+                "node = \"a\"\nadvertise = \"sip:h\"\nredis = \"redis://h\"\n\
+                 insecure_plaintext = true\n",
+            )
+            .expect("a cluster section"),
+        );
+        let errors = errors_of(&config).join("\n");
+        assert!(
+            errors.contains("[cluster] needs [auth] secret_file")
+                && errors.contains("at key \"auth.secret_file\""),
+            "{errors}"
+        );
+        config.auth.secret_file = Some(PathBuf::from("cluster.secret"));
+        config.auth.flow_key_file = Some(PathBuf::from("flow.keys"));
+        assert_eq!(errors_of(&config), Vec::<String>::new());
     }
 
     #[test]

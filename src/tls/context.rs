@@ -551,16 +551,22 @@ pub fn client_digest(c: &ClientTls, m: &TlsMaterial) -> u64 {
     h.finish()
 }
 
-/// At most 32 bytes (OpenSSL's limit), unique per domain name.
 /// The session-id context of a server domain: sessions resume only where it matches, so
 /// only on the domain that issued them, and not after its `session_resumption` was turned
-/// off by a reload (the sessions issued before do not match any more).
+/// off by a reload (the sessions issued before do not match any more). A SHA-256 of the
+/// domain's name, so that every node of a cluster (and every build of siprox) derives the
+/// same one and a ticket from one node resumes on another, on its own domain only. At most
+/// 32 bytes (OpenSSL's limit).
 fn session_id_context(id: &str, resumption: bool) -> Vec<u8> {
-    let mut h = DefaultHasher::new();
-    id.hash(&mut h);
-    resumption.hash(&mut h);
+    let mut h = openssl::sha::Sha256::new();
+    h.update(b"siprox session id context\0");
+    h.update(id.as_bytes());
+    h.update(&[u8::from(resumption)]);
+    let d = h.finish();
     let mut v = b"sx-".to_vec();
-    v.extend_from_slice(format!("{:016x}", h.finish()).as_bytes());
+    for b in &d[..8] {
+        v.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
     v
 }
 

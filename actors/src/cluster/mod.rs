@@ -7,7 +7,9 @@
 //! other nodes' keys checked). Must never be awaited by a worker, and never panic on what
 //! Redis returns: a value that does not parse is skipped.
 
+pub mod auth;
 mod redis;
+pub mod tickets;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -45,6 +47,10 @@ pub struct Cluster {
     queue: Option<mpsc::Receiver<Change>>,
     /// The runtime's state: the flow keys that sign node tokens (`nf=`) are its snapshot's.
     shared: Option<Arc<Shared>>,
+    /// Digest replay state to share (`with_auth`).
+    auth: Option<auth::AuthShare>,
+    /// The session-ticket key ring to keep (`with_tickets`).
+    tickets: Option<Arc<tickets::TicketRing>>,
 }
 
 impl Cluster {
@@ -62,6 +68,8 @@ impl Cluster {
             store,
             queue,
             shared: None,
+            auth: None,
+            tickets: None,
         })
     }
 
@@ -69,6 +77,18 @@ impl Cluster {
     /// are stored without a token and other nodes cannot route to them).
     pub fn with_shared(mut self, shared: Arc<Shared>) -> Cluster {
         self.shared = Some(shared);
+        self
+    }
+
+    /// Also share the digest nonce replay state (`cluster::auth`).
+    pub fn with_auth(mut self, share: auth::AuthShare) -> Cluster {
+        self.auth = Some(share);
+        self
+    }
+
+    /// Also keep the session-ticket key ring from Redis (`cluster::tickets`).
+    pub fn with_tickets(mut self, ring: Arc<tickets::TicketRing>) -> Cluster {
+        self.tickets = Some(ring);
         self
     }
 }
@@ -92,6 +112,12 @@ impl actix::Actor for Cluster {
         }
         actix::spawn(tail(self.cfg.clone(), keys.clone(), self.store.clone()));
         actix::spawn(heartbeat(self.cfg.clone(), keys, self.store.clone()));
+        if let Some(share) = self.auth.take() {
+            auth::spawn(self.cfg.clone(), share);
+        }
+        if let Some(ring) = self.tickets.take() {
+            tickets::spawn(self.cfg.clone(), ring);
+        }
     }
 }
 

@@ -166,6 +166,8 @@ pub fn authenticator(
     let mut h = std::collections::hash_map::DefaultHasher::new();
     secret.hash(&mut h);
     let key = h.finish();
+    // A new secret gets a new nonce table, still shared with the cluster.
+    let sink = prev.and_then(|(running, _)| running.nonces().sink());
     if let Some((running, running_key)) = prev.filter(|(_, k)| *k == key) {
         if *running.settings() == settings {
             return Ok((running.clone(), key));
@@ -176,7 +178,12 @@ pub fn authenticator(
         Some(s) => Authenticator::new(s, settings),
         None => Authenticator::with_random_secret(settings),
     }
-    .map(|a| (Arc::new(a), key))
+    .map(|a| {
+        if let Some(sink) = sink {
+            a.nonces().set_sink(sink);
+        }
+        (Arc::new(a), key)
+    })
     .map_err(|e| RuntimeError::Config(format!("[auth]: {e}")))
 }
 

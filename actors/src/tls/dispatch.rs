@@ -118,12 +118,24 @@ fn chosen_index() -> Option<Index<Ssl, Chosen>> {
 /// as the process: a reload never invalidates tickets. Its ClientHello callback picks the
 /// domain (see `dispatch_hello`); it has no certificate of its own.
 pub fn dispatch_context() -> Result<SslContext, ErrorStack> {
+    dispatch_context_with(None)
+}
+
+/// The dispatch context; with `tickets` (a cluster), its tickets are made and read with the
+/// cluster's shared key ring instead of this process's own keys, so that a client resumes
+/// on any node.
+pub fn dispatch_context_with(
+    tickets: Option<Arc<crate::tls::ticket_keys::TicketRing>>,
+) -> Result<SslContext, ErrorStack> {
     let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
     b.set_mode(SslMode::RELEASE_BUFFERS);
     b.set_session_id_context(b"sx-dispatch")?;
     b.set_client_hello_callback(dispatch_hello);
+    if let Some(ring) = tickets {
+        crate::tls::ticket_keys::install(&mut b, ring)?;
+    }
     Ok(b.build())
 }
 
@@ -135,6 +147,7 @@ pub fn server_ssl(
     listener: SocketAddr,
 ) -> Result<Ssl, ErrorStack> {
     let mut ssl = Ssl::new(dispatch)?;
+    crate::tls::ticket_keys::attach(dispatch, &mut ssl);
     let idx = input_index().ok_or_else(ErrorStack::get)?;
     ssl.set_ex_data(
         idx,

@@ -1,8 +1,9 @@
 //! The few OpenSSL calls the `openssl` crate does not wrap: reading a raw extension of the
 //! ClientHello inside the ClientHello callback (the SNI, before OpenSSL has parsed it),
 //! marking one connection's TLS 1.2 session not resumable, offering a saved session on
-//! an outgoing connection (wrapped, but `unsafe`, in the crate), and adding a CRL parsed
-//! from bytes to a verify store; and the two libc calls std lacks: the open-file limit
+//! an outgoing connection (wrapped, but `unsafe`, in the crate), adding a CRL parsed
+//! from bytes to a verify store, and the session-ticket key callback (a cluster's shared
+//! key ring); and the two libc calls std lacks: the open-file limit
 //! (`getrlimit`/`setrlimit`) and glibc's `malloc_trim`. The only module of siprox allowed
 //! `unsafe`; every block says why it is sound. Must never hand out a pointer or a slice
 //! that outlives the borrow it came from.
@@ -141,4 +142,128 @@ pub fn trim_heap() -> bool {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim_heap() -> bool {
     false
+}
+
+extern "C" {
+    // libssl 3.0 and later (a function, declared in <openssl/tls1.h>, not bound by
+    // openssl-sys).
+    fn SSL_CTX_set_tlsext_ticket_key_evp_cb(
+        ctx: *mut openssl_sys::SSL_CTX,
+        cb: Option<
+            unsafe extern "C" fn(
+                *mut SSL,
+                *mut std::os::raw::c_uchar,
+                *mut std::os::raw::c_uchar,
+                *mut openssl_sys::EVP_CIPHER_CTX,
+                *mut openssl_sys::EVP_MAC_CTX,
+                c_int,
+            ) -> c_int,
+        >,
+    ) -> c_int;
+    // libcrypto 3.0; openssl-sys binds the octet-string constructor but not this one.
+    fn OSSL_PARAM_construct_utf8_string(
+        key: *const std::os::raw::c_char,
+        buf: *mut std::os::raw::c_char,
+        bsize: usize,
+    ) -> openssl_sys::OSSL_PARAM;
+}
+
+/// Bytes of the IV OpenSSL hands the callback (EVP_MAX_IV_LENGTH); AES-CBC uses 16.
+const TICKET_IV_LEN: usize = 16;
+
+/// Tickets of connections started on `b` are made and read with the ring attached to each
+/// connection (`ticket_keys::attach`) instead of OpenSSL's per-process keys.
+pub fn set_ticket_key_callback(b: &mut openssl::ssl::SslContextBuilder) -> Result<(), ErrorStack> {
+    // SAFETY: `b.as_ptr()` is a live SSL_CTX being built, exclusively borrowed; the
+    // callback is a plain function with the C signature OpenSSL 3 declares, valid for the
+    // whole program.
+    let ok = unsafe { SSL_CTX_set_tlsext_ticket_key_evp_cb(b.as_ptr(), Some(ticket_key_cb)) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// HMAC-SHA256 with `key` on OpenSSL's MAC context.
+///
+/// # Safety
+/// `hctx` must be the live EVP_MAC_CTX OpenSSL passed to the ticket callback.
+unsafe fn ticket_mac_init(hctx: *mut openssl_sys::EVP_MAC_CTX, key: &[u8; 32]) -> bool {
+    let mut k = *key;
+    let mut digest = *b"SHA256\0";
+    let params = [
+        openssl_sys::OSSL_PARAM_construct_octet_string(
+            c"key".as_ptr(),
+            k.as_mut_ptr().cast(),
+            k.len(),
+        ),
+        OSSL_PARAM_construct_utf8_string(c"digest".as_ptr(), digest.as_mut_ptr().cast(), 0),
+        openssl_sys::OSSL_PARAM_construct_end(),
+    ];
+    // The params point at `k` and `digest`, which outlive the call; the MAC copies the key.
+    openssl_sys::EVP_MAC_CTX_set_params(hctx, params.as_ptr()) == 1
+}
+
+/// OpenSSL's ticket key callback (`enc` 1: a new ticket, fill `key_name` and `iv`; 0: a
+/// ticket named `key_name` arrived). Returns 1 (done), 2 (accepted, but made with an older
+/// key: issue a new ticket), 0 (no ticket / unknown key: full handshake), -1 (error).
+unsafe extern "C" fn ticket_key_cb(
+    ssl: *mut SSL,
+    key_name: *mut std::os::raw::c_uchar,
+    iv: *mut std::os::raw::c_uchar,
+    ectx: *mut openssl_sys::EVP_CIPHER_CTX,
+    hctx: *mut openssl_sys::EVP_MAC_CTX,
+    enc: c_int,
+) -> c_int {
+    use crate::tls::ticket_keys::{now_ms, ring_of, NAME_LEN};
+    if ssl.is_null() || key_name.is_null() || iv.is_null() || ectx.is_null() || hctx.is_null() {
+        return -1;
+    }
+    // SAFETY: OpenSSL calls this with the live SSL of the handshake in progress; the borrow
+    // ends with the call.
+    let ssl = SslRef::from_ptr(ssl);
+    let Some(ring) = ring_of(ssl) else {
+        return 0;
+    };
+    // SAFETY: OpenSSL passes a 16-byte key name buffer and an EVP_MAX_IV_LENGTH IV buffer,
+    // both live and not aliased by anything else during the call.
+    let name = std::slice::from_raw_parts_mut(key_name, NAME_LEN);
+    let iv = std::slice::from_raw_parts_mut(iv, TICKET_IV_LEN);
+    let now = now_ms();
+    if enc == 1 {
+        let key = ring.encrypting(now);
+        if openssl::rand::rand_bytes(iv).is_err() {
+            return -1;
+        }
+        name.copy_from_slice(&key.name);
+        // SAFETY: `ectx` is OpenSSL's live cipher context; key and IV are 32 and 16 bytes,
+        // what AES-256-CBC reads.
+        let ok = openssl_sys::EVP_EncryptInit_ex(
+            ectx,
+            openssl_sys::EVP_aes_256_cbc(),
+            std::ptr::null_mut(),
+            key.aes.as_ptr(),
+            iv.as_ptr(),
+        ) == 1
+            && ticket_mac_init(hctx, &key.hmac);
+        return if ok { 1 } else { -1 };
+    }
+    let Some(chosen) = ring.decrypting(name, now) else {
+        return 0;
+    };
+    // SAFETY: as above; the IV is the one read from the ticket.
+    let ok = ticket_mac_init(hctx, &chosen.key.hmac)
+        && openssl_sys::EVP_DecryptInit_ex(
+            ectx,
+            openssl_sys::EVP_aes_256_cbc(),
+            std::ptr::null_mut(),
+            chosen.key.aes.as_ptr(),
+            iv.as_ptr(),
+        ) == 1;
+    match (ok, chosen.renew) {
+        (false, _) => -1,
+        (true, true) => 2,
+        (true, false) => 1,
+    }
 }
