@@ -7,6 +7,7 @@
 //! other nodes' keys checked). Must never be awaited by a worker, and never panic on what
 //! Redis returns: a value that does not parse is skipped.
 
+pub mod control;
 mod redis;
 mod wire;
 
