@@ -11,7 +11,8 @@
 # Ports: Redis on $REDIS_PORT (default 6390); node N (1..3) on $BASE_PORT + 10*N for SIP
 # UDP/TCP, +1 for SIP TLS, +2 for management (default BASE_PORT 5100: node 1 is 5110,
 # 5111, 5112). $SIPROX and $SIPROXCTL name the binaries (default: built with cargo
-# --release). Then, for example:
+# --release). $REDIS, when set, is the `[cluster] redis` value to use instead of starting a
+# Redis: a URL in quotes, or a TOML list of Redis Cluster seeds. Then, for example:
 #   siproxctl --url https://127.0.0.1:5112 --conf-dir DIR/node1/conf.d cluster
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,7 +27,7 @@ if [[ -z "${SIPROX:-}" || -z "${SIPROXCTL:-}" ]]; then
     SIPROX="${SIPROX:-$repo/target/release/siprox}"
     SIPROXCTL="${SIPROXCTL:-$repo/target/release/siproxctl}"
 fi
-command -v redis-server >/dev/null || {
+[[ -n "${REDIS:-}" ]] || command -v redis-server >/dev/null || {
     echo "cluster.sh: redis-server is needed (Debian: apt-get install redis-server)" >&2
     exit 1
 }
@@ -51,11 +52,15 @@ wait_for() {
     return 1
 }
 
-mkdir -p "$dir/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$dir/redis" >"$dir/redis/redis.log" 2>&1 &
-pids+=($!)
-wait_for redis-cli -p "$redis_port" ping
+redis="${REDIS:-}"
+if [[ -z "$redis" ]]; then
+    mkdir -p "$dir/redis"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$dir/redis" >"$dir/redis/redis.log" 2>&1 &
+    pids+=($!)
+    wait_for redis-cli -p "$redis_port" ping
+    redis="\"redis://127.0.0.1:$redis_port\""
+fi
 
 for n in 1 2 3; do
     sip=$((base + 10 * n)) tls=$((base + 10 * n + 1)) mgmt=$((base + 10 * n + 2))
@@ -70,7 +75,7 @@ for n in 1 2 3; do
 [cluster]
 node = "node$n"
 advertise = "sip:127.0.0.1:$tls;transport=tls"
-redis = "redis://127.0.0.1:$redis_port"
+redis = $redis
 key_prefix = "siprox"
 EOF
     fi
@@ -81,7 +86,7 @@ EOF
     echo "cluster.sh: node$n up: SIP 127.0.0.1:$sip (udp, tcp), TLS 127.0.0.1:$tls," \
         "management https://127.0.0.1:$mgmt, log $node/siprox.log"
 done
-echo "cluster.sh: Redis 127.0.0.1:$redis_port; the nodes as node1 sees them:"
+echo "cluster.sh: Redis $redis; the nodes as node1 sees them:"
 echo "  $SIPROXCTL --url https://127.0.0.1:$((base + 12)) --conf-dir $dir/node1/conf.d cluster"
 echo "cluster.sh: Ctrl-C stops everything"
 # Until a signal. A node that is stopped (`siproxctl ... kill`, to watch the others mark

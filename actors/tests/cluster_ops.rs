@@ -6,7 +6,8 @@
 //! other replicas), the cluster's families on `/metrics`, `reload --cluster` (every node
 //! ok; a node with a broken conf.d refused with its error; a live node that never answers
 //! reported as such within the wait; a stopped node no longer asked), and SIGTERM to the
-//! script stopping every process. Real sockets on 127.0.0.1 only.
+//! script stopping every process. The same script on a 3-master Redis Cluster: the nodes,
+//! a binding and a cluster-wide reload. Real sockets on 127.0.0.1 only.
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use siprox_testkit::assert_eventually;
-use siprox_testkit::redis::free_port;
+use siprox_testkit::redis::{free_port, RedisCluster};
 
 /// Node startup in a debug build includes generating its development certificates.
 const START: Duration = Duration::from_secs(60);
@@ -58,12 +59,18 @@ struct Deploy {
 }
 
 impl Deploy {
-    fn start() -> Deploy {
+    /// The script with its own Redis, or with `redis` (a TOML value: a Redis Cluster's
+    /// seeds) given.
+    fn start(redis_value: Option<String>) -> Deploy {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base();
         let redis = free_port();
         let log = std::fs::File::create(dir.path().join("script.log")).expect("log");
-        let child = Command::new(repo().join("deploy/cluster.sh"))
+        let mut cmd = Command::new(repo().join("deploy/cluster.sh"));
+        if let Some(r) = redis_value {
+            cmd.env("REDIS", r);
+        }
+        let child = cmd
             .arg(dir.path().join("c"))
             .env("SIPROX", env!("CARGO_BIN_EXE_siprox"))
             .env("SIPROXCTL", env!("CARGO_BIN_EXE_siproxctl"))
@@ -279,7 +286,7 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_script_cluster_nodes_ul_metrics_and_cluster_reload() {
-    let mut d = tokio::task::spawn_blocking(Deploy::start)
+    let mut d = tokio::task::spawn_blocking(|| Deploy::start(None))
         .await
         .expect("start");
     let three = ["node1", "node2", "node3"];
@@ -476,4 +483,51 @@ async fn deploy_script_cluster_nodes_ul_metrics_and_cluster_reload() {
             "port {p} still open after the script stopped"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_script_on_a_redis_cluster() {
+    let rc = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("redis cluster");
+    let seeds = format!(
+        "[{}]",
+        rc.urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let d = tokio::task::spawn_blocking(move || Deploy::start(Some(seeds)))
+        .await
+        .expect("start");
+    assert_eventually!(
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            d.alive(3) == ["node1", "node2", "node3"]
+        },
+        START,
+        "3 nodes alive as node3 sees them; script log:\n{}",
+        d.log()
+    );
+    assert_eq!(register(d.sip(1), "bob", "bob-dev-password"), 200);
+    assert_eventually!(
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            d.member(3, "node1")["bindings"] == 1
+                && d.json(3, &["ul", "show", "bob@127.0.0.1"])[0]["bindings"][0]["node"] == "node1"
+        },
+        CONVERGE
+    );
+    let out = d.ctl(2, &["--json", "reload", "--cluster"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ok: Vec<&str> = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["result"] == "ok")
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    assert_eq!(ok, ["node1", "node2", "node3"], "{v}");
 }
