@@ -8,8 +8,8 @@
 #
 #   benches/cluster.sh            # DURATION (8s), CONCURRENCY (64), REDIS_PORT (26379)
 #
-# siprox listens on 127.0.0.1:25060/25061 (benches/conf.d): stop any other siprox bound
-# there first.
+# siprox listens on 127.0.0.1:25060/25061 (benches/conf.d) and 25062 (management, for the
+# cluster's counters): stop any other siprox bound there first.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -68,7 +68,12 @@ file = "route.cfg"
 users_file = "users.toml"
 algorithms = ["SHA-256", "MD5"]
 [management]
-enabled = false
+enabled = true
+listen = "127.0.0.1:25062"
+certificate = "$repo/certs/server.pem"
+private_key = "$repo/certs/server.key"
+ca_file = "$repo/certs/ca.pem"
+allow = ["admin"]
 [location]
 snapshot_file = "var/location.json"
 EOF
@@ -123,7 +128,11 @@ EOF
         printf "\n"
     }'
     if [[ "$mode" == redis ]]; then
-        echo "$mode: redis writes hset=$(redis_calls hset) xadd=$(redis_calls xadd) (registrations ok=${ok:-0}; the rest were coalesced: dropped from the full queue and covered by a full push)"
+        local m
+        m="$(curl -sS --max-time 5 --cacert certs/ca.pem --cert certs/admin.pem \
+            --key certs/admin.key https://127.0.0.1:25062/metrics || true)"
+        echo "$mode: redis writes hset=$(redis_calls hset) xadd=$(redis_calls xadd)" \
+            "$(echo "$m" | awk '/^siprox_cluster_(queue_dropped_total|writes_deferred_total|queue_length) / {printf "%s=%s ", $1, $2}')"
     fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
