@@ -273,3 +273,46 @@ impl Rpc {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(method: &str, params: &str) -> Vec<u8> {
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_cluster_reload_is_recognised_with_its_wait() {
+        use crate::cluster::control::{DEFAULT_RELOAD_WAIT, MAX_RELOAD_WAIT};
+        let some = |m: &'static str, s: f64| Some((m, Duration::from_secs_f64(s)));
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"["cluster"]"#)),
+            Some(("cfg.reload", DEFAULT_RELOAD_WAIT))
+        );
+        assert_eq!(
+            cluster_reload(&call("tls.reload", r#"["cluster", 3]"#)),
+            some("tls.reload", 3.0)
+        );
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"{"cluster": true, "timeout": 0.5}"#)),
+            some("cfg.reload", 0.5)
+        );
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"["cluster", 9999]"#)),
+            Some(("cfg.reload", MAX_RELOAD_WAIT))
+        );
+        // Not a cluster reload: the local forms, other methods, a negative wait ignored.
+        assert_eq!(cluster_reload(&call("cfg.reload", r#"["wait"]"#)), None);
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"{"cluster": false}"#)),
+            None
+        );
+        assert_eq!(cluster_reload(&call("ul.rm", r#"["cluster"]"#)), None);
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"["cluster", -1]"#)),
+            Some(("cfg.reload", DEFAULT_RELOAD_WAIT))
+        );
+        assert_eq!(cluster_reload(b"[{}]"), None);
+    }
+}
