@@ -382,7 +382,7 @@ fn run_system(
             Some(m) => m.start(shared.clone(), control.clone().recipient()),
             None => crate::mgmt::rpc::Rpc::standalone(shared.clone(), control.clone().recipient()),
         };
-        let _ = shared.rpc.set(rpc.recipient());
+        let _ = shared.rpc.set(rpc.clone().recipient());
         if let Some(location) = shared.location.get() {
             crate::state::location::Keeper {
                 location: location.clone(),
@@ -401,6 +401,11 @@ fn run_system(
                 }
                 c.with_shared(shared.clone()).start();
             }
+        }
+        // The cluster's member list and cluster-wide reloads, for `cluster.nodes` and
+        // `cfg.reload` with `cluster`.
+        if let Some(c) = crate::cluster::control::Control::start(&shared) {
+            rpc.do_send(crate::mgmt::rpc::AttachCluster(c));
         }
         let _ = tx.send(Ok((System::current(), control, registry)));
         arbiters

@@ -299,12 +299,15 @@ fn tls_node(node: &str, redis: &str, rotation: &str) -> (Tree, RuntimeHandle) {
 /// [`tls_node`] with `redis` as TOML (one URL in quotes, or a list of seeds).
 fn tls_node_toml(node: &str, redis: &str, rotation: &str) -> (Tree, RuntimeHandle) {
     let t = Tree::new(&format!(
-        "[auth]\nsecret_file = \"nonce.secret\"\n\n\
+        "[auth]\nsecret_file = \"nonce.secret\"\nflow_key_file = \"flow.key\"\n\n\
          [cluster]\nnode = \"{node}\"\nadvertise = \"sip:{node}.cluster.invalid:5071;transport=tls\"\n\
          redis = {redis}\nkey_prefix = \"t\"\nheartbeat = \"200ms\"\nnode_timeout = \"1s\"\n\
-         ticket_rotation = \"{rotation}\"\n"
+         ticket_rotation = \"{rotation}\"\n\
+         # Digest and tickets only: no request goes between these nodes.\n\
+         insecure_plaintext = true\n"
     ));
     t.write("nonce.secret", b"the cluster's nonce secret");
+    t.write("flow.key", format!("{}\n", "k".repeat(64)).as_bytes());
     t.server_domain("a", "");
     t.server_domain("b", "");
     let rt = t.start();

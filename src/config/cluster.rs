@@ -109,12 +109,23 @@ enum Urls {
     Many(Vec<String>),
 }
 
-/// `[cluster]` as written, before it is checked.
+impl Default for Urls {
+    fn default() -> Self {
+        Urls::Many(Vec::new())
+    }
+}
+
+/// `[cluster]` as written. Every key has a default, so that a drop-in file (or a
+/// `SIPROX_CLUSTER__...` variable) that sets one key is read on its own as every other
+/// section is; what the merged section must hold is [`ClusterConfig::check`]'s job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCluster {
+    #[serde(default)]
     node: String,
+    #[serde(default)]
     advertise: String,
+    #[serde(default)]
     redis: Urls,
     #[serde(default = "default_prefix")]
     key_prefix: String,
@@ -166,22 +177,39 @@ impl TryFrom<RawCluster> for ClusterConfig {
     type Error = String;
 
     fn try_from(r: RawCluster) -> Result<Self, String> {
-        check_name("node", &r.node)?;
-        check_name("key_prefix", &r.key_prefix)?;
-        let a = r.advertise.trim();
+        Ok(ClusterConfig {
+            node: r.node,
+            advertise: r.advertise.trim().to_owned(),
+            redis: match r.redis {
+                Urls::One(u) => vec![u],
+                Urls::Many(v) => v,
+            },
+            key_prefix: r.key_prefix,
+            heartbeat: r.heartbeat,
+            node_timeout: r.node_timeout,
+            tls: r.tls,
+            insecure_plaintext: r.insecure_plaintext,
+            ticket_rotation: r.ticket_rotation,
+        })
+    }
+}
+
+impl ClusterConfig {
+    /// What the merged `[cluster]` must hold: the first fault, as `cluster.<key>: why`.
+    /// Run by validation on the whole configuration (a drop-in may set one key only).
+    pub fn check(&self) -> Result<(), String> {
+        check_name("node", &self.node)?;
+        check_name("key_prefix", &self.key_prefix)?;
+        let a = self.advertise.as_str();
         if !(a.starts_with("sip:") || a.starts_with("sips:")) || a.len() < 5 {
             return Err(format!(
                 "cluster.advertise: `{a}` is not a SIP URI (e.g. \"sip:10.0.0.1:5071;transport=tls\")"
             ));
         }
-        let redis = match r.redis {
-            Urls::One(u) => vec![u],
-            Urls::Many(v) => v,
-        };
-        if redis.is_empty() {
+        if self.redis.is_empty() {
             return Err("cluster.redis: at least one redis:// URL is needed".to_owned());
         }
-        for u in &redis {
+        for u in &self.redis {
             // TLS to Redis is not built yet: refused here rather than failing to connect.
             if u.starts_with("rediss://") {
                 return Err(format!(
@@ -192,20 +220,20 @@ impl TryFrom<RawCluster> for ClusterConfig {
                 return Err(format!("cluster.redis: `{u}` is not a redis:// URL"));
             }
         }
-        if r.heartbeat.get().is_zero() {
+        if self.heartbeat.get().is_zero() {
             return Err("cluster.heartbeat: must be more than 0".to_owned());
         }
         // One missed heartbeat must not declare a node dead.
-        if r.node_timeout.get() < r.heartbeat.get() * 2 {
+        if self.node_timeout.get() < self.heartbeat.get() * 2 {
             return Err(format!(
                 "cluster.node_timeout: {} is less than twice cluster.heartbeat ({})",
-                String::from(r.node_timeout),
-                String::from(r.heartbeat)
+                String::from(self.node_timeout),
+                String::from(self.heartbeat)
             ));
         }
         // Node-to-node requests carry node tokens and whole calls: never clear text unless
         // asked for by name.
-        if !r.insecure_plaintext {
+        if !self.insecure_plaintext {
             if !advertise_is_tls(a) {
                 return Err(format!(
                     "cluster.advertise: `{a}` is not TLS (sips: or ;transport=tls); nodes talk \
@@ -213,33 +241,23 @@ impl TryFrom<RawCluster> for ClusterConfig {
                      text on a test bed)"
                 ));
             }
-            if r.tls.is_none() {
+            if self.tls.is_none() {
                 return Err(
                     "cluster.tls: TLS between nodes needs [cluster.tls] with certificate, \
-                            private_key and ca_file (the cluster CA)"
+                     private_key and ca_file (the cluster CA)"
                         .to_owned(),
                 );
             }
         }
         // A key must be known everywhere before it encrypts, and outlive two rotations.
-        if r.ticket_rotation.get() < r.heartbeat.get() * 4 {
+        if self.ticket_rotation.get() < self.heartbeat.get() * 4 {
             return Err(format!(
                 "cluster.ticket_rotation: {} is less than 4 x cluster.heartbeat ({})",
-                String::from(r.ticket_rotation),
-                String::from(r.heartbeat)
+                String::from(self.ticket_rotation),
+                String::from(self.heartbeat)
             ));
         }
-        Ok(ClusterConfig {
-            node: r.node,
-            advertise: a.to_owned(),
-            redis,
-            key_prefix: r.key_prefix,
-            heartbeat: r.heartbeat,
-            node_timeout: r.node_timeout,
-            tls: r.tls,
-            insecure_plaintext: r.insecure_plaintext,
-            ticket_rotation: r.ticket_rotation,
-        })
+        Ok(())
     }
 }
 
@@ -272,9 +290,19 @@ mod tests {
         struct Wrap {
             cluster: ClusterConfig,
         }
-        toml::from_str::<Wrap>(toml_text)
+        let c = toml::from_str::<Wrap>(toml_text)
             .map(|w| w.cluster)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn one_key_alone_reads_and_the_whole_is_checked() {
+        // A drop-in that only tunes the heartbeat is read on its own; the merged section
+        // is what must hold a node, an advertise URI and Redis.
+        let e = parse("[cluster]\nheartbeat = \"250ms\"\n").unwrap_err();
+        assert!(e.contains("cluster.node"), "{e}");
     }
 
     #[test]

@@ -96,9 +96,21 @@ pub(crate) fn validate(config: &Config, prov: &Provenance<'_>) -> Vec<ConfigErro
     check_domains(config, prov, &mut errors);
     check_tls_domains(config, prov, &mut errors);
     check_runtime_settings(config, prov, &mut errors);
+    check_cluster(config, prov, &mut errors);
     check_cluster_keys(config, prov, &mut errors);
     check_cluster_auth(config, prov, &mut errors);
     errors
+}
+
+/// The merged `[cluster]` (each file or variable alone may set one key of it).
+fn check_cluster(config: &Config, prov: &Provenance<'_>, errors: &mut Vec<ConfigError>) {
+    if let Some(Err(message)) = config.cluster.as_ref().map(|c| c.check()) {
+        errors.push(ConfigError::Invalid {
+            origin: prov.origin_of_any(&[&[Seg::Key("cluster")]]),
+            key: "cluster".to_owned(),
+            message,
+        });
+    }
 }
 
 /// A cluster signs node tokens (`nf=`) with the flow keys: every node must read them from

@@ -99,25 +99,30 @@ pub const METHODS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "tls.reload",
-        params: "",
-        result: "string \"queued\" or \"coalesced\"",
+        params: "none, or \"cluster\" and an optional wait in seconds (JSON-RPC; also \
+                 {\"cluster\": true, \"timeout\": s})",
+        result: "none: string \"queued\" or \"coalesced\"; cluster: as cfg.reload with cluster",
         help: "Re-read TLS material. Coalesced and rate-limited: calls while a reload is \
-               pending join it.",
+               pending join it. `cluster`: every live node of the cluster reloads its own \
+               conf.d, as cfg.reload with cluster.",
     },
     MethodDoc {
         name: "cfg.reload",
-        params: "none, \"wait\" or \"dry_run\" (JSON-RPC; also {\"wait\": true} / {\"dry_run\": true})",
-        result: "none: string \"queued\" or \"coalesced\"; wait: struct {result: \"published\"|\"unchanged\"|\"failed\", changed, refused, errors, restart_only: array of struct {key, configured, in_force, class}, scripts: array of struct {file, error}, domain_errors: array of struct {domain, error}}; dry_run: struct {result: \"dry_run\", would: \"publish\"|\"change nothing\"|\"refuse\", live, restart_only, domains, refused, errors}",
+        params: "none, \"wait\", \"dry_run\", or \"cluster\" and an optional wait in seconds (JSON-RPC; also {\"wait\": true} / {\"dry_run\": true} / {\"cluster\": true, \"timeout\": s})",
+        result: "none: string \"queued\" or \"coalesced\"; wait: struct {result: \"published\"|\"unchanged\"|\"failed\", changed, refused, errors, restart_only: array of struct {key, configured, in_force, class}, scripts: array of struct {file, error}, domain_errors: array of struct {domain, error}}; dry_run: struct {result: \"dry_run\", would: \"publish\"|\"change nothing\"|\"refuse\", live, restart_only, domains, refused, errors}; cluster: struct {request: string, reload: \"cfg\"|\"tls\", waited_ms: int, nodes: array of struct {node, result: \"ok\"|\"refused\"|\"no answer\", outcome, changed, refused, errors}, error: string (only when Redis failed)}",
         help: "Re-read conf.d (TLS domains and scripts included). Without params: coalesced and \
                rate-limited, answered at once. `wait`: answered when the reload is done, with \
                what it applied, refused and could not apply before a restart. `dry_run`: what a \
-               reload would do now; nothing is applied.",
+               reload would do now; nothing is applied. `cluster`: every live node of the cluster \
+               (this one included) reloads its own conf.d; answered with each node's \
+               result once all answered or the wait (default 8 s, at most 60) ran out.",
     },
     MethodDoc {
         name: "ul.dump",
         params: "",
-        result: "array of struct {aor: string, bindings: array of struct {contact, expires (Unix time), q, call_id, cseq, path, flow...}}",
-        help: "Every registration in the location table.",
+        result: "array of struct {aor: string, bindings: array of struct {contact, expires (Unix time), q, call_id, cseq, path, flow..., node (on a cluster node)}}",
+        help: "Every registration in the location table (on a cluster node: this node's \
+               and the live nodes' from the replica, each naming its node).",
     },
     MethodDoc {
         name: "ul.show",
@@ -128,8 +133,20 @@ pub const METHODS: &[MethodDoc] = &[
     MethodDoc {
         name: "ul.rm",
         params: "aor: string",
-        result: "int (bindings removed)",
-        help: "Remove every registration of one address of record.",
+        result: "int (bindings removed); on a cluster node struct {removed: int, \
+                 elsewhere: array of struct {node, bindings}, note: string}",
+        help: "Remove every registration of one address of record (on a cluster node: this \
+               node's, from Redis too; other nodes' are named, only their owner removes them).",
+    },
+    MethodDoc {
+        name: "cluster.nodes",
+        params: "",
+        result: "array of struct {node: string, alive: bool, this: bool, advertise: string, \
+                 last_heartbeat: int (Unix seconds), heartbeat_age_ms: int, bindings: int, \
+                 connections: int}",
+        help: "The cluster's members as this node last read them from Redis (every \
+               heartbeat): alive or dead by their liveness key, with the bindings and \
+               connections each published with its heartbeat.",
     },
     MethodDoc {
         name: "stats.get",

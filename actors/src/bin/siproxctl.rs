@@ -25,9 +25,10 @@ const EXIT_TRANSPORT: u8 = 2;
 
 /// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
 ///
-/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload | tcp list |
-/// reload | ul list (= ul dump, ul show) | ul show AOR | ul rm AOR | stats | version |
-/// uptime | kill | methods | help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
+/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [S]] |
+/// tcp list | reload [--cluster [S]] | cluster (= cluster nodes) | ul list (= ul dump,
+/// ul show) | ul show AOR | ul rm AOR | stats | version | uptime | kill | methods |
+/// help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
 ///
 /// Without --cert/--ca (or settings), siproxctl uses siprox's development certificates
 /// (certs/admin.pem, certs/admin.key, certs/ca.pem) found beside --conf-dir, else in the
@@ -104,6 +105,10 @@ fn main() -> ExitCode {
                     .filter(|w| *w >= 40)
                     .unwrap_or(ctl::DEFAULT_WIDTH);
                 println!("{}", ctl::render_for(&method, &v, width));
+            }
+            if ctl::cluster_reload_failed(&v) {
+                eprintln!("siproxctl: {method}: not every node reloaded");
+                return ExitCode::from(EXIT_RPC_ERROR);
             }
             ExitCode::SUCCESS
         }

@@ -8,6 +8,7 @@
 //! Redis returns: a value that does not parse is skipped.
 
 pub mod auth;
+pub mod control;
 mod redis;
 pub mod tickets;
 mod wire;

@@ -299,7 +299,14 @@ pub fn resolve_command(words: &[String]) -> Result<(String, Vec<Value>), String>
         ["tls", "info", r @ ..] => ("tls.info", r),
         ["tls", "domains" | "domain", r @ ..] | ["domains", r @ ..] => ("tls.domains", r),
         ["tls", "kill", r @ ..] => ("tls.kill", r),
+        ["tls", "reload", "--cluster", r @ ..] => return Ok(cluster_reload("tls.reload", r)),
         ["tls", "reload", r @ ..] => ("tls.reload", r),
+        ["reload" | "cfg.reload", "--cluster", r @ ..]
+        | ["cfg" | "config", "reload", "--cluster", r @ ..] => {
+            return Ok(cluster_reload("cfg.reload", r))
+        }
+        ["cluster", "reload", r @ ..] => return Ok(cluster_reload("cfg.reload", r)),
+        ["cluster", "nodes" | "list" | "ls", r @ ..] | ["cluster", r @ ..] => ("cluster.nodes", r),
         ["tcp" | "conn" | "connections", "list" | "ls", r @ ..] | ["connections", r @ ..] => {
             ("core.tcp_list", r)
         }
@@ -326,6 +333,25 @@ pub fn resolve_command(words: &[String]) -> Result<(String, Vec<Value>), String>
         method.to_owned(),
         rest.iter().map(|a| parse_arg(a)).collect(),
     ))
+}
+
+/// `reload --cluster [SECONDS]`: the `cluster` flag, and how long to wait for the nodes.
+fn cluster_reload(method: &str, rest: &[&str]) -> (String, Vec<Value>) {
+    let mut params = vec![Value::from("cluster")];
+    params.extend(rest.iter().map(|a| parse_arg(a)));
+    (method.to_owned(), params)
+}
+
+/// True for a cluster-wide reload's answer in which some node did not reload (refused, or
+/// no answer), or Redis failed: siproxctl then exits 1 after printing it.
+pub fn cluster_reload_failed(v: &Value) -> bool {
+    let Some(nodes) = v.get("nodes").and_then(Value::as_array) else {
+        return false;
+    };
+    v.get("error").is_some()
+        || nodes
+            .iter()
+            .any(|n| n.get("result").and_then(Value::as_str) != Some("ok"))
 }
 
 /// Status and body of an HTTP/1.1 response read to EOF (the client sends
@@ -363,6 +389,12 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Preferred column order of known result tables; other keys follow alphabetically.
 const COLUMN_ORDER: &[&str] = &[
     "id",
+    "node",
+    "state",
+    "heartbeat",
+    "bindings",
+    "connections",
+    "advertise",
     "name",
     "peer",
     "transport",
@@ -382,6 +414,7 @@ const COLUMN_ORDER: &[&str] = &[
     "not_after",
     "expires",
     "status",
+    "detail",
 ];
 
 /// Width of a terminal when `COLUMNS` does not say: tables are cut to fit it.
@@ -395,6 +428,26 @@ pub fn render_for(method: &str, v: &Value, width: usize) -> String {
         ("tls.domains", Value::Array(items)) if !items.is_empty() => {
             let rows: Vec<Value> = items.iter().map(domain_row).collect();
             table(&rows, width)
+        }
+        ("cluster.nodes", Value::Array(items)) if !items.is_empty() => {
+            let rows: Vec<Value> = items.iter().map(node_row).collect();
+            table(&rows, width)
+        }
+        ("cfg.reload" | "tls.reload", Value::Object(o)) if o.contains_key("nodes") => {
+            let rows: Vec<Value> = o
+                .get("nodes")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(reload_row).collect())
+                .unwrap_or_default();
+            let mut out = if rows.is_empty() {
+                "(none)".to_owned()
+            } else {
+                table(&rows, width)
+            };
+            if let Some(e) = o.get("error").and_then(Value::as_str) {
+                out.push_str(&format!("\nerror: {e}"));
+            }
+            out
         }
         _ => render_width(v, width),
     }
@@ -451,6 +504,49 @@ fn domain_row(d: &Value) -> Value {
         "names": list("names").or_else(|| list("addresses")).unwrap_or_else(|| "-".to_owned()),
         "expires": expires,
         "status": status,
+    })
+}
+
+/// One `cluster.nodes` member as the columns a person scans: the node (`*` marks this
+/// one), alive or dead, seconds since its heartbeat, its bindings and connections, its
+/// advertise URI.
+fn node_row(m: &Value) -> Value {
+    let name = m.get("node").map_or_else(|| "-".to_owned(), scalar);
+    let this = m.get("this").and_then(Value::as_bool) == Some(true);
+    let age = m
+        .get("heartbeat_age_ms")
+        .and_then(Value::as_i64)
+        .map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        );
+    serde_json::json!({
+        "node": if this { format!("{name}*") } else { name },
+        "state": match m.get("alive").and_then(Value::as_bool) {
+            Some(true) => "alive",
+            Some(false) => "dead",
+            None => "-",
+        },
+        "heartbeat": age,
+        "bindings": m.get("bindings").map_or_else(|| "-".to_owned(), scalar),
+        "connections": m.get("connections").map_or_else(|| "-".to_owned(), scalar),
+        "advertise": m.get("advertise").map_or_else(|| "-".to_owned(), scalar),
+    })
+}
+
+/// One node's answer to a cluster-wide reload: the node, ok / refused / no answer, and
+/// what it did or the first error.
+fn reload_row(n: &Value) -> Value {
+    let errors = n.get("errors").and_then(first_text);
+    let detail = match (errors, n.get("outcome")) {
+        (Some(e), _) => e,
+        (None, Some(o)) => scalar(o),
+        (None, None) => "-".to_owned(),
+    };
+    serde_json::json!({
+        "node": n.get("node").map_or_else(|| "-".to_owned(), scalar),
+        "status": n.get("result").map_or_else(|| "-".to_owned(), scalar),
+        "detail": detail,
     })
 }
 
@@ -637,6 +733,59 @@ mod tests {
         }
         assert!(resolve_command(&words("frobnicate")).is_err());
         assert!(resolve_command(&[]).is_err());
+    }
+
+    #[test]
+    fn cluster_commands() {
+        for w in ["cluster", "cluster nodes", "cluster ls"] {
+            assert_eq!(
+                resolve_command(&words(w)),
+                Ok(("cluster.nodes".into(), vec![])),
+                "{w}"
+            );
+        }
+        for (w, m, p) in [
+            ("reload --cluster", "cfg.reload", json!(["cluster"])),
+            (
+                "cfg reload --cluster 3",
+                "cfg.reload",
+                json!(["cluster", 3]),
+            ),
+            ("cluster reload", "cfg.reload", json!(["cluster"])),
+            ("tls reload --cluster", "tls.reload", json!(["cluster"])),
+        ] {
+            let (method, params) = resolve_command(&words(w)).unwrap();
+            assert_eq!((method.as_str(), Value::Array(params)), (m, p), "{w}");
+        }
+    }
+
+    #[test]
+    fn cluster_nodes_fit_100_columns_and_reload_failures_exit_1() {
+        let node = |n: &str, alive: bool| {
+            json!({"node": n, "alive": alive, "this": n == "a", "heartbeat_age_ms": 1500,
+                   "advertise": format!("sip:{n}.very-long-internal-name.example.com:5071;transport=tls;x={}", "y".repeat(60)),
+                   "bindings": 100000, "connections": 2000, "last_heartbeat": 1})
+        };
+        let v = json!([node("a", true), node("b", false)]);
+        let out = render_for("cluster.nodes", &v, 100);
+        assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
+        assert!(
+            out.contains("a*") && out.contains("alive") && out.contains("dead"),
+            "{out}"
+        );
+        assert!(out.contains("1.5s") && out.contains("100000"), "{out}");
+
+        let ok = json!({"nodes": [{"node": "a", "result": "ok", "outcome": "unchanged"}]});
+        assert!(!cluster_reload_failed(&ok));
+        assert!(!cluster_reload_failed(&json!("queued")));
+        let bad = json!({"nodes": [{"node": "a", "result": "ok"},
+                                   {"node": "b", "result": "refused", "errors": ["x.toml: bad"]}]});
+        assert!(cluster_reload_failed(&bad));
+        let out = render_for("cfg.reload", &bad, 100);
+        assert!(
+            out.contains("refused") && out.contains("x.toml: bad"),
+            "{out}"
+        );
     }
 
     #[test]

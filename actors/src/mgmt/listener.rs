@@ -108,6 +108,7 @@ impl Management {
             started: SystemTime::now(),
             reload: ReloadGate::new(cfg.reload_min_interval.get()),
             killing: false,
+            cluster: None,
         }
         .start();
         let server = Arc::new(Server {

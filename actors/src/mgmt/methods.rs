@@ -64,9 +64,26 @@ impl siprox::rpc::Handler for Methods<'_> {
                 h.close();
                 Ok(Value::from("closed"))
             }
+            "tls.reload" | "cfg.reload" if asks_cluster(params) => {
+                // A cluster-wide reload is answered by the `Rpc` actor's waiting path; here
+                // only when it cannot be.
+                Err(Fault::not_available(if self.rpc.cluster.is_some() {
+                    format!("{method} with cluster: only over JSON-RPC")
+                } else {
+                    format!("{method} with cluster: this node has no [cluster]")
+                }))
+            }
             "tls.reload" => Ok(Value::from(self.reload(ReloadKind::Tls))),
             "cfg.reload" => Ok(Value::from(self.reload(ReloadKind::Config))),
-            "ul.dump" | "ul.show" | "ul.rm" => adapters::registrar(shared, method, params),
+            "cluster.nodes" => match &self.rpc.cluster {
+                Some(c) => Ok(adapters::cluster_nodes(c)),
+                None => Err(Fault::not_available(
+                    "cluster.nodes: this node has no [cluster]",
+                )),
+            },
+            "ul.dump" | "ul.show" | "ul.rm" => {
+                adapters::registrar(shared, self.rpc.cluster.as_deref(), method, params)
+            }
             "stats.get" => Ok(stats_json(&shared.stats())),
             m => Err(Fault::method_not_found(m)),
         }
@@ -101,6 +118,13 @@ impl Methods<'_> {
         });
         "queued"
     }
+}
+
+/// A `cluster` flag among a reload's params (`"cluster"` or `{"cluster": true}`).
+fn asks_cluster(params: &[Value]) -> bool {
+    params.iter().any(|p| {
+        p.as_str() == Some("cluster") || p.get("cluster").and_then(Value::as_bool) == Some(true)
+    })
 }
 
 /// What a reload re-reads.
@@ -380,21 +404,57 @@ pub(crate) mod adapters {
         Ok(())
     }
 
-    /// `ul.dump`, `ul.show AOR`, `ul.rm AOR`: the location store.
-    pub(crate) fn registrar(shared: &Arc<Shared>, method: &str, params: &[Value]) -> CallResult {
+    /// `ul.dump`, `ul.show AOR`, `ul.rm AOR`: the registrar's store. On a cluster node that
+    /// is this node's bindings and the replica of the live nodes' (each binding names its
+    /// node); `ul.rm` removes this node's bindings (and, written behind, their copy in
+    /// Redis) and says which other nodes still hold some: only the owner removes those.
+    pub(crate) fn registrar(
+        shared: &Arc<Shared>,
+        cluster: Option<&crate::cluster::control::Control>,
+        method: &str,
+        params: &[Value],
+    ) -> CallResult {
         let Some(loc) = shared.location.get() else {
             return Err(Fault::not_available(format!(
                 "{method}: the location store is not running"
             )));
         };
-        let store: &dyn siprox::registrar::LocationStore = &*loc.store;
-        let dump = || {
-            siprox::registrar::snapshot::dump(store)
-                .map_err(|e| Fault::new(FaultKind::Internal, format!("{method}: {e}")))
+        let internal =
+            |e: &dyn std::fmt::Display| Fault::new(FaultKind::Internal, format!("{method}: {e}"));
+        let store = loc.registrar_store();
+        let dump = || -> Result<Vec<siprox::registrar::snapshot::SnapshotAor>, Fault> {
+            let mut aors = siprox::registrar::snapshot::dump(store).map_err(|e| internal(&e))?;
+            if let (Some(c), Some(cs)) = (cluster, loc.cluster.as_ref()) {
+                for a in &mut aors {
+                    for b in &mut a.bindings {
+                        b.node.get_or_insert_with(|| c.node().to_owned());
+                    }
+                }
+                let mut by_aor: BTreeMap<String, usize> = aors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (a.aor.clone(), i))
+                    .collect();
+                cs.replica.for_each_live(&mut |aor, bindings| {
+                    let i = *by_aor.entry(aor.to_owned()).or_insert_with(|| {
+                        aors.push(siprox::registrar::snapshot::SnapshotAor {
+                            aor: aor.to_owned(),
+                            bindings: Vec::new(),
+                        });
+                        aors.len() - 1
+                    });
+                    aors[i].bindings.extend(
+                        bindings
+                            .iter()
+                            .map(siprox::registrar::snapshot::SnapshotBinding::from),
+                    );
+                });
+                aors.sort_by(|a, b| a.aor.cmp(&b.aor));
+            }
+            Ok(aors)
         };
         if method == "ul.dump" {
-            return serde_json::to_value(dump()?)
-                .map_err(|e| Fault::new(FaultKind::Internal, e.to_string()));
+            return serde_json::to_value(dump()?).map_err(|e| internal(&e));
         }
         let aor = params.first().and_then(Value::as_str).ok_or_else(|| {
             Fault::invalid_params(format!("{method} needs an address of record (user@domain)"))
@@ -412,15 +472,59 @@ pub(crate) mod adapters {
                 if found.is_empty() {
                     return Err(Fault::not_found(format!("no bindings for {key}")));
                 }
-                serde_json::to_value(found)
-                    .map_err(|e| Fault::new(FaultKind::Internal, e.to_string()))
+                serde_json::to_value(found).map_err(|e| internal(&e))
             }
             _ => {
-                let n = store
-                    .remove(&key)
-                    .map_err(|e| Fault::new(FaultKind::Internal, format!("{method}: {e}")))?;
-                Ok(Value::from(n as u64))
+                let n = store.remove(&key).map_err(|e| internal(&e))?;
+                let Some(cs) = loc.cluster.as_ref() else {
+                    return Ok(Value::from(n as u64));
+                };
+                let mut elsewhere: BTreeMap<String, u64> = BTreeMap::new();
+                for b in cs.replica.get(&key) {
+                    if let Some(node) = b.flow.node.as_deref() {
+                        *elsewhere.entry(node.to_owned()).or_default() += 1;
+                    }
+                }
+                let note = if elsewhere.is_empty() {
+                    "removed here and, written behind, from Redis".to_owned()
+                } else {
+                    format!(
+                        "other nodes hold bindings of {key}: only their owner removes them \
+                         (run ul.rm on {})",
+                        elsewhere.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                Ok(json!({
+                    "removed": n,
+                    "elsewhere": elsewhere
+                        .into_iter()
+                        .map(|(node, bindings)| json!({"node": node, "bindings": bindings}))
+                        .collect::<Vec<_>>(),
+                    "note": note,
+                }))
             }
         }
+    }
+
+    /// `cluster.nodes`: every member as last read from Redis.
+    pub(crate) fn cluster_nodes(c: &crate::cluster::control::Control) -> Value {
+        let now = crate::state::unix_now() * 1000;
+        Value::Array(
+            c.members()
+                .iter()
+                .map(|m| {
+                    json!({
+                        "node": m.node,
+                        "alive": m.alive,
+                        "this": m.this,
+                        "advertise": m.advertise,
+                        "last_heartbeat": m.last_heartbeat_ms / 1000,
+                        "heartbeat_age_ms": (now - m.last_heartbeat_ms).max(0),
+                        "bindings": m.bindings,
+                        "connections": m.connections,
+                    })
+                })
+                .collect(),
+        )
     }
 }

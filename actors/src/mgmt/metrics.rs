@@ -265,17 +265,23 @@ pub(crate) fn render(rpc: &Rpc) -> String {
             .flow_counter()
             .load(std::sync::atomic::Ordering::Relaxed),
     );
-    let bindings = rpc.shared.location.get().map_or(0, |l| {
-        let mut n = 0usize;
-        let _ = siprox::registrar::LocationStore::for_each(&*l.store, &mut |_, b| n += b.len());
-        n
-    });
+    // This node's own bindings (on a cluster node the registrar store counts those; the
+    // replica has its own family below).
+    let bindings = rpc
+        .shared
+        .location
+        .get()
+        .map_or(0, |l| l.registrar_store().len());
     gauge(
         &mut r,
         "registrations",
         "Registered contacts in the location store",
         i64::try_from(bindings).unwrap_or(i64::MAX),
     );
+
+    if let Some(c) = &rpc.cluster {
+        cluster(&mut r, c);
+    }
 
     let up = SystemTime::now()
         .duration_since(rpc.started)
@@ -286,4 +292,53 @@ pub(crate) fn render(rpc: &Rpc) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// The cluster's families, on a node with `[cluster]` only (a single node has none of it).
+fn cluster(r: &mut Registry, c: &crate::cluster::control::Control) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let store = c.store();
+    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    counter(
+        r,
+        "cluster_queue_dropped",
+        "Changes of this node's bindings dropped because the write-behind queue to Redis was full (the whole store is pushed again after)",
+        store.outbox.dropped.load(Relaxed),
+    );
+    counter(
+        r,
+        "cluster_writes_deferred",
+        "Changes taken while Redis was unreachable, covered by the full push once it is back",
+        store.outbox.deferred.load(Relaxed),
+    );
+    gauge(
+        r,
+        "cluster_queue_length",
+        "Changes waiting in the write-behind queue to Redis",
+        n(store.outbox.queued()),
+    );
+    gauge(
+        r,
+        "cluster_replica_bindings",
+        "Other nodes' bindings held in this node's replica (dead nodes' included)",
+        n(store.replica.len()),
+    );
+    gauge(
+        r,
+        "cluster_replica_current",
+        "1 when the replica follows Redis (connected and synced), 0 when it may be stale",
+        i64::from(store.replica.current.load(Relaxed)),
+    );
+    gauge(
+        r,
+        "cluster_nodes_alive",
+        "Cluster members whose liveness key exists, as last read (this node included)",
+        n(c.members().iter().filter(|m| m.alive).count()),
+    );
+    gauge(
+        r,
+        "cluster_members_current",
+        "1 when the member list was read from Redis at the last heartbeat, 0 when it is stale",
+        i64::from(c.current.load(Relaxed)),
+    );
 }

@@ -10,6 +10,7 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Recipient, ResponseActF
 use siprox::rpc::HttpResponse;
 use tracing::{info, warn};
 
+use crate::cluster::control::Control;
 use crate::mgmt::methods::{Methods, ReloadGate};
 use crate::state::messages::{Reload, ReloadCause, ReloadOutcome, RpcRequest as Request, Shutdown};
 use crate::state::Shared;
@@ -46,6 +47,22 @@ pub struct Rpc {
     pub(crate) started: SystemTime,
     pub(crate) reload: ReloadGate,
     pub(crate) killing: bool,
+    /// The cluster's control side (member list, cluster-wide reloads), once attached.
+    pub(crate) cluster: Option<Arc<Control>>,
+}
+
+/// Hands the cluster's control side to the `Rpc` actor (sent once at start, on a node with
+/// `[cluster]`).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct AttachCluster(pub Arc<Control>);
+
+impl Handler<AttachCluster> for Rpc {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachCluster, _ctx: &mut Self::Context) {
+        self.cluster = Some(msg.0);
+    }
 }
 
 impl Actor for Rpc {
@@ -76,6 +93,28 @@ impl Handler<Request> for Rpc {
                 method = siprox::rpc::method_any(&req.body).as_deref().unwrap_or(""),
                 "RPC call refused: caller not on [management] allow"
             );
+        }
+        if let (true, Some((method, wait))) = (msg.allowed, cluster_reload(&req.body)) {
+            if msg.only.as_deref().is_none_or(|m| m == method) {
+                if let Some(ctl) = self.cluster.clone() {
+                    // Every node's result: answered once all live nodes did, or at `wait`.
+                    // The actor goes on serving other calls meanwhile.
+                    let what = if method == "tls.reload" { "tls" } else { "cfg" };
+                    let fut = ctl.reload_cluster(what, wait);
+                    return Box::pin(wrap_future::<_, Self>(fut).map(move |answer, act, ctx| {
+                        let mut methods = Logged {
+                            inner: Prepared {
+                                method,
+                                answer: Some(answer),
+                                rest: Methods { rpc: act, ctx },
+                            },
+                            caller: &msg.caller,
+                            only: msg.only.as_deref(),
+                        };
+                        siprox::rpc::serve(&msg.req, msg.allowed, &mut methods)
+                    }));
+                }
+            }
         }
         let waits = msg.allowed
             && msg.only.as_deref().is_none_or(|m| m == "cfg.reload")
@@ -137,6 +176,43 @@ impl<H: siprox::rpc::Handler> siprox::rpc::Handler for Prepared<H> {
     }
 }
 
+/// `Some((method, wait))` for a JSON-RPC `cfg.reload` / `tls.reload` call (not a batch)
+/// whose params ask for a cluster-wide reload: `["cluster"]`, `["cluster", SECONDS]`,
+/// `{"cluster": true, "timeout": SECONDS}`.
+fn cluster_reload(body: &[u8]) -> Option<(&'static str, Duration)> {
+    use crate::cluster::control::{DEFAULT_RELOAD_WAIT, MAX_RELOAD_WAIT};
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let method = match v.get("method")?.as_str()? {
+        "cfg.reload" => "cfg.reload",
+        "tls.reload" => "tls.reload",
+        _ => return None,
+    };
+    let secs = |x: &serde_json::Value| x.as_f64().filter(|s| s.is_finite() && *s > 0.0);
+    let wait = match v.get("params")? {
+        serde_json::Value::Array(a) => {
+            if !a.iter().any(|p| {
+                p.as_str() == Some("cluster")
+                    || p.get("cluster").and_then(serde_json::Value::as_bool) == Some(true)
+            }) {
+                return None;
+            }
+            a.iter()
+                .find_map(|p| secs(p).or_else(|| p.get("timeout").and_then(secs)))
+        }
+        o @ serde_json::Value::Object(_) => {
+            if o.get("cluster").and_then(serde_json::Value::as_bool) != Some(true) {
+                return None;
+            }
+            o.get("timeout").and_then(secs)
+        }
+        _ => return None,
+    };
+    let wait = wait.map_or(DEFAULT_RELOAD_WAIT, |s| {
+        Duration::from_secs_f64(s.min(MAX_RELOAD_WAIT.as_secs_f64()))
+    });
+    Some((method, wait))
+}
+
 /// `Some(dry_run)` for a JSON-RPC `cfg.reload` call (not a batch) whose params ask to wait
 /// (`["wait"]`, `{"wait": true}`) or for a dry run (`["dry_run"]`, `{"dry_run": true}`).
 fn waiting_reload(body: &[u8]) -> Option<bool> {
@@ -180,6 +256,7 @@ impl Rpc {
             started: SystemTime::now(),
             reload: ReloadGate::new(min),
             killing: false,
+            cluster: None,
         }
         .start()
     }
@@ -194,5 +271,48 @@ impl Rpc {
         ctx.run_later(Duration::from_millis(200), |act, _| {
             act.control.do_send(Shutdown);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(method: &str, params: &str) -> Vec<u8> {
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_cluster_reload_is_recognised_with_its_wait() {
+        use crate::cluster::control::{DEFAULT_RELOAD_WAIT, MAX_RELOAD_WAIT};
+        let some = |m: &'static str, s: f64| Some((m, Duration::from_secs_f64(s)));
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"["cluster"]"#)),
+            Some(("cfg.reload", DEFAULT_RELOAD_WAIT))
+        );
+        assert_eq!(
+            cluster_reload(&call("tls.reload", r#"["cluster", 3]"#)),
+            some("tls.reload", 3.0)
+        );
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"{"cluster": true, "timeout": 0.5}"#)),
+            some("cfg.reload", 0.5)
+        );
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"["cluster", 9999]"#)),
+            Some(("cfg.reload", MAX_RELOAD_WAIT))
+        );
+        // Not a cluster reload: the local forms, other methods, a negative wait ignored.
+        assert_eq!(cluster_reload(&call("cfg.reload", r#"["wait"]"#)), None);
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"{"cluster": false}"#)),
+            None
+        );
+        assert_eq!(cluster_reload(&call("ul.rm", r#"["cluster"]"#)), None);
+        assert_eq!(
+            cluster_reload(&call("cfg.reload", r#"["cluster", -1]"#)),
+            Some(("cfg.reload", DEFAULT_RELOAD_WAIT))
+        );
+        assert_eq!(cluster_reload(b"[{}]"), None);
     }
 }

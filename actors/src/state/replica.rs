@@ -237,6 +237,23 @@ impl Replica {
         }
     }
 
+    /// Every AoR with its bindings owned by live nodes (`ul.dump`); AoRs whose every
+    /// binding belongs to a dead node are left out.
+    pub fn for_each_live(&self, f: &mut dyn FnMut(&str, &[Binding])) {
+        let dead = self.dead.load();
+        for e in self.aors.iter() {
+            let live: Vec<Binding> = e
+                .value()
+                .iter()
+                .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
+                .cloned()
+                .collect();
+            if !live.is_empty() {
+                f(e.key(), &live);
+            }
+        }
+    }
+
     /// True when `node`'s liveness key has expired.
     pub fn is_dead(&self, node: &str) -> bool {
         self.dead.load().iter().any(|n| **n == *node)
