@@ -4,6 +4,8 @@
 //! the caller's environment (SIPROX_ variables are cleared) and never leave a siprox running.
 #![forbid(unsafe_code)]
 
+mod common;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
@@ -11,16 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn siprox_cmd(env: &[(&OsStr, &OsStr)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprox"));
-    for (key, _) in std::env::vars_os() {
-        if key
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("SIPROX_")
-        {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = common::siprox_command();
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -2,22 +2,13 @@
 //! path. Must never depend on the caller's environment: SIPROX_ variables are cleared.
 #![forbid(unsafe_code)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn siprox_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprox"));
-    // The developer's own overrides must not change what these tests see.
-    for (key, _) in std::env::vars_os() {
-        if key
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("SIPROX_")
-        {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+    common::siprox_command()
 }
 
 fn siprox(args: &[&str]) -> Output {

@@ -4,6 +4,8 @@
 //! Must never depend on the caller's environment: SIPROX_ variables are cleared.
 #![forbid(unsafe_code)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,17 +14,7 @@ use std::time::{Duration, Instant};
 use siprox::config::TlsConfig;
 
 fn siprox_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprox"));
-    for (key, _) in std::env::vars_os() {
-        if key
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("SIPROX_")
-        {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+    common::siprox_command()
 }
 
 /// Runs siprox with `args` until it exits (killed after 30 s: a start that should have

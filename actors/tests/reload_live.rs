@@ -544,16 +544,7 @@ async fn log_level_and_format_apply_without_a_restart() {
         )
     };
     std::fs::write(conf.join("00-core.toml"), core("info", "text")).expect("write");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprox"));
-    for (key, _) in std::env::vars_os() {
-        if key
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("SIPROX_")
-        {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = common::siprox_command();
     let mut child = cmd
         .arg("-c")
         .arg(&conf)

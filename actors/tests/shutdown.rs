@@ -48,16 +48,7 @@ async fn sigterm_during_load_exits_cleanly_within_the_grace_period() {
         ..Options::default()
     };
     let conf = write_conf_d(pki.dir.path(), &pki, &opts, addrs);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siprox"));
-    for (key, _) in std::env::vars_os() {
-        if key
-            .to_string_lossy()
-            .to_ascii_uppercase()
-            .starts_with("SIPROX_")
-        {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = common::siprox_command();
     let mut child = cmd
         .arg("-c")
         .arg(&conf)

@@ -88,3 +88,19 @@ pub fn client_cert(ca: &Ca, cn: &str, dir: &Path) -> (PathBuf, PathBuf) {
     let id = ca.issue(&Spec::client(cn)).write(dir, cn);
     (id.cert_path, id.key_path)
 }
+
+/// The `siprox` binary of this build, without the developer's own `SIPROX_*` variables
+/// (they must not change what a test sees; a test sets the ones it means).
+pub fn siprox_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siprox"));
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("SIPROX_")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
