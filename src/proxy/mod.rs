@@ -605,18 +605,21 @@ impl Proxy {
             match routes[first].uri() {
                 Ok(u) if self.uri_is_me(&u) => {
                     own = true;
-                    // Every own Route's token is checked (a double Record-Route puts two).
-                    match flow_of_route(&u, rx_conn, &self.cfg.flow_keys, dialog) {
-                        Ok(RouteToken::None) => {}
-                        Ok(RouteToken::Signed(f)) => {
-                            signed = true;
-                            if flow.is_none() {
-                                flow = f;
+                    // The first own Route with a token decides (a double Record-Route puts
+                    // the same token in both entries: one HMAC is enough).
+                    if !signed {
+                        match flow_of_route(&u, rx_conn, &self.cfg.flow_keys, dialog) {
+                            Ok(RouteToken::None) => {}
+                            Ok(RouteToken::Signed(f)) => {
+                                signed = true;
+                                if flow.is_none() {
+                                    flow = f;
+                                }
                             }
-                        }
-                        Err(_) => {
-                            self.flow_refused.fetch_add(1, Ordering::Relaxed);
-                            return Err(Refused::ForgedToken);
+                            Err(_) => {
+                                self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                                return Err(Refused::ForgedToken);
+                            }
                         }
                     }
                     // A peer node routes to a phone whose flow this node holds.
