@@ -65,6 +65,15 @@ async fn ask(c: &UdpSocket, m: &str, to: std::net::SocketAddr) -> String {
     String::from_utf8_lossy(&b[..n]).to_string()
 }
 
+/// Sends `m` on the stream `s` and returns the answer.
+async fn ask_stream<S>(s: &mut S, buf: &mut Vec<u8>, m: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    send(s, m).await;
+    read_message(s, buf, T).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_script_refuses_anonymous_relaying() {
     refuses_anonymous_relaying(concat!(
@@ -193,16 +202,17 @@ async fn refuses_anonymous_relaying(script: &str) {
     // TCP and TLS without a certificate: 403.
     let mut s = TcpStream::connect(tcp).await.unwrap();
     let mut buf = Vec::new();
-    send(
+    let r = ask_stream(
         &mut s,
+        &mut buf,
         &relay_attempt(uas, "TCP", "tcp-anon", "m@evil.example", ""),
     )
     .await;
-    let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(403), "{r}");
     let crafted = format!("Route: <sip:{tcp};transport=tcp;lr>, <sip:{uas};lr>\r\n");
-    send(
+    let r = ask_stream(
         &mut s,
+        &mut buf,
         &relay_attempt_with(
             "BYE",
             uas,
@@ -214,20 +224,20 @@ async fn refuses_anonymous_relaying(script: &str) {
         ),
     )
     .await;
-    let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(403), "{r}");
     let mut s = tls_connect(tls, &ca_file(dir.path())).await;
     let mut buf = Vec::new();
-    send(
+    let r = ask_stream(
         &mut s,
+        &mut buf,
         &relay_attempt(uas, "TLS", "tls-anon", "m@evil.example", ""),
     )
     .await;
-    let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(403), "{r}");
     let crafted = format!("Route: <sip:{tls};transport=tls;lr>, <sip:{uas};lr>\r\n");
-    send(
+    let r = ask_stream(
         &mut s,
+        &mut buf,
         &relay_attempt_with(
             "BYE",
             uas,
@@ -239,7 +249,6 @@ async fn refuses_anonymous_relaying(script: &str) {
         ),
     )
     .await;
-    let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(403), "{r}");
     assert_eq!(
         reached.load(Ordering::SeqCst),
@@ -261,12 +270,12 @@ async fn refuses_anonymous_relaying(script: &str) {
     )
     .await;
     let mut buf = Vec::new();
-    send(
+    let r = ask_stream(
         &mut s,
+        &mut buf,
         &relay_attempt(uas, "TLS", "tls-cert", "alice@example.com", ""),
     )
     .await;
-    let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(200), "{r}");
     assert_eq!(reached.load(Ordering::SeqCst), 1);
     drop(rt);
