@@ -226,7 +226,9 @@ impl Proxy {
             return self.reply(msg, rx, 420, "Bad Extension", &extra);
         }
         // Without a script nothing says whether the peer is a cluster node: `nf=` is refused.
-        let plan = match self.plan(msg, &ruri, rx.conn, false) {
+        // The dialog the flow tokens are bound to: read once, for the plan and the forward.
+        let dialog = msg.call_id().unwrap_or("").as_bytes();
+        let plan = match self.plan(msg, &ruri, rx.conn, false, dialog) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
@@ -257,10 +259,12 @@ impl Proxy {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
         if let Some(flow) = &plan.flow {
-            return self.build_forward(msg, rx, &plan, flow, &ForwardOpts::default());
+            return self.build_forward(msg, rx, &plan, flow, &ForwardOpts::default(), dialog);
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, &ForwardOpts::default()),
+            Some(dest) => {
+                self.build_forward(msg, rx, &plan, &dest, &ForwardOpts::default(), dialog)
+            }
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -275,7 +279,8 @@ impl Proxy {
     /// (the runtime validated, the script decided), but routing, loop detection and the
     /// forwarding edits as in [`on_request`](Self::on_request), plus the script's edits.
     pub fn forward_with(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Action {
-        let plan = match self.plan_for(msg, rx, opts) {
+        let dialog = msg.call_id().unwrap_or("").as_bytes();
+        let plan = match self.plan_for(msg, rx, opts, dialog) {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
@@ -283,10 +288,10 @@ impl Proxy {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
-            return self.build_forward(msg, rx, &plan, flow, opts);
+            return self.build_forward(msg, rx, &plan, flow, opts, dialog);
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts),
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, dialog),
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -299,8 +304,9 @@ impl Proxy {
         dest: &Destination,
         opts: &ForwardOpts,
     ) -> Action {
-        match self.plan_for(msg, rx, opts) {
-            Ok(plan) => self.build_forward(msg, rx, &plan, dest, opts),
+        let dialog = msg.call_id().unwrap_or("").as_bytes();
+        match self.plan_for(msg, rx, opts, dialog) {
+            Ok(plan) => self.build_forward(msg, rx, &plan, dest, opts, dialog),
             Err(_) => Action::Drop {
                 reason: "request no longer routable",
             },
@@ -309,12 +315,18 @@ impl Proxy {
 
     /// The plan for a scripted forward: the script's target wins, else the route set and
     /// the (possibly rewritten) Request-URI decide. `Err`: answer as [`Refused`] says.
-    fn plan_for(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Result<Plan, Refused> {
+    fn plan_for(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        opts: &ForwardOpts,
+        dialog: &[u8],
+    ) -> Result<Plan, Refused> {
         let ruri = match &opts.ruri {
             Some(u) => Uri::parse(u).map_err(|_| Refused::BadRoute)?,
             None => msg.request_uri().map_err(|_| Refused::BadRoute)?,
         };
-        let plan = self.plan(msg, &ruri, rx.conn, opts.from_node)?;
+        let plan = self.plan(msg, &ruri, rx.conn, opts.from_node, dialog)?;
         match (plan, &opts.target) {
             (Some(mut p), Some(t)) => {
                 p.hop = t.clone();
@@ -562,13 +574,13 @@ impl Proxy {
         ruri: &Uri<'_>,
         rx_conn: Option<ConnId>,
         from_node: bool,
+        dialog: &[u8],
     ) -> Result<Option<Plan>, Refused> {
         let mut routes = Vec::new();
         for r in msg.routes() {
             let r = r.map_err(|_| Refused::BadRoute)?;
             routes.push(r);
         }
-        let dialog = msg.call_id().unwrap_or("").as_bytes();
         let mut remove_routes = Vec::new();
         let mut new_ruri = None;
         let mut skip_last = false;
@@ -689,6 +701,7 @@ impl Proxy {
         plan: &Plan,
         dest: &Destination,
         opts: &ForwardOpts,
+        dialog: &[u8],
     ) -> Action {
         let mut ed = Editor::new(msg);
         for name in &opts.remove_hf {
@@ -745,7 +758,6 @@ impl Proxy {
                 RecordRoute::Always => true,
                 RecordRoute::OnTransportChange => change,
             };
-        let dialog = msg.call_id().unwrap_or("").as_bytes();
         let method = msg.method_kind();
         if rr && method != Some(Method::Register) {
             // RFC 5626 flow token: the connections on both sides of siprox, so that
