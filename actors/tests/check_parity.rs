@@ -347,3 +347,32 @@ fn check_print_shows_each_value_with_its_origin() {
     assert!(line("level = \"debug\"").ends_with("# environment variable SIPROX_LOG__LEVEL"));
     assert!(line("nonce_ttl =").ends_with("# default"));
 }
+
+#[test]
+fn a_drop_in_with_listen_replace_replaces_the_listeners_and_check_print_shows_it() {
+    // README: `[[listen]]` entries are appended; a file that sets `listen_replace = true`
+    // replaces every earlier entry with its own.
+    let core = "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n";
+    let tcp = "[[listen]]\nproto = \"tcp\"\naddr = \"127.0.0.1:0\"\n";
+    let print = |files: &[(&str, &str)]| {
+        let (_dir, conf) = tree(files);
+        let out = siprox_cmd(&[])
+            .args(["check", "--print", "-c"])
+            .arg(&conf)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        text
+    };
+    let appended = print(&[("conf.d/00-core.toml", core), ("conf.d/50-tcp.toml", tcp)]);
+    assert!(appended.contains("proto = \"udp\""), "{appended}");
+    assert!(appended.contains("proto = \"tcp\""), "{appended}");
+    let replacing = format!("listen_replace = true\n{tcp}");
+    let replaced = print(&[
+        ("conf.d/00-core.toml", core),
+        ("conf.d/50-tcp.toml", &replacing),
+    ]);
+    assert!(!replaced.contains("proto = \"udp\""), "{replaced}");
+    assert!(replaced.contains("proto = \"tcp\""), "{replaced}");
+}
