@@ -391,7 +391,11 @@ fn ev() -> impl Strategy<Value = Ev> {
 }
 
 fn upstream(k: u8, method: &str) -> Message {
-    let m = if k % 2 == 0 { "INVITE" } else { "OPTIONS" };
+    let m = if k.is_multiple_of(2) {
+        "INVITE"
+    } else {
+        "OPTIONS"
+    };
     let method = if method.is_empty() { m } else { method };
     msg(&format!(
         "{method} sip:bob@example.com SIP/2.0
@@ -445,7 +449,7 @@ proptest! {
                 }
                 Ev::Branch(k) => {
                     let b = table.new_branch();
-                    let method = if k % 2 == 0 { "INVITE" } else { "OPTIONS" };
+                    let method = if k.is_multiple_of(2) { "INVITE" } else { "OPTIONS" };
                     let req = branch_request(method, "sip:bob@192.0.2.20", &b);
                     if let Ok(id) = table.insert_client(req, to(5060 + u16::from(k)), ClientOpts::default(), now) {
                         let invite = method == "INVITE";

@@ -16,6 +16,8 @@ use crate::sip::Message;
 pub type BranchIdx = usize;
 
 /// What the runtime must do for the context; drained with [`ResponseContext::poll_action`].
+// A handful per call, each moved once to the runtime: a box would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ContextAction {
     /// Send this response upstream now, through the server transaction (after removing
@@ -31,6 +33,8 @@ pub enum ContextAction {
 }
 
 /// The final response for the caller.
+// One per call, moved once: a box would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Final {
     /// This branch's response, as received (siprox's Via to be removed).
