@@ -153,6 +153,7 @@ impl Call {
                 match a {
                     Action::Response { tx, msg } => self.ctx.on_response(tx, &msg),
                     Action::Timeout { tx, timer } => self.ctx.on_timeout(tx, timer),
+                    Action::TransportError { tx } => self.ctx.on_transport_error(tx),
                     _ => {}
                 }
             }
@@ -362,6 +363,8 @@ enum Ev {
     /// A response from downstream for branch `k` (INVITE or CANCEL).
     Downstream(u8, u16, bool),
     CancelBranch(u8),
+    /// A send for branch `k` failed, or (`server`) for upstream request `k`.
+    SendFailed(u8, bool),
     Advance(u32),
 }
 
@@ -386,6 +389,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         (0u8..6).prop_map(Ev::Branch),
         ((0u8..6), status, any::<bool>()).prop_map(|(k, s, c)| Ev::Downstream(k, s, c)),
         (0u8..6).prop_map(Ev::CancelBranch),
+        ((0u8..6), any::<bool>()).prop_map(|(k, s)| Ev::SendFailed(k, s)),
         (0u32..40_000).prop_map(Ev::Advance),
     ]
 }
@@ -474,6 +478,16 @@ proptest! {
                         let _ = table.cancel_branch(*id, now);
                     }
                 }
+                Ev::SendFailed(k, server) => {
+                    let id = if server {
+                        table.match_request(&upstream(k, ""))
+                    } else {
+                        branches.get(k as usize).map(|b| b.0)
+                    };
+                    if let Some(id) = id {
+                        let _ = table.on_transport_error(id, now);
+                    }
+                }
                 Ev::Advance(ms) => {
                     now += Duration::from_millis(u64::from(ms));
                     table.on_timer(now);
@@ -483,6 +497,7 @@ proptest! {
                 match a {
                     Action::Response { tx, msg } => ctx.on_response(tx, &msg),
                     Action::Timeout { tx, timer } => ctx.on_timeout(tx, timer),
+                    Action::TransportError { tx } => ctx.on_transport_error(tx),
                     _ => {}
                 }
             }

@@ -229,10 +229,22 @@ impl ResponseContext {
         self.check_all_done();
     }
 
-    /// A branch's client transaction ended without a final response reaching the context
-    /// (e.g. its connection died): treated as a timeout.
-    pub fn on_branch_gone(&mut self, tx: TxId) {
-        self.on_timeout(tx, TimerName::B);
+    /// A branch's client transaction could not be sent ([`super::Action::TransportError`]):
+    /// the branch ends as if it had received a 503 (§16.9), which goes upstream as 500
+    /// should it be the best.
+    pub fn on_transport_error(&mut self, tx: TxId) {
+        let Some(i) = self.branch_of(tx) else {
+            return;
+        };
+        if !matches!(self.branches[i].state, State::Pending { .. }) {
+            return;
+        }
+        self.branches[i].state = State::Done { status: 503 };
+        self.offer(Best {
+            status: 503,
+            response: None,
+        });
+        self.check_all_done();
     }
 
     /// The caller's CANCEL matched this context's server transaction (§16.10): every

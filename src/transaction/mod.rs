@@ -137,6 +137,10 @@ pub enum Action {
     /// runtime also sends the CANCEL (the context asks for it). For [`TimerName::Guard`] a
     /// server transaction was dropped unanswered.
     Timeout { tx: TxId, timer: TimerName },
+    /// The transport could not deliver a request of this client transaction (§17.1.4, a
+    /// send that failed, a connection that closed): it has ended; to its branch's
+    /// context this is a 503 (§16.9).
+    TransportError { tx: TxId },
     /// The transaction is gone; its id names nothing any more.
     Terminated { tx: TxId },
 }

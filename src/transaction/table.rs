@@ -611,8 +611,8 @@ impl Table {
     /// queues [`Action::Response`] when the TU must see it, the hop-by-hop ACK of a non-2xx
     /// final, and a CANCEL that waited for this provisional.
     pub fn on_response(&mut self, msg: &Message, now: Instant) -> Option<TxId> {
+        let status = msg.status().filter(|s| (100..=699).contains(s))?;
         let id = self.match_response(msg)?;
-        let status = msg.status()?;
         let r = self.with(id, now, |tx, out| match tx {
             Tx::Client { tx, .. } => {
                 let up = tx.on_response(msg, status, out);
@@ -668,6 +668,20 @@ impl Table {
                 .map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The runtime could not send for transaction `id` (a failed send, a closed
+    /// connection; §17.1.4, §17.2.4): the transaction ends at once. A client transaction's
+    /// TU is told with [`Action::TransportError`]; a server transaction has nobody left to
+    /// answer.
+    pub fn on_transport_error(&mut self, id: TxId, now: Instant) -> Result<(), TxError> {
+        self.with(id, now, |tx, out| {
+            if let Tx::Client { .. } = tx {
+                out.up(Action::TransportError { tx: out.id });
+            }
+            out.terminate();
+        })
+        .ok_or(TxError::Gone)
     }
 
     /// Fire every timer due at `now`; the resulting actions are queued. Pops only due

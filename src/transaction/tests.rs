@@ -1055,3 +1055,78 @@ fn context_caller_cancel_cancels_every_pending_branch_and_yields_487() {
     c.cancel();
     assert!(ctx_actions(&mut c).is_empty());
 }
+
+#[test]
+fn a_transport_error_ends_a_client_transaction_and_counts_as_503_for_its_branch() {
+    let mut t = table();
+    let now = Instant::now();
+    let b = ids(&mut t, 2);
+    drain(&mut t);
+    let mut c = ResponseContext::new();
+    c.add_branch(b[0]).unwrap();
+    c.add_branch(b[1]).unwrap();
+    t.on_transport_error(b[0], now).unwrap();
+    let (_, other) = drain(&mut t);
+    assert!(matches!(other[0], Action::TransportError { tx } if tx == b[0]));
+    assert!(terminated(&other, b[0]));
+    assert_eq!(t.on_transport_error(b[0], now), Err(TxError::Gone));
+    c.on_transport_error(b[0]);
+    c.on_timeout(b[1], TimerName::B);
+    // The 408 siprox stands in for ranks with the 4xx class, before the 503's 5xx.
+    assert!(matches!(
+        &ctx_actions(&mut c)[..],
+        [ContextAction::AllDone { status: 408, .. }]
+    ));
+
+    let (mut c, b) = ctx_with(1);
+    c.on_transport_error(b[0]);
+    assert!(matches!(c.finish(), Some(Final::Local { status: 500, .. })));
+}
+
+#[test]
+fn the_heap_is_compacted_when_stale_entries_pile_up_and_timers_still_fire_on_time() {
+    let mut t = table();
+    let start = Instant::now();
+    let keep = t
+        .insert_server(
+            &request("INVITE", &caller_via("z9hG4bK-k"), 1, ""),
+            &udp_rx(),
+            start,
+        )
+        .unwrap();
+    let short = t
+        .insert_server(
+            &request("OPTIONS", &caller_via("z9hG4bK-s"), 1, ""),
+            &udp_rx(),
+            start,
+        )
+        .unwrap();
+    for ms in 1..=200u64 {
+        t.respond(
+            keep,
+            180,
+            Bytes::from_static(b"SIP/2.0 180 R\r\n\r\n"),
+            start + Duration::from_millis(ms),
+        )
+        .unwrap();
+    }
+    let before = t.next_deadline();
+    // The OPTIONS ends (TCP-less J after 64*T1): its removal compacts the heap.
+    t.respond(
+        short,
+        200,
+        Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"),
+        start,
+    )
+    .unwrap();
+    t.on_timer(start + 64 * T1);
+    assert_eq!(t.len(), 1);
+    assert!(
+        t.next_deadline() > before,
+        "stale guard deadlines were dropped"
+    );
+    let last_guard = start + Duration::from_millis(200) + t.config().server_guard;
+    assert_eq!(t.next_deadline(), Some(last_guard));
+    t.on_timer(last_guard);
+    assert!(t.is_empty());
+}
