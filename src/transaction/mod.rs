@@ -42,7 +42,7 @@ pub use client::build_cancel;
 pub use client::build_non2xx_ack;
 pub use context::{BranchIdx, ContextAction, Final, ResponseContext};
 pub use key::{ClientKey, ServerKey};
-pub use table::{ClientOpts, Incoming, Table, TableConfig};
+pub use table::{worker_of_branch, ClientOpts, Incoming, Table, TableConfig};
 
 /// The RFC 3261 timer base values (§17.1.1.1, Table 4), and the proxy's Timer C (§16.6 step
 /// 11, §16.8).

@@ -33,6 +33,10 @@ pub struct TableConfig {
     pub retry_after: u32,
     /// `Server:` of the 100 Trying the table sends itself.
     pub server: String,
+    /// Which worker owns this table: written into every branch it makes, so a response
+    /// that arrives on another worker (SO_REUSEPORT spreads UDP by address, not by
+    /// transaction) is handed to the right one ([`worker_of_branch`]).
+    pub worker: u16,
     /// How long a server transaction waits for its TU's final response (re-armed by every
     /// provisional the TU sends): a bound, so a TU that forgets a transaction leaks nothing.
     pub server_guard: Duration,
@@ -46,9 +50,22 @@ impl Default for TableConfig {
             max_transactions: 100_000,
             retry_after: 5,
             server: concat!("siprox/", env!("CARGO_PKG_VERSION")).to_owned(),
+            worker: 0,
             server_guard: timers.c.saturating_mul(2) + timers.t1x64(),
         }
     }
+}
+
+/// Prefix of the branches a [`Table`] makes: the RFC 3261 cookie, then siprox's
+/// transaction mark (the stateless proxy's branches start `z9hG4bK-sx` followed by hex).
+const BRANCH_PREFIX: &str = "z9hG4bK-sxt";
+
+/// The worker whose table made `branch` (the top Via branch of a response), or `None` for
+/// a branch no table made (a stateless one, or someone else's).
+pub fn worker_of_branch(branch: &str) -> Option<u16> {
+    let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+    let (worker, _) = rest.split_once('.')?;
+    u16::from_str_radix(worker, 16).ok()
 }
 
 /// What [`Table::on_request`] made of a request.
@@ -273,7 +290,10 @@ impl Table {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
-        format!("z9hG4bK-sxt{z:016x}{:x}", self.branch_counter)
+        format!(
+            "{BRANCH_PREFIX}{:x}.{z:016x}{:x}",
+            self.cfg.worker, self.branch_counter
+        )
     }
 
     /// The next action for the runtime, in order.
@@ -506,7 +526,11 @@ impl Table {
         if msg.method() == Some("ACK") {
             return Err(TxError::Unkeyable("ACK has no transaction of its own"));
         }
-        self.check_limit()?;
+        // A CANCEL for a live INVITE is never refused: refusing it would keep the call
+        // ringing. There is at most one per INVITE (it takes the INVITE's key).
+        if msg.method() != Some("CANCEL") || self.match_cancel(msg).is_none() {
+            self.check_limit()?;
+        }
         let key = ServerKey::of_request(msg)?;
         let hash = key.hash_with(&self.hasher);
         if self.servers.contains_key(&hash) {

@@ -736,6 +736,24 @@ fn new_branches_carry_the_cookie_and_differ() {
     assert_ne!(a, b);
     let mut u = Table::new(TableConfig::default(), 8);
     assert_ne!(u.new_branch(), a, "another seed, other branches");
+    let mut w = Table::new(
+        TableConfig {
+            worker: 0x1f,
+            ..TableConfig::default()
+        },
+        7,
+    );
+    let c = w.new_branch();
+    assert_eq!(worker_of_branch(&c), Some(0x1f));
+    assert_eq!(worker_of_branch(&a), Some(0));
+    // The proxy may append its loop-detection suffix (§16.3 step 4).
+    assert_eq!(worker_of_branch(&format!("{c}-0123abcd")), Some(0x1f));
+    // The stateless proxy's branches and foreign ones name no worker.
+    assert_eq!(
+        worker_of_branch("z9hG4bK-sx0123456789abcdef-01234567"),
+        None
+    );
+    assert_eq!(worker_of_branch("z9hG4bKabc"), None);
 }
 
 // ---- limit, size, timers ----
@@ -784,7 +802,18 @@ fn the_limit_refuses_with_retry_after_and_frees_when_a_transaction_ends() {
         .unwrap();
     t.on_timer(now + 64 * T1);
     assert_eq!(t.len(), 0, "both ended: J and F");
-    t.insert_server(&third, &udp_rx(), now + 64 * T1).unwrap();
+    let later = now + 64 * T1;
+    t.insert_server(&third, &udp_rx(), later).unwrap();
+    let inv = request("INVITE", &caller_via("z9hG4bK-l4"), 1, "");
+    t.insert_server(&inv, &udp_rx(), later).unwrap();
+    // Full; a CANCEL for the live INVITE still gets its transaction, a stray one does not.
+    let cancel = request("CANCEL", &caller_via("z9hG4bK-l4"), 1, "");
+    t.insert_server(&cancel, &udp_rx(), later).unwrap();
+    let stray = request("CANCEL", &caller_via("z9hG4bK-l5"), 1, "");
+    assert!(matches!(
+        t.insert_server(&stray, &udp_rx(), later),
+        Err(TxError::Full { .. })
+    ));
 }
 
 #[test]
