@@ -21,7 +21,9 @@ pub type BranchIdx = usize;
 #[derive(Debug, Clone)]
 pub enum ContextAction {
     /// Send this response upstream now, through the server transaction (after removing
-    /// siprox's Via): a provisional response other than 100, or a 2xx.
+    /// siprox's Via): a provisional response other than 100, or a 2xx. A 2xx the server
+    /// transaction refuses ([`super::TxError::State`]: a non-2xx final went up first) is
+    /// forwarded statelessly along its Via.
     Forward(Message),
     /// Cancel this branch ([`super::Table::cancel_branch`]).
     Cancel(TxId),
@@ -176,10 +178,8 @@ impl ResponseContext {
             }
             200..=299 => {
                 // Every 2xx goes upstream, retransmissions and other branches' too: they
-                // are end to end (§16.7 step 5).
-                if self.final_sent && !self.forwarded_2xx {
-                    return;
-                }
+                // are end to end (§16.7 step 5), even after a non-2xx final went up (the
+                // server transaction then refuses it and the runtime forwards it by Via).
                 self.branches[i].state = State::Done { status };
                 let first = !self.forwarded_2xx;
                 self.forwarded_2xx = true;

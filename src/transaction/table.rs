@@ -640,8 +640,11 @@ impl Table {
         let r = self.with(id, now, |tx, out| match tx {
             Tx::Client { tx, .. } => {
                 let up = tx.on_response(msg, status, out);
+                // Only a provisional that moved the branch to Proceeding: a stray one after
+                // the final must not send a CANCEL.
                 let cancel_now = tx.invite
                     && (100..200).contains(&status)
+                    && tx.state == client::State::Proceeding
                     && tx.cancel == client::Cancel::Wanted;
                 if cancel_now {
                     tx.cancel = client::Cancel::Done;

@@ -1159,3 +1159,41 @@ fn the_heap_is_compacted_when_stale_entries_pile_up_and_timers_still_fire_on_tim
     t.on_timer(last_guard);
     assert!(t.is_empty());
 }
+
+#[test]
+fn a_stray_provisional_after_the_final_sends_no_cancel() {
+    let mut t = table();
+    let now = Instant::now();
+    let id = t
+        .insert_client(
+            forwarded("INVITE", "z9hG4bK-sxS"),
+            dest(Transport::Udp),
+            ClientOpts::default(),
+            now,
+        )
+        .unwrap();
+    t.cancel_branch(id, now).unwrap();
+    t.on_response(&response(200, "INVITE", "z9hG4bK-sxS"), now);
+    drain(&mut t);
+    t.on_response(&response(180, "INVITE", "z9hG4bK-sxS"), now);
+    let (sent, up) = drain(&mut t);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert!(up.is_empty());
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn context_forwards_a_2xx_even_after_the_final_went_up() {
+    let mut tb = table();
+    let b = ids(&mut tb, 2);
+    let mut c = ResponseContext::new();
+    c.add_branch(b[0]).unwrap();
+    c.on_response(b[0], &resp(486));
+    ctx_actions(&mut c);
+    assert!(matches!(c.finish(), Some(Final::Forward(_))));
+    // A late 2xx on that branch (a UAS that answered after all) is still end to end.
+    c.on_response(b[0], &resp(200));
+    assert!(
+        matches!(&ctx_actions(&mut c)[..], [ContextAction::Forward(m)] if m.status() == Some(200))
+    );
+}
