@@ -1,5 +1,6 @@
 //! Unit tests of the transaction layer: each state machine and its timers, matching, the
-//! limit, and the response context's choices, on real message bytes parsed by `sip`.
+//! limit, and the response context's choices, on real message bytes parsed by `sip`. They
+//! never sleep and never read the clock but for one base `Instant`: time is passed in.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -1196,4 +1197,52 @@ fn context_forwards_a_2xx_even_after_the_final_went_up() {
     assert!(
         matches!(&ctx_actions(&mut c)[..], [ContextAction::Forward(m)] if m.status() == Some(200))
     );
+}
+
+#[test]
+fn compact_header_forms_and_a_body_key_the_same_transaction() {
+    let mut t = table();
+    let now = Instant::now();
+    let sdp = "v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let compact = Message::parse(Bytes::from(format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\n\
+         v: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-cf, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-x\r\n\
+         f: <sip:alice@example.com>;tag=a1\r\nt: <sip:bob@example.com>\r\n\
+         i: c9@192.0.2.10\r\nCSeq: 4 INVITE\r\nMax-Forwards: 70\r\n\
+         c: application/sdp\r\nl: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )))
+    .unwrap();
+    let id = t.insert_server(&compact, &udp_rx(), now).unwrap();
+    let ack = msg("ACK sip:bob@example.com SIP/2.0
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-cf
+From: <sip:alice@example.com>;tag=a1
+To: <sip:bob@example.com>;tag=b1
+Call-ID: c9@192.0.2.10
+CSeq: 4 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+");
+    assert_eq!(t.match_request(&ack), Some(id));
+    // The ACK a client transaction builds from it takes only the top Via of the list.
+    let fwd = Message::parse(Bytes::from(
+        String::from_utf8_lossy(compact.as_bytes()).replacen(
+            "v: ",
+            "v: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK-sxcf, ",
+            1,
+        ),
+    ))
+    .unwrap();
+    let ack = Message::parse(build_non2xx_ack(
+        &fwd,
+        &response(486, "INVITE", "z9hG4bK-sxcf"),
+    ))
+    .unwrap();
+    assert_eq!(ack.vias().count(), 1);
+    assert_eq!(ack.top_via().unwrap().branch(), Some("z9hG4bK-sxcf"));
+    assert_eq!(ack.call_id().unwrap(), "c9@192.0.2.10");
+    assert_eq!(ack.cseq().unwrap().seq, 4);
+    assert!(ack.body().is_empty());
+    ack.validate().unwrap();
 }
