@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::table::Out;
 use super::{Action, TimerName};
 use crate::proxy::Destination;
-use crate::sip::{HeaderName, Message};
+use crate::sip::{HeaderName, Limits, Message};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -39,8 +39,12 @@ pub(crate) enum Cancel {
 pub(crate) struct Client {
     pub(crate) invite: bool,
     pub(crate) state: State,
-    /// As sent: retransmissions resend its bytes; ACK and CANCEL are built from it.
-    pub(crate) request: Message,
+    /// As sent: retransmissions resend these bytes; the ACK and the CANCEL are built from
+    /// them, parsed again (once per call at most; keeping the parsed message would cost
+    /// its header index for the whole life of every branch).
+    pub(crate) request: Bytes,
+    /// The limits the request was parsed with, to parse it again the same way.
+    limits: Limits,
     pub(crate) dest: Destination,
     /// The current Timer A / E interval.
     interval: Duration,
@@ -54,12 +58,13 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(request: Message, dest: Destination, fr: Duration, c: Duration) -> Client {
+    pub(crate) fn new(request: &Message, dest: Destination, fr: Duration, c: Duration) -> Client {
         let invite = request.method() == Some("INVITE");
         Client {
             invite,
             state: State::Calling,
-            request,
+            request: request.as_bytes().clone(),
+            limits: *request.limits(),
             dest,
             interval: Duration::ZERO,
             fr,
@@ -74,16 +79,15 @@ impl Client {
     }
 
     pub(crate) fn heap_size(&self) -> usize {
-        // The request's bytes are shared with the runtime's copy only until it is sent; count
-        // them, and the header index (about 12 bytes per header line).
-        self.request.as_bytes().len()
-            + self.request.header_count() * 12
+        // The request's bytes are shared with the runtime's copy only until it is sent: count
+        // them.
+        self.request.len()
             + self.ack.as_ref().map_or(0, |a| a.len())
             + self.dest.server_name.as_ref().map_or(0, |s| s.len())
     }
 
     pub(crate) fn start(&mut self, out: &mut Out<'_>) {
-        out.send(&self.dest, self.request.as_bytes().clone());
+        out.send(&self.dest, self.request.clone());
         self.interval = out.timers.t1;
         if !self.reliable() {
             out.arm(
@@ -108,12 +112,12 @@ impl Client {
     pub(crate) fn on_timer(&mut self, name: TimerName, out: &mut Out<'_>) {
         match (name, self.state) {
             (TimerName::A, State::Calling) => {
-                out.send(&self.dest, self.request.as_bytes().clone());
+                out.send(&self.dest, self.request.clone());
                 self.interval = self.interval.saturating_mul(2);
                 out.arm(TimerName::A, self.interval);
             }
             (TimerName::E, State::Calling | State::Proceeding) => {
-                out.send(&self.dest, self.request.as_bytes().clone());
+                out.send(&self.dest, self.request.clone());
                 self.interval = if self.state == State::Calling {
                     self.interval.saturating_mul(2).min(out.timers.t2)
                 } else {
@@ -178,9 +182,11 @@ impl Client {
             (State::Calling | State::Proceeding, _) => {
                 self.stop_calling(out);
                 self.state = State::Completed;
-                let ack = build_non2xx_ack(&self.request, msg);
-                out.send(&self.dest, ack.clone());
-                self.ack = Some(ack);
+                if let Some(invite) = self.parsed() {
+                    let ack = build_non2xx_ack(&invite, msg);
+                    out.send(&self.dest, ack.clone());
+                    self.ack = Some(ack);
+                }
                 self.cancel = Cancel::Done;
                 let d = if self.reliable() {
                     Duration::ZERO
@@ -199,6 +205,12 @@ impl Client {
             (State::Accepted, 200..=299) => true,
             _ => false,
         }
+    }
+
+    /// The request as sent, parsed again (it parsed when the transaction was made, with
+    /// the same limits, so `None` would be a bug elsewhere: nothing is then built from it).
+    pub(crate) fn parsed(&self) -> Option<Message> {
+        Message::parse_datagram(self.request.clone(), &self.limits).ok()
     }
 
     fn stop_calling(&mut self, out: &mut Out<'_>) {

@@ -312,12 +312,20 @@ impl Table {
         self.heap.peek().map(|Reverse(d)| d.at)
     }
 
-    /// The request that created a transaction (a server transaction's request from
-    /// upstream, a client transaction's request as sent).
+    /// The request that created a server transaction (what the TU builds its local
+    /// replies from). `None` for a client transaction: see [`Table::sent_request`].
     pub fn request(&self, id: TxId) -> Option<&Message> {
         match &self.get(id)?.tx {
             Tx::Server { tx, .. } => Some(&tx.request),
+            Tx::Client { .. } => None,
+        }
+    }
+
+    /// The bytes a client transaction sends (and retransmits).
+    pub fn sent_request(&self, id: TxId) -> Option<&Bytes> {
+        match &self.get(id)?.tx {
             Tx::Client { tx, .. } => Some(&tx.request),
+            Tx::Server { .. } => None,
         }
     }
 
@@ -610,7 +618,7 @@ impl Table {
         let key = key.to_owned_key();
         let t = self.cfg.timers;
         let client = Client::new(
-            request,
+            &request,
             dest,
             opts.fr.unwrap_or(t.t1x64()),
             opts.c.unwrap_or(t.c),
@@ -742,7 +750,7 @@ impl Table {
 /// `None` if it does not parse (it is built from a request that did, so this would be a
 /// bug in `build_cancel`; sending nothing is then better than sending garbage).
 fn cancel_request(tx: &Client) -> Option<(Message, Destination)> {
-    let msg = Message::parse(client::build_cancel(&tx.request)).ok()?;
+    let msg = Message::parse(client::build_cancel(&tx.parsed()?)).ok()?;
     debug_assert!(
         msg.validate().is_ok(),
         "build_cancel made an invalid CANCEL"
