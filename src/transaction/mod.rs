@@ -24,6 +24,20 @@
 //! go through [`Table::on_response`] and come out as [`Action::Response`] for the context;
 //! what the context decides to send upstream goes through [`Table::respond`]. The runtime
 //! calls [`Table::on_timer`] at [`Table::next_deadline`] and drains actions after every call.
+//!
+//! - One table per worker, owned by it (no lock). Branches carry the worker's number
+//!   ([`TableConfig::worker`], [`worker_of_branch`]): a response read by another worker is
+//!   handed to the owner by that number.
+//! - A CANCEL from upstream: [`Table::match_cancel`] finds the INVITE's server transaction
+//!   (none: answer 481); the CANCEL gets its own server transaction, answered 200, and the
+//!   INVITE's [`ResponseContext::cancel`] cancels every pending branch.
+//! - [`ContextAction::Cancel`] is [`Table::cancel_branch`]; [`Action::Timeout`] and
+//!   [`Action::TransportError`] go to [`ResponseContext::on_timeout`] and
+//!   [`ResponseContext::on_transport_error`].
+//! - [`ContextAction::AllDone`] is where `failure_route` runs: it may add branches (more
+//!   [`Table::insert_client`] + [`ResponseContext::add_branch`]), else
+//!   [`ResponseContext::finish`] gives the [`Final`] to send through [`Table::respond`].
+//! - [`TxError::Full`] on a new request: answer 503 with `Retry-After`, and count it.
 
 mod client;
 mod context;
