@@ -1272,3 +1272,25 @@ Content-Length: 0
     assert!(ack.body().is_empty());
     ack.validate().unwrap();
 }
+
+#[test]
+fn a_spiral_back_to_siprox_gets_a_server_transaction_beside_its_client_one() {
+    let mut t = table();
+    let now = Instant::now();
+    let b = t.new_branch();
+    let out = forwarded("INVITE", &b);
+    let client = t
+        .insert_client(
+            out.clone(),
+            dest(Transport::Udp),
+            ClientOpts::default(),
+            now,
+        )
+        .unwrap();
+    // The request comes back to siprox (a spiral, §16.3): siprox's own branch on top.
+    assert_eq!(t.on_request(&out, now), Incoming::New);
+    let server = t.insert_server(&out, &udp_rx(), now).unwrap();
+    assert_ne!(client, server);
+    assert_eq!(t.match_request(&out), Some(server));
+    assert_eq!(t.match_response(&response(180, "INVITE", &b)), Some(client));
+}
