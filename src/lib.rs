@@ -9,6 +9,9 @@
 //!   messages from the untouched bytes.
 //! - [`proxy`]: the stateless proxy rules of RFC 3261 §16: validation, local replies,
 //!   loose routing, Record-Route, the stateless branch, response routing by Via.
+//! - [`transaction`]: the transaction layer of RFC 3261 §17 (client and server, INVITE and
+//!   non-INVITE, timers A-M, matching with the RFC 2543 fallback) in a table driven by
+//!   events with the time passed in, and the forking proxy's response context (§16.7).
 //! - [`tls`]: TLS domain model and matching; the per-connection certificate facts read by
 //!   the `@tls.*` selects.
 //! - [`script`]: the route-script language (SER/Kamailio style): lexer, parser and checker,
@@ -43,3 +46,4 @@ pub mod script;
 pub mod select;
 pub mod sip;
 pub mod tls;
+pub mod transaction;
