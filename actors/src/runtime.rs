@@ -44,6 +44,10 @@ pub struct RuntimeOptions {
     /// Applies a reloaded `[log]` to the process's subscriber (the daemon:
     /// `logging::apply`; embedded: none, the embedding code owns its logging).
     pub log_hook: Option<crate::reload::registry::LogHook>,
+    /// The TLS domains `siprox check`'s path (`cli::verify`) built from this configuration:
+    /// the start reuses every context whose files are unchanged instead of loading each
+    /// certificate and key a second time (the daemon: yes; embedded: none).
+    pub verified_tls: Option<Arc<crate::state::TlsDomains>>,
 }
 
 impl RuntimeOptions {
@@ -54,6 +58,7 @@ impl RuntimeOptions {
             base_dir: base_dir.into(),
             handle_signals: false,
             log_hook: None,
+            verified_tls: None,
         }
     }
 
@@ -177,14 +182,17 @@ impl Runtime {
             )
         };
         // One tenant's broken upload must not take every other tenant (and plain SIP) down:
-        // it is left out, loudly, unless the operator asked for all or nothing.
+        // it is left out, loudly, unless the operator asked for all or nothing. What the
+        // check built is reused where its files are unchanged (the default domain's dev
+        // certificates, generated just now, are built here).
+        let verified = opts.verified_tls.as_deref();
         let (built, left_out) = if config.runtime.strict_start {
             (
-                tls::build_domains(&config, None, opts_tls).map_err(joined)?,
+                tls::build_domains(&config, verified, opts_tls).map_err(joined)?,
                 Vec::new(),
             )
         } else {
-            tls::build_domains_isolated(&config, None, opts_tls).map_err(joined)?
+            tls::build_domains_isolated(&config, verified, opts_tls).map_err(joined)?
         };
         for e in &left_out {
             tracing::error!(domain = %e.domain, error = %e,
