@@ -5,9 +5,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use siprox::config::{self, Config, ConfigErrors, Loaded, Proto};
+
+use crate::runtime::RuntimeOptions;
 
 /// Exit status for an invalid configuration (and for command-line errors other than --help).
 pub const EXIT_CONFIG_ERROR: u8 = 1;
@@ -63,7 +66,7 @@ pub fn main() -> ExitCode {
             // head would live until the runtime exits and block every other thread's logs.
             let verified = verify(&cli.config_dir, false, &mut std::io::stderr().lock());
             match verified {
-                Ok(v) => run(v.loaded.config, &v.warnings),
+                Ok(v) => run(v),
                 Err(code) => code,
             }
         }
@@ -301,20 +304,36 @@ pub fn report(errors: &ConfigErrors, err: &mut dyn Write) {
     }
 }
 
-/// Runs siprox with a validated configuration until SIGTERM/SIGINT: logging from `[log]`,
-/// then the runtime (`crate::runtime`). Relative `[tls]` paths are resolved against the
-/// parent of the configuration directory. Exit 0 after a graceful shutdown; 1 when the
-/// runtime cannot start (the error, naming the file or address, on stderr).
-pub fn run(config: Config, warnings: &[String]) -> ExitCode {
-    crate::logging::init(&config.log);
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    let opts = crate::runtime::RuntimeOptions {
-        base_dir: crate::runtime::RuntimeOptions::base_dir_for(&config),
+/// How the daemon starts the runtime on what [`verify`] accepted: relative `[tls]` paths
+/// resolved against the parent of the configuration directory, signals handled, `[log]`
+/// reloads applied, and the TLS domains verify built handed over, so that a start loads
+/// each certificate and key once.
+pub fn start_options(config: &Config, tls: crate::state::TlsDomains) -> RuntimeOptions {
+    RuntimeOptions {
+        base_dir: RuntimeOptions::base_dir_for(config),
         handle_signals: true,
         log_hook: Some(crate::logging::apply),
-    };
+        verified_tls: Some(Arc::new(tls)),
+    }
+}
+
+/// Runs siprox with a verified configuration until SIGTERM/SIGINT: logging from `[log]`,
+/// then the runtime (`crate::runtime`) with [`start_options`]. Exit 0 after a graceful
+/// shutdown; 1 when the runtime cannot start (the error, naming the file or address, on
+/// stderr).
+pub fn run(v: Verified) -> ExitCode {
+    let Verified {
+        loaded,
+        warnings,
+        tls,
+        ..
+    } = v;
+    let config = loaded.config;
+    crate::logging::init(&config.log);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let opts = start_options(&config, tls);
     match crate::runtime::Runtime::start(config, opts) {
         Ok(handle) => {
             handle.wait();
@@ -370,5 +389,42 @@ mod tests {
             "{err}"
         );
         assert!(err.lines().all(|l| l.starts_with("error: ")), "{err}");
+    }
+
+    #[test]
+    fn a_start_takes_the_tls_contexts_that_verify_built() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).expect("mkdir");
+        crate::tls::generate_dev_certs(
+            &certs.join("ca.pem"),
+            &certs.join("ca.key"),
+            &certs.join("server.pem"),
+            &certs.join("server.key"),
+        )
+        .expect("dev certificates");
+        let conf = dir.path().join("conf.d");
+        std::fs::create_dir_all(&conf).expect("mkdir");
+        std::fs::write(
+            conf.join("00-core.toml"),
+            "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n[runtime]\nworkers = 1\n\
+             [management]\nenabled = false\n[tls]\ngenerate_dev_certs = true\n",
+        )
+        .expect("write");
+        let mut err = Vec::new();
+        let Ok(v) = verify(&conf, false, &mut err) else {
+            panic!("{}", String::from_utf8_lossy(&err));
+        };
+        let checked = v.tls.default_server.clone().expect("the default domain");
+        let opts = RuntimeOptions {
+            handle_signals: false,
+            log_hook: None,
+            ..start_options(&v.loaded.config, v.tls)
+        };
+        let rt = crate::runtime::Runtime::start(v.loaded.config, opts).expect("starts");
+        let running = rt.snapshot().tls.default_server.clone().expect("running");
+        // The very context the check built: its certificate and key were loaded once.
+        assert!(Arc::ptr_eq(&checked.ctx, &running.ctx));
+        rt.shutdown();
     }
 }

@@ -44,6 +44,10 @@ pub struct RuntimeOptions {
     /// Applies a reloaded `[log]` to the process's subscriber (the daemon:
     /// `logging::apply`; embedded: none, the embedding code owns its logging).
     pub log_hook: Option<crate::reload::registry::LogHook>,
+    /// The TLS domains `siprox check`'s path (`cli::verify`) built from this configuration:
+    /// the start reuses every context whose files are unchanged instead of loading each
+    /// certificate and key a second time (the daemon: yes; embedded: none).
+    pub verified_tls: Option<Arc<crate::state::TlsDomains>>,
 }
 
 impl RuntimeOptions {
@@ -54,6 +58,7 @@ impl RuntimeOptions {
             base_dir: base_dir.into(),
             handle_signals: false,
             log_hook: None,
+            verified_tls: None,
         }
     }
 
@@ -129,7 +134,7 @@ impl Runtime {
     /// Starts siprox with a validated configuration and returns once every socket is bound
     /// and listening. Blocking (certificate files, key generation): call it from a plain
     /// thread or `spawn_blocking`, not from inside an async task.
-    pub fn start(config: Config, opts: RuntimeOptions) -> Result<RuntimeHandle, RuntimeError> {
+    pub fn start(mut config: Config, opts: RuntimeOptions) -> Result<RuntimeHandle, RuntimeError> {
         let workers = match config.runtime.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n if n > siprox::config::RuntimeConfig::MAX_WORKERS => {
@@ -177,14 +182,17 @@ impl Runtime {
             )
         };
         // One tenant's broken upload must not take every other tenant (and plain SIP) down:
-        // it is left out, loudly, unless the operator asked for all or nothing.
+        // it is left out, loudly, unless the operator asked for all or nothing. What the
+        // check built is reused where its files are unchanged (the default domain's dev
+        // certificates, generated just now, are built here).
+        let verified = opts.verified_tls.as_deref();
         let (built, left_out) = if config.runtime.strict_start {
             (
-                tls::build_domains(&config, None, opts_tls).map_err(joined)?,
+                tls::build_domains(&config, verified, opts_tls).map_err(joined)?,
                 Vec::new(),
             )
         } else {
-            tls::build_domains_isolated(&config, None, opts_tls).map_err(joined)?
+            tls::build_domains_isolated(&config, verified, opts_tls).map_err(joined)?
         };
         for e in &left_out {
             tracing::error!(domain = %e.domain, error = %e,
@@ -220,6 +228,11 @@ impl Runtime {
             });
             for (w, s) in sockets.into_iter().enumerate() {
                 per_worker[w].push((t, actual, s));
+            }
+        }
+        if let Some(c) = config.cluster.as_mut() {
+            if let Some(a) = advertise_with_bound_port(&c.advertise, &listens)? {
+                c.advertise = a;
             }
         }
 
@@ -319,6 +332,56 @@ impl Runtime {
             thread: Some(thread),
         })
     }
+}
+
+/// `[cluster] advertise` with port 0 names the TLS listener on its IP address whose port the
+/// OS picked (listen port 0): the URI the other nodes use must carry the real port. `None`
+/// when the advertise URI has a port of its own (or none); an error when port 0 names no TLS
+/// listener on that address.
+fn advertise_with_bound_port(
+    advertise: &str,
+    listens: &[Listen],
+) -> Result<Option<String>, RuntimeError> {
+    let Some(sip) = siprox::sip::Uri::parse(advertise)
+        .ok()
+        .and_then(|u| u.as_sip().cloned())
+    else {
+        return Ok(None);
+    };
+    if sip.port != Some(0) {
+        return Ok(None);
+    }
+    let ip = sip.host.ip();
+    let bound = listens.iter().find(|l| {
+        l.transport == Transport::Tls
+            && ip.is_some_and(|ip| {
+                l.addr.ip() == ip
+                    || (l.addr.ip().is_unspecified() && l.addr.is_ipv4() == ip.is_ipv4())
+            })
+    });
+    let Some(bound) = bound else {
+        return Err(RuntimeError::Config(format!(
+            "cluster.advertise: `{advertise}` has port 0 but no TLS listener on its IP address \
+             to take the port from"
+        )));
+    };
+    // The port is the last `:` of the host part, which ends at the first `;` or `?` after
+    // the user part (an IPv6 reference has colons of its own before it).
+    let scheme = advertise.find(':').map_or(0, |i| i + 1);
+    let host = scheme + advertise[scheme..].find('@').map_or(0, |i| i + 1);
+    let end = host
+        + advertise[host..]
+            .find([';', '?'])
+            .unwrap_or(advertise.len() - host);
+    let Some(colon) = advertise[host..end].rfind(':') else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "{}{}{}",
+        &advertise[..=host + colon],
+        bound.addr.port(),
+        &advertise[end..]
+    )))
 }
 
 type Started = Result<(System, actix::Addr<Control>, actix::Addr<DomainRegistry>), RuntimeError>;
@@ -650,5 +713,34 @@ mod tests {
         );
         c.sources = vec![PathBuf::from("/srv/x/conf.d/00-core.toml")];
         assert_eq!(RuntimeOptions::base_dir_for(&c), PathBuf::from("/srv/x"));
+    }
+
+    #[test]
+    fn an_advertise_port_0_takes_the_bound_tls_port() {
+        let listen = |t, a: &str| Listen {
+            transport: t,
+            addr: a.parse().expect("addr"),
+            advertise: None,
+        };
+        let ls = [
+            listen(Transport::Tcp, "127.0.0.1:5060"),
+            listen(Transport::Tls, "127.0.0.1:40123"),
+            listen(Transport::Tls, "[::]:40999"),
+        ];
+        let f = |a: &str| advertise_with_bound_port(a, &ls).map_err(|e| e.to_string());
+        assert_eq!(
+            f("sip:127.0.0.1:0;transport=tls"),
+            Ok(Some("sip:127.0.0.1:40123;transport=tls".to_owned()))
+        );
+        assert_eq!(
+            f("sips:n1@[::1]:0"),
+            Ok(Some("sips:n1@[::1]:40999".to_owned()))
+        );
+        // A port of its own, or none, stays as written.
+        assert_eq!(f("sip:127.0.0.1:5071;transport=tls"), Ok(None));
+        assert_eq!(f("sip:127.0.0.1;transport=tls"), Ok(None));
+        // Port 0 with no TLS listener on that address: refused, not advertised as 0.
+        let e = f("sip:10.0.0.1:0;transport=tls").unwrap_err();
+        assert!(e.contains("cluster.advertise"), "{e}");
     }
 }

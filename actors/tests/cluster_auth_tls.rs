@@ -8,11 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::tree::Tree;
@@ -20,7 +17,9 @@ use common::*;
 use siprox::config::{ClusterConfig, Config, ConfigDuration, DomainConfig, Proto};
 use siprox::proxy::Transport;
 use siprox_actors::RuntimeHandle;
+use siprox_testkit::digest;
 use siprox_testkit::redis::{RedisCluster, RedisServer};
+use siprox_testkit::sclient::{s_client, Seen};
 use tokio::net::TcpStream;
 
 /// Long enough for a rotation or two (3 s in the rotation test) under load.
@@ -124,33 +123,19 @@ async fn ask(s: &mut TcpStream, msg: &str) -> String {
         .expect("an answer within 3 s")
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The SHA-256 `Authorization` line answering `challenge` with nonce count `nc`.
 fn digest_line(challenge: &str, nc: u32, cnonce: &str) -> String {
-    use openssl::hash::{hash, MessageDigest};
-    let h = |s: &str| hex(&hash(MessageDigest::sha256(), s.as_bytes()).unwrap());
-    let line = challenge
-        .split("\r\n")
-        .find(|l| l.starts_with("WWW-Authenticate:") && l.contains("algorithm=SHA-256"))
-        .unwrap_or_else(|| panic!("no SHA-256 challenge in {challenge}"));
-    let nonce = line
-        .split("nonce=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a nonce");
-    let uri = "sip:example.com";
-    let ha1 = h("alice:example.com:wonderland");
-    let ha2 = h(&format!("REGISTER:{uri}"));
-    let nc = format!("{nc:08x}");
-    let resp = h(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
-    format!(
-        "Authorization: Digest username=\"alice\", realm=\"example.com\", nonce=\"{nonce}\", \
-         uri=\"{uri}\", response=\"{resp}\", algorithm=SHA-256, qop=auth, nc={nc}, \
-         cnonce=\"{cnonce}\"\r\n"
-    )
+    digest::Answer {
+        alg: "SHA-256",
+        user: "alice",
+        realm: "example.com",
+        password: "wonderland",
+        method: "REGISTER",
+        uri: "sip:example.com",
+        nc,
+        cnonce,
+    }
+    .to(challenge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,87 +193,6 @@ async fn digest_across(n1: Node, n2: Node, n3: Node) {
     n1.handle.shutdown();
     n2.handle.shutdown();
     n3.handle.shutdown();
-}
-
-/// What one `s_client` run saw.
-#[derive(Debug)]
-struct Seen {
-    reused: bool,
-    subject: String,
-    served: bool,
-}
-
-/// Connects with `sni`, sends an OPTIONS, waits for its 200, closes; `sess_in` offers a
-/// saved session, `sess_out` saves the one this connection ends with.
-fn s_client(
-    addr: SocketAddr,
-    sni: &str,
-    version: &str,
-    sess_in: Option<&Path>,
-    sess_out: Option<&Path>,
-) -> Seen {
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &addr.to_string(),
-        "-servername",
-        sni,
-    ])
-    .arg(version);
-    if let Some(p) = sess_in {
-        cmd.arg("-sess_in").arg(p);
-    }
-    if let Some(p) = sess_out {
-        cmd.arg("-sess_out").arg(p);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl s_client runs (package openssl)");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(options_to(addr, "TLS", "resume").as_bytes())
-        .expect("request written");
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut served = false;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                served |= l.starts_with("SIP/2.0 200");
-                lines.push(l);
-                if served {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    drop(stdin);
-    let _ = child.wait();
-    let _ = reader.join();
-    lines.extend(rx.try_iter());
-    Seen {
-        reused: lines.iter().any(|l| l.starts_with("Reused,")),
-        subject: lines
-            .iter()
-            .find_map(|l| l.strip_prefix("subject="))
-            .unwrap_or_default()
-            .to_owned(),
-        served,
-    }
 }
 
 /// A node from a conf.d tree (two tenants, `a` and `b`) in the cluster on `redis`.

@@ -59,7 +59,7 @@ impl Site {
         }
     }
 
-    fn config(&self, dir: &Path, name: &str, tls: SocketAddr) -> Config {
+    fn config(&self, dir: &Path, name: &str) -> Config {
         let o = inproc::Options {
             udp: false,
             tcp: false,
@@ -70,7 +70,7 @@ impl Site {
             ..inproc::Options::default()
         };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut cfg = inproc::config(&self.pki, &o, [any, any, tls]);
+        let mut cfg = inproc::config(&self.pki, &o, [any; 3]);
         std::fs::write(dir.join("flow.keys"), &self.flow_key).unwrap();
         cfg.auth.flow_key_file = Some(dir.join("flow.keys"));
         cfg.script.file = Some(self.default_script.clone());
@@ -85,7 +85,8 @@ impl Site {
         let ca = self.cluster_ca.write(dir, "cluster-ca");
         let cluster = ClusterConfig {
             node: name.to_owned(),
-            advertise: format!("sip:{tls};transport=tls"),
+            // Port 0: the runtime advertises the port its TLS listener was bound to.
+            advertise: "sip:127.0.0.1:0;transport=tls".to_owned(),
             redis: self.redis.clone(),
             key_prefix: "r".to_owned(),
             heartbeat: ConfigDuration(HEARTBEAT),
@@ -107,9 +108,8 @@ impl Site {
 
     fn node(&self, name: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        // The advertise URI names the TLS listener: its port is chosen before the start.
-        let tls = inproc::free_ports()[2];
-        let handle = start(self.config(dir.path(), name, tls), dir.path());
+        let handle = start(self.config(dir.path(), name), dir.path());
+        let tls = handle.local_addr(Transport::Tls).expect("a TLS listener");
         Node {
             handle,
             tls,

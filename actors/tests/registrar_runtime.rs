@@ -364,36 +364,17 @@ fn digest_line(
     nc: u32,
     alg: &str,
 ) -> String {
-    use openssl::hash::{hash, MessageDigest};
-    let md = if alg == "SHA-256" {
-        MessageDigest::sha256()
-    } else {
-        MessageDigest::md5()
-    };
-    let h = |s: &str| hex(&hash(md, s.as_bytes()).unwrap());
-    let line = challenge
-        .split("\r\n")
-        .find(|l| l.starts_with("WWW-Authenticate:") && l.contains(&format!("algorithm={alg}")))
-        .unwrap_or_else(|| panic!("no {alg} challenge in {challenge}"));
-    let nonce = line
-        .split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    let uri = "sip:example.com";
-    let ha1 = h(&format!("{user}:example.com:{password}"));
-    let ha2 = h(&format!("REGISTER:{uri}"));
-    let nc = format!("{nc:08x}");
-    let resp = h(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
-    format!(
-        "Authorization: Digest username=\"{user}\", realm=\"example.com\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={alg}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"\r\n"
-    )
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    siprox_testkit::digest::Answer {
+        alg,
+        user,
+        realm: "example.com",
+        password,
+        method: "REGISTER",
+        uri: "sip:example.com",
+        nc,
+        cnonce,
+    }
+    .to(challenge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -658,7 +658,6 @@ pub async fn register_flow(
     user: &str,
     password: &str,
 ) -> Result<Duration, FlowError> {
-    use openssl::hash::{hash, MessageDigest};
     let ids = CallIds::new();
     let mut sub = client.subscribe(&ids.call_id);
     let ruri = "sip:siprox.test";
@@ -678,39 +677,22 @@ pub async fn register_flow(
             challenge.status()
         ));
     }
-    let want = format!("algorithm={alg}");
-    let Some(line) = challenge
-        .header_values_by_name("WWW-Authenticate")
-        .find(|v| v.contains(&want))
+    let Some(nonce) =
+        crate::digest::nonce_of(challenge.header_values_by_name("WWW-Authenticate"), alg)
     else {
-        return fail(format!("no {alg} challenge"));
+        return fail(format!("no {alg} challenge with a nonce"));
     };
-    let Some(nonce) = line
-        .split("nonce=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-    else {
-        return fail("challenge without nonce");
+    let answer = crate::digest::Answer {
+        alg,
+        user,
+        realm: "siprox.test",
+        password,
+        method: "REGISTER",
+        uri: ruri,
+        nc: 1,
+        cnonce: &ids.from_tag,
     };
-    let md = if alg == "SHA-256" {
-        MessageDigest::sha256()
-    } else {
-        MessageDigest::md5()
-    };
-    let h = |t: &str| -> String {
-        hash(md, t.as_bytes())
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
-            .unwrap_or_default()
-    };
-    let ha1 = h(&format!("{user}:siprox.test:{password}"));
-    let ha2 = h(&format!("REGISTER:{ruri}"));
-    let cnonce = &ids.from_tag;
-    let response = h(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
-    let auth = format!(
-        "{extra}Authorization: Digest username=\"{user}\", realm=\"siprox.test\", \
-         nonce=\"{nonce}\", uri=\"{ruri}\", response=\"{response}\", algorithm={alg}, \
-         qop=auth, nc=00000001, cnonce=\"{cnonce}\"\r\n"
-    );
+    let auth = format!("{extra}{}", answer.header(nonce));
     let second = build_request(
         client,
         &Req {
