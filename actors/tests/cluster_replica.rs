@@ -65,9 +65,29 @@ struct Node {
 
 impl Node {
     fn start(name: &str, redis: Vec<String>) -> Node {
+        Node::start_with(name, redis, |_| {})
+    }
+
+    fn start_with(name: &str, redis: Vec<String>, edit: impl FnOnce(&mut Config)) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let handle = start(node_config(dir.path(), name, redis), dir.path());
+        let mut cfg = node_config(dir.path(), name, redis);
+        edit(&mut cfg);
+        let handle = start(cfg, dir.path());
         Node { handle, _dir: dir }
+    }
+
+    /// What a lookup on this node finds for `user` now: contacts of current bindings (its
+    /// own and the replica's, as the registrar's lookup sees them), with their expiry.
+    fn lookup(&self, user: &str) -> Vec<(String, i64)> {
+        let now = siprox_actors::state::unix_now();
+        self.location()
+            .registrar_store()
+            .get(&format!("sip:{user}@example.com"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| b.expires > now)
+            .map(|b| (b.contact, b.expires))
+            .collect()
     }
 
     fn location(&self) -> Arc<Location> {
@@ -236,6 +256,81 @@ async fn two_nodes_share_bindings_through_one_redis_and_survive_its_outage() {
     );
     assert!(b.cluster().replica.is_dead("a"));
     assert_eq!(b.cluster().replica.len(), 2);
+    b.handle.shutdown();
+}
+
+/// A refresh (same contact and flow, only the expiry and CSeq moved) is written to the
+/// hash but appends nothing to the change stream (`XLEN` unchanged); node B's registrar
+/// still finds the binding after the expiry it last heard of, for as long as node A holds
+/// it, and no longer once A's binding lapsed there (A announces the removal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_is_not_on_the_stream_and_other_nodes_follow_the_owners_expiry() {
+    let redis = RedisServer::start();
+    let short = |cfg: &mut Config| {
+        cfg.registrar.min_expires = 1;
+        cfg.location.expire_interval = ConfigDuration::millis(200);
+    };
+    let a = Node::start_with("a", vec![redis.url()], short);
+    let b = Node::start_with("b", vec![redis.url()], short);
+    let xlen = || -> u64 {
+        redis
+            .cli(&["XLEN", "t:changes"])
+            .and_then(|t| t.trim().parse().ok())
+            .expect("XLEN")
+    };
+    let hash = || {
+        redis
+            .cli(&["HGETALL", "t:loc:{sip:alice@example.com}"])
+            .unwrap_or_default()
+    };
+    let now = siprox_actors::state::unix_now;
+
+    let mut alice = a.phone("alice").await;
+    assert_eq!(alice.register(5).await, 200);
+    assert_eventually!(b.lookup("alice").len() == 1, CONVERGE);
+    let first = b.lookup("alice")[0].1;
+    let entries = xlen();
+    assert!(entries >= 1, "the new binding is on the stream");
+
+    // A refresh two seconds later: its expiry is later than the first by more than the
+    // clock's one-second steps, which leaves a second to look at B in between.
+    let registered = now();
+    assert_eventually!(now() >= registered + 2, CONVERGE);
+    assert_eq!(alice.register(5).await, 200);
+    assert_eventually!(
+        hash().contains("\"cseq\":2"),
+        CONVERGE,
+        "the refresh written to the hash: {}",
+        hash()
+    );
+    let refreshed = a.lookup("alice")[0].1;
+    assert!(
+        refreshed > first,
+        "A's binding now lasts longer: {refreshed} vs {first}"
+    );
+    assert_eq!(xlen(), entries, "a refresh appended a stream entry");
+
+    // Past the expiry B last heard of, B still finds alice: A holds her binding.
+    assert_eventually!(
+        now() > first && now() < refreshed && b.lookup("alice").len() == 1,
+        CONVERGE,
+        "B's lookup at {} (first expiry {first}, refreshed {refreshed}): {:?}",
+        now(),
+        b.lookup("alice")
+    );
+    assert_eq!(xlen(), entries);
+
+    // No more refreshes: A's binding lapses, A announces it, B's lookup finds nothing.
+    assert_eventually!(a.lookup("alice").is_empty(), CONVERGE);
+    assert_eventually!(
+        b.cluster().replica.get("sip:alice@example.com").is_empty(),
+        CONVERGE,
+        "B still holds {:?} after A dropped it",
+        b.cluster().replica.get("sip:alice@example.com")
+    );
+    assert!(b.lookup("alice").is_empty());
+    assert_eq!(xlen(), entries + 1, "the expiry announced once");
+    a.handle.shutdown();
     b.handle.shutdown();
 }
 
