@@ -132,7 +132,7 @@ EOF
         m="$(curl -sS --max-time 5 --cacert certs/ca.pem --cert certs/admin.pem \
             --key certs/admin.key https://127.0.0.1:25062/metrics || true)"
         echo "$mode: redis writes hset=$(redis_calls hset) xadd=$(redis_calls xadd)" \
-            "$(echo "$m" | awk '/^siprox_cluster_(queue_dropped_total|writes_deferred_total|queue_length) / {printf "%s=%s ", $1, $2}')"
+            "$(echo "$m" | awk '/^siprox_cluster_(queue_dropped_total|writes_deferred_total|queue_length|changes_announced_total|refreshes_unannounced_total) / {printf "%s=%s ", $1, $2}')"
     fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true

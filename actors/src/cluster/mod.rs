@@ -756,3 +756,36 @@ async fn beat(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_the_last_change_of_each_aor_in_order() {
+        let c = |aor: &str, n: usize| Change {
+            aor: aor.to_owned(),
+            bindings: Vec::with_capacity(n),
+        };
+        let mut batch = vec![c("a", 1), c("b", 1), c("a", 2), c("c", 1), c("b", 3)];
+        let out = last_per_aor(&mut batch);
+        let got: Vec<(&str, usize)> = out
+            .iter()
+            .map(|c| (c.aor.as_str(), c.bindings.capacity()))
+            .collect();
+        assert_eq!(got, vec![("a", 2), ("c", 1), ("b", 3)]);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn the_same_fields_in_any_order_are_the_same_set() {
+        let f = |s: &str, n: u64| (s.to_owned(), n);
+        assert!(same_fields(
+            &[f("x", 1), f("y", 2)],
+            &[f("y", 2), f("x", 1)]
+        ));
+        assert!(!same_fields(&[f("x", 1)], &[f("x", 2)]));
+        assert!(!same_fields(&[f("x", 1)], &[f("x", 1), f("y", 2)]));
+        assert!(same_fields(&[], &[]));
+    }
+}
