@@ -334,6 +334,90 @@ async fn a_refresh_is_not_on_the_stream_and_other_nodes_follow_the_owners_expiry
     b.handle.shutdown();
 }
 
+/// The writer's throughput, for docs/cluster.md's paper model (printed with
+/// `--nocapture`): `N` new AoRs saved straight into node A's store, then `N` refreshes of
+/// them, fed in chunks the write-behind queue holds, timed until the writer took the last
+/// one. Asserts what the figures rest on: every new AoR announced once, no refresh
+/// announced (`XLEN` unchanged), no change dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_throughput_new_bindings_and_refreshes() {
+    use siprox::registrar::{Binding, Flow};
+    const N: usize = 20_000;
+    const CHUNK: usize = 2048;
+    let redis = RedisServer::start();
+    let a = Node::start("a", vec![redis.url()]);
+    let xlen = || -> u64 {
+        redis
+            .cli(&["XLEN", "t:changes"])
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // A's writer connected and pushed its (empty) store.
+    assert_eventually!(
+        redis
+            .cli(&["EXISTS", "t:pushed:a"])
+            .is_some_and(|o| o.trim() == "1"),
+        CONVERGE
+    );
+    let cs = a.cluster();
+    let store = a.location();
+    let store = store.registrar_store();
+    let now = siprox_actors::state::unix_now();
+    let binding = |i: usize, shift: i64| Binding {
+        contact: format!("sip:user{i}@198.51.100.7:40123;transport=tls"),
+        expires: now + 600 + shift,
+        q: None,
+        call_id: format!("w{i}"),
+        cseq: 1 + shift as u32,
+        path: vec![],
+        flow: Flow {
+            transport: Transport::Tls,
+            source: "198.51.100.7:40123".parse().unwrap(),
+            local: "127.0.0.1:5061".parse().unwrap(),
+            conn: Some(siprox::proxy::ConnId(i as u64 + 1)),
+            node: None,
+            node_route: None,
+        },
+        instance: None,
+        reg_id: None,
+        user_agent: Some("Phone/1.0".into()),
+        updated: now + shift,
+    };
+    let mut rounds = Vec::new();
+    for shift in [0, 1] {
+        let t = std::time::Instant::now();
+        for start in (0..N).step_by(CHUNK) {
+            for i in start..(start + CHUNK).min(N) {
+                let b = binding(i, shift);
+                store
+                    .update(&format!("sip:user{i}@example.com"), &mut |_| {
+                        Some(vec![b.clone()])
+                    })
+                    .expect("saved");
+            }
+            assert_eventually!(cs.outbox.queued() == 0, CONVERGE);
+        }
+        let took = t.elapsed();
+        rounds.push(took);
+        let what = if shift == 0 { "new" } else { "refreshes" };
+        println!(
+            "writer: {N} {what} in {took:?}: {:.0}/s",
+            N as f64 / took.as_secs_f64()
+        );
+    }
+    assert_eq!(cs.outbox.dropped.load(Ordering::Relaxed), 0);
+    // The last batch may still be on its way.
+    assert_eventually!(
+        cs.outbox.refreshed.load(Ordering::Relaxed) == N as u64,
+        CONVERGE,
+        "refreshes written: {}",
+        cs.outbox.refreshed.load(Ordering::Relaxed)
+    );
+    assert_eq!(cs.outbox.announced.load(Ordering::Relaxed), N as u64);
+    assert_eq!(xlen(), N as u64, "one entry per new AoR, none per refresh");
+    a.handle.shutdown();
+}
+
 /// The figures of docs/cluster.md's memory model: Redis bytes per binding (hash, TTL and
 /// the stream entry its write appended) and replica bytes per binding, for `N` phones that
 /// register through node A and are replicated on node B. Prints them; fails when either
