@@ -100,11 +100,19 @@ EOF
     if [[ "$mode" == redis ]]; then
         redis-cli -p "$redis_port" FLUSHALL >/dev/null
         redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
+        # What [cluster] requires: the flow keys (node tokens) and the nonce secret; one
+        # node on loopback, so no [cluster.tls] (clear text between nodes allowed).
+        openssl rand -hex 32 >"$dir/flow.key"
+        openssl rand -hex 32 >"$dir/nonce.secret"
         cat >"$dir/conf.d/20-cluster.toml" <<EOF
 [cluster]
 node = "bench1"
 advertise = "sip:127.0.0.1:25061;transport=tls"
 redis = "redis://127.0.0.1:$redis_port"
+insecure_plaintext = true
+[auth]
+flow_key_file = "$dir/flow.key"
+secret_file = "$dir/nonce.secret"
 EOF
     fi
     target/release/siprox -c "$dir/conf.d" >"$dir/log" 2>&1 &
@@ -132,7 +140,7 @@ EOF
         m="$(curl -sS --max-time 5 --cacert certs/ca.pem --cert certs/admin.pem \
             --key certs/admin.key https://127.0.0.1:25062/metrics || true)"
         echo "$mode: redis writes hset=$(redis_calls hset) xadd=$(redis_calls xadd)" \
-            "$(echo "$m" | awk '/^siprox_cluster_(queue_dropped_total|writes_deferred_total|queue_length) / {printf "%s=%s ", $1, $2}')"
+            "$(echo "$m" | awk '/^siprox_cluster_(queue_dropped_total|writes_deferred_total|queue_length|changes_announced_total|refreshes_unannounced_total) / {printf "%s=%s ", $1, $2}')"
     fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true

@@ -353,6 +353,11 @@ async fn deploy_script_cluster_nodes_ul_metrics_and_cluster_reload() {
         Some(0.0),
         "{m}"
     );
+    assert_eq!(
+        metric(&m, "siprox_cluster_replay_dropped_total"),
+        Some(0.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "siprox_registrations"), Some(0.0), "{m}");
     assert_eq!(metric(&d.metrics(2), "siprox_registrations"), Some(1.0));
 

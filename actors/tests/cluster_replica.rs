@@ -65,9 +65,29 @@ struct Node {
 
 impl Node {
     fn start(name: &str, redis: Vec<String>) -> Node {
+        Node::start_with(name, redis, |_| {})
+    }
+
+    fn start_with(name: &str, redis: Vec<String>, edit: impl FnOnce(&mut Config)) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let handle = start(node_config(dir.path(), name, redis), dir.path());
+        let mut cfg = node_config(dir.path(), name, redis);
+        edit(&mut cfg);
+        let handle = start(cfg, dir.path());
         Node { handle, _dir: dir }
+    }
+
+    /// What a lookup on this node finds for `user` now: contacts of current bindings (its
+    /// own and the replica's, as the registrar's lookup sees them), with their expiry.
+    fn lookup(&self, user: &str) -> Vec<(String, i64)> {
+        let now = siprox_actors::state::unix_now();
+        self.location()
+            .registrar_store()
+            .get(&format!("sip:{user}@example.com"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| b.expires > now)
+            .map(|b| (b.contact, b.expires))
+            .collect()
     }
 
     fn location(&self) -> Arc<Location> {
@@ -237,6 +257,165 @@ async fn two_nodes_share_bindings_through_one_redis_and_survive_its_outage() {
     assert!(b.cluster().replica.is_dead("a"));
     assert_eq!(b.cluster().replica.len(), 2);
     b.handle.shutdown();
+}
+
+/// A refresh (same contact and flow, only the expiry and CSeq moved) is written to the
+/// hash but appends nothing to the change stream (`XLEN` unchanged); node B's registrar
+/// still finds the binding after the expiry it last heard of, for as long as node A holds
+/// it, and no longer once A's binding lapsed there (A announces the removal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_is_not_on_the_stream_and_other_nodes_follow_the_owners_expiry() {
+    let redis = RedisServer::start();
+    let short = |cfg: &mut Config| {
+        cfg.registrar.min_expires = 1;
+        cfg.location.expire_interval = ConfigDuration::millis(200);
+    };
+    let a = Node::start_with("a", vec![redis.url()], short);
+    let b = Node::start_with("b", vec![redis.url()], short);
+    let xlen = || -> u64 {
+        redis
+            .cli(&["XLEN", "t:changes"])
+            .and_then(|t| t.trim().parse().ok())
+            .expect("XLEN")
+    };
+    let hash = || {
+        redis
+            .cli(&["HGETALL", "t:loc:{sip:alice@example.com}"])
+            .unwrap_or_default()
+    };
+    let now = siprox_actors::state::unix_now;
+
+    let mut alice = a.phone("alice").await;
+    assert_eq!(alice.register(5).await, 200);
+    assert_eventually!(b.lookup("alice").len() == 1, CONVERGE);
+    let first = b.lookup("alice")[0].1;
+    let entries = xlen();
+    assert!(entries >= 1, "the new binding is on the stream");
+
+    // A refresh two seconds later: its expiry is later than the first by more than the
+    // clock's one-second steps, which leaves a second to look at B in between.
+    let registered = now();
+    assert_eventually!(now() >= registered + 2, CONVERGE);
+    assert_eq!(alice.register(5).await, 200);
+    assert_eventually!(
+        hash().contains("\"cseq\":2"),
+        CONVERGE,
+        "the refresh written to the hash: {}",
+        hash()
+    );
+    let refreshed = a.lookup("alice")[0].1;
+    assert!(
+        refreshed > first,
+        "A's binding now lasts longer: {refreshed} vs {first}"
+    );
+    assert_eq!(xlen(), entries, "a refresh appended a stream entry");
+
+    // Past the expiry B last heard of, B still finds alice: A holds her binding.
+    assert_eventually!(
+        now() > first && now() < refreshed && b.lookup("alice").len() == 1,
+        CONVERGE,
+        "B's lookup at {} (first expiry {first}, refreshed {refreshed}): {:?}",
+        now(),
+        b.lookup("alice")
+    );
+    assert_eq!(xlen(), entries);
+
+    // No more refreshes: A's binding lapses, A announces it, B's lookup finds nothing.
+    assert_eventually!(a.lookup("alice").is_empty(), CONVERGE);
+    assert_eventually!(
+        b.cluster().replica.get("sip:alice@example.com").is_empty(),
+        CONVERGE,
+        "B still holds {:?} after A dropped it",
+        b.cluster().replica.get("sip:alice@example.com")
+    );
+    assert!(b.lookup("alice").is_empty());
+    assert_eq!(xlen(), entries + 1, "the expiry announced once");
+    a.handle.shutdown();
+    b.handle.shutdown();
+}
+
+/// The writer's throughput, for docs/cluster.md's paper model (printed with
+/// `--nocapture`): `N` new AoRs saved straight into node A's store, then `N` refreshes of
+/// them, fed in chunks the write-behind queue holds, timed until the writer took the last
+/// one. Asserts what the figures rest on: every new AoR announced once, no refresh
+/// announced (`XLEN` unchanged), no change dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_throughput_new_bindings_and_refreshes() {
+    use siprox::registrar::{Binding, Flow};
+    const N: usize = 20_000;
+    const CHUNK: usize = 2048;
+    let redis = RedisServer::start();
+    let a = Node::start("a", vec![redis.url()]);
+    let xlen = || -> u64 {
+        redis
+            .cli(&["XLEN", "t:changes"])
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // A's writer connected and pushed its (empty) store.
+    assert_eventually!(
+        redis
+            .cli(&["EXISTS", "t:pushed:a"])
+            .is_some_and(|o| o.trim() == "1"),
+        CONVERGE
+    );
+    let cs = a.cluster();
+    let store = a.location();
+    let store = store.registrar_store();
+    let now = siprox_actors::state::unix_now();
+    let binding = |i: usize, shift: i64| Binding {
+        contact: format!("sip:user{i}@198.51.100.7:40123;transport=tls"),
+        expires: now + 600 + shift,
+        q: None,
+        call_id: format!("w{i}"),
+        cseq: 1 + shift as u32,
+        path: vec![],
+        flow: Flow {
+            transport: Transport::Tls,
+            source: "198.51.100.7:40123".parse().unwrap(),
+            local: "127.0.0.1:5061".parse().unwrap(),
+            conn: Some(siprox::proxy::ConnId(i as u64 + 1)),
+            node: None,
+            node_route: None,
+        },
+        instance: None,
+        reg_id: None,
+        user_agent: Some("Phone/1.0".into()),
+        updated: now + shift,
+    };
+    let mut rounds = Vec::new();
+    for shift in [0, 1] {
+        let t = std::time::Instant::now();
+        for start in (0..N).step_by(CHUNK) {
+            for i in start..(start + CHUNK).min(N) {
+                let b = binding(i, shift);
+                store
+                    .update(&format!("sip:user{i}@example.com"), &mut |_| {
+                        Some(vec![b.clone()])
+                    })
+                    .expect("saved");
+            }
+            assert_eventually!(cs.outbox.queued() == 0, CONVERGE);
+        }
+        let took = t.elapsed();
+        rounds.push(took);
+        let what = if shift == 0 { "new" } else { "refreshes" };
+        println!(
+            "writer: {N} {what} in {took:?}: {:.0}/s",
+            N as f64 / took.as_secs_f64()
+        );
+    }
+    assert_eq!(cs.outbox.dropped.load(Ordering::Relaxed), 0);
+    // The last batch may still be on its way.
+    assert_eventually!(
+        cs.outbox.refreshed.load(Ordering::Relaxed) == N as u64,
+        CONVERGE,
+        "refreshes written: {}",
+        cs.outbox.refreshed.load(Ordering::Relaxed)
+    );
+    assert_eq!(cs.outbox.announced.load(Ordering::Relaxed), N as u64);
+    assert_eq!(xlen(), N as u64, "one entry per new AoR, none per refresh");
+    a.handle.shutdown();
 }
 
 /// The figures of docs/cluster.md's memory model: Redis bytes per binding (hash, TTL and

@@ -32,8 +32,8 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// The workers' end: what `NonceManager::use_nc` hands accepted counts to.
 pub struct ReplayLink {
     tx: mpsc::Sender<(NonceId, u32)>,
-    /// Counts that found the queue full.
-    pub dropped: AtomicU64,
+    /// Counts that found the queue full (shared with `AuthShare::dropped`, for /metrics).
+    pub dropped: Arc<AtomicU64>,
 }
 
 impl ReplaySink for ReplayLink {
@@ -54,6 +54,8 @@ impl ReplaySink for ReplayLink {
 pub struct AuthShare {
     rx: mpsc::Receiver<(NonceId, u32)>,
     current: Arc<dyn Fn() -> Arc<Authenticator> + Send + Sync>,
+    /// The link's drop counter (`ReplayLink::dropped`).
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// A new link (for `NonceManager::set_sink`) and the share the cluster actor runs.
@@ -61,12 +63,17 @@ pub fn link(
     current: Arc<dyn Fn() -> Arc<Authenticator> + Send + Sync>,
 ) -> (Arc<ReplayLink>, AuthShare) {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
     (
         Arc::new(ReplayLink {
             tx,
-            dropped: AtomicU64::new(0),
+            dropped: dropped.clone(),
         }),
-        AuthShare { rx, current },
+        AuthShare {
+            rx,
+            current,
+            dropped,
+        },
     )
 }
 

@@ -83,6 +83,7 @@ impl Cluster {
 
     /// Also share the digest nonce replay state (`cluster::auth`).
     pub fn with_auth(mut self, share: auth::AuthShare) -> Cluster {
+        let _ = self.store.replay_dropped.set(share.dropped.clone());
         self.auth = Some(share);
         self
     }
@@ -150,9 +151,19 @@ impl Link {
     }
 }
 
-/// This node's changes to Redis, in order. While Redis is unreachable the queue is drained
-/// without writing (counted as deferred): once Redis is back the whole local store is
-/// pushed, which covers them, and also a Redis that came back empty.
+/// Changes written in one pipelined round trip.
+const BATCH: usize = 256;
+
+/// What this node holds in Redis, per AoR: its fields in the AoR's hash, each with the
+/// routing fingerprint (`wire::routing_fingerprint`) last announced on the change stream
+/// (0: not known, so the next write announces it). Kept in memory so that the steady state
+/// never reads before it writes; read with `HKEYS` only by the full push after connecting.
+type Written = HashMap<String, Vec<(String, u64)>>;
+
+/// This node's changes to Redis, in order, up to [`BATCH`] at once in one pipelined round
+/// trip. While Redis is unreachable the queue is drained without writing (counted as
+/// deferred): once Redis is back the whole local store is pushed, which covers them, and
+/// also a Redis that came back empty.
 async fn writer(
     shared: Option<Arc<Shared>>,
     cfg: Arc<ClusterConfig>,
@@ -162,10 +173,11 @@ async fn writer(
 ) {
     let mut link = Link::new("writer");
     let mut conn: Option<Conn> = None;
-    // AoRs this node has fields for in Redis: a full push removes the ones it lost.
-    let mut written: HashSet<String> = HashSet::new();
+    let mut written: Written = HashMap::new();
     let mut need_full = true;
     let mut seen_drops = 0;
+    let mut batch: Vec<Change> = Vec::with_capacity(BATCH);
+    let mut checked = tokio::time::Instant::now();
     loop {
         let Some(c) = conn.as_mut() else {
             match redis::connect(&cfg).await {
@@ -183,6 +195,28 @@ async fn writer(
         if drops != seen_drops {
             seen_drops = drops;
             need_full = true;
+        }
+        if !need_full && checked.elapsed() >= cfg.heartbeat.get() {
+            // A Redis that restarted empty between two writes (the connection reconnects
+            // by itself, so no write need fail) lost this node's fields: push them again.
+            checked = tokio::time::Instant::now();
+            match ::redis::cmd("EXISTS")
+                .arg(keys.pushed(&cfg.node))
+                .query_async::<bool>(c)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!("cluster: Redis lost this node's bindings (restarted empty?): pushing them again");
+                    need_full = true;
+                }
+                Err(e) => {
+                    link.down(&e);
+                    conn = None;
+                    need_full = true;
+                    continue;
+                }
+            }
         }
         if need_full {
             // What is queued now is in the local store already.
@@ -207,14 +241,49 @@ async fn writer(
             () = tokio::time::sleep(cfg.heartbeat.get()) => continue,
         };
         let Some(change) = change else { return };
-        if let Err(e) = write(&shared, &cfg, &keys, c, &change, &mut written).await {
+        batch.clear();
+        batch.push(change);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let taken = batch.len() as u64;
+        let changes = last_per_aor(&mut batch);
+        if let Err(e) = write_batch(
+            &shared,
+            &cfg,
+            &keys,
+            &store,
+            c,
+            changes,
+            &mut written,
+            false,
+        )
+        .await
+        {
             // Lost here, covered by the full push once Redis is back.
-            store.outbox.deferred.fetch_add(1, Ordering::Relaxed);
+            store.outbox.deferred.fetch_add(taken, Ordering::Relaxed);
             link.down(&e);
             conn = None;
             need_full = true;
         }
     }
+}
+
+/// The last change of each AoR in `batch`, in the order of those last changes: a change is
+/// the AoR's whole set for this node, so an earlier one of the same AoR says nothing more.
+fn last_per_aor(batch: &mut Vec<Change>) -> Vec<Change> {
+    let mut seen: HashSet<String> = HashSet::with_capacity(batch.len());
+    let mut out: Vec<Change> = Vec::with_capacity(batch.len());
+    while let Some(c) = batch.pop() {
+        if seen.insert(c.aor.clone()) {
+            out.push(c);
+        }
+    }
+    out.reverse();
+    out
 }
 
 /// Empty the queue while Redis is unreachable, counting what was taken.
@@ -227,14 +296,16 @@ fn defer(store: &ClusterStore, rx: &mut mpsc::Receiver<Change>) {
 }
 
 /// Every AoR of the local store, and an empty set for each AoR this node wrote before and
-/// holds no more. Returns how many AoRs were written.
+/// holds no more; each announced on the stream. This node's fields of those AoRs are read
+/// first (`HKEYS`): Redis may have restarted empty, or hold fields this node's memory lost.
+/// Returns how many AoRs were written.
 async fn push_all(
     shared: &Option<Arc<Shared>>,
     cfg: &ClusterConfig,
     keys: &Keys,
     store: &ClusterStore,
     conn: &mut Conn,
-    written: &mut HashSet<String>,
+    written: &mut Written,
 ) -> RedisResult<usize> {
     let mut all: Vec<Change> = Vec::new();
     let _ = store.local.for_each(&mut |aor, b| {
@@ -245,7 +316,7 @@ async fn push_all(
     });
     let held: HashSet<&str> = all.iter().map(|c| c.aor.as_str()).collect();
     let gone: Vec<String> = written
-        .iter()
+        .keys()
         .filter(|a| !held.contains(a.as_str()))
         .cloned()
         .collect();
@@ -256,90 +327,209 @@ async fn push_all(
         });
     }
     let n = all.len();
-    for c in &all {
-        write(shared, cfg, keys, conn, c, written).await?;
+    let node = cfg.node.as_str();
+    while !all.is_empty() {
+        let chunk: Vec<Change> = all.drain(..all.len().min(BATCH)).collect();
+        let reads: Vec<Vec<::redis::Cmd>> = chunk
+            .iter()
+            .map(|c| {
+                let mut hkeys = ::redis::cmd("HKEYS");
+                hkeys.arg(keys.loc(&c.aor));
+                vec![hkeys]
+            })
+            .collect();
+        let replies = run(conn, reads).await?;
+        for (c, reply) in chunk.iter().zip(replies) {
+            let fields: Vec<String> = reply
+                .into_iter()
+                .next()
+                .and_then(|v| ::redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let mine = fields
+                .into_iter()
+                .filter(|f| wire::field_node(f) == Some(node))
+                .map(|f| (f, 0))
+                .collect();
+            written.insert(c.aor.clone(), mine);
+        }
+        write_batch(shared, cfg, keys, store, conn, chunk, written, true).await?;
     }
+    let () = ::redis::cmd("SET")
+        .arg(keys.pushed(&cfg.node))
+        .arg(unix_now())
+        .query_async(conn)
+        .await?;
     Ok(n)
 }
 
-/// One AoR's set for this node: stale fields of this node removed, the current ones set,
-/// the key's TTL raised to the longest binding, and the change appended to the stream.
-/// Not a transaction: in a Redis Cluster the hash and the stream live in different slots.
-/// Each field has one writer (this node, in order), so there is no race to lose.
-async fn write(
+/// Groups of commands in one round trip; each group's keys are in one Redis Cluster slot.
+/// On one Redis: one pipeline. On a Redis Cluster, whose connection refuses a pipeline
+/// across slots: one pipeline per group, all sent at once on clones of the connection
+/// (multiplexed). Returns each group's replies, in order; any error fails the whole.
+async fn run(
+    conn: &mut Conn,
+    groups: Vec<Vec<::redis::Cmd>>,
+) -> RedisResult<Vec<Vec<::redis::Value>>> {
+    if let Conn::Cluster(cc) = conn {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|g| {
+                let mut c = cc.clone();
+                let mut p = ::redis::pipe();
+                for cmd in g {
+                    p.add_command(cmd);
+                }
+                tokio::spawn(async move { p.query_async::<Vec<::redis::Value>>(&mut c).await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            let r = h.await.map_err(|e| {
+                ::redis::RedisError::from((
+                    ::redis::ErrorKind::Io,
+                    "cluster write task",
+                    e.to_string(),
+                ))
+            })?;
+            out.push(r?);
+        }
+        return Ok(out);
+    }
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    let mut p = ::redis::pipe();
+    for cmd in groups.into_iter().flatten() {
+        p.add_command(cmd);
+    }
+    if p.is_empty() {
+        return Ok(sizes.iter().map(|_| Vec::new()).collect());
+    }
+    let mut replies: Vec<::redis::Value> = p.query_async(conn).await?;
+    let mut out = Vec::with_capacity(sizes.len());
+    for n in sizes {
+        let rest = replies.split_off(n.min(replies.len()));
+        out.push(std::mem::replace(&mut replies, rest));
+    }
+    Ok(out)
+}
+
+/// Several AoRs' sets for this node in one round trip. Per AoR: this node's fields that
+/// went (known from `written`, never read back here) removed, the current ones set, the
+/// key's TTL raised to the longest binding; and an entry appended to the change stream
+/// only when something another node routes by changed (`wire::routing_fingerprint`), or
+/// with `announce_all`. A refresh (only the expiry, CSeq or Call-ID moved) updates the hash
+/// and its TTL and nothing else: replicas present a live owner's binding as refreshed on
+/// schedule until the owner announces its removal (`Replica::get`). Not a transaction:
+/// in a Redis Cluster the hash and the stream live in different slots. Each field has one
+/// writer (this node, in order), so there is no race to lose. `written` is updated only
+/// when Redis took the whole batch.
+#[allow(clippy::too_many_arguments)]
+async fn write_batch(
     shared: &Option<Arc<Shared>>,
     cfg: &ClusterConfig,
     keys: &Keys,
+    store: &ClusterStore,
     conn: &mut Conn,
-    c: &Change,
-    written: &mut HashSet<String>,
+    changes: Vec<Change>,
+    written: &mut Written,
+    announce_all: bool,
 ) -> RedisResult<()> {
-    let key = keys.loc(&c.aor);
     let now = unix_now();
-    // The keys of the snapshot in force now: a rotation signs the next write.
+    // The keys of the snapshot in force now: a rotation signs the next write (and, since
+    // the token changes, announces it).
     let flow_keys = shared
         .as_ref()
         .map(|s| s.snapshot.load().proxy.config().flow_keys.clone());
     let node = cfg.node.as_str();
-    let current: Vec<&Binding> = c.bindings.iter().filter(|b| b.expires > now).collect();
-    let new: Vec<(String, String)> = current
-        .iter()
-        .map(|b| {
-            (
+    let mut groups: Vec<Vec<::redis::Cmd>> = Vec::with_capacity(changes.len() + 1);
+    let mut entries: Vec<::redis::Cmd> = Vec::new();
+    let mut next: Vec<(String, Vec<(String, u64)>)> = Vec::with_capacity(changes.len());
+    let mut refreshes = 0;
+    for c in changes {
+        let key = keys.loc(&c.aor);
+        let current: Vec<&Binding> = c.bindings.iter().filter(|b| b.expires > now).collect();
+        let mut fields: Vec<(String, u64)> = Vec::with_capacity(current.len());
+        let mut values: Vec<String> = Vec::with_capacity(current.len());
+        for b in &current {
+            let nf = wire::node_token(b, node, flow_keys.as_ref());
+            fields.push((
                 wire::field(node, &b.contact),
-                wire::encode(b, node, &cfg.advertise, flow_keys.as_ref()),
-            )
-        })
-        .collect();
-    let fields: Vec<String> = ::redis::cmd("HKEYS").arg(&key).query_async(conn).await?;
-    let stale: Vec<&String> = fields
-        .iter()
-        .filter(|f| wire::field_node(f) == Some(node) && !new.iter().any(|(n, _)| n == *f))
-        .collect();
-    if !stale.is_empty() {
-        let () = ::redis::cmd("HDEL")
-            .arg(&key)
-            .arg(&stale)
-            .query_async(conn)
-            .await?;
-    }
-    if let Some(longest) = current.iter().map(|b| b.expires).max() {
-        let () = ::redis::cmd("HSET")
-            .arg(&key)
-            .arg(&new)
-            .query_async(conn)
-            .await?;
-        // NX sets a TTL on a new key, GT only ever lengthens it: another node's longer
-        // binding in the same hash is never cut short.
-        for opt in ["NX", "GT"] {
-            let _: i64 = ::redis::cmd("EXPIREAT")
-                .arg(&key)
-                .arg(longest)
-                .arg(opt)
-                .query_async(conn)
-                .await?;
+                wire::routing_fingerprint(b, nf.as_deref()),
+            ));
+            values.push(wire::encode_with(b, node, &cfg.advertise, nf));
         }
-        written.insert(c.aor.clone());
-    } else {
-        written.remove(&c.aor);
+        let before = written.get(&c.aor);
+        let mut cmds = Vec::new();
+        let stale: Vec<&str> = before
+            .into_iter()
+            .flatten()
+            .filter(|(f, _)| !fields.iter().any(|(n, _)| n == f))
+            .map(|(f, _)| f.as_str())
+            .collect();
+        if !stale.is_empty() {
+            let mut hdel = ::redis::cmd("HDEL");
+            hdel.arg(&key).arg(&stale);
+            cmds.push(hdel);
+        }
+        if let Some(longest) = current.iter().map(|b| b.expires).max() {
+            let mut hset = ::redis::cmd("HSET");
+            hset.arg(&key);
+            for ((f, _), v) in fields.iter().zip(&values) {
+                hset.arg(f).arg(v);
+            }
+            cmds.push(hset);
+            // NX sets a TTL on a new key, GT only ever lengthens it: another node's longer
+            // binding in the same hash is never cut short.
+            for opt in ["NX", "GT"] {
+                let mut exp = ::redis::cmd("EXPIREAT");
+                exp.arg(&key).arg(longest).arg(opt);
+                cmds.push(exp);
+            }
+        }
+        let changed = match before {
+            None => !fields.is_empty(),
+            Some(b) => !same_fields(b, &fields),
+        };
+        if changed || (announce_all && (before.is_some() || !fields.is_empty())) {
+            let mut xadd = ::redis::cmd("XADD");
+            xadd.arg(keys.changes())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAXLEN)
+                .arg("*")
+                .arg("node")
+                .arg(node)
+                .arg("aor")
+                .arg(&c.aor)
+                .arg("b")
+                .arg(format!("[{}]", values.join(",")));
+            entries.push(xadd);
+        } else if !fields.is_empty() {
+            refreshes += 1;
+        }
+        if !cmds.is_empty() {
+            groups.push(cmds);
+        }
+        next.push((c.aor, fields));
     }
-    let values: Vec<&str> = new.iter().map(|(_, v)| v.as_str()).collect();
-    let batch = format!("[{}]", values.join(","));
-    let _: String = ::redis::cmd("XADD")
-        .arg(keys.changes())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(STREAM_MAXLEN)
-        .arg("*")
-        .arg("node")
-        .arg(node)
-        .arg("aor")
-        .arg(&c.aor)
-        .arg("b")
-        .arg(batch)
-        .query_async(conn)
-        .await?;
+    let announced = entries.len() as u64;
+    if !entries.is_empty() {
+        groups.push(entries);
+    }
+    run(conn, groups).await?;
+    for (aor, fields) in next {
+        if fields.is_empty() {
+            written.remove(&aor);
+        } else {
+            written.insert(aor, fields);
+        }
+    }
+    store.outbox.note_written(announced, refreshes);
     Ok(())
+}
+
+/// Whether two sets of (field, fingerprint) are the same, in any order.
+fn same_fields(a: &[(String, u64)], b: &[(String, u64)]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 /// The change stream into the replica: resync, then tail from the id noted before the
@@ -565,4 +755,37 @@ async fn beat(
         store.replica.set_alive(&node, alive);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_the_last_change_of_each_aor_in_order() {
+        let c = |aor: &str, n: usize| Change {
+            aor: aor.to_owned(),
+            bindings: Vec::with_capacity(n),
+        };
+        let mut batch = vec![c("a", 1), c("b", 1), c("a", 2), c("c", 1), c("b", 3)];
+        let out = last_per_aor(&mut batch);
+        let got: Vec<(&str, usize)> = out
+            .iter()
+            .map(|c| (c.aor.as_str(), c.bindings.capacity()))
+            .collect();
+        assert_eq!(got, vec![("a", 2), ("c", 1), ("b", 3)]);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn the_same_fields_in_any_order_are_the_same_set() {
+        let f = |s: &str, n: u64| (s.to_owned(), n);
+        assert!(same_fields(
+            &[f("x", 1), f("y", 2)],
+            &[f("y", 2), f("x", 1)]
+        ));
+        assert!(!same_fields(&[f("x", 1)], &[f("x", 2)]));
+        assert!(!same_fields(&[f("x", 1)], &[f("x", 1), f("y", 2)]));
+        assert!(same_fields(&[], &[]));
+    }
 }

@@ -38,6 +38,12 @@ impl Keys {
         format!("{}:changes", self.prefix)
     }
 
+    /// Set by a node's writer after it pushed its whole store: gone when Redis lost its
+    /// data (restarted empty), which the writer checks every `heartbeat`.
+    pub fn pushed(&self, node: &str) -> String {
+        format!("{}:pushed:{node}", self.prefix)
+    }
+
     /// A node's liveness key.
     pub fn node(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
@@ -71,15 +77,48 @@ pub struct Stored {
 
 /// This node's binding as stored: stamped with this node's name and, for a binding bound
 /// to a connection, the node token for it (signed with `keys`; none without keys).
+#[cfg(test)]
 pub fn encode(b: &Binding, node: &str, advertise: &str, keys: Option<&FlowKeys>) -> String {
-    let mut sb = SnapshotBinding::from(b);
-    sb.node = Some(node.to_owned());
-    let nf = match (keys, b.flow.conn) {
+    encode_with(b, node, advertise, node_token(b, node, keys))
+}
+
+/// The node token of `b`'s connection, when it has one and `keys` sign.
+pub fn node_token(b: &Binding, node: &str, keys: Option<&FlowKeys>) -> Option<String> {
+    match (keys, b.flow.conn) {
         (Some(k), Some(c)) if b.flow.transport.is_stream() => {
             k.node_token(c.0, b.flow.transport, node)
         }
         _ => None,
-    };
+    }
+}
+
+/// What another node routes by, as one number: the contact, the flow (transport, received
+/// address, local address, connection), the node token, Path, q, instance and reg-id, and
+/// the granted period (`expires - updated`: a replica presents a binding as refreshed on
+/// that schedule). Not the expiry, CSeq, Call-ID or User-Agent: a REGISTER that moves only
+/// those is a refresh, written to the hash but not announced on the change stream. In
+/// memory only (the hasher's keys are fixed, but nothing relies on the value across builds).
+pub fn routing_fingerprint(b: &Binding, nf: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.contact.hash(&mut h);
+    b.flow.transport.hash(&mut h);
+    b.flow.source.hash(&mut h);
+    b.flow.local.hash(&mut h);
+    b.flow.conn.map(|c| c.0).hash(&mut h);
+    nf.hash(&mut h);
+    b.path.hash(&mut h);
+    b.q.hash(&mut h);
+    b.instance.hash(&mut h);
+    b.reg_id.hash(&mut h);
+    (b.expires - b.updated).hash(&mut h);
+    h.finish()
+}
+
+/// [`encode`] with the node token already made.
+pub fn encode_with(b: &Binding, node: &str, advertise: &str, nf: Option<String>) -> String {
+    let mut sb = SnapshotBinding::from(b);
+    sb.node = Some(node.to_owned());
     let s = Stored {
         advertise: advertise.to_owned(),
         nf,
@@ -196,6 +235,28 @@ mod tests {
         let all = decode_batch(batch.as_bytes(), &|n| n.into()).unwrap();
         assert_eq!(all.len(), 2, "the unreadable one is left out");
         assert!(decode_batch(b"{}", &|n| n.into()).is_none());
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_fingerprint_and_a_new_flow_changes_it() {
+        let b = binding();
+        let fp = routing_fingerprint(&b, Some("t"));
+        let mut refreshed = binding();
+        refreshed.expires += 250;
+        refreshed.updated += 250;
+        refreshed.cseq += 1;
+        refreshed.call_id = "other".into();
+        assert_eq!(routing_fingerprint(&refreshed, Some("t")), fp);
+        let mut moved = binding();
+        moved.flow.conn = Some(ConnId(43));
+        assert_ne!(routing_fingerprint(&moved, Some("t")), fp);
+        assert_ne!(routing_fingerprint(&b, Some("u")), fp, "a new node token");
+        let mut longer = binding();
+        longer.expires += 300;
+        assert_ne!(routing_fingerprint(&longer, Some("t")), fp, "a new period");
+        let mut q = binding();
+        q.q = Some(1000);
+        assert_ne!(routing_fingerprint(&q, Some("t")), fp);
     }
 
     #[test]

@@ -335,6 +335,24 @@ fn cluster(r: &mut Registry, c: &crate::cluster::control::Control) {
         "Cluster members whose liveness key exists, as last read (this node included)",
         n(c.members().iter().filter(|m| m.alive).count()),
     );
+    counter(
+        r,
+        "cluster_changes_announced",
+        "AoR sets of this node written to Redis and appended to the change stream (real changes, and every AoR of a full push)",
+        store.outbox.announced.load(Relaxed),
+    );
+    counter(
+        r,
+        "cluster_refreshes_unannounced",
+        "AoR sets of this node written to Redis without a stream entry: refreshes that change nothing another node routes by",
+        store.outbox.refreshed.load(Relaxed),
+    );
+    counter(
+        r,
+        "cluster_replay_dropped",
+        "Accepted digest nonce counts not shared with the other nodes because the queue to Redis was full",
+        store.replay_dropped.get().map_or(0, |d| d.load(Relaxed)),
+    );
     gauge(
         r,
         "cluster_members_current",

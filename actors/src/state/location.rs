@@ -79,6 +79,7 @@ impl Location {
                     outbox,
                     retry_after: u32::try_from(c.node_timeout.get().as_secs().max(1))
                         .unwrap_or(u32::MAX),
+                    replay_dropped: std::sync::OnceLock::new(),
                 };
                 (Some(Arc::new(cs)), Some(rx))
             }

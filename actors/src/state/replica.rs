@@ -35,6 +35,10 @@ pub struct Replica {
     /// Nodes whose liveness key expired: their bindings are not offered to a lookup. Read
     /// on every lookup, written by the heartbeat loop: swapped whole, never locked.
     dead: ArcSwap<HashSet<Arc<str>>>,
+    /// When each dead node was first seen dead (by [`expire`](Self::expire)): its bindings
+    /// are presented as refreshed on schedule until then, and dropped once that schedule
+    /// ends. One writer (the expiry timer): swapped whole, never locked.
+    died: ArcSwap<HashMap<Arc<str>, i64>>,
     /// One shared name per node, as in the local store.
     names: Mutex<Vec<Arc<str>>>,
     /// The replica follows Redis now (connected and synced). False before the first sync
@@ -87,6 +91,7 @@ impl Replica {
             node: node.into(),
             aors: DashMap::new(),
             dead: ArcSwap::from_pointee(HashSet::new()),
+            died: ArcSwap::from_pointee(HashMap::new()),
             names: Mutex::new(Vec::new()),
             current: AtomicBool::new(false),
             peers: ArcSwap::from_pointee(HashSet::new()),
@@ -138,28 +143,36 @@ impl Replica {
         }
     }
 
-    /// The bindings of `aor` owned by live nodes, expired ones included (the registrar
-    /// filters by time).
+    /// The bindings of `aor` owned by live nodes, each presented as refreshed on schedule
+    /// ([`on_schedule`]): a refresh is not announced on the change stream, the owner
+    /// announces a binding's removal (unregister, expiry) instead.
     pub fn get(&self, aor: &str) -> Vec<Binding> {
         let Some(v) = self.aors.get(aor) else {
             return Vec::new();
         };
         let dead = self.dead.load();
+        let now = crate::state::unix_now();
         v.iter()
             .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
-            .cloned()
+            .map(|b| presented(b, now))
             .collect()
     }
 
-    /// How many current bindings of `aor` are held but withheld because their node is
-    /// dead (a lookup that finds nothing else answers 480 rather than 404).
+    /// How many bindings of `aor` are held but withheld because their node is dead, and
+    /// would be current had it gone on refreshing them until it died (a lookup that finds
+    /// nothing else answers 480 rather than 404).
     pub fn withheld(&self, aor: &str, now: i64) -> usize {
         let Some(v) = self.aors.get(aor) else {
             return 0;
         };
         let dead = self.dead.load();
+        let died = self.died.load();
         v.iter()
-            .filter(|b| b.expires > now && b.flow.node.as_ref().is_some_and(|n| dead.contains(n)))
+            .filter(|b| {
+                b.flow.node.as_ref().is_some_and(|n| {
+                    dead.contains(n) && on_schedule(b, died.get(n).copied().unwrap_or(now)) > now
+                })
+            })
             .count()
     }
 
@@ -194,13 +207,31 @@ impl Replica {
             .sum()
     }
 
-    /// Drop bindings with `expires <= now`: Redis keeps a key until its longest binding
-    /// ends, so the per-binding expiry is this replica's job.
+    /// Drop the bindings of dead nodes whose schedule ended: a dead node announces
+    /// nothing, so its bindings last as long as they would have had it refreshed them on
+    /// schedule until it died, and no longer. A live node's bindings stay until it
+    /// announces their removal (it does when one expires there: `ClusterStore::expire`).
+    /// Also notes when each dead node was first seen dead.
     pub fn expire(&self, now: i64) -> usize {
+        let dead = self.dead.load();
+        let died = self.died.load();
+        if dead.len() != died.len() || dead.iter().any(|n| !died.contains_key(n)) {
+            let next: HashMap<Arc<str>, i64> = dead
+                .iter()
+                .map(|n| (n.clone(), died.get(n).copied().unwrap_or(now)))
+                .collect();
+            self.died.store(Arc::new(next));
+        }
+        let died = self.died.load();
         let mut gone = 0;
         self.aors.retain(|_, v| {
             let before = v.len();
-            v.retain(|b| b.expires > now);
+            v.retain(|b| {
+                let Some(at) = b.flow.node.as_ref().and_then(|n| died.get(n)) else {
+                    return true;
+                };
+                on_schedule(b, *at) > now
+            });
             gone += before - v.len();
             !v.is_empty()
         });
@@ -237,16 +268,17 @@ impl Replica {
         }
     }
 
-    /// Every AoR with its bindings owned by live nodes (`ul.dump`); AoRs whose every
-    /// binding belongs to a dead node are left out.
+    /// Every AoR with its bindings owned by live nodes (`ul.dump`), presented as in
+    /// [`get`](Self::get); AoRs whose every binding belongs to a dead node are left out.
     pub fn for_each_live(&self, f: &mut dyn FnMut(&str, &[Binding])) {
         let dead = self.dead.load();
+        let now = crate::state::unix_now();
         for e in self.aors.iter() {
             let live: Vec<Binding> = e
                 .value()
                 .iter()
                 .filter(|b| b.flow.node.as_ref().is_none_or(|n| !dead.contains(n)))
-                .cloned()
+                .map(|b| presented(b, now))
                 .collect();
             if !live.is_empty() {
                 f(e.key(), &live);
@@ -258,6 +290,31 @@ impl Replica {
     pub fn is_dead(&self, node: &str) -> bool {
         self.dead.load().iter().any(|n| **n == *node)
     }
+}
+
+/// The expiry `b` has at `at` if its owner refreshed it on schedule: its last known expiry
+/// advanced by whole granted periods (`expires - updated`) until it lies after `at`. A
+/// refresh is written to Redis but not announced on the change stream, so a replica's copy
+/// of a live owner's binding keeps the expiry of its last real change (or of the last
+/// resync, which reads the hash); the owner is the authority on its bindings' lifetime
+/// and announces their removal. A binding with no period (never the registrar's) is not
+/// advanced.
+pub fn on_schedule(b: &Binding, at: i64) -> i64 {
+    let period = b.expires - b.updated;
+    if b.expires > at || period <= 0 {
+        return b.expires;
+    }
+    b.expires + ((at - b.expires) / period + 1) * period
+}
+
+/// `b` as a lookup at `now` sees it: expiry (and write time, which ranks equal q) moved on
+/// by its schedule.
+fn presented(b: &Binding, now: i64) -> Binding {
+    let mut p = b.clone();
+    let moved = on_schedule(b, now) - b.expires;
+    p.expires += moved;
+    p.updated += moved;
+    p
 }
 
 /// The bounded queue from the workers to the cluster actor. A worker never waits on it: a
@@ -274,6 +331,12 @@ pub struct Outbox {
     /// The queue was full at the last attempt: one WARN when it fills, one INFO when it
     /// drains, not one line per dropped change.
     full: AtomicBool,
+    /// AoR sets the writer appended to the change stream (real changes, and every AoR of a
+    /// full push).
+    pub announced: AtomicU64,
+    /// AoR sets the writer wrote to Redis without a stream entry: refreshes, which change
+    /// nothing another node routes by.
+    pub refreshed: AtomicU64,
 }
 
 impl Outbox {
@@ -286,6 +349,8 @@ impl Outbox {
                 dropped: AtomicU64::new(0),
                 deferred: AtomicU64::new(0),
                 full: AtomicBool::new(false),
+                announced: AtomicU64::new(0),
+                refreshed: AtomicU64::new(0),
             },
             rx,
         )
@@ -311,6 +376,13 @@ impl Outbox {
         }
     }
 
+    /// The writer wrote a batch: `announced` AoR sets with a stream entry, `refreshed`
+    /// without.
+    pub fn note_written(&self, announced: u64, refreshed: u64) {
+        self.announced.fetch_add(announced, Ordering::Relaxed);
+        self.refreshed.fetch_add(refreshed, Ordering::Relaxed);
+    }
+
     /// Changes waiting.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -332,6 +404,9 @@ pub struct ClusterStore {
     pub outbox: Outbox,
     /// `Retry-After` of the 503 a lookup answers while the replica is not current.
     pub retry_after: u32,
+    /// The digest replay link's drop counter (`cluster::auth::ReplayLink::dropped`), once
+    /// the cluster actor shares replay state: read by /metrics.
+    pub replay_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 impl ClusterStore {
@@ -385,8 +460,21 @@ impl LocationStore for ClusterStore {
         Ok(n)
     }
 
+    /// This node's expired bindings go, and each AoR that lost one is published: other
+    /// nodes present this node's bindings as refreshed on schedule (refreshes are not
+    /// announced), so their removal must be.
     fn expire(&self, now: i64) -> Result<usize, StoreError> {
-        Ok(self.local.expire(now)? + self.replica.expire(now))
+        let mut lapsed: Vec<String> = Vec::new();
+        self.local.for_each(&mut |aor, b| {
+            if b.iter().any(|b| b.expires <= now) {
+                lapsed.push(aor.to_owned());
+            }
+        })?;
+        let n = self.local.expire(now)?;
+        for aor in &lapsed {
+            self.publish(aor);
+        }
+        Ok(n + self.replica.expire(now))
     }
 
     fn len(&self) -> usize {
@@ -463,7 +551,33 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.set_alive(&r.intern("c"), true);
         assert_eq!(r.get("alice").len(), 1);
-        assert_eq!(r.expire(100), 1);
+        // A live owner's binding is presented as refreshed on schedule, never dropped by
+        // time: the owner announces its removal.
+        assert_eq!(r.expire(100), 0);
+        assert_eq!(r.get("alice").len(), 1);
+        r.apply("alice", "c", vec![]);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_live_owners_binding_is_presented_on_schedule_and_a_dead_ones_until_its_schedule_ends() {
+        let mut b = binding("sip:1", Some("b"), 1_000);
+        b.updated = 400; // granted 600 s
+        assert_eq!(on_schedule(&b, 999), 1_000);
+        assert_eq!(on_schedule(&b, 1_000), 1_600);
+        assert_eq!(on_schedule(&b, 2_300), 2_800);
+        let r = Replica::new("me");
+        r.apply("alice", "b", vec![b]);
+        let now = crate::state::unix_now();
+        let got = r.get("alice");
+        assert!(got[0].expires > now, "presented as current: {got:?}");
+        assert_eq!(got[0].expires - got[0].updated, 600, "the same period");
+        // b dies now: withheld, then dropped once its schedule ends (at most one period).
+        r.set_alive(&r.intern("b"), false);
+        assert_eq!(r.expire(now), 0);
+        assert_eq!(r.withheld("alice", now), 1);
+        assert_eq!(r.withheld("alice", now + 600), 0);
+        assert_eq!(r.expire(now + 600), 1);
         assert!(r.is_empty());
     }
 
