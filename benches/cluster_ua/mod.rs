@@ -25,7 +25,7 @@ pub struct PhoneId {
 /// A phone registered over one TLS connection; answers INVITE (180, 200), ACK (nothing)
 /// and any other request (200) on it until dropped.
 pub struct Phone {
-    pub client: Arc<Client>,
+    _client: Arc<Client>,
     /// Requests that reached this phone.
     pub reached: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -161,7 +161,7 @@ impl Phone {
         ));
         Ok((
             Phone {
-                client,
+                _client: client,
                 reached,
                 task,
             },
