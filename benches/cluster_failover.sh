@@ -8,10 +8,10 @@
 # shipped heartbeat/node_timeout (2s/6s) and once with $SHORT_HEARTBEAT/$SHORT_TIMEOUT
 # (200ms/1s), $RUNS times each, fresh nodes and Redis every run. Measures; never asserts.
 #
-#   benches/cluster_failover.sh   # RUNS (2), INTERVAL (20ms), SHORT_HEARTBEAT, SHORT_TIMEOUT
+#   benches/cluster_failover.sh   # RUNS (2), INTERVAL (5ms), SHORT_HEARTBEAT, SHORT_TIMEOUT
 source "$(dirname "$0")/cluster_lib.sh"
 runs="${RUNS:-2}"
-interval="${INTERVAL:-20ms}"
+interval="${INTERVAL:-5ms}"
 short_hb="${SHORT_HEARTBEAT:-200ms}"
 short_to="${SHORT_TIMEOUT:-1s}"
 

@@ -327,6 +327,16 @@ impl Poller {
         false
     }
 
+    /// The last poll of `via` sent at or after `since` and answered `status`.
+    fn last_sent(&self, via: SocketAddr, status: u16, since: Instant) -> Option<Poll> {
+        let l = self.log.lock().unwrap();
+        l.get(&via)?
+            .iter()
+            .filter(|p| p.sent >= since && p.answered.is_some_and(|(_, s)| s == status))
+            .max_by_key(|p| p.sent)
+            .copied()
+    }
+
     /// Polls of `via` sent in `[from, to)`: how many got no answer, and the statuses of
     /// the others.
     fn between(&self, via: SocketAddr, from: Instant, to: Instant) -> (u64, String) {
@@ -416,8 +426,14 @@ pub async fn run_failover(f: Failover, tls: SslConnector) -> Result<(), String> 
         match poller.first(via, 200, registered) {
             Some(p) => {
                 let at = p.answered.map_or(registered, |(at, _)| at);
+                // The last poll still answered 480 bounds when the binding arrived.
+                let last_480 = poller
+                    .last_sent(via, 480, registered)
+                    .map_or("-".to_owned(), |q| {
+                        format!("{:.1}", ms(q.sent.saturating_duration_since(registered)))
+                    });
                 println!(
-                    "failover via={via} event=reachable after_register_ms={:.1} sent_after_register_ms={:.1}",
+                    "failover via={via} event=reachable after_register_ms={:.1} sent_after_register_ms={:.1} last_480_sent_after_register_ms={last_480}",
                     ms(at - registered),
                     ms(p.sent.saturating_duration_since(registered))
                 );
