@@ -59,19 +59,22 @@ start_nodes() {
     local dir="$1" nodes="$2"
     shift 2
     mkdir -p "$dir"
+    # One output file per run: "up" lines of an earlier run must not count.
+    starts=$((${starts:-0} + 1))
+    local out="$dir/deploy.$starts.out"
     env "$@" REDIS="\"redis://127.0.0.1:$redis_port\"" BASE_PORT="$base" NODES="$nodes" \
-        deploy/cluster.sh "$dir" >>"$dir/deploy.out" 2>&1 &
+        deploy/cluster.sh "$dir" >"$out" 2>&1 &
     last_deploy=$!
     deploys+=("$last_deploy")
     local want
     want="$(wc -w <<<"$nodes")"
     for _ in $(seq 1 600); do
-        if [[ "$(grep -c 'up: SIP' "$dir/deploy.out" 2>/dev/null || true)" -ge "$want" ]]; then
+        if [[ "$(grep -c 'up: SIP' "$out" 2>/dev/null || true)" -ge "$want" ]]; then
             return 0
         fi
         if ! kill -0 "$last_deploy" 2>/dev/null; then
             echo "cluster bench: deploy/cluster.sh exited:" >&2
-            cat "$dir/deploy.out" >&2
+            cat "$out" >&2
             return 1
         fi
         sleep 0.1

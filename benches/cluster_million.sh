@@ -49,6 +49,7 @@ wait_synced "$dir" 2 >/dev/null
 sleep 2
 rss_empty="$(rss_kib "$(node_pid "$dir" 2)")"
 stop_nodes "$last_deploy"
+mv "$dir/node2/siprox.log" "$dir/node2/siprox.empty.log"
 echo "node2 empty replica: rss_kib=$rss_empty node1 rss_kib=$(rss_kib "$(node_pid "$dir" 1)")"
 
 mem0="$(used_memory)"
@@ -111,8 +112,10 @@ for run in $(seq 1 "$runs"); do
             --uas-bind "127.0.0.1:$uas_port" --uas-transport udp \
             --ruri "sip:u{n}@$via" --ruri-n "$count" --duration "$duration" \
             --concurrency 32 --connections 4 "${rate_arg[@]}")" || true
-        echo "$out" | grep -E '^(result|latency name=setup|failure)' |
+        # The five most frequent failures (each reason names its AoR).
+        echo "$out" | grep -E '^(result|latency name=setup)' |
             sed "s/^/lookup run=$run rate=$r: /"
+        echo "$out" | grep -E '^failure' | head -5 | sed "s/^/lookup run=$run rate=$r: /"
         echo "lookup run=$run rate=$r: load $(load_avg) node2 rss_kib=$(rss_kib "$pid2")"
     done
 done

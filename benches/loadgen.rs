@@ -454,7 +454,10 @@ async fn run_calls(a: Args) -> Result<(), String> {
         let first = ruri.of(0);
         while cluster_ua::options_status(c, &first, a.timeout).await != Some(200) {
             if t.elapsed() > Duration::from_secs(30) {
-                return Err(format!("{first} not reachable through {} within 30 s", a.proxy));
+                return Err(format!(
+                    "{first} not reachable through {} within 30 s",
+                    a.proxy
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -294,7 +294,12 @@ impl Poller {
                         };
                         if let Some(s) = options_status(&c, &ruri, timeout).await {
                             let at = Instant::now();
-                            if let Some(p) = log.lock().unwrap().get_mut(&via).and_then(|v| v.get_mut(idx)) {
+                            if let Some(p) = log
+                                .lock()
+                                .unwrap()
+                                .get_mut(&via)
+                                .and_then(|v| v.get_mut(idx))
+                            {
                                 p.answered = Some((at, s));
                             }
                         }
@@ -316,7 +321,13 @@ impl Poller {
     }
 
     /// Waits until every via has a poll answered `status` at or after `since`.
-    async fn wait_all(&self, vias: &[SocketAddr], status: u16, since: Instant, limit: Duration) -> bool {
+    async fn wait_all(
+        &self,
+        vias: &[SocketAddr],
+        status: u16,
+        since: Instant,
+        limit: Duration,
+    ) -> bool {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if vias.iter().all(|v| self.first(*v, status, since).is_some()) {
@@ -387,7 +398,10 @@ pub async fn run_failover(f: Failover, tls: SslConnector) -> Result<(), String> 
     println!("phone registrar={} register_ms={:.3}", f.phone, ms(took));
     let t0 = Instant::now();
     let poller = Poller::start(&f, &tls).await?;
-    if !poller.wait_all(&f.vias, 200, t0, Duration::from_secs(30)).await {
+    if !poller
+        .wait_all(&f.vias, 200, t0, Duration::from_secs(30))
+        .await
+    {
         return Err("the phone was not reached through every via within 30 s".into());
     }
     let kill = Instant::now();
@@ -412,7 +426,10 @@ pub async fn run_failover(f: Failover, tls: SslConnector) -> Result<(), String> 
                     ms(p.sent.saturating_duration_since(kill))
                 );
             }
-            None => println!("failover via={via} event=no_480 within_s={}", limit.as_secs()),
+            None => println!(
+                "failover via={via} event=no_480 within_s={}",
+                limit.as_secs()
+            ),
         }
     }
     if !dead_seen {
@@ -420,7 +437,11 @@ pub async fn run_failover(f: Failover, tls: SslConnector) -> Result<(), String> 
     }
     let (_phone2, took) = Phone::register(f.reregister, &tls, &f.id, f.timeout).await?;
     let registered = Instant::now();
-    println!("phone registrar={} register_ms={:.3}", f.reregister, ms(took));
+    println!(
+        "phone registrar={} register_ms={:.3}",
+        f.reregister,
+        ms(took)
+    );
     poller.wait_all(&f.vias, 200, registered, limit).await;
     for &via in &f.vias {
         match poller.first(via, 200, registered) {
@@ -438,7 +459,10 @@ pub async fn run_failover(f: Failover, tls: SslConnector) -> Result<(), String> 
                     ms(p.sent.saturating_duration_since(registered))
                 );
             }
-            None => println!("failover via={via} event=unreachable within_s={}", limit.as_secs()),
+            None => println!(
+                "failover via={via} event=unreachable within_s={}",
+                limit.as_secs()
+            ),
         }
     }
     Ok(())
