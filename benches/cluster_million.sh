@@ -115,7 +115,8 @@ for run in $(seq 1 "$runs"); do
         # The five most frequent failures (each reason names its AoR).
         echo "$out" | grep -E '^(result|latency name=setup)' |
             sed "s/^/lookup run=$run rate=$r: /"
-        echo "$out" | grep -E '^failure' | head -5 | sed "s/^/lookup run=$run rate=$r: /"
+        { echo "$out" | grep -E '^failure' || true; } | head -5 |
+            sed "s/^/lookup run=$run rate=$r: /"
         echo "lookup run=$run rate=$r: load $(load_avg) node2 rss_kib=$(rss_kib "$pid2")"
     done
 done
