@@ -80,12 +80,12 @@
 //! `handshakes` counts the connections opened during the run (new-conn-per-call, where the
 //! config line says `connections=0`). `rate=max` means flat out.
 //! `failure` lines (zero or more) group failed calls by reason, most frequent first.
-//! Idle mode prints instead:
-//! ```text
 //! With `--phone`, call mode also prints `phone registrar=ADDR register_ms=F` and
 //! `phone reachable_ms=F` (until an OPTIONS to the first Request-URI through `--proxy`
 //! got a 200; the calls start then) after the config line, and `phone reached=N`
 //! (requests that reached it) at the end.
+//! Idle mode prints instead:
+//! ```text
 //! config mode=idle transport=tls proxy=127.0.0.1:5061 idle=10000 hold_s=30 source_ips=1 warm=false
 //! idle opened=10000 failed=0 open_s=4.321 opened_per_s=2314.2
 //! rss pid=1234 before_kib=10240 after_kib=150000 delta_kib=139760 per_conn_bytes=14311
