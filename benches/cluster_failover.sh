@@ -23,7 +23,8 @@ for run in $(seq 1 "$runs"); do
         if [[ "$timing" == default ]]; then
             start_nodes "$dir" "1 2 3"
         else
-            start_nodes "$dir" "1 2 3" HEARTBEAT="$short_hb" NODE_TIMEOUT="$short_to"
+            start_nodes "$dir" "1 2 3" SIPROX_CLUSTER__HEARTBEAT="$short_hb" \
+                SIPROX_CLUSTER__NODE_TIMEOUT="$short_to"
         fi
         out="$("$loadgen" --failover-kill "$(node_pid "$dir" 1)" \
             --phone "127.0.0.1:$(tls_port 1)" --reregister "127.0.0.1:$(tls_port 2)" \

@@ -18,8 +18,7 @@
 # Redis: a URL in quotes, or a TOML list of Redis Cluster seeds. Then, for example:
 #   siproxctl --url https://127.0.0.1:5112 --conf-dir DIR/node1/conf.d cluster
 # $NODES (default "1 2 3") names the nodes to start: another run with the same DIR and
-# $REDIS can start the others later. $HEARTBEAT and $NODE_TIMEOUT, when set, are written
-# as `[cluster] heartbeat` and `node_timeout` into a new node's 50-cluster.toml.
+# $REDIS can start the others later.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${1:-$(mktemp -d -t siprox-cluster.XXXXXX)}"
@@ -108,8 +107,6 @@ node = "node$n"
 advertise = "sip:127.0.0.1:$tls;transport=tls"
 redis = $redis
 key_prefix = "siprox"
-${HEARTBEAT:+heartbeat = \"$HEARTBEAT\"}
-${NODE_TIMEOUT:+node_timeout = \"$NODE_TIMEOUT\"}
 
 [cluster.tls]
 certificate = "$shared/node$n.pem"
