@@ -45,7 +45,26 @@
 //! --idle N --hold D       idle mode
 //! --pid P                 idle mode: proxy pid whose VmRSS is sampled
 //! --warm                  idle mode: one OPTIONS transaction per connection first
+//! --phone ADDR            call mode: first register a phone over TLS at ADDR (digest,
+//!                         `--phone-user`, `--password`), which answers what reaches it
+//! --phone-user U          the phone's user                              [bob]
+//! --phone-domain D        the phone's AoR domain                        [ADDR's IP]
+//! --ruri T                call mode: the Request-URI instead of the UAS's; `{n}` in it
+//!                         becomes a pseudo-random number below --ruri-n for each call
+//! --ruri-n N              see --ruri                                    [1]
+//! --failover-kill PID     failover mode (needs --phone, --reregister): see below
+//! --reregister ADDR       failover mode: where the phone registers again
+//! --poll-also ADDR        failover mode: another node callers enter (repeatable)
+//! --interval D            failover mode: one OPTIONS per node this often  [20ms]
 //! ```
+//!
+//! Failover mode (`benches/cluster_failover.sh`): the phone registers at `--phone`; one
+//! TLS caller per node (`--proxy` and each `--poll-also`) sends an OPTIONS to
+//! `sip:<user>@<node>` every `--interval` (each waits `--timeout`); once every node reaches
+//! the phone, loadgen sends SIGKILL to `--failover-kill` (the node the phone is on), waits
+//! for a 480 on every node, registers the phone at `--reregister` and waits for a 200 on
+//! every node. It prints `phone`, `failover ... event=first_480 after_kill_ms=...` and
+//! `failover ... event=reachable after_register_ms=...` lines (key=value, as below).
 //!
 //! # Output (stable; one record per line, `key=value` fields separated by one space)
 //! ```text
@@ -61,6 +80,10 @@
 //! `handshakes` counts the connections opened during the run (new-conn-per-call, where the
 //! config line says `connections=0`). `rate=max` means flat out.
 //! `failure` lines (zero or more) group failed calls by reason, most frequent first.
+//! With `--phone`, call mode also prints `phone registrar=ADDR register_ms=F` and
+//! `phone reachable_ms=F` (until an OPTIONS to the first Request-URI through `--proxy`
+//! got a 200; the calls start then) after the config line, and `phone reached=N`
+//! (requests that reached it) at the end.
 //! Idle mode prints instead:
 //! ```text
 //! config mode=idle transport=tls proxy=127.0.0.1:5061 idle=10000 hold_s=30 source_ips=1 warm=false
@@ -80,6 +103,9 @@ use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyM
 use siprox_testkit::ua;
 use tokio::sync::Semaphore;
 use ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
+
+mod cluster_ua;
+use cluster_ua::{Failover, Phone, PhoneId, Ruri};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -116,6 +142,15 @@ struct Args {
     idle: Option<usize>,
     hold: Duration,
     pid: Option<u32>,
+    /// A phone registered before the calls (and the failover run's first registrar).
+    phone: Option<SocketAddr>,
+    phone_user: String,
+    phone_domain: Option<String>,
+    ruri: Option<Ruri>,
+    failover_kill: Option<u32>,
+    reregister: Option<SocketAddr>,
+    poll_also: Vec<SocketAddr>,
+    interval: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -145,7 +180,9 @@ fn usage() -> &'static str {
      [--uas-transport udp|tcp|tls] [--flow options|invite] [--calls N] [--duration D] \
      [--concurrency N] [--connections N] [--rate N] [--new-conn-per-call] [--source-ips N] \
      [--ca PEM] [--tls-version 1.2|1.3|any] [--uas-bind ADDR] [--uas-cert PEM --uas-key PEM] \
-     [--timeout D] [--threads N] | --idle N --hold D [--pid P]  (see the top of benches/loadgen.rs)"
+     [--timeout D] [--threads N] [--phone ADDR [--phone-user U] [--password P]] \
+     [--ruri T [--ruri-n N]] | --idle N --hold D [--pid P] | --failover-kill PID --phone ADDR \
+     --reregister ADDR [--poll-also ADDR]... [--interval D]  (see the top of benches/loadgen.rs)"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -174,7 +211,16 @@ fn parse_args() -> Result<Args, String> {
         idle: None,
         hold: Duration::from_secs(10),
         pid: None,
+        phone: None,
+        phone_user: "bob".to_owned(),
+        phone_domain: None,
+        ruri: None,
+        failover_kill: None,
+        reregister: None,
+        poll_also: Vec::new(),
+        interval: Duration::from_millis(20),
     };
+    let mut ruri_n = 1;
     let mut proxy_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -227,9 +273,33 @@ fn parse_args() -> Result<Args, String> {
             "--idle" => a.idle = Some(num(v()?)? as usize),
             "--hold" => a.hold = parse_duration(&v()?)?,
             "--pid" => a.pid = Some(num(v()?)? as u32),
+            "--phone" => a.phone = Some(v()?.parse().map_err(|e| format!("--phone: {e}"))?),
+            "--phone-user" => a.phone_user = v()?,
+            "--phone-domain" => a.phone_domain = Some(v()?),
+            "--ruri" => {
+                a.ruri = Some(Ruri {
+                    template: v()?,
+                    n: 1,
+                })
+            }
+            "--ruri-n" => ruri_n = num(v()?)?.max(1),
+            "--failover-kill" => a.failover_kill = Some(num(v()?)? as u32),
+            "--reregister" => {
+                a.reregister = Some(v()?.parse().map_err(|e| format!("--reregister: {e}"))?)
+            }
+            "--poll-also" => a
+                .poll_also
+                .push(v()?.parse().map_err(|e| format!("--poll-also: {e}"))?),
+            "--interval" => a.interval = parse_duration(&v()?)?,
             "-h" | "--help" => return Err(usage().to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
         }
+    }
+    if let Some(r) = &mut a.ruri {
+        r.n = ruri_n;
+    }
+    if a.failover_kill.is_some() && (a.phone.is_none() || a.reregister.is_none()) {
+        return Err("--failover-kill needs --phone and --reregister".to_owned());
     }
     if !proxy_given {
         return Err(format!("--proxy is required\n{}", usage()));
@@ -334,7 +404,11 @@ async fn run_calls(a: Args) -> Result<(), String> {
     .await
     .map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?;
     uas.count_only();
-    let ruri = Arc::new(uas.uri("bob"));
+    let uas_ruri = Ruri {
+        template: uas.uri("bob"),
+        n: 1,
+    };
+    let ruri = Arc::new(a.ruri.clone().unwrap_or(uas_ruri));
     println!(
         "config mode=calls flow={} transport={} uas_transport={} proxy={} concurrency={} connections={} rate={} new_conn_per_call={} calls={} duration_s={}",
         match a.flow {
@@ -353,6 +427,17 @@ async fn run_calls(a: Args) -> Result<(), String> {
         a.duration
             .map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64())),
     );
+    let phone = match a.phone {
+        Some(at) => {
+            let (p, took) = Phone::register(at, &conn, &phone_id(&a, at), a.timeout).await?;
+            println!(
+                "phone registrar={at} register_ms={:.3}",
+                took.as_secs_f64() * 1000.0
+            );
+            Some(p)
+        }
+        None => None,
+    };
     let mut clients = Vec::new();
     if !a.new_conn_per_call {
         for n in 0..a.connections {
@@ -361,6 +446,25 @@ async fn run_calls(a: Args) -> Result<(), String> {
                 .map_err(|e| format!("connect to {}: {e}", a.proxy))?;
             clients.push(Arc::new(c));
         }
+    }
+    if let (Some(_), Some(c)) = (&phone, clients.first()) {
+        // Calls start once the phone is found where they enter (another node's replica
+        // learns the binding from the change stream).
+        let t = Instant::now();
+        let first = ruri.of(0);
+        while cluster_ua::options_status(c, &first, a.timeout).await != Some(200) {
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "{first} not reachable through {} within 30 s",
+                    a.proxy
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!(
+            "phone reachable_ms={:.3}",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
     let clients = Arc::new(clients);
     let next = Arc::new(AtomicU64::new(0));
@@ -420,6 +524,7 @@ async fn run_calls(a: Args) -> Result<(), String> {
                 } else {
                     &clients[i as usize % clients.len()]
                 };
+                let ruri = ruri.of(i);
                 let r = match a.flow {
                     Flow::Options => options_flow(client, &ruri, opts).await,
                     Flow::Invite => invite_flow(client, &ruri, opts)
@@ -466,7 +571,23 @@ async fn run_calls(a: Args) -> Result<(), String> {
     for (reason, count) in f {
         println!("failure count={count} reason={reason:?}");
     }
+    if let Some(p) = phone {
+        println!("phone reached={}", p.reached.load(Ordering::Relaxed));
+    }
     Ok(())
+}
+
+/// The phone's identity: `--phone-user`, `--password`, `--phone-domain` or the
+/// registrar's IP.
+fn phone_id(a: &Args, registrar: SocketAddr) -> PhoneId {
+    PhoneId {
+        user: a.phone_user.clone(),
+        domain: a
+            .phone_domain
+            .clone()
+            .unwrap_or_else(|| registrar.ip().to_string()),
+        password: a.password.clone(),
+    }
 }
 
 async fn run_idle(a: Args, n: usize) -> Result<(), String> {
@@ -565,9 +686,24 @@ fn main() -> ExitCode {
     };
     println!("# loadgen v1");
     let r = rt.block_on(async move {
-        match a.idle {
-            Some(n) => run_idle(a, n).await,
-            None => run_calls(a).await,
+        match (a.idle, a.failover_kill, a.phone, a.reregister) {
+            (Some(n), _, _, _) => run_idle(a, n).await,
+            (None, Some(pid), Some(phone), Some(reregister)) => {
+                let tls = connector(&a)?;
+                let mut vias = vec![a.proxy];
+                vias.extend(a.poll_also.iter().copied());
+                let f = Failover {
+                    phone,
+                    reregister,
+                    vias,
+                    id: phone_id(&a, phone),
+                    kill_pid: pid,
+                    interval: a.interval,
+                    timeout: a.timeout,
+                };
+                cluster_ua::run_failover(f, tls).await
+            }
+            _ => run_calls(a).await,
         }
     });
     match r {

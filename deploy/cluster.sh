@@ -7,6 +7,7 @@
 # between nodes, the flow key file and the digest nonce secret).
 # Ctrl-C (or SIGTERM) stops the nodes and Redis. A DIR given again is reused as it is, so
 # edits to its conf.d trees survive a restart. Never listens on anything but 127.0.0.1.
+# Each node's pid is in nodeN/siprox.pid while it runs (benches/cluster_*.sh kill one).
 #
 #   deploy/cluster.sh [DIR]
 #
@@ -16,6 +17,8 @@
 # --release). $REDIS, when set, is the `[cluster] redis` value to use instead of starting a
 # Redis: a URL in quotes, or a TOML list of Redis Cluster seeds. Then, for example:
 #   siproxctl --url https://127.0.0.1:5112 --conf-dir DIR/node1/conf.d cluster
+# $NODES (default "1 2 3") names the nodes to start: another run with the same DIR and
+# $REDIS can start the others later.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${1:-$(mktemp -d -t siprox-cluster.XXXXXX)}"
@@ -23,6 +26,7 @@ mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 redis_port="${REDIS_PORT:-6390}"
 base="${BASE_PORT:-5100}"
+nodes="${NODES:-1 2 3}"
 
 if [[ -z "${SIPROX:-}" || -z "${SIPROXCTL:-}" ]]; then
     (cd "$repo" && cargo build --release --bin siprox --bin siproxctl)
@@ -88,7 +92,7 @@ if [[ ! -f "$shared/ca.pem" ]]; then
     done
 fi
 
-for n in 1 2 3; do
+for n in $nodes; do
     sip=$((base + 10 * n)) tls=$((base + 10 * n + 1)) mgmt=$((base + 10 * n + 2))
     node="$dir/node$n"
     if [[ ! -d "$node/conf.d" ]]; then
@@ -116,6 +120,7 @@ EOF
     fi
     "$SIPROX" -c "$node/conf.d" >"$node/siprox.log" 2>&1 &
     pids+=($!)
+    echo $! >"$node/siprox.pid"
     wait_for "$SIPROXCTL" --url "https://127.0.0.1:$mgmt" --conf-dir "$node/conf.d" \
         --timeout 2 version
     echo "cluster.sh: node$n up: SIP 127.0.0.1:$sip (udp, tcp), TLS 127.0.0.1:$tls," \
