@@ -4,7 +4,9 @@
 //! outage: every request answered, none slower than the issue's 100 ms bound; a call to
 //! node 2's phone gets 503 with Retry-After while Redis is down; after Redis restarts
 //! (empty, same port) both nodes see each other's bindings again, a registration made
-//! during the outage included, without restarting siprox. Never sleeps but for the outage.
+//! during the outage included, without restarting siprox. Then Redis is frozen (`SIGSTOP`:
+//! sockets open, no answers) for 3 s: local requests are still answered within the bound,
+//! and the nodes converge once it resumes. Never sleeps but for the outages.
 
 mod common;
 
@@ -34,6 +36,8 @@ const CONVERGE: Duration = Duration::from_secs(15);
 const LOCAL_BOUND: Duration = Duration::from_millis(100);
 /// How long Redis stays down.
 const OUTAGE: Duration = Duration::from_secs(10);
+/// How long Redis stays frozen (`SIGSTOP`) after the outage.
+const FROZEN: Duration = Duration::from_secs(3);
 
 struct Node {
     handle: RuntimeHandle,
@@ -334,10 +338,28 @@ async fn redis_stopped_for_10s_during_traffic_local_phones_keep_answering_and_no
         );
         times.add(ping(&mut bob, &alice).await);
     }
+    let converged = back.elapsed();
+    // A frozen Redis (SIGSTOP) is the outage a waiting worker would feel: connections stay
+    // open and nothing answers. Local requests are answered throughout all the same.
+    redis.freeze();
+    let frozen = Instant::now();
+    while frozen.elapsed() < FROZEN {
+        times.add(ping(&mut bob, &alice).await);
+    }
+    redis.thaw();
+    let thawed = Instant::now();
+    while !(sees(&n1, "carol", "n2") && sees(&n2, "alice", "n1") && current(&n1)) {
+        assert!(
+            thawed.elapsed() < CONVERGE,
+            "no convergence after Redis thawed: n1 current {}",
+            current(&n1)
+        );
+        times.add(ping(&mut bob, &alice).await);
+    }
     eprintln!(
-        "converged {:?} after Redis came back; {} local requests ({} until the restart), \
-         slowest {:?}, over {LOCAL_BOUND:?}: {:?}",
-        back.elapsed(),
+        "converged {converged:?} after Redis came back, {:?} after it thawed; {} local \
+         requests ({} until the restart), slowest {:?}, over {LOCAL_BOUND:?}: {:?}",
+        thawed.elapsed(),
         times.n,
         during,
         times.worst,

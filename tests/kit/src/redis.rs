@@ -116,6 +116,27 @@ impl RedisServer {
         }
     }
 
+    /// Freeze the server (`SIGSTOP`): it keeps its sockets and answers nothing, the outage a
+    /// client waits on (a killed server refuses at once). `thaw` resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resume a frozen server (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Start it again on the same port (empty: it saves nothing).
     pub fn restart(&mut self) {
         self.stop();
