@@ -97,6 +97,7 @@ impl Site {
             }),
             insecure_plaintext: false,
             ticket_rotation: ConfigDuration::secs(3600),
+            redis_tls: None,
         };
         // What loading conf.d does with [cluster.tls].
         cfg.domains
@@ -354,21 +355,53 @@ async fn routing(site: &Site) -> (Node, Node, Phone, Phone) {
     assert_eq!(mallory.final_status(ANSWER).await, Some(403));
     assert!(alice.c.recv(Duration::from_millis(300)).await.is_none());
 
-    // Node 1 gone: once its heartbeat lapses, a call for alice gets 480, not silence.
-    let down = Instant::now();
+    // Node 1 gone. Every call for alice is answered, never silence: at first by node 3's
+    // failed connection to node 1 (480 naming it unreachable), then, from the expiry of
+    // node 1's liveness key that node 3 last read (no later than node_timeout after node 1
+    // stopped, whatever the heartbeat), by the lookup itself (480, node down).
     n1.handle.shutdown();
-    let mut got = None;
-    while got != Some(480) {
+    let stopped = Instant::now();
+    let cluster3 = n3
+        .handle
+        .location()
+        .and_then(|l| l.cluster.clone())
+        .unwrap();
+    let dead_at = cluster3
+        .replica
+        .dead_at("n1")
+        .expect("node 1 was read alive");
+    assert!(
+        dead_at <= stopped + NODE_TIMEOUT,
+        "node 1 counts as dead {:?} after it stopped, more than node_timeout",
+        dead_at - stopped
+    );
+    let mut first = None;
+    loop {
         assert!(
-            down.elapsed() < 10 * NODE_TIMEOUT,
-            "no 480 for a dead node's phone (last: {got:?})"
+            stopped.elapsed() < 10 * NODE_TIMEOUT,
+            "no 480 from the lookup for a dead node's phone"
         );
         bob.invite("alice", "").await;
-        got = bob.final_status(Duration::from_millis(300)).await;
+        let m = bob
+            .final_response(ANSWER)
+            .await
+            .expect("an answer, not silence, for a call to a dead node's phone");
+        assert_eq!(m.status(), Some(480), "{m:?}");
+        let reason = m.reason().unwrap_or_default().to_owned();
+        first.get_or_insert((stopped.elapsed(), reason.clone()));
+        if !reason.contains("unreachable") {
+            break;
+        }
+        assert!(reason.contains("cluster node n1"), "{reason}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(
-        "480 for a dead node's phone {:?} after the node stopped (node_timeout {NODE_TIMEOUT:?})",
-        down.elapsed()
+        "after node 1 stopped: first 480 {:?} ({:?}); the lookup's 480 {:?}; node 1 dead \
+         here {:?} after it stopped (node_timeout {NODE_TIMEOUT:?}, heartbeat {HEARTBEAT:?})",
+        first.as_ref().map(|f| f.0),
+        first.as_ref().map(|f| f.1.as_str()),
+        stopped.elapsed(),
+        dead_at - stopped,
     );
 
     // Alice registers through node 2: reachable again from node 3.

@@ -459,13 +459,7 @@ pub(crate) mod adapters {
         let aor = params.first().and_then(Value::as_str).ok_or_else(|| {
             Fault::invalid_params(format!("{method} needs an address of record (user@domain)"))
         })?;
-        let with_scheme = if aor.contains(':') {
-            aor.to_owned()
-        } else {
-            format!("sip:{aor}")
-        };
-        let key = siprox::registrar::aor_of_str(&with_scheme)
-            .map_err(|e| Fault::invalid_params(format!("{aor}: {e}")))?;
+        let key = aor_key(aor)?;
         match method {
             "ul.show" => {
                 let found: Vec<_> = dump()?.into_iter().filter(|a| a.aor == key).collect();
@@ -504,6 +498,17 @@ pub(crate) mod adapters {
                 }))
             }
         }
+    }
+
+    /// The store's key of `aor` as an operator writes it (`user@domain`, or a URI).
+    pub(crate) fn aor_key(aor: &str) -> Result<String, Fault> {
+        let with_scheme = if aor.contains(':') {
+            aor.to_owned()
+        } else {
+            format!("sip:{aor}")
+        };
+        siprox::registrar::aor_of_str(&with_scheme)
+            .map_err(|e| Fault::invalid_params(format!("{aor}: {e}")))
     }
 
     /// `cluster.nodes`: every member as last read from Redis.

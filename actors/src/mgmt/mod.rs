@@ -5,6 +5,6 @@
 
 pub mod ctl;
 mod listener;
-mod methods;
+pub(crate) mod methods;
 mod metrics;
 pub mod rpc;

@@ -232,6 +232,18 @@ impl Connection {
                     for _ in 0..queued {
                         inc(&stats.send_failures);
                     }
+                    // Never silence: the requests it held are answered (480 for a cluster
+                    // node that died and is not yet known dead, else 503).
+                    let worker = self.worker.clone();
+                    let to = self.shared.key.addr;
+                    let node = worker
+                        .shared
+                        .location
+                        .get()
+                        .and_then(|l| l.cluster.as_ref())
+                        .and_then(|c| c.replica.peer_node(to));
+                    let unsent: Vec<_> = self.wq.drain(..).collect();
+                    worker.answer_unsent(unsent, self.transport(), to, self.local, node.as_deref());
                 } else {
                     // A client's failed handshake is the client's problem (and floods are cheap
                     // to cause): debug, and counted.
