@@ -59,7 +59,9 @@ impl Site {
         }
     }
 
-    fn config(&self, dir: &Path, name: &str, tls: SocketAddr) -> Config {
+    /// `by_name`: advertise `sips:localhost:PORT` instead of the IP address, with a node
+    /// certificate that names `localhost` (`Some(true)`) or does not (`Some(false)`).
+    fn config_as(&self, dir: &Path, name: &str, tls: SocketAddr, by_name: Option<bool>) -> Config {
         let o = inproc::Options {
             udp: false,
             tcp: false,
@@ -81,11 +83,18 @@ impl Site {
                 ..DomainConfig::default()
             },
         );
-        let id = self.cluster_ca.issue(&Spec::leaf(name)).write(dir, name);
+        let spec = match by_name {
+            Some(true) => Spec::leaf(name).dns("localhost"),
+            _ => Spec::leaf(name),
+        };
+        let id = self.cluster_ca.issue(&spec).write(dir, name);
         let ca = self.cluster_ca.write(dir, "cluster-ca");
         let cluster = ClusterConfig {
             node: name.to_owned(),
-            advertise: format!("sip:{tls};transport=tls"),
+            advertise: match by_name {
+                Some(_) => format!("sips:localhost:{}", tls.port()),
+                None => format!("sip:{tls};transport=tls"),
+            },
             redis: self.redis.clone(),
             key_prefix: "r".to_owned(),
             heartbeat: ConfigDuration(HEARTBEAT),
@@ -107,10 +116,14 @@ impl Site {
     }
 
     fn node(&self, name: &str) -> Node {
+        self.node_as(name, None)
+    }
+
+    fn node_as(&self, name: &str, by_name: Option<bool>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         // The advertise URI names the TLS listener: its port is chosen before the start.
         let tls = inproc::free_ports()[2];
-        let handle = start(self.config(dir.path(), name, tls), dir.path());
+        let handle = start(self.config_as(dir.path(), name, tls, by_name), dir.path());
         Node {
             handle,
             tls,
@@ -479,6 +492,48 @@ async fn calls_reach_phones_on_other_nodes_with_a_redis_cluster() {
     let rc = RedisCluster::start();
     let site = Site::new(rc.nodes.iter().map(RedisServer::url).collect());
     let (n2, n3, _bob, _alice) = routing(&site).await;
+    n2.handle.shutdown();
+    n3.handle.shutdown();
+}
+
+/// A node advertised by a host name (`sips:localhost:PORT`): the node a call enters resolves
+/// it, connects with the cluster's certificates and verifies that the other node's
+/// certificate names that host. A node whose certificate (from the cluster CA) does not
+/// name it is refused: the call gets 480 naming it unreachable, nothing reaches its phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_advertised_by_host_name_is_reached_and_its_certificate_checked() {
+    siprox_testkit::logs::install();
+    let redis = RedisServer::start();
+    let site = Site::new(vec![redis.url()]);
+    let n1 = site.node_as("n1", Some(true));
+    let n2 = site.node("n2");
+    let n3 = site.node_as("n3", Some(false));
+    let mut alice = site.phone("alice", &n1).await;
+    assert_eq!(alice.register().await, 200);
+    let mut carol = site.phone("carol", &n3).await;
+    assert_eq!(carol.register().await, 200);
+    assert_eventually!(
+        sees(&n2, "alice", "n1") && sees(&n2, "carol", "n3"),
+        CONVERGE
+    );
+
+    let mut bob = site.phone("bob", &n2).await;
+    call(&mut bob, &mut alice, false).await;
+    call(&mut bob, &mut alice, true).await;
+
+    bob.invite("carol", "").await;
+    let m = bob
+        .final_response(ANSWER)
+        .await
+        .expect("an answer for a call to a node whose certificate does not name it");
+    assert_eq!(m.status(), Some(480), "{m:?}");
+    assert!(
+        m.reason()
+            .is_some_and(|r| r.contains("cluster node n3 unreachable")),
+        "{m:?}"
+    );
+    assert!(carol.c.recv(Duration::from_millis(300)).await.is_none());
+    n1.handle.shutdown();
     n2.handle.shutdown();
     n3.handle.shutdown();
 }

@@ -46,6 +46,26 @@ pub struct Replica {
     /// `[cluster.tls]` domain. Read on each outgoing connect; swapped whole when a node
     /// appears (rarely), never locked.
     peers: ArcSwap<HashMap<SocketAddr, Arc<str>>>,
+    /// The same for advertise URIs with a host name (TLS): lowercase name and port. A
+    /// connection to one is made with the `[cluster.tls]` domain, and the other node's
+    /// certificate is verified against that name too.
+    peer_names: ArcSwap<HashMap<(String, u16), Arc<str>>>,
+}
+
+/// The host name and port a node's Route names, when it is TLS to a host name (not an IP
+/// literal); the name in lowercase, without a trailing dot.
+fn route_name(route: &str) -> Option<(String, u16)> {
+    let inner = route.trim_start_matches('<');
+    let inner = inner.split('>').next().unwrap_or(inner);
+    let hop = siprox::script::parse_target(inner).ok()?;
+    let tls = hop.secure || hop.transport == Some(Transport::Tls);
+    if !tls || hop.host.parse::<IpAddr>().is_ok() || hop.host.starts_with('[') {
+        return None;
+    }
+    Some((
+        hop.host.trim_end_matches('.').to_ascii_lowercase(),
+        hop.port.unwrap_or(Transport::Tls.default_port()),
+    ))
 }
 
 /// The address a node's Route (`<sip:10.0.0.1:5071;transport=tls;lr;nf=...>`) names, when
@@ -73,8 +93,27 @@ impl Replica {
         self.peers.load().get(&addr).cloned()
     }
 
+    /// The node whose advertise URI names host `name` and `port` (TLS).
+    pub fn peer_node_named(&self, name: &str, port: u16) -> Option<Arc<str>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.peer_names.load().get(&(name, port)).cloned()
+    }
+
     fn note_peers<'b>(&self, bindings: impl Iterator<Item = &'b Binding>) {
         for b in bindings {
+            if let (Some(hp), Some(node)) = (
+                b.flow.node_route.as_deref().and_then(route_name),
+                b.flow.node.clone(),
+            ) {
+                if self.peer_names.load().get(&hp) != Some(&node) {
+                    self.peer_names.rcu(|p| {
+                        let mut p = HashMap::clone(p);
+                        p.insert(hp.clone(), node.clone());
+                        p
+                    });
+                }
+                continue;
+            }
             let Some(a) = b.flow.node_route.as_deref().and_then(route_addr) else {
                 continue;
             };
@@ -99,6 +138,7 @@ impl Replica {
             names: Mutex::new(Vec::new()),
             current: AtomicBool::new(false),
             peers: ArcSwap::from_pointee(HashMap::new()),
+            peer_names: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -575,6 +615,14 @@ mod tests {
             "10.0.0.4:5061".parse().ok()
         );
         assert_eq!(route_addr("<sips:node4.example;lr>"), None);
+        let mut d = binding("sip:3", Some("d"), 100);
+        d.flow.node_route = Some("<sips:Node4.Example.:5071;lr;nf=1.tls.00>".into());
+        r.apply("carol", "d", vec![d]);
+        assert_eq!(
+            r.peer_node_named("node4.example", 5071).as_deref(),
+            Some("d")
+        );
+        assert_eq!(r.peer_node_named("node4.example", 5061), None);
     }
 
     #[test]
