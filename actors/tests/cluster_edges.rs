@@ -197,3 +197,48 @@ async fn nodes_share_bindings_through_redis_over_tls_verified_by_their_ca() {
     );
     c.shutdown();
 }
+
+/// `siprox check` on a cluster node's conf.d with `rediss://`: without `[cluster.redis_tls]`
+/// it is fine (the system's CA store); with a `ca_file` that is not there it exits 1 naming
+/// the key and the file; `[cluster.redis_tls]` with a clear-text URL is refused by key.
+#[test]
+fn check_names_the_redis_tls_file_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(dir.path().join("nonce.secret"), "a nonce secret").unwrap();
+    std::fs::write(dir.path().join("flow.key"), format!("{}\n", "k".repeat(64))).unwrap();
+    let base = "[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:5060\"\n\n\
+                [auth]\nsecret_file = \"nonce.secret\"\nflow_key_file = \"flow.key\"\n\n\
+                [cluster]\nnode = \"a\"\nadvertise = \"sip:a.invalid:5071;transport=tls\"\n\
+                insecure_plaintext = true\n";
+    let check = |extra: &str| {
+        std::fs::write(conf.join("00-node.toml"), format!("{base}{extra}")).unwrap();
+        let out = siprox_command()
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .expect("siprox check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = check("redis = \"rediss://127.0.0.1:6380\"\n");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = check(
+        "redis = \"rediss://127.0.0.1:6380\"\n\n[cluster.redis_tls]\nca_file = \"certs/redis-ca.pem\"\n",
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("cluster.redis_tls.ca_file") && text.contains("redis-ca.pem"),
+        "{text}"
+    );
+    let (code, text) = check(
+        "redis = \"redis://127.0.0.1:6379\"\n\n[cluster.redis_tls]\nca_file = \"nonce.secret\"\n",
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cluster.redis_tls"), "{text}");
+}
