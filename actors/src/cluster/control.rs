@@ -521,7 +521,7 @@ pub fn node_result(node: &str, o: &ReloadOutcome) -> Value {
             "result": if p.errors.is_empty() { "ok" } else { "refused" },
             "outcome": "dry_run",
             "errors": p.errors,
-            "preview": crate::mgmt::methods::adapters::outcome_json(o),
+            "preview": p.json(),
         }),
     }
 }

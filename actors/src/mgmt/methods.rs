@@ -295,27 +295,7 @@ pub(crate) mod adapters {
             }
             ReloadOutcome::Unchanged => json!({"result": "unchanged"}),
             ReloadOutcome::Failed { errors } => json!({"result": "failed", "errors": errors}),
-            ReloadOutcome::Preview(p) => {
-                let (restart, live): (Vec<_>, Vec<_>) = p
-                    .changes
-                    .iter()
-                    .partition(|c| c.class == siprox::config::Class::RestartOnly);
-                json!({
-                    "result": "dry_run",
-                    "would": if !p.errors.is_empty() {
-                        "refuse"
-                    } else if p.domains.is_empty() && live.is_empty() && p.refused.is_empty() {
-                        "change nothing"
-                    } else {
-                        "publish"
-                    },
-                    "live": live.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
-                    "restart_only": restart.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
-                    "domains": p.domains,
-                    "refused": p.refused,
-                    "errors": p.errors,
-                })
-            }
+            ReloadOutcome::Preview(p) => p.json(),
         }
     }
 

@@ -5,6 +5,6 @@
 
 pub mod ctl;
 mod listener;
-pub(crate) mod methods;
+mod methods;
 mod metrics;
 pub mod rpc;
