@@ -239,12 +239,18 @@ impl Connection {
                         inc(&stats.send_failures);
                     }
                     // Never silence: the requests it held are answered (480 for a cluster
-                    // node that died and is not yet known dead, else 503).
+                    // node that died and is not yet known dead, else 503), in a task of
+                    // this worker once the connection is gone, not while it closes.
                     let worker = self.worker.clone();
-                    let to = self.shared.key.addr;
+                    let (to, local, transport) =
+                        (self.shared.key.addr, self.local, self.transport());
                     let node = self.peer_node();
                     let unsent: Vec<_> = self.wq.drain(..).collect();
-                    worker.answer_unsent(unsent, self.transport(), to, self.local, node.as_deref());
+                    if !unsent.is_empty() {
+                        actix::spawn(async move {
+                            worker.answer_unsent(unsent, transport, to, local, node.as_deref());
+                        });
+                    }
                 } else {
                     // A client's failed handshake is the client's problem (and floods are cheap
                     // to cause): debug, and counted.
