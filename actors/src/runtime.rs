@@ -436,6 +436,8 @@ fn run_system(
             stopping: false,
         }
         .start();
+        // `[cluster.redis_tls]` files are opened by the cluster's loops, relative to this.
+        let base = registry.base().to_path_buf();
         // The registry lives on the control arbiter, next to the RPC that reloads it.
         let registry = registry.start();
         let _ = shared.reloader.set(registry.clone().recipient());
@@ -452,7 +454,8 @@ fn run_system(
             }
             .start();
             let config = shared.snapshot.load().config.clone();
-            if let Some(mut c) = crate::cluster::Cluster::new(location, config.cluster.as_ref())
+            let cluster = config.cluster.as_ref().map(|c| c.with_base(&base));
+            if let Some(mut c) = crate::cluster::Cluster::new(location, cluster.as_ref())
             {
                 let sh = shared.clone();
                 let (sink, share) =
@@ -467,7 +470,7 @@ fn run_system(
         }
         // The cluster's member list and cluster-wide reloads, for `cluster.nodes` and
         // `cfg.reload` with `cluster`.
-        if let Some(c) = crate::cluster::control::Control::start(&shared) {
+        if let Some(c) = crate::cluster::control::Control::start(&shared, &base) {
             rpc.do_send(crate::mgmt::rpc::AttachCluster(c));
         }
         let _ = tx.send(Ok((System::current(), control, registry)));

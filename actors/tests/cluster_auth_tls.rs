@@ -51,6 +51,7 @@ fn cluster(node: &str, redis: &[String]) -> ClusterConfig {
         tls: None,
         insecure_plaintext: true,
         ticket_rotation: ConfigDuration::secs(3600),
+        redis_tls: None,
     }
 }
 

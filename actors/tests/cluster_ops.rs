@@ -164,6 +164,27 @@ impl Deploy {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A JSON-RPC call to node `n` as a user makes it: curl over TLS with the admin's
+    /// client certificate. The whole response object.
+    fn rpc(&self, n: u16, method: &str, params: Value) -> Value {
+        let certs = self.conf(n).parent().expect("node dir").join("certs");
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "15", "--cacert"])
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("admin.pem"))
+            .arg("--key")
+            .arg(certs.join("admin.key"))
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(body.to_string())
+            .arg(format!("https://127.0.0.1:{}/", self.mgmt(n)))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     fn redis_cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .arg("-p")
@@ -361,14 +382,16 @@ async fn deploy_script_cluster_nodes_ul_metrics_and_cluster_reload() {
     assert_eq!(metric(&m, "siprox_registrations"), Some(0.0), "{m}");
     assert_eq!(metric(&d.metrics(2), "siprox_registrations"), Some(1.0));
 
-    // ul.rm on a node that does not own it: named, not removed.
-    let v = d.json(1, &["ul", "rm", "alice@127.0.0.1"]);
-    assert_eq!(v["removed"], 0, "{v}");
-    assert_eq!(v["elsewhere"][0]["node"], "node2", "{v}");
-    assert_eq!(dumped(1), ["node2"]);
-    // On the owner: removed, from Redis and from the other replicas.
-    let v = d.json(2, &["ul", "rm", "alice@127.0.0.1"]);
-    assert_eq!(v["removed"], 1, "{v}");
+    // ul.rm on a node that does not own it (JSON-RPC over TLS, as a user calls it): none
+    // here, forwarded to the owner, which removes its binding and answers how many.
+    let r = d.rpc(1, "ul.rm", serde_json::json!(["alice@127.0.0.1"]));
+    let v = &r["result"];
+    assert_eq!(v["removed"], 0, "{r}");
+    assert_eq!(v["elsewhere"][0]["node"], "node2", "{r}");
+    assert_eq!(v["elsewhere"][0]["result"], "ok", "{r}");
+    assert_eq!(v["elsewhere"][0]["removed"], 1, "{r}");
+    assert_eq!(metric(&d.metrics(2), "siprox_registrations"), Some(0.0));
+    // Removed from Redis and from the other replicas.
     assert_eventually!(
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -385,6 +408,22 @@ async fn deploy_script_cluster_nodes_ul_metrics_and_cluster_reload() {
         CONVERGE
     );
 
+    // On the owner itself: removed there, nothing elsewhere.
+    assert_eq!(register(d.sip(2), "alice", "alice-dev-password"), 200);
+    let v = d.json(2, &["ul", "rm", "alice@127.0.0.1"]);
+    assert_eq!(v["removed"], 1, "{v}");
+    assert_eq!(v["elsewhere"], serde_json::json!([]), "{v}");
+
+    // A cluster-wide dry run: every node reads and builds its conf.d, publishes nothing.
+    let r = d.rpc(1, "cfg.reload", serde_json::json!(["cluster", "dry_run"]));
+    let nodes = r["result"]["nodes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(nodes.len(), 3, "{r}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["result"] == "ok" && n["outcome"] == "dry_run"),
+        "{r}"
+    );
     // reload --cluster: every node reloads its own conf.d.
     let out = d.ctl(1, &["reload", "--cluster"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -414,6 +453,21 @@ async fn deploy_script_cluster_nodes_ul_metrics_and_cluster_reload() {
     assert!(
         shown.lines().filter(|l| l.contains(" ok ")).count() == 2,
         "{shown}"
+    );
+    // The same broken conf.d in a dry run: node 2 would refuse it, with the error; its
+    // running configuration is untouched either way.
+    let out = d.ctl(1, &["--json", "reload", "--cluster", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let node2 = v["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["node"] == "node2").cloned())
+        .expect("node2 answered");
+    assert_eq!(node2["result"], "refused", "{v}");
+    assert_eq!(node2["outcome"], "dry_run", "{v}");
+    assert!(
+        node2["errors"].to_string().contains("60-broken.toml"),
+        "{v}"
     );
     std::fs::remove_file(&extra).expect("rm");
 

@@ -54,6 +54,7 @@ fn node_config(dir: &Path, node: &str, redis: Vec<String>) -> Config {
         tls: None,
         insecure_plaintext: true,
         ticket_rotation: ConfigDuration::secs(3600),
+        redis_tls: None,
     });
     cfg
 }

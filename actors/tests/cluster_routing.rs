@@ -59,7 +59,17 @@ impl Site {
         }
     }
 
-    fn config(&self, dir: &Path, name: &str) -> Config {
+    /// `by_name`: advertise `sips:localhost:PORT` instead of the IP address, with a node
+    /// certificate that names `localhost` (`Some(true)`) or does not (`Some(false)`). A
+    /// host name cannot take the bound port (port 0 is resolved against listeners by IP
+    /// address), so `tls` then names the TLS listener's address, picked before the start.
+    fn config_as(
+        &self,
+        dir: &Path,
+        name: &str,
+        tls: Option<SocketAddr>,
+        by_name: Option<bool>,
+    ) -> Config {
         let o = inproc::Options {
             udp: false,
             tcp: false,
@@ -70,7 +80,7 @@ impl Site {
             ..inproc::Options::default()
         };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut cfg = inproc::config(&self.pki, &o, [any; 3]);
+        let mut cfg = inproc::config(&self.pki, &o, [any, any, tls.unwrap_or(any)]);
         std::fs::write(dir.join("flow.keys"), &self.flow_key).unwrap();
         cfg.auth.flow_key_file = Some(dir.join("flow.keys"));
         cfg.script.file = Some(self.default_script.clone());
@@ -81,12 +91,19 @@ impl Site {
                 ..DomainConfig::default()
             },
         );
-        let id = self.cluster_ca.issue(&Spec::leaf(name)).write(dir, name);
+        let spec = match by_name {
+            Some(true) => Spec::leaf(name).dns("localhost"),
+            _ => Spec::leaf(name),
+        };
+        let id = self.cluster_ca.issue(&spec).write(dir, name);
         let ca = self.cluster_ca.write(dir, "cluster-ca");
         let cluster = ClusterConfig {
             node: name.to_owned(),
-            // Port 0: the runtime advertises the port its TLS listener was bound to.
-            advertise: "sip:127.0.0.1:0;transport=tls".to_owned(),
+            advertise: match (by_name, tls) {
+                (Some(_), Some(tls)) => format!("sips:localhost:{}", tls.port()),
+                // Port 0: the runtime advertises the port its TLS listener was bound to.
+                _ => "sip:127.0.0.1:0;transport=tls".to_owned(),
+            },
             redis: self.redis.clone(),
             key_prefix: "r".to_owned(),
             heartbeat: ConfigDuration(HEARTBEAT),
@@ -98,6 +115,7 @@ impl Site {
             }),
             insecure_plaintext: false,
             ticket_rotation: ConfigDuration::secs(3600),
+            redis_tls: None,
         };
         // What loading conf.d does with [cluster.tls].
         cfg.domains
@@ -107,8 +125,16 @@ impl Site {
     }
 
     fn node(&self, name: &str) -> Node {
+        self.node_as(name, None)
+    }
+
+    fn node_as(&self, name: &str, by_name: Option<bool>) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let handle = start(self.config(dir.path(), name), dir.path());
+        let picked = by_name.map(|_| inproc::free_ports()[2]);
+        let handle = start(
+            self.config_as(dir.path(), name, picked, by_name),
+            dir.path(),
+        );
         let tls = handle.local_addr(Transport::Tls).expect("a TLS listener");
         Node {
             handle,
@@ -354,21 +380,53 @@ async fn routing(site: &Site) -> (Node, Node, Phone, Phone) {
     assert_eq!(mallory.final_status(ANSWER).await, Some(403));
     assert!(alice.c.recv(Duration::from_millis(300)).await.is_none());
 
-    // Node 1 gone: once its heartbeat lapses, a call for alice gets 480, not silence.
-    let down = Instant::now();
+    // Node 1 gone. Every call for alice is answered, never silence: at first by node 3's
+    // failed connection to node 1 (480 naming it unreachable), then, from the expiry of
+    // node 1's liveness key that node 3 last read (no later than node_timeout after node 1
+    // stopped, whatever the heartbeat), by the lookup itself (480, node down).
     n1.handle.shutdown();
-    let mut got = None;
-    while got != Some(480) {
+    let stopped = Instant::now();
+    let cluster3 = n3
+        .handle
+        .location()
+        .and_then(|l| l.cluster.clone())
+        .unwrap();
+    let dead_at = cluster3
+        .replica
+        .dead_at("n1")
+        .expect("node 1 was read alive");
+    assert!(
+        dead_at <= stopped + NODE_TIMEOUT,
+        "node 1 counts as dead {:?} after it stopped, more than node_timeout",
+        dead_at - stopped
+    );
+    let mut first = None;
+    loop {
         assert!(
-            down.elapsed() < 10 * NODE_TIMEOUT,
-            "no 480 for a dead node's phone (last: {got:?})"
+            stopped.elapsed() < 10 * NODE_TIMEOUT,
+            "no 480 from the lookup for a dead node's phone"
         );
         bob.invite("alice", "").await;
-        got = bob.final_status(Duration::from_millis(300)).await;
+        let m = bob
+            .final_response(ANSWER)
+            .await
+            .expect("an answer, not silence, for a call to a dead node's phone");
+        assert_eq!(m.status(), Some(480), "{m:?}");
+        let reason = m.reason().unwrap_or_default().to_owned();
+        first.get_or_insert((stopped.elapsed(), reason.clone()));
+        if !reason.contains("unreachable") {
+            break;
+        }
+        assert!(reason.contains("cluster node n1"), "{reason}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!(
-        "480 for a dead node's phone {:?} after the node stopped (node_timeout {NODE_TIMEOUT:?})",
-        down.elapsed()
+        "after node 1 stopped: first 480 {:?} ({:?}); the lookup's 480 {:?}; node 1 dead \
+         here {:?} after it stopped (node_timeout {NODE_TIMEOUT:?}, heartbeat {HEARTBEAT:?})",
+        first.as_ref().map(|f| f.0),
+        first.as_ref().map(|f| f.1.as_str()),
+        stopped.elapsed(),
+        dead_at - stopped,
     );
 
     // Alice registers through node 2: reachable again from node 3.
@@ -446,6 +504,48 @@ async fn calls_reach_phones_on_other_nodes_with_a_redis_cluster() {
     let rc = RedisCluster::start();
     let site = Site::new(rc.nodes.iter().map(RedisServer::url).collect());
     let (n2, n3, _bob, _alice) = routing(&site).await;
+    n2.handle.shutdown();
+    n3.handle.shutdown();
+}
+
+/// A node advertised by a host name (`sips:localhost:PORT`): the node a call enters resolves
+/// it, connects with the cluster's certificates and verifies that the other node's
+/// certificate names that host. A node whose certificate (from the cluster CA) does not
+/// name it is refused: the call gets 480 naming it unreachable, nothing reaches its phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_advertised_by_host_name_is_reached_and_its_certificate_checked() {
+    siprox_testkit::logs::install();
+    let redis = RedisServer::start();
+    let site = Site::new(vec![redis.url()]);
+    let n1 = site.node_as("n1", Some(true));
+    let n2 = site.node("n2");
+    let n3 = site.node_as("n3", Some(false));
+    let mut alice = site.phone("alice", &n1).await;
+    assert_eq!(alice.register().await, 200);
+    let mut carol = site.phone("carol", &n3).await;
+    assert_eq!(carol.register().await, 200);
+    assert_eventually!(
+        sees(&n2, "alice", "n1") && sees(&n2, "carol", "n3"),
+        CONVERGE
+    );
+
+    let mut bob = site.phone("bob", &n2).await;
+    call(&mut bob, &mut alice, false).await;
+    call(&mut bob, &mut alice, true).await;
+
+    bob.invite("carol", "").await;
+    let m = bob
+        .final_response(ANSWER)
+        .await
+        .expect("an answer for a call to a node whose certificate does not name it");
+    assert_eq!(m.status(), Some(480), "{m:?}");
+    assert!(
+        m.reason()
+            .is_some_and(|r| r.contains("cluster node n3 unreachable")),
+        "{m:?}"
+    );
+    assert!(carol.c.recv(Duration::from_millis(300)).await.is_none());
+    n1.handle.shutdown();
     n2.handle.shutdown();
     n3.handle.shutdown();
 }

@@ -18,8 +18,8 @@ pub struct ClusterConfig {
     pub node: String,
     /// This node's internal SIP URI that other nodes reach (`sip:10.0.0.1:5071;transport=tls`).
     pub advertise: String,
-    /// One Redis URL (`redis://host:port`), or with more than one, the seeds of a Redis
-    /// Cluster. `rediss://` is refused until TLS to Redis is built.
+    /// One Redis URL (`redis://host:port`, or `rediss://` for TLS), or with more than one,
+    /// the seeds of a Redis Cluster.
     pub redis: Vec<String>,
     /// Prefix of every Redis key siprox writes (several clusters may share one Redis).
     pub key_prefix: String,
@@ -34,6 +34,24 @@ pub struct ClusterConfig {
     pub insecure_plaintext: bool,
     /// How often the cluster's TLS session-ticket key rotates (one node does it).
     pub ticket_rotation: ConfigDuration,
+    /// `[cluster.redis_tls]`: the CA that verifies Redis (and a client certificate) for
+    /// `rediss://` URLs; without it `rediss://` verifies against the system's CA store.
+    pub redis_tls: Option<RedisTls>,
+}
+
+/// `[cluster.redis_tls]`: TLS to Redis (`rediss://` URLs). `ca_file` verifies the Redis
+/// server's certificate (and its host name, the URL's); `certificate` and `private_key`,
+/// both or neither, are presented to a Redis with `tls-auth-clients`. Paths relative to
+/// the configuration directory's parent, as every TLS file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PathBuf>,
 }
 
 /// `[cluster.tls]`: the node certificate (issued by the cluster CA) that a node presents
@@ -99,6 +117,26 @@ impl ClusterConfig {
     pub fn is_redis_cluster(&self) -> bool {
         self.redis.len() > 1
     }
+
+    /// True when Redis is reached over TLS (`rediss://`).
+    pub fn redis_is_tls(&self) -> bool {
+        self.redis.iter().any(|u| u.starts_with("rediss://"))
+    }
+
+    /// The same, with `[cluster.redis_tls]`'s relative paths made relative to `base` (the
+    /// configuration directory's parent), for the runtime that opens them.
+    pub fn with_base(&self, base: &std::path::Path) -> ClusterConfig {
+        let mut c = self.clone();
+        if let Some(t) = c.redis_tls.as_mut() {
+            for p in [&mut t.ca_file, &mut t.certificate, &mut t.private_key]
+                .into_iter()
+                .flatten()
+            {
+                *p = base.join(&*p);
+            }
+        }
+        c
+    }
 }
 
 /// `redis = "redis://..."` or `redis = ["redis://...", ...]`.
@@ -139,6 +177,8 @@ struct RawCluster {
     insecure_plaintext: bool,
     #[serde(default = "default_ticket_rotation")]
     ticket_rotation: ConfigDuration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    redis_tls: Option<RedisTls>,
 }
 
 fn default_prefix() -> String {
@@ -190,6 +230,7 @@ impl TryFrom<RawCluster> for ClusterConfig {
             tls: r.tls,
             insecure_plaintext: r.insecure_plaintext,
             ticket_rotation: r.ticket_rotation,
+            redis_tls: r.redis_tls,
         })
     }
 }
@@ -210,14 +251,45 @@ impl ClusterConfig {
             return Err("cluster.redis: at least one redis:// URL is needed".to_owned());
         }
         for u in &self.redis {
-            // TLS to Redis is not built yet: refused here rather than failing to connect.
-            if u.starts_with("rediss://") {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                 return Err(format!(
-                    "cluster.redis: `{u}`: rediss:// (TLS to Redis) is not supported yet"
+                    "cluster.redis: `{u}` is not a redis:// or rediss:// URL"
                 ));
             }
-            if !u.starts_with("redis://") {
-                return Err(format!("cluster.redis: `{u}` is not a redis:// URL"));
+        }
+        // One Redis Cluster speaks TLS on every node or on none.
+        if self.redis_is_tls() && self.redis.iter().any(|u| u.starts_with("redis://")) {
+            return Err(
+                "cluster.redis: mixes redis:// and rediss:// URLs; use one scheme".to_owned(),
+            );
+        }
+        if let Some(t) = &self.redis_tls {
+            if !self.redis_is_tls() {
+                return Err(
+                    "cluster.redis_tls: set, but cluster.redis has no rediss:// URL \
+                     (TLS to Redis is asked for by the rediss:// scheme)"
+                        .to_owned(),
+                );
+            }
+            if self.is_redis_cluster() {
+                return Err(
+                    "cluster.redis_tls: not supported with a Redis Cluster (a list of \
+                     URLs): its rediss:// seeds verify against the system's CA store"
+                        .to_owned(),
+                );
+            }
+            match (&t.certificate, &t.private_key) {
+                (Some(_), None) => {
+                    return Err("cluster.redis_tls.private_key: needed with \
+                         cluster.redis_tls.certificate"
+                        .to_owned())
+                }
+                (None, Some(_)) => {
+                    return Err("cluster.redis_tls.certificate: needed with \
+                         cluster.redis_tls.private_key"
+                        .to_owned())
+                }
+                _ => {}
             }
         }
         if self.heartbeat.get().is_zero() {
@@ -277,6 +349,7 @@ impl From<ClusterConfig> for RawCluster {
             tls: c.tls,
             insecure_plaintext: c.insecure_plaintext,
             ticket_rotation: c.ticket_rotation,
+            redis_tls: c.redis_tls,
         }
     }
 }
@@ -393,9 +466,40 @@ mod tests {
         let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"http://h\"\n")
             .unwrap_err();
         assert!(e.contains("cluster.redis"), "{e}");
-        let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = \"rediss://h\"\n")
-            .unwrap_err();
-        assert!(e.contains("not supported yet"), "{e}");
+        let tls = "[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\n";
+        let c = parse(&format!("{tls}redis = \"rediss://h\"\n")).unwrap();
+        assert!(c.redis_is_tls() && c.redis_tls.is_none());
+        let c = parse(&format!(
+            "{tls}redis = \"rediss://h\"\n[cluster.redis_tls]\nca_file = \"ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.with_base(std::path::Path::new("/etc/siprox"))
+                .redis_tls
+                .and_then(|t| t.ca_file),
+            Some(PathBuf::from("/etc/siprox/ca.pem"))
+        );
+        for (extra, key) in [
+            (
+                "redis = \"redis://h\"\n[cluster.redis_tls]\nca_file = \"ca.pem\"\n",
+                "cluster.redis_tls",
+            ),
+            (
+                "redis = \"rediss://h\"\n[cluster.redis_tls]\ncertificate = \"c.pem\"\n",
+                "cluster.redis_tls.private_key",
+            ),
+            (
+                "redis = [\"rediss://h:1\", \"redis://h:2\"]\n",
+                "cluster.redis",
+            ),
+            (
+                "redis = [\"rediss://h:1\", \"rediss://h:2\"]\n[cluster.redis_tls]\nca_file = \"ca.pem\"\n",
+                "cluster.redis_tls",
+            ),
+        ] {
+            let e = parse(&format!("{tls}{extra}")).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
         let e = parse("[cluster]\ninsecure_plaintext = true\nnode = \"a\"\nadvertise = \"sip:h\"\nredis = []\n").unwrap_err();
         assert!(e.contains("cluster.redis"), "{e}");
         let e = parse(

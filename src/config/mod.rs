@@ -36,7 +36,8 @@ mod validate;
 
 pub use changes::{class_of, diff, pin_restart_only, Change, Class};
 pub use cluster::{
-    advertise_is_tls, cluster_domain, ClusterConfig, ClusterTls, CLUSTER_DOMAIN, CLUSTER_SNI,
+    advertise_is_tls, cluster_domain, ClusterConfig, ClusterTls, RedisTls, CLUSTER_DOMAIN,
+    CLUSTER_SNI,
 };
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{

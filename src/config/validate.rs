@@ -653,6 +653,7 @@ mod tests {
             tls: None,
             insecure_plaintext: true,
             ticket_rotation: crate::config::ConfigDuration::secs(3600),
+            redis_tls: None,
         });
         config.auth.secret_file = Some("nonce.secret".into());
         let errors = errors_of(&config);

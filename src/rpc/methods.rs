@@ -109,13 +109,14 @@ pub const METHODS: &[MethodDoc] = &[
     MethodDoc {
         name: "cfg.reload",
         params: "none, \"wait\", \"dry_run\", or \"cluster\" and an optional wait in seconds (JSON-RPC; also {\"wait\": true} / {\"dry_run\": true} / {\"cluster\": true, \"timeout\": s})",
-        result: "none: string \"queued\" or \"coalesced\"; wait: struct {result: \"published\"|\"unchanged\"|\"failed\", changed, refused, errors, restart_only: array of struct {key, configured, in_force, class}, scripts: array of struct {file, error}, domain_errors: array of struct {domain, error}}; dry_run: struct {result: \"dry_run\", would: \"publish\"|\"change nothing\"|\"refuse\", live, restart_only, domains, refused, errors}; cluster: struct {request: string, reload: \"cfg\"|\"tls\", waited_ms: int, nodes: array of struct {node, result: \"ok\"|\"refused\"|\"no answer\", outcome, changed, refused, errors}, error: string (only when Redis failed)}",
+        result: "none: string \"queued\" or \"coalesced\"; wait: struct {result: \"published\"|\"unchanged\"|\"failed\", changed, refused, errors, restart_only: array of struct {key, configured, in_force, class}, scripts: array of struct {file, error}, domain_errors: array of struct {domain, error}}; dry_run: struct {result: \"dry_run\", would: \"publish\"|\"change nothing\"|\"refuse\", live, restart_only, domains, refused, errors}; cluster: struct {request: string, reload: \"cfg\"|\"tls\"|\"dry_run\", waited_ms: int, nodes: array of struct {node, result: \"ok\"|\"refused\"|\"no answer\", outcome, changed, refused, errors, preview (dry_run)}, error: string (only when Redis failed)}",
         help: "Re-read conf.d (TLS domains and scripts included). Without params: coalesced and \
                rate-limited, answered at once. `wait`: answered when the reload is done, with \
                what it applied, refused and could not apply before a restart. `dry_run`: what a \
                reload would do now; nothing is applied. `cluster`: every live node of the cluster \
-               (this one included) reloads its own conf.d; answered with each node's \
-               result once all answered or the wait (default 8 s, at most 60) ran out.",
+               (this one included) reloads its own conf.d (with `dry_run`: says what it \
+               would do); answered with each node's result once all answered or the wait \
+               (default 8 s, at most 60) ran out.",
     },
     MethodDoc {
         name: "ul.dump",
@@ -134,9 +135,11 @@ pub const METHODS: &[MethodDoc] = &[
         name: "ul.rm",
         params: "aor: string",
         result: "int (bindings removed); on a cluster node struct {removed: int, \
-                 elsewhere: array of struct {node, bindings}, note: string}",
+                 elsewhere: array of struct {node, bindings} or, once asked, \
+                 {node, result: \"ok\"|\"refused\"|\"no answer\", removed, errors}, note: string}",
         help: "Remove every registration of one address of record (on a cluster node: this \
-               node's, from Redis too; other nodes' are named, only their owner removes them).",
+               node's, from Redis too; the nodes that own the others are asked to remove \
+               theirs, and their results are waited for, at most 8 s).",
     },
     MethodDoc {
         name: "cluster.nodes",

@@ -26,7 +26,7 @@ const EXIT_TRANSPORT: u8 = 2;
 /// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
 ///
 /// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [S]] |
-/// tcp list | reload [--cluster [S]] | cluster (= cluster nodes) | ul list (= ul dump,
+/// tcp list | reload [--dry-run] [--cluster [S]] | cluster (= cluster nodes) | ul list (= ul dump,
 /// ul show) | ul show AOR | ul rm AOR | stats | version | uptime | kill | methods |
 /// help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
 ///

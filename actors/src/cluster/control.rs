@@ -98,8 +98,15 @@ fn now_ms() -> i64 {
 impl Control {
     /// Starts the member loop and the control tail on the current (control) arbiter.
     /// `None` when this runtime is not a cluster node.
-    pub fn start(shared: &Arc<Shared>) -> Option<Arc<Control>> {
-        let cfg = shared.snapshot.load().config.cluster.clone()?;
+    /// `base`: what `[cluster.redis_tls]` paths are relative to.
+    pub fn start(shared: &Arc<Shared>, base: &std::path::Path) -> Option<Arc<Control>> {
+        let cfg = shared
+            .snapshot
+            .load()
+            .config
+            .cluster
+            .as_ref()?
+            .with_base(base);
         let store = shared.location.get()?.cluster.clone()?;
         let c = Arc::new(Control {
             keys: Keys {
@@ -143,8 +150,9 @@ impl Control {
 
     /// Asks every live node (this one included) to reload its own conf.d, and waits at most
     /// `wait` for their results. `what` is `cfg` or `tls` (both re-read conf.d and the TLS
-    /// material; the registry rebuilds what changed). Never fails: an unreachable Redis is
-    /// an answer too (`error`).
+    /// material; the registry rebuilds what changed), or `dry_run` (each node reads and
+    /// builds, publishes nothing, and answers what it would do). Never fails: an
+    /// unreachable Redis is an answer too (`error`).
     pub async fn reload_cluster(self: Arc<Self>, what: &'static str, wait: Duration) -> Value {
         let wait = wait.min(MAX_RELOAD_WAIT);
         let n = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -162,8 +170,9 @@ impl Control {
         expected.sort();
         let mut answers: BTreeMap<String, Value> = BTreeMap::new();
         let started = Instant::now();
+        let fields = [("reload", what)];
         let res = self
-            .request_and_collect(&id, what, &reply, wait, &expected, &mut answers)
+            .request_and_collect(&id, &fields, &reply, wait, &expected, &mut answers)
             .await;
         let mut nodes: Vec<Value> = Vec::new();
         for node in &expected {
@@ -192,18 +201,51 @@ impl Control {
         out
     }
 
+    /// Asks the owners of `aor`'s bindings (`nodes`) to remove theirs (`ul.rm` on each),
+    /// through the control stream, and waits at most `wait` for their results: one entry per
+    /// node, `{node, result: "ok", removed}` or `{node, result: "no answer"}`.
+    pub async fn remove_elsewhere(
+        self: Arc<Self>,
+        aor: String,
+        nodes: Vec<String>,
+        wait: Duration,
+    ) -> Vec<Value> {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{}-{n}", self.cfg.node, now_ms());
+        let reply = format!("{}:ctl:r:{{{id}}}", self.keys.prefix);
+        let to = nodes.join(",");
+        let fields = [("op", "ul.rm"), ("aor", aor.as_str()), ("to", to.as_str())];
+        let mut answers: BTreeMap<String, Value> = BTreeMap::new();
+        let res = self
+            .request_and_collect(&id, &fields, &reply, wait, &nodes, &mut answers)
+            .await;
+        info!(request = %id, aor = %aor, nodes = %to, "ul.rm forwarded to the owning nodes");
+        nodes
+            .iter()
+            .map(|node| {
+                answers.remove(node).unwrap_or_else(|| {
+                    let why = match &res {
+                        Err(e) => format!("Redis: {e}"),
+                        Ok(()) => format!("no answer within {} s", wait.as_secs_f32()),
+                    };
+                    json!({"node": node, "result": "no answer", "errors": [why]})
+                })
+            })
+            .collect()
+    }
+
     async fn request_and_collect(
         &self,
         id: &str,
-        what: &str,
+        fields: &[(&str, &str)],
         reply: &str,
         wait: Duration,
         expected: &[String],
         answers: &mut BTreeMap<String, Value>,
     ) -> RedisResult<()> {
         let mut c = conn::connect(&self.cfg).await?;
-        let _: String = ::redis::cmd("XADD")
-            .arg(self.ctl_key())
+        let mut xadd = ::redis::cmd("XADD");
+        xadd.arg(self.ctl_key())
             .arg("MAXLEN")
             .arg("~")
             .arg(CTL_MAXLEN)
@@ -212,12 +254,12 @@ impl Control {
             .arg(id)
             .arg("from")
             .arg(&self.cfg.node)
-            .arg("reload")
-            .arg(what)
             .arg("reply")
-            .arg(reply)
-            .query_async(&mut c)
-            .await?;
+            .arg(reply);
+        for (k, v) in fields {
+            xadd.arg(*k).arg(*v);
+        }
+        let _: String = xadd.query_async(&mut c).await?;
         let deadline = Instant::now() + wait;
         while expected.iter().any(|n| !answers.contains_key(n)) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -369,6 +411,22 @@ async fn follow_requests(ctl: &Arc<Control>, c: &mut Conn, link: &mut Link) -> R
         for k in reply.keys {
             for entry in k.ids {
                 last = entry.id.clone();
+                if entry.get::<String>("op").as_deref() == Some("ul.rm") {
+                    let (Some(aor), Some(to), Some(reply)) = (
+                        entry.get::<String>("aor"),
+                        entry.get::<String>("to"),
+                        entry.get::<String>("reply"),
+                    ) else {
+                        debug!(id = %entry.id, "cluster: ul.rm entry without aor/to/reply skipped");
+                        continue;
+                    };
+                    if to.split(',').any(|n| n == ctl.cfg.node) {
+                        let from = entry.get::<String>("from").unwrap_or_default();
+                        info!(from = %from, aor = %aor, "ul.rm from another node: removing this node's bindings");
+                        actix::spawn(answer_rm(ctl.clone(), aor, reply));
+                    }
+                    continue;
+                }
                 let (Some(id), Some(what), Some(reply)) = (
                     entry.get::<String>("id"),
                     entry.get::<String>("reload"),
@@ -379,19 +437,58 @@ async fn follow_requests(ctl: &Arc<Control>, c: &mut Conn, link: &mut Link) -> R
                 };
                 let from = entry.get::<String>("from").unwrap_or_default();
                 info!(request = %id, from = %from, reload = %what, "cluster-wide reload: reloading this node");
-                actix::spawn(answer_reload(ctl.clone(), reply));
+                let cause = if what == "dry_run" {
+                    ReloadCause::DryRun
+                } else {
+                    ReloadCause::Request
+                };
+                actix::spawn(answer_reload(ctl.clone(), reply, cause));
             }
         }
     }
 }
 
-/// Runs this node's reload (the registry rebuilds off-thread) and pushes the result.
-async fn answer_reload(ctl: Arc<Control>, reply: String) {
+/// Removes this node's bindings of `aor` (as `ul.rm` here would: written behind to Redis
+/// too) and pushes how many.
+async fn answer_rm(ctl: Arc<Control>, aor: String, reply: String) {
+    let v = match ctl.shared.location.get() {
+        Some(loc) => match loc.registrar_store().remove(&aor) {
+            Ok(n) => json!({"node": ctl.cfg.node, "result": "ok", "removed": n}),
+            Err(e) => json!({"node": ctl.cfg.node, "result": "refused", "errors": [e.to_string()]}),
+        },
+        None => json!({"node": ctl.cfg.node, "result": "refused",
+                       "errors": ["the location store is not running"]}),
+    };
+    push_reply(&ctl, &reply, &v, "ul.rm").await;
+}
+
+async fn push_reply(ctl: &Control, reply: &str, v: &Value, what: &str) {
+    let res: RedisResult<()> = async {
+        let mut c = conn::connect(&ctl.cfg).await?;
+        let _: i64 = ::redis::cmd("RPUSH")
+            .arg(reply)
+            .arg(v.to_string())
+            .query_async(&mut c)
+            .await?;
+        let _: i64 = ::redis::cmd("EXPIRE")
+            .arg(reply)
+            .arg(REPLY_TTL.as_secs())
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = res {
+        warn!(error = %e, request = what, "cluster: this node's result could not be sent");
+    }
+}
+
+/// Runs this node's reload (the registry rebuilds off-thread; a dry run publishes nothing)
+/// and pushes the result.
+async fn answer_reload(ctl: Arc<Control>, reply: String, cause: ReloadCause) {
     let outcome = match ctl.shared.reloader() {
         Some(r) => r
-            .send(Reload {
-                cause: ReloadCause::Request,
-            })
+            .send(Reload { cause })
             .await
             .unwrap_or_else(|e| ReloadOutcome::Failed {
                 errors: vec![format!("the registry is not running: {e}")],
@@ -401,24 +498,7 @@ async fn answer_reload(ctl: Arc<Control>, reply: String) {
         },
     };
     let v = node_result(&ctl.cfg.node, &outcome);
-    let res: RedisResult<()> = async {
-        let mut c = conn::connect(&ctl.cfg).await?;
-        let _: i64 = ::redis::cmd("RPUSH")
-            .arg(&reply)
-            .arg(v.to_string())
-            .query_async(&mut c)
-            .await?;
-        let _: i64 = ::redis::cmd("EXPIRE")
-            .arg(&reply)
-            .arg(REPLY_TTL.as_secs())
-            .query_async(&mut c)
-            .await?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = res {
-        warn!(error = %e, "cluster-wide reload: this node's result could not be sent");
-    }
+    push_reply(&ctl, &reply, &v, "reload").await;
 }
 
 /// One node's answer: `ok` (published or unchanged) or `refused` with the errors.
@@ -434,9 +514,14 @@ pub fn node_result(node: &str, o: &ReloadOutcome) -> Value {
         ReloadOutcome::Failed { errors } => json!({
             "node": node, "result": "refused", "outcome": "failed", "errors": errors,
         }),
-        ReloadOutcome::Preview(_) => json!({
-            "node": node, "result": "refused", "outcome": "failed",
-            "errors": ["a dry run is not a cluster-wide reload"],
+        // A dry run: `ok` when the node would accept its conf.d, `refused` with the
+        // errors it would refuse it with; `preview` says what it would do.
+        ReloadOutcome::Preview(p) => json!({
+            "node": node,
+            "result": if p.errors.is_empty() { "ok" } else { "refused" },
+            "outcome": "dry_run",
+            "errors": p.errors,
+            "preview": p.json(),
         }),
     }
 }

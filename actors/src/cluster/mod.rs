@@ -748,11 +748,21 @@ async fn beat(
         .query_async(conn)
         .await?;
     for node in store.replica.nodes() {
-        let alive: bool = ::redis::cmd("EXISTS")
+        // The time left on its key, not only whether it exists: a lookup then knows when
+        // the node dies without waiting for the next heartbeat (see `Replica::heard`).
+        let asked = std::time::Instant::now();
+        let pttl: i64 = ::redis::cmd("PTTL")
             .arg(keys.node(&node))
             .query_async(conn)
             .await?;
-        store.replica.set_alive(&node, alive);
+        let left = match pttl {
+            // -2: no key (expired or never written); -1: no TTL, which siprox never
+            // writes: alive for one more node_timeout, as if just refreshed.
+            -2 => None,
+            ms if ms < 0 => Some(cfg.node_timeout.get()),
+            ms => Some(Duration::from_millis(ms.unsigned_abs())),
+        };
+        store.replica.heard(&node, left, asked);
     }
     Ok(())
 }

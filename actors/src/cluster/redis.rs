@@ -2,6 +2,8 @@
 //! connection (reconnecting by itself), the tail's own connection (an `XREAD BLOCK` must not
 //! hold up writes), and direct connections to every master for a resync's `SCAN`. Every
 //! call has a response timeout: nothing here can wait forever on a silent Redis.
+//! `rediss://` URLs connect over TLS (OpenSSL, through native-tls), verified against
+//! `[cluster.redis_tls] ca_file` or else the system's CA store.
 
 use std::time::Duration;
 
@@ -9,7 +11,10 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, Pipeline, RedisError,
+    RedisFuture, RedisResult, TlsCertificates, Value,
+};
 use siprox::config::ClusterConfig;
 
 /// How long a connection attempt may take.
@@ -55,10 +60,54 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The CA (and client certificate) of `[cluster.redis_tls]` for `rediss://`; `None`: plain
+/// Redis, or TLS verified against the system's CA store. Read at each connection (rare), so
+/// that a renewed file is picked up; an unreadable one is an error naming its key.
+fn certificates(cfg: &ClusterConfig) -> RedisResult<Option<TlsCertificates>> {
+    let Some(t) = cfg.redis_tls.as_ref().filter(|_| cfg.redis_is_tls()) else {
+        return Ok(None);
+    };
+    let read = |key: &'static str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "cannot read a TLS file",
+                format!("cluster.redis_tls.{key}: {}: {e}", p.display()),
+            ))
+        })
+    };
+    let root_cert = match &t.ca_file {
+        Some(p) => Some(read("ca_file", p)?),
+        None => None,
+    };
+    let client_tls = match (&t.certificate, &t.private_key) {
+        (Some(c), Some(k)) => Some(ClientTlsConfig {
+            client_cert: read("certificate", c)?,
+            client_key: read("private_key", k)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// A client for `url`, with the TLS material of `[cluster.redis_tls]` when it has some.
+fn client(cfg: &ClusterConfig, url: &str) -> RedisResult<Client> {
+    match certificates(cfg)? {
+        Some(certs) => Client::build_with_tls(url, certs),
+        None => Client::open(url),
+    }
+}
+
 fn cluster_client(
     cfg: &ClusterConfig,
     response: Duration,
 ) -> RedisResult<redis::cluster::ClusterClient> {
+    // `rediss://` seeds verify against the system's CA store: redis-rs takes a CA of its
+    // own for a Redis Cluster only with its rustls backend (`siprox check` refuses
+    // `[cluster.redis_tls]` with a Redis Cluster).
     redis::cluster::ClusterClient::builder(cfg.redis.clone())
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(response)
@@ -72,7 +121,7 @@ pub async fn connect(cfg: &ClusterConfig) -> RedisResult<Conn> {
         let c = cluster_client(cfg, RESPONSE_TIMEOUT)?;
         return Ok(Conn::Cluster(c.get_async_connection().await?));
     }
-    let client = Client::open(cfg.redis[0].as_str())?;
+    let client = client(cfg, &cfg.redis[0])?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -89,11 +138,11 @@ pub async fn connect_tail(cfg: &ClusterConfig, block: Duration) -> RedisResult<C
         let c = cluster_client(cfg, block + RESPONSE_TIMEOUT)?;
         return Ok(Conn::Cluster(c.get_async_connection().await?));
     }
-    direct(&cfg.redis[0], block + RESPONSE_TIMEOUT).await
+    direct(cfg, &cfg.redis[0], block + RESPONSE_TIMEOUT).await
 }
 
-async fn direct(url: &str, response: Duration) -> RedisResult<Conn> {
-    let client = Client::open(url)?;
+async fn direct(cfg: &ClusterConfig, url: &str, response: Duration) -> RedisResult<Conn> {
+    let client = client(cfg, url)?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(response));
@@ -108,7 +157,7 @@ async fn direct(url: &str, response: Duration) -> RedisResult<Conn> {
 /// Cluster (from `CLUSTER NODES`), for `SCAN`, which walks one server's keys only.
 pub async fn masters(cfg: &ClusterConfig, conn: &mut Conn) -> RedisResult<Vec<Conn>> {
     if !cfg.is_redis_cluster() {
-        return Ok(vec![direct(&cfg.redis[0], RESPONSE_TIMEOUT).await?]);
+        return Ok(vec![direct(cfg, &cfg.redis[0], RESPONSE_TIMEOUT).await?]);
     }
     let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
     let scheme = if cfg.redis[0].starts_with("rediss://") {
@@ -118,7 +167,7 @@ pub async fn masters(cfg: &ClusterConfig, conn: &mut Conn) -> RedisResult<Vec<Co
     };
     let mut out = Vec::new();
     for addr in master_addrs(&text) {
-        out.push(direct(&format!("{scheme}://{addr}"), RESPONSE_TIMEOUT).await?);
+        out.push(direct(cfg, &format!("{scheme}://{addr}"), RESPONSE_TIMEOUT).await?);
     }
     Ok(out)
 }

@@ -301,6 +301,16 @@ pub fn resolve_command(words: &[String]) -> Result<(String, Vec<Value>), String>
         ["tls", "kill", r @ ..] => ("tls.kill", r),
         ["tls", "reload", "--cluster", r @ ..] => return Ok(cluster_reload("tls.reload", r)),
         ["tls", "reload", r @ ..] => ("tls.reload", r),
+        ["reload" | "cfg.reload", "--dry-run", "--cluster", r @ ..] => {
+            let mut r = r.to_vec();
+            r.insert(0, "--dry-run");
+            return Ok(cluster_reload("cfg.reload", &r));
+        }
+        ["reload" | "cfg.reload", "--dry-run", r @ ..] => {
+            let mut params = vec![Value::from("dry_run")];
+            params.extend(r.iter().map(|a| parse_arg(a)));
+            return Ok(("cfg.reload".to_owned(), params));
+        }
         ["reload" | "cfg.reload", "--cluster", r @ ..]
         | ["cfg" | "config", "reload", "--cluster", r @ ..] => {
             return Ok(cluster_reload("cfg.reload", r))
@@ -335,10 +345,14 @@ pub fn resolve_command(words: &[String]) -> Result<(String, Vec<Value>), String>
     ))
 }
 
-/// `reload --cluster [SECONDS]`: the `cluster` flag, and how long to wait for the nodes.
+/// `reload --cluster [--dry-run] [SECONDS]`: the `cluster` flag, a dry run (every node
+/// reads and builds its conf.d, publishes nothing), and how long to wait for the nodes.
 fn cluster_reload(method: &str, rest: &[&str]) -> (String, Vec<Value>) {
     let mut params = vec![Value::from("cluster")];
-    params.extend(rest.iter().map(|a| parse_arg(a)));
+    params.extend(rest.iter().map(|a| match *a {
+        "--dry-run" => Value::from("dry_run"),
+        a => parse_arg(a),
+    }));
     (method.to_owned(), params)
 }
 
@@ -746,6 +760,17 @@ mod tests {
         }
         for (w, m, p) in [
             ("reload --cluster", "cfg.reload", json!(["cluster"])),
+            (
+                "reload --cluster --dry-run",
+                "cfg.reload",
+                json!(["cluster", "dry_run"]),
+            ),
+            (
+                "reload --dry-run --cluster 3",
+                "cfg.reload",
+                json!(["cluster", "dry_run", 3]),
+            ),
+            ("reload --dry-run", "cfg.reload", json!(["dry_run"])),
             (
                 "cfg reload --cluster 3",
                 "cfg.reload",

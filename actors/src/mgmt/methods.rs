@@ -295,27 +295,7 @@ pub(crate) mod adapters {
             }
             ReloadOutcome::Unchanged => json!({"result": "unchanged"}),
             ReloadOutcome::Failed { errors } => json!({"result": "failed", "errors": errors}),
-            ReloadOutcome::Preview(p) => {
-                let (restart, live): (Vec<_>, Vec<_>) = p
-                    .changes
-                    .iter()
-                    .partition(|c| c.class == siprox::config::Class::RestartOnly);
-                json!({
-                    "result": "dry_run",
-                    "would": if !p.errors.is_empty() {
-                        "refuse"
-                    } else if p.domains.is_empty() && live.is_empty() && p.refused.is_empty() {
-                        "change nothing"
-                    } else {
-                        "publish"
-                    },
-                    "live": live.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
-                    "restart_only": restart.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
-                    "domains": p.domains,
-                    "refused": p.refused,
-                    "errors": p.errors,
-                })
-            }
+            ReloadOutcome::Preview(p) => p.json(),
         }
     }
 
@@ -459,13 +439,7 @@ pub(crate) mod adapters {
         let aor = params.first().and_then(Value::as_str).ok_or_else(|| {
             Fault::invalid_params(format!("{method} needs an address of record (user@domain)"))
         })?;
-        let with_scheme = if aor.contains(':') {
-            aor.to_owned()
-        } else {
-            format!("sip:{aor}")
-        };
-        let key = siprox::registrar::aor_of_str(&with_scheme)
-            .map_err(|e| Fault::invalid_params(format!("{aor}: {e}")))?;
+        let key = aor_key(aor)?;
         match method {
             "ul.show" => {
                 let found: Vec<_> = dump()?.into_iter().filter(|a| a.aor == key).collect();
@@ -504,6 +478,17 @@ pub(crate) mod adapters {
                 }))
             }
         }
+    }
+
+    /// The store's key of `aor` as an operator writes it (`user@domain`, or a URI).
+    pub(crate) fn aor_key(aor: &str) -> Result<String, Fault> {
+        let with_scheme = if aor.contains(':') {
+            aor.to_owned()
+        } else {
+            format!("sip:{aor}")
+        };
+        siprox::registrar::aor_of_str(&with_scheme)
+            .map_err(|e| Fault::invalid_params(format!("{aor}: {e}")))
     }
 
     /// `cluster.nodes`: every member as last read from Redis.

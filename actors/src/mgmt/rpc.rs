@@ -99,7 +99,13 @@ impl Handler<Request> for Rpc {
                 if let Some(ctl) = self.cluster.clone() {
                     // Every node's result: answered once all live nodes did, or at `wait`.
                     // The actor goes on serving other calls meanwhile.
-                    let what = if method == "tls.reload" { "tls" } else { "cfg" };
+                    let what = if method == "tls.reload" {
+                        "tls"
+                    } else if waiting_reload(&req.body) == Some(true) {
+                        "dry_run"
+                    } else {
+                        "cfg"
+                    };
                     let fut = ctl.reload_cluster(what, wait);
                     return Box::pin(wrap_future::<_, Self>(fut).map(move |answer, act, ctx| {
                         let mut methods = Logged {
@@ -113,6 +119,83 @@ impl Handler<Request> for Rpc {
                         };
                         siprox::rpc::serve(&msg.req, msg.allowed, &mut methods)
                     }));
+                }
+            }
+        }
+        // `ul.rm` on a cluster node: this node's bindings are removed now; those other nodes
+        // own are removed by them, asked through the control stream, and the answer waits
+        // for their results (bounded). The actor goes on serving other calls meanwhile.
+        if let (true, Some(ctl), Some(aor)) = (msg.allowed, self.cluster.clone(), ul_rm(&req.body))
+        {
+            if msg.only.as_deref().is_none_or(|m| m == "ul.rm") {
+                let local = crate::mgmt::methods::adapters::registrar(
+                    &self.shared,
+                    Some(&ctl),
+                    "ul.rm",
+                    &[serde_json::Value::from(aor.clone())],
+                );
+                if let (Ok(mut answer), Ok(key)) =
+                    (local, crate::mgmt::methods::adapters::aor_key(&aor))
+                {
+                    let nodes: Vec<String> = answer
+                        .get("elsewhere")
+                        .and_then(serde_json::Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|e| e.get("node").and_then(serde_json::Value::as_str))
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if !nodes.is_empty() {
+                        let fut = ctl.remove_elsewhere(
+                            key,
+                            nodes,
+                            crate::cluster::control::DEFAULT_RELOAD_WAIT,
+                        );
+                        return Box::pin(wrap_future::<_, Self>(fut).map(
+                            move |results, act, ctx| {
+                                if let Some(o) = answer.as_object_mut() {
+                                    let all_ok = results.iter().all(|r| r["result"] == "ok");
+                                    o.insert(
+                                        "elsewhere".to_owned(),
+                                        serde_json::Value::from(results),
+                                    );
+                                    o.insert(
+                                    "note".to_owned(),
+                                    serde_json::Value::from(if all_ok {
+                                        "removed here and by the other nodes that held bindings \
+                                         (written behind, from Redis too)"
+                                    } else {
+                                        "removed here; not every other node that held bindings \
+                                         answered (see elsewhere)"
+                                    }),
+                                );
+                                }
+                                let mut methods = Logged {
+                                    inner: Prepared {
+                                        method: "ul.rm",
+                                        answer: Some(answer),
+                                        rest: Methods { rpc: act, ctx },
+                                    },
+                                    caller: &msg.caller,
+                                    only: msg.only.as_deref(),
+                                };
+                                siprox::rpc::serve(&msg.req, msg.allowed, &mut methods)
+                            },
+                        ));
+                    }
+                    let mut methods = Logged {
+                        inner: Prepared {
+                            method: "ul.rm",
+                            answer: Some(answer),
+                            rest: Methods { rpc: self, ctx },
+                        },
+                        caller: &msg.caller,
+                        only: msg.only.as_deref(),
+                    };
+                    let r = siprox::rpc::serve(&msg.req, msg.allowed, &mut methods);
+                    return Box::pin(actix::fut::ready(r));
                 }
             }
         }
@@ -211,6 +294,20 @@ fn cluster_reload(body: &[u8]) -> Option<(&'static str, Duration)> {
         Duration::from_secs_f64(s.min(MAX_RELOAD_WAIT.as_secs_f64()))
     });
     Some((method, wait))
+}
+
+/// The AoR of a JSON-RPC `ul.rm` call (not a batch): `["AOR"]` or `{"aor": "AOR"}`.
+fn ul_rm(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("method")?.as_str()? != "ul.rm" {
+        return None;
+    }
+    let aor = match v.get("params")? {
+        serde_json::Value::Array(a) => a.first()?.as_str()?,
+        o @ serde_json::Value::Object(_) => o.get("aor")?.as_str()?,
+        _ => return None,
+    };
+    Some(aor.to_owned())
 }
 
 /// `Some(dry_run)` for a JSON-RPC `cfg.reload` call (not a batch) whose params ask to wait

@@ -146,6 +146,23 @@ pub fn check_pointed_files(loaded: &Loaded, base: &Path) -> Vec<ConfigError> {
             ),
         }
     }
+    // `[cluster.redis_tls]`: the files the cluster's loops read at each Redis connection.
+    if let Some(t) = config.cluster.as_ref().and_then(|c| c.redis_tls.as_ref()) {
+        for (key, p) in [
+            ("ca_file", &t.ca_file),
+            ("certificate", &t.certificate),
+            ("private_key", &t.private_key),
+        ] {
+            let Some(p) = p else { continue };
+            let path = resolve(base, p);
+            if let Err(e) = std::fs::read(&path) {
+                push(
+                    &["cluster", "redis_tls", key],
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+    }
     let m = &config.management;
     // Empty paths are refused by the core's validation already.
     let paths_set = [&m.certificate, &m.private_key, &m.ca_file]

@@ -88,6 +88,11 @@ struct Health {
 }
 
 impl DomainRegistry {
+    /// What configured paths are relative to (the configuration directory's parent).
+    pub(crate) fn base(&self) -> &std::path::Path {
+        &self.base
+    }
+
     pub(crate) fn new(
         shared: Arc<Shared>,
         loaded: LoadedDigests,

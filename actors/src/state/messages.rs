@@ -134,6 +134,34 @@ pub struct ReloadPreview {
     pub errors: Vec<String>,
 }
 
+impl ReloadPreview {
+    /// The answer of a dry run (`cfg.reload` with `dry_run`, locally or cluster-wide).
+    pub fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let p = self;
+        let change_json = |c: &siprox::config::Change| json!({"key": c.key, "configured": c.new, "in_force": c.old, "class": c.class.as_str()});
+        let (restart, live): (Vec<_>, Vec<_>) = p
+            .changes
+            .iter()
+            .partition(|c| c.class == siprox::config::Class::RestartOnly);
+        json!({
+            "result": "dry_run",
+            "would": if !p.errors.is_empty() {
+                "refuse"
+            } else if p.domains.is_empty() && live.is_empty() && p.refused.is_empty() {
+                "change nothing"
+            } else {
+                "publish"
+            },
+            "live": live.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
+            "restart_only": restart.iter().map(|c| change_json(c)).collect::<Vec<_>>(),
+            "domains": p.domains,
+            "refused": p.refused,
+            "errors": p.errors,
+        })
+    }
+}
+
 /// One reload, for the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadRecord {

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -32,9 +33,9 @@ pub struct Replica {
     /// This node's name: changes and fields of this node are never applied here.
     pub node: Arc<str>,
     aors: DashMap<Box<str>, Vec<Binding>>,
-    /// Nodes whose liveness key expired: their bindings are not offered to a lookup. Read
-    /// on every lookup, written by the heartbeat loop: swapped whole, never locked.
-    dead: ArcSwap<HashSet<Arc<str>>>,
+    /// Which nodes are dead: their bindings are not offered to a lookup. Read on every
+    /// lookup, written by the heartbeat loop: swapped whole, never locked.
+    dead: ArcSwap<Liveness>,
     /// When each dead node was first seen dead (by [`expire`](Self::expire)): its bindings
     /// are presented as refreshed on schedule until then, and dropped once that schedule
     /// ends. One writer (the expiry timer): swapped whole, never locked.
@@ -48,7 +49,27 @@ pub struct Replica {
     /// bindings: a connection to one of them is a node-to-node connection and uses the
     /// `[cluster.tls]` domain. Read on each outgoing connect; swapped whole when a node
     /// appears (rarely), never locked.
-    peers: ArcSwap<HashSet<SocketAddr>>,
+    peers: ArcSwap<HashMap<SocketAddr, Arc<str>>>,
+    /// The same for advertise URIs with a host name (TLS): lowercase name and port. A
+    /// connection to one is made with the `[cluster.tls]` domain, and the other node's
+    /// certificate is verified against that name too.
+    peer_names: ArcSwap<HashMap<(String, u16), Arc<str>>>,
+}
+
+/// The host name and port a node's Route names, when it is TLS to a host name (not an IP
+/// literal); the name in lowercase, without a trailing dot.
+fn route_name(route: &str) -> Option<(String, u16)> {
+    let inner = route.trim_start_matches('<');
+    let inner = inner.split('>').next().unwrap_or(inner);
+    let hop = siprox::script::parse_target(inner).ok()?;
+    let tls = hop.secure || hop.transport == Some(Transport::Tls);
+    if !tls || hop.host.parse::<IpAddr>().is_ok() || hop.host.starts_with('[') {
+        return None;
+    }
+    Some((
+        hop.host.trim_end_matches('.').to_ascii_lowercase(),
+        hop.port.unwrap_or(Transport::Tls.default_port()),
+    ))
 }
 
 /// The address a node's Route (`<sip:10.0.0.1:5071;transport=tls;lr;nf=...>`) names, when
@@ -68,18 +89,45 @@ fn route_addr(route: &str) -> Option<SocketAddr> {
 impl Replica {
     /// Whether `addr` is another node's advertise address.
     pub fn is_peer(&self, addr: SocketAddr) -> bool {
-        self.peers.load().contains(&addr)
+        self.peers.load().contains_key(&addr)
+    }
+
+    /// The node whose advertise address `addr` is (the last one seen there).
+    pub fn peer_node(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        self.peers.load().get(&addr).cloned()
+    }
+
+    /// The node whose advertise URI names host `name` and `port` (TLS).
+    pub fn peer_node_named(&self, name: &str, port: u16) -> Option<Arc<str>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.peer_names.load().get(&(name, port)).cloned()
     }
 
     fn note_peers<'b>(&self, bindings: impl Iterator<Item = &'b Binding>) {
         for b in bindings {
+            if let (Some(hp), Some(node)) = (
+                b.flow.node_route.as_deref().and_then(route_name),
+                b.flow.node.clone(),
+            ) {
+                if self.peer_names.load().get(&hp) != Some(&node) {
+                    self.peer_names.rcu(|p| {
+                        let mut p = HashMap::clone(p);
+                        p.insert(hp.clone(), node.clone());
+                        p
+                    });
+                }
+                continue;
+            }
             let Some(a) = b.flow.node_route.as_deref().and_then(route_addr) else {
                 continue;
             };
-            if !self.peers.load().contains(&a) {
+            let Some(node) = b.flow.node.clone() else {
+                continue;
+            };
+            if self.peers.load().get(&a) != Some(&node) {
                 self.peers.rcu(|p| {
-                    let mut p = HashSet::clone(p);
-                    p.insert(a);
+                    let mut p = HashMap::clone(p);
+                    p.insert(a, node.clone());
                     p
                 });
             }
@@ -90,11 +138,12 @@ impl Replica {
         Replica {
             node: node.into(),
             aors: DashMap::new(),
-            dead: ArcSwap::from_pointee(HashSet::new()),
+            dead: ArcSwap::from_pointee(Liveness::default()),
             died: ArcSwap::from_pointee(HashMap::new()),
             names: Mutex::new(Vec::new()),
             current: AtomicBool::new(false),
-            peers: ArcSwap::from_pointee(HashSet::new()),
+            peers: ArcSwap::from_pointee(HashMap::new()),
+            peer_names: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
@@ -213,7 +262,7 @@ impl Replica {
     /// announces their removal (it does when one expires there: `ClusterStore::expire`).
     /// Also notes when each dead node was first seen dead.
     pub fn expire(&self, now: i64) -> usize {
-        let dead = self.dead.load();
+        let dead: Vec<Arc<str>> = self.dead.load().dead_now().cloned().collect();
         let died = self.died.load();
         if dead.len() != died.len() || dead.iter().any(|n| !died.contains_key(n)) {
             let next: HashMap<Arc<str>, i64> = dead
@@ -252,11 +301,13 @@ impl Replica {
     /// Mark `node` dead (its liveness key expired) or alive again.
     pub fn set_alive(&self, node: &Arc<str>, alive: bool) {
         // One writer (the heartbeat loop): load, change a copy, store.
-        let mut dead = HashSet::clone(&self.dead.load());
+        let mut dead = Liveness::clone(&self.dead.load());
         let changed = if alive {
-            dead.remove(node)
+            dead.until.remove(node);
+            dead.down.remove(node)
         } else {
-            dead.insert(node.clone())
+            dead.until.remove(node);
+            dead.down.insert(node.clone())
         };
         if changed {
             self.dead.store(Arc::new(dead));
@@ -286,9 +337,72 @@ impl Replica {
         }
     }
 
-    /// True when `node`'s liveness key has expired.
+    /// True when `node`'s liveness key has expired, or expires now by the last time left
+    /// on it that this node read.
     pub fn is_dead(&self, node: &str) -> bool {
-        self.dead.load().iter().any(|n| **n == *node)
+        let l = self.dead.load();
+        let now = Instant::now();
+        l.down.iter().any(|n| **n == *node)
+            || l.until.iter().any(|(n, t)| **n == *node && now >= *t)
+    }
+
+    /// When `node` counts as dead at the latest (its liveness key's expiry, on this node's
+    /// clock), if its key was read alive; `None` if never read or known dead.
+    pub fn dead_at(&self, node: &str) -> Option<Instant> {
+        let l = self.dead.load();
+        if l.down.iter().any(|n| **n == *node) {
+            return None;
+        }
+        l.until
+            .iter()
+            .find_map(|(n, t)| (**n == *node).then_some(*t))
+    }
+
+    /// What the heartbeat loop read of `node`'s liveness key: the time it had left
+    /// (`Some`, measured from `asked`, when the command was sent: Redis counts the key's
+    /// TTL down on its own clock, so no clock of another node is involved and the
+    /// deadline is never later than the key's real expiry), or gone (`None`). A lookup
+    /// withholds the node's bindings from that deadline on, without waiting for the next
+    /// heartbeat to notice: a node that stopped at T is dead here by T + node_timeout.
+    pub fn heard(&self, node: &Arc<str>, left: Option<Duration>, asked: Instant) {
+        let Some(left) = left else {
+            self.set_alive(node, false);
+            return;
+        };
+        // One writer (the heartbeat loop): load, change a copy, store.
+        let mut l = Liveness::clone(&self.dead.load());
+        let was_down = l.down.remove(node);
+        l.until.insert(node.clone(), asked + left);
+        self.dead.store(Arc::new(l));
+        if was_down {
+            info!(node = %node, "cluster node alive");
+        }
+    }
+}
+
+/// The nodes known dead (liveness key gone) and, for each node whose key was read alive,
+/// the instant its key expires unless refreshed. `contains` is what a lookup asks.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness {
+    down: HashSet<Arc<str>>,
+    until: HashMap<Arc<str>, Instant>,
+}
+
+impl Liveness {
+    /// True when `node` is dead now: known dead, or past the expiry last read of its key.
+    pub fn contains(&self, node: &Arc<str>) -> bool {
+        self.down.contains(node) || self.until.get(node).is_some_and(|t| Instant::now() >= *t)
+    }
+
+    /// The nodes dead now: known dead, or past the expiry last read of their key.
+    pub fn dead_now(&self) -> impl Iterator<Item = &Arc<str>> {
+        let now = Instant::now();
+        self.down.iter().chain(
+            self.until
+                .iter()
+                .filter(move |(n, t)| now >= **t && !self.down.contains(*n))
+                .map(|(n, _)| n),
+        )
     }
 }
 
@@ -582,6 +696,28 @@ mod tests {
     }
 
     #[test]
+    fn a_node_is_dead_from_the_expiry_last_read_without_another_heartbeat() {
+        let r = Replica::new("me");
+        r.apply("alice", "b", vec![binding("sip:1", Some("b"), i64::MAX)]);
+        let b = r.intern("b");
+        let now = Instant::now();
+        r.heard(&b, Some(Duration::from_secs(60)), now);
+        assert_eq!(r.get("alice").len(), 1);
+        assert_eq!(r.dead_at("b"), Some(now + Duration::from_secs(60)));
+        // The key had no time left when read: dead at once, with no further read.
+        r.heard(&b, Some(Duration::ZERO), now);
+        assert!(r.is_dead("b"));
+        assert!(r.get("alice").is_empty());
+        assert_eq!(r.withheld("alice", 0), 1);
+        // Refreshed: alive again; gone: dead with no deadline left.
+        r.heard(&b, Some(Duration::from_secs(60)), Instant::now());
+        assert!(!r.is_dead("b"));
+        r.heard(&b, None, Instant::now());
+        assert!(r.is_dead("b"));
+        assert_eq!(r.dead_at("b"), None);
+    }
+
+    #[test]
     fn other_nodes_tls_addresses_are_peers() {
         let r = Replica::new("me");
         let mut b = binding("sip:1", Some("b"), 100);
@@ -591,6 +727,10 @@ mod tests {
         r.apply("alice", "b", vec![b]);
         r.apply("bob", "c", vec![c]);
         assert!(r.is_peer("10.0.0.2:5071".parse().unwrap()));
+        assert_eq!(
+            r.peer_node("10.0.0.2:5071".parse().unwrap()).as_deref(),
+            Some("b")
+        );
         assert!(
             !r.is_peer("10.0.0.3:5060".parse().unwrap()),
             "clear text: not TLS"
@@ -600,6 +740,14 @@ mod tests {
             "10.0.0.4:5061".parse().ok()
         );
         assert_eq!(route_addr("<sips:node4.example;lr>"), None);
+        let mut d = binding("sip:3", Some("d"), 100);
+        d.flow.node_route = Some("<sips:Node4.Example.:5071;lr;nf=1.tls.00>".into());
+        r.apply("carol", "d", vec![d]);
+        assert_eq!(
+            r.peer_node_named("node4.example", 5071).as_deref(),
+            Some("d")
+        );
+        assert_eq!(r.peer_node_named("node4.example", 5061), None);
     }
 
     #[test]

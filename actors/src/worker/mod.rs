@@ -9,6 +9,7 @@
 pub mod dns;
 pub(crate) mod memory;
 pub mod script;
+mod unsent;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! Real Redis servers for the cluster tests: one `redis-server` on a free loopback port in a
 //! temp dir (no persistence), stopped and restarted on the same port for outage tests, and
-//! a 3-master Redis Cluster built with `redis-cli --cluster create`. Every process is killed
+//! a 3-master Redis Cluster built with `redis-cli --cluster create`; a TLS-only server
+//! (`rediss://`) with a certificate given by the test. Every process is killed
 //! on drop. Test code: may panic, never waits without a bound.
 
 use std::net::TcpListener;
@@ -27,6 +28,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
+    /// TLS only (`start_tls`): the CA file redis-cli verifies the server with.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -40,6 +43,35 @@ impl RedisServer {
             extra: Vec::new(),
             child: None,
             _tmp: Some(tmp),
+            tls_ca: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// A standalone server that speaks TLS only (no clear-text port), presenting `cert` and
+    /// `key`; clients need no certificate (`tls-auth-clients no`). `ca` is what redis-cli
+    /// verifies it with here, and the CA the server would check client certificates with.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            extra: vec![
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            child: None,
+            _tmp: Some(tmp),
+            tls_ca: Some(ca.to_path_buf()),
         };
         s.spawn();
         s
@@ -53,20 +85,41 @@ impl RedisServer {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
             _tmp: None,
+            tls_ca: None,
         };
         s.spawn();
         s
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) {
+        // TLS only: the clear-text port is closed (0) and the port is the TLS one.
+        let ports: [String; 4] = if self.tls_ca.is_some() {
+            [
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+            ]
+        } else {
+            [
+                "--port".into(),
+                self.port.to_string(),
+                "--save".into(),
+                "".into(),
+            ]
+        };
         let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
+            .args(&ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -95,12 +148,12 @@ impl RedisServer {
 
     /// `redis-cli -p <port> args...`: its output, or `None` when it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output().ok()?;
         if !out.status.success() {
             return None;
         }

@@ -151,17 +151,23 @@ impl Connection {
             // lookup, or a Route of a dialog): the cluster's server name selects the
             // `[cluster.tls]` domain on both sides. The table key keeps no name, so every
             // request to that node shares the one connection.
-            let to_node = self
-                .worker
-                .shared
-                .location
-                .get()
-                .and_then(|l| l.cluster.as_ref())
-                .is_some_and(|c| c.replica.is_peer(self.shared.key.addr));
-            if to_node && dest.transport == Transport::Tls && dest.server_name.is_none() {
+            // An advertise URI with a host name: the connection is made to the address it
+            // resolved to, with the cluster's server name (so both sides use the cluster
+            // domain), and the other node's certificate must also name that host.
+            let mut verify_name = None;
+            if dest.transport == Transport::Tls && self.peer_node().is_some() {
+                if let Some(name) = dest.server_name.take() {
+                    verify_name = Some(name);
+                }
                 dest.server_name = Some(siprox::config::CLUSTER_SNI.to_owned());
             }
-            let fut = handshake::connect_out(self.shared.key.addr, dest, domains, start.settings);
+            let fut = handshake::connect_out(
+                self.shared.key.addr,
+                dest,
+                domains,
+                start.settings,
+                verify_name,
+            );
             ctx.spawn(wrap_future::<_, Self>(fut).map(|res, act, ctx| act.started_io(res, ctx)));
             return;
         }
@@ -232,6 +238,19 @@ impl Connection {
                     for _ in 0..queued {
                         inc(&stats.send_failures);
                     }
+                    // Never silence: the requests it held are answered (480 for a cluster
+                    // node that died and is not yet known dead, else 503), in a task of
+                    // this worker once the connection is gone, not while it closes.
+                    let worker = self.worker.clone();
+                    let (to, local, transport) =
+                        (self.shared.key.addr, self.local, self.transport());
+                    let node = self.peer_node();
+                    let unsent: Vec<_> = self.wq.drain(..).collect();
+                    if !unsent.is_empty() {
+                        actix::spawn(async move {
+                            worker.answer_unsent(unsent, transport, to, local, node.as_deref());
+                        });
+                    }
                 } else {
                     // A client's failed handshake is the client's problem (and floods are cheap
                     // to cause): debug, and counted.
@@ -280,6 +299,19 @@ impl Connection {
             self.worker.shared.table.open(handle);
         }
         ctx.spawn(IoDriver);
+    }
+}
+
+impl Connection {
+    /// The cluster node this outgoing connection goes to: its advertise address, or the
+    /// host name and port of its advertise URI.
+    fn peer_node(&self) -> Option<Arc<str>> {
+        let cluster = self.worker.shared.location.get()?.cluster.clone()?;
+        let key = &self.shared.key;
+        cluster.replica.peer_node(key.addr).or_else(|| {
+            let name = key.server_name.as_deref()?;
+            cluster.replica.peer_node_named(name, key.addr.port())
+        })
     }
 }
 

@@ -92,6 +92,7 @@ pub(super) async fn connect_out(
     dest: Box<Destination>,
     domains: Arc<TlsDomains>,
     s: ConnSettings,
+    verify_name: Option<String>,
 ) -> Result<Established, Failed> {
     let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(peer)).await {
         Ok(Ok(t)) => t,
@@ -102,9 +103,14 @@ pub(super) async fn connect_out(
     if dest.transport != Transport::Tls {
         return Ok(Established::plain(Io::Tcp(tcp)));
     }
-    let (ssl, domain) = domains
+    let (mut ssl, domain) = domains
         .client_ssl(peer, dest.server_name.as_deref())
         .map_err(Failed::setup)?;
+    // Another cluster node reached by a host name: its certificate must name that host,
+    // on top of the domain's own checks (the cluster CA).
+    if let Some(n) = &verify_name {
+        ssl.param_mut().set_host(n).map_err(Failed::setup)?;
+    }
     let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
     let stream = handshake(ssl, tcp, timeout, false).await?;
     let sni = domain
