@@ -129,6 +129,10 @@ impl Worker {
                     for (action, opts) in run.actions {
                         self.execute_with(action, &msg, &inbound, opts);
                     }
+                    if let Some(relay) = run.relay {
+                        let action = snap.proxy.forward_with(&msg, &inbound, &relay.opts);
+                        self.execute_with(action, &msg, &inbound, relay.opts);
+                    }
                     return;
                 }
             }
