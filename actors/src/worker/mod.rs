@@ -9,6 +9,7 @@
 pub mod dns;
 pub(crate) mod memory;
 pub mod script;
+pub(crate) mod tm;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct Worker {
     /// pointer each instead of a timer each (idle connections must be cheap).
     idle: RefCell<Vec<Arc<ConnShared>>>,
     connector: Box<dyn Connector>,
+    /// This worker's transactions (`t_relay()`), driven by [`tm::timers`].
+    tm: tm::TmState,
 }
 
 impl Worker {
@@ -65,12 +68,13 @@ impl Worker {
     ) -> Worker {
         Worker {
             index,
-            shared,
+            shared: shared.clone(),
             udp,
             resolver: RefCell::new(None),
             pending_tasks: Cell::new(0),
             idle: RefCell::new(Vec::new()),
             connector,
+            tm: tm::TmState::new(index, &shared),
         }
     }
 
@@ -108,6 +112,10 @@ impl Worker {
         }
         let snap = self.shared.snapshot.load();
         if msg.is_request() {
+            // A retransmission of a relayed request, or the CANCEL of one.
+            if self.tm_request(&msg, &inbound) {
+                return;
+            }
             // A message that fails validation never reaches a script: the core answers it.
             if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
                 if msg.validate().is_ok() {
@@ -130,8 +138,7 @@ impl Worker {
                         self.execute_with(action, &msg, &inbound, opts);
                     }
                     if let Some(relay) = run.relay {
-                        let action = snap.proxy.forward_with(&msg, &inbound, &relay.opts);
-                        self.execute_with(action, &msg, &inbound, relay.opts);
+                        self.tm_relay(&msg, &inbound, tls.clone(), tag, relay);
                     }
                     return;
                 }
@@ -146,6 +153,9 @@ impl Worker {
                     inc(&self.shared.stats.dropped);
                     return;
                 }
+            }
+            if self.tm_response(&msg) || self.tm_hand_over(&msg, &inbound) {
+                return;
             }
             let action = snap.proxy.on_response(&msg, &inbound);
             self.execute(action, &msg, &inbound);
