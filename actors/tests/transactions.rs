@@ -25,6 +25,12 @@ struct Peer {
 
 impl Peer {
     async fn start(policy: Policy) -> Peer {
+        Peer::start_with(policy, false).await
+    }
+
+    /// `fresh`: every response leaves from a new socket (a new source port), so that the
+    /// kernel spreads them over siprox's workers.
+    async fn start_with(policy: Policy, fresh: bool) -> Peer {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -38,7 +44,12 @@ impl Peer {
                 }
                 g.lock().unwrap().push(m.clone());
                 for r in policy(&m) {
-                    let _ = sock.send_to(r.as_bytes(), from).await;
+                    if fresh {
+                        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                        let _ = s.send_to(r.as_bytes(), from).await;
+                    } else {
+                        let _ = sock.send_to(r.as_bytes(), from).await;
+                    }
                 }
             }
         });
@@ -323,5 +334,41 @@ async fn cancel_during_ringing_cancels_the_branch_and_the_caller_gets_487() {
     caller.send(proxy, &stray).await;
     assert_eventually!(caller.statuses("CANCEL").contains(&481));
     assert_eq!(callee.requests("CANCEL").len(), 1);
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_read_by_another_worker_reaches_its_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Peer::start(Peer::answers(200)).await;
+    let rt = start_with_script(
+        dir.path(),
+        &voicemail_script(vm.addr),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    // Each 486 comes from a new port: with 2 workers, about half land on the worker that
+    // does not own the call. Read there without the handoff, a 486 would be relayed
+    // statelessly to the caller instead of running failure_route.
+    let busy = Peer::start_with(Peer::answers(486), true).await;
+    for i in 0..12 {
+        let call = format!("tm-handoff-{i}");
+        let caller = Caller::new().await;
+        let invite = request(
+            "INVITE",
+            &format!("sip:bob@{}", busy.addr),
+            &caller.via(),
+            &call,
+            "",
+            "",
+        );
+        caller.send(proxy, &invite).await;
+        assert_eventually!(
+            caller.statuses("INVITE").contains(&200),
+            Duration::from_secs(10),
+            "{call}: voicemail answered"
+        );
+        assert!(!caller.statuses("INVITE").contains(&486), "{call}");
+    }
     rt.shutdown();
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use siprox::proxy::{Action, Destination, ForwardOpts, Inbound};
+use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, Transport};
 use siprox::script::host::{self, Relay};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
@@ -431,7 +431,15 @@ impl Worker {
     fn pump(self: &Rc<Self>, tm: &mut Tm, now: Instant) {
         while let Some(a) = tm.table.poll_action() {
             match a {
-                TxAction::Send { dest, bytes, .. } => self.send(dest, bytes, None),
+                TxAction::Send { tx, dest, bytes } => {
+                    // A response over UDP leaves from the socket its request arrived on.
+                    let from = tm
+                        .servers
+                        .get(&tx)
+                        .filter(|r| r.inbound.transport == Transport::Udp)
+                        .map(|r| r.inbound.local);
+                    self.send(dest, bytes, from)
+                }
                 TxAction::Response { tx, msg } => {
                     let Some(&id) = tm.branches.get(&tx) else {
                         continue;
