@@ -249,7 +249,7 @@ async fn t_set_fr_bounds_the_wait_for_a_first_response() {
 fn voicemail_script(vm: SocketAddr) -> String {
     format!(
         "route {{\n  t_on_failure(\"vm\");\n  t_relay();\n}}\n\
-         failure_route[vm] {{\n  if (t_check_status(\"486|408\")) {{\n    \
+         failure_route[vm] {{\n  if (t_check_status(\"486|408|6[0-9][0-9]\")) {{\n    \
          $du = \"sip:{vm}\";\n    $ru = \"sip:voicemail@{vm}\";\n    t_relay();\n    exit;\n  }}\n}}\n"
     )
 }
@@ -370,5 +370,34 @@ async fn a_response_read_by_another_worker_reaches_its_transaction() {
         );
         assert!(!caller.statuses("INVITE").contains(&486), "{call}");
     }
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_that_rings_too_long_is_cancelled_and_failure_route_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Peer::start(Peer::answers(200)).await;
+    let script = format!(
+        "route {{ t_on_failure(\"vm\"); t_set_fr(300, 0); t_relay(); }}\n\
+         failure_route[vm] {{ if (t_check_status(\"487\")) {{ $du = \"sip:{}\"; t_relay(); }} }}\n",
+        vm.addr
+    );
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let callee = Peer::start(Peer::rings()).await;
+    let caller = Caller::new().await;
+    let ruri = format!("sip:bob@{}", callee.addr);
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "tm-ring", "", ""),
+        )
+        .await;
+    assert_eventually!(caller.statuses("INVITE").contains(&180));
+    // After 300 ms of ringing siprox cancels the branch; its 487 runs failure_route.
+    assert_eventually!(callee.requests("CANCEL").len() == 1);
+    assert_eventually!(caller.statuses("INVITE").contains(&200));
+    assert!(!caller.statuses("INVITE").contains(&487));
+    assert_eq!(vm.requests("INVITE").len(), 1);
     rt.shutdown();
 }
