@@ -150,6 +150,15 @@ impl Caller {
 }
 
 fn start_with_script(dir: &Path, script: &str, t1: Duration) -> siprox_actors::RuntimeHandle {
+    start_with(dir, script, t1, 100_000)
+}
+
+fn start_with(
+    dir: &Path,
+    script: &str,
+    t1: Duration,
+    max_transactions: usize,
+) -> siprox_actors::RuntimeHandle {
     let p = dir.join("scripts/tm.cfg");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, script).unwrap();
@@ -159,6 +168,7 @@ fn start_with_script(dir: &Path, script: &str, t1: Duration) -> siprox_actors::R
     };
     cfg.transactions.t1 = ConfigDuration(t1);
     cfg.transactions.t2 = ConfigDuration(t1 * 8);
+    cfg.transactions.max_transactions = max_transactions;
     start(cfg, dir)
 }
 
@@ -399,5 +409,46 @@ async fn a_branch_that_rings_too_long_is_cancelled_and_failure_route_runs() {
     assert_eventually!(caller.statuses("INVITE").contains(&200));
     assert!(!caller.statuses("INVITE").contains(&487));
     assert_eq!(vm.requests("INVITE").len(), 1);
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_transaction_limit_a_relay_is_answered_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two per worker: one call's server and client transaction.
+    let rt = start_with(dir.path(), RELAY, Duration::from_millis(500), 2);
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let uas = Peer::start(Peer::silent()).await;
+    // One caller socket: both calls land on the same worker.
+    let caller = Caller::new().await;
+    let ruri = format!("sip:bob@{}", uas.addr);
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "tm-full-1", "", ""),
+        )
+        .await;
+    assert_eventually!(caller.statuses("INVITE") == vec![100]);
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "tm-full-2", "", ""),
+        )
+        .await;
+    assert_eventually!(caller.statuses("INVITE").contains(&503));
+    let got = caller.got.lock().unwrap().clone();
+    let refused = got
+        .iter()
+        .find(|r| header(r, "Call-ID") == Some("tm-full-2"))
+        .expect("the 503");
+    assert_eq!(status(refused), Some(503), "{refused}");
+    assert_eq!(header(refused, "Retry-After"), Some("5"), "{refused}");
+    assert_eq!(
+        uas.requests("INVITE")
+            .iter()
+            .filter(|r| header(r, "Call-ID") == Some("tm-full-2"))
+            .count(),
+        0
+    );
     rt.shutdown();
 }

@@ -267,7 +267,7 @@ impl Worker {
             Ok(id) => id,
             Err(TxError::Full { retry_after, .. }) => {
                 drop(tm);
-                inc(&self.shared.stats.dropped);
+                debug!(retry_after, "transaction limit reached: 503");
                 let a = snap.proxy.reply(
                     msg,
                     inbound,
@@ -329,7 +329,7 @@ impl Worker {
             Action::Send { bytes, .. } if bytes.starts_with(b"SIP/2.0 ") => {
                 self.local_final(tm, id, bytes, now)
             }
-            Action::Send { dest, bytes } => self.client(tm, id, dest, bytes, &opts, now),
+            Action::Send { dest, bytes } => self.client(tm, id, dest, bytes, now),
             Action::Drop { reason } => {
                 debug!(reason, "relayed request not forwardable");
                 self.local_reply(tm, id, 500, "Server Internal Error", now);
@@ -373,10 +373,8 @@ impl Worker {
         id: TxId,
         dest: Destination,
         bytes: Bytes,
-        opts: &ForwardOpts,
         now: Instant,
     ) {
-        let _ = opts;
         let Ok(req) = Message::parse(bytes) else {
             return self.local_reply(tm, id, 500, "Server Internal Error", now);
         };
