@@ -162,7 +162,7 @@ fn start_with(
     let p = dir.join("scripts/tm.cfg");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, script).unwrap();
-    let mut cfg = config(&[Proto::Udp]);
+    let mut cfg = config(&[Proto::Udp, Proto::Tcp]);
     cfg.script = ScriptConfig {
         file: Some("scripts/tm.cfg".into()),
     };
@@ -450,5 +450,41 @@ async fn beyond_the_transaction_limit_a_relay_is_answered_503_with_retry_after()
             .count(),
         0
     );
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_tcp_gets_100_and_the_voicemail_answer_on_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = Peer::start(Peer::answers(200)).await;
+    let rt = start_with_script(
+        dir.path(),
+        &voicemail_script(vm.addr),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Tcp).unwrap();
+    let busy = Peer::start(Peer::answers(486)).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let me = tcp.local_addr().unwrap();
+    let invite = request(
+        "INVITE",
+        &format!("sip:bob@{}", busy.addr),
+        &format!("TCP {me}"),
+        "tm-tcp",
+        "",
+        "",
+    );
+    send(&mut tcp, &invite).await;
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    while !got.iter().any(|s| *s >= 200) {
+        let m = read_message(&mut tcp, &mut buf, Duration::from_secs(5))
+            .await
+            .expect("a response over the caller's connection");
+        got.extend(status(&m));
+    }
+    assert_eq!(got, vec![100, 200], "{got:?}");
+    assert_eq!(busy.requests("INVITE").len(), 1, "one forward");
+    assert_eq!(vm.requests("INVITE").len(), 1);
     rt.shutdown();
 }

@@ -65,7 +65,8 @@ pub enum RouteKind {
     Request,
     /// `onreply_route[NAME]`
     Reply,
-    /// `failure_route[NAME]` (run by the runtime once the proxy is transaction-stateful)
+    /// `failure_route[NAME]` (run by the runtime when every branch of a `t_relay()` failed;
+    /// see [`host::run_failure`])
     Failure,
     /// `branch_route[NAME]`
     Branch,
