@@ -36,7 +36,9 @@
 //!   effects to proxy actions, and `ScriptSet::for_request`, which picks the script) the
 //!   runtime's state through the core's traits (location store, authenticator, connection
 //!   table as `Liveness`, `tracing` as `ScriptLog`); next-hop resolution (`dns`); `memory`
-//!   (freed heap returned to the OS after a flood of connections, from the idle sweep).
+//!   (freed heap returned to the OS after a flood of connections, from the idle sweep);
+//!   `tm`: the worker's transaction table for `t_relay()` (`siprox::transaction`), its one
+//!   timer, failure_route, CANCEL, and the handoff of responses another worker read.
 //! - [`tls`]: `domains` (building from material it is given), `dispatch` (the ClientHello
 //!   callback, client domains), `sessions` (the client session store an outgoing connection
 //!   resumes from), `ticket_keys` (a cluster's shared session-ticket keys, read by the

@@ -520,6 +520,10 @@ fn start_worker(
         Box::new(crate::transport::connection::Outgoing),
     ));
     actix_rt::spawn(crate::worker::idle_sweep(worker.clone()));
+    // Transactions (t_relay): one timer per worker, and responses other workers read.
+    let handoffs = crate::worker::tm::handoff_channel(index, &shared);
+    actix_rt::spawn(crate::worker::tm::handoffs(worker.clone(), handoffs));
+    actix_rt::spawn(crate::worker::tm::timers(worker.clone()));
     let mut recipients = Vec::new();
     for (t, addr, s) in ready {
         let l = Listener::new(worker.clone(), t, addr, s).start();

@@ -98,6 +98,32 @@ fn check_reports_every_error_one_per_line() {
 }
 
 #[test]
+fn check_refuses_transaction_timers_that_make_no_sense() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "00-core.toml", GOOD);
+    let bad = write(
+        dir.path(),
+        "10-tm.toml",
+        "[transactions]\nt1 = \"0ms\"\nmax_transactions = 0\n",
+    );
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = siprox(&["check", "-c", &dir_arg]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("transactions.t1"), "{stderr}");
+    assert!(stderr.contains("transactions.max_transactions"), "{stderr}");
+    assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    // Sensible values pass.
+    write(
+        dir.path(),
+        "10-tm.toml",
+        "[transactions]\nt1 = \"100ms\"\nt2 = \"2s\"\nmax_transactions = 5000\n",
+    );
+    let out = siprox(&["check", "-c", &dir_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
 fn check_missing_dir_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope.d");

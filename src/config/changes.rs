@@ -137,6 +137,8 @@ const CLASSES: &[(&str, Class)] = &[
     ("management.handshake_timeout", Class::RestartOnly),
     ("management.max_connections", Class::RestartOnly),
     ("management.reload_min_interval", Class::RestartOnly),
+    // Each worker builds its transaction table once, at start.
+    ("transactions", Class::RestartOnly),
 ];
 
 /// The class of the key at `path`; `None` when the table above does not know it (a

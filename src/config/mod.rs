@@ -32,6 +32,7 @@ mod runtime;
 mod schema;
 mod script;
 mod tls;
+mod transactions;
 mod validate;
 
 pub use changes::{class_of, diff, pin_restart_only, Change, Class};
@@ -54,4 +55,5 @@ pub use runtime::{
 pub use schema::{Config, DomainConfig, HostPort, Listener, LogConfig, LogFormat, Proto};
 pub use script::ScriptConfig;
 pub use tls::{ClientTls, ServerTls};
+pub use transactions::TransactionsConfig;
 pub use validate::{check_log_directives, MAX_MESSAGE_SIZE_CEILING};

@@ -61,6 +61,9 @@ pub struct Config {
     /// node, nothing shared, no Redis needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::config::ClusterConfig>,
+    /// `[transactions]`: timers and limits of `t_relay()`'s transactions.
+    #[serde(default)]
+    pub transactions: crate::config::TransactionsConfig,
     /// The files this configuration was merged from, in merge order. Not a config key.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,

@@ -187,6 +187,9 @@ fn check_runtime_settings(config: &Config, prov: &Provenance<'_>, errors: &mut V
             ),
         );
     }
+    for (key, message) in config.transactions.check() {
+        push("transactions", key, message);
+    }
     for a in &config.auth.algorithms {
         if crate::auth::Algorithm::parse(a).is_none() {
             push(

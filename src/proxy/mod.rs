@@ -96,6 +96,9 @@ pub struct ForwardOpts {
     /// The request came from a peer cluster node (its client certificate verified against
     /// the cluster CA): only then is a node token (`nf=`) in siprox's own Route honoured.
     pub from_node: bool,
+    /// The branch a transaction table gave this forward (`t_relay()`): written instead of
+    /// the stateless branch, with the same loop-detection suffix. `None`: stateless.
+    pub branch: Option<String>,
 }
 
 /// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
@@ -789,7 +792,12 @@ impl Proxy {
         let _ = write!(via, "SIP/2.0/{} ", dest.transport.as_str());
         self.write_sent_by(&mut via, dest.transport, toward);
         via.push_str(";branch=");
-        self.write_branch(&mut via, msg);
+        match opts.branch.as_deref() {
+            Some(b) => {
+                let _ = write!(via, "{b}-{:08x}", loop_hash(msg));
+            }
+            None => self.write_branch(&mut via, msg),
+        }
         // The connection the response goes back over, signed like a flow token: a forged
         // response must not be able to name another peer's connection.
         if let Some(t) = rx

@@ -363,6 +363,31 @@ fn loop_is_detected_but_spiral_is_not() {
 }
 
 #[test]
+fn a_table_branch_replaces_the_stateless_one_and_keeps_loop_detection() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.5", "");
+    let opts = ForwardOpts {
+        branch: Some("z9hG4bK-sxt0.abc1".into()),
+        ..ForwardOpts::default()
+    };
+    let (_, first) = sent(p.forward_with(&m, &udp_in(), &opts));
+    let branch = first.top_via().unwrap().branch().unwrap().to_owned();
+    assert!(branch.starts_with("z9hG4bK-sxt0.abc1-"), "{branch}");
+    let (_, stateless) = sent(p.forward_with(&m, &udp_in(), &ForwardOpts::default()));
+    assert_ne!(stateless.top_via().unwrap().branch(), Some(branch.as_str()));
+    // The stateful request comes back unchanged through another proxy: still a loop.
+    let looped = format!(
+        "Via: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKother\r\n{}",
+        &first.head_str()[first.start_line().len() + 2..]
+    );
+    let looped = msg(&format!("{}\r\n{looped}", first.start_line()).replace("\r\n", "\n"));
+    assert_eq!(
+        reply_code(&p.forward_with(&looped, &udp_in(), &opts)).0,
+        482
+    );
+}
+
+#[test]
 fn responses_follow_the_via() {
     let p = proxy(RecordRoute::Never);
     let resp = |i: &str| {
@@ -451,6 +476,7 @@ fn scripted_forward_applies_the_script_edits() {
         flow: None,
         routes: vec![],
         from_node: false,
+        branch: None,
     };
     let (dest, out) = sent(p.forward_with(&m, &udp_in(), &opts));
     assert_eq!(

@@ -44,6 +44,8 @@ pub(crate) enum LValue {
     Ruri,
     RuriHost,
     RuriUser,
+    /// `$du`: where to send instead of the Request-URI.
+    Duri,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,10 @@ pub(crate) enum Pv {
     Proto,
     /// `$Ts`: Unix time.
     Time,
+    /// `$du`: the destination URI set by the script or `lookup`.
+    Duri,
+    /// `$T_reply_code`: in failure_route, the best final status of the failed branches.
+    TReplyCode,
 }
 
 /// A string with pseudo-variables in it, split once at compile time.
@@ -269,7 +275,29 @@ pub(crate) enum Func {
     Auth(AuthFn),
     MaxFwd(u8),
     SanityCheck,
+    /// `t_relay()`: forward through a transaction (the host decides what that means).
+    Relay,
+    /// `t_on_failure("NAME")`: the failure_route to run when every branch failed.
+    TOnFailure(String),
+    /// `t_set_fr(invite_ms[, other_ms])`.
+    TSetFr,
+    /// `t_reply(code, reason)`.
+    TReply,
+    /// `t_check_status("486|408")`: the pattern, anchored, compiled once.
+    TCheckStatus(StatusRe),
 }
+
+/// A compiled `t_check_status` pattern; equal when written the same.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusRe(pub(crate) regex::Regex);
+
+impl PartialEq for StatusRe {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for StatusRe {}
 
 /// The whole compiled program.
 #[derive(Debug, Default)]

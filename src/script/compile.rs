@@ -11,7 +11,7 @@ use crate::sip::Uri;
 
 use super::ast::{
     ArOp, Block, Call, Case, CmpMode, CmpOp, Expr, Func, IpNet, Kw, LValue, Part, Program, Pv,
-    Stmt, Ty,
+    StatusRe, Stmt, Ty,
 };
 use super::error::{CompileError, CompileErrors, Span};
 use super::lexer::{lex, Tok, Token};
@@ -460,8 +460,9 @@ impl<'s> Compiler<'s> {
                     "ru" if arg.is_none() => LValue::Ruri,
                     "rd" if arg.is_none() => LValue::RuriHost,
                     "rU" if arg.is_none() => LValue::RuriUser,
+                    "du" if arg.is_none() => LValue::Duri,
                     _ => {
-                        self.error(span, format!("cannot assign to `${name}` (assignable: $var(name), $ru, $rd, $rU)"));
+                        self.error(span, format!("cannot assign to `${name}` (assignable: $var(name), $ru, $rd, $rU, $du)"));
                         LValue::Var(0)
                     }
                 };
@@ -968,6 +969,7 @@ impl<'s> Compiler<'s> {
         let sp = |i: usize| spans.get(i).copied().unwrap_or_default();
         let f = match name {
             "forward" | "t_relay" => {
+                let stateful = name == "t_relay";
                 // A literal target is checked now; one built from variables at run time.
                 let port_known = args.len() < 2 || matches!(args.get(1), Some(Expr::Lit(_)));
                 if let (Some(t), true) = (lit_str(0), port_known) {
@@ -979,7 +981,43 @@ impl<'s> Compiler<'s> {
                         return Err((sp(0), format!("bad forward target `{full}`: {e}")));
                     }
                 }
-                Func::Forward
+                if stateful {
+                    Func::Relay
+                } else {
+                    Func::Forward
+                }
+            }
+            "t_on_failure" => {
+                let Some(n) = lit_str(0).filter(|n| !n.is_empty()) else {
+                    return Err((
+                        sp(0),
+                        "t_on_failure takes a literal failure_route name".into(),
+                    ));
+                };
+                args.clear();
+                Func::TOnFailure(n)
+            }
+            "t_set_fr" => Func::TSetFr,
+            "t_reply" => {
+                if let Some(Expr::Lit(v)) = args.first() {
+                    match v.as_int() {
+                        Some(c) if (100..=699).contains(&c) => {}
+                        _ => return Err((sp(0), format!("`{v}` is not a status code (100-699)"))),
+                    }
+                }
+                Func::TReply
+            }
+            "t_check_status" => {
+                let Some(p) = lit_str(0) else {
+                    return Err((sp(0), "t_check_status takes a literal pattern".into()));
+                };
+                let re = regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|_| (sp(0), format!("bad t_check_status pattern `{p}`")))?;
+                args.clear();
+                Func::TCheckStatus(StatusRe(re))
             }
             "sl_send_reply" | "send_reply" | "sl_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
@@ -1100,6 +1138,10 @@ impl<'s> Compiler<'s> {
 pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("forward", 0, 2),
     ("t_relay", 0, 2),
+    ("t_on_failure", 1, 1),
+    ("t_set_fr", 1, 2),
+    ("t_reply", 2, 2),
+    ("t_check_status", 1, 1),
     ("sl_send_reply", 2, 2),
     ("send_reply", 2, 2),
     ("sl_reply", 2, 2),

@@ -140,6 +140,23 @@ pub struct ProxyHost<'a> {
     /// The last `*_authorize` found a stale nonce: the next challenge says `stale=true`.
     stale: bool,
     now: i64,
+    /// `t_relay()` was called: what the runtime relays through a transaction.
+    pub relay: Option<Relay>,
+    /// Running a failure_route: `t_reply` records the final response instead of replying.
+    failure: bool,
+    /// `t_reply(code, reason)` in failure_route.
+    pub final_reply: Option<(u16, String)>,
+}
+
+/// A `t_relay()`: how to forward (as `forward()` would, with the script's edits) and the
+/// transaction settings the script made before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub opts: ForwardOpts,
+    /// `t_on_failure("NAME")`.
+    pub failure_route: Option<String>,
+    /// `t_set_fr(invite_ms, other_ms)` (0: the default).
+    pub fr: Option<(u32, u32)>,
 }
 
 impl<'a> ProxyHost<'a> {
@@ -165,6 +182,9 @@ impl<'a> ProxyHost<'a> {
             routes: Vec::new(),
             stale: false,
             now: env.now,
+            relay: None,
+            failure: false,
+            final_reply: None,
         }
     }
 }
@@ -189,11 +209,13 @@ impl<'a> ProxyHost<'a> {
     }
 }
 
-impl Host for ProxyHost<'_> {
-    fn forward(&mut self, ctx: &mut MsgCtx<'_>, target: Option<&str>) -> i32 {
-        let Some(msg) = self.msg.filter(|m| m.is_request()) else {
-            return -1;
-        };
+impl ProxyHost<'_> {
+    /// The forwarding options of `forward()` / `t_relay()`: the script's edits and target.
+    fn forward_opts(
+        &mut self,
+        ctx: &mut MsgCtx<'_>,
+        target: Option<&str>,
+    ) -> Result<ForwardOpts, i32> {
         let target = match target.or(ctx.edits.dst_uri.as_deref()) {
             Some(t) => match script::parse_target(t) {
                 Ok(hop) => Some(hop),
@@ -202,7 +224,7 @@ impl Host for ProxyHost<'_> {
                         target: t,
                         error: e,
                     });
-                    return -1;
+                    return Err(-1);
                 }
             },
             None => None,
@@ -220,6 +242,20 @@ impl Host for ProxyHost<'_> {
             flow: self.flow.take(),
             routes: std::mem::take(&mut self.routes),
             from_node: ctx.tls.is_some_and(|t| t.cluster_peer),
+            branch: None,
+        };
+        Ok(opts)
+    }
+}
+
+impl Host for ProxyHost<'_> {
+    fn forward(&mut self, ctx: &mut MsgCtx<'_>, target: Option<&str>) -> i32 {
+        let Some(msg) = self.msg.filter(|m| m.is_request()) else {
+            return -1;
+        };
+        let opts = match self.forward_opts(ctx, target) {
+            Ok(o) => o,
+            Err(r) => return r,
         };
         let action = self.proxy.forward_with(msg, self.rx, &opts);
         // A peer node sent this over a node token (`nf=`) to a flow that has closed since:
@@ -256,6 +292,38 @@ impl Host for ProxyHost<'_> {
             .proxy
             .reply(msg, self.rx, code, reason, &ctx.edits.reply_hf);
         self.actions.push((action, ForwardOpts::default()));
+        1
+    }
+
+    fn t_relay(&mut self, ctx: &mut MsgCtx<'_>, target: Option<&str>) -> i32 {
+        if self.http || !self.msg.is_some_and(|m| m.is_request()) {
+            return -1;
+        }
+        // One relay per run: the runtime makes one branch of it (failure_route adds the
+        // next ones, one run each).
+        if self.relay.is_some() {
+            return -1;
+        }
+        let opts = match self.forward_opts(ctx, target) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        self.relay = Some(Relay {
+            opts,
+            failure_route: ctx.tm.failure_route.clone(),
+            fr: ctx.tm.fr,
+        });
+        1
+    }
+
+    fn t_reply(&mut self, ctx: &mut MsgCtx<'_>, code: u16, reason: &str) -> i32 {
+        if !self.failure {
+            return self.reply(ctx, code, reason);
+        }
+        if code < 200 || self.final_reply.is_some() || self.relay.is_some() {
+            return -1;
+        }
+        self.final_reply = Some((code, reason.to_owned()));
         1
     }
 
@@ -432,6 +500,8 @@ pub struct RequestRun {
     /// How the route ended; `is_error()`: it failed at run time (recursion or step limit),
     /// which the runtime counts.
     pub outcome: script::Outcome,
+    /// `t_relay()`: the runtime relays the request through a transaction.
+    pub relay: Option<Relay>,
 }
 
 /// Run `script` on a request; returns the actions to carry out, in order. A script that
@@ -451,11 +521,50 @@ pub fn run_request(
     if outcome.is_error() && outcome.replied.is_none() && !outcome.forwarded {
         let a = proxy.reply(msg, rx, 500, "Server Internal Error (route script)", "");
         host.actions.push((a, ForwardOpts::default()));
+        host.relay = None;
     }
     RequestRun {
         actions: host.actions,
         outcome,
+        relay: host.relay,
     }
+}
+
+/// What a failure_route decided.
+#[derive(Debug)]
+pub struct FailureRun {
+    /// `t_relay()` to a new destination: one more branch.
+    pub relay: Option<Relay>,
+    /// `t_reply(code, reason)`: the caller's final response instead of the best one.
+    pub reply: Option<(u16, String)>,
+    pub outcome: script::Outcome,
+}
+
+/// Run `failure_route[name]` for a request whose branches all failed with best final
+/// `status`. `None` when the script has no such route.
+#[allow(clippy::too_many_arguments)]
+pub fn run_failure(
+    script: &Script,
+    name: &str,
+    tag: Option<&str>,
+    proxy: &Proxy,
+    env: &Env<'_>,
+    msg: &Message,
+    rx: &Inbound,
+    tls: Option<&TlsFacts>,
+    status: u16,
+) -> Option<FailureRun> {
+    let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
+    host.failure = true;
+    let mut ctx = MsgCtx::new(msg, rx, tls);
+    ctx.tm.reply_code = Some(status);
+    let outcome = script.run_named(script::RouteKind::Failure, name, &mut ctx, &mut host)?;
+    let relay = if outcome.is_error() { None } else { host.relay };
+    Some(FailureRun {
+        relay,
+        reply: host.final_reply,
+        outcome,
+    })
 }
 
 /// Run the `onreply_route` of `script` on a response. `false`: the script dropped it.

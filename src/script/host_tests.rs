@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
-    run_http, run_request, Auth, Env, HttpDecision, Liveness, Note, Registrar, RequestRun,
-    ScriptLog,
+    run_failure, run_http, run_request, Auth, Env, HttpDecision, Liveness, Note, Registrar,
+    RequestRun, ScriptLog,
 };
 use super::{compile, Level, ScriptSet};
 use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
@@ -687,4 +687,61 @@ fn a_node_token_to_a_closed_flow_answers_430() {
     assert_eq!(dest.connection(), Some(ConnId(3)));
     let (_, out) = run_on(&World::new(&[]));
     assert_eq!(out.status(), Some(430));
+}
+
+#[test]
+fn t_relay_is_a_relay_for_the_runtime_and_forward_stays_stateless() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let run = w.run(
+        r#"route { t_on_failure("vm"); t_set_fr(2000, 300); $du = "sip:203.0.113.5:5070"; t_relay(); } failure_route[vm] { }"#,
+        &m,
+        &tls_in(1),
+    );
+    assert!(run.actions.is_empty(), "{:?}", run.actions);
+    let relay = run.relay.expect("t_relay recorded");
+    assert_eq!(relay.failure_route.as_deref(), Some("vm"));
+    assert_eq!(relay.fr, Some((2000, 300)));
+    assert_eq!(
+        relay
+            .opts
+            .target
+            .as_ref()
+            .map(|h| (h.host.as_str(), h.port)),
+        Some(("203.0.113.5", Some(5070)))
+    );
+    assert!(run.outcome.forwarded);
+    let run = w.run(r#"route { forward("203.0.113.5:5070"); }"#, &m, &tls_in(1));
+    assert!(run.relay.is_none());
+    assert_eq!(run.actions.len(), 1);
+}
+
+#[test]
+fn failure_route_sees_the_status_and_relays_or_replies() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let s = compile(
+        r#"route { t_relay(); }
+failure_route[vm] {
+  if (t_check_status("486|408")) { $du = "sip:203.0.113.9:5090"; $ru = "sip:vm@203.0.113.9"; t_relay(); exit; }
+  if ($T_reply_code == 600) { t_reply("599", "Gone Away"); }
+}"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let p = proxy();
+    let env = w.env();
+    let run = |code| run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, code).unwrap();
+    for code in [486, 408] {
+        let r = run(code);
+        let relay = r.relay.expect("a new branch");
+        assert_eq!(relay.opts.ruri.as_deref(), Some("sip:vm@203.0.113.9"));
+        assert!(r.reply.is_none());
+    }
+    let r = run(600);
+    assert!(r.relay.is_none());
+    assert_eq!(r.reply, Some((599, "Gone Away".to_owned())));
+    let r = run(404);
+    assert!(r.relay.is_none() && r.reply.is_none());
+    assert!(run_failure(&s, "none", None, &p, &env, &m, &tls_in(1), None, 486).is_none());
 }

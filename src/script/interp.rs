@@ -224,6 +224,11 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                         let s = v.as_str().into_owned();
                         self.rewrite(None, None, Some(&s));
                     }
+                    LValue::Duri => {
+                        let s = v.as_str().into_owned();
+                        // Checked where it is used (forward/t_relay): a bad one fails there.
+                        self.ctx.edits.dst_uri = (!s.is_empty()).then_some(s);
+                    }
                 }
             }
             Stmt::Block(b) => self.block(b)?,
@@ -347,6 +352,11 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Pv::Var(i) => self.ctx.var(*i),
             Pv::Proto => Value::str(self.env.rx.transport.param()),
             Pv::Time => Value::Int(self.now()),
+            Pv::Duri => match &self.ctx.edits.dst_uri {
+                Some(d) => Value::Str(d.clone().into()),
+                None => Value::EMPTY,
+            },
+            Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
         }
     }
 
@@ -504,6 +514,78 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 }
                 r
             }
+            Func::Relay => {
+                let target = match c.args.len() {
+                    0 => None,
+                    1 => Some(self.arg(c, 0)?.as_str().into_owned()),
+                    _ => {
+                        let h = self.arg(c, 0)?.as_str().into_owned();
+                        let p = self.arg(c, 1)?;
+                        Some(format!("{h}:{p}"))
+                    }
+                };
+                if let Some(t) = &target {
+                    if let Err(e) = super::parse_target(t) {
+                        self.log_call(c, &format!("bad forward target `{t}`: {e}"));
+                        return Ok(-1);
+                    }
+                }
+                if msg.is_none() {
+                    return Ok(-1);
+                }
+                let r = self.host.t_relay(self.ctx, target.as_deref());
+                if r > 0 {
+                    self.ctx.forwarded = true;
+                }
+                r
+            }
+            Func::TReply => {
+                let code = self.arg(c, 0)?.as_int();
+                let reason = self.arg(c, 1)?.as_str().into_owned();
+                let Some(code) = code.filter(|c| (100..=699).contains(c)) else {
+                    self.log_call(c, "t_reply: not a status code");
+                    return Ok(-1);
+                };
+                if !msg.is_some_and(|m| m.is_request()) || reason.contains(['\r', '\n']) {
+                    return Ok(-1);
+                }
+                // A stateless proxy answers a request once: after a final reply, another
+                // would reach the client as a stray response.
+                if self.ctx.replied.is_some_and(|c| c >= 200) {
+                    return Ok(-1);
+                }
+                let r = self.host.t_reply(self.ctx, code as u16, &reason);
+                if r > 0 {
+                    self.ctx.replied = Some(code as u16);
+                }
+                r
+            }
+            Func::TOnFailure(name) => {
+                self.ctx.tm.failure_route = Some(name.clone());
+                1
+            }
+            Func::TSetFr => {
+                let inv = self.arg(c, 0)?.as_int();
+                let other = match c.args.len() {
+                    1 => Some(0),
+                    _ => self.arg(c, 1)?.as_int(),
+                };
+                let ms = |v: Option<i64>| v.filter(|v| (0..=i64::from(u32::MAX)).contains(v));
+                match (ms(inv), ms(other)) {
+                    (Some(i), Some(o)) => {
+                        self.ctx.tm.fr = Some((i as u32, o as u32));
+                        1
+                    }
+                    _ => {
+                        self.log_call(c, "t_set_fr: not a number of milliseconds");
+                        -1
+                    }
+                }
+            }
+            Func::TCheckStatus(re) => match self.ctx.tm.reply_code {
+                Some(code) if re.0.is_match(&code.to_string()) => 1,
+                _ => -1,
+            },
             Func::RecordRoute => {
                 if c.args.len() == 1 {
                     let p = self.arg(c, 0)?.as_str().into_owned();

@@ -65,7 +65,8 @@ pub enum RouteKind {
     Request,
     /// `onreply_route[NAME]`
     Reply,
-    /// `failure_route[NAME]` (run by the runtime once the proxy is transaction-stateful)
+    /// `failure_route[NAME]` (run by the runtime when every branch of a `t_relay()` failed;
+    /// see [`host::run_failure`])
     Failure,
     /// `branch_route[NAME]`
     Branch,
@@ -183,6 +184,9 @@ pub struct MsgCtx<'a> {
     pub replied: Option<u16>,
     /// True once `forward()` succeeded.
     pub forwarded: bool,
+    /// What the transaction functions set (`t_on_failure`, `t_set_fr`) and read
+    /// (`$T_reply_code` in failure_route).
+    pub tm: TmCtx,
     vars: Vec<Option<Value<'static>>>,
 }
 
@@ -209,6 +213,7 @@ impl<'a> MsgCtx<'a> {
             edits: ScriptEdits::default(),
             replied: None,
             forwarded: false,
+            tm: TmCtx::default(),
             vars: Vec::new(),
         }
     }
@@ -224,6 +229,19 @@ impl<'a> MsgCtx<'a> {
         }
         self.vars[i] = Some(v);
     }
+}
+
+/// The transaction functions' state for one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TmCtx {
+    /// `t_on_failure("NAME")`: the failure_route to run once every branch has failed.
+    pub failure_route: Option<String>,
+    /// `t_set_fr(invite_ms, other_ms)`: how long an INVITE branch waits for its final
+    /// response once ringing, and how long any branch waits for a first response.
+    pub fr: Option<(u32, u32)>,
+    /// In failure_route: the best final status of the failed branches (`$T_reply_code`,
+    /// `t_check_status`).
+    pub reply_code: Option<u16>,
 }
 
 /// Changes a script asked for, as data: the proxy applies them when it forwards (through
@@ -403,6 +421,16 @@ pub trait Host {
     /// `sl_send_reply(code, reason)`: answer the request; `ctx.edits.reply_hf` holds extra
     /// header lines.
     fn reply(&mut self, ctx: &mut MsgCtx<'_>, code: u16, reason: &str) -> i32;
+    /// `t_relay()`: forward through a transaction. A host without transactions forwards
+    /// statelessly.
+    fn t_relay(&mut self, ctx: &mut MsgCtx<'_>, target: Option<&str>) -> i32 {
+        self.forward(ctx, target)
+    }
+    /// `t_reply(code, reason)`: answer through the request's transaction (in
+    /// failure_route: the final response). A host without transactions replies statelessly.
+    fn t_reply(&mut self, ctx: &mut MsgCtx<'_>, code: u16, reason: &str) -> i32 {
+        self.reply(ctx, code, reason)
+    }
     /// Whether `host` (a name or IP literal, IPv6 without brackets) and `port` (`None`: any
     /// port) is siprox itself: for `== myself` and `loose_route()`.
     fn is_myself(&self, host: &str, port: Option<u16>) -> bool;

@@ -149,6 +149,8 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
         "ml" => sip(SipSelect::MsgLen),
         "rb" => sip(SipSelect::MsgBody),
         "Ts" => Pv::Time,
+        "du" => Pv::Duri,
+        "T_reply_code" => Pv::TReplyCode,
         _ => match name.strip_prefix("tls_").and_then(tls_pv) {
             Some(pv) => pv,
             None => return Err(format!("unknown pseudo-variable `${name}`")),

@@ -71,7 +71,14 @@ pub struct Shared {
     pub(crate) rpc: std::sync::OnceLock<actix::Recipient<RpcRequest>>,
     /// The registrar's store and the digest authenticator (set once at start).
     pub location: std::sync::OnceLock<Arc<location::Location>>,
+    /// Each worker's channel for responses to its transactions that another worker read
+    /// (indexed by worker; filled as workers start).
+    pub(crate) tm_peers: Mutex<Vec<Option<TmPeer>>>,
 }
+
+/// Where a worker receives the responses to its transactions that another worker read.
+pub(crate) type TmPeer =
+    tokio::sync::mpsc::UnboundedSender<(siprox::sip::Message, siprox::proxy::Inbound)>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +95,7 @@ impl Shared {
             reloader: std::sync::OnceLock::new(),
             location: std::sync::OnceLock::new(),
             rpc: std::sync::OnceLock::new(),
+            tm_peers: Mutex::new(Vec::new()),
             tls_status: Mutex::new(TlsStatus::default()),
             snapshot: ArcSwap::from_pointee(snapshot),
             table: ConnectionTable::default(),

@@ -9,6 +9,7 @@
 pub mod dns;
 pub(crate) mod memory;
 pub mod script;
+pub(crate) mod tm;
 mod unsent;
 
 use std::cell::{Cell, RefCell};
@@ -55,6 +56,8 @@ pub struct Worker {
     /// pointer each instead of a timer each (idle connections must be cheap).
     idle: RefCell<Vec<Arc<ConnShared>>>,
     connector: Box<dyn Connector>,
+    /// This worker's transactions (`t_relay()`), driven by [`tm::timers`].
+    tm: tm::TmState,
 }
 
 impl Worker {
@@ -66,12 +69,13 @@ impl Worker {
     ) -> Worker {
         Worker {
             index,
-            shared,
+            shared: shared.clone(),
             udp,
             resolver: RefCell::new(None),
             pending_tasks: Cell::new(0),
             idle: RefCell::new(Vec::new()),
             connector,
+            tm: tm::TmState::new(index, &shared),
         }
     }
 
@@ -109,6 +113,10 @@ impl Worker {
         }
         let snap = self.shared.snapshot.load();
         if msg.is_request() {
+            // A retransmission of a relayed request, or the CANCEL of one.
+            if self.tm_request(&msg, &inbound) {
+                return;
+            }
             // A message that fails validation never reaches a script: the core answers it.
             if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
                 if msg.validate().is_ok() {
@@ -130,6 +138,9 @@ impl Worker {
                     for (action, opts) in run.actions {
                         self.execute_with(action, &msg, &inbound, opts);
                     }
+                    if let Some(relay) = run.relay {
+                        self.tm_relay(&msg, &inbound, tls.clone(), tag, relay);
+                    }
                     return;
                 }
             }
@@ -143,6 +154,9 @@ impl Worker {
                     inc(&self.shared.stats.dropped);
                     return;
                 }
+            }
+            if self.tm_response(&msg) || self.tm_hand_over(&msg, &inbound) {
+                return;
             }
             let action = snap.proxy.on_response(&msg, &inbound);
             self.execute(action, &msg, &inbound);

@@ -1,0 +1,586 @@
+//! The worker's side of the core's transaction layer (`siprox::transaction`): one `Table`
+//! per worker, owned by it (no lock), fed with the requests and responses the worker reads,
+//! its timers driven by one sleep per worker at `Table::next_deadline`, and its actions and
+//! response contexts carried out through the worker's existing send paths. Only a script's
+//! `t_relay()` creates transactions; `forward()` never comes here. Must never block the
+//! worker thread nor hold the table across an `.await`.
+//!
+//! A response can arrive on another worker than the one that owns its transaction (UDP
+//! sockets are SO_REUSEPORT copies, spread by source address; a UAS answers from an address
+//! other than the caller's): the branch names its worker ([`worker_of_branch`]), and the
+//! response is handed to that worker's channel ([`Handoff`]).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, Transport};
+use siprox::script::host::{self, Relay};
+use siprox::sip::Message;
+use siprox::tls::TlsFacts;
+use siprox::transaction::{
+    worker_of_branch, Action as TxAction, ClientOpts, ContextAction, Final, Incoming,
+    ResponseContext, Table, TableConfig, Timers, TxError, TxId,
+};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::Notify;
+use tracing::debug;
+
+use super::{script, Worker};
+use crate::state::{inc, Shared};
+
+/// A response read by one worker for a transaction of another.
+pub(crate) type Handoff = (Message, Inbound);
+
+/// One relayed request: its server transaction's response context and what a failure_route
+/// needs to run again later.
+struct Relayed {
+    ctx: ResponseContext,
+    msg: Message,
+    inbound: Inbound,
+    tls: Option<Arc<TlsFacts>>,
+    tag: Option<String>,
+    failure_route: Option<String>,
+    fr: Option<(u32, u32)>,
+}
+
+/// A worker's transactions.
+pub(crate) struct Tm {
+    table: Table,
+    /// Server transaction -> its relayed request.
+    servers: HashMap<TxId, Relayed>,
+    /// Client transaction (a branch) -> its server transaction.
+    branches: HashMap<TxId, TxId>,
+}
+
+/// The per-worker transaction state and its timer's wake-up.
+pub(crate) struct TmState {
+    tm: RefCell<Tm>,
+    wake: Notify,
+    /// What the timer task sleeps until (`None`: no deadline, it waits for a wake-up).
+    sleeping_until: Cell<Option<Instant>>,
+}
+
+impl TmState {
+    pub(crate) fn new(index: usize, shared: &Shared) -> TmState {
+        let cfg = &shared.snapshot.load().config.transactions;
+        let timers = Timers {
+            t1: cfg.t1.get(),
+            t2: cfg.t2.get(),
+            t4: cfg.t4.get(),
+            ..Timers::default()
+        };
+        let table = TableConfig {
+            timers,
+            max_transactions: cfg.max_transactions,
+            worker: u16::try_from(index).unwrap_or(u16::MAX),
+            server_guard: timers.c.saturating_mul(2) + timers.t1x64(),
+            ..TableConfig::default()
+        };
+        TmState {
+            tm: RefCell::new(Tm {
+                table: Table::new(table, branch_seed()),
+                servers: HashMap::new(),
+                branches: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            sleeping_until: Cell::new(None),
+        }
+    }
+}
+
+/// A seed for the table's branches that differs per process and worker.
+fn branch_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Registers this worker's handoff channel in `shared` and returns its receiving end.
+pub(crate) fn handoff_channel(index: usize, shared: &Shared) -> UnboundedReceiver<Handoff> {
+    let (tx, rx) = unbounded_channel();
+    if let Ok(mut peers) = shared.tm_peers.lock() {
+        if peers.len() <= index {
+            peers.resize(index + 1, None);
+        }
+        peers[index] = Some(tx);
+    }
+    rx
+}
+
+/// Responses other workers handed over, run against this worker's table.
+pub(crate) async fn handoffs(worker: Rc<Worker>, mut rx: UnboundedReceiver<Handoff>) {
+    while let Some((msg, inbound)) = rx.recv().await {
+        if !worker.tm_response(&msg) {
+            let action = worker
+                .shared
+                .snapshot
+                .load()
+                .proxy
+                .on_response(&msg, &inbound);
+            worker.execute(action, &msg, &inbound);
+        }
+    }
+}
+
+/// The worker's one transaction timer: sleeps until the table's next deadline (or a
+/// wake-up when an earlier one is armed), fires what is due, carries out the actions.
+pub(crate) async fn timers(worker: Rc<Worker>) {
+    loop {
+        let next = worker.tm.tm.borrow().table.next_deadline();
+        worker.tm.sleeping_until.set(next);
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = worker.tm.wake.notified() => {}
+                }
+            }
+            None => worker.tm.wake.notified().await,
+        }
+        let now = Instant::now();
+        let mut tm = worker.tm.tm.borrow_mut();
+        tm.table.on_timer(now);
+        worker.pump(&mut tm, now);
+    }
+}
+
+impl Worker {
+    /// A request before its script: a retransmission of a relayed request is absorbed
+    /// (the last response re-sent), a CANCEL of a relayed INVITE is answered and cancels
+    /// its branches. `true`: handled here.
+    pub(crate) fn tm_request(self: &Rc<Self>, msg: &Message, inbound: &Inbound) -> bool {
+        let mut tm = self.tm.tm.borrow_mut();
+        if tm.table.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        match tm.table.on_request(msg, now) {
+            Incoming::New => {}
+            Incoming::Retransmission(_) | Incoming::AckAbsorbed(_) => {
+                self.pump(&mut tm, now);
+                return true;
+            }
+        }
+        if msg.method() != Some("CANCEL") {
+            return false;
+        }
+        let Some(invite) = tm.table.match_cancel(msg) else {
+            return false;
+        };
+        // §16.10: the CANCEL gets its own transaction and a 200 at once; the INVITE's
+        // branches are cancelled and the caller gets 487 once they end.
+        let snap = self.shared.snapshot.load();
+        if let Ok(id) = tm.table.insert_server(msg, inbound, now) {
+            if let Action::Send { bytes, .. } = snap.proxy.reply(msg, inbound, 200, "OK", "") {
+                let _ = tm.table.respond(id, 200, bytes, now);
+            }
+        }
+        if let Some(r) = tm.servers.get_mut(&invite) {
+            r.ctx.cancel();
+        }
+        self.context(&mut tm, invite, now);
+        self.pump(&mut tm, now);
+        true
+    }
+
+    /// A response: `true` when a transaction of this worker took it (or it was handed to
+    /// the worker that owns it).
+    pub(crate) fn tm_response(self: &Rc<Self>, msg: &Message) -> bool {
+        let owner = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().and_then(worker_of_branch));
+        let Some(owner) = owner else { return false };
+        if usize::from(owner) != self.index {
+            return false;
+        }
+        let mut tm = self.tm.tm.borrow_mut();
+        let now = Instant::now();
+        if tm.table.on_response(msg, now).is_none() {
+            return false;
+        }
+        self.pump(&mut tm, now);
+        true
+    }
+
+    /// The worker that owns the transaction of this response, when it is another one:
+    /// the response is handed over and `true` returned.
+    pub(crate) fn tm_hand_over(&self, msg: &Message, inbound: &Inbound) -> bool {
+        let owner = msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch().and_then(worker_of_branch));
+        let Some(owner) = owner.map(usize::from).filter(|o| *o != self.index) else {
+            return false;
+        };
+        let peer = self
+            .shared
+            .tm_peers
+            .lock()
+            .ok()
+            .and_then(|p| p.get(owner).cloned().flatten());
+        match peer {
+            Some(p) => p.send((msg.clone(), *inbound)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// `t_relay()`: the request gets a server transaction (100 Trying for INVITE) and its
+    /// first branch.
+    pub(crate) fn tm_relay(
+        self: &Rc<Self>,
+        msg: &Message,
+        inbound: &Inbound,
+        tls: Option<Arc<TlsFacts>>,
+        tag: Option<&str>,
+        relay: Relay,
+    ) {
+        let snap = self.shared.snapshot.load();
+        match msg.method() {
+            // A 2xx's ACK has no transaction: end to end, statelessly.
+            Some("ACK") => {
+                let action = snap.proxy.forward_with(msg, inbound, &relay.opts);
+                return self.execute_with(action, msg, inbound, relay.opts);
+            }
+            // A CANCEL of a relayed INVITE never gets here (`tm_request`).
+            Some("CANCEL") => {
+                let a = snap
+                    .proxy
+                    .reply(msg, inbound, 481, "Call/Transaction Does Not Exist", "");
+                return self.execute(a, msg, inbound);
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        let mut tm = self.tm.tm.borrow_mut();
+        let id = match tm.table.insert_server(msg, inbound, now) {
+            Ok(id) => id,
+            Err(TxError::Full { retry_after, .. }) => {
+                drop(tm);
+                debug!(retry_after, "transaction limit reached: 503");
+                let a = snap.proxy.reply(
+                    msg,
+                    inbound,
+                    503,
+                    "Service Unavailable",
+                    &format!("Retry-After: {retry_after}\r\n"),
+                );
+                return self.execute(a, msg, inbound);
+            }
+            // A retransmission that raced its own first copy: already handled.
+            Err(TxError::Exists) => return,
+            Err(e) => {
+                drop(tm);
+                debug!(error = %e, "no transaction for a relayed request: forwarded statelessly");
+                let action = snap.proxy.forward_with(msg, inbound, &relay.opts);
+                return self.execute_with(action, msg, inbound, relay.opts);
+            }
+        };
+        tm.servers.insert(
+            id,
+            Relayed {
+                ctx: ResponseContext::new(),
+                msg: msg.clone(),
+                inbound: *inbound,
+                tls,
+                tag: tag.map(str::to_owned),
+                failure_route: relay.failure_route,
+                fr: relay.fr,
+            },
+        );
+        self.branch(&mut tm, id, relay.opts, now);
+        self.pump(&mut tm, now);
+    }
+
+    /// A new branch of server transaction `id` toward what `opts` says.
+    fn branch(self: &Rc<Self>, tm: &mut Tm, id: TxId, mut opts: ForwardOpts, now: Instant) {
+        let Some(r) = tm.servers.get(&id) else { return };
+        opts.branch = Some(tm.table.new_branch());
+        let (msg, inbound) = (r.msg.clone(), r.inbound);
+        let action = self
+            .shared
+            .snapshot
+            .load()
+            .proxy
+            .forward_with(&msg, &inbound, &opts);
+        self.start_branch(tm, id, action, opts, now);
+    }
+
+    fn start_branch(
+        self: &Rc<Self>,
+        tm: &mut Tm,
+        id: TxId,
+        action: Action,
+        opts: ForwardOpts,
+        now: Instant,
+    ) {
+        match action {
+            // The proxy answered instead of forwarding (482, 483, 404...).
+            Action::Send { bytes, .. } if bytes.starts_with(b"SIP/2.0 ") => {
+                self.local_final(tm, id, bytes, now)
+            }
+            Action::Send { dest, bytes } => self.client(tm, id, dest, bytes, now),
+            Action::Drop { reason } => {
+                debug!(reason, "relayed request not forwardable");
+                self.local_reply(tm, id, 500, "Server Internal Error", now);
+            }
+            Action::Forward { hop } => {
+                // Only names come here: resolve off the hot path, then come back.
+                let me = self.clone();
+                actix::spawn(async move {
+                    let dest = super::dns::resolve(&me, &hop).await;
+                    let snap = me.shared.snapshot.load();
+                    let mut tm = me.tm.tm.borrow_mut();
+                    let Some(r) = tm.servers.get(&id) else { return };
+                    let (msg, inbound) = (r.msg.clone(), r.inbound);
+                    let action = match dest {
+                        Some(dest) => snap
+                            .proxy
+                            .forward_request_with(&msg, &inbound, &dest, &opts),
+                        None => {
+                            inc(&me.shared.stats.dns_failures);
+                            snap.proxy.unresolvable(&msg, &inbound)
+                        }
+                    };
+                    drop(snap);
+                    let now = Instant::now();
+                    match action {
+                        Action::Forward { .. } => {
+                            me.local_reply(&mut tm, id, 500, "Server Internal Error", now)
+                        }
+                        a => me.start_branch(&mut tm, id, a, opts, now),
+                    }
+                    me.pump(&mut tm, now);
+                });
+            }
+        }
+    }
+
+    /// A client transaction for the forwarded request, added to the context.
+    fn client(
+        self: &Rc<Self>,
+        tm: &mut Tm,
+        id: TxId,
+        dest: Destination,
+        bytes: Bytes,
+        now: Instant,
+    ) {
+        let Ok(req) = Message::parse(bytes) else {
+            return self.local_reply(tm, id, 500, "Server Internal Error", now);
+        };
+        let fr = tm.servers.get(&id).and_then(|r| r.fr);
+        let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
+        let copts = ClientOpts {
+            c: fr.and_then(|f| ms(f.0)),
+            fr: fr.and_then(|f| ms(f.1)),
+        };
+        match tm.table.insert_client(req, dest, copts, now) {
+            Ok(cid) => {
+                if let Some(r) = tm.servers.get_mut(&id) {
+                    if r.ctx.add_branch(cid).is_some() {
+                        tm.branches.insert(cid, id);
+                        return;
+                    }
+                }
+                // Nobody waits for this branch any more: cancel it.
+                let _ = tm.table.cancel_branch(cid, now);
+            }
+            Err(TxError::Full { .. }) => self.local_reply(tm, id, 503, "Service Unavailable", now),
+            Err(e) => {
+                debug!(error = %e, "no client transaction for a branch");
+                self.local_reply(tm, id, 500, "Server Internal Error", now)
+            }
+        }
+    }
+
+    fn local_reply(self: &Rc<Self>, tm: &mut Tm, id: TxId, code: u16, reason: &str, now: Instant) {
+        let Some(r) = tm.servers.get(&id) else { return };
+        let snap = self.shared.snapshot.load();
+        if let Action::Send { bytes, .. } = snap.proxy.reply(&r.msg, &r.inbound, code, reason, "") {
+            self.local_final(tm, id, bytes, now);
+        }
+    }
+
+    /// A final response siprox made (not a branch's): the context is done, the server
+    /// transaction sends it.
+    fn local_final(self: &Rc<Self>, tm: &mut Tm, id: TxId, bytes: Bytes, now: Instant) {
+        let status = std::str::from_utf8(bytes.get(8..11).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(500);
+        if let Some(r) = tm.servers.get_mut(&id) {
+            let _ = r.ctx.finish();
+        }
+        let _ = tm.table.respond(id, status, bytes, now);
+    }
+
+    /// Carries out the table's actions until none is left, then makes sure the timer task
+    /// will wake for the earliest deadline.
+    fn pump(self: &Rc<Self>, tm: &mut Tm, now: Instant) {
+        while let Some(a) = tm.table.poll_action() {
+            match a {
+                TxAction::Send { tx, dest, bytes } => {
+                    // A response over UDP leaves from the socket its request arrived on.
+                    let from = tm
+                        .servers
+                        .get(&tx)
+                        .filter(|r| r.inbound.transport == Transport::Udp)
+                        .map(|r| r.inbound.local);
+                    self.send(dest, bytes, from)
+                }
+                TxAction::Response { tx, msg } => {
+                    let Some(&id) = tm.branches.get(&tx) else {
+                        continue;
+                    };
+                    if let Some(r) = tm.servers.get_mut(&id) {
+                        r.ctx.on_response(tx, &msg);
+                    }
+                    self.context(tm, id, now);
+                }
+                TxAction::Timeout { tx, timer } => {
+                    let Some(&id) = tm.branches.get(&tx) else {
+                        continue;
+                    };
+                    if let Some(r) = tm.servers.get_mut(&id) {
+                        r.ctx.on_timeout(tx, timer);
+                    }
+                    self.context(tm, id, now);
+                }
+                TxAction::TransportError { tx } => {
+                    let Some(&id) = tm.branches.get(&tx) else {
+                        continue;
+                    };
+                    if let Some(r) = tm.servers.get_mut(&id) {
+                        r.ctx.on_transport_error(tx);
+                    }
+                    self.context(tm, id, now);
+                }
+                TxAction::Terminated { tx } => {
+                    tm.branches.remove(&tx);
+                    tm.servers.remove(&tx);
+                }
+            }
+        }
+        if let Some(next) = tm.table.next_deadline() {
+            if self.tm.sleeping_until.get().is_none_or(|s| next < s) {
+                self.tm.sleeping_until.set(Some(next));
+                self.tm.wake.notify_one();
+            }
+        }
+    }
+
+    /// Carries out what the response context of server transaction `id` decided.
+    fn context(self: &Rc<Self>, tm: &mut Tm, id: TxId, now: Instant) {
+        loop {
+            let Some(r) = tm.servers.get_mut(&id) else {
+                return;
+            };
+            let Some(a) = r.ctx.poll_action() else { return };
+            match a {
+                ContextAction::Forward(resp) => self.upstream(tm, id, &resp, now),
+                ContextAction::Cancel(cid) => {
+                    let _ = tm.table.cancel_branch(cid, now);
+                }
+                ContextAction::AllDone { status, may_fork } => {
+                    if may_fork && self.failure_route(tm, id, status, now) {
+                        continue;
+                    }
+                    let Some(r) = tm.servers.get_mut(&id) else {
+                        return;
+                    };
+                    match r.ctx.finish() {
+                        Some(Final::Forward(resp)) => self.upstream(tm, id, &resp, now),
+                        Some(Final::Local { status, reason }) => {
+                            self.local_reply(tm, id, status, reason, now)
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the failure_route armed for server transaction `id`, if any. `true`: it added
+    /// a branch or sent the final response itself.
+    fn failure_route(self: &Rc<Self>, tm: &mut Tm, id: TxId, status: u16, now: Instant) -> bool {
+        let Some(r) = tm.servers.get_mut(&id) else {
+            return false;
+        };
+        // Armed once: the failure_route must call t_on_failure again for the next failure.
+        let Some(name) = r.failure_route.take() else {
+            return false;
+        };
+        let (msg, inbound, tls) = (r.msg.clone(), r.inbound, r.tls.clone());
+        let tag = r.tag.clone();
+        let snap = self.shared.snapshot.load();
+        let Some((script, _)) = snap.scripts.for_request(tls.as_deref(), &msg) else {
+            return false;
+        };
+        let run = script::with_env(&self.shared, &snap, |env| {
+            host::run_failure(
+                script,
+                &name,
+                tag.as_deref(),
+                &snap.proxy,
+                env,
+                &msg,
+                &inbound,
+                tls.as_deref(),
+                status,
+            )
+        });
+        let Some(run) = run else {
+            debug!(route = %name, "t_on_failure names no failure_route");
+            return false;
+        };
+        if run.outcome.is_error() {
+            inc(&self.shared.stats.script_errors);
+        }
+        drop(snap);
+        if let Some(relay) = run.relay {
+            if let Some(r) = tm.servers.get_mut(&id) {
+                r.failure_route = relay.failure_route;
+                r.fr = relay.fr.or(r.fr);
+            }
+            self.branch(tm, id, relay.opts, now);
+            return true;
+        }
+        if let Some((code, reason)) = run.reply {
+            self.local_reply(tm, id, code, &reason, now);
+            return true;
+        }
+        false
+    }
+
+    /// A branch's response for the caller: siprox's Via removed, sent through the server
+    /// transaction; a 2xx after a final went up is forwarded along its Via (end to end).
+    fn upstream(self: &Rc<Self>, tm: &mut Tm, id: TxId, resp: &Message, now: Instant) {
+        let Some(r) = tm.servers.get(&id) else { return };
+        let inbound = r.inbound;
+        let action = self
+            .shared
+            .snapshot
+            .load()
+            .proxy
+            .on_response(resp, &inbound);
+        let Action::Send { dest, bytes } = action else {
+            return;
+        };
+        let status = resp.status().unwrap_or(500);
+        match tm.table.respond(id, status, bytes.clone(), now) {
+            Ok(()) => {}
+            Err(_) if (200..300).contains(&status) => self.send(dest, bytes, None),
+            Err(e) => debug!(error = %e, status, "response not sent upstream"),
+        }
+    }
+}
