@@ -404,6 +404,14 @@ pub async fn run_failover(f: Failover, tls: SslConnector) -> Result<(), String> 
     {
         return Err("the phone was not reached through every via within 30 s".into());
     }
+    // Bindings keep their write time in whole seconds and equal-q bindings rank by it: a
+    // re-registration within the same second as the registration it replaces ties with
+    // it, and the dead node's binding may win the tie until the node is known dead. A
+    // phone's registration is older than that when its node dies; make it so here.
+    let since = t0.elapsed() + took;
+    if since < Duration::from_millis(1100) {
+        tokio::time::sleep(Duration::from_millis(1100) - since).await;
+    }
     let kill = Instant::now();
     let st = std::process::Command::new("kill")
         .args(["-KILL", &f.kill_pid.to_string()])
