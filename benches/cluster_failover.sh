@@ -5,7 +5,7 @@
 # (one TLS caller each), sends SIGKILL to node 1 once both reach it, reports the time from
 # the kill to the first 480 on each, registers the phone again through node 2 and reports
 # the time from that 200 OK to the first OPTIONS answered 200 on each. Once with the
-# shipped heartbeat/node_timeout (2s/6s) and once with $SHORT_HEARTBEAT/$SHORT_TIMEOUT
+# shipped heartbeat/node_timeout (2s/5s) and once with $SHORT_HEARTBEAT/$SHORT_TIMEOUT
 # (200ms/1s), $RUNS times each, fresh nodes and Redis every run. Measures; never asserts.
 #
 #   benches/cluster_failover.sh   # RUNS (2), INTERVAL (5ms), SHORT_HEARTBEAT, SHORT_TIMEOUT

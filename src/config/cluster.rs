@@ -190,7 +190,7 @@ fn default_heartbeat() -> ConfigDuration {
 }
 
 fn default_node_timeout() -> ConfigDuration {
-    ConfigDuration::secs(6)
+    ConfigDuration::secs(5)
 }
 
 fn default_ticket_rotation() -> ConfigDuration {
@@ -386,7 +386,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.key_prefix, "siprox");
         assert_eq!(c.heartbeat, ConfigDuration::secs(2));
-        assert_eq!(c.node_timeout, ConfigDuration::secs(6));
+        assert_eq!(c.node_timeout, ConfigDuration::secs(5));
         assert_eq!(c.redis, vec!["redis://127.0.0.1:6379".to_owned()]);
         assert!(!c.is_redis_cluster());
     }
