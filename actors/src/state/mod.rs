@@ -72,8 +72,13 @@ pub struct Shared {
     /// The registrar's store and the digest authenticator (set once at start).
     pub location: std::sync::OnceLock<Arc<location::Location>>,
     /// Each worker's channel for responses to its transactions that another worker read
-    /// (indexed by worker; filled as workers start).
-    pub(crate) tm_peers: Mutex<Vec<Option<TmPeer>>>,
+    /// (indexed by worker; filled as workers start). Read without a lock: a worker never
+    /// waits on a lock all workers share.
+    pub(crate) tm_peers: ArcSwap<Vec<Option<TmPeer>>>,
+    /// Set once any worker has created a transaction (`t_relay()`), never cleared: until
+    /// then a response skips the transaction layer with one read of a line no one writes,
+    /// so the stateless path pays nothing for it.
+    pub(crate) tm_used: AtomicBool,
 }
 
 /// Where a worker receives the responses to its transactions that another worker read.
@@ -95,7 +100,8 @@ impl Shared {
             reloader: std::sync::OnceLock::new(),
             location: std::sync::OnceLock::new(),
             rpc: std::sync::OnceLock::new(),
-            tm_peers: Mutex::new(Vec::new()),
+            tm_peers: ArcSwap::from_pointee(Vec::new()),
+            tm_used: AtomicBool::new(false),
             tls_status: Mutex::new(TlsStatus::default()),
             snapshot: ArcSwap::from_pointee(snapshot),
             table: ConnectionTable::default(),

@@ -155,7 +155,7 @@ impl Worker {
                     return;
                 }
             }
-            if self.tm_response(&msg) || self.tm_hand_over(&msg, &inbound) {
+            if self.tm_route_response(&msg, &inbound) {
                 return;
             }
             let action = snap.proxy.on_response(&msg, &inbound);

@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,12 +109,14 @@ fn branch_seed() -> u64 {
 /// Registers this worker's handoff channel in `shared` and returns its receiving end.
 pub(crate) fn handoff_channel(index: usize, shared: &Shared) -> UnboundedReceiver<Handoff> {
     let (tx, rx) = unbounded_channel();
-    if let Ok(mut peers) = shared.tm_peers.lock() {
+    shared.tm_peers.rcu(|peers| {
+        let mut peers = Vec::clone(peers);
         if peers.len() <= index {
             peers.resize(index + 1, None);
         }
-        peers[index] = Some(tx);
-    }
+        peers[index] = Some(tx.clone());
+        peers
+    });
     rx
 }
 
@@ -200,10 +203,13 @@ impl Worker {
             .top_via()
             .ok()
             .and_then(|v| v.branch().and_then(worker_of_branch));
-        let Some(owner) = owner else { return false };
-        if usize::from(owner) != self.index {
-            return false;
+        match owner {
+            Some(o) if usize::from(o) == self.index => self.tm_own_response(msg),
+            _ => false,
         }
+    }
+
+    fn tm_own_response(self: &Rc<Self>, msg: &Message) -> bool {
         let mut tm = self.tm.tm.borrow_mut();
         let now = Instant::now();
         if tm.table.on_response(msg, now).is_none() {
@@ -213,22 +219,24 @@ impl Worker {
         true
     }
 
-    /// The worker that owns the transaction of this response, when it is another one:
-    /// the response is handed over and `true` returned.
-    pub(crate) fn tm_hand_over(&self, msg: &Message, inbound: &Inbound) -> bool {
+    /// A response to a transaction: run against this worker's table, or handed to the
+    /// worker that owns it. `true` when taken. The top Via is read once, and not at all
+    /// until some worker has created a transaction (`Shared::tm_used`).
+    pub(crate) fn tm_route_response(self: &Rc<Self>, msg: &Message, inbound: &Inbound) -> bool {
+        if !self.shared.tm_used.load(Ordering::Relaxed) {
+            return false;
+        }
         let owner = msg
             .top_via()
             .ok()
             .and_then(|v| v.branch().and_then(worker_of_branch));
-        let Some(owner) = owner.map(usize::from).filter(|o| *o != self.index) else {
+        let Some(owner) = owner.map(usize::from) else {
             return false;
         };
-        let peer = self
-            .shared
-            .tm_peers
-            .lock()
-            .ok()
-            .and_then(|p| p.get(owner).cloned().flatten());
+        if owner == self.index {
+            return self.tm_own_response(msg);
+        }
+        let peer = self.shared.tm_peers.load().get(owner).cloned().flatten();
         match peer {
             Some(p) => p.send((msg.clone(), *inbound)).is_ok(),
             None => false,
@@ -264,7 +272,12 @@ impl Worker {
         let now = Instant::now();
         let mut tm = self.tm.tm.borrow_mut();
         let id = match tm.table.insert_server(msg, inbound, now) {
-            Ok(id) => id,
+            Ok(id) => {
+                if !self.shared.tm_used.load(Ordering::Relaxed) {
+                    self.shared.tm_used.store(true, Ordering::Relaxed);
+                }
+                id
+            }
             Err(TxError::Full { retry_after, .. }) => {
                 drop(tm);
                 debug!(retry_after, "transaction limit reached: 503");
