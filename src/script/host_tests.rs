@@ -147,6 +147,7 @@ impl World {
             auth: Some(&NoCredentials),
             log: &self.log,
             now: NOW,
+            tm: None,
         }
     }
 
@@ -568,6 +569,7 @@ fn run_with_store(store: &dyn registrar::LocationStore, settings: &registrar::Se
         auth: None,
         log: &log,
         now: NOW,
+        tm: None,
     };
     let s = compile(LOOKUP, "test.cfg").unwrap();
     let run = run_request(
@@ -616,6 +618,7 @@ fn lookup_of_another_nodes_phone_routes_to_that_node() {
         auth: None,
         log: &log,
         now: NOW,
+        tm: None,
     };
     let s = compile(LOOKUP, "test.cfg").unwrap();
     let m = request("INVITE", "sip:bob@example.com", "");
@@ -731,7 +734,21 @@ failure_route[vm] {
     .unwrap();
     let p = proxy();
     let env = w.env();
-    let run = |code| run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, code).unwrap();
+    let run = |code| {
+        run_failure(
+            &s,
+            "vm",
+            None,
+            &p,
+            &env,
+            &m,
+            &tls_in(1),
+            None,
+            code,
+            Default::default(),
+        )
+        .unwrap()
+    };
     for code in [486, 408] {
         let r = run(code);
         let relay = r.relay.expect("a new branch");
@@ -743,5 +760,17 @@ failure_route[vm] {
     assert_eq!(r.reply, Some((599, "Gone Away".to_owned())));
     let r = run(404);
     assert!(r.relay.is_none() && r.reply.is_none());
-    assert!(run_failure(&s, "none", None, &p, &env, &m, &tls_in(1), None, 486).is_none());
+    assert!(run_failure(
+        &s,
+        "none",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        486,
+        Default::default()
+    )
+    .is_none());
 }
