@@ -683,6 +683,17 @@ async fn after_a_burst_of_calls_no_transaction_is_left_and_a_late_2xx_is_relayed
             .send(proxy, &request("INVITE", ruri, &caller.via(), call, "", ""))
             .await;
     }
+    // Non-INVITE transactions too (Timers J and K).
+    let options = format!("sip:bob@{}", ok.addr);
+    for i in 0..3 {
+        let call = format!("burst-options-{i}");
+        caller
+            .send(
+                proxy,
+                &request("OPTIONS", &options, &caller.via(), &call, "", ""),
+            )
+            .await;
+    }
     assert!(mgmt.metric(&rt, gauge).await.unwrap_or(0.0) > 0.0);
     for (ruri, call) in &calls {
         assert_eventually!(
@@ -702,6 +713,9 @@ async fn after_a_burst_of_calls_no_transaction_is_left_and_a_late_2xx_is_relayed
     );
     assert_eq!(status(&caller.final_of("burst-busy-0").unwrap()), Some(486));
     assert_eventually!(ok.requests("ACK").len() == 8);
+    for i in 0..3 {
+        assert_eventually!(caller.statuses(&format!("burst-options-{i}")) == vec![200]);
+    }
     assert_eq!(*busy_calls.lock().unwrap(), 3);
     // Timers D, I, J, K, L, M all ran out: nothing is kept.
     assert_eventually!(
