@@ -622,6 +622,36 @@ async fn an_unreachable_stream_next_hop_fails_its_branch_and_the_caller_gets_one
             .collect();
         assert_eq!(finals, vec![500], "{call}");
     }
+    // A next hop that reads the request and then closes the connection without an answer:
+    // the request left, and the callee could still answer over a new connection (RFC 3261
+    // §18.2.2), so the branch waits for Timer B (64*T1) and the caller gets 408.
+    let reads = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reads_addr = reads.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = reads.accept().await {
+            let mut buf = Vec::new();
+            let _ = read_message(&mut s, &mut buf, Duration::from_secs(5)).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let ruri = format!("sip:bob@{reads_addr};transport=tcp");
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "closed-after-read", "", ""),
+        )
+        .await;
+    assert_eventually!(
+        caller.final_of("closed-after-read").is_some(),
+        Duration::from_secs(5)
+    );
+    let finals: Vec<u16> = caller
+        .statuses("closed-after-read")
+        .into_iter()
+        .filter(|s| *s >= 200)
+        .collect();
+    assert_eq!(finals, vec![408]);
+
     // Another call afterwards still gets exactly one final answer.
     let ruri = format!("sip:bob@{refused};transport=tcp");
     caller
