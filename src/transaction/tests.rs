@@ -1326,3 +1326,30 @@ fn a_spiral_back_to_siprox_gets_a_server_transaction_beside_its_client_one() {
     assert_eq!(t.match_request(&out), Some(server));
     assert_eq!(t.match_response(&response(180, "INVITE", &b)), Some(client));
 }
+
+#[test]
+fn context_says_how_the_failed_branch_ended() {
+    use crate::transaction::BranchFacts;
+    let facts = |timed_out, replied| Some(BranchFacts { timed_out, replied });
+    // Silent: Timer B.
+    let (mut c, b) = ctx_with(1);
+    assert_eq!(c.failed_branch(), None);
+    c.on_timeout(b[0], TimerName::B);
+    assert_eq!(c.failed_branch(), facts(true, false));
+    // Ringing, then Timer C: cancelled, ends with the callee's 487.
+    let (mut c, b) = ctx_with(1);
+    c.on_response(b[0], &resp(180));
+    c.on_timeout(b[0], TimerName::C);
+    c.on_response(b[0], &resp(487));
+    assert_eq!(c.failed_branch(), facts(true, true));
+    // Busy: replied, no timeout; a transport error: neither.
+    let (mut c, b) = ctx_with(2);
+    c.on_response(b[0], &resp(486));
+    assert_eq!(c.failed_branch(), facts(false, true));
+    c.on_transport_error(b[1]);
+    assert_eq!(c.failed_branch(), facts(false, false));
+    assert!(matches!(
+        &ctx_actions(&mut c)[..],
+        [.., ContextAction::AllDone { status: 486, .. }]
+    ));
+}
