@@ -290,16 +290,21 @@ onreply_route[CALLER] {
     if ($T_reply_code == 180 || $rs == 486) {
         drop;
     }
+    # $sp is the port the response came from (the callee's), not the caller's.
+    if ($rs == 183 && $sp != CALLEE_PORT) {
+        drop;
+    }
 }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t_on_reply_runs_its_onreply_route_for_each_response_of_the_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), REPLY_ROUTES);
-    let proxy = rt.local_addr(Transport::Udp).unwrap();
     let ok = Peer::start(Peer::answers(&[181, 180, 183, 200])).await;
     let busy = Peer::start(Peer::answers(&[180, 486])).await;
+    let script = REPLY_ROUTES.replace("CALLEE_PORT", &ok.addr.port().to_string());
+    let rt = start_with_script(dir.path(), &script);
+    let proxy = rt.local_addr(Transport::Udp).unwrap();
     let caller = Caller::new().await;
     for (callee, user, call) in [
         (&ok, "bob", "on-reply-ok"),

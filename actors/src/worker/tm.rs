@@ -70,6 +70,9 @@ pub(crate) struct TmState {
     sleeping_until: Cell<Option<Instant>>,
     /// The table's size last added to the process's gauge (`tm_script::tm_count`).
     counted: Cell<u64>,
+    /// Where the response being run against the table came from (`$si` in a
+    /// transaction's onreply_route).
+    reply_from: Cell<Option<Inbound>>,
 }
 
 impl TmState {
@@ -97,6 +100,7 @@ impl TmState {
             wake: Notify::new(),
             sleeping_until: Cell::new(None),
             counted: Cell::new(0),
+            reply_from: Cell::new(None),
         }
     }
 }
@@ -136,6 +140,7 @@ pub(crate) async fn handoffs(worker: Rc<Worker>, mut rx: UnboundedReceiver<Hando
             worker.tm_unsent_here(&msg);
             continue;
         }
+        worker.tm.reply_from.set(Some(inbound));
         if !worker.tm_response(&msg) {
             let action = worker
                 .shared
@@ -247,6 +252,7 @@ impl Worker {
             return false;
         };
         if owner == self.index {
+            self.tm.reply_from.set(Some(*inbound));
             return self.tm_own_response(msg);
         }
         let peer = self.shared.tm_peers.load().get(owner).cloned().flatten();

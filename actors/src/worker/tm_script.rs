@@ -148,15 +148,10 @@ impl Worker {
             return true;
         };
         let env = super::script::bare_env();
-        let kept = host::run_reply_named(
-            script,
-            name,
-            &snap.proxy,
-            &env,
-            resp,
-            &r.inbound,
-            r.tls.as_deref(),
-        );
+        // `$si`/`$sp` name the response's sender; the TLS facts of its connection are not
+        // carried this far (a handoff has none), so TLS selects are empty here.
+        let from = self.tm.reply_from.get().unwrap_or(r.inbound);
+        let kept = host::run_reply_named(script, name, &snap.proxy, &env, resp, &from, None);
         match kept {
             None => {
                 debug!(route = %name, "t_on_reply names no onreply_route");
