@@ -6,8 +6,8 @@
 //! answered. A request made to look in-dialog (a to-tag, and a Route set that names siprox
 //! and then the foreign host, as `loose_route()` follows) is refused with 403 too, and so
 //! are an anonymous CANCEL and ACK for the foreign host, while a CANCEL from one of our
-//! users is relayed, never challenged. Real sockets on 127.0.0.1:0, real
-//! TLS.
+//! users is relayed, never challenged. A relayed INVITE goes through a transaction
+//! (`t_relay()`: 100 Trying first). Real sockets on 127.0.0.1:0, real TLS.
 
 mod common;
 
@@ -54,24 +54,40 @@ fn relay_attempt_with(
     )
 }
 
-/// Sends `m` to siprox at `to` from `c` and returns the answer.
+/// A provisional response (the 100 Trying of a request the script `t_relay()`s).
+fn provisional(r: &str) -> bool {
+    status(r).is_some_and(|s| s < 200)
+}
+
+/// Sends `m` to siprox at `to` from `c` and returns the answer (the final one: a 100
+/// Trying is skipped).
 async fn ask(c: &UdpSocket, m: &str, to: std::net::SocketAddr) -> String {
     c.send_to(m.as_bytes(), to).await.unwrap();
     let mut b = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
-        .await
-        .expect("answered")
-        .unwrap();
-    String::from_utf8_lossy(&b[..n]).to_string()
+    loop {
+        let (n, _) = tokio::time::timeout(T, c.recv_from(&mut b))
+            .await
+            .expect("answered")
+            .unwrap();
+        let r = String::from_utf8_lossy(&b[..n]).to_string();
+        if !provisional(&r) {
+            return r;
+        }
+    }
 }
 
-/// Sends `m` on the stream `s` and returns the answer.
+/// Sends `m` on the stream `s` and returns the answer (the final one).
 async fn ask_stream<S>(s: &mut S, buf: &mut Vec<u8>, m: &str) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     send(s, m).await;
-    read_message(s, buf, T).await.unwrap()
+    loop {
+        let r = read_message(s, buf, T).await.unwrap();
+        if !provisional(&r) {
+            return r;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +277,8 @@ async fn refuses_anonymous_relaying(script: &str) {
         "no anonymous ACK was relayed"
     );
 
-    // A verified client certificate is relayed.
+    // A verified client certificate is relayed, through a transaction (t_relay): 100
+    // Trying first, then the callee's 200.
     let mut s = tls_client(
         tls,
         &certs.join("ca.pem"),
@@ -270,12 +287,14 @@ async fn refuses_anonymous_relaying(script: &str) {
     )
     .await;
     let mut buf = Vec::new();
-    let r = ask_stream(
+    send(
         &mut s,
-        &mut buf,
         &relay_attempt(uas, "TLS", "tls-cert", "alice@example.com", ""),
     )
     .await;
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
+    assert_eq!(status(&r), Some(100), "{r}");
+    let r = read_message(&mut s, &mut buf, T).await.unwrap();
     assert_eq!(status(&r), Some(200), "{r}");
     assert_eq!(reached.load(Ordering::SeqCst), 1);
     drop(rt);

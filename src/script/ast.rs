@@ -285,6 +285,17 @@ pub(crate) enum Func {
     TReply,
     /// `t_check_status("486|408")`: the pattern, anchored, compiled once.
     TCheckStatus(StatusRe),
+    /// `t_on_reply("NAME")`: the onreply_route to run for each response of the next
+    /// `t_relay()`'s branches.
+    TOnReply(String),
+    /// `t_check_trans()`: the request belongs to a transaction (the host decides).
+    TCheckTrans,
+    /// `t_newtran()`: the request's server transaction, made now (the host decides).
+    TNewtran,
+    /// `t_branch_timeout()`: in failure_route, the failed branch timed out.
+    TBranchTimeout,
+    /// `t_branch_replied()`: in failure_route, the failed branch got a response.
+    TBranchReplied,
 }
 
 /// A compiled `t_check_status` pattern; equal when written the same.

@@ -997,6 +997,20 @@ impl<'s> Compiler<'s> {
                 args.clear();
                 Func::TOnFailure(n)
             }
+            "t_on_reply" => {
+                let Some(n) = lit_str(0).filter(|n| !n.is_empty()) else {
+                    return Err((
+                        sp(0),
+                        "t_on_reply takes a literal onreply_route name".into(),
+                    ));
+                };
+                args.clear();
+                Func::TOnReply(n)
+            }
+            "t_check_trans" => Func::TCheckTrans,
+            "t_newtran" => Func::TNewtran,
+            "t_branch_timeout" => Func::TBranchTimeout,
+            "t_branch_replied" => Func::TBranchReplied,
             "t_set_fr" => Func::TSetFr,
             "t_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
@@ -1142,6 +1156,11 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("t_set_fr", 1, 2),
     ("t_reply", 2, 2),
     ("t_check_status", 1, 1),
+    ("t_on_reply", 1, 1),
+    ("t_check_trans", 0, 0),
+    ("t_newtran", 0, 0),
+    ("t_branch_timeout", 0, 0),
+    ("t_branch_replied", 0, 0),
     ("sl_send_reply", 2, 2),
     ("send_reply", 2, 2),
     ("sl_reply", 2, 2),

@@ -83,6 +83,27 @@ pub trait ScriptLog {
     fn note(&self, note: Note<'_>);
 }
 
+/// What `t_check_trans()` found for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxCheck {
+    /// No transaction: the script goes on (-1).
+    None,
+    /// A transaction exists (a CANCEL: its INVITE's; an ACK: the one it acknowledges): 1.
+    Exists,
+    /// A retransmission of a transaction's request, absorbed by the runtime (the last
+    /// response re-sent): the run ends, as in Kamailio.
+    Absorbed,
+}
+
+/// The runtime's transaction table as the request route sees it (`t_check_trans()`,
+/// `t_newtran()`). Called during the run; the runtime sends what it must itself.
+pub trait Transactions {
+    fn check(&self, msg: &Message) -> TxCheck;
+    /// Make `msg`'s server transaction now (100 Trying for an INVITE). `false`: it has
+    /// one already, or the transaction limit is reached (counted by the runtime).
+    fn create(&self, msg: &Message, rx: &Inbound) -> bool;
+}
+
 /// The registrar behind `save("location")` and `lookup("location")`.
 pub struct Registrar<'a> {
     /// The bindings (the in-memory store, or Redis in a cluster).
@@ -101,6 +122,8 @@ pub struct Env<'a> {
     pub log: &'a dyn ScriptLog,
     /// Unix seconds, read once per message by the caller.
     pub now: i64,
+    /// The transaction table, for a request route (`t_check_trans`, `t_newtran`).
+    pub tm: Option<&'a dyn Transactions>,
 }
 
 impl<'a> Env<'a> {
@@ -111,6 +134,7 @@ impl<'a> Env<'a> {
             auth: None,
             log,
             now,
+            tm: None,
         }
     }
 }
@@ -146,6 +170,10 @@ pub struct ProxyHost<'a> {
     failure: bool,
     /// `t_reply(code, reason)` in failure_route.
     pub final_reply: Option<(u16, String)>,
+    /// `t_newtran()` made the request's server transaction during this run.
+    pub newtran: bool,
+    /// `t_reply()`s after `t_newtran()`: status and bytes, for the server transaction.
+    pub t_replies: Vec<(u16, bytes::Bytes)>,
 }
 
 /// A `t_relay()`: how to forward (as `forward()` would, with the script's edits) and the
@@ -157,6 +185,8 @@ pub struct Relay {
     pub failure_route: Option<String>,
     /// `t_set_fr(invite_ms, other_ms)` (0: the default).
     pub fr: Option<(u32, u32)>,
+    /// `t_on_reply("NAME")`.
+    pub reply_route: Option<String>,
 }
 
 impl<'a> ProxyHost<'a> {
@@ -185,6 +215,8 @@ impl<'a> ProxyHost<'a> {
             relay: None,
             failure: false,
             final_reply: None,
+            newtran: false,
+            t_replies: Vec::new(),
         }
     }
 }
@@ -312,11 +344,30 @@ impl Host for ProxyHost<'_> {
             opts,
             failure_route: ctx.tm.failure_route.clone(),
             fr: ctx.tm.fr,
+            reply_route: ctx.tm.reply_route.clone(),
         });
         1
     }
 
     fn t_reply(&mut self, ctx: &mut MsgCtx<'_>, code: u16, reason: &str) -> i32 {
+        if self.newtran && !self.failure {
+            // After t_newtran(): through the server transaction (retransmitted over UDP,
+            // the caller's retransmissions answered with it).
+            let Some(msg) = self.msg else { return -1 };
+            if self.t_replies.last().is_some_and(|(c, _)| *c >= 200) || ctx.replied.is_some() {
+                return -1;
+            }
+            return match self
+                .proxy
+                .reply(msg, self.rx, code, reason, &ctx.edits.reply_hf)
+            {
+                Action::Send { bytes, .. } => {
+                    self.t_replies.push((code, bytes));
+                    1
+                }
+                _ => -1,
+            };
+        }
         if !self.failure {
             return self.reply(ctx, code, reason);
         }
@@ -324,6 +375,34 @@ impl Host for ProxyHost<'_> {
             return -1;
         }
         self.final_reply = Some((code, reason.to_owned()));
+        1
+    }
+
+    fn t_check_trans(&mut self, _ctx: &mut MsgCtx<'_>) -> i32 {
+        let (Some(msg), Some(tm)) = (self.msg, self.env.tm) else {
+            return -1;
+        };
+        if self.http {
+            return -1;
+        }
+        match tm.check(msg) {
+            TxCheck::None => -1,
+            TxCheck::Exists => 1,
+            TxCheck::Absorbed => 0,
+        }
+    }
+
+    fn t_newtran(&mut self, _ctx: &mut MsgCtx<'_>) -> i32 {
+        let (Some(msg), Some(tm)) = (self.msg, self.env.tm) else {
+            return -1;
+        };
+        if self.http || self.failure || self.newtran || self.relay.is_some() {
+            return -1;
+        }
+        if !tm.create(msg, self.rx) {
+            return -1;
+        }
+        self.newtran = true;
         1
     }
 
@@ -502,6 +581,10 @@ pub struct RequestRun {
     pub outcome: script::Outcome,
     /// `t_relay()`: the runtime relays the request through a transaction.
     pub relay: Option<Relay>,
+    /// `t_newtran()` made the request's server transaction during the run.
+    pub newtran: bool,
+    /// `t_reply()`s after `t_newtran()`, for that transaction (status, bytes).
+    pub t_replies: Vec<(u16, bytes::Bytes)>,
 }
 
 /// Run `script` on a request; returns the actions to carry out, in order. A script that
@@ -520,13 +603,18 @@ pub fn run_request(
     let outcome = script.run_request(&mut ctx, &mut host);
     if outcome.is_error() && outcome.replied.is_none() && !outcome.forwarded {
         let a = proxy.reply(msg, rx, 500, "Server Internal Error (route script)", "");
-        host.actions.push((a, ForwardOpts::default()));
         host.relay = None;
+        match a {
+            Action::Send { bytes, .. } if host.newtran => host.t_replies.push((500, bytes)),
+            a => host.actions.push((a, ForwardOpts::default())),
+        }
     }
     RequestRun {
         actions: host.actions,
         outcome,
         relay: host.relay,
+        newtran: host.newtran,
+        t_replies: host.t_replies,
     }
 }
 
@@ -541,7 +629,8 @@ pub struct FailureRun {
 }
 
 /// Run `failure_route[name]` for a request whose branches all failed with best final
-/// `status`. `None` when the script has no such route.
+/// `status`; `branch` says how the failed branch ended. `None` when the script has no
+/// such route.
 #[allow(clippy::too_many_arguments)]
 pub fn run_failure(
     script: &Script,
@@ -553,11 +642,13 @@ pub fn run_failure(
     rx: &Inbound,
     tls: Option<&TlsFacts>,
     status: u16,
+    branch: script::BranchEnd,
 ) -> Option<FailureRun> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
     host.failure = true;
     let mut ctx = MsgCtx::new(msg, rx, tls);
     ctx.tm.reply_code = Some(status);
+    ctx.tm.branch = Some(branch);
     let outcome = script.run_named(script::RouteKind::Failure, name, &mut ctx, &mut host)?;
     let relay = if outcome.is_error() { None } else { host.relay };
     Some(FailureRun {
@@ -583,6 +674,25 @@ pub fn run_reply(
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_reply(&mut ctx, &mut host);
     !matches!(outcome.end, script::End::Drop)
+}
+
+/// Run `onreply_route[name]` (armed by `t_on_reply`) on a response of a transaction's
+/// branch, after the main onreply_route. `Some(false)`: the route dropped it (the runtime
+/// drops only a provisional response); `None`: the script has no such route.
+pub fn run_reply_named(
+    script: &Script,
+    name: &str,
+    proxy: &Proxy,
+    env: &Env<'_>,
+    msg: &Message,
+    rx: &Inbound,
+    tls: Option<&TlsFacts>,
+) -> Option<bool> {
+    let mut host = ProxyHost::new(proxy, env, Some(msg), rx, None);
+    let mut ctx = MsgCtx::new(msg, rx, tls);
+    ctx.tm.reply_code = msg.status();
+    let outcome = script.run_named(script::RouteKind::Reply, name, &mut ctx, &mut host)?;
+    Some(!matches!(outcome.end, script::End::Drop))
 }
 
 /// TLS connection events (`event_route[tls:connection-in]`, `[tls:connection-closed]`):

@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
-    run_failure, run_http, run_request, Auth, Env, HttpDecision, Liveness, Note, Registrar,
-    RequestRun, ScriptLog,
+    run_failure, run_http, run_reply_named, run_request, Auth, Env, HttpDecision, Liveness, Note,
+    Registrar, RequestRun, ScriptLog, Transactions, TxCheck,
 };
 use super::{compile, Level, ScriptSet};
 use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
@@ -147,6 +147,7 @@ impl World {
             auth: Some(&NoCredentials),
             log: &self.log,
             now: NOW,
+            tm: None,
         }
     }
 
@@ -568,6 +569,7 @@ fn run_with_store(store: &dyn registrar::LocationStore, settings: &registrar::Se
         auth: None,
         log: &log,
         now: NOW,
+        tm: None,
     };
     let s = compile(LOOKUP, "test.cfg").unwrap();
     let run = run_request(
@@ -616,6 +618,7 @@ fn lookup_of_another_nodes_phone_routes_to_that_node() {
         auth: None,
         log: &log,
         now: NOW,
+        tm: None,
     };
     let s = compile(LOOKUP, "test.cfg").unwrap();
     let m = request("INVITE", "sip:bob@example.com", "");
@@ -731,7 +734,21 @@ failure_route[vm] {
     .unwrap();
     let p = proxy();
     let env = w.env();
-    let run = |code| run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, code).unwrap();
+    let run = |code| {
+        run_failure(
+            &s,
+            "vm",
+            None,
+            &p,
+            &env,
+            &m,
+            &tls_in(1),
+            None,
+            code,
+            Default::default(),
+        )
+        .unwrap()
+    };
     for code in [486, 408] {
         let r = run(code);
         let relay = r.relay.expect("a new branch");
@@ -743,5 +760,159 @@ failure_route[vm] {
     assert_eq!(r.reply, Some((599, "Gone Away".to_owned())));
     let r = run(404);
     assert!(r.relay.is_none() && r.reply.is_none());
-    assert!(run_failure(&s, "none", None, &p, &env, &m, &tls_in(1), None, 486).is_none());
+    assert!(run_failure(
+        &s,
+        "none",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        486,
+        Default::default()
+    )
+    .is_none());
+}
+
+/// A transaction table for `t_check_trans` / `t_newtran`: what it answers, and what it
+/// was asked to make.
+struct FakeTm {
+    check: TxCheck,
+    room: bool,
+    made: RefCell<usize>,
+}
+
+impl Transactions for FakeTm {
+    fn check(&self, _: &Message) -> TxCheck {
+        self.check
+    }
+    fn create(&self, _: &Message, _: &Inbound) -> bool {
+        *self.made.borrow_mut() += 1;
+        self.room
+    }
+}
+
+#[test]
+fn t_on_reply_is_armed_with_the_relay_and_its_route_drops_what_it_says() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let script = r#"route { t_on_reply("R"); t_relay(); }
+onreply_route[R] { if ($T_reply_code == 180 && $rs == 180) { drop; } }"#;
+    let run = w.run(script, &m, &tls_in(1));
+    assert_eq!(run.relay.expect("relay").reply_route.as_deref(), Some("R"));
+    let s = compile(script, "test.cfg").unwrap();
+    let p = proxy();
+    let log = Recorded::default();
+    let env = Env::bare(&log, NOW);
+    let resp = |code: u16| {
+        Message::parse(Bytes::from(format!(
+            "SIP/2.0 {code} Whatever\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-x\r\n\
+             From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\n\
+             Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .unwrap()
+    };
+    let kept = |code| run_reply_named(&s, "R", &p, &env, &resp(code), &tls_in(1), None);
+    assert_eq!(kept(180), Some(false));
+    assert_eq!(kept(183), Some(true));
+    assert_eq!(
+        run_reply_named(&s, "none", &p, &env, &resp(180), &tls_in(1), None),
+        None
+    );
+}
+
+#[test]
+fn t_newtran_and_t_check_trans_ask_the_table_and_t_reply_then_goes_through_it() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let s = compile(
+        r#"route {
+  if (t_check_trans()) { sl_send_reply("500", "exists"); exit; }
+  if (!t_newtran()) { sl_send_reply("503", "no room"); exit; }
+  if (t_newtran()) { sl_send_reply("500", "twice"); exit; }
+  t_reply("486", "Busy Here");
+}"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let p = proxy();
+    let go = |tm: &FakeTm| {
+        let env = Env {
+            tm: Some(tm),
+            ..w.env()
+        };
+        run_request(&s, None, &p, &env, &m, &tls_in(1), None)
+    };
+    let tm = FakeTm {
+        check: TxCheck::None,
+        room: true,
+        made: RefCell::new(0),
+    };
+    let run = go(&tm);
+    assert_eq!(*tm.made.borrow(), 1, "the second t_newtran asks nothing");
+    assert!(run.newtran && run.actions.is_empty(), "{:?}", run.actions);
+    assert_eq!(run.t_replies.len(), 1);
+    assert_eq!(run.t_replies[0].0, 486);
+    // At the limit: -1, and the script answers statelessly.
+    let full = FakeTm {
+        check: TxCheck::None,
+        room: false,
+        made: RefCell::new(0),
+    };
+    let run = go(&full);
+    assert!(!run.newtran && run.t_replies.is_empty());
+    assert_eq!(run.actions.len(), 1);
+    // A transaction exists: 1; a retransmission was absorbed: the run ends (0).
+    let exists = FakeTm {
+        check: TxCheck::Exists,
+        room: true,
+        made: RefCell::new(0),
+    };
+    assert_eq!(go(&exists).actions.len(), 1);
+    let absorbed = FakeTm {
+        check: TxCheck::Absorbed,
+        room: true,
+        made: RefCell::new(0),
+    };
+    let run = go(&absorbed);
+    assert!(run.actions.is_empty() && !run.newtran);
+    assert_eq!(run.outcome.end, super::End::Exit);
+    // Without a table (a reply route, an event): both are -1.
+    let run = w.run(
+        r#"route { if (!t_check_trans() && !t_newtran()) { sl_send_reply("404", "x"); } }"#,
+        &m,
+        &tls_in(1),
+    );
+    assert_eq!(run.actions.len(), 1);
+}
+
+#[test]
+fn failure_route_knows_whether_the_branch_timed_out_or_replied() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let s = compile(
+        r#"route { t_relay(); }
+failure_route[f] {
+  if (t_branch_timeout() && t_branch_replied()) { t_reply("480", "both"); exit; }
+  if (t_branch_timeout()) { t_reply("480", "timeout"); exit; }
+  if (t_branch_replied()) { t_reply("480", "replied"); exit; }
+  t_reply("480", "neither");
+}"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let p = proxy();
+    let env = w.env();
+    let run = |timed_out, replied| {
+        let b = super::BranchEnd { timed_out, replied };
+        run_failure(&s, "f", None, &p, &env, &m, &tls_in(1), None, 408, b)
+            .unwrap()
+            .reply
+            .map(|r| r.1)
+    };
+    assert_eq!(run(true, true).as_deref(), Some("both"));
+    assert_eq!(run(true, false).as_deref(), Some("timeout"));
+    assert_eq!(run(false, true).as_deref(), Some("replied"));
+    assert_eq!(run(false, false).as_deref(), Some("neither"));
 }

@@ -586,6 +586,20 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 Some(code) if re.0.is_match(&code.to_string()) => 1,
                 _ => -1,
             },
+            Func::TOnReply(name) => {
+                self.ctx.tm.reply_route = Some(name.clone());
+                1
+            }
+            Func::TCheckTrans => match msg.filter(|m| m.is_request()) {
+                Some(_) => self.host.t_check_trans(self.ctx),
+                None => -1,
+            },
+            Func::TNewtran => match msg.filter(|m| m.is_request()) {
+                Some(_) => self.host.t_newtran(self.ctx),
+                None => -1,
+            },
+            Func::TBranchTimeout => b2i(self.ctx.tm.branch.is_some_and(|b| b.timed_out)),
+            Func::TBranchReplied => b2i(self.ctx.tm.branch.is_some_and(|b| b.replied)),
             Func::RecordRoute => {
                 if c.args.len() == 1 {
                     let p = self.arg(c, 0)?.as_str().into_owned();

@@ -240,8 +240,22 @@ pub struct TmCtx {
     /// response once ringing, and how long any branch waits for a first response.
     pub fr: Option<(u32, u32)>,
     /// In failure_route: the best final status of the failed branches (`$T_reply_code`,
-    /// `t_check_status`).
+    /// `t_check_status`); in a transaction's onreply_route: the response's status.
     pub reply_code: Option<u16>,
+    /// `t_on_reply("NAME")`: the onreply_route to run for each response of the branches.
+    pub reply_route: Option<String>,
+    /// In failure_route: how the failed branch ended (`t_branch_timeout`,
+    /// `t_branch_replied`).
+    pub branch: Option<BranchEnd>,
+}
+
+/// How a failed branch ended, for failure_route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BranchEnd {
+    /// No final response came before its timer fired (Timer B/F, or `t_set_fr`'s limit).
+    pub timed_out: bool,
+    /// It received a response (a provisional one counts).
+    pub replied: bool,
 }
 
 /// Changes a script asked for, as data: the proxy applies them when it forwards (through
@@ -430,6 +444,19 @@ pub trait Host {
     /// failure_route: the final response). A host without transactions replies statelessly.
     fn t_reply(&mut self, ctx: &mut MsgCtx<'_>, code: u16, reason: &str) -> i32 {
         self.reply(ctx, code, reason)
+    }
+    /// `t_check_trans()` on a request: 1 when it belongs to a transaction (a CANCEL: its
+    /// INVITE's), 0 when it was a retransmission the host absorbed (the run ends), -1
+    /// otherwise. A host without transactions has none.
+    fn t_check_trans(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
+        let _ = ctx;
+        -1
+    }
+    /// `t_newtran()`: make the request's server transaction now; -1 when it has one or
+    /// none can be made. A host without transactions makes none.
+    fn t_newtran(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
+        let _ = ctx;
+        -1
     }
     /// Whether `host` (a name or IP literal, IPv6 without brackets) and `port` (`None`: any
     /// port) is siprox itself: for `== myself` and `loose_route()`.

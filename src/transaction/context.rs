@@ -56,6 +56,21 @@ enum State {
 struct Branch {
     tx: TxId,
     state: State,
+    /// Its own timer fired before a final response (B, F, or C).
+    timed_out: bool,
+    /// It received a response (any, 100 included).
+    replied: bool,
+}
+
+/// How a branch that failed ended: `t_branch_timeout()` / `t_branch_replied()` in
+/// failure_route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BranchFacts {
+    /// Its timer fired before any final response: Timer B/F (or `t_set_fr`'s limit), or
+    /// Timer C, after which it was cancelled.
+    pub timed_out: bool,
+    /// It received at least one response.
+    pub replied: bool,
 }
 
 #[derive(Debug)]
@@ -89,6 +104,8 @@ pub struct ResponseContext {
     final_sent: bool,
     /// An `AllDone` was reported and neither a branch nor `finish` has followed yet.
     waiting: bool,
+    /// The branch that ended last without a 2xx (the failure_route's "failed branch").
+    last_failed: Option<BranchIdx>,
     actions: VecDeque<ContextAction>,
 }
 
@@ -108,6 +125,8 @@ impl ResponseContext {
         self.branches.push(Branch {
             tx,
             state: State::Pending { ringing: false },
+            timed_out: false,
+            replied: false,
         });
         Some(self.branches.len() - 1)
     }
@@ -124,6 +143,15 @@ impl ResponseContext {
 
     pub fn branch_count(&self) -> usize {
         self.branches.len()
+    }
+
+    /// How the branch that ended last without a 2xx ended (failure_route's branch).
+    pub fn failed_branch(&self) -> Option<BranchFacts> {
+        let b = self.branches.get(self.last_failed?)?;
+        Some(BranchFacts {
+            timed_out: b.timed_out,
+            replied: b.replied,
+        })
     }
 
     /// The best final response so far (`$T_reply_code` in failure_route).
@@ -165,6 +193,7 @@ impl ResponseContext {
         let Some(status) = msg.status() else {
             return;
         };
+        self.branches[i].replied = true;
         let state = self.branches[i].state;
         match status {
             100 => {}
@@ -193,6 +222,7 @@ impl ResponseContext {
                     return;
                 }
                 self.branches[i].state = State::Done { status };
+                self.last_failed = Some(i);
                 self.offer(Best {
                     status,
                     response: Some(msg.clone()),
@@ -217,11 +247,13 @@ impl ResponseContext {
         if !matches!(self.branches[i].state, State::Pending { .. }) {
             return;
         }
+        self.branches[i].timed_out = true;
         if timer == TimerName::C {
             self.actions.push_back(ContextAction::Cancel(tx));
             return;
         }
         self.branches[i].state = State::Done { status: 408 };
+        self.last_failed = Some(i);
         self.offer(Best {
             status: 408,
             response: None,
@@ -240,6 +272,7 @@ impl ResponseContext {
             return;
         }
         self.branches[i].state = State::Done { status: 503 };
+        self.last_failed = Some(i);
         self.offer(Best {
             status: 503,
             response: None,
@@ -285,10 +318,11 @@ impl ResponseContext {
         });
     }
 
+    /// The status failure_route sees: a 503 (or a transport error) stays 503 there, and
+    /// becomes 500 only for the caller ([`ResponseContext::finish`]).
     fn final_status(&self) -> u16 {
         match &self.best {
             _ if self.cancelled => 487,
-            Some(b) if b.status == 503 => 500,
             Some(b) => b.status,
             None => 408,
         }

@@ -54,7 +54,7 @@ use crate::sip::Message;
 
 pub use client::build_cancel;
 pub use client::build_non2xx_ack;
-pub use context::{BranchIdx, ContextAction, Final, ResponseContext};
+pub use context::{BranchFacts, BranchIdx, ContextAction, Final, ResponseContext};
 pub use key::{ClientKey, ServerKey};
 pub use table::{worker_of_branch, ClientOpts, Incoming, Table, TableConfig};
 

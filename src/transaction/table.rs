@@ -648,6 +648,15 @@ impl Table {
         let r = self.with(id, now, |tx, out| match tx {
             Tx::Client { tx, .. } => {
                 let up = tx.on_response(msg, status, out);
+                // Queued here, before the `Terminated` that a final over a reliable
+                // transport causes at once (Timer D/K zero): the TU must see the response
+                // while the transaction still names its branch.
+                if up {
+                    out.up(Action::Response {
+                        tx: out.id,
+                        msg: msg.clone(),
+                    });
+                }
                 // Only a provisional that moved the branch to Proceeding: a stray one after
                 // the final must not send a CANCEL.
                 let cancel_now = tx.invite
@@ -661,13 +670,7 @@ impl Table {
             }
             Tx::Server { .. } => (false, None),
         });
-        let (up, cancel) = r?;
-        if up {
-            self.actions.push_back(Action::Response {
-                tx: id,
-                msg: msg.clone(),
-            });
-        }
+        let (_, cancel) = r?;
         if let Some((req, dest)) = cancel {
             let _ = self.insert_client_unchecked(req, dest, ClientOpts::default(), now);
         }

@@ -462,6 +462,37 @@ fn invite_client_over_tcp_does_not_retransmit_and_ends_at_the_final() {
 }
 
 #[test]
+fn a_final_over_tcp_reaches_the_tu_before_its_transaction_ends() {
+    // Timer D (INVITE) and K (others) are zero over a reliable transport: the transaction
+    // ends with the response, and the TU must be told of the response first.
+    for method in ["INVITE", "OPTIONS"] {
+        let mut t = table();
+        let start = Instant::now();
+        let id = t
+            .insert_client(
+                forwarded(method, "z9hG4bK-sxOrder"),
+                dest(Transport::Tcp),
+                ClientOpts::default(),
+                start,
+            )
+            .unwrap();
+        drain(&mut t);
+        t.on_response(&response(486, method, "z9hG4bK-sxOrder"), start);
+        let (_, actions) = drain(&mut t);
+        let response = actions
+            .iter()
+            .position(|a| matches!(a, Action::Response { tx, .. } if *tx == id));
+        let ended = actions
+            .iter()
+            .position(|a| matches!(a, Action::Terminated { tx } if *tx == id));
+        assert!(
+            matches!((response, ended), (Some(r), Some(e)) if r < e),
+            "{method}: {actions:?}"
+        );
+    }
+}
+
+#[test]
 fn timer_c_reports_a_ringing_branch_and_timer_b_ends_it_if_nothing_follows() {
     let mut t = table();
     let start = Instant::now();
@@ -1001,11 +1032,12 @@ fn context_6xx_cancels_pending_branches_and_forbids_new_ones() {
 
 #[test]
 fn context_503_becomes_500_and_all_timeouts_become_408() {
+    // failure_route sees the 503 itself; the caller gets 500 (§16.7 step 6).
     let (mut c, b) = ctx_with(1);
     c.on_response(b[0], &resp(503));
     assert!(matches!(
         &ctx_actions(&mut c)[..],
-        [ContextAction::AllDone { status: 500, .. }]
+        [ContextAction::AllDone { status: 503, .. }]
     ));
     assert!(matches!(c.finish(), Some(Final::Local { status: 500, .. })));
 
@@ -1293,4 +1325,31 @@ fn a_spiral_back_to_siprox_gets_a_server_transaction_beside_its_client_one() {
     assert_ne!(client, server);
     assert_eq!(t.match_request(&out), Some(server));
     assert_eq!(t.match_response(&response(180, "INVITE", &b)), Some(client));
+}
+
+#[test]
+fn context_says_how_the_failed_branch_ended() {
+    use crate::transaction::BranchFacts;
+    let facts = |timed_out, replied| Some(BranchFacts { timed_out, replied });
+    // Silent: Timer B.
+    let (mut c, b) = ctx_with(1);
+    assert_eq!(c.failed_branch(), None);
+    c.on_timeout(b[0], TimerName::B);
+    assert_eq!(c.failed_branch(), facts(true, false));
+    // Ringing, then Timer C: cancelled, ends with the callee's 487.
+    let (mut c, b) = ctx_with(1);
+    c.on_response(b[0], &resp(180));
+    c.on_timeout(b[0], TimerName::C);
+    c.on_response(b[0], &resp(487));
+    assert_eq!(c.failed_branch(), facts(true, true));
+    // Busy: replied, no timeout; a transport error: neither.
+    let (mut c, b) = ctx_with(2);
+    c.on_response(b[0], &resp(486));
+    assert_eq!(c.failed_branch(), facts(false, true));
+    c.on_transport_error(b[1]);
+    assert_eq!(c.failed_branch(), facts(false, false));
+    assert!(matches!(
+        &ctx_actions(&mut c)[..],
+        [.., ContextAction::AllDone { status: 486, .. }]
+    ));
 }

@@ -216,7 +216,7 @@ fn tls_info(infos: &[ConnInfo]) -> Value {
 }
 
 /// Every counter by name (`stats.get`, and the `/metrics` mapping's source).
-pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 18] {
+pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 20] {
     [
         ("connections_open", s.connections_open),
         ("accepted", s.accepted),
@@ -236,6 +236,8 @@ pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 18] {
         ("dropped", s.dropped),
         ("send_failures", s.send_failures),
         ("dns_failures", s.dns_failures),
+        ("transactions", s.transactions),
+        ("transactions_refused", s.transactions_refused),
     ]
 }
 

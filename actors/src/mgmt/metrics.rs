@@ -265,6 +265,18 @@ pub(crate) fn render(rpc: &Rpc) -> String {
             .flow_counter()
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    gauge(
+        &mut r,
+        "transactions",
+        "Live SIP transactions (server and client, all workers)",
+        i64::try_from(s.transactions).unwrap_or(i64::MAX),
+    );
+    counter(
+        &mut r,
+        "transactions_refused",
+        "Requests refused at [transactions] max_transactions (503 with Retry-After)",
+        s.transactions_refused,
+    );
     // This node's own bindings (on a cluster node the registrar store counts those; the
     // replica has its own family below).
     let bindings = rpc

@@ -154,6 +154,8 @@ impl Shared {
             dropped: g(&s.dropped),
             send_failures: g(&s.send_failures),
             dns_failures: g(&s.dns_failures),
+            transactions: g(&s.transactions),
+            transactions_refused: g(&s.transactions_refused),
             tls_failures: s.tls_failure_counts(),
         }
     }

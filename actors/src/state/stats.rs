@@ -33,6 +33,11 @@ pub struct Stats {
     pub(crate) send_failures: AtomicU64,
     pub(crate) dns_failures: AtomicU64,
     pub(crate) script_errors: AtomicU64,
+    /// Requests refused at `[transactions] max_transactions` (503 with Retry-After, or a
+    /// `t_newtran()` that returned -1).
+    pub(crate) transactions_refused: AtomicU64,
+    /// Live transactions, all workers (each adds the change of its own table).
+    pub(crate) transactions: AtomicU64,
     /// TLS handshakes completed (both directions).
     pub(crate) tls_handshakes: AtomicU64,
     /// Failed TLS handshakes by [`TlsFailureLabel`] (its discriminant is the index).
@@ -157,6 +162,10 @@ pub struct StatsSnapshot {
     pub send_failures: u64,
     /// Next hops DNS could not resolve.
     pub dns_failures: u64,
+    /// Live transactions (server and client), all workers.
+    pub transactions: u64,
+    /// Requests refused at the transaction limit.
+    pub transactions_refused: u64,
     /// `handshake_failures` by reason (the labels of `/metrics`).
     pub tls_failures: TlsFailureCounts,
 }

@@ -120,7 +120,12 @@ impl Worker {
             // A message that fails validation never reaches a script: the core answers it.
             if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
                 if msg.validate().is_ok() {
-                    let run = script::with_env(&self.shared, &snap, |env| {
+                    let hooks = tm::tm_script::Hooks {
+                        worker: self,
+                        tls: tls.clone(),
+                        tag,
+                    };
+                    let run = script::with_env_tm(&self.shared, &snap, Some(&hooks), |env| {
                         host::run_request(
                             script,
                             tag,
@@ -137,6 +142,9 @@ impl Worker {
                     trace!(end = ?run.outcome.end, actions = run.actions.len(), "request route done");
                     for (action, opts) in run.actions {
                         self.execute_with(action, &msg, &inbound, opts);
+                    }
+                    if run.newtran {
+                        self.tm_newtran_replies(&msg, run.t_replies);
                     }
                     if let Some(relay) = run.relay {
                         self.tm_relay(&msg, &inbound, tls.clone(), tag, relay);

@@ -4,7 +4,7 @@
 //! `tracing` events. Runs on the worker thread; must never block or decide anything itself.
 
 use siprox::proxy::ConnId;
-use siprox::script::host::{Digest, Env, Liveness, Note, Registrar, ScriptLog};
+use siprox::script::host::{Digest, Env, Liveness, Note, Registrar, ScriptLog, Transactions};
 use siprox::script::Level;
 use tracing::{debug, error, info, warn};
 
@@ -64,6 +64,17 @@ impl ScriptLog for TracingLog {
 /// snapshot's authenticator and users), and the time. Before the location store is set up
 /// (never, once the runtime has started) save/lookup and the digest functions return -1.
 pub(crate) fn with_env<R>(shared: &Shared, snap: &Snapshot, f: impl FnOnce(&Env<'_>) -> R) -> R {
+    with_env_tm(shared, snap, None, f)
+}
+
+/// [`with_env`] with the worker's transaction table (a request route's `t_check_trans`,
+/// `t_newtran`).
+pub(crate) fn with_env_tm<R>(
+    shared: &Shared,
+    snap: &Snapshot,
+    tm: Option<&dyn Transactions>,
+    f: impl FnOnce(&Env<'_>) -> R,
+) -> R {
     let location = shared.location.get();
     let digest = location.map(|_| Digest {
         authenticator: &snap.auth,
@@ -78,6 +89,7 @@ pub(crate) fn with_env<R>(shared: &Shared, snap: &Snapshot, f: impl FnOnce(&Env<
         auth: digest.as_ref().map(|d| d as _),
         log: &TracingLog,
         now: unix_now(),
+        tm,
     };
     f(&env)
 }

@@ -33,6 +33,9 @@ use tracing::debug;
 use super::{script, Worker};
 use crate::state::{inc, Shared};
 
+#[path = "tm_script.rs"]
+pub(crate) mod tm_script;
+
 /// A response read by one worker for a transaction of another.
 pub(crate) type Handoff = (Message, Inbound);
 
@@ -46,6 +49,8 @@ struct Relayed {
     tag: Option<String>,
     failure_route: Option<String>,
     fr: Option<(u32, u32)>,
+    /// `t_on_reply("NAME")`: run for each response of the branches.
+    reply_route: Option<String>,
 }
 
 /// A worker's transactions.
@@ -63,6 +68,11 @@ pub(crate) struct TmState {
     wake: Notify,
     /// What the timer task sleeps until (`None`: no deadline, it waits for a wake-up).
     sleeping_until: Cell<Option<Instant>>,
+    /// The table's size last added to the process's gauge (`tm_script::tm_count`).
+    counted: Cell<u64>,
+    /// Where the response being run against the table came from (`$si` in a
+    /// transaction's onreply_route).
+    reply_from: Cell<Option<Inbound>>,
 }
 
 impl TmState {
@@ -89,6 +99,8 @@ impl TmState {
             }),
             wake: Notify::new(),
             sleeping_until: Cell::new(None),
+            counted: Cell::new(0),
+            reply_from: Cell::new(None),
         }
     }
 }
@@ -123,6 +135,12 @@ pub(crate) fn handoff_channel(index: usize, shared: &Shared) -> UnboundedReceive
 /// Responses other workers handed over, run against this worker's table.
 pub(crate) async fn handoffs(worker: Rc<Worker>, mut rx: UnboundedReceiver<Handoff>) {
     while let Some((msg, inbound)) = rx.recv().await {
+        // A branch's request that its connection never sent (`tm_script::tm_unsent`).
+        if msg.is_request() {
+            worker.tm_unsent_here(&msg);
+            continue;
+        }
+        worker.tm.reply_from.set(Some(inbound));
         if !worker.tm_response(&msg) {
             let action = worker
                 .shared
@@ -234,6 +252,7 @@ impl Worker {
             return false;
         };
         if owner == self.index {
+            self.tm.reply_from.set(Some(*inbound));
             return self.tm_own_response(msg);
         }
         let peer = self.shared.tm_peers.load().get(owner).cloned().flatten();
@@ -280,6 +299,7 @@ impl Worker {
             }
             Err(TxError::Full { retry_after, .. }) => {
                 drop(tm);
+                inc(&self.shared.stats.transactions_refused);
                 debug!(retry_after, "transaction limit reached: 503");
                 let a = snap.proxy.reply(
                     msg,
@@ -290,8 +310,12 @@ impl Worker {
                 );
                 return self.execute(a, msg, inbound);
             }
-            // A retransmission that raced its own first copy: already handled.
-            Err(TxError::Exists) => return,
+            // t_newtran() made it in this run; else a retransmission that raced its own
+            // first copy: already handled.
+            Err(TxError::Exists) => match self.tm_adopt(&tm, msg) {
+                Some(id) => id,
+                None => return,
+            },
             Err(e) => {
                 drop(tm);
                 debug!(error = %e, "no transaction for a relayed request: forwarded statelessly");
@@ -309,6 +333,7 @@ impl Worker {
                 tag: tag.map(str::to_owned),
                 failure_route: relay.failure_route,
                 fr: relay.fr,
+                reply_route: relay.reply_route,
             },
         );
         self.branch(&mut tm, id, relay.opts, now);
@@ -408,7 +433,10 @@ impl Worker {
                 // Nobody waits for this branch any more: cancel it.
                 let _ = tm.table.cancel_branch(cid, now);
             }
-            Err(TxError::Full { .. }) => self.local_reply(tm, id, 503, "Service Unavailable", now),
+            Err(TxError::Full { .. }) => {
+                inc(&self.shared.stats.transactions_refused);
+                self.local_reply(tm, id, 503, "Service Unavailable", now)
+            }
             Err(e) => {
                 debug!(error = %e, "no client transaction for a branch");
                 self.local_reply(tm, id, 500, "Server Internal Error", now)
@@ -455,6 +483,9 @@ impl Worker {
                     let Some(&id) = tm.branches.get(&tx) else {
                         continue;
                     };
+                    if !self.tm_reply_route(tm, id, &msg) {
+                        continue;
+                    }
                     if let Some(r) = tm.servers.get_mut(&id) {
                         r.ctx.on_response(tx, &msg);
                     }
@@ -484,6 +515,7 @@ impl Worker {
                 }
             }
         }
+        self.tm_count(tm);
         if let Some(next) = tm.table.next_deadline() {
             if self.tm.sleeping_until.get().is_none_or(|s| next < s) {
                 self.tm.sleeping_until.set(Some(next));
@@ -535,6 +567,11 @@ impl Worker {
         };
         let (msg, inbound, tls) = (r.msg.clone(), r.inbound, r.tls.clone());
         let tag = r.tag.clone();
+        let branch = r.ctx.failed_branch().unwrap_or_default();
+        let branch = siprox::script::BranchEnd {
+            timed_out: branch.timed_out,
+            replied: branch.replied,
+        };
         let snap = self.shared.snapshot.load();
         let Some((script, _)) = snap.scripts.for_request(tls.as_deref(), &msg) else {
             return false;
@@ -550,6 +587,7 @@ impl Worker {
                 &inbound,
                 tls.as_deref(),
                 status,
+                branch,
             )
         });
         let Some(run) = run else {
@@ -564,6 +602,9 @@ impl Worker {
             if let Some(r) = tm.servers.get_mut(&id) {
                 r.failure_route = relay.failure_route;
                 r.fr = relay.fr.or(r.fr);
+                if relay.reply_route.is_some() {
+                    r.reply_route = relay.reply_route;
+                }
             }
             self.branch(tm, id, relay.opts, now);
             return true;

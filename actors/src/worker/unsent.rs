@@ -2,7 +2,9 @@
 //! handshake: each is answered as if the next hop had answered it, so that the phone that
 //! sent it hears something instead of waiting for its transaction to time out. 480 when
 //! the next hop is another cluster node (it died and is not yet known dead), 503 for any
-//! other next hop (RFC 3261 §16.9 treats a transport error as a 503). Must never answer
+//! other next hop (RFC 3261 §16.9 treats a transport error as a 503); a branch of a
+//! transaction toward another next hop fails with a transport error instead, and its
+//! transaction answers (`tm::tm_script`). Must never answer
 //! an ACK or a response, and never panic on the queued bytes (they are this proxy's own
 //! output, but are parsed again as untrusted).
 
@@ -50,6 +52,14 @@ impl Worker {
             };
             // `reply` never answers an ACK; a response has no one to answer.
             if !msg.is_request() {
+                continue;
+            }
+            // A branch of a transaction (`t_relay()`) toward anything but a cluster node:
+            // the branch fails with a transport error (§16.9: a 503 for failure_route,
+            // 500 for the caller), answered once by its transaction. A cluster node's
+            // 480 below reaches its transaction as a response like any other.
+            if node.is_none() && self.tm_unsent(&msg, &inbound) {
+                answered += 1;
                 continue;
             }
             let action = self
