@@ -997,6 +997,22 @@ impl<'s> Compiler<'s> {
                 args.clear();
                 Func::TOnFailure(n)
             }
+            "t_on_branch" => {
+                let Some(n) = lit_str(0).filter(|n| !n.is_empty()) else {
+                    return Err((sp(0), "t_on_branch takes a literal branch_route name".into()));
+                };
+                args.clear();
+                Func::TOnBranch(n)
+            }
+            "append_branch" => {
+                if let Some(u) = lit_str(0) {
+                    if crate::sip::Uri::parse(&u).is_err() {
+                        return Err((sp(0), format!("append_branch: bad URI `{u}`")));
+                    }
+                }
+                Func::AppendBranch
+            }
+            "t_next_contacts" => Func::TNextContacts,
             "t_set_fr" => Func::TSetFr,
             "t_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
@@ -1142,6 +1158,9 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("t_set_fr", 1, 2),
     ("t_reply", 2, 2),
     ("t_check_status", 1, 1),
+    ("t_on_branch", 1, 1),
+    ("append_branch", 0, 1),
+    ("t_next_contacts", 0, 0),
     ("sl_send_reply", 2, 2),
     ("send_reply", 2, 2),
     ("sl_reply", 2, 2),

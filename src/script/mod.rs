@@ -242,6 +242,11 @@ pub struct TmCtx {
     /// In failure_route: the best final status of the failed branches (`$T_reply_code`,
     /// `t_check_status`).
     pub reply_code: Option<u16>,
+    /// `t_on_branch("NAME")`: the branch_route to run for each branch before it is sent.
+    pub branch_route: Option<String>,
+    /// `$T_branch_idx`: in branch_route the branch about to be sent, in failure_route the
+    /// branch whose final response is the best (0-based, in the order branches were made).
+    pub branch_idx: Option<usize>,
 }
 
 /// Changes a script asked for, as data: the proxy applies them when it forwards (through
@@ -430,6 +435,18 @@ pub trait Host {
     /// failure_route: the final response). A host without transactions replies statelessly.
     fn t_reply(&mut self, ctx: &mut MsgCtx<'_>, code: u16, reason: &str) -> i32 {
         self.reply(ctx, code, reason)
+    }
+    /// `append_branch()` (the current Request-URI and `$du`) or `append_branch(uri)`: one
+    /// more branch for the next `t_relay()`. A host without transactions has no branches.
+    fn append_branch(&mut self, ctx: &mut MsgCtx<'_>, uri: Option<&str>) -> i32 {
+        let _ = (ctx, uri);
+        -1
+    }
+    /// `t_next_contacts()` in failure_route: relay to the next q group that `lookup()` left
+    /// with the transaction; -1 when none is left.
+    fn t_next_contacts(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
+        let _ = ctx;
+        -1
     }
     /// Whether `host` (a name or IP literal, IPv6 without brackets) and `port` (`None`: any
     /// port) is siprox itself: for `== myself` and `loose_route()`.

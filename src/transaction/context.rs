@@ -61,6 +61,8 @@ struct Branch {
 #[derive(Debug)]
 struct Best {
     status: u16,
+    /// The branch it came from.
+    tx: TxId,
     /// `None`: a 408 siprox stands in for (a branch timed out).
     response: Option<Message>,
 }
@@ -131,6 +133,17 @@ impl ResponseContext {
         self.best.as_ref().map(|b| b.status)
     }
 
+    /// Whether some branch still waits for its final response.
+    pub fn has_pending(&self) -> bool {
+        self.pending().next().is_some()
+    }
+
+    /// The branch the best final response so far came from (`$T_branch_idx` in
+    /// failure_route).
+    pub fn best_branch(&self) -> Option<BranchIdx> {
+        self.best.as_ref().and_then(|b| self.branch_of(b.tx))
+    }
+
     /// True once nothing more will come of this context: the final went upstream, or a
     /// 2xx did and no branch is pending.
     pub fn is_done(&self) -> bool {
@@ -195,6 +208,7 @@ impl ResponseContext {
                 self.branches[i].state = State::Done { status };
                 self.offer(Best {
                     status,
+                    tx,
                     response: Some(msg.clone()),
                 });
                 if status >= 600 && !self.got_6xx {
@@ -224,6 +238,7 @@ impl ResponseContext {
         self.branches[i].state = State::Done { status: 408 };
         self.offer(Best {
             status: 408,
+            tx,
             response: None,
         });
         self.check_all_done();
@@ -242,6 +257,7 @@ impl ResponseContext {
         self.branches[i].state = State::Done { status: 503 };
         self.offer(Best {
             status: 503,
+            tx,
             response: None,
         });
         self.check_all_done();
@@ -307,6 +323,7 @@ impl ResponseContext {
             Some(Best {
                 status: 487,
                 response: Some(m),
+                ..
             }) if self.cancelled => Final::Forward(m),
             _ if self.cancelled => Final::Local {
                 status: 487,

@@ -9,6 +9,7 @@
 pub mod dns;
 pub(crate) mod memory;
 pub mod script;
+mod fork;
 pub(crate) mod tm;
 mod unsent;
 

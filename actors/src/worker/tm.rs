@@ -11,7 +11,7 @@
 //! response is handed to that worker's channel ([`Handoff`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,21 +38,30 @@ pub(crate) type Handoff = (Message, Inbound);
 
 /// One relayed request: its server transaction's response context and what a failure_route
 /// needs to run again later.
-struct Relayed {
+pub(super) struct Relayed {
     ctx: ResponseContext,
-    msg: Message,
-    inbound: Inbound,
-    tls: Option<Arc<TlsFacts>>,
-    tag: Option<String>,
+    pub(super) msg: Message,
+    pub(super) inbound: Inbound,
+    pub(super) tls: Option<Arc<TlsFacts>>,
+    pub(super) tag: Option<String>,
     failure_route: Option<String>,
     fr: Option<(u32, u32)>,
+    /// `t_on_branch`: run for every branch before it is sent (`fork.rs`).
+    pub(super) branch_route: Option<String>,
+    /// `lookup()`'s lower q groups, for `t_next_contacts()`.
+    next: VecDeque<Vec<ForwardOpts>>,
+    /// `$T_branch_idx` of the next branch started.
+    pub(super) next_idx: usize,
+    /// Branches of the batch being started that are still to come: while some are, a
+    /// branch that cannot be forwarded does not answer the caller.
+    pub(super) starting: usize,
 }
 
 /// A worker's transactions.
 pub(crate) struct Tm {
     table: Table,
     /// Server transaction -> its relayed request.
-    servers: HashMap<TxId, Relayed>,
+    pub(super) servers: HashMap<TxId, Relayed>,
     /// Client transaction (a branch) -> its server transaction.
     branches: HashMap<TxId, TxId>,
 }
@@ -309,14 +318,22 @@ impl Worker {
                 tag: tag.map(str::to_owned),
                 failure_route: relay.failure_route,
                 fr: relay.fr,
+                branch_route: relay.branch_route,
+                next: relay.next.into(),
+                next_idx: 0,
+                starting: 0,
             },
         );
-        self.branch(&mut tm, id, relay.opts, now);
+        let mut list = relay.branches;
+        list.insert(0, relay.opts);
+        if self.fork(&mut tm, id, list, now) == 0 {
+            self.local_reply(&mut tm, id, 500, "Server Internal Error (no branch left)", now);
+        }
         self.pump(&mut tm, now);
     }
 
     /// A new branch of server transaction `id` toward what `opts` says.
-    fn branch(self: &Rc<Self>, tm: &mut Tm, id: TxId, mut opts: ForwardOpts, now: Instant) {
+    pub(super) fn branch(self: &Rc<Self>, tm: &mut Tm, id: TxId, mut opts: ForwardOpts, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
         opts.branch = Some(tm.table.new_branch());
         let (msg, inbound) = (r.msg.clone(), r.inbound);
@@ -340,12 +357,16 @@ impl Worker {
         match action {
             // The proxy answered instead of forwarding (482, 483, 404...).
             Action::Send { bytes, .. } if bytes.starts_with(b"SIP/2.0 ") => {
-                self.local_final(tm, id, bytes, now)
+                if !self.other_branches(tm, id) {
+                    self.local_final(tm, id, bytes, now)
+                }
             }
             Action::Send { dest, bytes } => self.client(tm, id, dest, bytes, now),
             Action::Drop { reason } => {
                 debug!(reason, "relayed request not forwardable");
-                self.local_reply(tm, id, 500, "Server Internal Error", now);
+                if !self.other_branches(tm, id) {
+                    self.local_reply(tm, id, 500, "Server Internal Error", now);
+                }
             }
             Action::Forward { hop } => {
                 // Only names come here: resolve off the hot path, then come back.
@@ -368,15 +389,29 @@ impl Worker {
                     drop(snap);
                     let now = Instant::now();
                     match action {
-                        Action::Forward { .. } => {
+                        Action::Forward { .. } if !me.other_branches(&tm, id) => {
                             me.local_reply(&mut tm, id, 500, "Server Internal Error", now)
                         }
+                        Action::Forward { .. } => {}
                         a => me.start_branch(&mut tm, id, a, opts, now),
                     }
                     me.pump(&mut tm, now);
                 });
             }
         }
+    }
+
+    /// Whether another branch of `id` rings or is still to be started: then a branch that
+    /// cannot be forwarded is only left out (a single branch answers the caller instead).
+    fn other_branches(&self, tm: &Tm, id: TxId) -> bool {
+        let other = tm
+            .servers
+            .get(&id)
+            .is_some_and(|r| r.starting > 0 || r.ctx.has_pending());
+        if other {
+            debug!("a branch could not be forwarded; the other branches go on");
+        }
+        other
     }
 
     /// A client transaction for the forwarded request, added to the context.
@@ -535,6 +570,11 @@ impl Worker {
         };
         let (msg, inbound, tls) = (r.msg.clone(), r.inbound, r.tls.clone());
         let tag = r.tag.clone();
+        let failed = host::Failed {
+            status,
+            branch_idx: r.ctx.best_branch(),
+            has_next: !r.next.is_empty(),
+        };
         let snap = self.shared.snapshot.load();
         let Some((script, _)) = snap.scripts.for_request(tls.as_deref(), &msg) else {
             return false;
@@ -549,7 +589,7 @@ impl Worker {
                 &msg,
                 &inbound,
                 tls.as_deref(),
-                status,
+                failed,
             )
         });
         let Some(run) = run else {
@@ -561,12 +601,36 @@ impl Worker {
         }
         drop(snap);
         if let Some(relay) = run.relay {
-            if let Some(r) = tm.servers.get_mut(&id) {
-                r.failure_route = relay.failure_route;
-                r.fr = relay.fr.or(r.fr);
+            let Some(r) = tm.servers.get_mut(&id) else {
+                return false;
+            };
+            r.failure_route = relay.failure_route;
+            r.fr = relay.fr.or(r.fr);
+            if relay.branch_route.is_some() {
+                r.branch_route = relay.branch_route;
             }
-            self.branch(tm, id, relay.opts, now);
-            return true;
+            // A lookup() in failure_route brings its own lower q groups.
+            if !relay.next.is_empty() {
+                r.next = relay.next.into();
+            }
+            let mut list = relay.branches;
+            list.insert(0, relay.opts);
+            if self.fork(tm, id, list, now) > 0 {
+                return true;
+            }
+        } else if run.next_contacts {
+            let Some(r) = tm.servers.get_mut(&id) else {
+                return false;
+            };
+            r.failure_route = run.failure_route;
+            if run.branch_route.is_some() {
+                r.branch_route = run.branch_route;
+            }
+            if let Some(group) = r.next.pop_front() {
+                if self.fork(tm, id, group, now) > 0 {
+                    return true;
+                }
+            }
         }
         if let Some((code, reason)) = run.reply {
             self.local_reply(tm, id, code, &reason, now);
