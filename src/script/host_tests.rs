@@ -8,12 +8,15 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
+    Failed,
     run_failure, run_http, run_request, Auth, Env, HttpDecision, Liveness, Note, Registrar,
     RequestRun, ScriptLog,
 };
 use super::{compile, Level, ScriptSet};
 use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
-use crate::proxy::{Action, ConnId, Destination, Inbound, Listen, Proxy, ProxyConfig, Transport};
+use crate::proxy::{
+    Action, ConnId, Destination, ForwardOpts, Inbound, Listen, Proxy, ProxyConfig, Transport,
+};
 use crate::registrar::{self, LocationStore as _, MemoryStore};
 use crate::sip::Message;
 use crate::tls::TlsFacts;
@@ -731,7 +734,14 @@ failure_route[vm] {
     .unwrap();
     let p = proxy();
     let env = w.env();
-    let run = |code| run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, code).unwrap();
+    let failed = |status| Failed {
+        status,
+        branch_idx: Some(0),
+        has_next: false,
+    };
+    let run = |code| {
+        run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, failed(code)).unwrap()
+    };
     for code in [486, 408] {
         let r = run(code);
         let relay = r.relay.expect("a new branch");
@@ -743,5 +753,84 @@ failure_route[vm] {
     assert_eq!(r.reply, Some((599, "Gone Away".to_owned())));
     let r = run(404);
     assert!(r.relay.is_none() && r.reply.is_none());
-    assert!(run_failure(&s, "none", None, &p, &env, &m, &tls_in(1), None, 486).is_none());
+    assert!(run_failure(&s, "none", None, &p, &env, &m, &tls_in(1), None, failed(486)).is_none());
+}
+
+/// bob on three devices: two at q 1.0 (connections 3 and 4), one at q 0.5 (connection 5).
+fn bob_on_three_devices(w: &World) {
+    for (conn, contact) in [
+        (3, "<sip:bob@198.51.100.7:40123;transport=tls>"),
+        (4, "<sip:bob@198.51.100.8:40124;transport=tls>;q=1"),
+        (5, "<sip:bob@198.51.100.9:40125;transport=tls>;q=0.5"),
+    ] {
+        let m = request(
+            "REGISTER",
+            "sip:example.com",
+            &format!("Contact: {contact};expires=600\n"),
+        );
+        let (_, out) = only_send(w.run(LOOKUP, &m, &tls_in(conn)));
+        assert_eq!(out.status(), Some(200));
+    }
+}
+
+#[test]
+fn lookup_with_several_bindings_forks_by_q_on_t_relay_and_forward_stays_one_branch() {
+    let w = World::new(&[3, 4, 5]);
+    bob_on_three_devices(&w);
+    let invite = request("INVITE", "sip:bob@example.com", "");
+    // Stateless: exactly as with one binding, the first contact over its flow.
+    let (dest, out) = only_send(w.run(LOOKUP, &invite, &tls_in(9)));
+    let first = dest.connection();
+    assert!(first == Some(ConnId(3)) || first == Some(ConnId(4)), "{first:?}");
+    assert!(out.is_request());
+
+    let run = w.run(
+        r#"route { lookup("location"); append_hf("X-Fork: 1\r\n"); t_relay(); }"#,
+        &invite,
+        &tls_in(9),
+    );
+    let relay = run.relay.expect("t_relay recorded");
+    let conn = |o: &ForwardOpts| o.flow.as_ref().and_then(|d| d.connection());
+    // The other q 1.0 device rings with the first, with the script's edits.
+    assert_eq!(relay.branches.len(), 1);
+    let other = &relay.branches[0];
+    assert_ne!(conn(other), conn(&relay.opts));
+    assert!(matches!(conn(other), Some(ConnId(3)) | Some(ConnId(4))));
+    assert_eq!(other.append_hf, "X-Fork: 1\r\n");
+    assert!(other.ruri.as_deref().is_some_and(|u| u.starts_with("sip:bob@198.51.100.")));
+    // The q 0.5 device waits for t_next_contacts().
+    assert_eq!(relay.next.len(), 1);
+    assert_eq!(relay.next[0].len(), 1);
+    assert_eq!(conn(&relay.next[0][0]), Some(ConnId(5)));
+    assert_eq!(
+        relay.next[0][0].ruri.as_deref(),
+        Some("sip:bob@198.51.100.9:40125;transport=tls")
+    );
+}
+
+#[test]
+fn t_next_contacts_is_for_failure_route_with_a_group_left() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let s = compile(
+        r#"route { if (t_next_contacts()) { sl_send_reply("500", "Not Here"); } t_relay(); }
+failure_route[next] { t_on_failure("next"); if (!t_next_contacts()) { t_reply("480", "Nobody"); } }"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let p = proxy();
+    let env = w.env();
+    let run = run_request(&s, None, &p, &env, &m, &tls_in(1), None);
+    assert!(run.relay.is_some() && run.actions.is_empty());
+    let failed = |has_next| Failed {
+        status: 486,
+        branch_idx: Some(0),
+        has_next,
+    };
+    let r = run_failure(&s, "next", None, &p, &env, &m, &tls_in(1), None, failed(true)).unwrap();
+    assert!(r.next_contacts && r.reply.is_none());
+    assert_eq!(r.failure_route.as_deref(), Some("next"));
+    let r = run_failure(&s, "next", None, &p, &env, &m, &tls_in(1), None, failed(false)).unwrap();
+    assert!(!r.next_contacts);
+    assert_eq!(r.reply, Some((480, "Nobody".to_owned())));
 }
