@@ -520,13 +520,14 @@ async fn a_caller_over_tcp_gets_100_and_the_voicemail_answer_on_its_connection()
 
 // ---- Forking: several bindings, append_branch, branch_route ------------------------------
 
-/// The registrar and `lookup()` + `t_relay()`; `failure` is appended (a failure_route).
-fn fork_script(before_relay: &str, failure: &str) -> String {
-    format!(
-        "route {{\n  if (is_method(\"REGISTER\")) {{ save(\"location\"); exit; }}\n  \
-         if (!lookup(\"location\")) {{ sl_send_reply(\"404\", \"Not Found\"); exit; }}\n  \
-         {before_relay}\n  t_relay();\n}}\n{failure}"
-    )
+/// The `cfg` block of docs/script.md marked `<!-- example: NAME -->`, verbatim.
+fn doc_example(name: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/script.md"))
+        .unwrap();
+    let marker = format!("<!-- example: {name} -->\n```cfg\n");
+    let at = doc.find(&marker).unwrap_or_else(|| panic!("no example {name}")) + marker.len();
+    let end = doc[at..].find("```").expect("closed fence");
+    doc[at..at + end].to_owned()
 }
 
 /// The INVITEs `peer` received for call `call`.
@@ -558,7 +559,9 @@ async fn answer(peer: &Peer, proxy: SocketAddr, call: &str, code: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_fork_rings_both_devices_and_cancels_the_other_when_one_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &fork_script("", ""), Duration::from_millis(20));
+    // The ring-all example of docs/script.md, as written there.
+    let script = doc_example("ring-all");
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::rings()).await;
     let mobile = Peer::start(Peer::rings()).await;
@@ -601,7 +604,7 @@ async fn parallel_fork_rings_both_devices_and_cancels_the_other_when_one_answers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_6xx_on_one_branch_cancels_the_other_and_the_caller_gets_the_6xx() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &fork_script("", ""), Duration::from_millis(20));
+    let rt = start_with_script(dir.path(), &doc_example("ring-all"), Duration::from_millis(20));
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::rings()).await;
     let mobile = Peer::start(Peer::rings()).await;
@@ -625,13 +628,11 @@ async fn a_6xx_on_one_branch_cancels_the_other_and_the_caller_gets_the_6xx() {
     rt.shutdown();
 }
 
-const RING_IN_ORDER: &str = "failure_route[next] {\n  t_on_failure(\"next\");\n  \
-                             if (t_next_contacts()) { exit; }\n}\n";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serial_fork_by_q_rings_the_lower_q_device_only_after_the_first_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let script = fork_script("t_on_failure(\"next\");", RING_IN_ORDER);
+    // The ring-in-order example of docs/script.md, as written there.
+    let script = doc_example("ring-in-order");
     let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::rings()).await;
@@ -666,7 +667,7 @@ async fn serial_fork_by_q_rings_the_lower_q_device_only_after_the_first_failed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t_next_contacts_with_no_group_left_lets_the_best_final_go_up() {
     let dir = tempfile::tempdir().unwrap();
-    let script = fork_script("t_on_failure(\"next\");", RING_IN_ORDER);
+    let script = doc_example("ring-in-order");
     let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::answers(486)).await;
@@ -693,7 +694,7 @@ async fn t_next_contacts_with_no_group_left_lets_the_best_final_go_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_cancel_with_two_ringing_branches_cancels_both_and_the_caller_gets_487() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &fork_script("", ""), Duration::from_millis(20));
+    let rt = start_with_script(dir.path(), &doc_example("ring-all"), Duration::from_millis(20));
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::rings()).await;
     let mobile = Peer::start(Peer::rings()).await;
@@ -721,7 +722,7 @@ async fn caller_cancel_with_two_ringing_branches_cancels_both_and_the_caller_get
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_branch_times_out_the_caller_gets_one_408() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &fork_script("", ""), Duration::from_millis(20));
+    let rt = start_with_script(dir.path(), &doc_example("ring-all"), Duration::from_millis(20));
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::silent()).await;
     let mobile = Peer::start(Peer::silent()).await;
