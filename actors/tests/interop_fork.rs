@@ -179,9 +179,11 @@ fn traced(log: &str, start: &str, method: &str) -> usize {
 /// bob, and the shipped default script with `t_relay()` in place of `forward()`.
 fn fork_conf_d(root: &Path) -> siprox::config::Config {
     std::fs::create_dir_all(root.join("conf.d/scripts")).unwrap();
-    let default =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../conf.d/scripts/default.cfg"))
-            .unwrap();
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conf.d/scripts/default.cfg"
+    ))
+    .unwrap();
     assert!(default.contains("if (!forward()) {"));
     std::fs::write(
         root.join("conf.d/scripts/fork.cfg"),
@@ -235,9 +237,11 @@ fn a_call_to_two_baresip_devices_of_one_aor_rings_both_and_the_other_is_cancelle
             ua.log()
         );
     }
-    let bindings = rt
-        .location()
-        .map(|l| l.registrar_store().get("sip:bob@example.com").map(|b| b.len()));
+    let bindings = rt.location().map(|l| {
+        l.registrar_store()
+            .get("sip:bob@example.com")
+            .map(|b| b.len())
+    });
     assert_eq!(bindings, Some(Ok(2)), "one AoR, two devices");
 
     let alice = Ua::spawn(

@@ -522,10 +522,13 @@ async fn a_caller_over_tcp_gets_100_and_the_voicemail_answer_on_its_connection()
 
 /// The `cfg` block of docs/script.md marked `<!-- example: NAME -->`, verbatim.
 fn doc_example(name: &str) -> String {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/script.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/script.md")).unwrap();
     let marker = format!("<!-- example: {name} -->\n```cfg\n");
-    let at = doc.find(&marker).unwrap_or_else(|| panic!("no example {name}")) + marker.len();
+    let at = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no example {name}"))
+        + marker.len();
     let end = doc[at..].find("```").expect("closed fence");
     doc[at..at + end].to_owned()
 }
@@ -578,9 +581,7 @@ async fn parallel_fork_rings_both_devices_and_cancels_the_other_when_one_answers
         .await;
     assert_eventually!(invites_of(&desk, call).len() == 1 && invites_of(&mobile, call).len() == 1);
     assert!(invites_of(&desk, call)[0].starts_with(&format!("INVITE sip:desk@{}", desk.addr)));
-    assert!(
-        invites_of(&mobile, call)[0].starts_with(&format!("INVITE sip:mobile@{}", mobile.addr))
-    );
+    assert!(invites_of(&mobile, call)[0].starts_with(&format!("INVITE sip:mobile@{}", mobile.addr)));
     assert_ne!(
         branch(&invites_of(&desk, call)[0]),
         branch(&invites_of(&mobile, call)[0])
@@ -604,7 +605,11 @@ async fn parallel_fork_rings_both_devices_and_cancels_the_other_when_one_answers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_6xx_on_one_branch_cancels_the_other_and_the_caller_gets_the_6xx() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &doc_example("ring-all"), Duration::from_millis(20));
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::rings()).await;
     let mobile = Peer::start(Peer::rings()).await;
@@ -685,7 +690,12 @@ async fn t_next_contacts_with_no_group_left_lets_the_best_final_go_up() {
     // Both groups fail in turn; the last failure_route finds no group (t_next_contacts -1)
     // and the best final of the whole call goes up: of two 4xx, the first (§16.7).
     assert_eventually!(!finals(&caller).is_empty());
-    assert_eq!(finals(&caller), vec![486], "{:?}", caller.statuses("INVITE"));
+    assert_eq!(
+        finals(&caller),
+        vec![486],
+        "{:?}",
+        caller.statuses("INVITE")
+    );
     assert_eq!(invites_of(&desk, call).len(), 1);
     assert_eq!(invites_of(&mobile, call).len(), 1);
     rt.shutdown();
@@ -694,7 +704,11 @@ async fn t_next_contacts_with_no_group_left_lets_the_best_final_go_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_cancel_with_two_ringing_branches_cancels_both_and_the_caller_gets_487() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &doc_example("ring-all"), Duration::from_millis(20));
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::rings()).await;
     let mobile = Peer::start(Peer::rings()).await;
@@ -707,7 +721,14 @@ async fn caller_cancel_with_two_ringing_branches_cancels_both_and_the_caller_get
     caller
         .send(proxy, &request("INVITE", ruri, &caller.via(), call, "", ""))
         .await;
-    assert_eventually!(caller.statuses("INVITE").iter().filter(|s| **s == 180).count() == 2);
+    assert_eventually!(
+        caller
+            .statuses("INVITE")
+            .iter()
+            .filter(|s| **s == 180)
+            .count()
+            == 2
+    );
     caller
         .send(proxy, &request("CANCEL", ruri, &caller.via(), call, "", ""))
         .await;
@@ -722,7 +743,11 @@ async fn caller_cancel_with_two_ringing_branches_cancels_both_and_the_caller_get
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_branch_times_out_the_caller_gets_one_408() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = start_with_script(dir.path(), &doc_example("ring-all"), Duration::from_millis(20));
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
     let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let desk = Peer::start(Peer::silent()).await;
     let mobile = Peer::start(Peer::silent()).await;
@@ -830,6 +855,9 @@ async fn branch_route_runs_per_branch_and_its_drop_removes_only_that_branch() {
     // The best final (302, of branch 1) is the one failure_route saw.
     let got = caller.got.lock().unwrap().clone();
     let last = got.iter().find(|r| status(r) == Some(480)).unwrap();
-    assert!(last.starts_with("SIP/2.0 480 Best Was Branch 1\r\n"), "{last}");
+    assert!(
+        last.starts_with("SIP/2.0 480 Best Was Branch 1\r\n"),
+        "{last}"
+    );
     rt.shutdown();
 }

@@ -999,7 +999,10 @@ impl<'s> Compiler<'s> {
             }
             "t_on_branch" => {
                 let Some(n) = lit_str(0).filter(|n| !n.is_empty()) else {
-                    return Err((sp(0), "t_on_branch takes a literal branch_route name".into()));
+                    return Err((
+                        sp(0),
+                        "t_on_branch takes a literal branch_route name".into(),
+                    ));
                 };
                 args.clear();
                 Func::TOnBranch(n)

@@ -375,8 +375,8 @@ impl Host for ProxyHost<'_> {
         if self.http || !self.msg.is_some_and(|m| m.is_request()) {
             return -1;
         }
-        // One relay per run: the runtime makes one branch of it (failure_route adds the
-        // next ones, one run each).
+        // One relay per run: the runtime makes its branches (the Request-URI's, lookup()'s
+        // of the same q, append_branch()'s); failure_route adds the next ones.
         if self.relay.is_some() {
             return -1;
         }

@@ -8,8 +8,7 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
-    Failed,
-    run_failure, run_http, run_request, Auth, Env, HttpDecision, Liveness, Note, Registrar,
+    run_failure, run_http, run_request, Auth, Env, Failed, HttpDecision, Liveness, Note, Registrar,
     RequestRun, ScriptLog,
 };
 use super::{compile, Level, ScriptSet};
@@ -739,9 +738,8 @@ failure_route[vm] {
         branch_idx: Some(0),
         has_next: false,
     };
-    let run = |code| {
-        run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, failed(code)).unwrap()
-    };
+    let run =
+        |code| run_failure(&s, "vm", None, &p, &env, &m, &tls_in(1), None, failed(code)).unwrap();
     for code in [486, 408] {
         let r = run(code);
         let relay = r.relay.expect("a new branch");
@@ -753,7 +751,18 @@ failure_route[vm] {
     assert_eq!(r.reply, Some((599, "Gone Away".to_owned())));
     let r = run(404);
     assert!(r.relay.is_none() && r.reply.is_none());
-    assert!(run_failure(&s, "none", None, &p, &env, &m, &tls_in(1), None, failed(486)).is_none());
+    assert!(run_failure(
+        &s,
+        "none",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(486)
+    )
+    .is_none());
 }
 
 /// bob on three devices: two at q 1.0 (connections 3 and 4), one at q 0.5 (connection 5).
@@ -781,7 +790,10 @@ fn lookup_with_several_bindings_forks_by_q_on_t_relay_and_forward_stays_one_bran
     // Stateless: exactly as with one binding, the first contact over its flow.
     let (dest, out) = only_send(w.run(LOOKUP, &invite, &tls_in(9)));
     let first = dest.connection();
-    assert!(first == Some(ConnId(3)) || first == Some(ConnId(4)), "{first:?}");
+    assert!(
+        first == Some(ConnId(3)) || first == Some(ConnId(4)),
+        "{first:?}"
+    );
     assert!(out.is_request());
 
     let run = w.run(
@@ -797,7 +809,10 @@ fn lookup_with_several_bindings_forks_by_q_on_t_relay_and_forward_stays_one_bran
     assert_ne!(conn(other), conn(&relay.opts));
     assert!(matches!(conn(other), Some(ConnId(3)) | Some(ConnId(4))));
     assert_eq!(other.append_hf, "X-Fork: 1\r\n");
-    assert!(other.ruri.as_deref().is_some_and(|u| u.starts_with("sip:bob@198.51.100.")));
+    assert!(other
+        .ruri
+        .as_deref()
+        .is_some_and(|u| u.starts_with("sip:bob@198.51.100.")));
     // The q 0.5 device waits for t_next_contacts().
     assert_eq!(relay.next.len(), 1);
     assert_eq!(relay.next[0].len(), 1);
@@ -827,10 +842,32 @@ failure_route[next] { t_on_failure("next"); if (!t_next_contacts()) { t_reply("4
         branch_idx: Some(0),
         has_next,
     };
-    let r = run_failure(&s, "next", None, &p, &env, &m, &tls_in(1), None, failed(true)).unwrap();
+    let r = run_failure(
+        &s,
+        "next",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(true),
+    )
+    .unwrap();
     assert!(r.next_contacts && r.reply.is_none());
     assert_eq!(r.failure_route.as_deref(), Some("next"));
-    let r = run_failure(&s, "next", None, &p, &env, &m, &tls_in(1), None, failed(false)).unwrap();
+    let r = run_failure(
+        &s,
+        "next",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(false),
+    )
+    .unwrap();
     assert!(!r.next_contacts);
     assert_eq!(r.reply, Some((480, "Nobody".to_owned())));
 }

@@ -7,9 +7,9 @@
 //! through the connection table's handles and the [`Connector`] that `transport` installs.
 
 pub mod dns;
+mod fork;
 pub(crate) mod memory;
 pub mod script;
-mod fork;
 pub(crate) mod tm;
 mod unsent;
 

@@ -327,13 +327,25 @@ impl Worker {
         let mut list = relay.branches;
         list.insert(0, relay.opts);
         if self.fork(&mut tm, id, list, now) == 0 {
-            self.local_reply(&mut tm, id, 500, "Server Internal Error (no branch left)", now);
+            self.local_reply(
+                &mut tm,
+                id,
+                500,
+                "Server Internal Error (no branch left)",
+                now,
+            );
         }
         self.pump(&mut tm, now);
     }
 
     /// A new branch of server transaction `id` toward what `opts` says.
-    pub(super) fn branch(self: &Rc<Self>, tm: &mut Tm, id: TxId, mut opts: ForwardOpts, now: Instant) {
+    pub(super) fn branch(
+        self: &Rc<Self>,
+        tm: &mut Tm,
+        id: TxId,
+        mut opts: ForwardOpts,
+        now: Instant,
+    ) {
         let Some(r) = tm.servers.get(&id) else { return };
         opts.branch = Some(tm.table.new_branch());
         let (msg, inbound) = (r.msg.clone(), r.inbound);
