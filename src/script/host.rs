@@ -413,8 +413,13 @@ impl Host for ProxyHost<'_> {
                 flow: None,
                 routes: Vec::new(),
             },
+            // The Request-URI as it is now: a later `$ru = ...` changes the main branch only.
             None => Contact {
-                ruri: ctx.edits.new_ruri.clone(),
+                ruri: ctx
+                    .edits
+                    .new_ruri
+                    .clone()
+                    .or_else(|| self.msg.and_then(|m| m.request_uri_str()).map(str::to_owned)),
                 dst: ctx.edits.dst_uri.clone(),
                 flow: self.flow.clone(),
                 routes: self.routes.clone(),

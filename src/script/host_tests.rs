@@ -871,3 +871,54 @@ failure_route[next] { t_on_failure("next"); if (!t_next_contacts()) { t_reply("4
     assert!(!r.next_contacts);
     assert_eq!(r.reply, Some((480, "Nobody".to_owned())));
 }
+
+#[test]
+fn append_branch_takes_the_request_uri_and_du_as_they_are_when_called() {
+    let w = World::new(&[]);
+    let run = w.run(
+        r#"route {
+            append_branch();
+            $du = "sip:203.0.113.7:5070";
+            $ru = "sip:second@example.net";
+            append_branch();
+            append_branch("sip:third@203.0.113.8");
+            $du = "";
+            $ru = "sip:main@203.0.113.9";
+            t_relay();
+        }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    );
+    let relay = run.relay.expect("t_relay recorded");
+    assert_eq!(relay.opts.ruri.as_deref(), Some("sip:main@203.0.113.9"));
+    assert!(relay.opts.target.is_none());
+    let b: Vec<_> = relay
+        .branches
+        .iter()
+        .map(|o| {
+            (
+                o.ruri.as_deref(),
+                o.target.as_ref().map(|h| (h.host.as_str(), h.port)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        b,
+        vec![
+            (Some("sip:bob@example.com"), None),
+            (
+                Some("sip:second@example.net"),
+                Some(("203.0.113.7", Some(5070)))
+            ),
+            (Some("sip:third@203.0.113.8"), None),
+        ]
+    );
+    assert!(relay.next.is_empty());
+    // Without t_relay (stateless forward) the branches are not used: one Send.
+    let run = w.run(
+        r#"route { append_branch("sip:x@203.0.113.8"); forward("203.0.113.9"); }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    );
+    only_send(run);
+}
