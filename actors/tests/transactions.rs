@@ -861,3 +861,56 @@ async fn branch_route_runs_per_branch_and_its_drop_removes_only_that_branch() {
     );
     rt.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_message_answered_by_both_devices_gives_the_caller_one_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::answers(200)).await;
+    let mobile = Peer::start(Peer::answers(200)).await;
+    desk.register(proxy, "bob", "desk", "").await;
+    mobile.register(proxy, "bob", "mobile", "").await;
+    let caller = Caller::new().await;
+    let call = "fork-message";
+    caller
+        .send(
+            proxy,
+            &request(
+                "MESSAGE",
+                "sip:bob@example.com",
+                &caller.via(),
+                call,
+                "",
+                "",
+            ),
+        )
+        .await;
+    let both = || {
+        [&desk, &mobile].iter().all(|p| {
+            p.requests("MESSAGE")
+                .iter()
+                .any(|r| header(r, "Call-ID") == Some(call))
+        })
+    };
+    assert_eventually!(both());
+    assert_eventually!(caller.statuses("MESSAGE") == vec![200]);
+    // Both 200s reached siprox: the second one is absorbed by the transaction (as its
+    // retransmission would be), the caller keeps exactly one.
+    let more = request(
+        "OPTIONS",
+        "sip:bob@example.com",
+        &caller.via(),
+        "fork-after",
+        "",
+        "",
+    );
+    caller.send(proxy, &more).await;
+    assert_eventually!(caller.statuses("OPTIONS") == vec![200]);
+    assert_eq!(caller.statuses("MESSAGE"), vec![200]);
+    rt.shutdown();
+}

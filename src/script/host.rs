@@ -415,11 +415,11 @@ impl Host for ProxyHost<'_> {
             },
             // The Request-URI as it is now: a later `$ru = ...` changes the main branch only.
             None => Contact {
-                ruri: ctx
-                    .edits
-                    .new_ruri
-                    .clone()
-                    .or_else(|| self.msg.and_then(|m| m.request_uri_str()).map(str::to_owned)),
+                ruri: ctx.edits.new_ruri.clone().or_else(|| {
+                    self.msg
+                        .and_then(|m| m.request_uri_str())
+                        .map(str::to_owned)
+                }),
                 dst: ctx.edits.dst_uri.clone(),
                 flow: self.flow.clone(),
                 routes: self.routes.clone(),

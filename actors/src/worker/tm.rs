@@ -656,6 +656,7 @@ impl Worker {
     fn upstream(self: &Rc<Self>, tm: &mut Tm, id: TxId, resp: &Message, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
         let inbound = r.inbound;
+        let invite = r.msg.method() == Some("INVITE");
         let action = self
             .shared
             .snapshot
@@ -668,7 +669,9 @@ impl Worker {
         let status = resp.status().unwrap_or(500);
         match tm.table.respond(id, status, bytes.clone(), now) {
             Ok(()) => {}
-            Err(_) if (200..300).contains(&status) => self.send(dest, bytes, None),
+            // §16.7 step 5: after the final, only an INVITE's 2xx still goes up (a forked
+            // MESSAGE answered 200 by two devices gives the caller one 200).
+            Err(_) if invite && (200..300).contains(&status) => self.send(dest, bytes, None),
             Err(e) => debug!(error = %e, status, "response not sent upstream"),
         }
     }
