@@ -49,6 +49,8 @@ struct Compiler<'s> {
     routes: Vec<RouteSlot>,
     route_names: Vec<String>,
     route_index: HashMap<String, usize>,
+    /// `t_on_branch("NAME")` calls, checked against the branch_route blocks at the end.
+    branch_refs: Vec<(Span, String)>,
 }
 
 impl Vars for HashMap<String, usize> {
@@ -80,6 +82,7 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
         routes: Vec::new(),
         route_names: Vec::new(),
         route_index: HashMap::new(),
+        branch_refs: Vec::new(),
     };
     let mut prog = Program {
         file: file.to_owned(),
@@ -101,6 +104,11 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
             .collect();
         for (span, msg) in missing {
             c.error(span, msg);
+        }
+        for (span, name) in std::mem::take(&mut c.branch_refs) {
+            if !prog.branch.contains_key(&name) {
+                c.error(span, format!("unknown branch_route `{name}`"));
+            }
         }
     }
     if !c.errors.is_empty() {
@@ -1005,6 +1013,7 @@ impl<'s> Compiler<'s> {
                     ));
                 };
                 args.clear();
+                self.branch_refs.push((sp(0), n.clone()));
                 Func::TOnBranch(n)
             }
             "append_branch" => {
