@@ -255,6 +255,19 @@ fn q_values_pick_highest_then_most_recent() {
         found(find(&store, NOW + 6, &alive)).ruri,
         "sip:other@10.0.0.3"
     );
+    // The others, in the same order, for forking: q 0.9, then 0.1.
+    let others: Vec<_> = found(find(&store, NOW + 6, &alive))
+        .others
+        .iter()
+        .map(|o| (o.ruri.clone(), o.binding.q))
+        .collect();
+    assert_eq!(
+        others,
+        [
+            ("sip:high@10.0.0.2".to_owned(), Some(900)),
+            ("sip:low@10.0.0.1".to_owned(), Some(100))
+        ]
+    );
     // Bad q: 400.
     let m = register("c", 2, "Contact: <sip:x@10.0.0.1>;q=1.5\r\n");
     assert_eq!(err_code(save(&m, &rx, NOW, &s, &store)).0, 400);

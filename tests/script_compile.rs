@@ -58,6 +58,22 @@ fn semantic_errors_are_all_reported() {
         first("route {\n  route(MISSING);\n}"),
         (2, 9, "unknown route `MISSING`".into())
     );
+    // So are t_on_branch's names; append_branch's literal URI at once.
+    assert_eq!(
+        first("route {\n  t_on_branch(\"NOPE\");\n  t_relay();\n}\nbranch_route[OTHER] { }"),
+        (2, 15, "unknown branch_route `NOPE`".into())
+    );
+    assert!(compile(
+        "route { t_on_branch(\"B\"); append_branch(); append_branch(\"sip:a@b\"); t_relay(); }\n\
+         branch_route[B] { if ($T_branch_idx == 1) { drop; } }\n\
+         failure_route[F] { if (!t_next_contacts()) { exit; } }",
+        "t.cfg"
+    )
+    .is_ok());
+    assert_eq!(
+        first("route {\n  append_branch(\"not a uri\");\n}"),
+        (2, 17, "append_branch: bad URI `not a uri`".into())
+    );
 }
 
 #[test]

@@ -74,10 +74,14 @@ impl Phone {
 }
 
 /// An in-dialog MESSAGE from `from` to `to` with `route` (empty: none).
+/// A MESSAGE with a branch of its own (a UA's new transaction: the same branch again would
+/// be a retransmission, absorbed by the transaction a `t_relay()` made for the first copy).
 fn message(from: &str, to: &str, call: &str, route: &str, text: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
         "MESSAGE sip:{to}@{UNREACHABLE};transport=tls SIP/2.0\r\n\
-         Via: SIP/2.0/TLS {UNREACHABLE};branch=z9hG4bK-{call};rport\r\n\
+         Via: SIP/2.0/TLS {UNREACHABLE};branch=z9hG4bK-{call}-{n};rport\r\n\
          Max-Forwards: 70\r\n\
          {route}\
          From: <sip:{from}@example.com>;tag=f-{call}\r\n\
@@ -185,6 +189,9 @@ async fn a_forged_flow_token_does_not_reach_another_phone() {
         .replace(";tag=t-dlg", "");
     send(&mut alice.s, &inv).await;
     let got = bob.recv().await;
+    // default.cfg relays statefully: Alice's INVITE is answered 100 Trying first.
+    let trying = alice.recv().await;
+    assert!(trying.starts_with("SIP/2.0 100 "), "{trying}");
     let rr = header(&got, "Record-Route")
         .expect("record-routed")
         .to_owned();

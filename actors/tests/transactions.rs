@@ -20,7 +20,9 @@ type Policy = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 /// A UDP UAS that records every request and answers as its policy says.
 struct Peer {
     addr: SocketAddr,
+    /// Requests and responses received, in order.
     got: Arc<Mutex<Vec<String>>>,
+    sock: Arc<UdpSocket>,
 }
 
 impl Peer {
@@ -31,18 +33,19 @@ impl Peer {
     /// `fresh`: every response leaves from a new socket (a new source port), so that the
     /// kernel spreads them over siprox's workers.
     async fn start_with(policy: Policy, fresh: bool) -> Peer {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = sock.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
+        let (g, sock2) = (got.clone(), sock.clone());
         tokio::spawn(async move {
+            let sock = sock2;
             let mut buf = vec![0u8; 65535];
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
                 let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                g.lock().unwrap().push(m.clone());
                 if m.starts_with("SIP/2.0") {
                     continue;
                 }
-                g.lock().unwrap().push(m.clone());
                 for r in policy(&m) {
                     if fresh {
                         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -53,7 +56,33 @@ impl Peer {
                 }
             }
         });
-        Peer { addr, got }
+        Peer { addr, got, sock }
+    }
+
+    /// Registers this peer as a contact of `user@example.com` (q in thousandths) by a
+    /// REGISTER through siprox from its own socket, and waits for the 200.
+    async fn register(&self, proxy: SocketAddr, user: &str, contact: &str, q: &str) {
+        let call = format!("reg-{contact}");
+        let m = format!(
+            "REGISTER sip:example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {a};branch=z9hG4bK-{call};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{user}@example.com>;tag=r-{contact}\r\n\
+             To: <sip:{user}@example.com>\r\n\
+             Call-ID: {call}\r\n\
+             CSeq: 1 REGISTER\r\n\
+             Contact: <sip:{contact}@{a}>{q}\r\n\
+             Expires: 300\r\n\
+             Content-Length: 0\r\n\r\n",
+            a = self.addr
+        );
+        self.sock.send_to(m.as_bytes(), proxy).await.unwrap();
+        assert_eventually!(self
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| header(r, "Call-ID") == Some(&call) && status(r) == Some(200)));
     }
 
     fn silent() -> Policy {
@@ -486,5 +515,402 @@ async fn a_caller_over_tcp_gets_100_and_the_voicemail_answer_on_its_connection()
     assert_eq!(got, vec![100, 200], "{got:?}");
     assert_eq!(busy.requests("INVITE").len(), 1, "one forward");
     assert_eq!(vm.requests("INVITE").len(), 1);
+    rt.shutdown();
+}
+
+// ---- Forking: several bindings, append_branch, branch_route ------------------------------
+
+/// The `cfg` block of docs/script.md marked `<!-- example: NAME -->`, verbatim.
+fn doc_example(name: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/script.md")).unwrap();
+    let marker = format!("<!-- example: {name} -->\n```cfg\n");
+    let at = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no example {name}"))
+        + marker.len();
+    let end = doc[at..].find("```").expect("closed fence");
+    doc[at..at + end].to_owned()
+}
+
+/// The INVITEs `peer` received for call `call`.
+fn invites_of(peer: &Peer, call: &str) -> Vec<String> {
+    peer.requests("INVITE")
+        .into_iter()
+        .filter(|r| header(r, "Call-ID") == Some(call))
+        .collect()
+}
+
+/// The final statuses the caller got for its INVITE.
+fn finals(caller: &Caller) -> Vec<u16> {
+    caller
+        .statuses("INVITE")
+        .into_iter()
+        .filter(|s| *s >= 200)
+        .collect()
+}
+
+/// `peer` answers the INVITE it got for `call` with `code`, as a UAS would (to siprox).
+async fn answer(peer: &Peer, proxy: SocketAddr, call: &str, code: u16) {
+    let inv = invites_of(peer, call).pop().expect("an INVITE to answer");
+    peer.sock
+        .send_to(response_for(&inv, code, 0).as_bytes(), proxy)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_fork_rings_both_devices_and_cancels_the_other_when_one_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // The ring-all example of docs/script.md, as written there.
+    let script = doc_example("ring-all");
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::rings()).await;
+    let mobile = Peer::start(Peer::rings()).await;
+    desk.register(proxy, "bob", "desk", "").await;
+    mobile.register(proxy, "bob", "mobile", "").await;
+
+    let caller = Caller::new().await;
+    let call = "fork-parallel";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    assert_eventually!(invites_of(&desk, call).len() == 1 && invites_of(&mobile, call).len() == 1);
+    assert!(invites_of(&desk, call)[0].starts_with(&format!("INVITE sip:desk@{}", desk.addr)));
+    assert!(invites_of(&mobile, call)[0].starts_with(&format!("INVITE sip:mobile@{}", mobile.addr)));
+    assert_ne!(
+        branch(&invites_of(&desk, call)[0]),
+        branch(&invites_of(&mobile, call)[0])
+    );
+    assert_eventually!(caller.statuses("INVITE").contains(&180));
+
+    answer(&desk, proxy, call, 200).await;
+    assert_eventually!(finals(&caller) == vec![200]);
+    // The other device is cancelled, answers 487 (siprox ACKs it); the caller never sees it.
+    assert_eventually!(mobile.requests("CANCEL").len() == 1);
+    assert_eq!(
+        branch(&mobile.requests("CANCEL")[0]),
+        branch(&invites_of(&mobile, call)[0])
+    );
+    assert_eventually!(mobile.requests("ACK").len() == 1);
+    assert!(desk.requests("CANCEL").is_empty());
+    assert_eq!(finals(&caller), vec![200], "exactly one final, and no 487");
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_6xx_on_one_branch_cancels_the_other_and_the_caller_gets_the_6xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::rings()).await;
+    let mobile = Peer::start(Peer::rings()).await;
+    desk.register(proxy, "bob", "desk", "").await;
+    mobile.register(proxy, "bob", "mobile", "").await;
+
+    let caller = Caller::new().await;
+    let call = "fork-603";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    assert_eventually!(invites_of(&desk, call).len() == 1 && invites_of(&mobile, call).len() == 1);
+    assert_eventually!(caller.statuses("INVITE").contains(&180));
+    answer(&mobile, proxy, call, 603).await;
+    assert_eventually!(desk.requests("CANCEL").len() == 1);
+    assert_eventually!(finals(&caller) == vec![603]);
+    assert!(mobile.requests("CANCEL").is_empty());
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_fork_by_q_rings_the_lower_q_device_only_after_the_first_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    // The ring-in-order example of docs/script.md, as written there.
+    let script = doc_example("ring-in-order");
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::rings()).await;
+    let mobile = Peer::start(Peer::answers(200)).await;
+    let home = Peer::start(Peer::answers(200)).await;
+    desk.register(proxy, "bob", "desk", ";q=1.0").await;
+    // The lowest q rings last: never here, the mobile answers first.
+    home.register(proxy, "bob", "home", ";q=0.1").await;
+    mobile.register(proxy, "bob", "mobile", ";q=0.5").await;
+
+    let caller = Caller::new().await;
+    let call = "fork-serial";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    assert_eventually!(caller.statuses("INVITE").contains(&180));
+    assert_eq!(invites_of(&desk, call).len(), 1);
+    assert!(invites_of(&mobile, call).is_empty(), "q 0.5 waits");
+    assert!(invites_of(&home, call).is_empty(), "q 0.1 waits");
+
+    answer(&desk, proxy, call, 486).await;
+    assert_eventually!(invites_of(&mobile, call).len() == 1);
+    assert_eventually!(finals(&caller) == vec![200]);
+    assert!(invites_of(&home, call).is_empty());
+    assert!(!caller.statuses("INVITE").contains(&486));
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_next_contacts_with_no_group_left_lets_the_best_final_go_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = doc_example("ring-in-order");
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::answers(486)).await;
+    let mobile = Peer::start(Peer::answers(480)).await;
+    desk.register(proxy, "bob", "desk", ";q=0.9").await;
+    mobile.register(proxy, "bob", "mobile", ";q=0.3").await;
+    let caller = Caller::new().await;
+    let call = "fork-serial-all-fail";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    // Both groups fail in turn; the last failure_route finds no group (t_next_contacts -1)
+    // and the best final of the whole call goes up: of two 4xx, the first (§16.7).
+    assert_eventually!(!finals(&caller).is_empty());
+    assert_eq!(
+        finals(&caller),
+        vec![486],
+        "{:?}",
+        caller.statuses("INVITE")
+    );
+    assert_eq!(invites_of(&desk, call).len(), 1);
+    assert_eq!(invites_of(&mobile, call).len(), 1);
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancel_with_two_ringing_branches_cancels_both_and_the_caller_gets_487() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::rings()).await;
+    let mobile = Peer::start(Peer::rings()).await;
+    desk.register(proxy, "bob", "desk", "").await;
+    mobile.register(proxy, "bob", "mobile", "").await;
+
+    let caller = Caller::new().await;
+    let call = "fork-cancel";
+    let ruri = "sip:bob@example.com";
+    caller
+        .send(proxy, &request("INVITE", ruri, &caller.via(), call, "", ""))
+        .await;
+    assert_eventually!(
+        caller
+            .statuses("INVITE")
+            .iter()
+            .filter(|s| **s == 180)
+            .count()
+            == 2
+    );
+    caller
+        .send(proxy, &request("CANCEL", ruri, &caller.via(), call, "", ""))
+        .await;
+    assert_eventually!(caller.statuses("CANCEL") == vec![200]);
+    assert_eventually!(desk.requests("CANCEL").len() == 1 && mobile.requests("CANCEL").len() == 1);
+    assert_eventually!(finals(&caller) == vec![487]);
+    assert_eventually!(desk.requests("ACK").len() == 1 && mobile.requests("ACK").len() == 1);
+    assert_eq!(finals(&caller), vec![487]);
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_branch_times_out_the_caller_gets_one_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::silent()).await;
+    let mobile = Peer::start(Peer::silent()).await;
+    desk.register(proxy, "bob", "desk", "").await;
+    mobile.register(proxy, "bob", "mobile", "").await;
+    let caller = Caller::new().await;
+    let call = "fork-timeout";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    // Timer A on both branches, then Timer B (64*T1 = 1.28 s) on both: one 408 upstream.
+    assert_eventually!(invites_of(&desk, call).len() >= 2 && invites_of(&mobile, call).len() >= 2);
+    assert_eventually!(finals(&caller) == vec![408], Duration::from_secs(10));
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_branch_adds_branches_in_the_request_route_and_in_failure_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = Peer::start(Peer::answers(486)).await;
+    let two = Peer::start(Peer::answers(486)).await;
+    let three = Peer::start(Peer::answers(486)).await;
+    let vm = Peer::start(Peer::answers(200)).await;
+    let vm2 = Peer::start(Peer::rings()).await;
+    let script = format!(
+        "route {{\n  t_on_failure(\"vm\");\n  append_branch(\"sip:two@{two}\");\n  \
+         $ru = \"sip:three@{three}\";\n  append_branch();\n  $ru = \"sip:one@{one}\";\n  \
+         t_relay();\n}}\n\
+         failure_route[vm] {{\n  append_branch(\"sip:vm2@{vm2}\");\n  \
+         $ru = \"sip:vm@{vm}\";\n  t_relay();\n}}\n",
+        two = two.addr,
+        three = three.addr,
+        one = one.addr,
+        vm = vm.addr,
+        vm2 = vm2.addr,
+    );
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let caller = Caller::new().await;
+    let call = "fork-append";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    assert_eventually!(finals(&caller) == vec![200]);
+    for (peer, user) in [(&one, "one"), (&two, "two"), (&three, "three"), (&vm, "vm")] {
+        let inv = invites_of(peer, call);
+        assert_eq!(inv.len(), 1, "{user}");
+        assert!(
+            inv[0].starts_with(&format!("INVITE sip:{user}@{} ", peer.addr)),
+            "{user}: {}",
+            inv[0]
+        );
+    }
+    // The failure_route's two branches rang together; the voicemail's 200 cancels the other.
+    assert_eventually!(vm2.requests("CANCEL").len() == 1);
+    assert!(!caller.statuses("INVITE").contains(&486));
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_route_runs_per_branch_and_its_drop_removes_only_that_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = Peer::start(Peer::answers(486)).await;
+    let two = Peer::start(Peer::answers(200)).await;
+    let three = Peer::start(Peer::answers(302)).await;
+    let script = format!(
+        "route {{\n  t_on_branch(\"per\");\n  t_on_failure(\"best\");\n  \
+         append_branch(\"sip:two@{two}\");\n  append_branch(\"sip:three@{three}\");\n  \
+         $ru = \"sip:one@{one}\";\n  t_relay();\n}}\n\
+         branch_route[per] {{\n  if ($ru =~ \"^sip:two@\") {{ drop; }}\n  \
+         append_hf(\"X-Branch: $T_branch_idx $ru\\r\\n\");\n}}\n\
+         failure_route[best] {{\n  t_reply(\"480\", \"Best Was Branch $T_branch_idx\");\n}}\n",
+        two = two.addr,
+        three = three.addr,
+        one = one.addr,
+    );
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let caller = Caller::new().await;
+    let call = "fork-branch-route";
+    caller
+        .send(
+            proxy,
+            &request("INVITE", "sip:bob@example.com", &caller.via(), call, "", ""),
+        )
+        .await;
+    assert_eventually!(finals(&caller) == vec![480]);
+    assert!(invites_of(&two, call).is_empty(), "dropped in branch_route");
+    let inv = invites_of(&one, call);
+    assert_eq!(
+        header(&inv[0], "X-Branch"),
+        Some(format!("0 sip:one@{}", one.addr).as_str())
+    );
+    let inv = invites_of(&three, call);
+    assert_eq!(
+        header(&inv[0], "X-Branch"),
+        Some(format!("1 sip:three@{}", three.addr).as_str())
+    );
+    // The best final (302, of branch 1) is the one failure_route saw.
+    let got = caller.got.lock().unwrap().clone();
+    let last = got.iter().find(|r| status(r) == Some(480)).unwrap();
+    assert!(
+        last.starts_with("SIP/2.0 480 Best Was Branch 1\r\n"),
+        "{last}"
+    );
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_message_answered_by_both_devices_gives_the_caller_one_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_with_script(
+        dir.path(),
+        &doc_example("ring-all"),
+        Duration::from_millis(20),
+    );
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let desk = Peer::start(Peer::answers(200)).await;
+    let mobile = Peer::start(Peer::answers(200)).await;
+    desk.register(proxy, "bob", "desk", "").await;
+    mobile.register(proxy, "bob", "mobile", "").await;
+    let caller = Caller::new().await;
+    let call = "fork-message";
+    caller
+        .send(
+            proxy,
+            &request(
+                "MESSAGE",
+                "sip:bob@example.com",
+                &caller.via(),
+                call,
+                "",
+                "",
+            ),
+        )
+        .await;
+    let both = || {
+        [&desk, &mobile].iter().all(|p| {
+            p.requests("MESSAGE")
+                .iter()
+                .any(|r| header(r, "Call-ID") == Some(call))
+        })
+    };
+    assert_eventually!(both());
+    assert_eventually!(caller.statuses("MESSAGE") == vec![200]);
+    // Both 200s reached siprox: the second one is absorbed by the transaction (as its
+    // retransmission would be), the caller keeps exactly one.
+    let more = request(
+        "OPTIONS",
+        "sip:bob@example.com",
+        &caller.via(),
+        "fork-after",
+        "",
+        "",
+    );
+    caller.send(proxy, &more).await;
+    assert_eventually!(caller.statuses("OPTIONS") == vec![200]);
+    assert_eq!(caller.statuses("MESSAGE"), vec![200]);
     rt.shutdown();
 }

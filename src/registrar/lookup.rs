@@ -62,8 +62,11 @@ pub struct Target {
     pub delivery: Delivery,
     /// The binding that was chosen.
     pub binding: Binding,
-    /// Other current bindings not used (there is no forking yet); for logs.
+    /// Other current bindings, deliverable or not; for logs.
     pub alternatives: usize,
+    /// The other deliverable bindings, in [`ranked`] order (highest q first): the branches
+    /// `t_relay()` forks to. Empty, and not allocated, with a single binding.
+    pub others: Vec<Target>,
 }
 
 impl Target {
@@ -170,21 +173,30 @@ pub fn lookup_aor(
 ) -> Result<LookupResult, StoreError> {
     let bindings = ranked(store.get(aor)?, now);
     let total = bindings.len();
+    let mut found: Option<Box<Target>> = None;
     for b in bindings {
         if let Some(d) = delivery(&b, settings, is_conn_alive) {
             let route = match (&d, &b.flow.node_route) {
                 (Delivery::Node(_), Some(r)) => vec![r.to_string()],
                 _ => b.path.clone(),
             };
-            return Ok(LookupResult::Found(Box::new(Target {
+            let t = Target {
                 aor: aor.to_owned(),
                 ruri: b.contact.clone(),
                 route,
                 delivery: d,
                 binding: b,
                 alternatives: total - 1,
-            })));
+                others: Vec::new(),
+            };
+            match &mut found {
+                None => found = Some(Box::new(t)),
+                Some(first) => first.others.push(t),
+            }
         }
+    }
+    if let Some(t) = found {
+        return Ok(LookupResult::Found(t));
     }
     // Nothing deliverable here: a cluster store may know of bindings it did not offer.
     match store.withheld(aor, now) {

@@ -124,6 +124,8 @@ pub(crate) enum Pv {
     Duri,
     /// `$T_reply_code`: in failure_route, the best final status of the failed branches.
     TReplyCode,
+    /// `$T_branch_idx`: the branch a branch_route or failure_route runs for (0-based).
+    TBranchIdx,
 }
 
 /// A string with pseudo-variables in it, split once at compile time.
@@ -296,6 +298,13 @@ pub(crate) enum Func {
     TBranchTimeout,
     /// `t_branch_replied()`: in failure_route, the failed branch got a response.
     TBranchReplied,
+    /// `t_on_branch("NAME")`: the branch_route to run for every branch before it is sent.
+    TOnBranch(String),
+    /// `append_branch()` / `append_branch("sip:uri")`: one more branch for the next
+    /// `t_relay()`.
+    AppendBranch,
+    /// `t_next_contacts()`: in failure_route, relay to the next q group of `lookup()`.
+    TNextContacts,
 }
 
 /// A compiled `t_check_status` pattern; equal when written the same.

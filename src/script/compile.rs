@@ -49,6 +49,8 @@ struct Compiler<'s> {
     routes: Vec<RouteSlot>,
     route_names: Vec<String>,
     route_index: HashMap<String, usize>,
+    /// `t_on_branch("NAME")` calls, checked against the branch_route blocks at the end.
+    branch_refs: Vec<(Span, String)>,
 }
 
 impl Vars for HashMap<String, usize> {
@@ -80,6 +82,7 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
         routes: Vec::new(),
         route_names: Vec::new(),
         route_index: HashMap::new(),
+        branch_refs: Vec::new(),
     };
     let mut prog = Program {
         file: file.to_owned(),
@@ -101,6 +104,11 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
             .collect();
         for (span, msg) in missing {
             c.error(span, msg);
+        }
+        for (span, name) in std::mem::take(&mut c.branch_refs) {
+            if !prog.branch.contains_key(&name) {
+                c.error(span, format!("unknown branch_route `{name}`"));
+            }
         }
     }
     if !c.errors.is_empty() {
@@ -1011,6 +1019,26 @@ impl<'s> Compiler<'s> {
             "t_newtran" => Func::TNewtran,
             "t_branch_timeout" => Func::TBranchTimeout,
             "t_branch_replied" => Func::TBranchReplied,
+            "t_on_branch" => {
+                let Some(n) = lit_str(0).filter(|n| !n.is_empty()) else {
+                    return Err((
+                        sp(0),
+                        "t_on_branch takes a literal branch_route name".into(),
+                    ));
+                };
+                args.clear();
+                self.branch_refs.push((sp(0), n.clone()));
+                Func::TOnBranch(n)
+            }
+            "append_branch" => {
+                if let Some(u) = lit_str(0) {
+                    if crate::sip::Uri::parse(&u).is_err() {
+                        return Err((sp(0), format!("append_branch: bad URI `{u}`")));
+                    }
+                }
+                Func::AppendBranch
+            }
+            "t_next_contacts" => Func::TNextContacts,
             "t_set_fr" => Func::TSetFr,
             "t_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
@@ -1161,6 +1189,9 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("t_newtran", 0, 0),
     ("t_branch_timeout", 0, 0),
     ("t_branch_replied", 0, 0),
+    ("t_on_branch", 1, 1),
+    ("append_branch", 0, 1),
+    ("t_next_contacts", 0, 0),
     ("sl_send_reply", 2, 2),
     ("send_reply", 2, 2),
     ("sl_reply", 2, 2),

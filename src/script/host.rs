@@ -174,6 +174,49 @@ pub struct ProxyHost<'a> {
     pub newtran: bool,
     /// `t_reply()`s after `t_newtran()`: status and bytes, for the server transaction.
     pub t_replies: Vec<(u16, bytes::Bytes)>,
+    /// The branches for the next `t_relay()` besides the Request-URI's: `[0]` rings with
+    /// it (`lookup()`'s other contacts of the same q, `append_branch()`), the next groups
+    /// (lower q) wait for `t_next_contacts()`. Empty (not allocated) for one binding.
+    forks: Vec<Vec<Contact>>,
+    /// In failure_route: whether the transaction still has a q group for `t_next_contacts()`.
+    has_next: bool,
+    /// `t_next_contacts()` was called (and a group is left).
+    pub next_contacts: bool,
+}
+
+/// One more destination of a forking `t_relay()`: a registered contact or an
+/// `append_branch()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Contact {
+    ruri: Option<String>,
+    /// Its `$du` (a Path's or owning node's Route).
+    dst: Option<String>,
+    /// Its registered flow.
+    flow: Option<Destination>,
+    /// Its Path as Route values.
+    routes: Vec<String>,
+}
+
+impl Contact {
+    fn of(t: &registrar::Target) -> Contact {
+        let mut c = Contact {
+            ruri: Some(t.ruri.clone()),
+            dst: None,
+            flow: None,
+            routes: t.route.clone(),
+        };
+        match t.delivery {
+            Delivery::Connection { .. } | Delivery::Datagram { .. } => c.flow = t.destination(),
+            Delivery::Node(_) | Delivery::Uri => c.dst = t.route.first().map(|r| route_uri(r)),
+        }
+        c
+    }
+}
+
+/// A Route value's URI (`<sip:edge;lr>` -> `sip:edge;lr`).
+fn route_uri(r: &str) -> String {
+    let inner = r.trim_start_matches('<');
+    inner.split('>').next().unwrap_or(inner).to_owned()
 }
 
 /// A `t_relay()`: how to forward (as `forward()` would, with the script's edits) and the
@@ -181,6 +224,13 @@ pub struct ProxyHost<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
     pub opts: ForwardOpts,
+    /// More branches rung in parallel with `opts` (`lookup()`'s other contacts of the
+    /// highest q, `append_branch()`), in order.
+    pub branches: Vec<ForwardOpts>,
+    /// The lower q groups of `lookup()`, highest first, for `t_next_contacts()`.
+    pub next: Vec<Vec<ForwardOpts>>,
+    /// `t_on_branch("NAME")`.
+    pub branch_route: Option<String>,
     /// `t_on_failure("NAME")`.
     pub failure_route: Option<String>,
     /// `t_set_fr(invite_ms, other_ms)` (0: the default).
@@ -217,6 +267,9 @@ impl<'a> ProxyHost<'a> {
             final_reply: None,
             newtran: false,
             t_replies: Vec::new(),
+            forks: Vec::new(),
+            has_next: false,
+            next_contacts: false,
         }
     }
 }
@@ -278,6 +331,29 @@ impl ProxyHost<'_> {
         };
         Ok(opts)
     }
+
+    /// `base` (the script's edits) toward one more contact.
+    fn contact_opts(&self, base: &ForwardOpts, c: Contact) -> Option<ForwardOpts> {
+        let target = match c.dst.as_deref().map(script::parse_target) {
+            Some(Ok(hop)) => Some(hop),
+            Some(Err(e)) => {
+                let t = c.dst.as_deref().unwrap_or_default();
+                self.env.log.note(Note::BadForwardTarget {
+                    target: t,
+                    error: e,
+                });
+                return None;
+            }
+            None => None,
+        };
+        Some(ForwardOpts {
+            target,
+            ruri: c.ruri.or_else(|| base.ruri.clone()),
+            flow: c.flow,
+            routes: c.routes,
+            ..base.clone()
+        })
+    }
 }
 
 impl Host for ProxyHost<'_> {
@@ -331,8 +407,8 @@ impl Host for ProxyHost<'_> {
         if self.http || !self.msg.is_some_and(|m| m.is_request()) {
             return -1;
         }
-        // One relay per run: the runtime makes one branch of it (failure_route adds the
-        // next ones, one run each).
+        // One relay per run: the runtime makes its branches (the Request-URI's, lookup()'s
+        // of the same q, append_branch()'s); failure_route adds the next ones.
         if self.relay.is_some() {
             return -1;
         }
@@ -340,12 +416,60 @@ impl Host for ProxyHost<'_> {
             Ok(o) => o,
             Err(r) => return r,
         };
+        let mut groups = std::mem::take(&mut self.forks).into_iter().map(|g| {
+            g.into_iter()
+                .filter_map(|c| self.contact_opts(&opts, c))
+                .collect::<Vec<_>>()
+        });
+        let branches = groups.next().unwrap_or_default();
+        let next = groups.filter(|g| !g.is_empty()).collect();
         self.relay = Some(Relay {
             opts,
+            branches,
+            next,
+            branch_route: ctx.tm.branch_route.clone(),
             failure_route: ctx.tm.failure_route.clone(),
             fr: ctx.tm.fr,
             reply_route: ctx.tm.reply_route.clone(),
         });
+        1
+    }
+
+    fn append_branch(&mut self, ctx: &mut MsgCtx<'_>, uri: Option<&str>) -> i32 {
+        if self.http || self.relay.is_some() {
+            return -1;
+        }
+        let c = match uri {
+            Some(u) => Contact {
+                ruri: Some(u.to_owned()),
+                dst: None,
+                flow: None,
+                routes: Vec::new(),
+            },
+            // The Request-URI as it is now: a later `$ru = ...` changes the main branch only.
+            None => Contact {
+                ruri: ctx.edits.new_ruri.clone().or_else(|| {
+                    self.msg
+                        .and_then(|m| m.request_uri_str())
+                        .map(str::to_owned)
+                }),
+                dst: ctx.edits.dst_uri.clone(),
+                flow: self.flow.clone(),
+                routes: self.routes.clone(),
+            },
+        };
+        match self.forks.first_mut() {
+            Some(g) => g.push(c),
+            None => self.forks.push(vec![c]),
+        }
+        1
+    }
+
+    fn t_next_contacts(&mut self, _ctx: &mut MsgCtx<'_>) -> i32 {
+        if !self.failure || !self.has_next || self.next_contacts || self.relay.is_some() {
+            return -1;
+        }
+        self.next_contacts = true;
         1
     }
 
@@ -456,7 +580,24 @@ impl Host for ProxyHost<'_> {
         };
         let alive = |c: ConnId| reg.liveness.is_open(c);
         match registrar::lookup(&uri, self.now, reg.settings, reg.store, &alive) {
-            Ok(LookupResult::Found(t)) => {
+            Ok(LookupResult::Found(mut t)) => {
+                // Several bindings: the others become branches of the next t_relay(), by
+                // q group (a stateless forward() uses only the first).
+                self.forks.clear();
+                let others = std::mem::take(&mut t.others);
+                if !others.is_empty() {
+                    let mut q = t.binding.rank_q();
+                    self.forks.push(Vec::new());
+                    for o in others {
+                        if o.binding.rank_q() != q {
+                            q = o.binding.rank_q();
+                            self.forks.push(Vec::new());
+                        }
+                        if let Some(g) = self.forks.last_mut() {
+                            g.push(Contact::of(&o));
+                        }
+                    }
+                }
                 ctx.edits.new_ruri = Some(t.ruri.clone());
                 self.routes = t.route.clone();
                 match t.delivery {
@@ -468,9 +609,7 @@ impl Host for ProxyHost<'_> {
                     // edge proxy the phone registered through.
                     Delivery::Node(_) | Delivery::Uri => {
                         if let Some(first) = t.route.first() {
-                            let inner = first.trim_start_matches('<');
-                            let inner = inner.split('>').next().unwrap_or(inner);
-                            ctx.edits.dst_uri = Some(inner.to_owned());
+                            ctx.edits.dst_uri = Some(route_uri(first));
                         }
                     }
                 }
@@ -621,16 +760,33 @@ pub fn run_request(
 /// What a failure_route decided.
 #[derive(Debug)]
 pub struct FailureRun {
-    /// `t_relay()` to a new destination: one more branch.
+    /// `t_relay()` to a new destination: one more branch (more with `append_branch()`).
     pub relay: Option<Relay>,
     /// `t_reply(code, reason)`: the caller's final response instead of the best one.
     pub reply: Option<(u16, String)>,
+    /// `t_next_contacts()`: relay to the transaction's next q group.
+    pub next_contacts: bool,
+    /// `t_on_failure` / `t_on_branch` as the run left them (armed for what it relays).
+    pub failure_route: Option<String>,
+    pub branch_route: Option<String>,
     pub outcome: script::Outcome,
 }
 
-/// Run `failure_route[name]` for a request whose branches all failed with best final
-/// `status`; `branch` says how the failed branch ended. `None` when the script has no
-/// such route.
+/// What a failure_route is told about the failed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    /// The best final status (`$T_reply_code`).
+    pub status: u16,
+    /// The branch it came from (`$T_branch_idx`).
+    pub branch_idx: Option<usize>,
+    /// A q group is left for `t_next_contacts()`.
+    pub has_next: bool,
+    /// How the failed branch ended (`t_branch_timeout`, `t_branch_replied`).
+    pub branch: script::BranchEnd,
+}
+
+/// Run `failure_route[name]` for a request whose branches all failed. `None` when the
+/// script has no such route.
 #[allow(clippy::too_many_arguments)]
 pub fn run_failure(
     script: &Script,
@@ -641,21 +797,66 @@ pub fn run_failure(
     msg: &Message,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
-    status: u16,
-    branch: script::BranchEnd,
+    failed: Failed,
 ) -> Option<FailureRun> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
     host.failure = true;
+    host.has_next = failed.has_next;
     let mut ctx = MsgCtx::new(msg, rx, tls);
-    ctx.tm.reply_code = Some(status);
-    ctx.tm.branch = Some(branch);
+    ctx.tm.reply_code = Some(failed.status);
+    ctx.tm.branch = Some(failed.branch);
+    ctx.tm.branch_idx = failed.branch_idx;
     let outcome = script.run_named(script::RouteKind::Failure, name, &mut ctx, &mut host)?;
-    let relay = if outcome.is_error() { None } else { host.relay };
+    let ok = !outcome.is_error();
     Some(FailureRun {
-        relay,
+        relay: host.relay.filter(|_| ok),
         reply: host.final_reply,
+        next_contacts: host.next_contacts && ok,
+        failure_route: ctx.tm.failure_route,
+        branch_route: ctx.tm.branch_route,
         outcome,
     })
+}
+
+/// Run `branch_route[name]` for branch `idx` of a relayed request, about to be sent with
+/// `opts`: `$ru` is the branch's, `$T_branch_idx` is `idx`; its Request-URI, `$du` and
+/// header edits change this branch only. `Some(false)`: the route dropped the branch;
+/// `None`: the script has no such route.
+#[allow(clippy::too_many_arguments)]
+pub fn run_branch(
+    script: &Script,
+    name: &str,
+    tag: Option<&str>,
+    proxy: &Proxy,
+    env: &Env<'_>,
+    msg: &Message,
+    rx: &Inbound,
+    tls: Option<&TlsFacts>,
+    idx: usize,
+    opts: &mut ForwardOpts,
+) -> Option<bool> {
+    let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
+    let mut ctx = MsgCtx::new(msg, rx, tls);
+    ctx.tm.branch_idx = Some(idx);
+    ctx.edits.new_ruri = opts.ruri.clone();
+    let outcome = script.run_named(script::RouteKind::Branch, name, &mut ctx, &mut host)?;
+    if matches!(outcome.end, script::End::Drop) {
+        return Some(false);
+    }
+    let e = ctx.edits;
+    opts.ruri = e.new_ruri;
+    opts.append_hf.push_str(&e.append_hf);
+    opts.remove_hf.extend(e.remove_hf);
+    if let Some(d) = e.dst_uri {
+        match script::parse_target(&d) {
+            Ok(hop) => {
+                opts.target = Some(hop);
+                opts.flow = None;
+            }
+            Err(error) => env.log.note(Note::BadForwardTarget { target: &d, error }),
+        }
+    }
+    Some(true)
 }
 
 /// Run the `onreply_route` of `script` on a response. `false`: the script dropped it.

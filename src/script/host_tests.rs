@@ -8,12 +8,14 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
-    run_failure, run_http, run_reply_named, run_request, Auth, Env, HttpDecision, Liveness, Note,
-    Registrar, RequestRun, ScriptLog, Transactions, TxCheck,
+    run_failure, run_http, run_reply_named, run_request, Auth, Env, Failed, HttpDecision, Liveness,
+    Note, Registrar, RequestRun, ScriptLog, Transactions, TxCheck,
 };
 use super::{compile, Level, ScriptSet};
 use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
-use crate::proxy::{Action, ConnId, Destination, Inbound, Listen, Proxy, ProxyConfig, Transport};
+use crate::proxy::{
+    Action, ConnId, Destination, ForwardOpts, Inbound, Listen, Proxy, ProxyConfig, Transport,
+};
 use crate::registrar::{self, LocationStore as _, MemoryStore};
 use crate::sip::Message;
 use crate::tls::TlsFacts;
@@ -744,8 +746,7 @@ failure_route[vm] {
             &m,
             &tls_in(1),
             None,
-            code,
-            Default::default(),
+            fail(code, Default::default()),
         )
         .unwrap()
     };
@@ -769,8 +770,7 @@ failure_route[vm] {
         &m,
         &tls_in(1),
         None,
-        486,
-        Default::default()
+        fail(486, Default::default())
     )
     .is_none());
 }
@@ -906,7 +906,7 @@ failure_route[f] {
     let env = w.env();
     let run = |timed_out, replied| {
         let b = super::BranchEnd { timed_out, replied };
-        run_failure(&s, "f", None, &p, &env, &m, &tls_in(1), None, 408, b)
+        run_failure(&s, "f", None, &p, &env, &m, &tls_in(1), None, fail(408, b))
             .unwrap()
             .reply
             .map(|r| r.1)
@@ -915,4 +915,173 @@ failure_route[f] {
     assert_eq!(run(true, false).as_deref(), Some("timeout"));
     assert_eq!(run(false, true).as_deref(), Some("replied"));
     assert_eq!(run(false, false).as_deref(), Some("neither"));
+}
+
+/// bob on three devices: two at q 1.0 (connections 3 and 4), one at q 0.5 (connection 5).
+fn bob_on_three_devices(w: &World) {
+    for (conn, contact) in [
+        (3, "<sip:bob@198.51.100.7:40123;transport=tls>"),
+        (4, "<sip:bob@198.51.100.8:40124;transport=tls>;q=1"),
+        (5, "<sip:bob@198.51.100.9:40125;transport=tls>;q=0.5"),
+    ] {
+        let m = request(
+            "REGISTER",
+            "sip:example.com",
+            &format!("Contact: {contact};expires=600\n"),
+        );
+        let (_, out) = only_send(w.run(LOOKUP, &m, &tls_in(conn)));
+        assert_eq!(out.status(), Some(200));
+    }
+}
+
+#[test]
+fn lookup_with_several_bindings_forks_by_q_on_t_relay_and_forward_stays_one_branch() {
+    let w = World::new(&[3, 4, 5]);
+    bob_on_three_devices(&w);
+    let invite = request("INVITE", "sip:bob@example.com", "");
+    // Stateless: exactly as with one binding, the first contact over its flow.
+    let (dest, out) = only_send(w.run(LOOKUP, &invite, &tls_in(9)));
+    let first = dest.connection();
+    assert!(
+        first == Some(ConnId(3)) || first == Some(ConnId(4)),
+        "{first:?}"
+    );
+    assert!(out.is_request());
+
+    let run = w.run(
+        r#"route { lookup("location"); append_hf("X-Fork: 1\r\n"); t_relay(); }"#,
+        &invite,
+        &tls_in(9),
+    );
+    let relay = run.relay.expect("t_relay recorded");
+    let conn = |o: &ForwardOpts| o.flow.as_ref().and_then(|d| d.connection());
+    // The other q 1.0 device rings with the first, with the script's edits.
+    assert_eq!(relay.branches.len(), 1);
+    let other = &relay.branches[0];
+    assert_ne!(conn(other), conn(&relay.opts));
+    assert!(matches!(conn(other), Some(ConnId(3)) | Some(ConnId(4))));
+    assert_eq!(other.append_hf, "X-Fork: 1\r\n");
+    assert!(other
+        .ruri
+        .as_deref()
+        .is_some_and(|u| u.starts_with("sip:bob@198.51.100.")));
+    // The q 0.5 device waits for t_next_contacts().
+    assert_eq!(relay.next.len(), 1);
+    assert_eq!(relay.next[0].len(), 1);
+    assert_eq!(conn(&relay.next[0][0]), Some(ConnId(5)));
+    assert_eq!(
+        relay.next[0][0].ruri.as_deref(),
+        Some("sip:bob@198.51.100.9:40125;transport=tls")
+    );
+}
+
+#[test]
+fn t_next_contacts_is_for_failure_route_with_a_group_left() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let s = compile(
+        r#"route { if (t_next_contacts()) { sl_send_reply("500", "Not Here"); } t_relay(); }
+failure_route[next] { t_on_failure("next"); if (!t_next_contacts()) { t_reply("480", "Nobody"); } }"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let p = proxy();
+    let env = w.env();
+    let run = run_request(&s, None, &p, &env, &m, &tls_in(1), None);
+    assert!(run.relay.is_some() && run.actions.is_empty());
+    let failed = |has_next| Failed {
+        status: 486,
+        branch_idx: Some(0),
+        has_next,
+        branch: Default::default(),
+    };
+    let r = run_failure(
+        &s,
+        "next",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(true),
+    )
+    .unwrap();
+    assert!(r.next_contacts && r.reply.is_none());
+    assert_eq!(r.failure_route.as_deref(), Some("next"));
+    let r = run_failure(
+        &s,
+        "next",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(false),
+    )
+    .unwrap();
+    assert!(!r.next_contacts);
+    assert_eq!(r.reply, Some((480, "Nobody".to_owned())));
+}
+
+#[test]
+fn append_branch_takes_the_request_uri_and_du_as_they_are_when_called() {
+    let w = World::new(&[]);
+    let run = w.run(
+        r#"route {
+            append_branch();
+            $du = "sip:203.0.113.7:5070";
+            $ru = "sip:second@example.net";
+            append_branch();
+            append_branch("sip:third@203.0.113.8");
+            $du = "";
+            $ru = "sip:main@203.0.113.9";
+            t_relay();
+        }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    );
+    let relay = run.relay.expect("t_relay recorded");
+    assert_eq!(relay.opts.ruri.as_deref(), Some("sip:main@203.0.113.9"));
+    assert!(relay.opts.target.is_none());
+    let b: Vec<_> = relay
+        .branches
+        .iter()
+        .map(|o| {
+            (
+                o.ruri.as_deref(),
+                o.target.as_ref().map(|h| (h.host.as_str(), h.port)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        b,
+        vec![
+            (Some("sip:bob@example.com"), None),
+            (
+                Some("sip:second@example.net"),
+                Some(("203.0.113.7", Some(5070)))
+            ),
+            (Some("sip:third@203.0.113.8"), None),
+        ]
+    );
+    assert!(relay.next.is_empty());
+    // Without t_relay (stateless forward) the branches are not used: one Send.
+    let run = w.run(
+        r#"route { append_branch("sip:x@203.0.113.8"); forward("203.0.113.9"); }"#,
+        &request("INVITE", "sip:bob@example.com", ""),
+        &tls_in(1),
+    );
+    only_send(run);
+}
+
+/// What failure_route is told: best final `status` from a branch that ended as `branch`.
+fn fail(status: u16, branch: super::BranchEnd) -> Failed {
+    Failed {
+        status,
+        branch_idx: None,
+        has_next: false,
+        branch,
+    }
 }

@@ -357,6 +357,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 None => Value::EMPTY,
             },
             Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
+            Pv::TBranchIdx => Value::Int(self.ctx.tm.branch_idx.map_or(0, |i| i as i64)),
         }
     }
 
@@ -581,6 +582,32 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                         -1
                     }
                 }
+            }
+            Func::TOnBranch(name) => {
+                self.ctx.tm.branch_route = Some(name.clone());
+                1
+            }
+            Func::AppendBranch => {
+                let uri = match c.args.len() {
+                    0 => None,
+                    _ => Some(self.arg(c, 0)?.as_str().into_owned()),
+                };
+                if !msg.is_some_and(|m| m.is_request()) {
+                    return Ok(-1);
+                }
+                if let Some(u) = &uri {
+                    if Uri::parse(u).is_err() || u.contains(['\r', '\n']) {
+                        self.log_call(c, &format!("append_branch: bad URI `{u}`"));
+                        return Ok(-1);
+                    }
+                }
+                self.host.append_branch(self.ctx, uri.as_deref())
+            }
+            Func::TNextContacts => {
+                if !msg.is_some_and(|m| m.is_request()) {
+                    return Ok(-1);
+                }
+                self.host.t_next_contacts(self.ctx)
             }
             Func::TCheckStatus(re) => match self.ctx.tm.reply_code {
                 Some(code) if re.0.is_match(&code.to_string()) => 1,

@@ -247,6 +247,11 @@ pub struct TmCtx {
     /// In failure_route: how the failed branch ended (`t_branch_timeout`,
     /// `t_branch_replied`).
     pub branch: Option<BranchEnd>,
+    /// `t_on_branch("NAME")`: the branch_route to run for each branch before it is sent.
+    pub branch_route: Option<String>,
+    /// `$T_branch_idx`: in branch_route the branch about to be sent, in failure_route the
+    /// branch whose final response is the best (0-based, in the order branches were made).
+    pub branch_idx: Option<usize>,
 }
 
 /// How a failed branch ended, for failure_route.
@@ -455,6 +460,18 @@ pub trait Host {
     /// `t_newtran()`: make the request's server transaction now; -1 when it has one or
     /// none can be made. A host without transactions makes none.
     fn t_newtran(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
+        let _ = ctx;
+        -1
+    }
+    /// `append_branch()` (the current Request-URI and `$du`) or `append_branch(uri)`: one
+    /// more branch for the next `t_relay()`. A host without transactions has no branches.
+    fn append_branch(&mut self, ctx: &mut MsgCtx<'_>, uri: Option<&str>) -> i32 {
+        let _ = (ctx, uri);
+        -1
+    }
+    /// `t_next_contacts()` in failure_route: relay to the next q group that `lookup()` left
+    /// with the transaction; -1 when none is left.
+    fn t_next_contacts(&mut self, ctx: &mut MsgCtx<'_>) -> i32 {
         let _ = ctx;
         -1
     }

@@ -151,6 +151,7 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
         "Ts" => Pv::Time,
         "du" => Pv::Duri,
         "T_reply_code" => Pv::TReplyCode,
+        "T_branch_idx" => Pv::TBranchIdx,
         _ => match name.strip_prefix("tls_").and_then(tls_pv) {
             Some(pv) => pv,
             None => return Err(format!("unknown pseudo-variable `${name}`")),

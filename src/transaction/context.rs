@@ -76,6 +76,8 @@ pub struct BranchFacts {
 #[derive(Debug)]
 struct Best {
     status: u16,
+    /// The branch it came from.
+    tx: TxId,
     /// `None`: a 408 siprox stands in for (a branch timed out).
     response: Option<Message>,
 }
@@ -159,6 +161,17 @@ impl ResponseContext {
         self.best.as_ref().map(|b| b.status)
     }
 
+    /// Whether some branch still waits for its final response.
+    pub fn has_pending(&self) -> bool {
+        self.pending().next().is_some()
+    }
+
+    /// The branch the best final response so far came from (`$T_branch_idx` in
+    /// failure_route).
+    pub fn best_branch(&self) -> Option<BranchIdx> {
+        self.best.as_ref().and_then(|b| self.branch_of(b.tx))
+    }
+
     /// True once nothing more will come of this context: the final went upstream, or a
     /// 2xx did and no branch is pending.
     pub fn is_done(&self) -> bool {
@@ -225,6 +238,7 @@ impl ResponseContext {
                 self.last_failed = Some(i);
                 self.offer(Best {
                     status,
+                    tx,
                     response: Some(msg.clone()),
                 });
                 if status >= 600 && !self.got_6xx {
@@ -256,6 +270,7 @@ impl ResponseContext {
         self.last_failed = Some(i);
         self.offer(Best {
             status: 408,
+            tx,
             response: None,
         });
         self.check_all_done();
@@ -275,6 +290,7 @@ impl ResponseContext {
         self.last_failed = Some(i);
         self.offer(Best {
             status: 503,
+            tx,
             response: None,
         });
         self.check_all_done();
@@ -341,6 +357,7 @@ impl ResponseContext {
             Some(Best {
                 status: 487,
                 response: Some(m),
+                ..
             }) if self.cancelled => Final::Forward(m),
             _ if self.cancelled => Final::Local {
                 status: 487,

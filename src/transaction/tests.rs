@@ -987,7 +987,11 @@ fn context_best_response_prefers_6xx_then_lowest_class() {
     let (mut c, b) = ctx_with(3);
     c.on_response(b[0], &resp(503));
     c.on_response(b[1], &resp(486));
+    assert!(c.has_pending());
+    assert_eq!(c.best_branch(), Some(1), "486 beats 503");
     c.on_response(b[2], &resp(302));
+    assert!(!c.has_pending());
+    assert_eq!(c.best_branch(), Some(2), "$T_branch_idx of the best");
     assert!(matches!(
         &ctx_actions(&mut c)[..],
         [ContextAction::AllDone {

@@ -7,6 +7,7 @@
 //! through the connection table's handles and the [`Connector`] that `transport` installs.
 
 pub mod dns;
+mod fork;
 pub(crate) mod memory;
 pub mod script;
 pub(crate) mod tm;

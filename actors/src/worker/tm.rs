@@ -11,14 +11,14 @@
 //! response is handed to that worker's channel ([`Handoff`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, Transport};
+use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, Target, Transport};
 use siprox::script::host::{self, Relay};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
@@ -41,23 +41,32 @@ pub(crate) type Handoff = (Message, Inbound);
 
 /// One relayed request: its server transaction's response context and what a failure_route
 /// needs to run again later.
-struct Relayed {
+pub(super) struct Relayed {
     ctx: ResponseContext,
-    msg: Message,
-    inbound: Inbound,
-    tls: Option<Arc<TlsFacts>>,
-    tag: Option<String>,
+    pub(super) msg: Message,
+    pub(super) inbound: Inbound,
+    pub(super) tls: Option<Arc<TlsFacts>>,
+    pub(super) tag: Option<String>,
     failure_route: Option<String>,
     fr: Option<(u32, u32)>,
     /// `t_on_reply("NAME")`: run for each response of the branches.
     reply_route: Option<String>,
+    /// `t_on_branch`: run for every branch before it is sent (`fork.rs`).
+    pub(super) branch_route: Option<String>,
+    /// `lookup()`'s lower q groups, for `t_next_contacts()`.
+    next: VecDeque<Vec<ForwardOpts>>,
+    /// `$T_branch_idx` of the next branch started.
+    pub(super) next_idx: usize,
+    /// Branches of the batch being started that are still to come: while some are, a
+    /// branch that cannot be forwarded does not answer the caller.
+    pub(super) starting: usize,
 }
 
 /// A worker's transactions.
 pub(crate) struct Tm {
     table: Table,
     /// Server transaction -> its relayed request.
-    servers: HashMap<TxId, Relayed>,
+    pub(super) servers: HashMap<TxId, Relayed>,
     /// Client transaction (a branch) -> its server transaction.
     branches: HashMap<TxId, TxId>,
 }
@@ -334,14 +343,34 @@ impl Worker {
                 failure_route: relay.failure_route,
                 fr: relay.fr,
                 reply_route: relay.reply_route,
+                branch_route: relay.branch_route,
+                next: relay.next.into(),
+                next_idx: 0,
+                starting: 0,
             },
         );
-        self.branch(&mut tm, id, relay.opts, now);
+        let mut list = relay.branches;
+        list.insert(0, relay.opts);
+        if self.fork(&mut tm, id, list, now) == 0 {
+            self.local_reply(
+                &mut tm,
+                id,
+                500,
+                "Server Internal Error (no branch left)",
+                now,
+            );
+        }
         self.pump(&mut tm, now);
     }
 
     /// A new branch of server transaction `id` toward what `opts` says.
-    fn branch(self: &Rc<Self>, tm: &mut Tm, id: TxId, mut opts: ForwardOpts, now: Instant) {
+    pub(super) fn branch(
+        self: &Rc<Self>,
+        tm: &mut Tm,
+        id: TxId,
+        mut opts: ForwardOpts,
+        now: Instant,
+    ) {
         let Some(r) = tm.servers.get(&id) else { return };
         opts.branch = Some(tm.table.new_branch());
         let (msg, inbound) = (r.msg.clone(), r.inbound);
@@ -365,12 +394,16 @@ impl Worker {
         match action {
             // The proxy answered instead of forwarding (482, 483, 404...).
             Action::Send { bytes, .. } if bytes.starts_with(b"SIP/2.0 ") => {
-                self.local_final(tm, id, bytes, now)
+                if !self.other_branches(tm, id) {
+                    self.local_final(tm, id, bytes, now)
+                }
             }
             Action::Send { dest, bytes } => self.client(tm, id, dest, bytes, now),
             Action::Drop { reason } => {
                 debug!(reason, "relayed request not forwardable");
-                self.local_reply(tm, id, 500, "Server Internal Error", now);
+                if !self.other_branches(tm, id) {
+                    self.local_reply(tm, id, 500, "Server Internal Error", now);
+                }
             }
             Action::Forward { hop } => {
                 // Only names come here: resolve off the hot path, then come back.
@@ -393,15 +426,29 @@ impl Worker {
                     drop(snap);
                     let now = Instant::now();
                     match action {
-                        Action::Forward { .. } => {
+                        Action::Forward { .. } if !me.other_branches(&tm, id) => {
                             me.local_reply(&mut tm, id, 500, "Server Internal Error", now)
                         }
+                        Action::Forward { .. } => {}
                         a => me.start_branch(&mut tm, id, a, opts, now),
                     }
                     me.pump(&mut tm, now);
                 });
             }
         }
+    }
+
+    /// Whether another branch of `id` rings or is still to be started: then a branch that
+    /// cannot be forwarded is only left out (a single branch answers the caller instead).
+    fn other_branches(&self, tm: &Tm, id: TxId) -> bool {
+        let other = tm
+            .servers
+            .get(&id)
+            .is_some_and(|r| r.starting > 0 || r.ctx.has_pending());
+        if other {
+            debug!("a branch could not be forwarded; the other branches go on");
+        }
+        other
     }
 
     /// A client transaction for the forwarded request, added to the context.
@@ -422,11 +469,21 @@ impl Worker {
             c: fr.and_then(|f| ms(f.0)),
             fr: fr.and_then(|f| ms(f.1)),
         };
+        // RFC 5626 §5.3: a branch toward a flow whose connection is gone fails as if the
+        // flow had answered 430 Flow Failed (the stateless path answers the same).
+        let flow_gone = match dest.target {
+            Target::Flow(conn) => !self.shared.table.get(conn).is_some_and(|h| h.is_open()),
+            _ => false,
+        };
+        let gone = flow_gone.then(|| req.clone());
         match tm.table.insert_client(req, dest, copts, now) {
             Ok(cid) => {
                 if let Some(r) = tm.servers.get_mut(&id) {
                     if r.ctx.add_branch(cid).is_some() {
                         tm.branches.insert(cid, id);
+                        if let Some(req) = gone {
+                            self.flow_failed(tm, &req, now);
+                        }
                         return;
                     }
                 }
@@ -441,6 +498,33 @@ impl Worker {
                 debug!(error = %e, "no client transaction for a branch");
                 self.local_reply(tm, id, 500, "Server Internal Error", now)
             }
+        }
+    }
+
+    /// The branch that sent `req` (as forwarded, our Via on top) over a flow that is gone
+    /// gets a local 430 Flow Failed as its response.
+    fn flow_failed(self: &Rc<Self>, tm: &mut Tm, req: &Message, now: Instant) {
+        let inbound = Inbound {
+            transport: Transport::Tls,
+            source: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            conn: None,
+        };
+        let action = self
+            .shared
+            .snapshot
+            .load()
+            .proxy
+            .reply(req, &inbound, 430, "Flow Failed", "");
+        let Action::Send { bytes, .. } = action else {
+            return;
+        };
+        match Message::parse(bytes) {
+            Ok(resp) => {
+                debug!("branch toward a flow that is gone: 430");
+                let _ = tm.table.on_response(&resp, now);
+            }
+            Err(e) => debug!(error = %e, "locally made 430 did not parse"),
         }
     }
 
@@ -567,10 +651,15 @@ impl Worker {
         };
         let (msg, inbound, tls) = (r.msg.clone(), r.inbound, r.tls.clone());
         let tag = r.tag.clone();
-        let branch = r.ctx.failed_branch().unwrap_or_default();
-        let branch = siprox::script::BranchEnd {
-            timed_out: branch.timed_out,
-            replied: branch.replied,
+        let end = r.ctx.failed_branch().unwrap_or_default();
+        let failed = host::Failed {
+            status,
+            branch_idx: r.ctx.best_branch(),
+            has_next: !r.next.is_empty(),
+            branch: siprox::script::BranchEnd {
+                timed_out: end.timed_out,
+                replied: end.replied,
+            },
         };
         let snap = self.shared.snapshot.load();
         let Some((script, _)) = snap.scripts.for_request(tls.as_deref(), &msg) else {
@@ -586,8 +675,7 @@ impl Worker {
                 &msg,
                 &inbound,
                 tls.as_deref(),
-                status,
-                branch,
+                failed,
             )
         });
         let Some(run) = run else {
@@ -599,15 +687,39 @@ impl Worker {
         }
         drop(snap);
         if let Some(relay) = run.relay {
-            if let Some(r) = tm.servers.get_mut(&id) {
-                r.failure_route = relay.failure_route;
-                r.fr = relay.fr.or(r.fr);
-                if relay.reply_route.is_some() {
-                    r.reply_route = relay.reply_route;
+            let Some(r) = tm.servers.get_mut(&id) else {
+                return false;
+            };
+            r.failure_route = relay.failure_route;
+            r.fr = relay.fr.or(r.fr);
+            if relay.reply_route.is_some() {
+                r.reply_route = relay.reply_route;
+            }
+            if relay.branch_route.is_some() {
+                r.branch_route = relay.branch_route;
+            }
+            // A lookup() in failure_route brings its own lower q groups.
+            if !relay.next.is_empty() {
+                r.next = relay.next.into();
+            }
+            let mut list = relay.branches;
+            list.insert(0, relay.opts);
+            if self.fork(tm, id, list, now) > 0 {
+                return true;
+            }
+        } else if run.next_contacts {
+            let Some(r) = tm.servers.get_mut(&id) else {
+                return false;
+            };
+            r.failure_route = run.failure_route;
+            if run.branch_route.is_some() {
+                r.branch_route = run.branch_route;
+            }
+            if let Some(group) = r.next.pop_front() {
+                if self.fork(tm, id, group, now) > 0 {
+                    return true;
                 }
             }
-            self.branch(tm, id, relay.opts, now);
-            return true;
         }
         if let Some((code, reason)) = run.reply {
             self.local_reply(tm, id, code, &reason, now);
@@ -621,6 +733,7 @@ impl Worker {
     fn upstream(self: &Rc<Self>, tm: &mut Tm, id: TxId, resp: &Message, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
         let inbound = r.inbound;
+        let invite = r.msg.method() == Some("INVITE");
         let action = self
             .shared
             .snapshot
@@ -633,7 +746,9 @@ impl Worker {
         let status = resp.status().unwrap_or(500);
         match tm.table.respond(id, status, bytes.clone(), now) {
             Ok(()) => {}
-            Err(_) if (200..300).contains(&status) => self.send(dest, bytes, None),
+            // §16.7 step 5: after the final, only an INVITE's 2xx still goes up (a forked
+            // MESSAGE answered 200 by two devices gives the caller one 200).
+            Err(_) if invite && (200..300).contains(&status) => self.send(dest, bytes, None),
             Err(e) => debug!(error = %e, status, "response not sent upstream"),
         }
     }

@@ -85,6 +85,10 @@ impl Transactions for Hooks<'_> {
                         failure_route: None,
                         fr: None,
                         reply_route: None,
+                        branch_route: None,
+                        next: Default::default(),
+                        next_idx: 0,
+                        starting: 0,
                     },
                 );
                 self.worker.pump(&mut tm, now);
