@@ -1,7 +1,7 @@
 //! Forking with SIP user agents nobody here wrote: two Debian `baresip` instances register
 //! over TLS with siprox as the same AoR (bob@example.com, two devices), a third (alice)
-//! calls bob through siprox, whose script is the shipped default with `t_relay()` in place
-//! of `forward()` (lookup + t_relay: every binding rings). Both of bob's devices ring; the
+//! calls bob through siprox, whose script is the shipped default (lookup + t_relay: every
+//! binding rings). Both of bob's devices ring; the
 //! desk answers at once (baresip auto-answer), the mobile only rings (manual answer) and
 //! is cancelled by siprox; alice sees exactly one 200 for her INVITE. Everything on
 //! 127.0.0.1 (baresip bound to it with -n). tests/run.sh installs baresip-core. The
@@ -176,7 +176,7 @@ fn traced(log: &str, start: &str, method: &str) -> usize {
 }
 
 /// conf.d under `root`: a TLS listener, development certificates, digest users alice and
-/// bob, and the shipped default script with `t_relay()` in place of `forward()`.
+/// bob, and the shipped default script as it is (it relays with `t_relay()`).
 fn fork_conf_d(root: &Path) -> siprox::config::Config {
     std::fs::create_dir_all(root.join("conf.d/scripts")).unwrap();
     let default = std::fs::read_to_string(concat!(
@@ -184,12 +184,8 @@ fn fork_conf_d(root: &Path) -> siprox::config::Config {
         "/../conf.d/scripts/default.cfg"
     ))
     .unwrap();
-    assert!(default.contains("if (!forward()) {"));
-    std::fs::write(
-        root.join("conf.d/scripts/fork.cfg"),
-        default.replace("if (!forward()) {", "if (!t_relay()) {"),
-    )
-    .unwrap();
+    assert!(default.contains("if (!t_relay()) {"));
+    std::fs::write(root.join("conf.d/scripts/fork.cfg"), default).unwrap();
     std::fs::write(
         root.join("conf.d/00-test.toml"),
         "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n\

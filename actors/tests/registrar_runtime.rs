@@ -212,6 +212,9 @@ fn in_dialog(method: &str, resp: &str, leg: &Leg<'_>, cseq: u32, reverse: bool) 
 async fn call(alice: &mut Phone, bob: &mut Phone, call_id: &str) {
     alice.send(&invite("alice", "bob", call_id)).await;
     let inv = bob.recv().await;
+    // The default script relays statefully: 100 Trying first, from siprox itself.
+    let trying = alice.recv().await;
+    assert_eq!(status(&trying), Some(100), "{trying}");
     assert!(
         inv.starts_with(&format!(
             "INVITE sip:bob@{UNREACHABLE};transport=tls SIP/2.0"
