@@ -2,8 +2,8 @@
 //! and the cost of a ringing call's two transactions (issue 15). Measures only.
 //!
 //! Memory, printed before the benches run: 10,000 ringing calls, each a server INVITE
-//! transaction (a 908-byte INVITE as baresip sends it over TLS, its 100 Trying and the
-//! callee's 180 kept for retransmissions) and the client INVITE transaction of the same
+//! transaction (an INVITE as baresip sends it over TLS, about 910 bytes, that sent its 100
+//! Trying and the callee's 180, the last kept for retransmissions) and the client INVITE transaction of the same
 //! INVITE as siprox forwards it (its Via and two Record-Routes on top), reported two ways:
 //! - computed: `Table::approx_size` (slots, boxed machines, keys, stored messages, index
 //!   and heap entries; allocator overhead not counted);
@@ -124,8 +124,12 @@ fn memory_report() {
     let txs = 2 * CALLS;
     assert_eq!(t.len(), txs, "every call holds two live transactions");
     let computed = (t.approx_size() - empty) / txs;
+    let received = invite(0, "").as_bytes().len();
+    let sent = forwarded(&mut t, 0).as_bytes().len();
     println!(
-        "transaction memory: {CALLS} ringing calls ({txs} live transactions, INVITE 908 bytes of which 397 SDP): approx_size {computed} B per transaction, {} B per call",
+        "transaction memory: {CALLS} ringing calls ({txs} live transactions; INVITE {received} B as received, {sent} B as forwarded, SDP {} B; 180 {} B): approx_size {computed} B per transaction, {} B per call",
+        SDP.len(),
+        ringing(0).len(),
         computed * 2
     );
     match (before, after) {
