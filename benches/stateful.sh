@@ -189,6 +189,7 @@ for n in "${names[@]}"; do
     for p in ${pids[$n]}; do pidargs+=(--pid "$p"); done
     shm0=""
     if [[ "$n" == kamailio-* ]]; then shm0="$(kam_shm_used "$n")"; fi
+    : >"$out"
     "$loadgen" --proxy "127.0.0.1:${port[$n]}" --transport tls --ringing "$ringing" \
         --hold "$hold" --concurrency 64 --connections 4 --timeout 10s --ca certs/ca.pem \
         "${pidargs[@]}" >"$out" 2>&1 &
