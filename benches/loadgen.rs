@@ -15,6 +15,12 @@
 //!   Request-URI forwards it. `--new-conn-per-call` opens (and closes) one TCP/TLS
 //!   connection per call: the handshake rate. UDP requests are retransmitted (RFC 3261
 //!   timers A/E).
+//! - Ringing mode (`--ringing N --hold D`, benches/stateful.sh): N INVITEs to a UDP UAS of
+//!   loadgen's own that answers 180 and nothing more, `--concurrency` at a time, over
+//!   `--connections` UAC streams; held for D; with `--pid P` (repeatable: every process of
+//!   a multi-process proxy) the memory (VmRSS and Pss, summed) before the first INVITE and
+//!   at the end of the hold; then every call is released (CANCEL, 487, ACK). A stateful
+//!   proxy holds two live transactions per ringing call. See benches/ringing/mod.rs.
 //! - Idle mode (`--idle N --hold D`): opens N TCP/TLS connections to `--proxy`, holds them
 //!   idle for D, and with `--pid P` reports the proxy process's RSS before and after. With
 //!   `--warm` each connection first completes one OPTIONS to the proxy itself (a phone that
@@ -43,7 +49,9 @@
 //! --digest MD5|SHA-256    register flow: algorithm (default SHA-256)
 //! --password P            register flow: bob's password (default bench)
 //! --idle N --hold D       idle mode
-//! --pid P                 idle mode: proxy pid whose VmRSS is sampled
+//! --ringing N --hold D    ringing mode
+//! --pid P                 idle mode: proxy pid whose VmRSS is sampled; ringing mode:
+//!                         a proxy process to sample (repeatable)
 //! --warm                  idle mode: one OPTIONS transaction per connection first
 //! --phone ADDR            call mode: first register a phone over TLS at ADDR (digest,
 //!                         `--phone-user`, `--password`), which answers what reaches it
@@ -84,6 +92,16 @@
 //! `phone reachable_ms=F` (until an OPTIONS to the first Request-URI through `--proxy`
 //! got a 200; the calls start then) after the config line, and `phone reached=N`
 //! (requests that reached it) at the end.
+//! Ringing mode prints instead (`mem` lines at `before`, `held`, `released`):
+//! ```text
+//! config mode=ringing transport=tls proxy=127.0.0.1:25161 ringing=10000 hold_s=10 concurrency=64 connections=4
+//! ringing rung=10000 failed=0 ring_s=2.345 rung_per_s=4264.4
+//! mem at=before pids=1234 rss_kib=12000 pss_kib=11000
+//! mem at=held pids=1234 rss_kib=40000 pss_kib=39000
+//! held_delta rss_kib=28000 pss_kib=28000 rss_per_call_bytes=2867 pss_per_call_bytes=2867
+//! released ok=10000 failed=0 release_s=3.456
+//! mem at=released pids=1234 rss_kib=41000 pss_kib=40000
+//! ```
 //! Idle mode prints instead:
 //! ```text
 //! config mode=idle transport=tls proxy=127.0.0.1:5061 idle=10000 hold_s=30 source_ips=1 warm=false
@@ -106,6 +124,7 @@ use ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
 
 mod cluster_ua;
 use cluster_ua::{Failover, Phone, PhoneId, Ruri};
+mod ringing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -142,6 +161,9 @@ struct Args {
     idle: Option<usize>,
     hold: Duration,
     pid: Option<u32>,
+    /// Every `--pid` (ringing mode samples them all).
+    pids: Vec<u32>,
+    ringing: Option<usize>,
     /// A phone registered before the calls (and the failover run's first registrar).
     phone: Option<SocketAddr>,
     phone_user: String,
@@ -181,7 +203,7 @@ fn usage() -> &'static str {
      [--concurrency N] [--connections N] [--rate N] [--new-conn-per-call] [--source-ips N] \
      [--ca PEM] [--tls-version 1.2|1.3|any] [--uas-bind ADDR] [--uas-cert PEM --uas-key PEM] \
      [--timeout D] [--threads N] [--phone ADDR [--phone-user U] [--password P]] \
-     [--ruri T [--ruri-n N]] | --idle N --hold D [--pid P] | --failover-kill PID --phone ADDR \
+     [--ruri T [--ruri-n N]] | --idle N --hold D [--pid P] | --ringing N --hold D [--pid P]... | --failover-kill PID --phone ADDR \
      --reregister ADDR [--poll-also ADDR]... [--interval D]  (see the top of benches/loadgen.rs)"
 }
 
@@ -211,6 +233,8 @@ fn parse_args() -> Result<Args, String> {
         idle: None,
         hold: Duration::from_secs(10),
         pid: None,
+        pids: Vec::new(),
+        ringing: None,
         phone: None,
         phone_user: "bob".to_owned(),
         phone_domain: None,
@@ -272,7 +296,12 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = Some(num(v()?)?.max(1) as usize),
             "--idle" => a.idle = Some(num(v()?)? as usize),
             "--hold" => a.hold = parse_duration(&v()?)?,
-            "--pid" => a.pid = Some(num(v()?)? as u32),
+            "--pid" => {
+                let p = num(v()?)? as u32;
+                a.pid = Some(p);
+                a.pids.push(p);
+            }
+            "--ringing" => a.ringing = Some(num(v()?)? as usize),
             "--phone" => a.phone = Some(v()?.parse().map_err(|e| format!("--phone: {e}"))?),
             "--phone-user" => a.phone_user = v()?,
             "--phone-domain" => a.phone_domain = Some(v()?),
@@ -590,6 +619,32 @@ fn phone_id(a: &Args, registrar: SocketAddr) -> PhoneId {
     }
 }
 
+async fn run_ringing(a: Args) -> Result<(), String> {
+    let n = a.ringing.unwrap_or(0);
+    if a.transport == Transport::Udp {
+        return Err("--ringing needs --transport tcp or tls".to_owned());
+    }
+    println!(
+        "config mode=ringing transport={} proxy={} ringing={n} hold_s={:.3} concurrency={} connections={}",
+        a.transport.param(),
+        a.proxy,
+        a.hold.as_secs_f64(),
+        a.concurrency,
+        a.connections
+    );
+    let tls = connector(&a)?;
+    let clients = ringing::connect(a.transport, a.proxy, &tls, a.connections).await?;
+    let r = ringing::Ringing {
+        calls: n,
+        hold: a.hold,
+        concurrency: a.concurrency,
+        timeout: a.timeout,
+        pids: a.pids.clone(),
+        uas_bind: a.uas_bind,
+    };
+    ringing::run_ringing(r, clients).await
+}
+
 async fn run_idle(a: Args, n: usize) -> Result<(), String> {
     if a.transport == Transport::Udp {
         return Err("--idle needs --transport tcp or tls".to_owned());
@@ -688,6 +743,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(async move {
         match (a.idle, a.failover_kill, a.phone, a.reregister) {
             (Some(n), _, _, _) => run_idle(a, n).await,
+            _ if a.ringing.is_some() => run_ringing(a).await,
             (None, Some(pid), Some(phone), Some(reregister)) => {
                 let tls = connector(&a)?;
                 let mut vias = vec![a.proxy];
