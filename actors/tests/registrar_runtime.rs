@@ -1,8 +1,9 @@
 //! Phones register over TLS and get their calls over the connection they hold: two UAs
 //! whose Contacts name an address where nothing listens register through siprox's default
-//! script, call each other (INVITE, 180, 200, ACK, BYE, 200), lose and regain their
-//! connection (480, then calls again), authenticate with digest, and keep their
-//! registrations across a restart. Real sockets on 127.0.0.1:0, real TLS.
+//! script, call each other (INVITE, 180, 200, ACK, BYE, 200; also with siprox preloaded as
+//! their outbound proxy, a `Route` naming it on the REGISTER and the INVITE), lose and
+//! regain their connection (480, then calls again), authenticate with digest, and keep
+//! their registrations across a restart. Real sockets on 127.0.0.1:0, real TLS.
 
 mod common;
 
@@ -123,6 +124,11 @@ impl Phone {
 }
 
 fn invite(from: &str, to: &str, call: &str) -> String {
+    invite_with(from, to, call, "")
+}
+
+/// An INVITE with `extra` header lines (a preloaded `Route`) before the Contact.
+fn invite_with(from: &str, to: &str, call: &str, extra: &str) -> String {
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.99\r\ns=-\r\nc=IN IP4 127.0.0.99\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     format!(
         "INVITE sip:{to}@example.com SIP/2.0\r\n\
@@ -132,6 +138,7 @@ fn invite(from: &str, to: &str, call: &str) -> String {
          To: <sip:{to}@example.com>\r\n\
          Call-ID: {call}\r\n\
          CSeq: 1 INVITE\r\n\
+         {extra}\
          Contact: <sip:{from}@{UNREACHABLE};transport=tls>\r\n\
          Content-Type: application/sdp\r\n\
          Content-Length: {}\r\n\r\n{sdp}",
@@ -210,7 +217,14 @@ fn in_dialog(method: &str, resp: &str, leg: &Leg<'_>, cseq: u32, reverse: bool) 
 /// Alice calls Bob: every request reaches Bob over Bob's connection, every reply Alice over
 /// hers; Bob hangs up (the other direction of the flow token).
 async fn call(alice: &mut Phone, bob: &mut Phone, call_id: &str) {
-    alice.send(&invite("alice", "bob", call_id)).await;
+    call_with(alice, bob, call_id, "").await
+}
+
+/// [`call`], the INVITE carrying `extra` header lines (a preloaded `Route`).
+async fn call_with(alice: &mut Phone, bob: &mut Phone, call_id: &str, extra: &str) {
+    alice
+        .send(&invite_with("alice", "bob", call_id, extra))
+        .await;
     let inv = bob.recv().await;
     // The default script relays statefully: 100 Trying first, from siprox itself.
     let trying = alice.recv().await;
@@ -222,6 +236,10 @@ async fn call(alice: &mut Phone, bob: &mut Phone, call_id: &str) {
         "the Request-URI is Bob's contact: {inv}"
     );
     assert!(inv.contains("Record-Route: "), "{inv}");
+    assert!(
+        !inv.contains("\r\nRoute:"),
+        "a preloaded Route naming siprox is consumed, not forwarded: {inv}"
+    );
     bob.send(&answer(&inv, 180, "Ringing", "b-tag", "bob"))
         .await;
     let ringing = alice.recv().await;
@@ -340,6 +358,36 @@ async fn phones_register_over_tls_and_get_calls_over_their_own_connection() {
     carol.send(&invite("carol", "nobody", "call-nobody")).await;
     let r = carol.recv().await;
     assert_eq!(status(&r), Some(404), "{r}");
+    rt.shutdown();
+}
+
+/// Phones configured with siprox as their outbound proxy preload it as a Route on their
+/// initial requests (RFC 3261 §8.1.2), by its address or by its domain's name, REGISTER
+/// included. Through the shipped default script they register, and a call reaches the
+/// registered callee like any other (INVITE, 180, 200, ACK, BYE) without the preloaded
+/// Route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_preloads_siprox_as_outbound_proxy_reaches_another_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start(setup(dir.path(), &default_script()), dir.path());
+    let addr = rt.local_addr(Transport::Tls).unwrap();
+    let ca = ca_file(dir.path());
+    let routes = [
+        format!("Route: <sip:{addr};transport=tls;lr>\r\n"),
+        "Route: <sip:example.com;transport=tls;lr>\r\n".to_owned(),
+    ];
+    let mut alice = Phone::connect("alice", addr, &ca).await;
+    let mut bob = Phone::connect("bob", addr, &ca).await;
+    // Their REGISTERs carry the preloaded Route too.
+    for (p, route) in [(&mut alice, &routes[0]), (&mut bob, &routes[1])] {
+        let m = p.register_msg(300, route);
+        p.send(&m).await;
+        let r = p.recv().await;
+        assert_eq!(status(&r), Some(200), "{r}");
+    }
+    for (n, route) in routes.iter().enumerate() {
+        call_with(&mut alice, &mut bob, &format!("preloaded-{n}"), route).await;
+    }
     rt.shutdown();
 }
 
