@@ -17,7 +17,7 @@ pub fn cert_facts(cert: &X509Ref) -> CertFacts {
     let mut f = CertFacts {
         subject: dn_facts(cert.subject_name()),
         issuer: dn_facts(cert.issuer_name()),
-        version: u32::try_from(cert.version() + 1).unwrap_or(0),
+        version: u32::try_from(cert.version()).unwrap_or(0),
         serial: cert
             .serial_number()
             .to_bn()
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(f.subject.cn.as_deref(), Some("Bob"));
         assert_eq!(f.subject.o.as_deref(), Some("Example"));
         assert_eq!(f.subject.line, "/C=US/O=Example/CN=Bob");
-        assert_eq!(f.version, 3);
+        assert_eq!(f.version, 2, "raw X509 version of a v3 certificate");
         assert_eq!(f.serial, "4242");
         assert_eq!(f.not_before, "Jun  5 19:33:20 2005 GMT");
         assert_eq!(f.not_before_unix, 1_118_000_000);
