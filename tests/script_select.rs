@@ -482,3 +482,140 @@ fn selects_match_kamailio_5_6() {
     assert_eq!(ev("@contact[2].uri", &m, &rx, None), s("sip:two@h2"));
     assert_eq!(ev("@contact[4].uri", &m, &rx, None), s("sip:four@h4"));
 }
+
+/// Intended difference: Kamailio's append_to_reply copies its text verbatim, LF included;
+/// siprox refuses a value with a CR or LF anywhere but the line ends (it would end the
+/// header line or the header section early: header injection), returning -1 and adding
+/// nothing. `$tls_description` ends in a newline (OpenSSL's, as in Kamailio), so it is the
+/// everyday case.
+#[test]
+fn append_to_reply_refuses_line_breaks_inside_a_value() {
+    let m = msg(INVITE);
+    let rx = rx(Transport::Tls, "192.0.2.1:40000");
+    let t = tls(Some("Bob"));
+    let src = r#"route {
+        $var(a) = append_to_reply("X-Tls: $tls_description\r\n");
+        $var(inj) = "bar\nX-Injected: 1";
+        $var(b) = append_to_reply("X-Foo: " + $var(inj) + "\r\n");
+        $var(c) = append_to_reply("X-Cn: $tls_peer_subject_cn\r\nX-Ver: $tls_peer_version\r\n");
+        sl_send_reply("403", "Forbidden");
+    }"#;
+    let r = run_with(
+        &compiled(src),
+        &m,
+        &rx,
+        Some(&t),
+        RecHost::default(),
+        &["a", "b", "c"],
+    );
+    assert_eq!(r.var("a"), i(-1));
+    assert_eq!(r.var("b"), i(-1));
+    assert_eq!(r.var("c"), i(1));
+    assert_eq!(r.edits.reply_hf, "X-Cn: Bob\r\nX-Ver: 2\r\n");
+    assert_eq!(r.host.calls, ["reply 403 Forbidden +X-Cn: Bob\r\nX-Ver: 2"]);
+}
+
+/// Every select of the SER TLS module's list, and every name of Kamailio 5.6's tls_sel
+/// table except those docs/script.md says are not available, loads.
+#[test]
+fn every_ser_and_kamailio_tls_select_loads() {
+    let mut paths: Vec<String> = [
+        "@tls",
+        "@tls.desc",
+        "@tls.description",
+        "@tls.version",
+        "@tls.cipher",
+        "@tls.cipher.bits",
+        "@tls.server_name",
+        "@tls.serverName",
+        "@tls.peer",
+        "@tls.me",
+        "@tls.my",
+        "@tls.myself",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    for who in ["peer", "my", "me", "myself"] {
+        for leaf in [
+            "subject",
+            "subj",
+            "issuer",
+            "verified",
+            "revoked",
+            "expired",
+            "self_signed",
+            "version",
+            "sn",
+            "serialNumber",
+            "serial_number",
+            "notBefore",
+            "not_before",
+            "notAfter",
+            "not_after",
+            "email",
+            "emailAddress",
+            "email_address",
+            "host",
+            "hostname",
+            "dns",
+            "uri",
+            "url",
+            "urn",
+            "ip",
+            "IPAddress",
+            "ip_address",
+        ] {
+            paths.push(format!("@tls.{who}.{leaf}"));
+        }
+        for dn in ["subject", "subj", "issuer"] {
+            for comp in [
+                "cn",
+                "commonName",
+                "common_name",
+                "name",
+                "l",
+                "localityName",
+                "locality_name",
+                "locality",
+                "c",
+                "countryName",
+                "country_name",
+                "country",
+                "st",
+                "stateOrProvinceName",
+                "state_or_province_name",
+                "state",
+                "o",
+                "organizationName",
+                "organization_name",
+                "organization",
+                "ou",
+                "organizationalUnitName",
+                "organizational_unit_name",
+                "unit",
+                "uid",
+                "uniqueIdentifier",
+                "unique_identifier",
+            ] {
+                paths.push(format!("@tls.{who}.{dn}.{comp}"));
+            }
+        }
+    }
+    for p in &paths {
+        let src = format!("route {{ $var(r) = {p}; }}");
+        if let Err(e) = siprox::script::compile(&src, "t.cfg") {
+            panic!("{p} does not load:\n{e}");
+        }
+    }
+    for p in [
+        "@tls.peer.raw_cert",
+        "@tls.peer.urlencoded_cert",
+        "@tls.peer.verified_cert_chain",
+        "@tls.peer.count",
+        "@tls.peer.email[2]",
+    ] {
+        let src = format!("route {{ $var(r) = {p}; }}");
+        assert!(siprox::script::compile(&src, "t.cfg").is_err(), "{p}");
+    }
+}
