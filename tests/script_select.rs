@@ -619,3 +619,32 @@ fn every_ser_and_kamailio_tls_select_loads() {
         assert!(siprox::script::compile(&src, "t.cfg").is_err(), "{p}");
     }
 }
+
+/// A second Kamailio 5.6.3 probe: quoted names with escapes keep their quotes and escapes in
+/// the core selects and `$fn`; textopsx's `.name` is the unquoted text.
+#[test]
+fn quoted_display_names_match_kamailio_5_6() {
+    let m = msg("INVITE sip:bob@127.0.0.1 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:36000;branch=z9hG4bK1
+From: \"A \\\"B\\\"\"  <sip:alice@a.example>;tag=1
+To: Bob  <sip:bob@b.example>
+Call-ID: c1
+CSeq: 1 INVITE
+Contact: \"Three\"  <sip:three@h3>
+Max-Forwards: 70
+Content-Length: 0
+
+");
+    check(
+        &[
+            ("@contact.name", s("\"Three\"")),
+            ("@from.name", s("\"A \\\"B\\\"\"")),
+            ("$fn", s("\"A \\\"B\\\"\"")),
+            ("@hf_value.contact[1].name", s("Three")),
+            ("@contact.uri", s("sip:three@h3")),
+        ],
+        &m,
+        &udp(),
+        None,
+    );
+}
