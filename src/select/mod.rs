@@ -241,10 +241,74 @@ mod tests {
             "tls.peer.subject.nope",
             "from[2]",
             "via[0]",
-            "tls.my.verified",
             "cseq.x",
+            "msg.header",
+            "msg.header[1]",
+            "msg.header[\"X\"].uri",
+            "hf_value[\"X\"].param",
+            "from.param.tag",
         ] {
             assert!(Select::parse(p).is_err(), "{p}");
         }
+    }
+
+    /// What Kamailio 5.6 accepts at load, siprox accepts, with SER's meaning.
+    #[test]
+    fn kamailio_paths_parse_with_ser_meaning() {
+        use crate::sip::HeaderName;
+        let tls = |p: &str| match Select::parse(p) {
+            Ok(Select::Tls(t)) => t,
+            other => panic!("{p}: {other:?}"),
+        };
+        let sip = |p: &str| match Select::parse(p) {
+            Ok(Select::Sip(s)) => s,
+            other => panic!("{p}: {other:?}"),
+        };
+        assert_eq!(
+            tls("tls.peer.revoked"),
+            TlsSelect::Cert(Side::Peer, CertPart::Revoked)
+        );
+        assert_eq!(
+            tls("tls.my.verified"),
+            TlsSelect::Cert(Side::My, CertPart::Verified)
+        );
+        for (p, side, which) in [
+            ("tls.peer.subject", Side::Peer, DnWhich::Subject),
+            ("tls.peer.subj", Side::Peer, DnWhich::Subject),
+            ("tls.my.issuer", Side::My, DnWhich::Issuer),
+        ] {
+            assert_eq!(
+                tls(p),
+                TlsSelect::Cert(side, CertPart::Dn(which, Some(DnAttr::Cn))),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            sip("msg.header[\"X-Foo\"]"),
+            SipSelect::Header(HeaderRef::new("X-Foo"))
+        );
+        assert_eq!(
+            sip("hf_value[\"X-Foo\"]"),
+            SipSelect::HeaderAll(HeaderRef::new("X-Foo"))
+        );
+        for p in ["hf_value[\"X-P\"].param.A", "hf_value.x_p[2].p.a"] {
+            assert!(
+                matches!(sip(p), SipSelect::Element(_, _, NaPart::Param(ref n)) if n == "a"),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            sip("contact.uri"),
+            SipSelect::SerContact(NaPart::Uri(UriPart::Whole))
+        );
+        assert!(matches!(sip("contact[1].uri"), SipSelect::Element(..)));
+        assert_eq!(
+            sip("from.name"),
+            SipSelect::Single(HeaderName::From, NaPart::Name)
+        );
+        assert!(matches!(
+            sip("hf_value.contact[2].name"),
+            SipSelect::Element(_, _, NaPart::NameUnquoted)
+        ));
     }
 }

@@ -101,8 +101,11 @@ pub enum NaPart {
     /// The value as written.
     Whole,
     Uri(UriPart),
-    /// The display name.
+    /// The display name as written, quotes kept (`"Alice A"`): SER's and Kamailio's core
+    /// selects and `$fn`/`$tn`.
     Name,
+    /// The display name without its quotes: textopsx's `@hf_value...name`.
+    NameUnquoted,
     Tag,
     Params,
     Param(String),
@@ -134,8 +137,15 @@ pub enum SipSelect {
     /// `@contact[n]...`, `@route[n]`, `@record_route[n]`, `@hf_value.X[n]...`: the n-th
     /// comma-separated element across every line of the header, read as a name-addr.
     Element(HeaderRef, Idx, NaPart),
-    /// `@hf_value["X"]`: the first line's whole value.
+    /// `@msg.header["X"]`, `$hdr(X)`: the first line's whole value.
     Header(HeaderRef),
+    /// `@hf_value["X"]`: every comma-separated value across every line, trimmed and joined
+    /// with `,` (textopsx).
+    HeaderAll(HeaderRef),
+    /// `@contact...` without an index: SER's contact list, in which the first Contact line's
+    /// contacts come last first, so `@contact.uri` is the last contact of the first line;
+    /// `@contact` alone is that whole line.
+    SerContact(NaPart),
     /// `@via[n]...`
     Via(Idx, ViaPart),
     CSeqWhole,
@@ -206,6 +216,12 @@ fn uri_part(rest: &[Seg<'_>], what: &str) -> Result<UriPart, SelectError> {
 }
 
 fn na_part(rest: &[Seg<'_>], what: &str) -> Result<NaPart, SelectError> {
+    na_part_of(rest, what, false)
+}
+
+/// `hf`: textopsx's `@hf_value` spelling, where `.param.NAME` / `.p.NAME` name a parameter
+/// and the display name is unquoted.
+fn na_part_of(rest: &[Seg<'_>], what: &str, hf: bool) -> Result<NaPart, SelectError> {
     let Some(s) = rest.first() else {
         return Ok(NaPart::Whole);
     };
@@ -213,8 +229,21 @@ fn na_part(rest: &[Seg<'_>], what: &str) -> Result<NaPart, SelectError> {
     if s.is(&["uri"]) {
         return uri_part(&rest[1..], what).map(NaPart::Uri);
     }
+    if hf && s.is(&["param", "p"]) {
+        return match params_part(rest)? {
+            Some(n) => Ok(NaPart::Param(n)),
+            None => Err(SelectError::at(
+                s.at,
+                format!("`{}` needs a parameter name, e.g. .{}.tag", s.name, s.name),
+            )),
+        };
+    }
     let part = if s.is(&["name", "display", "display_name"]) {
-        NaPart::Name
+        if hf {
+            NaPart::NameUnquoted
+        } else {
+            NaPart::Name
+        }
     } else if s.is(&["tag"]) {
         NaPart::Tag
     } else if s.is(&["expires"]) {
@@ -227,8 +256,9 @@ fn na_part(rest: &[Seg<'_>], what: &str) -> Result<NaPart, SelectError> {
         return Err(SelectError::at(
             s.at,
             format!(
-                "unknown field `{}` of {what} (expected uri, name, tag, params, expires, q)",
-                s.name
+                "unknown field `{}` of {what} (expected uri, name, tag, params{}, expires, q)",
+                s.name,
+                if hf { ", param" } else { "" }
             ),
         ));
     };
@@ -337,8 +367,11 @@ pub(super) fn build(segs: &[Seg<'_>]) -> Result<SipSelect, SelectError> {
         (&["path"][..], "Path"),
     ] {
         if first.is(aliases) {
-            let idx = list_idx(first)?;
             let what = format!("@{}", first.name);
+            if name == "Contact" && first.idx.is_empty() {
+                return Ok(SipSelect::SerContact(na_part(rest, &what)?));
+            }
+            let idx = list_idx(first)?;
             return Ok(SipSelect::Element(
                 HeaderRef::new(name),
                 idx,
@@ -368,25 +401,21 @@ pub(super) fn build(segs: &[Seg<'_>]) -> Result<SipSelect, SelectError> {
                 (h.name.replace('_', "-"), h.idx.as_slice(), &rest[1..], h)
             }
         };
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b))
-        {
+        if !valid_header_name(&name) {
             return Err(SelectError::at(seg.at, "not a header name"));
         }
         let h = HeaderRef::new(&name);
         return match idx {
-            [] if rest.is_empty() => Ok(SipSelect::Header(h)),
+            [] if rest.is_empty() => Ok(SipSelect::HeaderAll(h)),
             [] => Ok(SipSelect::Element(
                 h,
                 Idx::Nth(0),
-                na_part(rest, "@hf_value")?,
+                na_part_of(rest, "@hf_value", true)?,
             )),
             [one] => Ok(SipSelect::Element(
                 h,
                 Idx::from_raw(seg, one)?,
-                na_part(rest, "@hf_value")?,
+                na_part_of(rest, "@hf_value", true)?,
             )),
             _ => Err(SelectError::at(seg.at, "one index only")),
         };
@@ -414,6 +443,20 @@ pub(super) fn build(segs: &[Seg<'_>]) -> Result<SipSelect, SelectError> {
     if first.is(&["msg", "message"]) {
         if rest.is_empty() {
             return Ok(SipSelect::MsgWhole);
+        }
+        if rest[0].is(&["header"]) {
+            // @msg.header["X-Foo"]: the first line of a header, as written.
+            let h = &rest[0];
+            let name = match h.idx.as_slice() {
+                [RawIdx::Str(n)] if valid_header_name(n) => *n,
+                _ => {
+                    return Err(SelectError::at(
+                        h.at,
+                        "@msg.header takes a header name, e.g. @msg.header[\"X-Foo\"]",
+                    ))
+                }
+            };
+            return leaf(&rest[1..], SipSelect::Header(HeaderRef::new(name)));
         }
         return sub(
             rest,
@@ -450,6 +493,14 @@ pub(super) fn build(segs: &[Seg<'_>]) -> Result<SipSelect, SelectError> {
         first.at,
         format!("unknown select `@{}`", first.name),
     ))
+}
+
+/// A header name as a select may spell it (a token).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b))
 }
 
 fn host_value<'a>(h: Host<'a>) -> Value<'a> {
@@ -529,7 +580,8 @@ impl NaPart {
         match self {
             NaPart::Whole => Value::str(v),
             NaPart::Uri(p) => p.eval(na.uri_str),
-            NaPart::Name => Value::opt(na.display),
+            NaPart::Name => Value::opt(na.display.map(|d| quoted_display(v, d))),
+            NaPart::NameUnquoted => Value::opt(na.display),
             NaPart::Tag => Value::opt(na.tag()),
             NaPart::Params => Value::str(na.params.as_str()),
             NaPart::Param(n) => param(na.params.get(n)),
@@ -563,6 +615,17 @@ impl ViaPart {
             ViaPart::Params => Value::str(via.params.as_str()),
             ViaPart::Param(n) => param(via.params.get(n)),
         }
+    }
+}
+
+/// The display name `d` (parsed from `v`) as written: with its quotes when it was quoted.
+fn quoted_display<'a>(v: &'a str, d: &'a str) -> &'a str {
+    let t = v.trim_start_matches([' ', '\t', '\r', '\n']);
+    if t.starts_with('"') {
+        // NameAddr::parse took `d` from between the quotes that start `t`.
+        t.get(..d.len() + 2).unwrap_or(d)
+    } else {
+        d
     }
 }
 
@@ -623,6 +686,40 @@ impl SipSelect {
                 None => Value::EMPTY,
             },
             SipSelect::Header(h) => Value::opt(h.lines(msg).next()),
+            SipSelect::HeaderAll(h) => {
+                let mut it = h
+                    .lines(msg)
+                    .flat_map(CommaSplit::new)
+                    .map_while(Result::ok)
+                    .map(str::trim);
+                let Some(first) = it.next() else {
+                    return Value::EMPTY;
+                };
+                match it.next() {
+                    None => Value::str(first),
+                    Some(second) => {
+                        let mut out = format!("{first},{second}");
+                        for e in it {
+                            out.push(',');
+                            out.push_str(e);
+                        }
+                        Value::from(out)
+                    }
+                }
+            }
+            SipSelect::SerContact(part) => {
+                let Some(line) = msg.header(HeaderName::Contact) else {
+                    return Value::EMPTY;
+                };
+                if *part == NaPart::Whole {
+                    return Value::str(line);
+                }
+                let last = CommaSplit::new(line).map_while(Result::ok).last();
+                match last {
+                    Some(v) => part.eval(v, Where::Header("Contact")),
+                    None => Value::EMPTY,
+                }
+            }
             SipSelect::Via(idx, part) => {
                 let it = msg
                     .header_values(HeaderName::Via)

@@ -2,6 +2,9 @@
 //! `@tls.my.issuer.organization`, `@tls.peer.not_after`, ...). They read the [`TlsFacts`]
 //! extracted once per connection; on a connection that is not TLS every one is "", and on a
 //! TLS connection without a peer certificate the peer's fields are "" (and its checks 0).
+//! A DN without a component (`@tls.peer.subject`) is its CN, as SER's `sel_comp` reads it;
+//! [`CertPart::Dn`] with no attribute (the whole one-line DN) is reached only from the
+//! `$tls_{peer,my}_{subject,issuer}` pseudo-variables, which are the whole DN in Kamailio.
 
 use super::{Seg, SelectError, Value};
 use crate::tls::{CertFacts, DnFacts, TlsFacts};
@@ -48,6 +51,8 @@ pub enum CertPart {
     /// The whole one-line DN (`None`) or one attribute of it.
     Dn(DnWhich, Option<DnAttr>),
     Verified,
+    /// The peer's chain failed verification because a CRL lists it (Kamailio's `revoked`).
+    Revoked,
     Expired,
     SelfSigned,
     Version,
@@ -109,7 +114,7 @@ fn dn_attr(s: &Seg<'_>) -> Option<DnAttr> {
     table.iter().find(|(n, _)| s.is(n)).map(|(_, a)| *a)
 }
 
-fn cert(side: Side, rest: &[Seg<'_>]) -> Result<CertPart, SelectError> {
+fn cert(rest: &[Seg<'_>]) -> Result<CertPart, SelectError> {
     let Some(s) = rest.first() else {
         // SER: @tls.peer / @tls.me alone is the subject's common name.
         return Ok(CertPart::Dn(DnWhich::Subject, Some(DnAttr::Cn)));
@@ -124,7 +129,8 @@ fn cert(side: Side, rest: &[Seg<'_>]) -> Result<CertPart, SelectError> {
     };
     if let Some(which) = which {
         let Some(a) = rest.get(1) else {
-            return Ok(CertPart::Dn(which, None));
+            // SER's sel_comp: a name without a component is its common name.
+            return Ok(CertPart::Dn(which, Some(DnAttr::Cn)));
         };
         a.no_index()?;
         let attr = dn_attr(a).ok_or_else(|| {
@@ -143,6 +149,7 @@ fn cert(side: Side, rest: &[Seg<'_>]) -> Result<CertPart, SelectError> {
     }
     let table: &[(&[&str], CertPart)] = &[
         (&["verified"], CertPart::Verified),
+        (&["revoked"], CertPart::Revoked),
         (&["expired"], CertPart::Expired),
         (&["self_signed", "selfsigned"], CertPart::SelfSigned),
         (&["version"], CertPart::Version),
@@ -168,17 +175,11 @@ fn cert(side: Side, rest: &[Seg<'_>]) -> Result<CertPart, SelectError> {
         return Err(SelectError::at(
             s.at,
             format!(
-                "unknown certificate field `{}` (expected subject, issuer, verified, expired, self_signed, version, sn, not_before, not_after, email, host, uri, ip)",
+                "unknown certificate field `{}` (expected subject, issuer, verified, revoked, expired, self_signed, version, sn, not_before, not_after, email, host, uri, ip, fingerprint)",
                 s.name
             ),
         ));
     };
-    if *part == CertPart::Verified && side == Side::My {
-        return Err(SelectError::at(
-            s.at,
-            "`verified` is only known for the peer's certificate",
-        ));
-    }
     if let Some(x) = rest.get(1) {
         return Err(SelectError::at(
             x.at,
@@ -220,9 +221,9 @@ pub(super) fn build(segs: &[Seg<'_>]) -> Result<TlsSelect, SelectError> {
             Some(b) => Err(SelectError::at(b.at, "expected `bits`")),
         }
     } else if s.is(&["peer"]) {
-        cert(Side::Peer, &rest[1..]).map(|p| TlsSelect::Cert(Side::Peer, p))
+        cert(&rest[1..]).map(|p| TlsSelect::Cert(Side::Peer, p))
     } else if s.is(&["my", "me", "myself"]) {
-        cert(Side::My, &rest[1..]).map(|p| TlsSelect::Cert(Side::My, p))
+        cert(&rest[1..]).map(|p| TlsSelect::Cert(Side::My, p))
     } else {
         Err(SelectError::at(
             s.at,
@@ -278,7 +279,10 @@ impl TlsSelect {
                 };
                 let flag = |b: bool| Value::Int(i64::from(b));
                 match (part, c) {
+                    // Kamailio does not verify its own certificate: these fail there, "".
+                    (CertPart::Verified | CertPart::Revoked, _) if side == Side::My => Value::EMPTY,
                     (CertPart::Verified, c) => flag(c.is_some() && t.peer_verified),
+                    (CertPart::Revoked, c) => flag(c.is_some() && t.peer_revoked),
                     (CertPart::Expired, c) => flag(c.is_some_and(|c| c.expired_at(now_unix))),
                     (CertPart::SelfSigned, c) => flag(c.is_some_and(|c| c.self_signed)),
                     (_, None) => Value::EMPTY,

@@ -15,7 +15,9 @@ pub struct TlsFacts {
     pub cipher: Cow<'static, str>,
     /// Secret bits of the cipher.
     pub cipher_bits: u32,
-    /// One-line description (`@tls` / `@tls.desc`): version, cipher and bits.
+    /// OpenSSL's description of the cipher (`@tls` / `@tls.desc`), verbatim as
+    /// `SSL_CIPHER_description` writes it: name, version, key exchange, ..., and a trailing
+    /// newline, as SER and Kamailio return it.
     pub desc: Arc<str>,
     /// SNI the client sent (server side) or that siprox sent (client side).
     pub server_name: Option<String>,
@@ -27,6 +29,10 @@ pub struct TlsFacts {
     pub my: Option<Arc<CertFacts>>,
     /// The peer's certificate chain verified against the domain's CAs (`@tls.peer.verified`).
     pub peer_verified: bool,
+    /// The peer's certificate failed verification because a CRL lists it
+    /// (`@tls.peer.revoked`). Where siprox verifies, such a handshake fails, so this is only
+    /// ever true where it does not (a client connection with `verify_server = false`).
+    pub peer_revoked: bool,
     /// The peer's certificate chain verified against the cluster CA (`[cluster.tls]`):
     /// the peer is another siprox node, whose node tokens (`nf=`) are honoured.
     pub cluster_peer: bool,
@@ -37,7 +43,8 @@ pub struct TlsFacts {
 pub struct CertFacts {
     pub subject: DnFacts,
     pub issuer: DnFacts,
-    /// X.509 version as written in SER's select: `1`, `2` or `3`.
+    /// X.509 version as SER's select returns it: the raw 0-based field (2 for a v3
+    /// certificate).
     pub version: u32,
     /// Serial number, decimal.
     pub serial: String,

@@ -17,7 +17,7 @@ pub fn cert_facts(cert: &X509Ref) -> CertFacts {
     let mut f = CertFacts {
         subject: dn_facts(cert.subject_name()),
         issuer: dn_facts(cert.issuer_name()),
-        version: u32::try_from(cert.version() + 1).unwrap_or(0),
+        version: u32::try_from(cert.version()).unwrap_or(0),
         serial: cert
             .serial_number()
             .to_bn()
@@ -124,6 +124,15 @@ mod tests {
         name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Example")
             .unwrap();
         name.append_entry_by_nid(Nid::COMMONNAME, "Bob").unwrap();
+        name.append_entry_by_nid(Nid::STATEORPROVINCENAME, "CA")
+            .unwrap();
+        name.append_entry_by_nid(Nid::LOCALITYNAME, "Palo Alto")
+            .unwrap();
+        name.append_entry_by_nid(Nid::ORGANIZATIONALUNITNAME, "Voice")
+            .unwrap();
+        name.append_entry_by_nid(Nid::USERID, "u-bob").unwrap();
+        name.append_entry_by_nid(Nid::PKCS9_EMAILADDRESS, "bob@dn.example.com")
+            .unwrap();
         let name = name.build();
         let mut b = X509Builder::new().unwrap();
         b.set_version(2).unwrap();
@@ -149,8 +158,17 @@ mod tests {
         let f = cert_facts(&cert);
         assert_eq!(f.subject.cn.as_deref(), Some("Bob"));
         assert_eq!(f.subject.o.as_deref(), Some("Example"));
-        assert_eq!(f.subject.line, "/C=US/O=Example/CN=Bob");
-        assert_eq!(f.version, 3);
+        assert_eq!(
+            f.subject.line,
+            "/C=US/O=Example/CN=Bob/ST=CA/L=Palo Alto/OU=Voice/UID=u-bob/emailAddress=bob@dn.example.com"
+        );
+        assert_eq!(f.subject.st.as_deref(), Some("CA"));
+        assert_eq!(f.subject.l.as_deref(), Some("Palo Alto"));
+        assert_eq!(f.subject.ou.as_deref(), Some("Voice"));
+        assert_eq!(f.subject.uid.as_deref(), Some("u-bob"));
+        assert_eq!(f.subject.email.as_deref(), Some("bob@dn.example.com"));
+        assert_eq!(f.issuer, f.subject);
+        assert_eq!(f.version, 2, "raw X509 version of a v3 certificate");
         assert_eq!(f.serial, "4242");
         assert_eq!(f.not_before, "Jun  5 19:33:20 2005 GMT");
         assert_eq!(f.not_before_unix, 1_118_000_000);

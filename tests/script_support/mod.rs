@@ -110,7 +110,7 @@ pub fn cert(cn: &str) -> CertFacts {
     CertFacts {
         subject: dn(cn, "Example Inc"),
         issuer: dn("Example CA", "Example Trust"),
-        version: 3,
+        version: 2,
         serial: "4096".into(),
         not_before: "Jun 17 15:03:20 2005 GMT".into(),
         not_after: "Jun 17 15:03:20 2035 GMT".into(),
@@ -128,18 +128,23 @@ pub fn cert(cn: &str) -> CertFacts {
     }
 }
 
+/// OpenSSL 3's `SSL_CIPHER_description` of TLS_AES_256_GCM_SHA384, verbatim.
+pub const DESC: &str =
+    "TLS_AES_256_GCM_SHA384         TLSv1.3 Kx=any      Au=any   Enc=AESGCM(256)            Mac=AEAD\n";
+
 /// TLS facts with an optional peer certificate of that CN.
 pub fn tls(peer_cn: Option<&str>) -> TlsFacts {
     TlsFacts {
         version: "TLSv1.3".into(),
         cipher: "TLS_AES_256_GCM_SHA384".into(),
         cipher_bits: 256,
-        desc: "TLSv1.3 TLS_AES_256_GCM_SHA384 256".into(),
+        desc: DESC.into(),
         server_name: Some("sip.example.com".into()),
         domain: Some("example".into()),
         peer: peer_cn.map(|c| Arc::new(cert(c))),
         my: Some(Arc::new(cert("siprox"))),
         peer_verified: peer_cn.is_some(),
+        peer_revoked: false,
         cluster_peer: false,
     }
 }

@@ -27,7 +27,10 @@ pub fn facts(
         None => ("", 0, Arc::from(version)),
     };
     let peer = ssl.peer_certificate().map(|c| Arc::new(cert_facts(&c)));
-    let peer_verified = peer.is_some() && ssl.verify_result() == X509VerifyResult::OK;
+    let verify = ssl.verify_result();
+    let peer_verified = peer.is_some() && verify == X509VerifyResult::OK;
+    // X509_V_ERR_CERT_REVOKED; Kamailio's `revoked` is this verify result.
+    let peer_revoked = peer.is_some() && verify.as_raw() == 23;
     let my = my.or_else(|| ssl.certificate().map(|c| Arc::new(cert_facts(c))));
     TlsFacts {
         desc,
@@ -43,11 +46,13 @@ pub fn facts(
         cluster_peer: peer_verified
             && domain.is_some_and(|d| &**d == siprox::config::CLUSTER_DOMAIN),
         peer_verified,
+        peer_revoked,
     }
 }
 
-/// OpenSSL's one-line description of `cipher`, made once per cipher and worker thread and
-/// shared by every connection that negotiates it (no lock: a per-thread cache).
+/// OpenSSL's description of `cipher`, verbatim (trailing newline included, as SER's and
+/// Kamailio's `@tls.desc`), made once per cipher and worker thread and shared by every
+/// connection that negotiates it (no lock: a per-thread cache).
 fn cipher_desc(cipher: &SslCipherRef, version: &str, bits: u32) -> Arc<str> {
     thread_local! {
         static DESCS: RefCell<HashMap<&'static str, Arc<str>>> = RefCell::new(HashMap::new());
@@ -57,8 +62,7 @@ fn cipher_desc(cipher: &SslCipherRef, version: &str, bits: u32) -> Arc<str> {
             .entry(cipher.name())
             .or_insert_with(|| {
                 let d = cipher.description();
-                let d = d.trim();
-                if d.is_empty() {
+                if d.trim().is_empty() {
                     Arc::from(format!("{version} {} {bits}", cipher.name()))
                 } else {
                     Arc::from(d)
