@@ -885,3 +885,73 @@ fn worst_case_recursion_through_function_arguments_fits_a_small_stack() {
         );
     }
 }
+
+/// Kamailio's preprocessor: defines replace names in the script body (not inside strings or
+/// pseudo-variable names), `#!ifdef`/`#!ifndef`/`#!else`/`#!endif` nest, `#!trydef` keeps
+/// an earlier define, `#!redefine` replaces it, `#!subst` rewrites string literals after it.
+#[test]
+fn preprocessor() {
+    let src = r#"#!KAMAILIO
+#!define WITH_AUTH
+#!define FLT_ACC 1
+#!define CODE "403"
+#!define TWICE FLT_ACC + FLT_ACC
+#!trydef FLT_ACC 7
+#!trydef FLT_NAT 5
+#!define LONG 10 + \
+    20
+#!ifdef WITH_AUTH
+  #!ifndef WITH_TLS
+    #!define MODE "auth"
+  #!else
+    #!define MODE "tls"
+  #!endif
+#!else
+  #!define MODE "none"
+  this is not compiled at all {{{
+#!endif
+!!ifdef WITH_NOTHING
+  #!define MODE "unreachable"
+!!endif
+#!subst "/example\.ORG/example.net/gi"
+#!substdefs "!DOMAIN!sip.example.com!"
+route {
+    setflag(FLT_ACC);
+    $var(code) = CODE;
+    $var(twice) = TWICE;
+    $var(nat) = FLT_NAT;
+    $var(long) = LONG;
+    $var(mode) = MODE;
+    $var(s) = "a.Example.org b.example.org FLT_ACC";
+    $var(d) = DOMAIN;
+    $var(ds) = "DOMAIN";
+    $var(FLT_ACC) = 3;
+    route(LATER);
+}
+#!redefine FLT_ACC 9
+route[LATER] { $var(later) = FLT_ACC; }
+"#;
+    let script = compiled(src);
+    let r = run_with(
+        &script,
+        &msg(INVITE),
+        &udp(),
+        None,
+        RecHost::default(),
+        &[
+            "code", "twice", "nat", "long", "mode", "s", "d", "ds", "FLT_ACC", "later",
+        ],
+    );
+    assert_eq!(r.flags, 1 << 1);
+    assert_eq!(r.var("code"), s("403"));
+    assert_eq!(r.var("twice"), i(2));
+    assert_eq!(r.var("nat"), i(5));
+    assert_eq!(r.var("long"), i(30));
+    assert_eq!(r.var("mode"), s("auth"));
+    assert_eq!(r.var("s"), s("a.example.net b.example.net FLT_ACC"));
+    assert_eq!(r.var("d"), s("sip.example.com"));
+    assert_eq!(r.var("ds"), s("sip.example.com"));
+    assert_eq!(r.var("FLT_ACC"), i(3));
+    // `#!redefine` applies to what follows it only.
+    assert_eq!(r.var("later"), i(9));
+}
