@@ -364,7 +364,10 @@ fn doc_examples_compile() {
         let body = &rest[i + 7..];
         let end = body.find("```").expect("closed fence");
         let block = &body[..end];
-        let src = if block.contains("route")
+        let src = if block.trim_start().starts_with("#!") {
+            // A preprocessor example is a whole script.
+            block.to_owned()
+        } else if block.contains("route")
             && block
                 .trim_start()
                 .starts_with(|c: char| c.is_ascii_lowercase())
