@@ -435,3 +435,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn transformation_errors() {
+    let cases: &[(&str, (usize, usize), &str)] = &[
+        (
+            "route { $var(a) = $(ru{s.nope}); }",
+            (1, 19),
+            "unknown transformation `{s.nope}`",
+        ),
+        (
+            "route { $var(a) = $(ru{s.substr,1}); }",
+            (1, 19),
+            "`{s.substr}` takes 2 parameters, got 1",
+        ),
+        (
+            "route { $var(a) = $(ru{s.substr,x,1}); }",
+            (1, 19),
+            "needs an integer parameter",
+        ),
+        (
+            "route { $var(a) = $(ru{s.strip,$var(n)}); }",
+            (1, 19),
+            "must be a literal",
+        ),
+        (
+            "route { $var(a) = $(ru{s.select,1,ab}); }",
+            (1, 19),
+            "one-character separator",
+        ),
+        (
+            "route { $var(a) = $(ru{uri.param}); }",
+            (1, 19),
+            "takes 1 parameter",
+        ),
+        ("route { $var(a) = $(ru{s.len\n); }", (1, 19), "missing `}`"),
+        ("route { $var(a) = $(ru{s.len}; }", (1, 19), "missing `)`"),
+        (
+            "route { $(ru{s.len}) = 1; }",
+            (1, 9),
+            "cannot assign to a transformation",
+        ),
+        (
+            "route { xlog(\"$(ru{s.nope})\"); }",
+            (1, 14),
+            "unknown transformation",
+        ),
+    ];
+    for (src, (line, col), want) in cases {
+        let (l, c, m) = first(src);
+        assert!(m.contains(want), "{src}: got `{m}`, want `{want}`");
+        assert_eq!((l, c), (*line, *col), "{src}: {m}");
+    }
+}

@@ -955,3 +955,58 @@ route[LATER] { $var(later) = FLT_ACC; }
     // `#!redefine` applies to what follows it only.
     assert_eq!(r.var("later"), i(9));
 }
+
+/// Transformations on pseudo-variables, alone and chained, in expressions and in strings,
+/// with Kamailio's results; where Kamailio gives null siprox gives "".
+#[test]
+fn transformations() {
+    let m = msg(INVITE);
+    let e = |x: &str| ev(x, &m, &udp(), None);
+    assert_eq!(e("$(fu{uri.user})"), s("alice"));
+    assert_eq!(e("$(fu{uri.user}{s.toupper})"), s("ALICE"));
+    assert_eq!(e("$(fu{uri.host}{s.len})"), i(19));
+    assert_eq!(e("$(ru{uri.param,transport})"), s("tcp"));
+    assert_eq!(e("$(ru{uri.param,TRANSPORT}{s.toupper})"), s("TCP"));
+    assert_eq!(e("$(ru{uri.param,nope})"), s(""));
+    assert_eq!(e("$(ru{uri.param,nope}{s.len})"), s(""));
+    assert_eq!(e("$(ru{uri.port})"), i(5070));
+    assert_eq!(
+        e("$(hdr(From){nameaddr.uri})"),
+        s("sip:alice@atlanta.example.com")
+    );
+    assert_eq!(e("$(hdr(From){nameaddr.name})"), s("\"Alice\""));
+    assert_eq!(
+        e("$(hdr(From){nameaddr.uri}{uri.user}{s.substr,1,3})"),
+        s("lic")
+    );
+    assert_eq!(
+        e("$(hdr(From){s.select,1,;}{param.value,tag})"),
+        s("1928301774")
+    );
+    assert_eq!(e("$(hdr(From){s.select,1,;}{param.value,nope})"), s(""));
+    assert_eq!(e("$(hdr(From){s.select,1,;})"), s("tag=1928301774"));
+    assert_eq!(
+        e("$(hdr(From){s.select,-1,;}{param.value,tag}{s.strip,4})"),
+        s("301774")
+    );
+    assert_eq!(e("$(ci{s.select,0,@})"), s("a84b4c76e66710"));
+    assert_eq!(e("$(ci{s.select,5,@})"), s(""));
+    assert_eq!(e("$(rm{s.tolower})"), s("invite"));
+    assert_eq!(e("$(cs{s.len})"), i(6));
+    assert_eq!(e("$(var(nothing){s.len})"), i(1));
+    assert_eq!(e("$(hdr(X-Missing){s.len})"), i(0));
+    assert_eq!(e("$(rm{uri.user})"), s(""));
+    assert_eq!(e("$(rm{s.substr,10,1})"), s(""));
+    assert_eq!(
+        e("\"user=$(fu{uri.user}{s.tolower}) host=$(ru{uri.host})\""),
+        s("user=alice host=biloxi.example.com")
+    );
+    assert_eq!(e("$(fu{uri.user}{s.len}) + 1"), i(6));
+    let r = run(
+        "route { if ($(ru{uri.param,user}) == \"phone\" && $(fU{s.len}) == 5) { setflag(2); } }",
+        &m,
+        &udp(),
+        None,
+    );
+    assert_eq!(r.flags, 1 << 2);
+}

@@ -126,6 +126,8 @@ pub(crate) enum Pv {
     TReplyCode,
     /// `$T_branch_idx`: the branch a branch_route or failure_route runs for (0-based).
     TBranchIdx,
+    /// `$(pv{tr}...)`: a pseudo-variable through transformations.
+    Tr(Box<Pv>, Vec<super::tr::Tr>),
 }
 
 /// A string with pseudo-variables in it, split once at compile time.

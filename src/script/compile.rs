@@ -450,10 +450,14 @@ impl<'s> Compiler<'s> {
                     Ok(Some(Stmt::Expr(e)))
                 }
             },
-            Tok::Pv { name, arg } if matches!(self.peek_at(1), Tok::Assign) => {
+            Tok::Pv { name, arg, tr } if matches!(self.peek_at(1), Tok::Assign) => {
                 self.bump();
                 self.bump();
                 let lv = match name.as_str() {
+                    _ if !tr.is_empty() => {
+                        self.error(span, "cannot assign to a transformation");
+                        LValue::Var(0)
+                    }
                     "var" => {
                         let a = arg.clone().unwrap_or_default();
                         match pv::resolve("var", Some(&a), &mut self.vars) {
@@ -792,13 +796,15 @@ impl<'s> Compiler<'s> {
                 self.expect(&Tok::RParen, "`)`")?;
                 Ok(e)
             }
-            Tok::Pv { name, arg } => match pv::resolve(&name, arg.as_deref(), &mut self.vars) {
-                Ok(p) => Ok(Expr::Pv(p)),
-                Err(e) => {
-                    self.error(span, e);
-                    Ok(Expr::Lit(Value::EMPTY))
+            Tok::Pv { name, arg, tr } => {
+                match pv::resolve_tr(&name, arg.as_deref(), &tr, &mut self.vars) {
+                    Ok(p) => Ok(Expr::Pv(p)),
+                    Err(e) => {
+                        self.error(span, e);
+                        Ok(Expr::Lit(Value::EMPTY))
+                    }
                 }
-            },
+            }
             Tok::Select(path) => match Select::parse(&path) {
                 Ok(s) => Ok(Expr::Pv(Pv::Sel(s))),
                 Err(e) => {

@@ -358,6 +358,10 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             },
             Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
             Pv::TBranchIdx => Value::Int(self.ctx.tm.branch_idx.map_or(0, |i| i as i64)),
+            Pv::Tr(inner, trs) => {
+                let v = self.pv(inner);
+                super::tr::apply(v, trs)
+            }
         }
     }
 

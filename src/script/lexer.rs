@@ -15,6 +15,8 @@ pub(crate) enum Tok {
     Pv {
         name: String,
         arg: Option<String>,
+        /// The `{...}{...}` transformations of `$(name{...})`, raw; empty when none.
+        tr: String,
     },
     /// The path after `@`.
     Select(String),
@@ -502,30 +504,19 @@ impl Pre {
                 i = n;
                 Tok::Str(s)
             } else if c == b'$' && b.get(i + 1) == Some(&b'(') {
-                // $(name) / $(name(arg)): Kamailio's delimited form (no transformations).
-                let ns = i + 2;
-                let mut e = ns;
-                while e < b.len() && is_ident(b[e]) {
-                    e += 1;
-                }
-                let name = src[ns..e].to_owned();
-                let mut arg = None;
-                if b.get(e) == Some(&b'(') {
-                    match src[e + 1..].find([')', '\n']) {
-                        Some(k) if b[e + 1 + k] == b')' => {
-                            arg = Some(src[e + 1..e + 1 + k].trim().to_owned());
-                            e = e + 1 + k + 1;
-                        }
-                        _ => {
-                            return err(start, e + 1, "missing `)` after pseudo-variable argument")
+                // $(name) / $(name(arg)), with optional {transformations}: Kamailio's
+                // delimited form.
+                match super::pv::delimited(&src[i + 2..]) {
+                    Ok((name, arg, tr, n)) => {
+                        i += 2 + n;
+                        Tok::Pv {
+                            name: name.to_owned(),
+                            arg: arg.map(str::to_owned),
+                            tr: tr.to_owned(),
                         }
                     }
+                    Err(e) => return err(start, eol(src, start).max(start + 2), e),
                 }
-                if name.is_empty() || b.get(e) != Some(&b')') {
-                    return err(start, e.min(b.len()).max(start + 2), "expected `$(name)`");
-                }
-                i = e + 1;
-                Tok::Pv { name, arg }
             } else if c == b'$' {
                 i += 1;
                 let ns = i;
@@ -547,7 +538,11 @@ impl Pre {
                         _ => return err(start, a, "missing `)` after pseudo-variable argument"),
                     }
                 }
-                Tok::Pv { name, arg }
+                Tok::Pv {
+                    name,
+                    arg,
+                    tr: String::new(),
+                }
             } else if c == b'@' {
                 i += 1;
                 let ps = i;
@@ -727,7 +722,8 @@ mod tests {
                 Tok::LParen,
                 Tok::Pv {
                     name: "var".into(),
-                    arg: Some("x".into())
+                    arg: Some("x".into()),
+                    tr: String::new(),
                 },
                 Tok::Match,
                 Tok::Str("a\r\n".into()),

@@ -25,6 +25,7 @@ mod interp;
 mod lexer;
 mod pv;
 mod set;
+mod tr;
 
 use std::fmt;
 use std::sync::Arc;
