@@ -266,6 +266,11 @@ fn each_kind_of_error() {
         assert!(m.contains(want), "{src}: got `{m}`, want `{want}`");
         assert_eq!((l, c), (*line, *col), "{src}: {m}");
     }
+    let (_, c, m) = first("route { setbflag(1, 2); }");
+    assert!(m.contains("only branch 0"), "{m}");
+    assert_eq!(c, 21);
+    let (_, _, m) = first("route { isbflagset(64); }");
+    assert!(m.contains("from 0 to 63"), "{m}");
 }
 
 #[test]

@@ -360,6 +360,26 @@ fn flags() {
 }
 
 #[test]
+fn branch_flags_and_bf() {
+    let r = run_with(
+        &compiled(
+            "route { setbflag(2); setbflag(4, 0); resetbflag(2); $var(a) = $bf; \
+             $bf = 9; if (isbflagset(0) && isbflagset(3, 0) && !isbflagset(4) && !isflag(0)) { $var(ok) = 1; } \
+             $bf = \"junk\"; $var(b) = $bf; }",
+        ),
+        &msg(INVITE),
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "ok", "b"],
+    );
+    assert_eq!(r.var("a"), i(16));
+    assert_eq!(r.var("ok"), i(1));
+    assert_eq!(r.var("b"), i(0));
+    assert_eq!(r.flags, 0);
+}
+
+#[test]
 fn header_and_uri_functions() {
     let m = msg(INVITE);
     let src = r#"route {
@@ -1009,4 +1029,38 @@ fn transformations() {
         None,
     );
     assert_eq!(r.flags, 1 << 2);
+    let r = run_with(
+        &compiled(
+            r#"route {
+    $var(tel) = "tel:+1-555-0100;phone-context=example.com";
+    $var(v6) = "sip:alice@[2001:db8::9]:5062;transport=tls";
+    $var(pad) = "  x y \t";
+    $var(a) = $(var(tel){uri.user});
+    $var(b) = $(var(tel){uri.param,phone-context});
+    $var(c) = $(var(v6){uri.host});
+    $var(d) = $(var(v6){uri.port});
+    $var(e) = $(var(pad){s.trim});
+    $var(f) = $(var(pad){s.striptail,2});
+    $var(g) = $(var(pad){s.trim}{s.len});
+    $var(h) = $(var(v6){uri.user}{s.int});
+    $var(k) = $(rU{uri.user});
+    $var(l) = $(ru{uri.port}{s.len});
+}"#,
+        ),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "b", "c", "d", "e", "f", "g", "h", "k", "l"],
+    );
+    assert_eq!(r.var("a"), s("+1-555-0100"));
+    assert_eq!(r.var("b"), s("example.com"));
+    assert_eq!(r.var("c"), s("[2001:db8::9]"));
+    assert_eq!(r.var("d"), i(5062));
+    assert_eq!(r.var("e"), s("x y"));
+    assert_eq!(r.var("f"), s("  x y"));
+    assert_eq!(r.var("g"), i(3));
+    assert_eq!(r.var("h"), i(0));
+    assert_eq!(r.var("k"), s(""), "a bare user is not a URI");
+    assert_eq!(r.var("l"), i(4));
 }

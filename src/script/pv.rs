@@ -150,6 +150,7 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
         "rb" => sip(SipSelect::MsgBody),
         "Ts" => Pv::Time,
         "du" => Pv::Duri,
+        "bf" => Pv::Bflags,
         "T_reply_code" => Pv::TReplyCode,
         "T_branch_idx" => Pv::TBranchIdx,
         _ => match name.strip_prefix("tls_").and_then(tls_pv) {
