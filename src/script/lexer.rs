@@ -1,7 +1,9 @@
 //! The route-script lexer: bytes to tokens with byte spans. Kamailio's lexical conventions:
 //! `#`, `//` and `/* */` comments, double- or single-quoted strings with C escapes,
-//! `$name` / `$name(arg)` pseudo-variables, `@a.b[2].c` selects. Never panics; every
-//! malformed input is an error with a span.
+//! `$name` / `$name(arg)` / `$(name(arg){tr})` pseudo-variables, `@a.b[2].c` selects, and
+//! Kamailio's preprocessor (`#!define`, `#!ifdef`, `#!subst`, ...) run in file order as it
+//! goes, so every token keeps its place in the original text. Never panics; every malformed
+//! input is an error with a span; define expansion is bounded in depth and count.
 
 use super::error::Span;
 
