@@ -173,7 +173,51 @@ fn each_kind_of_error() {
             "does not belong in a siprox script",
         ),
         ("debug=3", (1, 1), "global parameter `debug`"),
-        ("#!ifdef WITH_AUTH\n", (1, 1), "preprocessor directive"),
+        (
+            "#!include_file \"x.cfg\"\n",
+            (1, 1),
+            "`#!include_file` is not supported",
+        ),
+        ("#!ifdef WITH_AUTH\n", (1, 1), "without `#!endif`"),
+        (
+            "route { }\n#!endif\n",
+            (2, 1),
+            "`#!endif` without `#!ifdef`",
+        ),
+        ("#!else\n", (1, 1), "`#!else` without `#!ifdef`"),
+        (
+            "#!ifdef A\n#!else\n#!else\n#!endif\n",
+            (3, 1),
+            "second `#!else`",
+        ),
+        (
+            "#!define A 1\n#!define A 2\n",
+            (2, 1),
+            "`A` is already defined",
+        ),
+        ("#!define\n", (1, 1), "`#!define` needs a name"),
+        (
+            "#!define A B\n#!define B A\nroute { A; }",
+            (3, 9),
+            "expands too deeply",
+        ),
+        ("#!subst \"/a(/b/\"\n", (1, 9), "bad `#!subst` regex"),
+        ("#!subst \"/a/b/x\"\n", (1, 9), "unknown `#!subst` flag `x`"),
+        (
+            "#!subst \"/a/b\"\n",
+            (1, 9),
+            "expected \"/regex/replacement/flags\"",
+        ),
+        (
+            "#!subst /a/b/\n",
+            (1, 1),
+            "needs \"/regex/replacement/flags\"",
+        ),
+        (
+            "#!define R sl_send_reply(\"404\")\nroute {\n  R;\n}",
+            (3, 3),
+            "`sl_send_reply` takes 2 arguments, got 1",
+        ),
         (
             "route { proto == \"quic\"; }",
             (1, 18),
@@ -222,6 +266,11 @@ fn each_kind_of_error() {
         assert!(m.contains(want), "{src}: got `{m}`, want `{want}`");
         assert_eq!((l, c), (*line, *col), "{src}: {m}");
     }
+    let (_, c, m) = first("route { setbflag(1, 2); }");
+    assert!(m.contains("only branch 0"), "{m}");
+    assert_eq!(c, 21);
+    let (_, _, m) = first("route { isbflagset(64); }");
+    assert!(m.contains("from 0 to 63"), "{m}");
 }
 
 #[test]
@@ -324,7 +373,10 @@ fn doc_examples_compile() {
         let body = &rest[i + 7..];
         let end = body.find("```").expect("closed fence");
         let block = &body[..end];
-        let src = if block.contains("route")
+        let src = if block.trim_start().starts_with("#!") {
+            // A preprocessor example is a whole script.
+            block.to_owned()
+        } else if block.contains("route")
             && block
                 .trim_start()
                 .starts_with(|c: char| c.is_ascii_lowercase())
@@ -372,5 +424,76 @@ proptest! {
             let m = msg(INVITE);
             let _ = run_with(&sc, &m, &udp(), None, RecHost::default(), &[]);
         }
+    }
+
+    /// Preprocessor soup: directives, defines naming each other (cycles included) and
+    /// transformations in any order never panic, and expansion stays bounded.
+    #[test]
+    fn random_preprocessor_soup_never_panics(lines in proptest::collection::vec(prop::sample::select(vec![
+        "#!define A B B", "#!define B A", "#!define C C C C C C C C", "#!define D 1 + D",
+        "#!define E", "#!trydef A 1", "#!redefine B 2", "#!ifdef A", "#!ifndef B", "#!else",
+        "#!endif", "!!ifdef C", "!!endif", "#!subst \"/a/\\0\\0/g\"", "#!substdef \"/E/x/\"",
+        "#!subst \"/(/x/\"", "route { $var(x) = A; }", "route[R] { $var(y) = \"aaa\" + E; }",
+        "route { $var(z) = $(ru{uri.user}{s.substr,1,2}{s.len}); }", "}", "{", "#!define F \\",
+        "#!redefine C \"$(fu{s.select,-1,@})\"", "route { $var(x) = C; }",
+    ]), 0..24)) {
+        let src = lines.join("\n");
+        if let Ok(sc) = compile(&src, "pp.cfg") {
+            let m = msg(INVITE);
+            let _ = run_with(&sc, &m, &udp(), None, RecHost::default(), &[]);
+        }
+    }
+}
+
+#[test]
+fn transformation_errors() {
+    let cases: &[(&str, (usize, usize), &str)] = &[
+        (
+            "route { $var(a) = $(ru{s.nope}); }",
+            (1, 19),
+            "unknown transformation `{s.nope}`",
+        ),
+        (
+            "route { $var(a) = $(ru{s.substr,1}); }",
+            (1, 19),
+            "`{s.substr}` takes 2 parameters, got 1",
+        ),
+        (
+            "route { $var(a) = $(ru{s.substr,x,1}); }",
+            (1, 19),
+            "needs an integer parameter",
+        ),
+        (
+            "route { $var(a) = $(ru{s.strip,$var(n)}); }",
+            (1, 19),
+            "must be a literal",
+        ),
+        (
+            "route { $var(a) = $(ru{s.select,1,ab}); }",
+            (1, 19),
+            "one-character separator",
+        ),
+        (
+            "route { $var(a) = $(ru{uri.param}); }",
+            (1, 19),
+            "takes 1 parameter",
+        ),
+        ("route { $var(a) = $(ru{s.len\n); }", (1, 19), "missing `}`"),
+        ("route { $var(a) = $(ru{s.len}; }", (1, 19), "missing `)`"),
+        (
+            "route { $(ru{s.len}) = 1; }",
+            (1, 9),
+            "cannot assign to a transformation",
+        ),
+        (
+            "route { xlog(\"$(ru{s.nope})\"); }",
+            (1, 14),
+            "unknown transformation",
+        ),
+    ];
+    for (src, (line, col), want) in cases {
+        let (l, c, m) = first(src);
+        assert!(m.contains(want), "{src}: got `{m}`, want `{want}`");
+        assert_eq!((l, c), (*line, *col), "{src}: {m}");
     }
 }

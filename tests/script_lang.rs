@@ -360,6 +360,26 @@ fn flags() {
 }
 
 #[test]
+fn branch_flags_and_bf() {
+    let r = run_with(
+        &compiled(
+            "route { setbflag(2); setbflag(4, 0); resetbflag(2); $var(a) = $bf; \
+             $bf = 9; if (isbflagset(0) && isbflagset(3, 0) && !isbflagset(4) && !isflag(0)) { $var(ok) = 1; } \
+             $bf = \"junk\"; $var(b) = $bf; }",
+        ),
+        &msg(INVITE),
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "ok", "b"],
+    );
+    assert_eq!(r.var("a"), i(16));
+    assert_eq!(r.var("ok"), i(1));
+    assert_eq!(r.var("b"), i(0));
+    assert_eq!(r.flags, 0);
+}
+
+#[test]
 fn header_and_uri_functions() {
     let m = msg(INVITE);
     let src = r#"route {
@@ -884,4 +904,167 @@ fn worst_case_recursion_through_function_arguments_fits_a_small_stack() {
             "{end:?}"
         );
     }
+}
+
+/// Kamailio's preprocessor: defines replace names in the script body (not inside strings or
+/// pseudo-variable names), `#!ifdef`/`#!ifndef`/`#!else`/`#!endif` nest, `#!trydef` keeps
+/// an earlier define, `#!redefine` replaces it, `#!subst` rewrites string literals after it.
+#[test]
+fn preprocessor() {
+    let src = r#"#!KAMAILIO
+#!define WITH_AUTH
+#!define FLT_ACC 1
+#!define CODE "403"
+#!define TWICE FLT_ACC + FLT_ACC
+#!trydef FLT_ACC 7
+#!trydef FLT_NAT 5
+#!define LONG 10 + \
+    20
+#!ifdef WITH_AUTH
+  #!ifndef WITH_TLS
+    #!define MODE "auth"
+  #!else
+    #!define MODE "tls"
+  #!endif
+#!else
+  #!define MODE "none"
+  this is not compiled at all {{{
+#!endif
+!!ifdef WITH_NOTHING
+  #!define MODE "unreachable"
+!!endif
+#!subst "/example\.ORG/example.net/gi"
+#!substdefs "!DOMAIN!sip.example.com!"
+route {
+    setflag(FLT_ACC);
+    $var(code) = CODE;
+    $var(twice) = TWICE;
+    $var(nat) = FLT_NAT;
+    $var(long) = LONG;
+    $var(mode) = MODE;
+    $var(s) = "a.Example.org b.example.org FLT_ACC";
+    $var(d) = DOMAIN;
+    $var(ds) = "DOMAIN";
+    $var(FLT_ACC) = 3;
+    route(LATER);
+}
+#!redefine FLT_ACC 9
+route[LATER] { $var(later) = FLT_ACC; }
+"#;
+    let script = compiled(src);
+    let r = run_with(
+        &script,
+        &msg(INVITE),
+        &udp(),
+        None,
+        RecHost::default(),
+        &[
+            "code", "twice", "nat", "long", "mode", "s", "d", "ds", "FLT_ACC", "later",
+        ],
+    );
+    assert_eq!(r.flags, 1 << 1);
+    assert_eq!(r.var("code"), s("403"));
+    assert_eq!(r.var("twice"), i(2));
+    assert_eq!(r.var("nat"), i(5));
+    assert_eq!(r.var("long"), i(30));
+    assert_eq!(r.var("mode"), s("auth"));
+    assert_eq!(r.var("s"), s("a.example.net b.example.net FLT_ACC"));
+    assert_eq!(r.var("d"), s("sip.example.com"));
+    assert_eq!(r.var("ds"), s("sip.example.com"));
+    assert_eq!(r.var("FLT_ACC"), i(3));
+    // `#!redefine` applies to what follows it only.
+    assert_eq!(r.var("later"), i(9));
+}
+
+/// Transformations on pseudo-variables, alone and chained, in expressions and in strings,
+/// with Kamailio's results; where Kamailio gives null siprox gives "".
+#[test]
+fn transformations() {
+    let m = msg(INVITE);
+    let e = |x: &str| ev(x, &m, &udp(), None);
+    assert_eq!(e("$(fu{uri.user})"), s("alice"));
+    assert_eq!(e("$(fu{uri.user}{s.toupper})"), s("ALICE"));
+    assert_eq!(e("$(fu{uri.host}{s.len})"), i(19));
+    assert_eq!(e("$(ru{uri.param,transport})"), s("tcp"));
+    assert_eq!(e("$(ru{uri.param,TRANSPORT}{s.toupper})"), s("TCP"));
+    assert_eq!(e("$(ru{uri.param,nope})"), s(""));
+    assert_eq!(e("$(ru{uri.param,nope}{s.len})"), s(""));
+    assert_eq!(e("$(ru{uri.port})"), i(5070));
+    assert_eq!(
+        e("$(hdr(From){nameaddr.uri})"),
+        s("sip:alice@atlanta.example.com")
+    );
+    assert_eq!(e("$(hdr(From){nameaddr.name})"), s("\"Alice\" "));
+    assert_eq!(
+        e("$(hdr(From){nameaddr.uri}{uri.user}{s.substr,1,3})"),
+        s("lic")
+    );
+    assert_eq!(
+        e("$(hdr(From){s.select,1,;}{param.value,tag})"),
+        s("1928301774")
+    );
+    assert_eq!(e("$(hdr(From){s.select,1,;}{param.value,nope})"), s(""));
+    assert_eq!(e("$(hdr(From){s.select,1,;})"), s("tag=1928301774"));
+    assert_eq!(
+        e("$(hdr(From){s.select,-1,;}{param.value,tag}{s.strip,4})"),
+        s("301774")
+    );
+    assert_eq!(e("$(ci{s.select,0,@})"), s("a84b4c76e66710"));
+    assert_eq!(e("$(ci{s.select,5,@})"), s(""));
+    assert_eq!(e("$(rm{s.tolower})"), s("invite"));
+    assert_eq!(e("$(cs{s.len})"), i(6));
+    assert_eq!(e("$(var(nothing){s.len})"), i(1));
+    assert_eq!(e("$(hdr(X-Missing){s.len})"), i(0));
+    assert_eq!(e("$(rm{uri.user})"), s(""));
+    assert_eq!(e("$(rm{s.substr,10,1})"), s(""));
+    assert_eq!(
+        e("\"user=$(fu{uri.user}{s.tolower}) host=$(ru{uri.host})\""),
+        s("user=alice host=biloxi.example.com")
+    );
+    assert_eq!(e("$(fu{uri.user}{s.len}) + 1"), i(6));
+    let r = run(
+        "route { if ($(ru{uri.param,user}) == \"phone\" && $(fU{s.len}) == 5) { setflag(2); } }",
+        &m,
+        &udp(),
+        None,
+    );
+    assert_eq!(r.flags, 1 << 2);
+    let r = run_with(
+        &compiled(
+            r#"route {
+    $var(tel) = "tel:+1-555-0100;phone-context=example.com";
+    $var(v6) = "sip:alice@[2001:db8::9]:5062;transport=tls";
+    $var(pad) = "  x y \t";
+    $var(a) = $(var(tel){uri.user});
+    $var(b) = $(var(tel){uri.param,phone-context});
+    $var(c) = $(var(v6){uri.host});
+    $var(d) = $(var(v6){uri.port});
+    $var(e) = $(var(pad){s.trim});
+    $var(f) = $(var(pad){s.striptail,2});
+    $var(g) = $(var(pad){s.trim}{s.len});
+    $var(h) = $(var(v6){uri.user}{s.int});
+    $var(k) = $(rU{uri.user});
+    $var(l) = $(ru{uri.port}{s.len});
+}"#,
+        ),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "b", "c", "d", "e", "f", "g", "h", "k", "l"],
+    );
+    assert_eq!(r.var("a"), s("+1-555-0100"));
+    assert_eq!(
+        r.var("b"),
+        s(""),
+        "Kamailio 5.6 gives null for a tel: parameter"
+    );
+    assert_eq!(r.var("c"), s("[2001:db8::9]"));
+    assert_eq!(r.var("d"), i(5062));
+    assert_eq!(r.var("e"), s("x y"));
+    assert_eq!(r.var("f"), s("  x y"));
+    assert_eq!(r.var("g"), i(3));
+    assert_eq!(r.var("h"), s(""));
+    assert_eq!(r.var("k"), s(""), "a bare user is not a URI");
+    assert_eq!(r.var("l"), i(4));
 }

@@ -443,6 +443,7 @@ async fn t_newtran_answers_statefully_and_t_check_trans_finds_transactions() {
 const BRANCH_FACTS: &str = r#"
 route {
     t_on_failure("WHY");
+    setflag(7);
     if ($rU == "ring") {
         t_set_fr(300, 0);
     }
@@ -458,7 +459,12 @@ failure_route[WHY] {
         exit;
     }
     if (t_branch_replied()) {
-        t_reply("486", "Replied $T_reply_code");
+        # The flag set in the request route before t_relay() is still set here.
+        if (isflag(7)) {
+            t_reply("486", "Replied $T_reply_code");
+        } else {
+            t_reply("486", "Flag Lost");
+        }
         exit;
     }
     t_reply("502", "Never Replied $T_reply_code");

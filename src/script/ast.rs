@@ -46,6 +46,8 @@ pub(crate) enum LValue {
     RuriUser,
     /// `$du`: where to send instead of the Request-URI.
     Duri,
+    /// `$bf`: the branch flags, all at once.
+    Bflags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +128,10 @@ pub(crate) enum Pv {
     TReplyCode,
     /// `$T_branch_idx`: the branch a branch_route or failure_route runs for (0-based).
     TBranchIdx,
+    /// `$bf`: the branch flags as an integer.
+    Bflags,
+    /// `$(pv{tr}...)`: a pseudo-variable through transformations.
+    Tr(Box<Pv>, Vec<super::tr::Tr>),
 }
 
 /// A string with pseudo-variables in it, split once at compile time.
@@ -263,6 +269,9 @@ pub(crate) enum Func {
     SetFlag(u8),
     ResetFlag(u8),
     IsFlag(u8),
+    SetBFlag(u8),
+    ResetBFlag(u8),
+    IsBFlag(u8),
     Log(Level),
     Xlog(Level),
     IsPeerVerified,

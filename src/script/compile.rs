@@ -450,10 +450,14 @@ impl<'s> Compiler<'s> {
                     Ok(Some(Stmt::Expr(e)))
                 }
             },
-            Tok::Pv { name, arg } if matches!(self.peek_at(1), Tok::Assign) => {
+            Tok::Pv { name, arg, tr } if matches!(self.peek_at(1), Tok::Assign) => {
                 self.bump();
                 self.bump();
                 let lv = match name.as_str() {
+                    _ if !tr.is_empty() => {
+                        self.error(span, "cannot assign to a transformation");
+                        LValue::Var(0)
+                    }
                     "var" => {
                         let a = arg.clone().unwrap_or_default();
                         match pv::resolve("var", Some(&a), &mut self.vars) {
@@ -469,8 +473,9 @@ impl<'s> Compiler<'s> {
                     "rd" if arg.is_none() => LValue::RuriHost,
                     "rU" if arg.is_none() => LValue::RuriUser,
                     "du" if arg.is_none() => LValue::Duri,
+                    "bf" if arg.is_none() => LValue::Bflags,
                     _ => {
-                        self.error(span, format!("cannot assign to `${name}` (assignable: $var(name), $ru, $rd, $rU, $du)"));
+                        self.error(span, format!("cannot assign to `${name}` (assignable: $var(name), $ru, $rd, $rU, $du, $bf)"));
                         LValue::Var(0)
                     }
                 };
@@ -792,13 +797,15 @@ impl<'s> Compiler<'s> {
                 self.expect(&Tok::RParen, "`)`")?;
                 Ok(e)
             }
-            Tok::Pv { name, arg } => match pv::resolve(&name, arg.as_deref(), &mut self.vars) {
-                Ok(p) => Ok(Expr::Pv(p)),
-                Err(e) => {
-                    self.error(span, e);
-                    Ok(Expr::Lit(Value::EMPTY))
+            Tok::Pv { name, arg, tr } => {
+                match pv::resolve_tr(&name, arg.as_deref(), &tr, &mut self.vars) {
+                    Ok(p) => Ok(Expr::Pv(p)),
+                    Err(e) => {
+                        self.error(span, e);
+                        Ok(Expr::Lit(Value::EMPTY))
+                    }
                 }
-            },
+            }
             Tok::Select(path) => match Select::parse(&path) {
                 Ok(s) => Ok(Expr::Pv(Pv::Sel(s))),
                 Err(e) => {
@@ -1111,7 +1118,14 @@ impl<'s> Compiler<'s> {
             "rewriteuser" | "setuser" => Func::RewriteUser,
             "rewritehostport" | "sethostport" => Func::RewriteHostPort,
             "rewriteport" | "setport" => Func::RewritePort,
-            "setflag" | "resetflag" | "isflag" => {
+            "setflag" | "resetflag" | "isflag" | "setbflag" | "resetbflag" | "isbflagset" => {
+                // Kamailio's optional branch index: only branch 0 (the request's) exists.
+                if args.len() > 1 && lit_int(1) != Some(0) {
+                    return Err((
+                        sp(1),
+                        "only branch 0 (the request's own) has flags here".into(),
+                    ));
+                }
                 let n = match lit_int(0) {
                     Some(n) if (0..64).contains(&n) => n as u8,
                     _ => return Err((sp(0), "a flag is an integer literal from 0 to 63".into())),
@@ -1120,7 +1134,10 @@ impl<'s> Compiler<'s> {
                 match name {
                     "setflag" => Func::SetFlag(n),
                     "resetflag" => Func::ResetFlag(n),
-                    _ => Func::IsFlag(n),
+                    "isflag" => Func::IsFlag(n),
+                    "setbflag" => Func::SetBFlag(n),
+                    "resetbflag" => Func::ResetBFlag(n),
+                    _ => Func::IsBFlag(n),
                 }
             }
             "log" | "xlog" | "xlogl" => {
@@ -1220,6 +1237,9 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("setflag", 1, 1),
     ("resetflag", 1, 1),
     ("isflag", 1, 1),
+    ("setbflag", 1, 2),
+    ("resetbflag", 1, 2),
+    ("isbflagset", 1, 2),
     ("log", 1, 2),
     ("xlog", 1, 2),
     ("xlogl", 1, 2),

@@ -237,6 +237,10 @@ pub struct Relay {
     pub fr: Option<(u32, u32)>,
     /// `t_on_reply("NAME")`.
     pub reply_route: Option<String>,
+    /// The message and branch flags when `t_relay()` ran: the transaction keeps them for
+    /// its failure_route and onreply_route[NAME].
+    pub flags: u64,
+    pub bflags: u64,
 }
 
 impl<'a> ProxyHost<'a> {
@@ -431,6 +435,8 @@ impl Host for ProxyHost<'_> {
             failure_route: ctx.tm.failure_route.clone(),
             fr: ctx.tm.fr,
             reply_route: ctx.tm.reply_route.clone(),
+            flags: ctx.flags,
+            bflags: ctx.bflags,
         });
         1
     }
@@ -783,6 +789,9 @@ pub struct Failed {
     pub has_next: bool,
     /// How the failed branch ended (`t_branch_timeout`, `t_branch_replied`).
     pub branch: script::BranchEnd,
+    /// The message and branch flags the transaction kept from `t_relay()`.
+    pub flags: u64,
+    pub bflags: u64,
 }
 
 /// Run `failure_route[name]` for a request whose branches all failed. `None` when the
@@ -806,6 +815,8 @@ pub fn run_failure(
     ctx.tm.reply_code = Some(failed.status);
     ctx.tm.branch = Some(failed.branch);
     ctx.tm.branch_idx = failed.branch_idx;
+    ctx.flags = failed.flags;
+    ctx.bflags = failed.bflags;
     let outcome = script.run_named(script::RouteKind::Failure, name, &mut ctx, &mut host)?;
     let ok = !outcome.is_error();
     Some(FailureRun {
@@ -821,7 +832,8 @@ pub fn run_failure(
 /// Run `branch_route[name]` for branch `idx` of a relayed request, about to be sent with
 /// `opts`: `$ru` is the branch's, `$T_branch_idx` is `idx`; its Request-URI, `$du` and
 /// header edits change this branch only. `Some(false)`: the route dropped the branch;
-/// `None`: the script has no such route.
+/// `None`: the script has no such route. `flags` are the message and branch flags the
+/// transaction kept from `t_relay()`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_branch(
     script: &Script,
@@ -834,9 +846,11 @@ pub fn run_branch(
     tls: Option<&TlsFacts>,
     idx: usize,
     opts: &mut ForwardOpts,
+    flags: (u64, u64),
 ) -> Option<bool> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
     let mut ctx = MsgCtx::new(msg, rx, tls);
+    (ctx.flags, ctx.bflags) = flags;
     ctx.tm.branch_idx = Some(idx);
     ctx.edits.new_ruri = opts.ruri.clone();
     let outcome = script.run_named(script::RouteKind::Branch, name, &mut ctx, &mut host)?;
@@ -879,7 +893,9 @@ pub fn run_reply(
 
 /// Run `onreply_route[name]` (armed by `t_on_reply`) on a response of a transaction's
 /// branch, after the main onreply_route. `Some(false)`: the route dropped it (the runtime
-/// drops only a provisional response); `None`: the script has no such route.
+/// drops only a provisional response); `None`: the script has no such route. `flags` are
+/// the message and branch flags the transaction kept from `t_relay()` (`isflag` reads them).
+#[allow(clippy::too_many_arguments)]
 pub fn run_reply_named(
     script: &Script,
     name: &str,
@@ -888,9 +904,11 @@ pub fn run_reply_named(
     msg: &Message,
     rx: &Inbound,
     tls: Option<&TlsFacts>,
+    flags: (u64, u64),
 ) -> Option<bool> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, None);
     let mut ctx = MsgCtx::new(msg, rx, tls);
+    (ctx.flags, ctx.bflags) = flags;
     ctx.tm.reply_code = msg.status();
     let outcome = script.run_named(script::RouteKind::Reply, name, &mut ctx, &mut host)?;
     Some(!matches!(outcome.end, script::End::Drop))

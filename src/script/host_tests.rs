@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
-    run_failure, run_http, run_reply_named, run_request, Auth, Env, Failed, HttpDecision, Liveness,
-    Note, Registrar, RequestRun, ScriptLog, Transactions, TxCheck,
+    run_branch, run_failure, run_http, run_reply_named, run_request, Auth, Env, Failed,
+    HttpDecision, Liveness, Note, Registrar, RequestRun, ScriptLog, Transactions, TxCheck,
 };
 use super::{compile, Level, ScriptSet};
 use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
@@ -775,6 +775,71 @@ failure_route[vm] {
     .is_none());
 }
 
+/// Message and branch flags set before `t_relay()` travel with the relay; failure_route
+/// and onreply_route[NAME] given them read them; flags set after `t_relay()` do not.
+#[test]
+fn flags_set_before_t_relay_reach_failure_and_reply_routes() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let script = r#"route { setflag(3); setbflag(5); $bf = $bf + 2; t_on_failure("F"); t_on_reply("R"); t_relay(); setflag(9); }
+failure_route[F] { if (isflag(3) && isbflagset(5) && isbflagset(1) && !isflag(9)) { t_reply("599", "flags kept"); } }
+onreply_route[R] { if (isflag(3) && $bf == 34) { drop; } }
+branch_route[B] { if (isflag(3) && isbflagset(5)) { drop; } }"#;
+    let run = w.run(script, &m, &tls_in(1));
+    let relay = run.relay.expect("relay");
+    assert_eq!((relay.flags, relay.bflags), (1 << 3, (1 << 5) | 2));
+    let s = compile(script, "test.cfg").unwrap();
+    let p = proxy();
+    let env = w.env();
+    let failed = |flags, bflags| Failed {
+        flags,
+        bflags,
+        ..fail(486, Default::default())
+    };
+    let r = run_failure(
+        &s,
+        "F",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(relay.flags, relay.bflags),
+    )
+    .unwrap();
+    assert_eq!(r.reply, Some((599, "flags kept".to_owned())));
+    let r = run_failure(&s, "F", None, &p, &env, &m, &tls_in(1), None, failed(0, 0)).unwrap();
+    assert_eq!(r.reply, None);
+    let resp = Message::parse(Bytes::from(
+        "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-x\r\n\
+         From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\n\
+         Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .unwrap();
+    let kept = |f| run_reply_named(&s, "R", &p, &env, &resp, &tls_in(1), None, f);
+    assert_eq!(kept((relay.flags, relay.bflags)), Some(false));
+    assert_eq!(kept((0, 0)), Some(true));
+    let branch = |f| {
+        let mut opts = ForwardOpts::default();
+        run_branch(
+            &s,
+            "B",
+            None,
+            &p,
+            &env,
+            &m,
+            &tls_in(1),
+            None,
+            0,
+            &mut opts,
+            f,
+        )
+    };
+    assert_eq!(branch((relay.flags, relay.bflags)), Some(false));
+    assert_eq!(branch((0, 0)), Some(true));
+}
+
 /// A transaction table for `t_check_trans` / `t_newtran`: what it answers, and what it
 /// was asked to make.
 struct FakeTm {
@@ -813,11 +878,11 @@ onreply_route[R] { if ($T_reply_code == 180 && $rs == 180) { drop; } }"#;
         )))
         .unwrap()
     };
-    let kept = |code| run_reply_named(&s, "R", &p, &env, &resp(code), &tls_in(1), None);
+    let kept = |code| run_reply_named(&s, "R", &p, &env, &resp(code), &tls_in(1), None, (0, 0));
     assert_eq!(kept(180), Some(false));
     assert_eq!(kept(183), Some(true));
     assert_eq!(
-        run_reply_named(&s, "none", &p, &env, &resp(180), &tls_in(1), None),
+        run_reply_named(&s, "none", &p, &env, &resp(180), &tls_in(1), None, (0, 0)),
         None
     );
 }
@@ -994,6 +1059,8 @@ failure_route[next] { t_on_failure("next"); if (!t_next_contacts()) { t_reply("4
         branch_idx: Some(0),
         has_next,
         branch: Default::default(),
+        flags: 0,
+        bflags: 0,
     };
     let r = run_failure(
         &s,
@@ -1083,5 +1150,7 @@ fn fail(status: u16, branch: super::BranchEnd) -> Failed {
         branch_idx: None,
         has_next: false,
         branch,
+        flags: 0,
+        bflags: 0,
     }
 }

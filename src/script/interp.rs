@@ -224,6 +224,10 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                         let s = v.as_str().into_owned();
                         self.rewrite(None, None, Some(&s));
                     }
+                    LValue::Bflags => {
+                        // Not a number: no flags, as Kamailio's int conversion of a string.
+                        self.ctx.bflags = v.as_int().unwrap_or(0) as u64;
+                    }
                     LValue::Duri => {
                         let s = v.as_str().into_owned();
                         // Checked where it is used (forward/t_relay): a bad one fails there.
@@ -358,6 +362,11 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             },
             Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
             Pv::TBranchIdx => Value::Int(self.ctx.tm.branch_idx.map_or(0, |i| i as i64)),
+            Pv::Bflags => Value::Int(self.ctx.bflags as i64),
+            Pv::Tr(inner, trs) => {
+                let v = self.pv(inner);
+                super::tr::apply(v, trs)
+            }
         }
     }
 
@@ -726,6 +735,15 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 1
             }
             Func::IsFlag(n) => b2i(self.ctx.flags & (1u64 << n) != 0),
+            Func::SetBFlag(n) => {
+                self.ctx.bflags |= 1u64 << n;
+                1
+            }
+            Func::ResetBFlag(n) => {
+                self.ctx.bflags &= !(1u64 << n);
+                1
+            }
+            Func::IsBFlag(n) => b2i(self.ctx.bflags & (1u64 << n) != 0),
             Func::Log(level) | Func::Xlog(level) => {
                 // A disabled level costs a branch, not a formatted string.
                 if self.host.log_enabled(*level) {

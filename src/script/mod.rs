@@ -25,6 +25,7 @@ mod interp;
 mod lexer;
 mod pv;
 mod set;
+mod tr;
 
 use std::fmt;
 use std::sync::Arc;
@@ -178,6 +179,8 @@ pub struct MsgCtx<'a> {
     pub tls: Option<&'a TlsFacts>,
     /// `setflag`/`isflag` bits (0..63).
     pub flags: u64,
+    /// `setbflag`/`isbflagset` bits of the request's branch (`$bf`).
+    pub bflags: u64,
     /// Changes for the proxy to apply when it forwards or replies.
     pub edits: ScriptEdits,
     /// The status of a reply the script sent (sl_send_reply, a challenge, sanity_check).
@@ -210,6 +213,7 @@ impl<'a> MsgCtx<'a> {
             rx,
             tls,
             flags: 0,
+            bflags: 0,
             edits: ScriptEdits::default(),
             replied: None,
             forwarded: false,

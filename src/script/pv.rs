@@ -151,6 +151,7 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
         "rb" => sip(SipSelect::MsgBody),
         "Ts" => Pv::Time,
         "du" => Pv::Duri,
+        "bf" => Pv::Bflags,
         "T_reply_code" => Pv::TReplyCode,
         "T_branch_idx" => Pv::TBranchIdx,
         _ => match name.strip_prefix("tls_").and_then(tls_pv) {
@@ -159,6 +160,56 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
         },
     };
     Ok(pv)
+}
+
+/// Resolve `$(name(arg){tr}...)`: a pseudo-variable, through its transformations if any.
+pub(crate) fn resolve_tr(
+    name: &str,
+    arg: Option<&str>,
+    tr: &str,
+    vars: &mut dyn Vars,
+) -> Result<Pv, String> {
+    let pv = resolve(name, arg, vars)?;
+    if tr.is_empty() {
+        return Ok(pv);
+    }
+    Ok(Pv::Tr(Box::new(pv), super::tr::parse(tr)?))
+}
+
+/// The delimited form, from just after `$(`: `name`, `name(arg)`, then any `{tr}` groups,
+/// then `)`, all on one line. Returns the name, the argument, the transformation text and
+/// how many bytes were read (the closing `)` included).
+pub(crate) fn delimited(s: &str) -> Result<(&str, Option<&str>, &str, usize), String> {
+    let b = s.as_bytes();
+    let mut e = 0;
+    while e < b.len() && is_name(b[e]) {
+        e += 1;
+    }
+    let name = &s[..e];
+    if name.is_empty() {
+        return Err("expected `$(name)`".into());
+    }
+    let mut arg = None;
+    if b.get(e) == Some(&b'(') {
+        let k = s[e + 1..]
+            .find([')', '\n'])
+            .filter(|&k| b[e + 1 + k] == b')')
+            .ok_or("missing `)` after pseudo-variable argument")?;
+        arg = Some(s[e + 1..e + 1 + k].trim());
+        e += 1 + k + 1;
+    }
+    let ts = e;
+    while b.get(e) == Some(&b'{') {
+        let k = s[e..]
+            .find(['}', '\n'])
+            .filter(|&k| b[e + k] == b'}')
+            .ok_or("missing `}` after transformation")?;
+        e += k + 1;
+    }
+    if b.get(e) != Some(&b')') {
+        return Err("missing `)` after `$(`".into());
+    }
+    Ok((name, arg, &s[ts..e], e + 1))
 }
 
 fn is_name(b: u8) -> bool {
@@ -187,30 +238,14 @@ pub(crate) fn template(s: &str, vars: &mut dyn Vars) -> Result<Vec<Part>, (usize
                 continue;
             }
             Some(b'(') => {
-                // $(name) or $(name(arg))
-                let close = s[i..].find(')').map(|c| i + c);
-                let inner_start = i + 1;
-                let Some(mut close) = close else {
-                    return Err((d, "missing `)` after `$(`".into()));
-                };
-                let inner = &s[inner_start..close];
-                let (name, arg) = match inner.split_once('(') {
-                    Some((n, a)) => {
-                        // the first ')' closed the argument; the next one closes `$(`
-                        if b.get(close + 1) != Some(&b')') {
-                            return Err((d, "missing `)` after `$(`".into()));
-                        }
-                        close += 1;
-                        (n, Some(a))
-                    }
-                    None => (inner, None),
-                };
-                let pv = resolve(name.trim(), arg.map(str::trim), vars).map_err(|e| (d, e))?;
+                // $(name), $(name(arg)), each with optional {transformations}
+                let (name, arg, tr, n) = delimited(&s[i + 1..]).map_err(|e| (d, e))?;
+                let pv = resolve_tr(name, arg, tr, vars).map_err(|e| (d, e))?;
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
                 parts.push(Part::Pv(pv));
-                i = close + 1;
+                i += 1 + n;
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 let ns = i;

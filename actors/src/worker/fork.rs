@@ -82,6 +82,7 @@ impl Worker {
                 r.tls.as_deref(),
                 idx,
                 opts,
+                r.flags,
             )
         });
         match keep {

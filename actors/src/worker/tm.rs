@@ -57,6 +57,9 @@ pub(super) struct Relayed {
     next: VecDeque<Vec<ForwardOpts>>,
     /// `$T_branch_idx` of the next branch started.
     pub(super) next_idx: usize,
+    /// The message and branch flags when `t_relay()` ran, for failure_route and
+    /// onreply_route[NAME].
+    pub(super) flags: (u64, u64),
     /// Branches of the batch being started that are still to come: while some are, a
     /// branch that cannot be forwarded does not answer the caller.
     pub(super) starting: usize,
@@ -345,6 +348,7 @@ impl Worker {
                 reply_route: relay.reply_route,
                 branch_route: relay.branch_route,
                 next: relay.next.into(),
+                flags: (relay.flags, relay.bflags),
                 next_idx: 0,
                 starting: 0,
             },
@@ -660,6 +664,8 @@ impl Worker {
                 timed_out: end.timed_out,
                 replied: end.replied,
             },
+            flags: r.flags.0,
+            bflags: r.flags.1,
         };
         let snap = self.shared.snapshot.load();
         let Some((script, _)) = snap.scripts.for_request(tls.as_deref(), &msg) else {
@@ -692,6 +698,7 @@ impl Worker {
             };
             r.failure_route = relay.failure_route;
             r.fr = relay.fr.or(r.fr);
+            r.flags = (relay.flags, relay.bflags);
             if relay.reply_route.is_some() {
                 r.reply_route = relay.reply_route;
             }

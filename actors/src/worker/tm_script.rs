@@ -87,6 +87,7 @@ impl Transactions for Hooks<'_> {
                         reply_route: None,
                         branch_route: None,
                         next: Default::default(),
+                        flags: (0, 0),
                         next_idx: 0,
                         starting: 0,
                     },
@@ -155,7 +156,8 @@ impl Worker {
         // `$si`/`$sp` name the response's sender; the TLS facts of its connection are not
         // carried this far (a handoff has none), so TLS selects are empty here.
         let from = self.tm.reply_from.get().unwrap_or(r.inbound);
-        let kept = host::run_reply_named(script, name, &snap.proxy, &env, resp, &from, None);
+        let kept =
+            host::run_reply_named(script, name, &snap.proxy, &env, resp, &from, None, r.flags);
         match kept {
             None => {
                 debug!(route = %name, "t_on_reply names no onreply_route");
