@@ -159,7 +159,14 @@ impl Server {
             _ => return Err(TxError::State("status out of range")),
         }
         out.send(&self.reply_dest, bytes.clone());
-        self.last = Some(bytes);
+        // Kept to answer a retransmitted request, which only an unreliable transport brings
+        // (§17.1.1.2: Timers A and E run over UDP only): over TCP/TLS a provisional is not
+        // kept (the final is, for the Completed state's sake).
+        self.last = if status < 200 && self.reliable() {
+            None
+        } else {
+            Some(bytes)
+        };
         self.last_status = status;
         Ok(())
     }
