@@ -44,8 +44,12 @@ pub(crate) struct Client {
     /// ([`skeleton`]). Parsed again to build them (once per call at most; keeping the
     /// parsed message would cost its header index for the whole life of every branch).
     pub(crate) request: Bytes,
-    /// An INVITE's [`skeleton`], until it replaces `request`.
+    /// An INVITE over TCP/TLS: its [`skeleton`], made from the parsed request at hand,
+    /// until it replaces `request` once sent. Over UDP it is made at the first response
+    /// (a parse more, rather than both copies kept while Timer A runs).
     small: Option<Bytes>,
+    /// The INVITE's bytes are the skeleton already.
+    shrunk: bool,
     /// The limits the request was parsed with, to parse it again the same way.
     limits: Limits,
     pub(crate) dest: Destination,
@@ -67,7 +71,8 @@ impl Client {
             invite,
             state: State::Calling,
             request: request.as_bytes().clone(),
-            small: invite.then(|| skeleton(request)),
+            small: (invite && dest.transport.is_stream()).then(|| skeleton(request)),
+            shrunk: false,
             limits: *request.limits(),
             dest,
             interval: Duration::ZERO,
@@ -93,7 +98,15 @@ impl Client {
 
     /// The INVITE is no longer retransmitted: keep only what the ACK and CANCEL need.
     fn shrink(&mut self) {
-        if let Some(small) = self.small.take() {
+        if self.shrunk || !self.invite {
+            return;
+        }
+        self.shrunk = true;
+        if let Some(small) = self
+            .small
+            .take()
+            .or_else(|| Some(skeleton(&self.parsed()?)))
+        {
             self.request = small;
         }
     }
