@@ -27,7 +27,10 @@ pub struct TableConfig {
     pub timers: Timers,
     /// Live transactions (server and client) beyond which [`Table::insert_server`] and
     /// [`Table::insert_client`] refuse with [`TxError::Full`]. CANCELs of branches are
-    /// never refused: refusing them would keep the branches ringing.
+    /// never refused: refusing them would keep the branches ringing. INVITE transactions
+    /// in Accepted ([`Table::accepted`]) are not counted: they are compact (a few hundred
+    /// bytes), bounded by the call rate times 64*T1, and refusing new calls because
+    /// answered ones linger would cap the call rate at `max_transactions / (2 * 64*T1)`.
     pub max_transactions: usize,
     /// `Retry-After` seconds for the 503 of a refused request.
     pub retry_after: u32,
