@@ -396,15 +396,6 @@ impl Table {
         self.heap.peek().map(|Reverse(d)| d.at)
     }
 
-    /// The request that created a server transaction (what the TU builds its local
-    /// replies from). `None` for a client transaction: see [`Table::sent_request`].
-    pub fn request(&self, id: TxId) -> Option<&Message> {
-        match &self.get(id)?.tx {
-            Tx::Server { tx, .. } => Some(&tx.request),
-            _ => None,
-        }
-    }
-
     /// The bytes a client transaction sends, while it may retransmit them; an INVITE's
     /// then shrink to what its ACK and CANCEL are built from. `None` once in Accepted.
     pub fn sent_request(&self, id: TxId) -> Option<&Bytes> {
@@ -659,7 +650,7 @@ impl Table {
         }
         let key = key.to_owned_key();
         let server = Server::new(
-            msg.clone(),
+            msg.method() == Some("INVITE"),
             reply_destination(msg, rx),
             self.cfg.server_guard,
         );
