@@ -111,6 +111,9 @@ struct Call {
     table: Table,
     ctx: ResponseContext,
     server: TxId,
+    /// The caller's INVITE, what the TU builds its local replies from (the runtime keeps
+    /// it beside the context; the table does not).
+    invite: Message,
     sent: Vec<(u16, String)>,
     all_done: Vec<(u16, bool)>,
 }
@@ -125,6 +128,7 @@ impl Call {
             table,
             ctx: ResponseContext::new(),
             server,
+            invite,
             sent: Vec::new(),
             all_done: Vec::new(),
         };
@@ -184,7 +188,7 @@ impl Call {
     }
 
     fn finish(&mut self, now: Instant) {
-        let invite = self.table.request(self.server).unwrap().clone();
+        let invite = self.invite.clone();
         match self.ctx.finish().expect("a final response") {
             Final::Forward(m) => {
                 let s = m.status().unwrap();

@@ -483,6 +483,32 @@ async fn beyond_the_transaction_limit_a_relay_is_answered_503_with_retry_after()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_calls_kept_in_accepted_do_not_count_against_the_transaction_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two per worker: room for one call's server and client transaction at a time.
+    let rt = start_with(dir.path(), RELAY, Duration::from_millis(500), 2);
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let uas = Peer::start(Peer::answers(200)).await;
+    // One caller socket: every call lands on the same worker.
+    let caller = Caller::new().await;
+    let ruri = format!("sip:bob@{}", uas.addr);
+    // Each answered call keeps its two INVITE transactions in Accepted for 64*T1 = 32 s:
+    // the next calls are relayed all the same.
+    for (n, call) in ["tm-acc-1", "tm-acc-2", "tm-acc-3"].into_iter().enumerate() {
+        caller
+            .send(
+                proxy,
+                &request("INVITE", &ruri, &caller.via(), call, "", ""),
+            )
+            .await;
+        assert_eventually!(finals(&caller).len() == n + 1);
+    }
+    assert_eq!(finals(&caller), vec![200, 200, 200]);
+    assert_eq!(uas.requests("INVITE").len(), 3);
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_over_tcp_gets_100_and_the_voicemail_answer_on_its_connection() {
     let dir = tempfile::tempdir().unwrap();
     let vm = Peer::start(Peer::answers(200)).await;

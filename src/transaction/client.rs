@@ -39,10 +39,17 @@ pub(crate) enum Cancel {
 pub(crate) struct Client {
     pub(crate) invite: bool,
     pub(crate) state: State,
-    /// As sent: retransmissions resend these bytes; the ACK and the CANCEL are built from
-    /// them, parsed again (once per call at most; keeping the parsed message would cost
-    /// its header index for the whole life of every branch).
+    /// As sent, while it may be retransmitted (INVITE: over UDP in Calling; non-INVITE:
+    /// always); then, for an INVITE, only what its ACK and CANCEL are built from
+    /// ([`skeleton`]). Parsed again to build them (once per call at most; keeping the
+    /// parsed message would cost its header index for the whole life of every branch).
     pub(crate) request: Bytes,
+    /// An INVITE over TCP/TLS: its [`skeleton`], made from the parsed request at hand,
+    /// until it replaces `request` once sent. Over UDP it is made at the first response
+    /// (a parse more, rather than both copies kept while Timer A runs).
+    small: Option<Bytes>,
+    /// The INVITE's bytes are the skeleton already.
+    shrunk: bool,
     /// The limits the request was parsed with, to parse it again the same way.
     limits: Limits,
     pub(crate) dest: Destination,
@@ -64,6 +71,8 @@ impl Client {
             invite,
             state: State::Calling,
             request: request.as_bytes().clone(),
+            small: (invite && dest.transport.is_stream()).then(|| skeleton(request)),
+            shrunk: false,
             limits: *request.limits(),
             dest,
             interval: Duration::ZERO,
@@ -82,14 +91,32 @@ impl Client {
         // The request's bytes are shared with the runtime's copy only until it is sent: count
         // them.
         self.request.len()
+            + self.small.as_ref().map_or(0, |s| s.len())
             + self.ack.as_ref().map_or(0, |a| a.len())
             + self.dest.server_name.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// The INVITE is no longer retransmitted: keep only what the ACK and CANCEL need.
+    fn shrink(&mut self) {
+        if self.shrunk || !self.invite {
+            return;
+        }
+        self.shrunk = true;
+        if let Some(small) = self
+            .small
+            .take()
+            .or_else(|| Some(skeleton(&self.parsed()?)))
+        {
+            self.request = small;
+        }
     }
 
     pub(crate) fn start(&mut self, out: &mut Out<'_>) {
         out.send(&self.dest, self.request.clone());
         self.interval = out.timers.t1;
-        if !self.reliable() {
+        if self.reliable() {
+            self.shrink();
+        } else {
             out.arm(
                 if self.invite {
                     TimerName::A
@@ -161,6 +188,8 @@ impl Client {
     }
 
     fn on_invite_response(&mut self, msg: &Message, status: u16, out: &mut Out<'_>) -> bool {
+        // Any response stops Timer A.
+        self.shrink();
         match (self.state, status) {
             (State::Calling | State::Proceeding, 100..=199) => {
                 if self.state == State::Calling {
@@ -271,6 +300,33 @@ pub fn build_non2xx_ack(invite: &Message, response: &Message) -> Bytes {
         out,
         "To: {to}\r\nCSeq: {seq} ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     );
+    Bytes::from(out)
+}
+
+/// What an INVITE client transaction keeps once the INVITE is no longer retransmitted:
+/// the request line, the top Via, From, To, Call-ID, CSeq and Route, no body. Exactly
+/// what [`build_non2xx_ack`] and [`build_cancel`] read, a third of a typical INVITE.
+fn skeleton(invite: &Message) -> Bytes {
+    let mut out = String::with_capacity(invite.head_str().len() / 2);
+    let _ = write!(
+        out,
+        "INVITE {} SIP/2.0\r\n",
+        invite.request_uri_str().unwrap_or("sip:invalid")
+    );
+    copy_top_via(&mut out, invite);
+    for f in invite.fields() {
+        if matches!(
+            f.name,
+            HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+                | HeaderName::Route
+        ) {
+            let _ = write!(out, "{}: {}\r\n", f.name.as_str(), f.value);
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
     Bytes::from(out)
 }
 

@@ -11,7 +11,9 @@
 //! - `client` / `server`: the four state machines (INVITE and non-INVITE, client and server).
 //! - [`Table`]: owns the transactions, their timers (one binary heap of deadlines with lazy
 //!   deletion: a tick pops only what is due), the live-transaction limit, and the queue of
-//!   actions.
+//!   actions. An INVITE transaction entering the RFC 6026 Accepted state is shrunk to its
+//!   key (and, for a server, its reply destination) and no longer counts against the
+//!   limit.
 //! - [`ResponseContext`]: the forking proxy's choices (§16.7): which response goes upstream,
 //!   which branch is cancelled, and the seam where `failure_route` may add branches.
 //!

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use super::table::Out;
 use super::{Action, TimerName, TxError};
 use crate::proxy::Destination;
-use crate::sip::Message;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -41,8 +40,6 @@ pub(crate) enum OnRequest {
 pub(crate) struct Server {
     pub(crate) invite: bool,
     pub(crate) state: State,
-    /// The request that created the transaction: what the TU builds its replies from.
-    pub(crate) request: Message,
     pub(crate) reply_dest: Destination,
     /// The last response sent: resent for every retransmission of the request.
     last: Option<Bytes>,
@@ -53,8 +50,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn new(request: Message, reply_dest: Destination, guard: Duration) -> Server {
-        let invite = request.method() == Some("INVITE");
+    pub(crate) fn new(invite: bool, reply_dest: Destination, guard: Duration) -> Server {
         Server {
             invite,
             state: if invite {
@@ -62,7 +58,6 @@ impl Server {
             } else {
                 State::Trying
             },
-            request,
             reply_dest,
             last: None,
             last_status: 0,
@@ -76,9 +71,7 @@ impl Server {
     }
 
     pub(crate) fn heap_size(&self) -> usize {
-        self.request.as_bytes().len()
-            + self.request.header_count() * 12
-            + self.last.as_ref().map_or(0, |b| b.len())
+        self.last.as_ref().map_or(0, |b| b.len())
             + self.reply_dest.server_name.as_ref().map_or(0, |s| s.len())
     }
 
@@ -159,7 +152,14 @@ impl Server {
             _ => return Err(TxError::State("status out of range")),
         }
         out.send(&self.reply_dest, bytes.clone());
-        self.last = Some(bytes);
+        // Kept to answer a retransmitted request, which only an unreliable transport brings
+        // (§17.1.1.2: Timers A and E run over UDP only): over TCP/TLS a provisional is not
+        // kept (the final is, for the Completed state's sake).
+        self.last = if status < 200 && self.reliable() {
+            None
+        } else {
+            Some(bytes)
+        };
         self.last_status = status;
         Ok(())
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::client::{self, Client};
-use super::key::{ClientKey, ServerKey};
-use super::server::{OnRequest, Server};
+use super::key::{ClientKey, MethodKey, ServerKey};
+use super::server::{self, OnRequest, Server};
 use super::{Action, TimerName, Timers, TxError, TxId};
 use crate::proxy::{build_reply, Destination, Inbound, Transport};
 use crate::sip::Message;
@@ -27,7 +27,10 @@ pub struct TableConfig {
     pub timers: Timers,
     /// Live transactions (server and client) beyond which [`Table::insert_server`] and
     /// [`Table::insert_client`] refuse with [`TxError::Full`]. CANCELs of branches are
-    /// never refused: refusing them would keep the branches ringing.
+    /// never refused: refusing them would keep the branches ringing. INVITE transactions
+    /// in Accepted ([`Table::accepted`]) are not counted: they are compact (a few hundred
+    /// bytes), bounded by the call rate times 64*T1, and refusing new calls because
+    /// answered ones linger would cap the call rate at `max_transactions / (2 * 64*T1)`.
     pub max_transactions: usize,
     /// `Retry-After` seconds for the 503 of a refused request.
     pub retry_after: u32,
@@ -122,6 +125,9 @@ impl Armed {
         debug_assert!(i.is_some(), "more than three timers armed");
         self.0[i.unwrap_or(0)] = Some((name, at));
     }
+    fn count(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
     fn clear(&mut self, name: TimerName) {
         for t in &mut self.0 {
             if t.is_some_and(|(n, _)| n == name) {
@@ -181,8 +187,73 @@ impl Out<'_> {
 
 #[derive(Debug)]
 enum Tx {
-    Server { key: ServerKey, tx: Box<Server> },
-    Client { key: ClientKey, tx: Box<Client> },
+    Server {
+        key: ServerKey,
+        tx: Box<Server>,
+    },
+    Client {
+        key: ClientKey,
+        tx: Box<Client>,
+    },
+    /// An INVITE server transaction in Accepted (RFC 6026 §8.7), compacted when it got
+    /// there: the key (absorb INVITE retransmissions, pass the 2xx's ACK on) and where
+    /// every further 2xx goes. The request and the last response are freed.
+    ServerAccepted {
+        key: ServerKey,
+        reply_dest: Box<Destination>,
+        status: u16,
+    },
+    /// An INVITE client transaction in Accepted (RFC 6026 §8.4), compacted: only the key,
+    /// to recognise a 2xx retransmission and pass it up. The request is freed.
+    ClientAccepted {
+        key: ClientKey,
+    },
+}
+
+impl Tx {
+    fn is_server(&self) -> bool {
+        matches!(self, Tx::Server { .. } | Tx::ServerAccepted { .. })
+    }
+
+    fn is_accepted(&self) -> bool {
+        matches!(self, Tx::ServerAccepted { .. } | Tx::ClientAccepted { .. })
+    }
+
+    /// A transaction that has just entered Accepted becomes its compact form. `true` when
+    /// it did now.
+    fn compact_if_accepted(&mut self) -> bool {
+        let accepted = match self {
+            Tx::Server { tx, .. } => tx.state == server::State::Accepted,
+            Tx::Client { tx, .. } => tx.state == client::State::Accepted,
+            _ => false,
+        };
+        if !accepted {
+            return false;
+        }
+        let placeholder = Tx::ClientAccepted {
+            key: ClientKey {
+                branch: Box::from(""),
+                method: MethodKey::Invite,
+            },
+        };
+        *self = match std::mem::replace(self, placeholder) {
+            Tx::Server { key, tx } => {
+                let Server {
+                    reply_dest,
+                    last_status,
+                    ..
+                } = *tx;
+                Tx::ServerAccepted {
+                    key,
+                    reply_dest: Box::new(reply_dest),
+                    status: last_status,
+                }
+            }
+            Tx::Client { key, .. } => Tx::ClientAccepted { key },
+            other => other,
+        };
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -228,6 +299,11 @@ pub struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Of `live`, those in the compact Accepted form: not counted against
+    /// `max_transactions`.
+    accepted: usize,
+    /// Timers armed, over all transactions: what the heap holds beside stale entries.
+    armed: usize,
     servers: Index,
     clients: Index,
     heap: BinaryHeap<Reverse<Due>>,
@@ -257,6 +333,8 @@ impl Table {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
+            accepted: 0,
+            armed: 0,
             servers: Index::default(),
             clients: Index::default(),
             heap: BinaryHeap::new(),
@@ -270,9 +348,15 @@ impl Table {
         &self.cfg
     }
 
-    /// Live transactions.
+    /// Live transactions (those in Accepted included).
     pub fn len(&self) -> usize {
         self.live
+    }
+
+    /// Of [`Table::len`], the INVITE transactions in the RFC 6026 Accepted state, held in
+    /// their compact form and not counted against `max_transactions`.
+    pub fn accepted(&self) -> usize {
+        self.accepted
     }
 
     pub fn is_empty(&self) -> bool {
@@ -312,20 +396,12 @@ impl Table {
         self.heap.peek().map(|Reverse(d)| d.at)
     }
 
-    /// The request that created a server transaction (what the TU builds its local
-    /// replies from). `None` for a client transaction: see [`Table::sent_request`].
-    pub fn request(&self, id: TxId) -> Option<&Message> {
-        match &self.get(id)?.tx {
-            Tx::Server { tx, .. } => Some(&tx.request),
-            Tx::Client { .. } => None,
-        }
-    }
-
-    /// The bytes a client transaction sends (and retransmits).
+    /// The bytes a client transaction sends, while it may retransmit them; an INVITE's
+    /// then shrink to what its ACK and CANCEL are built from. `None` once in Accepted.
     pub fn sent_request(&self, id: TxId) -> Option<&Bytes> {
         match &self.get(id)?.tx {
             Tx::Client { tx, .. } => Some(&tx.request),
-            Tx::Server { .. } => None,
+            _ => None,
         }
     }
 
@@ -333,7 +409,8 @@ impl Table {
     pub fn last_status(&self, id: TxId) -> Option<u16> {
         match &self.get(id)?.tx {
             Tx::Server { tx, .. } => Some(tx.last_status),
-            Tx::Client { .. } => None,
+            Tx::ServerAccepted { status, .. } => Some(*status),
+            _ => None,
         }
     }
 
@@ -361,13 +438,21 @@ impl Table {
                 Tx::Client { key, tx } => {
                     std::mem::size_of::<Client>() + key.heap_size() + tx.heap_size()
                 }
+                Tx::ServerAccepted {
+                    key, reply_dest, ..
+                } => {
+                    std::mem::size_of::<Destination>()
+                        + key.heap_size()
+                        + reply_dest.server_name.as_ref().map_or(0, |s| s.len())
+                }
+                Tx::ClientAccepted { key } => key.heap_size(),
             };
         }
         total
     }
 
     fn check_limit(&self) -> Result<(), TxError> {
-        if self.live >= self.cfg.max_transactions {
+        if self.live - self.accepted >= self.cfg.max_transactions {
             Err(TxError::Full {
                 limit: self.cfg.max_transactions,
                 retry_after: self.cfg.retry_after,
@@ -410,6 +495,7 @@ impl Table {
             return None;
         }
         let live = slot.live.as_mut()?;
+        let armed_before = live.armed.count();
         let mut out = Out {
             now,
             id,
@@ -420,9 +506,14 @@ impl Table {
             done: false,
         };
         let r = f(&mut live.tx, &mut out);
-        if out.done {
+        let done = out.done;
+        self.armed = self.armed + live.armed.count() - armed_before;
+        if done {
             self.remove(id);
+        } else if live.tx.compact_if_accepted() {
+            self.accepted += 1;
         }
+        self.compact_heap();
         Some(r)
     }
 
@@ -439,9 +530,14 @@ impl Table {
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.slot);
         self.live -= 1;
-        let index = match live.tx {
-            Tx::Server { .. } => &mut self.servers,
-            Tx::Client { .. } => &mut self.clients,
+        self.armed -= live.armed.count();
+        if live.tx.is_accepted() {
+            self.accepted -= 1;
+        }
+        let index = if live.tx.is_server() {
+            &mut self.servers
+        } else {
+            &mut self.clients
         };
         if let MapEntry::Occupied(e) = index.entry(live.hash) {
             if *e.get() == id {
@@ -449,16 +545,18 @@ impl Table {
             }
         }
         self.actions.push_back(Action::Terminated { tx: id });
-        self.compact_heap();
     }
 
-    /// Stale heap entries are dropped when due; when re-arming (Timer C, the guard) left
-    /// many more entries than live timers, rebuild the heap from the armed timers.
+    /// Stale heap entries are dropped when due; when disarming and re-arming (a call's
+    /// Guard, A, B, C before its L or M) left many more entries than armed timers, rebuild
+    /// the heap from the armed timers. The slack (twice the armed timers, a quarter of the
+    /// slots) keeps the rebuild's cost, a pass over the slots, amortised to a few steps
+    /// per timer armed.
     fn compact_heap(&mut self) {
-        if self.heap.len() <= 64 + 8 * self.live {
+        if self.heap.len() <= 64 + 2 * self.armed + self.slots.len() / 4 {
             return;
         }
-        let mut fresh = Vec::with_capacity(3 * self.live);
+        let mut fresh = Vec::with_capacity(self.armed);
         for (i, s) in self.slots.iter().enumerate() {
             if let Some(live) = &s.live {
                 for (timer, at) in live.armed.0.iter().flatten() {
@@ -489,7 +587,9 @@ impl Table {
     fn find_server(&self, probe: &ServerKey<&str>, ack: bool) -> Option<TxId> {
         let id = *self.servers.get(&probe.hash_with(&self.hasher))?;
         match &self.get(id)?.tx {
-            Tx::Server { key, .. } if key.matches(probe, ack) => Some(id),
+            Tx::Server { key, .. } | Tx::ServerAccepted { key, .. } if key.matches(probe, ack) => {
+                Some(id)
+            }
             _ => None,
         }
     }
@@ -499,7 +599,7 @@ impl Table {
         let probe = ClientKey::of_message(msg).ok()?;
         let id = *self.clients.get(&probe.hash_with(&self.hasher))?;
         match &self.get(id)?.tx {
-            Tx::Client { key, .. } if key.matches(&probe) => Some(id),
+            Tx::Client { key, .. } | Tx::ClientAccepted { key } if key.matches(&probe) => Some(id),
             _ => None,
         }
     }
@@ -514,7 +614,11 @@ impl Table {
         let ack = msg.method() == Some("ACK");
         let r = self.with(id, now, |tx, out| match tx {
             Tx::Server { tx, .. } => tx.on_request(ack, out),
-            Tx::Client { .. } => OnRequest::PassOn,
+            // RFC 6026 §8.7: an INVITE retransmission is absorbed (the 2xx is resent by the
+            // UAS, end to end); the 2xx's ACK is not this transaction's.
+            Tx::ServerAccepted { .. } if ack => OnRequest::PassOn,
+            Tx::ServerAccepted { .. } => OnRequest::Absorbed,
+            _ => OnRequest::PassOn,
         });
         match r {
             Some(OnRequest::Absorbed) => Incoming::Retransmission(id),
@@ -546,7 +650,7 @@ impl Table {
         }
         let key = key.to_owned_key();
         let server = Server::new(
-            msg.clone(),
+            msg.method() == Some("INVITE"),
             reply_destination(msg, rx),
             self.cfg.server_guard,
         );
@@ -582,7 +686,16 @@ impl Table {
     ) -> Result<(), TxError> {
         self.with(id, now, |tx, out| match tx {
             Tx::Server { tx, .. } => tx.respond(status, bytes, out),
-            Tx::Client { .. } => Err(TxError::State("a client transaction sends no response")),
+            // RFC 6026 §8.7: every further 2xx goes upstream; nothing else does.
+            Tx::ServerAccepted { reply_dest, .. } => match status {
+                200..=299 => {
+                    out.send(reply_dest, bytes);
+                    Ok(())
+                }
+                100..=699 => Err(TxError::State("a final response was sent already")),
+                _ => Err(TxError::State("status out of range")),
+            },
+            _ => Err(TxError::State("a client transaction sends no response")),
         })
         .unwrap_or(Err(TxError::Gone))
     }
@@ -668,7 +781,18 @@ impl Table {
                 }
                 (up, if cancel_now { cancel_request(tx) } else { None })
             }
-            Tx::Server { .. } => (false, None),
+            // RFC 6026 §8.4: every 2xx goes up (end to end); anything else is dropped.
+            Tx::ClientAccepted { .. } => {
+                let up = (200..300).contains(&status);
+                if up {
+                    out.up(Action::Response {
+                        tx: out.id,
+                        msg: msg.clone(),
+                    });
+                }
+                (up, None)
+            }
+            _ => (false, None),
         });
         let (_, cancel) = r?;
         if let Some((req, dest)) = cancel {
@@ -695,6 +819,8 @@ impl Table {
                     }
                     _ => Ok(None),
                 },
+                // It has its final response: nothing to cancel.
+                Tx::ClientAccepted { .. } => Ok(None),
                 _ => Err(TxError::State(
                     "only an INVITE client transaction is cancelled",
                 )),
@@ -714,7 +840,7 @@ impl Table {
     /// answer.
     pub fn on_transport_error(&mut self, id: TxId, now: Instant) -> Result<(), TxError> {
         self.with(id, now, |tx, out| {
-            if let Tx::Client { .. } = tx {
+            if !tx.is_server() {
                 out.up(Action::TransportError { tx: out.id });
             }
             out.terminate();
@@ -743,6 +869,9 @@ impl Table {
                 match tx {
                     Tx::Client { tx, .. } => tx.on_timer(due.timer, out),
                     Tx::Server { tx, .. } => tx.on_timer(due.timer, out),
+                    Tx::ServerAccepted { .. } if due.timer == TimerName::L => out.terminate(),
+                    Tx::ClientAccepted { .. } if due.timer == TimerName::M => out.terminate(),
+                    _ => {}
                 }
             });
         }

@@ -66,8 +66,11 @@ impl Worker {
         let Some(r) = tm.servers.get(&id) else {
             return false;
         };
+        let Some(msg) = &r.msg else {
+            return false;
+        };
         let snap = self.shared.snapshot.load();
-        let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), &r.msg) else {
+        let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), msg) else {
             return true;
         };
         let keep = script::with_env(&self.shared, &snap, |env| {
@@ -77,7 +80,7 @@ impl Worker {
                 r.tag.as_deref(),
                 &snap.proxy,
                 env,
-                &r.msg,
+                msg,
                 &r.inbound,
                 r.tls.as_deref(),
                 idx,

@@ -43,7 +43,11 @@ pub(crate) type Handoff = (Message, Inbound);
 /// needs to run again later.
 pub(super) struct Relayed {
     ctx: ResponseContext,
-    pub(super) msg: Message,
+    /// The request, while something may still be built or run from it (a branch, a local
+    /// reply, a failure_route, a branch_route, an onreply_route's script choice): freed with
+    /// the other per-request parts once the context is done ([`Worker::settle`]).
+    pub(super) msg: Option<Message>,
+    pub(super) invite: bool,
     pub(super) inbound: Inbound,
     pub(super) tls: Option<Arc<TlsFacts>>,
     pub(super) tag: Option<String>,
@@ -339,7 +343,8 @@ impl Worker {
             id,
             Relayed {
                 ctx: ResponseContext::new(),
-                msg: msg.clone(),
+                msg: Some(msg.clone()),
+                invite: msg.method() == Some("INVITE"),
                 inbound: *inbound,
                 tls,
                 tag: tag.map(str::to_owned),
@@ -376,8 +381,9 @@ impl Worker {
         now: Instant,
     ) {
         let Some(r) = tm.servers.get(&id) else { return };
+        let Some(msg) = r.msg.clone() else { return };
+        let inbound = r.inbound;
         opts.branch = Some(tm.table.new_branch());
-        let (msg, inbound) = (r.msg.clone(), r.inbound);
         let action = self
             .shared
             .snapshot
@@ -417,7 +423,8 @@ impl Worker {
                     let snap = me.shared.snapshot.load();
                     let mut tm = me.tm.tm.borrow_mut();
                     let Some(r) = tm.servers.get(&id) else { return };
-                    let (msg, inbound) = (r.msg.clone(), r.inbound);
+                    let Some(msg) = r.msg.clone() else { return };
+                    let inbound = r.inbound;
                     let action = match dest {
                         Some(dest) => snap
                             .proxy
@@ -534,8 +541,9 @@ impl Worker {
 
     fn local_reply(self: &Rc<Self>, tm: &mut Tm, id: TxId, code: u16, reason: &str, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
+        let Some(msg) = &r.msg else { return };
         let snap = self.shared.snapshot.load();
-        if let Action::Send { bytes, .. } = snap.proxy.reply(&r.msg, &r.inbound, code, reason, "") {
+        if let Action::Send { bytes, .. } = snap.proxy.reply(msg, &r.inbound, code, reason, "") {
             self.local_final(tm, id, bytes, now);
         }
     }
@@ -551,6 +559,7 @@ impl Worker {
             let _ = r.ctx.finish();
         }
         let _ = tm.table.respond(id, status, bytes, now);
+        settle(tm, id);
     }
 
     /// Carries out the table's actions until none is left, then makes sure the timer task
@@ -618,7 +627,9 @@ impl Worker {
             let Some(r) = tm.servers.get_mut(&id) else {
                 return;
             };
-            let Some(a) = r.ctx.poll_action() else { return };
+            let Some(a) = r.ctx.poll_action() else {
+                return settle(tm, id);
+            };
             match a {
                 ContextAction::Forward(resp) => self.upstream(tm, id, &resp, now),
                 ContextAction::Cancel(cid) => {
@@ -653,7 +664,10 @@ impl Worker {
         let Some(name) = r.failure_route.take() else {
             return false;
         };
-        let (msg, inbound, tls) = (r.msg.clone(), r.inbound, r.tls.clone());
+        let Some(msg) = r.msg.clone() else {
+            return false;
+        };
+        let (inbound, tls) = (r.inbound, r.tls.clone());
         let tag = r.tag.clone();
         let end = r.ctx.failed_branch().unwrap_or_default();
         let failed = host::Failed {
@@ -739,8 +753,7 @@ impl Worker {
     /// transaction; a 2xx after a final went up is forwarded along its Via (end to end).
     fn upstream(self: &Rc<Self>, tm: &mut Tm, id: TxId, resp: &Message, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
-        let inbound = r.inbound;
-        let invite = r.msg.method() == Some("INVITE");
+        let (inbound, invite) = (r.inbound, r.invite);
         let action = self
             .shared
             .snapshot
@@ -759,4 +772,28 @@ impl Worker {
             Err(e) => debug!(error = %e, status, "response not sent upstream"),
         }
     }
+}
+
+/// Once server transaction `id`'s context is done (its final response, or a 2xx with no
+/// branch left pending, went upstream), only the context (every further 2xx of a branch
+/// still goes upstream), the inbound facts (where and from which socket) and an armed
+/// onreply_route are needed: the request and the other per-request parts are freed, so a
+/// finished call's RFC 6026 Accepted state keeps little. The request stays while an
+/// onreply_route is armed: it chooses the script that route runs from.
+fn settle(tm: &mut Tm, id: TxId) {
+    let Some(r) = tm.servers.get_mut(&id) else {
+        return;
+    };
+    if !r.ctx.is_done() || r.msg.is_none() {
+        return;
+    }
+    if r.reply_route.is_none() {
+        r.msg = None;
+        r.tls = None;
+    }
+    r.tag = None;
+    r.failure_route = None;
+    r.fr = None;
+    r.branch_route = None;
+    r.next = VecDeque::new();
 }

@@ -78,7 +78,8 @@ impl Transactions for Hooks<'_> {
                     id,
                     Relayed {
                         ctx: ResponseContext::new(),
-                        msg: msg.clone(),
+                        msg: Some(msg.clone()),
+                        invite: msg.method() == Some("INVITE"),
                         inbound: *rx,
                         tls: self.tls.clone(),
                         tag: self.tag.map(str::to_owned),
@@ -148,8 +149,11 @@ impl Worker {
         let Some(name) = r.reply_route.as_deref() else {
             return true;
         };
+        let Some(msg) = &r.msg else {
+            return true;
+        };
         let snap = self.shared.snapshot.load();
-        let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), &r.msg) else {
+        let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), msg) else {
             return true;
         };
         let env = super::script::bare_env();
