@@ -536,6 +536,10 @@ impl Host for ProxyHost<'_> {
         1
     }
 
+    fn is_http(&self) -> bool {
+        self.http
+    }
+
     fn is_myself(&self, host: &str, port: Option<u16>) -> bool {
         self.proxy.is_myself(host, port)
     }

@@ -391,6 +391,23 @@ fn dispatch_rpc_hands_an_http_request_to_the_rpc() {
         HttpDecision::Reply(403, "Forbidden".to_owned())
     );
     assert_eq!(decide("tls.list"), HttpDecision::Refuse);
+    // sanity_check() first (as in a SIP route) lets an RPC through: it checks SIP only.
+    let mut sane = ScriptSet::default();
+    sane.default = Some(
+        compile(
+            r#"route {
+                if (!sanity_check()) { exit; }
+                if (is_method("POST")) { dispatch_rpc(); exit; }
+            }"#,
+            "rpc.cfg",
+        )
+        .unwrap(),
+    );
+    let m = http_request("core.version");
+    assert_eq!(
+        run_http(&sane, &p, &env, &m, &tls_in(1), None),
+        HttpDecision::Dispatch { trusted: false }
+    );
     // No script: nothing dispatches it.
     let empty = ScriptSet::default();
     let m = http_request("core.version");

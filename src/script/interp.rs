@@ -815,6 +815,12 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             }
             Func::SanityCheck => {
                 let Some(m) = msg else { return Ok(-1) };
+                // An RPC POSTed to a SIP port is HTTP, not SIP: its version and headers are
+                // the RPC layer's to check, so a script may call sanity_check() before
+                // dispatch_rpc().
+                if self.host.is_http() {
+                    return Ok(1);
+                }
                 match m.validate() {
                     // RFC 3261 §16.3 step 6: siprox supports no proxy extension, so any
                     // Proxy-Require tag is answered 420 with Unsupported (as Kamailio's

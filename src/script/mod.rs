@@ -482,6 +482,11 @@ pub trait Host {
     /// Whether `host` (a name or IP literal, IPv6 without brackets) and `port` (`None`: any
     /// port) is siprox itself: for `== myself` and `loose_route()`.
     fn is_myself(&self, host: &str, port: Option<u16>) -> bool;
+    /// The message is an HTTP request (XML-RPC/JSON-RPC POSTed to a SIP stream port), not
+    /// SIP: `sanity_check()` has nothing SIP to check in it.
+    fn is_http(&self) -> bool {
+        false
+    }
     /// Write a log line.
     fn log(&mut self, level: Level, msg: &str);
     /// Whether `level` is logged at all: a disabled `xlog` then costs no formatting.
