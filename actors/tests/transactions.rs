@@ -940,3 +940,46 @@ async fn a_forked_message_answered_by_both_devices_gives_the_caller_one_200() {
     assert_eq!(caller.statuses("MESSAGE"), vec![200]);
     rt.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_branch_idx_in_onreply_route_names_the_branch_the_response_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = Peer::start(Peer::rings()).await;
+    let two = Peer::start(Peer::rings()).await;
+    // Branch 0 is the Request-URI's (one), branch 1 the appended one (two): only branch
+    // 0's 180 reaches the caller.
+    let script = format!(
+        "route {{\n  t_on_reply(\"R\");\n  append_branch(\"sip:two@{two}\");\n  \
+         $ru = \"sip:one@{one}\";\n  t_relay();\n}}\n\
+         onreply_route[R] {{\n  if ($rs == 180 && $T_branch_idx == 1) {{ drop; }}\n}}\n",
+        two = two.addr,
+        one = one.addr,
+    );
+    let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let caller = Caller::new().await;
+    let call = "reply-branch-idx";
+    let ruri = "sip:bob@example.com";
+    caller
+        .send(proxy, &request("INVITE", ruri, &caller.via(), call, "", ""))
+        .await;
+    assert_eventually!(invites_of(&one, call).len() == 1 && invites_of(&two, call).len() == 1);
+    assert_eventually!(caller.statuses("INVITE").contains(&180));
+    caller
+        .send(proxy, &request("CANCEL", ruri, &caller.via(), call, "", ""))
+        .await;
+    // The caller's 487 goes up once both branches ended, after both 180s were handled.
+    assert_eventually!(finals(&caller) == vec![487]);
+    let ringing = caller
+        .statuses("INVITE")
+        .iter()
+        .filter(|s| **s == 180)
+        .count();
+    assert_eq!(
+        ringing,
+        1,
+        "branch 1's 180 dropped, branch 0's relayed: {:?}",
+        caller.statuses("INVITE")
+    );
+    rt.shutdown();
+}

@@ -909,11 +909,13 @@ pub fn run_reply_named(
     rx: &Inbound,
     tls: Option<&TlsFacts>,
     flags: (u64, u64),
+    branch_idx: Option<usize>,
 ) -> Option<bool> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, None);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     (ctx.flags, ctx.bflags) = flags;
     ctx.tm.reply_code = msg.status();
+    ctx.tm.branch_idx = branch_idx;
     let outcome = script.run_named(script::RouteKind::Reply, name, &mut ctx, &mut host)?;
     Some(!matches!(outcome.end, script::End::Drop))
 }

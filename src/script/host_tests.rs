@@ -834,7 +834,7 @@ branch_route[B] { if (isflag(3) && isbflagset(5)) { drop; } }"#;
          Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
     ))
     .unwrap();
-    let kept = |f| run_reply_named(&s, "R", &p, &env, &resp, &tls_in(1), None, f);
+    let kept = |f| run_reply_named(&s, "R", &p, &env, &resp, &tls_in(1), None, f, None);
     assert_eq!(kept((relay.flags, relay.bflags)), Some(false));
     assert_eq!(kept((0, 0)), Some(true));
     let branch = |f| {
@@ -895,11 +895,55 @@ onreply_route[R] { if ($T_reply_code == 180 && $rs == 180) { drop; } }"#;
         )))
         .unwrap()
     };
-    let kept = |code| run_reply_named(&s, "R", &p, &env, &resp(code), &tls_in(1), None, (0, 0));
+    let kept = |code| {
+        run_reply_named(
+            &s,
+            "R",
+            &p,
+            &env,
+            &resp(code),
+            &tls_in(1),
+            None,
+            (0, 0),
+            None,
+        )
+    };
     assert_eq!(kept(180), Some(false));
     assert_eq!(kept(183), Some(true));
+    // $T_branch_idx is the branch the response came from.
+    let s2 = compile(
+        r#"route { t_on_reply("R"); t_relay(); }
+onreply_route[R] { if ($T_branch_idx == 1) { drop; } }"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let on = |idx| {
+        run_reply_named(
+            &s2,
+            "R",
+            &p,
+            &env,
+            &resp(180),
+            &tls_in(1),
+            None,
+            (0, 0),
+            idx,
+        )
+    };
+    assert_eq!(on(Some(1)), Some(false));
+    assert_eq!(on(Some(0)), Some(true));
     assert_eq!(
-        run_reply_named(&s, "none", &p, &env, &resp(180), &tls_in(1), None, (0, 0)),
+        run_reply_named(
+            &s,
+            "none",
+            &p,
+            &env,
+            &resp(180),
+            &tls_in(1),
+            None,
+            (0, 0),
+            None
+        ),
         None
     );
 }

@@ -580,7 +580,7 @@ impl Worker {
                     let Some(&id) = tm.branches.get(&tx) else {
                         continue;
                     };
-                    if !self.tm_reply_route(tm, id, &msg) {
+                    if !self.tm_reply_route(tm, id, tx, &msg) {
                         continue;
                     }
                     if let Some(r) = tm.servers.get_mut(&id) {

@@ -142,7 +142,13 @@ impl Worker {
     /// `onreply_route[NAME]` armed by `t_on_reply("NAME")` for server transaction `id`, on
     /// a response of one of its branches. `false`: the route dropped a provisional
     /// response (a final one cannot be dropped: the transaction needs it).
-    pub(super) fn tm_reply_route(self: &Rc<Self>, tm: &Tm, id: TxId, resp: &Message) -> bool {
+    pub(super) fn tm_reply_route(
+        self: &Rc<Self>,
+        tm: &Tm,
+        id: TxId,
+        branch: TxId,
+        resp: &Message,
+    ) -> bool {
         let Some(r) = tm.servers.get(&id) else {
             return true;
         };
@@ -160,8 +166,17 @@ impl Worker {
         // `$si`/`$sp` name the response's sender; the TLS facts of its connection are not
         // carried this far (a handoff has none), so TLS selects are empty here.
         let from = self.tm.reply_from.get().unwrap_or(r.inbound);
-        let kept =
-            host::run_reply_named(script, name, &snap.proxy, &env, resp, &from, None, r.flags);
+        let kept = host::run_reply_named(
+            script,
+            name,
+            &snap.proxy,
+            &env,
+            resp,
+            &from,
+            None,
+            r.flags,
+            r.ctx.branch_of(branch),
+        );
         match kept {
             None => {
                 debug!(route = %name, "t_on_reply names no onreply_route");
