@@ -472,6 +472,52 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
     }
 
     #[inline(never)]
+    /// The next hop of `forward(...)` / `t_relay(...)`: `Some(None)` without arguments,
+    /// `Some(Some(target))`, or `None` (the call returns -1) when the target does not parse
+    /// (logged) or there is no message to send.
+    fn forward_target(&mut self, c: &'v Call) -> R<Option<Option<String>>> {
+        let target = match c.args.len() {
+            0 => None,
+            1 => Some(self.arg(c, 0)?.as_str().into_owned()),
+            _ => {
+                let h = self.arg(c, 0)?.as_str().into_owned();
+                let p = self.arg(c, 1)?;
+                Some(format!("{h}:{p}"))
+            }
+        };
+        if let Some(t) = &target {
+            if let Err(e) = super::parse_target(t) {
+                self.log_call(c, &format!("bad forward target `{t}`: {e}"));
+                return Ok(None);
+            }
+        }
+        if self.env.msg.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(target))
+    }
+
+    /// The status and reason of `sl_send_reply` / `t_reply` (`name`, for the log), or
+    /// `None` (the call returns -1): not a status code (logged), not a request, a line break
+    /// in the reason, or a final reply already sent.
+    fn reply_args(&mut self, c: &'v Call, name: &str) -> R<Option<(u16, String)>> {
+        let code = self.arg(c, 0)?.as_int();
+        let reason = self.arg(c, 1)?.as_str().into_owned();
+        let Some(code) = code.filter(|c| (100..=699).contains(c)) else {
+            self.log_call(c, &format!("{name}: not a status code"));
+            return Ok(None);
+        };
+        if !self.env.msg.is_some_and(|m| m.is_request()) || reason.contains(['\r', '\n']) {
+            return Ok(None);
+        }
+        // A stateless proxy answers a request once: after a final reply, another would
+        // reach the client as a stray response.
+        if self.ctx.replied.is_some_and(|c| c >= 200) {
+            return Ok(None);
+        }
+        Ok(Some((code as u16, reason)))
+    }
+
     fn call_inner(&mut self, c: &'v Call) -> R<i32> {
         let msg = self.env.msg;
         Ok(match &c.f {
@@ -479,24 +525,9 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Func::Exit => return Err(Flow::Exit),
             Func::Route(i) => self.route_call(*i)?,
             Func::Forward => {
-                let target = match c.args.len() {
-                    0 => None,
-                    1 => Some(self.arg(c, 0)?.as_str().into_owned()),
-                    _ => {
-                        let h = self.arg(c, 0)?.as_str().into_owned();
-                        let p = self.arg(c, 1)?;
-                        Some(format!("{h}:{p}"))
-                    }
-                };
-                if let Some(t) = &target {
-                    if let Err(e) = super::parse_target(t) {
-                        self.log_call(c, &format!("bad forward target `{t}`: {e}"));
-                        return Ok(-1);
-                    }
-                }
-                if msg.is_none() {
+                let Some(target) = self.forward_target(c)? else {
                     return Ok(-1);
-                }
+                };
                 let r = self.host.forward(self.ctx, target.as_deref());
                 if r > 0 {
                     self.ctx.forwarded = true;
@@ -504,45 +535,19 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 r
             }
             Func::Reply => {
-                let code = self.arg(c, 0)?.as_int();
-                let reason = self.arg(c, 1)?.as_str().into_owned();
-                let Some(code) = code.filter(|c| (100..=699).contains(c)) else {
-                    self.log_call(c, "sl_send_reply: not a status code");
+                let Some((code, reason)) = self.reply_args(c, "sl_send_reply")? else {
                     return Ok(-1);
                 };
-                if !msg.is_some_and(|m| m.is_request()) || reason.contains(['\r', '\n']) {
-                    return Ok(-1);
-                }
-                // A stateless proxy answers a request once: after a final reply, another
-                // would reach the client as a stray response.
-                if self.ctx.replied.is_some_and(|c| c >= 200) {
-                    return Ok(-1);
-                }
-                let r = self.host.reply(self.ctx, code as u16, &reason);
+                let r = self.host.reply(self.ctx, code, &reason);
                 if r > 0 {
-                    self.ctx.replied = Some(code as u16);
+                    self.ctx.replied = Some(code);
                 }
                 r
             }
             Func::Relay => {
-                let target = match c.args.len() {
-                    0 => None,
-                    1 => Some(self.arg(c, 0)?.as_str().into_owned()),
-                    _ => {
-                        let h = self.arg(c, 0)?.as_str().into_owned();
-                        let p = self.arg(c, 1)?;
-                        Some(format!("{h}:{p}"))
-                    }
-                };
-                if let Some(t) = &target {
-                    if let Err(e) = super::parse_target(t) {
-                        self.log_call(c, &format!("bad forward target `{t}`: {e}"));
-                        return Ok(-1);
-                    }
-                }
-                if msg.is_none() {
+                let Some(target) = self.forward_target(c)? else {
                     return Ok(-1);
-                }
+                };
                 let r = self.host.t_relay(self.ctx, target.as_deref());
                 if r > 0 {
                     self.ctx.forwarded = true;
@@ -550,23 +555,12 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 r
             }
             Func::TReply => {
-                let code = self.arg(c, 0)?.as_int();
-                let reason = self.arg(c, 1)?.as_str().into_owned();
-                let Some(code) = code.filter(|c| (100..=699).contains(c)) else {
-                    self.log_call(c, "t_reply: not a status code");
+                let Some((code, reason)) = self.reply_args(c, "t_reply")? else {
                     return Ok(-1);
                 };
-                if !msg.is_some_and(|m| m.is_request()) || reason.contains(['\r', '\n']) {
-                    return Ok(-1);
-                }
-                // A stateless proxy answers a request once: after a final reply, another
-                // would reach the client as a stray response.
-                if self.ctx.replied.is_some_and(|c| c >= 200) {
-                    return Ok(-1);
-                }
-                let r = self.host.t_reply(self.ctx, code as u16, &reason);
+                let r = self.host.t_reply(self.ctx, code, &reason);
                 if r > 0 {
-                    self.ctx.replied = Some(code as u16);
+                    self.ctx.replied = Some(code);
                 }
                 r
             }
