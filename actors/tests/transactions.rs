@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::caller::Caller;
 use common::*;
 use siprox::config::{ConfigDuration, Proto, ScriptConfig};
 use tokio::net::UdpSocket;
@@ -134,48 +135,6 @@ fn branch(m: &str) -> String {
         .and_then(|v| v.split("branch=").nth(1))
         .map(|b| b.split(';').next().unwrap_or("").to_owned())
         .unwrap_or_default()
-}
-
-/// A caller's socket and what it received.
-struct Caller {
-    sock: Arc<UdpSocket>,
-    got: Arc<Mutex<Vec<String>>>,
-}
-
-impl Caller {
-    async fn new() -> Caller {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (s, g) = (sock.clone(), got.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65535];
-            while let Ok((n, _)) = s.recv_from(&mut buf).await {
-                g.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
-            }
-        });
-        Caller { sock, got }
-    }
-
-    fn via(&self) -> String {
-        format!("UDP {}", self.sock.local_addr().unwrap())
-    }
-
-    async fn send(&self, to: SocketAddr, m: &str) {
-        self.sock.send_to(m.as_bytes(), to).await.unwrap();
-    }
-
-    /// Statuses received for `cseq_method` so far, in order.
-    fn statuses(&self, cseq_method: &str) -> Vec<u16> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| header(r, "CSeq").is_some_and(|c| c.ends_with(cseq_method)))
-            .filter_map(|r| status(r))
-            .collect()
-    }
 }
 
 fn start_with_script(dir: &Path, script: &str, t1: Duration) -> siprox_actors::RuntimeHandle {
@@ -465,7 +424,7 @@ async fn beyond_the_transaction_limit_a_relay_is_answered_503_with_retry_after()
         )
         .await;
     assert_eventually!(caller.statuses("INVITE").contains(&503));
-    let got = caller.got.lock().unwrap().clone();
+    let got = caller.received();
     let refused = got
         .iter()
         .find(|r| header(r, "Call-ID") == Some("tm-full-2"))
@@ -879,7 +838,7 @@ async fn branch_route_runs_per_branch_and_its_drop_removes_only_that_branch() {
         Some(format!("1 sip:three@{}", three.addr).as_str())
     );
     // The best final (302, of branch 1) is the one failure_route saw.
-    let got = caller.got.lock().unwrap().clone();
+    let got = caller.received();
     let last = got.iter().find(|r| status(r) == Some(480)).unwrap();
     assert!(
         last.starts_with("SIP/2.0 480 Best Was Branch 1\r\n"),

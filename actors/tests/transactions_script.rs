@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::caller::Caller;
 use common::*;
 use siprox::config::{ConfigDuration, ManagementConfig, Proto, ScriptConfig};
 use siprox::proxy::Transport;
@@ -133,63 +134,6 @@ fn reason(m: &str) -> &str {
         .next()
         .and_then(|l| l.get(12..))
         .unwrap_or("")
-}
-
-/// A caller's socket and what it received.
-struct Caller {
-    sock: Arc<UdpSocket>,
-    got: Arc<Mutex<Vec<String>>>,
-}
-
-impl Caller {
-    async fn new() -> Caller {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (s, g) = (sock.clone(), got.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65535];
-            while let Ok((n, _)) = s.recv_from(&mut buf).await {
-                g.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
-            }
-        });
-        Caller { sock, got }
-    }
-
-    fn via(&self) -> String {
-        format!("UDP {}", self.sock.local_addr().unwrap())
-    }
-
-    async fn send(&self, to: SocketAddr, m: &str) {
-        self.sock.send_to(m.as_bytes(), to).await.unwrap();
-    }
-
-    /// Responses received for call `call`, in order.
-    fn responses(&self, call: &str) -> Vec<String> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| header(r, "Call-ID") == Some(call))
-            .cloned()
-            .collect()
-    }
-
-    /// Statuses received for call `call` (any CSeq method), in order.
-    fn statuses(&self, call: &str) -> Vec<u16> {
-        self.responses(call)
-            .iter()
-            .filter_map(|r| status(r))
-            .collect()
-    }
-
-    /// The first final response of `call`.
-    fn final_of(&self, call: &str) -> Option<String> {
-        self.responses(call)
-            .into_iter()
-            .find(|r| status(r).is_some_and(|s| s >= 200))
-    }
 }
 
 /// A configuration with the script at `scripts/tm.cfg` and T1 (T2, T4 scaled) as given.
@@ -325,8 +269,8 @@ async fn t_on_reply_runs_its_onreply_route_for_each_response_of_the_transaction(
         );
     }
     // The named route dropped the 180; the main onreply_route dropped the 181 before it.
-    assert_eventually!(caller.statuses("on-reply-ok").contains(&183));
-    let ok_seen = caller.statuses("on-reply-ok");
+    assert_eventually!(caller.call_statuses("on-reply-ok").contains(&183));
+    let ok_seen = caller.call_statuses("on-reply-ok");
     assert!(
         ok_seen.contains(&200) && !ok_seen.contains(&180),
         "{ok_seen:?}"
@@ -334,11 +278,11 @@ async fn t_on_reply_runs_its_onreply_route_for_each_response_of_the_transaction(
     assert!(!ok_seen.contains(&181), "{ok_seen:?}");
     // A final response cannot be dropped: the caller gets the 486 all the same.
     // (Repeated until an ACK: the caller sends none here.)
-    let busy_seen = caller.statuses("on-reply-busy");
+    let busy_seen = caller.call_statuses("on-reply-busy");
     assert_eq!(busy_seen[..2], [100, 486], "{busy_seen:?}");
     assert!(busy_seen[2..].iter().all(|s| *s == 486), "{busy_seen:?}");
     // Without t_on_reply only the main onreply_route runs: the 180 goes through.
-    let plain = caller.statuses("on-reply-plain");
+    let plain = caller.call_statuses("on-reply-plain");
     assert!(plain.contains(&180) && !plain.contains(&181), "{plain:?}");
     rt.shutdown();
 }
@@ -396,7 +340,7 @@ async fn t_newtran_answers_statefully_and_t_check_trans_finds_transactions() {
     caller.send(proxy, &invite).await;
     assert_eventually!(
         caller
-            .statuses("newtran-local")
+            .call_statuses("newtran-local")
             .iter()
             .filter(|s| **s == 486)
             .count()
@@ -415,8 +359,8 @@ async fn t_newtran_answers_statefully_and_t_check_trans_finds_transactions() {
     let ruri = format!("sip:relay@{}", uas.addr);
     let invite = request("INVITE", &ruri, &caller.via(), "newtran-relay", "", "");
     caller.send(proxy, &invite).await;
-    assert_eventually!(caller.statuses("newtran-relay").contains(&200));
-    assert_eq!(caller.statuses("newtran-relay"), vec![100, 200]);
+    assert_eventually!(caller.call_statuses("newtran-relay").contains(&200));
+    assert_eq!(caller.call_statuses("newtran-relay"), vec![100, 200]);
     assert_eq!(uas.calls("INVITE", "newtran-relay"), 1);
     // Its ACK (same branch as the INVITE) matches the INVITE's transaction: relayed.
     let ack = request("ACK", &ruri, &caller.via(), "newtran-relay", "", "");
@@ -435,7 +379,7 @@ async fn t_newtran_answers_statefully_and_t_check_trans_finds_transactions() {
     // An ordinary new request: no transaction yet, relayed.
     let options = request("OPTIONS", &ruri, &caller.via(), "newtran-options", "", "");
     caller.send(proxy, &options).await;
-    assert_eventually!(caller.statuses("newtran-options") == vec![200]);
+    assert_eventually!(caller.call_statuses("newtran-options") == vec![200]);
     assert_eq!(uas.calls("ACK", "newtran-stray"), 0);
     rt.shutdown();
 }
@@ -627,7 +571,7 @@ async fn an_unreachable_stream_next_hop_fails_its_branch_and_the_caller_gets_one
         // §16.7 step 6: the branch's 503 (a transport error) goes to the caller as 500,
         // and only once: the connection's own 503 is not sent as well.
         let finals: Vec<u16> = caller
-            .statuses(call)
+            .call_statuses(call)
             .into_iter()
             .filter(|s| *s >= 200)
             .collect();
@@ -657,7 +601,7 @@ async fn an_unreachable_stream_next_hop_fails_its_branch_and_the_caller_gets_one
         Duration::from_secs(5)
     );
     let finals: Vec<u16> = caller
-        .statuses("closed-after-read")
+        .call_statuses("closed-after-read")
         .into_iter()
         .filter(|s| *s >= 200)
         .collect();
@@ -678,7 +622,7 @@ async fn an_unreachable_stream_next_hop_fails_its_branch_and_the_caller_gets_one
             ),
         )
         .await;
-    assert_eventually!(caller.statuses("unreachable-options") == vec![500]);
+    assert_eventually!(caller.call_statuses("unreachable-options") == vec![500]);
     rt.shutdown();
 }
 
@@ -741,7 +685,7 @@ async fn after_a_burst_of_calls_no_transaction_is_left_and_a_late_2xx_is_relayed
             caller.final_of(call).is_some(),
             Duration::from_secs(5),
             "{call}: {:?}, busy got {}",
-            caller.statuses(call),
+            caller.call_statuses(call),
             busy_calls.lock().unwrap()
         );
         // Every final is acknowledged (the 2xx end to end, the others hop by hop).
@@ -755,7 +699,7 @@ async fn after_a_burst_of_calls_no_transaction_is_left_and_a_late_2xx_is_relayed
     assert_eq!(status(&caller.final_of("burst-busy-0").unwrap()), Some(486));
     assert_eventually!(ok.requests("ACK").len() == 8);
     for i in 0..3 {
-        assert_eventually!(caller.statuses(&format!("burst-options-{i}")) == vec![200]);
+        assert_eventually!(caller.call_statuses(&format!("burst-options-{i}")) == vec![200]);
     }
     assert_eq!(*busy_calls.lock().unwrap(), 3);
     // Timers D, I, J, K, L, M all ran out: nothing is kept.
@@ -772,7 +716,7 @@ async fn after_a_burst_of_calls_no_transaction_is_left_and_a_late_2xx_is_relayed
         .find(|r| header(r, "Call-ID") == Some("burst-ok-0"))
         .unwrap();
     let before = caller
-        .statuses("burst-ok-0")
+        .call_statuses("burst-ok-0")
         .iter()
         .filter(|s| **s == 200)
         .count();
@@ -782,7 +726,7 @@ async fn after_a_burst_of_calls_no_transaction_is_left_and_a_late_2xx_is_relayed
         .unwrap();
     assert_eventually!(
         caller
-            .statuses("burst-ok-0")
+            .call_statuses("burst-ok-0")
             .iter()
             .filter(|s| **s == 200)
             .count()
@@ -819,7 +763,7 @@ async fn requests_refused_at_the_transaction_limit_are_counted() {
             &request("INVITE", &ruri, &caller.via(), "full-1", "", ""),
         )
         .await;
-    assert_eventually!(caller.statuses("full-1") == vec![100]);
+    assert_eventually!(caller.call_statuses("full-1") == vec![100]);
     for call in ["full-2", "full-3"] {
         caller
             .send(
