@@ -14,42 +14,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::baresip::{eventually, free_port, silence_wav};
 use common::*;
 use siprox::proxy::Transport;
-
-fn free_port() -> u16 {
-    // baresip takes its TLS port as sip_listen + 1: find two free ones in a row.
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p < 60000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
-/// 8 kHz mono 16-bit PCM, 10 s of silence: the phones' microphone.
-fn silence_wav(path: &Path) {
-    let data_len: u32 = 8000 * 2 * 10;
-    let mut w = Vec::new();
-    w.extend_from_slice(b"RIFF");
-    w.extend_from_slice(&(36 + data_len).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt ");
-    w.extend_from_slice(&16u32.to_le_bytes());
-    w.extend_from_slice(&1u16.to_le_bytes());
-    w.extend_from_slice(&1u16.to_le_bytes());
-    w.extend_from_slice(&8000u32.to_le_bytes());
-    w.extend_from_slice(&16000u32.to_le_bytes());
-    w.extend_from_slice(&2u16.to_le_bytes());
-    w.extend_from_slice(&16u16.to_le_bytes());
-    w.extend_from_slice(b"data");
-    w.extend_from_slice(&data_len.to_le_bytes());
-    w.resize(w.len() + data_len as usize, 0);
-    std::fs::write(path, w).unwrap();
-}
 
 /// A device's baresip directory (`name`), registering as `user@example.com` over TLS
 /// through `proxy` with password `<user>-pw`, answering as `answermode` says.
@@ -86,20 +55,6 @@ fn baresip_dir(
     )
     .unwrap();
     dir
-}
-
-/// Polls `cond` every 50 ms until it holds or `within` has passed; whether it held.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A running baresip and its output (stdout and stderr, SIP trace included).

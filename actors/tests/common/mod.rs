@@ -5,6 +5,7 @@
 //! runtime's in-process API. Test code: it may panic, but must never wait without a bound.
 #![allow(dead_code)]
 
+pub mod baresip;
 pub mod caller;
 pub mod inproc;
 pub mod tree;
