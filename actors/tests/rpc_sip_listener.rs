@@ -301,3 +301,21 @@ fn the_default_script_refuses_rpc_on_the_sip_port_and_says_how_to_enable_it() {
     );
     node.rt.shutdown();
 }
+
+#[test]
+fn a_route_that_starts_with_sanity_check_still_reaches_dispatch_rpc() {
+    // docs/rpc.md: sanity_check() checks SIP only and passes an RPC request. The documented
+    // script with the usual first line of a SIP route in front of it.
+    let script =
+        documented_script().replacen("route {", "route {\n    if (!sanity_check()) { exit; }", 1);
+    assert!(script.contains("sanity_check()"), "{script}");
+    let node = Node::start(&script);
+    let json = ["-H", "Content-Type: application/json", "-d"];
+    let url = node.url();
+    let out = node.curl(&node.user, &[&json[..], &[JSON_UPTIME, &url]].concat());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert_eq!(v["id"], "u", "{v}");
+    assert!(v["result"]["uptime"].is_i64(), "{v}");
+    let out = node.python(&node.user, &py_status("s.core.version()"));
+    assert!(stdout(&out).starts_with("answered"), "{}", text(&out));
+}
