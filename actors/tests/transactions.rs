@@ -372,12 +372,12 @@ async fn a_response_read_by_another_worker_reaches_its_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_branch_that_rings_too_long_is_cancelled_and_failure_route_runs() {
+async fn a_branch_that_rings_too_long_is_cancelled_and_failure_route_runs_with_408() {
     let dir = tempfile::tempdir().unwrap();
     let vm = Peer::start(Peer::answers(200)).await;
     let script = format!(
         "route {{ t_on_failure(\"vm\"); t_set_fr(300, 0); t_relay(); }}\n\
-         failure_route[vm] {{ if (t_check_status(\"487\")) {{ $du = \"sip:{}\"; t_relay(); }} }}\n",
+         failure_route[vm] {{ if (t_check_status(\"408\") && t_branch_timeout()) {{ $du = \"sip:{}\"; t_relay(); }} }}\n",
         vm.addr
     );
     let rt = start_with_script(dir.path(), &script, Duration::from_millis(20));
@@ -392,11 +392,84 @@ async fn a_branch_that_rings_too_long_is_cancelled_and_failure_route_runs() {
         )
         .await;
     assert_eventually!(caller.statuses("INVITE").contains(&180));
-    // After 300 ms of ringing siprox cancels the branch; its 487 runs failure_route.
+    // After 300 ms of ringing siprox cancels the branch, which fails as a 408: failure_route
+    // runs with 408 (as Kamailio's fr_inv_timer), not with the callee's 487.
     assert_eventually!(callee.requests("CANCEL").len() == 1);
     assert_eventually!(caller.statuses("INVITE").contains(&200));
     assert!(!caller.statuses("INVITE").contains(&487));
+    assert!(!caller.statuses("INVITE").contains(&408));
     assert_eq!(vm.requests("INVITE").len(), 1);
+    rt.shutdown();
+}
+
+/// A UAS that rings and stays silent until the CANCEL, then answers it 200 and the INVITE
+/// 487: at Timer C the caller gets siprox's 408 at once; the 487 is acknowledged hop by hop
+/// and never reaches the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_c_answers_the_caller_408_and_absorbs_the_callees_487() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "route { t_set_fr(300, 0); t_relay(); }\n";
+    let rt = start_with_script(dir.path(), script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let callee = Peer::start(Peer::rings()).await;
+    let caller = Caller::new().await;
+    let ruri = format!("sip:bob@{}", callee.addr);
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "tm-timer-c", "", ""),
+        )
+        .await;
+    assert_eventually!(caller.statuses("INVITE").contains(&180));
+    assert_eventually!(finals(&caller).contains(&408));
+    assert_eq!(callee.requests("CANCEL").len(), 1);
+    // The callee's 487 is ACKed by siprox (hop by hop), and the caller never sees it.
+    assert_eventually!(callee.requests("ACK").len() == 1);
+    assert!(
+        finals(&caller).iter().all(|s| *s == 408),
+        "{:?}",
+        finals(&caller)
+    );
+    let got = caller.final_of("tm-timer-c").unwrap();
+    assert_eq!(
+        got.split("\r\n").next(),
+        Some("SIP/2.0 408 Request Timeout")
+    );
+    rt.shutdown();
+}
+
+/// A callee that answers 200 while siprox's CANCEL is on its way: the 2xx still reaches the
+/// caller after the 408 (RFC 3261 §16.7 step 5: every 2xx goes upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_that_races_the_timer_c_cancel_still_reaches_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "route { t_set_fr(300, 0); t_relay(); }\n";
+    let rt = start_with_script(dir.path(), script, Duration::from_millis(20));
+    let proxy = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+    let invite = Mutex::new(String::new());
+    let late: Policy = Arc::new(move |m| match method(m) {
+        "INVITE" => {
+            *invite.lock().unwrap() = m.to_owned();
+            vec![response_for(m, 180, 0)]
+        }
+        // Too late to cancel: the call was answered.
+        "CANCEL" => vec![
+            response_for(&invite.lock().unwrap(), 200, 0),
+            response_for(m, 200, 0),
+        ],
+        _ => vec![],
+    });
+    let callee = Peer::start(late).await;
+    let caller = Caller::new().await;
+    let ruri = format!("sip:bob@{}", callee.addr);
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "tm-timer-c-2xx", "", ""),
+        )
+        .await;
+    assert_eventually!(finals(&caller).contains(&408));
+    assert_eventually!(finals(&caller).contains(&200));
     rt.shutdown();
 }
 

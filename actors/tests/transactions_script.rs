@@ -396,9 +396,9 @@ route {
 failure_route[WHY] {
     if (t_branch_timeout()) {
         if (t_branch_replied()) {
-            t_reply("480", "Timed Out Ringing");
+            t_reply("480", "Timed Out Ringing $T_reply_code");
         } else {
-            t_reply("480", "Timed Out Silent");
+            t_reply("480", "Timed Out Silent $T_reply_code");
         }
         exit;
     }
@@ -433,12 +433,12 @@ async fn failure_route_tells_a_timed_out_branch_from_one_that_replied() {
         (
             format!("sip:bob@{}", silent.addr),
             "why-silent",
-            "480 Timed Out Silent",
+            "480 Timed Out Silent 408",
         ),
         (
             format!("sip:ring@{}", ringing.addr),
             "why-ring",
-            "480 Timed Out Ringing",
+            "480 Timed Out Ringing 408",
         ),
         (
             format!("sip:bob@{}", busy.addr),

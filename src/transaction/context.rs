@@ -1,11 +1,12 @@
 //! The forking proxy's response context (RFC 3261 §16.7, §16.8, §16.10) as a pure type:
 //! the branches of one server transaction with their client transactions, which responses
 //! go upstream at once (provisionals but 100, every 2xx), which branches get a CANCEL (the
-//! others after a 2xx or a 6xx, all after the caller's CANCEL, a ringing branch at Timer C),
-//! and the best final response once every branch has ended (6xx, then the lowest class;
-//! 503 becomes 500; 408 when no branch answered). Before a non-2xx final goes upstream it
-//! reports [`ContextAction::AllDone`]: the seam where `failure_route` may add branches. It
-//! sends nothing, keeps no clock, and never panics on a response.
+//! others after a 2xx or a 6xx, all after the caller's CANCEL, a ringing branch at Timer C,
+//! which then ends as a 408), and the best final response once every branch has ended (6xx,
+//! then the lowest class; 503 becomes 500; 408 when no branch answered or all timed out).
+//! Before a non-2xx final goes upstream it reports [`ContextAction::AllDone`]: the seam
+//! where `failure_route` may add branches. It sends nothing, keeps no clock, and never
+//! panics on a response.
 
 use std::collections::VecDeque;
 
@@ -67,7 +68,7 @@ struct Branch {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BranchFacts {
     /// Its timer fired before any final response: Timer B/F (or `t_set_fr`'s limit), or
-    /// Timer C, after which it was cancelled.
+    /// Timer C, after which it was cancelled and ended as a 408.
     pub timed_out: bool,
     /// It received at least one response.
     pub replied: bool,
@@ -251,9 +252,11 @@ impl ResponseContext {
         }
     }
 
-    /// A branch's client transaction timed out ([`super::Action::Timeout`]). Timer B or
-    /// F: the branch ends as a 408 siprox stands in for. Timer C: the branch is cancelled
-    /// and ends with whatever the callee answers to the CANCEL (or Timer B after it).
+    /// A branch's client transaction timed out ([`super::Action::Timeout`]): the branch
+    /// ends as a 408 siprox stands in for. Timer B or F: nothing answered. Timer C (a
+    /// ringing INVITE branch, §16.8): the branch is cancelled as well, and the callee's
+    /// answer to the CANCEL (usually 487) is absorbed when it comes, as Kamailio's
+    /// `fr_inv_timer` does; a 2xx that races the CANCEL still goes upstream (§16.7 step 5).
     pub fn on_timeout(&mut self, tx: TxId, timer: TimerName) {
         let Some(i) = self.branch_of(tx) else {
             return;
@@ -264,7 +267,6 @@ impl ResponseContext {
         self.branches[i].timed_out = true;
         if timer == TimerName::C {
             self.actions.push_back(ContextAction::Cancel(tx));
-            return;
         }
         self.branches[i].state = State::Done { status: 408 };
         self.last_failed = Some(i);

@@ -1226,19 +1226,47 @@ fn context_503_becomes_500_and_all_timeouts_become_408() {
 }
 
 #[test]
-fn context_timer_c_cancels_a_ringing_branch() {
+fn context_timer_c_cancels_a_ringing_branch_which_ends_as_a_408() {
     let (mut c, b) = ctx_with(1);
     c.on_response(b[0], &resp(180));
     ctx_actions(&mut c);
     c.on_timeout(b[0], TimerName::C);
-    assert!(matches!(&ctx_actions(&mut c)[..], [ContextAction::Cancel(x)] if *x == b[0]));
-    c.on_response(b[0], &resp(487));
+    // The CANCEL, then at once the failure_route seam with 408 (Kamailio's fr_inv_timer).
     assert!(matches!(
         &ctx_actions(&mut c)[..],
-        [ContextAction::AllDone {
-            status: 487,
-            may_fork: true
-        }]
+        [
+            ContextAction::Cancel(x),
+            ContextAction::AllDone {
+                status: 408,
+                may_fork: true
+            }
+        ] if *x == b[0]
+    ));
+    assert_eq!(c.best_status(), Some(408));
+    // The callee's 487 to the CANCEL is absorbed: nothing more for the caller.
+    c.on_response(b[0], &resp(487));
+    assert!(ctx_actions(&mut c).is_empty());
+    assert!(matches!(c.finish(), Some(Final::Local { status: 408, .. })));
+    // A 2xx that raced the CANCEL still goes upstream (§16.7 step 5).
+    c.on_response(b[0], &resp(200));
+    assert!(
+        matches!(&ctx_actions(&mut c)[..], [ContextAction::Forward(m)] if m.status() == Some(200))
+    );
+}
+
+#[test]
+fn context_timer_c_on_one_branch_waits_for_the_others() {
+    let (mut c, b) = ctx_with(2);
+    c.on_response(b[0], &resp(180));
+    c.on_response(b[1], &resp(180));
+    ctx_actions(&mut c);
+    c.on_timeout(b[0], TimerName::C);
+    assert!(matches!(&ctx_actions(&mut c)[..], [ContextAction::Cancel(x)] if *x == b[0]));
+    // The other branch's 486 beats the 408 siprox stands in for.
+    c.on_response(b[1], &resp(486));
+    assert!(matches!(
+        &ctx_actions(&mut c)[..],
+        [ContextAction::AllDone { status: 486, .. }]
     ));
 }
 
@@ -1506,10 +1534,11 @@ fn context_says_how_the_failed_branch_ended() {
     assert_eq!(c.failed_branch(), None);
     c.on_timeout(b[0], TimerName::B);
     assert_eq!(c.failed_branch(), facts(true, false));
-    // Ringing, then Timer C: cancelled, ends with the callee's 487.
+    // Ringing, then Timer C: cancelled, ends as a 408 (the callee's 487 changes nothing).
     let (mut c, b) = ctx_with(1);
     c.on_response(b[0], &resp(180));
     c.on_timeout(b[0], TimerName::C);
+    assert_eq!(c.failed_branch(), facts(true, true));
     c.on_response(b[0], &resp(487));
     assert_eq!(c.failed_branch(), facts(true, true));
     // Busy: replied, no timeout; a transport error: neither.
