@@ -783,3 +783,103 @@ async fn requests_refused_at_the_transaction_limit_are_counted() {
     assert_eq!(mgmt.metric(&rt, "siprox_transactions").await, Some(2.0));
     rt.shutdown();
 }
+
+const NEWTRAN_UNANSWERED: &str = r#"
+route {
+    if (is_method("ACK")) {
+        exit;
+    }
+    t_newtran();
+    if ($rU == "stateless") {
+        sl_send_reply("404", "Not Here (stateless)");
+        exit;
+    }
+    if ($rU == "forward") {
+        forward();
+        exit;
+    }
+    if ($rU == "drop") {
+        drop;
+    }
+    # "nothing": the route ends without a reply
+}
+"#;
+
+/// A transaction made by `t_newtran()` that the route never answered through: answered 500
+/// at once when the route sent nothing, released when it answered, forwarded or dropped
+/// the request statelessly (one answer, not two); either way the live-transactions gauge
+/// returns to 0 within Timer H/J (64*T1 = 1.28 s here), not after the ~6 min guard timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_t_newtran_transaction_the_route_never_answers_is_not_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tm_config(
+        dir.path(),
+        NEWTRAN_UNANSWERED,
+        Duration::from_millis(20),
+        100_000,
+    );
+    let mgmt = Mgmt::enable(dir.path(), &mut cfg);
+    let rt = start(cfg, dir.path());
+    let proxy = rt.local_addr(Transport::Udp).unwrap();
+    let gauge = "siprox_transactions";
+    let uas = Peer::start(Peer::answers(&[200])).await;
+    let caller = Caller::new().await;
+    for (method, user, call, want) in [
+        (
+            "INVITE",
+            "nothing",
+            "unanswered-invite",
+            Some("500 Server Internal Error (script did not reply)"),
+        ),
+        (
+            "OPTIONS",
+            "nothing",
+            "unanswered-options",
+            Some("500 Server Internal Error (script did not reply)"),
+        ),
+        (
+            "INVITE",
+            "stateless",
+            "unanswered-sl",
+            Some("404 Not Here (stateless)"),
+        ),
+        ("OPTIONS", "forward", "unanswered-fwd", Some("200 OK")),
+        ("INVITE", "drop", "unanswered-drop", None),
+    ] {
+        let ruri = format!("sip:{user}@{}", uas.addr);
+        caller
+            .send(proxy, &request(method, &ruri, &caller.via(), call, "", ""))
+            .await;
+        match want {
+            Some(want) => {
+                assert_eventually!(caller.final_of(call).is_some(), Duration::from_secs(5));
+                let got = caller.final_of(call).unwrap();
+                assert_eq!(
+                    got.split("\r\n").next(),
+                    Some(&*format!("SIP/2.0 {want}")),
+                    "{call}"
+                );
+            }
+            None => assert_eventually!(caller.call_statuses(call) == vec![100]),
+        }
+        if method == "INVITE" {
+            let ack = request("ACK", &ruri, &caller.via(), call, "", "");
+            caller.send(proxy, &ack).await;
+        }
+    }
+    assert_eventually!(
+        mgmt.metric(&rt, gauge).await == Some(0.0),
+        Duration::from_secs(10)
+    );
+    // One answer each: the stateless ones were not answered a second time.
+    for call in ["unanswered-sl", "unanswered-fwd"] {
+        let finals: Vec<u16> = caller
+            .call_statuses(call)
+            .into_iter()
+            .filter(|s| *s >= 200)
+            .collect();
+        assert_eq!(finals.len(), 1, "{call}: {finals:?}");
+    }
+    assert_eq!(caller.call_statuses("unanswered-drop"), vec![100]);
+    rt.shutdown();
+}

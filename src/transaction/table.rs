@@ -700,6 +700,25 @@ impl Table {
         .unwrap_or(Err(TxError::Gone))
     }
 
+    /// The TU is done with server transaction `id` without answering through it (a script
+    /// that called `t_newtran()` and then handled the request statelessly): the
+    /// transaction ends now, before any final response, as Kamailio's
+    /// `t_release_transaction()` does for such a script. A retransmission of the request
+    /// is then a new request again.
+    pub fn release(&mut self, id: TxId, now: Instant) -> Result<(), TxError> {
+        self.with(id, now, |tx, out| match tx {
+            Tx::Server { tx, .. } if tx.last_status < 200 => {
+                out.terminate();
+                Ok(())
+            }
+            Tx::Server { .. } | Tx::ServerAccepted { .. } => {
+                Err(TxError::State("a final response was sent already"))
+            }
+            _ => Err(TxError::State("a client transaction is not released")),
+        })
+        .unwrap_or(Err(TxError::Gone))
+    }
+
     /// Create a client transaction for `request` as it will be sent (siprox's Via on top,
     /// with a branch from [`Table::new_branch`]) and queue its sending to `dest`.
     pub fn insert_client(

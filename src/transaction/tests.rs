@@ -317,6 +317,38 @@ fn server_guard_ends_a_transaction_its_tu_never_answered() {
     assert!(terminated(&other, id));
 }
 
+#[test]
+fn a_released_server_transaction_ends_at_once_and_only_before_its_final() {
+    let mut t = table();
+    let now = Instant::now();
+    let inv = request("INVITE", &caller_via("z9hG4bK-rel"), 1, "");
+    let id = t.insert_server(&inv, &udp_rx(), now).unwrap();
+    drain(&mut t);
+    assert_eq!(t.release(id, now), Ok(()));
+    let (sent, other) = drain(&mut t);
+    assert!(sent.is_empty(), "released without a response: {sent:?}");
+    assert!(terminated(&other, id));
+    assert!(t.is_empty());
+    // Its guard timer is gone with it.
+    t.on_timer(now + t.config().server_guard);
+    assert!(drain(&mut t).1.is_empty());
+    // The request is new again; a released id names nothing.
+    assert_eq!(t.on_request(&inv, now), Incoming::New);
+    assert_eq!(t.release(id, now), Err(TxError::Gone));
+    // Once answered, a transaction is not released: its final must be retransmitted.
+    let opt = request("OPTIONS", &caller_via("z9hG4bK-rel2"), 2, "");
+    let id = t.insert_server(&opt, &udp_rx(), now).unwrap();
+    t.respond(
+        id,
+        486,
+        Bytes::from_static(b"SIP/2.0 486 Busy\r\n\r\n"),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(t.release(id, now), Err(TxError::State(_))));
+    assert_eq!(t.len(), 1);
+}
+
 // ---- INVITE client ----
 
 #[test]

@@ -141,11 +141,23 @@ impl Worker {
                         inc(&self.shared.stats.script_errors);
                     }
                     trace!(end = ?run.outcome.end, actions = run.actions.len(), "request route done");
+                    // The route dealt with the request without its transaction: a stateless
+                    // reply, forward() or drop.
+                    let stateless = matches!(run.outcome.end, siprox::script::End::Drop)
+                        || run
+                            .actions
+                            .iter()
+                            .any(|(a, _)| !matches!(a, siprox::proxy::Action::Drop { .. }));
                     for (action, opts) in run.actions {
                         self.execute_with(action, &msg, &inbound, opts);
                     }
                     if run.newtran {
-                        self.tm_newtran_replies(&msg, run.t_replies);
+                        let end = match (run.relay.is_some(), stateless) {
+                            (true, _) => tm::NewtranEnd::Relayed,
+                            (false, true) => tm::NewtranEnd::Stateless,
+                            (false, false) => tm::NewtranEnd::Nothing,
+                        };
+                        self.tm_newtran_end(&msg, run.t_replies, end);
                     }
                     if let Some(relay) = run.relay {
                         self.tm_relay(&msg, &inbound, tls.clone(), tag, relay);

@@ -35,6 +35,7 @@ use crate::state::{inc, Shared};
 
 #[path = "tm_script.rs"]
 pub(crate) mod tm_script;
+pub(crate) use tm_script::NewtranEnd;
 
 /// A response read by one worker for a transaction of another.
 pub(crate) type Handoff = (Message, Inbound);

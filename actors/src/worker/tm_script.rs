@@ -109,23 +109,67 @@ impl Transactions for Hooks<'_> {
     }
 }
 
+/// How a request route that called `t_newtran()` left its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NewtranEnd {
+    /// `t_relay()` takes the transaction.
+    Relayed,
+    /// A stateless reply, `forward()` or `drop`.
+    Stateless,
+    /// Nothing was sent for it.
+    Nothing,
+}
+
 impl Worker {
-    /// The `t_reply()`s a request route made after `t_newtran()`: sent through the
-    /// request's server transaction.
-    pub(crate) fn tm_newtran_replies(self: &Rc<Self>, msg: &Message, replies: Vec<(u16, Bytes)>) {
-        if replies.is_empty() {
-            return;
-        }
+    /// The end of a request route that called `t_newtran()`: its `t_reply()`s are sent
+    /// through the request's server transaction. A transaction that none of them answered
+    /// finally and that `t_relay()` does not take is not left to its guard timer:
+    /// - the route answered, forwarded or dropped the request statelessly: the
+    ///   transaction is released at once, without a response (Kamailio's `t_unref()` does
+    ///   the same: "script writer didn't release transaction"), so nothing answers twice;
+    /// - the route did nothing with it: the caller gets 500 "Server Internal Error (script
+    ///   did not reply)" through the transaction at once (instead of retransmitting into
+    ///   it until its Timer B/F), which then ends like any answered one (Timer H/J).
+    pub(crate) fn tm_newtran_end(
+        self: &Rc<Self>,
+        msg: &Message,
+        replies: Vec<(u16, Bytes)>,
+        end: NewtranEnd,
+    ) {
         let mut tm = self.tm.tm.borrow_mut();
         let Some(id) = tm.table.match_request(msg) else {
             return;
         };
         let now = Instant::now();
+        let mut answered = false;
         for (status, bytes) in replies {
             if status >= 200 {
+                answered = true;
                 self.local_final(&mut tm, id, bytes, now);
             } else if let Err(e) = tm.table.respond(id, status, bytes, now) {
                 debug!(error = %e, status, "t_reply not sent");
+            }
+        }
+        // A final response already sent (a retransmission that raced its first copy found
+        // the transaction answered) needs nothing more either.
+        let open = tm.table.last_status(id).is_some_and(|s| s < 200);
+        if !answered && open {
+            match end {
+                NewtranEnd::Relayed => {}
+                NewtranEnd::Stateless => {
+                    debug!("t_newtran() and a stateless answer: transaction released");
+                    let _ = tm.table.release(id, now);
+                }
+                NewtranEnd::Nothing => {
+                    warn!("t_newtran() but the route sent no reply: 500");
+                    self.local_reply(
+                        &mut tm,
+                        id,
+                        500,
+                        "Server Internal Error (script did not reply)",
+                        now,
+                    );
+                }
             }
         }
         self.pump(&mut tm, now);
