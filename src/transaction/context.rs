@@ -79,8 +79,10 @@ struct Best {
     status: u16,
     /// The branch it came from.
     tx: TxId,
-    /// `None`: a 408 siprox stands in for (a branch timed out).
-    response: Option<Message>,
+    /// `None`: a 408 siprox stands in for (a branch timed out). Boxed: a context holds
+    /// one for the whole ringing time of a call only once a branch failed, and the box
+    /// keeps every context 240 bytes smaller.
+    response: Option<Box<Message>>,
 }
 
 impl Best {
@@ -179,8 +181,14 @@ impl ResponseContext {
         self.final_sent || (self.forwarded_2xx && self.pending().next().is_none())
     }
 
+    /// The next action; once none is left the queue's buffer is freed (a ringing call
+    /// would otherwise hold room for four responses until it ends).
     pub fn poll_action(&mut self) -> Option<ContextAction> {
-        self.actions.pop_front()
+        let a = self.actions.pop_front();
+        if a.is_none() && self.actions.capacity() > 0 {
+            self.actions = VecDeque::new();
+        }
+        a
     }
 
     fn pending(&self) -> impl Iterator<Item = &Branch> + '_ {
@@ -240,7 +248,7 @@ impl ResponseContext {
                 self.offer(Best {
                     status,
                     tx,
-                    response: Some(msg.clone()),
+                    response: Some(Box::new(msg.clone())),
                 });
                 if status >= 600 && !self.got_6xx {
                     self.got_6xx = true;
@@ -360,7 +368,7 @@ impl ResponseContext {
                 status: 487,
                 response: Some(m),
                 ..
-            }) if self.cancelled => Final::Forward(m),
+            }) if self.cancelled => Final::Forward(*m),
             _ if self.cancelled => Final::Local {
                 status: 487,
                 reason: "Request Terminated",
@@ -379,7 +387,7 @@ impl ResponseContext {
             },
             Some(Best {
                 response: Some(m), ..
-            }) => Final::Forward(m),
+            }) => Final::Forward(*m),
         })
     }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use siprox::proxy::ForwardOpts;
 use siprox::script::host;
+use siprox::sip::Message;
 use siprox::transaction::TxId;
 use tracing::debug;
 
@@ -24,6 +25,7 @@ impl Worker {
         self: &Rc<Self>,
         tm: &mut Tm,
         id: TxId,
+        msg: &Message,
         list: Vec<ForwardOpts>,
         now: Instant,
     ) -> usize {
@@ -31,7 +33,7 @@ impl Worker {
             return 0;
         };
         r.starting = list.len();
-        let route = r.branch_route.clone();
+        let route = r.branch_route().map(str::to_owned);
         let mut started = 0;
         for mut opts in list {
             let Some(r) = tm.servers.get_mut(&id) else {
@@ -40,7 +42,7 @@ impl Worker {
             r.starting = r.starting.saturating_sub(1);
             let idx = r.next_idx;
             if let Some(name) = &route {
-                if !self.branch_route(tm, id, name, idx, &mut opts) {
+                if !self.branch_route(tm, id, msg, name, idx, &mut opts) {
                     debug!(branch = idx, "branch dropped by branch_route");
                     continue;
                 }
@@ -49,7 +51,7 @@ impl Worker {
                 r.next_idx += 1;
             }
             started += 1;
-            self.branch(tm, id, opts, now);
+            self.branch(tm, id, msg, opts, now);
         }
         started
     }
@@ -59,14 +61,12 @@ impl Worker {
         self: &Rc<Self>,
         tm: &Tm,
         id: TxId,
+        msg: &Message,
         name: &str,
         idx: usize,
         opts: &mut ForwardOpts,
     ) -> bool {
         let Some(r) = tm.servers.get(&id) else {
-            return false;
-        };
-        let Some(msg) = &r.msg else {
             return false;
         };
         let snap = self.shared.snapshot.load();
@@ -77,7 +77,7 @@ impl Worker {
             host::run_branch(
                 script,
                 name,
-                r.tag.as_deref(),
+                r.tag(),
                 &snap.proxy,
                 env,
                 msg,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, Target, Transport};
 use siprox::script::host::{self, Relay};
-use siprox::sip::Message;
+use siprox::sip::{Limits, Message};
 use siprox::tls::TlsFacts;
 use siprox::transaction::{
     worker_of_branch, Action as TxAction, ClientOpts, ContextAction, Final, Incoming,
@@ -41,25 +41,23 @@ pub(crate) use tm_script::NewtranEnd;
 pub(crate) type Handoff = (Message, Inbound);
 
 /// One relayed request: its server transaction's response context and what a failure_route
-/// needs to run again later.
+/// needs to run again later. Held boxed in [`Tm::servers`] (a map's spare room then costs
+/// a pointer per slot, not a whole entry), and kept small: a ringing call holds one for as
+/// long as it rings.
 pub(super) struct Relayed {
     ctx: ResponseContext,
-    /// The request, while something may still be built or run from it (a branch, a local
-    /// reply, a failure_route, a branch_route, an onreply_route's script choice): freed with
-    /// the other per-request parts once the context is done ([`Worker::settle`]).
-    pub(super) msg: Option<Message>,
+    /// The request as received, while something may still be built or run from it (a
+    /// branch, a local reply, a failure_route, a branch_route, an onreply_route's script
+    /// choice): its bytes only, parsed again when needed ([`Relayed::request`]; the parsed
+    /// form's header index would cost every ringing call some 400 bytes more). Freed with
+    /// the other per-request parts once the context is done ([`settle`]).
+    req: Option<Bytes>,
+    /// The limits it was parsed with, to parse it again the same way.
+    limits: Limits,
     pub(super) invite: bool,
     pub(super) inbound: Inbound,
     pub(super) tls: Option<Arc<TlsFacts>>,
-    pub(super) tag: Option<String>,
-    failure_route: Option<String>,
     fr: Option<(u32, u32)>,
-    /// `t_on_reply("NAME")`: run for each response of the branches.
-    reply_route: Option<String>,
-    /// `t_on_branch`: run for every branch before it is sent (`fork.rs`).
-    pub(super) branch_route: Option<String>,
-    /// `lookup()`'s lower q groups, for `t_next_contacts()`.
-    next: VecDeque<Vec<ForwardOpts>>,
     /// `$T_branch_idx` of the next branch started.
     pub(super) next_idx: usize,
     /// The message and branch flags when `t_relay()` ran, for failure_route and
@@ -68,13 +66,110 @@ pub(super) struct Relayed {
     /// Branches of the batch being started that are still to come: while some are, a
     /// branch that cannot be forwarded does not answer the caller.
     pub(super) starting: usize,
+    /// What only some scripts arm; `None` for a plain `t_relay()`.
+    pub(super) extra: Option<Box<Extra>>,
+}
+
+/// The parts of a [`Relayed`] that a plain `t_relay()` leaves empty.
+#[derive(Default)]
+pub(super) struct Extra {
+    /// The script's tag (a TLS domain's own script).
+    pub(super) tag: Option<String>,
+    /// `t_on_failure("NAME")`.
+    pub(super) failure_route: Option<String>,
+    /// `t_on_reply("NAME")`: run for each response of the branches.
+    pub(super) reply_route: Option<String>,
+    /// `t_on_branch`: run for every branch before it is sent (`fork.rs`).
+    pub(super) branch_route: Option<String>,
+    /// `lookup()`'s lower q groups, for `t_next_contacts()`.
+    pub(super) next: VecDeque<Vec<ForwardOpts>>,
+}
+
+impl Extra {
+    /// `None` when every part is empty.
+    pub(super) fn of(
+        tag: Option<&str>,
+        failure_route: Option<String>,
+        reply_route: Option<String>,
+        branch_route: Option<String>,
+        next: VecDeque<Vec<ForwardOpts>>,
+    ) -> Option<Box<Extra>> {
+        let empty = tag.is_none()
+            && failure_route.is_none()
+            && reply_route.is_none()
+            && branch_route.is_none()
+            && next.is_empty();
+        (!empty).then(|| {
+            Box::new(Extra {
+                tag: tag.map(str::to_owned),
+                failure_route,
+                reply_route,
+                branch_route,
+                next,
+            })
+        })
+    }
+}
+
+impl Relayed {
+    pub(super) fn new(
+        msg: &Message,
+        inbound: &Inbound,
+        tls: Option<Arc<TlsFacts>>,
+        fr: Option<(u32, u32)>,
+        flags: (u64, u64),
+        extra: Option<Box<Extra>>,
+    ) -> Relayed {
+        Relayed {
+            ctx: ResponseContext::new(),
+            req: Some(msg.as_bytes().clone()),
+            limits: *msg.limits(),
+            invite: msg.method() == Some("INVITE"),
+            inbound: *inbound,
+            tls,
+            fr,
+            next_idx: 0,
+            flags,
+            starting: 0,
+            extra,
+        }
+    }
+
+    /// The request, parsed again from its bytes (`None` once freed).
+    pub(super) fn request(&self) -> Option<Message> {
+        Message::parse_datagram(self.req.clone()?, &self.limits).ok()
+    }
+
+    pub(super) fn tag(&self) -> Option<&str> {
+        self.extra.as_ref()?.tag.as_deref()
+    }
+
+    pub(super) fn branch_route(&self) -> Option<&str> {
+        self.extra.as_ref()?.branch_route.as_deref()
+    }
+
+    pub(super) fn reply_route(&self) -> Option<&str> {
+        self.extra.as_ref()?.reply_route.as_deref()
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Sets one part of [`Extra`]: a `None` allocates nothing.
+    fn set<T>(&mut self, v: Option<T>, part: impl FnOnce(&mut Extra) -> &mut Option<T>) {
+        if v.is_none() && self.extra.is_none() {
+            return;
+        }
+        *part(self.extra_mut()) = v;
+    }
 }
 
 /// A worker's transactions.
 pub(crate) struct Tm {
     table: Table,
     /// Server transaction -> its relayed request.
-    pub(super) servers: HashMap<TxId, Relayed>,
+    pub(super) servers: HashMap<TxId, Box<Relayed>>,
     /// Client transaction (a branch) -> its server transaction.
     branches: HashMap<TxId, TxId>,
 }
@@ -340,28 +435,27 @@ impl Worker {
                 return self.execute_with(action, msg, inbound, relay.opts);
             }
         };
+        let extra = Extra::of(
+            tag,
+            relay.failure_route,
+            relay.reply_route,
+            relay.branch_route,
+            relay.next.into(),
+        );
         tm.servers.insert(
             id,
-            Relayed {
-                ctx: ResponseContext::new(),
-                msg: Some(msg.clone()),
-                invite: msg.method() == Some("INVITE"),
-                inbound: *inbound,
+            Box::new(Relayed::new(
+                msg,
+                inbound,
                 tls,
-                tag: tag.map(str::to_owned),
-                failure_route: relay.failure_route,
-                fr: relay.fr,
-                reply_route: relay.reply_route,
-                branch_route: relay.branch_route,
-                next: relay.next.into(),
-                flags: (relay.flags, relay.bflags),
-                next_idx: 0,
-                starting: 0,
-            },
+                relay.fr,
+                (relay.flags, relay.bflags),
+                extra,
+            )),
         );
         let mut list = relay.branches;
         list.insert(0, relay.opts);
-        if self.fork(&mut tm, id, list, now) == 0 {
+        if self.fork(&mut tm, id, msg, list, now) == 0 {
             self.local_reply(
                 &mut tm,
                 id,
@@ -373,16 +467,17 @@ impl Worker {
         self.pump(&mut tm, now);
     }
 
-    /// A new branch of server transaction `id` toward what `opts` says.
+    /// A new branch of server transaction `id` (whose request is `msg`) toward what
+    /// `opts` says.
     pub(super) fn branch(
         self: &Rc<Self>,
         tm: &mut Tm,
         id: TxId,
+        msg: &Message,
         mut opts: ForwardOpts,
         now: Instant,
     ) {
         let Some(r) = tm.servers.get(&id) else { return };
-        let Some(msg) = r.msg.clone() else { return };
         let inbound = r.inbound;
         opts.branch = Some(tm.table.new_branch());
         let action = self
@@ -390,7 +485,7 @@ impl Worker {
             .snapshot
             .load()
             .proxy
-            .forward_with(&msg, &inbound, &opts);
+            .forward_with(msg, &inbound, &opts);
         self.start_branch(tm, id, action, opts, now);
     }
 
@@ -424,7 +519,7 @@ impl Worker {
                     let snap = me.shared.snapshot.load();
                     let mut tm = me.tm.tm.borrow_mut();
                     let Some(r) = tm.servers.get(&id) else { return };
-                    let Some(msg) = r.msg.clone() else { return };
+                    let Some(msg) = r.request() else { return };
                     let inbound = r.inbound;
                     let action = match dest {
                         Some(dest) => snap
@@ -542,9 +637,9 @@ impl Worker {
 
     fn local_reply(self: &Rc<Self>, tm: &mut Tm, id: TxId, code: u16, reason: &str, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
-        let Some(msg) = &r.msg else { return };
+        let Some(msg) = r.request() else { return };
         let snap = self.shared.snapshot.load();
-        if let Action::Send { bytes, .. } = snap.proxy.reply(msg, &r.inbound, code, reason, "") {
+        if let Action::Send { bytes, .. } = snap.proxy.reply(&msg, &r.inbound, code, reason, "") {
             self.local_final(tm, id, bytes, now);
         }
     }
@@ -662,19 +757,19 @@ impl Worker {
             return false;
         };
         // Armed once: the failure_route must call t_on_failure again for the next failure.
-        let Some(name) = r.failure_route.take() else {
+        let Some(name) = r.extra.as_mut().and_then(|e| e.failure_route.take()) else {
             return false;
         };
-        let Some(msg) = r.msg.clone() else {
+        let Some(msg) = r.request() else {
             return false;
         };
         let (inbound, tls) = (r.inbound, r.tls.clone());
-        let tag = r.tag.clone();
+        let tag = r.tag().map(str::to_owned);
         let end = r.ctx.failed_branch().unwrap_or_default();
         let failed = host::Failed {
             status,
             branch_idx: r.ctx.best_branch(),
-            has_next: !r.next.is_empty(),
+            has_next: r.extra.as_ref().is_some_and(|e| !e.next.is_empty()),
             branch: siprox::script::BranchEnd {
                 timed_out: end.timed_out,
                 replied: end.replied,
@@ -711,34 +806,34 @@ impl Worker {
             let Some(r) = tm.servers.get_mut(&id) else {
                 return false;
             };
-            r.failure_route = relay.failure_route;
+            r.set(relay.failure_route, |e| &mut e.failure_route);
             r.fr = relay.fr.or(r.fr);
             r.flags = (relay.flags, relay.bflags);
             if relay.reply_route.is_some() {
-                r.reply_route = relay.reply_route;
+                r.set(relay.reply_route, |e| &mut e.reply_route);
             }
             if relay.branch_route.is_some() {
-                r.branch_route = relay.branch_route;
+                r.set(relay.branch_route, |e| &mut e.branch_route);
             }
             // A lookup() in failure_route brings its own lower q groups.
             if !relay.next.is_empty() {
-                r.next = relay.next.into();
+                r.extra_mut().next = relay.next.into();
             }
             let mut list = relay.branches;
             list.insert(0, relay.opts);
-            if self.fork(tm, id, list, now) > 0 {
+            if self.fork(tm, id, &msg, list, now) > 0 {
                 return true;
             }
         } else if run.next_contacts {
             let Some(r) = tm.servers.get_mut(&id) else {
                 return false;
             };
-            r.failure_route = run.failure_route;
+            r.set(run.failure_route, |e| &mut e.failure_route);
             if run.branch_route.is_some() {
-                r.branch_route = run.branch_route;
+                r.set(run.branch_route, |e| &mut e.branch_route);
             }
-            if let Some(group) = r.next.pop_front() {
-                if self.fork(tm, id, group, now) > 0 {
+            if let Some(group) = r.extra.as_mut().and_then(|e| e.next.pop_front()) {
+                if self.fork(tm, id, &msg, group, now) > 0 {
                     return true;
                 }
             }
@@ -785,16 +880,14 @@ fn settle(tm: &mut Tm, id: TxId) {
     let Some(r) = tm.servers.get_mut(&id) else {
         return;
     };
-    if !r.ctx.is_done() || r.msg.is_none() {
+    if !r.ctx.is_done() || r.req.is_none() {
         return;
     }
-    if r.reply_route.is_none() {
-        r.msg = None;
+    r.fr = None;
+    let reply_route = r.extra.take().and_then(|e| e.reply_route);
+    if reply_route.is_none() {
+        r.req = None;
         r.tls = None;
     }
-    r.tag = None;
-    r.failure_route = None;
-    r.fr = None;
-    r.branch_route = None;
-    r.next = VecDeque::new();
+    r.set(reply_route, |e| &mut e.reply_route);
 }

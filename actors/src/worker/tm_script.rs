@@ -16,10 +16,10 @@ use siprox::proxy::Inbound;
 use siprox::script::host::{self, Transactions, TxCheck};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
-use siprox::transaction::{worker_of_branch, Incoming, ResponseContext, TxError, TxId};
+use siprox::transaction::{worker_of_branch, Incoming, TxError, TxId};
 use tracing::{debug, warn};
 
-use super::{Relayed, Tm};
+use super::{Extra, Relayed, Tm};
 use crate::state::inc;
 use crate::worker::Worker;
 
@@ -74,24 +74,10 @@ impl Transactions for Hooks<'_> {
                 if !shared.tm_used.load(Ordering::Relaxed) {
                     shared.tm_used.store(true, Ordering::Relaxed);
                 }
+                let extra = Extra::of(self.tag, None, None, None, Default::default());
                 tm.servers.insert(
                     id,
-                    Relayed {
-                        ctx: ResponseContext::new(),
-                        msg: Some(msg.clone()),
-                        invite: msg.method() == Some("INVITE"),
-                        inbound: *rx,
-                        tls: self.tls.clone(),
-                        tag: self.tag.map(str::to_owned),
-                        failure_route: None,
-                        fr: None,
-                        reply_route: None,
-                        branch_route: None,
-                        next: Default::default(),
-                        flags: (0, 0),
-                        next_idx: 0,
-                        starting: 0,
-                    },
+                    Box::new(Relayed::new(msg, rx, self.tls.clone(), None, (0, 0), extra)),
                 );
                 self.worker.pump(&mut tm, now);
                 true
@@ -196,14 +182,14 @@ impl Worker {
         let Some(r) = tm.servers.get(&id) else {
             return true;
         };
-        let Some(name) = r.reply_route.as_deref() else {
+        let Some(name) = r.reply_route() else {
             return true;
         };
-        let Some(msg) = &r.msg else {
+        let Some(msg) = r.request() else {
             return true;
         };
         let snap = self.shared.snapshot.load();
-        let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), msg) else {
+        let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), &msg) else {
             return true;
         };
         let env = super::script::bare_env();
