@@ -212,6 +212,11 @@ impl ConnHandle {
         self.0.is_open()
     }
 
+    /// Opened by siprox (to a next hop), not accepted.
+    pub fn is_outgoing(&self) -> bool {
+        self.0.outgoing
+    }
+
     /// Enqueues `bytes` on the connection. Never waits: over the queue bound the connection
     /// is closed (a peer that lets that much pile up is not reading).
     pub fn send(&self, bytes: Bytes) -> Result<(), SendError> {
