@@ -510,3 +510,86 @@ async fn an_unmatched_response_is_logged_and_counted() {
     assert!(!ua.gets_within(Duration::from_millis(200), |_| true).await);
     s.rt.shutdown();
 }
+
+/// siprox's script accepting the carrier's requests by the certificate of the connection
+/// siprox opened to it (and its client domain), not by its address.
+const FROM_CARRIER: &str = r#"route {
+    if (proto == TLS && is_method("INVITE") && uri == myself) {
+        if (@tls.domain == "carrier" && @tls.peer.subject.cn == "$CN" && @tls.peer.verified == 1) {
+            forward("$PHONE");
+            exit;
+        }
+        sl_send_reply("403", "Not our carrier");
+        exit;
+    }
+    forward();
+}
+"#;
+
+/// The carrier's INVITE to a phone behind siprox, sent over the TLS connection siprox
+/// opened (Kamailio finds it by the `;alias` of siprox's Via: siprox has no TLS listener),
+/// accepted by siprox's script by the carrier's certificate; another expected CN refuses
+/// it with 403.
+async fn carrier_calls_in(ip: &str, cn: &str) {
+    let ipa: IpAddr = ip.parse().expect("ip");
+    let uas = Ua::new(ipa).await;
+    let phone = Ua::new(ipa).await;
+    let script = FROM_CARRIER
+        .replace("$CN", cn)
+        .replace("$PHONE", &phone.addr.to_string());
+    let s = setup(ip, false, Some(uas.addr), Some(&script), "carrier.test");
+    // siprox reaches the carrier first (a keepalive): the connection and its alias exist.
+    let r = options(&s, &format!("keepalive-{ip}-{cn}"), T).await;
+    assert_eq!(r.as_deref().and_then(status), Some(200), "{r:?}");
+    let id = format!("in-{}-{cn}", ipa.is_ipv4());
+    let invite = format!(
+        "INVITE sip:phone@{sx};transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {u};branch=z9hG4bK-{id};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:carrier@carrier.test>;tag=c-{id}\r\nTo: <sip:phone@{sx}>\r\n\
+         Call-ID: {id}\r\nCSeq: 1 INVITE\r\nContact: <sip:carrier@{u}>\r\nX-To-Siprox: 1\r\n\
+         Content-Length: 0\r\n\r\n",
+        sx = s.udp,
+        u = uas.addr
+    );
+    uas.send(&invite, s.kam.udp).await;
+    if cn == "carrier.test" {
+        let (inv, from) = phone
+            .recv("the carrier's INVITE at the phone", |m| {
+                is_request("INVITE")(m) && m.contains(&id)
+            })
+            .await;
+        assert_eq!(from, s.udp, "{inv}");
+        phone
+            .send(&respond(&inv, 200, "p", Some(phone.addr)), from)
+            .await;
+        uas.recv(
+            "the phone's 200 at the carrier's UAS",
+            is_status_for(200, "INVITE"),
+        )
+        .await;
+    } else {
+        let (r, _) = uas
+            .recv(
+                "siprox's answer at the carrier's UAS",
+                is_final_for("INVITE"),
+            )
+            .await;
+        assert_eq!(status(&r), Some(403), "{r}");
+        assert!(
+            !phone
+                .gets_within(Duration::from_millis(300), |_| true)
+                .await
+        );
+    }
+    // Over the one connection siprox opened: Kamailio never connected to siprox.
+    assert_eq!(s.rt.stats().accepted, 0);
+    s.rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_carrier_calls_a_phone_over_the_connection_siprox_opened() {
+    for ip in [V4, V6] {
+        carrier_calls_in(ip, "carrier.test").await;
+        carrier_calls_in(ip, "other.test").await;
+    }
+}

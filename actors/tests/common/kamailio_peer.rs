@@ -56,7 +56,8 @@ fn host(a: SocketAddr) -> String {
 
 /// The carrier's routing: OPTIONS answered with what it saw of siprox's certificate;
 /// INVITEs record-routed and relayed to the UAS; in-dialog requests follow their Route
-/// set (the UAS's BYE goes back over the TLS connection siprox opened: `;alias`).
+/// set (the UAS's BYE goes back over the TLS connection siprox opened: `;alias`); a
+/// request with `X-To-Siprox` (from the UAS) relayed to its Request-URI (siprox).
 fn script(o: &CarrierOpts<'_>) -> String {
     let uas = o.uas.map(host).unwrap_or_else(|| "0.0.0.0:9".to_owned());
     format!(
@@ -81,6 +82,13 @@ request_route {{
             exit;
         }}
         sl_send_reply("404", "Not here");
+        exit;
+    }}
+    # The UAS calling a phone behind siprox (its Request-URI names siprox): over the TLS
+    # connection siprox opened, found by the alias of siprox's Via.
+    if (is_present_hf("X-To-Siprox")) {{
+        record_route();
+        t_relay();
         exit;
     }}
     if (is_method("CANCEL")) {{
