@@ -861,6 +861,18 @@ fn without_a_tls_listener_the_via_names_a_listener_and_asks_for_connection_reuse
         "{rr}"
     );
     assert!(p.uri_is_me(&Uri::parse(&rr).unwrap()));
+    // The same for TCP.
+    let (dest, out) = sent(p.on_request(
+        &invite("sip:bob@203.0.113.5:5082;transport=tcp", ""),
+        &udp_in(),
+    ));
+    assert_eq!(dest.transport, Transport::Tcp);
+    let via = out.header(HeaderName::Via).unwrap();
+    assert!(
+        via.starts_with("SIP/2.0/TCP 192.0.2.10:5060;branch="),
+        "{via}"
+    );
+    assert!(via.contains(";rport;alias"), "{via}");
     // A TLS listener present: named as before, no alias.
     let (_, out) = sent(proxy(RecordRoute::Never).on_request(
         &invite("sip:bob@203.0.113.5:5081;transport=tls", ""),
