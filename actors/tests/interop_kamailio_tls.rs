@@ -324,7 +324,14 @@ async fn options_over_tls_to_kamailio_with_and_without_a_tls_listener_ipv6() {
 
 /// One call from a UDP phone through siprox and Kamailio (over TLS) to the UAS: INVITE,
 /// 200, ACK; then a BYE from `callee_hangs_up`'s side, answered 200 end to end.
-async fn call(s: &Setup, caller: &Ua, uas: &Ua, id: &str, callee_hangs_up: bool) {
+async fn call(
+    s: &Setup,
+    caller: &Ua,
+    uas: &Ua,
+    id: &str,
+    callee_hangs_up: bool,
+    ringing_relayed: bool,
+) {
     let ruri = format!("sip:bob@{};transport=tls", s.kam.tls);
     let invite = format!(
         "INVITE {ruri} SIP/2.0\r\n\
@@ -340,12 +347,28 @@ async fn call(s: &Setup, caller: &Ua, uas: &Ua, id: &str, callee_hangs_up: bool)
             is_request("INVITE")(m) && m.contains(id)
         })
         .await;
+    let ringing = respond(&inv, 180, &format!("b-{id}"), Some(uas.addr));
+    uas.send(&ringing, kam_udp).await;
     let ok = respond(&inv, 200, &format!("b-{id}"), Some(uas.addr));
+    // One UDP socket to Kamailio and one TLS connection on to siprox: the 200 stays behind
+    // the 180.
     uas.send(&ok, kam_udp).await;
-    let (ok, _) = caller
-        .recv("200 for the INVITE at the caller", is_final_for("INVITE"))
-        .await;
+    let mut ringing_seen = false;
+    let ok = loop {
+        let (r, _) = caller
+            .recv("responses to the INVITE at the caller", |m| {
+                status(m).is_some_and(|c| c >= 180) && is_final_for("INVITE")(m)
+                    || is_status_for(180, "INVITE")(m)
+            })
+            .await;
+        if status(&r) == Some(180) {
+            ringing_seen = true;
+        } else {
+            break r;
+        }
+    };
     assert_eq!(status(&ok), Some(200), "{ok}");
+    assert_eq!(ringing_seen, ringing_relayed, "the 180: {ok}");
     let rr = values(&ok, "Record-Route");
     assert!(rr.len() >= 2, "siprox and Kamailio record-route: {ok}");
     let to = header(&ok, "To").expect("To").to_owned();
@@ -414,8 +437,9 @@ async fn calls(ip: &str, tls_listener: bool, script: Option<&str>) {
     let s = setup(ip, tls_listener, Some(uas.addr), script, "carrier.test");
     let caller = Ua::new(ipa).await;
     let tag = format!("{}-{tls_listener}-{}", ipa.is_ipv4(), script.is_some());
-    call(&s, &caller, &uas, &format!("call-a-{tag}"), true).await;
-    call(&s, &caller, &uas, &format!("call-b-{tag}"), false).await;
+    let ringing = !script.is_some_and(|s| s.contains("other.test"));
+    call(&s, &caller, &uas, &format!("call-a-{tag}"), true, ringing).await;
+    call(&s, &caller, &uas, &format!("call-b-{tag}"), false, ringing).await;
     assert_eq!(s.rt.stats().responses_unmatched, 0);
     if !tls_listener {
         // Everything went over the one connection siprox opened: Kamailio never had to
@@ -427,6 +451,13 @@ async fn calls(ip: &str, tls_listener: bool, script: Option<&str>) {
 
 fn stateful() -> String {
     STATEFUL.replace("$CN", "carrier.test")
+}
+
+/// onreply_route[NAME] of a t_relay()ed call sees the carrier's certificate: expecting
+/// another CN, it drops the carrier's 180 (a final response cannot be dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_s_onreply_route_reads_the_carrier_s_certificate() {
+    calls(V4, false, Some(&STATEFUL.replace("$CN", "other.test"))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,6 +212,11 @@ impl ConnHandle {
         self.0.is_open()
     }
 
+    /// The connection's TLS facts once its handshake is done (`None` for TCP, or before).
+    pub fn tls_facts(&self) -> Option<Arc<TlsFacts>> {
+        self.0.tls.get().cloned()
+    }
+
     /// Opened by siprox (to a next hop), not accepted.
     pub fn is_outgoing(&self) -> bool {
         self.0.outgoing
