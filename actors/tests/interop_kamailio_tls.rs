@@ -6,7 +6,9 @@
 //! over the connection siprox opened), over IPv4 and IPv6 loopback: OPTIONS, and full
 //! calls through siprox to a UAS behind Kamailio (INVITE/200/ACK, BYE from either side),
 //! stateless (no script) and stateful (`t_relay()`, with `@tls.peer.*` of the carrier read
-//! in `onreply_route`). A wrong server name is refused with a clear log line.
+//! in `onreply_route`), and over plain TCP without a TCP listener. The carrier's own
+//! INVITE reaches a phone behind siprox over the connection siprox opened. A wrong server
+//! name is refused with a clear log line.
 
 mod common;
 
@@ -331,8 +333,13 @@ async fn call(
     id: &str,
     callee_hangs_up: bool,
     ringing_relayed: bool,
+    tcp: bool,
 ) {
-    let ruri = format!("sip:bob@{};transport=tls", s.kam.tls);
+    let ruri = if tcp {
+        format!("sip:bob@{};transport=tcp", s.kam.tcp)
+    } else {
+        format!("sip:bob@{};transport=tls", s.kam.tls)
+    };
     let invite = format!(
         "INVITE {ruri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {c};branch=z9hG4bK-{id}-inv;rport\r\nMax-Forwards: 70\r\n\
@@ -438,8 +445,26 @@ async fn calls(ip: &str, tls_listener: bool, script: Option<&str>) {
     let caller = Ua::new(ipa).await;
     let tag = format!("{}-{tls_listener}-{}", ipa.is_ipv4(), script.is_some());
     let ringing = !script.is_some_and(|s| s.contains("other.test"));
-    call(&s, &caller, &uas, &format!("call-a-{tag}"), true, ringing).await;
-    call(&s, &caller, &uas, &format!("call-b-{tag}"), false, ringing).await;
+    call(
+        &s,
+        &caller,
+        &uas,
+        &format!("call-a-{tag}"),
+        true,
+        ringing,
+        false,
+    )
+    .await;
+    call(
+        &s,
+        &caller,
+        &uas,
+        &format!("call-b-{tag}"),
+        false,
+        ringing,
+        false,
+    )
+    .await;
     assert_eq!(s.rt.stats().responses_unmatched, 0);
     if !tls_listener {
         // Everything went over the one connection siprox opened: Kamailio never had to
@@ -447,6 +472,42 @@ async fn calls(ip: &str, tls_listener: bool, script: Option<&str>) {
         assert_eq!(s.rt.stats().accepted, 0);
     }
     s.rt.shutdown();
+}
+
+/// The same over plain TCP, siprox without a TCP listener: its Via names its UDP listener
+/// with `;alias`, and Kamailio sends the callee's BYE back over siprox's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_through_kamailio_over_tcp_without_a_tcp_listener() {
+    for ip in [V4, V6] {
+        let ipa: IpAddr = ip.parse().expect("ip");
+        let uas = Ua::new(ipa).await;
+        let s = setup(ip, false, Some(uas.addr), None, "carrier.test");
+        let caller = Ua::new(ipa).await;
+        let tag = format!("tcp-{}", ipa.is_ipv4());
+        call(
+            &s,
+            &caller,
+            &uas,
+            &format!("call-a-{tag}"),
+            true,
+            true,
+            true,
+        )
+        .await;
+        call(
+            &s,
+            &caller,
+            &uas,
+            &format!("call-b-{tag}"),
+            false,
+            true,
+            true,
+        )
+        .await;
+        assert_eq!(s.rt.stats().responses_unmatched, 0);
+        assert_eq!(s.rt.stats().accepted, 0);
+        s.rt.shutdown();
+    }
 }
 
 fn stateful() -> String {

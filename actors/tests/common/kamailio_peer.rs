@@ -31,6 +31,8 @@ pub struct Kamailio {
     child: Child,
     pub tls: SocketAddr,
     pub udp: SocketAddr,
+    /// Plain TCP (the same routing as TLS, no certificates).
+    pub tcp: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -99,7 +101,7 @@ request_route {{
     }}
     t_check_trans();
     if (is_method("INVITE")) {{
-        if ($tls_peer_verified != 1) {{
+        if (proto == TLS && $tls_peer_verified != 1) {{
             sl_send_reply("403", "Client certificate not verified");
             exit;
         }}
@@ -118,9 +120,9 @@ impl Kamailio {
     /// Starts the carrier and waits (bounded) until its TLS port accepts connections.
     pub fn carrier(o: &CarrierOpts<'_>) -> Kamailio {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (tls_port, udp_port) = (free_port(o.ip), free_port(o.ip));
-        let tls = SocketAddr::new(o.ip, tls_port);
-        let udp = SocketAddr::new(o.ip, udp_port);
+        let tls = SocketAddr::new(o.ip, free_port(o.ip));
+        let udp = SocketAddr::new(o.ip, free_port(o.ip));
+        let tcp = SocketAddr::new(o.ip, free_port(o.ip));
         let tls_cfg = dir.path().join("tls.cfg");
         // Server side: siprox must present a certificate from the test CA. Client side
         // (a connection Kamailio opens to a siprox TLS listener): not verified.
@@ -141,7 +143,7 @@ impl Kamailio {
         let _ = write!(
             cfg,
             "#!KAMAILIO\n\
-             listen=tls:{}\nlisten=udp:{}\n\
+             listen=tls:{}\nlisten=udp:{}\nlisten=tcp:{}\n\
              debug=2\nlog_stderror=yes\nchildren=1\ntcp_children=1\n\
              auto_aliases=no\ndns=no\nrev_dns=no\nuse_dns_cache=off\n\
              enable_tls=yes\ntcp_accept_no_cl=yes\n\
@@ -156,6 +158,7 @@ impl Kamailio {
              modparam(\"tm\", \"fr_timer\", 5000)\n",
             host(tls),
             host(udp),
+            host(tcp),
             tls_cfg.display()
         );
         cfg.push_str(&script(o));
@@ -176,6 +179,7 @@ impl Kamailio {
             child,
             tls,
             udp,
+            tcp,
             log,
             _dir: dir,
         };
