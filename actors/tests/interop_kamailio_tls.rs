@@ -63,13 +63,15 @@ struct Setup {
 /// Kamailio as the carrier on `ip` (with a UAS at `uas`), and siprox listening on UDP (and
 /// TLS when `tls_listener`) on `ip`, with the client domain for the carrier. `script`: a
 /// route script for siprox (none: the built-in stateless route). `server_name`: what the
-/// client domain verifies (the carrier's certificate names `carrier.test`).
+/// client domain verifies (the carrier's certificate names `carrier.test`);
+/// `accept_requests`: the client domain lets the carrier send new requests back.
 fn setup(
     ip: &str,
     tls_listener: bool,
     uas: Option<SocketAddr>,
     script: Option<&str>,
     server_name: &str,
+    accept_requests: bool,
 ) -> Setup {
     siprox_testkit::logs::install_at(tracing::level_filters::LevelFilter::INFO);
     let ip: IpAddr = ip.parse().expect("ip");
@@ -102,7 +104,7 @@ fn setup(
         &format!(
             "[domains.carrier]\n[domains.carrier.client]\ndestinations = [\"{}\"]\n\
              server_name = \"{server_name}\"\nca_file = \"certs/test-ca.pem\"\n\
-             verify_hostname = true\n\
+             verify_hostname = true\naccept_requests = {accept_requests}\n\
              certificate = \"certs/siprox-client.pem\"\nprivate_key = \"certs/siprox-client.key\"\n",
             kam.tls
         ),
@@ -293,7 +295,7 @@ async fn options(s: &Setup, id: &str, within: Duration) -> Option<String> {
 /// by Kamailio; siprox's Via names an address siprox listens on (`;alias` and `rport`
 /// without a TLS listener).
 async fn options_reach_the_carrier(ip: &str, tls_listener: bool) {
-    let s = setup(ip, tls_listener, None, None, "carrier.test");
+    let s = setup(ip, tls_listener, None, None, "carrier.test", false);
     let r = options(&s, &format!("opt-{ip}-{tls_listener}"), T)
         .await
         .unwrap_or_else(|| panic!("no answer from the carrier; kamailio:\n{}", s.kam.log()));
@@ -441,7 +443,14 @@ async fn call(
 async fn calls(ip: &str, tls_listener: bool, script: Option<&str>) {
     let ipa: IpAddr = ip.parse().expect("ip");
     let uas = Ua::new(ipa).await;
-    let s = setup(ip, tls_listener, Some(uas.addr), script, "carrier.test");
+    let s = setup(
+        ip,
+        tls_listener,
+        Some(uas.addr),
+        script,
+        "carrier.test",
+        false,
+    );
     let caller = Ua::new(ipa).await;
     let tag = format!("{}-{tls_listener}-{}", ipa.is_ipv4(), script.is_some());
     let ringing = !script.is_some_and(|s| s.contains("other.test"));
@@ -481,7 +490,7 @@ async fn calls_through_kamailio_over_tcp_without_a_tcp_listener() {
     for ip in [V4, V6] {
         let ipa: IpAddr = ip.parse().expect("ip");
         let uas = Ua::new(ipa).await;
-        let s = setup(ip, false, Some(uas.addr), None, "carrier.test");
+        let s = setup(ip, false, Some(uas.addr), None, "carrier.test", false);
         let caller = Ua::new(ipa).await;
         let tag = format!("tcp-{}", ipa.is_ipv4());
         call(
@@ -541,7 +550,7 @@ async fn calls_through_kamailio_over_tls_ipv6() {
 async fn onreply_route_reads_the_certificate_of_the_carrier_it_reached() {
     for (cn, passes) in [("carrier.test", true), ("other.test", false)] {
         let script = STATELESS_CHECK.replace("$CN", cn);
-        let s = setup(V4, false, None, Some(&script), "carrier.test");
+        let s = setup(V4, false, None, Some(&script), "carrier.test", false);
         let r = options(&s, &format!("peer-{cn}"), Duration::from_secs(3)).await;
         assert_eq!(
             r.as_ref().and_then(|r| status(r)) == Some(200),
@@ -558,7 +567,7 @@ async fn onreply_route_reads_the_certificate_of_the_carrier_it_reached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_carrier_certificate_for_another_name_is_refused_with_a_clear_log_line() {
     for ip in [V4, V6] {
-        let s = setup(ip, false, None, None, "wrong.test");
+        let s = setup(ip, false, None, None, "wrong.test", false);
         let r = options(&s, &format!("wrong-{ip}"), T).await;
         // The caller learns at once that the carrier could not be reached.
         assert_eq!(r.as_deref().and_then(status), Some(503), "{r:?}");
@@ -583,7 +592,7 @@ async fn a_carrier_certificate_for_another_name_is_refused_with_a_clear_log_line
 /// once at INFO with the reason, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmatched_response_is_logged_and_counted() {
-    let s = setup(V4, false, None, None, "carrier.test");
+    let s = setup(V4, false, None, None, "carrier.test", false);
     // Any response siprox cannot place: a Via that is not siprox's, over UDP.
     let ua = Ua::new(s.ip).await;
     let stray = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKstray\r\n\
@@ -620,20 +629,28 @@ const FROM_CARRIER: &str = r#"route {
 
 /// The carrier's INVITE to a phone behind siprox, sent over the TLS connection siprox
 /// opened (Kamailio finds it by the `;alias` of siprox's Via: siprox has no TLS listener),
-/// accepted by siprox's script by the carrier's certificate; another expected CN refuses
-/// it with 403.
-async fn carrier_calls_in(ip: &str, cn: &str) {
+/// accepted when the client domain says `accept_requests` and siprox's script checks the
+/// carrier's certificate; another expected CN refuses it with 403, and so does a client
+/// domain without `accept_requests`.
+async fn carrier_calls_in(ip: &str, cn: &str, accept_requests: bool) {
     let ipa: IpAddr = ip.parse().expect("ip");
     let uas = Ua::new(ipa).await;
     let phone = Ua::new(ipa).await;
     let script = FROM_CARRIER
         .replace("$CN", cn)
         .replace("$PHONE", &phone.addr.to_string());
-    let s = setup(ip, false, Some(uas.addr), Some(&script), "carrier.test");
+    let s = setup(
+        ip,
+        false,
+        Some(uas.addr),
+        Some(&script),
+        "carrier.test",
+        accept_requests,
+    );
     // siprox reaches the carrier first (a keepalive): the connection and its alias exist.
     let r = options(&s, &format!("keepalive-{ip}-{cn}"), T).await;
     assert_eq!(r.as_deref().and_then(status), Some(200), "{r:?}");
-    let id = format!("in-{}-{cn}", ipa.is_ipv4());
+    let id = format!("in-{}-{cn}-{accept_requests}", ipa.is_ipv4());
     let invite = format!(
         "INVITE sip:phone@{sx};transport=tls SIP/2.0\r\n\
          Via: SIP/2.0/UDP {u};branch=z9hG4bK-{id};rport\r\nMax-Forwards: 70\r\n\
@@ -644,7 +661,7 @@ async fn carrier_calls_in(ip: &str, cn: &str) {
         u = uas.addr
     );
     uas.send(&invite, s.kam.udp).await;
-    if cn == "carrier.test" {
+    if cn == "carrier.test" && accept_requests {
         let (inv, from) = phone
             .recv("the carrier's INVITE at the phone", |m| {
                 is_request("INVITE")(m) && m.contains(&id)
@@ -681,7 +698,10 @@ async fn carrier_calls_in(ip: &str, cn: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_carrier_calls_a_phone_over_the_connection_siprox_opened() {
     for ip in [V4, V6] {
-        carrier_calls_in(ip, "carrier.test").await;
-        carrier_calls_in(ip, "other.test").await;
+        carrier_calls_in(ip, "carrier.test", true).await;
+        carrier_calls_in(ip, "other.test", true).await;
+        // The client domain does not say the carrier may send requests: 403, whatever the
+        // script would do.
+        carrier_calls_in(ip, "carrier.test", false).await;
     }
 }

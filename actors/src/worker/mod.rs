@@ -117,6 +117,37 @@ impl Worker {
         }
         let snap = self.shared.snapshot.load();
         if msg.is_request() {
+            // RFC 5923 connection reuse has a trust side: a new request over a TLS connection
+            // siprox opened comes from a next hop siprox chose to reach, not one it accepted;
+            // only a client domain with `accept_requests` (and a verified certificate) lets
+            // it in. In-dialog requests (a BYE) are checked by their Route as everywhere.
+            if let Some(t) = tls.as_deref() {
+                let outgoing = inbound
+                    .conn
+                    .and_then(|c| self.shared.table.get(c))
+                    .is_some_and(|h| h.is_outgoing());
+                let in_dialog = msg.to().ok().and_then(|to| to.tag()).is_some();
+                if outgoing && !in_dialog && !t.cluster_peer {
+                    let trusted =
+                        t.peer.is_some()
+                            && t.peer_verified
+                            && snap.tls.clients.iter().any(|d| {
+                                d.accept_requests && Some(&*d.name) == t.domain.as_deref()
+                            });
+                    if !trusted {
+                        debug!(domain = ?t.domain, "a new request from a next hop its client domain does not accept requests from: 403");
+                        let a = snap.proxy.reply(
+                            &msg,
+                            &inbound,
+                            403,
+                            "Forbidden (next hop not trusted to send requests)",
+                            "",
+                        );
+                        self.execute(a, &msg, &inbound);
+                        return;
+                    }
+                }
+            }
             // A retransmission of a relayed request, or the CANCEL of one.
             if self.tm_request(&msg, &inbound) {
                 return;
