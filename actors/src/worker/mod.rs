@@ -121,13 +121,15 @@ impl Worker {
             // siprox opened comes from a next hop siprox chose to reach, not one it accepted;
             // only a client domain with `accept_requests` (and a verified certificate) lets
             // it in. In-dialog requests (a BYE) are checked by their Route as everywhere.
-            if let Some(t) = tls.as_deref() {
-                let outgoing = inbound
-                    .conn
-                    .and_then(|c| self.shared.table.get(c))
-                    .is_some_and(|h| h.is_outgoing());
-                let in_dialog = msg.to().ok().and_then(|to| to.tag()).is_some();
-                if outgoing && !in_dialog && !t.cluster_peer {
+            if let Some(t) = tls.as_deref().filter(|t| !t.cluster_peer) {
+                // Cheapest first: the connection table is asked only for new requests.
+                let new_request = msg.to().ok().and_then(|to| to.tag()).is_none();
+                let outgoing = new_request
+                    && inbound
+                        .conn
+                        .and_then(|c| self.shared.table.get(c))
+                        .is_some_and(|h| h.is_outgoing());
+                if outgoing {
                     let trusted =
                         t.peer.is_some()
                             && t.peer_verified
