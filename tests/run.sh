@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
 # redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it).
-ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server
+# kamailio and its TLS module: the carrier of actors/tests/interop_kamailio_tls.rs.
+ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server \
+    kamailio kamailio-tls-modules
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

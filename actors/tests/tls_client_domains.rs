@@ -44,6 +44,20 @@ struct Hop {
     close_after_reply: bool,
     /// Speak TLS 1.2 only.
     tls12: bool,
+    /// Answer with siprox's Via sent-by replaced by an address that is not siprox's (as a
+    /// broken or rewriting next hop does): only siprox's branch and connection say whose
+    /// response it is.
+    mangle_via: bool,
+}
+
+/// `req` with its top Via's sent-by replaced by 192.0.2.99:5061.
+fn mangle_top_via(req: &str) -> String {
+    let Some(start) = req.find("Via: SIP/2.0/TLS ") else {
+        return req.to_owned();
+    };
+    let host = start + "Via: SIP/2.0/TLS ".len();
+    let end = host + req[host..].find(';').unwrap_or(0);
+    format!("{}192.0.2.99:5061{}", &req[..host], &req[end..])
 }
 
 /// A TLS next hop with the certificate `cert`/`key` (PEM), trusting `ca` for client
@@ -102,6 +116,11 @@ async fn next_hop(
                     if let Ok(mut l) = log.lock() {
                         l.push(who.clone());
                     }
+                    let req = if hop.mangle_via {
+                        mangle_top_via(&req)
+                    } else {
+                        req
+                    };
                     if s.write_all(response_for(&req, 200, 0).as_bytes())
                         .await
                         .is_err()
@@ -294,5 +313,30 @@ async fn a_rotated_client_certificate_is_used_after_the_reload() {
         .map(|s| (s.client_cn.as_deref(), s.resumed))
         .collect();
     assert_eq!(who, [(Some("client-1"), false), (Some("client-2"), false)]);
+    rt.shutdown();
+}
+
+/// A response over the connection siprox opened is siprox's by its branch, whatever the
+/// sent-by of its Via says; siprox has no TLS listener here (its Via names its UDP listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_on_the_connection_siprox_opened_is_matched_whatever_its_via_says() {
+    let t = tree();
+    // UDP only: no TLS listener.
+    t.write(
+        "conf.d/00-core.toml",
+        b"[[listen]]\nproto = \"udp\"\naddr = \"127.0.0.1:0\"\n\n[runtime]\nworkers = 2\n",
+    );
+    let (cert, key) = t.ca.leaf("carrier.example");
+    let mangle = Hop {
+        mangle_via: true,
+        ..Hop::default()
+    };
+    let (hop, seen) = next_hop(&cert, &key, &t.ca.cert, mangle).await;
+    carrier_domain(&t, hop, "");
+    let rt = t.start();
+    let udp = rt.local_addr(Transport::Udp).expect("udp");
+    assert_eq!(options_via(udp, hop, "mangled-1").await, Some(200));
+    assert_eq!(seen.lock().expect("seen").len(), 1);
+    assert_eq!(rt.stats().responses_unmatched, 0);
     rt.shutdown();
 }

@@ -113,6 +113,11 @@ pub struct ClientTls {
     pub session_resumption: bool,
     pub handshake_timeout: Option<ConfigDuration>,
     pub send_timeout: Option<ConfigDuration>,
+    /// The server may send siprox new requests (outside a dialog siprox is on) over the
+    /// connection siprox opened to it, once its certificate verified (RFC 5923 connection
+    /// reuse: a carrier's INVITE to a phone behind siprox). Off: such requests get 403;
+    /// in-dialog requests (a BYE) always pass.
+    pub accept_requests: bool,
 }
 
 impl Default for ClientTls {
@@ -138,6 +143,7 @@ impl Default for ClientTls {
             session_resumption: true,
             handshake_timeout: None,
             send_timeout: None,
+            accept_requests: false,
         }
     }
 }

@@ -365,18 +365,44 @@ impl Proxy {
 
     /// The script tag siprox put in its own Via of the request this response answers.
     pub fn response_script_tag<'m>(&self, msg: &'m Message) -> Option<&'m str> {
+        self.response_script_tag_from(msg, false)
+    }
+
+    /// [`response_script_tag`](Self::response_script_tag) for a response that arrived
+    /// over a connection siprox opened when `own_conn` (see
+    /// [`on_response_from`](Self::on_response_from)).
+    pub fn response_script_tag_from<'m>(
+        &self,
+        msg: &'m Message,
+        own_conn: bool,
+    ) -> Option<&'m str> {
         let top = msg.top_via().ok()?;
-        if !self.sent_by_is_me(&top.host, top.port, top.transport) {
+        if !self.top_via_is_mine(&top, own_conn) {
             return None;
         }
         top.params.get("sx").flatten()
     }
 
+    /// Whether a response's top Via is siprox's: its sent-by names siprox, or (`own_conn`:
+    /// the response came back over a connection siprox opened, whose peer answers the
+    /// requests siprox wrote on it) its branch is one siprox makes, whatever the sent-by
+    /// says (a Via rewritten by a reload of the listeners, an advertised name).
+    fn top_via_is_mine(&self, top: &crate::sip::Via<'_>, own_conn: bool) -> bool {
+        self.sent_by_is_me(&top.host, top.port, top.transport)
+            || (own_conn && top.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX)))
+    }
+
     /// True when `host[:port]` names siprox (a listen address, advertised name or alias;
     /// without a port, any port siprox listens on).
     pub fn is_myself(&self, host: &str, port: Option<u16>) -> bool {
-        let Ok(h) = crate::sip::parse_host(host) else {
-            return false;
+        // An IPv6 address in either notation: `[::1]` or `::1`.
+        let h = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(a)) => Host::V6(a),
+            Ok(IpAddr::V4(a)) => Host::V4(a),
+            Err(_) => match crate::sip::parse_host(host) {
+                Ok(h) => h,
+                Err(_) => return false,
+            },
         };
         match port {
             Some(p) => self.host_port_is_me(&h, p),
@@ -430,6 +456,13 @@ impl Proxy {
     /// Route a response (RFC 3261 §16.7): check and remove siprox's own Via, then send the
     /// response to the next Via — over the stream the request came on when it is still open.
     pub fn on_response(&self, msg: &Message, rx: &Inbound) -> Action {
+        self.on_response_from(msg, rx, false)
+    }
+
+    /// [`on_response`](Self::on_response) for a response that arrived over a connection
+    /// siprox opened (`own_conn`), or whose client transaction matched its branch: siprox's
+    /// own branch on its own connection makes the top Via siprox's, whatever its sent-by.
+    pub fn on_response_from(&self, msg: &Message, rx: &Inbound, own_conn: bool) -> Action {
         let _ = rx;
         if msg.validate().is_err() {
             return Action::Drop {
@@ -442,7 +475,7 @@ impl Proxy {
                 reason: "response without Via",
             };
         };
-        if !self.sent_by_is_me(&mine.host, mine.port, mine.transport) {
+        if !self.top_via_is_mine(&mine, own_conn) {
             return Action::Drop {
                 reason: "response whose top Via is not siprox",
             };
@@ -790,13 +823,16 @@ impl Proxy {
         }
         let mut via = String::with_capacity(96);
         let _ = write!(via, "SIP/2.0/{} ", dest.transport.as_str());
-        self.write_sent_by(&mut via, dest.transport, toward);
+        let borrowed = self.write_sent_by(&mut via, dest.transport, toward);
         via.push_str(";branch=");
         match opts.branch.as_deref() {
             Some(b) => {
                 let _ = write!(via, "{b}-{:08x}", loop_hash(msg));
             }
             None => self.write_branch(&mut via, msg),
+        }
+        if borrowed && dest.transport.is_stream() {
+            via.push_str(";rport;alias");
         }
         // The connection the response goes back over, signed like a flow token: a forged
         // response must not be able to name another peer's connection.
@@ -864,24 +900,39 @@ impl Proxy {
             .or_else(|| self.cfg.listens.iter().find(same))
     }
 
-    /// `host:port` siprox advertises for `transport`.
-    fn write_sent_by(&self, out: &mut String, transport: Transport, toward: Option<IpAddr>) {
-        match self.listen_for(transport, toward) {
+    /// `host:port` siprox advertises for `transport`. `true` when siprox has no listener of
+    /// that transport: then it names the listener of the same address family (any
+    /// transport; its advertised name if it has one), an address siprox does answer on,
+    /// and the Via asks the peer to reuse the connection (`;alias`, RFC 5923) for requests
+    /// back and to answer where the request came from (`;rport`), since no new connection
+    /// of that transport could reach siprox.
+    fn write_sent_by(
+        &self,
+        out: &mut String,
+        transport: Transport,
+        toward: Option<IpAddr>,
+    ) -> bool {
+        let (listen, borrowed) = match self.listen_for(transport, toward) {
+            Some(l) => (Some(l), false),
+            None => {
+                let v4 = toward.is_none_or(|ip| ip.is_ipv4());
+                let l = self
+                    .cfg
+                    .listens
+                    .iter()
+                    .find(|l| l.addr.is_ipv4() == v4)
+                    .or_else(|| self.cfg.listens.first());
+                (l, true)
+            }
+        };
+        match listen {
             Some(Listen {
                 advertise: Some(a), ..
             }) => out.push_str(a),
             Some(l) => write_addr(out, l.addr),
-            None => {
-                // No listener of that transport: name the first listener's host with the
-                // transport's default port; replies come back over the connection anyway.
-                match self.cfg.listens.first() {
-                    Some(l) => {
-                        write_addr(out, SocketAddr::new(l.addr.ip(), transport.default_port()))
-                    }
-                    None => out.push_str("invalid.invalid"),
-                }
-            }
+            None => out.push_str("invalid.invalid"),
         }
+        borrowed
     }
 
     /// The stateless branch (RFC 3261 §16.11): the same for a retransmission (and for the

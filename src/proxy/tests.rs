@@ -818,3 +818,137 @@ fn a_node_token_is_honoured_only_from_a_peer_node() {
     // Without a script nothing says the peer is a node: refused too.
     assert_eq!(reply_code(&p.on_request(&m, &tls_in())).0, 403);
 }
+
+fn udp_only(addr: &str) -> Proxy {
+    Proxy::new(ProxyConfig {
+        listens: vec![Listen {
+            transport: Transport::Udp,
+            addr: addr.parse().unwrap(),
+            advertise: None,
+        }],
+        record_route: RecordRoute::Always,
+        ..ProxyConfig::default()
+    })
+}
+
+#[test]
+fn without_a_tls_listener_the_via_names_a_listener_and_asks_for_connection_reuse() {
+    let p = udp_only(ME_UDP);
+    let (dest, out) = sent(p.on_request(
+        &invite("sip:bob@203.0.113.5:5081;transport=tls", ""),
+        &udp_in(),
+    ));
+    assert_eq!(dest.transport, Transport::Tls);
+    let via = out.header(HeaderName::Via).unwrap();
+    // Not 5061 (nobody listens there): the UDP listener siprox answers on, with RFC 5923
+    // alias and RFC 3581 rport.
+    assert!(
+        via.starts_with("SIP/2.0/TLS 192.0.2.10:5060;branch=z9hG4bK-sx"),
+        "{via}"
+    );
+    assert!(via.contains(";rport;alias"), "{via}");
+    // The Record-Route toward the carrier names the same address, so that the carrier's
+    // in-dialog requests (over the aliased connection) are recognised as siprox's.
+    let rr = out
+        .record_routes()
+        .next()
+        .unwrap()
+        .unwrap()
+        .uri_str
+        .to_owned();
+    assert!(
+        rr.starts_with("sip:192.0.2.10:5060;transport=tls;lr"),
+        "{rr}"
+    );
+    assert!(p.uri_is_me(&Uri::parse(&rr).unwrap()));
+    // The same for TCP.
+    let (dest, out) = sent(p.on_request(
+        &invite("sip:bob@203.0.113.5:5082;transport=tcp", ""),
+        &udp_in(),
+    ));
+    assert_eq!(dest.transport, Transport::Tcp);
+    let via = out.header(HeaderName::Via).unwrap();
+    assert!(
+        via.starts_with("SIP/2.0/TCP 192.0.2.10:5060;branch="),
+        "{via}"
+    );
+    assert!(via.contains(";rport;alias"), "{via}");
+    // A TLS listener present: named as before, no alias.
+    let (_, out) = sent(proxy(RecordRoute::Never).on_request(
+        &invite("sip:bob@203.0.113.5:5081;transport=tls", ""),
+        &udp_in(),
+    ));
+    let via = out.header(HeaderName::Via).unwrap();
+    assert!(via.starts_with("SIP/2.0/TLS 192.0.2.10:5061;"), "{via}");
+    assert!(!via.contains("alias"), "{via}");
+}
+
+#[test]
+fn a_response_on_siprox_s_own_connection_is_matched_by_its_branch() {
+    let p = udp_only(ME_UDP);
+    // A Via whose sent-by siprox does not recognise (written before a reload changed the
+    // listeners, say), with siprox's branch.
+    let r = msg("SIP/2.0 200 OK\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-sx1;rport=40000;received=192.0.2.10\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc;rport=5060\n\
+To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
+CSeq: 1 OPTIONS\nContent-Length: 0\n\n");
+    let mut rx = tls_in();
+    rx.source = "203.0.113.5:5081".parse().unwrap();
+    // Anywhere else: not siprox's Via.
+    assert!(matches!(
+        p.on_response(&r, &rx),
+        Action::Drop {
+            reason: "response whose top Via is not siprox"
+        }
+    ));
+    // Over a connection siprox opened: its own branch makes it siprox's.
+    let (dest, out) = sent(p.on_response_from(&r, &rx, true));
+    assert_eq!(
+        dest.socket_addr(),
+        Some("198.51.100.7:5060".parse().unwrap())
+    );
+    assert_eq!(out.vias().count(), 1);
+    // Someone else's branch on siprox's connection is still not matched.
+    let other = msg("SIP/2.0 200 OK\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKnotours\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc\n\
+To: <sip:bob@example.com>;tag=b\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
+CSeq: 1 OPTIONS\nContent-Length: 0\n\n");
+    assert!(matches!(
+        p.on_response_from(&other, &rx, true),
+        Action::Drop { .. }
+    ));
+}
+
+#[test]
+fn myself_knows_ipv6_listeners_in_either_notation() {
+    let p = Proxy::new(ProxyConfig {
+        listens: vec![
+            Listen {
+                transport: Transport::Udp,
+                addr: "[::1]:5060".parse().unwrap(),
+                advertise: None,
+            },
+            Listen {
+                transport: Transport::Tls,
+                addr: "[2001:db8::5]:5061".parse().unwrap(),
+                advertise: Some("[2001:db8::7]:5071".into()),
+            },
+        ],
+        ..ProxyConfig::default()
+    });
+    assert!(p.is_myself("::1", Some(5060)));
+    assert!(p.is_myself("[::1]", Some(5060)));
+    assert!(p.is_myself("::1", None));
+    assert!(p.is_myself("[::1]", None));
+    assert!(!p.is_myself("::1", Some(5062)));
+    assert!(!p.is_myself("::2", Some(5060)));
+    assert!(p.is_myself("2001:db8::7", Some(5071)));
+    assert!(p.is_myself("[2001:db8::7]", Some(5071)));
+    assert!(p.is_myself("2001:db8::5", Some(5061)));
+    assert!(p.uri_is_me(&Uri::parse("sip:[::1]:5060").unwrap()));
+    assert!(p.uri_is_me(&Uri::parse("sip:[::1]").unwrap()));
+    assert!(p.uri_is_me(&Uri::parse("sips:[2001:db8::7]:5071").unwrap()));
+    assert!(!p.uri_is_me(&Uri::parse("sip:[::2]:5060").unwrap()));
+}

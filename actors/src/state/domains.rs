@@ -51,6 +51,8 @@ pub struct ClientDomain {
     pub handshake_timeout: Option<Duration>,
     pub send_timeout: Option<Duration>,
     pub sources: Vec<PathBuf>,
+    /// `accept_requests`: new requests from the server over the connection siprox opened.
+    pub accept_requests: bool,
 }
 
 impl std::fmt::Debug for ClientDomain {

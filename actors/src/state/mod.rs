@@ -152,6 +152,7 @@ impl Shared {
             messages_in: g(&s.messages_in),
             udp_unparsable: g(&s.udp_unparsable),
             dropped: g(&s.dropped),
+            responses_unmatched: g(&s.responses_unmatched),
             send_failures: g(&s.send_failures),
             dns_failures: g(&s.dns_failures),
             transactions: g(&s.transactions),

@@ -30,6 +30,10 @@ pub struct Stats {
     pub(crate) messages_in: AtomicU64,
     pub(crate) udp_unparsable: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Responses that matched nothing siprox sent (also counted in `dropped`).
+    pub(crate) responses_unmatched: AtomicU64,
+    /// The INFO line per interval about `responses_unmatched`.
+    pub(crate) unmatched_log: LogLimiter,
     pub(crate) send_failures: AtomicU64,
     pub(crate) dns_failures: AtomicU64,
     pub(crate) script_errors: AtomicU64,
@@ -158,6 +162,8 @@ pub struct StatsSnapshot {
     pub udp_unparsable: u64,
     /// Messages the proxy core decided to drop.
     pub dropped: u64,
+    /// Responses that matched nothing siprox sent (logged with the reason, dropped).
+    pub responses_unmatched: u64,
     /// Messages that could not be sent (no route, socket error, closed connection).
     pub send_failures: u64,
     /// Next hops DNS could not resolve.

@@ -212,6 +212,16 @@ impl ConnHandle {
         self.0.is_open()
     }
 
+    /// The connection's TLS facts once its handshake is done (`None` for TCP, or before).
+    pub fn tls_facts(&self) -> Option<Arc<TlsFacts>> {
+        self.0.tls.get().cloned()
+    }
+
+    /// Opened by siprox (to a next hop), not accepted.
+    pub fn is_outgoing(&self) -> bool {
+        self.0.outgoing
+    }
+
     /// Enqueues `bytes` on the connection. Never waits: over the queue bound the connection
     /// is closed (a peer that lets that much pile up is not reading).
     pub fn send(&self, bytes: Bytes) -> Result<(), SendError> {

@@ -316,6 +316,7 @@ pub fn build_domains_isolated(
                 handshake_timeout: c.handshake_timeout.map(|d| d.get()),
                 send_timeout: c.send_timeout.map(|d| d.get()),
                 sources: client_sources(o.base, c),
+                accept_requests: c.accept_requests,
             }));
         } else {
             kept.extend(failed);
@@ -349,6 +350,7 @@ pub fn build_domains_isolated(
             handshake_timeout: None,
             send_timeout: None,
             sources: client_sources(o.base, &dc),
+            accept_requests: false,
         })),
         None => match prev.map(|p| p.default_client.clone()) {
             Some(old) => {

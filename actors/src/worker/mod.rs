@@ -25,7 +25,7 @@ use siprox::script::host::{self, HttpDecision};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
 use tokio::net::UdpSocket;
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use crate::state::table::{clock_ms, ConnHandle, ConnShared, PeerKey, SendError};
 use crate::state::{inc, Shared};
@@ -34,6 +34,9 @@ use dns::Resolver;
 /// Most name resolutions (and slow UDP sends) in flight per worker: a flood of requests to
 /// unresolvable names gets 503s instead of an unbounded pile of tasks.
 const MAX_PENDING_TASKS: usize = 4096;
+
+/// At most one INFO line per interval about responses that match nothing siprox sent.
+const UNMATCHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How a worker opens an outgoing TCP/TLS connection. Implemented by `transport` (the
 /// `Connection` actor) and installed when the worker is made, so that the hot path reaches
@@ -114,6 +117,39 @@ impl Worker {
         }
         let snap = self.shared.snapshot.load();
         if msg.is_request() {
+            // RFC 5923 connection reuse has a trust side: a new request over a TLS connection
+            // siprox opened comes from a next hop siprox chose to reach, not one it accepted;
+            // only a client domain with `accept_requests` (and a verified certificate) lets
+            // it in. In-dialog requests (a BYE) are checked by their Route as everywhere.
+            if let Some(t) = tls.as_deref().filter(|t| !t.cluster_peer) {
+                // Cheapest first: the connection table is asked only for new requests.
+                let new_request = msg.to().ok().and_then(|to| to.tag()).is_none();
+                let outgoing = new_request
+                    && inbound
+                        .conn
+                        .and_then(|c| self.shared.table.get(c))
+                        .is_some_and(|h| h.is_outgoing());
+                if outgoing {
+                    let trusted =
+                        t.peer.is_some()
+                            && t.peer_verified
+                            && snap.tls.clients.iter().any(|d| {
+                                d.accept_requests && Some(&*d.name) == t.domain.as_deref()
+                            });
+                    if !trusted {
+                        debug!(domain = ?t.domain, "a new request from a next hop its client domain does not accept requests from: 403");
+                        let a = snap.proxy.reply(
+                            &msg,
+                            &inbound,
+                            403,
+                            "Forbidden (next hop not trusted to send requests)",
+                            "",
+                        );
+                        self.execute(a, &msg, &inbound);
+                        return;
+                    }
+                }
+            }
             // A retransmission of a relayed request, or the CANCEL of one.
             if self.tm_request(&msg, &inbound) {
                 return;
@@ -168,7 +204,13 @@ impl Worker {
             let action = snap.proxy.on_request(&msg, &inbound);
             self.execute(action, &msg, &inbound);
         } else {
-            let tag = snap.proxy.response_script_tag(&msg);
+            // Over a connection siprox opened, siprox's own branch is enough to make the top
+            // Via siprox's, whatever its sent-by names.
+            let own_conn = inbound
+                .conn
+                .and_then(|c| self.shared.table.get(c))
+                .is_some_and(|h| h.is_outgoing());
+            let tag = snap.proxy.response_script_tag_from(&msg, own_conn);
             if let Some(sc) = snap.scripts.for_reply(tag) {
                 let env = script::bare_env();
                 if !host::run_reply(sc, &snap.proxy, &env, &msg, &inbound, tls.as_deref()) {
@@ -179,8 +221,35 @@ impl Worker {
             if self.tm_route_response(&msg, &inbound) {
                 return;
             }
-            let action = snap.proxy.on_response(&msg, &inbound);
-            self.execute(action, &msg, &inbound);
+            match snap.proxy.on_response_from(&msg, &inbound, own_conn) {
+                Action::Drop { reason } => self.unmatched_response(&msg, &inbound, reason),
+                action => self.execute(action, &msg, &inbound),
+            }
+        }
+    }
+
+    /// A response siprox cannot route back: counted, and logged at INFO with the reason
+    /// (at most one line per [`UNMATCHED_LOG_INTERVAL`], with how many were not logged).
+    fn unmatched_response(&self, msg: &Message, inbound: &Inbound, reason: &'static str) {
+        let stats = &self.shared.stats;
+        inc(&stats.dropped);
+        inc(&stats.responses_unmatched);
+        if let Some(suppressed) = stats
+            .unmatched_log
+            .allow(clock_ms(), UNMATCHED_LOG_INTERVAL)
+        {
+            let via = msg.header(siprox::sip::HeaderName::Via).unwrap_or("-");
+            info!(
+                reason,
+                status = msg.status().unwrap_or(0),
+                call_id = msg.call_id().unwrap_or("-"),
+                via,
+                transport = %inbound.transport,
+                source = %inbound.source,
+                conn = ?inbound.conn,
+                suppressed,
+                "response dropped: it matches nothing siprox sent"
+            );
         }
     }
 

@@ -850,12 +850,14 @@ impl Worker {
     fn upstream(self: &Rc<Self>, tm: &mut Tm, id: TxId, resp: &Message, now: Instant) {
         let Some(r) = tm.servers.get(&id) else { return };
         let (inbound, invite) = (r.inbound, r.invite);
+        // A client transaction matched its branch: the top Via is siprox's whatever its
+        // sent-by names (`true`).
         let action = self
             .shared
             .snapshot
             .load()
             .proxy
-            .on_response(resp, &inbound);
+            .on_response_from(resp, &inbound, true);
         let Action::Send { dest, bytes } = action else {
             return;
         };

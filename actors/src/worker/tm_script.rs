@@ -193,9 +193,14 @@ impl Worker {
             return true;
         };
         let env = super::script::bare_env();
-        // `$si`/`$sp` name the response's sender; the TLS facts of its connection are not
-        // carried this far (a handoff has none), so TLS selects are empty here.
+        // `$si`/`$sp` name the response's sender; the TLS facts (`@tls.peer.*`: the next
+        // hop's certificate on a connection siprox opened) are its connection's, read from
+        // the connection table (a response handed over from another worker has none with it).
         let from = self.tm.reply_from.get().unwrap_or(r.inbound);
+        let tls = from
+            .conn
+            .and_then(|c| self.shared.table.get(c))
+            .and_then(|h| h.tls_facts());
         let kept = host::run_reply_named(
             script,
             name,
@@ -203,7 +208,7 @@ impl Worker {
             &env,
             resp,
             &from,
-            None,
+            tls.as_deref(),
             r.flags,
             r.ctx.branch_of(branch),
         );

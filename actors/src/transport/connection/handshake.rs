@@ -112,12 +112,26 @@ pub(super) async fn connect_out(
         ssl.param_mut().set_host(n).map_err(Failed::setup)?;
     }
     let timeout = domain.handshake_timeout.unwrap_or(s.handshake_timeout);
-    let stream = handshake(ssl, tcp, timeout, false).await?;
     let sni = domain
         .ctx
         .server_name
         .clone()
         .or_else(|| dest.server_name.clone());
+    let stream = match handshake(ssl, tcp, timeout, false).await {
+        Ok(s) => s,
+        // Which domain, name and peer: what an operator needs to fix a refused carrier.
+        Err(Failed::Handshake(kind, why)) => {
+            let name = verify_name.as_deref().or(sni.as_deref()).unwrap_or("-");
+            return Err(Failed::Handshake(
+                kind,
+                format!(
+                    "{why} (client domain `{}`, server name {name}, peer {peer})",
+                    domain.name
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     let facts = tls::facts(stream.ssl(), Some(&domain.name), sni, None);
     Ok(Established {
         io: Io::Tls(stream),
