@@ -31,7 +31,7 @@ fn sip_selects() {
             ("@ruri.port", i(5070)),
             ("@ruri.hostport", s("biloxi.example.com:5070")),
             ("@ruri.scheme", s("sip")),
-            ("@ruri.params", s(";transport=tcp;user=phone")),
+            ("@ruri.params", s("transport=tcp;user=phone")),
             ("@ruri.params.user", s("phone")),
             ("@ruri.params.nope", s("")),
             ("@ruri.transport", s("tcp")),
@@ -299,6 +299,86 @@ fn pseudo_variables() {
     // $rp without a port: the scheme's default.
     let r = msg(REGISTER);
     assert_eq!(ev("$rp", &r, &udp(), None), i(5060));
+}
+
+/// Found by the differential test (actors/tests/kamailio_diff.rs): Kamailio 5.6's
+/// `@...uri.params` has no leading `;`, `@ruri.hostport` names the scheme's default port
+/// when the URI has none, and `$rp` defaults to 5061 for `sips:` and `transport=tls`.
+#[test]
+fn uri_params_hostport_and_default_port_as_kamailio() {
+    let req = |ruri: &str| {
+        msg(&format!(
+            "OPTIONS {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+             From: <sip:a@b;transport=tls;x=1>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: 1\r\n\
+             CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ))
+    };
+    let rx = udp();
+    let m = req("sip:127.0.0.1;transport=tls");
+    check(
+        &[
+            ("@ruri.params", s("transport=tls")),
+            ("@from.uri.params", s("transport=tls;x=1")),
+            ("@ruri.hostport", s("127.0.0.1:5060")),
+            ("$rp", i(5061)),
+            ("@ruri.port", s("")),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    let m = req("sips:bob@example.com");
+    check(
+        &[
+            ("@ruri.params", s("")),
+            ("@ruri.hostport", s("example.com:5061")),
+            ("$rp", i(5061)),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    let m = req("sip:bob@[2001:db8::1]:5070;transport=TCP");
+    check(
+        &[
+            ("@ruri.hostport", s("[2001:db8::1]:5070")),
+            ("$rp", i(5070)),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    let m = req("sip:bob@[2001:db8::1]");
+    check(
+        &[
+            ("@ruri.hostport", s("[2001:db8::1]:5060")),
+            ("$rp", i(5060)),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    // The select's user of a telephone number has no visual separators; `$rU` keeps them.
+    let m = req("sip:+1-555.(0100)@127.0.0.1;user=phone");
+    check(
+        &[
+            ("@ruri.user", s("+15550100")),
+            ("$rU", s("+1-555.(0100)")),
+            ("@to.uri.user", s("c")),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    let m = req("tel:+1-555-0100");
+    check(
+        &[("@ruri.user", s("+15550100")), ("$rU", s("+1-555-0100"))],
+        &m,
+        &rx,
+        None,
+    );
+    let m = req("sip:a.b-c@127.0.0.1");
+    check(&[("@ruri.user", s("a.b-c"))], &m, &rx, None);
 }
 
 #[test]

@@ -78,16 +78,20 @@ impl Idx {
 pub enum UriPart {
     Whole,
     Scheme,
+    /// The user as written (`$rU`, `$fU`, `$tU`).
     User,
+    /// The select's `.user`: for a `tel:` URI or a `sip:` URI with `user=phone`, without the
+    /// visual separators `-` `.` `(` `)` (SER's and Kamailio's select_uri_user).
+    SelUser,
     Password,
     Host,
     /// The explicit port, or "".
     Port,
     /// The explicit port, or the scheme's default (Kamailio's `$rp`).
     PortOrDefault,
-    /// `host[:port]` as written.
+    /// `host:port`, the port as written or the scheme's default.
     HostPort,
-    /// All parameters, raw, starting with `;`.
+    /// All parameters, raw, without the leading `;`.
     Params,
     /// One parameter's value ("" when absent or valueless).
     Param(String),
@@ -176,7 +180,7 @@ fn uri_part(rest: &[Seg<'_>], what: &str) -> Result<UriPart, SelectError> {
     };
     s.no_index()?;
     let part = if s.is(&["user", "username"]) {
-        UriPart::User
+        UriPart::SelUser
     } else if s.is(&["host", "hostname"]) {
         UriPart::Host
     } else if s.is(&["port"]) {
@@ -521,6 +525,19 @@ fn param<'a>(p: Option<Option<&'a str>>) -> Value<'a> {
     Value::opt(p.flatten())
 }
 
+/// A telephone number without its visual separators (SER's normalize_tel_user).
+fn tel_user(user: &str) -> Value<'_> {
+    if user.contains(['-', '.', '(', ')']) {
+        Value::Str(std::borrow::Cow::Owned(
+            user.chars()
+                .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+                .collect(),
+        ))
+    } else {
+        Value::str(user)
+    }
+}
+
 impl UriPart {
     /// Evaluate against a URI string (the Request-URI, or a URI read from a header).
     pub fn eval<'a>(&self, s: &'a str) -> Value<'a> {
@@ -535,29 +552,58 @@ impl UriPart {
                 UriPart::Whole => Value::str(s),
                 UriPart::Scheme => Value::str(if u.secure { "sips" } else { "sip" }),
                 UriPart::User => Value::opt(u.user),
+                UriPart::SelUser => match u.user {
+                    Some(user)
+                        if u.params
+                            .get("user")
+                            .flatten()
+                            .is_some_and(|v| v.eq_ignore_ascii_case("phone")) =>
+                    {
+                        tel_user(user)
+                    }
+                    user => Value::opt(user),
+                },
                 UriPart::Password => Value::opt(u.password),
                 UriPart::Host => host_value(u.host),
                 UriPart::Port => opt_port(u.port),
-                UriPart::PortOrDefault => Value::Int(i64::from(u.port.unwrap_or(if u.secure {
-                    5061
-                } else {
-                    5060
-                }))),
+                // Kamailio's parse_uri: 5061 for sips: and for transport=tls.
+                UriPart::PortOrDefault => Value::Int(i64::from(
+                    u.port.unwrap_or(
+                        if u.secure
+                            || u.params
+                                .get("transport")
+                                .flatten()
+                                .is_some_and(|t| t.eq_ignore_ascii_case("tls"))
+                        {
+                            5061
+                        } else {
+                            5060
+                        },
+                    ),
+                )),
                 UriPart::HostPort => {
-                    // The text between userinfo and the parameters, as written.
+                    // The text between userinfo and the parameters, as written; without a
+                    // port, the scheme's default (SER's select_uri_hostport: 5060, sips 5061).
                     let after = s.split_once(':').map(|x| x.1).unwrap_or("");
                     let after = after.rsplit_once('@').map(|x| x.1).unwrap_or(after);
                     let end = after.find([';', '?']).unwrap_or(after.len());
-                    Value::str(&after[..end])
+                    if u.port.is_some() {
+                        Value::str(&after[..end])
+                    } else {
+                        let port = if u.secure { 5061 } else { 5060 };
+                        Value::Str(std::borrow::Cow::Owned(format!("{}:{port}", &after[..end])))
+                    }
                 }
-                UriPart::Params => Value::str(u.params.as_str()),
+                // Without the leading `;`, as SER's parse_uri keeps them.
+                UriPart::Params => Value::str(u.params.as_str().trim_start_matches(';')),
                 UriPart::Param(n) => param(u.params.get(n)),
                 UriPart::Headers => Value::opt(u.headers),
             },
             Uri::Tel(t) => match self {
                 UriPart::Scheme => Value::str("tel"),
                 UriPart::User => Value::str(t.number),
-                UriPart::Params => Value::str(t.params.as_str()),
+                UriPart::SelUser => tel_user(t.number),
+                UriPart::Params => Value::str(t.params.as_str().trim_start_matches(';')),
                 UriPart::Param(n) => param(t.params.get(n)),
                 _ => Value::EMPTY,
             },
