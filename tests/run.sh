@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
-# redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it).
-ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server
+# redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it);
+# kamailio and kamailio-tls-modules: Debian's Kamailio 5.6, the peer of the differential
+# test (actors/tests/kamailio_diff.rs).
+ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server \
+    kamailio kamailio-tls-modules
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
