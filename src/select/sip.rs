@@ -164,7 +164,7 @@ pub enum SipSelect {
     MsgBody,
     MsgLen,
     MsgFirstLine,
-    /// `request` or `reply`.
+    /// 1 for a request, 2 for a reply (SER's and Kamailio's `first_line.type`).
     MsgType,
     SrcIp,
     SrcPort,
@@ -794,7 +794,7 @@ impl SipSelect {
             SipSelect::MsgBody => Value::Str(String::from_utf8_lossy(msg.body())),
             SipSelect::MsgLen => Value::Int(msg.as_bytes().len() as i64),
             SipSelect::MsgFirstLine => Value::str(msg.start_line()),
-            SipSelect::MsgType => Value::str(if msg.is_request() { "request" } else { "reply" }),
+            SipSelect::MsgType => Value::Int(if msg.is_request() { 1 } else { 2 }),
             SipSelect::RpcMethod => Value::str(rpc_method(msg.body())),
             SipSelect::SrcIp | SipSelect::SrcPort | SipSelect::DstIp | SipSelect::DstPort => {
                 Value::EMPTY
