@@ -1030,6 +1030,41 @@ async fn siprox_matches_kamailio_5_6_except_the_documented_differences() {
     }
     let mut kam = Kamailio::start(&kcfg, d, kudp, ktls);
 
+    // Kamailio is ready when it answers over UDP and accepts TLS (siprox starts after
+    // that: its port 0 cannot take a port Kamailio has not bound yet).
+    let udp_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ping = messages(Via::Udp, udp_sock.local_addr().unwrap())[1]
+        .1
+        .clone();
+    assert_eventually!(
+        {
+            kam.assert_running();
+            udp_sock.send_to(ping.as_bytes(), kam.udp).await.unwrap();
+            let mut buf = [0u8; 65536];
+            matches!(
+                tokio::time::timeout(Duration::from_millis(200), udp_sock.recv_from(&mut buf))
+                    .await,
+                Ok(Ok(_))
+            )
+        },
+        Duration::from_secs(15),
+        "kamailio answers on {}:\n{}",
+        kam.udp,
+        kam.log_text()
+    );
+    // Late duplicates of the pings.
+    let mut buf = [0u8; 65536];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(100), udp_sock.recv_from(&mut buf)).await
+    {}
+    assert_eventually!(
+        tls_to(kam.tls, &connector(d, Via::TlsNoCert)).await.is_ok(),
+        Duration::from_secs(10),
+        "kamailio accepts TLS on {}:\n{}",
+        kam.tls,
+        kam.log_text()
+    );
+
     // siprox, same certificates, same route block.
     std::fs::create_dir_all(d.join("scripts")).unwrap();
     std::fs::write(d.join("scripts/diff.cfg"), &route).unwrap();
@@ -1065,40 +1100,6 @@ async fn siprox_matches_kamailio_5_6_except_the_documented_differences() {
     let rt = start(cfg, d);
     let sudp = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let stls = rt.local_addr(siprox::proxy::Transport::Tls).unwrap();
-
-    // Kamailio is ready when it answers over UDP and accepts TLS.
-    let udp_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let ping = messages(Via::Udp, udp_sock.local_addr().unwrap())[1]
-        .1
-        .clone();
-    assert_eventually!(
-        {
-            kam.assert_running();
-            udp_sock.send_to(ping.as_bytes(), kam.udp).await.unwrap();
-            let mut buf = [0u8; 65536];
-            matches!(
-                tokio::time::timeout(Duration::from_millis(200), udp_sock.recv_from(&mut buf))
-                    .await,
-                Ok(Ok(_))
-            )
-        },
-        Duration::from_secs(15),
-        "kamailio answers on {}:\n{}",
-        kam.udp,
-        kam.log_text()
-    );
-    // Late duplicates of the pings.
-    let mut buf = [0u8; 65536];
-    while let Ok(Ok(_)) =
-        tokio::time::timeout(Duration::from_millis(100), udp_sock.recv_from(&mut buf)).await
-    {}
-    assert_eventually!(
-        tls_to(kam.tls, &connector(d, Via::TlsNoCert)).await.is_ok(),
-        Duration::from_secs(10),
-        "kamailio accepts TLS on {}:\n{}",
-        kam.tls,
-        kam.log_text()
-    );
 
     // Both answer every message over every transport.
     let mut got: BTreeMap<(usize, Via, &str), Got> = BTreeMap::new();
