@@ -76,11 +76,6 @@ const INTENDED: &[Intended] = &[
         "the parameter is what the script asks for",
     ),
     (
-        &["$(hdr(X-Q){param.value,a})"],
-        None,
-        "not yet: siprox's parameter list reader skips what is not a parameter instead of failing",
-    ),
-    (
         &["@ruri.params", "@ruri.type", "$rz"],
         Some("MESSAGE"),
         "not yet: siprox does not implement Kamailio's `phone2tel`",
@@ -392,6 +387,10 @@ fn probes() -> Vec<String> {
         "$(hdr(X-P){param.value,a})",
         "$(hdr(X-P){param.value,b})",
         "$(hdr(X-Q){param.value,a})",
+        "$(hdr(X-L){param.value,a})",
+        "$(hdr(X-L){param.value,b})",
+        "$(hdr(X-L){param.value,c})",
+        "$(hdr(X-L){param.value,d})",
         "$(hdr(From){nameaddr.uri})",
         "$(hdr(From){nameaddr.name})",
         "$(hdr(From){nameaddr.uri}{uri.user})",
@@ -714,6 +713,7 @@ fn messages(via: Via, local: SocketAddr) -> Vec<(&'static str, String)> {
              X-P: val;a=1;b=two\r\n\
              X-Q: x, y;a=2\r\n\
              X-Pad:   padded  \r\n\
+             X-L: ;a = 1 ; b=\"q,r\" ;c, d=4\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
