@@ -30,8 +30,10 @@ fn sip_selects() {
             ("@ruri.host", s("biloxi.example.com")),
             ("@ruri.port", i(5070)),
             ("@ruri.hostport", s("biloxi.example.com:5070")),
-            ("@ruri.scheme", s("sip")),
-            ("@ruri.params", s("transport=tcp;user=phone")),
+            // user=phone: Kamailio's phone2tel reads the URI as a telephone number (type
+            // `tel`, `.params` the user's own, here none; a named parameter from both).
+            ("@ruri.scheme", s("tel")),
+            ("@ruri.params", s("")),
             ("@ruri.params.user", s("phone")),
             ("@ruri.params.nope", s("")),
             ("@ruri.transport", s("tcp")),
@@ -256,7 +258,7 @@ fn pseudo_variables() {
             ("$rU", s("bob")),
             ("$rd", s("biloxi.example.com")),
             ("$rp", i(5070)),
-            ("$rz", s("sip")),
+            ("$rz", s("tel")),
             ("$fu", s("sip:alice@atlanta.example.com")),
             ("$fU", s("alice")),
             ("$fd", s("atlanta.example.com")),
@@ -379,7 +381,36 @@ fn uri_params_hostport_and_default_port_as_kamailio() {
         None,
     );
     let m = req("sip:a.b-c@127.0.0.1");
-    check(&[("@ruri.user", s("a.b-c"))], &m, &rx, None);
+    check(
+        &[
+            ("@ruri.user", s("a.b-c")),
+            ("$rz", s("sip")),
+            ("@ruri.type", s("sip")),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    // phone2tel: the user ends at its first `;`, whose parameters are `.params`.
+    let m = req("sip:+1-555;ext=7@127.0.0.1;user=phone;transport=tls");
+    check(
+        &[
+            ("$rU", s("+1-555")),
+            ("@ruri.user", s("+1555")),
+            ("$rz", s("tel")),
+            ("@ruri.type", s("tel")),
+            ("@ruri.params", s("ext=7")),
+            ("@ruri.params.ext", s("7")),
+            ("@ruri.params.user", s("phone")),
+            ("@ruri.transport", s("tls")),
+            ("@ruri.host", s("127.0.0.1")),
+        ],
+        &m,
+        &rx,
+        None,
+    );
+    let m = req("sips:+1-555@127.0.0.1;user=phone");
+    check(&[("$rz", s("tels"))], &m, &rx, None);
 }
 
 #[test]

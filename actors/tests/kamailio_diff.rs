@@ -76,11 +76,6 @@ const INTENDED: &[Intended] = &[
         "the parameter is what the script asks for",
     ),
     (
-        &["@ruri.params", "@ruri.type", "$rz"],
-        Some("MESSAGE"),
-        "not yet: siprox does not implement Kamailio's `phone2tel`",
-    ),
-    (
         &["@ruri.scheme", "@callid", "@msg.method"],
         None,
         "siprox aliases of `@ruri.type`, `@call_id` and `@method` (the same values); Kamailio accepts these names and ignores the last part or answers `\"\"`",
@@ -369,6 +364,9 @@ fn probes() -> Vec<String> {
         "$(ru{uri.param,user})",
         "$(ru{uri.param,xp})",
         "$(ru{uri.param,none})",
+        "$(ru{uri.user})",
+        "$(ru{uri.param,ext})",
+        "@ruri.params.ext",
         "$(fn{s.len})",
         "$(fU{s.toupper})",
         "$(ci{s.toupper})",
@@ -750,7 +748,7 @@ fn messages(via: Via, local: SocketAddr) -> Vec<(&'static str, String)> {
             "MESSAGE",
             common(
                 "MESSAGE",
-                "sip:+1-555.0100@127.0.0.1;user=phone",
+                "sip:+1-555.0100;ext=7@127.0.0.1;user=phone",
                 "<tel:+1-555-0100>",
                 3,
                 "Content-Type: text/plain\r\n",

@@ -268,7 +268,20 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
         Tr::UriUser | Tr::UriHost | Tr::UriPort | Tr::UriParam(_) => {
             let uri = Uri::parse(s.trim()).ok()?;
             match (t, &uri) {
-                (Tr::UriUser, Uri::Sip(u)) => owned(u.user.filter(|u| !u.is_empty())?),
+                // Kamailio's phone2tel: with `user=phone`, the user ends at its first `;`.
+                (Tr::UriUser, Uri::Sip(u)) => {
+                    let user = u.user.filter(|u| !u.is_empty())?;
+                    let phone = u
+                        .params
+                        .get("user")
+                        .flatten()
+                        .is_some_and(|v| v.eq_ignore_ascii_case("phone"));
+                    owned(if phone {
+                        user.split(';').next().unwrap_or(user)
+                    } else {
+                        user
+                    })
+                }
                 (Tr::UriUser, Uri::Tel(t)) => owned(t.number),
                 (Tr::UriHost, Uri::Sip(u)) => owned(match u.host {
                     Host::Name(n) => n.to_owned(),
@@ -418,6 +431,11 @@ mod tests {
         assert_eq!(run("A = 1 ; B=2", "{param.value,b}"), s("2"));
         assert_eq!(run("a=\"open", "{param.value,a}"), s(""));
         assert_eq!(run("a=1|b=2", "{param.value,b,|}"), s("2"));
+        assert_eq!(
+            run("sip:+1-555;ext=7@h;user=phone", "{uri.user}"),
+            s("+1-555")
+        );
+        assert_eq!(run("sip:a;b@h", "{uri.user}"), s("a;b"));
     }
 
     #[test]

@@ -548,21 +548,45 @@ impl UriPart {
             return Value::EMPTY;
         };
         match uri {
+            // Kamailio's phone2tel (on by default): a `sip:` URI with `user=phone` is a
+            // telephone number: its type is `tel`, its user ends at the first `;`, and the
+            // parameters after that `;` are the URI's parameters for `.params` (a named one
+            // is looked for in both lists).
+            Uri::Sip(u)
+                if u.params
+                    .get("user")
+                    .flatten()
+                    .is_some_and(|v| v.eq_ignore_ascii_case("phone"))
+                    && matches!(
+                        self,
+                        UriPart::Scheme
+                            | UriPart::User
+                            | UriPart::SelUser
+                            | UriPart::Params
+                            | UriPart::Param(_)
+                    ) =>
+            {
+                let user = u.user.unwrap_or("");
+                let (number, user_params) = user.split_once(';').unwrap_or((user, ""));
+                match self {
+                    UriPart::Scheme => Value::str(if u.secure { "tels" } else { "tel" }),
+                    UriPart::User => Value::str(number),
+                    UriPart::SelUser => tel_user(number),
+                    UriPart::Params => Value::str(user_params),
+                    UriPart::Param(n) => match u.params.get(n) {
+                        Some(v) => Value::opt(v),
+                        None => Value::opt(user_params.split(';').find_map(|p| {
+                            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                            k.trim().eq_ignore_ascii_case(n).then_some(v.trim())
+                        })),
+                    },
+                    _ => Value::EMPTY,
+                }
+            }
             Uri::Sip(u) => match self {
                 UriPart::Whole => Value::str(s),
                 UriPart::Scheme => Value::str(if u.secure { "sips" } else { "sip" }),
-                UriPart::User => Value::opt(u.user),
-                UriPart::SelUser => match u.user {
-                    Some(user)
-                        if u.params
-                            .get("user")
-                            .flatten()
-                            .is_some_and(|v| v.eq_ignore_ascii_case("phone")) =>
-                    {
-                        tel_user(user)
-                    }
-                    user => Value::opt(user),
-                },
+                UriPart::User | UriPart::SelUser => Value::opt(u.user),
                 UriPart::Password => Value::opt(u.password),
                 UriPart::Host => host_value(u.host),
                 UriPart::Port => opt_port(u.port),
