@@ -88,7 +88,7 @@ const INTENDED: &[Intended] = &[
     (
         &["@route", "@route.uri", "@path", "@path.uri"],
         None,
-        "the first Route entry is what the name says, as `@record_route` reads the first Record-Route in both",
+        "the first entry is what the name says, as `@record_route` reads the first Record-Route in both",
     ),
 ];
 
