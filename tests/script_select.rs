@@ -333,6 +333,8 @@ fn uri_params_hostport_and_default_port_as_kamailio() {
     let m = req("sips:bob@example.com");
     check(
         &[
+            // No transport parameter: the scheme's default (Kamailio 5.6).
+            ("@ruri.transport", s("tls")),
             ("@ruri.params", s("")),
             ("@ruri.hostport", s("example.com:5061")),
             ("$rp", i(5061)),
@@ -344,6 +346,7 @@ fn uri_params_hostport_and_default_port_as_kamailio() {
     let m = req("sip:bob@[2001:db8::1]:5070;transport=TCP");
     check(
         &[
+            ("@ruri.transport", s("tcp")),
             ("@ruri.hostport", s("[2001:db8::1]:5070")),
             ("$rp", i(5070)),
         ],
@@ -356,6 +359,8 @@ fn uri_params_hostport_and_default_port_as_kamailio() {
         &[
             ("@ruri.hostport", s("[2001:db8::1]:5060")),
             ("$rp", i(5060)),
+            ("@ruri.transport", s("udp")),
+            ("@ruri.params.transport", s("")),
         ],
         &m,
         &rx,

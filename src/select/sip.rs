@@ -97,6 +97,9 @@ pub enum UriPart {
     Param(String),
     /// The header part after `?`.
     Headers,
+    /// The select's `.transport`: the `transport` parameter in lower case, else the
+    /// scheme's default, `udp` (`tls` for `sips:`), as SER's select_uri_proto.
+    Transport,
 }
 
 /// A part of a name-addr header value (From, To, Contact, Route, ...).
@@ -194,7 +197,7 @@ fn uri_part(rest: &[Seg<'_>], what: &str) -> Result<UriPart, SelectError> {
     } else if s.is(&["headers"]) {
         UriPart::Headers
     } else if s.is(&["transport"]) {
-        UriPart::Param("transport".to_owned())
+        UriPart::Transport
     } else if s.is(&["params"]) {
         return match rest.get(1) {
             None => Ok(UriPart::Params),
@@ -622,6 +625,12 @@ impl UriPart {
                 UriPart::Params => Value::str(u.params.as_str().trim_start_matches(';')),
                 UriPart::Param(n) => param(u.params.get(n)),
                 UriPart::Headers => Value::opt(u.headers),
+                UriPart::Transport => match u.params.get("transport").flatten() {
+                    Some(t) if !t.is_empty() => {
+                        Value::Str(std::borrow::Cow::Owned(t.to_ascii_lowercase()))
+                    }
+                    _ => Value::str(if u.secure { "tls" } else { "udp" }),
+                },
             },
             Uri::Tel(t) => match self {
                 UriPart::Scheme => Value::str("tel"),
