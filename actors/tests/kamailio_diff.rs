@@ -4,11 +4,12 @@
 //! `X-E<n>` (and a pseudo-variable also inside the string, `X-N<n>`, where Kamailio shows
 //! its null), for an INVITE, an in-dialog OPTIONS, a MESSAGE to a `user=phone` URI and a
 //! REGISTER, each over TLS 1.3 and TLS 1.2 with a rich client certificate, over TLS without
-//! one and over UDP. Every value must match, except
-//! the intended differences below, which docs/script.md's "Intended differences from
-//! Kamailio 5.6" table lists exactly (expression and reason, so docs and test cannot
-//! drift); an intended difference that no longer differs fails too. The "Coming from
-//! Kamailio or SER" rows that say "same" are checked against the probes.
+//! one and over UDP. Every value must match, except the intended differences below, which
+//! docs/script.md's "Intended differences from Kamailio 5.6" table lists exactly
+//! (expressions and reason, so docs and test cannot drift); an intended difference that no
+//! longer differs fails too. The "Coming from Kamailio or SER" rows that say "same" must
+//! name compared expressions. Kamailio must be installed (tests/run.sh installs it): the
+//! test fails, saying so, without it.
 //!
 //! Both servers get the same certificates (made here: a CA, a server certificate, a client
 //! certificate with every subject field, every kind of SAN, fixed dates and serial) and
