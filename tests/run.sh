@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
-# redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it).
-# kamailio and its TLS module: the carrier of actors/tests/interop_kamailio_tls.rs.
+# redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it);
+# kamailio and kamailio-tls-modules: Debian's Kamailio 5.6, the peer of the differential
+# test (actors/tests/kamailio_diff.rs), the carrier of actors/tests/interop_kamailio_tls.rs
+# and the stock configuration siprox import is tested on (actors/tests/import_kamailio.rs).
 ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server \
     kamailio kamailio-tls-modules
 

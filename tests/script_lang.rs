@@ -379,6 +379,46 @@ fn branch_flags_and_bf() {
     assert_eq!(r.flags, 0);
 }
 
+/// textops' `search`: the pattern anywhere in the message (start line, headers, body),
+/// case-insensitive, `^`/`$` at line ends, as Kamailio's POSIX `REG_ICASE | REG_NEWLINE`
+/// (compared with Kamailio 5.6.3 in actors/tests/kamailio_diff.rs).
+#[test]
+fn search_matches_the_message_as_kamailio() {
+    let m = msg(INVITE);
+    let src = r#"route {
+        $var(hdr) = search("^x-foo: *BAR");
+        $var(first) = search("^INVITE sip:bob@");
+        $var(body) = search("^v=0");
+        $var(mid) = search("testua/[0-9]");
+        $var(none) = search("^X-Nope:");
+        $var(nl) = search("bar.User-Agent");
+        if (search("pc33\.atlanta") && !search("nowhere")) { $var(cond) = 1; }
+    }"#;
+    let r = run_with(
+        &compiled(src),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["hdr", "first", "body", "mid", "none", "nl", "cond"],
+    );
+    assert_eq!(r.var("hdr"), i(1));
+    assert_eq!(r.var("first"), i(1));
+    assert_eq!(r.var("body"), i(1));
+    assert_eq!(r.var("mid"), i(1));
+    assert_eq!(r.var("none"), i(-1));
+    // `.` does not cross a line end.
+    assert_eq!(r.var("nl"), i(-1));
+    assert_eq!(r.var("cond"), i(1));
+    for bad in [
+        r#"route { search("(unclosed"); }"#,
+        r#"route { search($var(x)); }"#,
+        r#"route { search(); }"#,
+    ] {
+        assert!(siprox::script::compile(bad, "t.cfg").is_err(), "{bad}");
+    }
+}
+
 #[test]
 fn header_and_uri_functions() {
     let m = msg(INVITE);

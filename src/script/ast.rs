@@ -296,6 +296,9 @@ pub(crate) enum Func {
     TReply,
     /// `t_check_status("486|408")`: the pattern, anchored, compiled once.
     TCheckStatus(StatusRe),
+    /// `search("re")` (textops): the pattern matches somewhere in the message, case
+    /// insensitive, `^`/`$` at line ends (POSIX `REG_ICASE | REG_NEWLINE`, as Kamailio).
+    Search(SearchRe),
     /// `t_on_reply("NAME")`: the onreply_route to run for each response of the next
     /// `t_relay()`'s branches.
     TOnReply(String),
@@ -327,6 +330,18 @@ impl PartialEq for StatusRe {
 }
 
 impl Eq for StatusRe {}
+
+/// A compiled `search` pattern, over the message's bytes; equal when written the same.
+#[derive(Debug, Clone)]
+pub(crate) struct SearchRe(pub(crate) regex::bytes::Regex);
+
+impl PartialEq for SearchRe {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for SearchRe {}
 
 /// The whole compiled program.
 #[derive(Debug, Default)]

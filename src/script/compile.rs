@@ -11,7 +11,7 @@ use crate::sip::Uri;
 
 use super::ast::{
     ArOp, Block, Call, Case, CmpMode, CmpOp, Expr, Func, IpNet, Kw, LValue, Part, Program, Pv,
-    StatusRe, Stmt, Ty,
+    SearchRe, StatusRe, Stmt, Ty,
 };
 use super::error::{CompileError, CompileErrors, Span};
 use super::lexer::{lex, Tok, Token};
@@ -1068,6 +1068,20 @@ impl<'s> Compiler<'s> {
                 args.clear();
                 Func::TCheckStatus(StatusRe(re))
             }
+            "search" => {
+                let Some(p) = lit_str(0) else {
+                    return Err((sp(0), "search takes a literal pattern".into()));
+                };
+                let re = regex::bytes::RegexBuilder::new(&p)
+                    .case_insensitive(true)
+                    .multi_line(true)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|_| (sp(0), format!("bad search pattern `{p}`")))?;
+                args.clear();
+                Func::Search(SearchRe(re))
+            }
             "sl_send_reply" | "send_reply" | "sl_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
                     match v.as_int() {
@@ -1221,6 +1235,7 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("append_to_reply", 1, 1),
     ("remove_hf", 1, 1),
     ("is_present_hf", 1, 1),
+    ("search", 1, 1),
     ("is_method", 1, 1),
     ("has_totag", 0, 0),
     ("has_body", 0, 0),

@@ -687,6 +687,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 .and_then(|m| m.to().ok())
                 .is_some_and(|t| t.tag().is_some_and(|t| !t.is_empty()))),
             Func::HasBody => b2i(msg.is_some_and(|m| !m.body().is_empty())),
+            Func::Search(re) => b2i(msg.is_some_and(|m| re.0.is_match(m.as_bytes()))),
             Func::RewriteUri => {
                 let u = self.arg(c, 0)?.as_str().into_owned();
                 b2i(self.rewrite_uri(&u))

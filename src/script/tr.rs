@@ -268,7 +268,20 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
         Tr::UriUser | Tr::UriHost | Tr::UriPort | Tr::UriParam(_) => {
             let uri = Uri::parse(s.trim()).ok()?;
             match (t, &uri) {
-                (Tr::UriUser, Uri::Sip(u)) => owned(u.user.filter(|u| !u.is_empty())?),
+                // Kamailio's phone2tel: with `user=phone`, the user ends at its first `;`.
+                (Tr::UriUser, Uri::Sip(u)) => {
+                    let user = u.user.filter(|u| !u.is_empty())?;
+                    let phone = u
+                        .params
+                        .get("user")
+                        .flatten()
+                        .is_some_and(|v| v.eq_ignore_ascii_case("phone"));
+                    owned(if phone {
+                        user.split(';').next().unwrap_or(user)
+                    } else {
+                        user
+                    })
+                }
                 (Tr::UriUser, Uri::Tel(t)) => owned(t.number),
                 (Tr::UriHost, Uri::Sip(u)) => owned(match u.host {
                     Host::Name(n) => n.to_owned(),
@@ -279,6 +292,7 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
                 _ => None,
             }
         }
+        Tr::ParamValue(name, ';') => param_list_value(&s, name).and_then(owned),
         Tr::ParamValue(name, sep) => {
             let body = s.trim().trim_start_matches(*sep);
             body.split(*sep)
@@ -292,6 +306,74 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
         Tr::NaUri | Tr::NaName => {
             let (name, uri) = name_addr(&s)?;
             owned(if matches!(t, Tr::NaUri) { uri } else { name })
+        }
+    }
+}
+
+/// `{param.value,name}` as Kamailio's parse_params reads a `;` list: `name[=value]` items
+/// (a leading `;` allowed), a quoted value without its quotes (a `,` or `;` inside kept),
+/// the list ending at a `,` outside quotes; an item that is not a parameter (`x y`) makes
+/// the whole list unreadable (None, as a name that is not there).
+fn param_list_value<'s>(s: &'s str, name: &str) -> Option<&'s str> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\r' | b'\n') {
+            *i += 1;
+        }
+    };
+    ws(&mut i);
+    if b.get(i) == Some(&b';') {
+        i += 1;
+    }
+    loop {
+        ws(&mut i);
+        if i >= b.len() || b[i] == b',' {
+            return None;
+        }
+        let start = i;
+        while i < b.len() && !matches!(b[i], b'=' | b';' | b',' | b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+        }
+        let n = &s[start..i];
+        if n.is_empty() {
+            return None;
+        }
+        ws(&mut i);
+        let mut value = "";
+        if b.get(i) == Some(&b'=') {
+            i += 1;
+            ws(&mut i);
+            if b.get(i) == Some(&b'"') {
+                let vstart = i + 1;
+                let mut j = vstart;
+                while j < b.len() && b[j] != b'"' {
+                    j += if b[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= b.len() {
+                    return None;
+                }
+                value = &s[vstart..j];
+                i = j + 1;
+            } else {
+                let vstart = i;
+                while i < b.len() && !matches!(b[i], b';' | b',' | b' ' | b'\t' | b'\r' | b'\n') {
+                    i += 1;
+                }
+                value = &s[vstart..i];
+            }
+            ws(&mut i);
+        }
+        match b.get(i) {
+            None | Some(b',') | Some(b';') => {}
+            Some(_) => return None,
+        }
+        if n.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+        match b.get(i) {
+            Some(b';') => i += 1,
+            _ => return None,
         }
     }
 }
@@ -330,6 +412,30 @@ mod tests {
 
     fn run(v: &str, t: &str) -> Value<'static> {
         apply(Value::str(v), &parse(t).expect(t))
+    }
+
+    /// Kamailio 5.6.3's answers for the same values (its parse_params).
+    #[test]
+    fn param_value_reads_the_list_as_kamailio() {
+        let s = |x: &str| Value::from(x.to_owned());
+        assert_eq!(run("x, y;a=2", "{param.value,a}"), s(""));
+        assert_eq!(run("a=1, b=2", "{param.value,b}"), s(""));
+        assert_eq!(run("a=1, b=2", "{param.value,a}"), s("1"));
+        assert_eq!(run("a=1;b=2", "{param.value,b}"), s("2"));
+        assert_eq!(run(";a=1;b=2", "{param.value,b}"), s("2"));
+        assert_eq!(run("val;a=1;b=two", "{param.value,b}"), s("two"));
+        assert_eq!(run("val;a=1;b=two", "{param.value,val}"), s(""));
+        assert_eq!(run("x y;a=2", "{param.value,a}"), s(""));
+        assert_eq!(run("a=\"q,r\";b=2", "{param.value,b}"), s("2"));
+        assert_eq!(run("a=\"q,r\";b=2", "{param.value,a}"), s("q,r"));
+        assert_eq!(run("A = 1 ; B=2", "{param.value,b}"), s("2"));
+        assert_eq!(run("a=\"open", "{param.value,a}"), s(""));
+        assert_eq!(run("a=1|b=2", "{param.value,b,|}"), s("2"));
+        assert_eq!(
+            run("sip:+1-555;ext=7@h;user=phone", "{uri.user}"),
+            s("+1-555")
+        );
+        assert_eq!(run("sip:a;b@h", "{uri.user}"), s("a;b"));
     }
 
     #[test]

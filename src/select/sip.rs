@@ -78,21 +78,28 @@ impl Idx {
 pub enum UriPart {
     Whole,
     Scheme,
+    /// The user as written (`$rU`, `$fU`, `$tU`).
     User,
+    /// The select's `.user`: for a `tel:` URI or a `sip:` URI with `user=phone`, without the
+    /// visual separators `-` `.` `(` `)` (SER's and Kamailio's select_uri_user).
+    SelUser,
     Password,
     Host,
     /// The explicit port, or "".
     Port,
     /// The explicit port, or the scheme's default (Kamailio's `$rp`).
     PortOrDefault,
-    /// `host[:port]` as written.
+    /// `host:port`, the port as written or the scheme's default.
     HostPort,
-    /// All parameters, raw, starting with `;`.
+    /// All parameters, raw, without the leading `;`.
     Params,
     /// One parameter's value ("" when absent or valueless).
     Param(String),
     /// The header part after `?`.
     Headers,
+    /// The select's `.transport`: the `transport` parameter in lower case, else the
+    /// scheme's default, `udp` (`tls` for `sips:`), as SER's select_uri_proto.
+    Transport,
 }
 
 /// A part of a name-addr header value (From, To, Contact, Route, ...).
@@ -160,7 +167,7 @@ pub enum SipSelect {
     MsgBody,
     MsgLen,
     MsgFirstLine,
-    /// `request` or `reply`.
+    /// 1 for a request, 2 for a reply (SER's and Kamailio's `first_line.type`).
     MsgType,
     SrcIp,
     SrcPort,
@@ -176,7 +183,7 @@ fn uri_part(rest: &[Seg<'_>], what: &str) -> Result<UriPart, SelectError> {
     };
     s.no_index()?;
     let part = if s.is(&["user", "username"]) {
-        UriPart::User
+        UriPart::SelUser
     } else if s.is(&["host", "hostname"]) {
         UriPart::Host
     } else if s.is(&["port"]) {
@@ -190,7 +197,7 @@ fn uri_part(rest: &[Seg<'_>], what: &str) -> Result<UriPart, SelectError> {
     } else if s.is(&["headers"]) {
         UriPart::Headers
     } else if s.is(&["transport"]) {
-        UriPart::Param("transport".to_owned())
+        UriPart::Transport
     } else if s.is(&["params"]) {
         return match rest.get(1) {
             None => Ok(UriPart::Params),
@@ -521,6 +528,19 @@ fn param<'a>(p: Option<Option<&'a str>>) -> Value<'a> {
     Value::opt(p.flatten())
 }
 
+/// A telephone number without its visual separators (SER's normalize_tel_user).
+fn tel_user(user: &str) -> Value<'_> {
+    if user.contains(['-', '.', '(', ')']) {
+        Value::Str(std::borrow::Cow::Owned(
+            user.chars()
+                .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+                .collect(),
+        ))
+    } else {
+        Value::str(user)
+    }
+}
+
 impl UriPart {
     /// Evaluate against a URI string (the Request-URI, or a URI read from a header).
     pub fn eval<'a>(&self, s: &'a str) -> Value<'a> {
@@ -531,33 +551,92 @@ impl UriPart {
             return Value::EMPTY;
         };
         match uri {
+            // Kamailio's phone2tel (on by default): a `sip:` URI with `user=phone` is a
+            // telephone number: its type is `tel`, its user ends at the first `;`, and the
+            // parameters after that `;` are the URI's parameters for `.params` (a named one
+            // is looked for in both lists).
+            Uri::Sip(u)
+                if u.params
+                    .get("user")
+                    .flatten()
+                    .is_some_and(|v| v.eq_ignore_ascii_case("phone"))
+                    && matches!(
+                        self,
+                        UriPart::Scheme
+                            | UriPart::User
+                            | UriPart::SelUser
+                            | UriPart::Params
+                            | UriPart::Param(_)
+                    ) =>
+            {
+                let user = u.user.unwrap_or("");
+                let (number, user_params) = user.split_once(';').unwrap_or((user, ""));
+                match self {
+                    UriPart::Scheme => Value::str(if u.secure { "tels" } else { "tel" }),
+                    UriPart::User => Value::str(number),
+                    UriPart::SelUser => tel_user(number),
+                    UriPart::Params => Value::str(user_params),
+                    UriPart::Param(n) => match u.params.get(n) {
+                        Some(v) => Value::opt(v),
+                        None => Value::opt(user_params.split(';').find_map(|p| {
+                            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                            k.trim().eq_ignore_ascii_case(n).then_some(v.trim())
+                        })),
+                    },
+                    _ => Value::EMPTY,
+                }
+            }
             Uri::Sip(u) => match self {
                 UriPart::Whole => Value::str(s),
                 UriPart::Scheme => Value::str(if u.secure { "sips" } else { "sip" }),
-                UriPart::User => Value::opt(u.user),
+                UriPart::User | UriPart::SelUser => Value::opt(u.user),
                 UriPart::Password => Value::opt(u.password),
                 UriPart::Host => host_value(u.host),
                 UriPart::Port => opt_port(u.port),
-                UriPart::PortOrDefault => Value::Int(i64::from(u.port.unwrap_or(if u.secure {
-                    5061
-                } else {
-                    5060
-                }))),
+                // Kamailio's parse_uri: 5061 for sips: and for transport=tls.
+                UriPart::PortOrDefault => Value::Int(i64::from(
+                    u.port.unwrap_or(
+                        if u.secure
+                            || u.params
+                                .get("transport")
+                                .flatten()
+                                .is_some_and(|t| t.eq_ignore_ascii_case("tls"))
+                        {
+                            5061
+                        } else {
+                            5060
+                        },
+                    ),
+                )),
                 UriPart::HostPort => {
-                    // The text between userinfo and the parameters, as written.
+                    // The text between userinfo and the parameters, as written; without a
+                    // port, the scheme's default (SER's select_uri_hostport: 5060, sips 5061).
                     let after = s.split_once(':').map(|x| x.1).unwrap_or("");
                     let after = after.rsplit_once('@').map(|x| x.1).unwrap_or(after);
                     let end = after.find([';', '?']).unwrap_or(after.len());
-                    Value::str(&after[..end])
+                    if u.port.is_some() {
+                        Value::str(&after[..end])
+                    } else {
+                        let port = if u.secure { 5061 } else { 5060 };
+                        Value::Str(std::borrow::Cow::Owned(format!("{}:{port}", &after[..end])))
+                    }
                 }
-                UriPart::Params => Value::str(u.params.as_str()),
+                // Without the leading `;`, as SER's parse_uri keeps them.
+                UriPart::Params => Value::str(u.params.as_str().trim_start_matches(';')),
                 UriPart::Param(n) => param(u.params.get(n)),
                 UriPart::Headers => Value::opt(u.headers),
+                UriPart::Transport => match u.params.get("transport").flatten() {
+                    Some(t) if !t.is_empty() => {
+                        Value::Str(std::borrow::Cow::Owned(t.to_ascii_lowercase()))
+                    }
+                    _ => Value::str(if u.secure { "tls" } else { "udp" }),
+                },
             },
             Uri::Tel(t) => match self {
                 UriPart::Scheme => Value::str("tel"),
                 UriPart::User => Value::str(t.number),
-                UriPart::Params => Value::str(t.params.as_str()),
+                UriPart::SelUser => tel_user(t.number),
+                UriPart::Params => Value::str(t.params.as_str().trim_start_matches(';')),
                 UriPart::Param(n) => param(t.params.get(n)),
                 _ => Value::EMPTY,
             },
@@ -748,7 +827,7 @@ impl SipSelect {
             SipSelect::MsgBody => Value::Str(String::from_utf8_lossy(msg.body())),
             SipSelect::MsgLen => Value::Int(msg.as_bytes().len() as i64),
             SipSelect::MsgFirstLine => Value::str(msg.start_line()),
-            SipSelect::MsgType => Value::str(if msg.is_request() { "request" } else { "reply" }),
+            SipSelect::MsgType => Value::Int(if msg.is_request() { 1 } else { 2 }),
             SipSelect::RpcMethod => Value::str(rpc_method(msg.body())),
             SipSelect::SrcIp | SipSelect::SrcPort | SipSelect::DstIp | SipSelect::DstPort => {
                 Value::EMPTY

@@ -8,6 +8,7 @@
 pub mod baresip;
 pub mod caller;
 pub mod inproc;
+pub mod kamailio;
 pub mod kamailio_peer;
 pub mod tree;
 
