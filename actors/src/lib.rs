@@ -77,6 +77,7 @@ pub mod cluster;
 pub mod error;
 pub mod logging;
 pub mod mgmt;
+pub mod notify;
 pub mod reload;
 pub mod runtime;
 pub mod state;
