@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
 # redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it).
 ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server
+# promtool (the alert rules), dpkg-dev (cargo deb), systemd (systemd-analyze verify).
+ensure_deps prometheus dpkg-dev systemd
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -25,3 +27,9 @@ if [ -n "$runtime_deps" ]; then
 fi
 echo "== cargo test"
 cargo test --workspace
+echo "== operations: alert rules, Debian package, systemd unit"
+promtool check rules deploy/prometheus/alerts.yml
+# The package of the dev build cargo test just made (its layout, not its speed, is checked
+# here): deploy/package.sh builds a release one for real use.
+deb=$(PROFILE=dev deploy/package.sh)
+bash tests/package.sh "$deb"

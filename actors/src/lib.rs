@@ -74,6 +74,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod docs;
 pub mod error;
 pub mod logging;
 pub mod mgmt;
