@@ -1,6 +1,6 @@
 //! Writes what the Debian package ships beside the binaries, from the code: the man pages
 //! siprox(8) and siproxctl(8) from the clap definitions (clap_mangen), siprox.conf(5) from
-//! the configuration schema and conf.d/00-core.toml (`siprox_actors::docs`), and bash, zsh
+//! the configuration schema and conf.d/00-core.toml (`siprox_actors::mgmt::docs`), and bash, zsh
 //! and fish completions (clap_complete). Run by deploy/package.sh before `cargo deb`:
 //!
 //!   cargo run -p siprox-actors --example gen_assets -- OUT_DIR
@@ -67,11 +67,12 @@ fn run(out: &Path) -> Result<(), String> {
         .loaded
         .map_err(|e| format!("conf.d does not load: {e:?}"))?
         .config;
-    let page = siprox_actors::docs::conf_manpage(&config, &reference, version).map_err(|keys| {
-        format!(
-            "conf.d/00-core.toml does not document: {} (add them there)",
-            keys.join(", ")
-        )
-    })?;
+    let page =
+        siprox_actors::mgmt::docs::conf_manpage(&config, &reference, version).map_err(|keys| {
+            format!(
+                "conf.d/00-core.toml does not document: {} (add them there)",
+                keys.join(", ")
+            )
+        })?;
     write(man.join("siprox.conf.5"), page.as_bytes())
 }

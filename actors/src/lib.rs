@@ -74,11 +74,9 @@
 
 pub mod cli;
 pub mod cluster;
-pub mod docs;
 pub mod error;
 pub mod logging;
 pub mod mgmt;
-pub mod notify;
 pub mod reload;
 pub mod runtime;
 pub mod state;

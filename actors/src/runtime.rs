@@ -293,7 +293,7 @@ impl Runtime {
         // The daemon (it owns the process's signals) tells systemd how it is doing; a
         // runtime embedded in a test or tool leaves `$NOTIFY_SOCKET` to its owner.
         if opts.handle_signals {
-            if let Some(n) = crate::notify::Notifier::from_env() {
+            if let Some(n) = crate::state::notify::Notifier::from_env() {
                 let _ = shared.notifier.set(Arc::new(n));
             }
         }
@@ -626,7 +626,7 @@ impl Actor for Control {
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.shared.notifier.get().is_some() {
             ctx.run_interval(STATUS_EVERY, |act, _| act.status());
-            if let Some(every) = crate::notify::watchdog_interval() {
+            if let Some(every) = crate::state::notify::watchdog_interval() {
                 // Three rounds per interval: a ping has a third of it to be answered.
                 ctx.run_interval(every / 3, |act, _| act.watchdog());
             }

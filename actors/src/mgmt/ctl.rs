@@ -44,13 +44,16 @@ impl CtlFile {
     /// when it exists, else the system's ([`SYSTEM_PATH`], which the Debian package writes)
     /// when it exists, else the user's (absent: every setting at its default).
     pub fn default_path() -> Option<PathBuf> {
-        let user = CtlFile::user_path();
+        CtlFile::default_path_of(CtlFile::user_path(), Path::new(SYSTEM_PATH))
+    }
+
+    /// [`CtlFile::default_path`] with the user's and the system's paths given.
+    pub fn default_path_of(user: Option<PathBuf>, system: &Path) -> Option<PathBuf> {
         if user.as_ref().is_some_and(|p| p.exists()) {
             return user;
         }
-        let system = PathBuf::from(SYSTEM_PATH);
         if system.exists() {
-            return Some(system);
+            return Some(system.to_path_buf());
         }
         user
     }
@@ -1089,5 +1092,23 @@ mod tests {
             Ok(CtlFile::default())
         );
         assert!(CtlFile::load(&dir.path().join("missing.toml"), true).is_err());
+    }
+
+    #[test]
+    fn the_users_settings_win_then_the_systems_then_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = dir.path().join("user.toml");
+        let system = dir.path().join("system.toml");
+        let pick = || CtlFile::default_path_of(Some(user.clone()), &system);
+        // Neither exists: the user's (missing, so every setting at its default).
+        assert_eq!(pick(), Some(user.clone()));
+        std::fs::write(&system, "url = \"https://127.0.0.1:5062\"\n").expect("write");
+        assert_eq!(pick(), Some(system.clone()));
+        std::fs::write(&user, "").expect("write");
+        assert_eq!(pick(), Some(user.clone()));
+        assert_eq!(
+            CtlFile::default_path_of(None, &system),
+            Some(system.clone())
+        );
     }
 }
