@@ -16,6 +16,8 @@ dir="$profile"
 [ "$profile" = dev ] && dir=debug
 cargo build --profile "$profile" -p siprox-actors --bins >&2
 cargo run --profile "$profile" -q -p siprox-actors --example gen_assets -- "target/$dir/assets" >&2
+# Man pages compressed, as Debian ships them (-n: no name or time stamp, reproducible).
+gzip -9nf "target/$dir/assets/man/"*.[58]
 args=(--no-build -p siprox-actors)
 if [ "$profile" != release ]; then
     # The assets name target/release/...: cargo deb maps them to the chosen profile.

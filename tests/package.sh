@@ -48,6 +48,15 @@ chmod 0755 "$root"
 dpkg-deb -x "$deb" "$root"
 dpkg-deb -e "$deb" "$root/DEBIAN"
 
+# The man pages: siprox.conf(5) lists the schema's keys; the others come from clap.
+zcat "$root/usr/share/man/man5/siprox.conf.5.gz" | grep -q '^\\fBmax_connections\\fR = 32768$' ||
+    fail "siprox.conf(5) lacks [connections] max_connections"
+zcat "$root/usr/share/man/man8/siprox.8.gz" | grep -q 'dev\\-certs' || fail "siprox(8) lacks dev-certs"
+zcat "$root/usr/share/man/man8/siproxctl.8.gz" | grep -q 'url' || fail "siproxctl(8) lacks --url"
+# The bash completions load and complete the subcommands.
+bash -c "source '$root/usr/share/bash-completion/completions/siprox' && complete -p siprox" \
+    >/dev/null || fail "the bash completion of siprox does not load"
+
 # The packaged unit, its binaries taken from the unpacked package (verify checks that they
 # exist and are executable); man pages are not installed on this host.
 mkdir -p "$root/verify"
@@ -140,4 +149,7 @@ finally:
     if p.poll() is None:
         p.kill()
 PY
+# It wrote its state through /etc/siprox/var into /var/lib/siprox, as the siprox user.
+[ "$(stat -c %u "$root/var/lib/siprox/flow.key" 2>/dev/null)" = "$uid" ] ||
+    fail "no flow key written by the siprox user in /var/lib/siprox: $(ls -la "$root/var/lib/siprox")"
 echo "package check: siprox ran from the package's /etc/siprox as the siprox user (READY=1, siproxctl, STOPPING=1)"

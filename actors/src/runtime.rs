@@ -2,8 +2,10 @@
 //! thread (so every startup error is returned, port 0 is resolved and the sockets accept
 //! before `start` returns), then an actix `System` runs one control arbiter (this module's
 //! `Control` actor: signals, graceful shutdown) and N worker arbiters (listeners and
-//! connections). Must never let a worker wait on the control arbiter, and never exit
-//! before queued writes had their `shutdown_grace` to drain.
+//! connections). Under systemd (`state::notify`) the start says READY=1 once every Listener
+//! runs, and the control actor sends STATUS=, STOPPING=1 and the watchdog pings, the latter
+//! only while every worker arbiter answers its own ping. Must never let a worker wait on the
+//! control arbiter, and never exit before queued writes had their `shutdown_grace` to drain.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

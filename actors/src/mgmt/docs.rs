@@ -1,6 +1,6 @@
-//! siprox.conf(5), generated: every key of the configuration schema with its default, from
+//! siprox.conf(5), generated: every key of the packaged configuration with its value, from
 //! the code (the loaded reference configuration serialized, so a key added to
-//! `siprox::config` shows up here by itself), followed by the commented reference,
+//! `siprox::config` with a default shows up here by itself), followed by the commented reference,
 //! `conf.d/00-core.toml`. Must refuse to generate when the reference does not mention a key
 //! of the schema: the page and the code never disagree on the key list.
 
@@ -100,8 +100,9 @@ pub fn conf_manpage(
          .PP\n\\fBsiprox check\\fR validates a configuration as a start would; \
          \\fBsiprox check \\-\\-print\\fR shows every value with the file it came from; \
          \\fBsystemctl reload siprox\\fR (SIGHUP) applies it.\n\
-         .SH KEYS\nEvery key, with the value of the packaged configuration \
-         (\\- when unset).\n"
+         .SH KEYS\nEvery key of the packaged configuration with its value (\\- when \
+         unset), as the code serializes it; optional keys it leaves out (certificate \
+         passwords, secret files, [cluster], ...) are in the reference below.\n"
     ));
     let mut section = String::new();
     for (key, value) in config_keys(config) {
