@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . deploy/ensure-deps.sh
 ensure_deps libssl-dev pkg-config
-exec cargo run --release --bin siprox -- "$@"
+# siproxctl and `siprox check` come from the same release build: target/release/.
+cargo build --release --bin siprox --bin siproxctl
+exec target/release/siprox "$@"

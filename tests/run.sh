@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 # and the stock configuration siprox import is tested on (actors/tests/import_kamailio.rs).
 ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server \
     kamailio kamailio-tls-modules
+# promtool (the alert rules), dpkg-dev (cargo deb), systemd (systemd-analyze verify).
+ensure_deps prometheus dpkg-dev systemd
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -29,3 +31,9 @@ if [ -n "$runtime_deps" ]; then
 fi
 echo "== cargo test"
 cargo test --workspace
+echo "== operations: alert rules, Debian package, systemd unit"
+promtool check rules deploy/prometheus/alerts.yml
+# The package of the dev build cargo test just made (its layout, not its speed, is checked
+# here): deploy/package.sh builds a release one for real use.
+deb=$(PROFILE=dev deploy/package.sh)
+bash tests/package.sh "$deb"

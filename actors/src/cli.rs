@@ -48,6 +48,12 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Write the development certificates a start would generate (`[tls] generate_dev_certs`:
+    /// a local CA, a certificate for localhost, the `admin` client certificate for
+    /// siproxctl), where `[tls]` names them, when none of them exist; then exit. Never
+    /// overwrites a file. The Debian package runs it once, so that the service starts with
+    /// /etc read-only.
+    DevCerts,
 }
 
 /// Parses the process arguments and does what they say. Argument errors and `--help` /
@@ -61,6 +67,7 @@ pub fn main() -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
+        Some(Command::DevCerts) => dev_certs(&cli.config_dir, &mut std::io::stderr().lock()),
         None => {
             // The stderr lock must be released before `run`: a temporary in the `match`
             // head would live until the runtime exits and block every other thread's logs.
@@ -295,6 +302,42 @@ pub fn check(dir: &Path, print: bool, out: &mut dyn Write, err: &mut dyn Write) 
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `siprox dev-certs`: the configuration must load; then the planned files are written, each
+/// named on `err`. Exit 0 when nothing was needed or all were written, else 1.
+pub fn dev_certs(dir: &Path, err: &mut dyn Write) -> ExitCode {
+    let v = match verify(dir, true, err) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let Some(plan) = v.dev_certs else {
+        let _ = writeln!(
+            err,
+            "development certificates: nothing to do (they exist, or [tls] generate_dev_certs is off)"
+        );
+        return ExitCode::SUCCESS;
+    };
+    let files: Vec<String> = plan
+        .files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let config = &v.loaded.config;
+    match crate::tls::ensure_dev_certs(&config.tls, &RuntimeOptions::base_dir_for(config)) {
+        Ok(_) => {
+            let _ = writeln!(
+                err,
+                "development certificates written: {}",
+                files.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            ExitCode::from(EXIT_CONFIG_ERROR)
+        }
+    }
 }
 
 /// Writes each error on its own line as `error: <file>: <message> at key "<key>"`.

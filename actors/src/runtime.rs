@@ -2,13 +2,15 @@
 //! thread (so every startup error is returned, port 0 is resolved and the sockets accept
 //! before `start` returns), then an actix `System` runs one control arbiter (this module's
 //! `Control` actor: signals, graceful shutdown) and N worker arbiters (listeners and
-//! connections). Must never let a worker wait on the control arbiter, and never exit
-//! before queued writes had their `shutdown_grace` to drain.
+//! connections). Under systemd (`state::notify`) the start says READY=1 once every Listener
+//! runs, and the control actor sends STATUS=, STOPPING=1 and the watchdog pings, the latter
+//! only while every worker arbiter answers its own ping. Must never let a worker wait on the
+//! control arbiter, and never exit before queued writes had their `shutdown_grace` to drain.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +33,16 @@ use crate::worker::Worker;
 
 /// How often shutdown checks whether every connection has drained.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// How long a start waits for every worker's Listener actor before READY=1.
+const READY_WAIT: Duration = Duration::from_secs(10);
+/// How often `STATUS=` is refreshed (when it changed) under systemd.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// The Listener actors running now.
+fn listening(shared: &Shared) -> usize {
+    shared.listeners.lock().map_or(0, |l| l.len())
+}
 
 /// How the runtime is started, beyond the configuration.
 #[derive(Debug, Clone)]
@@ -280,6 +292,14 @@ impl Runtime {
         let grace = snapshot.config.runtime.shutdown_grace.get();
         let shared = Arc::new(Shared::new(snapshot, dispatch));
         let _ = shared.location.set(location);
+        // The daemon (it owns the process's signals) tells systemd how it is doing; a
+        // runtime embedded in a test or tool leaves `$NOTIFY_SOCKET` to its owner.
+        if opts.handle_signals {
+            if let Some(n) = crate::state::notify::Notifier::from_env() {
+                let _ = shared.notifier.set(Arc::new(n));
+            }
+        }
+        let sockets: usize = per_worker.iter().map(Vec::len).sum();
 
         let (tx, rx) = std::sync::mpsc::channel();
         let sh = shared.clone();
@@ -321,6 +341,18 @@ impl Runtime {
         };
         for l in &listens {
             info!(transport = %l.transport, addr = %l.addr, workers, "listening");
+        }
+        // READY=1 once every worker's Listener actor runs (the sockets already listen: a
+        // connection made now is accepted as soon as they do).
+        if shared.notifier.get().is_some() {
+            let deadline = std::time::Instant::now() + READY_WAIT;
+            while listening(&shared) < sockets && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if listening(&shared) < sockets {
+                warn!("not every listener started: telling systemd READY=1 all the same");
+            }
+            shared.notify(&format!("READY=1\n{}", shared.status_line()));
         }
         Ok(RuntimeHandle {
             listens,
@@ -434,6 +466,10 @@ fn run_system(
             grace,
             signals,
             stopping: false,
+            workers: arbiters.iter().map(Arbiter::handle).collect(),
+            pings: Arc::new((0..arbiters.len()).map(|_| AtomicU64::new(0)).collect()),
+            ping: 0,
+            status: String::new(),
         }
         .start();
         // `[cluster.redis_tls]` files are opened by the cluster's loops, relative to this.
@@ -543,12 +579,60 @@ pub struct Control {
     /// that arrives right after start is a graceful shutdown, never the default death.
     signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     stopping: bool,
+    /// Every worker arbiter, pinged for the systemd watchdog.
+    workers: Vec<actix::ArbiterHandle>,
+    /// The last ping each worker answered.
+    pings: Arc<Vec<AtomicU64>>,
+    /// The last ping sent (0: none yet).
+    ping: u64,
+    /// The last `STATUS=` sent.
+    status: String,
+}
+
+impl Control {
+    /// One watchdog round: `WATCHDOG=1` when every worker answered the previous ping (a
+    /// worker stuck on its thread does not, and systemd restarts siprox after
+    /// `WatchdogSec=`), then the next ping to every worker.
+    fn watchdog(&mut self) {
+        let answered = self
+            .pings
+            .iter()
+            .all(|p| p.load(Ordering::Acquire) == self.ping);
+        if !answered {
+            return;
+        }
+        self.shared.notify("WATCHDOG=1");
+        self.ping += 1;
+        for (i, w) in self.workers.iter().enumerate() {
+            let (pings, ping) = (self.pings.clone(), self.ping);
+            w.spawn(async move {
+                if let Some(p) = pings.get(i) {
+                    p.store(ping, Ordering::Release);
+                }
+            });
+        }
+    }
+
+    fn status(&mut self) {
+        let line = self.shared.status_line();
+        if line != self.status {
+            self.shared.notify(&line);
+            self.status = line;
+        }
+    }
 }
 
 impl Actor for Control {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.shared.notifier.get().is_some() {
+            ctx.run_interval(STATUS_EVERY, |act, _| act.status());
+            if let Some(every) = crate::state::notify::watchdog_interval() {
+                // Three rounds per interval: a ping has a third of it to be answered.
+                ctx.run_interval(every / 3, |act, _| act.watchdog());
+            }
+        }
         let Some((mut term, mut int)) = self.signals.take() else {
             return;
         };
@@ -583,6 +667,7 @@ impl Handler<Shutdown> for Control {
         }
         self.stopping = true;
         let shared = &self.shared;
+        shared.notify("STOPPING=1\nSTATUS=shutting down: draining connections");
         shared.shutting_down.store(true, Ordering::Release);
         // 1. Stop accepting and receiving.
         let listeners = shared

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,59 +15,12 @@ use clap::Parser;
 use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod};
 use serde_json::Value;
 use siprox::rpc::{jsonrpc, xmlrpc};
-use siprox_actors::mgmt::ctl::{self, CtlFile, Material, Refused};
+use siprox_actors::mgmt::ctl::{self, Cli, CtlFile, Material, Refused};
 
 /// Exit status when the server answered with an RPC error.
 const EXIT_RPC_ERROR: u8 = 1;
 /// Exit status when the server could not be reached or refused the connection.
 const EXIT_TRANSPORT: u8 = 2;
-
-/// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
-///
-/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [S]] |
-/// tcp list | reload [--dry-run] [--cluster [S]] | cluster (= cluster nodes) | ul list (= ul dump,
-/// ul show) | ul show AOR | ul rm AOR | stats | version | uptime | kill | methods |
-/// help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
-///
-/// Without --cert/--ca (or settings), siproxctl uses siprox's development certificates
-/// (certs/admin.pem, certs/admin.key, certs/ca.pem) found beside --conf-dir, else in the
-/// working directory.
-#[derive(Debug, Parser)]
-#[command(name = "siproxctl", version)]
-struct Cli {
-    /// Management URL.
-    #[arg(long, env = "SIPROXCTL_URL")]
-    url: Option<String>,
-    /// PEM client certificate (default: certs/admin.pem when it exists).
-    #[arg(long, env = "SIPROXCTL_CERT")]
-    cert: Option<PathBuf>,
-    /// PEM private key of the client certificate (default: the certificate file).
-    #[arg(long, env = "SIPROXCTL_KEY")]
-    key: Option<PathBuf>,
-    /// PEM CA that signed the server's certificate (default: certs/ca.pem when it exists,
-    /// else the system's CAs).
-    #[arg(long, env = "SIPROXCTL_CA")]
-    ca: Option<PathBuf>,
-    /// siprox's configuration directory: the development certificates are looked for in
-    /// its sibling certs/ first (as siprox resolves them).
-    #[arg(long, value_name = "DIR", env = "SIPROX_CONFIG_DIR")]
-    conf_dir: Option<PathBuf>,
-    /// Settings file (url, cert, key, ca); default ~/.config/siproxctl.toml.
-    #[arg(long, env = "SIPROXCTL_CONFIG")]
-    config: Option<PathBuf>,
-    /// Print the raw result (or error) as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Speak XML-RPC instead of JSON-RPC.
-    #[arg(long)]
-    xml: bool,
-    /// Seconds to wait for the server.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
-    /// The command or METHOD and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
-}
 
 /// Why a call failed.
 enum Failure {

@@ -40,14 +40,36 @@ impl CtlFile {
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// `$XDG_CONFIG_HOME/siproxctl.toml`, else `~/.config/siproxctl.toml`.
+    /// The settings file used without `--config`: the user's own ([`CtlFile::user_path`])
+    /// when it exists, else the system's ([`SYSTEM_PATH`], which the Debian package writes)
+    /// when it exists, else the user's (absent: every setting at its default).
     pub fn default_path() -> Option<PathBuf> {
+        CtlFile::default_path_of(CtlFile::user_path(), Path::new(SYSTEM_PATH))
+    }
+
+    /// [`CtlFile::default_path`] with the user's and the system's paths given.
+    pub fn default_path_of(user: Option<PathBuf>, system: &Path) -> Option<PathBuf> {
+        if user.as_ref().is_some_and(|p| p.exists()) {
+            return user;
+        }
+        if system.exists() {
+            return Some(system.to_path_buf());
+        }
+        user
+    }
+
+    /// `$XDG_CONFIG_HOME/siproxctl.toml`, else `~/.config/siproxctl.toml`.
+    pub fn user_path() -> Option<PathBuf> {
         if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
             return Some(PathBuf::from(x).join("siproxctl.toml"));
         }
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/siproxctl.toml"))
     }
 }
+
+/// The system-wide settings file: the package's, for root and the `siprox` group (relative
+/// paths in it resolve against /etc/siprox).
+pub const SYSTEM_PATH: &str = "/etc/siprox/siproxctl.toml";
 
 /// Where a client certificate or CA setting came from (named in the hint after a refused
 /// handshake, so that an operator sees which file was used and why).
@@ -687,6 +709,54 @@ fn table(items: &[Value], width: usize) -> String {
     out.join("\n")
 }
 
+/// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
+///
+/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [S]] |
+/// tcp list | reload [--dry-run] [--cluster [S]] | cluster (= cluster nodes) | ul list (= ul dump,
+/// ul show) | ul show AOR | ul rm AOR | stats | version | uptime | kill | methods |
+/// help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
+///
+/// Without --cert/--ca (or settings), siproxctl uses siprox's development certificates
+/// (certs/admin.pem, certs/admin.key, certs/ca.pem) found beside --conf-dir, else in the
+/// working directory.
+#[derive(Debug, clap::Parser)]
+#[command(name = "siproxctl", version)]
+pub struct Cli {
+    /// Management URL.
+    #[arg(long, env = "SIPROXCTL_URL")]
+    pub url: Option<String>,
+    /// PEM client certificate (default: certs/admin.pem when it exists).
+    #[arg(long, env = "SIPROXCTL_CERT")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (default: the certificate file).
+    #[arg(long, env = "SIPROXCTL_KEY")]
+    pub key: Option<PathBuf>,
+    /// PEM CA that signed the server's certificate (default: certs/ca.pem when it exists,
+    /// else the system's CAs).
+    #[arg(long, env = "SIPROXCTL_CA")]
+    pub ca: Option<PathBuf>,
+    /// siprox's configuration directory: the development certificates are looked for in
+    /// its sibling certs/ first (as siprox resolves them).
+    #[arg(long, value_name = "DIR", env = "SIPROX_CONFIG_DIR")]
+    pub conf_dir: Option<PathBuf>,
+    /// Settings file (url, cert, key, ca); default ~/.config/siproxctl.toml, else (when that
+    /// does not exist) /etc/siprox/siproxctl.toml.
+    #[arg(long, env = "SIPROXCTL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the raw result (or error) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Speak XML-RPC instead of JSON-RPC.
+    #[arg(long)]
+    pub xml: bool,
+    /// Seconds to wait for the server.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// The command or METHOD and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1022,5 +1092,23 @@ mod tests {
             Ok(CtlFile::default())
         );
         assert!(CtlFile::load(&dir.path().join("missing.toml"), true).is_err());
+    }
+
+    #[test]
+    fn the_users_settings_win_then_the_systems_then_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let user = dir.path().join("user.toml");
+        let system = dir.path().join("system.toml");
+        let pick = || CtlFile::default_path_of(Some(user.clone()), &system);
+        // Neither exists: the user's (missing, so every setting at its default).
+        assert_eq!(pick(), Some(user.clone()));
+        std::fs::write(&system, "url = \"https://127.0.0.1:5062\"\n").expect("write");
+        assert_eq!(pick(), Some(system.clone()));
+        std::fs::write(&user, "").expect("write");
+        assert_eq!(pick(), Some(user.clone()));
+        assert_eq!(
+            CtlFile::default_path_of(None, &system),
+            Some(system.clone())
+        );
     }
 }

@@ -88,6 +88,20 @@ pub(crate) fn render(rpc: &Rpc) -> String {
         "Open TCP/TLS connections (handshaking included)",
         i64::try_from(s.connections_open).unwrap_or(i64::MAX),
     );
+    gauge(
+        &mut r,
+        "connections_max",
+        "[connections] max_connections: connections_open / connections_max is how near the limit is",
+        i64::try_from(
+            rpc.shared
+                .snapshot
+                .load()
+                .config
+                .connections
+                .max_connections,
+        )
+        .unwrap_or(i64::MAX),
+    );
     counter(
         &mut r,
         "connections_accepted",

@@ -173,6 +173,15 @@ impl DomainRegistry {
             return;
         };
         self.building = true;
+        // systemd shows the unit "reloading" for what an operator or a file change asked
+        // for; the periodic check, which mostly finds nothing, stays quiet.
+        let announced = matches!(
+            cause,
+            ReloadCause::Signal | ReloadCause::Request | ReloadCause::Files
+        );
+        if announced {
+            self.shared.notify("RELOADING=1\nSTATUS=reloading");
+        }
         let waiters = std::mem::take(&mut self.waiting);
         let job = Job {
             scripts_digest: self.scripts_digest,
@@ -238,6 +247,10 @@ impl DomainRegistry {
         };
         ctx.spawn(wrap_future::<_, Self>(fut).map(move |result, act, ctx| {
             act.finish(cause, result, waiters, ctx);
+            if announced {
+                act.shared
+                    .notify(&format!("READY=1\n{}", act.shared.status_line()));
+            }
             act.building = false;
             act.kick(ctx);
         }));

@@ -1,14 +1,15 @@
 //! State shared by every part of the runtime, and the vocabulary the parts exchange: the
 //! live [`Snapshot`] behind one `ArcSwap`, the connection table, counters, admission, the
-//! location store, and the message types a lower part sends to a higher one. The leaf of
-//! the runtime: it imports no other part of it (only the core and `error`). Everything
-//! here is lock-free or sharded; must never hold a lock or an arc-swap guard across an
+//! location store, systemd notifications (`notify`), and the message types a lower part
+//! sends to a higher one. The leaf of the runtime: it imports no other part of it (only the
+//! core and `error`). Everything here is lock-free or sharded; must never hold a lock or an arc-swap guard across an
 //! `.await`.
 
 mod admission;
 mod domains;
 pub mod location;
 pub mod messages;
+pub mod notify;
 pub mod replica;
 mod snapshot;
 mod stats;
@@ -79,6 +80,9 @@ pub struct Shared {
     /// then a response skips the transaction layer with one read of a line no one writes,
     /// so the stateless path pays nothing for it.
     pub(crate) tm_used: AtomicBool,
+    /// systemd's `$NOTIFY_SOCKET` (crate::notify), when the daemon runs under it; set once
+    /// at start, before the control arbiter runs.
+    pub(crate) notifier: std::sync::OnceLock<Arc<crate::state::notify::Notifier>>,
 }
 
 /// Where a worker receives the responses to its transactions that another worker read.
@@ -110,7 +114,21 @@ impl Shared {
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            notifier: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends `state` to systemd when siprox runs under `Type=notify` (else nothing).
+    pub(crate) fn notify(&self, state: &str) {
+        if let Some(n) = self.notifier.get() {
+            n.notify(state);
+        }
+    }
+
+    /// The `STATUS=` line for systemd: open connections and registered contacts.
+    pub(crate) fn status_line(&self) -> String {
+        let registrations = self.location.get().map_or(0, |l| l.registrar_store().len());
+        crate::state::notify::status_line(self.open_connections(), registrations)
     }
 
     /// The TLS domains and the last reload, as the `tls.list` / `tls.info` RPC shows them.
