@@ -48,6 +48,8 @@ pub(crate) enum LValue {
     Duri,
     /// `$bf`: the branch flags, all at once.
     Bflags,
+    /// `$avp(name)`: a slot like `$var`'s, kept with the request's transaction.
+    Avp(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,13 @@ pub(crate) enum Pv {
     TBranchIdx,
     /// `$bf`: the branch flags as an integer.
     Bflags,
+    /// `$avp(name)`: the empty string until set (Kamailio's null).
+    Avp(usize),
+    /// `$null`: siprox has no null value; `$null` is the empty string, what an absent
+    /// value reads as.
+    Null,
+    /// `$rc` / `$retcode`: the return code of the last function or route called.
+    RetCode,
     /// `$(pv{tr}...)`: a pseudo-variable through transformations.
     Tr(Box<Pv>, Vec<super::tr::Tr>),
 }
@@ -314,6 +323,28 @@ pub(crate) enum Func {
     AppendBranch,
     /// `t_next_contacts()`: in failure_route, relay to the next q group of `lookup()`.
     TNextContacts,
+    /// `t_is_set("branch_route"|"failure_route"|"onreply_route")`.
+    TIsSet(TmRoute),
+    /// `t_is_canceled()`: in failure_route, the caller cancelled the transaction.
+    TIsCanceled,
+    /// `t_precheck_trans()`: another copy of this request is being handled.
+    TPrecheckTrans,
+    /// `sl_reply_error()`: answer 500 if nothing answered the request yet.
+    SlReplyError,
+    /// `force_rport()`: answer and route responses to the source port (RFC 3581) as if
+    /// the request's top Via had `rport`.
+    ForceRport,
+    /// `set_reply_no_connect()`: a reply over TCP/TLS goes on the request's connection
+    /// or nowhere (no new connection).
+    SetReplyNoConnect,
+}
+
+/// The route kinds `t_is_set` asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TmRoute {
+    Branch,
+    Failure,
+    Reply,
 }
 
 /// A compiled `t_check_status` pattern; equal when written the same.

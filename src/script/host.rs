@@ -332,6 +332,7 @@ impl ProxyHost<'_> {
             routes: std::mem::take(&mut self.routes),
             from_node: ctx.tls.is_some_and(|t| t.cluster_peer),
             branch: None,
+            force_rport: e.force_rport,
         };
         Ok(opts)
     }
@@ -400,9 +401,21 @@ impl Host for ProxyHost<'_> {
             }
             return 1;
         }
-        let action = self
+        let mut action = self
             .proxy
             .reply(msg, self.rx, code, reason, &ctx.edits.reply_hf);
+        if let Action::Send { dest, .. } = &mut action {
+            // force_rport(): to the source port whatever the Via says (RFC 3581).
+            if ctx.edits.force_rport && self.rx.transport == crate::proxy::Transport::Udp {
+                dest.target = crate::proxy::Target::Addr(self.rx.source);
+            }
+            // set_reply_no_connect(): the request's connection or nothing.
+            if ctx.edits.reply_no_connect {
+                if let Some(c) = dest.conn {
+                    *dest = Destination::flow(dest.transport, c);
+                }
+            }
+        }
         self.actions.push((action, ForwardOpts::default()));
         1
     }

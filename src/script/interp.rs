@@ -12,6 +12,7 @@ use crate::sip::{parse_hostport, HeaderName, Host as UriHost, Method, SipUri, Ur
 
 use super::ast::{
     ArOp, Block, Call, Case, CmpMode, CmpOp, Expr, Func, Kw, LValue, Part, Program, Pv, Stmt,
+    TmRoute,
 };
 use super::error::RunError;
 use super::{AuthFn, End, Host, Level, MsgCtx, Outcome};
@@ -42,6 +43,8 @@ pub(crate) struct Run<'v, 'c, 'a> {
     nest: usize,
     steps: u32,
     clock: Option<i64>,
+    /// `$rc`: what the last function or route returned.
+    last_rc: i32,
 }
 
 type R<T> = Result<T, Flow>;
@@ -68,6 +71,7 @@ pub(crate) fn run_block<'a>(
         nest: 0,
         steps: 0,
         clock: None,
+        last_rc: 1,
     };
     let end = match run.block(block) {
         Ok(()) | Err(Flow::Break) => End::Finished(1),
@@ -211,7 +215,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Stmt::Assign(lv, e) => {
                 let v = self.eval(e)?;
                 match lv {
-                    LValue::Var(i) => self.ctx.set_var(*i, v.into_owned()),
+                    LValue::Var(i) | LValue::Avp(i) => self.ctx.set_var(*i, v.into_owned()),
                     LValue::Ruri => {
                         let s = v.as_str().into_owned();
                         self.rewrite_uri(&s);
@@ -363,6 +367,9 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
             Pv::TBranchIdx => Value::Int(self.ctx.tm.branch_idx.map_or(0, |i| i as i64)),
             Pv::Bflags => Value::Int(self.ctx.bflags as i64),
+            Pv::Avp(i) => self.ctx.avp(*i),
+            Pv::Null => Value::EMPTY,
+            Pv::RetCode => Value::Int(i64::from(self.last_rc)),
             Pv::Tr(inner, trs) => {
                 let v = self.pv(inner);
                 super::tr::apply(v, trs)
@@ -444,6 +451,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Func::Route(i) => self.route_call(i)?,
             _ => self.call_inner(c)?,
         };
+        self.last_rc = r;
         if r == 0 {
             return Err(Flow::Exit);
         }
@@ -628,6 +636,37 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 Some(_) => self.host.t_newtran(self.ctx),
                 None => -1,
             },
+            Func::TIsSet(r) => b2i(match r {
+                TmRoute::Branch => self.ctx.tm.branch_route.is_some(),
+                TmRoute::Failure => self.ctx.tm.failure_route.is_some(),
+                TmRoute::Reply => self.ctx.tm.reply_route.is_some(),
+            }),
+            // failure_route never runs for a transaction the caller cancelled (the caller
+            // gets 487 at once), so no run sees a cancelled transaction.
+            Func::TIsCanceled => -1,
+            // A retransmission of a request with a transaction is absorbed before the
+            // script runs, and a worker runs one copy of a request at a time.
+            Func::TPrecheckTrans => -1,
+            Func::SlReplyError => {
+                if !msg.is_some_and(|m| m.is_request())
+                    || self.ctx.replied.is_some_and(|c| c >= 200)
+                {
+                    return Ok(-1);
+                }
+                let r = self.host.reply(self.ctx, 500, "Server Internal Error");
+                if r > 0 {
+                    self.ctx.replied = Some(500);
+                }
+                r
+            }
+            Func::ForceRport => {
+                self.ctx.edits.force_rport = true;
+                1
+            }
+            Func::SetReplyNoConnect => {
+                self.ctx.edits.reply_no_connect = true;
+                1
+            }
             Func::TBranchTimeout => b2i(self.ctx.tm.branch.is_some_and(|b| b.timed_out)),
             Func::TBranchReplied => b2i(self.ctx.tm.branch.is_some_and(|b| b.replied)),
             Func::RecordRoute => {

@@ -227,6 +227,11 @@ impl<'a> MsgCtx<'a> {
         self.vars.get(i).cloned().flatten().unwrap_or(Value::Int(0))
     }
 
+    /// `$avp` values: unset AVPs read as the empty string (Kamailio's null).
+    pub(crate) fn avp(&self, i: usize) -> Value<'static> {
+        self.vars.get(i).cloned().flatten().unwrap_or(Value::EMPTY)
+    }
+
     pub(crate) fn set_var(&mut self, i: usize, v: Value<'static>) {
         if self.vars.len() <= i {
             self.vars.resize(i + 1, None);
@@ -292,6 +297,10 @@ pub struct ScriptEdits {
     /// `mf_process_maxfwd_header(n)` on a request without Max-Forwards: write `n` instead of
     /// the proxy's default.
     pub max_forwards: Option<u8>,
+    /// `force_rport()`: as if the request's top Via had `rport` (RFC 3581).
+    pub force_rport: bool,
+    /// `set_reply_no_connect()`: replies go on the request's own connection only.
+    pub reply_no_connect: bool,
 }
 
 impl ScriptEdits {
