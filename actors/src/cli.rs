@@ -381,86 +381,6 @@ pub fn run(v: Verified) -> ExitCode {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn check_is_a_subcommand_and_config_defaults_to_conf_d() {
-        let cli = Cli::try_parse_from(["siprox", "check"]).expect("parses");
-        assert!(matches!(cli.command, Some(Command::Check { print: false })));
-        let cli = Cli::try_parse_from(["siprox", "check", "--print"]).expect("parses");
-        assert!(matches!(cli.command, Some(Command::Check { print: true })));
-        // The default only holds when SIPROX_CONFIG_DIR is unset in the test environment.
-        if std::env::var_os(config::ENV_CONFIG_DIR).is_none() {
-            assert_eq!(cli.config_dir, PathBuf::from("conf.d"));
-        }
-        let cli = Cli::try_parse_from(["siprox", "check", "-c", "/etc/siprox"]).expect("parses");
-        assert_eq!(cli.config_dir, PathBuf::from("/etc/siprox"));
-        let cli = Cli::try_parse_from(["siprox", "-c", "x.d"]).expect("parses");
-        assert!(cli.command.is_none());
-        assert_eq!(cli.config_dir, PathBuf::from("x.d"));
-    }
-
-    #[test]
-    fn check_reports_errors_one_per_line() {
-        let dir = Path::new("/nonexistent/siprox/conf.d");
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = check(dir, false, &mut out, &mut err);
-        assert_eq!(code, ExitCode::from(EXIT_CONFIG_ERROR));
-        assert!(out.is_empty());
-        let err = String::from_utf8_lossy(&err);
-        assert!(
-            err.starts_with("error: /nonexistent/siprox/conf.d"),
-            "{err}"
-        );
-        assert!(err.lines().all(|l| l.starts_with("error: ")), "{err}");
-    }
-
-    #[test]
-    fn a_start_takes_the_tls_contexts_that_verify_built() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("certs");
-        std::fs::create_dir_all(&certs).expect("mkdir");
-        crate::tls::generate_dev_certs(
-            &certs.join("ca.pem"),
-            &certs.join("ca.key"),
-            &certs.join("server.pem"),
-            &certs.join("server.key"),
-        )
-        .expect("dev certificates");
-        let conf = dir.path().join("conf.d");
-        std::fs::create_dir_all(&conf).expect("mkdir");
-        std::fs::write(
-            conf.join("00-core.toml"),
-            "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n[runtime]\nworkers = 1\n\
-             [management]\nenabled = false\n[tls]\ngenerate_dev_certs = true\n",
-        )
-        .expect("write");
-        let mut err = Vec::new();
-        let Ok(v) = verify(&conf, false, &mut err) else {
-            panic!("{}", String::from_utf8_lossy(&err));
-        };
-        let checked = v.tls.default_server.clone().expect("the default domain");
-        let opts = RuntimeOptions {
-            handle_signals: false,
-            log_hook: None,
-            ..start_options(&v.loaded.config, v.tls)
-        };
-        let rt = crate::runtime::Runtime::start(v.loaded.config, opts).expect("starts");
-        let running = rt.snapshot().tls.default_server.clone().expect("running");
-        // The very context the check built: its certificate and key were loaded once.
-        assert!(Arc::ptr_eq(&checked.ctx, &running.ctx));
-        rt.shutdown();
-    }
-}
-
 /// Reads what `siprox import` converts, from the file system.
 struct ImportFiles;
 
@@ -588,5 +508,85 @@ pub fn import(
             );
             code
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_is_a_subcommand_and_config_defaults_to_conf_d() {
+        let cli = Cli::try_parse_from(["siprox", "check"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::Check { print: false })));
+        let cli = Cli::try_parse_from(["siprox", "check", "--print"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::Check { print: true })));
+        // The default only holds when SIPROX_CONFIG_DIR is unset in the test environment.
+        if std::env::var_os(config::ENV_CONFIG_DIR).is_none() {
+            assert_eq!(cli.config_dir, PathBuf::from("conf.d"));
+        }
+        let cli = Cli::try_parse_from(["siprox", "check", "-c", "/etc/siprox"]).expect("parses");
+        assert_eq!(cli.config_dir, PathBuf::from("/etc/siprox"));
+        let cli = Cli::try_parse_from(["siprox", "-c", "x.d"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.config_dir, PathBuf::from("x.d"));
+    }
+
+    #[test]
+    fn check_reports_errors_one_per_line() {
+        let dir = Path::new("/nonexistent/siprox/conf.d");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = check(dir, false, &mut out, &mut err);
+        assert_eq!(code, ExitCode::from(EXIT_CONFIG_ERROR));
+        assert!(out.is_empty());
+        let err = String::from_utf8_lossy(&err);
+        assert!(
+            err.starts_with("error: /nonexistent/siprox/conf.d"),
+            "{err}"
+        );
+        assert!(err.lines().all(|l| l.starts_with("error: ")), "{err}");
+    }
+
+    #[test]
+    fn a_start_takes_the_tls_contexts_that_verify_built() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).expect("mkdir");
+        crate::tls::generate_dev_certs(
+            &certs.join("ca.pem"),
+            &certs.join("ca.key"),
+            &certs.join("server.pem"),
+            &certs.join("server.key"),
+        )
+        .expect("dev certificates");
+        let conf = dir.path().join("conf.d");
+        std::fs::create_dir_all(&conf).expect("mkdir");
+        std::fs::write(
+            conf.join("00-core.toml"),
+            "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:0\"\n[runtime]\nworkers = 1\n\
+             [management]\nenabled = false\n[tls]\ngenerate_dev_certs = true\n",
+        )
+        .expect("write");
+        let mut err = Vec::new();
+        let Ok(v) = verify(&conf, false, &mut err) else {
+            panic!("{}", String::from_utf8_lossy(&err));
+        };
+        let checked = v.tls.default_server.clone().expect("the default domain");
+        let opts = RuntimeOptions {
+            handle_signals: false,
+            log_hook: None,
+            ..start_options(&v.loaded.config, v.tls)
+        };
+        let rt = crate::runtime::Runtime::start(v.loaded.config, opts).expect("starts");
+        let running = rt.snapshot().tls.default_server.clone().expect("running");
+        // The very context the check built: its certificate and key were loaded once.
+        assert!(Arc::ptr_eq(&checked.ctx, &running.ctx));
+        rt.shutdown();
     }
 }
