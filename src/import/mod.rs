@@ -668,6 +668,7 @@ const BUILT_IN: &[&str] = &[
     "outbound",
     "path",
     "selects",
+    "htable",
 ];
 
 fn loadmodule(m: &str) -> Result<String, String> {
@@ -694,7 +695,6 @@ fn loadmodule(m: &str) -> Result<String, String> {
         }
         "auth_db" => "no database credentials: digest users come from [auth] users_file".into(),
         "acc" => "no accounting module: log from the script with xlog()".into(),
-        "htable" => "no htable module: $sht is not supported yet".into(),
         "nathelper" | "rtpproxy" | "rtpengine" => {
             "no NAT helper or media relay: siprox relays signalling only".into()
         }
@@ -720,6 +720,7 @@ struct Cfg {
     domains: BTreeMap<String, Domain>,
     tcp_max: Option<u64>,
     tls_max: Option<u64>,
+    htables: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -909,6 +910,36 @@ impl Cfg {
                 self.path_mode = Some(int()?);
                 Ok("[registrar] path_mode".into())
             }
+            ("htable", "htable") => {
+                // "name=>size=8;autoexpire=300;..."
+                let Some((name, params)) = v.split_once("=>") else {
+                    return Err("not `name=>params`".into());
+                };
+                let name = name.trim();
+                if crate::config::htable::check_name(name).is_some() {
+                    return Err(format!("`{name}` is not a table name siprox accepts"));
+                }
+                let mut expire = 0;
+                let mut ignored = Vec::new();
+                for p in params.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                    match p.split_once('=') {
+                        Some(("autoexpire", n)) => {
+                            expire = n
+                                .trim()
+                                .parse::<u64>()
+                                .map_err(|_| format!("autoexpire `{n}` is not a number"))?;
+                        }
+                        Some(("size", _)) => {}
+                        _ => ignored.push(p.to_owned()),
+                    }
+                }
+                self.htables.insert(name.to_owned(), expire);
+                let mut why = format!("[htables.{name}] autoexpire = \"{expire}s\"");
+                if !ignored.is_empty() {
+                    why.push_str(&format!(" (not carried: {})", ignored.join(";")));
+                }
+                Ok(why)
+            }
             ("usrloc", "timer_interval") => {
                 let n = int()?;
                 self.location.insert("expire_interval", q(&format!("{n}s")));
@@ -982,6 +1013,9 @@ impl Cfg {
         section(&mut t, "registrar", &self.registrar);
         section(&mut t, "location", &self.location);
         section(&mut t, "tls", &self.tls);
+        for (name, expire) in &self.htables {
+            let _ = writeln!(t, "[htables.{name}]\nautoexpire = \"{expire}s\"\n");
+        }
         let _ = writeln!(t, "[script]\nfile = {}", q(SCRIPT_PATH));
         imp.files.push((MAIN_TOML.into(), t));
         if !self.aliases.is_empty() {

@@ -267,3 +267,15 @@ fn garbage_never_panics() {
         let _: toml::Table = file(&imp, MAIN_TOML).parse().expect("valid TOML");
     }
 }
+
+#[test]
+fn htable_modparams_become_tables() {
+    let cfg = "loadmodule \"htable.so\"\nmodparam(\"htable\", \"htable\", \"ipban=>size=8;autoexpire=300;\")\nrequest_route {\n\tif ($sht(ipban=>$si) != $null) { exit; }\n}\n";
+    let imp = run(cfg, None, &Fs(vec![]));
+    let main: toml::Table = file(&imp, MAIN_TOML).parse().unwrap();
+    assert_eq!(
+        main["htables"]["ipban"]["autoexpire"].as_str(),
+        Some("300s")
+    );
+    assert!(imp.skipped.is_empty(), "{:?}", imp.skipped);
+}

@@ -29,6 +29,8 @@ pub(crate) enum Stmt {
     Drop,
     Break,
     Assign(LValue, Expr),
+    /// `$sht(table=>key) = e;` (`""` or `$null` removes the entry).
+    ShtAssign(String, Vec<Part>, Expr),
     Block(Block),
 }
 
@@ -139,6 +141,8 @@ pub(crate) enum Pv {
     Null,
     /// `$rc` / `$retcode`: the return code of the last function or route called.
     RetCode,
+    /// `$sht(table=>key)`: a declared hash table's entry (`""` when absent or expired).
+    Sht(String, Vec<Part>),
     /// `$(pv{tr}...)`: a pseudo-variable through transformations.
     Tr(Box<Pv>, Vec<super::tr::Tr>),
 }
@@ -374,4 +378,6 @@ pub(crate) struct Program {
     pub(crate) branch: HashMap<String, Block>,
     pub(crate) events: HashMap<String, Block>,
     pub(crate) var_index: HashMap<String, usize>,
+    /// The `$sht` tables the script names (checked against `[htables]` at load).
+    pub(crate) htables: Vec<String>,
 }

@@ -84,8 +84,25 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
         route_index: HashMap::new(),
         branch_refs: Vec::new(),
     };
+    let mut htables: Vec<String> = Vec::new();
+    for t in &c.toks {
+        if let Tok::Pv {
+            name, arg: Some(a), ..
+        } = &t.tok
+        {
+            if name == "sht" {
+                if let Some((table, _)) = a.split_once("=>") {
+                    let table = table.trim().to_owned();
+                    if !htables.contains(&table) {
+                        htables.push(table);
+                    }
+                }
+            }
+        }
+    }
     let mut prog = Program {
         file: file.to_owned(),
+        htables,
         ..Program::default()
     };
     let _ = c.top(&mut prog);
@@ -450,6 +467,22 @@ impl<'s> Compiler<'s> {
                     Ok(Some(Stmt::Expr(e)))
                 }
             },
+            Tok::Pv { name, arg, tr }
+                if name == "sht" && tr.is_empty() && matches!(self.peek_at(1), Tok::Assign) =>
+            {
+                self.bump();
+                self.bump();
+                let target = pv::sht_arg(arg.as_deref().unwrap_or(""), &mut self.vars);
+                let e = self.expr()?;
+                self.semi()?;
+                match target {
+                    Ok((table, key)) => Ok(Some(Stmt::ShtAssign(table, key, e))),
+                    Err(m) => {
+                        self.error(span, m);
+                        Ok(Some(Stmt::Expr(e)))
+                    }
+                }
+            }
             Tok::Pv { name, arg, tr } if matches!(self.peek_at(1), Tok::Assign) => {
                 self.bump();
                 self.bump();

@@ -124,6 +124,8 @@ pub struct Env<'a> {
     pub now: i64,
     /// The transaction table, for a request route (`t_check_trans`, `t_newtran`).
     pub tm: Option<&'a dyn Transactions>,
+    /// The `$sht` tables (`[htables]`).
+    pub htables: Option<&'a super::htable::Htables>,
 }
 
 impl<'a> Env<'a> {
@@ -135,6 +137,7 @@ impl<'a> Env<'a> {
             log,
             now,
             tm: None,
+            htables: None,
         }
     }
 }
@@ -567,6 +570,21 @@ impl Host for ProxyHost<'_> {
 
     fn now_unix(&self) -> i64 {
         self.now
+    }
+
+    fn sht_get(&self, table: &str, key: &str) -> Option<crate::select::Value<'static>> {
+        self.env.htables?.get(table, key, self.env.now)
+    }
+
+    fn sht_set(
+        &mut self,
+        table: &str,
+        key: &str,
+        v: Option<crate::select::Value<'static>>,
+    ) -> bool {
+        self.env
+            .htables
+            .is_some_and(|h| h.set(table, key, v, self.env.now))
     }
 
     fn save(&mut self, ctx: &mut MsgCtx<'_>, _table: &str, _flags: &str) -> i32 {

@@ -239,6 +239,20 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                     }
                 }
             }
+            Stmt::ShtAssign(table, key, e) => {
+                let v = self.eval(e)?.into_owned();
+                let k = self.render(key);
+                // The empty string (what `$null` is) removes the entry, as null does in
+                // Kamailio.
+                let v = match &v {
+                    Value::Str(s) if s.is_empty() => None,
+                    _ => Some(v),
+                };
+                if !self.host.sht_set(table, &k, v) {
+                    self.host
+                        .log(Level::Err, &format!("$sht: no htable `{table}`"));
+                }
+            }
             Stmt::Block(b) => self.block(b)?,
         }
         Ok(())
@@ -370,6 +384,10 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Pv::Avp(i) => self.ctx.avp(*i),
             Pv::Null => Value::EMPTY,
             Pv::RetCode => Value::Int(i64::from(self.last_rc)),
+            Pv::Sht(table, key) => {
+                let k = self.render(key);
+                self.host.sht_get(table, &k).unwrap_or(Value::EMPTY)
+            }
             Pv::Tr(inner, trs) => {
                 let v = self.pv(inner);
                 super::tr::apply(v, trs)
@@ -1071,8 +1089,14 @@ fn compare(op: CmpOp, mode: CmpMode, l: &Value<'_>, r: &Value<'_>) -> bool {
 
 fn arith<'v>(op: ArOp, l: Value<'v>, r: Value<'v>) -> Value<'v> {
     if op == ArOp::Add {
-        if let (Value::Int(a), Value::Int(b)) = (&l, &r) {
-            return Value::Int(a.wrapping_add(*b));
+        match (&l, &r) {
+            (Value::Int(a), Value::Int(b)) => return Value::Int(a.wrapping_add(*b)),
+            // The empty string is what an absent value (Kamailio's null) reads as, and null
+            // plus a number is the number: `$sht(t=>k) = $sht(t=>k) + 1` counts from 1.
+            (Value::Str(e), Value::Int(n)) | (Value::Int(n), Value::Str(e)) if e.is_empty() => {
+                return Value::Int(*n)
+            }
+            _ => {}
         }
         // `+` with a string operand concatenates.
         let mut s = l.as_str().into_owned();

@@ -21,6 +21,7 @@ mod error;
 pub mod host;
 #[cfg(test)]
 mod host_tests;
+pub mod htable;
 mod interp;
 mod lexer;
 mod pv;
@@ -160,6 +161,11 @@ impl Script {
             RouteKind::Event => self.prog.events.get(name),
         }?;
         Some(interp::run_block(&self.prog, block, ctx, host))
+    }
+
+    /// The `$sht` tables the script names, to check against `[htables]` when it loads.
+    pub fn htables(&self) -> &[String] {
+        &self.prog.htables
     }
 
     /// The value of `$var(name)` in a context after a run (`None` if the script never
@@ -505,6 +511,16 @@ pub trait Host {
     }
     /// Seconds since the Unix epoch (for `@tls.peer.expired`, `$Ts`).
     fn now_unix(&self) -> i64;
+    /// `$sht(table=>key)`: the entry's value, `None` when absent, expired or no such table.
+    fn sht_get(&self, table: &str, key: &str) -> Option<Value<'static>> {
+        let _ = (table, key);
+        None
+    }
+    /// `$sht(table=>key) = v` (`None`: remove); false when there is no such table.
+    fn sht_set(&mut self, table: &str, key: &str, v: Option<Value<'static>>) -> bool {
+        let _ = (table, key, v);
+        false
+    }
     /// `save(table[, flags])`: store the REGISTER's bindings (and answer it).
     fn save(&mut self, ctx: &mut MsgCtx<'_>, table: &str, flags: &str) -> i32 {
         let _ = (ctx, table, flags);

@@ -79,6 +79,8 @@ pub struct Shared {
     /// then a response skips the transaction layer with one read of a line no one writes,
     /// so the stateless path pays nothing for it.
     pub(crate) tm_used: AtomicBool,
+    /// The route scripts' `$sht` tables (`[htables]`), made at start.
+    pub htables: siprox::script::htable::Htables,
 }
 
 /// Where a worker receives the responses to its transactions that another worker read.
@@ -95,7 +97,15 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub(crate) fn new(snapshot: Snapshot, dispatch: openssl::ssl::SslContext) -> Shared {
+        let htables = siprox::script::htable::Htables::new(
+            snapshot
+                .config
+                .htables
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.autoexpire.get().as_secs())),
+        );
         Shared {
+            htables,
             dispatch,
             reloader: std::sync::OnceLock::new(),
             location: std::sync::OnceLock::new(),

@@ -162,7 +162,7 @@ impl Worker {
         let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), msg) else {
             return true;
         };
-        let env = super::script::bare_env();
+        let env = super::script::bare_env(&self.shared);
         // `$si`/`$sp` name the response's sender; the TLS facts of its connection are not
         // carried this far (a handoff has none), so TLS selects are empty here.
         let from = self.tm.reply_from.get().unwrap_or(r.inbound);
