@@ -7,7 +7,7 @@
 //! Time comes from the caller (Unix seconds), as everywhere in the core.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use crate::select::Value;
@@ -40,9 +40,7 @@ impl Table {
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     fn live(&self, expires: i64, now: i64) -> bool {
