@@ -117,7 +117,9 @@ async fn three_failed_registers_ban_the_source_and_the_ban_expires() {
 #[test]
 fn a_table_that_is_not_declared_refuses_the_script() {
     let dir = tempfile::tempdir().unwrap();
-    let err = start_with(dir.path(), 0, false).err().expect("refused");
+    let Err(err) = start_with(dir.path(), 0, false) else {
+        panic!("a script naming undeclared tables started");
+    };
     assert!(
         err.contains("$sht names a table that [htables] does not declare: ipban, authfail"),
         "{err}"
