@@ -39,6 +39,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod import;
 pub mod proxy;
 pub mod registrar;
 pub mod rpc;

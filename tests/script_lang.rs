@@ -1108,3 +1108,96 @@ fn transformations() {
     assert_eq!(r.var("k"), s(""), "a bare user is not a URI");
     assert_eq!(r.var("l"), i(4));
 }
+
+/// What Debian's stock kamailio.cfg uses and `siprox import` carries over: `$rc`,
+/// `$avp`, `$null`, `t_is_set`, `sl_reply_error`, `isflagset`, `xdbg`, `sanity_check` with
+/// Kamailio's masks, `force_rport`, `set_reply_no_connect`, `t_precheck_trans`,
+/// `t_is_canceled`.
+#[test]
+fn kamailio_stock_config_functions() {
+    let m = msg(INVITE);
+    // $rc: the last function's or route's return code.
+    let r = run_with(
+        &compiled(
+            "route { route(NEG); $var(a) = $rc; is_method(\"INVITE\"); $var(b) = $retcode; } \
+             route[NEG] { return -3; }",
+        ),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "b"],
+    );
+    assert_eq!((r.var("a"), r.var("b")), (i(-3), i(1)));
+    // $avp: empty until set; $null is the empty string, so `== $null` holds for the unset.
+    assert_eq!(ev("$avp(x)", &m, &udp(), None), s(""));
+    let r = run_with(
+        &compiled(
+            "route { if ($avp(x) == $null) { $var(a) = 1; } $avp(s:x) = $rU; \
+             if ($avp(x) != $null) { $var(b) = $avp(x); } $du = \"sip:h\"; $du = $null; \
+             if ($du == $null) { $var(c) = 1; } }",
+        ),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "b", "c"],
+    );
+    assert_eq!(r.var("a"), i(1));
+    assert_eq!(r.var("b"), s("bob"));
+    assert_eq!(r.var("c"), i(1));
+    assert!(r.edits.dst_uri.is_none());
+    // t_is_set: what this run armed.
+    let r = run_with(
+        &compiled(
+            "route { if (!t_is_set(\"failure_route\")) { t_on_failure(\"F\"); } \
+             if (t_is_set(\"failure_route\")) { $var(a) = 1; } \
+             if (!t_is_set(\"branch_route\")) { $var(b) = 1; } } failure_route[F] { }",
+        ),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "b"],
+    );
+    assert_eq!((r.var("a"), r.var("b")), (i(1), i(1)));
+    // sl_reply_error: 500, once, and not after a final reply.
+    let r = run(
+        "route { sl_reply_error(); sl_reply_error(); }",
+        &m,
+        &udp(),
+        None,
+    );
+    assert_eq!(r.host.calls, vec!["reply 500 Server Internal Error"]);
+    let r = run(
+        "route { sl_send_reply(\"404\", \"Nope\"); sl_reply_error(); }",
+        &m,
+        &udp(),
+        None,
+    );
+    assert_eq!(r.host.calls, vec!["reply 404 Nope"]);
+    // The rest: flags, levels, masks, and the functions siprox answers for itself.
+    let r = run_with(
+        &compiled(
+            "route { setflag(5); if (isflagset(5)) { $var(a) = 1; } xdbg(\"dbg $rm\\n\"); \
+             xinfo(\"info\\n\"); if (sanity_check(\"17895\", \"7\")) { $var(b) = 1; } \
+             force_rport(); set_reply_no_connect(); \
+             if (!t_precheck_trans() && !t_is_canceled()) { $var(c) = 1; } }",
+        ),
+        &m,
+        &udp(),
+        None,
+        RecHost::default(),
+        &["a", "b", "c"],
+    );
+    assert_eq!((r.var("a"), r.var("b"), r.var("c")), (i(1), i(1), i(1)));
+    assert!(r.edits.force_rport && r.edits.reply_no_connect);
+    for bad in [
+        "route { t_is_set(\"nope\"); }",
+        "route { sanity_check($var(x)); }",
+        "route { $avp(1bad-name) = 1; }",
+        "route { $avp(i:1) = 1; }",
+    ] {
+        assert!(compile(bad, "t.cfg").is_err(), "{bad} compiled");
+    }
+}

@@ -54,6 +54,25 @@ pub enum Command {
     /// overwrites a file. The Debian package runs it once, so that the service starts with
     /// /etc read-only.
     DevCerts,
+    /// Convert a Kamailio configuration into a siprox configuration directory: `listen=`,
+    /// `alias=`, the global parameters and modparams siprox has keys for, the TLS module's
+    /// profiles, and the route blocks (as DIR/conf.d/scripts/kamailio.cfg). Every line that
+    /// is not carried over is listed with the reason (also in DIR/IMPORT.txt); then the
+    /// result is checked as `siprox check -c DIR/conf.d` would (exit 0 = valid, 1 = not).
+    Import {
+        /// Kamailio's main configuration file (kamailio.cfg).
+        #[arg(value_name = "KAMAILIO_CFG")]
+        cfg: PathBuf,
+        /// The TLS module's profiles (tls.cfg); default: the file its `config` modparam names.
+        #[arg(value_name = "TLS_CFG")]
+        tls: Option<PathBuf>,
+        /// Output directory (DIR/conf.d is made; it must not exist yet).
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
+        out: PathBuf,
+        /// Define NAME (as Kamailio's `-A NAME[=VALUE]`), e.g. `-D WITH_TLS`.
+        #[arg(short = 'D', long = "define", value_name = "NAME[=VALUE]")]
+        define: Vec<String>,
+    },
 }
 
 /// Parses the process arguments and does what they say. Argument errors and `--help` /
@@ -61,6 +80,19 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Import {
+            cfg,
+            tls,
+            out,
+            define,
+        }) => import(
+            &cfg,
+            tls.as_deref(),
+            &out,
+            &define,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
         Some(Command::Check { print }) => check(
             &cli.config_dir,
             print,
@@ -388,6 +420,136 @@ pub fn run(v: Verified) -> ExitCode {
             // log event here printed the same error a second time.
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG_ERROR)
+        }
+    }
+}
+
+/// Reads what `siprox import` converts, from the file system.
+struct ImportFiles;
+
+impl siprox::import::Files for ImportFiles {
+    fn read(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(path).ok()
+    }
+    fn exists(&self, path: &str) -> bool {
+        Path::new(path).exists()
+    }
+}
+
+/// `siprox import KAMAILIO_CFG [TLS_CFG] -o DIR`: writes DIR/conf.d and DIR/IMPORT.txt, prints
+/// the report on `out`, then checks the result as `siprox check` does (errors on `err`).
+pub fn import(
+    cfg: &Path,
+    tls: Option<&Path>,
+    dir: &Path,
+    defines: &[String],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("error: cannot read {}: {e}", p.display()))
+    };
+    let texts = read(cfg).and_then(|c| Ok((c, tls.map(read).transpose()?)));
+    let (cfg_text, tls_text) = match texts {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            return ExitCode::from(EXIT_CONFIG_ERROR);
+        }
+    };
+    let conf_d = dir.join("conf.d");
+    if conf_d.exists() {
+        let _ = writeln!(
+            err,
+            "error: {} exists: siprox import never writes over a configuration (pick a new -o DIR)",
+            conf_d.display()
+        );
+        return ExitCode::from(EXIT_CONFIG_ERROR);
+    }
+    let mut defs = Vec::new();
+    for d in defines {
+        let (n, v) = d.split_once('=').unwrap_or((d, ""));
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            let _ = writeln!(err, "error: -D {d}: not NAME or NAME=VALUE");
+            return ExitCode::from(EXIT_CONFIG_ERROR);
+        }
+        defs.push((n.to_owned(), v.to_owned()));
+    }
+    let cfg_name = cfg.to_string_lossy();
+    let tls_name = tls.map(|t| t.to_string_lossy());
+    let opts = siprox::import::Options {
+        cfg: siprox::import::Source {
+            name: &cfg_name,
+            text: &cfg_text,
+        },
+        tls: match (&tls_name, &tls_text) {
+            (Some(n), Some(t)) => Some(siprox::import::Source { name: n, text: t }),
+            _ => None,
+        },
+        defines: defs,
+    };
+    let imp = siprox::import::kamailio(&opts, &ImportFiles);
+    let mut report = String::new();
+    {
+        use std::fmt::Write as _;
+        let _ = writeln!(report, "# siprox import {}", cfg.display());
+        let _ = writeln!(
+            report,
+            "\n## Not carried over ({} lines): what the imported configuration does not do",
+            imp.skipped.len()
+        );
+        for l in &imp.skipped {
+            let _ = writeln!(report, "{l}");
+        }
+        let _ = writeln!(report, "\n## Carried over ({} lines)", imp.carried.len());
+        for l in &imp.carried {
+            let _ = writeln!(report, "{l}");
+        }
+        if imp.inactive > 0 {
+            let _ = writeln!(
+                report,
+                "\n{} global statements are in inactive #!ifdef sections and were not converted \
+                 (import again with -D NAME to include them).",
+                imp.inactive
+            );
+        }
+    }
+    let mut files = imp.files.clone();
+    files.push(("IMPORT.txt".to_owned(), report.clone()));
+    for (rel, text) in &files {
+        let path = dir.join(rel);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = written {
+            let _ = writeln!(err, "error: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG_ERROR);
+        }
+    }
+    let _ = write!(out, "{report}");
+    let _ = writeln!(
+        out,
+        "\nwrote {} (conf.d/, IMPORT.txt); checking it as `siprox check -c {}` does:",
+        dir.display(),
+        conf_d.display()
+    );
+    match verify(&conf_d, true, err) {
+        Ok(_) => {
+            let _ = writeln!(
+                out,
+                "configuration OK: run it with `siprox -c {}`",
+                conf_d.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => {
+            let _ = writeln!(
+                err,
+                "the imported configuration does not pass `siprox check` yet: fix the errors above in {}",
+                conf_d.display()
+            );
+            code
         }
     }
 }

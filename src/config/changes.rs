@@ -139,6 +139,8 @@ const CLASSES: &[(&str, Class)] = &[
     ("management.reload_min_interval", Class::RestartOnly),
     // Each worker builds its transaction table once, at start.
     ("transactions", Class::RestartOnly),
+    // The tables are made once, at start (their entries live across reloads).
+    ("htables", Class::RestartOnly),
 ];
 
 /// The class of the key at `path`; `None` when the table above does not know it (a
@@ -303,6 +305,8 @@ mod tests {
         c.tls.client_certificate = Some(PathBuf::from("c.pem"));
         c.tls.client_private_key = Some(PathBuf::from("c.key"));
         c.management.allow = vec!["admin".to_owned()];
+        c.htables
+            .insert("ipban".to_owned(), crate::config::HtableConfig::default());
         c.domains.insert(
             "a.example".to_owned(),
             DomainConfig {

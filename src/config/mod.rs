@@ -23,6 +23,7 @@
 mod changes;
 mod cluster;
 mod error;
+pub(crate) mod htable;
 mod lines;
 mod load;
 mod location;
@@ -41,6 +42,7 @@ pub use cluster::{
     CLUSTER_SNI,
 };
 pub use error::{ConfigError, ConfigErrors, Origin};
+pub use htable::HtableConfig;
 pub use load::{
     digest, is_config_file_name, known_sections, load_config, load_sources, ConfigSource, Loaded,
     Origins, Outcome, COLLECTIONS, DOMAINS_DIR, ENV_CONFIG_DIR, ENV_PREFIX, ENV_SEPARATOR,

@@ -64,6 +64,9 @@ pub struct Config {
     /// `[transactions]`: timers and limits of `t_relay()`'s transactions.
     #[serde(default)]
     pub transactions: crate::config::TransactionsConfig,
+    /// `[htables.<name>]`: the scripts' `$sht` hash tables.
+    #[serde(default)]
+    pub htables: BTreeMap<String, crate::config::HtableConfig>,
     /// The files this configuration was merged from, in merge order. Not a config key.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,

@@ -190,6 +190,11 @@ fn check_runtime_settings(config: &Config, prov: &Provenance<'_>, errors: &mut V
     for (key, message) in config.transactions.check() {
         push("transactions", key, message);
     }
+    for name in config.htables.keys() {
+        if let Some(message) = crate::config::htable::check_name(name) {
+            push("htables", name, message);
+        }
+    }
     for a in &config.auth.algorithms {
         if crate::auth::Algorithm::parse(a).is_none() {
             push(

@@ -99,6 +99,9 @@ pub struct ForwardOpts {
     /// The branch a transaction table gave this forward (`t_relay()`): written instead of
     /// the stateless branch, with the same loop-detection suffix. `None`: stateless.
     pub branch: Option<String>,
+    /// `force_rport()`: fill in `rport` in the sender's Via as if it had asked (RFC 3581),
+    /// so that the responses go back to the port the request came from.
+    pub force_rport: bool,
 }
 
 /// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
@@ -756,7 +759,7 @@ impl Proxy {
                 Some(ip) if ip == src_ip => None,
                 _ => Some(src_ip.to_string()),
             };
-            let rport = top.rport().map(|_| rx.source.port());
+            let rport = (top.rport().is_some() || opts.force_rport).then_some(rx.source.port());
             if ed.set_top_via_params(received.as_deref(), rport).is_err() {
                 return Action::Drop {
                     reason: "malformed top Via",

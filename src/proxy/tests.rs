@@ -477,6 +477,7 @@ fn scripted_forward_applies_the_script_edits() {
         routes: vec![],
         from_node: false,
         branch: None,
+        force_rport: false,
     };
     let (dest, out) = sent(p.forward_with(&m, &udp_in(), &opts));
     assert_eq!(
@@ -951,4 +952,33 @@ fn myself_knows_ipv6_listeners_in_either_notation() {
     assert!(p.uri_is_me(&Uri::parse("sip:[::1]").unwrap()));
     assert!(p.uri_is_me(&Uri::parse("sips:[2001:db8::7]:5071").unwrap()));
     assert!(!p.uri_is_me(&Uri::parse("sip:[::2]:5060").unwrap()));
+}
+
+#[test]
+fn force_rport_fills_rport_in_a_via_that_did_not_ask() {
+    let p = proxy(RecordRoute::Never);
+    let m = msg("INVITE sip:bob@203.0.113.5 SIP/2.0\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKnorport\n\
+Max-Forwards: 70\n\
+To: <sip:bob@example.com>\n\
+From: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-nr\n\
+CSeq: 1 INVITE\n\
+Content-Length: 0\n\n");
+    let mut rx = udp_in();
+    rx.source = "198.51.100.7:40000".parse().unwrap();
+    // Without force_rport the sender's Via stays as it asked (no rport).
+    let (_, plain) = sent(p.forward_with(&m, &rx, &ForwardOpts::default()));
+    assert_eq!(plain.vias().nth(1).unwrap().unwrap().rport(), None);
+    let opts = ForwardOpts {
+        force_rport: true,
+        ..ForwardOpts::default()
+    };
+    let (_, forced) = sent(p.forward_with(&m, &rx, &opts));
+    let v = forced.vias().nth(1).unwrap().unwrap();
+    assert_eq!(
+        v.rport(),
+        Some(Some(40000)),
+        "responses come back to the source port"
+    );
 }

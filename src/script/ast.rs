@@ -29,6 +29,8 @@ pub(crate) enum Stmt {
     Drop,
     Break,
     Assign(LValue, Expr),
+    /// `$sht(table=>key) = e;` (`""` or `$null` removes the entry).
+    ShtAssign(String, Vec<Part>, Expr),
     Block(Block),
 }
 
@@ -48,6 +50,8 @@ pub(crate) enum LValue {
     Duri,
     /// `$bf`: the branch flags, all at once.
     Bflags,
+    /// `$avp(name)`: a slot like `$var`'s, kept with the request's transaction.
+    Avp(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +134,15 @@ pub(crate) enum Pv {
     TBranchIdx,
     /// `$bf`: the branch flags as an integer.
     Bflags,
+    /// `$avp(name)`: the empty string until set (Kamailio's null).
+    Avp(usize),
+    /// `$null`: siprox has no null value; `$null` is the empty string, what an absent
+    /// value reads as.
+    Null,
+    /// `$rc` / `$retcode`: the return code of the last function or route called.
+    RetCode,
+    /// `$sht(table=>key)`: a declared hash table's entry (`""` when absent or expired).
+    Sht(String, Vec<Part>),
     /// `$(pv{tr}...)`: a pseudo-variable through transformations.
     Tr(Box<Pv>, Vec<super::tr::Tr>),
 }
@@ -317,6 +330,28 @@ pub(crate) enum Func {
     AppendBranch,
     /// `t_next_contacts()`: in failure_route, relay to the next q group of `lookup()`.
     TNextContacts,
+    /// `t_is_set("branch_route"|"failure_route"|"onreply_route")`.
+    TIsSet(TmRoute),
+    /// `t_is_canceled()`: in failure_route, the caller cancelled the transaction.
+    TIsCanceled,
+    /// `t_precheck_trans()`: another copy of this request is being handled.
+    TPrecheckTrans,
+    /// `sl_reply_error()`: answer 500 if nothing answered the request yet.
+    SlReplyError,
+    /// `force_rport()`: answer and route responses to the source port (RFC 3581) as if
+    /// the request's top Via had `rport`.
+    ForceRport,
+    /// `set_reply_no_connect()`: a reply over TCP/TLS goes on the request's connection
+    /// or nowhere (no new connection).
+    SetReplyNoConnect,
+}
+
+/// The route kinds `t_is_set` asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TmRoute {
+    Branch,
+    Failure,
+    Reply,
 }
 
 /// A compiled `t_check_status` pattern; equal when written the same.
@@ -358,4 +393,6 @@ pub(crate) struct Program {
     pub(crate) branch: HashMap<String, Block>,
     pub(crate) events: HashMap<String, Block>,
     pub(crate) var_index: HashMap<String, usize>,
+    /// The `$sht` tables the script names (checked against `[htables]` at load).
+    pub(crate) htables: Vec<String>,
 }

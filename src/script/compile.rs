@@ -11,7 +11,7 @@ use crate::sip::Uri;
 
 use super::ast::{
     ArOp, Block, Call, Case, CmpMode, CmpOp, Expr, Func, IpNet, Kw, LValue, Part, Program, Pv,
-    SearchRe, StatusRe, Stmt, Ty,
+    SearchRe, StatusRe, Stmt, TmRoute, Ty,
 };
 use super::error::{CompileError, CompileErrors, Span};
 use super::lexer::{lex, Tok, Token};
@@ -84,8 +84,25 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
         route_index: HashMap::new(),
         branch_refs: Vec::new(),
     };
+    let mut htables: Vec<String> = Vec::new();
+    for t in &c.toks {
+        if let Tok::Pv {
+            name, arg: Some(a), ..
+        } = &t.tok
+        {
+            if name == "sht" {
+                if let Some((table, _)) = a.split_once("=>") {
+                    let table = table.trim().to_owned();
+                    if !htables.contains(&table) {
+                        htables.push(table);
+                    }
+                }
+            }
+        }
+    }
     let mut prog = Program {
         file: file.to_owned(),
+        htables,
         ..Program::default()
     };
     let _ = c.top(&mut prog);
@@ -450,6 +467,22 @@ impl<'s> Compiler<'s> {
                     Ok(Some(Stmt::Expr(e)))
                 }
             },
+            Tok::Pv { name, arg, tr }
+                if name == "sht" && tr.is_empty() && matches!(self.peek_at(1), Tok::Assign) =>
+            {
+                self.bump();
+                self.bump();
+                let target = pv::sht_arg(arg.as_deref().unwrap_or(""), &mut self.vars);
+                let e = self.expr()?;
+                self.semi()?;
+                match target {
+                    Ok((table, key)) => Ok(Some(Stmt::ShtAssign(table, key, e))),
+                    Err(m) => {
+                        self.error(span, m);
+                        Ok(Some(Stmt::Expr(e)))
+                    }
+                }
+            }
             Tok::Pv { name, arg, tr } if matches!(self.peek_at(1), Tok::Assign) => {
                 self.bump();
                 self.bump();
@@ -474,8 +507,15 @@ impl<'s> Compiler<'s> {
                     "rU" if arg.is_none() => LValue::RuriUser,
                     "du" if arg.is_none() => LValue::Duri,
                     "bf" if arg.is_none() => LValue::Bflags,
+                    "avp" => match pv::avp_slot(arg.as_deref().unwrap_or("")) {
+                        Ok(n) => LValue::Avp(pv::Vars::slot(&mut self.vars, &n)),
+                        Err(e) => {
+                            self.error(span, e);
+                            LValue::Var(0)
+                        }
+                    },
                     _ => {
-                        self.error(span, format!("cannot assign to `${name}` (assignable: $var(name), $ru, $rd, $rU, $du, $bf)"));
+                        self.error(span, format!("cannot assign to `${name}` (assignable: $var(name), $avp(name), $ru, $rd, $rU, $du, $bf)"));
                         LValue::Var(0)
                     }
                 };
@@ -1046,6 +1086,25 @@ impl<'s> Compiler<'s> {
                 Func::AppendBranch
             }
             "t_next_contacts" => Func::TNextContacts,
+            "t_is_set" => {
+                let r = match lit_str(0).as_deref() {
+                    Some("branch_route") => TmRoute::Branch,
+                    Some("failure_route") => TmRoute::Failure,
+                    Some("onreply_route") => TmRoute::Reply,
+                    _ => return Err((
+                        sp(0),
+                        "t_is_set takes \"branch_route\", \"failure_route\" or \"onreply_route\""
+                            .into(),
+                    )),
+                };
+                args.clear();
+                Func::TIsSet(r)
+            }
+            "t_is_canceled" => Func::TIsCanceled,
+            "t_precheck_trans" => Func::TPrecheckTrans,
+            "sl_reply_error" => Func::SlReplyError,
+            "force_rport" => Func::ForceRport,
+            "set_reply_no_connect" => Func::SetReplyNoConnect,
             "t_set_fr" => Func::TSetFr,
             "t_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
@@ -1132,7 +1191,8 @@ impl<'s> Compiler<'s> {
             "rewriteuser" | "setuser" => Func::RewriteUser,
             "rewritehostport" | "sethostport" => Func::RewriteHostPort,
             "rewriteport" | "setport" => Func::RewritePort,
-            "setflag" | "resetflag" | "isflag" | "setbflag" | "resetbflag" | "isbflagset" => {
+            "setflag" | "resetflag" | "isflag" | "isflagset" | "setbflag" | "resetbflag"
+            | "isbflagset" => {
                 // Kamailio's optional branch index: only branch 0 (the request's) exists.
                 if args.len() > 1 && lit_int(1) != Some(0) {
                     return Err((
@@ -1148,11 +1208,24 @@ impl<'s> Compiler<'s> {
                 match name {
                     "setflag" => Func::SetFlag(n),
                     "resetflag" => Func::ResetFlag(n),
-                    "isflag" => Func::IsFlag(n),
+                    "isflag" | "isflagset" => Func::IsFlag(n),
                     "setbflag" => Func::SetBFlag(n),
                     "resetbflag" => Func::ResetBFlag(n),
                     _ => Func::IsBFlag(n),
                 }
+            }
+            "xdbg" | "xinfo" | "xnotice" | "xwarn" | "xerr" | "xbug" | "xcrit" | "xalert" => {
+                args.truncate(1);
+                Func::Xlog(match name {
+                    "xdbg" => Level::Dbg,
+                    "xinfo" => Level::Info,
+                    "xnotice" => Level::Notice,
+                    "xwarn" => Level::Warn,
+                    "xerr" => Level::Err,
+                    "xbug" => Level::Bug,
+                    "xcrit" => Level::Crit,
+                    _ => Level::Alert,
+                })
             }
             "log" | "xlog" | "xlogl" => {
                 let level = if args.len() == 2 {
@@ -1200,7 +1273,23 @@ impl<'s> Compiler<'s> {
                 args.clear();
                 Func::MaxFwd(n)
             }
-            "sanity_check" => Func::SanityCheck,
+            "sanity_check" => {
+                // Kamailio's check masks: accepted (numbers), siprox runs its own checks.
+                for i in 0..args.len() {
+                    let ok = match args.get(i) {
+                        Some(Expr::Lit(v)) => v.as_int().is_some_and(|n| n >= 0),
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err((
+                            sp(i),
+                            "sanity_check takes literal check masks (numbers)".into(),
+                        ));
+                    }
+                }
+                args.clear();
+                Func::SanityCheck
+            }
             _ => return Err((sp(0), format!("unknown function `{name}`"))),
         };
         Ok(f)
@@ -1269,7 +1358,22 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("proxy_challenge", 2, 2),
     ("consume_credentials", 0, 0),
     ("mf_process_maxfwd_header", 1, 1),
-    ("sanity_check", 0, 0),
+    ("sanity_check", 0, 2),
+    ("t_is_set", 1, 1),
+    ("t_is_canceled", 0, 0),
+    ("t_precheck_trans", 0, 0),
+    ("sl_reply_error", 0, 0),
+    ("force_rport", 0, 0),
+    ("set_reply_no_connect", 0, 0),
+    ("isflagset", 1, 1),
+    ("xdbg", 1, 1),
+    ("xinfo", 1, 1),
+    ("xnotice", 1, 1),
+    ("xwarn", 1, 1),
+    ("xerr", 1, 1),
+    ("xbug", 1, 1),
+    ("xcrit", 1, 1),
+    ("xalert", 1, 1),
 ];
 
 /// Kamailio's transport numbers; SCTP and WS are accepted as names though siprox does not

@@ -124,6 +124,8 @@ pub struct Env<'a> {
     pub now: i64,
     /// The transaction table, for a request route (`t_check_trans`, `t_newtran`).
     pub tm: Option<&'a dyn Transactions>,
+    /// The `$sht` tables (`[htables]`).
+    pub htables: Option<&'a super::htable::Htables>,
 }
 
 impl<'a> Env<'a> {
@@ -135,6 +137,7 @@ impl<'a> Env<'a> {
             log,
             now,
             tm: None,
+            htables: None,
         }
     }
 }
@@ -332,6 +335,7 @@ impl ProxyHost<'_> {
             routes: std::mem::take(&mut self.routes),
             from_node: ctx.tls.is_some_and(|t| t.cluster_peer),
             branch: None,
+            force_rport: e.force_rport,
         };
         Ok(opts)
     }
@@ -400,9 +404,21 @@ impl Host for ProxyHost<'_> {
             }
             return 1;
         }
-        let action = self
+        let mut action = self
             .proxy
             .reply(msg, self.rx, code, reason, &ctx.edits.reply_hf);
+        if let Action::Send { dest, .. } = &mut action {
+            // force_rport(): to the source port whatever the Via says (RFC 3581).
+            if ctx.edits.force_rport && self.rx.transport == crate::proxy::Transport::Udp {
+                dest.target = crate::proxy::Target::Addr(self.rx.source);
+            }
+            // set_reply_no_connect(): the request's connection or nothing.
+            if ctx.edits.reply_no_connect {
+                if let Some(c) = dest.conn {
+                    *dest = Destination::flow(dest.transport, c);
+                }
+            }
+        }
         self.actions.push((action, ForwardOpts::default()));
         1
     }
@@ -554,6 +570,21 @@ impl Host for ProxyHost<'_> {
 
     fn now_unix(&self) -> i64 {
         self.now
+    }
+
+    fn sht_get(&self, table: &str, key: &str) -> Option<crate::select::Value<'static>> {
+        self.env.htables?.get(table, key, self.env.now)
+    }
+
+    fn sht_set(
+        &mut self,
+        table: &str,
+        key: &str,
+        v: Option<crate::select::Value<'static>>,
+    ) -> bool {
+        self.env
+            .htables
+            .is_some_and(|h| h.set(table, key, v, self.env.now))
     }
 
     fn save(&mut self, ctx: &mut MsgCtx<'_>, _table: &str, _flags: &str) -> i32 {

@@ -150,6 +150,7 @@ impl World {
             log: &self.log,
             now: NOW,
             tm: None,
+            htables: None,
         }
     }
 
@@ -589,6 +590,7 @@ fn run_with_store(store: &dyn registrar::LocationStore, settings: &registrar::Se
         log: &log,
         now: NOW,
         tm: None,
+        htables: None,
     };
     let s = compile(LOOKUP, "test.cfg").unwrap();
     let run = run_request(
@@ -638,6 +640,7 @@ fn lookup_of_another_nodes_phone_routes_to_that_node() {
         log: &log,
         now: NOW,
         tm: None,
+        htables: None,
     };
     let s = compile(LOOKUP, "test.cfg").unwrap();
     let m = request("INVITE", "sip:bob@example.com", "");

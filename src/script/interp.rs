@@ -12,6 +12,7 @@ use crate::sip::{parse_hostport, HeaderName, Host as UriHost, Method, SipUri, Ur
 
 use super::ast::{
     ArOp, Block, Call, Case, CmpMode, CmpOp, Expr, Func, Kw, LValue, Part, Program, Pv, Stmt,
+    TmRoute,
 };
 use super::error::RunError;
 use super::{AuthFn, End, Host, Level, MsgCtx, Outcome};
@@ -42,6 +43,8 @@ pub(crate) struct Run<'v, 'c, 'a> {
     nest: usize,
     steps: u32,
     clock: Option<i64>,
+    /// `$rc`: what the last function or route returned.
+    last_rc: i32,
 }
 
 type R<T> = Result<T, Flow>;
@@ -68,6 +71,7 @@ pub(crate) fn run_block<'a>(
         nest: 0,
         steps: 0,
         clock: None,
+        last_rc: 1,
     };
     let end = match run.block(block) {
         Ok(()) | Err(Flow::Break) => End::Finished(1),
@@ -211,7 +215,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Stmt::Assign(lv, e) => {
                 let v = self.eval(e)?;
                 match lv {
-                    LValue::Var(i) => self.ctx.set_var(*i, v.into_owned()),
+                    LValue::Var(i) | LValue::Avp(i) => self.ctx.set_var(*i, v.into_owned()),
                     LValue::Ruri => {
                         let s = v.as_str().into_owned();
                         self.rewrite_uri(&s);
@@ -233,6 +237,20 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                         // Checked where it is used (forward/t_relay): a bad one fails there.
                         self.ctx.edits.dst_uri = (!s.is_empty()).then_some(s);
                     }
+                }
+            }
+            Stmt::ShtAssign(table, key, e) => {
+                let v = self.eval(e)?.into_owned();
+                let k = self.render(key);
+                // The empty string (what `$null` is) removes the entry, as null does in
+                // Kamailio.
+                let v = match &v {
+                    Value::Str(s) if s.is_empty() => None,
+                    _ => Some(v),
+                };
+                if !self.host.sht_set(table, &k, v) {
+                    self.host
+                        .log(Level::Err, &format!("$sht: no htable `{table}`"));
                 }
             }
             Stmt::Block(b) => self.block(b)?,
@@ -363,6 +381,13 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
             Pv::TBranchIdx => Value::Int(self.ctx.tm.branch_idx.map_or(0, |i| i as i64)),
             Pv::Bflags => Value::Int(self.ctx.bflags as i64),
+            Pv::Avp(i) => self.ctx.avp(*i),
+            Pv::Null => Value::EMPTY,
+            Pv::RetCode => Value::Int(i64::from(self.last_rc)),
+            Pv::Sht(table, key) => {
+                let k = self.render(key);
+                self.host.sht_get(table, &k).unwrap_or(Value::EMPTY)
+            }
             Pv::Tr(inner, trs) => {
                 let v = self.pv(inner);
                 super::tr::apply(v, trs)
@@ -444,6 +469,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Func::Route(i) => self.route_call(i)?,
             _ => self.call_inner(c)?,
         };
+        self.last_rc = r;
         if r == 0 {
             return Err(Flow::Exit);
         }
@@ -628,6 +654,37 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 Some(_) => self.host.t_newtran(self.ctx),
                 None => -1,
             },
+            Func::TIsSet(r) => b2i(match r {
+                TmRoute::Branch => self.ctx.tm.branch_route.is_some(),
+                TmRoute::Failure => self.ctx.tm.failure_route.is_some(),
+                TmRoute::Reply => self.ctx.tm.reply_route.is_some(),
+            }),
+            // failure_route never runs for a transaction the caller cancelled (the caller
+            // gets 487 at once), so no run sees a cancelled transaction.
+            Func::TIsCanceled => -1,
+            // A retransmission of a request with a transaction is absorbed before the
+            // script runs, and a worker runs one copy of a request at a time.
+            Func::TPrecheckTrans => -1,
+            Func::SlReplyError => {
+                if !msg.is_some_and(|m| m.is_request())
+                    || self.ctx.replied.is_some_and(|c| c >= 200)
+                {
+                    return Ok(-1);
+                }
+                let r = self.host.reply(self.ctx, 500, "Server Internal Error");
+                if r > 0 {
+                    self.ctx.replied = Some(500);
+                }
+                r
+            }
+            Func::ForceRport => {
+                self.ctx.edits.force_rport = true;
+                1
+            }
+            Func::SetReplyNoConnect => {
+                self.ctx.edits.reply_no_connect = true;
+                1
+            }
             Func::TBranchTimeout => b2i(self.ctx.tm.branch.is_some_and(|b| b.timed_out)),
             Func::TBranchReplied => b2i(self.ctx.tm.branch.is_some_and(|b| b.replied)),
             Func::RecordRoute => {
@@ -1033,8 +1090,14 @@ fn compare(op: CmpOp, mode: CmpMode, l: &Value<'_>, r: &Value<'_>) -> bool {
 
 fn arith<'v>(op: ArOp, l: Value<'v>, r: Value<'v>) -> Value<'v> {
     if op == ArOp::Add {
-        if let (Value::Int(a), Value::Int(b)) = (&l, &r) {
-            return Value::Int(a.wrapping_add(*b));
+        match (&l, &r) {
+            (Value::Int(a), Value::Int(b)) => return Value::Int(a.wrapping_add(*b)),
+            // The empty string is what an absent value (Kamailio's null) reads as, and null
+            // plus a number is the number: `$sht(t=>k) = $sht(t=>k) + 1` counts from 1.
+            (Value::Str(e), Value::Int(n)) | (Value::Int(n), Value::Str(e)) if e.is_empty() => {
+                return Value::Int(*n)
+            }
+            _ => {}
         }
         // `+` with a string operand concatenates.
         let mut s = l.as_str().into_owned();

@@ -21,6 +21,7 @@ mod error;
 pub mod host;
 #[cfg(test)]
 mod host_tests;
+pub mod htable;
 mod interp;
 mod lexer;
 mod pv;
@@ -162,6 +163,11 @@ impl Script {
         Some(interp::run_block(&self.prog, block, ctx, host))
     }
 
+    /// The `$sht` tables the script names, to check against `[htables]` when it loads.
+    pub fn htables(&self) -> &[String] {
+        &self.prog.htables
+    }
+
     /// The value of `$var(name)` in a context after a run (`None` if the script never
     /// mentions the variable). For tests and for the runtime's logging.
     pub fn var(&self, ctx: &MsgCtx<'_>, name: &str) -> Option<Value<'static>> {
@@ -225,6 +231,11 @@ impl<'a> MsgCtx<'a> {
     /// `$var` values: unset variables are 0, as in Kamailio.
     pub(crate) fn var(&self, i: usize) -> Value<'static> {
         self.vars.get(i).cloned().flatten().unwrap_or(Value::Int(0))
+    }
+
+    /// `$avp` values: unset AVPs read as the empty string (Kamailio's null).
+    pub(crate) fn avp(&self, i: usize) -> Value<'static> {
+        self.vars.get(i).cloned().flatten().unwrap_or(Value::EMPTY)
     }
 
     pub(crate) fn set_var(&mut self, i: usize, v: Value<'static>) {
@@ -292,6 +303,10 @@ pub struct ScriptEdits {
     /// `mf_process_maxfwd_header(n)` on a request without Max-Forwards: write `n` instead of
     /// the proxy's default.
     pub max_forwards: Option<u8>,
+    /// `force_rport()`: as if the request's top Via had `rport` (RFC 3581).
+    pub force_rport: bool,
+    /// `set_reply_no_connect()`: replies go on the request's own connection only.
+    pub reply_no_connect: bool,
 }
 
 impl ScriptEdits {
@@ -496,6 +511,16 @@ pub trait Host {
     }
     /// Seconds since the Unix epoch (for `@tls.peer.expired`, `$Ts`).
     fn now_unix(&self) -> i64;
+    /// `$sht(table=>key)`: the entry's value, `None` when absent, expired or no such table.
+    fn sht_get(&self, table: &str, key: &str) -> Option<Value<'static>> {
+        let _ = (table, key);
+        None
+    }
+    /// `$sht(table=>key) = v` (`None`: remove); false when there is no such table.
+    fn sht_set(&mut self, table: &str, key: &str, v: Option<Value<'static>>) -> bool {
+        let _ = (table, key, v);
+        false
+    }
     /// `save(table[, flags])`: store the REGISTER's bindings (and answer it).
     fn save(&mut self, ctx: &mut MsgCtx<'_>, table: &str, flags: &str) -> i32 {
         let _ = (ctx, table, flags);

@@ -97,9 +97,41 @@ fn tls_pv(rest: &str) -> Option<Pv> {
     Some(tls(TlsSelect::Cert(side, part)))
 }
 
+/// The slot name of `$avp(name)` (`$avp(s:name)` too): in the variables' table under a
+/// prefix no `$var` name can have. Kamailio's integer AVP names are refused.
+pub(crate) fn avp_slot(arg: &str) -> Result<String, String> {
+    let name = arg.strip_prefix("s:").unwrap_or(arg);
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!(
+            "bad AVP name `{arg}` (siprox has string names only)"
+        ));
+    }
+    Ok(format!("{AVP_PREFIX}{name}"))
+}
+
+/// `table=>key` of `$sht(...)`: the table name and the key, a template (`$si`, `$fU@$fd`).
+pub(crate) fn sht_arg(arg: &str, vars: &mut dyn Vars) -> Result<(String, Vec<Part>), String> {
+    let Some((table, key)) = arg.split_once("=>") else {
+        return Err(format!("`$sht({arg})`: expected `$sht(table=>key)`"));
+    };
+    let table = table.trim();
+    if table.is_empty()
+        || !table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!("bad htable name `{table}`"));
+    }
+    let key = template(key.trim(), vars).map_err(|(_, e)| e)?;
+    Ok((table.to_owned(), key))
+}
+
+/// Where `$avp` names live among the variables.
+pub(crate) const AVP_PREFIX: &str = "avp:";
+
 /// Resolve `$name` / `$name(arg)`.
 pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Result<Pv, String> {
-    let needs_arg = matches!(name, "var" | "hdr");
+    let needs_arg = matches!(name, "var" | "hdr" | "avp" | "sht");
     match (needs_arg, arg) {
         (true, None) => return Err(format!("`${name}` needs a name: `${name}(...)`")),
         (false, Some(_)) => return Err(format!("`${name}` takes no argument")),
@@ -113,6 +145,13 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
             }
             Pv::Var(vars.slot(arg))
         }
+        "avp" => Pv::Avp(vars.slot(&avp_slot(arg)?)),
+        "null" => Pv::Null,
+        "sht" => {
+            let (table, key) = sht_arg(arg, vars)?;
+            Pv::Sht(table, key)
+        }
+        "rc" | "retcode" => Pv::RetCode,
         "hdr" => {
             if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
                 return Err(format!("bad header name `{arg}`"));

@@ -86,6 +86,8 @@ pub enum ScriptProblem {
     Read(String),
     /// It does not compile: every error, each with file:line:col and the line.
     Compile(CompileErrors),
+    /// It names `$sht` tables that `[htables]` does not declare.
+    UnknownHtables(Vec<String>),
 }
 
 impl fmt::Display for ScriptProblem {
@@ -93,6 +95,12 @@ impl fmt::Display for ScriptProblem {
         match self {
             ScriptProblem::Read(e) => write!(f, "cannot read: {e}"),
             ScriptProblem::Compile(e) => write!(f, "{e}"),
+            ScriptProblem::UnknownHtables(t) => write!(
+                f,
+                "$sht names a table that [htables] does not declare: {} (add [htables.{}] to conf.d)",
+                t.join(", "),
+                t.first().map_or("", String::as_str)
+            ),
         }
     }
 }
@@ -107,6 +115,7 @@ impl fmt::Display for ScriptError {
             // A compile error names its file itself.
             ScriptProblem::Compile(e) => write!(f, "{e}"),
             ScriptProblem::Read(e) => write!(f, "{}: cannot read: {e}", self.path.display()),
+            p @ ScriptProblem::UnknownHtables(_) => write!(f, "{}: {p}", self.path.display()),
         }
     }
 }

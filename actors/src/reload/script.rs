@@ -99,7 +99,24 @@ fn assemble(
     let mut set = ScriptSet::default();
     let mut errors = Vec::new();
     for s in sources {
-        match (compile(s), &s.domain) {
+        let compiled = compile(s).and_then(|c| {
+            let unknown: Vec<String> = c
+                .htables()
+                .iter()
+                .filter(|t| !config.htables.contains_key(*t))
+                .cloned()
+                .collect();
+            if unknown.is_empty() {
+                Ok(c)
+            } else {
+                Err(ScriptError {
+                    domain: s.domain.clone(),
+                    path: s.path.clone(),
+                    problem: ScriptProblem::UnknownHtables(unknown),
+                })
+            }
+        });
+        match (compiled, &s.domain) {
             (Ok(c), None) => set.default = Some(c),
             (Ok(c), Some(name)) => {
                 let names = config

@@ -83,6 +83,8 @@ pub struct Shared {
     /// systemd's `$NOTIFY_SOCKET` (crate::notify), when the daemon runs under it; set once
     /// at start, before the control arbiter runs.
     pub(crate) notifier: std::sync::OnceLock<Arc<crate::state::notify::Notifier>>,
+    /// The route scripts' `$sht` tables (`[htables]`), made at start.
+    pub htables: siprox::script::htable::Htables,
 }
 
 /// Where a worker receives the responses to its transactions that another worker read.
@@ -99,7 +101,15 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub(crate) fn new(snapshot: Snapshot, dispatch: openssl::ssl::SslContext) -> Shared {
+        let htables = siprox::script::htable::Htables::new(
+            snapshot
+                .config
+                .htables
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.autoexpire.get().as_secs())),
+        );
         Shared {
+            htables,
             dispatch,
             reloader: std::sync::OnceLock::new(),
             location: std::sync::OnceLock::new(),

@@ -212,7 +212,7 @@ impl Worker {
                 .is_some_and(|h| h.is_outgoing());
             let tag = snap.proxy.response_script_tag_from(&msg, own_conn);
             if let Some(sc) = snap.scripts.for_reply(tag) {
-                let env = script::bare_env();
+                let env = script::bare_env(&self.shared);
                 if !host::run_reply(sc, &snap.proxy, &env, &msg, &inbound, tls.as_deref()) {
                     inc(&self.shared.stats.dropped);
                     return;
@@ -263,7 +263,7 @@ impl Worker {
         tls: Option<&TlsFacts>,
     ) -> bool {
         let snap = self.shared.snapshot.load();
-        let env = script::bare_env();
+        let env = script::bare_env(&self.shared);
         host::run_event(&snap.scripts, event, &snap.proxy, &env, inbound, tls)
     }
 
@@ -276,7 +276,7 @@ impl Worker {
     ) -> HttpDecision {
         inc(&self.shared.stats.messages_in);
         let snap = self.shared.snapshot.load();
-        let env = script::bare_env();
+        let env = script::bare_env(&self.shared);
         host::run_http(&snap.scripts, &snap.proxy, &env, msg, inbound, tls)
     }
 

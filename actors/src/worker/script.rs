@@ -90,11 +90,15 @@ pub(crate) fn with_env_tm<R>(
         log: &TracingLog,
         now: unix_now(),
         tm,
+        htables: Some(&shared.htables),
     };
     f(&env)
 }
 
 /// The environment of replies, TLS events and HTTP requests: logging and the time only.
-pub(crate) fn bare_env() -> Env<'static> {
-    Env::bare(&TracingLog, unix_now())
+pub(crate) fn bare_env(shared: &Shared) -> Env<'_> {
+    Env {
+        htables: Some(&shared.htables),
+        ..Env::bare(&TracingLog, unix_now())
+    }
 }

@@ -192,7 +192,7 @@ impl Worker {
         let Some((script, _)) = snap.scripts.for_request(r.tls.as_deref(), &msg) else {
             return true;
         };
-        let env = super::script::bare_env();
+        let env = super::script::bare_env(&self.shared);
         // `$si`/`$sp` name the response's sender; the TLS facts (`@tls.peer.*`: the next
         // hop's certificate on a connection siprox opened) are its connection's, read from
         // the connection table (a response handed over from another worker has none with it).
