@@ -1201,3 +1201,19 @@ fn kamailio_stock_config_functions() {
         assert!(compile(bad, "t.cfg").is_err(), "{bad} compiled");
     }
 }
+
+#[test]
+fn avp_and_sht_inside_strings() {
+    // No table in this host: $sht reads "" wherever it is written.
+    let r = run_with(
+        &compiled(
+            "route { $avp(a) = \"x\"; $var(s) = \"[$avp(a)][$sht(t=>$var(k))][$sht(t=>k)]\"; }",
+        ),
+        &msg(INVITE),
+        &udp(),
+        None,
+        RecHost::default(),
+        &["s"],
+    );
+    assert_eq!(r.var("s"), s("[x][][]"));
+}

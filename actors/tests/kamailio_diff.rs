@@ -413,6 +413,21 @@ fn probes() -> Vec<String> {
     ] {
         add(s);
     }
+    // $sht: a table `t` in both (htable's modparam; siprox's [htables.t]): written and read
+    // back, an absent key (null), and counters from nothing: `null + 1` is the string "1"
+    // in Kamailio 5.6 (then "11"), `{s.int}` counts.
+    for s in [
+        "do:$sht(t=>$ci) = $fU; $var(x) = $sht(t=>$ci);",
+        // From an absent key each time (Kamailio's readiness polls run the route too).
+        "do:$sht(t=>n$ci) = $null; $sht(t=>n$ci) = $sht(t=>n$ci) + 1; $sht(t=>n$ci) = $sht(t=>n$ci) + 1; $var(x) = $sht(t=>n$ci);",
+        "do:$sht(t=>i$ci) = $null; $sht(t=>i$ci) = $(sht(t=>i$ci){s.int}) + 1; $sht(t=>i$ci) = $(sht(t=>i$ci){s.int}) + 1; $var(x) = $sht(t=>i$ci);",
+        "do:$sht(t=>gone) = 5; $sht(t=>gone) = $null; if ($sht(t=>gone) == $null) { $var(x) = 1; } else { $var(x) = -1; }",
+        "do:$sht(t=>kept) = 5; if ($sht(t=>kept) != $null) { $var(x) = 1; } else { $var(x) = -1; }",
+        "$sht(t=>absent)",
+        "do:$sht(t=>k) = $rm; $var(x) = $sht(t=>k);",
+    ] {
+        add(s);
+    }
     // Function return codes and conditions.
     for s in [
         "is_method(\"INVITE\")",
@@ -500,7 +515,8 @@ fn kamailio_cfg(dir: &Path, udp: u16, tls: u16, route: &str) -> String {
          loadpath \"{mpath}/\"\n\
          loadmodule \"tls.so\"\nloadmodule \"sl.so\"\nloadmodule \"pv.so\"\n\
          loadmodule \"siputils.so\"\nloadmodule \"textops.so\"\nloadmodule \"textopsx.so\"\n\
-         loadmodule \"maxfwd.so\"\n\
+         loadmodule \"maxfwd.so\"\nloadmodule \"htable.so\"\n\
+         modparam(\"htable\", \"htable\", \"t=>size=4;\")\n\
          modparam(\"tls\", \"certificate\", \"{cert}\")\n\
          modparam(\"tls\", \"private_key\", \"{key}\")\n\
          modparam(\"tls\", \"ca_list\", \"{ca}\")\n\
@@ -1104,6 +1120,8 @@ async fn siprox_matches_kamailio_5_6_except_the_documented_differences() {
         ..Config::default()
     };
     cfg.script.file = Some("scripts/diff.cfg".into());
+    cfg.htables
+        .insert("t".into(), siprox::config::HtableConfig::default());
     let rt = start(cfg, d);
     let sudp = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
     let stls = rt.local_addr(siprox::proxy::Transport::Tls).unwrap();

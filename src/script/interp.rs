@@ -1090,14 +1090,8 @@ fn compare(op: CmpOp, mode: CmpMode, l: &Value<'_>, r: &Value<'_>) -> bool {
 
 fn arith<'v>(op: ArOp, l: Value<'v>, r: Value<'v>) -> Value<'v> {
     if op == ArOp::Add {
-        match (&l, &r) {
-            (Value::Int(a), Value::Int(b)) => return Value::Int(a.wrapping_add(*b)),
-            // The empty string is what an absent value (Kamailio's null) reads as, and null
-            // plus a number is the number: `$sht(t=>k) = $sht(t=>k) + 1` counts from 1.
-            (Value::Str(e), Value::Int(n)) | (Value::Int(n), Value::Str(e)) if e.is_empty() => {
-                return Value::Int(*n)
-            }
-            _ => {}
+        if let (Value::Int(a), Value::Int(b)) = (&l, &r) {
+            return Value::Int(a.wrapping_add(*b));
         }
         // `+` with a string operand concatenates.
         let mut s = l.as_str().into_owned();

@@ -293,8 +293,18 @@ pub(crate) fn template(s: &str, vars: &mut dyn Vars) -> Result<Vec<Part>, (usize
                 }
                 let name = &s[ns..i];
                 let mut arg = None;
-                if matches!(name, "var" | "hdr") && b.get(i) == Some(&b'(') {
-                    let Some(c) = s[i..].find(')') else {
+                if matches!(name, "var" | "hdr" | "avp" | "sht") && b.get(i) == Some(&b'(') {
+                    // The matching `)`: a `$sht` key may hold `$var(x)`.
+                    let mut depth = 0usize;
+                    let close = s[i..].char_indices().find(|&(_, ch)| {
+                        match ch {
+                            '(' => depth += 1,
+                            ')' => depth = depth.saturating_sub(1),
+                            _ => {}
+                        }
+                        ch == ')' && depth == 0
+                    });
+                    let Some((c, _)) = close else {
                         return Err((d, format!("missing `)` after `${name}(`")));
                     };
                     arg = Some(s[i + 1..i + c].trim());
