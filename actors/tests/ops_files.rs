@@ -105,6 +105,11 @@ fn every_metric_of_the_dashboard_and_the_alerts_is_exported() {
     let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
     let have = exported(&metrics);
     assert!(have.contains("siprox_uptime_seconds"), "{metrics}");
+    // docs/rpc.md: responses siprox could not route back are counted on /metrics.
+    assert!(
+        have.contains("siprox_responses_unmatched_total"),
+        "{metrics}"
+    );
 
     for file in ["deploy/grafana/siprox.json", "deploy/prometheus/alerts.yml"] {
         let text = std::fs::read_to_string(repo().join(file)).expect(file);

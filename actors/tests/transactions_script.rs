@@ -883,3 +883,41 @@ async fn a_t_newtran_transaction_the_route_never_answers_is_not_left_behind() {
     assert_eq!(caller.call_statuses("unanswered-drop"), vec![100]);
     rt.shutdown();
 }
+
+/// `$avp`s live with the transaction (as Kamailio's): set in the request route, read in
+/// failure_route to pick where the call goes next (voicemail on busy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avps_set_in_the_request_route_are_read_in_failure_route() {
+    let busy = Peer::start(Peer::answers(&[486])).await;
+    let vm = Peer::start(Peer::answers(&[200])).await;
+    let script = format!(
+        r#"route {{
+    $avp(vm) = "sip:voicemail@{vm}";
+    t_on_failure("VM");
+    t_relay();
+}}
+failure_route[VM] {{
+    if (t_check_status("486") && $avp(vm) != $null) {{
+        $ru = $avp(vm);
+        t_relay();
+    }}
+}}
+"#,
+        vm = vm.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_with_script(dir.path(), &script);
+    let proxy = rt.local_addr(Transport::Udp).unwrap();
+    let caller = Caller::new().await;
+    let ruri = format!("sip:bob@{}", busy.addr);
+    caller
+        .send(
+            proxy,
+            &request("INVITE", &ruri, &caller.via(), "avp-vm", "", ""),
+        )
+        .await;
+    assert_eventually!(caller.final_of("avp-vm").is_some(), Duration::from_secs(5));
+    let got = caller.final_of("avp-vm").unwrap();
+    assert!(got.starts_with("SIP/2.0 200 "), "{got}");
+    rt.shutdown();
+}

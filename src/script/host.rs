@@ -244,6 +244,8 @@ pub struct Relay {
     /// its failure_route and onreply_route[NAME].
     pub flags: u64,
     pub bflags: u64,
+    /// The `$avp`s when `t_relay()` ran: the transaction keeps them too.
+    pub avps: script::Avps,
 }
 
 impl<'a> ProxyHost<'a> {
@@ -453,6 +455,7 @@ impl Host for ProxyHost<'_> {
             reply_route: ctx.tm.reply_route.clone(),
             flags: ctx.flags,
             bflags: ctx.bflags,
+            avps: Vec::new(),
         });
         1
     }
@@ -789,6 +792,9 @@ pub fn run_request(
             a => host.actions.push((a, ForwardOpts::default())),
         }
     }
+    if let Some(r) = host.relay.as_mut() {
+        r.avps = script.avps(&ctx);
+    }
     RequestRun {
         actions: host.actions,
         outcome,
@@ -814,7 +820,7 @@ pub struct FailureRun {
 }
 
 /// What a failure_route is told about the failed transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failed {
     /// The best final status (`$T_reply_code`).
     pub status: u16,
@@ -827,6 +833,8 @@ pub struct Failed {
     /// The message and branch flags the transaction kept from `t_relay()`.
     pub flags: u64,
     pub bflags: u64,
+    /// The `$avp`s the transaction kept from `t_relay()`.
+    pub avps: script::Avps,
 }
 
 /// Run `failure_route[name]` for a request whose branches all failed. `None` when the
@@ -852,8 +860,12 @@ pub fn run_failure(
     ctx.tm.branch_idx = failed.branch_idx;
     ctx.flags = failed.flags;
     ctx.bflags = failed.bflags;
+    script.load_avps(&mut ctx, &failed.avps);
     let outcome = script.run_named(script::RouteKind::Failure, name, &mut ctx, &mut host)?;
     let ok = !outcome.is_error();
+    if let Some(r) = host.relay.as_mut() {
+        r.avps = script.avps(&ctx);
+    }
     Some(FailureRun {
         relay: host.relay.filter(|_| ok),
         reply: host.final_reply,
@@ -882,10 +894,12 @@ pub fn run_branch(
     idx: usize,
     opts: &mut ForwardOpts,
     flags: (u64, u64),
+    avps: &[(String, crate::select::Value<'static>)],
 ) -> Option<bool> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     (ctx.flags, ctx.bflags) = flags;
+    script.load_avps(&mut ctx, avps);
     ctx.tm.branch_idx = Some(idx);
     ctx.edits.new_ruri = opts.ruri.clone();
     let outcome = script.run_named(script::RouteKind::Branch, name, &mut ctx, &mut host)?;
@@ -941,10 +955,12 @@ pub fn run_reply_named(
     tls: Option<&TlsFacts>,
     flags: (u64, u64),
     branch_idx: Option<usize>,
+    avps: &[(String, crate::select::Value<'static>)],
 ) -> Option<bool> {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, None);
     let mut ctx = MsgCtx::new(msg, rx, tls);
     (ctx.flags, ctx.bflags) = flags;
+    script.load_avps(&mut ctx, avps);
     ctx.tm.reply_code = msg.status();
     ctx.tm.branch_idx = branch_idx;
     let outcome = script.run_named(script::RouteKind::Reply, name, &mut ctx, &mut host)?;

@@ -17,6 +17,7 @@ use crate::proxy::{
     Action, ConnId, Destination, ForwardOpts, Inbound, Listen, Proxy, ProxyConfig, Transport,
 };
 use crate::registrar::{self, LocationStore as _, MemoryStore};
+use crate::select::Value;
 use crate::sip::Message;
 use crate::tls::TlsFacts;
 
@@ -837,7 +838,7 @@ branch_route[B] { if (isflag(3) && isbflagset(5)) { drop; } }"#;
          Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
     ))
     .unwrap();
-    let kept = |f| run_reply_named(&s, "R", &p, &env, &resp, &tls_in(1), None, f, None);
+    let kept = |f| run_reply_named(&s, "R", &p, &env, &resp, &tls_in(1), None, f, None, &[]);
     assert_eq!(kept((relay.flags, relay.bflags)), Some(false));
     assert_eq!(kept((0, 0)), Some(true));
     let branch = |f| {
@@ -854,6 +855,7 @@ branch_route[B] { if (isflag(3) && isbflagset(5)) { drop; } }"#;
             0,
             &mut opts,
             f,
+            &[],
         )
     };
     assert_eq!(branch((relay.flags, relay.bflags)), Some(false));
@@ -909,6 +911,7 @@ onreply_route[R] { if ($T_reply_code == 180 && $rs == 180) { drop; } }"#;
             None,
             (0, 0),
             None,
+            &[],
         )
     };
     assert_eq!(kept(180), Some(false));
@@ -931,6 +934,7 @@ onreply_route[R] { if ($T_branch_idx == 1) { drop; } }"#,
             None,
             (0, 0),
             idx,
+            &[],
         )
     };
     assert_eq!(on(Some(1)), Some(false));
@@ -945,7 +949,8 @@ onreply_route[R] { if ($T_branch_idx == 1) { drop; } }"#,
             &tls_in(1),
             None,
             (0, 0),
-            None
+            None,
+            &[],
         ),
         None
     );
@@ -1125,6 +1130,7 @@ failure_route[next] { t_on_failure("next"); if (!t_next_contacts()) { t_reply("4
         branch: Default::default(),
         flags: 0,
         bflags: 0,
+        avps: Vec::new(),
     };
     let r = run_failure(
         &s,
@@ -1216,5 +1222,94 @@ fn fail(status: u16, branch: super::BranchEnd) -> Failed {
         branch,
         flags: 0,
         bflags: 0,
+        avps: Vec::new(),
     }
+}
+
+#[test]
+fn avps_set_before_t_relay_reach_failure_branch_and_reply_routes() {
+    let w = World::new(&[]);
+    let m = request("INVITE", "sip:bob@example.com", "");
+    let script = r#"route { $avp(vm) = "sip:vm@example.com"; $avp(n) = 3; t_on_failure("F"); t_relay(); $avp(late) = 1; }
+failure_route[F] { if ($avp(n) == 3 && $avp(late) == 1) { t_reply("599", "$avp(vm)"); } }
+onreply_route[R] { if ($avp(n) == 3) { drop; } }
+branch_route[B] { if ($avp(vm) != $null) { drop; } }"#;
+    let run = w.run(script, &m, &tls_in(1));
+    let relay = run.relay.expect("relay");
+    assert_eq!(
+        relay.avps,
+        vec![
+            ("late".to_owned(), Value::Int(1)),
+            ("n".to_owned(), Value::Int(3)),
+            (
+                "vm".to_owned(),
+                Value::from("sip:vm@example.com".to_owned())
+            )
+        ],
+        "the run's AVPs, those set after t_relay() too: Kamailio moves the message's AVP \
+         list into the transaction, where the route's later writes go"
+    );
+    let s = compile(script, "test.cfg").unwrap();
+    let p = proxy();
+    let env = w.env();
+    let failed = |avps: Vec<(String, Value<'static>)>| Failed {
+        avps,
+        ..fail(486, Default::default())
+    };
+    let r = run_failure(
+        &s,
+        "F",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(relay.avps.clone()),
+    )
+    .unwrap();
+    assert_eq!(r.reply, Some((599, "sip:vm@example.com".to_owned())));
+    let r = run_failure(
+        &s,
+        "F",
+        None,
+        &p,
+        &env,
+        &m,
+        &tls_in(1),
+        None,
+        failed(Vec::new()),
+    )
+    .unwrap();
+    assert_eq!(r.reply, None);
+    let resp = Message::parse(Bytes::from(
+        "SIP/2.0 180 Ringing\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-x\r\n\
+         From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\n\
+         Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .unwrap();
+    let kept = |a: &[(String, Value<'static>)]| {
+        run_reply_named(&s, "R", &p, &env, &resp, &tls_in(1), None, (0, 0), None, a)
+    };
+    assert_eq!(kept(&relay.avps), Some(false));
+    assert_eq!(kept(&[]), Some(true));
+    let branch = |a: &[(String, Value<'static>)]| {
+        let mut opts = ForwardOpts::default();
+        run_branch(
+            &s,
+            "B",
+            None,
+            &p,
+            &env,
+            &m,
+            &tls_in(1),
+            None,
+            0,
+            &mut opts,
+            (0, 0),
+            a,
+        )
+    };
+    assert_eq!(branch(&relay.avps), Some(false));
+    assert_eq!(branch(&[]), Some(true));
 }

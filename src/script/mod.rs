@@ -163,6 +163,37 @@ impl Script {
         Some(interp::run_block(&self.prog, block, ctx, host))
     }
 
+    /// The `$avp`s a run set, by name: the transaction keeps them from `t_relay()` for its
+    /// failure_route, branch_route and onreply_route[NAME] (as Kamailio's AVPs are).
+    pub fn avps(&self, ctx: &MsgCtx<'_>) -> Avps {
+        let mut out: Avps = self
+            .prog
+            .var_index
+            .iter()
+            .filter_map(|(n, &i)| {
+                let name = n.strip_prefix(pv::AVP_PREFIX)?;
+                let v = ctx.vars.get(i).cloned().flatten()?;
+                Some((name.to_owned(), v))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Set the `$avp`s a transaction kept into a run's context (names this script does
+    /// not use are ignored: a reload may have changed it).
+    pub fn load_avps(&self, ctx: &mut MsgCtx<'_>, avps: &[(String, Value<'static>)]) {
+        for (name, v) in avps {
+            if let Some(&i) = self
+                .prog
+                .var_index
+                .get(&format!("{}{name}", pv::AVP_PREFIX))
+            {
+                ctx.set_var(i, v.clone());
+            }
+        }
+    }
+
     /// The `$sht` tables the script names, to check against `[htables]` when it loads.
     pub fn htables(&self) -> &[String] {
         &self.prog.htables
@@ -174,6 +205,9 @@ impl Script {
         self.prog.var_index.get(name).map(|&i| ctx.var(i))
     }
 }
+
+/// `$avp` names and values, as a transaction keeps them.
+pub type Avps = Vec<(String, Value<'static>)>;
 
 /// Everything a script run reads and changes for one message (or one connection event).
 #[derive(Debug)]

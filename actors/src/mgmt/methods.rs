@@ -216,7 +216,7 @@ fn tls_info(infos: &[ConnInfo]) -> Value {
 }
 
 /// Every counter by name (`stats.get`, and the `/metrics` mapping's source).
-pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 20] {
+pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 21] {
     [
         ("connections_open", s.connections_open),
         ("accepted", s.accepted),
@@ -234,6 +234,7 @@ pub(crate) fn stats_pairs(s: &StatsSnapshot) -> [(&'static str, u64); 20] {
         ("messages_in", s.messages_in),
         ("udp_unparsable", s.udp_unparsable),
         ("dropped", s.dropped),
+        ("responses_unmatched", s.responses_unmatched),
         ("send_failures", s.send_failures),
         ("dns_failures", s.dns_failures),
         ("transactions", s.transactions),

@@ -249,6 +249,12 @@ pub(crate) fn render(rpc: &Rpc) -> String {
     );
     counter(
         &mut r,
+        "responses_unmatched",
+        "Responses siprox could not route back (also counted in dropped); each reason logged at INFO",
+        s.responses_unmatched,
+    );
+    counter(
+        &mut r,
         "send_failures",
         "Messages that could not be sent",
         s.send_failures,

@@ -86,6 +86,7 @@ impl Worker {
                 idx,
                 opts,
                 r.flags,
+                r.extra.as_ref().map_or(&[][..], |e| &e.avps[..]),
             )
         });
         match keep {

@@ -83,6 +83,9 @@ pub(super) struct Extra {
     pub(super) branch_route: Option<String>,
     /// `lookup()`'s lower q groups, for `t_next_contacts()`.
     pub(super) next: VecDeque<Vec<ForwardOpts>>,
+    /// The `$avp`s when `t_relay()` ran, for failure_route, branch_route and
+    /// onreply_route[NAME].
+    pub(super) avps: siprox::script::Avps,
 }
 
 impl Extra {
@@ -93,12 +96,14 @@ impl Extra {
         reply_route: Option<String>,
         branch_route: Option<String>,
         next: VecDeque<Vec<ForwardOpts>>,
+        avps: siprox::script::Avps,
     ) -> Option<Box<Extra>> {
         let empty = tag.is_none()
             && failure_route.is_none()
             && reply_route.is_none()
             && branch_route.is_none()
-            && next.is_empty();
+            && next.is_empty()
+            && avps.is_empty();
         (!empty).then(|| {
             Box::new(Extra {
                 tag: tag.map(str::to_owned),
@@ -106,6 +111,7 @@ impl Extra {
                 reply_route,
                 branch_route,
                 next,
+                avps,
             })
         })
     }
@@ -441,6 +447,7 @@ impl Worker {
             relay.reply_route,
             relay.branch_route,
             relay.next.into(),
+            relay.avps,
         );
         tm.servers.insert(
             id,
@@ -776,6 +783,7 @@ impl Worker {
             },
             flags: r.flags.0,
             bflags: r.flags.1,
+            avps: r.extra.as_ref().map(|e| e.avps.clone()).unwrap_or_default(),
         };
         let snap = self.shared.snapshot.load();
         let Some((script, _)) = snap.scripts.for_request(tls.as_deref(), &msg) else {
@@ -809,6 +817,9 @@ impl Worker {
             r.set(relay.failure_route, |e| &mut e.failure_route);
             r.fr = relay.fr.or(r.fr);
             r.flags = (relay.flags, relay.bflags);
+            if !relay.avps.is_empty() || r.extra.as_ref().is_some_and(|e| !e.avps.is_empty()) {
+                r.extra_mut().avps = relay.avps;
+            }
             if relay.reply_route.is_some() {
                 r.set(relay.reply_route, |e| &mut e.reply_route);
             }
@@ -858,8 +869,12 @@ impl Worker {
             .load()
             .proxy
             .on_response_from(resp, &inbound, true);
-        let Action::Send { dest, bytes } = action else {
-            return;
+        let (dest, bytes) = match action {
+            Action::Send { dest, bytes } => (dest, bytes),
+            // Never in silence: counted and logged like a stateless response that cannot
+            // go back (the inbound named is the caller's, where it would have gone).
+            Action::Drop { reason } => return self.unmatched_response(resp, &inbound, reason),
+            _ => return,
         };
         let status = resp.status().unwrap_or(500);
         match tm.table.respond(id, status, bytes.clone(), now) {

@@ -74,7 +74,7 @@ impl Transactions for Hooks<'_> {
                 if !shared.tm_used.load(Ordering::Relaxed) {
                     shared.tm_used.store(true, Ordering::Relaxed);
                 }
-                let extra = Extra::of(self.tag, None, None, None, Default::default());
+                let extra = Extra::of(self.tag, None, None, None, Default::default(), Vec::new());
                 tm.servers.insert(
                     id,
                     Box::new(Relayed::new(msg, rx, self.tls.clone(), None, (0, 0), extra)),
@@ -211,6 +211,7 @@ impl Worker {
             tls.as_deref(),
             r.flags,
             r.ctx.branch_of(branch),
+            r.extra.as_ref().map_or(&[][..], |e| &e.avps[..]),
         );
         match kept {
             None => {
