@@ -424,6 +424,8 @@ fn probes() -> Vec<String> {
         "do:$sht(t=>gone) = 5; $sht(t=>gone) = $null; if ($sht(t=>gone) == $null) { $var(x) = 1; } else { $var(x) = -1; }",
         "do:$sht(t=>kept) = 5; if ($sht(t=>kept) != $null) { $var(x) = 1; } else { $var(x) = -1; }",
         "$sht(t=>absent)",
+        "$avp(x)",
+        "do:$avp(x) = $fU; $avp(s:y) = 7; $var(x) = $avp(x) + $avp(y);",
         "do:$sht(t=>k) = $rm; $var(x) = $sht(t=>k);",
     ] {
         add(s);
