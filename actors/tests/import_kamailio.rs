@@ -311,3 +311,43 @@ async fn kamailio_running_the_stock_config_answers_the_same() {
     let lines = scenario(sip).await;
     assert_eq!(lines, EXPECTED, "kamailio log:\n{}", k.log_text());
 }
+
+/// The import of a configuration without `listen=` binds every address, as Kamailio does:
+/// such a wildcard listener takes every address of the host as `myself`, so the stock
+/// route's keepalive answers an OPTIONS sent to another of this host's addresses (here
+/// 127.0.0.2, loopback) instead of relaying it to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_listener_knows_every_local_address_as_myself() {
+    stock_present();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("imported");
+    let (code, stdout, stderr) = import(&out, &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let main = std::fs::read_to_string(out.join("conf.d/00-imported.toml")).unwrap();
+    assert!(main.contains("addr = \"0.0.0.0:5060\""), "{main}");
+    let mut sink = Vec::new();
+    let verified = siprox_actors::cli::verify(&out.join("conf.d"), false, &mut sink)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&sink)));
+    let mut cfg = verified.loaded.config;
+    // The import's wildcard, on a free port.
+    cfg.listen = vec![siprox::config::Listener {
+        proto: siprox::config::Proto::Udp,
+        addr: "0.0.0.0:0".parse().unwrap(),
+        advertise: None,
+    }];
+    cfg.runtime.workers = 2;
+    cfg.management.enabled = false;
+    let rt = start(cfg, &out);
+    let port = rt.local_addr(Transport::Udp).unwrap().port();
+    let other: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let c = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let me = c.local_addr().unwrap();
+    let r = ask(
+        &c,
+        &req("OPTIONS", &format!("sip:{other}"), "alice", "opt-w", me, ""),
+        other,
+    )
+    .await;
+    assert!(r.starts_with("SIP/2.0 200 Keepalive\r\n"), "{r}");
+    drop(rt);
+}

@@ -50,6 +50,10 @@ pub struct ProxyConfig {
     /// `[cluster] insecure_plaintext` without `[cluster.tls]`: nothing tells a peer node
     /// from a phone, so node tokens are accepted from anyone (a test bed only).
     pub node_tokens_from_anyone: bool,
+    /// This host's own addresses, for a listener bound to a wildcard (`0.0.0.0`, `[::]`):
+    /// a URI naming one of them (or any loopback address) on that port is siprox itself.
+    /// Filled by the runtime when such a listener exists.
+    pub local_ips: Vec<IpAddr>,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +66,7 @@ impl Default for ProxyConfig {
             flow_keys: FlowKeys::random(),
             node: None,
             node_tokens_from_anyone: false,
+            local_ips: Vec::new(),
         }
     }
 }
@@ -1013,6 +1018,14 @@ impl Proxy {
         self.host_port_is_me(host, port.unwrap_or(t.default_port()))
     }
 
+    /// A listener bound to the wildcard of `ip`'s family takes every address of this host
+    /// of that family: the loopback ones and those the runtime listed.
+    fn wildcard_covers(&self, bound: IpAddr, ip: IpAddr) -> bool {
+        bound.is_unspecified()
+            && bound.is_ipv4() == ip.is_ipv4()
+            && (ip.is_loopback() || self.cfg.local_ips.contains(&ip))
+    }
+
     fn host_port_is_me(&self, host: &Host<'_>, port: u16) -> bool {
         let port_ok = |l: &Listen| l.addr.port() == port || advertised_port(l) == Some(port);
         for l in &self.cfg.listens {
@@ -1024,6 +1037,9 @@ impl Proxy {
                 _ => {
                     host.ip() == Some(l.addr.ip())
                         || advertised_host(l).and_then(parse_ip) == host.ip()
+                        || host
+                            .ip()
+                            .is_some_and(|ip| self.wildcard_covers(l.addr.ip(), ip))
                 }
             };
             if host_ok && port_ok(l) {

@@ -982,3 +982,52 @@ Content-Length: 0\n\n");
         "responses come back to the source port"
     );
 }
+
+#[test]
+fn a_wildcard_listener_makes_every_local_address_myself() {
+    let p = Proxy::new(ProxyConfig {
+        listens: vec![
+            Listen {
+                transport: Transport::Udp,
+                addr: "0.0.0.0:5060".parse().unwrap(),
+                advertise: None,
+            },
+            Listen {
+                transport: Transport::Udp,
+                addr: "[::]:5070".parse().unwrap(),
+                advertise: None,
+            },
+        ],
+        local_ips: vec!["192.0.2.5".parse().unwrap(), "2001:db8::5".parse().unwrap()],
+        ..ProxyConfig::default()
+    });
+    assert!(p.is_myself("192.0.2.5", Some(5060)));
+    assert!(p.is_myself("127.0.0.2", Some(5060)), "any loopback address");
+    assert!(
+        !p.is_myself("192.0.2.6", Some(5060)),
+        "not one of this host's"
+    );
+    assert!(
+        !p.is_myself("192.0.2.5", Some(5061)),
+        "not the listener's port"
+    );
+    assert!(p.is_myself("[2001:db8::5]", Some(5070)));
+    assert!(p.is_myself("::1", Some(5070)));
+    assert!(
+        !p.is_myself("2001:db8::5", Some(5060)),
+        "the v4 wildcard takes v4 only"
+    );
+    assert!(p.uri_is_me(&Uri::parse("sip:192.0.2.5:5060").unwrap()));
+    // Without a wildcard listener the list changes nothing.
+    let q = Proxy::new(ProxyConfig {
+        listens: vec![Listen {
+            transport: Transport::Udp,
+            addr: "127.0.0.1:5060".parse().unwrap(),
+            advertise: None,
+        }],
+        local_ips: vec!["192.0.2.5".parse().unwrap()],
+        ..ProxyConfig::default()
+    });
+    assert!(!q.is_myself("192.0.2.5", Some(5060)));
+    assert!(!q.is_myself("127.0.0.2", Some(5060)));
+}

@@ -101,7 +101,14 @@ impl Snapshot {
             .values()
             .flat_map(|d| d.names.iter().cloned())
             .collect();
+        // A wildcard listener takes every address of the host: `myself` needs them.
+        let local_ips = if listens.iter().any(|l| l.addr.ip().is_unspecified()) {
+            local_ips()
+        } else {
+            Vec::new()
+        };
         let proxy = Proxy::new(ProxyConfig {
+            local_ips,
             listens,
             aliases,
             flow_keys,
@@ -171,5 +178,71 @@ mod tests {
             .expect_err("small")
             .to_string()
             .contains("max_write_queue"));
+    }
+}
+
+/// This host's addresses, from /proc (Linux): IPv4 from `/proc/net/fib_trie` (the `/32 host
+/// LOCAL` entries), IPv6 from `/proc/net/if_inet6`. Read when a snapshot with a wildcard
+/// listener is built (start and reload); an unreadable file gives none of that family.
+fn local_ips() -> Vec<std::net::IpAddr> {
+    let v4 = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    parse_local_ips(&v4, &v6)
+}
+
+fn parse_local_ips(fib_trie: &str, if_inet6: &str) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in fib_trie.lines() {
+        let t = line.trim();
+        if let Some(a) = t.strip_prefix("|-- ").or_else(|| t.strip_prefix("+-- ")) {
+            last = a.split('/').next().and_then(|a| a.trim().parse().ok());
+        } else if t.contains("/32 host LOCAL") {
+            if let Some(a) = last {
+                if !out.contains(&a.into()) {
+                    out.push(a.into());
+                }
+            }
+        }
+    }
+    for line in if_inet6.lines() {
+        let Some(hex) = line.split_whitespace().next() else {
+            continue;
+        };
+        if hex.len() != 32 {
+            continue;
+        }
+        let Ok(n) = u128::from_str_radix(hex, 16) else {
+            continue;
+        };
+        let a = std::net::IpAddr::V6(std::net::Ipv6Addr::from(n));
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod local_ip_tests {
+    use super::parse_local_ips;
+
+    #[test]
+    fn proc_files_give_the_hosts_addresses() {
+        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n\
+                   \x20    +-- 127.0.0.0/8 2 0 2\n        +-- 127.0.0.0/31 1 0 0\n\
+                   \x20          |-- 127.0.0.0\n              /8 host LOCAL\n\
+                   \x20          |-- 127.0.0.1\n              /32 host LOCAL\n\
+                   \x20       |-- 192.0.2.2\n           /32 host LOCAL\n\
+                   \x20       |-- 192.0.2.255\n           /32 link BROADCAST\n\
+                   Local:\n           |-- 192.0.2.2\n           /32 host LOCAL\n";
+        let v6 = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                  20010db8000000000000000000000005 04 40 00 82     eth0\n";
+        let ips: Vec<String> = parse_local_ips(fib, v6)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ips, ["127.0.0.1", "192.0.2.2", "::1", "2001:db8::5"]);
+        assert!(parse_local_ips("garbage\n/32 host LOCAL", "zz\n").is_empty());
     }
 }
