@@ -355,17 +355,7 @@ fn scan(line: &str, mut depth: i32, in_comment: &mut bool) -> (i32, String) {
             continue;
         }
         match b[i] {
-            b'"' | b'\'' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
+            b'"' | b'\'' => i = skip_quoted(b, i),
             b'#' => {
                 flush(&mut code, start, i);
                 return (depth, code);
@@ -396,6 +386,20 @@ fn scan(line: &str, mut depth: i32, in_comment: &mut bool) -> (i32, String) {
     (depth, code)
 }
 
+/// The index just past the string literal that opens at `i` (a `"` or `'`, backslash
+/// escapes skipped), or the end when it is not closed.
+fn skip_quoted(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    let mut i = i + 1;
+    while i < b.len() && b[i] != q {
+        if b[i] == b'\\' {
+            i += 1;
+        }
+        i += 1;
+    }
+    (i + 1).min(b.len())
+}
+
 /// Open minus closed parentheses outside strings.
 fn depth_parens(code: &str) -> i32 {
     let b = code.as_bytes();
@@ -404,14 +408,8 @@ fn depth_parens(code: &str) -> i32 {
     while i < b.len() {
         match b[i] {
             b'"' | b'\'' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
+                i = skip_quoted(b, i);
+                continue;
             }
             b'(' => n += 1,
             b')' => n -= 1,
@@ -546,14 +544,7 @@ fn subst_once(s: &str, defs: &HashMap<String, String>) -> String {
         let c = b[i];
         if c == b'"' || c == b'\'' {
             let st = i;
-            i += 1;
-            while i < b.len() && b[i] != c {
-                if b[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i = (i + 1).min(b.len());
+            i = skip_quoted(b, i);
             out.push_str(s.get(st..i).unwrap_or(""));
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let st = i;

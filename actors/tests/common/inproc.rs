@@ -164,31 +164,28 @@ impl Siprox {
     /// Start siprox in-process with a fresh PKI, its listeners on `ip` (the loopback of
     /// either family), running the route script `script` (its text) when given.
     pub async fn start_at(o: Options, ip: std::net::IpAddr, script: Option<&str>) -> Siprox {
+        Self::start_on(Arc::new(Pki::new()), o, ip, script).await
+    }
+
+    /// Start siprox in-process with `pki`.
+    pub async fn start_with(pki: Arc<Pki>, o: Options) -> Siprox {
+        Self::start_on(pki, o, [127, 0, 0, 1].into(), None).await
+    }
+
+    /// Listeners on `ip` (port 0), `script` (its text) as the route script when given.
+    async fn start_on(
+        pki: Arc<Pki>,
+        o: Options,
+        ip: std::net::IpAddr,
+        script: Option<&str>,
+    ) -> Siprox {
         siprox_testkit::logs::install();
-        let pki = Arc::new(Pki::new());
         let mut cfg = config(&pki, &o, [SocketAddr::new(ip, 0); 3]);
         if let Some(text) = script {
             let path = pki.dir.path().join("route.cfg");
             std::fs::write(&path, text).expect("write the route script");
             cfg.script.file = Some(path);
         }
-        let rt = adapter::start(cfg).await;
-        let (udp, tcp, tls) = rt.addrs();
-        Siprox {
-            pki,
-            udp,
-            tcp,
-            tls,
-            options: o,
-            rt,
-        }
-    }
-
-    /// Start siprox in-process with `pki`.
-    pub async fn start_with(pki: Arc<Pki>, o: Options) -> Siprox {
-        siprox_testkit::logs::install();
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let cfg = config(&pki, &o, [any; 3]);
         let rt = adapter::start(cfg).await;
         let (udp, tcp, tls) = rt.addrs();
         Siprox {
