@@ -378,3 +378,57 @@ async fn a_change_right_after_the_start_is_not_missed() {
         rt.shutdown();
     }
 }
+
+/// docs/script.md: `force_rport()` sends siprox's own UDP replies to the source port, as if
+/// the request's Via had `rport`; without it a reply goes to the Via's port (RFC 3261
+/// §18.2.2). The request comes from one socket and names another in its Via.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_rport_answers_the_source_port_not_the_via_port() {
+    for (forced, script) in [
+        (
+            true,
+            "route {\n  force_rport();\n  sl_send_reply(\"200\", \"Forced\");\n}\n",
+        ),
+        (false, "route {\n  sl_send_reply(\"200\", \"Forced\");\n}\n"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "scripts/rport.cfg", script);
+        let mut cfg = config(&[Proto::Udp]);
+        cfg.script.file = Some("scripts/rport.cfg".into());
+        let rt = start(cfg, dir.path());
+        let sip = rt.local_addr(siprox::proxy::Transport::Udp).unwrap();
+        let source = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let via = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let via_addr = via.local_addr().unwrap();
+        let req = format!(
+            "OPTIONS sip:{sip} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {via_addr};branch=z9hG4bK-rport-{forced}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:a@example.com>;tag=1\r\n\
+             To: <sip:{sip}>\r\n\
+             Call-ID: rport-{forced}\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let (at, silent) = if forced {
+            (&source, &via)
+        } else {
+            (&via, &source)
+        };
+        source.send_to(req.as_bytes(), sip).await.unwrap();
+        let mut buf = vec![0u8; 65535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(3), at.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("forced={forced}: no reply where it belongs"))
+            .unwrap();
+        let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(r.starts_with("SIP/2.0 200 Forced\r\n"), "{r}");
+        let stray =
+            tokio::time::timeout(Duration::from_millis(200), silent.recv_from(&mut buf)).await;
+        assert!(
+            stray.is_err(),
+            "forced={forced}: a reply went to both sockets"
+        );
+        rt.shutdown();
+    }
+}

@@ -1313,3 +1313,24 @@ branch_route[B] { if ($avp(vm) != $null) { drop; } }"#;
     assert_eq!(branch(&relay.avps), Some(false));
     assert_eq!(branch(&[]), Some(true));
 }
+
+/// docs/script.md: after `set_reply_no_connect()` siprox's reply goes on the request's own
+/// connection or nowhere (a flow, never a new connection); without it, that connection is
+/// only the one tried first.
+#[test]
+fn set_reply_no_connect_pins_the_reply_to_the_requests_connection() {
+    let w = World::new(&[]);
+    let m = request("OPTIONS", "sip:bob@example.com", "");
+    let dest = |script: &str| {
+        let run = w.run(script, &m, &tls_in(7));
+        match run.actions.into_iter().next().map(|(a, _)| a) {
+            Some(Action::Send { dest, .. }) => dest,
+            other => panic!("{other:?}"),
+        }
+    };
+    let pinned = dest(r#"route { set_reply_no_connect(); sl_send_reply("200", "OK"); }"#);
+    assert_eq!(pinned, Destination::flow(Transport::Tls, ConnId(7)));
+    let plain = dest(r#"route { sl_send_reply("200", "OK"); }"#);
+    assert_eq!(plain.conn, Some(ConnId(7)));
+    assert_ne!(plain, pinned);
+}
