@@ -1,7 +1,8 @@
 //! Debian's Kamailio 5.6 as a test peer: started as a plain (unprivileged, foreground)
 //! process on free 127.0.0.1 ports with a generated configuration, stopped on drop, its
 //! stderr kept in a file for the failure message. The differential test
-//! (`kamailio_diff.rs`) runs the same route block in it and in siprox. Test code: it may
+//! (`kamailio_diff.rs`) runs the same route block in it and in siprox; the carrier of
+//! `kamailio_peer.rs` and the stock configuration of `import_kamailio.rs` run in it too. Test code: it may
 //! panic, but never waits without a bound.
 
 use std::net::SocketAddr;

@@ -6,12 +6,8 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// The Kamailio binary of Debian's `kamailio` package.
-pub const KAMAILIO: &str = "/usr/sbin/kamailio";
 
 /// How the carrier is set up.
 pub struct CarrierOpts<'a> {
@@ -26,14 +22,14 @@ pub struct CarrierOpts<'a> {
     pub uas: Option<SocketAddr>,
 }
 
-/// A running Kamailio.
+/// A running Kamailio (the process, its log and its stop: [`super::kamailio::Kamailio`]).
 pub struct Kamailio {
-    child: Child,
+    /// Declared before `_dir`: the process stops before its directory is removed.
+    process: super::kamailio::Kamailio,
     pub tls: SocketAddr,
     pub udp: SocketAddr,
     /// Plain TCP (the same routing as TLS, no certificates).
     pub tcp: SocketAddr,
-    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -164,23 +160,13 @@ impl Kamailio {
         cfg.push_str(&script(o));
         let cfg_path = dir.path().join("kamailio.cfg");
         std::fs::write(&cfg_path, cfg).expect("kamailio.cfg");
-        let log = dir.path().join("kamailio.log");
-        let child = Command::new(KAMAILIO)
-            .args(["-DD", "-E", "-n", "1", "-m", "64", "-M", "8", "-Y"])
-            .arg(dir.path())
-            .arg("-f")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::create(dir.path().join("kamailio.err")).expect("log"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("{KAMAILIO} did not start (tests/run.sh installs it): {e}"));
+        let process =
+            super::kamailio::Kamailio::start(&cfg_path, dir.path(), udp.port(), tls.port());
         let k = Kamailio {
-            child,
+            process,
             tls,
             udp,
             tcp,
-            log,
             _dir: dir,
         };
         let until = Instant::now() + Duration::from_secs(15);
@@ -197,29 +183,6 @@ impl Kamailio {
 
     /// Everything Kamailio logged so far.
     pub fn log(&self) -> String {
-        let err = self.log.with_file_name("kamailio.err");
-        format!(
-            "{}{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-            std::fs::read_to_string(err).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        // Kamailio's main process stops its children on SIGTERM; Child::kill sends SIGKILL
-        // to the main process only, so ask politely first, by pid.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log_text()
     }
 }
