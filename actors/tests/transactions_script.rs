@@ -921,3 +921,76 @@ failure_route[VM] {{
     assert!(got.starts_with("SIP/2.0 200 "), "{got}");
     rt.shutdown();
 }
+
+/// A request whose Request-URI domain has its own script: that script's `t_on_reply` and
+/// `t_on_failure` routes run for its transaction, not the default script's routes of the
+/// same names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_scripts_reply_and_failure_routes_run_for_its_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let callee = Peer::start(Peer::answers(&[180, 503])).await;
+    let routes = |name: &str, drop_180: bool, code: u16| {
+        format!(
+            "route {{\n  $du = \"sip:{callee}\";\n  t_on_reply(\"R\");\n  t_on_failure(\"F\");\n  t_relay();\n}}\n\
+             onreply_route[R] {{\n  if ({drop_180} && $rs == 180) {{ drop; }}\n}}\n\
+             failure_route[F] {{\n  t_reply(\"{code}\", \"failure route of {name}\");\n}}\n",
+            callee = callee.addr,
+        )
+    };
+    let mut cfg = tm_config(
+        dir.path(),
+        &routes("default", false, 598),
+        Duration::from_millis(20),
+        100_000,
+    );
+    let a = dir.path().join("scripts/a.cfg");
+    std::fs::write(&a, routes("a", true, 599)).unwrap();
+    cfg.domains.insert(
+        "a".into(),
+        siprox::config::DomainConfig {
+            names: vec!["a.example".into()],
+            script: Some("scripts/a.cfg".into()),
+            ..siprox::config::DomainConfig::default()
+        },
+    );
+    let rt = start(cfg, dir.path());
+    let proxy = rt.local_addr(Transport::Udp).unwrap();
+    let caller = Caller::new().await;
+    for (ruri, call, want, sees_180) in [
+        (
+            "sip:bob@a.example",
+            "dom-a",
+            "599 failure route of a",
+            false,
+        ),
+        (
+            "sip:bob@b.example",
+            "dom-default",
+            "598 failure route of default",
+            true,
+        ),
+    ] {
+        caller
+            .send(proxy, &request("INVITE", ruri, &caller.via(), call, "", ""))
+            .await;
+        assert_eventually!(
+            caller.final_of(call).is_some(),
+            Duration::from_secs(5),
+            "{call}"
+        );
+        let got = caller.final_of(call).unwrap();
+        assert_eq!(
+            got.split("\r\n").next(),
+            Some(&*format!("SIP/2.0 {want}")),
+            "{call}"
+        );
+        assert_eq!(
+            caller.call_statuses(call).contains(&180),
+            sees_180,
+            "{call}: {:?}",
+            caller.call_statuses(call)
+        );
+        assert_eq!(callee.calls("INVITE", call), 1, "{call}");
+    }
+    rt.shutdown();
+}
