@@ -45,6 +45,7 @@
 //! --tls-version V         1.2 | 1.3 | any                               [any]
 //! --timeout D             per transaction                               [5s]
 //! --threads N             tokio worker threads                          [CPU count]
+//! --engine E              auto | kit | lean: the call engine (below)    [auto]
 //! --flow register        REGISTER with digest (user bob@siprox.test, realm siprox.test)
 //! --digest MD5|SHA-256    register flow: algorithm (default SHA-256)
 //! --password P            register flow: bob's password (default bench)
@@ -74,11 +75,20 @@
 //! every node. It prints `phone`, `failover ... event=first_480 after_kill_ms=...` and
 //! `failover ... event=reachable after_register_ms=...` lines (key=value, as below).
 //!
+//! # Call engines
+//! `lean` (benches/lean/mod.rs) runs `--flow options|invite` over persistent TCP/TLS
+//! connections to a UDP UAS (no `--rate`, `--phone`, `--new-conn-per-call`): one task per
+//! connection runs its calls, reads responses only as far as the flow needs and writes
+//! the requests of a burst at once, so that loadgen costs less CPU per call than the proxy
+//! it measures. `kit` is the test kit's UA (tests/kit/src/ua.rs: a task per call, every
+//! message parsed by siprox's parser); it runs every other combination. `auto` takes
+//! `lean` where it applies. The output is the same.
+//!
 //! # Output (stable; one record per line, `key=value` fields separated by one space)
 //! ```text
-//! # loadgen v1
-//! config mode=calls flow=invite transport=tls uas_transport=udp proxy=127.0.0.1:5061 concurrency=64 connections=4 rate=max new_conn_per_call=false calls=20000 duration_s=-
-//! result calls=20000 ok=20000 failed=0 elapsed_s=3.214 calls_per_s=6222.9 handshakes=0 handshakes_per_s=0.0
+//! # loadgen v2
+//! config mode=calls flow=invite transport=tls uas_transport=udp proxy=127.0.0.1:5061 concurrency=64 connections=4 rate=max new_conn_per_call=false calls=20000 duration_s=- engine=lean
+//! result calls=20000 ok=20000 failed=0 elapsed_s=3.214 calls_per_s=6222.9 handshakes=0 handshakes_per_s=0.0 cpu_s=1.230 cpu_us_per_call=61.5
 //! latency name=call unit=ms n=20000 p50=1.234 p90=2.345 p99=5.678 max=12.345
 //! latency name=setup unit=ms n=20000 p50=0.800 p90=1.500 p99=3.000 max=9.000
 //! failure count=3 reason="no final response to INVITE within 5s"
@@ -86,7 +96,9 @@
 //! `call` = first request sent to last final response (for `--new-conn-per-call` the
 //! connect and handshake included); `setup` = INVITE (or OPTIONS) sent to its 200.
 //! `handshakes` counts the connections opened during the run (new-conn-per-call, where the
-//! config line says `connections=0`). `rate=max` means flat out.
+//! config line says `connections=0`). `rate=max` means flat out. `cpu_s` is loadgen's own
+//! CPU time (user + system, every thread: its UAC and its UAS) over the calls, and
+//! `cpu_us_per_call` that divided by the calls completed (v2 added both).
 //! `failure` lines (zero or more) group failed calls by reason, most frequent first.
 //! With `--phone`, call mode also prints `phone registrar=ADDR register_ms=F` and
 //! `phone reachable_ms=F` (until an OPTIONS to the first Request-URI through `--proxy`
@@ -124,6 +136,7 @@ use ua::{invite_flow, options_flow, Client, FlowOpts, Transport, Uas, UasOpts};
 
 mod cluster_ua;
 use cluster_ua::{Failover, Phone, PhoneId, Ruri};
+mod lean;
 mod ringing;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +171,8 @@ struct Args {
     tls_version: (SslVersion, SslVersion),
     timeout: Duration,
     threads: Option<usize>,
+    /// `--engine`: None = auto, Some(true) = lean, Some(false) = kit.
+    lean: Option<bool>,
     idle: Option<usize>,
     hold: Duration,
     pid: Option<u32>,
@@ -202,7 +217,7 @@ fn usage() -> &'static str {
      [--uas-transport udp|tcp|tls] [--flow options|invite] [--calls N] [--duration D] \
      [--concurrency N] [--connections N] [--rate N] [--new-conn-per-call] [--source-ips N] \
      [--ca PEM] [--tls-version 1.2|1.3|any] [--uas-bind ADDR] [--uas-cert PEM --uas-key PEM] \
-     [--timeout D] [--threads N] [--phone ADDR [--phone-user U] [--password P]] \
+     [--timeout D] [--threads N] [--engine auto|kit|lean] [--phone ADDR [--phone-user U] [--password P]] \
      [--ruri T [--ruri-n N]] | --idle N --hold D [--pid P] | --ringing N --hold D [--pid P]... | --failover-kill PID --phone ADDR \
      --reregister ADDR [--poll-also ADDR]... [--interval D]  (see the top of benches/loadgen.rs)"
 }
@@ -230,6 +245,7 @@ fn parse_args() -> Result<Args, String> {
         tls_version: (SslVersion::TLS1_2, SslVersion::TLS1_3),
         timeout: Duration::from_secs(5),
         threads: None,
+        lean: None,
         idle: None,
         hold: Duration::from_secs(10),
         pid: None,
@@ -294,6 +310,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--timeout" => a.timeout = parse_duration(&v()?)?,
             "--threads" => a.threads = Some(num(v()?)?.max(1) as usize),
+            "--engine" => {
+                a.lean = match v()?.as_str() {
+                    "auto" => None,
+                    "lean" => Some(true),
+                    "kit" => Some(false),
+                    e => return Err(format!("unknown engine `{e}` (auto, kit, lean)")),
+                }
+            }
             "--idle" => a.idle = Some(num(v()?)? as usize),
             "--hold" => a.hold = parse_duration(&v()?)?,
             "--pid" => {
@@ -343,7 +367,15 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn connector(a: &Args) -> Result<SslConnector, String> {
+    connector_with(a, false)
+}
+
+/// With `read_ahead` (the lean engine), OpenSSL reads what the socket holds at once
+/// instead of each record's 5-byte header and then its body: one recv per burst instead
+/// of two per record.
+fn connector_with(a: &Args, read_ahead: bool) -> Result<SslConnector, String> {
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_read_ahead(read_ahead);
     match &a.ca {
         Some(ca) => b
             .set_ca_file(ca)
@@ -405,6 +437,21 @@ fn print_latency(name: &str, mut v: Vec<u64>) {
     );
 }
 
+/// This process's CPU time so far (user + system, all threads), in seconds: utime and
+/// stime of /proc/self/stat (fields 14 and 15, after the command name, which may hold
+/// spaces), in clock ticks of 1/100 s (USER_HZ, fixed on Linux). 0 when unreadable.
+fn cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+        return 0.0;
+    };
+    let mut f = rest.split_whitespace().skip(11);
+    let mut tick = || f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick() + tick()) as f64 / 100.0
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -419,27 +466,65 @@ struct Tally {
     failures: HashMap<String, u64>,
 }
 
+impl Tally {
+    fn merge(&mut self, t: Tally) {
+        self.call_us.extend(t.call_us);
+        self.setup_us.extend(t.setup_us);
+        for (k, v) in t.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+    }
+}
+
 async fn run_calls(a: Args) -> Result<(), String> {
     let acc = acceptor(&a)?;
     let conn = Arc::new(connector(&a)?);
-    let uas = Uas::start_on(
-        a.uas_transport,
-        a.uas_bind,
-        UasOpts {
-            tls: acc,
-            ..UasOpts::default()
-        },
-    )
-    .await
-    .map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?;
-    uas.count_only();
+    let lean_fits = matches!(a.flow, Flow::Options | Flow::Invite)
+        && a.transport != Transport::Udp
+        && a.uas_transport == Transport::Udp
+        && !a.new_conn_per_call
+        && a.rate.is_none()
+        && a.phone.is_none();
+    let lean = match a.lean {
+        Some(true) if !lean_fits => {
+            return Err(
+                "--engine lean runs --flow options|invite over persistent tcp/tls \
+                        connections to a udp UAS, without --rate or --phone"
+                    .to_owned(),
+            )
+        }
+        Some(l) => l,
+        None => lean_fits,
+    };
+    // The UAS: the lean engine's own over UDP, or the test kit's (kept until the end).
+    let (_kit_uas, _lean_uas, uas_uri) = if lean {
+        let sock =
+            Arc::new(lean_udp_bind(a.uas_bind).map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?);
+        let at = sock.local_addr().map_err(|e| e.to_string())?;
+        let task = AbortOnDrop(tokio::spawn(lean::uas_udp(sock)));
+        (None, Some(task), format!("sip:bob@{at};transport=udp"))
+    } else {
+        let uas = Uas::start_on(
+            a.uas_transport,
+            a.uas_bind,
+            UasOpts {
+                tls: acc,
+                ..UasOpts::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?;
+        uas.count_only();
+        let uri = uas.uri("bob");
+        (Some(uas), None, uri)
+    };
     let uas_ruri = Ruri {
-        template: uas.uri("bob"),
+        template: uas_uri,
         n: 1,
     };
     let ruri = Arc::new(a.ruri.clone().unwrap_or(uas_ruri));
     println!(
-        "config mode=calls flow={} transport={} uas_transport={} proxy={} concurrency={} connections={} rate={} new_conn_per_call={} calls={} duration_s={}",
+        "config mode=calls flow={} transport={} uas_transport={} proxy={} concurrency={} connections={} rate={} new_conn_per_call={} calls={} duration_s={} engine={}",
         match a.flow {
             Flow::Options => "options",
             Flow::Invite => "invite",
@@ -455,7 +540,11 @@ async fn run_calls(a: Args) -> Result<(), String> {
         a.calls.map_or("-".to_owned(), |c| c.to_string()),
         a.duration
             .map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64())),
+        if lean { "lean" } else { "kit" },
     );
+    if lean {
+        return run_lean(&a, Arc::new(connector_with(&a, true)?), ruri).await;
+    }
     let phone = match a.phone {
         Some(at) => {
             let (p, took) = Phone::register(at, &conn, &phone_id(&a, at), a.timeout).await?;
@@ -502,6 +591,7 @@ async fn run_calls(a: Args) -> Result<(), String> {
         timeout: a.timeout,
         retransmit: a.transport == Transport::Udp,
     };
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     let deadline = a.duration.map(|d| start + d);
     let mut tasks = Vec::new();
@@ -577,21 +667,107 @@ async fn run_calls(a: Args) -> Result<(), String> {
     let mut all = Tally::default();
     for task in tasks {
         let t = task.await.map_err(|e| format!("worker: {e}"))?;
-        all.call_us.extend(t.call_us);
-        all.setup_us.extend(t.setup_us);
-        for (k, v) in t.failures {
-            *all.failures.entry(k).or_default() += v;
-        }
+        all.merge(t);
     }
+    let hs = handshakes.load(Ordering::Relaxed);
+    print_result(all, start, cpu0, hs);
+    if let Some(p) = phone {
+        println!("phone reached={}", p.reached.load(Ordering::Relaxed));
+    }
+    Ok(())
+}
+
+/// Call mode on the lean engine (benches/lean/mod.rs).
+async fn run_lean(a: &Args, conn: Arc<SslConnector>, ruri: Arc<Ruri>) -> Result<(), String> {
+    let tls = (a.transport == Transport::Tls).then_some(&*conn);
+    let n_conns = a.connections.min(a.concurrency);
+    let mut streams = Vec::with_capacity(n_conns);
+    for n in 0..n_conns {
+        let s = ua::connect_stream_from(a.proxy, tls, source(a, n))
+            .await
+            .map_err(|e| format!("connect to {}: {e}", a.proxy))?;
+        streams.push(s);
+    }
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let plan = Arc::new(lean::Plan {
+        flow: match a.flow {
+            Flow::Options => lean::LeanFlow::Options,
+            _ => lean::LeanFlow::Invite,
+        },
+        ruri,
+        timeout: a.timeout,
+        deadline: a.duration.map(|d| start + d),
+        calls: a.calls,
+        next: Arc::new(AtomicU64::new(0)),
+        via_proto: if a.transport == Transport::Tls {
+            "SIP/2.0/TLS"
+        } else {
+            "SIP/2.0/TCP"
+        },
+        transport_param: a.transport.param(),
+        token: ua::unique(),
+    });
+    let mut tasks = Vec::with_capacity(n_conns);
+    for (n, (stream, local, _)) in streams.into_iter().enumerate() {
+        // The calls in flight, spread evenly over the connections.
+        let slots = a.concurrency / n_conns + usize::from(n < a.concurrency % n_conns);
+        tasks.push(tokio::spawn(lean::run_connection(
+            stream,
+            local,
+            slots,
+            n,
+            plan.clone(),
+        )));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = task.await.map_err(|e| format!("connection: {e}"))?;
+        all.merge(Tally {
+            call_us: t.call_us,
+            setup_us: t.setup_us,
+            failures: t.failures,
+        });
+    }
+    print_result(all, start, cpu0, 0);
+    Ok(())
+}
+
+/// Aborts a task when dropped (the lean UAS at the end of the run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The lean UAS's socket: a 4 MiB receive buffer, as the test kit's UAS has (see
+/// tests/kit/src/ua.rs udp_bind).
+fn lean_udp_bind(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+/// The `result`, `latency` and `failure` lines of call mode.
+fn print_result(all: Tally, start: Instant, cpu0: f64, hs: u64) {
     let elapsed = start.elapsed().as_secs_f64();
     let ok = all.call_us.len() as u64;
     let failed: u64 = all.failures.values().sum();
-    let hs = handshakes.load(Ordering::Relaxed);
+    let cpu = cpu_seconds() - cpu0;
     println!(
-        "result calls={} ok={ok} failed={failed} elapsed_s={elapsed:.3} calls_per_s={:.1} handshakes={hs} handshakes_per_s={:.1}",
+        "result calls={} ok={ok} failed={failed} elapsed_s={elapsed:.3} calls_per_s={:.1} handshakes={hs} handshakes_per_s={:.1} cpu_s={cpu:.3} cpu_us_per_call={:.1}",
         ok + failed,
         ok as f64 / elapsed,
-        hs as f64 / elapsed
+        hs as f64 / elapsed,
+        if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 }
     );
     print_latency("call", all.call_us);
     print_latency("setup", all.setup_us);
@@ -600,10 +776,6 @@ async fn run_calls(a: Args) -> Result<(), String> {
     for (reason, count) in f {
         println!("failure count={count} reason={reason:?}");
     }
-    if let Some(p) = phone {
-        println!("phone reached={}", p.reached.load(Ordering::Relaxed));
-    }
-    Ok(())
 }
 
 /// The phone's identity: `--phone-user`, `--password`, `--phone-domain` or the
@@ -739,7 +911,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("# loadgen v1");
+    println!("# loadgen v2");
     let r = rt.block_on(async move {
         match (a.idle, a.failover_kill, a.phone, a.reregister) {
             (Some(n), _, _, _) => run_idle(a, n).await,
