@@ -8,8 +8,10 @@
 #   --stateful       siprox with t_relay() (benches/conf.d-stateful) against Kamailio tm
 #                    (stateful.cfg), instead of siprox's built-in route (benches/conf.d)
 #                    against Kamailio forward() (stateless.cfg).
-#   KAMAILIO_TLS_FIX=0 runs Kamailio without the OpenSSL 3 workaround (see benches/lib.sh
-#                    and benches/kamailio/common.cfg).
+#   KAMAILIO_TLS_FIX   which flows Kamailio runs with its OpenSSL 3 workaround (one UDP and
+#                    one TLS worker, benches/kamailio/common.cfg): `handshake` (default: the
+#                    flow that crashes it without; invite and options get two of each, as
+#                    an operator would run it on 2 cores), `all`, or 0 (none).
 #
 # Kamailio and its TLS module are installed when missing (deploy/ensure-deps.sh). Both
 # proxies run at once, each on its own ports (siprox 25061 or 25161, Kamailio 25261 or
@@ -64,7 +66,32 @@ if [[ -n "$stateful" ]]; then
 else
     start_siprox siprox benches/conf.d "${port[siprox]}"
 fi
-start_kamailio kamailio "$kam_cfg" "${port[kamailio]}"
+# Kamailio's workers for a flow: the OpenSSL 3 workaround (one UDP and one TLS worker) only
+# where it is needed, the handshake flow, unless KAMAILIO_TLS_FIX says otherwise.
+: "${KAMAILIO_TLS_FIX:=handshake}"
+kam_mode_for() {
+    case "$KAMAILIO_TLS_FIX" in
+        0) echo nofix ;;
+        all | 1) echo fix ;;
+        *) if [[ "$1" == handshake ]]; then echo fix; else echo nofix; fi ;;
+    esac
+}
+kam_mode="$(kam_mode_for invite)"
+start_kamailio kamailio "$kam_cfg" "${port[kamailio]}" "$kam_mode"
+# Kamailio restarted in the mode a flow needs (its log kept as kamailio.log.mode-N).
+switches=0
+kamailio_for() {
+    local want
+    want="$(kam_mode_for "$1")"
+    [[ "$want" == "$kam_mode" ]] && return 0
+    switches=$((switches + 1))
+    kill -TERM "${pids[kamailio]}" 2>/dev/null || true
+    wait "${pids[kamailio]}" 2>/dev/null || true
+    mv "$OUT/kamailio.log" "$OUT/kamailio.log.mode-$switches"
+    wait_closed "${port[kamailio]}"
+    kam_mode="$want"
+    start_kamailio kamailio "$kam_cfg" "${port[kamailio]}" "$kam_mode"
+}
 # A Kamailio that died in a run (see benches/kamailio/common.cfg) is started again before
 # the next one; its log is kept as kamailio.log.N.
 restarts=0
@@ -75,7 +102,7 @@ revive_kamailio() {
     wait "${pids[kamailio]}" 2>/dev/null || true
     mv "$OUT/kamailio.log" "$OUT/kamailio.log.$restarts"
     wait_closed "${port[kamailio]}"
-    start_kamailio kamailio "$kam_cfg" "${port[kamailio]}"
+    start_kamailio kamailio "$kam_cfg" "${port[kamailio]}" "$kam_mode"
 }
 for n in "${names[@]}"; do
     echo "# $n ($mode): pids $(tree ${pids[$n]} | tr '\n' ' '), TLS port ${port[$n]}" >&2
@@ -91,7 +118,12 @@ flow_args() {
 }
 
 # Lines of the Kamailio logs that say a worker crashed or its memory was corrupted.
-kam_errors() { cat "$OUT"/kamailio.log* | grep -c -E 'BUG|exited by a signal|CRITICAL|ALERT' || true; }
+# (Not "receive_fd(): EOF": the TCP main process says that when it is stopped, as at a
+# switch of mode.)
+kam_errors() {
+    cat "$OUT"/kamailio.log* | grep -E 'BUG|exited by a signal|CRITICAL|ALERT' |
+        grep -c -v 'receive_fd(): EOF' || true
+}
 
 results="$OUT/runs.tsv"
 printf 'round\tflow\tproxy\tcalls_per_s\tok\tfailed\tcpu_us_per_call\tp50_ms\tp99_ms\tloadgen_cpu_us_per_call\tload\n' >"$results"
@@ -99,7 +131,10 @@ for r in $(seq 1 "$rounds"); do
     for f in "${flows[@]}"; do
         for n in "${names[@]}"; do
             out="$OUT/$r-$f-$n.txt"
-            [[ "$n" == kamailio ]] && revive_kamailio
+            if [[ "$n" == kamailio ]]; then
+                kamailio_for "$f"
+                revive_kamailio
+            fi
             load="$(load_avg)"
             # shellcheck disable=SC2086
             t0="$(ticks ${pids[$n]})"
@@ -127,7 +162,7 @@ for r in $(seq 1 "$rounds"); do
 done
 
 echo
-echo "# siprox $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src actors benches || echo '+changes') ($mode) vs $("$kamailio_bin" -v | head -1 | cut -d' ' -f2-3) (KAMAILIO_TLS_FIX=${KAMAILIO_TLS_FIX:-1}), $(nproc) CPUs, $rounds rounds of $duration, load average before each run: $(cut -f11 "$results" | tail -n +2 | cut -d' ' -f1 | tr '\n' ' ')"
+echo "# siprox $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src actors benches || echo '+changes') ($mode) vs $("$kamailio_bin" -v | head -1 | cut -d' ' -f2-3) (OpenSSL 3 workaround, one UDP and one TLS worker, for: $KAMAILIO_TLS_FIX; else two of each), $(nproc) CPUs, $rounds rounds of $duration, load average before each run: $(cut -f11 "$results" | tail -n +2 | cut -d' ' -f1 | tr '\n' ' ')"
 echo "# Kamailio log lines with BUG/CRITICAL/ALERT/signal: $(kam_errors); restarted after a crash: $restarts times; running at the end: $(alive "${pids[kamailio]}" && echo yes || echo NO)"
 echo "# medians over the rounds; CPU in us per completed call (proxy: all its processes; loadgen: its UAC and UAS)"
 awk -F'\t' '

@@ -77,10 +77,12 @@ start_siprox() {
 # start_kamailio NAME CFG TLS_PORT: Kamailio in the foreground (-DD: no daemon, children
 # forked), logs on stderr (-E); shared memory 1 GiB (-m), private 64 MiB per process (-M).
 # Sets pids[NAME] to the main process (the CPU is summed over all its descendants).
+# A fourth argument `fix` or `nofix` overrides KAMAILIO_TLS_FIX (see benches/compare.sh).
 start_kamailio() {
-    local name="$1" cfg="$2" port="$3"
+    local name="$1" cfg="$2" port="$3" want="${4:-}"
     local fix=()
-    if [[ "${KAMAILIO_TLS_FIX:-1}" != 0 ]]; then fix=(-A TLS_FIX); fi
+    if [[ -z "$want" && "${KAMAILIO_TLS_FIX:-1}" != 0 ]]; then want=fix; fi
+    if [[ "$want" == fix ]]; then fix=(-A TLS_FIX); fi
     "$kamailio_bin" -DD -E -m 1024 -M 64 -f "$repo/benches/kamailio/$cfg" \
         -A "CERT=\"$repo/certs/server.pem\"" -A "KEY=\"$repo/certs/server.key\"" \
         -A "CA=\"$repo/certs/ca.pem\"" -A "CTL=\"unix:$OUT/$name.ctl\"" "${fix[@]}" \
