@@ -1402,6 +1402,18 @@ fn fs_names_the_forced_listener_in_via_and_record_route() {
         let warned = w.log.0.borrow().iter().any(|l| l.contains("5099"));
         assert_eq!(warned, script.contains("5099"), "{script}");
     }
+    // A next hop of another transport: the UDP listener is not used (Via names a TCP
+    // sent-by, as without `$fs`).
+    let w = World::new(&[]);
+    let s = compile(
+        r#"route { $fs = "udp:192.0.2.10:5080"; forward("203.0.113.5:5070;transport=tcp"); }"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let (dest, out) = only_send(run_request(&s, None, &p, &w.env(), &m, &rx, None));
+    assert_eq!(dest.transport, Transport::Tcp);
+    let via = header(&out, "Via").unwrap_or_default();
+    assert!(via.starts_with("SIP/2.0/TCP 192.0.2.10:5060;"), "{via}");
     // Malformed literals are compile errors; a listener check is the loader's.
     assert!(compile(r#"route { $fs = "udp:nowhere"; }"#, "t.cfg").is_err());
     assert!(compile(r#"route { force_send_socket("sctp:1.2.3.4:5"); }"#, "t.cfg").is_err());
