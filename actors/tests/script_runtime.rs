@@ -454,7 +454,7 @@ async fn fs_sends_from_the_forced_udp_listener() {
     let cases = [
         ("$fs = \"udp:127.0.0.1:{p2}\";", "forward();", p2),
         (
-            "force_send_socket(\"udp:127.0.0.1:{p2}\");",
+            "force_send_socket(udp:127.0.0.1:{p2});",
             "t_relay();",
             p2,
         ),

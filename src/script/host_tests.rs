@@ -1372,6 +1372,11 @@ fn fs_names_the_forced_listener_in_via_and_record_route() {
             true,
         ),
         (
+            // Kamailio's bare form.
+            r#"route { force_send_socket(udp:192.0.2.10:5080); record_route(); forward(); }"#,
+            true,
+        ),
+        (
             r#"route { $var(s) = "udp:192.0.2.10:" + "5099"; $fs = $var(s); record_route(); forward(); }"#,
             false,
         ),
@@ -1417,6 +1422,8 @@ fn fs_names_the_forced_listener_in_via_and_record_route() {
     // Malformed literals are compile errors; a listener check is the loader's.
     assert!(compile(r#"route { $fs = "udp:nowhere"; }"#, "t.cfg").is_err());
     assert!(compile(r#"route { force_send_socket("sctp:1.2.3.4:5"); }"#, "t.cfg").is_err());
+    assert!(compile(r#"route { force_send_socket(sctp:1.2.3.4:5); }"#, "t.cfg").is_err());
+    assert!(compile("route { force_send_socket(udp:1.2.3.4:5\n); }", "t.cfg").is_err());
     let s = compile(r#"route { $fs = "udp:192.0.2.99:5060"; }"#, "t.cfg").unwrap();
     assert_eq!(s.send_sockets(), ["udp:192.0.2.99:5060"]);
 }
