@@ -1,5 +1,6 @@
 //! Every select and pseudo-variable, evaluated by the interpreter against real parsed
-//! messages and hand-built TLS facts; TLS selects are "" on a non-TLS message.
+//! messages and hand-built TLS facts; TLS selects are "" on a non-TLS message, TLS
+//! pseudo-variables null.
 
 mod script_support;
 
@@ -267,13 +268,14 @@ fn pseudo_variables() {
             ("$tu", s("sip:bob@biloxi.example.com")),
             ("$tU", s("bob")),
             ("$td", s("biloxi.example.com")),
-            ("$tt", s("")),
+            // Without a value: null, as in Kamailio.
+            ("$tt == $null", i(1)),
             ("$tn", s("Bob")),
             ("$ci", s("a84b4c76e66710@pc33.atlanta.example.com")),
             ("$cs", i(314_159)),
             ("$rm", s("INVITE")),
-            ("$rs", s("")),
-            ("$rr", s("")),
+            ("$rs == $null", i(1)),
+            ("$rr == $null", i(1)),
             ("$si", s("2001:db8::5")),
             ("$sp", i(5090)),
             ("$Ri", s("::1")),
@@ -458,7 +460,11 @@ fn tls_pseudo_variables() {
     ];
     for (e, want) in &cases {
         assert_eq!(&ev(e, &m, &rx, Some(&t)), want, "{e}");
-        assert_eq!(ev(e, &m, &udp(), None), s(""), "{e} without TLS");
+        assert_eq!(
+            ev(&format!("{e} == $null"), &m, &udp(), None),
+            i(1),
+            "{e} without TLS is null"
+        );
     }
     // The pseudo-variables are Kamailio's pv_comp: without a component, the whole DN.
     assert_eq!(

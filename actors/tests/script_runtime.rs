@@ -432,3 +432,132 @@ async fn force_rport_answers_the_source_port_not_the_via_port() {
         rt.shutdown();
     }
 }
+
+/// A UDP port free now (the test configures a listener on it, so that the script can name
+/// it literally).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// docs/script.md: `$fs` (and `force_send_socket()`) makes a forwarded request leave from
+/// that listener: the UAS sees the datagram come from its port and siprox's Via name it,
+/// for `forward()` and `t_relay()`; a computed socket that is no listener leaves the
+/// default (the listener the request came in on); a literal one is refused at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_sends_from_the_forced_udp_listener() {
+    let uas = Uas::udp().await;
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let cases = [
+        ("$fs = \"udp:127.0.0.1:{p2}\";", "forward();", p2),
+        (
+            "force_send_socket(udp:127.0.0.1:{p2});",
+            "t_relay();",
+            p2,
+        ),
+        ("$fs = \"udp:127.0.0.1:\" + $hdr(X-Port);", "t_relay();", p2),
+        (
+            "if (!set_send_socket(\"udp:127.0.0.1:$hdr(X-Bad)\")) { append_hf(\"X-Refused: 1\\r\\n\"); }",
+            "forward();",
+            p1,
+        ),
+        ("", "forward();", p1),
+    ];
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = client.local_addr().unwrap();
+    for (i, (set, call, from)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set.replace("{p2}", &p2.to_string());
+        let body = format!("{set} {call}");
+        write(
+            dir.path(),
+            "scripts/fs.cfg",
+            &format!(
+                "route {{\n  {set}\n  append_hf(\"X-Fs: $fs\\r\\n\");\n  record_route();\n  {call}\n}}\n"
+            ),
+        );
+        let mut cfg = config(&[Proto::Udp, Proto::Udp]);
+        cfg.listen[0].addr = format!("127.0.0.1:{p1}").parse().unwrap();
+        cfg.listen[1].addr = format!("127.0.0.1:{p2}").parse().unwrap();
+        cfg.script.file = Some("scripts/fs.cfg".into());
+        let rt = start(cfg, dir.path());
+        uas.clear();
+        let req = format!(
+            "MESSAGE {} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bK-fs-{i}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:a@example.com>;tag=1\r\n\
+             To: <sip:b@example.com>\r\n\
+             Call-ID: fs-{i}\r\n\
+             CSeq: 1 MESSAGE\r\n\
+             X-Port: {p2}\r\n\
+             X-Bad: 9\r\n\
+             Content-Length: 0\r\n\r\n",
+            uas.uri("b")
+        );
+        let to = format!("127.0.0.1:{p1}").parse().unwrap();
+        let r = udp_exchange(&client, to, &req).await;
+        assert_eq!(r.as_deref().and_then(status), Some(200), "{body}: {r:?}");
+        let got = uas.requests("MESSAGE");
+        assert_eq!(got.len(), 1, "{body}");
+        assert_eq!(
+            got[0].from.port(),
+            from,
+            "{body}: sent from the wrong socket"
+        );
+        let via = got[0]
+            .msg
+            .header_values_by_name("Via")
+            .next()
+            .unwrap_or_default();
+        assert!(
+            via.starts_with(&format!("SIP/2.0/UDP 127.0.0.1:{from};")),
+            "{body}: {via}"
+        );
+        let fs = got[0].msg.header_values_by_name("X-Fs").next();
+        // `$fs` reads the listener, or null when none was forced.
+        let want = if from == p2 {
+            format!("udp:127.0.0.1:{p2}")
+        } else {
+            "<null>".to_owned()
+        };
+        assert_eq!(fs, Some(want.as_str()), "{body}");
+        let rr = got[0]
+            .msg
+            .header_values_by_name("Record-Route")
+            .next()
+            .unwrap_or_default();
+        assert!(
+            rr.starts_with(&format!("<sip:127.0.0.1:{from};")),
+            "{body}: {rr}"
+        );
+        let refused = got[0].msg.header_values_by_name("X-Refused").next();
+        assert_eq!(refused.is_some(), body.contains("X-Bad"), "{body}");
+        rt.shutdown();
+    }
+
+    // A literal socket siprox does not listen on: refused at load, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "scripts/fs.cfg",
+        "route {\n  $fs = \"udp:127.0.0.1:9\";\n  forward();\n}\n",
+    );
+    let mut cfg = config(&[Proto::Udp]);
+    cfg.listen[0].addr = format!("127.0.0.1:{p1}").parse().unwrap();
+    cfg.script.file = Some("scripts/fs.cfg".into());
+    let err = match siprox_actors::Runtime::start(
+        cfg,
+        siprox_actors::RuntimeOptions::embedded(dir.path()),
+    ) {
+        Ok(_) => panic!("a script forcing a socket siprox does not have was loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("udp:127.0.0.1:9") && err.contains("fs.cfg"),
+        "{err}"
+    );
+}

@@ -107,6 +107,18 @@ pub struct ForwardOpts {
     /// `force_rport()`: fill in `rport` in the sender's Via as if it had asked (RFC 3581),
     /// so that the responses go back to the port the request came from.
     pub force_rport: bool,
+    /// `$fs` / `force_send_socket()`: the listener (transport and bound address) to send
+    /// from; Via and Record-Route name it. Ignored when the destination's transport is
+    /// another, or when siprox has no such listener.
+    pub send_socket: Option<(Transport, SocketAddr)>,
+}
+
+/// A listener's `host:port` as Via and Record-Route name it (its advertised name if any).
+fn write_listen(out: &mut String, l: &Listen) {
+    match &l.advertise {
+        Some(a) => out.push_str(a),
+        None => write_addr(out, l.addr),
+    }
 }
 
 /// Prefix of every branch siprox writes: the RFC 3261 cookie, then ours.
@@ -793,6 +805,11 @@ impl Proxy {
                 }
             }
         }
+        // The listener `$fs` forced, if it is one of the destination's transport.
+        let forced = opts
+            .send_socket
+            .filter(|(t, _)| *t == dest.transport)
+            .and_then(|(t, a)| self.listener(Some(t), a));
         // Record-Route: the entry facing the next hop ends on top.
         let change = rx.transport != dest.transport;
         let toward = dest.socket_addr().map(|a| a.ip());
@@ -821,17 +838,30 @@ impl Proxy {
             let rr_params = rr_params.as_str();
             // Prepends keep their call order: the outbound-facing entry goes first.
             let mut v = String::with_capacity(64);
-            self.rr_value(&mut v, dest.transport, toward, change, rr_params);
+            self.rr_value(&mut v, dest.transport, toward, change, rr_params, forced);
             ed.prepend_record_route(&v);
             if change {
                 v.clear();
-                self.rr_value(&mut v, rx.transport, Some(rx.local.ip()), true, rr_params);
+                self.rr_value(
+                    &mut v,
+                    rx.transport,
+                    Some(rx.local.ip()),
+                    true,
+                    rr_params,
+                    None,
+                );
                 ed.prepend_record_route(&v);
             }
         }
         let mut via = String::with_capacity(96);
         let _ = write!(via, "SIP/2.0/{} ", dest.transport.as_str());
-        let borrowed = self.write_sent_by(&mut via, dest.transport, toward);
+        let borrowed = match forced {
+            Some(l) => {
+                write_listen(&mut via, l);
+                false
+            }
+            None => self.write_sent_by(&mut via, dest.transport, toward),
+        };
         via.push_str(";branch=");
         match opts.branch.as_deref() {
             Some(b) => {
@@ -876,9 +906,15 @@ impl Proxy {
         toward: Option<IpAddr>,
         r2: bool,
         params: &str,
+        forced: Option<&Listen>,
     ) {
         out.push_str("<sip:");
-        self.write_sent_by(out, transport, toward);
+        match forced {
+            Some(l) => write_listen(out, l),
+            None => {
+                self.write_sent_by(out, transport, toward);
+            }
+        }
         if transport != Transport::Udp {
             let _ = write!(out, ";transport={}", transport.param());
         }
@@ -934,13 +970,19 @@ impl Proxy {
             }
         };
         match listen {
-            Some(Listen {
-                advertise: Some(a), ..
-            }) => out.push_str(a),
-            Some(l) => write_addr(out, l.addr),
+            Some(l) => write_listen(out, l),
             None => out.push_str("invalid.invalid"),
         }
         borrowed
+    }
+
+    /// The listener of `transport` (any, when `None`) bound to `addr`: what `$fs` and
+    /// `force_send_socket()` may name.
+    pub fn listener(&self, transport: Option<Transport>, addr: SocketAddr) -> Option<&Listen> {
+        self.cfg
+            .listens
+            .iter()
+            .find(|l| transport.is_none_or(|t| t == l.transport) && l.addr == addr)
     }
 
     /// The stateless branch (RFC 3261 §16.11): the same for a retransmission (and for the

@@ -478,6 +478,7 @@ fn scripted_forward_applies_the_script_edits() {
         from_node: false,
         branch: None,
         force_rport: false,
+        send_socket: None,
     };
     let (dest, out) = sent(p.forward_with(&m, &udp_in(), &opts));
     assert_eq!(

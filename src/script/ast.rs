@@ -52,6 +52,8 @@ pub(crate) enum LValue {
     Bflags,
     /// `$avp(name)`: a slot like `$var`'s, kept with the request's transaction.
     Avp(usize),
+    /// `$fs`: the listener to forward from.
+    Fs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +122,10 @@ impl Kw {
 /// A pseudo-variable, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Pv {
+    /// A select (`@from.uri`): `""` when absent, as in SER.
     Sel(Select),
+    /// A pseudo-variable read through a select (`$fU`): null when absent or empty.
+    Of(Select),
     Var(usize),
     /// `$pr`: the transport in lower case.
     Proto,
@@ -134,11 +139,12 @@ pub(crate) enum Pv {
     TBranchIdx,
     /// `$bf`: the branch flags as an integer.
     Bflags,
-    /// `$avp(name)`: the empty string until set (Kamailio's null).
+    /// `$avp(name)`: null until set.
     Avp(usize),
-    /// `$null`: siprox has no null value; `$null` is the empty string, what an absent
-    /// value reads as.
+    /// `$null`: the null value, what a pseudo-variable without a value reads as.
     Null,
+    /// `$fs`: the forced send socket (`udp:127.0.0.1:5060`), null until set.
+    Fs,
     /// `$rc` / `$retcode`: the return code of the last function or route called.
     RetCode,
     /// `$sht(table=>key)`: a declared hash table's entry (`""` when absent or expired).
@@ -344,6 +350,8 @@ pub(crate) enum Func {
     /// `set_reply_no_connect()`: a reply over TCP/TLS goes on the request's connection
     /// or nowhere (no new connection).
     SetReplyNoConnect,
+    /// `force_send_socket(s)` / `set_send_socket(s)`: as `$fs = s`.
+    SendSocket,
 }
 
 /// The route kinds `t_is_set` asks about.
@@ -395,4 +403,7 @@ pub(crate) struct Program {
     pub(crate) var_index: HashMap<String, usize>,
     /// The `$sht` tables the script names (checked against `[htables]` at load).
     pub(crate) htables: Vec<String>,
+    /// The literal send sockets (`$fs = "udp:..."`, `force_send_socket("...")`), checked
+    /// against the listeners at load.
+    pub(crate) send_sockets: Vec<String>,
 }

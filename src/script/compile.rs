@@ -49,6 +49,8 @@ struct Compiler<'s> {
     routes: Vec<RouteSlot>,
     route_names: Vec<String>,
     route_index: HashMap<String, usize>,
+    /// Literal send sockets, for [`Program::send_sockets`].
+    sockets: Vec<String>,
     /// `t_on_branch("NAME")` calls, checked against the branch_route blocks at the end.
     branch_refs: Vec<(Span, String)>,
 }
@@ -83,6 +85,7 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
         route_names: Vec::new(),
         route_index: HashMap::new(),
         branch_refs: Vec::new(),
+        sockets: Vec::new(),
     };
     let mut htables: Vec<String> = Vec::new();
     for t in &c.toks {
@@ -106,6 +109,7 @@ pub(crate) fn compile(src: &str, file: &str) -> Result<Program, CompileErrors> {
         ..Program::default()
     };
     let _ = c.top(&mut prog);
+    prog.send_sockets = std::mem::take(&mut c.sockets);
     if c.errors.is_empty() {
         let missing: Vec<(Span, String)> = c
             .routes
@@ -506,6 +510,7 @@ impl<'s> Compiler<'s> {
                     "rd" if arg.is_none() => LValue::RuriHost,
                     "rU" if arg.is_none() => LValue::RuriUser,
                     "du" if arg.is_none() => LValue::Duri,
+                    "fs" if arg.is_none() => LValue::Fs,
                     "bf" if arg.is_none() => LValue::Bflags,
                     "avp" => match pv::avp_slot(arg.as_deref().unwrap_or("")) {
                         Ok(n) => LValue::Avp(pv::Vars::slot(&mut self.vars, &n)),
@@ -521,6 +526,13 @@ impl<'s> Compiler<'s> {
                 };
                 let e = self.expr()?;
                 self.semi()?;
+                if lv == LValue::Fs {
+                    if let Expr::Lit(Value::Str(s)) = &e {
+                        if let Err(m) = self.socket(s) {
+                            self.error(span, m);
+                        }
+                    }
+                }
                 Ok(Some(Stmt::Assign(lv, e)))
             }
             _ => {
@@ -1001,6 +1013,15 @@ impl<'s> Compiler<'s> {
         }
     }
 
+    /// A literal send socket: well formed now, one of the listeners at load.
+    fn socket(&mut self, s: &str) -> Result<(), String> {
+        super::parse_socket(s).map_err(|e| format!("bad send socket `{s}`: {e}"))?;
+        if !self.sockets.iter().any(|x| x == s) {
+            self.sockets.push(s.to_owned());
+        }
+        Ok(())
+    }
+
     /// Turn a checked name and its arguments into a [`Func`], validating literal arguments
     /// and folding the ones that are compile-time constants (levels, flags, method lists).
     fn resolve_call(
@@ -1105,6 +1126,12 @@ impl<'s> Compiler<'s> {
             "sl_reply_error" => Func::SlReplyError,
             "force_rport" => Func::ForceRport,
             "set_reply_no_connect" => Func::SetReplyNoConnect,
+            "force_send_socket" | "set_send_socket" => {
+                if let Some(s) = lit_str(0) {
+                    self.socket(&s).map_err(|m| (sp(0), m))?;
+                }
+                Func::SendSocket
+            }
             "t_set_fr" => Func::TSetFr,
             "t_reply" => {
                 if let Some(Expr::Lit(v)) = args.first() {
@@ -1365,6 +1392,8 @@ pub(crate) const FUNCS: &[(&str, usize, usize)] = &[
     ("sl_reply_error", 0, 0),
     ("force_rport", 0, 0),
     ("set_reply_no_connect", 0, 0),
+    ("force_send_socket", 1, 1),
+    ("set_send_socket", 1, 1),
     ("isflagset", 1, 1),
     ("xdbg", 1, 1),
     ("xinfo", 1, 1),

@@ -338,6 +338,7 @@ impl ProxyHost<'_> {
             from_node: ctx.tls.is_some_and(|t| t.cluster_peer),
             branch: None,
             force_rport: e.force_rport,
+            send_socket: e.send_socket,
         };
         Ok(opts)
     }
@@ -561,6 +562,16 @@ impl Host for ProxyHost<'_> {
 
     fn is_myself(&self, host: &str, port: Option<u16>) -> bool {
         self.proxy.is_myself(host, port)
+    }
+
+    fn send_socket(
+        &self,
+        transport: Option<crate::proxy::Transport>,
+        addr: std::net::SocketAddr,
+    ) -> Option<(crate::proxy::Transport, std::net::SocketAddr)> {
+        self.proxy
+            .listener(transport, addr)
+            .map(|l| (l.transport, l.addr))
     }
 
     fn log(&mut self, level: Level, msg: &str) {

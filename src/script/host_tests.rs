@@ -1334,3 +1334,143 @@ fn set_reply_no_connect_pins_the_reply_to_the_requests_connection() {
     assert_eq!(plain.conn, Some(ConnId(7)));
     assert_ne!(plain, pinned);
 }
+
+/// `$fs`: a forward leaves from the listener the script names; Via and Record-Route name
+/// it, and the runtime gets it in the options (it sends UDP from that socket). A computed
+/// socket that is no listener is logged and leaves the default.
+#[test]
+fn fs_names_the_forced_listener_in_via_and_record_route() {
+    let p = Proxy::new(ProxyConfig {
+        listens: vec![
+            Listen {
+                transport: Transport::Udp,
+                addr: "192.0.2.10:5060".parse().unwrap(),
+                advertise: None,
+            },
+            Listen {
+                transport: Transport::Udp,
+                addr: "192.0.2.10:5080".parse().unwrap(),
+                advertise: None,
+            },
+        ],
+        ..ProxyConfig::default()
+    });
+    let rx = Inbound {
+        transport: Transport::Udp,
+        source: "198.51.100.7:5060".parse().unwrap(),
+        local: "192.0.2.10:5060".parse().unwrap(),
+        conn: None,
+    };
+    let m = request("INVITE", "sip:bob@203.0.113.5:5070", "");
+    for (script, forced) in [
+        (
+            r#"route { $fs = "udp:192.0.2.10:5080"; record_route(); forward(); }"#,
+            true,
+        ),
+        (
+            r#"route { force_send_socket("192.0.2.10:5080"); record_route(); forward(); }"#,
+            true,
+        ),
+        (
+            // Kamailio's bare form.
+            r#"route { force_send_socket(udp:192.0.2.10:5080); record_route(); forward(); }"#,
+            true,
+        ),
+        (
+            r#"route { $var(s) = "udp:192.0.2.10:" + "5099"; $fs = $var(s); record_route(); forward(); }"#,
+            false,
+        ),
+        (r#"route { record_route(); forward(); }"#, false),
+    ] {
+        let w = World::new(&[]);
+        let s = compile(script, "test.cfg").unwrap();
+        let mut run = run_request(&s, None, &p, &w.env(), &m, &rx, None);
+        let opts = run.actions[0].1.clone();
+        assert_eq!(
+            opts.send_socket,
+            forced.then(|| (Transport::Udp, "192.0.2.10:5080".parse().unwrap())),
+            "{script}"
+        );
+        run.actions.truncate(1);
+        let (_, out) = only_send(run);
+        let port = if forced { "5080" } else { "5060" };
+        let via = header(&out, "Via").unwrap_or_default();
+        assert!(
+            via.starts_with(&format!("SIP/2.0/UDP 192.0.2.10:{port};")),
+            "{script}: {via}"
+        );
+        let rr = header(&out, "Record-Route").unwrap_or_default();
+        assert!(
+            rr.starts_with(&format!("<sip:192.0.2.10:{port};")),
+            "{script}: {rr}"
+        );
+        let warned = w.log.0.borrow().iter().any(|l| l.contains("5099"));
+        assert_eq!(warned, script.contains("5099"), "{script}");
+    }
+    // A next hop of another transport: the UDP listener is not used (Via names a TCP
+    // sent-by, as without `$fs`).
+    let w = World::new(&[]);
+    let s = compile(
+        r#"route { $fs = "udp:192.0.2.10:5080"; forward("203.0.113.5:5070;transport=tcp"); }"#,
+        "test.cfg",
+    )
+    .unwrap();
+    let (dest, out) = only_send(run_request(&s, None, &p, &w.env(), &m, &rx, None));
+    assert_eq!(dest.transport, Transport::Tcp);
+    let via = header(&out, "Via").unwrap_or_default();
+    assert!(via.starts_with("SIP/2.0/TCP 192.0.2.10:5060;"), "{via}");
+    // Malformed literals are compile errors; a listener check is the loader's.
+    assert!(compile(r#"route { $fs = "udp:nowhere"; }"#, "t.cfg").is_err());
+    assert!(compile(r#"route { force_send_socket("sctp:1.2.3.4:5"); }"#, "t.cfg").is_err());
+    assert!(compile(r#"route { force_send_socket(sctp:1.2.3.4:5); }"#, "t.cfg").is_err());
+    assert!(compile("route { force_send_socket(udp:1.2.3.4:5\n); }", "t.cfg").is_err());
+    let s = compile(r#"route { $fs = "udp:192.0.2.99:5060"; }"#, "t.cfg").unwrap();
+    assert_eq!(s.send_sockets(), ["udp:192.0.2.99:5060"]);
+}
+
+/// Null: Kamailio 5.6's rules (the differential test compares them with Kamailio itself).
+#[test]
+fn null_is_a_value_of_its_own() {
+    let w = World::new(&[]);
+    let s = compile(
+        r#"route {
+            $var(eq) = 0; if ($hdr(X-None) == $null) { $var(eq) = 1; }
+            $var(e) = ""; $var(ne) = 0; if ($var(e) != $null) { $var(ne) = 1; }
+            $var(str) = 0; if ($hdr(X-None) == "") { $var(str) = 1; }
+            $var(int) = 0; if ($hdr(X-None) == 0) { $var(int) = 1; }
+            $var(truth) = 0; if (!$null) { $var(truth) = 1; }
+            $var(n) = $hdr(X-None);
+            $var(cat) = "a" + $hdr(X-None) + "b";
+            $var(len) = $(hdr(X-None){s.len});
+            $avp(a) = 1; $avp(a) = $null; $var(avp) = 0; if ($avp(a) == $null) { $var(avp) = 1; }
+            append_to_reply("X-N: [$hdr(X-None)][$(hdr(X-None){s.len})][$du][$rb]\r\n");
+            sl_send_reply("200", "OK");
+        }"#,
+        "t.cfg",
+    )
+    .unwrap();
+    let m = request("OPTIONS", "sip:example.com", "");
+    let rx = tls_in(1);
+    let mut ctx = super::MsgCtx::new(&m, &rx, None);
+    let p = proxy();
+    let env = w.env();
+    let mut host = super::host::ProxyHost::new(&p, &env, Some(&m), &rx, None);
+    let _ = s.run_request(&mut ctx, &mut host);
+    let var = |n: &str| s.var(&ctx, n).unwrap();
+    for n in ["eq", "ne", "str", "int", "truth", "avp"] {
+        assert_eq!(var(n), Value::Int(1), "{n}");
+    }
+    assert_eq!(var("n"), Value::Int(0));
+    assert_eq!(var("cat"), Value::from("ab".to_owned()));
+    assert_eq!(var("len"), Value::Int(0));
+    let (_, out) = only_send_actions(host.into_actions());
+    assert_eq!(header(&out, "X-N"), Some("[<null>][][<null>][]"));
+}
+
+fn only_send_actions(actions: Vec<(Action, ForwardOpts)>) -> (Destination, Message) {
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    match actions.into_iter().next().map(|(a, _)| a) {
+        Some(Action::Send { dest, bytes }) => (dest, Message::parse(bytes).unwrap()),
+        other => panic!("expected one Send, got {other:?}"),
+    }
+}

@@ -95,6 +95,7 @@ fn truthy(v: &Value<'_>) -> bool {
     match v {
         Value::Int(i) => *i > 0,
         Value::Str(s) => !s.is_empty(),
+        Value::Null => false,
     }
 }
 
@@ -215,6 +216,9 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Stmt::Assign(lv, e) => {
                 let v = self.eval(e)?;
                 match lv {
+                    // Kamailio: null assigned to `$var` is 0, and removes an AVP.
+                    LValue::Var(i) if v.is_null() => self.ctx.set_var(*i, Value::Int(0)),
+                    LValue::Avp(i) if v.is_null() => self.ctx.unset_var(*i),
                     LValue::Var(i) | LValue::Avp(i) => self.ctx.set_var(*i, v.into_owned()),
                     LValue::Ruri => {
                         let s = v.as_str().into_owned();
@@ -228,11 +232,15 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                         let s = v.as_str().into_owned();
                         self.rewrite(None, None, Some(&s));
                     }
+                    LValue::Fs => {
+                        self.send_socket(&v);
+                    }
                     LValue::Bflags => {
                         // Not a number: no flags, as Kamailio's int conversion of a string.
                         self.ctx.bflags = v.as_int().unwrap_or(0) as u64;
                     }
                     LValue::Duri => {
+                        // Null or "" clears it.
                         let s = v.as_str().into_owned();
                         // Checked where it is used (forward/t_relay): a bad one fails there.
                         self.ctx.edits.dst_uri = (!s.is_empty()).then_some(s);
@@ -242,12 +250,8 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Stmt::ShtAssign(table, key, e) => {
                 let v = self.eval(e)?.into_owned();
                 let k = self.render(key);
-                // The empty string (what `$null` is) removes the entry, as null does in
-                // Kamailio.
-                let v = match &v {
-                    Value::Str(s) if s.is_empty() => None,
-                    _ => Some(v),
-                };
+                // Null removes the entry, as in Kamailio.
+                let v = (!v.is_null()).then_some(v);
                 if !self.host.sht_set(table, &k, v) {
                     self.host
                         .log(Level::Err, &format!("$sht: no htable `{table}`"));
@@ -292,6 +296,7 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
             Expr::Lit(v) => match v {
                 Value::Int(i) => Value::Int(*i),
                 Value::Str(s) => Value::Str(Cow::Borrowed(s.as_ref())),
+                Value::Null => Value::Null,
             },
             Expr::Tmpl(parts) => Value::from(self.render(parts)),
             Expr::Pv(p) => self.pv(p),
@@ -348,7 +353,12 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
         for p in parts {
             match p {
                 Part::Lit(s) => out.push_str(s),
-                Part::Pv(pv) => self.pv(pv).write_to(&mut out),
+                Part::Pv(pv) => match self.pv(pv) {
+                    // Kamailio prints a null `<null>`, but a transformation's null as
+                    // nothing.
+                    Value::Null if !matches!(pv, Pv::Tr(..)) => out.push_str("<null>"),
+                    v => v.write_to(&mut out),
+                },
             }
         }
         out
@@ -371,22 +381,31 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
     fn pv(&mut self, p: &'v Pv) -> Value<'v> {
         match p {
             Pv::Sel(s) => self.select(s),
+            // A pseudo-variable without a value is null (a select's absent is "").
+            Pv::Of(s) => match self.select(s) {
+                Value::Str(v) if v.is_empty() => Value::Null,
+                v => v,
+            },
             Pv::Var(i) => self.ctx.var(*i),
             Pv::Proto => Value::str(self.env.rx.transport.param()),
             Pv::Time => Value::Int(self.now()),
             Pv::Duri => match &self.ctx.edits.dst_uri {
                 Some(d) => Value::Str(d.clone().into()),
-                None => Value::EMPTY,
+                None => Value::Null,
             },
             Pv::TReplyCode => Value::Int(self.ctx.tm.reply_code.map_or(0, i64::from)),
             Pv::TBranchIdx => Value::Int(self.ctx.tm.branch_idx.map_or(0, |i| i as i64)),
             Pv::Bflags => Value::Int(self.ctx.bflags as i64),
             Pv::Avp(i) => self.ctx.avp(*i),
-            Pv::Null => Value::EMPTY,
+            Pv::Null => Value::Null,
+            Pv::Fs => match self.ctx.edits.send_socket {
+                Some((t, a)) => Value::from(super::socket_text(t, a)),
+                None => Value::Null,
+            },
             Pv::RetCode => Value::Int(i64::from(self.last_rc)),
             Pv::Sht(table, key) => {
                 let k = self.render(key);
-                self.host.sht_get(table, &k).unwrap_or(Value::EMPTY)
+                self.host.sht_get(table, &k).unwrap_or(Value::Null)
             }
             Pv::Tr(inner, trs) => {
                 let v = self.pv(inner);
@@ -677,6 +696,10 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
                 }
                 r
             }
+            Func::SendSocket => {
+                let v = self.arg(c, 0)?;
+                b2i(self.send_socket(&v))
+            }
             Func::ForceRport => {
                 self.ctx.edits.force_rport = true;
                 1
@@ -936,6 +959,30 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
         }
     }
 
+    /// `$fs = v`: null clears it; a listener of siprox's sets it; anything else is
+    /// logged (WARN, as Kamailio does) and leaves it as it was.
+    fn send_socket(&mut self, v: &Value<'_>) -> bool {
+        if v.is_null() {
+            self.ctx.edits.send_socket = None;
+            return true;
+        }
+        let s = v.as_str();
+        let found = super::parse_socket(&s)
+            .ok()
+            .and_then(|(t, a)| self.host.send_socket(t, a));
+        match found {
+            Some(sock) => {
+                self.ctx.edits.send_socket = Some(sock);
+                true
+            }
+            None => {
+                let msg = format!("$fs: no listener matches [{s}]: the default socket is used");
+                self.host.log(Level::Warn, &msg);
+                false
+            }
+        }
+    }
+
     fn current_ruri(&self) -> Option<String> {
         match &self.ctx.edits.new_ruri {
             Some(u) => Some(u.clone()),
@@ -1060,8 +1107,19 @@ fn header_lines(s: &str) -> Option<String> {
 
 fn compare(op: CmpOp, mode: CmpMode, l: &Value<'_>, r: &Value<'_>) -> bool {
     use std::cmp::Ordering;
+    // Two pseudo-variables: null equals only null (not "").
+    if mode == CmpMode::Dyn && (l.is_null() || r.is_null()) {
+        let eq = l.is_null() && r.is_null();
+        return match op {
+            CmpOp::Eq => eq,
+            CmpOp::Ne => !eq,
+            _ => false,
+        };
+    }
+    // Null is 0 as a number (and "" as a string).
+    let int = |v: &Value<'_>| if v.is_null() { Some(0) } else { v.as_int() };
     let ord: Option<Ordering> = match mode {
-        CmpMode::Int => match (l.as_int(), r.as_int()) {
+        CmpMode::Int => match (int(l), int(r)) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             // A string that is not a number compared as a number: the comparison is false,
             // whatever the operator (Kamailio treats it as an error).

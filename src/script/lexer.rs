@@ -477,7 +477,21 @@ impl Pre {
                 while i < b.len() && is_ident(b[i]) {
                     i += 1;
                 }
-                Tok::Ident(src[start..i].to_owned())
+                // Kamailio's bare `force_send_socket(udp:10.0.0.1:5060)`: the argument up
+                // to `)` on the line is one string.
+                if let Some((arg, open, close)) = (&src[start..i] == "force_send_socket")
+                    .then(|| bare_arg(src, i))
+                    .flatten()
+                {
+                    let name = Tok::Ident(src[start..i].to_owned());
+                    self.push(name, place(start, i), depth, out)?;
+                    self.push(Tok::LParen, place(open, open + 1), depth, out)?;
+                    self.push(Tok::Str(arg), place(open + 1, close), depth, out)?;
+                    i = close + 1;
+                    Tok::RParen
+                } else {
+                    Tok::Ident(src[start..i].to_owned())
+                }
             } else if c.is_ascii_digit() {
                 let (v, n) = if c == b'0' && matches!(b.get(i + 1), Some(b'x' | b'X')) {
                     let s = i + 2;
@@ -610,6 +624,28 @@ impl Pre {
         }
         Ok(())
     }
+}
+
+/// After a function name at `i`: `(`, then an argument that is not a string, a number or
+/// a pseudo-variable, up to `)` on the same line. Returns it (trimmed) and the offsets of
+/// `(` and `)`.
+fn bare_arg(src: &str, i: usize) -> Option<(String, usize, usize)> {
+    let b = src.as_bytes();
+    let mut j = i;
+    while b.get(j).is_some_and(|c| *c == b' ' || *c == b'\t') {
+        j += 1;
+    }
+    if b.get(j) != Some(&b'(') {
+        return None;
+    }
+    let rest = &src[j + 1..eol(src, j)];
+    let arg = rest[..rest.find(')')?].trim();
+    let first = arg.bytes().next()?;
+    if matches!(first, b'"' | b'\'' | b'$') || first.is_ascii_digit() && !arg.contains(':') {
+        return None;
+    }
+    let close = j + 1 + rest.find(')')?;
+    Some((arg.to_owned(), j, close))
 }
 
 /// Split Kamailio's `/regex/replacement/flags` (any delimiter; `\\` before the delimiter

@@ -29,6 +29,7 @@ mod set;
 mod tr;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::proxy::{Inbound, NextHop, Transport};
@@ -199,6 +200,13 @@ impl Script {
         &self.prog.htables
     }
 
+    /// The literal send sockets the script names (`$fs = "udp:127.0.0.1:5060"`,
+    /// `force_send_socket("...")`), each well formed ([`parse_socket`]), to check against
+    /// the listeners when it loads.
+    pub fn send_sockets(&self) -> &[String] {
+        &self.prog.send_sockets
+    }
+
     /// The value of `$var(name)` in a context after a run (`None` if the script never
     /// mentions the variable). For tests and for the runtime's logging.
     pub fn var(&self, ctx: &MsgCtx<'_>, name: &str) -> Option<Value<'static>> {
@@ -267,9 +275,16 @@ impl<'a> MsgCtx<'a> {
         self.vars.get(i).cloned().flatten().unwrap_or(Value::Int(0))
     }
 
-    /// `$avp` values: unset AVPs read as the empty string (Kamailio's null).
+    /// `$avp` values: unset AVPs are null, as in Kamailio.
     pub(crate) fn avp(&self, i: usize) -> Value<'static> {
-        self.vars.get(i).cloned().flatten().unwrap_or(Value::EMPTY)
+        self.vars.get(i).cloned().flatten().unwrap_or(Value::Null)
+    }
+
+    /// Unset a variable (an AVP assigned null).
+    pub(crate) fn unset_var(&mut self, i: usize) {
+        if let Some(v) = self.vars.get_mut(i) {
+            *v = None;
+        }
     }
 
     pub(crate) fn set_var(&mut self, i: usize, v: Value<'static>) {
@@ -341,6 +356,9 @@ pub struct ScriptEdits {
     pub force_rport: bool,
     /// `set_reply_no_connect()`: replies go on the request's own connection only.
     pub reply_no_connect: bool,
+    /// `$fs`, `force_send_socket()`, `set_send_socket()`: the listener to forward from
+    /// (one of siprox's: the host checked it).
+    pub send_socket: Option<(Transport, SocketAddr)>,
 }
 
 impl ScriptEdits {
@@ -528,6 +546,16 @@ pub trait Host {
         let _ = ctx;
         -1
     }
+    /// The listener that `$fs = "proto:ip:port"` names (`transport` `None`: any), if siprox
+    /// has it. A host without listeners has none.
+    fn send_socket(
+        &self,
+        transport: Option<Transport>,
+        addr: SocketAddr,
+    ) -> Option<(Transport, SocketAddr)> {
+        let _ = (transport, addr);
+        None
+    }
     /// Whether `host` (a name or IP literal, IPv6 without brackets) and `port` (`None`: any
     /// port) is siprox itself: for `== myself` and `loose_route()`.
     fn is_myself(&self, host: &str, port: Option<u16>) -> bool;
@@ -584,6 +612,24 @@ pub trait Host {
         let _ = (ctx, func, a, b);
         -1
     }
+}
+
+/// Parse a send socket as `$fs` and `force_send_socket()` take it: `proto:ip:port` or
+/// `ip:port` (any transport), IPv6 in brackets (Kamailio's form).
+pub fn parse_socket(s: &str) -> Result<(Option<Transport>, SocketAddr), &'static str> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((None, a));
+    }
+    let bad = "expected proto:ip:port (udp, tcp or tls, an IP address, a port)";
+    let (p, rest) = s.split_once(':').ok_or(bad)?;
+    let t = Transport::parse(p).ok_or(bad)?;
+    Ok((Some(t), rest.parse::<SocketAddr>().map_err(|_| bad)?))
+}
+
+/// Kamailio's text of a send socket (`udp:127.0.0.1:5060`), what `$fs` reads.
+pub fn socket_text(t: Transport, a: SocketAddr) -> String {
+    format!("{}:{a}", t.param())
 }
 
 /// Parse a `forward()` target: `host`, `host:port`, `host:port;transport=tls`,
@@ -671,6 +717,29 @@ mod tests {
     fn script_is_send_sync() {
         fn check<T: Send + Sync + Clone + 'static>() {}
         check::<Script>();
+    }
+
+    #[test]
+    fn sockets() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            parse_socket("udp:127.0.0.1:5060"),
+            Ok((Some(Transport::Udp), a("127.0.0.1:5060")))
+        );
+        assert_eq!(
+            parse_socket("tls:[::1]:5061"),
+            Ok((Some(Transport::Tls), a("[::1]:5061")))
+        );
+        assert_eq!(parse_socket("10.0.0.1:5"), Ok((None, a("10.0.0.1:5"))));
+        assert_eq!(parse_socket("[::1]:5"), Ok((None, a("[::1]:5"))));
+        assert!(parse_socket("sctp:10.0.0.1:5060").is_err());
+        assert!(parse_socket("udp:10.0.0.1").is_err());
+        assert!(parse_socket("udp:host.example:5060").is_err());
+        assert!(parse_socket("").is_err());
+        assert_eq!(
+            socket_text(Transport::Udp, a("[::1]:5060")),
+            "udp:[::1]:5060"
+        );
     }
 
     #[test]

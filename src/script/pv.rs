@@ -17,15 +17,15 @@ pub(crate) trait Vars {
 }
 
 fn na(h: HeaderName, p: NaPart) -> Pv {
-    Pv::Sel(Select::Sip(SipSelect::Single(h, p)))
+    Pv::Of(Select::Sip(SipSelect::Single(h, p)))
 }
 
 fn sip(s: SipSelect) -> Pv {
-    Pv::Sel(Select::Sip(s))
+    Pv::Of(Select::Sip(s))
 }
 
 fn tls(t: TlsSelect) -> Pv {
-    Pv::Sel(Select::Tls(t))
+    Pv::Of(Select::Tls(t))
 }
 
 fn dn_attr(s: &str) -> Option<DnAttr> {
@@ -187,9 +187,11 @@ pub(crate) fn resolve(name: &str, arg: Option<&str>, vars: &mut dyn Vars) -> Res
         "ct" => sip(SipSelect::Header(HeaderRef::new("Contact"))),
         "mb" => sip(SipSelect::MsgWhole),
         "ml" => sip(SipSelect::MsgLen),
-        "rb" => sip(SipSelect::MsgBody),
+        // No body: "" in Kamailio, not null.
+        "rb" => Pv::Sel(Select::Sip(SipSelect::MsgBody)),
         "Ts" => Pv::Time,
         "du" => Pv::Duri,
+        "fs" => Pv::Fs,
         "bf" => Pv::Bflags,
         "T_reply_code" => Pv::TReplyCode,
         "T_branch_idx" => Pv::TBranchIdx,

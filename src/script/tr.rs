@@ -1,7 +1,7 @@
 //! Kamailio transformations: `$(fu{uri.user}{s.tolower})`. Parsed once at compile time
 //! (unknown names and bad parameters are compile errors), applied left to right at run time.
-//! Where Kamailio's result is null (bad input, out of range, not found), siprox's is the
-//! empty string and the rest of the chain is skipped, as Kamailio stops at null. Never
+//! Where Kamailio's result is null (bad input, out of range, not found), so is siprox's,
+//! and the rest of the chain is skipped, as Kamailio stops at null. Never
 //! panics: every offset is checked and strings are cut on bytes, then made valid UTF-8.
 
 use std::borrow::Cow;
@@ -177,16 +177,18 @@ fn one(t: &str) -> Result<Tr, String> {
     Ok(tr)
 }
 
-/// Apply a chain. A step whose Kamailio result is null ends the chain with `""`.
+/// Apply a chain. A null value stays null, and a step whose Kamailio result is null ends
+/// the chain with null (which a template prints as `""`, as Kamailio does).
 pub(crate) fn apply(v: Value<'_>, trs: &[Tr]) -> Value<'static> {
     let mut v = match v {
         Value::Int(i) => Value::Int(i),
         Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
+        Value::Null => return Value::Null,
     };
     for t in trs {
         match step(&v, t) {
             Some(n) => v = n,
-            None => return Value::EMPTY,
+            None => return Value::Null,
         }
     }
     v
@@ -248,7 +250,8 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
                     .rev()
                     .nth(usize::try_from(idx.checked_neg()? - 1).ok()?)
             };
-            owned(part?)
+            // No such field: "", as in Kamailio.
+            owned(part.unwrap_or(""))
         }
         Tr::SStrip(n) | Tr::SStripTail(n) => {
             let n = *n;
@@ -270,7 +273,10 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
             match (t, &uri) {
                 // Kamailio's phone2tel: with `user=phone`, the user ends at its first `;`.
                 (Tr::UriUser, Uri::Sip(u)) => {
-                    let user = u.user.filter(|u| !u.is_empty())?;
+                    // No user: "" (Kamailio's result is an empty string, not null).
+                    let Some(user) = u.user.filter(|u| !u.is_empty()) else {
+                        return owned("");
+                    };
                     let phone = u
                         .params
                         .get("user")
@@ -287,12 +293,20 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
                     Host::Name(n) => n.to_owned(),
                     h => h.to_string(),
                 }),
-                (Tr::UriPort, Uri::Sip(u)) => Some(Value::Int(i64::from(u.port?))),
-                (Tr::UriParam(name), Uri::Sip(u)) => owned(u.params.get(name)?.unwrap_or("")),
+                // No port: "" (Kamailio's is "" as a string and 0 as an integer).
+                (Tr::UriPort, Uri::Sip(u)) => match u.port {
+                    Some(p) => Some(Value::Int(i64::from(p))),
+                    None => owned(""),
+                },
+                (Tr::UriParam(name), Uri::Sip(u)) => {
+                    owned(u.params.get(name).flatten().unwrap_or(""))
+                }
+                (Tr::UriParam(_) | Tr::UriPort, Uri::Tel(_)) => owned(""),
                 _ => None,
             }
         }
-        Tr::ParamValue(name, ';') => param_list_value(&s, name).and_then(owned),
+        // Not there: "", as in Kamailio.
+        Tr::ParamValue(name, ';') => owned(param_list_value(&s, name).unwrap_or("")),
         Tr::ParamValue(name, sep) => {
             let body = s.trim().trim_start_matches(*sep);
             body.split(*sep)
@@ -301,7 +315,7 @@ fn step(v: &Value<'_>, t: &Tr) -> Option<Value<'static>> {
                     None => (p.trim(), ""),
                 })
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| owned(v))
+                .map_or_else(|| owned(""), |(_, v)| owned(v))
         }
         Tr::NaUri | Tr::NaName => {
             let (name, uri) = name_addr(&s)?;
@@ -444,8 +458,8 @@ mod tests {
         assert_eq!(run("abcdef", "{s.substr,1,2}"), s("bc"));
         assert_eq!(run("abcdef", "{s.substr,-2,0}"), s("ef"));
         assert_eq!(run("abcdef", "{s.substr,4,10}"), s("ef"));
-        assert_eq!(run("abcdef", "{s.substr,6,1}"), s(""));
-        assert_eq!(run("abcdef", "{s.substr,-7,1}"), s(""));
+        assert_eq!(run("abcdef", "{s.substr,6,1}"), Value::Null);
+        assert_eq!(run("abcdef", "{s.substr,-7,1}"), Value::Null);
         assert_eq!(run("a,b,c", "{s.select,1,,}"), s("b"));
         assert_eq!(run("a,b,c", "{s.select,-1,,}"), s("c"));
         assert_eq!(run("a,b,c", "{s.select,3,,}"), s(""));
@@ -455,8 +469,8 @@ mod tests {
         assert_eq!(run("abc", "{s.strip,-1}"), s("abc"));
         assert_eq!(run("é", "{s.substr,1,1}"), s("\u{fffd}"));
         assert_eq!(run("-12", "{s.int}"), Value::Int(-12));
-        assert_eq!(run(" 12", "{s.int}"), s(""));
-        assert_eq!(run("12ab", "{s.int}"), s(""));
+        assert_eq!(run(" 12", "{s.int}"), Value::Null);
+        assert_eq!(run("12ab", "{s.int}"), Value::Null);
         assert!(parse("{s.substr,2,-1}").is_err());
         assert_eq!(run("<sip:a@b>", "{nameaddr.uri}"), s("sip:a@b"));
         assert_eq!(
@@ -465,7 +479,7 @@ mod tests {
         );
         assert_eq!(run("\"A <sip:a@b>", "{nameaddr.uri}"), s("\"A <sip:a@b>"));
         assert_eq!(run("sip:a@b;tag=1", "{nameaddr.uri}"), s("sip:a@b;tag=1"));
-        assert_eq!(run("<sip:a@b", "{nameaddr.uri}"), s(""));
+        assert_eq!(run("<sip:a@b", "{nameaddr.uri}"), Value::Null);
         assert!(parse("{s.nope}").is_err());
         assert!(parse("{s.substr,1}").is_err());
         assert!(parse("{s.substr,$var(x),1}").is_err());

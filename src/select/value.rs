@@ -10,6 +10,11 @@ use std::fmt;
 pub enum Value<'a> {
     Int(i64),
     Str(Cow<'a, str>),
+    /// No value: a route script's pseudo-variable that has none (Kamailio's null: an absent
+    /// header, `$du` unset, `$tls_*` outside TLS, a transformation out of range). Selects
+    /// never give it (an absent select is the empty string, as in SER). Its string form is
+    /// `""` and it is no integer; a script template prints it `<null>`.
+    Null,
 }
 
 impl<'a> Value<'a> {
@@ -31,6 +36,7 @@ impl<'a> Value<'a> {
         match self {
             Value::Int(i) => Cow::Owned(i.to_string()),
             Value::Str(s) => Cow::Borrowed(s),
+            Value::Null => Cow::Borrowed(""),
         }
     }
 
@@ -40,7 +46,13 @@ impl<'a> Value<'a> {
         match self {
             Value::Int(i) => Some(*i),
             Value::Str(s) => s.trim().parse().ok(),
+            Value::Null => None,
         }
+    }
+
+    /// True for [`Value::Null`].
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
     }
 
     /// True for the empty string (an integer is never empty).
@@ -53,6 +65,7 @@ impl<'a> Value<'a> {
         match self {
             Value::Int(i) => Value::Int(i),
             Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
+            Value::Null => Value::Null,
         }
     }
 
@@ -64,6 +77,7 @@ impl<'a> Value<'a> {
                 let _ = write!(out, "{i}");
             }
             Value::Str(s) => out.push_str(s),
+            Value::Null => {}
         }
     }
 }
@@ -73,6 +87,7 @@ impl fmt::Display for Value<'_> {
         match self {
             Value::Int(i) => write!(f, "{i}"),
             Value::Str(s) => f.write_str(s),
+            Value::Null => Ok(()),
         }
     }
 }

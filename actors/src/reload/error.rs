@@ -88,6 +88,8 @@ pub enum ScriptProblem {
     Compile(CompileErrors),
     /// It names `$sht` tables that `[htables]` does not declare.
     UnknownHtables(Vec<String>),
+    /// It forces a send socket (`$fs`, `force_send_socket`) that no listener has.
+    UnknownSockets(Vec<String>),
 }
 
 impl fmt::Display for ScriptProblem {
@@ -100,6 +102,11 @@ impl fmt::Display for ScriptProblem {
                 "$sht names a table that [htables] does not declare: {} (add [htables.{}] to conf.d)",
                 t.join(", "),
                 t.first().map_or("", String::as_str)
+            ),
+            ScriptProblem::UnknownSockets(s) => write!(
+                f,
+                "$fs / force_send_socket names a socket siprox does not listen on: {} (the [[listen]] entries of conf.d)",
+                s.join(", ")
             ),
         }
     }
@@ -115,7 +122,9 @@ impl fmt::Display for ScriptError {
             // A compile error names its file itself.
             ScriptProblem::Compile(e) => write!(f, "{e}"),
             ScriptProblem::Read(e) => write!(f, "{}: cannot read: {e}", self.path.display()),
-            p @ ScriptProblem::UnknownHtables(_) => write!(f, "{}: {p}", self.path.display()),
+            p @ (ScriptProblem::UnknownHtables(_) | ScriptProblem::UnknownSockets(_)) => {
+                write!(f, "{}: {p}", self.path.display())
+            }
         }
     }
 }

@@ -90,6 +90,26 @@ fn compile(s: &ScriptSource) -> Result<script::Script, ScriptError> {
     })
 }
 
+/// Whether a literal send socket (`udp:127.0.0.1:5060`) is one of the configured
+/// listeners, as Kamailio refuses at start a `force_send_socket()` it does not listen on.
+/// A listener on port 0 (tests: the port is known once bound) takes any port of its
+/// address; the run checks the bound port.
+fn listens_on(config: &Config, socket: &str) -> bool {
+    let Ok((proto, addr)) = script::parse_socket(socket) else {
+        return false;
+    };
+    config.listen.iter().any(|l| {
+        let t = match l.proto {
+            siprox::config::Proto::Udp => siprox::proxy::Transport::Udp,
+            siprox::config::Proto::Tcp => siprox::proxy::Transport::Tcp,
+            siprox::config::Proto::Tls => siprox::proxy::Transport::Tls,
+        };
+        proto.is_none_or(|p| p == t)
+            && l.addr.ip() == addr.ip()
+            && (l.addr.port() == addr.port() || l.addr.port() == 0)
+    })
+}
+
 /// The set of `sources`, each compiled by `compile`; every failure is reported.
 fn assemble(
     config: &Config,
@@ -106,15 +126,27 @@ fn assemble(
                 .filter(|t| !config.htables.contains_key(*t))
                 .cloned()
                 .collect();
-            if unknown.is_empty() {
-                Ok(c)
-            } else {
-                Err(ScriptError {
+            if !unknown.is_empty() {
+                return Err(ScriptError {
                     domain: s.domain.clone(),
                     path: s.path.clone(),
                     problem: ScriptProblem::UnknownHtables(unknown),
-                })
+                });
             }
+            let sockets: Vec<String> = c
+                .send_sockets()
+                .iter()
+                .filter(|t| !listens_on(config, t))
+                .cloned()
+                .collect();
+            if !sockets.is_empty() {
+                return Err(ScriptError {
+                    domain: s.domain.clone(),
+                    path: s.path.clone(),
+                    problem: ScriptProblem::UnknownSockets(sockets),
+                });
+            }
+            Ok(c)
         });
         match (compiled, &s.domain) {
             (Ok(c), None) => set.default = Some(c),

@@ -307,8 +307,11 @@ impl Worker {
                     }
                 }
                 // A reply over UDP leaves from the socket its request arrived on: clients
-                // (and NATs) expect the answer from the address they wrote to.
-                let from = (inbound.transport == Transport::Udp).then_some(inbound.local);
+                // (and NATs) expect the answer from the address they wrote to; a forwarded
+                // request from the one `$fs` forced, if any.
+                let from = tm::udp_from(&opts, &dest)
+                    .filter(|_| !bytes.starts_with(b"SIP/2.0 "))
+                    .or((inbound.transport == Transport::Udp).then_some(inbound.local));
                 self.send(dest, bytes, from)
             }
             Action::Drop { reason } => {
@@ -366,7 +369,7 @@ impl Worker {
             };
             match action {
                 Action::Forward { .. } => inc(&me.shared.stats.dropped),
-                other => me.execute(other, &msg, &inbound),
+                other => me.execute_with(other, &msg, &inbound, opts),
             }
         });
     }

@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -178,6 +179,8 @@ pub(crate) struct Tm {
     pub(super) servers: HashMap<TxId, Box<Relayed>>,
     /// Client transaction (a branch) -> its server transaction.
     branches: HashMap<TxId, TxId>,
+    /// A branch over UDP -> the listener `$fs` made it leave from.
+    send_from: HashMap<TxId, SocketAddr>,
 }
 
 /// The per-worker transaction state and its timer's wake-up.
@@ -214,6 +217,7 @@ impl TmState {
                 table: Table::new(table, branch_seed()),
                 servers: HashMap::new(),
                 branches: HashMap::new(),
+                send_from: HashMap::new(),
             }),
             wake: Notify::new(),
             sleeping_until: Cell::new(None),
@@ -511,7 +515,10 @@ impl Worker {
                     self.local_final(tm, id, bytes, now)
                 }
             }
-            Action::Send { dest, bytes } => self.client(tm, id, dest, bytes, now),
+            Action::Send { dest, bytes } => {
+                let from = udp_from(&opts, &dest);
+                self.client(tm, id, dest, bytes, from, now)
+            }
             Action::Drop { reason } => {
                 debug!(reason, "relayed request not forwardable");
                 if !self.other_branches(tm, id) {
@@ -572,6 +579,7 @@ impl Worker {
         id: TxId,
         dest: Destination,
         bytes: Bytes,
+        from: Option<SocketAddr>,
         now: Instant,
     ) {
         let Ok(req) = Message::parse(bytes) else {
@@ -595,6 +603,9 @@ impl Worker {
                 if let Some(r) = tm.servers.get_mut(&id) {
                     if r.ctx.add_branch(cid).is_some() {
                         tm.branches.insert(cid, id);
+                        if let Some(a) = from {
+                            tm.send_from.insert(cid, a);
+                        }
                         if let Some(req) = gone {
                             self.flow_failed(tm, &req, now);
                         }
@@ -676,7 +687,16 @@ impl Worker {
                         .servers
                         .get(&tx)
                         .filter(|r| r.inbound.transport == Transport::Udp)
-                        .map(|r| r.inbound.local);
+                        .map(|r| r.inbound.local)
+                        // A branch: from the socket `$fs` forced, if any (no lookup
+                        // when no script forced one).
+                        .or_else(|| {
+                            if tm.send_from.is_empty() {
+                                None
+                            } else {
+                                tm.send_from.get(&tx).copied()
+                            }
+                        });
                     self.send(dest, bytes, from)
                 }
                 TxAction::Response { tx, msg } => {
@@ -711,6 +731,9 @@ impl Worker {
                 }
                 TxAction::Terminated { tx } => {
                     tm.branches.remove(&tx);
+                    if !tm.send_from.is_empty() {
+                        tm.send_from.remove(&tx);
+                    }
                     tm.servers.remove(&tx);
                 }
             }
@@ -907,4 +930,13 @@ fn settle(tm: &mut Tm, id: TxId) {
         r.tls = None;
     }
     r.set(reply_route, |e| &mut e.reply_route);
+}
+
+/// The UDP listener a forward leaves from when `$fs` forced one of the destination's
+/// transport (`None`: the usual choice).
+pub(super) fn udp_from(opts: &ForwardOpts, dest: &Destination) -> Option<SocketAddr> {
+    match opts.send_socket {
+        Some((Transport::Udp, a)) if dest.transport == Transport::Udp => Some(a),
+        _ => None,
+    }
 }
