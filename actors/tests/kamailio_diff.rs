@@ -457,6 +457,10 @@ fn probes() -> Vec<String> {
         "if:$hdr(X-None) != \"\"",
         "if:$hdr(X-None) == 0",
         "if:$hdr(X-Foo) == $null",
+        "$hdr(X-Empty)",
+        "$(hdr(X-Empty){s.len})",
+        "if:$hdr(X-Empty) == $null",
+        "if:$hdr(X-Empty) == \"\"",
         "if:$hdr(X-Foo) != $null",
         "if:$rU == $null",
         "if:$tt == $null",
@@ -821,6 +825,7 @@ fn messages(via: Via, local: SocketAddr) -> Vec<(&'static str, String)> {
              X-Q: x, y;a=2\r\n\
              X-Pad:   padded  \r\n\
              X-L: ;a = 1 ; b=\"q,r\" ;c, d=4\r\n\
+             X-Empty:\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         )

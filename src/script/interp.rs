@@ -378,12 +378,20 @@ impl<'v, 'c, 'a: 'v> Run<'v, 'c, 'a> {
         s.eval(&env)
     }
 
+    fn header_present(&self, s: &Select) -> bool {
+        match (s, self.env.msg) {
+            (Select::Sip(SipSelect::Header(h)), Some(msg)) => h.present(msg),
+            _ => false,
+        }
+    }
+
     fn pv(&mut self, p: &'v Pv) -> Value<'v> {
         match p {
             Pv::Sel(s) => self.select(s),
             // A pseudo-variable without a value is null (a select's absent is "").
             Pv::Of(s) => match self.select(s) {
-                Value::Str(v) if v.is_empty() => Value::Null,
+                // `$hdr(X)` of a header present with an empty value is "", as in Kamailio.
+                Value::Str(v) if v.is_empty() && !self.header_present(s) => Value::Null,
                 v => v,
             },
             Pv::Var(i) => self.ctx.var(*i),

@@ -32,6 +32,11 @@ impl HeaderRef {
         }
     }
 
+    /// Whether the message has this header at all (with an empty value or not).
+    pub fn present(&self, msg: &Message) -> bool {
+        msg.fields().any(|f| self.matches(&f))
+    }
+
     /// Every line value of this header, in order. The values borrow from the message only.
     fn lines<'s, 'a: 's>(&'s self, msg: &'a Message) -> impl Iterator<Item = &'a str> + 's {
         msg.fields()
