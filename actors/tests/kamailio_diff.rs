@@ -94,6 +94,11 @@ const INTENDED: &[Intended] = &[
         None,
         "the first entry is what the name says, as `@record_route` reads the first Record-Route in both",
     ),
+    (
+        &["\"u=$rU\""],
+        None,
+        "one rule for every string literal: a `$` in one is a pseudo-variable, in an assignment as in a function's argument (`$$` is a `$`)",
+    ),
 ];
 
 /// Probes Kamailio 5.6.3 refuses at load and siprox accepts, with the reason (checked with
@@ -438,6 +443,7 @@ fn probes() -> Vec<String> {
     // in-dialog OPTIONS, $rU for the REGISTER).
     for s in [
         "$null",
+        "\"u=$rU\"",
         "$hdr(X-None)",
         "$(hdr(X-None){s.len})",
         "$(hdr(X-None){s.tolower})",
