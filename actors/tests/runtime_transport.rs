@@ -316,3 +316,61 @@ async fn localhost_next_hops_resolve_without_dns_and_tls_verifies_the_name() {
     assert_eq!(tls_uas.connections(), 1);
     rt.shutdown();
 }
+
+/// A TLS 1.3 client gets one session ticket per connection (OpenSSL's default is two; each
+/// costs the server a serialised session and a write of its own), and requests written
+/// back to back, in separate TLS records that arrive together (siprox reads ahead: several
+/// records per read), are each answered.
+#[tokio::test]
+async fn tls13_one_ticket_per_connection_and_back_to_back_records_all_answered() {
+    use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslVersion};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Tls]), dir.path());
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let tickets = Arc::new(AtomicUsize::new(0));
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    b.set_ca_file(ca_file(dir.path())).expect("ca");
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))
+        .expect("min");
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    let seen = tickets.clone();
+    b.set_new_session_callback(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    let ssl = b
+        .build()
+        .configure()
+        .expect("cfg")
+        .into_ssl("127.0.0.1")
+        .expect("ssl");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    std::pin::Pin::new(&mut s)
+        .connect()
+        .await
+        .expect("handshake");
+    assert_eq!(s.ssl().version_str(), "TLSv1.3");
+    // Three records written one after the other, before any answer is read.
+    for i in 0..3 {
+        s.write_all(options_to(addr, "TLS", &format!("ahead-{i}")).as_bytes())
+            .await
+            .expect("write");
+    }
+    let mut buf = Vec::new();
+    for i in 0..3 {
+        let r = read_message(&mut s, &mut buf, T).await.expect("reply");
+        assert_eq!(status(&r), Some(200), "{r}");
+        assert_eq!(header(&r, "Call-ID"), Some(format!("ahead-{i}").as_str()));
+    }
+    // The tickets came before the first answer (the server sends them right after the
+    // handshake), so they have all been read by now.
+    assert_eq!(
+        tickets.load(Ordering::SeqCst),
+        1,
+        "session tickets received"
+    );
+    rt.shutdown();
+}

@@ -131,6 +131,17 @@ pub fn dispatch_context_with(
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
     b.set_mode(SslMode::RELEASE_BUFFERS);
+    // One TLS 1.3 ticket per connection instead of OpenSSL's two: a SIP client keeps one
+    // connection, and a connection that resumes gets a fresh one. Each ticket costs a
+    // session serialised three times, its encryption and MAC, and a write of its own
+    // (issue 18). `num_tickets` is the `Ssl`'s, taken from this context at `Ssl::new` (the
+    // switch to the domain's context keeps it); a domain without resumption sets 0.
+    b.set_num_tickets(1)?;
+    // Read what the socket holds in one go instead of a record header (5 bytes) and then
+    // its body: half the reads of a handshake (ClientHello, then ChangeCipherSpec and
+    // Finished in one segment) and of every message after it. The buffer is OpenSSL's
+    // usual one, still released when empty (RELEASE_BUFFERS).
+    b.set_read_ahead(true);
     b.set_session_id_context(b"sx-dispatch")?;
     b.set_client_hello_callback(dispatch_hello);
     if let Some(ring) = tickets {

@@ -190,9 +190,12 @@ async fn handshake(
             return Poll::Ready(Some(r));
         }
         if server && !adjusted {
-            if let Some(t) = tls::chosen(s.ssl()).and_then(|c| c.domain.handshake_timeout) {
+            // Looked up until the ClientHello has picked the domain, then never again.
+            if let Some(c) = tls::chosen(s.ssl()) {
                 adjusted = true;
-                sleep.as_mut().reset(start + t);
+                if let Some(t) = c.domain.handshake_timeout {
+                    sleep.as_mut().reset(start + t);
+                }
             }
         }
         sleep.as_mut().poll(cx).map(|_| None)
