@@ -288,3 +288,57 @@ async fn outgoing_tls_refuses_a_next_hop_with_the_wrong_certificate() {
         .unwrap();
     sx.shutdown().await;
 }
+
+/// Responses that pile up for one TLS connection leave gathered into shared writes (up to
+/// one TLS record each): every one must still arrive whole, once, as its own message, also
+/// when the pile is larger than a record and is cut between messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_responses_to_one_tls_connection_arrives_whole() {
+    const N: u32 = 300;
+    let sx = Siprox::start(Options::default()).await;
+    // 200s with a body: the burst spans many records (about 1 KiB each, 300 of them).
+    let uas = Uas::start(
+        Transport::Udp,
+        UasOpts {
+            body_size: 700,
+            ..UasOpts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let c = sx.client(Transport::Tls).await;
+    let ruri = uas.uri("bob");
+    let ids = CallIds::new();
+    // One write holding every request: siprox forwards them in one pass, and the UAS's
+    // answers come back faster than one write each would drain them.
+    let mut burst = Vec::new();
+    for cseq in 1..=N {
+        burst.extend(build_request(
+            &c,
+            &Req {
+                cseq,
+                ..Req::new("OPTIONS", &ruri, &ids)
+            },
+        ));
+    }
+    let mut sub = c.subscribe(&ids.call_id);
+    c.send(&burst).await.unwrap();
+    let mut seen = vec![0u32; N as usize + 1];
+    for _ in 0..N {
+        let m = sub.recv(WAIT).await.expect("a response for every request");
+        assert_eq!(m.status(), Some(200), "{m:?}");
+        assert_eq!(m.body().len(), 700, "the body arrived cut or merged");
+        let cseq = m.cseq().expect("CSeq").seq as usize;
+        seen[cseq] += 1;
+    }
+    assert!(
+        seen[1..].iter().all(|&n| n == 1),
+        "every CSeq answered once: {:?}",
+        seen.iter()
+            .enumerate()
+            .filter(|(i, &n)| *i > 0 && n != 1)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sx.stats().framing_errors, 0);
+    sx.shutdown().await;
+}

@@ -993,7 +993,9 @@ impl Proxy {
         match msg.top_via() {
             Ok(v) if v.has_rfc3261_branch() => {
                 h.write(v.branch().unwrap_or("").as_bytes());
-                h.write(v.host.to_string().as_bytes());
+                // The host as written by Display, hashed without a String per request.
+                let _ = write!(h, "{}", v.host);
+                h.end_field();
                 h.write(&v.port.unwrap_or(0).to_be_bytes());
             }
             _ => {
@@ -1012,12 +1014,21 @@ impl Proxy {
     }
 
     fn is_loop(&self, msg: &Message) -> bool {
-        let suffix = format!("-{:08x}", loop_hash(msg));
-        msg.vias().skip(1).filter_map(Result::ok).any(|v| {
-            v.branch()
-                .is_some_and(|b| b.starts_with(BRANCH_PREFIX) && b.ends_with(&suffix))
-                && self.sent_by_is_me(&v.host, v.port, v.transport)
-        })
+        // "-{:08x}" of the hash, without a String per request.
+        let hash = loop_hash(msg);
+        let mut suffix = [b'-'; 9];
+        for (i, d) in suffix[1..].iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[((hash >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        // The top Via is the sender's: skipped before it is parsed.
+        msg.list_values(HeaderName::Via)
+            .skip(1)
+            .filter_map(|v| v.ok().and_then(|v| crate::sip::Via::parse(v).ok()))
+            .any(|v| {
+                v.branch().is_some_and(|b| {
+                    b.starts_with(BRANCH_PREFIX) && b.as_bytes().ends_with(&suffix)
+                }) && self.sent_by_is_me(&v.host, v.port, v.transport)
+            })
     }
 
     /// A deterministic To tag for local replies: the same for a retransmission.
@@ -1210,11 +1221,17 @@ impl Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
     fn write(&mut self, bytes: &[u8]) {
+        self.feed(bytes);
+        self.end_field();
+    }
+    fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
-        // Separator, so that ("ab","c") and ("a","bc") differ.
+    }
+    /// Separator, so that ("ab","c") and ("a","bc") differ.
+    fn end_field(&mut self) {
         self.0 ^= 0xff;
         self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
     }
@@ -1235,6 +1252,14 @@ impl Fnv {
         );
         self.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
         self.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+    }
+}
+
+/// Bytes formatted into the hash (one field: end it with [`Fnv::end_field`]).
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.feed(s.as_bytes());
+        Ok(())
     }
 }
 

@@ -1032,3 +1032,20 @@ fn a_wildcard_listener_makes_every_local_address_myself() {
     assert!(!q.is_myself("192.0.2.5", Some(5060)));
     assert!(!q.is_myself("127.0.0.2", Some(5060)));
 }
+
+/// The stateless branch hashes the top Via's host as Display writes it; formatting it into
+/// the hash (no String per request) must give the same branches as before, or requests
+/// retransmitted across an upgrade would get another branch.
+#[test]
+fn branch_hash_of_a_formatted_host_is_the_hash_of_its_string() {
+    use std::fmt::Write as _;
+    for host in ["192.0.2.1", "[2001:db8::1]", "pbx.example.com"] {
+        let h = crate::sip::parse_host(host).expect("host");
+        let mut a = super::Fnv::new();
+        a.write(h.to_string().as_bytes());
+        let mut b = super::Fnv::new();
+        write!(b, "{h}").unwrap();
+        b.end_field();
+        assert_eq!(a.finish(), b.finish(), "{host}");
+    }
+}

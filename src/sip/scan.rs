@@ -77,35 +77,48 @@ pub(crate) fn quoted_end(s: &str) -> Option<usize> {
 }
 
 /// Find the first `sep` byte in `s` that is outside quoted strings and, when `angle` is set,
-/// outside `<...>`. Returns `Err(())` on an unterminated quoted string.
+/// outside `<...>`. Returns `Err(())` on an unterminated quoted string. `sep` is a separator
+/// (`,` or `;`), never `"`, `<` or `>`. Jumps between the bytes that matter with memchr: this
+/// runs over every list header and parameter list a message is asked about.
 pub(crate) fn find_unquoted(s: &str, sep: u8, angle: bool) -> Result<Option<usize>, ()> {
     let b = s.as_bytes();
     let mut i = 0;
-    let mut in_angle = false;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'"' && !in_angle {
-            match s.get(i..).and_then(quoted_end) {
-                Some(len) => {
-                    i += len;
-                    continue;
-                }
+    loop {
+        let rest = b.get(i..).unwrap_or(&[]);
+        let next = if angle {
+            memchr::memchr3(b'"', b'<', sep, rest)
+        } else {
+            memchr::memchr2(b'"', sep, rest)
+        };
+        let Some(j) = next else {
+            return Ok(None);
+        };
+        i += j;
+        match b[i] {
+            b'"' => match s.get(i..).and_then(quoted_end) {
+                Some(len) => i += len,
                 None => return Err(()),
-            }
+            },
+            // Inside `<...>` nothing but the closing `>` counts (quotes neither).
+            b'<' if angle => match memchr::memchr(b'>', b.get(i + 1..).unwrap_or(&[])) {
+                Some(k) => i += k + 2,
+                None => return Ok(None),
+            },
+            _ => return Ok(Some(i)),
         }
-        if angle {
-            if c == b'<' {
-                in_angle = true;
-            } else if c == b'>' {
-                in_angle = false;
-            }
-        }
-        if c == sep && !in_angle {
-            return Ok(Some(i));
-        }
-        i += 1;
     }
-    Ok(None)
+}
+
+/// Index of the first `b` in `s` (a byte search: cheaper than `str::find` with a `char`).
+#[inline]
+pub(crate) fn find_byte(s: &str, b: u8) -> Option<usize> {
+    memchr::memchr(b, s.as_bytes())
+}
+
+/// Index of the last `b` in `s`.
+#[inline]
+pub(crate) fn rfind_byte(s: &str, b: u8) -> Option<usize> {
+    memchr::memrchr(b, s.as_bytes())
 }
 
 /// Iterator over the comma-separated elements of a list header value, split on demand.
@@ -230,6 +243,15 @@ mod tests {
             .collect();
         assert_eq!(v, vec!["a", "b", "c"]);
         assert!(CommaSplit::new(r#""open, x"#).any(|r| r.is_err()));
+        // Quotes inside <...> are not special; an unterminated <...> hides the rest.
+        let v: Vec<_> = CommaSplit::new(r#"<sip:a"b,c>, d, "e>,f", g"#)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(v, vec![r#"<sip:a"b,c>"#, "d", r#""e>,f""#, "g"]);
+        assert_eq!(find_unquoted("a>b,c", b',', true), Ok(Some(3)));
+        assert_eq!(find_unquoted("<a,b", b',', true), Ok(None));
+        assert_eq!(find_unquoted(r#"x="a;b";y"#, b';', false), Ok(Some(7)));
+        assert_eq!(find_unquoted(r#"x="a;b"#, b';', false), Err(()));
     }
 
     #[test]

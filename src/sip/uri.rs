@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::{escapes_valid, is_token, parse_u64};
+use super::scan::{escapes_valid, parse_u64};
 
 /// Why a URI did not parse. Turned into [`ParseError::BadUri`](super::ParseError) by callers,
 /// who know where the URI came from.
@@ -148,13 +148,43 @@ impl<'a> Params<'a> {
     }
 }
 
+/// Token chars plus the URI `param-unreserved` set and `%` escapes, as a table (checked
+/// for every byte of every parameter a message is validated with).
+static PARAM_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'!'
+                    | b'%'
+                    | b'*'
+                    | b'_'
+                    | b'+'
+                    | b'`'
+                    | b'\''
+                    | b'~'
+                    | b'['
+                    | b']'
+                    | b'/'
+                    | b':'
+                    | b'&'
+                    | b'$'
+                    | b'('
+                    | b')'
+                    | b'@'
+            );
+        i += 1;
+    }
+    t
+};
+
+#[inline(always)]
 fn is_param_char(b: u8) -> bool {
-    // token chars plus the URI `param-unreserved` set and `%` escapes
-    is_token(b)
-        || matches!(
-            b,
-            b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'(' | b')' | b'@'
-        )
+    PARAM_CHAR[b as usize]
 }
 
 /// Split one parameter off `s` (which follows a `;`): up to the next `;` outside a quoted string.
@@ -166,7 +196,7 @@ fn split_param(s: &str) -> (&str, &str) {
 }
 
 fn name_value(piece: &str) -> (&str, Option<&str>) {
-    match piece.find('=') {
+    match super::scan::find_byte(piece, b'=') {
         Some(i) => (
             super::scan::trim_lws(piece.get(..i).unwrap_or("")),
             Some(super::scan::trim_lws(piece.get(i + 1..).unwrap_or(""))),
@@ -200,7 +230,7 @@ impl<'a> Iterator for ParamIter<'a> {
 impl<'a> Uri<'a> {
     /// Parse a URI. `s` must be the URI alone (no surrounding `<>` or whitespace).
     pub fn parse(s: &'a str) -> Result<Uri<'a>, UriError> {
-        let colon = s.find(':').ok_or("missing scheme")?;
+        let colon = super::scan::find_byte(s, b':').ok_or("missing scheme")?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
         if scheme.is_empty()
@@ -248,10 +278,10 @@ impl<'a> SipUri<'a> {
     /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon.
     fn parse_rest(rest: &'a str, secure: bool) -> Result<SipUri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
-        let (user, password, hostport_etc) = match rest.find('@') {
+        let (user, password, hostport_etc) = match super::scan::find_byte(rest, b'@') {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let (user, password) = match userinfo.find(':') {
+                let (user, password) = match super::scan::find_byte(userinfo, b':') {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
@@ -270,10 +300,11 @@ impl<'a> SipUri<'a> {
             }
             None => (None, None, rest),
         };
-        let hp_end = hostport_etc.find([';', '?']).unwrap_or(hostport_etc.len());
+        let hp_end =
+            memchr::memchr2(b';', b'?', hostport_etc.as_bytes()).unwrap_or(hostport_etc.len());
         let (host, port) = parse_hostport(&hostport_etc[..hp_end])?;
         let after = &hostport_etc[hp_end..];
-        let (params, headers) = match after.find('?') {
+        let (params, headers) = match super::scan::find_byte(after, b'?') {
             Some(q) => (&after[..q], Some(&after[q + 1..])),
             None => (after, None),
         };
@@ -308,7 +339,7 @@ impl<'a> SipUri<'a> {
 
 impl<'a> TelUri<'a> {
     fn parse_rest(rest: &'a str) -> Result<TelUri<'a>, UriError> {
-        let end = rest.find(';').unwrap_or(rest.len());
+        let end = super::scan::find_byte(rest, b';').unwrap_or(rest.len());
         let number = &rest[..end];
         let digits = number.strip_prefix('+').unwrap_or(number);
         if digits.is_empty()
@@ -336,7 +367,7 @@ pub fn parse_hostport(s: &str) -> Result<(Host<'_>, Option<u16>), UriError> {
         };
         (&s[..close + 2], port)
     } else {
-        match s.rfind(':') {
+        match super::scan::rfind_byte(s, b':') {
             Some(c) => (&s[..c], Some(&s[c + 1..])),
             None => (s, None),
         }

@@ -43,7 +43,8 @@ impl<'a> Via<'a> {
         let rest = trim_lws_start(rest);
         // sent-by = host [ COLON port ], with SWS allowed around the colon
         let end = rest
-            .find(|c: char| c == ';' || c.is_ascii_whitespace())
+            .bytes()
+            .position(|c| c == b';' || c.is_ascii_whitespace())
             .unwrap_or(rest.len());
         let (mut hostport, mut after) = rest.split_at(end);
         let trimmed_after = trim_lws_start(after);
@@ -51,7 +52,10 @@ impl<'a> Via<'a> {
         if let Some(port_part) = trimmed_after.strip_prefix(':') {
             // "host : port" written with whitespace
             let p = trim_lws_start(port_part);
-            let pend = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
+            let pend = p
+                .bytes()
+                .position(|c| !c.is_ascii_digit())
+                .unwrap_or(p.len());
             joined = (hostport, &p[..pend]);
             after = &p[pend..];
             let (host, port) = parse_sent_by(joined.0, Some(joined.1))?;
@@ -60,7 +64,10 @@ impl<'a> Via<'a> {
         if hostport.ends_with(':') {
             hostport = &hostport[..hostport.len() - 1];
             let p = trimmed_after;
-            let pend = p.find(|c: char| !c.is_ascii_digit()).unwrap_or(p.len());
+            let pend = p
+                .bytes()
+                .position(|c| !c.is_ascii_digit())
+                .unwrap_or(p.len());
             let (host, port) = parse_sent_by(hostport, Some(&p[..pend]))?;
             return Self::finish(protocol, version, transport, host, port, &p[pend..]);
         }
@@ -70,7 +77,7 @@ impl<'a> Via<'a> {
                     super::uri::parse_hostport(hostport).map_err(|_| Self::err("bad sent-by"))?;
                 (h, p)
             }
-            None => match hostport.rfind(':') {
+            None => match super::scan::rfind_byte(hostport, b':') {
                 Some(c) => parse_sent_by(&hostport[..c], Some(&hostport[c + 1..]))?,
                 None => parse_sent_by(hostport, None)?,
             },
@@ -187,7 +194,7 @@ impl<'a> NameAddr<'a> {
                 return Err(err("quoted display name without <URI>"));
             }
             (Some(&v[1..q - 1]), rest, true)
-        } else if let Some(lt) = v.find('<') {
+        } else if let Some(lt) = scan::find_byte(v, b'<') {
             let d = trim_lws(&v[..lt]);
             if !d.bytes().all(|b| scan::is_token(b) || is_lws(b)) {
                 return Err(err("display name is neither a token list nor quoted"));
@@ -197,7 +204,7 @@ impl<'a> NameAddr<'a> {
             (None, v, false)
         };
         let (uri_str, after) = if angle {
-            let gt = rest.find('>').ok_or(err("missing '>'"))?;
+            let gt = scan::find_byte(rest, b'>').ok_or(err("missing '>'"))?;
             (&rest[1..gt], trim_lws_start(&rest[gt + 1..]))
         } else {
             // addr-spec: the URI cannot contain ';', ',' or '?' (RFC 3261 §20); params follow.

@@ -114,6 +114,7 @@ impl Connection {
             framer: StreamFramer::new(limits),
             wq: VecDeque::new(),
             woff: 0,
+            wblocked: false,
             send_timer: None,
             phase: Phase::Starting,
             tls: None,

@@ -3,6 +3,7 @@
 //! under `send_timeout`. Called from the `Connection` actor's I/O future; must never block
 //! and never panic on what a peer sends.
 
+use std::collections::VecDeque;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
@@ -26,13 +27,18 @@ impl Connection {
             return Ok(());
         };
         let mut progressed = false;
-        while let Some(front) = self.wq.front() {
+        loop {
+            coalesce_front(&mut self.wq, self.woff, self.wblocked);
+            let Some(front) = self.wq.front() else {
+                break;
+            };
             match io.poll_write(cx, &front[self.woff..]) {
                 Poll::Ready(Ok(0)) => {
                     return Err(CloseReason::WriteError(io::ErrorKind::WriteZero))
                 }
                 Poll::Ready(Ok(n)) => {
                     progressed = true;
+                    self.wblocked = false;
                     self.woff += n;
                     if self.woff >= front.len() {
                         let len = front.len();
@@ -42,7 +48,10 @@ impl Connection {
                     }
                 }
                 Poll::Ready(Err(e)) => return Err(CloseReason::WriteError(e.kind())),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    self.wblocked = true;
+                    break;
+                }
             }
         }
         if self.wq.is_empty() {
@@ -196,6 +205,36 @@ impl Connection {
         self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wq.push_back(bytes);
     }
+}
+
+/// Most bytes gathered into one write: the plaintext of one TLS record.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// Gathers the messages at the front of the write queue into one buffer (up to
+/// [`COALESCE_MAX`]), so that what piled up since the last write leaves in one TLS record
+/// and one syscall instead of one each. Only a front nothing has been written of, and that
+/// the socket has not refused (`blocked`): a TLS write the socket refused must be retried
+/// with the same buffer.
+fn coalesce_front(wq: &mut VecDeque<Bytes>, woff: usize, blocked: bool) {
+    if woff != 0 || blocked || wq.len() < 2 {
+        return;
+    }
+    let mut total = 0;
+    let n = wq
+        .iter()
+        .take_while(|b| {
+            total += b.len();
+            total <= COALESCE_MAX
+        })
+        .count();
+    if n < 2 {
+        return;
+    }
+    let mut buf = BytesMut::with_capacity(wq.iter().take(n).map(Bytes::len).sum());
+    for b in wq.drain(..n) {
+        buf.extend_from_slice(&b);
+    }
+    wq.push_front(buf.freeze());
 }
 
 pub(super) enum ReadOutcome {

@@ -86,6 +86,8 @@ pub struct Connection {
     wq: VecDeque<Bytes>,
     /// Bytes of `wq.front()` already written.
     woff: usize,
+    /// The socket refused the last write of `wq.front()` (it is retried as it is).
+    wblocked: bool,
     /// Armed while the socket refuses our bytes; reset whenever some are accepted.
     send_timer: Option<Pin<Box<Sleep>>>,
     phase: Phase,
