@@ -218,9 +218,27 @@ impl FlowKeys {
     /// side) in the dialog (or transaction) `dialog` (its Call-ID): `a.b.mac`, ids and MAC
     /// in lower-case hex. `None` only without a key.
     pub fn token(&self, a: u64, b: u64, dialog: &[u8]) -> Option<String> {
-        let mac = FlowKeys::mac(self.states(a, b).first()?, a, b, dialog);
-        use std::fmt::Write as _;
         let mut s = String::with_capacity(2 * 16 + 2 + 2 * MAC_LEN);
+        self.write_token(&mut s, "", a, b, dialog).then_some(s)
+    }
+
+    /// [`token`](Self::token) appended to `out` after `prefix` (e.g. `;fl=`), without a
+    /// String of its own; false (and nothing written) without a key.
+    pub fn write_token(
+        &self,
+        out: &mut String,
+        prefix: &str,
+        a: u64,
+        b: u64,
+        dialog: &[u8],
+    ) -> bool {
+        let Some(state) = self.states(a, b).first() else {
+            return false;
+        };
+        let mac = FlowKeys::mac(state, a, b, dialog);
+        use std::fmt::Write as _;
+        let s = out;
+        s.push_str(prefix);
         // Writing to a String cannot fail.
         let _ = write!(s, "{a:x}.{b:x}.");
         // By table: `write!("{x:02x}")` per byte went through the formatter 32 times a
@@ -230,7 +248,7 @@ impl FlowKeys {
             s.push(char::from(HEX[usize::from(x >> 4)]));
             s.push(char::from(HEX[usize::from(x & 0xf)]));
         }
-        Some(s)
+        true
     }
 
     /// The two connection ids of a token siprox made with one of these keys for `dialog`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::sip::{Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri};
+use crate::sip::{Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri, Via};
 
 pub use flow::{FlowKeyError, FlowKeys, FlowTokenError};
 pub use reply::build_reply;
@@ -150,6 +150,15 @@ enum Refused {
     UnsignedDialogRoute,
 }
 
+/// What the caller of [`Proxy::build_forward`] already parsed or computed.
+#[derive(Clone, Copy)]
+struct Parsed<'v, 'm> {
+    /// The top Via, when validation kept it (else `build_forward` parses it).
+    top_via: Option<&'v Via<'m>>,
+    /// [`loop_hash`] of the request.
+    loop_hash: u32,
+}
+
 /// How a request is to be routed, computed the same way by [`Proxy::on_request`] and
 /// [`Proxy::forward_request`].
 #[derive(Debug)]
@@ -192,22 +201,26 @@ impl Proxy {
     /// ([`Action::Forward`]), or, when the next hop is an IP literal, the forwarded request.
     pub fn on_request(&self, msg: &Message, rx: &Inbound) -> Action {
         let is_ack = msg.method_kind() == Some(Method::Ack);
-        if let Err(e) = msg.validate() {
-            if is_ack {
-                return Action::Drop {
-                    reason: "malformed ACK",
+        // What validation parsed (the top Via, the Request-URI) is not parsed again.
+        let checked = match msg.validated() {
+            Ok(c) => c,
+            Err(e) => {
+                if is_ack {
+                    return Action::Drop {
+                        reason: "malformed ACK",
+                    };
+                }
+                let code = if e.is_version() { 505 } else { 400 };
+                let reason = if e.is_version() {
+                    "Version Not Supported".to_owned()
+                } else {
+                    e.reason_phrase()
                 };
+                return self.reply(msg, rx, code, &reason, "");
             }
-            let code = if e.is_version() { 505 } else { 400 };
-            let reason = if e.is_version() {
-                "Version Not Supported".to_owned()
-            } else {
-                e.reason_phrase()
-            };
-            return self.reply(msg, rx, code, &reason, "");
-        }
+        };
         let method = msg.method_kind().unwrap_or(Method::Other);
-        let Ok(ruri) = msg.request_uri() else {
+        let Some(ruri) = checked.request_uri else {
             return Action::Drop {
                 reason: "bad Request-URI",
             };
@@ -273,7 +286,8 @@ impl Proxy {
             }
         };
         // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
-        if self.is_loop(msg) {
+        let hash = loop_hash(msg);
+        if self.is_loop(msg, hash) {
             if is_ack {
                 return Action::Drop {
                     reason: "looping ACK",
@@ -281,13 +295,16 @@ impl Proxy {
             }
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
+        let parsed = Parsed {
+            top_via: Some(&checked.top_via),
+            loop_hash: hash,
+        };
+        let opts = &ForwardOpts::default();
         if let Some(flow) = &plan.flow {
-            return self.build_forward(msg, rx, &plan, flow, &ForwardOpts::default(), dialog);
+            return self.build_forward(msg, rx, &plan, flow, opts, dialog, parsed);
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => {
-                self.build_forward(msg, rx, &plan, &dest, &ForwardOpts::default(), dialog)
-            }
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, dialog, parsed),
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -307,14 +324,19 @@ impl Proxy {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
-        if self.is_loop(msg) {
+        let hash = loop_hash(msg);
+        if self.is_loop(msg, hash) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
+        let parsed = Parsed {
+            top_via: None,
+            loop_hash: hash,
+        };
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
-            return self.build_forward(msg, rx, &plan, flow, opts, dialog);
+            return self.build_forward(msg, rx, &plan, flow, opts, dialog, parsed);
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, dialog),
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, dialog, parsed),
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -329,7 +351,13 @@ impl Proxy {
     ) -> Action {
         let dialog = msg.call_id().unwrap_or("").as_bytes();
         match self.plan_for(msg, rx, opts, dialog) {
-            Ok(plan) => self.build_forward(msg, rx, &plan, dest, opts, dialog),
+            Ok(plan) => {
+                let parsed = Parsed {
+                    top_via: None,
+                    loop_hash: loop_hash(msg),
+                };
+                self.build_forward(msg, rx, &plan, dest, opts, dialog, parsed)
+            }
             Err(_) => Action::Drop {
                 reason: "request no longer routable",
             },
@@ -407,7 +435,7 @@ impl Proxy {
     /// the response came back over a connection siprox opened, whose peer answers the
     /// requests siprox wrote on it) its branch is one siprox makes, whatever the sent-by
     /// says (a Via rewritten by a reload of the listeners, an advertised name).
-    fn top_via_is_mine(&self, top: &crate::sip::Via<'_>, own_conn: bool) -> bool {
+    fn top_via_is_mine(&self, top: &Via<'_>, own_conn: bool) -> bool {
         self.sent_by_is_me(&top.host, top.port, top.transport)
             || (own_conn && top.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX)))
     }
@@ -484,23 +512,19 @@ impl Proxy {
     /// own branch on its own connection makes the top Via siprox's, whatever its sent-by.
     pub fn on_response_from(&self, msg: &Message, rx: &Inbound, own_conn: bool) -> Action {
         let _ = rx;
-        if msg.validate().is_err() {
+        // Validation parsed every Via: the two a response needs are kept, not parsed again.
+        let Ok(checked) = msg.validated() else {
             return Action::Drop {
                 reason: "malformed response",
             };
-        }
-        let mut vias = msg.vias();
-        let Some(Ok(mine)) = vias.next() else {
-            return Action::Drop {
-                reason: "response without Via",
-            };
         };
+        let mine = checked.top_via;
         if !self.top_via_is_mine(&mine, own_conn) {
             return Action::Drop {
                 reason: "response whose top Via is not siprox",
             };
         }
-        let Some(Ok(next)) = vias.next() else {
+        let Some(next) = checked.next_via else {
             return Action::Drop {
                 reason: "response to siprox itself",
             };
@@ -758,8 +782,17 @@ impl Proxy {
         dest: &Destination,
         opts: &ForwardOpts,
         dialog: &[u8],
+        parsed: Parsed<'_, '_>,
     ) -> Action {
         let mut ed = Editor::new(msg);
+        let parsed_top;
+        let top = match parsed.top_via {
+            Some(v) => Ok(v),
+            None => {
+                parsed_top = msg.top_via();
+                parsed_top.as_ref().map_err(|_| ())
+            }
+        };
         for name in &opts.remove_hf {
             ed.remove_headers_named(name);
         }
@@ -770,7 +803,7 @@ impl Proxy {
             ed.prepend_header("Route", r);
         }
         // RFC 3261 §18.2.1 and RFC 3581: say where the request really came from.
-        if let Ok(top) = msg.top_via() {
+        if let Ok(top) = top {
             let src_ip = rx.source.ip();
             let received = match top.host.ip() {
                 Some(ip) if ip == src_ip => None,
@@ -826,69 +859,65 @@ impl Proxy {
             // (phones behind NAT cannot be reached at their Contact); signed for this
             // Call-ID, which is what lets an in-dialog request through siprox's Route at
             // all (see `plan`), so every Record-Route carries one, UDP too.
-            let mut rr_params = opts.rr_params.clone().unwrap_or_default();
+            let extra = opts.rr_params.as_deref().unwrap_or("");
+            let mut rr_params = String::with_capacity(extra.len() + 96);
+            rr_params.push_str(extra);
             let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
-            if let Some(t) = self
-                .cfg
-                .flow_keys
-                .token(id(rx.conn), id(dest.connection()), dialog)
-            {
-                let _ = write!(rr_params, ";fl={t}");
-            }
+            self.cfg.flow_keys.write_token(
+                &mut rr_params,
+                ";fl=",
+                id(rx.conn),
+                id(dest.connection()),
+                dialog,
+            );
             let rr_params = rr_params.as_str();
             // Prepends keep their call order: the outbound-facing entry goes first.
-            let mut v = String::with_capacity(64);
-            self.rr_value(&mut v, dest.transport, toward, change, rr_params, forced);
-            ed.prepend_record_route(&v);
+            ed.prepend_header_with("Record-Route", |v| {
+                self.rr_value(v, dest.transport, toward, change, rr_params, forced)
+            });
             if change {
-                v.clear();
-                self.rr_value(
-                    &mut v,
-                    rx.transport,
-                    Some(rx.local.ip()),
-                    true,
-                    rr_params,
-                    None,
-                );
-                ed.prepend_record_route(&v);
+                ed.prepend_header_with("Record-Route", |v| {
+                    self.rr_value(v, rx.transport, Some(rx.local.ip()), true, rr_params, None)
+                });
             }
         }
-        let mut via = String::with_capacity(96);
-        let _ = write!(via, "SIP/2.0/{} ", dest.transport.as_str());
-        let borrowed = match forced {
-            Some(l) => {
-                write_listen(&mut via, l);
-                false
+        // Written straight into the editor's text: no String per Via.
+        ed.prepend_header_with("Via", |via| {
+            via.push_str("SIP/2.0/");
+            via.push_str(dest.transport.as_str());
+            via.push(' ');
+            let borrowed = match forced {
+                Some(l) => {
+                    write_listen(via, l);
+                    false
+                }
+                None => self.write_sent_by(via, dest.transport, toward),
+            };
+            via.push_str(";branch=");
+            match opts.branch.as_deref() {
+                Some(b) => {
+                    let _ = write!(via, "{b}-{:08x}", parsed.loop_hash);
+                }
+                None => self.write_branch(via, msg, top.ok(), parsed.loop_hash),
             }
-            None => self.write_sent_by(&mut via, dest.transport, toward),
-        };
-        via.push_str(";branch=");
-        match opts.branch.as_deref() {
-            Some(b) => {
-                let _ = write!(via, "{b}-{:08x}", loop_hash(msg));
+            if borrowed && dest.transport.is_stream() {
+                via.push_str(";rport;alias");
             }
-            None => self.write_branch(&mut via, msg),
-        }
-        if borrowed && dest.transport.is_stream() {
-            via.push_str(";rport;alias");
-        }
-        // The connection the response goes back over, signed like a flow token: a forged
-        // response must not be able to name another peer's connection.
-        if let Some(t) = rx
-            .conn
-            .and_then(|c| self.cfg.flow_keys.token(c.0, 0, dialog))
-        {
-            let _ = write!(via, ";i={t}");
-        }
-        if let Some(tag) = opts.script_tag.as_deref() {
-            let token = tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-            if !tag.is_empty() && token {
-                let _ = write!(via, ";sx={tag}");
+            // The connection the response goes back over, signed like a flow token: a
+            // forged response must not be able to name another peer's connection.
+            if let Some(c) = rx.conn {
+                self.cfg.flow_keys.write_token(via, ";i=", c.0, 0, dialog);
             }
-        }
-        ed.prepend_via(&via);
+            if let Some(tag) = opts.script_tag.as_deref() {
+                let token = tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                if !tag.is_empty() && token {
+                    via.push_str(";sx=");
+                    via.push_str(tag);
+                }
+            }
+        });
         if dest.transport.is_stream() {
             ed.ensure_content_length();
         }
@@ -988,10 +1017,10 @@ impl Proxy {
     /// The stateless branch (RFC 3261 §16.11): the same for a retransmission (and for the
     /// CANCEL or non-2xx ACK of an INVITE), different for another transaction. Its last
     /// part is the loop-detection hash of §16.3 step 4.
-    fn write_branch(&self, out: &mut String, msg: &Message) {
+    fn write_branch(&self, out: &mut String, msg: &Message, top: Option<&Via<'_>>, lh: u32) {
         let mut h = Fnv::new();
-        match msg.top_via() {
-            Ok(v) if v.has_rfc3261_branch() => {
+        match top {
+            Some(v) if v.has_rfc3261_branch() => {
                 h.write(v.branch().unwrap_or("").as_bytes());
                 // The host as written by Display, hashed without a String per request.
                 let _ = write!(h, "{}", v.host);
@@ -1005,17 +1034,11 @@ impl Proxy {
                 h.write_request_ids(msg);
             }
         }
-        let _ = write!(
-            out,
-            "{BRANCH_PREFIX}{:016x}-{:08x}",
-            h.finish(),
-            loop_hash(msg)
-        );
+        let _ = write!(out, "{BRANCH_PREFIX}{:016x}-{:08x}", h.finish(), lh);
     }
 
-    fn is_loop(&self, msg: &Message) -> bool {
+    fn is_loop(&self, msg: &Message, hash: u32) -> bool {
         // "-{:08x}" of the hash, without a String per request.
-        let hash = loop_hash(msg);
         let mut suffix = [b'-'; 9];
         for (i, d) in suffix[1..].iter_mut().enumerate() {
             *d = b"0123456789abcdef"[((hash >> (28 - 4 * i)) & 0xf) as usize];

@@ -35,10 +35,12 @@ pub struct Editor<'m> {
 
 impl<'m> Editor<'m> {
     pub fn new(msg: &'m Message) -> Self {
+        // Sized for a forward (Via, one or two Record-Routes, Max-Forwards, a Route
+        // removal, the sender's Via parameters) so that it does not grow on the way.
         Editor {
             msg,
-            edits: Vec::new(),
-            text: String::new(),
+            edits: Vec::with_capacity(8),
+            text: String::with_capacity(384),
         }
     }
 
@@ -74,6 +76,18 @@ impl<'m> Editor<'m> {
         let at = self.headers_start();
         self.push(at, at, |t| {
             let _ = write!(t, "{name}: {value}\r\n");
+        });
+    }
+
+    /// [`prepend_header`](Self::prepend_header) with the value written by `value` straight
+    /// into the editor's text (no String of its own).
+    pub fn prepend_header_with(&mut self, name: &str, value: impl FnOnce(&mut String)) {
+        let at = self.headers_start();
+        self.push(at, at, |t| {
+            t.push_str(name);
+            t.push_str(": ");
+            value(t);
+            t.push_str("\r\n");
         });
     }
 

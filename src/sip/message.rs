@@ -867,20 +867,32 @@ impl Message {
     /// mandatory fields, their syntax and cardinality, Via, Contact, Content-Length.
     /// The first problem found is returned; it is fit for the reason phrase of a 400.
     pub fn validate(&self) -> Result<(), ParseError> {
+        self.validated().map(|_| ())
+    }
+
+    /// [`validate`](Self::validate), keeping what it parsed that the proxy reads again
+    /// (the top Via, the Request-URI), so that those are parsed once per message.
+    /// Same verdict as `validate`, which is this without the values.
+    pub fn validated(&self) -> Result<Validated<'_>, ParseError> {
         if let Some(e) = &self.deferred {
             return Err(e.clone());
         }
         if let ContentLength::Invalid(e) = &self.content_length {
             return Err(e.clone());
         }
-        let mut vias = 0;
+        let mut top_via = None;
+        let mut next_via = None;
         for v in self.vias() {
-            v?;
-            vias += 1;
+            let v = v?;
+            if top_via.is_none() {
+                top_via = Some(v);
+            } else if next_via.is_none() {
+                next_via = Some(v);
+            }
         }
-        if vias == 0 {
+        let Some(top_via) = top_via else {
             return Err(ParseError::MissingHeader { name: "Via" });
-        }
+        };
         self.from()?.validate()?;
         self.to()?.validate()?;
         self.call_id()?;
@@ -893,6 +905,7 @@ impl Message {
         for r in self.record_routes() {
             r?.validate()?;
         }
+        let mut request_uri = None;
         if let Some(method) = self.method() {
             let uri = self.request_uri()?;
             if let Uri::Sip(u) = &uri {
@@ -906,8 +919,13 @@ impl Message {
             if cseq.method != method {
                 return Err(ParseError::CSeqMethodMismatch);
             }
+            request_uri = Some(uri);
         }
-        Ok(())
+        Ok(Validated {
+            top_via,
+            next_via,
+            request_uri,
+        })
     }
 
     /// Count leading CRLF bytes of a buffer (keepalives before a message are ignored).
@@ -922,6 +940,17 @@ fn leading_crlf(buf: &[u8]) -> usize {
         i += 2;
     }
     i
+}
+
+/// What [`Message::validated`] parsed and the proxy reads again.
+#[derive(Debug, Clone)]
+pub struct Validated<'a> {
+    /// The topmost Via (the sender's).
+    pub top_via: Via<'a>,
+    /// The Via below it, if any (where a proxy sends a response).
+    pub next_via: Option<Via<'a>>,
+    /// The Request-URI of a request; `None` for a response.
+    pub request_uri: Option<Uri<'a>>,
 }
 
 /// One header line: its classified name, its name as written, and its trimmed value.
