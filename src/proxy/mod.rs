@@ -157,6 +157,8 @@ struct Parsed<'v, 'm> {
     top_via: Option<&'v Via<'m>>,
     /// [`loop_hash`] of the request.
     loop_hash: u32,
+    /// The Call-ID the flow tokens are bound to.
+    dialog: &'m [u8],
 }
 
 /// How a request is to be routed, computed the same way by [`Proxy::on_request`] and
@@ -298,13 +300,14 @@ impl Proxy {
         let parsed = Parsed {
             top_via: Some(&checked.top_via),
             loop_hash: hash,
+            dialog,
         };
         let opts = &ForwardOpts::default();
         if let Some(flow) = &plan.flow {
-            return self.build_forward(msg, rx, &plan, flow, opts, dialog, parsed);
+            return self.build_forward(msg, rx, &plan, flow, opts, parsed);
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, dialog, parsed),
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, parsed),
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -331,12 +334,13 @@ impl Proxy {
         let parsed = Parsed {
             top_via: None,
             loop_hash: hash,
+            dialog,
         };
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
-            return self.build_forward(msg, rx, &plan, flow, opts, dialog, parsed);
+            return self.build_forward(msg, rx, &plan, flow, opts, parsed);
         }
         match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, dialog, parsed),
+            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, parsed),
             None => Action::Forward { hop: plan.hop },
         }
     }
@@ -355,8 +359,9 @@ impl Proxy {
                 let parsed = Parsed {
                     top_via: None,
                     loop_hash: loop_hash(msg),
+                    dialog,
                 };
-                self.build_forward(msg, rx, &plan, dest, opts, dialog, parsed)
+                self.build_forward(msg, rx, &plan, dest, opts, parsed)
             }
             Err(_) => Action::Drop {
                 reason: "request no longer routable",
@@ -781,9 +786,9 @@ impl Proxy {
         plan: &Plan,
         dest: &Destination,
         opts: &ForwardOpts,
-        dialog: &[u8],
         parsed: Parsed<'_, '_>,
     ) -> Action {
+        let dialog = parsed.dialog;
         let mut ed = Editor::new(msg);
         let parsed_top;
         let top = match parsed.top_via {
