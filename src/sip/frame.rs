@@ -8,6 +8,11 @@ use super::error::ParseError;
 use super::limits::Limits;
 use super::message::{parse_head, ContentLength, Head, Message};
 
+/// The blank line that ends a head: a searcher built once (`memmem::find` builds one for
+/// every call, and the framer searches once per read).
+static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+
 /// What the framer found at the front of the buffer.
 // A frame is consumed as soon as it is returned; boxing the message would cost an
 // allocation per message on the hot path to save a few bytes of stack.
@@ -83,7 +88,7 @@ impl StreamFramer {
             // Look for the blank line that ends the head, resuming where the last search
             // stopped (3 bytes back: the terminator may straddle two reads).
             let from = self.scanned.saturating_sub(3);
-            match memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
+            match HEAD_END.find(&buf[from..]) {
                 None => {
                     self.scanned = buf.len();
                     if buf.len() > self.limits.max_message_size {
