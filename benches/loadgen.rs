@@ -499,7 +499,7 @@ async fn run_calls(a: Args) -> Result<(), String> {
     // The UAS: the lean engine's own over UDP, or the test kit's (kept until the end).
     let (_kit_uas, _lean_uas, uas_uri) = if lean {
         let sock =
-            Arc::new(lean_udp_bind(a.uas_bind).map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?);
+            Arc::new(ua::udp_bind(a.uas_bind).map_err(|e| format!("UAS on {}: {e}", a.uas_bind))?);
         let at = sock.local_addr().map_err(|e| e.to_string())?;
         let task = AbortOnDrop(tokio::spawn(lean::uas_udp(sock)));
         (None, Some(task), format!("sip:bob@{at};transport=udp"))
@@ -740,20 +740,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The lean UAS's socket: a 4 MiB receive buffer, as the test kit's UAS has (see
-/// tests/kit/src/ua.rs udp_bind).
-fn lean_udp_bind(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(s.into())
 }
 
 /// The `result`, `latency` and `failure` lines of call mode.

@@ -54,22 +54,6 @@ pub fn mem_of(pids: &[u32]) -> Option<Mem> {
     Some(m)
 }
 
-/// A UDP socket with a 4 MiB receive buffer (capped by net.core.rmem_max), as the test
-/// kit's UAS has: with the kernel default (208 KiB) the callee, sharing the cores with the
-/// proxy, lost CANCELs while 10,000 calls were released through a stateless proxy, which
-/// does not retransmit them.
-fn udp_bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
-}
-
 /// The callee: 180 to every INVITE (again to a retransmission), 200 and the INVITE's 487
 /// to a CANCEL, nothing to ACK, 200 to anything else. Answers go where the request came
 /// from (the proxy's UDP socket).
@@ -237,7 +221,11 @@ fn mem_line(label: &str, pids: &[u32], m: Option<Mem>) {
 
 /// The ringing run over already connected `clients`.
 pub async fn run_ringing(r: Ringing, clients: Vec<Arc<Client>>) -> Result<(), String> {
-    let sock = udp_bind(r.uas_bind).map_err(|e| format!("ringing UAS on {}: {e}", r.uas_bind))?;
+    // A 4 MiB receive buffer: with the kernel default (208 KiB) the callee, sharing the
+    // cores with the proxy, lost CANCELs while 10,000 calls were released through a
+    // stateless proxy, which does not retransmit them.
+    let sock =
+        ua::udp_bind(r.uas_bind).map_err(|e| format!("ringing UAS on {}: {e}", r.uas_bind))?;
     let uas = sock.local_addr().map_err(|e| e.to_string())?;
     let contact = format!("<sip:bob@{uas};transport=udp>");
     let uas_task = tokio::spawn(ringing_uas(Arc::new(sock), contact));

@@ -10,8 +10,9 @@ pub(crate) fn is_lws(b: u8) -> bool {
 }
 
 /// `token` characters of RFC 3261 §25.1, as a table: this test runs once per byte of every
-/// header name, and a lookup is cheaper than the chain of comparisons.
-static TOKEN: [bool; 256] = {
+/// header name, and a lookup is cheaper than the chain of comparisons. URI parameters
+/// extend it (`uri::PARAM_CHAR`).
+pub(crate) const TOKEN_CHARS: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
@@ -25,6 +26,8 @@ static TOKEN: [bool; 256] = {
     }
     t
 };
+
+static TOKEN: [bool; 256] = TOKEN_CHARS;
 
 /// `token` characters of RFC 3261 §25.1.
 #[inline(always)]

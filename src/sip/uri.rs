@@ -151,32 +151,11 @@ impl<'a> Params<'a> {
 /// Token chars plus the URI `param-unreserved` set and `%` escapes, as a table (checked
 /// for every byte of every parameter a message is validated with).
 static PARAM_CHAR: [bool; 256] = {
-    let mut t = [false; 256];
+    let mut t = super::scan::TOKEN_CHARS;
+    let more = b"[]/:&$()@";
     let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'!'
-                    | b'%'
-                    | b'*'
-                    | b'_'
-                    | b'+'
-                    | b'`'
-                    | b'\''
-                    | b'~'
-                    | b'['
-                    | b']'
-                    | b'/'
-                    | b':'
-                    | b'&'
-                    | b'$'
-                    | b'('
-                    | b')'
-                    | b'@'
-            );
+    while i < more.len() {
+        t[more[i] as usize] = true;
         i += 1;
     }
     t
@@ -467,6 +446,14 @@ fn is_password_char(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn param_chars_are_token_chars_and_param_unreserved() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"-.!%*_+`'~[]/:&$()@".contains(&b);
+            assert_eq!(is_param_char(b), want, "byte {b:#04x}");
+        }
+    }
 
     fn sip(s: &str) -> SipUri<'_> {
         match Uri::parse(s) {

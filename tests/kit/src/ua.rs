@@ -1227,8 +1227,8 @@ async fn uas_stream(s: Stream, from: SocketAddr, st: &UasState, opts: &UasOpts, 
 /// default (208 KiB, about 90 datagrams on loopback) a peer that shares two cores with the
 /// proxy under load loses datagrams while it waits for a core, and over UDP a stateless
 /// proxy has no retransmission to hide that: the load generator would measure its own
-/// socket instead of the proxy.
-fn udp_bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// socket instead of the proxy. The load generator's callees (benches/) bind through it too.
+pub fn udp_bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
