@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 (https://www.jsonrpc.org/specification): single calls, batches and
+//! JSON-RPC 2.0 (<https://www.jsonrpc.org/specification>): single calls, batches and
 //! notifications, with the standard error codes. Must never panic on any body; a body that
 //! is only notifications gets no response body at all (HTTP 204), as the spec requires.
 

@@ -1,4 +1,4 @@
-//! XML-RPC (http://xmlrpc.com/spec.md) as SER/Kamailio's `xmlrpc` module speaks it:
+//! XML-RPC (<http://xmlrpc.com/spec.md>) as SER/Kamailio's `xmlrpc` module speaks it:
 //! `methodCall` with `params`, `methodResponse` with one value, faults with an integer
 //! `faultCode` and a `faultString`. The XML itself is `dxr`'s (quick-xml underneath); this
 //! module maps its values to and from `serde_json::Value`. Must never panic on any body, and

@@ -241,7 +241,7 @@ pub struct Relay {
     /// `t_on_reply("NAME")`.
     pub reply_route: Option<String>,
     /// The message and branch flags when `t_relay()` ran: the transaction keeps them for
-    /// its failure_route and onreply_route[NAME].
+    /// its failure_route and `onreply_route[NAME]`.
     pub flags: u64,
     pub bflags: u64,
     /// The `$avp`s when `t_relay()` ran: the transaction keeps them too.

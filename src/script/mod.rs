@@ -165,7 +165,7 @@ impl Script {
     }
 
     /// The `$avp`s a run set, by name: the transaction keeps them from `t_relay()` for its
-    /// failure_route, branch_route and onreply_route[NAME] (as Kamailio's AVPs are).
+    /// failure_route, branch_route and `onreply_route[NAME]` (as Kamailio's AVPs are).
     pub fn avps(&self, ctx: &MsgCtx<'_>) -> Avps {
         let mut out: Avps = self
             .prog

@@ -206,7 +206,7 @@ pub(crate) fn escapes_valid(s: &str) -> bool {
 }
 
 /// Decode `%XX` escapes. Borrowed when there is nothing to decode. Invalid escapes are kept
-/// as they are (callers that care check [`escapes_valid`] first).
+/// as they are (callers that care check `escapes_valid` first).
 pub fn unescape(s: &str) -> std::borrow::Cow<'_, [u8]> {
     if !s.as_bytes().contains(&b'%') {
         return std::borrow::Cow::Borrowed(s.as_bytes());
