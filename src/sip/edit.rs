@@ -73,10 +73,7 @@ impl<'m> Editor<'m> {
     /// Insert `Name: value` above every header line of the original (so it is the topmost of
     /// its name). Several prepends keep their call order: the first call ends up on top.
     pub fn prepend_header(&mut self, name: &str, value: &str) {
-        let at = self.headers_start();
-        self.push(at, at, |t| {
-            let _ = write!(t, "{name}: {value}\r\n");
-        });
+        self.prepend_header_with(name, |t| t.push_str(value));
     }
 
     /// [`prepend_header`](Self::prepend_header) with the value written by `value` straight
