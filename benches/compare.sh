@@ -151,8 +151,7 @@ for r in $(seq 1 "$rounds"); do
             lat="$(grep '^latency name=call ' "$out" || true)"
             p50="$(field p50 "$lat")"
             p99="$(field p99 "$lat")"
-            cpu="$(awk -v d="$((t1 - t0))" -v hz="$hz" -v ok="$ok" \
-                'BEGIN { if (ok > 0) printf "%.1f", d * 1e6 / hz / ok; else print "-" }')"
+            cpu="$(cpu_per_call "$t0" "$t1" "$ok" 1)"
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$f" "$n" "$cps" "$ok" \
                 "$failed" "$cpu" "${p50:--}" "${p99:--}" "${lg:--}" "$load" >>"$results"
             printf 'round %s %-9s %-8s %9s calls/s  ok %7s  failed %4s  %6s us CPU/call  p50 %s p99 %s ms  loadgen %s us/call  load %s\n' \

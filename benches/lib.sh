@@ -125,3 +125,10 @@ load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 # The `result` line of a loadgen output file, and one of its fields.
 result_line() { grep '^result ' "$1" || echo 'result ok=0 failed=0 calls_per_s=0'; }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+# cpu_per_call T0 T1 OK DECIMALS: microseconds of CPU per completed call from two ticks
+# readings (clock ticks, $hz per second), or "-" when no call completed.
+cpu_per_call() {
+    awk -v d="$(($2 - $1))" -v hz="$hz" -v ok="$3" -v p="$4" \
+        'BEGIN { if (ok > 0) printf "%.*f", p, d * 1e6 / hz / ok; else print "-" }'
+}

@@ -79,8 +79,7 @@ for r in $(seq 1 "$rounds"); do
         ok="$(field ok "$line")"
         failed="$(field failed "$line")"
         cps="$(field calls_per_s "$line")"
-        cpu="$(awk -v d="$((t1 - t0))" -v hz="$hz" -v ok="$ok" \
-            'BEGIN { if (ok > 0) printf "%.0f", d * 1e6 / hz / ok; else print "-" }')"
+        cpu="$(cpu_per_call "$t0" "$t1" "$ok" 0)"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$n" "$cps" "$ok" "$failed" "$cpu" "$load" >>"$results"
         printf 'round %s %-19s %9s calls/s  ok %7s  failed %4s  %5s us CPU/call  load %s\n' \
             "$r" "$n" "$cps" "$ok" "$failed" "$cpu" "$load" >&2
