@@ -40,6 +40,46 @@ async fn udp_options_to_siprox_gets_200() {
     rt.shutdown();
 }
 
+/// Datagrams that queue up on the UDP socket are taken several per receive (recvmmsg) and
+/// the replies one batch produces leave together (sendmmsg): a burst of many batches' worth
+/// from one client is answered whole, each request once, in the order it was sent, from the
+/// listening address.
+#[tokio::test]
+async fn a_burst_of_udp_requests_is_answered_whole_and_in_order() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp]), dir.path());
+    let addr = rt.local_addr(Transport::Udp).expect("udp addr");
+    // A 4 MiB receive buffer: the replies wait there while the test sends the rest.
+    let sock = siprox_testkit::ua::udp_bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    for i in 0..N {
+        sock.send_to(
+            options_to(addr, "UDP", &format!("burst-{i}")).as_bytes(),
+            addr,
+        )
+        .await
+        .expect("send");
+    }
+    let mut buf = vec![0u8; 65535];
+    for i in 0..N {
+        let (n, from) = tokio::time::timeout(T, sock.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("reply {i} of {N} in time"))
+            .expect("recv");
+        let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(status(&reply), Some(200), "{reply}");
+        assert_eq!(from, addr, "reply comes from the listening address");
+        let want = format!("burst-{i}");
+        assert_eq!(
+            header(&reply, "Call-ID"),
+            Some(want.as_str()),
+            "replies in request order"
+        );
+    }
+    assert_eq!(rt.stats().send_failures, 0);
+    rt.shutdown();
+}
+
 #[tokio::test]
 async fn tcp_and_tls_options_get_200_and_ping_gets_pong() {
     let dir = tempfile::tempdir().expect("tempdir");

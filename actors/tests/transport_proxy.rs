@@ -291,7 +291,8 @@ async fn outgoing_tls_refuses_a_next_hop_with_the_wrong_certificate() {
 
 /// Responses that pile up for one TLS connection leave gathered into shared writes (up to
 /// one TLS record each): every one must still arrive whole, once, as its own message, also
-/// when the pile is larger than a record and is cut between messages.
+/// when the pile is larger than a record and is cut between messages. The requests, read
+/// many at a time, leave for the UAS in batched datagrams, in the order they came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_responses_to_one_tls_connection_arrives_whole() {
     const N: u32 = 300;
@@ -338,6 +339,17 @@ async fn a_burst_of_responses_to_one_tls_connection_arrives_whole() {
             .enumerate()
             .filter(|(i, &n)| *i > 0 && n != 1)
             .collect::<Vec<_>>()
+    );
+    // The forwards of one read leave in batches (sendmmsg): in the order they were read.
+    let cseqs: Vec<u32> = uas
+        .requests("OPTIONS")
+        .iter()
+        .filter_map(|r| r.msg.cseq().ok().map(|c| c.seq))
+        .collect();
+    assert_eq!(
+        cseqs,
+        (1..=N).collect::<Vec<_>>(),
+        "the UAS received each request once, in order"
     );
     assert_eq!(sx.stats().framing_errors, 0);
     sx.shutdown().await;

@@ -8,8 +8,9 @@
 //! worker and never let one burst starve the other actors of the arbiter.
 
 use std::future::Future as _;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll};
@@ -18,10 +19,11 @@ use std::time::Duration;
 use actix::fut::ActorFuture;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use bytes::Bytes;
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use siprox::proxy::{Inbound, Transport};
 use siprox::sip::Message;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::ReadBuf;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::time::Sleep;
 use tracing::{debug, warn};
@@ -37,6 +39,9 @@ use crate::worker::Worker;
 const POLL_BUDGET: usize = 64;
 /// Largest UDP datagram (IPv4 payload limit).
 const UDP_MAX: usize = 65_535;
+/// Most datagrams taken by one `recvmmsg` (each into its own [`UDP_MAX`] slot of the
+/// receive buffer: 1 MiB of address space, of which only the pages written are touched).
+const RECV_BATCH: usize = 16;
 /// Pause after an accept error that the reserve descriptor cannot clear (ENOBUFS, or
 /// EMFILE with the reserve already spent), instead of spinning on it.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -53,6 +58,14 @@ fn is_fd_limit(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// A source address as std's (None for a family other than IPv4/IPv6).
+fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
 /// The socket a listener owns.
 pub(crate) enum ListenSocket {
     Stream(TcpListener),
@@ -65,8 +78,13 @@ pub struct Listener {
     transport: Transport,
     local: SocketAddr,
     socket: ListenSocket,
-    /// Receive buffer of a UDP listener (one per socket, reused for every datagram).
+    /// Receive buffer of a UDP listener: [`RECV_BATCH`] slots of [`UDP_MAX`] bytes, one
+    /// per datagram of a `recvmmsg`, reused for every batch.
     buf: Vec<u8>,
+    /// The `recvmmsg` headers of a UDP listener, reused for every batch. (nix leaves each
+    /// header's address length as the kernel last set it: right, since a socket receives
+    /// from one address family only, IPv6 sockets being `IPV6_V6ONLY`.)
+    headers: Option<MultiHeaders<SockaddrStorage>>,
     accept_pause: Option<Pin<Box<Sleep>>>,
     /// See [`reserve_fd`]: `None` while spent (given up to refuse a connection, and not
     /// yet reopened because the process is still at its limit). TCP listeners only.
@@ -82,9 +100,13 @@ impl Listener {
         local: SocketAddr,
         socket: ListenSocket,
     ) -> Listener {
-        let (buf, reserve) = match socket {
-            ListenSocket::Udp(_) => (vec![0; UDP_MAX], None),
-            ListenSocket::Stream(_) => (Vec::new(), reserve_fd()),
+        let (buf, headers, reserve) = match socket {
+            ListenSocket::Udp(_) => (
+                vec![0; UDP_MAX * RECV_BATCH],
+                Some(MultiHeaders::preallocate(RECV_BATCH, None)),
+                None,
+            ),
+            ListenSocket::Stream(_) => (Vec::new(), None, reserve_fd()),
         };
         Listener {
             worker,
@@ -92,6 +114,7 @@ impl Listener {
             local,
             socket,
             buf,
+            headers,
             accept_pause: None,
             reserve,
             shedding: false,
@@ -168,8 +191,9 @@ impl Listener {
         }
     }
 
-    fn on_datagram(&mut self, n: usize, peer: SocketAddr) {
-        let bytes = Bytes::copy_from_slice(&self.buf[..n]);
+    fn on_datagram(&mut self, slot: usize, n: usize, peer: SocketAddr) {
+        let at = slot * UDP_MAX;
+        let bytes = Bytes::copy_from_slice(&self.buf[at..at + n.min(UDP_MAX)]);
         let inbound = Inbound {
             transport: Transport::Udp,
             source: peer,
@@ -195,6 +219,39 @@ impl Listener {
         }
     }
 
+    /// One `recvmmsg` into the slots of the receive buffer: how many datagrams, each with
+    /// its length and source in `got`.
+    fn recv_batch(
+        &mut self,
+        s: &UdpSocket,
+        got: &mut [(usize, Option<SocketAddr>); RECV_BATCH],
+    ) -> io::Result<usize> {
+        let Some(headers) = self.headers.as_mut() else {
+            return Err(io::Error::other("not a UDP listener"));
+        };
+        let buf = &mut self.buf;
+        s.try_io(Interest::READABLE, || {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buf
+                .chunks_mut(UDP_MAX)
+                .map(|c| [IoSliceMut::new(c)])
+                .collect();
+            let res = recvmmsg(
+                s.as_raw_fd(),
+                headers,
+                slices.iter_mut(),
+                MsgFlags::empty(),
+                None,
+            )
+            .map_err(io::Error::from)?;
+            let mut n = 0;
+            for (g, m) in got.iter_mut().zip(res) {
+                *g = (m.bytes, m.address.and_then(|a| std_addr(&a)));
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     fn poll_socket(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
         if let Some(p) = &mut self.accept_pause {
             if p.as_mut().poll(cx).is_pending() {
@@ -208,7 +265,9 @@ impl Listener {
         {
             self.reserve = reserve_fd();
         }
-        for _ in 0..POLL_BUDGET {
+        let mut budget = POLL_BUDGET;
+        while budget > 0 {
+            budget -= 1;
             match &self.socket {
                 ListenSocket::Stream(l) => match l.poll_accept(cx) {
                     Poll::Ready(Ok((tcp, peer))) if self.shedding => {
@@ -236,18 +295,35 @@ impl Listener {
                 },
                 ListenSocket::Udp(s) => {
                     let s = s.clone();
-                    let mut rb = ReadBuf::new(&mut self.buf);
-                    match s.poll_recv_from(cx, &mut rb) {
-                        Poll::Ready(Ok(peer)) => {
-                            let n = rb.filled().len();
-                            self.on_datagram(n, peer);
-                        }
-                        // ICMP errors reported on the socket, or a truncated datagram: one
-                        // datagram lost, the socket is fine.
+                    match s.poll_recv_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
-                            debug!(local = %self.local, error = %e, "UDP receive error")
+                            debug!(local = %self.local, error = %e, "UDP receive error");
+                            continue;
                         }
                         Poll::Pending => return Poll::Pending,
+                    }
+                    let mut got = [(0usize, None::<SocketAddr>); RECV_BATCH];
+                    let n = match self.recv_batch(&s, &mut got) {
+                        Ok(n) => n,
+                        // Readiness was stale: cleared, the next pass registers the waker.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        // ICMP errors reported on the socket: the socket is fine.
+                        Err(e) => {
+                            debug!(local = %self.local, error = %e, "UDP receive error");
+                            continue;
+                        }
+                    };
+                    budget = budget.saturating_sub(n.saturating_sub(1));
+                    // The datagrams these produce leave together, when the batch is done.
+                    let _round = self.worker.round();
+                    for (slot, &(len, peer)) in got[..n].iter().enumerate() {
+                        match peer {
+                            Some(peer) => self.on_datagram(slot, len, peer),
+                            None => {
+                                debug!(local = %self.local, "datagram without a source address")
+                            }
+                        }
                     }
                 }
             }

@@ -11,6 +11,7 @@ mod fork;
 pub(crate) mod memory;
 pub mod script;
 pub(crate) mod tm;
+pub(crate) mod udp;
 mod unsent;
 
 use std::cell::{Cell, RefCell};
@@ -62,6 +63,8 @@ pub struct Worker {
     connector: Box<dyn Connector>,
     /// This worker's transactions (`t_relay()`), driven by [`tm::timers`].
     tm: tm::TmState,
+    /// Datagrams of the open round, sent together when it ends (see [`udp`]).
+    outbox: udp::Outbox,
 }
 
 impl Worker {
@@ -80,6 +83,7 @@ impl Worker {
             idle: RefCell::new(Vec::new()),
             connector,
             tm: tm::TmState::new(index, &shared),
+            outbox: udp::Outbox::default(),
         }
     }
 
@@ -389,41 +393,19 @@ impl Worker {
     }
 
     fn send_udp(self: &Rc<Self>, to: SocketAddr, bytes: Bytes, from: Option<SocketAddr>) {
-        let sock = self
-            .udp
+        let udp = &self.udp;
+        let sock = udp
             .iter()
-            .find(|(a, _)| Some(*a) == from && a.is_ipv4() == to.is_ipv4())
+            .position(|(a, _)| Some(*a) == from && a.is_ipv4() == to.is_ipv4())
             // The same family as the proxy core chose for Via (its first listen of it).
-            .or_else(|| self.udp.iter().find(|(a, _)| a.is_ipv4() == to.is_ipv4()))
-            .or_else(|| self.udp.first());
-        let Some((_, sock)) = sock else {
+            .or_else(|| udp.iter().position(|(a, _)| a.is_ipv4() == to.is_ipv4()))
+            .or_else(|| (!udp.is_empty()).then_some(0));
+        let Some(sock) = sock else {
             inc(&self.shared.stats.send_failures);
             debug!(%to, "no UDP listener to send from: dropped");
             return;
         };
-        match sock.try_send_to(&bytes, to) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Socket buffer full: finish in a task rather than wait here.
-                if self.pending_tasks.get() >= MAX_PENDING_TASKS {
-                    inc(&self.shared.stats.send_failures);
-                    return;
-                }
-                self.pending_tasks.set(self.pending_tasks.get() + 1);
-                let (me, sock) = (self.clone(), sock.clone());
-                actix::spawn(async move {
-                    if sock.send_to(&bytes, to).await.is_err() {
-                        inc(&me.shared.stats.send_failures);
-                    }
-                    me.pending_tasks
-                        .set(me.pending_tasks.get().saturating_sub(1));
-                });
-            }
-            Err(e) => {
-                inc(&self.shared.stats.send_failures);
-                debug!(%to, error = %e, "UDP send failed");
-            }
-        }
+        self.send_udp_from(sock, to, bytes);
     }
 
     fn send_stream(self: &Rc<Self>, dest: Destination, bytes: Bytes) {

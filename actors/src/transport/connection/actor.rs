@@ -421,6 +421,9 @@ impl Connection {
 
     /// One pass of the I/O state machine. `Ready(reason)` = close now.
     fn poll_io(&mut self, cx: &mut TaskContext<'_>) -> Poll<CloseReason> {
+        // The UDP datagrams the messages read in this pass produce (forwards) leave
+        // together at its end, in one sendmmsg (see `worker::udp`).
+        let _round = self.worker.round();
         for _ in 0..POLL_BUDGET {
             if let Err(r) = self.flush_queue(cx) {
                 return Poll::Ready(r);
