@@ -220,7 +220,12 @@ impl Listener {
     }
 
     /// One `recvmmsg` into the slots of the receive buffer: how many datagrams, each with
-    /// its length and source in `got`.
+    /// its length and source in `got` (0: none waiting, readiness cleared).
+    ///
+    /// A batch shorter than asked for means the socket had no more (a non-blocking
+    /// `recvmmsg` stops at the first receive that would block): its readiness is cleared
+    /// then, sparing the receive that would only say EAGAIN. Safe with tokio's
+    /// edge-triggered epoll: a datagram arriving after that receive raises a new event.
     fn recv_batch(
         &mut self,
         s: &UdpSocket,
@@ -230,7 +235,8 @@ impl Listener {
             return Err(io::Error::other("not a UDP listener"));
         };
         let buf = &mut self.buf;
-        s.try_io(Interest::READABLE, || {
+        let mut n = 0;
+        let res = s.try_io(Interest::READABLE, || {
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = buf
                 .chunks_mut(UDP_MAX)
                 .map(|c| [IoSliceMut::new(c)])
@@ -243,13 +249,21 @@ impl Listener {
                 None,
             )
             .map_err(io::Error::from)?;
-            let mut n = 0;
             for (g, m) in got.iter_mut().zip(res) {
                 *g = (m.bytes, m.address.and_then(|a| std_addr(&a)));
                 n += 1;
             }
-            Ok(n)
-        })
+            if n < RECV_BATCH {
+                // Drained: tokio clears the readiness on WouldBlock.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+        }
     }
 
     fn poll_socket(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
@@ -304,10 +318,10 @@ impl Listener {
                         Poll::Pending => return Poll::Pending,
                     }
                     let mut got = [(0usize, None::<SocketAddr>); RECV_BATCH];
+                    // The next pass asks for readiness again: after a drain it registers
+                    // the waker without another receive.
                     let n = match self.recv_batch(&s, &mut got) {
                         Ok(n) => n,
-                        // Readiness was stale: cleared, the next pass registers the waker.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         // ICMP errors reported on the socket: the socket is fine.
                         Err(e) => {
                             debug!(local = %self.local, error = %e, "UDP receive error");
