@@ -381,12 +381,8 @@ fn forbidden_at(head: &[u8], i: usize) -> bool {
 
 /// The first forbidden byte ([`forbidden_at`]) in a head.
 fn forbidden_byte(head: &[u8]) -> Option<usize> {
-    let nul = memchr::memchr_iter(0, head).find(|&i| forbidden_at(head, i));
-    let cr = memchr::memchr_iter(b'\r', head).find(|&i| forbidden_at(head, i));
-    match (nul, cr) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    // One pass over both bytes: positions come in order, so the first hit is the minimum.
+    memchr::memchr2_iter(0, b'\r', head).find(|&i| forbidden_at(head, i))
 }
 
 /// The head as text, byte for byte: every byte that is not part of valid UTF-8 (Latin-1
@@ -488,11 +484,11 @@ impl Message {
     ) -> Result<Message, ParseError> {
         let bytes = raw.get(..head.len).ok_or(ParseError::Incomplete)?;
         let forbidden = forbidden_byte(bytes);
-        let head_str = match (std::str::from_utf8(bytes), forbidden) {
-            (Ok(_), None) => {
-                ByteString::try_from(raw.slice(..head.len)).map_err(|_| ParseError::InvalidUtf8)?
-            }
-            _ => ByteString::from(text_view(bytes)),
+        // UTF-8 is checked once, by the conversion itself; the text view is the rare case.
+        let head_str = match forbidden {
+            None => ByteString::try_from(raw.slice(..head.len))
+                .unwrap_or_else(|_| ByteString::from(text_view(bytes))),
+            Some(_) => ByteString::from(text_view(bytes)),
         };
         if let Some(offset) = forbidden {
             defer(&mut head.deferred, ParseError::ForbiddenByte { offset });
@@ -898,7 +894,7 @@ impl Message {
         self.call_id()?;
         let cseq = self.cseq()?;
         self.max_forwards()?;
-        self.contacts()?;
+        Contacts::check(self)?;
         for r in self.routes() {
             r?.validate()?;
         }
