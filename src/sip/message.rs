@@ -212,8 +212,9 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
                 limit: limits.max_headers,
             });
         }
+        // The colon ends a name of a few bytes: a plain loop, not memchr's dispatch.
         let colon =
-            memchr::memchr(b':', line).ok_or(ParseError::BadHeaderLine { offset: line_start })?;
+            scan::position(line, b':').ok_or(ParseError::BadHeaderLine { offset: line_start })?;
         let mut name_end = colon;
         while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
             name_end -= 1;
@@ -405,6 +406,19 @@ fn text_view(head: &[u8]) -> String {
     }
     String::from_utf8(v).unwrap_or_default()
 }
+
+/// `word` characters of a Call-ID (RFC 3261 §25.1): token characters and `()<>:\"/[]?{}`,
+/// plus the one `@` that may separate two words.
+static CALLID_CHAR: [bool; 256] = {
+    let mut t = scan::TOKEN_CHARS;
+    let more = b"()<>:\\\"/[]?{}@";
+    let mut i = 0;
+    while i < more.len() {
+        t[more[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// A parsed SIP request or response over the bytes it arrived in.
 ///
@@ -731,27 +745,14 @@ impl Message {
 
     pub fn call_id(&self) -> Result<&str, ParseError> {
         let v = self.required(HeaderName::CallId)?;
+        // callid = word [ "@" word ]: one pass over the word bytes, counting '@'.
+        let mut ats = 0;
         let ok = !v.is_empty()
             && v.bytes().all(|b| {
-                scan::is_token(b)
-                    || matches!(
-                        b,
-                        b'(' | b')'
-                            | b'<'
-                            | b'>'
-                            | b':'
-                            | b'\\'
-                            | b'"'
-                            | b'/'
-                            | b'['
-                            | b']'
-                            | b'?'
-                            | b'{'
-                            | b'}'
-                            | b'@'
-                    )
+                ats += usize::from(b == b'@');
+                CALLID_CHAR[b as usize]
             })
-            && v.bytes().filter(|&b| b == b'@').count() <= 1;
+            && ats <= 1;
         if ok {
             Ok(v)
         } else {
@@ -989,6 +990,30 @@ pub fn unfold(v: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod byte_tests {
     use super::*;
+
+    #[test]
+    fn callid_chars_are_word_chars() {
+        for b in 0..=255u8 {
+            let want = scan::is_token(b)
+                || matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'{'
+                        | b'}'
+                        | b'@'
+                );
+            assert_eq!(CALLID_CHAR[b as usize], want, "byte {b:#04x}");
+        }
+    }
 
     fn msg(from: &[u8]) -> Vec<u8> {
         let mut m = b"MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: ".to_vec();

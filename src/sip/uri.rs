@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::{escapes_valid, parse_u64};
+use super::scan::parse_u64;
 
 /// Why a URI did not parse. Turned into [`ParseError::BadUri`](super::ParseError) by callers,
 /// who know where the URI came from.
@@ -271,6 +271,14 @@ impl<'a> Iterator for ParamIter<'a> {
 impl<'a> Uri<'a> {
     /// Parse a URI. `s` must be the URI alone (no surrounding `<>` or whitespace).
     pub fn parse(s: &'a str) -> Result<Uri<'a>, UriError> {
+        // The schemes nearly every URI has, without the general scheme checks they pass.
+        let b = s.as_bytes();
+        if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
+            return SipUri::parse_rest(&s[4..], false).map(Uri::Sip);
+        }
+        if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
+            return SipUri::parse_rest(&s[5..], true).map(Uri::Sip);
+        }
         let colon = super::scan::find_byte(s, b':').ok_or("missing scheme")?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
@@ -319,21 +327,33 @@ impl<'a> SipUri<'a> {
     /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon.
     fn parse_rest(rest: &'a str, secure: bool) -> Result<SipUri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
-        let (user, password, hostport_etc) = match super::scan::find_byte(rest, b'@') {
+        // One pass finds the '@' and the first ':' before it.
+        let mut at = None;
+        let mut colon = None;
+        for (i, &c) in rest.as_bytes().iter().enumerate() {
+            if c == b'@' {
+                at = Some(i);
+                break;
+            }
+            if c == b':' && colon.is_none() {
+                colon = Some(i);
+            }
+        }
+        let (user, password, hostport_etc) = match at {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let (user, password) = match super::scan::find_byte(userinfo, b':') {
+                let (user, password) = match colon {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
                 if user.is_empty() {
                     return Err("empty user part");
                 }
-                if !user.bytes().all(is_user_char) || !escapes_valid(user) {
+                if !escaped_all(user, &USER_CHAR) {
                     return Err("bad user part");
                 }
                 if let Some(p) = password {
-                    if !p.bytes().all(is_password_char) || !escapes_valid(p) {
+                    if !escaped_all(p, &PASSWORD_CHAR) {
                         return Err("bad password");
                     }
                 }
@@ -477,7 +497,7 @@ static HOST_CHAR: [bool; 256] = {
 };
 
 /// `unreserved / escaped / user-unreserved` (RFC 3261 §25.1).
-#[inline]
+#[cfg(test)]
 fn is_user_char(b: u8) -> bool {
     USER_CHAR[b as usize]
 }
@@ -488,9 +508,30 @@ pub(crate) fn is_user_unreserved(b: u8) -> bool {
     b != b'%' && USER_CHAR[b as usize]
 }
 
-#[inline]
+#[cfg(test)]
 fn is_password_char(b: u8) -> bool {
     PASSWORD_CHAR[b as usize]
+}
+
+/// Every byte of `s` is in `table` (which holds `%`) and every `%` starts a `%XX` escape:
+/// `s.bytes().all(..) && escapes_valid(s)` in one pass.
+fn escaped_all(s: &str, table: &[bool; 256]) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            match (b.get(i + 1), b.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            }
+        } else if table[c as usize] {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// A 256-entry table: alphanumerics and the bytes of `more`.
@@ -542,6 +583,34 @@ mod tests {
             }
         }
         assert!(judged > 10_000, "{judged}");
+    }
+
+    /// `escaped_all` is the two checks it replaces, on every string of up to 5 bytes over
+    /// the bytes that matter to them.
+    #[test]
+    fn escaped_all_is_table_and_escapes() {
+        let alphabet = b"%aG0:@ ";
+        for len in 0..=5u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut b = Vec::new();
+                for _ in 0..len {
+                    b.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let s = std::str::from_utf8(&b).expect("ASCII");
+                let esc = crate::sip::scan::escapes_valid(s);
+                assert_eq!(
+                    escaped_all(s, &USER_CHAR),
+                    s.bytes().all(is_user_char) && esc,
+                    "{s:?}"
+                );
+                assert_eq!(
+                    escaped_all(s, &PASSWORD_CHAR),
+                    s.bytes().all(is_password_char) && esc,
+                    "{s:?}"
+                );
+            }
+        }
     }
 
     #[test]
