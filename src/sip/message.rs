@@ -212,8 +212,9 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
                 limit: limits.max_headers,
             });
         }
+        // The colon ends a name of a few bytes: a plain loop, not memchr's dispatch.
         let colon =
-            memchr::memchr(b':', line).ok_or(ParseError::BadHeaderLine { offset: line_start })?;
+            scan::position(line, b':').ok_or(ParseError::BadHeaderLine { offset: line_start })?;
         let mut name_end = colon;
         while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
             name_end -= 1;
@@ -381,12 +382,8 @@ fn forbidden_at(head: &[u8], i: usize) -> bool {
 
 /// The first forbidden byte ([`forbidden_at`]) in a head.
 fn forbidden_byte(head: &[u8]) -> Option<usize> {
-    let nul = memchr::memchr_iter(0, head).find(|&i| forbidden_at(head, i));
-    let cr = memchr::memchr_iter(b'\r', head).find(|&i| forbidden_at(head, i));
-    match (nul, cr) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    // One pass over both bytes: positions come in order, so the first hit is the minimum.
+    memchr::memchr2_iter(0, b'\r', head).find(|&i| forbidden_at(head, i))
 }
 
 /// The head as text, byte for byte: every byte that is not part of valid UTF-8 (Latin-1
@@ -409,6 +406,19 @@ fn text_view(head: &[u8]) -> String {
     }
     String::from_utf8(v).unwrap_or_default()
 }
+
+/// `word` characters of a Call-ID (RFC 3261 §25.1): token characters and `()<>:\"/[]?{}`,
+/// plus the one `@` that may separate two words.
+static CALLID_CHAR: [bool; 256] = {
+    let mut t = scan::TOKEN_CHARS;
+    let more = b"()<>:\\\"/[]?{}@";
+    let mut i = 0;
+    while i < more.len() {
+        t[more[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 /// A parsed SIP request or response over the bytes it arrived in.
 ///
@@ -488,11 +498,11 @@ impl Message {
     ) -> Result<Message, ParseError> {
         let bytes = raw.get(..head.len).ok_or(ParseError::Incomplete)?;
         let forbidden = forbidden_byte(bytes);
-        let head_str = match (std::str::from_utf8(bytes), forbidden) {
-            (Ok(_), None) => {
-                ByteString::try_from(raw.slice(..head.len)).map_err(|_| ParseError::InvalidUtf8)?
-            }
-            _ => ByteString::from(text_view(bytes)),
+        // UTF-8 is checked once, by the conversion itself; the text view is the rare case.
+        let head_str = match forbidden {
+            None => ByteString::try_from(raw.slice(..head.len))
+                .unwrap_or_else(|_| ByteString::from(text_view(bytes))),
+            Some(_) => ByteString::from(text_view(bytes)),
         };
         if let Some(offset) = forbidden {
             defer(&mut head.deferred, ParseError::ForbiddenByte { offset });
@@ -735,27 +745,14 @@ impl Message {
 
     pub fn call_id(&self) -> Result<&str, ParseError> {
         let v = self.required(HeaderName::CallId)?;
+        // callid = word [ "@" word ]: one pass over the word bytes, counting '@'.
+        let mut ats = 0;
         let ok = !v.is_empty()
             && v.bytes().all(|b| {
-                scan::is_token(b)
-                    || matches!(
-                        b,
-                        b'(' | b')'
-                            | b'<'
-                            | b'>'
-                            | b':'
-                            | b'\\'
-                            | b'"'
-                            | b'/'
-                            | b'['
-                            | b']'
-                            | b'?'
-                            | b'{'
-                            | b'}'
-                            | b'@'
-                    )
+                ats += usize::from(b == b'@');
+                CALLID_CHAR[b as usize]
             })
-            && v.bytes().filter(|&b| b == b'@').count() <= 1;
+            && ats <= 1;
         if ok {
             Ok(v)
         } else {
@@ -898,7 +895,7 @@ impl Message {
         self.call_id()?;
         let cseq = self.cseq()?;
         self.max_forwards()?;
-        self.contacts()?;
+        Contacts::check(self)?;
         for r in self.routes() {
             r?.validate()?;
         }
@@ -993,6 +990,30 @@ pub fn unfold(v: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod byte_tests {
     use super::*;
+
+    #[test]
+    fn callid_chars_are_word_chars() {
+        for b in 0..=255u8 {
+            let want = scan::is_token(b)
+                || matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'{'
+                        | b'}'
+                        | b'@'
+                );
+            assert_eq!(CALLID_CHAR[b as usize], want, "byte {b:#04x}");
+        }
+    }
 
     fn msg(from: &[u8]) -> Vec<u8> {
         let mut m = b"MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: ".to_vec();

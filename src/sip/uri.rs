@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::{escapes_valid, parse_u64};
+use super::scan::parse_u64;
 
 /// Why a URI did not parse. Turned into [`ParseError::BadUri`](super::ParseError) by callers,
 /// who know where the URI came from.
@@ -117,6 +117,15 @@ impl<'a> Params<'a> {
 
     /// Check every parameter: a non-empty token name, and a token, host or quoted-string value.
     pub fn validate(&self) -> Result<(), &'static str> {
+        match validate_plain(self.raw.as_bytes()) {
+            Some(verdict) => verdict,
+            None => self.validate_any(),
+        }
+    }
+
+    /// [`validate`](Self::validate) for any parameter list: quoted values, LWS around names,
+    /// `=` and values.
+    fn validate_any(&self) -> Result<(), &'static str> {
         let mut rest = self.raw;
         while let Some(r) = rest.strip_prefix(';') {
             let (piece, next) = split_param(r);
@@ -145,6 +154,59 @@ impl<'a> Params<'a> {
             return Err("bad parameter list");
         }
         Ok(())
+    }
+}
+
+/// [`Params::validate`] in one pass over a list without quotes and without LWS (nearly
+/// every list): there every `;` ends a parameter and nothing needs trimming. `None` as soon
+/// as a quote or LWS shows up in a parameter not yet judged; the caller then runs the
+/// general check, whose verdict this is on every list it does judge (the parameters before
+/// the first quote or LWS split the same way in both).
+fn validate_plain(b: &[u8]) -> Option<Result<(), &'static str>> {
+    if b.is_empty() {
+        return Some(Ok(()));
+    }
+    if b[0] != b';' {
+        return Some(Err("bad parameter list"));
+    }
+    let mut i = 1;
+    loop {
+        let start = i;
+        let mut eq = None;
+        let mut name_ok = true;
+        let mut value_ok = true;
+        while i < b.len() && b[i] != b';' {
+            let c = b[i];
+            if c == b'"' || super::scan::is_lws(c) {
+                return None;
+            }
+            if eq.is_some() {
+                value_ok &= is_param_char(c);
+            } else if c == b'=' {
+                eq = Some(i);
+            } else {
+                name_ok &= is_param_char(c);
+            }
+            i += 1;
+        }
+        if eq.unwrap_or(i) == start {
+            return Some(Err("empty parameter"));
+        }
+        if !name_ok {
+            return Some(Err("bad parameter name"));
+        }
+        if let Some(e) = eq {
+            // ':' (IPv6 maddr/received values) is a parameter character already.
+            let v = &b[e + 1..i];
+            if (v.is_empty() || !value_ok) && !(v.first() == Some(&b'[') && v.last() == Some(&b']'))
+            {
+                return Some(Err("bad parameter value"));
+            }
+        }
+        if i == b.len() {
+            return Some(Ok(()));
+        }
+        i += 1;
     }
 }
 
@@ -209,6 +271,14 @@ impl<'a> Iterator for ParamIter<'a> {
 impl<'a> Uri<'a> {
     /// Parse a URI. `s` must be the URI alone (no surrounding `<>` or whitespace).
     pub fn parse(s: &'a str) -> Result<Uri<'a>, UriError> {
+        // The schemes nearly every URI has, without the general scheme checks they pass.
+        let b = s.as_bytes();
+        if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
+            return SipUri::parse_rest(&s[4..], false).map(Uri::Sip);
+        }
+        if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
+            return SipUri::parse_rest(&s[5..], true).map(Uri::Sip);
+        }
         let colon = super::scan::find_byte(s, b':').ok_or("missing scheme")?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
@@ -257,21 +327,33 @@ impl<'a> SipUri<'a> {
     /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon.
     fn parse_rest(rest: &'a str, secure: bool) -> Result<SipUri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
-        let (user, password, hostport_etc) = match super::scan::find_byte(rest, b'@') {
+        // One pass finds the '@' and the first ':' before it.
+        let mut at = None;
+        let mut colon = None;
+        for (i, &c) in rest.as_bytes().iter().enumerate() {
+            if c == b'@' {
+                at = Some(i);
+                break;
+            }
+            if c == b':' && colon.is_none() {
+                colon = Some(i);
+            }
+        }
+        let (user, password, hostport_etc) = match at {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let (user, password) = match super::scan::find_byte(userinfo, b':') {
+                let (user, password) = match colon {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
                 if user.is_empty() {
                     return Err("empty user part");
                 }
-                if !user.bytes().all(is_user_char) || !escapes_valid(user) {
+                if !escaped_all(user, &USER_CHAR) {
                     return Err("bad user part");
                 }
                 if let Some(p) = password {
-                    if !p.bytes().all(is_password_char) || !escapes_valid(p) {
+                    if !escaped_all(p, &PASSWORD_CHAR) {
                         return Err("bad password");
                     }
                 }
@@ -279,8 +361,10 @@ impl<'a> SipUri<'a> {
             }
             None => (None, None, rest),
         };
-        let hp_end =
-            memchr::memchr2(b';', b'?', hostport_etc.as_bytes()).unwrap_or(hostport_etc.len());
+        let hp_end = hostport_etc
+            .bytes()
+            .position(|b| b == b';' || b == b'?')
+            .unwrap_or(hostport_etc.len());
         let (host, port) = parse_hostport(&hostport_etc[..hp_end])?;
         let after = &hostport_etc[hp_end..];
         let (params, headers) = match super::scan::find_byte(after, b'?') {
@@ -374,78 +458,178 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
     if s.is_empty() {
         return Err("empty host");
     }
-    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    // One pass: whether it can be a dotted quad, whether every byte is a host-name byte,
+    // whether two dots follow each other.
+    let b = s.as_bytes();
+    let mut digits_dots = true;
+    let mut name_chars = true;
+    let mut prev = 0u8;
+    for &c in b {
+        digits_dots &= c.is_ascii_digit() || c == b'.';
+        name_chars &= HOST_CHAR[c as usize];
+        if c == b'.' && prev == b'.' {
+            name_chars = false;
+        }
+        prev = c;
+    }
+    if digits_dots {
         if let Ok(a) = s.parse::<Ipv4Addr>() {
             return Ok(Host::V4(a));
         }
     }
     // hostname = *( domainlabel "." ) toplabel [ "." ]; '_' tolerated (seen in the wild).
-    let b = s.as_bytes();
-    let valid = b
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-        && b[0] != b'.'
-        && b[0] != b'-'
-        && !s.contains("..");
-    if !valid {
+    if !name_chars || b[0] == b'.' || b[0] == b'-' {
         return Err("bad host name");
     }
     Ok(Host::Name(s))
 }
 
+/// Bytes of a host name: alphanumerics, `-`, `.` and the tolerated `_`.
+static HOST_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        i += 1;
+    }
+    t
+};
+
 /// `unreserved / escaped / user-unreserved` (RFC 3261 §25.1).
+#[cfg(test)]
 fn is_user_char(b: u8) -> bool {
-    b == b'%' || is_user_unreserved(b)
+    USER_CHAR[b as usize]
 }
 
 /// The bytes a user part may carry without escaping (`unreserved / user-unreserved`).
+#[inline]
 pub(crate) fn is_user_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'_'
-                | b'.'
-                | b'!'
-                | b'~'
-                | b'*'
-                | b'\''
-                | b'('
-                | b')'
-                | b'&'
-                | b'='
-                | b'+'
-                | b'$'
-                | b','
-                | b';'
-                | b'?'
-                | b'/'
-        )
+    b != b'%' && USER_CHAR[b as usize]
 }
 
+#[cfg(test)]
 fn is_password_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'_'
-                | b'.'
-                | b'!'
-                | b'~'
-                | b'*'
-                | b'\''
-                | b'('
-                | b')'
-                | b'%'
-                | b'&'
-                | b'='
-                | b'+'
-                | b'$'
-                | b','
-        )
+    PASSWORD_CHAR[b as usize]
 }
+
+/// Every byte of `s` is in `table` (which holds `%`) and every `%` starts a `%XX` escape:
+/// `s.bytes().all(..) && escapes_valid(s)` in one pass.
+fn escaped_all(s: &str, table: &[bool; 256]) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            match (b.get(i + 1), b.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            }
+        } else if table[c as usize] {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// A 256-entry table: alphanumerics and the bytes of `more`.
+const fn byte_table(more: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut i = 0;
+    while i < more.len() {
+        t[more[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// `unreserved / escaped / user-unreserved`, `%` included (escapes are checked apart).
+static USER_CHAR: [bool; 256] = byte_table(b"-_.!~*'()&=+$,;?/%");
+
+/// `unreserved / escaped / "&" / "=" / "+" / "$" / ","`, `%` included.
+static PASSWORD_CHAR: [bool; 256] = byte_table(b"-_.!~*'()%&=+$,");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass check gives the general check's verdict on every list it judges: all
+    /// strings of up to 6 bytes over the bytes that matter to either.
+    #[test]
+    fn plain_params_check_agrees_with_the_general_one() {
+        let alphabet = b";=a[]\" :%,\xff";
+        let mut judged = 0;
+        for len in 0..=6u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut b = Vec::new();
+                for _ in 0..len {
+                    b.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let Ok(s) = std::str::from_utf8(&b) else {
+                    continue;
+                };
+                if let Some(v) = validate_plain(s.as_bytes()) {
+                    judged += 1;
+                    assert_eq!(v, Params::new(s).validate_any(), "{s:?}");
+                }
+            }
+        }
+        assert!(judged > 10_000, "{judged}");
+    }
+
+    /// `escaped_all` is the two checks it replaces, on every string of up to 5 bytes over
+    /// the bytes that matter to them.
+    #[test]
+    fn escaped_all_is_table_and_escapes() {
+        let alphabet = b"%aG0:@ ";
+        for len in 0..=5u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut b = Vec::new();
+                for _ in 0..len {
+                    b.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let s = std::str::from_utf8(&b).expect("ASCII");
+                let esc = crate::sip::scan::escapes_valid(s);
+                assert_eq!(
+                    escaped_all(s, &USER_CHAR),
+                    s.bytes().all(is_user_char) && esc,
+                    "{s:?}"
+                );
+                assert_eq!(
+                    escaped_all(s, &PASSWORD_CHAR),
+                    s.bytes().all(is_password_char) && esc,
+                    "{s:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn user_and_password_tables() {
+        for b in 0..=255u8 {
+            let unreserved = b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b);
+            assert_eq!(
+                is_user_unreserved(b),
+                unreserved || b"&=+$,;?/".contains(&b),
+                "byte {b:#04x}"
+            );
+            assert_eq!(is_user_char(b), is_user_unreserved(b) || b == b'%');
+            assert_eq!(
+                is_password_char(b),
+                unreserved || b"%&=+$,".contains(&b),
+                "byte {b:#04x}"
+            );
+        }
+    }
 
     #[test]
     fn param_chars_are_token_chars_and_param_unreserved() {

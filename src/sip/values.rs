@@ -209,10 +209,11 @@ impl<'a> NameAddr<'a> {
         } else {
             // addr-spec: the URI cannot contain ';', ',' or '?' (RFC 3261 §20); params follow.
             let end = rest
-                .find([';', ' ', '\t', '\r', '\n'])
+                .bytes()
+                .position(|b| b == b';' || is_lws(b))
                 .unwrap_or(rest.len());
             let uri = &rest[..end];
-            if uri.contains('?') {
+            if scan::find_byte(uri, b'?').is_some() {
                 return Err(err("URI with headers must be enclosed in <>"));
             }
             (uri, trim_lws_start(&rest[end..]))
@@ -297,8 +298,23 @@ pub type Contact<'a> = NameAddr<'a>;
 
 impl<'a> Contacts<'a> {
     pub(crate) fn parse(msg: &'a Message) -> Result<Contacts<'a>, ParseError> {
-        let at = Where::Header("Contact");
         let mut list = Vec::new();
+        if Self::each(msg, |c| list.push(c))? {
+            Ok(Contacts::List(list))
+        } else {
+            Ok(Contacts::Star)
+        }
+    }
+
+    /// The verdict of [`parse`](Self::parse) without building the list.
+    pub(crate) fn check(msg: &'a Message) -> Result<(), ParseError> {
+        Self::each(msg, |_| ()).map(|_| ())
+    }
+
+    /// Parse and validate every contact, handing each to `f`; `Ok(false)` for `*`.
+    fn each(msg: &'a Message, mut f: impl FnMut(Contact<'a>)) -> Result<bool, ParseError> {
+        let at = Where::Header("Contact");
+        let mut any = false;
         let mut star = false;
         for v in msg.list_values(HeaderName::Contact) {
             let v = v?;
@@ -308,18 +324,19 @@ impl<'a> Contacts<'a> {
             }
             let c = NameAddr::parse(v, at)?;
             c.validate()?;
-            list.push(c);
+            any = true;
+            f(c);
         }
         if star {
-            if !list.is_empty() {
+            if any {
                 return Err(ParseError::BadValue {
                     at,
                     what: "'*' mixed with other contacts",
                 });
             }
-            return Ok(Contacts::Star);
+            return Ok(false);
         }
-        Ok(Contacts::List(list))
+        Ok(true)
     }
 
     /// The contacts (empty for `*`).
