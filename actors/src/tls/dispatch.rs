@@ -130,7 +130,12 @@ pub fn dispatch_context_with(
     let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
-    b.set_mode(SslMode::RELEASE_BUFFERS);
+    // An `Ssl` keeps the mode of the context it was made from (this one) through the switch
+    // to its domain's. NO_AUTO_CHAIN: the chain a domain sends is its certificate file, as
+    // built; without it OpenSSL tries to complete a chain of one certificate on every
+    // handshake (an X509_STORE_CTX and a failed X509_verify_cert against the domain's
+    // context store, which siprox never fills: CAs go to the verify store), for nothing.
+    b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::NO_AUTO_CHAIN);
     // One TLS 1.3 ticket per connection instead of OpenSSL's two: a SIP client keeps one
     // connection, and a connection that resumes gets a fresh one. Each ticket costs a
     // session serialised three times, its encryption and MAC, and a write of its own
