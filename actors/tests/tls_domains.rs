@@ -587,3 +587,46 @@ async fn per_domain_connection_limit_and_listener_domain() {
     );
     rt.shutdown();
 }
+
+/// The certificate chain a domain sends is its certificate file, exactly: a leaf followed
+/// by its intermediate sends both (TLS 1.2 and 1.3), and a leaf alone is sent alone even
+/// when the domain's `ca_file` holds its issuer (siprox never builds a chain at handshake
+/// time: the file is the chain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_sends_its_certificate_file_as_the_chain() {
+    let t = Tree::new("");
+    let inter = t.ca.intermediate("Test Intermediate");
+    let (leaf, key) = inter.leaf("chained.example");
+    let mut chained = leaf;
+    chained.extend_from_slice(&inter.cert.to_pem().expect("pem"));
+    t.write("certs/chained.pem", &chained);
+    t.write("certs/chained.key", &key);
+    t.domain(
+        "chained",
+        "[domains.chained]\nnames = [\"chained.example\"]\n[domains.chained.server]\n\
+         certificate = \"certs/chained.pem\"\nprivate_key = \"certs/chained.key\"\n",
+    );
+    t.server_domain("alone", "ca_file = \"certs/test-ca.pem\"\n");
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        let c = |sni: &str| Client {
+            sni: Some(sni.to_owned()),
+            min: Some(version),
+            max: Some(version),
+            ..Client::default()
+        };
+        let sent = |s: &tokio_openssl::SslStream<tokio::net::TcpStream>| {
+            s.ssl().peer_cert_chain().map_or(0, |c| c.len())
+        };
+        let mut s = c("chained.example").connect(addr).await.expect("chained");
+        assert_eq!(peer_cn(&s), "chained.example");
+        assert_eq!(sent(&s), 2, "{version:?}: leaf and intermediate");
+        assert!(options_ok(&mut s, addr, "chained-1").await, "{version:?}");
+        let mut s = c("alone.example").connect(addr).await.expect("alone");
+        assert_eq!(peer_cn(&s), "alone.example");
+        assert_eq!(sent(&s), 1, "{version:?}: the leaf only");
+        assert!(options_ok(&mut s, addr, "alone-1").await, "{version:?}");
+    }
+    rt.shutdown();
+}

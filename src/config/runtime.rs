@@ -102,7 +102,9 @@ pub struct RuntimeConfig {
     /// How long SIGTERM/SIGINT waits for queued writes to drain before exiting anyway.
     pub shutdown_grace: ConfigDuration,
     /// Once this many fewer TCP/TLS connections are open than at the last high point (a
-    /// flood of handshakes gone), freed heap memory is returned to the OS; 0 = never.
+    /// flood of handshakes gone), or this many more than at the last low point with no new
+    /// connection for a second (what their handshakes freed), freed heap memory is
+    /// returned to the OS; 0 = never.
     pub trim_memory_after: usize,
     /// Refuse to start when any tenant domain (`[domains.*]`) cannot be built. false: such
     /// a tenant is left out with an error naming it, and every other tenant starts.

@@ -18,6 +18,15 @@ pub struct Stats {
     pub(crate) memory_trims: AtomicU64,
     /// Most incoming connections open since the last heap trim (see `worker::memory`).
     pub(crate) conn_high_water: AtomicUsize,
+    /// Fewest connections open since the last heap trim: a rise is measured from it (see
+    /// `worker::memory`).
+    pub(crate) conn_low_water: AtomicUsize,
+    /// `accepted` as the last idle sweep saw it, and since when ([`clock_ms`]) it has not
+    /// moved: a rise of connections is over once no connection arrived for a while.
+    ///
+    /// [`clock_ms`]: crate::state::table::clock_ms
+    pub(crate) accepted_seen: AtomicU64,
+    pub(crate) accepted_still_since: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) send_timeouts: AtomicU64,

@@ -59,19 +59,21 @@ pub struct ConnShared {
     /// Connected (and handshaken). Before that a full queue is not the peer's fault: the
     /// excess message is refused, the connection is kept.
     pub(crate) established: AtomicBool,
-    /// When the connection was created (`tls.list` age).
-    since: Instant,
+    /// When the connection was created ([`clock_ms`]; `tls.list` age).
+    since_ms: u64,
     /// The connection's TLS facts, set once after the handshake (`tls.list`); empty for TCP
     /// or until the connection sets it.
     tls: OnceLock<Arc<TlsFacts>>,
     /// When bytes last moved either way ([`clock_ms`]); the worker's idle sweep reads it.
     last_active: AtomicU64,
-    /// `[connections] idle_timeout` when the connection started, in ms; 0 = never.
-    pub(crate) idle_timeout_ms: u64,
+    /// `[connections] idle_timeout` when the connection started, in ms; 0 = never. `u32`
+    /// (a longer one counts as 49 days): with `since_ms`, 16 bytes less per connection, a
+    /// smaller malloc size class.
+    pub(crate) idle_timeout_ms: u32,
     /// When the message now partly in the read buffer began ([`clock_ms`]); 0 = none.
     partial_since: AtomicU64,
     /// `[connections] message_timeout` when the connection started, in ms; 0 = never.
-    pub(crate) message_timeout_ms: u64,
+    pub(crate) message_timeout_ms: u32,
 }
 
 impl ConnShared {
@@ -92,12 +94,12 @@ impl ConnShared {
             outgoing,
             bytes: AtomicUsize::new(0),
             established: AtomicBool::new(false),
-            since: Instant::now(),
+            since_ms: clock_ms(),
             tls: OnceLock::new(),
             last_active: AtomicU64::new(clock_ms()),
-            idle_timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            idle_timeout_ms: u32::try_from(idle_timeout.as_millis()).unwrap_or(u32::MAX),
             partial_since: AtomicU64::new(0),
-            message_timeout_ms: u64::try_from(message_timeout.as_millis()).unwrap_or(u64::MAX),
+            message_timeout_ms: u32::try_from(message_timeout.as_millis()).unwrap_or(u32::MAX),
         })
     }
 
@@ -117,7 +119,7 @@ impl ConnShared {
         let since = self.partial_since.load(Ordering::Relaxed);
         self.message_timeout_ms != 0
             && since != 0
-            && now.saturating_sub(since) >= self.message_timeout_ms
+            && now.saturating_sub(since) >= u64::from(self.message_timeout_ms)
     }
 
     /// Records activity now (a timestamp store: no timer to re-arm).
@@ -138,7 +140,8 @@ impl ConnShared {
     /// True when nothing moved for `idle_timeout` as of `now` ([`clock_ms`]).
     pub(crate) fn idle_at(&self, now: u64) -> bool {
         self.idle_timeout_ms != 0
-            && now.saturating_sub(self.last_active.load(Ordering::Relaxed)) >= self.idle_timeout_ms
+            && now.saturating_sub(self.last_active.load(Ordering::Relaxed))
+                >= u64::from(self.idle_timeout_ms)
     }
 
     /// Records the connection's TLS facts (first call wins) for `tls.list`.
@@ -264,7 +267,7 @@ impl ConnHandle {
             peer: c.key.addr,
             outgoing: c.outgoing,
             server_name: c.key.server_name.clone(),
-            age: c.since.elapsed(),
+            age: Duration::from_millis(clock_ms().saturating_sub(c.since_ms)),
             queued_bytes: self.queued_bytes(),
             established: c.established.load(Ordering::Acquire),
             tls: c.tls.get().cloned(),

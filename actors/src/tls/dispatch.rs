@@ -74,15 +74,17 @@ impl TlsDomains {
 }
 
 /// What the dispatch callback needs, attached to each accepted `Ssl` (ex data): the domains
-/// of the snapshot taken at accept time and the listener the connection arrived on. The
-/// callback takes the domains out once it has chosen: a connection that lives for days
-/// must not keep every domain of its snapshot alive through later reloads (it keeps its
-/// own domain, in [`Chosen`]).
+/// of the snapshot taken at accept time and the listener the connection arrived on; and
+/// what it chose, in the same allocation (one ex-data box per connection instead of two:
+/// idle connections must be cheap). The callback takes the domains out once it has
+/// chosen: a connection that lives for days must not keep every domain of its snapshot
+/// alive through later reloads (it keeps its own domain, in [`Chosen`]).
 struct DispatchInput {
     domains: Option<Arc<TlsDomains>>,
     listener: SocketAddr,
     /// Why the callback refused the ClientHello, for the handshake's failure kind.
     refused: Option<Refusal>,
+    chosen: Option<Chosen>,
 }
 
 /// What the dispatch callback chose, attached to the `Ssl` for the connection to read after
@@ -108,11 +110,6 @@ fn input_index() -> Option<Index<Ssl, DispatchInput>> {
     *I.get_or_init(|| Ssl::new_ex_index().ok())
 }
 
-fn chosen_index() -> Option<Index<Ssl, Chosen>> {
-    static I: OnceLock<Option<Index<Ssl, Chosen>>> = OnceLock::new();
-    *I.get_or_init(|| Ssl::new_ex_index().ok())
-}
-
 /// The dispatch context every tls listener accepts with. It holds the session ticket keys
 /// (OpenSSL takes tickets from the context a connection started with), so it lives as long
 /// as the process: a reload never invalidates tickets. Its ClientHello callback picks the
@@ -130,7 +127,12 @@ pub fn dispatch_context_with(
     let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     b.set_max_proto_version(Some(SslVersion::TLS1_3))?;
-    b.set_mode(SslMode::RELEASE_BUFFERS);
+    // An `Ssl` keeps the mode of the context it was made from (this one) through the switch
+    // to its domain's. NO_AUTO_CHAIN: the chain a domain sends is its certificate file, as
+    // built; without it OpenSSL tries to complete a chain of one certificate on every
+    // handshake (an X509_STORE_CTX and a failed X509_verify_cert against the domain's
+    // context store, which siprox never fills: CAs go to the verify store), for nothing.
+    b.set_mode(SslMode::RELEASE_BUFFERS | SslMode::NO_AUTO_CHAIN);
     // One TLS 1.3 ticket per connection instead of OpenSSL's two: a SIP client keeps one
     // connection, and a connection that resumes gets a fresh one. Each ticket costs a
     // session serialised three times, its encryption and MAC, and a write of its own
@@ -166,6 +168,7 @@ pub fn server_ssl(
             domains: Some(domains),
             listener,
             refused: None,
+            chosen: None,
         },
     );
     Ok(ssl)
@@ -173,7 +176,7 @@ pub fn server_ssl(
 
 /// What the dispatch callback chose for this connection (after the handshake).
 pub fn chosen(ssl: &SslRef) -> Option<&Chosen> {
-    ssl.ex_data(chosen_index()?)
+    ssl.ex_data(input_index()?)?.chosen.as_ref()
 }
 
 /// Why the dispatch callback refused this connection's ClientHello, if it did.
@@ -245,14 +248,13 @@ fn dispatch_hello(
         return refuse(ssl, Refusal::DomainLimit);
     }
     switch_to(ssl, &domain)?;
-    let idx = chosen_index().ok_or_else(ErrorStack::get)?;
-    ssl.set_ex_data(
-        idx,
-        Chosen {
-            domain,
-            sni,
-            _slot: slot,
-        },
-    );
+    let Some(input) = input_index().and_then(|i| ssl.ex_data_mut(i)) else {
+        return Err(ErrorStack::get());
+    };
+    input.chosen = Some(Chosen {
+        domain,
+        sni,
+        _slot: slot,
+    });
     Ok(ClientHelloResponse::SUCCESS)
 }

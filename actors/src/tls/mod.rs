@@ -25,7 +25,7 @@ pub use domains::{
     build_domains, build_domains_isolated, BuildOptions, DomainError, EnvLookup, ReadMaterial,
     TLS_HOOKS,
 };
-pub use facts::facts;
+pub use facts::{facts, shared_facts};
 pub use failure::{CertificateFailure, HandshakeFailure};
 // The domain types live in the snapshot (`state`); they are re-exported here, where they
 // were before, for the benches and tests that name them.

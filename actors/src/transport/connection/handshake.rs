@@ -149,9 +149,11 @@ pub(super) async fn accept_tls(
 ) -> Result<Established, Failed> {
     let ssl = ssl.map_err(Failed::setup)?;
     let stream = handshake(ssl, tcp, timeout, true).await?;
+    // Shared with the worker's other connections of the same domain, version and cipher
+    // when the peer sent no certificate: one allocation less per idle connection.
     let (facts, send_timeout) = match tls::chosen(stream.ssl()) {
         Some(c) => (
-            tls::facts(
+            tls::shared_facts(
                 stream.ssl(),
                 Some(&c.domain.name),
                 c.sni.clone(),
@@ -159,11 +161,11 @@ pub(super) async fn accept_tls(
             ),
             c.domain.send_timeout,
         ),
-        None => (tls::facts(stream.ssl(), None, None, None), None),
+        None => (Arc::new(tls::facts(stream.ssl(), None, None, None)), None),
     };
     Ok(Established {
         io: Io::Tls(stream),
-        facts: Some(Arc::new(facts)),
+        facts: Some(facts),
         send_timeout,
     })
 }
