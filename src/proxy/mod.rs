@@ -292,7 +292,7 @@ impl Proxy {
         // RFC 3261 §16.3 step 3: Max-Forwards.
         if msg.max_forwards().ok().flatten() == Some(0) {
             if method == Method::Options && ruri_is_me {
-                return self.options_reply(msg, rx);
+                return self.options_reply(msg, rx, &checked.top_via);
             }
             if is_ack {
                 return Action::Drop {
@@ -320,7 +320,7 @@ impl Proxy {
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
                 return match method {
-                    Method::Options => self.options_reply(msg, rx),
+                    Method::Options => self.options_reply(msg, rx, &checked.top_via),
                     Method::Ack => Action::Drop {
                         reason: "ACK for siprox itself",
                     },
@@ -337,7 +337,7 @@ impl Proxy {
             }
         };
         // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
-        let hash = loop_hash(msg);
+        let hash = loop_hash(msg, dialog);
         if self.is_loop(msg, hash) {
             if is_ack {
                 return Action::Drop {
@@ -376,7 +376,7 @@ impl Proxy {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
-        let hash = loop_hash(msg);
+        let hash = loop_hash(msg, dialog);
         if self.is_loop(msg, hash) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
@@ -407,7 +407,7 @@ impl Proxy {
             Ok(plan) => {
                 let parsed = Parsed {
                     top_via: None,
-                    loop_hash: loop_hash(msg),
+                    loop_hash: loop_hash(msg, dialog),
                     dialog,
                 };
                 self.build_forward(msg, rx, &plan, dest, opts, parsed)
@@ -480,6 +480,10 @@ impl Proxy {
         msg: &'m Message,
         own_conn: bool,
     ) -> Option<&'m str> {
+        // Most responses carry no script tag: a look at the text spares parsing the Via.
+        if !may_have_param(msg.header(HeaderName::Via)?, b"sx") {
+            return None;
+        }
         let top = msg.top_via().ok()?;
         if !self.top_via_is_mine(&top, own_conn) {
             return None;
@@ -671,23 +675,46 @@ impl Proxy {
         reason: &str,
         extra: &str,
     ) -> Action {
+        self.reply_via(msg, rx, None, code, reason, extra)
+    }
+
+    /// [`reply`](Self::reply) to a request whose top Via validation already parsed.
+    fn reply_via(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        top: Option<&Via<'_>>,
+        code: u16,
+        reason: &str,
+        extra: &str,
+    ) -> Action {
         if msg.method_kind() == Some(Method::Ack) {
             return Action::Drop {
                 reason: "ACK is never answered",
             };
         }
         let to_tag = self.local_tag(msg);
-        let bytes = build_reply(msg, rx, code, reason, &to_tag, &self.cfg.server, extra);
+        let bytes = reply::build_reply_via(
+            msg,
+            rx,
+            top,
+            code,
+            reason,
+            to_tag.as_str(),
+            &self.cfg.server,
+            extra,
+        );
         Action::Send {
-            dest: reply_destination(msg, rx),
+            dest: reply_destination(msg, rx, top),
             bytes,
         }
     }
 
-    fn options_reply(&self, msg: &Message, rx: &Inbound) -> Action {
-        self.reply(
+    fn options_reply(&self, msg: &Message, rx: &Inbound, top: &Via<'_>) -> Action {
+        self.reply_via(
             msg,
             rx,
+            Some(top),
             200,
             "OK",
             "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH\r\nAccept: application/sdp\r\nSupported: path, outbound\r\n",
@@ -967,7 +994,7 @@ impl Proxy {
                     via.push('-');
                     text::push_hex_width(via, u64::from(parsed.loop_hash), 8);
                 }
-                None => self.write_branch(via, msg, top.ok(), parsed.loop_hash),
+                None => self.write_branch(via, msg, top.ok(), parsed.loop_hash, dialog),
             }
             if borrowed && dest.transport.is_stream() {
                 via.push_str(";rport;alias");
@@ -1092,7 +1119,14 @@ impl Proxy {
     /// The stateless branch (RFC 3261 §16.11): the same for a retransmission (and for the
     /// CANCEL or non-2xx ACK of an INVITE), different for another transaction. Its last
     /// part is the loop-detection hash of §16.3 step 4.
-    fn write_branch(&self, out: &mut String, msg: &Message, top: Option<&Via<'_>>, lh: u32) {
+    fn write_branch(
+        &self,
+        out: &mut String,
+        msg: &Message,
+        top: Option<&Via<'_>>,
+        lh: u32,
+        dialog: &[u8],
+    ) {
         let mut h = Fnv::new();
         match top {
             Some(v) if v.has_rfc3261_branch() => {
@@ -1113,7 +1147,7 @@ impl Proxy {
                 // RFC 2543 peer: the transaction is its identifying fields.
                 h.write(msg.header(HeaderName::Via).unwrap_or("").as_bytes());
                 h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-                h.write_request_ids(msg);
+                h.write_request_ids(msg, dialog);
             }
         }
         out.push_str(BRANCH_PREFIX);
@@ -1140,7 +1174,8 @@ impl Proxy {
     }
 
     /// A deterministic To tag for local replies: the same for a retransmission.
-    fn local_tag(&self, msg: &Message) -> String {
+    /// `sx` and 12 hex digits.
+    fn local_tag(&self, msg: &Message) -> text::Short<14> {
         let mut h = Fnv::new();
         h.write(msg.call_id().unwrap_or("").as_bytes());
         h.write(
@@ -1151,7 +1186,9 @@ impl Proxy {
                 .as_bytes(),
         );
         h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
-        format!("sx{:012x}", h.finish() & 0xffff_ffff_ffff)
+        let mut tag = text::Short::new(b"sx");
+        tag.push_hex_width(h.finish() & 0xffff_ffff_ffff, 12);
+        tag
     }
 
     /// True when the URI names siprox: one of its listen addresses or aliases, on the port
@@ -1216,6 +1253,29 @@ impl Proxy {
         }
         false
     }
+}
+
+/// False when `text` (header values) certainly has no parameter `name` (lower case): no
+/// `;`, then optional LWS, then `name` in any case. True does not mean it has one.
+fn may_have_param(text: &str, name: &[u8]) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b';')) {
+        let mut j = i + at + 1;
+        while b
+            .get(j)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            j += 1;
+        }
+        if b.get(j..j + name.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        i = j;
+    }
+    false
 }
 
 fn advertised_host(l: &Listen) -> Option<&str> {
@@ -1302,11 +1362,19 @@ fn literal_destination(
 /// Where a locally generated reply goes: back on the stream, or for UDP to the source
 /// address, on the source port when the request asked for rport (RFC 3581) or else the
 /// Via port (RFC 3261 §18.2.2).
-fn reply_destination(msg: &Message, rx: &Inbound) -> Destination {
-    let port = match msg.top_via() {
-        Ok(v) if rx.transport == Transport::Udp && v.rport().is_none() => {
-            v.port.unwrap_or(Transport::Udp.default_port())
+fn reply_destination(msg: &Message, rx: &Inbound, top: Option<&Via<'_>>) -> Destination {
+    // Only UDP reads the Via; then the one validation parsed, when there is one.
+    let parsed;
+    let top = match top {
+        _ if rx.transport != Transport::Udp => None,
+        Some(v) => Some(v),
+        None => {
+            parsed = msg.top_via().ok();
+            parsed.as_ref()
         }
+    };
+    let port = match top {
+        Some(v) if v.rport().is_none() => v.port.unwrap_or(Transport::Udp.default_port()),
         _ => rx.source.port(),
     };
     Destination {
@@ -1325,10 +1393,11 @@ fn usable_unicast(ip: IpAddr) -> bool {
 
 /// §16.3 step 4: the fields that stay the same when a request comes back in a loop (and
 /// change in a spiral, where the Request-URI or the route differs).
-fn loop_hash(msg: &Message) -> u32 {
+/// `call_id` is the request's Call-ID as the caller already read it.
+fn loop_hash(msg: &Message, call_id: &[u8]) -> u32 {
     let mut h = Fnv::new();
     h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-    h.write_request_ids(msg);
+    h.write_request_ids(msg, call_id);
     for r in msg.header_values(HeaderName::Route) {
         h.write(r.as_bytes());
     }
@@ -1366,10 +1435,11 @@ impl Fnv {
         self.0
     }
 
-    /// Call-ID, From tag, To tag and CSeq number: what identifies a request of a dialog
-    /// (the method is left out so that a CANCEL hashes like its INVITE).
-    fn write_request_ids(&mut self, msg: &Message) {
-        self.write(msg.call_id().unwrap_or("").as_bytes());
+    /// Call-ID (`call_id`, as `msg.call_id()` reads it, "" when invalid), From tag, To tag
+    /// and CSeq number: what identifies a request of a dialog (the method is left out so
+    /// that a CANCEL hashes like its INVITE).
+    fn write_request_ids(&mut self, msg: &Message, call_id: &[u8]) {
+        self.write(call_id);
         self.write(
             msg.from()
                 .ok()

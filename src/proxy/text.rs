@@ -44,6 +44,46 @@ pub(super) fn push_hex_width(out: &mut String, n: u64, digits: u32) {
     }
 }
 
+/// A short ASCII string on the stack (a tag), at most `N` bytes: what would overflow it
+/// is left out (callers size it for what they write).
+pub(super) struct Short<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Short<N> {
+    /// Starting with `prefix` (ASCII).
+    pub(super) fn new(prefix: &[u8]) -> Short<N> {
+        let mut s = Short {
+            buf: [0; N],
+            len: 0,
+        };
+        for &b in prefix {
+            s.push(b);
+        }
+        s
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    /// [`push_hex_width`] into this string.
+    pub(super) fn push_hex_width(&mut self, n: u64, digits: u32) {
+        for i in (0..digits).rev() {
+            self.push(HEX[((n >> (4 * i)) & 0xf) as usize]);
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        // ASCII only: a prefix given as ASCII and hex digits.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
 /// An IPv4 address as `Display` writes it (dotted decimal), into a stack buffer.
 pub(super) struct V4Text {
     buf: [u8; 15],
@@ -125,6 +165,15 @@ mod tests {
             push_hex_width(&mut s, n & 0xffff_ffff, 8);
             assert_eq!(s, format!("{:08x}", n & 0xffff_ffff));
         }
+        let mut tag = Short::<14>::new(b"sx");
+        tag.push_hex_width(0xabc_0000_0012_3456, 12);
+        assert_eq!(
+            tag.as_str(),
+            format!("sx{:012x}", 0xabc_0000_0012_3456u64 & 0xffff_ffff_ffff)
+        );
+        let mut tag = Short::<4>::new(b"sx");
+        tag.push_hex_width(0xff, 4);
+        assert_eq!(tag.as_str(), "sx00", "what does not fit is left out");
         for a in [
             "0.0.0.0",
             "127.0.0.1",
