@@ -236,11 +236,12 @@ impl FlowKeys {
             return false;
         };
         let mac = FlowKeys::mac(state, a, b, dialog);
-        use std::fmt::Write as _;
         let s = out;
         s.push_str(prefix);
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{a:x}.{b:x}.");
+        super::text::push_hex(s, a);
+        s.push('.');
+        super::text::push_hex(s, b);
+        s.push('.');
         // By table: `write!("{x:02x}")` per byte went through the formatter 32 times a
         // token, and every forwarded request carries one or two.
         const HEX: &[u8; 16] = b"0123456789abcdef";

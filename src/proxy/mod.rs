@@ -5,6 +5,7 @@
 
 pub mod flow;
 mod reply;
+mod text;
 mod types;
 
 use std::fmt::Write as _;
@@ -113,11 +114,36 @@ pub struct ForwardOpts {
     pub send_socket: Option<(Transport, SocketAddr)>,
 }
 
-/// A listener's `host:port` as Via and Record-Route name it (its advertised name if any).
-fn write_listen(out: &mut String, l: &Listen) {
-    match &l.advertise {
-        Some(a) => out.push_str(a),
-        None => write_addr(out, l.addr),
+/// What siprox writes and matches for one listener, computed once per configuration
+/// rather than formatted and parsed again for every message.
+#[derive(Debug, Clone)]
+struct ListenText {
+    /// `host:port` as Via and Record-Route name the listener (its advertised name if any).
+    sent_by: String,
+    /// The advertised host (an IPv6 one without brackets), and its address when it is one.
+    adv_host: Option<String>,
+    adv_ip: Option<IpAddr>,
+    /// The advertised port, if the advertised name has one.
+    adv_port: Option<u16>,
+}
+
+impl ListenText {
+    fn new(l: &Listen) -> ListenText {
+        let sent_by = match &l.advertise {
+            Some(a) => a.clone(),
+            None => {
+                let mut s = String::with_capacity(24);
+                text::push_socket_addr(&mut s, l.addr);
+                s
+            }
+        };
+        let adv_host = advertised_host(l);
+        ListenText {
+            sent_by,
+            adv_ip: adv_host.and_then(parse_ip),
+            adv_host: adv_host.map(str::to_owned),
+            adv_port: advertised_port(l),
+        }
     }
 }
 
@@ -128,6 +154,8 @@ const BRANCH_PREFIX: &str = "z9hG4bK-sx";
 #[derive(Debug, Clone)]
 pub struct Proxy {
     cfg: ProxyConfig,
+    /// One per listener of `cfg.listens`, in the same order.
+    listen_text: Vec<ListenText>,
     /// Requests refused for a forged or altered flow token; shared by the proxies of
     /// successive snapshots so that the metric survives a reload.
     flow_refused: Arc<AtomicU64>,
@@ -161,14 +189,34 @@ struct Parsed<'v, 'm> {
     dialog: &'m [u8],
 }
 
+/// Where a plan sends a request: an IP literal is resolved by the core itself (RFC 3263
+/// §4.1, §4.2: transport from the URI, else TLS for `sips`, else UDP; port from the URI,
+/// else the transport's default), without writing it out and parsing it back; a name goes
+/// to the runtime's resolver.
+#[derive(Debug)]
+enum Hop {
+    Addr(Destination),
+    Name(NextHop),
+}
+
+impl Hop {
+    fn from_next_hop(hop: NextHop) -> Hop {
+        match resolve_literal(&hop) {
+            Some(d) => Hop::Addr(d),
+            None => Hop::Name(hop),
+        }
+    }
+}
+
 /// How a request is to be routed, computed the same way by [`Proxy::on_request`] and
 /// [`Proxy::forward_request`].
 #[derive(Debug)]
 struct Plan {
-    hop: NextHop,
-    /// Indices of Route values to remove (ours at the top; the last one after a strict
-    /// router).
-    remove_routes: Vec<usize>,
+    hop: Hop,
+    /// How many Route values at the top are ours, to be removed.
+    own_routes: usize,
+    /// The last Route value, removed after a strict router (it became the Request-URI).
+    strict_last: Option<usize>,
     /// New Request-URI (strict-router compatibility, RFC 3261 §16.4).
     new_ruri: Option<String>,
     /// The flow (RFC 5626) our own Route names for the direction this request travels:
@@ -179,6 +227,7 @@ struct Plan {
 impl Proxy {
     pub fn new(cfg: ProxyConfig) -> Proxy {
         Proxy {
+            listen_text: cfg.listens.iter().map(ListenText::new).collect(),
             cfg,
             flow_refused: Arc::default(),
         }
@@ -243,7 +292,7 @@ impl Proxy {
         // RFC 3261 §16.3 step 3: Max-Forwards.
         if msg.max_forwards().ok().flatten() == Some(0) {
             if method == Method::Options && ruri_is_me {
-                return self.options_reply(msg, rx);
+                return self.options_reply(msg, rx, &checked.top_via);
             }
             if is_ack {
                 return Action::Drop {
@@ -266,12 +315,12 @@ impl Proxy {
         // Without a script nothing says whether the peer is a cluster node: `nf=` is refused.
         // The dialog the flow tokens are bound to: read once, for the plan and the forward.
         let dialog = msg.call_id().unwrap_or("").as_bytes();
-        let plan = match self.plan(msg, &ruri, rx.conn, false, dialog) {
+        let plan = match self.plan(msg, &ruri, ruri_is_me, rx.conn, false, dialog) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
                 return match method {
-                    Method::Options => self.options_reply(msg, rx),
+                    Method::Options => self.options_reply(msg, rx, &checked.top_via),
                     Method::Ack => Action::Drop {
                         reason: "ACK for siprox itself",
                     },
@@ -288,7 +337,7 @@ impl Proxy {
             }
         };
         // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
-        let hash = loop_hash(msg);
+        let hash = loop_hash(msg, dialog);
         if self.is_loop(msg, hash) {
             if is_ack {
                 return Action::Drop {
@@ -306,9 +355,9 @@ impl Proxy {
         if let Some(flow) = &plan.flow {
             return self.build_forward(msg, rx, &plan, flow, opts, parsed);
         }
-        match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, parsed),
-            None => Action::Forward { hop: plan.hop },
+        match &plan.hop {
+            Hop::Addr(dest) => self.build_forward(msg, rx, &plan, dest, opts, parsed),
+            Hop::Name(hop) => Action::Forward { hop: hop.clone() },
         }
     }
 
@@ -327,7 +376,7 @@ impl Proxy {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
-        let hash = loop_hash(msg);
+        let hash = loop_hash(msg, dialog);
         if self.is_loop(msg, hash) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
@@ -339,9 +388,9 @@ impl Proxy {
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
             return self.build_forward(msg, rx, &plan, flow, opts, parsed);
         }
-        match resolve_literal(&plan.hop) {
-            Some(dest) => self.build_forward(msg, rx, &plan, &dest, opts, parsed),
-            None => Action::Forward { hop: plan.hop },
+        match &plan.hop {
+            Hop::Addr(dest) => self.build_forward(msg, rx, &plan, dest, opts, parsed),
+            Hop::Name(hop) => Action::Forward { hop: hop.clone() },
         }
     }
 
@@ -358,7 +407,7 @@ impl Proxy {
             Ok(plan) => {
                 let parsed = Parsed {
                     top_via: None,
-                    loop_hash: loop_hash(msg),
+                    loop_hash: loop_hash(msg, dialog),
                     dialog,
                 };
                 self.build_forward(msg, rx, &plan, dest, opts, parsed)
@@ -382,16 +431,18 @@ impl Proxy {
             Some(u) => Uri::parse(u).map_err(|_| Refused::BadRoute)?,
             None => msg.request_uri().map_err(|_| Refused::BadRoute)?,
         };
-        let plan = self.plan(msg, &ruri, rx.conn, opts.from_node, dialog)?;
+        let ruri_is_me = self.uri_is_me(&ruri);
+        let plan = self.plan(msg, &ruri, ruri_is_me, rx.conn, opts.from_node, dialog)?;
         match (plan, &opts.target) {
             (Some(mut p), Some(t)) => {
-                p.hop = t.clone();
+                p.hop = Hop::from_next_hop(t.clone());
                 Ok(p)
             }
             (Some(p), None) => Ok(p),
             (None, Some(t)) => Ok(Plan {
-                hop: t.clone(),
-                remove_routes: Vec::new(),
+                hop: Hop::from_next_hop(t.clone()),
+                own_routes: 0,
+                strict_last: None,
                 new_ruri: None,
                 flow: None,
             }),
@@ -429,6 +480,10 @@ impl Proxy {
         msg: &'m Message,
         own_conn: bool,
     ) -> Option<&'m str> {
+        // Most responses carry no script tag: a look at the text spares parsing the Via.
+        if !may_have_param(msg.header(HeaderName::Via)?, b"sx") {
+            return None;
+        }
         let top = msg.top_via().ok()?;
         if !self.top_via_is_mine(&top, own_conn) {
             return None;
@@ -620,23 +675,46 @@ impl Proxy {
         reason: &str,
         extra: &str,
     ) -> Action {
+        self.reply_via(msg, rx, None, code, reason, extra)
+    }
+
+    /// [`reply`](Self::reply) to a request whose top Via validation already parsed.
+    fn reply_via(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        top: Option<&Via<'_>>,
+        code: u16,
+        reason: &str,
+        extra: &str,
+    ) -> Action {
         if msg.method_kind() == Some(Method::Ack) {
             return Action::Drop {
                 reason: "ACK is never answered",
             };
         }
         let to_tag = self.local_tag(msg);
-        let bytes = build_reply(msg, rx, code, reason, &to_tag, &self.cfg.server, extra);
+        let bytes = reply::build_reply_via(
+            msg,
+            rx,
+            top,
+            code,
+            reason,
+            to_tag.as_str(),
+            &self.cfg.server,
+            extra,
+        );
         Action::Send {
-            dest: reply_destination(msg, rx),
+            dest: reply_destination(msg, rx, top),
             bytes,
         }
     }
 
-    fn options_reply(&self, msg: &Message, rx: &Inbound) -> Action {
-        self.reply(
+    fn options_reply(&self, msg: &Message, rx: &Inbound, top: &Via<'_>) -> Action {
+        self.reply_via(
             msg,
             rx,
+            Some(top),
             200,
             "OK",
             "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH\r\nAccept: application/sdp\r\nSupported: path, outbound\r\n",
@@ -657,6 +735,7 @@ impl Proxy {
         &self,
         msg: &Message,
         ruri: &Uri<'_>,
+        ruri_is_me: bool,
         rx_conn: Option<ConnId>,
         from_node: bool,
         dialog: &[u8],
@@ -666,7 +745,7 @@ impl Proxy {
             let r = r.map_err(|_| Refused::BadRoute)?;
             routes.push(r);
         }
-        let mut remove_routes = Vec::new();
+        let mut strict_last = None;
         let mut new_ruri = None;
         let mut skip_last = false;
         let mut own = false;
@@ -674,10 +753,10 @@ impl Proxy {
         let mut flow = None;
         // A strict router before us put our URI (our Record-Route, token and all) in the
         // Request-URI and the real target in the last Route.
-        if self.uri_is_me(ruri) && !routes.is_empty() {
+        if ruri_is_me && !routes.is_empty() {
             let last = routes.len() - 1;
             new_ruri = Some(routes[last].uri_str.to_owned());
-            remove_routes.push(last);
+            strict_last = Some(last);
             skip_last = true;
             own = true;
             match flow_of_route(ruri, rx_conn, &self.cfg.flow_keys, dialog) {
@@ -728,7 +807,6 @@ impl Proxy {
                             return Err(Refused::ForgedToken);
                         }
                     }
-                    remove_routes.push(first);
                     first += 1;
                 }
                 Ok(_) => break,
@@ -748,29 +826,31 @@ impl Proxy {
             // into Route (§16.6 step 6); siprox sends to it as a loose router, which every
             // router since RFC 3261 is.
             return Ok(Some(Plan {
-                hop: next_hop(&s),
-                remove_routes,
+                hop: hop_of(&s),
+                own_routes: first,
+                strict_last,
                 new_ruri,
                 flow,
             }));
         }
         // No Route left: the Request-URI (possibly the new one) decides.
         let target_store;
-        let target = match &new_ruri {
+        let (target, target_is_me) = match &new_ruri {
             Some(t) => {
                 target_store = Uri::parse(t).map_err(|_| Refused::BadRoute)?;
-                &target_store
+                (&target_store, self.uri_is_me(&target_store))
             }
-            None => ruri,
+            None => (ruri, ruri_is_me),
         };
         match target {
             Uri::Sip(s) => {
-                if self.uri_is_me(target) {
+                if target_is_me {
                     return Ok(None);
                 }
                 Ok(Some(Plan {
-                    hop: next_hop(s),
-                    remove_routes,
+                    hop: hop_of(s),
+                    own_routes: first,
+                    strict_last,
                     new_ruri,
                     flow,
                 }))
@@ -810,12 +890,21 @@ impl Proxy {
         // RFC 3261 §18.2.1 and RFC 3581: say where the request really came from.
         if let Ok(top) = top {
             let src_ip = rx.source.ip();
-            let received = match top.host.ip() {
-                Some(ip) if ip == src_ip => None,
-                _ => Some(src_ip.to_string()),
+            // The address as text on the stack: no formatter, no String per request.
+            let (v4, v6);
+            let received = match (top.host.ip(), src_ip) {
+                (Some(ip), _) if ip == src_ip => None,
+                (_, IpAddr::V4(a)) => {
+                    v4 = text::V4Text::new(a);
+                    Some(v4.as_str())
+                }
+                (_, IpAddr::V6(a)) => {
+                    v6 = a.to_string();
+                    Some(v6.as_str())
+                }
             };
             let rport = (top.rport().is_some() || opts.force_rport).then_some(rx.source.port());
-            if ed.set_top_via_params(received.as_deref(), rport).is_err() {
+            if ed.set_top_via_params(received, rport).is_err() {
                 return Action::Drop {
                     reason: "malformed top Via",
                 };
@@ -824,10 +913,10 @@ impl Proxy {
         if let Some(u) = opts.ruri.as_ref().or(plan.new_ruri.as_ref()) {
             ed.set_request_uri(u);
         }
-        if !plan.remove_routes.is_empty() {
-            let rm = &plan.remove_routes;
+        if plan.own_routes > 0 || plan.strict_last.is_some() {
+            let (own, last) = (plan.own_routes, plan.strict_last);
             if ed
-                .remove_values(HeaderName::Route, |i| rm.contains(&i))
+                .remove_values(HeaderName::Route, |i| i < own || Some(i) == last)
                 .is_err()
             {
                 return Action::Drop {
@@ -847,7 +936,7 @@ impl Proxy {
         let forced = opts
             .send_socket
             .filter(|(t, _)| *t == dest.transport)
-            .and_then(|(t, a)| self.listener(Some(t), a));
+            .and_then(|(t, a)| self.listener_index(Some(t), a));
         // Record-Route: the entry facing the next hop ends on top.
         let change = rx.transport != dest.transport;
         let toward = dest.socket_addr().map(|a| a.ip());
@@ -892,8 +981,8 @@ impl Proxy {
             via.push_str(dest.transport.as_str());
             via.push(' ');
             let borrowed = match forced {
-                Some(l) => {
-                    write_listen(via, l);
+                Some(i) => {
+                    via.push_str(&self.listen_text[i].sent_by);
                     false
                 }
                 None => self.write_sent_by(via, dest.transport, toward),
@@ -901,9 +990,11 @@ impl Proxy {
             via.push_str(";branch=");
             match opts.branch.as_deref() {
                 Some(b) => {
-                    let _ = write!(via, "{b}-{:08x}", parsed.loop_hash);
+                    via.push_str(b);
+                    via.push('-');
+                    text::push_hex_width(via, u64::from(parsed.loop_hash), 8);
                 }
-                None => self.write_branch(via, msg, top.ok(), parsed.loop_hash),
+                None => self.write_branch(via, msg, top.ok(), parsed.loop_hash, dialog),
             }
             if borrowed && dest.transport.is_stream() {
                 via.push_str(";rport;alias");
@@ -940,17 +1031,18 @@ impl Proxy {
         toward: Option<IpAddr>,
         r2: bool,
         params: &str,
-        forced: Option<&Listen>,
+        forced: Option<usize>,
     ) {
         out.push_str("<sip:");
         match forced {
-            Some(l) => write_listen(out, l),
+            Some(i) => out.push_str(&self.listen_text[i].sent_by),
             None => {
                 self.write_sent_by(out, transport, toward);
             }
         }
         if transport != Transport::Udp {
-            let _ = write!(out, ";transport={}", transport.param());
+            out.push_str(";transport=");
+            out.push_str(transport.param());
         }
         out.push_str(";lr");
         if r2 {
@@ -965,17 +1057,16 @@ impl Proxy {
         out.push('>');
     }
 
-    /// The listen entry to use for `transport`, preferring the address family of `toward`.
-    fn listen_for(&self, transport: Transport, toward: Option<IpAddr>) -> Option<&Listen> {
-        let same = |l: &&Listen| l.transport == transport;
+    /// The listen entry to use for `transport`, preferring the address family of `toward`
+    /// (its index in the configuration).
+    fn listen_for(&self, transport: Transport, toward: Option<IpAddr>) -> Option<usize> {
+        let listens = &self.cfg.listens;
         // A flow has no address: its family is unknown here, IPv4 is tried first.
         let v4 = toward.is_none_or(|ip| ip.is_ipv4());
-        self.cfg
-            .listens
+        listens
             .iter()
-            .filter(same)
-            .find(|l| l.addr.is_ipv4() == v4)
-            .or_else(|| self.cfg.listens.iter().find(same))
+            .position(|l| l.transport == transport && l.addr.is_ipv4() == v4)
+            .or_else(|| listens.iter().position(|l| l.transport == transport))
     }
 
     /// `host:port` siprox advertises for `transport`. `true` when siprox has no listener of
@@ -991,20 +1082,20 @@ impl Proxy {
         toward: Option<IpAddr>,
     ) -> bool {
         let (listen, borrowed) = match self.listen_for(transport, toward) {
-            Some(l) => (Some(l), false),
+            Some(i) => (Some(i), false),
             None => {
                 let v4 = toward.is_none_or(|ip| ip.is_ipv4());
-                let l = self
+                let i = self
                     .cfg
                     .listens
                     .iter()
-                    .find(|l| l.addr.is_ipv4() == v4)
-                    .or_else(|| self.cfg.listens.first());
-                (l, true)
+                    .position(|l| l.addr.is_ipv4() == v4)
+                    .or_else(|| (!self.cfg.listens.is_empty()).then_some(0));
+                (i, true)
             }
         };
-        match listen {
-            Some(l) => write_listen(out, l),
+        match listen.and_then(|i| self.listen_text.get(i)) {
+            Some(t) => out.push_str(&t.sent_by),
             None => out.push_str("invalid.invalid"),
         }
         borrowed
@@ -1013,22 +1104,42 @@ impl Proxy {
     /// The listener of `transport` (any, when `None`) bound to `addr`: what `$fs` and
     /// `force_send_socket()` may name.
     pub fn listener(&self, transport: Option<Transport>, addr: SocketAddr) -> Option<&Listen> {
+        self.listener_index(transport, addr)
+            .and_then(|i| self.cfg.listens.get(i))
+    }
+
+    /// [`listener`](Self::listener)'s index in the configuration.
+    fn listener_index(&self, transport: Option<Transport>, addr: SocketAddr) -> Option<usize> {
         self.cfg
             .listens
             .iter()
-            .find(|l| transport.is_none_or(|t| t == l.transport) && l.addr == addr)
+            .position(|l| transport.is_none_or(|t| t == l.transport) && l.addr == addr)
     }
 
     /// The stateless branch (RFC 3261 §16.11): the same for a retransmission (and for the
     /// CANCEL or non-2xx ACK of an INVITE), different for another transaction. Its last
     /// part is the loop-detection hash of §16.3 step 4.
-    fn write_branch(&self, out: &mut String, msg: &Message, top: Option<&Via<'_>>, lh: u32) {
+    fn write_branch(
+        &self,
+        out: &mut String,
+        msg: &Message,
+        top: Option<&Via<'_>>,
+        lh: u32,
+        dialog: &[u8],
+    ) {
         let mut h = Fnv::new();
         match top {
             Some(v) if v.has_rfc3261_branch() => {
                 h.write(v.branch().unwrap_or("").as_bytes());
-                // The host as written by Display, hashed without a String per request.
-                let _ = write!(h, "{}", v.host);
+                // The host as written by Display, hashed without a String or the formatter
+                // per request (but for IPv6).
+                match v.host {
+                    Host::Name(n) => h.feed(n.as_bytes()),
+                    Host::V4(a) => h.feed(text::V4Text::new(a).as_str().as_bytes()),
+                    Host::V6(_) => {
+                        let _ = write!(h, "{}", v.host);
+                    }
+                }
                 h.end_field();
                 h.write(&v.port.unwrap_or(0).to_be_bytes());
             }
@@ -1036,10 +1147,13 @@ impl Proxy {
                 // RFC 2543 peer: the transaction is its identifying fields.
                 h.write(msg.header(HeaderName::Via).unwrap_or("").as_bytes());
                 h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-                h.write_request_ids(msg);
+                h.write_request_ids(msg, dialog);
             }
         }
-        let _ = write!(out, "{BRANCH_PREFIX}{:016x}-{:08x}", h.finish(), lh);
+        out.push_str(BRANCH_PREFIX);
+        text::push_hex_width(out, h.finish(), 16);
+        out.push('-');
+        text::push_hex_width(out, u64::from(lh), 8);
     }
 
     fn is_loop(&self, msg: &Message, hash: u32) -> bool {
@@ -1060,7 +1174,8 @@ impl Proxy {
     }
 
     /// A deterministic To tag for local replies: the same for a retransmission.
-    fn local_tag(&self, msg: &Message) -> String {
+    /// `sx` and 12 hex digits.
+    fn local_tag(&self, msg: &Message) -> text::Short<14> {
         let mut h = Fnv::new();
         h.write(msg.call_id().unwrap_or("").as_bytes());
         h.write(
@@ -1071,7 +1186,9 @@ impl Proxy {
                 .as_bytes(),
         );
         h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
-        format!("sx{:012x}", h.finish() & 0xffff_ffff_ffff)
+        let mut tag = text::Short::new(b"sx");
+        tag.push_hex_width(h.finish() & 0xffff_ffff_ffff, 12);
+        tag
     }
 
     /// True when the URI names siprox: one of its listen addresses or aliases, on the port
@@ -1108,22 +1225,26 @@ impl Proxy {
     }
 
     fn host_port_is_me(&self, host: &Host<'_>, port: u16) -> bool {
-        let port_ok = |l: &Listen| l.addr.port() == port || advertised_port(l) == Some(port);
-        for l in &self.cfg.listens {
+        for (l, t) in self.cfg.listens.iter().zip(&self.listen_text) {
+            if l.addr.port() != port && t.adv_port != Some(port) {
+                continue;
+            }
             let host_ok = match host {
                 Host::Name(n) => {
-                    advertised_host(l).is_some_and(|a| a.eq_ignore_ascii_case(n))
+                    t.adv_host
+                        .as_deref()
+                        .is_some_and(|a| a.eq_ignore_ascii_case(n))
                         || (n.eq_ignore_ascii_case("localhost") && l.addr.ip().is_loopback())
                 }
                 _ => {
                     host.ip() == Some(l.addr.ip())
-                        || advertised_host(l).and_then(parse_ip) == host.ip()
+                        || t.adv_ip == host.ip()
                         || host
                             .ip()
                             .is_some_and(|ip| self.wildcard_covers(l.addr.ip(), ip))
                 }
             };
-            if host_ok && port_ok(l) {
+            if host_ok {
                 return true;
             }
         }
@@ -1132,6 +1253,29 @@ impl Proxy {
         }
         false
     }
+}
+
+/// False when `text` (header values) certainly has no parameter `name` (lower case): no
+/// `;`, then optional LWS, then `name` in any case. True does not mean it has one.
+fn may_have_param(text: &str, name: &[u8]) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b';')) {
+        let mut j = i + at + 1;
+        while b
+            .get(j)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            j += 1;
+        }
+        if b.get(j..j + name.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        i = j;
+    }
+    false
 }
 
 fn advertised_host(l: &Listen) -> Option<&str> {
@@ -1155,33 +1299,38 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
-fn write_addr(out: &mut String, a: SocketAddr) {
-    match a {
-        SocketAddr::V4(v4) => {
-            let _ = write!(out, "{}:{}", v4.ip(), v4.port());
-        }
-        SocketAddr::V6(v6) => {
-            let _ = write!(out, "[{}]:{}", v6.ip(), v6.port());
-        }
-    }
-}
-
-/// The next hop a SIP URI names (RFC 3263 input): `maddr` overrides the host.
-fn next_hop(u: &SipUri<'_>) -> NextHop {
-    let host = match u.params.get("maddr").flatten() {
-        Some(m) => m.trim_start_matches('[').trim_end_matches(']').to_owned(),
-        None => match u.host {
-            Host::Name(n) => n.to_owned(),
-            Host::V4(a) => a.to_string(),
-            Host::V6(a) => a.to_string(),
-        },
-    };
-    NextHop {
-        host,
+/// The next hop a SIP URI names (RFC 3263 input): `maddr` overrides the host. An IP
+/// literal is resolved here (see [`resolve_literal`]).
+fn hop_of(u: &SipUri<'_>) -> Hop {
+    let hop = |host: &str| NextHop {
+        host: host.to_owned(),
         port: u.port,
         transport: u.transport().and_then(Transport::parse),
         secure: u.secure,
-    }
+    };
+    let ip = match u.params.get("maddr").flatten() {
+        Some(m) => {
+            let m = m.trim_start_matches('[').trim_end_matches(']');
+            match m.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => return Hop::Name(hop(m)),
+            }
+        }
+        None => match u.host {
+            Host::V4(a) => IpAddr::V4(a),
+            Host::V6(a) => IpAddr::V6(a),
+            Host::Name(n) => match n.parse::<IpAddr>() {
+                Ok(ip) => ip,
+                Err(_) => return Hop::Name(hop(n)),
+            },
+        },
+    };
+    Hop::Addr(literal_destination(
+        ip,
+        u.port,
+        u.transport().and_then(Transport::parse),
+        u.secure,
+    ))
 }
 
 /// Resolve a next hop without DNS, when its host is an IP literal (RFC 3263 §4.1, §4.2:
@@ -1189,25 +1338,43 @@ fn next_hop(u: &SipUri<'_>) -> NextHop {
 /// transport's default).
 fn resolve_literal(hop: &NextHop) -> Option<Destination> {
     let ip: IpAddr = hop.host.parse().ok()?;
-    let transport = match (hop.transport, hop.secure) {
+    Some(literal_destination(ip, hop.port, hop.transport, hop.secure))
+}
+
+/// [`resolve_literal`] of an address already parsed.
+fn literal_destination(
+    ip: IpAddr,
+    port: Option<u16>,
+    transport: Option<Transport>,
+    secure: bool,
+) -> Destination {
+    let transport = match (transport, secure) {
         (_, true) => Transport::Tls,
         (Some(t), false) => t,
         (None, false) => Transport::Udp,
     };
-    Some(Destination::addr(
+    Destination::addr(
         transport,
-        SocketAddr::new(ip, hop.port.unwrap_or(transport.default_port())),
-    ))
+        SocketAddr::new(ip, port.unwrap_or(transport.default_port())),
+    )
 }
 
 /// Where a locally generated reply goes: back on the stream, or for UDP to the source
 /// address, on the source port when the request asked for rport (RFC 3581) or else the
 /// Via port (RFC 3261 §18.2.2).
-fn reply_destination(msg: &Message, rx: &Inbound) -> Destination {
-    let port = match msg.top_via() {
-        Ok(v) if rx.transport == Transport::Udp && v.rport().is_none() => {
-            v.port.unwrap_or(Transport::Udp.default_port())
+fn reply_destination(msg: &Message, rx: &Inbound, top: Option<&Via<'_>>) -> Destination {
+    // Only UDP reads the Via; then the one validation parsed, when there is one.
+    let parsed;
+    let top = match top {
+        _ if rx.transport != Transport::Udp => None,
+        Some(v) => Some(v),
+        None => {
+            parsed = msg.top_via().ok();
+            parsed.as_ref()
         }
+    };
+    let port = match top {
+        Some(v) if v.rport().is_none() => v.port.unwrap_or(Transport::Udp.default_port()),
         _ => rx.source.port(),
     };
     Destination {
@@ -1226,10 +1393,11 @@ fn usable_unicast(ip: IpAddr) -> bool {
 
 /// §16.3 step 4: the fields that stay the same when a request comes back in a loop (and
 /// change in a spiral, where the Request-URI or the route differs).
-fn loop_hash(msg: &Message) -> u32 {
+/// `call_id` is the request's Call-ID as the caller already read it.
+fn loop_hash(msg: &Message, call_id: &[u8]) -> u32 {
     let mut h = Fnv::new();
     h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-    h.write_request_ids(msg);
+    h.write_request_ids(msg, call_id);
     for r in msg.header_values(HeaderName::Route) {
         h.write(r.as_bytes());
     }
@@ -1267,10 +1435,11 @@ impl Fnv {
         self.0
     }
 
-    /// Call-ID, From tag, To tag and CSeq number: what identifies a request of a dialog
-    /// (the method is left out so that a CANCEL hashes like its INVITE).
-    fn write_request_ids(&mut self, msg: &Message) {
-        self.write(msg.call_id().unwrap_or("").as_bytes());
+    /// Call-ID (`call_id`, as `msg.call_id()` reads it, "" when invalid), From tag, To tag
+    /// and CSeq number: what identifies a request of a dialog (the method is left out so
+    /// that a CANCEL hashes like its INVITE).
+    fn write_request_ids(&mut self, msg: &Message, call_id: &[u8]) {
+        self.write(call_id);
         self.write(
             msg.from()
                 .ok()

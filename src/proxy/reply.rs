@@ -3,13 +3,11 @@
 //! Works on requests that failed validation too (fields are copied as written), so a 400
 //! can always be formed; never panics.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 
+use super::text;
 use super::types::Inbound;
-use crate::sip::{HeaderName, Message};
+use crate::sip::{HeaderName, Message, Via};
 
 /// Build a response to `msg`. `to_tag` is added to To when it has none (not on 100).
 /// `extra` is zero or more complete header lines, each ending in CRLF.
@@ -22,13 +20,30 @@ pub fn build_reply(
     server: &str,
     extra: &str,
 ) -> Bytes {
+    build_reply_via(msg, rx, None, code, reason, to_tag, server, extra)
+}
+
+/// [`build_reply`] for a request whose top Via is already parsed (`top`: the first value
+/// of its first Via line, as [`Message::validated`] keeps it), which is then not parsed
+/// again. Written without the formatter.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build_reply_via(
+    msg: &Message,
+    rx: &Inbound,
+    top: Option<&Via<'_>>,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    server: &str,
+    extra: &str,
+) -> Bytes {
     let mut out = String::with_capacity(256 + msg.head_str().len() / 2);
+    out.push_str("SIP/2.0 ");
+    text::push_dec(&mut out, u64::from(code));
+    out.push(' ');
     // The reason phrase must not break the status line, whatever it came from.
-    let reason: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    out.extend(reason.chars().map(|c| if c.is_control() { ' ' } else { c }));
+    out.push_str("\r\n");
     let mut first_via = true;
     for f in msg.fields() {
         match f.name {
@@ -36,27 +51,34 @@ pub fn build_reply(
                 out.push_str("Via: ");
                 if first_via {
                     first_via = false;
-                    write_top_via(&mut out, f.value, rx);
+                    write_top_via(&mut out, f.value, rx, top);
                 } else {
                     out.push_str(f.value);
                 }
                 out.push_str("\r\n");
             }
             HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
-                let _ = write!(out, "{}: {}\r\n", f.name.as_str(), f.value);
+                out.push_str(f.name.as_str());
+                out.push_str(": ");
+                out.push_str(f.value);
+                out.push_str("\r\n");
             }
             HeaderName::To => {
-                let _ = write!(out, "To: {}", f.value);
+                out.push_str("To: ");
+                out.push_str(f.value);
                 let has_tag = msg.to().ok().and_then(|t| t.tag()).is_some();
                 if !has_tag && code > 100 && !to_tag.is_empty() {
-                    let _ = write!(out, ";tag={to_tag}");
+                    out.push_str(";tag=");
+                    out.push_str(to_tag);
                 }
                 out.push_str("\r\n");
             }
             _ => {}
         }
     }
-    let _ = write!(out, "Server: {server}\r\n");
+    out.push_str("Server: ");
+    out.push_str(server);
+    out.push_str("\r\n");
     out.push_str(extra);
     out.push_str("Content-Length: 0\r\n\r\n");
     Bytes::from(out)
@@ -64,7 +86,8 @@ pub fn build_reply(
 
 /// The top Via, with `received` (and `rport` when asked for) as the server transport adds
 /// them (RFC 3261 §18.2.1, RFC 3581 §4), so the client sees where its request came from.
-fn write_top_via(out: &mut String, value: &str, rx: &Inbound) {
+/// `top`: that value already parsed, if it was.
+fn write_top_via(out: &mut String, value: &str, rx: &Inbound, top: Option<&Via<'_>>) {
     // Only the first comma-separated value gets the parameters.
     let (first, rest) = match crate::sip::CommaSplit::new(value).next() {
         Some(Ok(f)) if f.len() < value.len() => {
@@ -73,11 +96,21 @@ fn write_top_via(out: &mut String, value: &str, rx: &Inbound) {
         }
         _ => (value, ""),
     };
-    let Ok(via) = crate::sip::Via::parse(first.trim()) else {
-        out.push_str(value);
-        return;
+    let parsed;
+    let via = match top {
+        Some(v) => v,
+        None => match Via::parse(first.trim()) {
+            Ok(v) => {
+                parsed = v;
+                &parsed
+            }
+            Err(_) => {
+                out.push_str(value);
+                return;
+            }
+        },
     };
-    let src: SocketAddr = rx.source;
+    let src = rx.source;
     let received = via.host.ip() != Some(src.ip());
     let rport = via.rport().is_some();
     if !received && !rport {
@@ -102,10 +135,12 @@ fn write_top_via(out: &mut String, value: &str, rx: &Inbound) {
         }
     }
     if received {
-        let _ = write!(out, ";received={}", src.ip());
+        out.push_str(";received=");
+        text::push_ip(out, src.ip());
     }
     if rport {
-        let _ = write!(out, ";rport={}", src.port());
+        out.push_str(";rport=");
+        text::push_dec(out, u64::from(src.port()));
     }
     out.push_str(rest);
 }
