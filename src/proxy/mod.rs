@@ -904,7 +904,7 @@ impl Proxy {
                 }
             };
             let rport = (top.rport().is_some() || opts.force_rport).then_some(rx.source.port());
-            if ed.set_top_via_params(received, rport).is_err() {
+            if ed.set_via_params(top, received, rport).is_err() {
                 return Action::Drop {
                     reason: "malformed top Via",
                 };

@@ -35,12 +35,11 @@ pub struct Editor<'m> {
 
 impl<'m> Editor<'m> {
     pub fn new(msg: &'m Message) -> Self {
-        // Sized for a forward (Via, one or two Record-Routes, Max-Forwards, a Route
-        // removal, the sender's Via parameters) so that it does not grow on the way.
+        // Nothing allocated yet: a response that only loses a Via writes no text at all.
         Editor {
             msg,
-            edits: Vec::with_capacity(8),
-            text: String::with_capacity(384),
+            edits: Vec::new(),
+            text: String::new(),
         }
     }
 
@@ -50,8 +49,25 @@ impl<'m> Editor<'m> {
     }
 
     fn push(&mut self, at: usize, end: usize, f: impl FnOnce(&mut String)) {
+        if self.text.capacity() == 0 {
+            // Sized for a forward (Via, one or two Record-Routes, Max-Forwards, the sender's
+            // Via parameters) so that it does not grow on the way.
+            self.text.reserve(384);
+        }
         let text_start = self.text.len();
         f(&mut self.text);
+        self.push_edit(at, end, text_start);
+    }
+
+    /// Remove `at..end` of the original (no text: the text buffer is not touched).
+    fn push_removal(&mut self, at: usize, end: usize) {
+        self.push_edit(at, end, self.text.len());
+    }
+
+    fn push_edit(&mut self, at: usize, end: usize, text_start: usize) {
+        if self.edits.capacity() == 0 {
+            self.edits.reserve(8);
+        }
         self.edits.push(Edit {
             at: at as u32,
             end: end as u32,
@@ -139,7 +155,7 @@ impl<'m> Editor<'m> {
                 .get(e.line.start as usize..e.name_end as usize)
                 .unwrap_or("");
             if pred(e.name, written) {
-                self.push(e.line.start as usize, e.line.end as usize + 2, |_| {});
+                self.push_removal(e.line.start as usize, e.line.end as usize + 2);
                 n += 1;
             }
         }
@@ -159,14 +175,14 @@ impl<'m> Editor<'m> {
                 what: "unterminated quoted string",
             }),
             Ok(None) => {
-                self.push(e.line.start as usize, e.line.end as usize + 2, |_| {});
+                self.push_removal(e.line.start as usize, e.line.end as usize + 2);
                 Ok(true)
             }
             Ok(Some(comma)) => {
                 let rest = &value[comma + 1..];
                 let skip = rest.len() - scan::trim_lws_start(rest).len();
                 let start = e.value.start as usize;
-                self.push(start, start + comma + 1 + skip, |_| {});
+                self.push_removal(start, start + comma + 1 + skip);
                 Ok(true)
             }
         }
@@ -214,7 +230,7 @@ impl<'m> Editor<'m> {
             }
             removed += dropped;
             if kept.is_empty() {
-                self.push(e.line.start as usize, e.line.end as usize + 2, |_| {});
+                self.push_removal(e.line.start as usize, e.line.end as usize + 2);
             } else {
                 self.push(e.value.start as usize, e.value.end as usize, |t| {
                     for (i, k) in kept.iter().enumerate() {
@@ -272,6 +288,42 @@ impl<'m> Editor<'m> {
         } else {
             (params_start, params_end)
         };
+        self.replace_via_params(&via, params_start, params_end, received, rport);
+        Ok(())
+    }
+
+    /// [`set_top_via_params`](Self::set_top_via_params) given the top Via already parsed
+    /// (by validation): not parsed again. `top` must be this message's topmost Via value.
+    pub fn set_via_params(
+        &mut self,
+        top: &super::values::Via<'_>,
+        received: Option<&str>,
+        rport: Option<u16>,
+    ) -> Result<(), ParseError> {
+        if received.is_none() && rport.is_none() {
+            return Ok(());
+        }
+        let head = self.msg.head_str();
+        let params = top.params.as_str();
+        let base = head.as_ptr() as usize;
+        let at = (params.as_ptr() as usize).wrapping_sub(base);
+        // Parameters that are not a slice of the head (or none, whose end is not known
+        // from them): the general path.
+        if params.is_empty() || at > head.len() || at + params.len() > head.len() {
+            return self.set_top_via_params(received, rport);
+        }
+        self.replace_via_params(top, at, at + params.len(), received, rport);
+        Ok(())
+    }
+
+    fn replace_via_params(
+        &mut self,
+        via: &super::values::Via<'_>,
+        params_start: usize,
+        params_end: usize,
+        received: Option<&str>,
+        rport: Option<u16>,
+    ) {
         self.push(params_start, params_end, |t| {
             for (n, v) in via.params.iter() {
                 let replaced = (n.eq_ignore_ascii_case("received") && received.is_some())
@@ -287,13 +339,14 @@ impl<'m> Editor<'m> {
                 }
             }
             if let Some(r) = received {
-                let _ = write!(t, ";received={r}");
+                t.push_str(";received=");
+                t.push_str(r);
             }
             if let Some(p) = rport {
-                let _ = write!(t, ";rport={p}");
+                t.push_str(";rport=");
+                push_u16(t, p);
             }
         });
-        Ok(())
     }
 
     /// Replace the Request-URI. No effect on a response.
@@ -323,7 +376,7 @@ impl<'m> Editor<'m> {
             what: "zero",
         })?;
         self.push(e.value.start as usize, e.value.end as usize, |t| {
-            let _ = write!(t, "{n}");
+            push_u16(t, u16::from(n))
         });
         Ok(n)
     }
@@ -338,7 +391,7 @@ impl<'m> Editor<'m> {
             .copied()
         {
             Some(e) => self.push(e.value.start as usize, e.value.end as usize, |t| {
-                let _ = write!(t, "{n}");
+                push_u16(t, u16::from(n))
             }),
             None => {
                 let v = n.to_string();
@@ -397,6 +450,24 @@ impl<'m> Editor<'m> {
         }
         out.extend_from_slice(&raw[cursor..]);
         out.freeze()
+    }
+}
+
+/// Append `n` in decimal (no formatter).
+fn push_u16(t: &mut String, n: u16) {
+    let mut buf = [0u8; 5];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        t.push(char::from(b));
     }
 }
 
@@ -506,5 +577,38 @@ Content-Length: 0\r\n\r\n";
             &out[..],
             b"OPTIONS sip:a@b SIP/2.0\r\nMax-Forwards: 70\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn via_params_from_the_parsed_top_via_match_a_fresh_parse() {
+        for text in [
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h:5070 ; rport;branch=z9hG4bK1 , SIP/2.0/UDP x\r\nl: 0\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;received=1.2.3.4;branch=z9hG4bK1\r\nl: 0\r\n\r\n",
+            "OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nl: 0\r\n\r\n",
+        ] {
+            let m = msg(text);
+            let top = m.top_via().unwrap();
+            for (rcv, rport) in [
+                (Some("192.0.2.7"), Some(0)),
+                (None, Some(65535)),
+                (Some("::1"), None),
+                (None, Some(5060)),
+            ] {
+                let mut a = Editor::new(&m);
+                a.set_top_via_params(rcv, rport).unwrap();
+                let mut b = Editor::new(&m);
+                b.set_via_params(&top, rcv, rport).unwrap();
+                assert_eq!(a.finish(), b.finish(), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0u16, 7, 10, 99, 100, 5060, 65535] {
+            let mut t = String::new();
+            push_u16(&mut t, n);
+            assert_eq!(t, n.to_string());
+        }
     }
 }
