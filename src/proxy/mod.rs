@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::sip::{Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri, Via};
+use crate::sip::{
+    Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri, Validated, Via,
+};
 
 pub use flow::{FlowKeyError, FlowKeys, FlowTokenError};
 pub use reply::build_reply;
@@ -480,12 +482,24 @@ impl Proxy {
         msg: &'m Message,
         own_conn: bool,
     ) -> Option<&'m str> {
-        // Most responses carry no script tag: a look at the text spares parsing the Via.
-        if !may_have_param(msg.header(HeaderName::Via)?, b"sx") {
+        if !Self::response_may_have_script_tag(msg) {
             return None;
         }
         let top = msg.top_via().ok()?;
-        if !self.top_via_is_mine(&top, own_conn) {
+        self.response_script_tag_of(&top, own_conn)
+    }
+
+    /// False when a response certainly carries no script tag (most do not): a look at the
+    /// text, which spares parsing the Via.
+    pub fn response_may_have_script_tag(msg: &Message) -> bool {
+        msg.header(HeaderName::Via)
+            .is_some_and(|v| may_have_param(v, b"sx"))
+    }
+
+    /// [`response_script_tag_from`](Self::response_script_tag_from) given the response's
+    /// top Via already parsed (by [`Message::validated`]).
+    pub fn response_script_tag_of<'m>(&self, top: &Via<'m>, own_conn: bool) -> Option<&'m str> {
+        if !self.top_via_is_mine(top, own_conn) {
             return None;
         }
         top.params.get("sx").flatten()
@@ -571,9 +585,21 @@ impl Proxy {
     /// siprox opened (`own_conn`), or whose client transaction matched its branch: siprox's
     /// own branch on its own connection makes the top Via siprox's, whatever its sent-by.
     pub fn on_response_from(&self, msg: &Message, rx: &Inbound, own_conn: bool) -> Action {
+        self.on_response_checked(msg, rx, own_conn, msg.validated())
+    }
+
+    /// [`on_response_from`](Self::on_response_from) given what [`Message::validated`]
+    /// returned for `msg` (the caller that already needed it): nothing parsed again.
+    pub fn on_response_checked(
+        &self,
+        msg: &Message,
+        rx: &Inbound,
+        own_conn: bool,
+        checked: Result<Validated<'_>, ParseError>,
+    ) -> Action {
         let _ = rx;
         // Validation parsed every Via: the two a response needs are kept, not parsed again.
-        let Ok(checked) = msg.validated() else {
+        let Ok(checked) = checked else {
             return Action::Drop {
                 reason: "malformed response",
             };

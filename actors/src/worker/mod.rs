@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, NextHop, Target, Transport};
+use siprox::proxy::{
+    Action, Destination, ForwardOpts, Inbound, NextHop, Proxy, Target, Transport,
+};
 use siprox::script::host::{self, HttpDecision};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
@@ -214,7 +216,20 @@ impl Worker {
                 .conn
                 .and_then(|c| self.shared.table.get(c))
                 .is_some_and(|h| h.is_outgoing());
-            let tag = snap.proxy.response_script_tag_from(&msg, own_conn);
+            // A response that may carry a script tag needs its top Via: validation parses
+            // it, and what it parsed serves the routing below (parsed once). Most responses
+            // carry none and are validated only if no transaction takes them.
+            let mut checked = None;
+            let tag = if Proxy::response_may_have_script_tag(&msg) {
+                let c = checked.insert(msg.validated());
+                match c {
+                    Ok(c) => snap.proxy.response_script_tag_of(&c.top_via, own_conn),
+                    // Not valid (it is dropped below), yet a script may still see it.
+                    Err(_) => snap.proxy.response_script_tag_from(&msg, own_conn),
+                }
+            } else {
+                None
+            };
             if let Some(sc) = snap.scripts.for_reply(tag) {
                 let env = script::bare_env(&self.shared);
                 if !host::run_reply(sc, &snap.proxy, &env, &msg, &inbound, tls.as_deref()) {
@@ -222,10 +237,12 @@ impl Worker {
                     return;
                 }
             }
-            if self.tm_route_response(&msg, &inbound) {
+            let top = checked.as_ref().and_then(|c| c.as_ref().ok()).map(|c| &c.top_via);
+            if self.tm_route_response(&msg, &inbound, top) {
                 return;
             }
-            match snap.proxy.on_response_from(&msg, &inbound, own_conn) {
+            let checked = checked.unwrap_or_else(|| msg.validated());
+            match snap.proxy.on_response_checked(&msg, &inbound, own_conn, checked) {
                 Action::Drop { reason } => self.unmatched_response(&msg, &inbound, reason),
                 action => self.execute(action, &msg, &inbound),
             }

@@ -362,14 +362,23 @@ impl Worker {
     /// A response to a transaction: run against this worker's table, or handed to the
     /// worker that owns it. `true` when taken. The top Via is read once, and not at all
     /// until some worker has created a transaction (`Shared::tm_used`).
-    pub(crate) fn tm_route_response(self: &Rc<Self>, msg: &Message, inbound: &Inbound) -> bool {
+    /// `top`: the response's top Via when the caller already parsed it.
+    pub(crate) fn tm_route_response(
+        self: &Rc<Self>,
+        msg: &Message,
+        inbound: &Inbound,
+        top: Option<&siprox::sip::Via<'_>>,
+    ) -> bool {
         if !self.shared.tm_used.load(Ordering::Relaxed) {
             return false;
         }
-        let owner = msg
-            .top_via()
-            .ok()
-            .and_then(|v| v.branch().and_then(worker_of_branch));
+        let owner = match top {
+            Some(v) => v.branch().and_then(worker_of_branch),
+            None => msg
+                .top_via()
+                .ok()
+                .and_then(|v| v.branch().and_then(worker_of_branch)),
+        };
         let Some(owner) = owner.map(usize::from) else {
             return false;
         };
