@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::sip::{
-    Editor, HeaderName, Host, Message, Method, ParseError, SipUri, Uri, Validated, Via,
+    Editor, HeaderName, Host, Message, Method, ParseError, RequestIds, SipUri, Uri, Validated, Via,
 };
 
 pub use flow::{FlowKeyError, FlowKeys, FlowTokenError};
@@ -339,7 +339,7 @@ impl Proxy {
             }
         };
         // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
-        let hash = loop_hash(msg, dialog);
+        let hash = loop_hash(msg, dialog, &checked.ids);
         if self.is_loop(msg, hash) {
             if is_ack {
                 return Action::Drop {
@@ -378,7 +378,7 @@ impl Proxy {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
-        let hash = loop_hash(msg, dialog);
+        let hash = loop_hash(msg, dialog, &RequestIds::of(msg));
         if self.is_loop(msg, hash) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
@@ -409,7 +409,7 @@ impl Proxy {
             Ok(plan) => {
                 let parsed = Parsed {
                     top_via: None,
-                    loop_hash: loop_hash(msg, dialog),
+                    loop_hash: loop_hash(msg, dialog, &RequestIds::of(msg)),
                     dialog,
                 };
                 self.build_forward(msg, rx, &plan, dest, opts, parsed)
@@ -1420,10 +1420,11 @@ fn usable_unicast(ip: IpAddr) -> bool {
 /// §16.3 step 4: the fields that stay the same when a request comes back in a loop (and
 /// change in a spiral, where the Request-URI or the route differs).
 /// `call_id` is the request's Call-ID as the caller already read it.
-fn loop_hash(msg: &Message, call_id: &[u8]) -> u32 {
+/// `ids` are the request's, as validation (or [`RequestIds::of`]) read them.
+fn loop_hash(msg: &Message, call_id: &[u8], ids: &RequestIds<'_>) -> u32 {
     let mut h = Fnv::new();
     h.write(msg.request_uri_str().unwrap_or("").as_bytes());
-    h.write_request_ids(msg, call_id);
+    h.write_ids(call_id, ids);
     for r in msg.header_values(HeaderName::Route) {
         h.write(r.as_bytes());
     }
@@ -1465,16 +1466,15 @@ impl Fnv {
     /// and CSeq number: what identifies a request of a dialog (the method is left out so
     /// that a CANCEL hashes like its INVITE).
     fn write_request_ids(&mut self, msg: &Message, call_id: &[u8]) {
+        self.write_ids(call_id, &RequestIds::of(msg));
+    }
+
+    /// [`write_request_ids`](Self::write_request_ids) with the ids already read.
+    fn write_ids(&mut self, call_id: &[u8], ids: &RequestIds<'_>) {
         self.write(call_id);
-        self.write(
-            msg.from()
-                .ok()
-                .and_then(|f| f.tag())
-                .unwrap_or("")
-                .as_bytes(),
-        );
-        self.write(msg.to().ok().and_then(|t| t.tag()).unwrap_or("").as_bytes());
-        self.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+        self.write(ids.from_tag.unwrap_or("").as_bytes());
+        self.write(ids.to_tag.unwrap_or("").as_bytes());
+        self.write(&ids.cseq.to_be_bytes());
     }
 }
 

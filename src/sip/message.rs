@@ -890,10 +890,17 @@ impl Message {
         let Some(top_via) = top_via else {
             return Err(ParseError::MissingHeader { name: "Via" });
         };
-        self.from()?.validate()?;
-        self.to()?.validate()?;
+        let from = self.from()?;
+        from.validate()?;
+        let to = self.to()?;
+        to.validate()?;
         self.call_id()?;
         let cseq = self.cseq()?;
+        let ids = RequestIds {
+            from_tag: from.tag(),
+            to_tag: to.tag(),
+            cseq: cseq.seq,
+        };
         self.max_forwards()?;
         Contacts::check(self)?;
         for r in self.routes() {
@@ -922,6 +929,7 @@ impl Message {
             top_via,
             next_via,
             request_uri,
+            ids,
         })
     }
 
@@ -948,6 +956,28 @@ pub struct Validated<'a> {
     pub next_via: Option<Via<'a>>,
     /// The Request-URI of a request; `None` for a response.
     pub request_uri: Option<Uri<'a>>,
+    /// The From and To tags and the CSeq number.
+    pub ids: RequestIds<'a>,
+}
+
+/// The From tag, To tag and CSeq number of a message: with its Call-ID, what identifies a
+/// request of a dialog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestIds<'a> {
+    pub from_tag: Option<&'a str>,
+    pub to_tag: Option<&'a str>,
+    pub cseq: u32,
+}
+
+impl<'a> RequestIds<'a> {
+    /// Read from the message (what is missing or malformed reads as absent, CSeq 0).
+    pub fn of(msg: &'a Message) -> Self {
+        RequestIds {
+            from_tag: msg.from().ok().and_then(|f| f.tag()),
+            to_tag: msg.to().ok().and_then(|t| t.tag()),
+            cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
+        }
+    }
 }
 
 /// One header line: its classified name, its name as written, and its trimmed value.
@@ -1046,5 +1076,25 @@ mod byte_tests {
             );
             assert!(!m.head_str().contains(['\0']));
         }
+    }
+
+    #[test]
+    fn validated_ids_are_the_tags_and_cseq() {
+        let m = Message::parse(Bytes::from_static(
+            b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+f: <sip:a@example.com>;tag=ft\r\nt: <sip:b@example.com> ; TAG=tt\r\nCall-ID: c\r\n\
+CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
+        ))
+        .unwrap();
+        let ids = m.validated().unwrap().ids;
+        assert_eq!(ids, RequestIds::of(&m));
+        assert_eq!(
+            ids,
+            RequestIds {
+                from_tag: Some("ft"),
+                to_tag: Some("tt"),
+                cseq: 2_147_483_647,
+            }
+        );
     }
 }

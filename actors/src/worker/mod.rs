@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use siprox::proxy::{
-    Action, Destination, ForwardOpts, Inbound, NextHop, Proxy, Target, Transport,
-};
+use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, NextHop, Proxy, Target, Transport};
 use siprox::script::host::{self, HttpDecision};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
@@ -237,12 +235,18 @@ impl Worker {
                     return;
                 }
             }
-            let top = checked.as_ref().and_then(|c| c.as_ref().ok()).map(|c| &c.top_via);
+            let top = checked
+                .as_ref()
+                .and_then(|c| c.as_ref().ok())
+                .map(|c| &c.top_via);
             if self.tm_route_response(&msg, &inbound, top) {
                 return;
             }
             let checked = checked.unwrap_or_else(|| msg.validated());
-            match snap.proxy.on_response_checked(&msg, &inbound, own_conn, checked) {
+            match snap
+                .proxy
+                .on_response_checked(&msg, &inbound, own_conn, checked)
+            {
                 Action::Drop { reason } => self.unmatched_response(&msg, &inbound, reason),
                 action => self.execute(action, &msg, &inbound),
             }
