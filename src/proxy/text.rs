@@ -9,26 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Decimal digits of `n` into `buf` (its end), returning where they start.
-fn dec(buf: &mut [u8; 20], mut n: u64) -> usize {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return i;
-        }
-    }
-}
-
-/// `n` in decimal, as `{n}` writes it.
-pub(super) fn push_dec(out: &mut String, n: u64) {
-    let mut buf = [0u8; 20];
-    let at = dec(&mut buf, n);
-    // ASCII digits only.
-    out.extend(buf[at..].iter().map(|&b| char::from(b)));
-}
+pub(super) use crate::sip::push_dec;
 
 /// `n` in lower-case hex without leading zeros, as `{n:x}` writes it.
 pub(super) fn push_hex(out: &mut String, n: u64) {

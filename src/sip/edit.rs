@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::error::{ParseError, Where};
 use super::header::HeaderName;
 use super::message::Message;
-use super::scan;
+use super::scan::{self, push_dec};
 
 /// Replace `at..end` of the original with `text_start..text_end` of the editor's text buffer.
 #[derive(Debug, Clone, Copy)]
@@ -344,7 +344,7 @@ impl<'m> Editor<'m> {
             }
             if let Some(p) = rport {
                 t.push_str(";rport=");
-                push_u16(t, p);
+                push_dec(t, u64::from(p));
             }
         });
     }
@@ -376,7 +376,7 @@ impl<'m> Editor<'m> {
             what: "zero",
         })?;
         self.push(e.value.start as usize, e.value.end as usize, |t| {
-            push_u16(t, u16::from(n))
+            push_dec(t, u64::from(n))
         });
         Ok(n)
     }
@@ -391,7 +391,7 @@ impl<'m> Editor<'m> {
             .copied()
         {
             Some(e) => self.push(e.value.start as usize, e.value.end as usize, |t| {
-                push_u16(t, u16::from(n))
+                push_dec(t, u64::from(n))
             }),
             None => {
                 let v = n.to_string();
@@ -450,24 +450,6 @@ impl<'m> Editor<'m> {
         }
         out.extend_from_slice(&raw[cursor..]);
         out.freeze()
-    }
-}
-
-/// Append `n` in decimal (no formatter).
-fn push_u16(t: &mut String, n: u16) {
-    let mut buf = [0u8; 5];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        t.push(char::from(b));
     }
 }
 
@@ -607,7 +589,7 @@ Content-Length: 0\r\n\r\n";
     fn numbers_are_written_in_decimal() {
         for n in [0u16, 7, 10, 99, 100, 5060, 65535] {
             let mut t = String::new();
-            push_u16(&mut t, n);
+            push_dec(&mut t, u64::from(n));
             assert_eq!(t, n.to_string());
         }
     }

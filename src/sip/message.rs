@@ -409,16 +409,7 @@ fn text_view(head: &[u8]) -> String {
 
 /// `word` characters of a Call-ID (RFC 3261 §25.1): token characters and `()<>:\"/[]?{}`,
 /// plus the one `@` that may separate two words.
-static CALLID_CHAR: [bool; 256] = {
-    let mut t = scan::TOKEN_CHARS;
-    let more = b"()<>:\\\"/[]?{}@";
-    let mut i = 0;
-    while i < more.len() {
-        t[more[i] as usize] = true;
-        i += 1;
-    }
-    t
-};
+static CALLID_CHAR: [bool; 256] = scan::with_bytes(scan::TOKEN_CHARS, b"()<>:\\\"/[]?{}@");
 
 /// A parsed SIP request or response over the bytes it arrived in.
 ///

@@ -18,6 +18,7 @@ pub use frame::{Frame, StreamFramer};
 pub use header::HeaderName;
 pub use limits::Limits;
 pub use message::{unfold, Field, Message, Method, RequestIds, Validated};
+pub(crate) use scan::push_dec;
 pub use scan::{unescape, CommaSplit};
 pub(crate) use uri::is_user_unreserved;
 pub use uri::{parse_host, parse_hostport, Host, ParamIter, Params, SipUri, TelUri, Uri, UriError};

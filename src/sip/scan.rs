@@ -12,20 +12,28 @@ pub(crate) fn is_lws(b: u8) -> bool {
 /// `token` characters of RFC 3261 §25.1, as a table: this test runs once per byte of every
 /// header name, and a lookup is cheaper than the chain of comparisons. URI parameters
 /// extend it (`uri::PARAM_CHAR`).
-pub(crate) const TOKEN_CHARS: [bool; 256] = {
+pub(crate) const TOKEN_CHARS: [bool; 256] = with_bytes(ALNUM, b"-.!%*_+`'~");
+
+/// The ASCII letters and digits, as a byte table: the base of the character classes.
+pub(crate) const ALNUM: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-            );
+        t[i] = (i as u8).is_ascii_alphanumeric();
         i += 1;
     }
     t
 };
+
+/// `table` with the bytes of `more` added: how every character class table is made.
+pub(crate) const fn with_bytes(mut table: [bool; 256], more: &[u8]) -> [bool; 256] {
+    let mut i = 0;
+    while i < more.len() {
+        table[more[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
 
 static TOKEN: [bool; 256] = TOKEN_CHARS;
 
@@ -195,6 +203,23 @@ pub(crate) fn hex_val(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// `n` in decimal, as `{n}` writes it, without the formatter (numbers written into
+/// every forwarded message: ports, Max-Forwards, status codes).
+pub(crate) fn push_dec(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.extend(buf[i..].iter().map(|&b| char::from(b)));
 }
 
 /// True when every `%` in `s` starts a valid `%XX` escape (what the URI parser checks in

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::parse_u64;
+use super::scan::{parse_u64, with_bytes, ALNUM};
 
 /// Why a URI did not parse. Turned into [`ParseError::BadUri`](super::ParseError) by callers,
 /// who know where the URI came from.
@@ -212,16 +212,7 @@ fn validate_plain(b: &[u8]) -> Option<Result<(), &'static str>> {
 
 /// Token chars plus the URI `param-unreserved` set and `%` escapes, as a table (checked
 /// for every byte of every parameter a message is validated with).
-static PARAM_CHAR: [bool; 256] = {
-    let mut t = super::scan::TOKEN_CHARS;
-    let more = b"[]/:&$()@";
-    let mut i = 0;
-    while i < more.len() {
-        t[more[i] as usize] = true;
-        i += 1;
-    }
-    t
-};
+static PARAM_CHAR: [bool; 256] = with_bytes(super::scan::TOKEN_CHARS, b"[]/:&$()@");
 
 #[inline(always)]
 fn is_param_char(b: u8) -> bool {
@@ -485,16 +476,7 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
 }
 
 /// Bytes of a host name: alphanumerics, `-`, `.` and the tolerated `_`.
-static HOST_CHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
-        i += 1;
-    }
-    t
-};
+static HOST_CHAR: [bool; 256] = with_bytes(ALNUM, b"-._");
 
 /// `unreserved / escaped / user-unreserved` (RFC 3261 §25.1).
 #[cfg(test)]
@@ -534,31 +516,29 @@ fn escaped_all(s: &str, table: &[bool; 256]) -> bool {
     true
 }
 
-/// A 256-entry table: alphanumerics and the bytes of `more`.
-const fn byte_table(more: &[u8]) -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = (i as u8).is_ascii_alphanumeric();
-        i += 1;
-    }
-    let mut i = 0;
-    while i < more.len() {
-        t[more[i] as usize] = true;
-        i += 1;
-    }
-    t
-}
-
 /// `unreserved / escaped / user-unreserved`, `%` included (escapes are checked apart).
-static USER_CHAR: [bool; 256] = byte_table(b"-_.!~*'()&=+$,;?/%");
+static USER_CHAR: [bool; 256] = with_bytes(ALNUM, b"-_.!~*'()&=+$,;?/%");
 
 /// `unreserved / escaped / "&" / "=" / "+" / "$" / ","`, `%` included.
-static PASSWORD_CHAR: [bool; 256] = byte_table(b"-_.!~*'()%&=+$,");
+static PASSWORD_CHAR: [bool; 256] = with_bytes(ALNUM, b"-_.!~*'()%&=+$,");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every string of 0 to `max_len` bytes over `alphabet`.
+    fn strings_over(alphabet: &[u8], max_len: u32) -> impl Iterator<Item = Vec<u8>> + '_ {
+        (0..=max_len).flat_map(move |len| {
+            (0..alphabet.len().pow(len)).map(move |mut n| {
+                let mut b = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    b.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                b
+            })
+        })
+    }
 
     /// The one-pass check gives the general check's verdict on every list it judges: all
     /// strings of up to 6 bytes over the bytes that matter to either.
@@ -566,20 +546,13 @@ mod tests {
     fn plain_params_check_agrees_with_the_general_one() {
         let alphabet = b";=a[]\" :%,\xff";
         let mut judged = 0;
-        for len in 0..=6u32 {
-            for mut n in 0..alphabet.len().pow(len) {
-                let mut b = Vec::new();
-                for _ in 0..len {
-                    b.push(alphabet[n % alphabet.len()]);
-                    n /= alphabet.len();
-                }
-                let Ok(s) = std::str::from_utf8(&b) else {
-                    continue;
-                };
-                if let Some(v) = validate_plain(s.as_bytes()) {
-                    judged += 1;
-                    assert_eq!(v, Params::new(s).validate_any(), "{s:?}");
-                }
+        for b in strings_over(alphabet, 6) {
+            let Ok(s) = std::str::from_utf8(&b) else {
+                continue;
+            };
+            if let Some(v) = validate_plain(s.as_bytes()) {
+                judged += 1;
+                assert_eq!(v, Params::new(s).validate_any(), "{s:?}");
             }
         }
         assert!(judged > 10_000, "{judged}");
@@ -590,26 +563,19 @@ mod tests {
     #[test]
     fn escaped_all_is_table_and_escapes() {
         let alphabet = b"%aG0:@ ";
-        for len in 0..=5u32 {
-            for mut n in 0..alphabet.len().pow(len) {
-                let mut b = Vec::new();
-                for _ in 0..len {
-                    b.push(alphabet[n % alphabet.len()]);
-                    n /= alphabet.len();
-                }
-                let s = std::str::from_utf8(&b).expect("ASCII");
-                let esc = crate::sip::scan::escapes_valid(s);
-                assert_eq!(
-                    escaped_all(s, &USER_CHAR),
-                    s.bytes().all(is_user_char) && esc,
-                    "{s:?}"
-                );
-                assert_eq!(
-                    escaped_all(s, &PASSWORD_CHAR),
-                    s.bytes().all(is_password_char) && esc,
-                    "{s:?}"
-                );
-            }
+        for b in strings_over(alphabet, 5) {
+            let s = std::str::from_utf8(&b).expect("ASCII");
+            let esc = crate::sip::scan::escapes_valid(s);
+            assert_eq!(
+                escaped_all(s, &USER_CHAR),
+                s.bytes().all(is_user_char) && esc,
+                "{s:?}"
+            );
+            assert_eq!(
+                escaped_all(s, &PASSWORD_CHAR),
+                s.bytes().all(is_password_char) && esc,
+                "{s:?}"
+            );
         }
     }
 
