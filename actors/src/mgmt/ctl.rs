@@ -711,14 +711,16 @@ fn table(items: &[Value], width: usize) -> String {
 
 /// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
 ///
-/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [S]] |
-/// tcp list | reload [--dry-run] [--cluster [S]] | cluster (= cluster nodes) | ul list (= ul dump,
+/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [SECONDS]] |
+/// tcp list | reload [--dry-run] [--cluster [SECONDS]] | cluster (= cluster nodes) | ul list (= ul dump,
 /// ul show) | ul show AOR | ul rm AOR | stats | version | uptime | kill | methods |
 /// help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
 ///
 /// Without --cert/--ca (or settings), siproxctl uses siprox's development certificates
 /// (certs/admin.pem, certs/admin.key, certs/ca.pem) found beside --conf-dir, else in the
 /// working directory.
+// This text is `siproxctl --help`, where `[X]` means optional, not a rustdoc link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, clap::Parser)]
 #[command(name = "siproxctl", version)]
 pub struct Cli {
