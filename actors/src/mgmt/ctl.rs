@@ -711,10 +711,10 @@ fn table(items: &[Value], width: usize) -> String {
 
 /// siproxctl: manage a running siprox over JSON-RPC/XML-RPC with a client certificate.
 ///
-/// Commands: tls list | tls info | tls domains | tls kill ID | tls reload [--cluster [SECONDS]] |
-/// tcp list | reload [--dry-run] [--cluster [SECONDS]] | cluster (= cluster nodes) | ul list (= ul dump,
-/// ul show) | ul show AOR | ul rm AOR | stats | version | uptime | kill | methods |
-/// help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
+/// Commands: tls list | tls info | tls domains | tls kill ID |
+/// tls reload [--cluster [SECONDS]] | tcp list | reload [--dry-run] [--cluster [SECONDS]] |
+/// cluster (= cluster nodes) | ul list (= ul dump, ul show) | ul show AOR | ul rm AOR | stats |
+/// version | uptime | kill | methods | help METHOD | any METHOD [ARGS...] (e.g. core.uptime).
 ///
 /// Without --cert/--ca (or settings), siproxctl uses siprox's development certificates
 /// (certs/admin.pem, certs/admin.key, certs/ca.pem) found beside --conf-dir, else in the
