@@ -457,6 +457,9 @@ fn bind_one(addr: SocketAddr, stream: bool, backlog: u32) -> io::Result<StdSocke
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
+        // Accepted sockets inherit TCP_NODELAY from their listener (Linux): set once here,
+        // not by a setsockopt per connection.
+        s.set_nodelay(true)?;
         s.bind(&addr.into())?;
         s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         Ok(StdSocket::Stream(s.into()))
@@ -469,5 +472,31 @@ fn bind_one(addr: SocketAddr, stream: bool, backlog: u32) -> io::Result<StdSocke
         let _ = s.set_recv_buffer_size(4 * 1024 * 1024);
         s.bind(&addr.into())?;
         Ok(StdSocket::Udp(s.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream listener's accepted sockets have TCP_NODELAY (inherited from the listening
+    /// socket: the connection does not set it again) and a plain accept gives the
+    /// listener's own address as the local one (the connection does not ask for it).
+    #[test]
+    fn accepted_streams_have_nodelay_from_their_listener() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (actual, mut socks) = bind_all(Transport::Tcp, addr, 1, 16).expect("bind");
+        let Some(StdSocket::Stream(l)) = socks.pop() else {
+            panic!("a stream listener");
+        };
+        l.set_nonblocking(false).expect("blocking accept");
+        let client = std::net::TcpStream::connect(actual).expect("connect");
+        let (accepted, peer) = l.accept().expect("accept");
+        assert_eq!(peer, client.local_addr().expect("client addr"));
+        assert!(
+            accepted.nodelay().expect("nodelay"),
+            "TCP_NODELAY inherited"
+        );
+        assert_eq!(accepted.local_addr().expect("local"), actual);
     }
 }

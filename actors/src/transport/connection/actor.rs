@@ -176,6 +176,8 @@ impl Connection {
             ctx.stop();
             return;
         };
+        // On Linux the socket has TCP_NODELAY from its listener (`listener::bind_one`).
+        #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
         if self.transport() != Transport::Tls {
             self.started_io(Ok(Established::plain(Io::Tcp(tcp))), ctx);
@@ -261,15 +263,21 @@ impl Connection {
                 return;
             }
         };
-        if let Io::Tcp(t) = &io {
-            if let Ok(a) = t.local_addr() {
+        // The local address is known only now for an outgoing stream (it held the peer's
+        // until the connect) and for one accepted on a wildcard listener; a stream
+        // accepted on a listener bound to one address has that address: no
+        // getsockname per connection.
+        let read_local = self.dest.is_some() || self.local.ip().is_unspecified();
+        if read_local {
+            let tcp = match &io {
+                Io::Tcp(t) => t,
+                Io::Tls(s) => s.get_ref(),
+            };
+            if let Ok(a) = tcp.local_addr() {
                 self.local = a;
             }
         }
         if let Io::Tls(s) = &io {
-            if let Ok(a) = s.get_ref().local_addr() {
-                self.local = a;
-            }
             let f = self.tls.as_deref();
             debug!(
                 version = s.ssl().version_str(),
