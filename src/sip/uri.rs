@@ -499,7 +499,7 @@ impl<'a> SipUri<'a> {
             }
             None => (None, None, rest),
         };
-        let (host, port, hp_end) = match scan_hostport(hostport_etc.as_bytes()) {
+        let (host, port, hp_end) = match scan_hostport(hostport_etc) {
             Some((host, port, end)) => (host, port, end),
             None => {
                 let hp_end = hostport_etc
@@ -564,7 +564,8 @@ impl<'a> TelUri<'a> {
 /// walk that classifies the host as it goes, when it is the common case: a valid host name
 /// or IPv4 address and a valid port. `None` for anything else (an IPv6 reference, an error),
 /// which [`parse_hostport`] then reads, with the verdict it gives.
-fn scan_hostport(b: &[u8]) -> Option<(Host<'_>, Option<u16>, usize)> {
+fn scan_hostport(s: &str) -> Option<(Host<'_>, Option<u16>, usize)> {
+    let b = s.as_bytes();
     let mut digits_dots = true;
     let mut name_chars = true;
     let mut prev = 0u8;
@@ -583,14 +584,14 @@ fn scan_hostport(b: &[u8]) -> Option<(Host<'_>, Option<u16>, usize)> {
         i += 1;
     }
     let host_bytes = &b[..i];
-    // A name byte is ASCII: the slice is valid UTF-8 when `name_chars` holds.
     if host_bytes.is_empty() || !name_chars {
         return None;
     }
     let host = match digits_dots.then(|| parse_ipv4(host_bytes)).flatten() {
         Some(a) => Host::V4(a),
         None if host_bytes[0] == b'.' || host_bytes[0] == b'-' => return None,
-        None => Host::Name(std::str::from_utf8(host_bytes).ok()?),
+        // `i` is on an ASCII byte (or the end): a char boundary.
+        None => Host::Name(s.get(..i)?),
     };
     let mut port = None;
     if b.get(i) == Some(&b':') {
@@ -913,7 +914,7 @@ mod tests {
         let edges = edges.iter().map(|s| s.as_bytes().to_vec());
         for b in strings_over(b"a1.:-;[0?", 6).chain(edges) {
             let s = std::str::from_utf8(&b).expect("ASCII");
-            if let Some((h, p, end)) = scan_hostport(&b) {
+            if let Some((h, p, end)) = scan_hostport(s) {
                 read += 1;
                 let hp_end = s.find([';', '?']).unwrap_or(s.len());
                 assert_eq!(end, hp_end, "{s:?}");
