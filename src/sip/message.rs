@@ -735,23 +735,7 @@ impl Message {
     }
 
     pub fn call_id(&self) -> Result<&str, ParseError> {
-        let v = self.required(HeaderName::CallId)?;
-        // callid = word [ "@" word ]: one pass over the word bytes, counting '@'.
-        let mut ats = 0;
-        let ok = !v.is_empty()
-            && v.bytes().all(|b| {
-                ats += usize::from(b == b'@');
-                CALLID_CHAR[b as usize]
-            })
-            && ats <= 1;
-        if ok {
-            Ok(v)
-        } else {
-            Err(ParseError::BadValue {
-                at: Where::Header("Call-ID"),
-                what: "not a callid",
-            })
-        }
+        check_call_id(self.required(HeaderName::CallId)?)
     }
 
     pub fn cseq(&self) -> Result<CSeq<'_>, ParseError> {
@@ -760,16 +744,9 @@ impl Message {
 
     /// Max-Forwards, `None` when absent.
     pub fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
-        match self.single(HeaderName::MaxForwards)? {
-            None => Ok(None),
-            Some(v) => match scan::parse_u64(v) {
-                Some(n) if n <= 255 => Ok(Some(n as u8)),
-                _ => Err(ParseError::BadValue {
-                    at: Where::Header("Max-Forwards"),
-                    what: "not an integer from 0 to 255",
-                }),
-            },
-        }
+        self.single(HeaderName::MaxForwards)?
+            .map(parse_max_forwards)
+            .transpose()
     }
 
     /// Expires, `None` when absent.
@@ -881,24 +858,49 @@ impl Message {
         let Some(top_via) = top_via else {
             return Err(ParseError::MissingHeader { name: "Via" });
         };
-        let from = self.from()?;
+        let mut found = Found::default();
+        for h in &self.headers {
+            match h.name {
+                HeaderName::From => found.from.add(self.s(h.value)),
+                HeaderName::To => found.to.add(self.s(h.value)),
+                HeaderName::CallId => found.call_id.add(self.s(h.value)),
+                HeaderName::CSeq => found.cseq.add(self.s(h.value)),
+                HeaderName::MaxForwards => found.max_forwards.add(self.s(h.value)),
+                HeaderName::Contact => found.contact = true,
+                HeaderName::Route => found.route = true,
+                HeaderName::RecordRoute => found.record_route = true,
+                _ => {}
+            }
+        }
+        let from = NameAddr::parse(
+            found.from.required(HeaderName::From)?,
+            Where::Header("From"),
+        )?;
         from.validate()?;
-        let to = self.to()?;
+        let to = NameAddr::parse(found.to.required(HeaderName::To)?, Where::Header("To"))?;
         to.validate()?;
-        self.call_id()?;
-        let cseq = self.cseq()?;
+        let call_id = check_call_id(found.call_id.required(HeaderName::CallId)?)?;
+        let cseq = CSeq::parse(found.cseq.required(HeaderName::CSeq)?)?;
         let ids = RequestIds {
             from_tag: from.tag(),
             to_tag: to.tag(),
             cseq: cseq.seq,
         };
-        self.max_forwards()?;
-        Contacts::check(self)?;
-        for r in self.routes() {
-            r?.validate()?;
+        if let Some(v) = found.max_forwards.single(HeaderName::MaxForwards)? {
+            parse_max_forwards(v)?;
         }
-        for r in self.record_routes() {
-            r?.validate()?;
+        if found.contact {
+            Contacts::check(self)?;
+        }
+        if found.route {
+            for r in self.routes() {
+                r?.validate()?;
+            }
+        }
+        if found.record_route {
+            for r in self.record_routes() {
+                r?.validate()?;
+            }
         }
         let mut request_uri = None;
         if let Some(method) = self.method() {
@@ -921,6 +923,7 @@ impl Message {
             next_via,
             request_uri,
             ids,
+            call_id,
         })
     }
 
@@ -938,6 +941,86 @@ fn leading_crlf(buf: &[u8]) -> usize {
     i
 }
 
+/// `callid = word [ "@" word ]` (RFC 3261 §25.1).
+fn check_call_id(v: &str) -> Result<&str, ParseError> {
+    // One pass over the word bytes, counting '@'.
+    let mut ats = 0;
+    let ok = !v.is_empty()
+        && v.bytes().all(|b| {
+            ats += usize::from(b == b'@');
+            CALLID_CHAR[b as usize]
+        })
+        && ats <= 1;
+    if ok {
+        Ok(v)
+    } else {
+        Err(ParseError::BadValue {
+            at: Where::Header("Call-ID"),
+            what: "not a callid",
+        })
+    }
+}
+
+fn parse_max_forwards(v: &str) -> Result<u8, ParseError> {
+    match scan::parse_u64(v) {
+        Some(n) if n <= 255 => Ok(n as u8),
+        _ => Err(ParseError::BadValue {
+            at: Where::Header("Max-Forwards"),
+            what: "not an integer from 0 to 255",
+        }),
+    }
+}
+
+/// What one walk over the header index finds of the fields [`Message::validated`] checks:
+/// the value of each single field (or that it is repeated) and which list fields occur.
+#[derive(Default)]
+struct Found<'a> {
+    from: Slot<'a>,
+    to: Slot<'a>,
+    call_id: Slot<'a>,
+    cseq: Slot<'a>,
+    max_forwards: Slot<'a>,
+    contact: bool,
+    route: bool,
+    record_route: bool,
+}
+
+/// A field that may appear once: absent, its one value, or repeated.
+#[derive(Default, Clone, Copy)]
+enum Slot<'a> {
+    #[default]
+    Absent,
+    One(&'a str),
+    Repeated,
+}
+
+impl<'a> Slot<'a> {
+    fn add(&mut self, v: &'a str) {
+        *self = match self {
+            Slot::Absent => Slot::One(v),
+            _ => Slot::Repeated,
+        };
+    }
+
+    /// [`Message::single`]'s answer.
+    fn single(self, name: HeaderName) -> Result<Option<&'a str>, ParseError> {
+        match self {
+            Slot::Absent => Ok(None),
+            Slot::One(v) => Ok(Some(v)),
+            Slot::Repeated => Err(ParseError::DuplicateHeader {
+                name: name.as_str(),
+            }),
+        }
+    }
+
+    /// [`Message::required`]'s answer.
+    fn required(self, name: HeaderName) -> Result<&'a str, ParseError> {
+        self.single(name)?.ok_or(ParseError::MissingHeader {
+            name: name.as_str(),
+        })
+    }
+}
+
 /// What [`Message::validated`] parsed and the proxy reads again.
 #[derive(Debug, Clone)]
 pub struct Validated<'a> {
@@ -949,6 +1032,8 @@ pub struct Validated<'a> {
     pub request_uri: Option<Uri<'a>>,
     /// The From and To tags and the CSeq number.
     pub ids: RequestIds<'a>,
+    /// The Call-ID, checked.
+    pub call_id: &'a str,
 }
 
 /// The From tag, To tag and CSeq number of a message: with its Call-ID, what identifies a
@@ -1087,5 +1172,39 @@ CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
                 cseq: 2_147_483_647,
             }
         );
+        assert_eq!(m.validated().unwrap().call_id, m.call_id().unwrap());
+    }
+
+    /// The one walk over the index finds what the per-field accessors find: the first
+    /// missing or repeated field, in the order the checks run.
+    #[test]
+    fn validated_reports_missing_and_repeated_fields_in_order() {
+        let base =
+            "OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n";
+        for (fields, want) in [
+            (
+                "To: <sip:b@x>\r\nCall-ID: c\r\nCall-ID: d\r\nCSeq: 1 OPTIONS\r\n",
+                ParseError::MissingHeader { name: "From" },
+            ),
+            (
+                "From: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: c\r\ni: d\r\nCSeq: 1 OPTIONS\r\n",
+                ParseError::DuplicateHeader { name: "Call-ID" },
+            ),
+            (
+                "f: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 1\r\nMax-Forwards: 2\r\n",
+                ParseError::DuplicateHeader { name: "Max-Forwards" },
+            ),
+            (
+                "From: <sip:a@x>\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 256\r\n",
+                ParseError::BadValue {
+                    at: Where::Header("Max-Forwards"),
+                    what: "not an integer from 0 to 255",
+                },
+            ),
+        ] {
+            let raw = format!("{base}{fields}Content-Length: 0\r\n\r\n");
+            let m = Message::parse(Bytes::from(raw)).unwrap();
+            assert_eq!(m.validate(), Err(want), "{fields}");
+        }
     }
 }

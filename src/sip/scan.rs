@@ -160,6 +160,12 @@ impl<'a> Iterator for CommaSplit<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.rest?;
+        // Most values are one element: without a comma and a quote, the walk below would
+        // find nothing, and one vectorised search says so.
+        if memchr::memchr2(b',', b'"', rest.as_bytes()).is_none() {
+            self.rest = None;
+            return Some(Ok(trim_lws(rest)));
+        }
         match find_unquoted(rest, b',', true) {
             Ok(Some(i)) => {
                 self.rest = rest.get(i + 1..);

@@ -78,15 +78,130 @@ impl fmt::Display for Host<'_> {
 
 /// `;name[=value]` parameters, kept raw and read on demand. Names compare case-insensitively.
 /// The raw text starts at the first `;` (or is empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// A list checked by the parsers of this module (URIs, Via, name-addr) also carries where
+/// the few parameters a proxy reads on every message are ([`INDEXED`]: `branch`, `tag`,
+/// `rport`, ...), found by the pass that checked it, so that [`get`](Self::get) reads them
+/// without scanning the list again. Equality is that of the raw text.
+#[derive(Clone, Copy, Default)]
 pub struct Params<'a> {
     raw: &'a str,
+    index: ParamIndex,
+}
+
+impl PartialEq for Params<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Params<'_> {}
+
+impl fmt::Debug for Params<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Params").field("raw", &self.raw).finish()
+    }
+}
+
+/// The parameter names whose first occurrence a checked list records.
+const INDEXED: [&str; 10] = [
+    "branch",
+    "rport",
+    "received",
+    "tag",
+    "lr",
+    "transport",
+    "maddr",
+    "sx",
+    "i",
+    "expires",
+];
+
+/// The slot of `name` in [`INDEXED`] (any case): one candidate by length and first letter,
+/// then one comparison.
+#[inline]
+fn indexed_slot(name: &[u8]) -> Option<usize> {
+    let k = match (name.len(), name.first()?.to_ascii_lowercase()) {
+        (1, b'i') => 8,
+        (2, b'l') => 4,
+        (2, b's') => 7,
+        (3, b't') => 3,
+        (5, b'r') => 1,
+        (5, b'm') => 6,
+        (6, b'b') => 0,
+        (7, b'e') => 9,
+        (8, b'r') => 2,
+        (9, b't') => 5,
+        _ => return None,
+    };
+    INDEXED[k]
+        .as_bytes()
+        .eq_ignore_ascii_case(name)
+        .then_some(k)
+}
+
+/// Where the [`INDEXED`] parameters of a checked list are: byte ranges into the raw text
+/// (which is at most `u16::MAX` bytes long when `on`).
+#[derive(Debug, Clone, Copy, Default)]
+struct ParamIndex {
+    /// The list was indexed: a name absent from `present` is absent from the list.
+    on: bool,
+    /// Bit `k`: `INDEXED[k]` occurs.
+    present: u16,
+    /// Bit `k`: its first occurrence has a value, at `at[k]`.
+    valued: u16,
+    at: [(u16, u16); INDEXED.len()],
+}
+
+impl ParamIndex {
+    /// Record a parameter (name and value as ranges of the raw text) unless one of the same
+    /// name came first.
+    #[inline]
+    fn record(&mut self, name: &[u8], value: Option<(usize, usize)>) {
+        let Some(k) = indexed_slot(name) else {
+            return;
+        };
+        let bit = 1u16 << k;
+        if self.present & bit != 0 {
+            return;
+        }
+        self.present |= bit;
+        if let Some((s, e)) = value {
+            self.valued |= bit;
+            self.at[k] = (s as u16, e as u16);
+        }
+    }
+}
+
+/// Where `inner`, a slice of `outer`, starts in it.
+fn offset_in(outer: &str, inner: &str) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
 }
 
 impl<'a> Params<'a> {
     /// Wrap raw parameter text that starts with `;` (or is empty).
     pub fn new(raw: &'a str) -> Self {
-        Params { raw }
+        Params {
+            raw,
+            index: ParamIndex::default(),
+        }
+    }
+
+    /// [`validate`](Self::validate) and index `raw` in the same pass: the list, ready for
+    /// [`get`](Self::get) without a scan for the [`INDEXED`] names.
+    pub(crate) fn checked(raw: &'a str) -> Result<Self, &'static str> {
+        let mut index = ParamIndex::default();
+        let indexing = raw.len() <= usize::from(u16::MAX);
+        let verdict = match scan_plain(raw.as_bytes(), &mut index) {
+            Some(v) => v,
+            None => {
+                index = ParamIndex::default();
+                scan_any(raw, &mut index)
+            }
+        };
+        verdict?;
+        index.on = indexing;
+        Ok(Params { raw, index })
     }
 
     /// The raw text, starting with `;` unless empty.
@@ -105,6 +220,19 @@ impl<'a> Params<'a> {
 
     /// `Some(Some(v))` for `;name=v`, `Some(None)` for a bare `;name`, `None` when absent.
     pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
+        if self.index.on {
+            if let Some(k) = indexed_slot(name.as_bytes()) {
+                let bit = 1u16 << k;
+                if self.index.present & bit == 0 {
+                    return None;
+                }
+                if self.index.valued & bit == 0 {
+                    return Some(None);
+                }
+                let (s, e) = self.index.at[k];
+                return Some(self.raw.get(usize::from(s)..usize::from(e)));
+            }
+        }
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
@@ -126,35 +254,47 @@ impl<'a> Params<'a> {
     /// [`validate`](Self::validate) for any parameter list: quoted values, LWS around names,
     /// `=` and values.
     fn validate_any(&self) -> Result<(), &'static str> {
-        let mut rest = self.raw;
-        while let Some(r) = rest.strip_prefix(';') {
-            let (piece, next) = split_param(r);
-            rest = next;
-            let (name, value) = name_value(piece);
-            if name.is_empty() {
-                return Err("empty parameter");
-            }
-            if !name.bytes().all(is_param_char) {
-                return Err("bad parameter name");
-            }
-            if let Some(v) = value {
-                if v.starts_with('"') {
-                    if super::scan::quoted_end(v) != Some(v.len()) {
-                        return Err("bad quoted parameter value");
-                    }
-                } else if v.is_empty() || !v.bytes().all(|b| is_param_char(b) || b == b':') {
-                    // ':' appears in IPv6 maddr/received values: [2001:db8::1]
-                    if !(v.starts_with('[') && v.ends_with(']')) {
-                        return Err("bad parameter value");
-                    }
+        scan_any(self.raw, &mut ParamIndex::default())
+    }
+}
+
+/// [`Params::validate_any`], recording the [`INDEXED`] parameters in `index` as it goes.
+fn scan_any(raw: &str, index: &mut ParamIndex) -> Result<(), &'static str> {
+    let mut rest = raw;
+    while let Some(r) = rest.strip_prefix(';') {
+        let (piece, next) = split_param(r);
+        rest = next;
+        let (name, value) = name_value(piece);
+        if name.is_empty() {
+            return Err("empty parameter");
+        }
+        if !name.bytes().all(is_param_char) {
+            return Err("bad parameter name");
+        }
+        if let Some(v) = value {
+            if v.starts_with('"') {
+                if super::scan::quoted_end(v) != Some(v.len()) {
+                    return Err("bad quoted parameter value");
+                }
+            } else if v.is_empty() || !v.bytes().all(|b| is_param_char(b) || b == b':') {
+                // ':' appears in IPv6 maddr/received values: [2001:db8::1]
+                if !(v.starts_with('[') && v.ends_with(']')) {
+                    return Err("bad parameter value");
                 }
             }
         }
-        if !rest.is_empty() {
-            return Err("bad parameter list");
-        }
-        Ok(())
+        index.record(
+            name.as_bytes(),
+            value.map(|v| {
+                let s = offset_in(raw, v);
+                (s, s + v.len())
+            }),
+        );
     }
+    if !rest.is_empty() {
+        return Err("bad parameter list");
+    }
+    Ok(())
 }
 
 /// [`Params::validate`] in one pass over a list without quotes and without LWS (nearly
@@ -163,6 +303,12 @@ impl<'a> Params<'a> {
 /// general check, whose verdict this is on every list it does judge (the parameters before
 /// the first quote or LWS split the same way in both).
 fn validate_plain(b: &[u8]) -> Option<Result<(), &'static str>> {
+    scan_plain(b, &mut ParamIndex::default())
+}
+
+/// [`validate_plain`], recording the [`INDEXED`] parameters in `index` as it goes.
+#[inline]
+fn scan_plain(b: &[u8], index: &mut ParamIndex) -> Option<Result<(), &'static str>> {
     if b.is_empty() {
         return Some(Ok(()));
     }
@@ -203,6 +349,7 @@ fn validate_plain(b: &[u8]) -> Option<Result<(), &'static str>> {
                 return Some(Err("bad parameter value"));
             }
         }
+        index.record(&b[start..eq.unwrap_or(i)], eq.map(|e| (e + 1, i)));
         if i == b.len() {
             return Some(Ok(()));
         }
@@ -352,18 +499,23 @@ impl<'a> SipUri<'a> {
             }
             None => (None, None, rest),
         };
-        let hp_end = hostport_etc
-            .bytes()
-            .position(|b| b == b';' || b == b'?')
-            .unwrap_or(hostport_etc.len());
-        let (host, port) = parse_hostport(&hostport_etc[..hp_end])?;
+        let (host, port, hp_end) = match scan_hostport(hostport_etc) {
+            Some((host, port, end)) => (host, port, end),
+            None => {
+                let hp_end = hostport_etc
+                    .bytes()
+                    .position(|b| b == b';' || b == b'?')
+                    .unwrap_or(hostport_etc.len());
+                let (host, port) = parse_hostport(&hostport_etc[..hp_end])?;
+                (host, port, hp_end)
+            }
+        };
         let after = &hostport_etc[hp_end..];
         let (params, headers) = match super::scan::find_byte(after, b'?') {
             Some(q) => (&after[..q], Some(&after[q + 1..])),
             None => (after, None),
         };
-        let params = Params::new(params);
-        params.validate()?;
+        let params = Params::checked(params)?;
         if let Some(h) = headers {
             if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'"') {
                 return Err("bad URI headers");
@@ -403,10 +555,59 @@ impl<'a> TelUri<'a> {
         {
             return Err("bad telephone number");
         }
-        let params = Params::new(&rest[end..]);
-        params.validate()?;
+        let params = Params::checked(&rest[end..])?;
         Ok(TelUri { number, params })
     }
+}
+
+/// The `host[:port]` that starts `b` and ends at the first `;` or `?` (or the end), in one
+/// walk that classifies the host as it goes, when it is the common case: a valid host name
+/// or IPv4 address and a valid port. `None` for anything else (an IPv6 reference, an error),
+/// which [`parse_hostport`] then reads, with the verdict it gives.
+fn scan_hostport(s: &str) -> Option<(Host<'_>, Option<u16>, usize)> {
+    let b = s.as_bytes();
+    let mut digits_dots = true;
+    let mut name_chars = true;
+    let mut prev = 0u8;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b':' || c == b';' || c == b'?' {
+            break;
+        }
+        digits_dots &= c.is_ascii_digit() || c == b'.';
+        name_chars &= HOST_CHAR[c as usize];
+        if c == b'.' && prev == b'.' {
+            name_chars = false;
+        }
+        prev = c;
+        i += 1;
+    }
+    let host_bytes = &b[..i];
+    if host_bytes.is_empty() || !name_chars {
+        return None;
+    }
+    let host = match digits_dots.then(|| parse_ipv4(host_bytes)).flatten() {
+        Some(a) => Host::V4(a),
+        None if host_bytes[0] == b'.' || host_bytes[0] == b'-' => return None,
+        // `i` is on an ASCII byte (or the end): a char boundary.
+        None => Host::Name(s.get(..i)?),
+    };
+    let mut port = None;
+    if b.get(i) == Some(&b':') {
+        i += 1;
+        let start = i;
+        let mut n: u32 = 0;
+        while i < b.len() && b[i].is_ascii_digit() && i - start < 5 {
+            n = n * 10 + u32::from(b[i] - b'0');
+            i += 1;
+        }
+        if i == start || n > u32::from(u16::MAX) || !matches!(b.get(i), None | Some(b';' | b'?')) {
+            return None;
+        }
+        port = Some(n as u16);
+    }
+    Some((host, port, i))
 }
 
 /// Parse `host[:port]` (the port optional, the host a name, IPv4 or `[IPv6]`).
@@ -464,7 +665,7 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
         prev = c;
     }
     if digits_dots {
-        if let Ok(a) = s.parse::<Ipv4Addr>() {
+        if let Some(a) = parse_ipv4(b) {
             return Ok(Host::V4(a));
         }
     }
@@ -473,6 +674,36 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
         return Err("bad host name");
     }
     Ok(Host::Name(s))
+}
+
+/// A dotted quad as `Ipv4Addr::from_str` reads it (four decimal octets of one to three
+/// digits, no leading zero, each at most 255), over bytes already known to be digits and
+/// dots: std's general parser walks the text again with a reader per octet.
+fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut k = 0;
+    let mut i = 0;
+    loop {
+        let start = i;
+        let mut n: u16 = 0;
+        while i < b.len() && b[i].is_ascii_digit() && i - start < 3 {
+            n = n * 10 + u16::from(b[i] - b'0');
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || n > 255 || (digits > 1 && b[start] == b'0') {
+            return None;
+        }
+        octets[k] = n as u8;
+        k += 1;
+        if k == 4 {
+            return (i == b.len()).then(|| Ipv4Addr::from(octets));
+        }
+        if b.get(i) != Some(&b'.') {
+            return None;
+        }
+        i += 1;
+    }
 }
 
 /// Bytes of a host name: alphanumerics, `-`, `.` and the tolerated `_`.
@@ -577,6 +808,120 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    /// `parse_ipv4` is `Ipv4Addr::from_str` on every string of digits and dots of up to 9
+    /// bytes over the digits that matter, and on longer and edge cases.
+    #[test]
+    fn ipv4_parser_is_std() {
+        let mut n = 0;
+        for b in strings_over(b"0129.", 9) {
+            let s = std::str::from_utf8(&b).expect("ASCII");
+            assert_eq!(parse_ipv4(&b), s.parse::<Ipv4Addr>().ok(), "{s:?}");
+            n += 1;
+        }
+        assert!(n > 1_000_000, "{n}");
+        for s in [
+            "255.255.255.255",
+            "256.1.1.1",
+            "1.2.3.4.",
+            "1.2.3.4.5",
+            "0.0.0.0",
+            "00.0.0.0",
+            "1.2.3.0255",
+            "192.168.100.200",
+            "1.2.3.1000",
+            "999.1.1.1",
+            "1..2.3",
+            ".1.2.3",
+            "127.0.0.1",
+            "1.2.3.4 ",
+        ] {
+            assert_eq!(
+                parse_ipv4(s.as_bytes()),
+                s.parse::<Ipv4Addr>().ok(),
+                "{s:?}"
+            );
+        }
+    }
+
+    /// A checked list answers `get` from its index as the scan over the raw text does, for
+    /// every indexed name in any case, on lists built from pieces with and without LWS and
+    /// quotes; and `checked` gives `validate`'s verdict.
+    #[test]
+    fn indexed_params_read_as_the_scan() {
+        let pieces = [
+            ";lr",
+            ";LR",
+            ";tag=x",
+            ";tag",
+            ";i",
+            ";i=\"q;\"",
+            "; tag = y",
+            ";branch=z9",
+            ";x=1",
+            ";;",
+            ";sx=\"a\"",
+            " ;i=2",
+            ";rport",
+            ";received=[::1]",
+            ";Transport=tls",
+            ";maddr=",
+            ";expires=3",
+        ];
+        let mut checked = 0;
+        for len in 0..=4 {
+            for n in 0..pieces.len().pow(len) {
+                let mut s = String::new();
+                let mut m = n;
+                for _ in 0..len {
+                    s.push_str(pieces[m % pieces.len()]);
+                    m /= pieces.len();
+                }
+                let plain = Params::new(&s);
+                let got = Params::checked(&s);
+                assert_eq!(got.map(|_| ()), plain.validate(), "{s:?}");
+                let Ok(p) = got else { continue };
+                checked += 1;
+                for name in INDEXED.iter().chain(&["x", "nope"]) {
+                    assert_eq!(p.get(name), plain.get(name), "{s:?} {name}");
+                    let upper = name.to_ascii_uppercase();
+                    assert_eq!(p.get(&upper), plain.get(&upper), "{s:?} {upper}");
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    /// What `scan_hostport` reads, `parse_hostport` reads the same, on every string of up
+    /// to 6 bytes over the bytes that matter to either and on ports at the edges.
+    #[test]
+    fn hostport_scan_is_parse_hostport() {
+        let mut read = 0;
+        let edges = [
+            "h:65535",
+            "h:65536",
+            "h:00001",
+            "h:000001",
+            "1.2.3.4:5060;x",
+            "h:5?x",
+            "h:99999",
+            "1.2.3.04",
+            "-h",
+            "h..i",
+            "h_1",
+        ];
+        let edges = edges.iter().map(|s| s.as_bytes().to_vec());
+        for b in strings_over(b"a1.:-;[0?", 6).chain(edges) {
+            let s = std::str::from_utf8(&b).expect("ASCII");
+            if let Some((h, p, end)) = scan_hostport(s) {
+                read += 1;
+                let hp_end = s.find([';', '?']).unwrap_or(s.len());
+                assert_eq!(end, hp_end, "{s:?}");
+                assert_eq!(parse_hostport(&s[..end]), Ok((h, p)), "{s:?}");
+            }
+        }
+        assert!(read > 10_000, "{read}");
     }
 
     #[test]

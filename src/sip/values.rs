@@ -97,8 +97,7 @@ impl<'a> Via<'a> {
         if !after.is_empty() && !after.starts_with(';') {
             return Err(Self::err("junk after sent-by"));
         }
-        let params = Params::new(after);
-        params.validate().map_err(Self::err)?;
+        let params = Params::checked(after).map_err(Self::err)?;
         Ok(Via {
             protocol,
             version,
@@ -224,8 +223,7 @@ impl<'a> NameAddr<'a> {
         if !after.is_empty() && !after.starts_with(';') {
             return Err(err("junk after URI"));
         }
-        let params = Params::new(after);
-        params.validate().map_err(err)?;
+        let params = Params::checked(after).map_err(err)?;
         Ok(NameAddr {
             display,
             uri_str,
