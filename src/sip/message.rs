@@ -894,8 +894,12 @@ impl Message {
         };
         self.max_forwards()?;
         Contacts::check(self)?;
-        for r in self.routes() {
-            r?.validate()?;
+        let mut routes: [Option<Uri<'_>>; 2] = [None, None];
+        for (i, r) in self.routes().enumerate() {
+            let uri = r?.uri()?;
+            if let Some(slot) = routes.get_mut(i) {
+                *slot = Some(uri);
+            }
         }
         for r in self.record_routes() {
             r?.validate()?;
@@ -921,6 +925,7 @@ impl Message {
             next_via,
             request_uri,
             ids,
+            routes,
         })
     }
 
@@ -949,6 +954,9 @@ pub struct Validated<'a> {
     pub request_uri: Option<Uri<'a>>,
     /// The From and To tags and the CSeq number.
     pub ids: RequestIds<'a>,
+    /// The URIs of the first two Route values, top first (`None`: no such value); a proxy
+    /// routes on them (siprox's own double Record-Route comes back as two).
+    pub routes: [Option<Uri<'a>>; 2],
 }
 
 /// The From tag, To tag and CSeq number of a message: with its Call-ID, what identifies a
