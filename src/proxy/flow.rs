@@ -7,6 +7,16 @@
 //! that neither kind verifies as the other. Sans-IO: the runtime reads or generates the key
 //! file; this takes key bytes. Must never accept a token whose MAC does not verify, and
 //! never compare MACs in variable time.
+//!
+//! A call's messages name the same flow again and again (the INVITE's Record-Route and
+//! Via, its responses, the ACK and BYE with their own Record-Route and Via): each thread
+//! keeps the signing key's MAC of the flows it recently signed or verified (see [`Memo`]),
+//! so that most tokens cost a table look-up instead of an HMAC. The memo changes no
+//! answer: it holds only MACs computed under the same key set (its generation), compared
+//! in full to what a token carries, in constant time as a computed one is.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use openssl::memcmp;
@@ -69,6 +79,16 @@ pub struct FlowKeys {
     keyed: Vec<HmacSha256>,
     /// The same with epoch 0, for tokens that name no connection.
     keyed0: Vec<HmacSha256>,
+    /// Names these keys and epoch in the per-thread [`Memo`]: drawn afresh for every key
+    /// set built (a reload, another epoch), kept by clones (the same keys).
+    generation: u64,
+}
+
+/// The last generation handed out (0 is never one: it marks an empty memo slot).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 impl PartialEq for FlowKeys {
@@ -117,6 +137,7 @@ impl FlowKeys {
             epoch: 0,
             keyed0: keyed.clone(),
             keyed,
+            generation: next_generation(),
         })
     }
 
@@ -155,6 +176,7 @@ impl FlowKeys {
                     keyed: k,
                     keys: vec![key],
                     epoch: 0,
+                    generation: next_generation(),
                 }
             })
             .with_epoch(FlowKeys::new_epoch())
@@ -166,6 +188,7 @@ impl FlowKeys {
         self.epoch = epoch;
         self.keyed = self.keys.iter().filter_map(|k| keyed(k, epoch)).collect();
         self.keyed0 = self.keys.iter().filter_map(|k| keyed(k, 0)).collect();
+        self.generation = next_generation();
         self
     }
 
@@ -232,10 +255,9 @@ impl FlowKeys {
         b: u64,
         dialog: &[u8],
     ) -> bool {
-        let Some(state) = self.states(a, b).first() else {
+        let Some(mac) = self.signing_mac(a, b, dialog) else {
             return false;
         };
-        let mac = FlowKeys::mac(state, a, b, dialog);
         let s = out;
         s.push_str(prefix);
         super::text::push_hex(s, a);
@@ -270,16 +292,134 @@ impl FlowKeys {
             return Err(FlowTokenError::Malformed);
         };
         let got = unhex(mac).ok_or(FlowTokenError::Malformed)?;
+        // The signing key's MAC of this flow, if this thread made or checked it lately.
+        if let Some(known) = Memo::get(self.generation, a, b, dialog) {
+            if memcmp::eq(&known, &got) {
+                return Ok((a, b));
+            }
+        }
         // Every key is tried, so that the time taken does not say which one matched.
         let mut ok = false;
+        let mut signing = None;
         for k in self.states(a, b) {
-            ok |= memcmp::eq(&FlowKeys::mac(k, a, b, dialog), &got);
+            let mac = FlowKeys::mac(k, a, b, dialog);
+            signing.get_or_insert(mac);
+            ok |= memcmp::eq(&mac, &got);
         }
-        if ok {
-            Ok((a, b))
-        } else {
-            Err(FlowTokenError::BadMac)
+        if !ok {
+            return Err(FlowTokenError::BadMac);
         }
+        // Remembered only for a token that verified: a forged one cannot evict good ones.
+        if let Some(mac) = signing {
+            Memo::put(self.generation, a, b, dialog, mac);
+        }
+        Ok((a, b))
+    }
+
+    /// The signing key's MAC of the flow between `a` and `b` in `dialog`: from this
+    /// thread's memo, else computed (and remembered). `None` without a key.
+    fn signing_mac(&self, a: u64, b: u64, dialog: &[u8]) -> Option<[u8; MAC_LEN]> {
+        if let Some(mac) = Memo::get(self.generation, a, b, dialog) {
+            return Some(mac);
+        }
+        let mac = FlowKeys::mac(self.states(a, b).first()?, a, b, dialog);
+        Memo::put(self.generation, a, b, dialog, mac);
+        Some(mac)
+    }
+}
+
+/// Slots of each thread's memo (direct-mapped): a few hundred calls in progress on a
+/// thread find their flows there between the INVITE and the BYE's response.
+const MEMO_SLOTS: usize = 256;
+/// Longest dialog (Call-ID) remembered; a longer one is always computed.
+const MEMO_DIALOG: usize = 96;
+
+/// One flow's signing MAC: under key set `generation`, between `a` and `b`, in the dialog
+/// `dialog[..dialog_len]`.
+#[derive(Clone, Copy)]
+struct MemoSlot {
+    /// 0: empty.
+    generation: u64,
+    a: u64,
+    b: u64,
+    mac: [u8; MAC_LEN],
+    dialog_len: u8,
+    dialog: [u8; MEMO_DIALOG],
+}
+
+const EMPTY_SLOT: MemoSlot = MemoSlot {
+    generation: 0,
+    a: 0,
+    b: 0,
+    mac: [0; MAC_LEN],
+    dialog_len: 0,
+    dialog: [0; MEMO_DIALOG],
+};
+
+/// Each thread's recently signed or verified flows (no lock: a worker thread's own). A
+/// slot answers only for the exact generation, ids and dialog it was filled for; a new
+/// flow in the same slot replaces it.
+struct Memo;
+
+thread_local! {
+    static MEMO: RefCell<Vec<MemoSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Memo {
+    /// The slot of a flow: a cheap mix of its ids and dialog (which slot says nothing
+    /// about validity: every field is compared in full).
+    fn slot(a: u64, b: u64, dialog: &[u8]) -> usize {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = (a ^ b.rotate_left(29) ^ dialog.len() as u64).wrapping_mul(K);
+        for chunk in dialog.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+            h ^= h >> 31;
+        }
+        (h >> 40) as usize % MEMO_SLOTS
+    }
+
+    fn get(generation: u64, a: u64, b: u64, dialog: &[u8]) -> Option<[u8; MAC_LEN]> {
+        if dialog.len() > MEMO_DIALOG {
+            return None;
+        }
+        MEMO.with(|m| {
+            let m = m.try_borrow().ok()?;
+            let s = m.get(Memo::slot(a, b, dialog))?;
+            (s.generation == generation
+                && s.a == a
+                && s.b == b
+                && s.dialog.get(..usize::from(s.dialog_len)) == Some(dialog))
+            .then_some(s.mac)
+        })
+    }
+
+    fn put(generation: u64, a: u64, b: u64, dialog: &[u8], mac: [u8; MAC_LEN]) {
+        let Ok(len) = u8::try_from(dialog.len()) else {
+            return;
+        };
+        if dialog.len() > MEMO_DIALOG {
+            return;
+        }
+        MEMO.with(|m| {
+            let Ok(mut m) = m.try_borrow_mut() else {
+                return;
+            };
+            if m.is_empty() {
+                m.resize(MEMO_SLOTS, EMPTY_SLOT);
+            }
+            if let Some(s) = m.get_mut(Memo::slot(a, b, dialog)) {
+                s.generation = generation;
+                s.a = a;
+                s.b = b;
+                s.mac = mac;
+                s.dialog_len = len;
+                if let Some(d) = s.dialog.get_mut(..dialog.len()) {
+                    d.copy_from_slice(dialog);
+                }
+            }
+        });
     }
 }
 
@@ -509,6 +649,73 @@ mod tests {
         }
         let zero = k.node_token(0, Transport::Tcp, "sip1").expect("token");
         assert!(k.verify_node(&zero, "sip1").is_err(), "no connection 0");
+    }
+
+    #[test]
+    fn the_memo_never_changes_an_answer() {
+        let k = keys(&"m".repeat(32)).with_epoch(9);
+        let t = k.token(5, 0, D).expect("token");
+        // Minted, then verified from the memo; the same token as without it.
+        assert_eq!(k.verify(&t, D), Ok((5, 0)));
+        let fresh = FlowKeys::mac(&k.keyed[0], 5, 0, D);
+        assert!(t.ends_with(&fresh.iter().map(|x| format!("{x:02x}")).collect::<String>()));
+        // The flow is remembered: a wrong MAC for it is still refused, another dialog too.
+        let (ids, mac) = t.rsplit_once('.').expect("three parts");
+        let mut flipped = mac.to_owned().into_bytes();
+        flipped[23] = if flipped[23] == b'0' { b'1' } else { b'0' };
+        let flipped = format!("{ids}.{}", String::from_utf8(flipped).expect("hex"));
+        assert_eq!(k.verify(&flipped, D), Err(FlowTokenError::BadMac));
+        assert_eq!(
+            k.verify(&t, b"call-1@example.co"),
+            Err(FlowTokenError::BadMac)
+        );
+        assert_eq!(
+            k.verify(&t, b"call-1@example.com."),
+            Err(FlowTokenError::BadMac)
+        );
+        assert_eq!(
+            k.verify(&format!("6.0.{mac}"), D),
+            Err(FlowTokenError::BadMac)
+        );
+        // Other keys, or the same keys in another process, on the same thread: refused,
+        // although this thread remembers the flow under the first key set.
+        let other = keys(&"n".repeat(32)).with_epoch(9);
+        assert_eq!(other.verify(&t, D), Err(FlowTokenError::BadMac));
+        let restarted = keys(&"m".repeat(32)).with_epoch(10);
+        assert_eq!(restarted.verify(&t, D), Err(FlowTokenError::BadMac));
+        // A reload with the same keys and epoch verifies it (computed again).
+        let reloaded = keys(&"m".repeat(32)).with_epoch(9);
+        assert_eq!(reloaded.verify(&t, D), Ok((5, 0)));
+        assert_eq!(reloaded.token(5, 0, D), Some(t.clone()));
+        // A rotated key set: the new key signs, the old token still verifies.
+        let rotated = keys(&format!("{}\n{}\n", "r".repeat(32), "m".repeat(32))).with_epoch(9);
+        assert_eq!(rotated.verify(&t, D), Ok((5, 0)));
+        assert_ne!(rotated.token(5, 0, D), Some(t.clone()));
+        assert_eq!(rotated.verify(&t, D), Ok((5, 0)));
+        // A dialog too long to remember is computed every time.
+        let long = vec![b'x'; 4 * MEMO_DIALOG];
+        let t = k.token(1, 2, &long).expect("token");
+        assert_eq!(k.verify(&t, &long), Ok((1, 2)));
+        assert_eq!(k.verify(&t, &long[1..]), Err(FlowTokenError::BadMac));
+    }
+
+    #[test]
+    fn flows_sharing_a_memo_slot_replace_each_other() {
+        let k = keys(&"s".repeat(32));
+        // Enough flows that several land in one slot; every token still verifies, in
+        // any order, and only for its own flow.
+        let tokens: Vec<_> = (0..4 * MEMO_SLOTS as u64)
+            .map(|i| (i, k.token(i, i + 1, D).expect("token")))
+            .collect();
+        for (i, t) in tokens.iter().rev().chain(tokens.iter()) {
+            assert_eq!(k.verify(t, D), Ok((*i, i + 1)));
+        }
+        let (_, t0) = &tokens[0];
+        let (_, mac0) = t0.rsplit_once('.').expect("three parts");
+        assert_eq!(
+            k.verify(&format!("1.2.{mac0}"), D),
+            Err(FlowTokenError::BadMac)
+        );
     }
 
     #[test]

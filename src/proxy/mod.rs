@@ -273,12 +273,12 @@ impl Proxy {
             }
         };
         let method = msg.method_kind().unwrap_or(Method::Other);
-        let Some(ruri) = checked.request_uri else {
+        let Some(ruri) = &checked.request_uri else {
             return Action::Drop {
                 reason: "bad Request-URI",
             };
         };
-        let ruri_is_me = self.uri_is_me(&ruri);
+        let ruri_is_me = self.uri_is_me(ruri);
 
         // RFC 3261 §16.3 step 2: a Request-URI scheme siprox does not understand is refused,
         // whatever Route says.
@@ -294,7 +294,7 @@ impl Proxy {
         // RFC 3261 §16.3 step 3: Max-Forwards.
         if msg.max_forwards().ok().flatten() == Some(0) {
             if method == Method::Options && ruri_is_me {
-                return self.options_reply(msg, rx, &checked.top_via);
+                return self.options_reply(msg, rx, &checked);
             }
             if is_ack {
                 return Action::Drop {
@@ -317,12 +317,13 @@ impl Proxy {
         // Without a script nothing says whether the peer is a cluster node: `nf=` is refused.
         // The dialog the flow tokens are bound to: read once, for the plan and the forward.
         let dialog = msg.call_id().unwrap_or("").as_bytes();
-        let plan = match self.plan(msg, &ruri, ruri_is_me, rx.conn, false, dialog) {
+        let known = Some(&checked.routes);
+        let plan = match self.plan(msg, ruri, ruri_is_me, rx.conn, false, dialog, known) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
                 return match method {
-                    Method::Options => self.options_reply(msg, rx, &checked.top_via),
+                    Method::Options => self.options_reply(msg, rx, &checked),
                     Method::Ack => Action::Drop {
                         reason: "ACK for siprox itself",
                     },
@@ -434,7 +435,15 @@ impl Proxy {
             None => msg.request_uri().map_err(|_| Refused::BadRoute)?,
         };
         let ruri_is_me = self.uri_is_me(&ruri);
-        let plan = self.plan(msg, &ruri, ruri_is_me, rx.conn, opts.from_node, dialog)?;
+        let plan = self.plan(
+            msg,
+            &ruri,
+            ruri_is_me,
+            rx.conn,
+            opts.from_node,
+            dialog,
+            None,
+        )?;
         match (plan, &opts.target) {
             (Some(mut p), Some(t)) => {
                 p.hop = Hop::from_next_hop(t.clone());
@@ -704,12 +713,13 @@ impl Proxy {
         self.reply_via(msg, rx, None, code, reason, extra)
     }
 
-    /// [`reply`](Self::reply) to a request whose top Via validation already parsed.
+    /// [`reply`](Self::reply) to a request that validation already parsed (`checked`):
+    /// its top Via, tags and CSeq are not parsed again.
     fn reply_via(
         &self,
         msg: &Message,
         rx: &Inbound,
-        top: Option<&Via<'_>>,
+        checked: Option<&Validated<'_>>,
         code: u16,
         reason: &str,
         extra: &str,
@@ -719,11 +729,17 @@ impl Proxy {
                 reason: "ACK is never answered",
             };
         }
-        let to_tag = self.local_tag(msg);
+        let ids = match checked {
+            Some(c) => c.ids,
+            None => RequestIds::of(msg),
+        };
+        let to_tag = self.local_tag(msg, &ids);
+        let top = checked.map(|c| &c.top_via);
         let bytes = reply::build_reply_via(
             msg,
             rx,
             top,
+            ids.to_tag.is_some(),
             code,
             reason,
             to_tag.as_str(),
@@ -736,11 +752,11 @@ impl Proxy {
         }
     }
 
-    fn options_reply(&self, msg: &Message, rx: &Inbound, top: &Via<'_>) -> Action {
+    fn options_reply(&self, msg: &Message, rx: &Inbound, checked: &Validated<'_>) -> Action {
         self.reply_via(
             msg,
             rx,
-            Some(top),
+            Some(checked),
             200,
             "OK",
             "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, UPDATE, INFO, MESSAGE, SUBSCRIBE, NOTIFY, REFER, PUBLISH\r\nAccept: application/sdp\r\nSupported: path, outbound\r\n",
@@ -757,94 +773,112 @@ impl Proxy {
     /// The ACK of a non-2xx reply is exempt: it carries the INVITE's preloaded Route set
     /// (RFC 3261 §17.1.1.3), which names siprox without a token when a phone uses siprox
     /// as its outbound proxy.
-    fn plan(
+    /// `known`: the first Route URIs as validation parsed them ([`Validated::routes`]),
+    /// used instead of parsing the Route values again.
+    #[allow(clippy::too_many_arguments)]
+    fn plan<'m>(
         &self,
-        msg: &Message,
+        msg: &'m Message,
         ruri: &Uri<'_>,
         ruri_is_me: bool,
         rx_conn: Option<ConnId>,
         from_node: bool,
         dialog: &[u8],
+        known: Option<&[Option<Uri<'m>>; 2]>,
     ) -> Result<Option<Plan>, Refused> {
-        let mut routes = Vec::new();
-        for r in msg.routes() {
-            let r = r.map_err(|_| Refused::BadRoute)?;
-            routes.push(r);
-        }
         let mut strict_last = None;
         let mut new_ruri = None;
-        let mut skip_last = false;
         let mut own = false;
         let mut signed = false;
         let mut flow = None;
         // A strict router before us put our URI (our Record-Route, token and all) in the
         // Request-URI and the real target in the last Route.
-        if ruri_is_me && !routes.is_empty() {
-            let last = routes.len() - 1;
-            new_ruri = Some(routes[last].uri_str.to_owned());
-            strict_last = Some(last);
-            skip_last = true;
-            own = true;
-            match flow_of_route(ruri, rx_conn, &self.cfg.flow_keys, dialog) {
-                Ok(RouteToken::None) => {}
-                Ok(RouteToken::Signed(f)) => {
-                    signed = true;
-                    flow = f;
+        if ruri_is_me {
+            let mut count = 0;
+            let mut last = None;
+            for r in msg.routes() {
+                last = Some(r.map_err(|_| Refused::BadRoute)?);
+                count += 1;
+            }
+            if let Some(last) = last {
+                new_ruri = Some(last.uri_str.to_owned());
+                strict_last = Some(count - 1);
+                own = true;
+                match flow_of_route(ruri, rx_conn, &self.cfg.flow_keys, dialog) {
+                    Ok(RouteToken::None) => {}
+                    Ok(RouteToken::Signed(f)) => {
+                        signed = true;
+                        flow = f;
+                    }
+                    Err(_) => {
+                        self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(Refused::ForgedToken);
+                    }
                 }
+            }
+        }
+        // Our own Route values on top are passed; the first other one is the next hop.
+        // The strict router's last value (now the Request-URI) is not looked at.
+        let mut first = 0;
+        let mut later = None;
+        let next = loop {
+            if strict_last.is_some_and(|last| first >= last) {
+                break None;
+            }
+            let u = match known.and_then(|k| k.get(first)) {
+                Some(Some(u)) => u.clone(),
+                // Validation saw no more Route values.
+                Some(None) => break None,
+                None => {
+                    let rest = later.get_or_insert_with(|| msg.routes().skip(first));
+                    match rest.next() {
+                        Some(r) => r.and_then(|r| r.uri()).map_err(|_| Refused::BadRoute)?,
+                        None => break None,
+                    }
+                }
+            };
+            let Uri::Sip(s) = &u else {
+                break Some(u);
+            };
+            // Each parameter siprox reads, in one pass over the URI's parameters.
+            let p = RouteParams::of(s);
+            if !self.sip_uri_is_me(s, p.transport) {
+                break Some(u);
+            }
+            own = true;
+            // The first own Route with a token decides (a double Record-Route puts the
+            // same token in both entries: one HMAC is enough).
+            if !signed {
+                match flow_of_params(s, &p, rx_conn, &self.cfg.flow_keys, dialog) {
+                    Ok(RouteToken::None) => {}
+                    Ok(RouteToken::Signed(f)) => {
+                        signed = true;
+                        if flow.is_none() {
+                            flow = f;
+                        }
+                    }
+                    Err(_) => {
+                        self.flow_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(Refused::ForgedToken);
+                    }
+                }
+            }
+            // A peer node routes to a phone whose flow this node holds.
+            match self.node_flow_of_param(p.nf, from_node) {
+                Ok(None) => {}
+                Ok(Some(f)) => flow = Some(f),
                 Err(_) => {
                     self.flow_refused.fetch_add(1, Ordering::Relaxed);
                     return Err(Refused::ForgedToken);
                 }
             }
-        }
-        let usable = if skip_last {
-            routes.len() - 1
-        } else {
-            routes.len()
+            first += 1;
         };
-        let mut first = 0;
-        while first < usable {
-            match routes[first].uri() {
-                Ok(u) if self.uri_is_me(&u) => {
-                    own = true;
-                    // The first own Route with a token decides (a double Record-Route puts
-                    // the same token in both entries: one HMAC is enough).
-                    if !signed {
-                        match flow_of_route(&u, rx_conn, &self.cfg.flow_keys, dialog) {
-                            Ok(RouteToken::None) => {}
-                            Ok(RouteToken::Signed(f)) => {
-                                signed = true;
-                                if flow.is_none() {
-                                    flow = f;
-                                }
-                            }
-                            Err(_) => {
-                                self.flow_refused.fetch_add(1, Ordering::Relaxed);
-                                return Err(Refused::ForgedToken);
-                            }
-                        }
-                    }
-                    // A peer node routes to a phone whose flow this node holds.
-                    match self.node_flow_of_route(&u, from_node) {
-                        Ok(None) => {}
-                        Ok(Some(f)) => flow = Some(f),
-                        Err(_) => {
-                            self.flow_refused.fetch_add(1, Ordering::Relaxed);
-                            return Err(Refused::ForgedToken);
-                        }
-                    }
-                    first += 1;
-                }
-                Ok(_) => break,
-                Err(_) => return Err(Refused::BadRoute),
-            }
-        }
         if own && !signed && msg.method_kind() != Some(Method::Ack) && in_dialog(msg) {
             self.flow_refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::UnsignedDialogRoute);
         }
-        if first < usable {
-            let u = routes[first].uri().map_err(|_| Refused::BadRoute)?;
+        if let Some(u) = next {
             let Uri::Sip(s) = u else {
                 return Err(Refused::Scheme);
             };
@@ -1201,17 +1235,12 @@ impl Proxy {
 
     /// A deterministic To tag for local replies: the same for a retransmission.
     /// `sx` and 12 hex digits.
-    fn local_tag(&self, msg: &Message) -> text::Short<14> {
+    /// `ids`: the request's, as validation (or [`RequestIds::of`]) read them.
+    fn local_tag(&self, msg: &Message, ids: &RequestIds<'_>) -> text::Short<14> {
         let mut h = Fnv::new();
         h.write(msg.call_id().unwrap_or("").as_bytes());
-        h.write(
-            msg.from()
-                .ok()
-                .and_then(|f| f.tag())
-                .unwrap_or("")
-                .as_bytes(),
-        );
-        h.write(&msg.cseq().map(|c| c.seq).unwrap_or(0).to_be_bytes());
+        h.write(ids.from_tag.unwrap_or("").as_bytes());
+        h.write(&ids.cseq.to_be_bytes());
         let mut tag = text::Short::new(b"sx");
         tag.push_hex_width(h.finish() & 0xffff_ffff_ffff, 12);
         tag
@@ -1221,20 +1250,20 @@ impl Proxy {
     /// siprox listens on (the scheme's default port when none is written).
     pub fn uri_is_me(&self, uri: &Uri<'_>) -> bool {
         match uri {
-            Uri::Sip(s) => {
-                let transport = s
-                    .transport()
-                    .and_then(Transport::parse)
-                    .unwrap_or(if s.secure {
-                        Transport::Tls
-                    } else {
-                        Transport::Udp
-                    });
-                let port = s.port.unwrap_or(transport.default_port());
-                self.host_port_is_me(&s.host, port)
-            }
+            Uri::Sip(s) => self.sip_uri_is_me(s, s.transport()),
             _ => false,
         }
+    }
+
+    /// [`uri_is_me`](Self::uri_is_me) of a SIP URI whose `transport` parameter is read.
+    fn sip_uri_is_me(&self, s: &SipUri<'_>, transport: Option<&str>) -> bool {
+        let transport = transport.and_then(Transport::parse).unwrap_or(if s.secure {
+            Transport::Tls
+        } else {
+            Transport::Udp
+        });
+        let port = s.port.unwrap_or(transport.default_port());
+        self.host_port_is_me(&s.host, port)
     }
 
     fn sent_by_is_me(&self, host: &Host<'_>, port: Option<u16>, transport: &str) -> bool {
@@ -1495,12 +1524,13 @@ impl Proxy {
     /// for a token this node did not make, and for any token from something that is not a
     /// peer node: a node token is not bound to a dialog, so a phone that saw one (in a
     /// forwarded request's Route) must not be able to use it.
-    fn node_flow_of_route(
+    /// `nf`: the Route's `nf` parameter (see [`RouteParams`]).
+    fn node_flow_of_param(
         &self,
-        u: &Uri<'_>,
+        nf: Option<Option<&str>>,
         from_node: bool,
     ) -> Result<Option<Destination>, FlowTokenError> {
-        let Some(nf) = u.as_sip().and_then(|s| s.params.get("nf")) else {
+        let Some(nf) = nf else {
             return Ok(None);
         };
         let trusted = from_node || self.cfg.node_tokens_from_anyone;
@@ -1519,6 +1549,41 @@ enum RouteToken {
     /// A token siprox signed for this dialog, and the flow it names for a request that
     /// arrived on the connection it came in on (`None`: no connection to use).
     Signed(Option<Destination>),
+}
+
+/// The parameters of a Route URI that routing reads, found in one pass over them (each as
+/// [`crate::sip::Params::get`] finds it: the first of its name, any case).
+#[derive(Default)]
+struct RouteParams<'a> {
+    /// `transport`, when it has a value.
+    transport: Option<&'a str>,
+    /// `fl` (flow token), with its value if any.
+    fl: Option<Option<&'a str>>,
+    /// `nf` (node token), with its value if any.
+    nf: Option<Option<&'a str>>,
+}
+
+impl<'a> RouteParams<'a> {
+    fn of(s: &SipUri<'a>) -> RouteParams<'a> {
+        let mut p = RouteParams::default();
+        let mut transport = None;
+        for (n, v) in s.params.iter() {
+            let slot = if n.eq_ignore_ascii_case("fl") {
+                &mut p.fl
+            } else if n.eq_ignore_ascii_case("nf") {
+                &mut p.nf
+            } else if n.eq_ignore_ascii_case("transport") {
+                &mut transport
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(v);
+            }
+        }
+        p.transport = transport.flatten();
+        p
+    }
 }
 
 /// A request inside a dialog: its To carries a tag (RFC 3261 §12.2).
@@ -1540,7 +1605,18 @@ fn flow_of_route(
     let Some(s) = u.as_sip() else {
         return Ok(RouteToken::None);
     };
-    let Some(fl) = s.params.get("fl") else {
+    flow_of_params(s, &RouteParams::of(s), rx_conn, keys, dialog)
+}
+
+/// [`flow_of_route`] of a SIP URI whose parameters are read (`p`).
+fn flow_of_params(
+    s: &SipUri<'_>,
+    p: &RouteParams<'_>,
+    rx_conn: Option<ConnId>,
+    keys: &FlowKeys,
+    dialog: &[u8],
+) -> Result<RouteToken, FlowTokenError> {
+    let Some(fl) = p.fl else {
         return Ok(RouteToken::None);
     };
     let (a, b) = keys.verify(fl.unwrap_or(""), dialog)?;
@@ -1555,7 +1631,7 @@ fn flow_of_route(
     if out == 0 {
         return Ok(RouteToken::Signed(None));
     }
-    let transport = match s.transport().and_then(Transport::parse) {
+    let transport = match p.transport.and_then(Transport::parse) {
         Some(t @ (Transport::Tcp | Transport::Tls)) => t,
         _ if s.secure => Transport::Tls,
         _ => return Ok(RouteToken::Signed(None)),

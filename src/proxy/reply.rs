@@ -20,17 +20,20 @@ pub fn build_reply(
     server: &str,
     extra: &str,
 ) -> Bytes {
-    build_reply_via(msg, rx, None, code, reason, to_tag, server, extra)
+    let has_tag = msg.to().ok().and_then(|t| t.tag()).is_some();
+    build_reply_via(msg, rx, None, has_tag, code, reason, to_tag, server, extra)
 }
 
 /// [`build_reply`] for a request whose top Via is already parsed (`top`: the first value
 /// of its first Via line, as [`Message::validated`] keeps it), which is then not parsed
-/// again. Written without the formatter.
+/// again, and whose To is known to have a tag or not (`to_has_tag`). Written without the
+/// formatter.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build_reply_via(
     msg: &Message,
     rx: &Inbound,
     top: Option<&Via<'_>>,
+    to_has_tag: bool,
     code: u16,
     reason: &str,
     to_tag: &str,
@@ -66,8 +69,7 @@ pub(super) fn build_reply_via(
             HeaderName::To => {
                 out.push_str("To: ");
                 out.push_str(f.value);
-                let has_tag = msg.to().ok().and_then(|t| t.tag()).is_some();
-                if !has_tag && code > 100 && !to_tag.is_empty() {
+                if !to_has_tag && code > 100 && !to_tag.is_empty() {
                     out.push_str(";tag=");
                     out.push_str(to_tag);
                 }

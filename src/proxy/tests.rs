@@ -257,6 +257,61 @@ fn loose_routing_removes_our_routes_and_follows_the_next() {
 }
 
 #[test]
+fn own_routes_past_the_two_validation_keeps_are_read_from_the_message() {
+    // Validation keeps the first two Route URIs; the rest are parsed where routing reaches
+    // them, with the same answers on the built-in route and a script's forward.
+    let p = proxy(RecordRoute::Never);
+    let fl = p.config().flow_keys.token(0, 0, b"call-1").expect("token");
+    let own = format!(
+        "Route: <sip:192.0.2.10;lr;fl={fl}>, <sip:proxy.example.com;lr>\nRoute: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.10:5061;transport=tls;lr>\n"
+    );
+    for (rest, hop) in [
+        (
+            "Route: <sip:203.0.113.9:5080;lr>, <sip:203.0.113.10;lr>\n",
+            "203.0.113.9:5080",
+        ),
+        ("", "203.0.113.5:5060"),
+    ] {
+        let bye = in_dialog("BYE", "sip:bob@203.0.113.5", &format!("{own}{rest}"));
+        for a in [
+            p.on_request(&bye, &udp_in()),
+            p.forward_with(&bye, &udp_in(), &ForwardOpts::default()),
+        ] {
+            let (dest, out) = sent(a);
+            assert_eq!(dest.socket_addr(), Some(hop.parse().unwrap()));
+            let left: Vec<_> = out
+                .routes()
+                .map(|r| r.unwrap().uri_str.to_owned())
+                .collect();
+            let want: Vec<_> = bye
+                .routes()
+                .skip(4)
+                .map(|r| r.unwrap().uri_str.to_owned())
+                .collect();
+            assert_eq!(left, want);
+        }
+    }
+    // A third Route that is not a SIP URI is refused as the first two would be.
+    let tel = in_dialog(
+        "BYE",
+        "sip:bob@203.0.113.5",
+        &format!("{own}Route: <tel:+15551234>\n"),
+    );
+    assert_eq!(reply_code(&p.on_request(&tel, &udp_in())).0, 416);
+    // A forged node token in a third own Route is refused.
+    let nf = in_dialog(
+        "BYE",
+        "sip:bob@203.0.113.5",
+        &format!("{own}Route: <sip:192.0.2.10;lr;nf=1.tls.00>\n"),
+    );
+    assert_eq!(reply_code(&p.on_request(&nf, &udp_in())).0, 403);
+    assert_eq!(
+        reply_code(&p.forward_with(&nf, &udp_in(), &ForwardOpts::default())).0,
+        403
+    );
+}
+
+#[test]
 fn strict_router_before_us_is_undone() {
     let p = proxy(RecordRoute::Never);
     let m = invite(

@@ -892,9 +892,13 @@ impl Message {
         if found.contact {
             Contacts::check(self)?;
         }
+        let mut routes: [Option<Uri<'_>>; 2] = [None, None];
         if found.route {
-            for r in self.routes() {
-                r?.validate()?;
+            for (i, r) in self.routes().enumerate() {
+                let uri = r?.uri()?;
+                if let Some(slot) = routes.get_mut(i) {
+                    *slot = Some(uri);
+                }
             }
         }
         if found.record_route {
@@ -924,6 +928,7 @@ impl Message {
             request_uri,
             ids,
             call_id,
+            routes,
         })
     }
 
@@ -1034,6 +1039,9 @@ pub struct Validated<'a> {
     pub ids: RequestIds<'a>,
     /// The Call-ID, checked.
     pub call_id: &'a str,
+    /// The URIs of the first two Route values, top first (`None`: no such value); a proxy
+    /// routes on them (siprox's own double Record-Route comes back as two).
+    pub routes: [Option<Uri<'a>>; 2],
 }
 
 /// The From tag, To tag and CSeq number of a message: with its Call-ID, what identifies a

@@ -36,6 +36,17 @@ pub(super) struct Outbox {
     queue: RefCell<Vec<Queued>>,
     /// Reused by every flush (it holds no borrow between flushes).
     headers: RefCell<Option<MultiHeaders<SockaddrStorage>>>,
+    /// The destinations of a `sendmmsg`, reused by every flush.
+    addrs: RefCell<Vec<Option<SockaddrStorage>>>,
+    /// The allocation of a `sendmmsg`'s slices, reused by every flush (empty between
+    /// flushes: the slices borrow the queued datagrams).
+    slices: RefCell<Vec<[IoSlice<'static>; 1]>>,
+}
+
+/// An empty vector with `v`'s allocation, for items of the same type but another lifetime:
+/// std collects a consumed vector into one of the same layout in place.
+pub(crate) fn recycle<T, U>(v: Vec<T>) -> Vec<U> {
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 struct Queued {
@@ -175,24 +186,44 @@ impl Worker {
     fn sendmmsg(&self, s: &UdpSocket, chunk: &[Queued]) -> io::Result<usize> {
         let mut headers = self.outbox.headers.borrow_mut();
         let headers = headers.get_or_insert_with(|| MultiHeaders::preallocate(SEND_BATCH, None));
-        let slices: Vec<[IoSlice<'_>; 1]> =
-            chunk.iter().map(|q| [IoSlice::new(&q.bytes)]).collect();
-        let addrs: Vec<Option<SockaddrStorage>> = chunk
-            .iter()
-            .map(|q| Some(SockaddrStorage::from(q.to)))
-            .collect();
+        let mut addrs = self.outbox.addrs.borrow_mut();
+        addrs.clear();
+        addrs.extend(chunk.iter().map(|q| Some(SockaddrStorage::from(q.to))));
+        let mut spare = self.outbox.slices.borrow_mut();
+        let mut slices: Vec<[IoSlice<'_>; 1]> = recycle(std::mem::take(&mut *spare));
+        slices.extend(chunk.iter().map(|q| [IoSlice::new(&q.bytes)]));
         let no_cmsgs: [ControlMessage<'_>; 0] = [];
-        s.try_io(Interest::WRITABLE, || {
+        let sent = s.try_io(Interest::WRITABLE, || {
             sendmmsg(
                 s.as_raw_fd(),
                 headers,
                 &slices,
-                &addrs,
+                &*addrs,
                 no_cmsgs,
                 MsgFlags::empty(),
             )
             .map(|r| r.count())
             .map_err(io::Error::from)
-        })
+        });
+        *spare = recycle(slices);
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_vectors_keep_their_allocation() {
+        let data = [1u8, 2, 3];
+        let mut v: Vec<[IoSlice<'static>; 1]> = Vec::with_capacity(SEND_BATCH);
+        let ptr = v.as_ptr() as usize;
+        let mut borrowed: Vec<[IoSlice<'_>; 1]> = recycle(std::mem::take(&mut v));
+        borrowed.push([IoSlice::new(&data)]);
+        assert_eq!(borrowed.as_ptr() as usize, ptr);
+        v = recycle(borrowed);
+        assert!(v.is_empty());
+        assert_eq!((v.as_ptr() as usize, v.capacity()), (ptr, SEND_BATCH));
     }
 }
