@@ -3,6 +3,9 @@
 # every test of the workspace. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A run from a clean clone gains nothing from incremental caches, which were a third of
+# target/ (2.2 of 6.6 GB); set CARGO_INCREMENTAL=1 to keep them between local runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 . deploy/ensure-deps.sh
 # redis-server also brings redis-cli (the cluster tests build a Redis Cluster with it);
 # kamailio and kamailio-tls-modules: Debian's Kamailio 5.6, the peer of the differential
