@@ -837,19 +837,14 @@ impl Proxy {
                     }
                 }
             };
-            let Uri::Sip(s) = &u else {
-                break Some(u);
-            };
-            // Each parameter siprox reads, in one pass over the URI's parameters.
-            let p = RouteParams::of(s);
-            if !self.sip_uri_is_me(s, p.transport) {
+            if !self.uri_is_me(&u) {
                 break Some(u);
             }
             own = true;
             // The first own Route with a token decides (a double Record-Route puts the
             // same token in both entries: one HMAC is enough).
             if !signed {
-                match flow_of_params(s, &p, rx_conn, &self.cfg.flow_keys, dialog) {
+                match flow_of_route(&u, rx_conn, &self.cfg.flow_keys, dialog) {
                     Ok(RouteToken::None) => {}
                     Ok(RouteToken::Signed(f)) => {
                         signed = true;
@@ -864,7 +859,7 @@ impl Proxy {
                 }
             }
             // A peer node routes to a phone whose flow this node holds.
-            match self.node_flow_of_param(p.nf, from_node) {
+            match self.node_flow_of_route(&u, from_node) {
                 Ok(None) => {}
                 Ok(Some(f)) => flow = Some(f),
                 Err(_) => {
@@ -1250,20 +1245,20 @@ impl Proxy {
     /// siprox listens on (the scheme's default port when none is written).
     pub fn uri_is_me(&self, uri: &Uri<'_>) -> bool {
         match uri {
-            Uri::Sip(s) => self.sip_uri_is_me(s, s.transport()),
+            Uri::Sip(s) => {
+                let transport = s
+                    .transport()
+                    .and_then(Transport::parse)
+                    .unwrap_or(if s.secure {
+                        Transport::Tls
+                    } else {
+                        Transport::Udp
+                    });
+                let port = s.port.unwrap_or(transport.default_port());
+                self.host_port_is_me(&s.host, port)
+            }
             _ => false,
         }
-    }
-
-    /// [`uri_is_me`](Self::uri_is_me) of a SIP URI whose `transport` parameter is read.
-    fn sip_uri_is_me(&self, s: &SipUri<'_>, transport: Option<&str>) -> bool {
-        let transport = transport.and_then(Transport::parse).unwrap_or(if s.secure {
-            Transport::Tls
-        } else {
-            Transport::Udp
-        });
-        let port = s.port.unwrap_or(transport.default_port());
-        self.host_port_is_me(&s.host, port)
     }
 
     fn sent_by_is_me(&self, host: &Host<'_>, port: Option<u16>, transport: &str) -> bool {
@@ -1524,13 +1519,12 @@ impl Proxy {
     /// for a token this node did not make, and for any token from something that is not a
     /// peer node: a node token is not bound to a dialog, so a phone that saw one (in a
     /// forwarded request's Route) must not be able to use it.
-    /// `nf`: the Route's `nf` parameter (see [`RouteParams`]).
-    fn node_flow_of_param(
+    fn node_flow_of_route(
         &self,
-        nf: Option<Option<&str>>,
+        u: &Uri<'_>,
         from_node: bool,
     ) -> Result<Option<Destination>, FlowTokenError> {
-        let Some(nf) = nf else {
+        let Some(nf) = u.as_sip().and_then(|s| s.params.get("nf")) else {
             return Ok(None);
         };
         let trusted = from_node || self.cfg.node_tokens_from_anyone;
@@ -1549,41 +1543,6 @@ enum RouteToken {
     /// A token siprox signed for this dialog, and the flow it names for a request that
     /// arrived on the connection it came in on (`None`: no connection to use).
     Signed(Option<Destination>),
-}
-
-/// The parameters of a Route URI that routing reads, found in one pass over them (each as
-/// [`crate::sip::Params::get`] finds it: the first of its name, any case).
-#[derive(Default)]
-struct RouteParams<'a> {
-    /// `transport`, when it has a value.
-    transport: Option<&'a str>,
-    /// `fl` (flow token), with its value if any.
-    fl: Option<Option<&'a str>>,
-    /// `nf` (node token), with its value if any.
-    nf: Option<Option<&'a str>>,
-}
-
-impl<'a> RouteParams<'a> {
-    fn of(s: &SipUri<'a>) -> RouteParams<'a> {
-        let mut p = RouteParams::default();
-        let mut transport = None;
-        for (n, v) in s.params.iter() {
-            let slot = if n.eq_ignore_ascii_case("fl") {
-                &mut p.fl
-            } else if n.eq_ignore_ascii_case("nf") {
-                &mut p.nf
-            } else if n.eq_ignore_ascii_case("transport") {
-                &mut transport
-            } else {
-                continue;
-            };
-            if slot.is_none() {
-                *slot = Some(v);
-            }
-        }
-        p.transport = transport.flatten();
-        p
-    }
 }
 
 /// A request inside a dialog: its To carries a tag (RFC 3261 §12.2).
@@ -1605,18 +1564,7 @@ fn flow_of_route(
     let Some(s) = u.as_sip() else {
         return Ok(RouteToken::None);
     };
-    flow_of_params(s, &RouteParams::of(s), rx_conn, keys, dialog)
-}
-
-/// [`flow_of_route`] of a SIP URI whose parameters are read (`p`).
-fn flow_of_params(
-    s: &SipUri<'_>,
-    p: &RouteParams<'_>,
-    rx_conn: Option<ConnId>,
-    keys: &FlowKeys,
-    dialog: &[u8],
-) -> Result<RouteToken, FlowTokenError> {
-    let Some(fl) = p.fl else {
+    let Some(fl) = s.params.get("fl") else {
         return Ok(RouteToken::None);
     };
     let (a, b) = keys.verify(fl.unwrap_or(""), dialog)?;
@@ -1631,7 +1579,7 @@ fn flow_of_params(
     if out == 0 {
         return Ok(RouteToken::Signed(None));
     }
-    let transport = match p.transport.and_then(Transport::parse) {
+    let transport = match s.transport().and_then(Transport::parse) {
         Some(t @ (Transport::Tcp | Transport::Tls)) => t,
         _ if s.secure => Transport::Tls,
         _ => return Ok(RouteToken::Signed(None)),

@@ -104,7 +104,7 @@ impl fmt::Debug for Params<'_> {
 }
 
 /// The parameter names whose first occurrence a checked list records.
-const INDEXED: [&str; 10] = [
+const INDEXED: [&str; 12] = [
     "branch",
     "rport",
     "received",
@@ -115,6 +115,8 @@ const INDEXED: [&str; 10] = [
     "sx",
     "i",
     "expires",
+    "fl",
+    "nf",
 ];
 
 /// The slot of `name` in [`INDEXED`] (any case): one candidate by length and first letter,
@@ -125,6 +127,8 @@ fn indexed_slot(name: &[u8]) -> Option<usize> {
         (1, b'i') => 8,
         (2, b'l') => 4,
         (2, b's') => 7,
+        (2, b'f') => 10,
+        (2, b'n') => 11,
         (3, b't') => 3,
         (5, b'r') => 1,
         (5, b'm') => 6,
@@ -868,6 +872,8 @@ mod tests {
             ";Transport=tls",
             ";maddr=",
             ";expires=3",
+            ";fl=1.0.ab",
+            ";NF",
         ];
         let mut checked = 0;
         for len in 0..=4 {
