@@ -47,11 +47,8 @@ async fn served(
     id: &(Vec<u8>, Vec<u8>),
 ) -> bool {
     let c = Client {
-        sni: Some(sni.to_owned()),
-        min: Some(version),
-        max: Some(version),
         identity: Some(id.clone()),
-        ..Client::default()
+        ..Client::sni_only(sni, version)
     };
     match c.connect(addr).await {
         Ok(mut s) => options_ok(&mut s, addr, sni).await,
@@ -110,12 +107,7 @@ async fn verify_client_require_and_off_on_one_listener() {
     let addr = rt.local_addr(Transport::Tls).expect("tls");
 
     for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
-        let c = |sni: &str| Client {
-            sni: Some(sni.to_owned()),
-            min: Some(version),
-            max: Some(version),
-            ..Client::default()
-        };
+        let c = |sni: &str| Client::sni_only(sni, version);
         // `off` accepts a client without a certificate.
         let mut s = c("off.example").connect(addr).await.expect("off");
         assert!(options_ok(&mut s, addr, "off-1").await, "{version:?}");
@@ -610,12 +602,7 @@ async fn a_domain_sends_its_certificate_file_as_the_chain() {
     let rt = t.start();
     let addr = rt.local_addr(Transport::Tls).expect("tls");
     for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
-        let c = |sni: &str| Client {
-            sni: Some(sni.to_owned()),
-            min: Some(version),
-            max: Some(version),
-            ..Client::default()
-        };
+        let c = |sni: &str| Client::sni_only(sni, version);
         let sent = |s: &tokio_openssl::SslStream<tokio::net::TcpStream>| {
             s.ssl().peer_cert_chain().map_or(0, |c| c.len())
         };

@@ -40,11 +40,8 @@ async fn refused(
     id: Option<(Vec<u8>, Vec<u8>)>,
 ) {
     let c = Client {
-        sni: Some(sni.to_owned()),
-        min: Some(version),
-        max: Some(version),
         identity: id,
-        ..Client::default()
+        ..Client::sni_only(sni, version)
     };
     if let Ok(mut s) = c.connect(addr).await {
         // TLS 1.3: the client finished first; the server's refusal shows on a read.

@@ -36,6 +36,15 @@ impl Client {
         }
     }
 
+    /// A client naming `name` that speaks `version` only.
+    pub fn sni_only(name: &str, version: SslVersion) -> Client {
+        Client {
+            min: Some(version),
+            max: Some(version),
+            ..Client::sni(name)
+        }
+    }
+
     /// Handshake with siprox at `addr`. The server certificate is not verified here: the
     /// tests look at which one was presented.
     pub async fn connect(
