@@ -414,3 +414,118 @@ async fn tls13_one_ticket_per_connection_and_back_to_back_records_all_answered()
     );
     rt.shutdown();
 }
+
+/// Reads from `s` into `raw` until it holds `n` complete responses, within [`T`].
+async fn read_responses<S: tokio::io::AsyncRead + Unpin>(s: &mut S, raw: &mut Vec<u8>, n: usize) {
+    tokio::time::timeout(T, async {
+        loop {
+            let mut copy = raw.clone();
+            let mut got = 0;
+            while got < n {
+                match read_message(&mut tokio::io::empty(), &mut copy, T).await {
+                    Ok(_) => got += 1,
+                    Err(_) => break,
+                }
+            }
+            if got == n {
+                return;
+            }
+            let mut chunk = [0u8; 16384];
+            let k = tokio::io::AsyncReadExt::read(s, &mut chunk)
+                .await
+                .expect("read");
+            assert!(k > 0, "closed after {got} responses");
+            raw.extend_from_slice(&chunk[..k]);
+        }
+    })
+    .await
+    .expect("responses in time");
+}
+
+#[tokio::test]
+async fn replies_and_the_pong_to_one_read_leave_in_the_order_of_the_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Tls]), dir.path());
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let mut tls = tls_connect(addr, &ca_file(dir.path())).await;
+    // One write: two requests, a keepalive ping, a third request.
+    let text = format!(
+        "{}{}\r\n\r\n{}",
+        options_to(addr, "TLS", "order-1"),
+        options_to(addr, "TLS", "order-2"),
+        options_to(addr, "TLS", "order-3")
+    );
+    send(&mut tls, &text).await;
+    let mut raw = Vec::new();
+    read_responses(&mut tls, &mut raw, 3).await;
+    let raw = String::from_utf8(raw).expect("utf-8");
+    let replies: Vec<&str> = raw.split("SIP/2.0 200").skip(1).collect();
+    assert!(raw.starts_with("SIP/2.0 200"), "{raw}");
+    assert_eq!(replies.len(), 3, "{raw}");
+    for (i, r) in replies.iter().enumerate() {
+        let id = format!("Call-ID: order-{}\r\n", i + 1);
+        assert!(
+            r.contains(&id),
+            "reply {i} is not for order-{}: {raw}",
+            i + 1
+        );
+    }
+    // Each reply has no body: the pong is the one CRLF after the second reply's blank line.
+    assert!(replies[0].ends_with("\r\n\r\n") && !replies[0].ends_with("\r\n\r\n\r\n"));
+    assert!(
+        replies[1].ends_with("\r\n\r\n\r\n"),
+        "pong not after reply 2: {raw}"
+    );
+    assert!(!replies[2].ends_with("\r\n\r\n\r\n"), "{raw}");
+    rt.shutdown();
+}
+
+#[tokio::test]
+async fn a_burst_of_udp_responses_returns_whole_and_in_order_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Udp, Proto::Tls]), dir.path());
+    let tls_addr = rt.local_addr(Transport::Tls).expect("tls");
+    let udp_addr = rt.local_addr(Transport::Udp).expect("udp");
+    // A UAS that answers only once it has every request, back to back, so that siprox
+    // reads several responses for the one connection in one batch.
+    let uas = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let uas_addr = uas.local_addr().expect("addr");
+    let mut tls = tls_connect(tls_addr, &ca_file(dir.path())).await;
+    const N: usize = 24;
+    let mut all = String::new();
+    for i in 0..N {
+        all.push_str(&request(
+            "MESSAGE",
+            &format!("sip:bob@{uas_addr}"),
+            "TLS 127.0.0.1:9",
+            &format!("burst-{i}"),
+            "",
+            "hello",
+        ));
+    }
+    send(&mut tls, &all).await;
+    let mut requests = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while requests.len() < N {
+        let (n, from) = tokio::time::timeout(T, uas.recv_from(&mut buf))
+            .await
+            .expect("forwarded request in time")
+            .expect("recv");
+        assert_eq!(from.port(), udp_addr.port());
+        requests.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    for r in &requests {
+        uas.send_to(response_for(r, 200, 0).as_bytes(), udp_addr)
+            .await
+            .expect("send");
+    }
+    let mut buf = Vec::new();
+    for r in &requests {
+        let resp = read_message(&mut tls, &mut buf, T)
+            .await
+            .expect("response over TLS");
+        assert_eq!(status(&resp), Some(200), "{resp}");
+        assert_eq!(header(&resp, "Call-ID"), header(r, "Call-ID"), "{resp}");
+    }
+    rt.shutdown();
+}

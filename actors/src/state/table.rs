@@ -228,11 +228,20 @@ impl ConnHandle {
     /// Enqueues `bytes` on the connection. Never waits: over the queue bound the connection
     /// is closed (a peer that lets that much pile up is not reading).
     pub fn send(&self, bytes: Bytes) -> Result<(), SendError> {
+        self.admit(bytes.len())?;
+        // do_send ignores the mailbox capacity on purpose: the byte bound above is the bound.
+        self.deliver(bytes);
+        Ok(())
+    }
+
+    /// The queue accounting of [`send`](Self::send) for `len` bytes, without the bytes:
+    /// `Ok` when the caller may hand them to the connection by another way (the worker
+    /// reading this connection puts its replies straight into the write queue).
+    pub(crate) fn admit(&self, len: usize) -> Result<(), SendError> {
         let c = &*self.0;
         if !c.is_open() {
             return Err(SendError::Closed);
         }
-        let len = bytes.len();
         let before = c.bytes.fetch_add(len, Ordering::AcqRel);
         if before.saturating_add(len) > c.max_queue {
             c.bytes.fetch_sub(len, Ordering::AcqRel);
@@ -243,9 +252,12 @@ impl ConnHandle {
                 .do_send(ConnCommand::Close(CloseReason::WriteQueueFull));
             return Err(SendError::QueueFull);
         }
-        // do_send ignores the mailbox capacity on purpose: the byte bound above is the bound.
-        c.addr.do_send(ConnCommand::Enqueue(bytes));
         Ok(())
+    }
+
+    /// Hands the connection bytes already accounted by [`admit`](Self::admit).
+    pub(crate) fn deliver(&self, bytes: Bytes) {
+        self.0.addr.do_send(ConnCommand::Enqueue(bytes));
     }
 
     /// Asks the connection to stop reading, write what is queued and close (shutdown).

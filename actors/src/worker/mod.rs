@@ -15,13 +15,16 @@ pub(crate) mod udp;
 mod unsent;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, NextHop, Proxy, Target, Transport};
+use siprox::proxy::{
+    Action, ConnId, Destination, ForwardOpts, Inbound, NextHop, Proxy, Target, Transport,
+};
 use siprox::script::host::{self, HttpDecision};
 use siprox::sip::Message;
 use siprox::tls::TlsFacts;
@@ -65,6 +68,10 @@ pub struct Worker {
     tm: tm::TmState,
     /// Datagrams of the open round, sent together when it ends (see [`udp`]).
     outbox: udp::Outbox,
+    /// The stream whose messages this worker is handling now (see [`Self::begin_reading`]).
+    reading: RefCell<Option<ConnHandle>>,
+    /// What was sent to `reading` meanwhile (accounted, not yet in its write queue).
+    replies: RefCell<Vec<Bytes>>,
 }
 
 impl Worker {
@@ -84,7 +91,67 @@ impl Worker {
             connector,
             tm: tm::TmState::new(index, &shared),
             outbox: udp::Outbox::default(),
+            reading: RefCell::new(None),
+            replies: RefCell::new(Vec::new()),
         }
+    }
+
+    /// From now until [`end_reading`](Self::end_reading), `conn` is the stream whose
+    /// messages this worker handles (on `conn`'s own thread): what is sent to it meanwhile,
+    /// a reply to what it read, is kept for its write queue instead of going through its
+    /// mailbox (no hop, no wakeup, and the replies to one read leave in one write).
+    pub(crate) fn begin_reading(&self, conn: &Arc<ConnShared>) -> Reading {
+        let prev = self.reading.replace(Some(ConnHandle::new(conn.clone())));
+        // Never nested in practice; if it were, the outer stream's replies stay its own.
+        let replies = if prev.is_some() {
+            std::mem::take(&mut *self.replies.borrow_mut())
+        } else {
+            Vec::new()
+        };
+        Reading { prev, replies }
+    }
+
+    /// Ends [`begin_reading`](Self::begin_reading): what was sent to the stream meanwhile
+    /// is appended to `wq`, its write queue, in order (already accounted in its queued
+    /// bytes).
+    pub(crate) fn end_reading(&self, r: Reading, wq: &mut VecDeque<Bytes>) {
+        *self.reading.borrow_mut() = r.prev;
+        self.take_replies(wq);
+        if !r.replies.is_empty() {
+            *self.replies.borrow_mut() = r.replies;
+        }
+    }
+
+    /// Appends what was sent so far to the stream being read to `wq`, its write queue:
+    /// before the stream queues anything itself, so that the order stays the order sent.
+    pub(crate) fn take_replies(&self, wq: &mut VecDeque<Bytes>) {
+        wq.extend(self.replies.borrow_mut().drain(..));
+    }
+
+    /// The connection with this id, if registered: the stream being read needs no table
+    /// lookup (a lock shared with the other workers).
+    pub(crate) fn conn(&self, id: ConnId) -> Option<ConnHandle> {
+        if let Some(h) = self.reading.borrow().as_ref().filter(|h| h.id() == id) {
+            return Some(h.clone());
+        }
+        self.shared.table.get(id)
+    }
+
+    /// `bytes` for the stream being read, if `id` is that stream: `Err` gives them back.
+    fn send_to_reading(&self, id: ConnId, bytes: Bytes) -> Result<(), Bytes> {
+        let reading = self.reading.borrow();
+        let Some(h) = reading.as_ref().filter(|h| h.id() == id) else {
+            return Err(bytes);
+        };
+        match h.admit(bytes.len()) {
+            Ok(()) => self.replies.borrow_mut().push(bytes),
+            Err(SendError::QueueFull | SendError::Backlogged) => {
+                inc(&self.shared.stats.send_failures)
+            }
+            // Closed meanwhile: the general path opens a new one (RFC 3261 §18.2.2).
+            Err(SendError::Closed) => return Err(bytes),
+        }
+        Ok(())
     }
 
     /// Closes `conn` once nothing moves on it for its `idle_timeout` (see [`idle_sweep`]).
@@ -131,7 +198,7 @@ impl Worker {
                 let outgoing = new_request
                     && inbound
                         .conn
-                        .and_then(|c| self.shared.table.get(c))
+                        .and_then(|c| self.conn(c))
                         .is_some_and(|h| h.is_outgoing());
                 if outgoing {
                     let trusted =
@@ -212,7 +279,7 @@ impl Worker {
             // Via siprox's, whatever its sent-by names.
             let own_conn = inbound
                 .conn
-                .and_then(|c| self.shared.table.get(c))
+                .and_then(|c| self.conn(c))
                 .is_some_and(|h| h.is_outgoing());
             // A response that may carry a script tag needs its top Via: validation parses
             // it, and what it parsed serves the routing below (parsed once). Most responses
@@ -324,7 +391,7 @@ impl Worker {
                 // RFC 5626 §5.3: a request for a flow (a connection, no address to fall
                 // back to) whose connection is gone is answered 430 Flow Failed.
                 if let Target::Flow(id) = dest.target {
-                    if msg.is_request() && !self.shared.table.get(id).is_some_and(|h| h.is_open()) {
+                    if msg.is_request() && !self.conn(id).is_some_and(|h| h.is_open()) {
                         let snap = self.shared.snapshot.load();
                         let a = snap.proxy.reply(msg, inbound, 430, "Flow Failed", "");
                         drop(snap);
@@ -431,9 +498,14 @@ impl Worker {
 
     fn send_stream(self: &Rc<Self>, dest: Destination, bytes: Bytes) {
         let table = &self.shared.table;
+        let mut bytes = bytes;
         if let Some(id) = dest.connection() {
+            match self.send_to_reading(id, bytes) {
+                Ok(()) => return,
+                Err(b) => bytes = b,
+            }
             if let Some(h) = table.get(id) {
-                match h.send(bytes.clone()) {
+                match self.send_conn(h, bytes.clone()) {
                     Ok(()) => return,
                     // The peer is not reading (or not connected yet): do not open a
                     // second connection to it.
@@ -466,7 +538,7 @@ impl Worker {
             server_name: dest.server_name.as_deref().map(Arc::from),
         };
         let h = table.find_or_open(key, |key| self.connector.open(self, key, &dest));
-        if h.send(bytes).is_err() {
+        if self.send_conn(h, bytes).is_err() {
             inc(&self.shared.stats.send_failures);
         }
     }
@@ -490,6 +562,12 @@ pub(crate) async fn idle_sweep(worker: Rc<Worker>) {
         worker.sweep_idle();
         memory::after_sweep(&worker.shared);
     }
+}
+
+/// What [`Worker::begin_reading`] replaced, restored by [`Worker::end_reading`].
+pub(crate) struct Reading {
+    prev: Option<ConnHandle>,
+    replies: Vec<Bytes>,
 }
 
 const IDLE_TICK_MIN: Duration = Duration::from_millis(10);

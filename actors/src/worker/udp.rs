@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -24,6 +24,7 @@ use tracing::debug;
 
 use super::{Worker, MAX_PENDING_TASKS};
 use crate::state::inc;
+use crate::state::table::{ConnHandle, SendError};
 
 /// Most datagrams handed to one `sendmmsg` (a longer run takes several calls).
 const SEND_BATCH: usize = 32;
@@ -41,7 +42,14 @@ pub(super) struct Outbox {
     /// The allocation of a `sendmmsg`'s slices, reused by every flush (empty between
     /// flushes: the slices borrow the queued datagrams).
     slices: RefCell<Vec<[IoSlice<'static>; 1]>>,
+    /// Messages for streams (accounted in their queues, not yet handed over), in order:
+    /// at the round's end each stream gets what is for it in one mailbox message.
+    streams: RefCell<Vec<Option<(ConnHandle, Bytes)>>>,
 }
+
+/// Most bytes gathered into one handover to a stream: the plaintext of one TLS record
+/// (as the connection's own `coalesce_front`).
+const STREAM_BATCH_MAX: usize = 16 * 1024;
 
 /// An empty vector with `v`'s allocation, for items of the same type but another lifetime:
 /// std collects a consumed vector into one of the same layout in place.
@@ -67,6 +75,7 @@ impl Drop for Round {
         w.outbox.depth.set(depth);
         if depth == 0 {
             w.flush_udp();
+            w.flush_streams();
         }
     }
 }
@@ -97,6 +106,62 @@ impl Worker {
                 self.finish_later(s, vec![(to, bytes)]);
             }
             Err(e) => self.udp_failed(to, &e),
+        }
+    }
+
+    /// Sends `bytes` to a stream through its handle now, or, while a round is open, at
+    /// its end (accounted now, so a full queue is refused now): the messages of one round
+    /// for one stream reach it in one mailbox message and one wakeup of its worker, and
+    /// the buffers freed are the ones this worker allocated.
+    pub(super) fn send_conn(&self, h: ConnHandle, bytes: Bytes) -> Result<(), SendError> {
+        if self.outbox.depth.get() == 0 {
+            return h.send(bytes);
+        }
+        h.admit(bytes.len())?;
+        self.outbox.streams.borrow_mut().push(Some((h, bytes)));
+        Ok(())
+    }
+
+    /// Hands each stream what the round queued for it, in order: one buffer when it is
+    /// one message, else the messages copied into one (up to [`STREAM_BATCH_MAX`] each),
+    /// which the stream writes as they are (its `coalesce_front` would copy them anyway).
+    fn flush_streams(&self) {
+        let mut queue = std::mem::take(&mut *self.outbox.streams.borrow_mut());
+        for i in 0..queue.len() {
+            let Some((h, first)) = queue[i].take() else {
+                continue;
+            };
+            let id = h.id();
+            let same =
+                |q: &Option<(ConnHandle, Bytes)>| q.as_ref().is_some_and(|(g, _)| g.id() == id);
+            let rest = &mut queue[i + 1..];
+            let total: usize = rest
+                .iter()
+                .filter(|q| same(q))
+                .map(|q| q.as_ref().map_or(0, |(_, b)| b.len()))
+                .sum();
+            if total == 0 {
+                h.deliver(first);
+                continue;
+            }
+            let mut buf = BytesMut::with_capacity((first.len() + total).min(STREAM_BATCH_MAX));
+            buf.extend_from_slice(&first);
+            for q in rest.iter_mut().filter(|q| same(q)) {
+                let Some((_, b)) = q.take() else {
+                    continue;
+                };
+                if buf.len() + b.len() > STREAM_BATCH_MAX {
+                    h.deliver(buf.split().freeze());
+                }
+                buf.extend_from_slice(&b);
+            }
+            h.deliver(buf.freeze());
+        }
+        queue.clear();
+        // Keep the capacity for the next round, unless a handler queued more meanwhile.
+        let mut q = self.outbox.streams.borrow_mut();
+        if q.is_empty() {
+            *q = queue;
         }
     }
 

@@ -432,11 +432,16 @@ impl Connection {
         // The UDP datagrams the messages read in this pass produce (forwards) leave
         // together at its end, in one sendmmsg (see `worker::udp`).
         let _round = self.worker.round();
+        // What the mailbox brought since the last pass; what the reads below produce for
+        // this stream itself (replies) is written once they are done, in one write.
+        if let Err(r) = self.flush_queue(cx) {
+            return Poll::Ready(r);
+        }
         for _ in 0..POLL_BUDGET {
-            if let Err(r) = self.flush_queue(cx) {
-                return Poll::Ready(r);
-            }
             if let Phase::Draining(reason) = self.phase {
+                if let Err(r) = self.flush_queue(cx) {
+                    return Poll::Ready(r);
+                }
                 if !self.wq.is_empty() {
                     return Poll::Pending;
                 }
@@ -462,7 +467,12 @@ impl Connection {
                         return Poll::Ready(CloseReason::PartialLimit);
                     }
                 }
-                ReadOutcome::Pending => return Poll::Pending,
+                ReadOutcome::Pending => {
+                    return match self.flush_queue(cx) {
+                        Err(r) => Poll::Ready(r),
+                        Ok(()) => Poll::Pending,
+                    }
+                }
                 ReadOutcome::Eof => {
                     // The peer finished sending; it may still read what we owe it.
                     self.phase = Phase::Draining(CloseReason::PeerClosed);
@@ -471,6 +481,9 @@ impl Connection {
             }
         }
         // Budget spent with more to do: yield to the other connections of this worker.
+        if let Err(r) = self.flush_queue(cx) {
+            return Poll::Ready(r);
+        }
         cx.waker().wake_by_ref();
         Poll::Pending
     }

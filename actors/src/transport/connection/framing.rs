@@ -132,6 +132,14 @@ impl Connection {
         if let Some(framer) = self.http {
             return self.process_http(framer);
         }
+        let reading = self.worker.begin_reading(&self.shared);
+        let r = self.frames();
+        self.worker.end_reading(reading, &mut self.wq);
+        r
+    }
+
+    /// The SIP messages the read buffer holds, each handed to the worker.
+    fn frames(&mut self) -> Result<(), CloseReason> {
         loop {
             match self.framer.next_frame(&mut self.rbuf) {
                 Ok(Some(Frame::Message(msg))) => {
@@ -141,6 +149,7 @@ impl Connection {
                 Ok(Some(Frame::Ping)) => {
                     // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
                     let pong = Bytes::from_static(b"\r\n");
+                    self.worker.take_replies(&mut self.wq);
                     self.shared.bytes.fetch_add(pong.len(), Ordering::AcqRel);
                     self.wq.push_back(pong);
                 }
@@ -177,6 +186,7 @@ impl Connection {
         drop(snap);
         match action {
             Action::Send { dest, bytes } if dest.connection() == Some(self.id()) => {
+                self.worker.take_replies(&mut self.wq);
                 self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
                 self.wq.push_back(bytes);
             }
