@@ -901,6 +901,7 @@ impl Message {
                 HeaderName::Contact => found.contact = true,
                 HeaderName::Route => found.route = true,
                 HeaderName::RecordRoute => found.record_route = true,
+                HeaderName::ProxyRequire => found.proxy_require = true,
                 _ => {}
             }
         }
@@ -918,9 +919,10 @@ impl Message {
             to_tag: to.tag(),
             cseq: cseq.seq,
         };
-        if let Some(v) = found.max_forwards.single(HeaderName::MaxForwards)? {
-            parse_max_forwards(v)?;
-        }
+        let max_forwards = match found.max_forwards.single(HeaderName::MaxForwards)? {
+            Some(v) => Some(parse_max_forwards(v)?),
+            None => None,
+        };
         if found.contact {
             Contacts::check(self)?;
         }
@@ -961,6 +963,8 @@ impl Message {
             ids,
             call_id,
             routes,
+            max_forwards,
+            proxy_require: found.proxy_require,
         })
     }
 
@@ -1020,6 +1024,7 @@ struct Found<'a> {
     contact: bool,
     route: bool,
     record_route: bool,
+    proxy_require: bool,
 }
 
 /// A field that may appear once: absent, its one value, or repeated.
@@ -1074,6 +1079,11 @@ pub struct Validated<'a> {
     /// The URIs of the first two Route values, top first (`None`: no such value); a proxy
     /// routes on them (siprox's own double Record-Route comes back as two).
     pub routes: [Option<Uri<'a>>; 2],
+    /// Max-Forwards as [`Message::max_forwards`] reads it (`None`: absent).
+    pub max_forwards: Option<u8>,
+    /// Whether a Proxy-Require line is present: [`Message::proxy_require`] has tags to read
+    /// only then.
+    pub proxy_require: bool,
 }
 
 /// The From tag, To tag and CSeq number of a message: with its Call-ID, what identifies a
@@ -1256,6 +1266,37 @@ CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
                 raw.insert(at, b);
             }
             forbidden_is_found_by_the_line_search(&raw);
+        }
+    }
+
+    /// What validation keeps is what the accessors read.
+    #[test]
+    fn validated_keeps_max_forwards_and_whether_proxy_require_is_there() {
+        let base =
+            "OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c@h\r\nCSeq: 1 OPTIONS\r\n";
+        for (extra, max_forwards, proxy_require) in [
+            ("", None, false),
+            ("Max-Forwards: 0\r\n", Some(0), false),
+            ("Max-Forwards: 70\r\nProxy-Require: foo\r\n", Some(70), true),
+            (
+                "proxy-require: foo, bar\r\nMAX-FORWARDS:  255 \r\n",
+                Some(255),
+                true,
+            ),
+        ] {
+            let raw = format!("{base}{extra}Content-Length: 0\r\n\r\n");
+            let m = Message::parse(Bytes::from(raw)).unwrap();
+            let v = m.validated().unwrap();
+            assert_eq!(v.max_forwards, max_forwards, "{extra}");
+            assert_eq!(v.max_forwards, m.max_forwards().unwrap(), "{extra}");
+            assert_eq!(v.proxy_require, proxy_require, "{extra}");
+            assert_eq!(
+                v.proxy_require,
+                m.proxy_require().next().is_some(),
+                "{extra}"
+            );
+            assert_eq!(v.call_id, m.call_id().unwrap());
         }
     }
 
