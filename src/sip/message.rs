@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use bytestring::ByteString;
 
 use super::error::{ParseError, Where};
@@ -480,8 +480,10 @@ impl Message {
                 limit: limits.max_message_size,
             });
         }
-        let skip = leading_crlf(&bytes);
-        let bytes = bytes.slice(skip..);
+        // Trimmed in place (no `slice`: each one is a reference-count increment and, when
+        // the original drops, a decrement, on the hot path of every datagram).
+        let mut bytes = bytes;
+        bytes.advance(leading_crlf(&bytes));
         let mut head = match parse_head(&bytes, limits) {
             Err(ParseError::Incomplete) => {
                 return Err(ParseError::BadHeaderLine {
@@ -505,7 +507,8 @@ impl Message {
             ContentLength::Value(n) => n,
             _ => available,
         };
-        Message::from_head(bytes.slice(..head.len + body_len), head, limits)
+        bytes.truncate(head.len + body_len);
+        Message::from_head(bytes, head, limits)
     }
 
     /// Parse a complete message held in `bytes` (head and exactly its body), e.g. in tests.
