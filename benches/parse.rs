@@ -7,6 +7,8 @@
 //! `validated/invite` and `validated/200ok-proxied` time [`Message::validated`] alone on a
 //! parsed message (the check a proxy runs on every request and response it forwards);
 //! `200ok-proxied` is a 200 as a proxy receives it: 2 Vias, 2 Record-Routes, a Contact.
+//! `frame/invite` and `frame/200ok-proxied` time [`StreamFramer::next_frame`] on a stream
+//! read that holds one whole message (the TLS path's parse), the append of the read included.
 
 use std::hint::black_box;
 
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rsip::headers::untyped::{ToTypedHeader, UntypedHeader};
 use rsip::message::{HasHeaders, HeadersExt};
-use siprox::sip::{Editor, Limits, Message};
+use siprox::sip::{Editor, Frame, Limits, Message, StreamFramer};
 
 /// The Via and Record-Route a forwarding proxy adds; the branch is fixed so that every
 /// iteration writes the same bytes.
@@ -142,6 +144,23 @@ fn bench_siprox(c: &mut Criterion, fx: &[Fixture]) {
             Some(e.finish())
         })
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("frame");
+    for f in [invite, &load("200ok-proxied")] {
+        g.throughput(Throughput::Bytes(f.bytes.len() as u64));
+        g.bench_function(f.name, |b| {
+            let mut framer = StreamFramer::new(limits);
+            let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
+            b.iter(|| {
+                buf.extend_from_slice(black_box(&f.bytes[..]));
+                match framer.next_frame(&mut buf) {
+                    Ok(Some(Frame::Message(m))) => black_box(m.header_count()),
+                    _ => 0,
+                }
+            })
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("validated");

@@ -99,6 +99,139 @@ impl HeaderName {
     #[inline]
     pub fn classify(name: &[u8]) -> HeaderName {
         use HeaderName::*;
+        // One candidate by (length, first letter), then one case-insensitive compare of the
+        // whole name in a few word loads: this runs for every header line of every message.
+        let (&first, _) = match name.split_first() {
+            Some(f) => f,
+            None => return Other,
+        };
+        let (candidate, lower): (HeaderName, &'static [u8]) = match (name.len(), first | 0x20) {
+            (1, c) => return compact(c),
+            (2, b't') => (To, b"to"),
+            (3, b'v') => (Via, b"via"),
+            (4, b'f') => (From, b"from"),
+            (4, b'c') => (CSeq, b"cseq"),
+            (4, b'p') => (Path, b"path"),
+            (4, b'd') => (Date, b"date"),
+            (5, b'r') => (Route, b"route"),
+            (5, b'a') => (Allow, b"allow"),
+            (5, b'e') => (Event, b"event"),
+            (6, b'a') => (Accept, b"accept"),
+            (6, b's') => (Server, b"server"),
+            // Contact and Call-ID share length and first letter.
+            (7, b'c') if name[1] | 0x20 == b'o' => (Contact, b"contact"),
+            (7, b'c') => (CallId, b"call-id"),
+            (7, b'e') => (Expires, b"expires"),
+            (7, b'r') => (Require, b"require"),
+            (7, b's') => (Subject, b"subject"),
+            (8, b'r') => (ReferTo, b"refer-to"),
+            (8, b'i') => (Identity, b"identity"),
+            (9, b's') => (Supported, b"supported"),
+            (10, b'u') => (UserAgent, b"user-agent"),
+            (11, b'm') => (MinExpires, b"min-expires"),
+            (11, b'r') => (ReferredBy, b"referred-by"),
+            (11, b'u') => (Unsupported, b"unsupported"),
+            (12, b'm') => (MaxForwards, b"max-forwards"),
+            (12, b'r') => (RecordRoute, b"record-route"),
+            (12, b'c') => (ContentType, b"content-type"),
+            (12, b'a') => (AllowEvents, b"allow-events"),
+            (13, b'p') => (ProxyRequire, b"proxy-require"),
+            (13, b'a') => (Authorization, b"authorization"),
+            (14, b'c') => (ContentLength, b"content-length"),
+            (14, b'a') => (AcceptContact, b"accept-contact"),
+            (14, b'r') => (RejectContact, b"reject-contact"),
+            (15, b's') => (SessionExpires, b"session-expires"),
+            (16, b'c') => (ContentEncoding, b"content-encoding"),
+            (16, b'w') => (WwwAuthenticate, b"www-authenticate"),
+            (18, b'p') => (ProxyAuthenticate, b"proxy-authenticate"),
+            (19, b'r') => (RequestDisposition, b"request-disposition"),
+            (19, b'p') => (ProxyAuthorization, b"proxy-authorization"),
+            _ => return Other,
+        };
+        if eq_lower(name, lower) {
+            candidate
+        } else {
+            Other
+        }
+    }
+}
+
+/// The compact form whose letter, folded to lower case, is `c` (RFC 3261 §7.3.3 and later).
+#[inline]
+fn compact(c: u8) -> HeaderName {
+    use HeaderName::*;
+    match c {
+        b'v' => Via,
+        b'f' => From,
+        b't' => To,
+        b'i' => CallId,
+        b'm' => Contact,
+        b'l' => ContentLength,
+        b'c' => ContentType,
+        b'e' => ContentEncoding,
+        b'k' => Supported,
+        b's' => Subject,
+        b'o' => Event,
+        b'u' => AllowEvents,
+        b'r' => ReferTo,
+        b'b' => ReferredBy,
+        b'x' => SessionExpires,
+        b'a' => AcceptContact,
+        b'j' => RejectContact,
+        b'd' => RequestDisposition,
+        b'y' => Identity,
+        _ => Other,
+    }
+}
+
+/// `name.eq_ignore_ascii_case(lower)` for a `lower` of the same length (2 to 24 bytes) made of
+/// lower-case letters and `-`, compared a word at a time: a letter of `lower` matches either
+/// case (the 0x20 bit is forced on in `name`), a `-` matches only itself. Overlapping loads
+/// cover lengths that are not a multiple of the word.
+#[inline]
+fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    /// The bits to force on in a word of `name` before comparing with the word of `lower`:
+    /// 0x20 under each letter (bit 0x40 set: letters), nothing under `-` (0x2d).
+    #[inline]
+    fn fold(w: u64) -> u64 {
+        (w & 0x4040_4040_4040_4040) >> 1
+    }
+    #[inline]
+    fn word<const N: usize>(b: &[u8], at: usize) -> u64 {
+        let mut a = [0u8; 8];
+        if let Some(s) = b.get(at..at + N) {
+            a[..N].copy_from_slice(s);
+        }
+        u64::from_le_bytes(a)
+    }
+    #[inline]
+    fn same<const N: usize>(name: &[u8], lower: &[u8], at: usize) -> bool {
+        let l = word::<N>(lower, at);
+        word::<N>(name, at) | fold(l) == l
+    }
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    match n {
+        0 | 1 => name.eq_ignore_ascii_case(lower),
+        2..=3 => same::<2>(name, lower, 0) && same::<2>(name, lower, n - 2),
+        4..=7 => same::<4>(name, lower, 0) && same::<4>(name, lower, n - 4),
+        8..=16 => same::<8>(name, lower, 0) && same::<8>(name, lower, n - 8),
+        17..=24 => {
+            same::<8>(name, lower, 0) && same::<8>(name, lower, 8) && same::<8>(name, lower, n - 8)
+        }
+        _ => name.eq_ignore_ascii_case(lower),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderName::{self, *};
+
+    /// The classifier before the word compare (issue 18), kept as the oracle.
+    fn old_classify(name: &[u8]) -> HeaderName {
+        use HeaderName::*;
         if name.len() == 1 {
             return match name[0].to_ascii_lowercase() {
                 b'v' => Via,
@@ -180,11 +313,119 @@ impl HeaderName {
         }
         Other
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::HeaderName::{self, *};
+    const ALL: [HeaderName; 38] = [
+        Via,
+        From,
+        To,
+        CallId,
+        CSeq,
+        MaxForwards,
+        Contact,
+        Route,
+        RecordRoute,
+        Path,
+        ContentLength,
+        ContentType,
+        ContentEncoding,
+        Expires,
+        MinExpires,
+        Require,
+        ProxyRequire,
+        Supported,
+        Unsupported,
+        Allow,
+        Accept,
+        Subject,
+        Event,
+        AllowEvents,
+        ReferTo,
+        ReferredBy,
+        SessionExpires,
+        AcceptContact,
+        RejectContact,
+        RequestDisposition,
+        Identity,
+        Authorization,
+        ProxyAuthorization,
+        WwwAuthenticate,
+        ProxyAuthenticate,
+        UserAgent,
+        Server,
+        Date,
+    ];
+
+    /// Every case variant of every long form (all of them up to 12 bytes, one bit pattern
+    /// in 97 beyond), every compact form, and every name with one byte replaced by any of
+    /// the 256: the word compare answers as the byte-wise one did.
+    #[test]
+    fn classify_agrees_with_the_old_classifier() {
+        let mut names: Vec<Vec<u8>> = ALL.iter().map(|n| n.as_str().as_bytes().to_vec()).collect();
+        names.extend((b'a'..=b'z').map(|c| vec![c]));
+        let mut checked = 0u64;
+        for base in &names {
+            let letters: Vec<usize> = (0..base.len())
+                .filter(|&i| base[i].is_ascii_alphabetic())
+                .collect();
+            let variants = 1u64 << letters.len();
+            let step = if letters.len() <= 12 { 1 } else { 97 };
+            let mut bits = 0;
+            while bits < variants {
+                let mut v = base.clone();
+                for (k, &i) in letters.iter().enumerate() {
+                    v[i] = if bits >> k & 1 == 1 {
+                        v[i].to_ascii_uppercase()
+                    } else {
+                        v[i].to_ascii_lowercase()
+                    };
+                }
+                assert_eq!(HeaderName::classify(&v), old_classify(&v), "{v:?}");
+                checked += 1;
+                bits += step;
+            }
+            for i in 0..base.len() {
+                for b in 0..=255u8 {
+                    let mut v = base.clone();
+                    v[i] = b;
+                    assert_eq!(HeaderName::classify(&v), old_classify(&v), "{v:?}");
+                    let mut up = v.to_ascii_uppercase();
+                    up[i] = b;
+                    assert_eq!(HeaderName::classify(&up), old_classify(&up), "{up:?}");
+                    checked += 2;
+                }
+            }
+            // One byte more or less.
+            for cut in [
+                &base[..base.len() - 1],
+                &[base.as_slice(), b"s"].concat()[..],
+            ] {
+                assert_eq!(HeaderName::classify(cut), old_classify(cut), "{cut:?}");
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+        for v in [
+            &b""[..],
+            b"\r",
+            b"-",
+            b"Max\rForwards",
+            b"Max\x0dForwards",
+            b"Call\x0dID",
+        ] {
+            assert_eq!(HeaderName::classify(v), old_classify(v), "{v:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn classify_agrees_on_any_bytes(v in proptest::collection::vec(proptest::num::u8::ANY, 0..24)) {
+            proptest::prop_assert_eq!(HeaderName::classify(&v), old_classify(&v));
+        }
+
+        #[test]
+        fn classify_agrees_on_name_like_bytes(v in "[a-zA-Z\\-\\r@\\[`{]{1,20}") {
+            proptest::prop_assert_eq!(HeaderName::classify(v.as_bytes()), old_classify(v.as_bytes()));
+        }
+    }
 
     #[test]
     fn every_long_form_classifies_to_itself() {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use bytestring::ByteString;
 
 use super::error::{ParseError, Where};
@@ -123,6 +123,9 @@ pub(crate) struct Head {
     /// The first error found that does not stop indexing; [`Message::validate`] reports it,
     /// so that a request with, say, a bad version can still be answered (505) over its Via.
     pub(crate) deferred: Option<ParseError>,
+    /// Offset of the first forbidden byte of the head ([`forbidden_at`]), found by the same
+    /// search that finds the line ends.
+    pub(crate) forbidden: Option<usize>,
 }
 
 fn defer(slot: &mut Option<ParseError>, e: ParseError) {
@@ -131,11 +134,37 @@ fn defer(slot: &mut Option<ParseError>, e: ParseError) {
     }
 }
 
+/// The first LF at or after `at`, noting on the way the first forbidden byte
+/// ([`forbidden_at`]) in `forbidden`. A CRLF is found at its CR: one search per line finds the
+/// line end and every NUL and bare CR of the line, so the head is not searched again for them.
+#[inline]
+fn next_lf(buf: &[u8], mut at: usize, forbidden: &mut Option<usize>) -> Option<usize> {
+    loop {
+        let i = at + memchr::memchr3(b'\n', b'\r', 0, buf.get(at..)?)?;
+        match buf.get(i) {
+            Some(b'\r') => {
+                if buf.get(i + 1) == Some(&b'\n') {
+                    return Some(i + 1);
+                }
+                forbidden.get_or_insert(i);
+            }
+            Some(0) => {
+                if i == 0 || buf.get(i - 1) != Some(&b'\\') {
+                    forbidden.get_or_insert(i);
+                }
+            }
+            _ => return Some(i),
+        }
+        at = i + 1;
+    }
+}
+
 /// Index a message head from the start of `buf` (which must not start with CRLF padding).
 /// `Err(Incomplete)` when `buf` ends before the blank line that closes the head.
 pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError> {
     let mut deferred = None;
-    let nl = match memchr::memchr(b'\n', buf) {
+    let mut forbidden = None;
+    let nl = match next_lf(buf, 0, &mut forbidden) {
         Some(nl) => nl,
         None if buf.len() > limits.max_line_length => {
             return Err(ParseError::LineTooLong {
@@ -179,8 +208,8 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
         let line_start = pos;
         let mut search = pos;
         let line_end = loop {
-            let nl = match memchr::memchr(b'\n', &buf[search..]) {
-                Some(i) => search + i,
+            let nl = match next_lf(buf, search, &mut forbidden) {
+                Some(nl) => nl,
                 None => {
                     if buf.len() - line_start > limits.max_line_length {
                         return Err(ParseError::LineTooLong {
@@ -274,6 +303,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
         headers,
         content_length,
         deferred,
+        forbidden,
     })
 }
 
@@ -380,7 +410,9 @@ fn forbidden_at(head: &[u8], i: usize) -> bool {
     }
 }
 
-/// The first forbidden byte ([`forbidden_at`]) in a head.
+/// The first forbidden byte ([`forbidden_at`]) in a head: what [`parse_head`] finds on its
+/// way, computed on its own (the tests' oracle).
+#[cfg(test)]
 fn forbidden_byte(head: &[u8]) -> Option<usize> {
     // One pass over both bytes: positions come in order, so the first hit is the minimum.
     memchr::memchr2_iter(0, b'\r', head).find(|&i| forbidden_at(head, i))
@@ -448,8 +480,10 @@ impl Message {
                 limit: limits.max_message_size,
             });
         }
-        let skip = leading_crlf(&bytes);
-        let bytes = bytes.slice(skip..);
+        // Trimmed in place (no `slice`: each one is a reference-count increment and, when
+        // the original drops, a decrement, on the hot path of every datagram).
+        let mut bytes = bytes;
+        bytes.advance(leading_crlf(&bytes));
         let mut head = match parse_head(&bytes, limits) {
             Err(ParseError::Incomplete) => {
                 return Err(ParseError::BadHeaderLine {
@@ -473,7 +507,8 @@ impl Message {
             ContentLength::Value(n) => n,
             _ => available,
         };
-        Message::from_head(bytes.slice(..head.len + body_len), head, limits)
+        bytes.truncate(head.len + body_len);
+        Message::from_head(bytes, head, limits)
     }
 
     /// Parse a complete message held in `bytes` (head and exactly its body), e.g. in tests.
@@ -488,7 +523,7 @@ impl Message {
         limits: &Limits,
     ) -> Result<Message, ParseError> {
         let bytes = raw.get(..head.len).ok_or(ParseError::Incomplete)?;
-        let forbidden = forbidden_byte(bytes);
+        let forbidden = head.forbidden;
         // UTF-8 is checked once, by the conversion itself; the text view is the rare case.
         let head_str = match forbidden {
             None => ByteString::try_from(raw.slice(..head.len))
@@ -869,6 +904,7 @@ impl Message {
                 HeaderName::Contact => found.contact = true,
                 HeaderName::Route => found.route = true,
                 HeaderName::RecordRoute => found.record_route = true,
+                HeaderName::ProxyRequire => found.proxy_require = true,
                 _ => {}
             }
         }
@@ -886,9 +922,10 @@ impl Message {
             to_tag: to.tag(),
             cseq: cseq.seq,
         };
-        if let Some(v) = found.max_forwards.single(HeaderName::MaxForwards)? {
-            parse_max_forwards(v)?;
-        }
+        let max_forwards = match found.max_forwards.single(HeaderName::MaxForwards)? {
+            Some(v) => Some(parse_max_forwards(v)?),
+            None => None,
+        };
         if found.contact {
             Contacts::check(self)?;
         }
@@ -929,6 +966,8 @@ impl Message {
             ids,
             call_id,
             routes,
+            max_forwards,
+            proxy_require: found.proxy_require,
         })
     }
 
@@ -988,6 +1027,7 @@ struct Found<'a> {
     contact: bool,
     route: bool,
     record_route: bool,
+    proxy_require: bool,
 }
 
 /// A field that may appear once: absent, its one value, or repeated.
@@ -1042,6 +1082,11 @@ pub struct Validated<'a> {
     /// The URIs of the first two Route values, top first (`None`: no such value); a proxy
     /// routes on them (siprox's own double Record-Route comes back as two).
     pub routes: [Option<Uri<'a>>; 2],
+    /// Max-Forwards as [`Message::max_forwards`] reads it (`None`: absent).
+    pub max_forwards: Option<u8>,
+    /// Whether a Proxy-Require line is present: [`Message::proxy_require`] has tags to read
+    /// only then.
+    pub proxy_require: bool,
 }
 
 /// The From tag, To tag and CSeq number of a message: with its Call-ID, what identifies a
@@ -1181,6 +1226,81 @@ CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
             }
         );
         assert_eq!(m.validated().unwrap().call_id, m.call_id().unwrap());
+    }
+
+    /// A head with NULs, CRs, LFs and backslashes put anywhere: when it indexes, the first
+    /// forbidden byte the line search noted is the one a separate pass over the head finds.
+    fn forbidden_is_found_by_the_line_search(raw: &[u8]) {
+        let Ok(head) = parse_head(raw, &Limits::default()) else {
+            return;
+        };
+        let bytes = raw.get(..head.len).expect("the head is in the buffer");
+        assert_eq!(head.forbidden, forbidden_byte(bytes), "{raw:?}");
+    }
+
+    #[test]
+    fn forbidden_bytes_at_the_edges_of_lines() {
+        for raw in [
+            &b"OPTIONS sip:a@b SIP/2.0\r\nX: \0\r\n\r\n"[..],
+            b"OPTIONS sip:a@b SIP/2.0\r\nX: \\\0\r\n\r\n",
+            b"OPTIONS sip:a\0@b SIP/2.0\r\nX: a\r\n\r\n",
+            b"OPTIONS sip:a@b SIP/2.0\r\r\nX: a\r\n\r\n",
+            b"OPTIONS sip:a@b SIP/2.0\r\nX: a\r\r\n\r\n",
+            b"OPTIONS sip:a@b SIP/2.0\r\nX: a\r\n \rb\r\n\r\n",
+            b"OPTIONS sip:a@b SIP/2.0\r\nX: a\r b\r\nY: \0\r\n\r\n",
+        ] {
+            let head = parse_head(raw, &Limits::default()).expect("indexes");
+            assert!(head.forbidden.is_some() || raw.windows(2).any(|w| w == b"\\\0"));
+            forbidden_is_found_by_the_line_search(raw);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn forbidden_byte_agrees_with_a_separate_pass(
+            edits in proptest::collection::vec(
+                (0usize..200, proptest::sample::select(b"\0\r\n\\ a:\t".to_vec())),
+                0..6,
+            ),
+        ) {
+            let mut raw = msg(b"<sip:m@example.com>");
+            for (at, b) in edits {
+                let at = at % raw.len();
+                raw.insert(at, b);
+            }
+            forbidden_is_found_by_the_line_search(&raw);
+        }
+    }
+
+    /// What validation keeps is what the accessors read.
+    #[test]
+    fn validated_keeps_max_forwards_and_whether_proxy_require_is_there() {
+        let base =
+            "OPTIONS sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c@h\r\nCSeq: 1 OPTIONS\r\n";
+        for (extra, max_forwards, proxy_require) in [
+            ("", None, false),
+            ("Max-Forwards: 0\r\n", Some(0), false),
+            ("Max-Forwards: 70\r\nProxy-Require: foo\r\n", Some(70), true),
+            (
+                "proxy-require: foo, bar\r\nMAX-FORWARDS:  255 \r\n",
+                Some(255),
+                true,
+            ),
+        ] {
+            let raw = format!("{base}{extra}Content-Length: 0\r\n\r\n");
+            let m = Message::parse(Bytes::from(raw)).unwrap();
+            let v = m.validated().unwrap();
+            assert_eq!(v.max_forwards, max_forwards, "{extra}");
+            assert_eq!(v.max_forwards, m.max_forwards().unwrap(), "{extra}");
+            assert_eq!(v.proxy_require, proxy_require, "{extra}");
+            assert_eq!(
+                v.proxy_require,
+                m.proxy_require().next().is_some(),
+                "{extra}"
+            );
+            assert_eq!(v.call_id, m.call_id().unwrap());
+        }
     }
 
     /// The one walk over the index finds what the per-field accessors find: the first
