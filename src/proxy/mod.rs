@@ -292,7 +292,7 @@ impl Proxy {
         }
 
         // RFC 3261 §16.3 step 3: Max-Forwards.
-        if msg.max_forwards().ok().flatten() == Some(0) {
+        if checked.max_forwards == Some(0) {
             if method == Method::Options && ruri_is_me {
                 return self.options_reply(msg, rx, &checked);
             }
@@ -304,7 +304,12 @@ impl Proxy {
             return self.reply(msg, rx, 483, "Too Many Hops", "");
         }
         // §16.3 step 6: Proxy-Require. siprox supports no proxy extension yet.
-        let unsupported: Vec<&str> = msg.proxy_require().filter_map(Result::ok).collect();
+        // Validation noted whether the header is there: it is read only then.
+        let unsupported: Vec<&str> = if checked.proxy_require {
+            msg.proxy_require().filter_map(Result::ok).collect()
+        } else {
+            Vec::new()
+        };
         if !unsupported.is_empty() {
             if is_ack {
                 return Action::Drop {
@@ -315,8 +320,9 @@ impl Proxy {
             return self.reply(msg, rx, 420, "Bad Extension", &extra);
         }
         // Without a script nothing says whether the peer is a cluster node: `nf=` is refused.
-        // The dialog the flow tokens are bound to: read once, for the plan and the forward.
-        let dialog = msg.call_id().unwrap_or("").as_bytes();
+        // The dialog the flow tokens are bound to: validation read it, for the plan and the
+        // forward.
+        let dialog = checked.call_id.as_bytes();
         let known = Some(&checked.routes);
         let plan = match self.plan(msg, ruri, ruri_is_me, rx.conn, false, dialog, known) {
             Ok(Some(p)) => p,
@@ -634,7 +640,7 @@ impl Proxy {
             Some(i) => match self
                 .cfg
                 .flow_keys
-                .verify(i.unwrap_or(""), msg.call_id().unwrap_or("").as_bytes())
+                .verify(i.unwrap_or(""), checked.call_id.as_bytes())
             {
                 Ok((c, 0)) if c != 0 => Some(ConnId(c)),
                 _ => {

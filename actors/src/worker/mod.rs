@@ -193,13 +193,13 @@ impl Worker {
             // only a client domain with `accept_requests` (and a verified certificate) lets
             // it in. In-dialog requests (a BYE) are checked by their Route as everywhere.
             if let Some(t) = tls.as_deref().filter(|t| !t.cluster_peer) {
-                // Cheapest first: the connection table is asked only for new requests.
-                let new_request = msg.to().ok().and_then(|to| to.tag()).is_none();
-                let outgoing = new_request
-                    && inbound
-                        .conn
-                        .and_then(|c| self.conn(c))
-                        .is_some_and(|h| h.is_outgoing());
+                // Cheapest first: the stream being read answers without the table, and To is
+                // parsed only on a connection siprox opened (to tell a new request).
+                let outgoing = inbound
+                    .conn
+                    .and_then(|c| self.conn(c))
+                    .is_some_and(|h| h.is_outgoing())
+                    && msg.to().ok().and_then(|to| to.tag()).is_none();
                 if outgoing {
                     let trusted =
                         t.peer.is_some()
