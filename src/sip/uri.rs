@@ -541,10 +541,10 @@ impl<'a> Uri<'a> {
         // The schemes nearly every URI has, without the general scheme checks they pass.
         let b = s.as_bytes();
         if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
-            return SipUri::parse_rest(&s[4..], false).map(Uri::Sip);
+            return SipUri::parse_rest(&s[4..], false);
         }
         if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
-            return SipUri::parse_rest(&s[5..], true).map(Uri::Sip);
+            return SipUri::parse_rest(&s[5..], true);
         }
         let colon = super::scan::find_byte(s, b':').ok_or("missing scheme")?;
         let scheme = &s[..colon];
@@ -558,9 +558,9 @@ impl<'a> Uri<'a> {
             return Err("bad scheme");
         }
         if scheme.eq_ignore_ascii_case("sip") {
-            SipUri::parse_rest(rest, false).map(Uri::Sip)
+            SipUri::parse_rest(rest, false)
         } else if scheme.eq_ignore_ascii_case("sips") {
-            SipUri::parse_rest(rest, true).map(Uri::Sip)
+            SipUri::parse_rest(rest, true)
         } else if scheme.eq_ignore_ascii_case("tel") {
             TelUri::parse_rest(rest).map(Uri::Tel)
         } else {
@@ -591,8 +591,9 @@ impl<'a> Uri<'a> {
 }
 
 impl<'a> SipUri<'a> {
-    /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon.
-    fn parse_rest(rest: &'a str, secure: bool) -> Result<SipUri<'a>, UriError> {
+    /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon. Built in place
+    /// as a [`Uri`]: wrapping a returned `SipUri` is a copy of it.
+    fn parse_rest(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
         // A user part without escapes or password ends at the first byte out of its class:
         // when that is the '@', no search for it.
@@ -643,7 +644,7 @@ impl<'a> SipUri<'a> {
                 return Err("bad URI headers");
             }
         }
-        Ok(SipUri {
+        Ok(Uri::Sip(SipUri {
             secure,
             user,
             password,
@@ -651,7 +652,7 @@ impl<'a> SipUri<'a> {
             port,
             params,
             headers,
-        })
+        }))
     }
 
     /// The `transport` parameter, if any.
