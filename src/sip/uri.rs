@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::scan::{parse_u64, with_bytes, ALNUM};
+use super::scan::{all, class, parse_u64, run, with_bytes, ALNUM};
 
 /// Why a URI did not parse. Turned into [`ParseError::BadUri`](super::ParseError) by callers,
 /// who know where the URI came from.
@@ -119,29 +119,78 @@ const INDEXED: [&str; 12] = [
     "nf",
 ];
 
-/// The slot of `name` in [`INDEXED`] (any case): one candidate by length and first letter,
-/// then one comparison.
+/// The slot of `name` in [`INDEXED`] (any case). The name's bytes are packed into one
+/// word (two overlapping loads: the first and last two or four bytes) and folded to lower
+/// case with `| 0x20`, then matched with its length against the packed names: no loop.
+/// `| 0x20` is `to_ascii_lowercase` here because every indexed name is lower-case letters:
+/// `x | 0x20` is a lower-case letter only when `x` is that letter in either case.
 #[inline]
 fn indexed_slot(name: &[u8]) -> Option<usize> {
-    let k = match (name.len(), name.first()?.to_ascii_lowercase()) {
-        (1, b'i') => 8,
-        (2, b'l') => 4,
-        (2, b's') => 7,
-        (2, b'f') => 10,
-        (2, b'n') => 11,
-        (3, b't') => 3,
-        (5, b'r') => 1,
-        (5, b'm') => 6,
-        (6, b'b') => 0,
-        (7, b'e') => 9,
-        (8, b'r') => 2,
-        (9, b't') => 5,
-        _ => return None,
+    const fn fold(n: &[u8]) -> u64 {
+        // Bytes past 8 (only `transport` has one) are compared apart.
+        let w = match n.len() {
+            0 => 0,
+            1 => n[0] as u64,
+            2 | 3 => {
+                let l = n.len();
+                (u16::from_le_bytes([n[0], n[1]]) as u64)
+                    | (u16::from_le_bytes([n[l - 2], n[l - 1]]) as u64) << 16
+            }
+            l => {
+                let e = if l < 8 { l } else { 8 };
+                (u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as u64)
+                    | (u32::from_le_bytes([n[e - 4], n[e - 3], n[e - 2], n[e - 1]]) as u64) << 32
+            }
+        };
+        w | 0x2020_2020_2020_2020
+    }
+    const K: [u64; INDEXED.len()] = {
+        let mut k = [0; INDEXED.len()];
+        let mut i = 0;
+        while i < INDEXED.len() {
+            k[i] = fold(INDEXED[i].as_bytes());
+            i += 1;
+        }
+        k
     };
-    INDEXED[k]
-        .as_bytes()
-        .eq_ignore_ascii_case(name)
-        .then_some(k)
+    const BRANCH: u64 = K[0];
+    const RPORT: u64 = K[1];
+    const RECEIVED: u64 = K[2];
+    const TAG: u64 = K[3];
+    const LR: u64 = K[4];
+    const TRANSPORT: u64 = K[5];
+    const MADDR: u64 = K[6];
+    const SX: u64 = K[7];
+    const I: u64 = K[8];
+    const EXPIRES: u64 = K[9];
+    const FL: u64 = K[10];
+    const NF: u64 = K[11];
+    if name.len() > 9 {
+        return None;
+    }
+    Some(match (name.len(), fold(name)) {
+        (1, I) => 8,
+        (2, LR) => 4,
+        (2, SX) => 7,
+        (2, FL) => 10,
+        (2, NF) => 11,
+        (3, TAG) => 3,
+        (5, RPORT) => 1,
+        (5, MADDR) => 6,
+        (6, BRANCH) => 0,
+        (7, EXPIRES) => 9,
+        (8, RECEIVED) => 2,
+        (9, TRANSPORT) if name[8] | 0x20 == b't' => 5,
+        _ => return None,
+    })
+}
+
+/// The slot of `name` in [`INDEXED`] as the packed match must find it: by comparison.
+#[cfg(test)]
+fn indexed_slot_by_comparison(name: &[u8]) -> Option<usize> {
+    INDEXED
+        .iter()
+        .position(|n| n.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Where the [`INDEXED`] parameters of a checked list are: byte ranges into the raw text
@@ -160,7 +209,7 @@ struct ParamIndex {
 impl ParamIndex {
     /// Record a parameter (name and value as ranges of the raw text) unless one of the same
     /// name came first.
-    #[inline]
+    #[inline(always)]
     fn record(&mut self, name: &[u8], value: Option<(usize, usize)>) {
         let Some(k) = indexed_slot(name) else {
             return;
@@ -194,6 +243,42 @@ impl<'a> Params<'a> {
     /// [`validate`](Self::validate) and index `raw` in the same pass: the list, ready for
     /// [`get`](Self::get) without a scan for the [`INDEXED`] names.
     pub(crate) fn checked(raw: &'a str) -> Result<Self, &'static str> {
+        let mut index = ParamIndex::default();
+        if raw.len() <= usize::from(u16::MAX)
+            && scan_clean(raw.as_bytes(), false, &mut index) == Some(raw.len())
+        {
+            index.on = true;
+            return Ok(Params { raw, index });
+        }
+        Self::checked_slow(raw)
+    }
+
+    /// The parameters and the headers of a SIP URI: `tail` is what follows its host and
+    /// port (`;params?headers`, either part optional); the parameters end at the first `?`.
+    /// [`checked`](Self::checked) of the parameters, in the same pass on a clean list.
+    fn checked_with_headers(tail: &'a str) -> Result<(Self, Option<&'a str>), &'static str> {
+        let mut index = ParamIndex::default();
+        if tail.len() <= usize::from(u16::MAX) {
+            if let Some(end) = scan_clean(tail.as_bytes(), true, &mut index) {
+                index.on = true;
+                let params = Params {
+                    raw: &tail[..end],
+                    index,
+                };
+                return Ok((params, tail.get(end + 1..)));
+            }
+        }
+        let (params, headers) = match super::scan::find_byte(tail, b'?') {
+            Some(q) => (&tail[..q], Some(&tail[q + 1..])),
+            None => (tail, None),
+        };
+        Ok((Self::checked_slow(params)?, headers))
+    }
+
+    /// [`checked`](Self::checked) for any list: the one-pass check of lists without quotes
+    /// and LWS, else the general one.
+    #[cold]
+    fn checked_slow(raw: &'a str) -> Result<Self, &'static str> {
         let mut index = ParamIndex::default();
         let indexing = raw.len() <= usize::from(u16::MAX);
         let verdict = match scan_plain(raw.as_bytes(), &mut index) {
@@ -310,6 +395,46 @@ fn validate_plain(b: &[u8]) -> Option<Result<(), &'static str>> {
     scan_plain(b, &mut ParamIndex::default())
 }
 
+/// The common case of [`scan_plain`], a run of one table lookup per byte: a list whose
+/// every parameter is a non-empty name of parameter characters, optionally `=` and a
+/// non-empty value of them. Returns where the list ends: at the end of `b`, or at a `?`
+/// after a parameter (or at 0) when `to_question` is set (a URI's headers follow). `None`
+/// for anything else (quotes, LWS, an empty name or value, another byte, an error), which
+/// the callers then judge with the general checks; `index` is then partly filled.
+///
+/// On a list it accepts, [`scan_plain`] gives `Ok` and the same index (on the text before
+/// the `?`): every parameter is one it judges valid and records alike, and the first `?` of
+/// the text is the one found here, since a parameter character is not a `?`.
+#[inline]
+fn scan_clean(b: &[u8], to_question: bool, index: &mut ParamIndex) -> Option<usize> {
+    use super::scan::{class::PARAM, run};
+    let mut i = 0;
+    loop {
+        match b.get(i) {
+            None => return Some(i),
+            Some(b';') => {}
+            Some(b'?') if to_question => return Some(i),
+            Some(_) => return None,
+        }
+        let start = i + 1;
+        let name_end = run(b, start, PARAM);
+        if name_end == start {
+            return None;
+        }
+        let mut value = None;
+        i = name_end;
+        if b.get(name_end) == Some(&b'=') {
+            let v = name_end + 1;
+            i = run(b, v, PARAM);
+            if i == v {
+                return None;
+            }
+            value = Some((v, i));
+        }
+        index.record(&b[start..name_end], value);
+    }
+}
+
 /// [`validate_plain`], recording the [`INDEXED`] parameters in `index` as it goes.
 #[inline]
 fn scan_plain(b: &[u8], index: &mut ParamIndex) -> Option<Result<(), &'static str>> {
@@ -416,10 +541,10 @@ impl<'a> Uri<'a> {
         // The schemes nearly every URI has, without the general scheme checks they pass.
         let b = s.as_bytes();
         if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
-            return SipUri::parse_rest(&s[4..], false).map(Uri::Sip);
+            return SipUri::parse_rest(&s[4..], false);
         }
         if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
-            return SipUri::parse_rest(&s[5..], true).map(Uri::Sip);
+            return SipUri::parse_rest(&s[5..], true);
         }
         let colon = super::scan::find_byte(s, b':').ok_or("missing scheme")?;
         let scheme = &s[..colon];
@@ -433,9 +558,9 @@ impl<'a> Uri<'a> {
             return Err("bad scheme");
         }
         if scheme.eq_ignore_ascii_case("sip") {
-            SipUri::parse_rest(rest, false).map(Uri::Sip)
+            SipUri::parse_rest(rest, false)
         } else if scheme.eq_ignore_ascii_case("sips") {
-            SipUri::parse_rest(rest, true).map(Uri::Sip)
+            SipUri::parse_rest(rest, true)
         } else if scheme.eq_ignore_ascii_case("tel") {
             TelUri::parse_rest(rest).map(Uri::Tel)
         } else {
@@ -466,40 +591,39 @@ impl<'a> Uri<'a> {
 }
 
 impl<'a> SipUri<'a> {
-    /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon.
-    fn parse_rest(rest: &'a str, secure: bool) -> Result<SipUri<'a>, UriError> {
+    /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon. Built in place
+    /// as a [`Uri`]: wrapping a returned `SipUri` is a copy of it.
+    fn parse_rest(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
-        // One pass finds the '@' and the first ':' before it.
-        let mut at = None;
-        let mut colon = None;
-        for (i, &c) in rest.as_bytes().iter().enumerate() {
-            if c == b'@' {
-                at = Some(i);
-                break;
-            }
-            if c == b':' && colon.is_none() {
-                colon = Some(i);
-            }
-        }
+        // A user part without escapes or password ends at the first byte out of its class:
+        // when that is the '@', no search for it.
+        let b = rest.as_bytes();
+        let user_end = run(b, 0, class::USER);
+        let at = match b.get(user_end) {
+            Some(b'@') => Some(user_end),
+            _ => memchr::memchr(b'@', &b[user_end..]).map(|p| user_end + p),
+        };
         let (user, password, hostport_etc) = match at {
             Some(at) => {
-                let userinfo = &rest[..at];
-                let (user, password) = match colon {
-                    Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
-                    None => (userinfo, None),
-                };
-                if user.is_empty() {
+                let userinfo = &rest.as_bytes()[..at];
+                // The user part ends at the first ':' (the password follows): the first
+                // byte that is neither a user byte nor in a valid escape, if it is a ':'.
+                if matches!(userinfo.first(), None | Some(b':')) {
                     return Err("empty user part");
                 }
-                if !escaped_all(user, &USER_CHAR) {
-                    return Err("bad user part");
-                }
-                if let Some(p) = password {
-                    if !escaped_all(p, &PASSWORD_CHAR) {
-                        return Err("bad password");
+                let end = escaped_run(userinfo, class::USER);
+                let password = match userinfo.get(end) {
+                    None => None,
+                    Some(b':') => {
+                        let p = &rest[end + 1..at];
+                        if !escaped_all(p, class::PASSWORD) {
+                            return Err("bad password");
+                        }
+                        Some(p)
                     }
-                }
-                (Some(user), password, &rest[at + 1..])
+                    Some(_) => return Err("bad user part"),
+                };
+                (Some(&rest[..end]), password, &rest[at + 1..])
             }
             None => (None, None, rest),
         };
@@ -514,18 +638,13 @@ impl<'a> SipUri<'a> {
                 (host, port, hp_end)
             }
         };
-        let after = &hostport_etc[hp_end..];
-        let (params, headers) = match super::scan::find_byte(after, b'?') {
-            Some(q) => (&after[..q], Some(&after[q + 1..])),
-            None => (after, None),
-        };
-        let params = Params::checked(params)?;
+        let (params, headers) = Params::checked_with_headers(&hostport_etc[hp_end..])?;
         if let Some(h) = headers {
             if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'"') {
                 return Err("bad URI headers");
             }
         }
-        Ok(SipUri {
+        Ok(Uri::Sip(SipUri {
             secure,
             user,
             password,
@@ -533,7 +652,7 @@ impl<'a> SipUri<'a> {
             port,
             params,
             headers,
-        })
+        }))
     }
 
     /// The `transport` parameter, if any.
@@ -570,33 +689,13 @@ impl<'a> TelUri<'a> {
 /// which [`parse_hostport`] then reads, with the verdict it gives.
 fn scan_hostport(s: &str) -> Option<(Host<'_>, Option<u16>, usize)> {
     let b = s.as_bytes();
-    let mut digits_dots = true;
-    let mut name_chars = true;
-    let mut prev = 0u8;
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b':' || c == b';' || c == b'?' {
-            break;
-        }
-        digits_dots &= c.is_ascii_digit() || c == b'.';
-        name_chars &= HOST_CHAR[c as usize];
-        if c == b'.' && prev == b'.' {
-            name_chars = false;
-        }
-        prev = c;
-        i += 1;
-    }
-    let host_bytes = &b[..i];
-    if host_bytes.is_empty() || !name_chars {
+    let mut i = run(b, 0, class::HOST);
+    if !matches!(b.get(i), None | Some(b':' | b';' | b'?')) {
         return None;
     }
-    let host = match digits_dots.then(|| parse_ipv4(host_bytes)).flatten() {
-        Some(a) => Host::V4(a),
-        None if host_bytes[0] == b'.' || host_bytes[0] == b'-' => return None,
-        // `i` is on an ASCII byte (or the end): a char boundary.
-        None => Host::Name(s.get(..i)?),
-    };
+    let host = name_or_ipv4(&b[..i]).ok()?;
+    // `i` is on an ASCII byte (or the end): a char boundary.
+    let host = host.unwrap_or(Host::Name(s.get(..i)?));
     let mut port = None;
     if b.get(i) == Some(&b':') {
         i += 1;
@@ -651,11 +750,49 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
             .map(Host::V6)
             .map_err(|_| "bad IPv6 address");
     }
+    if !all(s.as_bytes(), class::HOST) {
+        return Err("bad host name");
+    }
+    match name_or_ipv4(s.as_bytes()) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Ok(Host::Name(s)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Judge `b`, non-empty host-name bytes ([`class::HOST`]): `Some` IPv4 address, `None`
+/// for a valid host name (`*( domainlabel "." ) toplabel [ "." ]`, '_' tolerated: seen in
+/// the wild), or the error.
+#[inline]
+fn name_or_ipv4(b: &[u8]) -> Result<Option<Host<'static>>, UriError> {
+    let Some(&first) = b.first() else {
+        return Err("empty host");
+    };
+    if first.is_ascii_digit() {
+        // Only digits and dots can make one: `parse_ipv4` refuses anything else.
+        if let Some(a) = parse_ipv4(b) {
+            return Ok(Some(Host::V4(a)));
+        }
+    }
+    if first == b'.' || first == b'-' || b.windows(2).any(|w| w[0] == b'.' && w[1] == b'.') {
+        return Err("bad host name");
+    }
+    Ok(None)
+}
+
+/// [`parse_host`] as it was before the class table: for the tests that compare.
+#[cfg(test)]
+fn parse_host_by_bytes(s: &str) -> Result<Host<'_>, UriError> {
+    if let Some(inner) = s.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("bad IPv6 reference")?;
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(Host::V6)
+            .map_err(|_| "bad IPv6 address");
+    }
     if s.is_empty() {
         return Err("empty host");
     }
-    // One pass: whether it can be a dotted quad, whether every byte is a host-name byte,
-    // whether two dots follow each other.
     let b = s.as_bytes();
     let mut digits_dots = true;
     let mut name_chars = true;
@@ -673,7 +810,6 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
             return Ok(Host::V4(a));
         }
     }
-    // hostname = *( domainlabel "." ) toplabel [ "." ]; '_' tolerated (seen in the wild).
     if !name_chars || b[0] == b'.' || b[0] == b'-' {
         return Err("bad host name");
     }
@@ -681,36 +817,42 @@ pub fn parse_host(s: &str) -> Result<Host<'_>, UriError> {
 }
 
 /// A dotted quad as `Ipv4Addr::from_str` reads it (four decimal octets of one to three
-/// digits, no leading zero, each at most 255), over bytes already known to be digits and
-/// dots: std's general parser walks the text again with a reader per octet.
+/// digits, no leading zero, each at most 255), in one walk over the bytes (`None` for any
+/// other byte): std's general parser walks the text with a reader per octet.
 fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    /// The octet at `b[*i..]`: `0`, or one to three digits without a leading zero, at
+    /// most 255 (what follows is the caller's to check).
+    #[inline(always)]
+    fn octet(b: &[u8], i: &mut usize) -> Option<u8> {
+        let digit = |c: Option<&u8>| c.map(|c| c.wrapping_sub(b'0')).filter(|&d| d < 10);
+        let first = digit(b.get(*i))?;
+        *i += 1;
+        let mut n = u16::from(first);
+        if first != 0 {
+            for _ in 0..2 {
+                let Some(d) = digit(b.get(*i)) else { break };
+                n = n * 10 + u16::from(d);
+                *i += 1;
+            }
+        }
+        u8::try_from(n).ok()
+    }
     let mut octets = [0u8; 4];
-    let mut k = 0;
     let mut i = 0;
-    loop {
-        let start = i;
-        let mut n: u16 = 0;
-        while i < b.len() && b[i].is_ascii_digit() && i - start < 3 {
-            n = n * 10 + u16::from(b[i] - b'0');
+    for (k, o) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
             i += 1;
         }
-        let digits = i - start;
-        if digits == 0 || n > 255 || (digits > 1 && b[start] == b'0') {
-            return None;
-        }
-        octets[k] = n as u8;
-        k += 1;
-        if k == 4 {
-            return (i == b.len()).then(|| Ipv4Addr::from(octets));
-        }
-        if b.get(i) != Some(&b'.') {
-            return None;
-        }
-        i += 1;
+        *o = octet(b, &mut i)?;
     }
+    (i == b.len()).then(|| Ipv4Addr::from(octets))
 }
 
 /// Bytes of a host name: alphanumerics, `-`, `.` and the tolerated `_`.
+#[cfg(test)]
 static HOST_CHAR: [bool; 256] = with_bytes(ALNUM, b"-._");
 
 /// `unreserved / escaped / user-unreserved` (RFC 3261 §25.1).
@@ -730,31 +872,30 @@ fn is_password_char(b: u8) -> bool {
     PASSWORD_CHAR[b as usize]
 }
 
-/// Every byte of `s` is in `table` (which holds `%`) and every `%` starts a `%XX` escape:
-/// `s.bytes().all(..) && escapes_valid(s)` in one pass.
-fn escaped_all(s: &str, table: &[bool; 256]) -> bool {
-    let b = s.as_bytes();
+/// The end of the run of class-`bit` bytes and valid `%XX` escapes that starts `b`.
+#[inline]
+fn escaped_run(b: &[u8], bit: u8) -> usize {
     let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'%' {
-            match (b.get(i + 1), b.get(i + 2)) {
-                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
-                _ => return false,
-            }
-        } else if table[c as usize] {
-            i += 1;
-        } else {
-            return false;
+    loop {
+        i = run(b, i, bit);
+        match b.get(i..i + 3) {
+            Some([b'%', h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+            _ => return i,
         }
     }
-    true
+}
+
+/// Every byte of `s` is in class `bit` or in a valid `%XX` escape: with the class of a
+/// table without `%`, `s.bytes().all(table) && escapes_valid(s)` in one pass.
+fn escaped_all(s: &str, bit: u8) -> bool {
+    escaped_run(s.as_bytes(), bit) == s.len()
 }
 
 /// `unreserved / escaped / user-unreserved`, `%` included (escapes are checked apart).
 static USER_CHAR: [bool; 256] = with_bytes(ALNUM, b"-_.!~*'()&=+$,;?/%");
 
 /// `unreserved / escaped / "&" / "=" / "+" / "$" / ","`, `%` included.
+#[cfg(test)]
 static PASSWORD_CHAR: [bool; 256] = with_bytes(ALNUM, b"-_.!~*'()%&=+$,");
 
 #[cfg(test)]
@@ -802,15 +943,223 @@ mod tests {
             let s = std::str::from_utf8(&b).expect("ASCII");
             let esc = crate::sip::scan::escapes_valid(s);
             assert_eq!(
-                escaped_all(s, &USER_CHAR),
+                escaped_all(s, class::USER),
                 s.bytes().all(is_user_char) && esc,
                 "{s:?}"
             );
             assert_eq!(
-                escaped_all(s, &PASSWORD_CHAR),
+                escaped_all(s, class::PASSWORD),
                 s.bytes().all(is_password_char) && esc,
                 "{s:?}"
             );
+        }
+    }
+
+    /// Each class bit of the table is the predicate or table it stands for, on all bytes.
+    #[test]
+    fn class_table_is_the_predicates() {
+        use crate::sip::scan::{is_lws, is_token, CLASS};
+        for b in 0..=255u8 {
+            let has = |bit: u8| CLASS[b as usize] & bit != 0;
+            assert_eq!(has(class::TOKEN), is_token(b), "{b:#04x}");
+            assert_eq!(has(class::PARAM), is_param_char(b), "{b:#04x}");
+            assert_eq!(has(class::HOST), HOST_CHAR[b as usize], "{b:#04x}");
+            assert_eq!(has(class::USER), is_user_unreserved(b), "{b:#04x}");
+            assert_eq!(has(class::PASSWORD), is_password_char(b) && b != b'%');
+            assert_eq!(has(class::LWS), is_lws(b), "{b:#04x}");
+            assert_eq!(has(class::DIGIT), b.is_ascii_digit(), "{b:#04x}");
+            // A run stops at the first byte out of the class, wherever it falls in the
+            // unrolled steps.
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut v = vec![b'a'; len];
+                    if at < len {
+                        v[at] = b;
+                    }
+                    let want = if at < len && !has(class::HOST) {
+                        at
+                    } else {
+                        len
+                    };
+                    assert_eq!(crate::sip::scan::run(&v, 0, class::HOST), want);
+                }
+            }
+        }
+    }
+
+    /// The packed match finds the slot the comparison does: every indexed name in every
+    /// case, and every name of up to 2 bytes, of up to 3 over letters and bytes next to
+    /// them, and every indexed name with one byte changed to any other.
+    #[test]
+    fn indexed_slot_is_the_comparison() {
+        let check = |n: &[u8]| assert_eq!(indexed_slot(n), indexed_slot_by_comparison(n), "{n:?}");
+        for name in INDEXED {
+            let b = name.as_bytes();
+            for mask in 0..1u32 << b.len() {
+                let v: Vec<u8> = (0..b.len())
+                    .map(|i| {
+                        if mask >> i & 1 == 1 {
+                            b[i].to_ascii_uppercase()
+                        } else {
+                            b[i]
+                        }
+                    })
+                    .collect();
+                check(&v);
+            }
+            for i in 0..b.len() {
+                for x in 0..=255u8 {
+                    let mut v = b.to_vec();
+                    v[i] = x;
+                    check(&v);
+                    v.push(x);
+                    check(&v);
+                    check(&v[1..]);
+                }
+            }
+        }
+        for x in 0..=255u8 {
+            check(&[x]);
+            for y in 0..=255u8 {
+                check(&[x, y]);
+            }
+        }
+        for v in strings_over(b"agitAGIT@`{[0\x7f\xe1", 3) {
+            check(&v);
+        }
+        check(b"");
+        check(b"transports");
+    }
+
+    /// What the clean-list pass accepts, the one-pass check accepts with the same index:
+    /// all strings of up to 7 bytes over the bytes that matter, with and without stopping
+    /// at a `?` (then the check runs on the text before the first `?`).
+    #[test]
+    fn clean_params_scan_is_the_plain_one() {
+        let alphabet = b";=l?r\" [:";
+        let mut accepted = 0;
+        for b in strings_over(alphabet, 7) {
+            for q in [false, true] {
+                let mut fast = ParamIndex::default();
+                let Some(end) = scan_clean(&b, q, &mut fast) else {
+                    continue;
+                };
+                accepted += 1;
+                let want_end = if q {
+                    b.iter().position(|&c| c == b'?').unwrap_or(b.len())
+                } else {
+                    b.len()
+                };
+                assert_eq!(end, want_end, "{b:?}");
+                let mut plain = ParamIndex::default();
+                assert_eq!(scan_plain(&b[..end], &mut plain), Some(Ok(())), "{b:?}");
+                assert_eq!(
+                    (fast.present, fast.valued, fast.at),
+                    (plain.present, plain.valued, plain.at),
+                    "{b:?}"
+                );
+            }
+        }
+        assert!(accepted > 10_000, "{accepted}");
+    }
+
+    /// A URI's parameters and headers split and check as they did with a search for the
+    /// first `?` and `checked` on what precedes it: all strings of up to 6 bytes over the
+    /// bytes that matter.
+    #[test]
+    fn params_with_headers_are_the_split_then_check() {
+        for b in strings_over(b";=t?\" a", 6) {
+            let s = std::str::from_utf8(&b).expect("ASCII");
+            let (p, h) = match s.find('?') {
+                Some(q) => (&s[..q], Some(&s[q + 1..])),
+                None => (s, None),
+            };
+            let want = Params::checked(p).map(|p| (p, h));
+            let got = Params::checked_with_headers(s);
+            assert_eq!(got, want, "{s:?}");
+            if let (Ok((g, _)), Ok((w, _))) = (got, want) {
+                assert_eq!(g.as_str(), w.as_str(), "{s:?}");
+                for name in ["tag", "t", "TAG", "a"] {
+                    assert_eq!(g.get(name), w.get(name), "{s:?} {name}");
+                }
+            }
+        }
+    }
+
+    /// The user part and password split and check as the byte walk they replace did (one
+    /// pass for the first '@' and the first ':' before it, then the escape checks): all
+    /// strings of up to 6 bytes over the bytes that matter.
+    #[test]
+    fn userinfo_is_the_byte_walk() {
+        /// The user, the password and what follows the '@'.
+        type Split<'a> = Option<(&'a str, Option<&'a str>, &'a str)>;
+        fn by_bytes(rest: &str) -> Result<Split<'_>, UriError> {
+            let at = rest.find('@');
+            let Some(at) = at else { return Ok(None) };
+            let userinfo = &rest[..at];
+            let (user, password) = match userinfo.find(':') {
+                Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
+                None => (userinfo, None),
+            };
+            let esc = crate::sip::scan::escapes_valid;
+            if user.is_empty() {
+                return Err("empty user part");
+            }
+            if !(user.bytes().all(is_user_char) && esc(user)) {
+                return Err("bad user part");
+            }
+            if let Some(p) = password {
+                if !(p.bytes().all(is_password_char) && esc(p)) {
+                    return Err("bad password");
+                }
+            }
+            Ok(Some((user, password, &rest[at + 1..])))
+        }
+        let mut with_user = 0;
+        for b in strings_over(b"a:%4@;?h", 6) {
+            let s = std::str::from_utf8(&b).expect("ASCII");
+            let got = Uri::parse(&format!("sip:{s}")).map(|u| match u {
+                Uri::Sip(u) => (u.user.map(String::from), u.password.map(String::from)),
+                _ => unreachable!("a sip: URI"),
+            });
+            match by_bytes(s) {
+                Err(e) => assert_eq!(got, Err(e), "{s:?}"),
+                Ok(Some((user, password, hostport))) if !hostport.contains('@') => {
+                    with_user += 1;
+                    let rest = Uri::parse(&format!("sip:{hostport}")).map(|_| ());
+                    match got {
+                        Ok((u, p)) => {
+                            assert_eq!((u.as_deref(), p.as_deref()), (Some(user), password));
+                            assert_eq!(rest, Ok(()), "{s:?}");
+                        }
+                        Err(e) => assert_eq!(rest, Err(e), "{s:?}"),
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => assert!(got.map_or(true, |(u, p)| u.is_none() && p.is_none())),
+            }
+        }
+        assert!(with_user > 10_000, "{with_user}");
+    }
+
+    /// `parse_host` gives the verdict of the byte-by-byte version it replaced.
+    #[test]
+    fn parse_host_is_the_byte_walk() {
+        for b in strings_over(b"a1.-_:[]9 ", 6) {
+            let s = std::str::from_utf8(&b).expect("ASCII");
+            assert_eq!(parse_host(s), parse_host_by_bytes(s), "{s:?}");
+        }
+        for s in [
+            "1.2.3.4",
+            "1.2.3.04",
+            "256.1.1.1",
+            "[::1]",
+            "a..b",
+            "-a",
+            "a-",
+            "\u{e9}",
+        ] {
+            assert_eq!(parse_host(s), parse_host_by_bytes(s), "{s:?}");
         }
     }
 

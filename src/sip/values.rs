@@ -5,7 +5,7 @@
 use super::error::{ParseError, Where};
 use super::header::HeaderName;
 use super::message::Message;
-use super::scan::{self, is_lws, quoted_end, trim_lws, trim_lws_start};
+use super::scan::{self, class, is_lws, quoted_end, run, trim_lws, trim_lws_start};
 use super::uri::{parse_host, Host, Params, Uri};
 
 /// One Via value (RFC 3261 §20.42).
@@ -42,10 +42,12 @@ impl<'a> Via<'a> {
         }
         let rest = trim_lws_start(rest);
         // sent-by = host [ COLON port ], with SWS allowed around the colon
-        let end = rest
-            .bytes()
-            .position(|c| c == b';' || c.is_ascii_whitespace())
-            .unwrap_or(rest.len());
+        // Host bytes are neither: the search starts after them.
+        let host_end = run(rest.as_bytes(), 0, class::HOST);
+        let end = rest.as_bytes()[host_end..]
+            .iter()
+            .position(|&c| c == b';' || c.is_ascii_whitespace())
+            .map_or(rest.len(), |p| host_end + p);
         let (mut hostport, mut after) = rest.split_at(end);
         let trimmed_after = trim_lws_start(after);
         let joined;
@@ -148,12 +150,14 @@ fn parse_sent_by<'a>(
 
 /// Leading LWS, then a token; returns it and the rest.
 fn take_token(s: &str) -> Option<(&str, &str)> {
-    let s = trim_lws_start(s);
-    let n = s.bytes().take_while(|&b| scan::is_token(b)).count();
-    if n == 0 {
+    let b = s.as_bytes();
+    let start = run(b, 0, class::LWS);
+    let end = run(b, start, class::TOKEN);
+    if end == start {
         return None;
     }
-    Some(s.split_at(n))
+    // Both ends are on ASCII bytes (or the end): char boundaries.
+    Some((s.get(start..end)?, s.get(end..)?))
 }
 
 /// Leading LWS, then the byte `c`; returns the rest.
@@ -195,7 +199,7 @@ impl<'a> NameAddr<'a> {
             (Some(&v[1..q - 1]), rest, true)
         } else if let Some(lt) = scan::find_byte(v, b'<') {
             let d = trim_lws(&v[..lt]);
-            if !d.bytes().all(|b| scan::is_token(b) || is_lws(b)) {
+            if !scan::all(d.as_bytes(), class::TOKEN | class::LWS) {
                 return Err(err("display name is neither a token list nor quoted"));
             }
             (if d.is_empty() { None } else { Some(d) }, &v[lt..], true)
@@ -203,7 +207,7 @@ impl<'a> NameAddr<'a> {
             (None, v, false)
         };
         let (uri_str, after) = if angle {
-            let gt = scan::find_byte(rest, b'>').ok_or(err("missing '>'"))?;
+            let gt = memchr::memchr(b'>', rest.as_bytes()).ok_or(err("missing '>'"))?;
             (&rest[1..gt], trim_lws_start(&rest[gt + 1..]))
         } else {
             // addr-spec: the URI cannot contain ';', ',' or '?' (RFC 3261 §20); params follow.
