@@ -105,50 +105,50 @@ impl HeaderName {
             Some(f) => f,
             None => return Other,
         };
-        let (candidate, lower): (HeaderName, &'static [u8]) = match (name.len(), first | 0x20) {
+        let candidate = match (name.len(), first | 0x20) {
             (1, c) => return compact(c),
-            (2, b't') => (To, b"to"),
-            (3, b'v') => (Via, b"via"),
-            (4, b'f') => (From, b"from"),
-            (4, b'c') => (CSeq, b"cseq"),
-            (4, b'p') => (Path, b"path"),
-            (4, b'd') => (Date, b"date"),
-            (5, b'r') => (Route, b"route"),
-            (5, b'a') => (Allow, b"allow"),
-            (5, b'e') => (Event, b"event"),
-            (6, b'a') => (Accept, b"accept"),
-            (6, b's') => (Server, b"server"),
+            (2, b't') => To,
+            (3, b'v') => Via,
+            (4, b'f') => From,
+            (4, b'c') => CSeq,
+            (4, b'p') => Path,
+            (4, b'd') => Date,
+            (5, b'r') => Route,
+            (5, b'a') => Allow,
+            (5, b'e') => Event,
+            (6, b'a') => Accept,
+            (6, b's') => Server,
             // Contact and Call-ID share length and first letter.
-            (7, b'c') if name[1] | 0x20 == b'o' => (Contact, b"contact"),
-            (7, b'c') => (CallId, b"call-id"),
-            (7, b'e') => (Expires, b"expires"),
-            (7, b'r') => (Require, b"require"),
-            (7, b's') => (Subject, b"subject"),
-            (8, b'r') => (ReferTo, b"refer-to"),
-            (8, b'i') => (Identity, b"identity"),
-            (9, b's') => (Supported, b"supported"),
-            (10, b'u') => (UserAgent, b"user-agent"),
-            (11, b'm') => (MinExpires, b"min-expires"),
-            (11, b'r') => (ReferredBy, b"referred-by"),
-            (11, b'u') => (Unsupported, b"unsupported"),
-            (12, b'm') => (MaxForwards, b"max-forwards"),
-            (12, b'r') => (RecordRoute, b"record-route"),
-            (12, b'c') => (ContentType, b"content-type"),
-            (12, b'a') => (AllowEvents, b"allow-events"),
-            (13, b'p') => (ProxyRequire, b"proxy-require"),
-            (13, b'a') => (Authorization, b"authorization"),
-            (14, b'c') => (ContentLength, b"content-length"),
-            (14, b'a') => (AcceptContact, b"accept-contact"),
-            (14, b'r') => (RejectContact, b"reject-contact"),
-            (15, b's') => (SessionExpires, b"session-expires"),
-            (16, b'c') => (ContentEncoding, b"content-encoding"),
-            (16, b'w') => (WwwAuthenticate, b"www-authenticate"),
-            (18, b'p') => (ProxyAuthenticate, b"proxy-authenticate"),
-            (19, b'r') => (RequestDisposition, b"request-disposition"),
-            (19, b'p') => (ProxyAuthorization, b"proxy-authorization"),
+            (7, b'c') if name[1] | 0x20 == b'o' => Contact,
+            (7, b'c') => CallId,
+            (7, b'e') => Expires,
+            (7, b'r') => Require,
+            (7, b's') => Subject,
+            (8, b'r') => ReferTo,
+            (8, b'i') => Identity,
+            (9, b's') => Supported,
+            (10, b'u') => UserAgent,
+            (11, b'm') => MinExpires,
+            (11, b'r') => ReferredBy,
+            (11, b'u') => Unsupported,
+            (12, b'm') => MaxForwards,
+            (12, b'r') => RecordRoute,
+            (12, b'c') => ContentType,
+            (12, b'a') => AllowEvents,
+            (13, b'p') => ProxyRequire,
+            (13, b'a') => Authorization,
+            (14, b'c') => ContentLength,
+            (14, b'a') => AcceptContact,
+            (14, b'r') => RejectContact,
+            (15, b's') => SessionExpires,
+            (16, b'c') => ContentEncoding,
+            (16, b'w') => WwwAuthenticate,
+            (18, b'p') => ProxyAuthenticate,
+            (19, b'r') => RequestDisposition,
+            (19, b'p') => ProxyAuthorization,
             _ => return Other,
         };
-        if eq_lower(name, lower) {
+        if eq_ignore_case(name, candidate.as_str().as_bytes()) {
             candidate
         } else {
             Other
@@ -184,14 +184,14 @@ fn compact(c: u8) -> HeaderName {
     }
 }
 
-/// `name.eq_ignore_ascii_case(lower)` for a `lower` of the same length (2 to 24 bytes) made of
-/// lower-case letters and `-`, compared a word at a time: a letter of `lower` matches either
-/// case (the 0x20 bit is forced on in `name`), a `-` matches only itself. Overlapping loads
-/// cover lengths that are not a multiple of the word.
+/// `name.eq_ignore_ascii_case(known)` for a `known` name (2 to 24 bytes of letters and
+/// `-`, as [`HeaderName::as_str`] spells it), compared a word at a time: the 0x20 bit is
+/// forced on under each letter of `known` in both words (any case matches), a `-` matches
+/// only itself. Overlapping loads cover lengths that are not a multiple of the word.
 #[inline]
-fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
-    /// The bits to force on in a word of `name` before comparing with the word of `lower`:
-    /// 0x20 under each letter (bit 0x40 set: letters), nothing under `-` (0x2d).
+fn eq_ignore_case(name: &[u8], known: &[u8]) -> bool {
+    /// The bits to force on in a word before comparing: 0x20 under each letter of `known`
+    /// (bit 0x40 set: letters), nothing under `-` (0x2d).
     #[inline]
     fn fold(w: u64) -> u64 {
         (w & 0x4040_4040_4040_4040) >> 1
@@ -205,23 +205,24 @@ fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
         u64::from_le_bytes(a)
     }
     #[inline]
-    fn same<const N: usize>(name: &[u8], lower: &[u8], at: usize) -> bool {
-        let l = word::<N>(lower, at);
-        word::<N>(name, at) | fold(l) == l
+    fn same<const N: usize>(name: &[u8], known: &[u8], at: usize) -> bool {
+        let k = word::<N>(known, at);
+        let f = fold(k);
+        word::<N>(name, at) | f == k | f
     }
     let n = name.len();
-    if n != lower.len() {
+    if n != known.len() {
         return false;
     }
     match n {
-        0 | 1 => name.eq_ignore_ascii_case(lower),
-        2..=3 => same::<2>(name, lower, 0) && same::<2>(name, lower, n - 2),
-        4..=7 => same::<4>(name, lower, 0) && same::<4>(name, lower, n - 4),
-        8..=16 => same::<8>(name, lower, 0) && same::<8>(name, lower, n - 8),
+        0 | 1 => name.eq_ignore_ascii_case(known),
+        2..=3 => same::<2>(name, known, 0) && same::<2>(name, known, n - 2),
+        4..=7 => same::<4>(name, known, 0) && same::<4>(name, known, n - 4),
+        8..=16 => same::<8>(name, known, 0) && same::<8>(name, known, n - 8),
         17..=24 => {
-            same::<8>(name, lower, 0) && same::<8>(name, lower, 8) && same::<8>(name, lower, n - 8)
+            same::<8>(name, known, 0) && same::<8>(name, known, 8) && same::<8>(name, known, n - 8)
         }
-        _ => name.eq_ignore_ascii_case(lower),
+        _ => name.eq_ignore_ascii_case(known),
     }
 }
 
