@@ -488,7 +488,7 @@ fn scan_plain(b: &[u8], index: &mut ParamIndex) -> Option<Result<(), &'static st
 
 /// Token chars plus the URI `param-unreserved` set and `%` escapes, as a table (checked
 /// for every byte of every parameter a message is validated with).
-static PARAM_CHAR: [bool; 256] = with_bytes(super::scan::TOKEN_CHARS, b"[]/:&$()@");
+static PARAM_CHAR: [bool; 256] = with_bytes(super::scan::TOKEN_CHARS, super::scan::PARAM_EXTRA);
 
 #[inline(always)]
 fn is_param_char(b: u8) -> bool {
