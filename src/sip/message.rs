@@ -731,21 +731,21 @@ impl Message {
 
     /// The value of a field that may appear once. `DuplicateHeader` when it appears twice.
     pub fn single(&self, name: HeaderName) -> Result<Option<&str>, ParseError> {
-        let mut it = self.header_values(name);
-        let first = it.next();
-        if first.is_some() && it.next().is_some() {
-            return Err(ParseError::DuplicateHeader {
-                name: name.as_str(),
-            });
-        }
-        Ok(first)
+        self.slot(name).single(name)
     }
 
     /// Like [`single`](Self::single) but the field is required.
     pub fn required(&self, name: HeaderName) -> Result<&str, ParseError> {
-        self.single(name)?.ok_or(ParseError::MissingHeader {
-            name: name.as_str(),
-        })
+        self.slot(name).required(name)
+    }
+
+    /// The field's one value, or that it is absent or repeated (its first two lines read).
+    fn slot(&self, name: HeaderName) -> Slot<'_> {
+        let mut slot = Slot::Absent;
+        for v in self.header_values(name).take(2) {
+            slot.add(v);
+        }
+        slot
     }
 
     /// Every Via value, top first, across lines and commas.
@@ -1047,7 +1047,7 @@ impl<'a> Slot<'a> {
         };
     }
 
-    /// [`Message::single`]'s answer.
+    /// [`Message::single`]'s answer (absent: `None`; repeated: an error).
     fn single(self, name: HeaderName) -> Result<Option<&'a str>, ParseError> {
         match self {
             Slot::Absent => Ok(None),
@@ -1058,7 +1058,7 @@ impl<'a> Slot<'a> {
         }
     }
 
-    /// [`Message::required`]'s answer.
+    /// [`Message::required`]'s answer (absent or repeated: an error).
     fn required(self, name: HeaderName) -> Result<&'a str, ParseError> {
         self.single(name)?.ok_or(ParseError::MissingHeader {
             name: name.as_str(),
