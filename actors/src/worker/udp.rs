@@ -48,8 +48,8 @@ pub(super) struct Outbox {
 }
 
 /// Most bytes gathered into one handover to a stream: the plaintext of one TLS record
-/// (as the connection's own `coalesce_front`).
-const STREAM_BATCH_MAX: usize = 16 * 1024;
+/// (the connection's own `coalesce_front` gathers its writes up to it too).
+pub(crate) const STREAM_BATCH_MAX: usize = 16 * 1024;
 
 /// An empty vector with `v`'s allocation, for items of the same type but another lifetime:
 /// std collects a consumed vector into one of the same layout in place.

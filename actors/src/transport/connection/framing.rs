@@ -148,10 +148,7 @@ impl Connection {
                 }
                 Ok(Some(Frame::Ping)) => {
                     // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
-                    let pong = Bytes::from_static(b"\r\n");
-                    self.worker.take_replies(&mut self.wq);
-                    self.shared.bytes.fetch_add(pong.len(), Ordering::AcqRel);
-                    self.wq.push_back(pong);
+                    self.enqueue(Bytes::from_static(b"\r\n"));
                 }
                 Ok(Some(Frame::Pong)) => {}
                 Ok(Some(Frame::Malformed { bytes, error })) => {
@@ -186,9 +183,7 @@ impl Connection {
         drop(snap);
         match action {
             Action::Send { dest, bytes } if dest.connection() == Some(self.id()) => {
-                self.worker.take_replies(&mut self.wq);
-                self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-                self.wq.push_back(bytes);
+                self.enqueue(bytes)
             }
             other => self.worker.execute_simple(other, &inbound),
         }
@@ -211,14 +206,18 @@ impl Connection {
         ok
     }
 
+    /// Queues `bytes` for this connection after what the worker holds for it (replies to
+    /// the messages read so far), so that they leave in the order they were sent.
     pub(super) fn enqueue(&mut self, bytes: Bytes) {
+        self.worker.take_replies(&mut self.wq);
         self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wq.push_back(bytes);
     }
 }
 
-/// Most bytes gathered into one write: the plaintext of one TLS record.
-const COALESCE_MAX: usize = 16 * 1024;
+/// Most bytes gathered into one write: the plaintext of one TLS record (the bound of the
+/// worker's batches too).
+const COALESCE_MAX: usize = crate::worker::udp::STREAM_BATCH_MAX;
 
 /// Gathers the messages at the front of the write queue into one buffer (up to
 /// [`COALESCE_MAX`]), so that what piled up since the last write leaves in one TLS record
