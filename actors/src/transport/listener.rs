@@ -193,7 +193,7 @@ impl Listener {
 
     fn on_datagram(&mut self, slot: usize, n: usize, peer: SocketAddr) {
         let at = slot * UDP_MAX;
-        let bytes = Bytes::copy_from_slice(&self.buf[at..at + n.min(UDP_MAX)]);
+        let data = &self.buf[at..at + n.min(UDP_MAX)];
         let inbound = Inbound {
             transport: Transport::Udp,
             source: peer,
@@ -201,12 +201,15 @@ impl Listener {
             conn: None,
         };
         let snap = self.worker.shared.snapshot.load();
-        match Message::parse_datagram(bytes.clone(), &snap.limits) {
+        // The message owns its copy; the receive buffer still holds the bytes for the
+        // answer to one that does not parse (no second reference to count).
+        match Message::parse_datagram(Bytes::copy_from_slice(data), &snap.limits) {
             Ok(msg) => {
                 drop(snap);
                 self.worker.on_message(msg, inbound, None);
             }
             Err(e) => {
+                let bytes = Bytes::copy_from_slice(data);
                 inc(&self.worker.shared.stats.udp_unparsable);
                 // Keepalives (RFC 5626 §4.4.1 CRLF over UDP) are not errors worth a log.
                 if bytes.iter().any(|b| !b.is_ascii_whitespace()) {

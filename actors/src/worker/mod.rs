@@ -505,16 +505,16 @@ impl Worker {
                 Err(b) => bytes = b,
             }
             if let Some(h) = table.get(id) {
-                match self.send_conn(h, bytes.clone()) {
+                match self.send_conn(h, bytes) {
                     Ok(()) => return,
                     // The peer is not reading (or not connected yet): do not open a
                     // second connection to it.
-                    Err(SendError::QueueFull | SendError::Backlogged) => {
+                    Err((SendError::QueueFull | SendError::Backlogged, _)) => {
                         inc(&self.shared.stats.send_failures);
                         return;
                     }
                     // Closed meanwhile: RFC 3261 §18.2.2, open a new one to the address.
-                    Err(SendError::Closed) => {}
+                    Err((SendError::Closed, b)) => bytes = b,
                 }
             }
         }

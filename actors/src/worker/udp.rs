@@ -113,12 +113,17 @@ impl Worker {
     /// its end (accounted now, so a full queue is refused now): the messages of one round
     /// for one stream reach it in one mailbox message and one wakeup of its worker, and
     /// the buffers freed are the ones this worker allocated.
-    pub(super) fn send_conn(&self, h: ConnHandle, bytes: Bytes) -> Result<(), SendError> {
-        if self.outbox.depth.get() == 0 {
-            return h.send(bytes);
+    ///
+    /// A refused message is given back with the reason (no copy kept for the retry).
+    pub(super) fn send_conn(&self, h: ConnHandle, bytes: Bytes) -> Result<(), (SendError, Bytes)> {
+        if let Err(e) = h.admit(bytes.len()) {
+            return Err((e, bytes));
         }
-        h.admit(bytes.len())?;
-        self.outbox.streams.borrow_mut().push(Some((h, bytes)));
+        if self.outbox.depth.get() == 0 {
+            h.deliver(bytes);
+        } else {
+            self.outbox.streams.borrow_mut().push(Some((h, bytes)));
+        }
         Ok(())
     }
 
