@@ -177,7 +177,7 @@ impl Shared {
             idle_timeouts: g(&s.idle_timeouts),
             message_timeouts: g(&s.message_timeouts),
             framing_errors: g(&s.framing_errors),
-            messages_in: g(&s.messages_in),
+            messages_in: s.sip.messages_in(),
             udp_unparsable: g(&s.udp_unparsable),
             dropped: g(&s.dropped),
             responses_unmatched: g(&s.responses_unmatched),

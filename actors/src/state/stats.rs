@@ -36,7 +36,6 @@ pub struct Stats {
     /// their source IP buffered more than `max_partial_bytes_per_ip` of unfinished ones.
     pub(crate) message_timeouts: AtomicU64,
     pub(crate) framing_errors: AtomicU64,
-    pub(crate) messages_in: AtomicU64,
     pub(crate) udp_unparsable: AtomicU64,
     pub(crate) dropped: AtomicU64,
     /// Responses that matched nothing siprox sent (also counted in `dropped`).
@@ -55,7 +54,8 @@ pub struct Stats {
     pub(crate) tls_handshakes: AtomicU64,
     /// Failed TLS handshakes by [`TlsFailureLabel`] (its discriminant is the index).
     pub(crate) tls_failures: [AtomicU64; 4],
-    /// Requests by method and responses sent by status code (for `/metrics`).
+    /// Messages received, requests by method and responses sent by status code (for
+    /// `/metrics`), counted by each worker apart.
     pub(crate) sip: SipCounts,
 }
 
@@ -78,59 +78,106 @@ pub const METHOD_NAMES: [&str; 15] = [
     "other",
 ];
 
-/// Requests received by method, responses sent by code: fixed arrays of relaxed atomics,
-/// so counting is one uncontended add on the hot path, no map, no lock.
+/// How many sets of [`SipCounts`] there are: workers count into set `index % SIP_SHARDS`.
+const SIP_SHARDS: usize = 8;
+
+/// Messages received, requests by method, responses sent by code: the counters bumped for
+/// every message. One set per worker (a worker's index picks it), each on cache lines of
+/// its own, summed when read: the workers, which count all the time, never write to the
+/// same cache line (a shared counter's line moves between their cores on every message).
 #[derive(Debug)]
 pub struct SipCounts {
-    pub(crate) requests: [AtomicU64; 15],
+    shards: Box<[SipShard]>,
+}
+
+/// One worker's [`SipCounts`]; aligned so that no two sets share a (prefetched pair of)
+/// cache line(s).
+#[derive(Debug)]
+#[repr(align(128))]
+struct SipShard {
+    messages_in: AtomicU64,
+    requests: [AtomicU64; 15],
     /// Index: status code - 100 (100..=699).
-    pub(crate) replies: Box<[AtomicU64]>,
+    replies: [AtomicU64; 600],
 }
 
 impl Default for SipCounts {
     fn default() -> Self {
         SipCounts {
-            requests: std::array::from_fn(|_| AtomicU64::new(0)),
-            replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            shards: (0..SIP_SHARDS)
+                .map(|_| SipShard {
+                    messages_in: AtomicU64::new(0),
+                    requests: std::array::from_fn(|_| AtomicU64::new(0)),
+                    replies: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
         }
     }
 }
 
 impl SipCounts {
-    pub(crate) fn request(&self, m: siprox::sip::Method) {
-        if let Some(c) = self.requests.get(m as usize) {
+    fn shard(&self, worker: usize) -> &SipShard {
+        &self.shards[worker % SIP_SHARDS]
+    }
+
+    /// Counts a message received by `worker` (any transport; request or response).
+    pub(crate) fn message_in(&self, worker: usize) {
+        self.shard(worker)
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request(&self, worker: usize, m: siprox::sip::Method) {
+        if let Some(c) = self.shard(worker).requests.get(m as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Counts a response about to be sent, read from its status line.
-    pub(crate) fn reply_bytes(&self, bytes: &[u8]) {
+    /// Counts a response about to be sent by `worker`, read from its status line.
+    pub(crate) fn reply_bytes(&self, worker: usize, bytes: &[u8]) {
         let Some(code) = bytes.strip_prefix(b"SIP/2.0 ").and_then(|r| r.get(..3)) else {
             return;
         };
         if let Ok(code) = std::str::from_utf8(code).unwrap_or("").parse::<usize>() {
-            if let Some(c) = code.checked_sub(100).and_then(|i| self.replies.get(i)) {
+            if let Some(c) = code
+                .checked_sub(100)
+                .and_then(|i| self.shard(worker).replies.get(i))
+            {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// SIP messages received, all workers.
+    pub fn messages_in(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.messages_in.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The sum over the workers of one counter of each set.
+    fn total(&self, f: impl Fn(&SipShard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// (method, count) pairs with a non-zero count.
     pub fn requests(&self) -> Vec<(&'static str, u64)> {
         METHOD_NAMES
             .iter()
-            .zip(self.requests.iter())
-            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .enumerate()
+            .map(|(i, n)| (*n, self.total(|s| &s.requests[i])))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
 
     /// (code, count) pairs with a non-zero count.
     pub fn replies(&self) -> Vec<(u16, u64)> {
-        self.replies
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (i as u16 + 100, c.load(Ordering::Relaxed)))
+        (0..600)
+            .map(|i| (i as u16 + 100, self.total(|s| &s.replies[i])))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -302,6 +349,33 @@ mod tests {
             names,
             ["timeout", "certificate", "unrecognized_name", "other"]
         );
+    }
+}
+
+#[cfg(test)]
+mod sip_counts_tests {
+    use super::*;
+    use siprox::sip::Method;
+
+    #[test]
+    fn each_worker_counts_apart_and_reads_sum_them() {
+        let c = SipCounts::default();
+        // Workers 1 and 1 + SIP_SHARDS share a set; 0 has its own.
+        for w in [0, 1, 1 + SIP_SHARDS] {
+            c.message_in(w);
+            c.request(w, Method::Invite);
+            c.reply_bytes(w, b"SIP/2.0 200 OK\r\n");
+        }
+        c.request(1, Method::Bye);
+        c.reply_bytes(0, b"SIP/2.0 180 Ringing\r\n");
+        c.reply_bytes(0, b"not a status line");
+        assert_eq!(c.messages_in(), 3);
+        assert_eq!(c.requests(), [("INVITE", 3), ("BYE", 1)]);
+        assert_eq!(c.replies(), [(180, 1), (200, 3)]);
+        let a = &c.shards[0] as *const SipShard as usize;
+        let b = &c.shards[1] as *const SipShard as usize;
+        assert_eq!(a % 128, 0);
+        assert!(b - a >= 128);
     }
 }
 

@@ -182,9 +182,10 @@ impl Worker {
         inbound: Inbound,
         tls: Option<Arc<TlsFacts>>,
     ) {
-        inc(&self.shared.stats.messages_in);
+        let sip = &self.shared.stats.sip;
+        sip.message_in(self.index);
         if let Some(m) = msg.method_kind() {
-            self.shared.stats.sip.request(m);
+            sip.request(self.index, m);
         }
         let snap = self.shared.snapshot.load();
         if msg.is_request() {
@@ -366,7 +367,7 @@ impl Worker {
         inbound: &Inbound,
         tls: Option<&TlsFacts>,
     ) -> HttpDecision {
-        inc(&self.shared.stats.messages_in);
+        self.shared.stats.sip.message_in(self.index);
         let snap = self.shared.snapshot.load();
         let env = script::bare_env(&self.shared);
         host::run_http(&snap.scripts, &snap.proxy, &env, msg, inbound, tls)
@@ -470,7 +471,7 @@ impl Worker {
     /// if given, else the first of the destination's address family), or through the
     /// connection table (the given connection if open, else one to the destination).
     pub(crate) fn send(self: &Rc<Self>, dest: Destination, bytes: Bytes, from: Option<SocketAddr>) {
-        self.shared.stats.sip.reply_bytes(&bytes);
+        self.shared.stats.sip.reply_bytes(self.index, &bytes);
         match dest.transport {
             Transport::Udp => match dest.socket_addr() {
                 Some(to) => self.send_udp(to, bytes, from),
