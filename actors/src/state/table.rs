@@ -10,6 +10,7 @@
 //! on every access; with short sections and few writers (connects/closes, not messages)
 //! the sharded map is simpler and has been battle-tested in many proxies.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -298,8 +299,36 @@ impl ConnHandle {
 /// pointer per entry).
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
-    by_id: DashMap<ConnId, ConnHandle>,
+    /// Looked up for every response to a stream: hashed with [`IdHasher`].
+    by_id: DashMap<ConnId, ConnHandle, BuildHasherDefault<IdHasher>>,
     by_peer: DashMap<PeerKey, ConnHandle>,
+}
+
+/// The hash of a [`ConnId`]: one multiplication (Fibonacci hashing) instead of SipHash.
+/// Ids are numbered by siprox, never chosen by a peer, so no key can be crafted to collide;
+/// the product's high bits (which pick the shard and the control byte) mix every bit of
+/// the id, and its low bits (which pick the bucket) run through every value for
+/// consecutive ids.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    /// Not used by `ConnId` (a `u64`); any other input still hashes, 8 bytes at a time.
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
 }
 
 impl ConnectionTable {
@@ -383,5 +412,29 @@ impl ConnectionTable {
         let mut v: Vec<ConnInfo> = self.by_id.iter().map(|e| e.value().info()).collect();
         v.sort_by_key(|i| i.id.0);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::{BuildHasher, Hash};
+
+    fn hash(id: u64) -> u64 {
+        BuildHasherDefault::<IdHasher>::default().hash_one(ConnId(id))
+    }
+
+    #[test]
+    fn consecutive_ids_spread_over_shards_and_buckets() {
+        let hs: Vec<u64> = (1..=1024).map(hash).collect();
+        // dashmap picks the shard from the bits below the top 7 (8 shards: 3 bits).
+        let shards: std::collections::HashSet<u64> = hs.iter().map(|h| (h << 7) >> 61).collect();
+        assert_eq!(shards.len(), 8);
+        // hashbrown picks the bucket from the low bits: 1024 ids, 1024 buckets.
+        let buckets: std::collections::HashSet<u64> = hs.iter().map(|h| h & 1023).collect();
+        assert_eq!(buckets.len(), 1024);
+        let mut h = IdHasher::default();
+        7u64.hash(&mut h);
+        assert_eq!(h.finish(), hash(7));
     }
 }
