@@ -107,11 +107,12 @@ impl ConnShared {
     /// The read buffer now holds part of a message: `started` says whether that message
     /// began with this read (the previous one completed, or none was pending).
     pub(crate) fn partial(&self, pending: bool, started: bool) {
-        let now = clock_ms().max(1);
         if !pending {
             self.partial_since.store(0, Ordering::Relaxed);
         } else if started || self.partial_since.load(Ordering::Relaxed) == 0 {
-            self.partial_since.store(now, Ordering::Relaxed);
+            // The clock is read only for a message left unfinished (rare between reads).
+            self.partial_since
+                .store(clock_ms().max(1), Ordering::Relaxed);
         }
     }
 

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use siprox::proxy::{
     Action, ConnId, Destination, ForwardOpts, Inbound, NextHop, Proxy, Target, Transport,
 };
@@ -72,7 +72,14 @@ pub struct Worker {
     reading: RefCell<Option<ConnHandle>>,
     /// What was sent to `reading` meanwhile (accounted, not yet in its write queue).
     replies: RefCell<Vec<Bytes>>,
+    /// An empty read buffer a stream gave back when it had nothing more to read, for the
+    /// next stream of this worker that reads (see [`Self::take_read_buf`]).
+    read_buf: RefCell<BytesMut>,
 }
+
+/// Largest read buffer a worker keeps between reads (a larger one, grown by a large
+/// message, is freed).
+const READ_BUF_KEEP_MAX: usize = 16 * 1024;
 
 impl Worker {
     pub(crate) fn new(
@@ -93,6 +100,23 @@ impl Worker {
             outbox: udp::Outbox::default(),
             reading: RefCell::new(None),
             replies: RefCell::new(Vec::new()),
+            read_buf: RefCell::new(BytesMut::new()),
+        }
+    }
+
+    /// A read buffer for a stream that has none (empty; no capacity if none is kept):
+    /// streams read one at a time on this thread, so one buffer serves them in turn
+    /// instead of one allocation per read, while idle streams hold none.
+    pub(crate) fn take_read_buf(&self) -> BytesMut {
+        std::mem::take(&mut *self.read_buf.borrow_mut())
+    }
+
+    /// Keeps `buf` (empty) for the next [`take_read_buf`](Self::take_read_buf), unless one
+    /// is kept already or it grew past [`READ_BUF_KEEP_MAX`].
+    pub(crate) fn give_read_buf(&self, buf: BytesMut) {
+        let mut kept = self.read_buf.borrow_mut();
+        if buf.is_empty() && kept.capacity() == 0 && buf.capacity() <= READ_BUF_KEEP_MAX {
+            *kept = buf;
         }
     }
 

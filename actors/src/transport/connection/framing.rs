@@ -85,6 +85,9 @@ impl Connection {
             return ReadOutcome::Pending;
         };
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            if self.rbuf.capacity() == 0 {
+                self.rbuf = self.worker.take_read_buf();
+            }
             self.rbuf.reserve(READ_CHUNK);
         }
         let mut io = Pin::new(io);
@@ -92,8 +95,9 @@ impl Connection {
             Poll::Pending => {
                 if self.rbuf.is_empty() {
                     // Nothing pending: give the buffer back while the peer is quiet, so an
-                    // idle connection holds no read buffer at all.
-                    self.rbuf = BytesMut::new();
+                    // idle connection holds no read buffer at all (the worker keeps it for
+                    // the next connection that reads: no allocation per read).
+                    self.worker.give_read_buf(std::mem::take(&mut self.rbuf));
                 }
                 return ReadOutcome::Pending;
             }
