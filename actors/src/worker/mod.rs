@@ -308,9 +308,10 @@ impl Worker {
                 .is_some_and(|h| h.is_outgoing());
             // A response that may carry a script tag needs its top Via: validation parses
             // it, and what it parsed serves the routing below (parsed once). Most responses
-            // carry none and are validated only if no transaction takes them.
+            // carry none and are validated only if no transaction takes them. With no
+            // script at all no tag can pick one: no look for it.
             let mut checked = None;
-            let tag = if Proxy::response_may_have_script_tag(&msg) {
+            let tag = if !snap.scripts.is_empty() && Proxy::response_may_have_script_tag(&msg) {
                 let c = checked.insert(msg.validated());
                 match c {
                     Ok(c) => snap.proxy.response_script_tag_of(&c.top_via, own_conn),
