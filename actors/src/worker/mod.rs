@@ -161,6 +161,16 @@ impl Worker {
         self.shared.table.get(id)
     }
 
+    /// True when connection `id` is registered and siprox opened it. The stream being read
+    /// answers without a handle of its own (no reference count to bump: its count is
+    /// shared with the workers that send to it).
+    fn conn_is_outgoing(&self, id: ConnId) -> bool {
+        if let Some(h) = self.reading.borrow().as_ref().filter(|h| h.id() == id) {
+            return h.is_outgoing();
+        }
+        self.shared.table.get(id).is_some_and(|h| h.is_outgoing())
+    }
+
     /// `bytes` for the stream being read, if `id` is that stream: `Err` gives them back.
     fn send_to_reading(&self, id: ConnId, bytes: Bytes) -> Result<(), Bytes> {
         let reading = self.reading.borrow();
@@ -220,10 +230,7 @@ impl Worker {
             if let Some(t) = tls.as_deref().filter(|t| !t.cluster_peer) {
                 // Cheapest first: the stream being read answers without the table, and To is
                 // parsed only on a connection siprox opened (to tell a new request).
-                let outgoing = inbound
-                    .conn
-                    .and_then(|c| self.conn(c))
-                    .is_some_and(|h| h.is_outgoing())
+                let outgoing = inbound.conn.is_some_and(|c| self.conn_is_outgoing(c))
                     && msg.to().ok().and_then(|to| to.tag()).is_none();
                 if outgoing {
                     let trusted =
@@ -302,10 +309,7 @@ impl Worker {
         } else {
             // Over a connection siprox opened, siprox's own branch is enough to make the top
             // Via siprox's, whatever its sent-by names.
-            let own_conn = inbound
-                .conn
-                .and_then(|c| self.conn(c))
-                .is_some_and(|h| h.is_outgoing());
+            let own_conn = inbound.conn.is_some_and(|c| self.conn_is_outgoing(c));
             // A response that may carry a script tag needs its top Via: validation parses
             // it, and what it parsed serves the routing below (parsed once). Most responses
             // carry none and are validated only if no transaction takes them. With no
