@@ -1089,18 +1089,52 @@ fn a_wildcard_listener_makes_every_local_address_myself() {
 }
 
 /// The stateless branch hashes the top Via's host as Display writes it; formatting it into
-/// the hash (no String per request) must give the same branches as before, or requests
-/// retransmitted across an upgrade would get another branch.
+/// the hash (no String per request) must give the branch of the host's text, whatever
+/// pieces the formatter writes it in.
 #[test]
 fn branch_hash_of_a_formatted_host_is_the_hash_of_its_string() {
     use std::fmt::Write as _;
     for host in ["192.0.2.1", "[2001:db8::1]", "pbx.example.com"] {
         let h = crate::sip::parse_host(host).expect("host");
-        let mut a = super::Fnv::new();
+        let mut a = super::WordHash::new();
         a.write(h.to_string().as_bytes());
-        let mut b = super::Fnv::new();
+        let mut b = super::WordHash::new();
         write!(b, "{h}").unwrap();
         b.end_field();
         assert_eq!(a.finish(), b.finish(), "{host}");
     }
 }
+
+/// The branch hash takes a field in any pieces (the formatter writes an IPv6 host in
+/// several), keeps fields apart, and has no per-process seed: the value is pinned, so that
+/// every process and node of one version writes the same branch for a retransmission.
+#[test]
+fn word_hash_is_streamed_separated_and_seedless() {
+    let text = b"sip:bob@192.0.2.1;transport=udp;lr;fl=2a.0.0123456789abcdef01234567";
+    let mut whole = super::WordHash::new();
+    whole.write(text);
+    for cut in 0..=text.len() {
+        for cut2 in cut..=text.len() {
+            let mut h = super::WordHash::new();
+            h.feed(&text[..cut]);
+            h.feed(&text[cut..cut2]);
+            h.feed(&text[cut2..]);
+            h.end_field();
+            assert_eq!(h.finish(), whole.finish(), "{cut} {cut2}");
+        }
+    }
+    let fields = |f: &[&[u8]]| {
+        let mut h = super::WordHash::new();
+        for x in f {
+            h.write(x);
+        }
+        h.finish()
+    };
+    assert_ne!(fields(&[b"ab", b"c"]), fields(&[b"a", b"bc"]));
+    assert_ne!(fields(&[b"abcdefgh", b""]), fields(&[b"abcdefgh"]));
+    assert_ne!(fields(&[b"12345678", b"9"]), fields(&[b"1234567", b"89"]));
+    assert_ne!(fields(&[b""]), fields(&[b"\0"]));
+    assert_eq!(fields(&[text]), PINNED_WORD_HASH);
+}
+
+const PINNED_WORD_HASH: u64 = 0x75c0_a2b3_0177_1a4d;
