@@ -368,11 +368,23 @@ impl Memo {
     fn slot(a: u64, b: u64, dialog: &[u8]) -> usize {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut h = (a ^ b.rotate_left(29) ^ dialog.len() as u64).wrapping_mul(K);
-        for chunk in dialog.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        // Whole words loaded as they are; only the last, partial one is copied (a copy of
+        // a variable length per word was most of a look-up).
+        let mut words = dialog.chunks_exact(8);
+        let mut mix = |w: u64| {
+            h = (h ^ w).wrapping_mul(K);
             h ^= h >> 31;
+        };
+        for chunk in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            mix(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            mix(u64::from_le_bytes(w));
         }
         (h >> 40) as usize % MEMO_SLOTS
     }
