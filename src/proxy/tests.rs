@@ -1138,3 +1138,19 @@ fn word_hash_is_streamed_separated_and_seedless() {
 }
 
 const PINNED_WORD_HASH: u64 = 0x75c0_a2b3_0177_1a4d;
+
+#[test]
+fn may_have_param_finds_a_parameter_after_any_semicolon() {
+    for (text, want) in [
+        ("SIP/2.0/UDP h;branch=z9hG4bK-sx1;sx=a", true),
+        ("SIP/2.0/UDP h;branch=z9hG4bK-sx1; SX=a", true),
+        ("SIP/2.0/UDP h;branch=x;\r\n\tsx", true),
+        ("SIP/2.0/UDP h;branch=z9hG4bK-sx1;i=1.0.ab", false),
+        ("SIP/2.0/UDP sx.example.com", false),
+        ("SIP/2.0/UDP h;s", false),
+        ("SIP/2.0/UDP h;", false),
+        ("", false),
+    ] {
+        assert_eq!(super::may_have_param(text, b"sx"), want, "{text:?}");
+    }
+}
