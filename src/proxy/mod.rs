@@ -189,6 +189,8 @@ struct Parsed<'v, 'm> {
     loop_hash: u32,
     /// The Call-ID the flow tokens are bound to.
     dialog: &'m [u8],
+    /// Max-Forwards as validation read it, when present (else `build_forward` reads it).
+    max_forwards: Option<u8>,
 }
 
 /// The parameters siprox's Record-Route URI carries after `;lr`: the script's
@@ -391,6 +393,7 @@ impl Proxy {
             top_via: Some(&checked.top_via),
             loop_hash: hash,
             dialog,
+            max_forwards: checked.max_forwards,
         };
         let opts = &ForwardOpts::default();
         if let Some(flow) = &plan.flow {
@@ -425,6 +428,7 @@ impl Proxy {
             top_via: None,
             loop_hash: hash,
             dialog,
+            max_forwards: None,
         };
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
             return self.build_forward(msg, rx, &plan, flow, opts, parsed);
@@ -450,6 +454,7 @@ impl Proxy {
                     top_via: None,
                     loop_hash: loop_hash(msg, dialog, &RequestIds::of(msg)),
                     dialog,
+                    max_forwards: None,
                 };
                 self.build_forward(msg, rx, &plan, dest, opts, parsed)
             }
@@ -1019,11 +1024,15 @@ impl Proxy {
         }
         match opts.max_forwards {
             Some(n) => ed.set_max_forwards(n),
-            None => {
-                if ed.decrement_max_forwards().is_err() {
-                    return self.reply(msg, rx, 483, "Too Many Hops", "");
+            // Validation read the value: written decremented without reading it again.
+            None => match parsed.max_forwards {
+                Some(n) if n > 0 => ed.set_max_forwards(n - 1),
+                _ => {
+                    if ed.decrement_max_forwards().is_err() {
+                        return self.reply(msg, rx, 483, "Too Many Hops", "");
+                    }
                 }
-            }
+            },
         }
         // The listener `$fs` forced, if it is one of the destination's transport.
         let forced = opts
