@@ -8,7 +8,6 @@ mod reply;
 mod text;
 mod types;
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1231,16 +1230,23 @@ impl Proxy {
         dialog: &[u8],
     ) {
         let mut h = WordHash::new();
-        match top {
-            Some(v) if v.has_rfc3261_branch() => {
-                h.write(v.branch().unwrap_or("").as_bytes());
-                // The host as written by Display, hashed without a String or the formatter
-                // per request (but for IPv6).
+        match top.and_then(|v| Some((v, v.branch()?))) {
+            Some((v, branch)) if branch.starts_with("z9hG4bK") => {
+                h.write(branch.as_bytes());
+                // The host as parsed: an address by its bytes (no text written per
+                // request), a name as written; the kind first, so that none reads as another.
                 match v.host {
-                    Host::Name(n) => h.feed(n.as_bytes()),
-                    Host::V4(a) => h.feed(text::V4Text::new(a).as_str().as_bytes()),
-                    Host::V6(_) => {
-                        let _ = write!(h, "{}", v.host);
+                    Host::Name(n) => {
+                        h.feed(b"n");
+                        h.feed(n.as_bytes());
+                    }
+                    Host::V4(a) => {
+                        h.feed(b"4");
+                        h.feed(&a.octets());
+                    }
+                    Host::V6(a) => {
+                        h.feed(b"6");
+                        h.feed(&a.octets());
                     }
                 }
                 h.end_field();
@@ -1631,14 +1637,6 @@ impl WordHash {
         self.write(ids.from_tag.unwrap_or("").as_bytes());
         self.write(ids.to_tag.unwrap_or("").as_bytes());
         self.write(&ids.cseq.to_be_bytes());
-    }
-}
-
-/// Bytes formatted into the hash (one field: end it with [`WordHash::end_field`]).
-impl std::fmt::Write for WordHash {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.feed(s.as_bytes());
-        Ok(())
     }
 }
 

@@ -1088,23 +1088,6 @@ fn a_wildcard_listener_makes_every_local_address_myself() {
     assert!(!q.is_myself("127.0.0.2", Some(5060)));
 }
 
-/// The stateless branch hashes the top Via's host as Display writes it; formatting it into
-/// the hash (no String per request) must give the branch of the host's text, whatever
-/// pieces the formatter writes it in.
-#[test]
-fn branch_hash_of_a_formatted_host_is_the_hash_of_its_string() {
-    use std::fmt::Write as _;
-    for host in ["192.0.2.1", "[2001:db8::1]", "pbx.example.com"] {
-        let h = crate::sip::parse_host(host).expect("host");
-        let mut a = super::WordHash::new();
-        a.write(h.to_string().as_bytes());
-        let mut b = super::WordHash::new();
-        write!(b, "{h}").unwrap();
-        b.end_field();
-        assert_eq!(a.finish(), b.finish(), "{host}");
-    }
-}
-
 /// The branch hash takes a field in any pieces (the formatter writes an IPv6 host in
 /// several), keeps fields apart, and has no per-process seed: the value is pinned, so that
 /// every process and node of one version writes the same branch for a retransmission.
@@ -1152,5 +1135,43 @@ fn may_have_param_finds_a_parameter_after_any_semicolon() {
         ("", false),
     ] {
         assert_eq!(super::may_have_param(text, b"sx"), want, "{text:?}");
+    }
+}
+
+/// The stateless branch names the sender's transaction: its branch and sent-by. The same
+/// branch from another host (of any kind) or port is another transaction.
+#[test]
+fn the_branch_changes_with_the_sender_s_host_and_port() {
+    let p = proxy(RecordRoute::Never);
+    let branch_from = |sent_by: &str| {
+        let m = msg(&format!(
+            "INVITE sip:bob@203.0.113.5 SIP/2.0\n\
+Via: SIP/2.0/UDP {sent_by};branch=z9hG4bKabc;rport\n\
+Max-Forwards: 70\nTo: <sip:bob@example.com>\nFrom: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-1\nCSeq: 1 INVITE\nContent-Length: 0\n\n"
+        ));
+        sent(p.on_request(&m, &udp_in()))
+            .1
+            .top_via()
+            .unwrap()
+            .branch()
+            .unwrap()
+            .to_owned()
+    };
+    const SENT_BY: [&str; 7] = [
+        "198.51.100.7:5060",
+        "198.51.100.8:5060",
+        "198.51.100.7:5061",
+        "[2001:db8::7]:5060",
+        "[2001:db8::8]:5060",
+        "pc.example.com:5060",
+        "pc2.example.com:5060",
+    ];
+    let all: Vec<String> = SENT_BY.iter().map(|s| branch_from(s)).collect();
+    for (i, a) in all.iter().enumerate() {
+        assert_eq!(a, &branch_from(SENT_BY[i]), "a retransmission keeps it");
+        for b in &all[i + 1..] {
+            assert_ne!(a, b);
+        }
     }
 }
