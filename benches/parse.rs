@@ -4,6 +4,8 @@
 //! Run: `cargo bench --bench parse -- --warm-up-time 1 --measurement-time 3`.
 //! Bench ids are stable (`parse/invite`, `parse+read/invite`, `forward/invite`, and the
 //! same ids under `rsip/`) so that results can be compared across commits.
+//! `forward/200ok` parses `200ok-proxied` and removes its top Via (a proxy forwarding a
+//! response back).
 //! `validated/invite` and `validated/200ok-proxied` time [`Message::validated`] alone on a
 //! parsed message (the check a proxy runs on every request and response it forwards);
 //! `200ok-proxied` is a 200 as a proxy receives it: 2 Vias, 2 Record-Routes, a Contact.
@@ -141,6 +143,17 @@ fn bench_siprox(c: &mut Criterion, fx: &[Fixture]) {
             e.prepend_via(PROXY_VIA);
             e.decrement_max_forwards().ok()?;
             e.prepend_record_route(PROXY_RR);
+            Some(e.finish())
+        })
+    });
+    // A response going back through a proxy: its own Via removed (the top line).
+    let proxied = load("200ok-proxied");
+    g.throughput(Throughput::Bytes(proxied.bytes.len() as u64));
+    g.bench_function("200ok", |b| {
+        b.iter(|| {
+            let m = Message::parse_datagram(black_box(proxied.bytes.clone()), &limits).ok()?;
+            let mut e = Editor::new(&m);
+            e.remove_first_via().ok()?;
             Some(e.finish())
         })
     });

@@ -255,40 +255,37 @@ impl FlowKeys {
         b: u64,
         dialog: &[u8],
     ) -> bool {
-        let Some(mac) = self.signing_mac(a, b, dialog) else {
+        let Some(t) = self.token_text(a, b, dialog) else {
             return false;
         };
-        let s = out;
-        s.push_str(prefix);
-        super::text::push_hex(s, a);
-        s.push('.');
-        super::text::push_hex(s, b);
-        s.push('.');
-        // By table: `write!("{x:02x}")` per byte went through the formatter 32 times a
-        // token, and every forwarded request carries one or two.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for x in mac {
-            s.push(char::from(HEX[usize::from(x >> 4)]));
-            s.push(char::from(HEX[usize::from(x & 0xf)]));
-        }
+        out.push_str(prefix);
+        out.push_str(t.as_str());
         true
+    }
+
+    /// [`token`](Self::token) on the stack: built once, written into as many header
+    /// fields as carry it (a forward's Record-Routes and Via name the same flow).
+    pub(crate) fn token_text(&self, a: u64, b: u64, dialog: &[u8]) -> Option<TokenText> {
+        let mac = self.signing_mac(a, b, dialog)?;
+        let mut t = TokenText::new();
+        t.push_hex(a);
+        t.push(b'.');
+        t.push_hex(b);
+        t.push(b'.');
+        t.push_bytes_hex(&mac);
+        Some(t)
     }
 
     /// The two connection ids of a token siprox made with one of these keys for `dialog`.
     pub fn verify(&self, token: &str, dialog: &[u8]) -> Result<(u64, u64), FlowTokenError> {
-        let mut parts = token.split('.');
-        let (Some(a), Some(b), Some(mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // `a.b.mac`: a third dot leaves a `.` in the MAC, which is then not hex.
+        let Some((a, rest)) = token.split_once('.') else {
             return Err(FlowTokenError::Malformed);
         };
-        let id = |s: &str| {
-            if s.is_empty() || s.len() > 16 {
-                return None;
-            }
-            u64::from_str_radix(s, 16).ok()
+        let Some((b, mac)) = rest.split_once('.') else {
+            return Err(FlowTokenError::Malformed);
         };
-        let (Some(a), Some(b)) = (id(a), id(b)) else {
+        let (Some(a), Some(b)) = (hex_id(a), hex_id(b)) else {
             return Err(FlowTokenError::Malformed);
         };
         let got = unhex(mac).ok_or(FlowTokenError::Malformed)?;
@@ -371,11 +368,23 @@ impl Memo {
     fn slot(a: u64, b: u64, dialog: &[u8]) -> usize {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut h = (a ^ b.rotate_left(29) ^ dialog.len() as u64).wrapping_mul(K);
-        for chunk in dialog.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        // Whole words loaded as they are; only the last, partial one is copied (a copy of
+        // a variable length per word was most of a look-up).
+        let mut words = dialog.chunks_exact(8);
+        let mut mix = |w: u64| {
+            h = (h ^ w).wrapping_mul(K);
             h ^= h >> 31;
+        };
+        for chunk in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            mix(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            mix(u64::from_le_bytes(w));
         }
         (h >> 40) as usize % MEMO_SLOTS
     }
@@ -493,16 +502,42 @@ impl FlowKeys {
     }
 }
 
+/// A flow token as text: two ids of at most 16 hex digits, two dots, the MAC in hex.
+pub(crate) type TokenText = super::text::HexBuf<{ 2 * 16 + 2 + 2 * MAC_LEN }>;
+
+/// The value of a hex digit (either case), as `char::to_digit(16)` reads it.
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A connection id: 1 to 16 characters read as `u64::from_str_radix(s, 16)` reads them
+/// (which takes a leading `+`).
+fn hex_id(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let digits = match s.as_bytes() {
+        [b'+', rest @ ..] if !rest.is_empty() => rest,
+        b => b,
+    };
+    digits
+        .iter()
+        .try_fold(0u64, |n, &c| Some(n << 4 | u64::from(hex_digit(c)?)))
+}
+
 fn unhex(s: &str) -> Option<[u8; MAC_LEN]> {
     let b = s.as_bytes();
     if b.len() != 2 * MAC_LEN {
         return None;
     }
     let mut out = [0u8; MAC_LEN];
-    for (i, pair) in b.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        *o = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
     }
     Some(out)
 }
@@ -715,6 +750,43 @@ mod tests {
         assert_eq!(
             k.verify(&format!("1.2.{mac0}"), D),
             Err(FlowTokenError::BadMac)
+        );
+    }
+
+    #[test]
+    fn ids_read_as_from_str_radix_reads_them() {
+        for s in [
+            "",
+            "0",
+            "+",
+            "+0",
+            "++1",
+            "-1",
+            "2a",
+            "2A",
+            "ffffffffffffffff",
+            "+fffffffffffffff",
+            "10000000000000000",
+            "x",
+            "1x",
+            " 1",
+            "1.",
+            "0000000000000001",
+        ] {
+            let want = if s.is_empty() || s.len() > 16 {
+                None
+            } else {
+                u64::from_str_radix(s, 16).ok()
+            };
+            assert_eq!(hex_id(s), want, "{s:?}");
+        }
+        let k = keys(&"h".repeat(32));
+        let t = k.token(0x2a, 7, D).expect("token");
+        assert_eq!(k.verify(&format!("+{t}"), D), Ok((0x2a, 7)));
+        assert_eq!(k.verify(&t.to_uppercase(), D), Ok((0x2a, 7)));
+        assert_eq!(
+            k.verify(&format!("{t}.0"), D),
+            Err(FlowTokenError::Malformed)
         );
     }
 

@@ -8,7 +8,6 @@ mod reply;
 mod text;
 mod types;
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -189,6 +188,40 @@ struct Parsed<'v, 'm> {
     loop_hash: u32,
     /// The Call-ID the flow tokens are bound to.
     dialog: &'m [u8],
+    /// Max-Forwards as validation read it, when present (else `build_forward` reads it).
+    max_forwards: Option<u8>,
+}
+
+/// The parameters siprox's Record-Route URI carries after `;lr`: the script's
+/// (`rr_params`), then the flow token (`;fl=`).
+#[derive(Clone, Copy)]
+struct RrParams<'a> {
+    extra: &'a str,
+    token: Option<&'a str>,
+}
+
+impl RrParams<'_> {
+    /// `;extra;fl=token`, as one parameter string: `;` added in front when the script's
+    /// do not start with one; nothing at all when the script's would break out of the URI.
+    fn write(&self, out: &mut String) {
+        if self
+            .extra
+            .bytes()
+            .any(|b| matches!(b, b'>' | b'\r' | b'\n'))
+        {
+            return;
+        }
+        if !self.extra.is_empty() {
+            if !self.extra.starts_with(';') {
+                out.push(';');
+            }
+            out.push_str(self.extra);
+        }
+        if let Some(t) = self.token {
+            out.push_str(";fl=");
+            out.push_str(t);
+        }
+    }
 }
 
 /// Where a plan sends a request: an IP literal is resolved by the core itself (RFC 3263
@@ -359,6 +392,7 @@ impl Proxy {
             top_via: Some(&checked.top_via),
             loop_hash: hash,
             dialog,
+            max_forwards: checked.max_forwards,
         };
         let opts = &ForwardOpts::default();
         if let Some(flow) = &plan.flow {
@@ -393,6 +427,7 @@ impl Proxy {
             top_via: None,
             loop_hash: hash,
             dialog,
+            max_forwards: None,
         };
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
             return self.build_forward(msg, rx, &plan, flow, opts, parsed);
@@ -418,6 +453,7 @@ impl Proxy {
                     top_via: None,
                     loop_hash: loop_hash(msg, dialog, &RequestIds::of(msg)),
                     dialog,
+                    max_forwards: None,
                 };
                 self.build_forward(msg, rx, &plan, dest, opts, parsed)
             }
@@ -987,11 +1023,15 @@ impl Proxy {
         }
         match opts.max_forwards {
             Some(n) => ed.set_max_forwards(n),
-            None => {
-                if ed.decrement_max_forwards().is_err() {
-                    return self.reply(msg, rx, 483, "Too Many Hops", "");
+            // Validation read the value: written decremented without reading it again.
+            None => match parsed.max_forwards {
+                Some(n) if n > 0 => ed.set_max_forwards(n - 1),
+                _ => {
+                    if ed.decrement_max_forwards().is_err() {
+                        return self.reply(msg, rx, 483, "Too Many Hops", "");
+                    }
                 }
-            }
+            },
         }
         // The listener `$fs` forced, if it is one of the destination's transport.
         let forced = opts
@@ -1008,31 +1048,29 @@ impl Proxy {
                 RecordRoute::OnTransportChange => change,
             };
         let method = msg.method_kind();
+        let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
+        let (rx_id, out_id) = (id(rx.conn), id(dest.connection()));
+        // The Record-Route token and the Via's `i=` name the same flow when the request
+        // leaves on no connection (UDP): made once, written twice.
+        let mut rr_token = None;
         if rr && method != Some(Method::Register) {
             // RFC 5626 flow token: the connections on both sides of siprox, so that
             // in-dialog requests from either side go back over the other side's connection
             // (phones behind NAT cannot be reached at their Contact); signed for this
             // Call-ID, which is what lets an in-dialog request through siprox's Route at
             // all (see `plan`), so every Record-Route carries one, UDP too.
-            let extra = opts.rr_params.as_deref().unwrap_or("");
-            let mut rr_params = String::with_capacity(extra.len() + 96);
-            rr_params.push_str(extra);
-            let id = |c: Option<ConnId>| c.map(|c| c.0).unwrap_or(0);
-            self.cfg.flow_keys.write_token(
-                &mut rr_params,
-                ";fl=",
-                id(rx.conn),
-                id(dest.connection()),
-                dialog,
-            );
-            let rr_params = rr_params.as_str();
+            rr_token = self.cfg.flow_keys.token_text(rx_id, out_id, dialog);
+            let params = RrParams {
+                extra: opts.rr_params.as_deref().unwrap_or(""),
+                token: rr_token.as_ref().map(|t| t.as_str()),
+            };
             // Prepends keep their call order: the outbound-facing entry goes first.
             ed.prepend_header_with("Record-Route", |v| {
-                self.rr_value(v, dest.transport, toward, change, rr_params, forced)
+                self.rr_value(v, dest.transport, toward, change, params, forced)
             });
             if change {
                 ed.prepend_header_with("Record-Route", |v| {
-                    self.rr_value(v, rx.transport, Some(rx.local.ip()), true, rr_params, None)
+                    self.rr_value(v, rx.transport, Some(rx.local.ip()), true, params, None)
                 });
             }
         }
@@ -1063,7 +1101,15 @@ impl Proxy {
             // The connection the response goes back over, signed like a flow token: a
             // forged response must not be able to name another peer's connection.
             if let Some(c) = rx.conn {
-                self.cfg.flow_keys.write_token(via, ";i=", c.0, 0, dialog);
+                match rr_token.filter(|_| out_id == 0) {
+                    Some(t) => {
+                        via.push_str(";i=");
+                        via.push_str(t.as_str());
+                    }
+                    None => {
+                        self.cfg.flow_keys.write_token(via, ";i=", c.0, 0, dialog);
+                    }
+                }
             }
             if let Some(tag) = opts.script_tag.as_deref() {
                 let token = tag
@@ -1091,7 +1137,7 @@ impl Proxy {
         transport: Transport,
         toward: Option<IpAddr>,
         r2: bool,
-        params: &str,
+        params: RrParams<'_>,
         forced: Option<usize>,
     ) {
         out.push_str("<sip:");
@@ -1109,12 +1155,7 @@ impl Proxy {
         if r2 {
             out.push_str(";r2=on");
         }
-        if !params.is_empty() && !params.contains(['>', '\r', '\n']) {
-            if !params.starts_with(';') {
-                out.push(';');
-            }
-            out.push_str(params);
-        }
+        params.write(out);
         out.push('>');
     }
 
@@ -1188,17 +1229,24 @@ impl Proxy {
         lh: u32,
         dialog: &[u8],
     ) {
-        let mut h = Fnv::new();
-        match top {
-            Some(v) if v.has_rfc3261_branch() => {
-                h.write(v.branch().unwrap_or("").as_bytes());
-                // The host as written by Display, hashed without a String or the formatter
-                // per request (but for IPv6).
+        let mut h = WordHash::new();
+        match top.and_then(|v| Some((v, v.branch()?))) {
+            Some((v, branch)) if branch.starts_with("z9hG4bK") => {
+                h.write(branch.as_bytes());
+                // The host as parsed: an address by its bytes (no text written per
+                // request), a name as written; the kind first, so that none reads as another.
                 match v.host {
-                    Host::Name(n) => h.feed(n.as_bytes()),
-                    Host::V4(a) => h.feed(text::V4Text::new(a).as_str().as_bytes()),
-                    Host::V6(_) => {
-                        let _ = write!(h, "{}", v.host);
+                    Host::Name(n) => {
+                        h.feed(b"n");
+                        h.feed(n.as_bytes());
+                    }
+                    Host::V4(a) => {
+                        h.feed(b"4");
+                        h.feed(&a.octets());
+                    }
+                    Host::V6(a) => {
+                        h.feed(b"6");
+                        h.feed(&a.octets());
                     }
                 }
                 h.end_field();
@@ -1315,23 +1363,19 @@ impl Proxy {
 /// `;`, then optional LWS, then `name` in any case. True does not mean it has one.
 fn may_have_param(text: &str, name: &[u8]) -> bool {
     let b = text.as_bytes();
-    let mut i = 0;
-    while let Some(at) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b';')) {
-        let mut j = i + at + 1;
+    // Each `;` found by a vector search: a Via of siprox's is long (branch, flow token)
+    // and has few parameters.
+    memchr::memchr_iter(b';', b).any(|at| {
+        let mut j = at + 1;
         while b
             .get(j)
             .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
         {
             j += 1;
         }
-        if b.get(j..j + name.len())
+        b.get(j..j + name.len())
             .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        {
-            return true;
-        }
-        i = j;
-    }
-    false
+    })
 }
 
 fn advertised_host(l: &Listen) -> Option<&str> {
@@ -1452,7 +1496,7 @@ fn usable_unicast(ip: IpAddr) -> bool {
 /// `call_id` is the request's Call-ID as the caller already read it.
 /// `ids` are the request's, as validation (or [`RequestIds::of`]) read them.
 fn loop_hash(msg: &Message, call_id: &[u8], ids: &RequestIds<'_>) -> u32 {
-    let mut h = Fnv::new();
+    let mut h = WordHash::new();
     h.write(msg.request_uri_str().unwrap_or("").as_bytes());
     h.write_ids(call_id, ids);
     for r in msg.header_values(HeaderName::Route) {
@@ -1465,8 +1509,9 @@ fn loop_hash(msg: &Message, call_id: &[u8], ids: &RequestIds<'_>) -> u32 {
     (x ^ (x >> 32)) as u32
 }
 
-/// FNV-1a 64: tiny, fast, deterministic across processes and versions (unlike std's
-/// `DefaultHasher`), which matters for branches that must match across restarts.
+/// FNV-1a 64: tiny, deterministic across processes and versions (unlike std's
+/// `DefaultHasher`). Byte at a time: kept for the To tag of local replies, which is on the
+/// wire and must not change; the branch and the loop hash use [`WordHash`].
 struct Fnv(u64);
 
 impl Fnv {
@@ -1474,22 +1519,109 @@ impl Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
     fn write(&mut self, bytes: &[u8]) {
-        self.feed(bytes);
-        self.end_field();
-    }
-    fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
-    }
-    /// Separator, so that ("ab","c") and ("a","bc") differ.
-    fn end_field(&mut self) {
+        // Separator, so that ("ab","c") and ("a","bc") differ.
         self.0 ^= 0xff;
         self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
     }
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+/// The hash of the stateless branch and of the loop-detection suffix: eight bytes at a
+/// time (the fields are Request-URIs, Call-IDs and Routes with long flow tokens), with no
+/// per-process seed, so that every process and every node of one version writes the same
+/// branch for the same request (a retransmission keeps its branch; only an upgrade
+/// changes it). Not a defence against chosen collisions (neither was FNV): what collides
+/// is the sender's own requests.
+struct WordHash {
+    h: u64,
+    /// Bytes of the field not yet mixed (fewer than 8), little-endian in `tail`.
+    tail: u64,
+    tail_len: u32,
+    /// Length of the field being fed.
+    field_len: u64,
+}
+
+impl WordHash {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn new() -> WordHash {
+        WordHash {
+            h: 0xcbf2_9ce4_8422_2325,
+            tail: 0,
+            tail_len: 0,
+            field_len: 0,
+        }
+    }
+
+    /// One word into the state: a bijection of the state for a given word, so that no
+    /// input collapses what came before.
+    #[inline]
+    fn mix(&mut self, w: u64) {
+        self.h = (self.h.rotate_left(27) ^ w).wrapping_mul(WordHash::K);
+    }
+
+    /// A whole field.
+    fn write(&mut self, bytes: &[u8]) {
+        self.feed(bytes);
+        self.end_field();
+    }
+
+    /// Part of a field: feeding "ab" then "c" is feeding "abc".
+    fn feed(&mut self, mut bytes: &[u8]) {
+        self.field_len += bytes.len() as u64;
+        if self.tail_len > 0 {
+            while self.tail_len < 8 {
+                let Some((&b, rest)) = bytes.split_first() else {
+                    return;
+                };
+                self.tail |= u64::from(b) << (8 * self.tail_len);
+                self.tail_len += 1;
+                bytes = rest;
+            }
+            let w = self.tail;
+            self.mix(w);
+            self.tail = 0;
+            self.tail_len = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            self.mix(u64::from_le_bytes(a));
+        }
+        for (i, &b) in words.remainder().iter().enumerate() {
+            self.tail |= u64::from(b) << (8 * i);
+        }
+        self.tail_len = words.remainder().len() as u32;
+    }
+
+    /// Ends a field: its last bytes, then its length, so that ("ab","c") and ("a","bc")
+    /// differ.
+    fn end_field(&mut self) {
+        let (w, n) = (self.tail, self.field_len);
+        self.mix(w);
+        self.mix(n);
+        self.tail = 0;
+        self.tail_len = 0;
+        self.field_len = 0;
+    }
+
+    /// The state, avalanched (each input bit reaches every output bit): `fmix64` of
+    /// MurmurHash3.
+    fn finish(&self) -> u64 {
+        let mut x = self.h;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^= x >> 33;
+        x
     }
 
     /// Call-ID (`call_id`, as `msg.call_id()` reads it, "" when invalid), From tag, To tag
@@ -1505,14 +1637,6 @@ impl Fnv {
         self.write(ids.from_tag.unwrap_or("").as_bytes());
         self.write(ids.to_tag.unwrap_or("").as_bytes());
         self.write(&ids.cseq.to_be_bytes());
-    }
-}
-
-/// Bytes formatted into the hash (one field: end it with [`Fnv::end_field`]).
-impl std::fmt::Write for Fnv {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.feed(s.as_bytes());
-        Ok(())
     }
 }
 

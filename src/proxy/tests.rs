@@ -1088,19 +1088,90 @@ fn a_wildcard_listener_makes_every_local_address_myself() {
     assert!(!q.is_myself("127.0.0.2", Some(5060)));
 }
 
-/// The stateless branch hashes the top Via's host as Display writes it; formatting it into
-/// the hash (no String per request) must give the same branches as before, or requests
-/// retransmitted across an upgrade would get another branch.
+/// The branch hash takes a field in any pieces (the formatter writes an IPv6 host in
+/// several), keeps fields apart, and has no per-process seed: the value is pinned, so that
+/// every process and node of one version writes the same branch for a retransmission.
 #[test]
-fn branch_hash_of_a_formatted_host_is_the_hash_of_its_string() {
-    use std::fmt::Write as _;
-    for host in ["192.0.2.1", "[2001:db8::1]", "pbx.example.com"] {
-        let h = crate::sip::parse_host(host).expect("host");
-        let mut a = super::Fnv::new();
-        a.write(h.to_string().as_bytes());
-        let mut b = super::Fnv::new();
-        write!(b, "{h}").unwrap();
-        b.end_field();
-        assert_eq!(a.finish(), b.finish(), "{host}");
+fn word_hash_is_streamed_separated_and_seedless() {
+    let text = b"sip:bob@192.0.2.1;transport=udp;lr;fl=2a.0.0123456789abcdef01234567";
+    let mut whole = super::WordHash::new();
+    whole.write(text);
+    for cut in 0..=text.len() {
+        for cut2 in cut..=text.len() {
+            let mut h = super::WordHash::new();
+            h.feed(&text[..cut]);
+            h.feed(&text[cut..cut2]);
+            h.feed(&text[cut2..]);
+            h.end_field();
+            assert_eq!(h.finish(), whole.finish(), "{cut} {cut2}");
+        }
+    }
+    let fields = |f: &[&[u8]]| {
+        let mut h = super::WordHash::new();
+        for x in f {
+            h.write(x);
+        }
+        h.finish()
+    };
+    assert_ne!(fields(&[b"ab", b"c"]), fields(&[b"a", b"bc"]));
+    assert_ne!(fields(&[b"abcdefgh", b""]), fields(&[b"abcdefgh"]));
+    assert_ne!(fields(&[b"12345678", b"9"]), fields(&[b"1234567", b"89"]));
+    assert_ne!(fields(&[b""]), fields(&[b"\0"]));
+    assert_eq!(fields(&[text]), PINNED_WORD_HASH);
+}
+
+const PINNED_WORD_HASH: u64 = 0x75c0_a2b3_0177_1a4d;
+
+#[test]
+fn may_have_param_finds_a_parameter_after_any_semicolon() {
+    for (text, want) in [
+        ("SIP/2.0/UDP h;branch=z9hG4bK-sx1;sx=a", true),
+        ("SIP/2.0/UDP h;branch=z9hG4bK-sx1; SX=a", true),
+        ("SIP/2.0/UDP h;branch=x;\r\n\tsx", true),
+        ("SIP/2.0/UDP h;branch=z9hG4bK-sx1;i=1.0.ab", false),
+        ("SIP/2.0/UDP sx.example.com", false),
+        ("SIP/2.0/UDP h;s", false),
+        ("SIP/2.0/UDP h;", false),
+        ("", false),
+    ] {
+        assert_eq!(super::may_have_param(text, b"sx"), want, "{text:?}");
+    }
+}
+
+/// The stateless branch names the sender's transaction: its branch and sent-by. The same
+/// branch from another host (of any kind) or port is another transaction.
+#[test]
+fn the_branch_changes_with_the_sender_s_host_and_port() {
+    let p = proxy(RecordRoute::Never);
+    let branch_from = |sent_by: &str| {
+        let m = msg(&format!(
+            "INVITE sip:bob@203.0.113.5 SIP/2.0\n\
+Via: SIP/2.0/UDP {sent_by};branch=z9hG4bKabc;rport\n\
+Max-Forwards: 70\nTo: <sip:bob@example.com>\nFrom: <sip:alice@example.com>;tag=a1\n\
+Call-ID: call-1\nCSeq: 1 INVITE\nContent-Length: 0\n\n"
+        ));
+        sent(p.on_request(&m, &udp_in()))
+            .1
+            .top_via()
+            .unwrap()
+            .branch()
+            .unwrap()
+            .to_owned()
+    };
+    const SENT_BY: [&str; 7] = [
+        "198.51.100.7:5060",
+        "198.51.100.8:5060",
+        "198.51.100.7:5061",
+        "[2001:db8::7]:5060",
+        "[2001:db8::8]:5060",
+        "pc.example.com:5060",
+        "pc2.example.com:5060",
+    ];
+    let all: Vec<String> = SENT_BY.iter().map(|s| branch_from(s)).collect();
+    for (i, a) in all.iter().enumerate() {
+        assert_eq!(a, &branch_from(SENT_BY[i]), "a retransmission keeps it");
+        for b in &all[i + 1..] {
+            assert_ne!(a, b);
+        }
     }
 }

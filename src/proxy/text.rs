@@ -11,17 +11,62 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub(super) use crate::sip::push_dec;
 
-/// `n` in lower-case hex without leading zeros, as `{n:x}` writes it.
-pub(super) fn push_hex(out: &mut String, n: u64) {
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-    push_hex_width(out, n, digits);
+/// The last `digits` hex digits of `n`, zero-padded: `{n:016x}` is `push_hex_width(n, 16)`
+/// for any `n`, `{n:08x}` is `push_hex_width(n, 8)` for a `u32`. At most 16 digits.
+pub(super) fn push_hex_width(out: &mut String, n: u64, digits: u32) {
+    // On the stack, then one append: a `push` per digit checked the capacity each time.
+    let mut buf = [0u8; 16];
+    let digits = digits.min(16) as usize;
+    let buf = &mut buf[..digits];
+    for (i, d) in buf.iter_mut().rev().enumerate() {
+        *d = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    out.push_str(std::str::from_utf8(buf).unwrap_or(""));
 }
 
-/// The last `digits` hex digits of `n`, zero-padded: `{n:016x}` is `push_hex_width(n, 16)`
-/// for any `n`, `{n:08x}` is `push_hex_width(n, 8)` for a `u32`.
-pub(super) fn push_hex_width(out: &mut String, n: u64, digits: u32) {
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((n >> (4 * i)) & 0xf) as usize]));
+/// Hex digits written into a stack buffer: a flow token (`a.b.mac`) is built here and
+/// appended once, or kept to be written into several header fields.
+#[derive(Clone, Copy)]
+pub(crate) struct HexBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> HexBuf<N> {
+    pub(crate) fn new() -> HexBuf<N> {
+        HexBuf {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    /// `b` (ASCII); left out when full (callers size the buffer for what they write).
+    pub(crate) fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    /// `n` in lower-case hex without leading zeros, as `{n:x}` writes it.
+    pub(crate) fn push_hex(&mut self, n: u64) {
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            self.push(HEX[((n >> (4 * i)) & 0xf) as usize]);
+        }
+    }
+
+    /// Each byte as two lower-case hex digits.
+    pub(crate) fn push_bytes_hex(&mut self, bytes: &[u8]) {
+        for &x in bytes {
+            self.push(HEX[usize::from(x >> 4)]);
+            self.push(HEX[usize::from(x & 0xf)]);
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // ASCII only: hex digits and what `push` was given.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
@@ -136,9 +181,9 @@ mod tests {
             let mut s = String::new();
             push_dec(&mut s, n);
             assert_eq!(s, n.to_string());
-            let mut s = String::new();
-            push_hex(&mut s, n);
-            assert_eq!(s, format!("{n:x}"));
+            let mut h = HexBuf::<16>::new();
+            h.push_hex(n);
+            assert_eq!(h.as_str(), format!("{n:x}"));
             let mut s = String::new();
             push_hex_width(&mut s, n, 16);
             assert_eq!(s, format!("{n:016x}"));
@@ -152,6 +197,15 @@ mod tests {
             tag.as_str(),
             format!("sx{:012x}", 0xabc_0000_0012_3456u64 & 0xffff_ffff_ffff)
         );
+        let mut h = HexBuf::<40>::new();
+        h.push_hex(0);
+        h.push(b'.');
+        h.push_hex(0x2a);
+        h.push(b'.');
+        h.push_hex(u64::MAX);
+        h.push(b'.');
+        h.push_bytes_hex(&[0, 0x0f, 0xa0, 0xff]);
+        assert_eq!(h.as_str(), "0.2a.ffffffffffffffff.000fa0ff");
         let mut tag = Short::<4>::new(b"sx");
         tag.push_hex_width(0xff, 4);
         assert_eq!(tag.as_str(), "sx00", "what does not fit is left out");

@@ -21,6 +21,60 @@ struct Edit {
     text_end: u32,
 }
 
+/// Edits held without an allocation up to this many (a forward makes five to seven).
+const INLINE_EDITS: usize = 8;
+
+const NO_EDIT: Edit = Edit {
+    at: 0,
+    end: 0,
+    text_start: 0,
+    text_end: 0,
+};
+
+/// The edits of one message: on the stack while few, in a Vec beyond.
+#[derive(Debug)]
+struct Edits {
+    inline: [Edit; INLINE_EDITS],
+    len: usize,
+    /// All edits once there are more than [`INLINE_EDITS`].
+    spilled: Vec<Edit>,
+}
+
+impl Edits {
+    fn new() -> Edits {
+        Edits {
+            inline: [NO_EDIT; INLINE_EDITS],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, e: Edit) {
+        if self.spilled.is_empty() {
+            if let Some(slot) = self.inline.get_mut(self.len) {
+                *slot = e;
+                self.len += 1;
+                return;
+            }
+            self.spilled.reserve(2 * INLINE_EDITS);
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.push(e);
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Edit] {
+        if self.spilled.is_empty() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Builds a new message from a received one plus a list of edits.
 ///
 /// Edits refer to the original message, never to each other's output: removing the first
@@ -28,7 +82,7 @@ struct Edit {
 #[derive(Debug)]
 pub struct Editor<'m> {
     msg: &'m Message,
-    edits: Vec<Edit>,
+    edits: Edits,
     /// All inserted text, so that n edits cost one growing allocation, not n.
     text: String,
 }
@@ -38,7 +92,7 @@ impl<'m> Editor<'m> {
         // Nothing allocated yet: a response that only loses a Via writes no text at all.
         Editor {
             msg,
-            edits: Vec::new(),
+            edits: Edits::new(),
             text: String::new(),
         }
     }
@@ -65,9 +119,6 @@ impl<'m> Editor<'m> {
     }
 
     fn push_edit(&mut self, at: usize, end: usize, text_start: usize) {
-        if self.edits.capacity() == 0 {
-            self.edits.reserve(8);
-        }
         self.edits.push(Edit {
             at: at as u32,
             end: end as u32,
@@ -169,7 +220,13 @@ impl<'m> Editor<'m> {
             return Ok(false);
         };
         let value = self.msg.head_str().get(e.value.range()).unwrap_or("");
-        match scan::find_unquoted(value, b',', true) {
+        // Most lines hold one value and no quote or `<`: one vector search says so.
+        let split = if memchr::memchr3(b',', b'"', b'<', value.as_bytes()).is_none() {
+            Ok(None)
+        } else {
+            scan::find_unquoted(value, b',', true)
+        };
+        match split {
             Err(()) => Err(ParseError::BadValue {
                 at: Where::Header(name.as_str()),
                 what: "unterminated quoted string",
@@ -424,18 +481,20 @@ impl<'m> Editor<'m> {
         }
         // Stable: at one offset, insertions come before a removal starting there, and edits
         // otherwise keep the order of the calls.
-        self.edits.sort_by_key(|e| (e.at, e.end != e.at));
+        let edits = self.edits.as_mut_slice();
+        edits.sort_by_key(|e| (e.at, e.end != e.at));
+        let edits = &*edits;
         // Only a capacity hint: overlapping removals (skipped below) are counted twice here,
         // so the sum may fall below zero and must saturate.
         let mut size = raw.len();
-        for e in &self.edits {
+        for e in edits {
             size = size
                 .saturating_add((e.text_end - e.text_start) as usize)
                 .saturating_sub((e.end - e.at) as usize);
         }
         let mut out = BytesMut::with_capacity(size);
         let mut cursor = 0usize;
-        for e in &self.edits {
+        for e in edits {
             let (at, end) = (e.at as usize, e.end as usize);
             if at < cursor {
                 // Overlaps a removal already applied (e.g. the first Route removed, then all
@@ -543,6 +602,45 @@ Content-Length: 0\r\n\r\n";
         e.remove_headers_named("v");
         e.remove_headers(HeaderName::Via);
         assert_eq!(&e.finish()[..], b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn first_value_removed_with_or_without_quotes_and_brackets() {
+        for (line, rest) in [
+            ("Via: SIP/2.0/UDP a;branch=z9hG4bK1", ""),
+            (
+                "Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b",
+                "Via: SIP/2.0/UDP b\r\n",
+            ),
+            (
+                "Via: SIP/2.0/UDP a;x=\"p,q\",SIP/2.0/UDP b",
+                "Via: SIP/2.0/UDP b\r\n",
+            ),
+            ("Via: SIP/2.0/UDP a;x=\"p,q\"", ""),
+        ] {
+            let m = msg(&format!(
+                "OPTIONS sip:a@b SIP/2.0\r\n{line}\r\nl: 0\r\n\r\n"
+            ));
+            let mut e = Editor::new(&m);
+            assert!(e.remove_first_via().unwrap(), "{line}");
+            let want = format!("OPTIONS sip:a@b SIP/2.0\r\n{rest}l: 0\r\n\r\n");
+            assert_eq!(&e.finish()[..], want.as_bytes(), "{line}");
+        }
+    }
+
+    #[test]
+    fn more_edits_than_held_inline() {
+        let lines: String = (0..12)
+            .map(|i| format!("X-A: {i}\r\nX-B: {i}\r\n"))
+            .collect();
+        let m = msg(&format!("OPTIONS sip:a@b SIP/2.0\r\n{lines}l: 0\r\n\r\n"));
+        let mut e = Editor::new(&m);
+        e.prepend_header("X-C", "top");
+        assert_eq!(e.remove_headers_named("x-a"), 12);
+        e.append_header("X-D", "end");
+        let kept: String = (0..12).map(|i| format!("X-B: {i}\r\n")).collect();
+        let want = format!("OPTIONS sip:a@b SIP/2.0\r\nX-C: top\r\n{kept}l: 0\r\nX-D: end\r\n\r\n");
+        assert_eq!(&e.finish()[..], want.as_bytes());
     }
 
     #[test]
