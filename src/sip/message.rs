@@ -12,7 +12,7 @@ use super::header::HeaderName;
 use super::limits::Limits;
 use super::scan::{self, trim_lws, CommaSplit};
 use super::uri::Uri;
-use super::values::{CSeq, Contacts, NameAddr, Via};
+use super::values::{CSeq, ContactCheck, Contacts, NameAddr, Via};
 
 /// A byte range inside a message, as `u32` offsets: messages are far below 4 GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -873,7 +873,164 @@ impl Message {
     /// [`validate`](Self::validate), keeping what it parsed that the proxy reads again
     /// (the top Via, the Request-URI), so that those are parsed once per message.
     /// Same verdict as `validate`, which is this without the values.
+    ///
+    /// One walk over the header index reads every field it checks: each Via, Contact,
+    /// Route and Record-Route value is parsed as its line comes, and the first problem of
+    /// each field is kept; the problems are then reported in the order of the checks (Via,
+    /// From, To, Call-ID, CSeq, Max-Forwards, Contact, Route, Record-Route, Request-URI),
+    /// the verdict of one accessor after the other.
     pub fn validated(&self) -> Result<Validated<'_>, ParseError> {
+        if let Some(e) = &self.deferred {
+            return Err(e.clone());
+        }
+        if let ContentLength::Invalid(e) = &self.content_length {
+            return Err(e.clone());
+        }
+        let mut top_via = None;
+        let mut next_via = None;
+        let mut via_err = None;
+        let mut found = Found::default();
+        let mut contacts = ContactCheck::default();
+        let mut routes: [Option<Uri<'_>>; 2] = [None, None];
+        let mut route_n = 0usize;
+        let mut route_err = None;
+        let mut rr_err = None;
+        for h in &self.headers {
+            let v = self.s(h.value);
+            match h.name {
+                HeaderName::Via if via_err.is_none() => {
+                    for e in CommaSplit::new(v) {
+                        match list_value(e, HeaderName::Via).and_then(Via::parse) {
+                            Ok(via) => {
+                                if top_via.is_none() {
+                                    top_via = Some(via);
+                                } else if next_via.is_none() {
+                                    next_via = Some(via);
+                                }
+                            }
+                            Err(e) => {
+                                via_err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                HeaderName::From => found.from.add(v),
+                HeaderName::To => found.to.add(v),
+                HeaderName::CallId => found.call_id.add(v),
+                HeaderName::CSeq => found.cseq.add(v),
+                HeaderName::MaxForwards => found.max_forwards.add(v),
+                HeaderName::Contact => {
+                    found.contact = true;
+                    contacts.line(v);
+                }
+                HeaderName::Route => {
+                    found.route = true;
+                    if route_err.is_some() {
+                        continue;
+                    }
+                    for e in CommaSplit::new(v) {
+                        let at = Where::Header("Route");
+                        let uri = list_value(e, HeaderName::Route)
+                            .and_then(|r| NameAddr::parse(r, at))
+                            .and_then(|r| r.uri());
+                        match uri {
+                            Ok(uri) => {
+                                if let Some(slot) = routes.get_mut(route_n) {
+                                    *slot = Some(uri);
+                                }
+                                route_n += 1;
+                            }
+                            Err(e) => {
+                                route_err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                HeaderName::RecordRoute => {
+                    found.record_route = true;
+                    if rr_err.is_some() {
+                        continue;
+                    }
+                    for e in CommaSplit::new(v) {
+                        let at = Where::Header("Record-Route");
+                        let r = list_value(e, HeaderName::RecordRoute)
+                            .and_then(|r| NameAddr::parse(r, at))
+                            .and_then(|r| r.validate());
+                        if let Err(e) = r {
+                            rr_err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                HeaderName::ProxyRequire => found.proxy_require = true,
+                _ => {}
+            }
+        }
+        if let Some(e) = via_err {
+            return Err(e);
+        }
+        let Some(top_via) = top_via else {
+            return Err(ParseError::MissingHeader { name: "Via" });
+        };
+        let from = NameAddr::parse(
+            found.from.required(HeaderName::From)?,
+            Where::Header("From"),
+        )?;
+        from.validate()?;
+        let to = NameAddr::parse(found.to.required(HeaderName::To)?, Where::Header("To"))?;
+        to.validate()?;
+        let call_id = check_call_id(found.call_id.required(HeaderName::CallId)?)?;
+        let cseq = CSeq::parse(found.cseq.required(HeaderName::CSeq)?)?;
+        let ids = RequestIds {
+            from_tag: from.tag(),
+            to_tag: to.tag(),
+            cseq: cseq.seq,
+        };
+        let max_forwards = match found.max_forwards.single(HeaderName::MaxForwards)? {
+            Some(v) => Some(parse_max_forwards(v)?),
+            None => None,
+        };
+        contacts.verdict()?;
+        if let Some(e) = route_err {
+            return Err(e);
+        }
+        if let Some(e) = rr_err {
+            return Err(e);
+        }
+        let mut request_uri = None;
+        if let Some(method) = self.method() {
+            let uri = self.request_uri()?;
+            if let Uri::Sip(u) = &uri {
+                if u.headers.is_some() {
+                    return Err(ParseError::BadUri {
+                        at: Where::StartLine,
+                        what: "headers are not allowed in a Request-URI",
+                    });
+                }
+            }
+            if cseq.method != method {
+                return Err(ParseError::CSeqMethodMismatch);
+            }
+            request_uri = Some(uri);
+        }
+        Ok(Validated {
+            top_via,
+            next_via,
+            request_uri,
+            ids,
+            call_id,
+            routes,
+            max_forwards,
+            proxy_require: found.proxy_require,
+        })
+    }
+
+    /// [`validated`](Self::validated) as it was before the one walk over the index: each
+    /// list field read through its own accessor. The tests' oracle.
+    #[cfg(test)]
+    pub(crate) fn validated_by_accessors(&self) -> Result<Validated<'_>, ParseError> {
         if let Some(e) = &self.deferred {
             return Err(e.clone());
         }
@@ -983,6 +1140,15 @@ fn leading_crlf(buf: &[u8]) -> usize {
         i += 2;
     }
     i
+}
+
+/// One element of a list field as [`Message::list_values`] gives it.
+#[inline]
+fn list_value(e: Result<&str, ()>, name: HeaderName) -> Result<&str, ParseError> {
+    e.map_err(|()| ParseError::BadValue {
+        at: Where::Header(name.as_str()),
+        what: "unterminated quoted string",
+    })
 }
 
 /// `callid = word [ "@" word ]` (RFC 3261 §25.1).
@@ -1333,6 +1499,127 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c@h\r\nCSeq: 1 OPTIONS\r\n";
             let raw = format!("{base}{fields}Content-Length: 0\r\n\r\n");
             let m = Message::parse(Bytes::from(raw)).unwrap();
             assert_eq!(m.validate(), Err(want), "{fields}");
+        }
+    }
+}
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    /// The messages the one walk is compared on: the bench fixtures, the RFC 4475 torture
+    /// messages (bare LF made CRLF, as their test does) and a few with several Contact,
+    /// Route and Record-Route lines, `*` contacts and quoted commas.
+    fn corpus() -> Vec<Vec<u8>> {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut out = Vec::new();
+        for name in [
+            "invite",
+            "200ok",
+            "200ok-proxied",
+            "200ok-siprox",
+            "register",
+        ] {
+            let path = format!("{root}/benches/data/{name}.sip");
+            out.push(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")));
+        }
+        let dir = format!("{root}/tests/data/rfc4475");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "dat"))
+            .collect();
+        files.sort();
+        for f in files {
+            let raw = std::fs::read(&f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+            let mut crlf = Vec::with_capacity(raw.len() + 64);
+            for (i, &b) in raw.iter().enumerate() {
+                if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+                    crlf.push(b'\r');
+                }
+                crlf.push(b);
+            }
+            out.push(crlf);
+        }
+        let base = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1, SIP/2.0/TCP g:5060;branch=z9hG4bK2\r\n\
+From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c@h\r\nCSeq: 2 REGISTER\r\n";
+        for extra in [
+            "Contact: *\r\nExpires: 0\r\n",
+            "Contact: *\r\nContact: <sip:a@h>\r\n",
+            "Contact: <sip:a@h>, *\r\n",
+            "Contact: \"x,y\" <sip:a@h;p=1,2>;q=0.5, <sip:b@h>\r\nm: sip:c@h;expires=3\r\n",
+            "Route: <sip:r1;lr>, <sip:r2;lr>\r\nRoute: <sip:r3;lr>\r\nRecord-Route: <sip:rr1;lr>\r\n",
+            "Route: <sip:r1;lr>\r\nRecord-Route: <sip:rr1;lr>, <sip:rr2;lr>\r\nRecord-Route: <sip:rr3>\r\n",
+            "Via: SIP/2.0/UDP third;branch=z9hG4bK3\r\nContact: <sip:a@h>\r\nRoute: <sip:r>\r\n",
+        ] {
+            out.push(format!("{base}{extra}Content-Length: 0\r\n\r\n").into_bytes());
+        }
+        out
+    }
+
+    fn same_verdict(raw: &[u8]) {
+        let Ok(m) = Message::parse(Bytes::copy_from_slice(raw)) else {
+            return;
+        };
+        assert_eq!(
+            format!("{:?}", m.validated()),
+            format!("{:?}", m.validated_by_accessors()),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+
+    /// The one walk gives what the accessors one after the other gave: the same values
+    /// and the same first error, on every message of the corpus and on every message made
+    /// from one by replacing one byte of its head with a byte that matters to the lists
+    /// (separators, quotes, brackets, `*`, LWS, a line end).
+    #[test]
+    fn one_walk_is_the_accessors() {
+        let mut n = 0;
+        for raw in corpus() {
+            same_verdict(&raw);
+            let head_len = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(raw.len(), |p| p + 4);
+            for at in 0..head_len {
+                for &b in b",;\"<>*: @=x\r\n" {
+                    let mut m = raw.clone();
+                    m[at] = b;
+                    same_verdict(&m);
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 100_000, "{n}");
+    }
+
+    proptest::proptest! {
+        /// The same on messages with lines moved, repeated or dropped.
+        #[test]
+        fn one_walk_is_the_accessors_on_shuffled_lines(
+            pick in 0usize..64,
+            ops in proptest::collection::vec((0usize..40, 0usize..40, 0u8..3), 1..6),
+        ) {
+            let corpus = corpus();
+            let raw = &corpus[pick % corpus.len()];
+            let text = String::from_utf8_lossy(raw).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let mut lines: Vec<&str> = head.split("\r\n").collect();
+            for (a, b, op) in ops {
+                if lines.len() < 2 {
+                    break;
+                }
+                let (a, b) = (1 + a % (lines.len() - 1), 1 + b % (lines.len() - 1));
+                match op {
+                    0 => lines.swap(a, b),
+                    1 => lines.insert(b, lines[a]),
+                    _ => {
+                        lines.remove(a);
+                    }
+                }
+            }
+            let m = format!("{}\r\n\r\n{body}", lines.join("\r\n"));
+            same_verdict(m.as_bytes());
         }
     }
 }

@@ -308,7 +308,9 @@ impl<'a> Contacts<'a> {
         }
     }
 
-    /// The verdict of [`parse`](Self::parse) without building the list.
+    /// The verdict of [`parse`](Self::parse) without building the list, by
+    /// [`each`](Self::each) (what [`ContactCheck`] must agree with).
+    #[cfg(test)]
     pub(crate) fn check(msg: &'a Message) -> Result<(), ParseError> {
         Self::each(msg, |_| ()).map(|_| ())
     }
@@ -347,6 +349,58 @@ impl<'a> Contacts<'a> {
             Contacts::Star => &[],
             Contacts::List(l) => l,
         }
+    }
+}
+
+/// The verdict of [`Contacts::parse`] without the list, fed one Contact line at a time
+/// (the walk of [`Message::validated`] over the header index): the first problem of any
+/// value, else `*` mixed with contacts.
+#[derive(Debug, Default)]
+pub(crate) struct ContactCheck {
+    any: bool,
+    star: bool,
+    err: Option<ParseError>,
+}
+
+impl ContactCheck {
+    /// The values of one Contact line.
+    pub(crate) fn line(&mut self, line: &str) {
+        if self.err.is_some() {
+            return;
+        }
+        let at = Where::Header("Contact");
+        for v in scan::CommaSplit::new(line) {
+            let r = match v {
+                Err(()) => Err(ParseError::BadValue {
+                    at,
+                    what: "unterminated quoted string",
+                }),
+                Ok("*") => {
+                    self.star = true;
+                    continue;
+                }
+                Ok(v) => NameAddr::parse(v, at).and_then(|c| c.validate()),
+            };
+            if let Err(e) = r {
+                self.err = Some(e);
+                return;
+            }
+            self.any = true;
+        }
+    }
+
+    /// The verdict once every line is in.
+    pub(crate) fn verdict(self) -> Result<(), ParseError> {
+        if let Some(e) = self.err {
+            return Err(e);
+        }
+        if self.star && self.any {
+            return Err(ParseError::BadValue {
+                at: Where::Header("Contact"),
+                what: "'*' mixed with other contacts",
+            });
+        }
+        Ok(())
     }
 }
 
