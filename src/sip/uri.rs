@@ -687,7 +687,7 @@ impl<'a> TelUri<'a> {
 /// walk that classifies the host as it goes, when it is the common case: a valid host name
 /// or IPv4 address and a valid port. `None` for anything else (an IPv6 reference, an error),
 /// which [`parse_hostport`] then reads, with the verdict it gives.
-fn scan_hostport(s: &str) -> Option<(Host<'_>, Option<u16>, usize)> {
+pub(crate) fn scan_hostport(s: &str) -> Option<(Host<'_>, Option<u16>, usize)> {
     let b = s.as_bytes();
     let mut i = run(b, 0, class::HOST);
     if !matches!(b.get(i), None | Some(b':' | b';' | b'?')) {
