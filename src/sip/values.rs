@@ -308,21 +308,35 @@ impl<'a> CSeq<'a> {
             what,
         };
         let v = trim_lws(v);
-        let n = v.bytes().take_while(u8::is_ascii_digit).count();
-        let seq = match scan::parse_u64(&v[..n]) {
+        let b = v.as_bytes();
+        let n = run(b, 0, class::DIGIT);
+        // Up to 10 digits: summed as they are; longer runs take parse_u64's limits.
+        let seq = if (1..=10).contains(&n) {
+            Some(
+                b[..n]
+                    .iter()
+                    .fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')),
+            )
+        } else {
+            scan::parse_u64(&v[..n])
+        };
+        let seq = match seq {
             Some(s) if s < 1 << 31 => s as u32,
             Some(_) | None if n > 0 => return Err(err("sequence number out of range")),
             _ => return Err(err("missing sequence number")),
         };
-        let rest = &v[n..];
-        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+        // LWS then a token to the end; a form feed (whitespace, not LWS) stays in the method.
+        let m = run(b, n, class::LWS);
+        if m == n && b.get(n) != Some(&0x0c) {
             return Err(err("missing method"));
         }
-        let method = trim_lws_start(rest);
-        if !scan::is_token_str(method) {
+        if m == b.len() || run(b, m, class::TOKEN) != b.len() {
             return Err(err("bad method"));
         }
-        Ok(CSeq { seq, method })
+        Ok(CSeq {
+            seq,
+            method: v.get(m..).unwrap_or(""),
+        })
     }
 }
 
@@ -574,6 +588,73 @@ mod tests {
             NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E", at).is_err()
         );
         assert!(NameAddr::parse(r#""Joe" <sip:joe@example.org>;;;;"#, at).is_err());
+    }
+
+    /// CSeq as it was read before the class runs: the tests' oracle.
+    fn cseq_by_chars(v: &str) -> Result<CSeq<'_>, ParseError> {
+        let err = |what| ParseError::BadValue {
+            at: Where::Header("CSeq"),
+            what,
+        };
+        let v = trim_lws(v);
+        let n = v.bytes().take_while(u8::is_ascii_digit).count();
+        let seq = match scan::parse_u64(&v[..n]) {
+            Some(s) if s < 1 << 31 => s as u32,
+            Some(_) | None if n > 0 => return Err(err("sequence number out of range")),
+            _ => return Err(err("missing sequence number")),
+        };
+        let rest = &v[n..];
+        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+            return Err(err("missing method"));
+        }
+        let method = trim_lws_start(rest);
+        if !scan::is_token_str(method) {
+            return Err(err("bad method"));
+        }
+        Ok(CSeq { seq, method })
+    }
+
+    /// The class-run reading of CSeq is the character reading, on every string of up to
+    /// 6 bytes over the bytes that matter and on numbers at the edges of the ranges.
+    #[test]
+    fn cseq_runs_are_the_char_reading() {
+        let alphabet = [
+            b'0', b'9', b' ', b'\t', 0x0c, b'\r', b'\n', b'I', b'@', 0xc3,
+        ];
+        let mut last: Vec<Vec<u8>> = vec![vec![]];
+        let mut n = 0;
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for l in &last {
+                for &b in &alphabet {
+                    let mut v = l.clone();
+                    v.push(b);
+                    if let Ok(s) = std::str::from_utf8(&v) {
+                        assert_eq!(CSeq::parse(s), cseq_by_chars(s), "{s:?}");
+                        n += 1;
+                    }
+                    next.push(v);
+                }
+            }
+            last = next;
+        }
+        assert!(n > 500_000, "{n}");
+        for num in [
+            "0",
+            "2147483647",
+            "2147483648",
+            "9999999999",
+            "10000000000",
+            "00000000001",
+            "18446744073709551615",
+            "18446744073709551616",
+            "000000000000000000001",
+        ] {
+            for tail in [" INVITE", "\tACK", "", " ", " IN VITE", "\x0cBYE"] {
+                let s = format!("{num}{tail}");
+                assert_eq!(CSeq::parse(&s), cseq_by_chars(&s), "{s:?}");
+            }
+        }
     }
 
     #[test]
