@@ -137,7 +137,7 @@ fn defer(slot: &mut Option<ParseError>, e: ParseError) {
 /// The first LF at or after `at`, noting on the way the first forbidden byte
 /// ([`forbidden_at`]) in `forbidden`. A CRLF is found at its CR: one search per line finds the
 /// line end and every NUL and bare CR of the line, so the head is not searched again for them.
-#[inline]
+#[inline(always)]
 fn next_lf(buf: &[u8], mut at: usize, forbidden: &mut Option<usize>) -> Option<usize> {
     loop {
         let i = find_ctl(buf, at)?;
