@@ -976,15 +976,14 @@ impl Message {
             let v = self.s(h.value);
             match h.name {
                 HeaderName::Via if via_err.is_none() => {
+                    // A line of one plain value needs no comma split.
+                    if let Some(via) = Via::parse_line_plain(v) {
+                        keep_via(&mut top_via, &mut next_via, via);
+                        continue;
+                    }
                     for e in CommaSplit::new(v) {
                         match list_value(e, HeaderName::Via).and_then(Via::parse) {
-                            Ok(via) => {
-                                if top_via.is_none() {
-                                    top_via = Some(via);
-                                } else if next_via.is_none() {
-                                    next_via = Some(via);
-                                }
-                            }
+                            Ok(via) => keep_via(&mut top_via, &mut next_via, via),
                             Err(e) => {
                                 via_err = Some(e);
                                 break;
@@ -1217,6 +1216,16 @@ fn leading_crlf(buf: &[u8]) -> usize {
         i += 2;
     }
     i
+}
+
+/// The top two Vias of a message, as its Vias come.
+#[inline(always)]
+fn keep_via<'a>(top: &mut Option<Via<'a>>, next: &mut Option<Via<'a>>, via: Via<'a>) {
+    if top.is_none() {
+        *top = Some(via);
+    } else if next.is_none() {
+        *next = Some(via);
+    }
 }
 
 /// One element of a list field as [`Message::list_values`] gives it.

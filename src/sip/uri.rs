@@ -243,14 +243,25 @@ impl<'a> Params<'a> {
     /// [`validate`](Self::validate) and index `raw` in the same pass: the list, ready for
     /// [`get`](Self::get) without a scan for the [`INDEXED`] names.
     pub(crate) fn checked(raw: &'a str) -> Result<Self, &'static str> {
+        match Self::checked_clean(raw) {
+            Some(p) => Ok(p),
+            None => Self::checked_slow(raw),
+        }
+    }
+
+    /// [`checked`](Self::checked) of a clean list (names and values of parameter bytes
+    /// only, no quotes, no LWS), `None` for any other: a list it takes holds no comma and
+    /// no quote.
+    #[inline]
+    pub(crate) fn checked_clean(raw: &'a str) -> Option<Self> {
         let mut index = ParamIndex::default();
         if raw.len() <= usize::from(u16::MAX)
             && scan_clean(raw.as_bytes(), false, &mut index) == Some(raw.len())
         {
             index.on = true;
-            return Ok(Params { raw, index });
+            return Some(Params { raw, index });
         }
-        Self::checked_slow(raw)
+        None
     }
 
     /// The parameters and the headers of a SIP URI: `tail` is what follows its host and

@@ -46,6 +46,26 @@ impl<'a> Via<'a> {
     /// then reads; where this reads, it reads what that would.
     #[inline]
     fn parse_plain(v: &'a str) -> Option<Result<Via<'a>, ParseError>> {
+        let (via, after) = Self::plain_sent_by(v)?;
+        let params = Params::checked(after).map_err(Self::err);
+        Some(params.map(|params| Via { params, ..via }))
+    }
+
+    /// A whole Via line (a header value, trimmed) in the common form with a clean
+    /// parameter list ([`Params::checked_clean`]): its bytes are then token, host, digit
+    /// and parameter bytes, none a comma or a quote, so the line is this one value, which
+    /// the comma split would hand to [`parse`](Self::parse) as it is. `None` otherwise.
+    #[inline]
+    pub(crate) fn parse_line_plain(line: &'a str) -> Option<Via<'a>> {
+        let (via, after) = Self::plain_sent_by(line)?;
+        let params = Params::checked_clean(after)?;
+        Some(Via { params, ..via })
+    }
+
+    /// What [`parse_plain`](Self::parse_plain) reads before the parameters (which it
+    /// leaves empty), and the parameter text.
+    #[inline(always)]
+    fn plain_sent_by(v: &'a str) -> Option<(Via<'a>, &'a str)> {
         let b = v.as_bytes();
         if !b.starts_with(b"SIP/2.0/") {
             return None;
@@ -59,15 +79,15 @@ impl<'a> Via<'a> {
         if sent_by.as_bytes().get(end) == Some(&b'?') {
             return None;
         }
-        let params = Params::checked(sent_by.get(end..)?).map_err(Self::err);
-        Some(params.map(|params| Via {
+        let via = Via {
             protocol: v.get(..3).unwrap_or(""),
             version: v.get(4..7).unwrap_or(""),
             transport: v.get(8..t_end).unwrap_or(""),
             host,
             port,
-            params,
-        }))
+            params: Params::default(),
+        };
+        Some((via, sent_by.get(end..)?))
     }
 
     /// [`parse`](Self::parse) for any Via value.
@@ -552,6 +572,11 @@ mod tests {
                             ] {
                                 let v = format!("{proto}{transport}{sp}{host}{port}{after}");
                                 assert_eq!(Via::parse(&v), Via::parse_any(&v), "{v:?}");
+                                if let Some(line) = Via::parse_line_plain(&v) {
+                                    let split: Vec<_> = scan::CommaSplit::new(&v).collect();
+                                    assert_eq!(split, vec![Ok(v.as_str())], "{v:?}");
+                                    assert_eq!(Ok(line), Via::parse(&v), "{v:?}");
+                                }
                                 if let (Ok(a), Ok(b)) = (Via::parse(&v), Via::parse_any(&v)) {
                                     for name in ["branch", "rport", "i", "a"] {
                                         assert_eq!(a.params.get(name), b.params.get(name));
