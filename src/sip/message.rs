@@ -1675,27 +1675,25 @@ mod walk_tests {
     /// messages (bare LF made CRLF, as their test does) and a few with several Contact,
     /// Route and Record-Route lines, `*` contacts and quoted commas.
     fn corpus() -> Vec<Vec<u8>> {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let mut out = Vec::new();
-        for name in [
-            "invite",
-            "200ok",
-            "200ok-proxied",
-            "200ok-siprox",
-            "register",
-        ] {
-            let path = format!("{root}/benches/data/{name}.sip");
-            out.push(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")));
+        macro_rules! files {
+            ($dir:literal, $ext:literal: $($f:literal),* $(,)?) => {
+                [$(include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), $dir, $f, $ext)).as_slice()),*]
+            };
         }
-        let dir = format!("{root}/tests/data/rfc4475");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "dat"))
-            .collect();
-        files.sort();
-        for f in files {
-            let raw = std::fs::read(&f).unwrap_or_else(|e| panic!("{f:?}: {e}"));
+        let fixtures = files!("/benches/data/", ".sip":
+            "invite", "200ok", "200ok-proxied", "200ok-siprox", "register");
+        let torture = files!("/tests/data/rfc4475/", ".dat":
+            "badaspec", "badbranch", "baddate", "baddn", "badinv01", "badvers", "bcast",
+            "bext01", "bigcode", "clerr", "cparam01", "cparam02", "dblreq", "esc01",
+            "esc02", "escnull", "escruri", "insuf", "intmeth", "inv2543", "invut",
+            "longreq", "ltgtruri", "lwsdisp", "lwsruri", "lwsstart", "mcl01",
+            "mismatch01", "mismatch02", "mpart01", "multi01", "ncl", "noreason",
+            "novelsc", "quotbal", "regaut01", "regbadct", "regescrt", "scalar02",
+            "scalarlg", "sdp01", "semiuri", "transports", "trws", "unkscm", "unksm2",
+            "unreason", "wsinv", "zeromf",
+        );
+        let mut out: Vec<Vec<u8>> = fixtures.iter().map(|f| f.to_vec()).collect();
+        for raw in torture {
             let mut crlf = Vec::with_capacity(raw.len() + 64);
             for (i, &b) in raw.iter().enumerate() {
                 if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
