@@ -335,6 +335,13 @@ impl<'a> Params<'a> {
                 return Some(self.raw.get(usize::from(s)..usize::from(e)));
             }
         }
+        self.get_by_scan(name)
+    }
+
+    /// [`get`](Self::get) by a scan of the list: names that are not indexed, lists that
+    /// are not. Out of line, so that `get` stays small enough to inline.
+    #[inline(never)]
+    fn get_by_scan(&self, name: &str) -> Option<Option<&'a str>> {
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
