@@ -9,6 +9,8 @@
 //! `validated/invite` and `validated/200ok-proxied` time [`Message::validated`] alone on a
 //! parsed message (the check a proxy runs on every request and response it forwards);
 //! `200ok-proxied` is a 200 as a proxy receives it: 2 Vias, 2 Record-Routes, a Contact.
+//! `200ok-siprox` (under `parse/`, `frame/`, `validated/`) is a 200 as siprox receives it
+//! under the load test: its own Via and flow token on top, two Record-Routes of its own.
 //! `frame/invite` and `frame/200ok-proxied` time [`StreamFramer::next_frame`] on a stream
 //! read that holds one whole message (the TLS path's parse), the append of the read included.
 
@@ -118,6 +120,13 @@ fn bench_siprox(c: &mut Criterion, fx: &[Fixture]) {
             b.iter(|| Message::parse_datagram(black_box(f.bytes.clone()), &limits))
         });
     }
+    // A 200 as siprox receives it in the load test (captured from /work/main's
+    // benches/conf.d run): siprox's own Via with its flow token on top, two Record-Routes.
+    let siprox200 = load("200ok-siprox");
+    g.throughput(Throughput::Bytes(siprox200.bytes.len() as u64));
+    g.bench_function(siprox200.name, |b| {
+        b.iter(|| Message::parse_datagram(black_box(siprox200.bytes.clone()), &limits))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("parse+read");
@@ -160,7 +169,7 @@ fn bench_siprox(c: &mut Criterion, fx: &[Fixture]) {
     g.finish();
 
     let mut g = c.benchmark_group("frame");
-    for f in [invite, &load("200ok-proxied")] {
+    for f in [invite, &load("200ok-proxied"), &siprox200] {
         g.throughput(Throughput::Bytes(f.bytes.len() as u64));
         g.bench_function(f.name, |b| {
             let mut framer = StreamFramer::new(limits);
@@ -178,7 +187,7 @@ fn bench_siprox(c: &mut Criterion, fx: &[Fixture]) {
 
     let mut g = c.benchmark_group("validated");
     let proxied = load("200ok-proxied");
-    for f in [invite, &proxied] {
+    for f in [invite, &proxied, &siprox200] {
         let m = Message::parse_datagram(f.bytes.clone(), &limits).expect("fixture parses");
         g.throughput(Throughput::Bytes(f.bytes.len() as u64));
         g.bench_function(f.name, |b| b.iter(|| black_box(&m).validated().is_ok()));

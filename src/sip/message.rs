@@ -12,7 +12,7 @@ use super::header::HeaderName;
 use super::limits::Limits;
 use super::scan::{self, trim_lws, CommaSplit};
 use super::uri::Uri;
-use super::values::{CSeq, Contacts, NameAddr, Via};
+use super::values::{CSeq, ContactCheck, Contacts, NameAddr, Via};
 
 /// A byte range inside a message, as `u32` offsets: messages are far below 4 GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,10 +137,10 @@ fn defer(slot: &mut Option<ParseError>, e: ParseError) {
 /// The first LF at or after `at`, noting on the way the first forbidden byte
 /// ([`forbidden_at`]) in `forbidden`. A CRLF is found at its CR: one search per line finds the
 /// line end and every NUL and bare CR of the line, so the head is not searched again for them.
-#[inline]
+#[inline(always)]
 fn next_lf(buf: &[u8], mut at: usize, forbidden: &mut Option<usize>) -> Option<usize> {
     loop {
-        let i = at + memchr::memchr3(b'\n', b'\r', 0, buf.get(at..)?)?;
+        let i = find_ctl(buf, at)?;
         match buf.get(i) {
             Some(b'\r') => {
                 if buf.get(i + 1) == Some(&b'\n') {
@@ -157,6 +157,97 @@ fn next_lf(buf: &[u8], mut at: usize, forbidden: &mut Option<usize>) -> Option<u
         }
         at = i + 1;
     }
+}
+
+/// The first LF, CR or NUL at or after `at`: two words of 8 bytes a step, with the test for
+/// a byte below 0x0e of every byte at once (`(w - 0x0e..0e) & !w & 0x80..80`, whose lowest
+/// flagged byte is the first such byte; TAB and the other controls below it are skipped
+/// one by one). Header lines are tens of bytes: cheaper than `memchr3`'s call and setup.
+#[inline]
+fn find_ctl(buf: &[u8], mut at: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    #[inline(always)]
+    fn below_0e(b: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        let w = u64::from_le_bytes(w);
+        w.wrapping_sub(0x0e * ONES) & !w & HIGH
+    }
+    // Two words a step: one bounds check and one test for 16 bytes.
+    while let Some(chunk) = buf.get(at..at + 16) {
+        let (lo, hi) = (below_0e(&chunk[..8]), below_0e(&chunk[8..]));
+        if lo | hi == 0 {
+            at += 16;
+            continue;
+        }
+        let i = if lo != 0 {
+            at + (lo.trailing_zeros() / 8) as usize
+        } else {
+            at + 8 + (hi.trailing_zeros() / 8) as usize
+        };
+        if matches!(buf.get(i), Some(b'\n' | b'\r' | 0)) {
+            return Some(i);
+        }
+        at = i + 1;
+    }
+    while let Some(chunk) = buf.get(at..at + 8) {
+        let m = below_0e(chunk);
+        if m == 0 {
+            at += 8;
+            continue;
+        }
+        let i = at + (m.trailing_zeros() / 8) as usize;
+        if matches!(buf.get(i), Some(b'\n' | b'\r' | 0)) {
+            return Some(i);
+        }
+        at = i + 1;
+    }
+    let rest = buf.get(at..)?;
+    rest.iter()
+        .position(|&b| matches!(b, b'\n' | b'\r' | 0))
+        .map(|p| at + p)
+}
+
+/// The name of a header line (classified), where it ends and where its colon is; `line_start` is the
+/// line's offset, for the error. The name is read as a run of token bytes, then optional
+/// SP/HT and the colon (nearly every line); else by the general reading
+/// ([`header_name_by_search`]): the first colon, the name before it trimmed of SP/HT, its
+/// bytes checked. Both read the same name where the run reads one.
+#[inline(always)]
+fn header_name(line: &[u8], line_start: usize) -> Result<(HeaderName, usize, usize), ParseError> {
+    let name_run = scan::run(line, 0, scan::class::TOKEN);
+    let mut colon = name_run;
+    while matches!(line.get(colon), Some(b' ' | b'\t')) {
+        colon += 1;
+    }
+    if name_run > 0 && line.get(colon) == Some(&b':') {
+        return Ok((HeaderName::classify(&line[..name_run]), name_run, colon));
+    }
+    header_name_by_search(line, line_start)
+}
+
+/// [`header_name`] for any line.
+#[cold]
+fn header_name_by_search(
+    line: &[u8],
+    line_start: usize,
+) -> Result<(HeaderName, usize, usize), ParseError> {
+    let colon =
+        scan::position(line, b':').ok_or(ParseError::BadHeaderLine { offset: line_start })?;
+    let mut name_end = colon;
+    while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
+    }
+    let name_bytes = &line[..name_end];
+    let name = HeaderName::classify(name_bytes);
+    // A known name is made of token characters already; only others need the check.
+    if name == HeaderName::Other
+        && (name_bytes.is_empty() || !name_bytes.iter().all(|&b| scan::is_token(b)))
+    {
+        return Err(ParseError::BadHeaderLine { offset: line_start });
+    }
+    Ok((name, name_end, colon))
 }
 
 /// Index a message head from the start of `buf` (which must not start with CRLF padding).
@@ -241,21 +332,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, ParseError
                 limit: limits.max_headers,
             });
         }
-        // The colon ends a name of a few bytes: a plain loop, not memchr's dispatch.
-        let colon =
-            scan::position(line, b':').ok_or(ParseError::BadHeaderLine { offset: line_start })?;
-        let mut name_end = colon;
-        while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
-        }
-        let name_bytes = &line[..name_end];
-        let name = HeaderName::classify(name_bytes);
-        // A known name is made of token characters already; only others need the check.
-        if name == HeaderName::Other
-            && (name_bytes.is_empty() || !name_bytes.iter().all(|&b| scan::is_token(b)))
-        {
-            return Err(ParseError::BadHeaderLine { offset: line_start });
-        }
+        let (name, name_end, colon) = header_name(line, line_start)?;
         let mut vs = colon + 1;
         while vs < line.len() && scan::is_lws(line[vs]) {
             vs += 1;
@@ -873,7 +950,163 @@ impl Message {
     /// [`validate`](Self::validate), keeping what it parsed that the proxy reads again
     /// (the top Via, the Request-URI), so that those are parsed once per message.
     /// Same verdict as `validate`, which is this without the values.
+    ///
+    /// One walk over the header index reads every field it checks: each Via, Contact,
+    /// Route and Record-Route value is parsed as its line comes, and the first problem of
+    /// each field is kept; the problems are then reported in the order of the checks (Via,
+    /// From, To, Call-ID, CSeq, Max-Forwards, Contact, Route, Record-Route, Request-URI),
+    /// the verdict of one accessor after the other.
     pub fn validated(&self) -> Result<Validated<'_>, ParseError> {
+        if let Some(e) = &self.deferred {
+            return Err(e.clone());
+        }
+        if let ContentLength::Invalid(e) = &self.content_length {
+            return Err(e.clone());
+        }
+        let mut top_via = None;
+        let mut next_via = None;
+        let mut via_err = None;
+        let mut found = Found::default();
+        let mut contacts = ContactCheck::default();
+        let mut routes: [Option<Uri<'_>>; 2] = [None, None];
+        let mut route_n = 0usize;
+        let mut route_err = None;
+        let mut rr_err = None;
+        for h in &self.headers {
+            let v = self.s(h.value);
+            match h.name {
+                HeaderName::Via if via_err.is_none() => {
+                    // A line of one plain value needs no comma split.
+                    if let Some(via) = Via::parse_line_plain(v) {
+                        keep_via(&mut top_via, &mut next_via, via);
+                        continue;
+                    }
+                    for e in CommaSplit::new(v) {
+                        match list_value(e, HeaderName::Via).and_then(Via::parse) {
+                            Ok(via) => keep_via(&mut top_via, &mut next_via, via),
+                            Err(e) => {
+                                via_err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                HeaderName::From => found.from.add(v),
+                HeaderName::To => found.to.add(v),
+                HeaderName::CallId => found.call_id.add(v),
+                HeaderName::CSeq => found.cseq.add(v),
+                HeaderName::MaxForwards => found.max_forwards.add(v),
+                HeaderName::Contact => {
+                    found.contact = true;
+                    contacts.line(v);
+                }
+                HeaderName::Route => {
+                    found.route = true;
+                    if route_err.is_some() {
+                        continue;
+                    }
+                    for e in CommaSplit::new(v) {
+                        let at = Where::Header("Route");
+                        let uri = list_value(e, HeaderName::Route)
+                            .and_then(|r| NameAddr::parse(r, at))
+                            .and_then(|r| r.uri());
+                        match uri {
+                            Ok(uri) => {
+                                if let Some(slot) = routes.get_mut(route_n) {
+                                    *slot = Some(uri);
+                                }
+                                route_n += 1;
+                            }
+                            Err(e) => {
+                                route_err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                HeaderName::RecordRoute => {
+                    found.record_route = true;
+                    if rr_err.is_some() {
+                        continue;
+                    }
+                    for e in CommaSplit::new(v) {
+                        let at = Where::Header("Record-Route");
+                        let r = list_value(e, HeaderName::RecordRoute)
+                            .and_then(|r| NameAddr::parse(r, at))
+                            .and_then(|r| r.validate());
+                        if let Err(e) = r {
+                            rr_err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                HeaderName::ProxyRequire => found.proxy_require = true,
+                _ => {}
+            }
+        }
+        if let Some(e) = via_err {
+            return Err(e);
+        }
+        let Some(top_via) = top_via else {
+            return Err(ParseError::MissingHeader { name: "Via" });
+        };
+        let from = NameAddr::parse(
+            found.from.required(HeaderName::From)?,
+            Where::Header("From"),
+        )?;
+        from.validate()?;
+        let to = NameAddr::parse(found.to.required(HeaderName::To)?, Where::Header("To"))?;
+        to.validate()?;
+        let call_id = check_call_id(found.call_id.required(HeaderName::CallId)?)?;
+        let cseq = CSeq::parse(found.cseq.required(HeaderName::CSeq)?)?;
+        let ids = RequestIds {
+            from_tag: from.tag(),
+            to_tag: to.tag(),
+            cseq: cseq.seq,
+        };
+        let max_forwards = match found.max_forwards.single(HeaderName::MaxForwards)? {
+            Some(v) => Some(parse_max_forwards(v)?),
+            None => None,
+        };
+        contacts.verdict()?;
+        if let Some(e) = route_err {
+            return Err(e);
+        }
+        if let Some(e) = rr_err {
+            return Err(e);
+        }
+        let mut request_uri = None;
+        if let Some(method) = self.method() {
+            let uri = self.request_uri()?;
+            if let Uri::Sip(u) = &uri {
+                if u.headers.is_some() {
+                    return Err(ParseError::BadUri {
+                        at: Where::StartLine,
+                        what: "headers are not allowed in a Request-URI",
+                    });
+                }
+            }
+            if cseq.method != method {
+                return Err(ParseError::CSeqMethodMismatch);
+            }
+            request_uri = Some(uri);
+        }
+        Ok(Validated {
+            top_via,
+            next_via,
+            request_uri,
+            ids,
+            call_id,
+            routes,
+            max_forwards,
+            proxy_require: found.proxy_require,
+        })
+    }
+
+    /// [`validated`](Self::validated) as it was before the one walk over the index: each
+    /// list field read through its own accessor. The tests' oracle.
+    #[cfg(test)]
+    pub(crate) fn validated_by_accessors(&self) -> Result<Validated<'_>, ParseError> {
         if let Some(e) = &self.deferred {
             return Err(e.clone());
         }
@@ -983,6 +1216,25 @@ fn leading_crlf(buf: &[u8]) -> usize {
         i += 2;
     }
     i
+}
+
+/// The top two Vias of a message, as its Vias come.
+#[inline(always)]
+fn keep_via<'a>(top: &mut Option<Via<'a>>, next: &mut Option<Via<'a>>, via: Via<'a>) {
+    if top.is_none() {
+        *top = Some(via);
+    } else if next.is_none() {
+        *next = Some(via);
+    }
+}
+
+/// One element of a list field as [`Message::list_values`] gives it.
+#[inline]
+fn list_value(e: Result<&str, ()>, name: HeaderName) -> Result<&str, ParseError> {
+    e.map_err(|()| ParseError::BadValue {
+        at: Where::Header(name.as_str()),
+        what: "unterminated quoted string",
+    })
 }
 
 /// `callid = word [ "@" word ]` (RFC 3261 §25.1).
@@ -1255,6 +1507,85 @@ CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
         }
     }
 
+    /// Every string of up to 5 bytes over the bytes that matter (the three searched for,
+    /// the other controls below 0x0e, their neighbours, high bytes), and 40-byte lines
+    /// with one or two of them anywhere, from every start: the word search finds what
+    /// `memchr3` finds.
+    #[test]
+    fn ctl_search_is_memchr3() {
+        let alphabet = [
+            b'\n', b'\r', 0, b'\t', 0x0b, 0x0e, 0x0f, b'a', 0x80, 0xff, 0x8d,
+        ];
+        let mut cases: Vec<Vec<u8>> = vec![vec![]];
+        let mut last: Vec<Vec<u8>> = vec![vec![]];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for l in &last {
+                for &b in &alphabet {
+                    let mut v = l.clone();
+                    v.push(b);
+                    next.push(v);
+                }
+            }
+            cases.extend(next.iter().cloned());
+            last = next;
+        }
+        for &x in &alphabet {
+            for &y in &alphabet {
+                for i in 0..40 {
+                    let mut v = vec![b'a'; 40];
+                    v[i] = x;
+                    v[(i * 7 + 3) % 40] = y;
+                    cases.push(v);
+                }
+            }
+        }
+        for v in &cases {
+            for at in 0..=v.len() {
+                let want = memchr::memchr3(b'\n', b'\r', 0, &v[at..]).map(|p| at + p);
+                assert_eq!(find_ctl(v, at), want, "{v:?} from {at}");
+            }
+        }
+        assert!(cases.len() > 150_000, "{}", cases.len());
+    }
+
+    /// The run-of-token reading of a header name gives the general reading's name, colon
+    /// and error, on every line of up to 6 bytes over the bytes that matter and on names.
+    #[test]
+    fn header_name_run_is_the_search() {
+        let alphabet = b"Vi: \t-@\xc3";
+        let mut lines: Vec<Vec<u8>> = vec![vec![]];
+        let mut last = vec![vec![]];
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for l in &last {
+                for &b in alphabet {
+                    let mut v: Vec<u8> = l.clone();
+                    v.push(b);
+                    next.push(v);
+                }
+            }
+            lines.extend(next.iter().cloned());
+            last = next;
+        }
+        for name in [
+            "Via",
+            "v",
+            "Call-ID",
+            "X-Custom",
+            "Content-Length",
+            "To",
+            "t",
+        ] {
+            for sep in [":", " :", "\t: ", ":x", " x:", ""] {
+                lines.push(format!("{name}{sep} value").into_bytes());
+            }
+        }
+        for l in &lines {
+            assert_eq!(header_name(l, 7), header_name_by_search(l, 7), "{l:?}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn forbidden_byte_agrees_with_a_separate_pass(
@@ -1333,6 +1664,125 @@ From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c@h\r\nCSeq: 1 OPTIONS\r\n";
             let raw = format!("{base}{fields}Content-Length: 0\r\n\r\n");
             let m = Message::parse(Bytes::from(raw)).unwrap();
             assert_eq!(m.validate(), Err(want), "{fields}");
+        }
+    }
+}
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    /// The messages the one walk is compared on: the bench fixtures, the RFC 4475 torture
+    /// messages (bare LF made CRLF, as their test does) and a few with several Contact,
+    /// Route and Record-Route lines, `*` contacts and quoted commas.
+    fn corpus() -> Vec<Vec<u8>> {
+        macro_rules! files {
+            ($dir:literal, $ext:literal: $($f:literal),* $(,)?) => {
+                [$(include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), $dir, $f, $ext)).as_slice()),*]
+            };
+        }
+        let fixtures = files!("/benches/data/", ".sip":
+            "invite", "200ok", "200ok-proxied", "200ok-siprox", "register");
+        let torture = files!("/tests/data/rfc4475/", ".dat":
+            "badaspec", "badbranch", "baddate", "baddn", "badinv01", "badvers", "bcast",
+            "bext01", "bigcode", "clerr", "cparam01", "cparam02", "dblreq", "esc01",
+            "esc02", "escnull", "escruri", "insuf", "intmeth", "inv2543", "invut",
+            "longreq", "ltgtruri", "lwsdisp", "lwsruri", "lwsstart", "mcl01",
+            "mismatch01", "mismatch02", "mpart01", "multi01", "ncl", "noreason",
+            "novelsc", "quotbal", "regaut01", "regbadct", "regescrt", "scalar02",
+            "scalarlg", "sdp01", "semiuri", "transports", "trws", "unkscm", "unksm2",
+            "unreason", "wsinv", "zeromf",
+        );
+        let mut out: Vec<Vec<u8>> = fixtures.iter().map(|f| f.to_vec()).collect();
+        for raw in torture {
+            let mut crlf = Vec::with_capacity(raw.len() + 64);
+            for (i, &b) in raw.iter().enumerate() {
+                if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+                    crlf.push(b'\r');
+                }
+                crlf.push(b);
+            }
+            out.push(crlf);
+        }
+        let base = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1, SIP/2.0/TCP g:5060;branch=z9hG4bK2\r\n\
+From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c@h\r\nCSeq: 2 REGISTER\r\n";
+        for extra in [
+            "Contact: *\r\nExpires: 0\r\n",
+            "Contact: *\r\nContact: <sip:a@h>\r\n",
+            "Contact: <sip:a@h>, *\r\n",
+            "Contact: \"x,y\" <sip:a@h;p=1,2>;q=0.5, <sip:b@h>\r\nm: sip:c@h;expires=3\r\n",
+            "Route: <sip:r1;lr>, <sip:r2;lr>\r\nRoute: <sip:r3;lr>\r\nRecord-Route: <sip:rr1;lr>\r\n",
+            "Route: <sip:r1;lr>\r\nRecord-Route: <sip:rr1;lr>, <sip:rr2;lr>\r\nRecord-Route: <sip:rr3>\r\n",
+            "Via: SIP/2.0/UDP third;branch=z9hG4bK3\r\nContact: <sip:a@h>\r\nRoute: <sip:r>\r\n",
+        ] {
+            out.push(format!("{base}{extra}Content-Length: 0\r\n\r\n").into_bytes());
+        }
+        out
+    }
+
+    fn same_verdict(raw: &[u8]) {
+        let Ok(m) = Message::parse(Bytes::copy_from_slice(raw)) else {
+            return;
+        };
+        assert_eq!(
+            format!("{:?}", m.validated()),
+            format!("{:?}", m.validated_by_accessors()),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+
+    /// The one walk gives what the accessors one after the other gave: the same values
+    /// and the same first error, on every message of the corpus and on every message made
+    /// from one by replacing one byte of its head with a byte that matters to the lists
+    /// (separators, quotes, brackets, `*`, LWS, a line end).
+    #[test]
+    fn one_walk_is_the_accessors() {
+        let mut n = 0;
+        for raw in corpus() {
+            same_verdict(&raw);
+            let head_len = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(raw.len(), |p| p + 4);
+            for at in 0..head_len {
+                for &b in b",;\"<>*: @=x\r\n" {
+                    let mut m = raw.clone();
+                    m[at] = b;
+                    same_verdict(&m);
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 100_000, "{n}");
+    }
+
+    proptest::proptest! {
+        /// The same on messages with lines moved, repeated or dropped.
+        #[test]
+        fn one_walk_is_the_accessors_on_shuffled_lines(
+            pick in 0usize..64,
+            ops in proptest::collection::vec((0usize..40, 0usize..40, 0u8..3), 1..6),
+        ) {
+            let corpus = corpus();
+            let raw = &corpus[pick % corpus.len()];
+            let text = String::from_utf8_lossy(raw).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let mut lines: Vec<&str> = head.split("\r\n").collect();
+            for (a, b, op) in ops {
+                if lines.len() < 2 {
+                    break;
+                }
+                let (a, b) = (1 + a % (lines.len() - 1), 1 + b % (lines.len() - 1));
+                match op {
+                    0 => lines.swap(a, b),
+                    1 => lines.insert(b, lines[a]),
+                    _ => {
+                        lines.remove(a);
+                    }
+                }
+            }
+            let m = format!("{}\r\n\r\n{body}", lines.join("\r\n"));
+            same_verdict(m.as_bytes());
         }
     }
 }

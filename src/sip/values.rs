@@ -6,7 +6,7 @@ use super::error::{ParseError, Where};
 use super::header::HeaderName;
 use super::message::Message;
 use super::scan::{self, class, is_lws, quoted_end, run, trim_lws, trim_lws_start};
-use super::uri::{parse_host, Host, Params, Uri};
+use super::uri::{parse_host, scan_hostport, Host, Params, Uri};
 
 /// One Via value (RFC 3261 §20.42).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +32,66 @@ impl<'a> Via<'a> {
 
     /// Parse one (comma-split, trimmed) Via value.
     pub fn parse(v: &'a str) -> Result<Via<'a>, ParseError> {
+        match Self::parse_plain(v) {
+            Some(via) => via,
+            None => Self::parse_any(v),
+        }
+    }
+
+    /// The form nearly every Via has, `SIP/2.0/` transport, one SP, a host name or IPv4
+    /// address, an optional port and the parameters, read in one walk: no token search
+    /// with LWS around the slashes, no search for the end of the sent-by and no second
+    /// pass over it. `None` for anything else (LWS elsewhere, an IPv6 reference, a port
+    /// with leading zeros, an error in the sent-by), which [`parse_any`](Self::parse_any)
+    /// then reads; where this reads, it reads what that would.
+    #[inline]
+    fn parse_plain(v: &'a str) -> Option<Result<Via<'a>, ParseError>> {
+        let (via, after) = Self::plain_sent_by(v)?;
+        let params = Params::checked(after).map_err(Self::err);
+        Some(params.map(|params| Via { params, ..via }))
+    }
+
+    /// A whole Via line (a header value, trimmed) in the common form with a clean
+    /// parameter list ([`Params::checked_clean`]): its bytes are then token, host, digit
+    /// and parameter bytes, none a comma or a quote, so the line is this one value, which
+    /// the comma split would hand to [`parse`](Self::parse) as it is. `None` otherwise.
+    #[inline]
+    pub(crate) fn parse_line_plain(line: &'a str) -> Option<Via<'a>> {
+        let (via, after) = Self::plain_sent_by(line)?;
+        let params = Params::checked_clean(after)?;
+        Some(Via { params, ..via })
+    }
+
+    /// What [`parse_plain`](Self::parse_plain) reads before the parameters (which it
+    /// leaves empty), and the parameter text.
+    #[inline(always)]
+    fn plain_sent_by(v: &'a str) -> Option<(Via<'a>, &'a str)> {
+        let b = v.as_bytes();
+        if !b.starts_with(b"SIP/2.0/") {
+            return None;
+        }
+        let t_end = run(b, 8, class::TOKEN);
+        if t_end == 8 || b.get(t_end) != Some(&b' ') {
+            return None;
+        }
+        let sent_by = v.get(t_end + 1..)?;
+        let (host, port, end) = scan_hostport(sent_by)?;
+        if sent_by.as_bytes().get(end) == Some(&b'?') {
+            return None;
+        }
+        let via = Via {
+            protocol: v.get(..3).unwrap_or(""),
+            version: v.get(4..7).unwrap_or(""),
+            transport: v.get(8..t_end).unwrap_or(""),
+            host,
+            port,
+            params: Params::default(),
+        };
+        Some((via, sent_by.get(end..)?))
+    }
+
+    /// [`parse`](Self::parse) for any Via value.
+    fn parse_any(v: &'a str) -> Result<Via<'a>, ParseError> {
         let (protocol, rest) = take_token(v).ok_or(Self::err("bad protocol name"))?;
         let rest = expect(rest, b'/').ok_or(Self::err("missing '/'"))?;
         let (version, rest) = take_token(rest).ok_or(Self::err("bad protocol version"))?;
@@ -268,21 +328,35 @@ impl<'a> CSeq<'a> {
             what,
         };
         let v = trim_lws(v);
-        let n = v.bytes().take_while(u8::is_ascii_digit).count();
-        let seq = match scan::parse_u64(&v[..n]) {
+        let b = v.as_bytes();
+        let n = run(b, 0, class::DIGIT);
+        // Up to 10 digits: summed as they are; longer runs take parse_u64's limits.
+        let seq = if (1..=10).contains(&n) {
+            Some(
+                b[..n]
+                    .iter()
+                    .fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')),
+            )
+        } else {
+            scan::parse_u64(&v[..n])
+        };
+        let seq = match seq {
             Some(s) if s < 1 << 31 => s as u32,
             Some(_) | None if n > 0 => return Err(err("sequence number out of range")),
             _ => return Err(err("missing sequence number")),
         };
-        let rest = &v[n..];
-        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+        // LWS then a token to the end; a form feed (whitespace, not LWS) stays in the method.
+        let m = run(b, n, class::LWS);
+        if m == n && b.get(n) != Some(&0x0c) {
             return Err(err("missing method"));
         }
-        let method = trim_lws_start(rest);
-        if !scan::is_token_str(method) {
+        if m == b.len() || run(b, m, class::TOKEN) != b.len() {
             return Err(err("bad method"));
         }
-        Ok(CSeq { seq, method })
+        Ok(CSeq {
+            seq,
+            method: v.get(m..).unwrap_or(""),
+        })
     }
 }
 
@@ -308,7 +382,9 @@ impl<'a> Contacts<'a> {
         }
     }
 
-    /// The verdict of [`parse`](Self::parse) without building the list.
+    /// The verdict of [`parse`](Self::parse) without building the list, by
+    /// [`each`](Self::each) (what [`ContactCheck`] must agree with).
+    #[cfg(test)]
     pub(crate) fn check(msg: &'a Message) -> Result<(), ParseError> {
         Self::each(msg, |_| ()).map(|_| ())
     }
@@ -347,6 +423,58 @@ impl<'a> Contacts<'a> {
             Contacts::Star => &[],
             Contacts::List(l) => l,
         }
+    }
+}
+
+/// The verdict of [`Contacts::parse`] without the list, fed one Contact line at a time
+/// (the walk of [`Message::validated`] over the header index): the first problem of any
+/// value, else `*` mixed with contacts.
+#[derive(Debug, Default)]
+pub(crate) struct ContactCheck {
+    any: bool,
+    star: bool,
+    err: Option<ParseError>,
+}
+
+impl ContactCheck {
+    /// The values of one Contact line.
+    pub(crate) fn line(&mut self, line: &str) {
+        if self.err.is_some() {
+            return;
+        }
+        let at = Where::Header("Contact");
+        for v in scan::CommaSplit::new(line) {
+            let r = match v {
+                Err(()) => Err(ParseError::BadValue {
+                    at,
+                    what: "unterminated quoted string",
+                }),
+                Ok("*") => {
+                    self.star = true;
+                    continue;
+                }
+                Ok(v) => NameAddr::parse(v, at).and_then(|c| c.validate()),
+            };
+            if let Err(e) = r {
+                self.err = Some(e);
+                return;
+            }
+            self.any = true;
+        }
+    }
+
+    /// The verdict once every line is in.
+    pub(crate) fn verdict(self) -> Result<(), ParseError> {
+        if let Some(e) = self.err {
+            return Err(e);
+        }
+        if self.star && self.any {
+            return Err(ParseError::BadValue {
+                at: Where::Header("Contact"),
+                what: "'*' mixed with other contacts",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -408,6 +536,62 @@ mod tests {
         assert!(Via::parse("SIP/2.0/UDP").is_err());
     }
 
+    /// The one-walk read of the common form gives what the general parse gives, on Vias
+    /// made of every combination of pieces that matter to either (protocol spellings,
+    /// transports, the space, hosts, ports, what follows).
+    #[test]
+    fn plain_via_is_the_general_parse() {
+        let mut n = 0;
+        for proto in ["SIP/2.0/", "sip/2.0/", "SIP/2.0 /", "SIP/2.0//"] {
+            for transport in ["UDP", "TLS", "", "U;P", "T\"S"] {
+                for sp in [" ", "  ", "\t", "", "\r\n "] {
+                    for host in [
+                        "127.0.0.1",
+                        "h.example.com",
+                        "[::1]",
+                        "a..b",
+                        "-a",
+                        "1.2.3.04",
+                        "h_1",
+                        "",
+                        "h?",
+                        "256.1.1.1",
+                    ] {
+                        for port in [
+                            "", ":5060", ":65535", ":65536", ":0005060", ":", " : 5060", ":5x",
+                        ] {
+                            for after in [
+                                "",
+                                ";branch=z9hG4bK1",
+                                ";;",
+                                "?x",
+                                " ;rport",
+                                ";i=1.0.abc;rport=5",
+                                "junk",
+                                ";a=\"q\"",
+                            ] {
+                                let v = format!("{proto}{transport}{sp}{host}{port}{after}");
+                                assert_eq!(Via::parse(&v), Via::parse_any(&v), "{v:?}");
+                                if let Some(line) = Via::parse_line_plain(&v) {
+                                    let split: Vec<_> = scan::CommaSplit::new(&v).collect();
+                                    assert_eq!(split, vec![Ok(v.as_str())], "{v:?}");
+                                    assert_eq!(Ok(line), Via::parse(&v), "{v:?}");
+                                }
+                                if let (Ok(a), Ok(b)) = (Via::parse(&v), Via::parse_any(&v)) {
+                                    for name in ["branch", "rport", "i", "a"] {
+                                        assert_eq!(a.params.get(name), b.params.get(name));
+                                    }
+                                    n += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 1_000, "{n}");
+    }
+
     #[test]
     fn name_addr_forms() {
         let at = Where::Header("From");
@@ -429,6 +613,73 @@ mod tests {
             NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E", at).is_err()
         );
         assert!(NameAddr::parse(r#""Joe" <sip:joe@example.org>;;;;"#, at).is_err());
+    }
+
+    /// CSeq as it was read before the class runs: the tests' oracle.
+    fn cseq_by_chars(v: &str) -> Result<CSeq<'_>, ParseError> {
+        let err = |what| ParseError::BadValue {
+            at: Where::Header("CSeq"),
+            what,
+        };
+        let v = trim_lws(v);
+        let n = v.bytes().take_while(u8::is_ascii_digit).count();
+        let seq = match scan::parse_u64(&v[..n]) {
+            Some(s) if s < 1 << 31 => s as u32,
+            Some(_) | None if n > 0 => return Err(err("sequence number out of range")),
+            _ => return Err(err("missing sequence number")),
+        };
+        let rest = &v[n..];
+        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+            return Err(err("missing method"));
+        }
+        let method = trim_lws_start(rest);
+        if !scan::is_token_str(method) {
+            return Err(err("bad method"));
+        }
+        Ok(CSeq { seq, method })
+    }
+
+    /// The class-run reading of CSeq is the character reading, on every string of up to
+    /// 6 bytes over the bytes that matter and on numbers at the edges of the ranges.
+    #[test]
+    fn cseq_runs_are_the_char_reading() {
+        let alphabet = [
+            b'0', b'9', b' ', b'\t', 0x0c, b'\r', b'\n', b'I', b'@', 0xc3,
+        ];
+        let mut last: Vec<Vec<u8>> = vec![vec![]];
+        let mut n = 0;
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for l in &last {
+                for &b in &alphabet {
+                    let mut v = l.clone();
+                    v.push(b);
+                    if let Ok(s) = std::str::from_utf8(&v) {
+                        assert_eq!(CSeq::parse(s), cseq_by_chars(s), "{s:?}");
+                        n += 1;
+                    }
+                    next.push(v);
+                }
+            }
+            last = next;
+        }
+        assert!(n > 500_000, "{n}");
+        for num in [
+            "0",
+            "2147483647",
+            "2147483648",
+            "9999999999",
+            "10000000000",
+            "00000000001",
+            "18446744073709551615",
+            "18446744073709551616",
+            "000000000000000000001",
+        ] {
+            for tail in [" INVITE", "\tACK", "", " ", " IN VITE", "\x0cBYE"] {
+                let s = format!("{num}{tail}");
+                assert_eq!(CSeq::parse(&s), cseq_by_chars(&s), "{s:?}");
+            }
+        }
     }
 
     #[test]
