@@ -115,6 +115,7 @@ impl Connection {
             wq: VecDeque::new(),
             woff: 0,
             wblocked: false,
+            rdrained: false,
             send_timer: None,
             phase: Phase::Starting,
             tls: None,

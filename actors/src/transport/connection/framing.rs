@@ -16,6 +16,9 @@ use siprox::sip::Frame;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use openssl::ssl::SslVersion;
+
+use super::handshake::Io;
 use super::{Connection, READ_CHUNK, READ_KEEP_MAX};
 use crate::state::inc;
 use crate::state::messages::CloseReason;
@@ -84,6 +87,16 @@ impl Connection {
         let Some(io) = self.io.as_mut() else {
             return ReadOutcome::Pending;
         };
+        // Nothing new since the last read found nothing: tokio's readiness says so without
+        // a syscall, and registers the waker as the read would have.
+        if self.rdrained {
+            if let Io::Tls(s) = &*io {
+                if s.get_ref().poll_read_ready(cx).is_pending() {
+                    return ReadOutcome::Pending;
+                }
+            }
+        }
+        self.rdrained = false;
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             if self.rbuf.capacity() == 0 {
                 self.rbuf = self.worker.take_read_buf();
@@ -93,6 +106,8 @@ impl Connection {
         let mut io = Pin::new(io);
         let n = match tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.rbuf) {
             Poll::Pending => {
+                self.rdrained =
+                    matches!(&*io, Io::Tls(s) if s.ssl().version2() == Some(SslVersion::TLS1_3));
                 if self.rbuf.is_empty() {
                     // Nothing pending: give the buffer back while the peer is quiet, so an
                     // idle connection holds no read buffer at all (the worker keeps it for

@@ -88,6 +88,12 @@ pub struct Connection {
     woff: usize,
     /// The socket refused the last write of `wq.front()` (it is retried as it is).
     wblocked: bool,
+    /// The last read of a TLS 1.3 stream found nothing (OpenSSL asked the socket for more,
+    /// so it holds no whole record): until the socket is readable again a read can only
+    /// say the same, and is skipped (a pass woken by the mailbox writes, no `SSL_read`).
+    /// TLS 1.3 only: there `SSL_write` never reads (no renegotiation), so nothing but a
+    /// read can fill OpenSSL's buffer meanwhile.
+    rdrained: bool,
     /// Armed while the socket refuses our bytes; reset whenever some are accepted.
     send_timer: Option<Pin<Box<Sleep>>>,
     phase: Phase,
