@@ -106,8 +106,12 @@ impl Connection {
         let mut io = Pin::new(io);
         let n = match tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.rbuf) {
             Poll::Pending => {
-                self.rdrained =
-                    matches!(&*io, Io::Tls(s) if s.ssl().version2() == Some(SslVersion::TLS1_3));
+                // Not while a post-handshake message is being answered (a KeyUpdate that
+                // asks for one back): that read waits to write, and records may be
+                // buffered behind it.
+                self.rdrained = matches!(&*io, Io::Tls(s)
+                    if s.ssl().version2() == Some(SslVersion::TLS1_3)
+                        && s.ssl().is_init_finished());
                 if self.rbuf.is_empty() {
                     // Nothing pending: give the buffer back while the peer is quiet, so an
                     // idle connection holds no read buffer at all (the worker keeps it for
