@@ -1050,24 +1050,12 @@ impl Message {
         let Some(top_via) = top_via else {
             return Err(ParseError::MissingHeader { name: "Via" });
         };
-        let from = NameAddr::parse(
-            found.from.required(HeaderName::From)?,
-            Where::Header("From"),
-        )?;
-        from.validate()?;
-        let to = NameAddr::parse(found.to.required(HeaderName::To)?, Where::Header("To"))?;
-        to.validate()?;
-        let call_id = check_call_id(found.call_id.required(HeaderName::CallId)?)?;
-        let cseq = CSeq::parse(found.cseq.required(HeaderName::CSeq)?)?;
-        let ids = RequestIds {
-            from_tag: from.tag(),
-            to_tag: to.tag(),
-            cseq: cseq.seq,
-        };
-        let max_forwards = match found.max_forwards.single(HeaderName::MaxForwards)? {
-            Some(v) => Some(parse_max_forwards(v)?),
-            None => None,
-        };
+        let Singles {
+            ids,
+            call_id,
+            cseq,
+            max_forwards,
+        } = found.singles()?;
         contacts.verdict()?;
         if let Some(e) = route_err {
             return Err(e);
@@ -1075,22 +1063,7 @@ impl Message {
         if let Some(e) = rr_err {
             return Err(e);
         }
-        let mut request_uri = None;
-        if let Some(method) = self.method() {
-            let uri = self.request_uri()?;
-            if let Uri::Sip(u) = &uri {
-                if u.headers.is_some() {
-                    return Err(ParseError::BadUri {
-                        at: Where::StartLine,
-                        what: "headers are not allowed in a Request-URI",
-                    });
-                }
-            }
-            if cseq.method != method {
-                return Err(ParseError::CSeqMethodMismatch);
-            }
-            request_uri = Some(uri);
-        }
+        let request_uri = self.checked_request_uri(&cseq)?;
         Ok(Validated {
             top_via,
             next_via,
@@ -1101,6 +1074,27 @@ impl Message {
             max_forwards,
             proxy_require: found.proxy_require,
         })
+    }
+
+    /// A request's Request-URI, checked (no headers; CSeq names the same method); `None`
+    /// for a response. The last step of [`validated`](Self::validated).
+    fn checked_request_uri(&self, cseq: &CSeq<'_>) -> Result<Option<Uri<'_>>, ParseError> {
+        let Some(method) = self.method() else {
+            return Ok(None);
+        };
+        let uri = self.request_uri()?;
+        if let Uri::Sip(u) = &uri {
+            if u.headers.is_some() {
+                return Err(ParseError::BadUri {
+                    at: Where::StartLine,
+                    what: "headers are not allowed in a Request-URI",
+                });
+            }
+        }
+        if cseq.method != method {
+            return Err(ParseError::CSeqMethodMismatch);
+        }
+        Ok(Some(uri))
     }
 
     /// [`validated`](Self::validated) as it was before the one walk over the index: each
@@ -1141,24 +1135,12 @@ impl Message {
                 _ => {}
             }
         }
-        let from = NameAddr::parse(
-            found.from.required(HeaderName::From)?,
-            Where::Header("From"),
-        )?;
-        from.validate()?;
-        let to = NameAddr::parse(found.to.required(HeaderName::To)?, Where::Header("To"))?;
-        to.validate()?;
-        let call_id = check_call_id(found.call_id.required(HeaderName::CallId)?)?;
-        let cseq = CSeq::parse(found.cseq.required(HeaderName::CSeq)?)?;
-        let ids = RequestIds {
-            from_tag: from.tag(),
-            to_tag: to.tag(),
-            cseq: cseq.seq,
-        };
-        let max_forwards = match found.max_forwards.single(HeaderName::MaxForwards)? {
-            Some(v) => Some(parse_max_forwards(v)?),
-            None => None,
-        };
+        let Singles {
+            ids,
+            call_id,
+            cseq,
+            max_forwards,
+        } = found.singles()?;
         if found.contact {
             Contacts::check(self)?;
         }
@@ -1176,22 +1158,7 @@ impl Message {
                 r?.validate()?;
             }
         }
-        let mut request_uri = None;
-        if let Some(method) = self.method() {
-            let uri = self.request_uri()?;
-            if let Uri::Sip(u) = &uri {
-                if u.headers.is_some() {
-                    return Err(ParseError::BadUri {
-                        at: Where::StartLine,
-                        what: "headers are not allowed in a Request-URI",
-                    });
-                }
-            }
-            if cseq.method != method {
-                return Err(ParseError::CSeqMethodMismatch);
-            }
-            request_uri = Some(uri);
-        }
+        let request_uri = self.checked_request_uri(&cseq)?;
         Ok(Validated {
             top_via,
             next_via,
@@ -1280,6 +1247,41 @@ struct Found<'a> {
     route: bool,
     record_route: bool,
     proxy_require: bool,
+}
+
+/// The single fields [`Message::validated`] checks, read from what the walk [`Found`].
+struct Singles<'a> {
+    ids: RequestIds<'a>,
+    call_id: &'a str,
+    cseq: CSeq<'a>,
+    max_forwards: Option<u8>,
+}
+
+impl<'a> Found<'a> {
+    /// From, To, Call-ID, CSeq and Max-Forwards checked, in this order (the first error is
+    /// the one reported).
+    fn singles(&self) -> Result<Singles<'a>, ParseError> {
+        let from = NameAddr::parse(self.from.required(HeaderName::From)?, Where::Header("From"))?;
+        from.validate()?;
+        let to = NameAddr::parse(self.to.required(HeaderName::To)?, Where::Header("To"))?;
+        to.validate()?;
+        let call_id = check_call_id(self.call_id.required(HeaderName::CallId)?)?;
+        let cseq = CSeq::parse(self.cseq.required(HeaderName::CSeq)?)?;
+        let max_forwards = match self.max_forwards.single(HeaderName::MaxForwards)? {
+            Some(v) => Some(parse_max_forwards(v)?),
+            None => None,
+        };
+        Ok(Singles {
+            ids: RequestIds {
+                from_tag: from.tag(),
+                to_tag: to.tag(),
+                cseq: cseq.seq,
+            },
+            call_id,
+            cseq,
+            max_forwards,
+        })
+    }
 }
 
 /// A field that may appear once: absent, its one value, or repeated.
