@@ -202,16 +202,14 @@ struct RrParams<'a> {
 
 impl RrParams<'_> {
     /// `;extra;fl=token`, as one parameter string: `;` added in front when the script's
-    /// do not start with one; nothing at all when the script's would break out of the URI.
+    /// do not start with one; the script's left out when they would break out of the URI
+    /// (the token stays: in-dialog requests need it to pass siprox's Route).
     fn write(&self, out: &mut String) {
-        if self
+        let breaks_out = self
             .extra
             .bytes()
-            .any(|b| matches!(b, b'>' | b'\r' | b'\n'))
-        {
-            return;
-        }
-        if !self.extra.is_empty() {
+            .any(|b| matches!(b, b'>' | b'\r' | b'\n'));
+        if !self.extra.is_empty() && !breaks_out {
             if !self.extra.starts_with(';') {
                 out.push(';');
             }

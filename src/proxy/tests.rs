@@ -508,6 +508,31 @@ From: <sip:a@x>;tag=1\nCall-ID: c\nCSeq: 1 OPTIONS\n\n");
 }
 
 #[test]
+fn record_route_params_that_break_out_of_the_uri_are_left_out_but_the_flow_token_stays() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.7:5070", "");
+    for bad in ["a>b", "x\r\nX-Evil: 1", ";ok\n"] {
+        let opts = ForwardOpts {
+            record_route: true,
+            rr_params: Some(bad.into()),
+            ..ForwardOpts::default()
+        };
+        let (_, out) = sent(p.forward_with(&m, &udp_in(), &opts));
+        let rr: Vec<_> = out
+            .record_routes()
+            .map(|r| r.unwrap().uri_str.to_owned())
+            .collect();
+        let fl = p.config().flow_keys.token(0, 0, b"call-1").expect("token");
+        assert_eq!(
+            rr,
+            vec![format!("sip:192.0.2.10:5060;lr;fl={fl}")],
+            "{bad:?}"
+        );
+        assert_eq!(out.header_values_by_name("X-Evil").count(), 0);
+    }
+}
+
+#[test]
 fn scripted_forward_applies_the_script_edits() {
     let p = proxy(RecordRoute::Never);
     let m = invite(
