@@ -1518,20 +1518,7 @@ CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
         let alphabet = [
             b'\n', b'\r', 0, b'\t', 0x0b, 0x0e, 0x0f, b'a', 0x80, 0xff, 0x8d,
         ];
-        let mut cases: Vec<Vec<u8>> = vec![vec![]];
-        let mut last: Vec<Vec<u8>> = vec![vec![]];
-        for _ in 0..5 {
-            let mut next = Vec::new();
-            for l in &last {
-                for &b in &alphabet {
-                    let mut v = l.clone();
-                    v.push(b);
-                    next.push(v);
-                }
-            }
-            cases.extend(next.iter().cloned());
-            last = next;
-        }
+        let mut cases = crate::sip::scan::every_string(&alphabet, 5);
         for &x in &alphabet {
             for &y in &alphabet {
                 for i in 0..40 {
@@ -1556,20 +1543,7 @@ CSeq: 2147483647 INVITE\r\nl: 0\r\n\r\n",
     #[test]
     fn header_name_run_is_the_search() {
         let alphabet = b"Vi: \t-@\xc3";
-        let mut lines: Vec<Vec<u8>> = vec![vec![]];
-        let mut last = vec![vec![]];
-        for _ in 0..6 {
-            let mut next = Vec::new();
-            for l in &last {
-                for &b in alphabet {
-                    let mut v: Vec<u8> = l.clone();
-                    v.push(b);
-                    next.push(v);
-                }
-            }
-            lines.extend(next.iter().cloned());
-            last = next;
-        }
+        let mut lines = crate::sip::scan::every_string(alphabet, 6);
         for name in [
             "Via",
             "v",

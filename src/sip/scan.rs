@@ -359,6 +359,27 @@ pub fn unescape(s: &str) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Every byte string of at most `max_len` bytes over `alphabet`, shortest first, the
+/// empty one included: the exhaustive inputs of the tests that compare a rewritten
+/// scanner with the reading it replaced.
+#[cfg(test)]
+pub(crate) fn every_string(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
+    let mut all = vec![vec![]];
+    let mut level = 0..1;
+    for _ in 0..max_len {
+        let end = all.len();
+        for i in level {
+            for &b in alphabet {
+                let mut v: Vec<u8> = all[i].clone();
+                v.push(b);
+                all.push(v);
+            }
+        }
+        level = end..all.len();
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
