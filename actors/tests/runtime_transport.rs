@@ -529,3 +529,143 @@ async fn a_burst_of_udp_responses_returns_whole_and_in_order_over_tls() {
     }
     rt.shutdown();
 }
+
+/// A TLS client's socket that, while `held`, keeps what TLS writes instead of sending it,
+/// so that several records (and a post-handshake message between them) reach siprox in
+/// one TCP write, or cut wherever the test chooses.
+#[derive(Debug)]
+struct Held {
+    tcp: std::net::TcpStream,
+    out: Vec<u8>,
+    held: bool,
+}
+
+impl std::io::Read for Held {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(b)
+    }
+}
+
+impl std::io::Write for Held {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.held {
+            self.out.extend_from_slice(b);
+            return Ok(b.len());
+        }
+        self.tcp.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Reads from `s` (blocking, each read bounded by the socket's timeout) until `raw` holds
+/// `n` whole messages; returns them.
+fn read_sync<S: std::io::Read>(s: &mut S, raw: &mut Vec<u8>, n: usize) -> Vec<String> {
+    loop {
+        let mut msgs = Vec::new();
+        let mut at = 0;
+        while let Some(end) = raw[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[at..at + end + 4]).into_owned();
+            let len: usize = header(&head, "Content-Length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let total = end + 4 + len;
+            if raw.len() - at < total {
+                break;
+            }
+            msgs.push(String::from_utf8_lossy(&raw[at..at + total]).into_owned());
+            at += total;
+        }
+        if msgs.len() >= n {
+            return msgs;
+        }
+        let mut chunk = [0u8; 16384];
+        let k = s.read(&mut chunk).expect("read within the timeout");
+        assert!(k > 0, "closed after {} messages", msgs.len());
+        raw.extend_from_slice(&chunk[..k]);
+    }
+}
+
+/// A read that empties OpenSSL's buffer lets siprox skip the next one until the socket is
+/// readable again; whatever OpenSSL still holds must be read first: several records in
+/// one TCP write, a record bigger than the read buffer, a record cut across two writes,
+/// and a KeyUpdate (asking for one back) between two records, all answered in order, and
+/// the stream still works both ways under the new keys.
+#[tokio::test]
+async fn records_openssl_holds_after_a_read_are_all_read_keyupdate_included() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+    use std::io::Write as _;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = start(config(&[Proto::Tls]), dir.path());
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let ca = ca_file(dir.path());
+    tokio::task::spawn_blocking(move || {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+        b.set_ca_file(&ca).expect("ca");
+        b.set_min_proto_version(Some(SslVersion::TLS1_3))
+            .expect("min");
+        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(T)).expect("timeout");
+        tcp.set_nodelay(true).expect("nodelay");
+        let held = Held {
+            tcp,
+            out: Vec::new(),
+            held: false,
+        };
+        let mut s = b.build().connect("127.0.0.1", held).expect("handshake");
+        assert_eq!(s.ssl().version_str(), "TLSv1.3");
+        s.get_mut().held = true;
+        let mut ids = Vec::new();
+        let write = |s: &mut openssl::ssl::SslStream<Held>, id: String, body: &str| {
+            let extra = if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: text/plain\r\n"
+            };
+            let ruri = format!("sip:{addr};transport=tls");
+            let m = request("OPTIONS", &ruri, "TLS 127.0.0.1:9", &id, extra, body);
+            s.write_all(m.as_bytes()).expect("write");
+            id
+        };
+        for i in 0..3 {
+            ids.push(write(&mut s, format!("held-{i}"), ""));
+        }
+        // One record of 9000 bytes of plaintext: more than one read of the buffer takes.
+        ids.push(write(&mut s, "big".into(), &"x".repeat(9000)));
+        let cut = s.get_ref().out.len() - 4000;
+        ids.push(write(&mut s, "after-big".into(), ""));
+        ssl_key_update(&mut s);
+        ids.push(write(&mut s, "new-keys".into(), ""));
+        let out = std::mem::take(&mut s.get_mut().out);
+        s.get_mut().held = false;
+        // The big record cut in two TCP writes; the rest, KeyUpdate included, in the second.
+        let tcp = &mut s.get_mut().tcp;
+        tcp.write_all(&out[..cut]).expect("send");
+        tcp.write_all(&out[cut..]).expect("send");
+        let mut raw = Vec::new();
+        let got = read_sync(&mut s, &mut raw, ids.len());
+        let got_ids: Vec<_> = got
+            .iter()
+            .map(|r| header(r, "Call-ID").unwrap_or("-"))
+            .collect();
+        assert_eq!(got_ids, ids, "answers in the order of the requests");
+        for r in &got {
+            assert_eq!(status(r), Some(200), "{r}");
+        }
+        // Both sides on their new keys: one more request and its answer.
+        raw.drain(..got.iter().map(String::len).sum::<usize>());
+        write(&mut s, "after-update".into(), "");
+        let r = read_sync(&mut s, &mut raw, 1);
+        assert_eq!(header(&r[0], "Call-ID"), Some("after-update"), "{}", r[0]);
+    })
+    .await
+    .expect("client");
+    rt.shutdown();
+}
+
+/// Schedules a KeyUpdate that asks siprox to update its keys too (sent with the next write).
+fn ssl_key_update<S>(s: &mut openssl::ssl::SslStream<S>) {
+    siprox_actors::tls::ffi::request_key_update(s).expect("key update");
+}

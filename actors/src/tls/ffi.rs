@@ -4,7 +4,9 @@
 //! an outgoing connection (wrapped, but `unsafe`, in the crate), adding a CRL parsed
 //! from bytes to a verify store, and the session-ticket key callback (a cluster's shared
 //! key ring); and the two libc calls std lacks: the open-file limit
-//! (`getrlimit`/`setrlimit`) and glibc's `malloc_trim`. The only module of siprox allowed
+//! (`getrlimit`/`setrlimit`) and glibc's `malloc_trim`; and whether OpenSSL still holds
+//! bytes of a connection it has read (`SSL_has_pending`), and a TLS 1.3 KeyUpdate for the
+//! tests to send (`SSL_key_update`). The only module of siprox allowed
 //! `unsafe`; every block says why it is sound. Must never hand out a pointer or a slice
 //! that outlives the borrow it came from.
 
@@ -76,6 +78,43 @@ pub fn offer_session(ssl: &mut SslRef, session: &SslSessionRef) -> Result<(), Er
     // context must not be offered; per the contract above, `session` was produced by
     // `ssl`'s own context. OpenSSL takes its own reference to the session.
     unsafe { ssl.set_session(session) }
+}
+
+extern "C" {
+    // libssl 1.1.0 and later (declared in <openssl/ssl.h>, not bound by openssl-sys).
+    fn SSL_has_pending(ssl: *const SSL) -> c_int;
+    // libssl 1.1.1 and later (declared in <openssl/ssl.h>, not bound by openssl-sys).
+    fn SSL_key_update(ssl: *mut SSL, updatetype: c_int) -> c_int;
+}
+
+/// `SSL_KEY_UPDATE_REQUESTED` (<openssl/ssl.h>): the peer must update its keys too.
+const SSL_KEY_UPDATE_REQUESTED: c_int = 1;
+
+/// Whether OpenSSL holds anything of this connection's incoming bytes: decrypted data not
+/// yet returned, or bytes read from the socket (read-ahead) not yet processed, whole
+/// records or part of one. `false`: the next `SSL_read` can only find something new
+/// if the socket has more.
+pub fn has_pending(ssl: &SslRef) -> bool {
+    // SAFETY: `ssl.as_ptr()` is a live SSL for the duration of the shared borrow;
+    // SSL_has_pending only reads the record layer's counters and changes nothing.
+    unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
+}
+
+/// Schedules a TLS 1.3 KeyUpdate on `s` that asks the peer to update its keys too; OpenSSL
+/// sends it with the next write. siprox never starts one: the tests play the peer that
+/// does (a post-handshake message siprox must answer between application records). Takes
+/// the stream, not its `SslRef` (which the crate lends only shared): the exclusive borrow
+/// is what makes the write to the SSL sound.
+pub fn request_key_update<S>(s: &mut openssl::ssl::SslStream<S>) -> Result<(), ErrorStack> {
+    // SAFETY: `s.ssl().as_ptr()` is the live SSL of `s`, and `s` is exclusively borrowed:
+    // no other use of that SSL can run during the call. SSL_key_update only records that
+    // a KeyUpdate is due (it fails, returning 0, unless the connection is established
+    // TLS 1.3) and keeps no pointer.
+    if unsafe { SSL_key_update(s.ssl().as_ptr(), SSL_KEY_UPDATE_REQUESTED) } == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
 }
 
 extern "C" {

@@ -16,7 +16,7 @@ use siprox::sip::Frame;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use openssl::ssl::SslVersion;
+use openssl::ssl::{SslRef, SslVersion};
 
 use super::handshake::Io;
 use super::{Connection, READ_CHUNK, READ_KEEP_MAX};
@@ -87,11 +87,13 @@ impl Connection {
         let Some(io) = self.io.as_mut() else {
             return ReadOutcome::Pending;
         };
-        // Nothing new since the last read found nothing: tokio's readiness says so without
-        // a syscall, and registers the waker as the read would have.
+        // Nothing new since the last read found nothing, or emptied OpenSSL's buffer:
+        // tokio's readiness says so without a syscall, and registers the waker as the read
+        // would have.
         if self.rdrained {
             if let Io::Tls(s) = &*io {
                 if s.get_ref().poll_read_ready(cx).is_pending() {
+                    self.release_rbuf();
                     return ReadOutcome::Pending;
                 }
             }
@@ -106,18 +108,8 @@ impl Connection {
         let mut io = Pin::new(io);
         let n = match tokio_util::io::poll_read_buf(io.as_mut(), cx, &mut self.rbuf) {
             Poll::Pending => {
-                // Not while a post-handshake message is being answered (a KeyUpdate that
-                // asks for one back): that read waits to write, and records may be
-                // buffered behind it.
-                self.rdrained = matches!(&*io, Io::Tls(s)
-                    if s.ssl().version2() == Some(SslVersion::TLS1_3)
-                        && s.ssl().is_init_finished());
-                if self.rbuf.is_empty() {
-                    // Nothing pending: give the buffer back while the peer is quiet, so an
-                    // idle connection holds no read buffer at all (the worker keeps it for
-                    // the next connection that reads: no allocation per read).
-                    self.worker.give_read_buf(std::mem::take(&mut self.rbuf));
-                }
+                self.rdrained = matches!(&*io, Io::Tls(s) if tls13_settled(s.ssl()));
+                self.release_rbuf();
                 return ReadOutcome::Pending;
             }
             Poll::Ready(Err(e)) => {
@@ -138,8 +130,22 @@ impl Connection {
         if n == 0 {
             return ReadOutcome::Eof;
         }
+        // OpenSSL holds nothing more of this stream (no record, no part of one): the next
+        // read can only find something if the socket has more, which tokio knows without a
+        // syscall (a short read cleared its readiness). The read that would say WouldBlock
+        // after each burst is skipped like the one after a read that found nothing.
+        self.rdrained = matches!(&*io, Io::Tls(s) if drained_tls(s.ssl()));
         self.shared.touch();
         ReadOutcome::Data
+    }
+
+    /// Nothing pending: gives the read buffer back while the peer is quiet, so an idle
+    /// connection holds no read buffer at all (the worker keeps it for the next connection
+    /// that reads: no allocation per read). A buffer holding part of a message stays.
+    fn release_rbuf(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() != 0 {
+            self.worker.give_read_buf(std::mem::take(&mut self.rbuf));
+        }
     }
 
     /// Frames and handles what the read buffer holds. `Err` = the stream lost framing.
@@ -236,6 +242,20 @@ impl Connection {
         self.shared.bytes.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wq.push_back(bytes);
     }
+}
+
+/// A TLS 1.3 stream with no handshake message in progress: there `SSL_write` never reads
+/// (no renegotiation), so nothing but a read can fill OpenSSL's buffer. Not while a
+/// post-handshake message is being answered (a KeyUpdate that asks for one back): that
+/// read waits to write, and records may be buffered behind it.
+fn tls13_settled(ssl: &SslRef) -> bool {
+    ssl.version2() == Some(SslVersion::TLS1_3) && ssl.is_init_finished()
+}
+
+/// After a read that returned data: a settled TLS 1.3 stream of which OpenSSL holds no
+/// byte (see [`crate::tls::ffi::has_pending`]).
+fn drained_tls(ssl: &SslRef) -> bool {
+    tls13_settled(ssl) && !crate::tls::ffi::has_pending(ssl)
 }
 
 /// Most bytes gathered into one write: the plaintext of one TLS record (the bound of the

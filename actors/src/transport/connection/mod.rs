@@ -89,8 +89,10 @@ pub struct Connection {
     /// The socket refused the last write of `wq.front()` (it is retried as it is).
     wblocked: bool,
     /// The last read of a TLS 1.3 stream found nothing (OpenSSL asked the socket for more,
-    /// so it holds no whole record): until the socket is readable again a read can only
-    /// say the same, and is skipped (a pass woken by the mailbox writes, no `SSL_read`).
+    /// so it holds no whole record), or found data and left OpenSSL holding no byte
+    /// (`SSL_has_pending`): until the socket is readable again a read can only find
+    /// nothing, and is skipped (the read after each burst, and a pass woken by the mailbox
+    /// to write, make no `SSL_read`).
     /// TLS 1.3 only: there `SSL_write` never reads (no renegotiation), so nothing but a
     /// read can fill OpenSSL's buffer meanwhile.
     rdrained: bool,
