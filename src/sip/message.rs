@@ -1695,6 +1695,61 @@ From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c@h\r\nCS
         out
     }
 
+    /// The URI texts of a message as a header or request line may carry them: each `<...>`
+    /// and each request line's second word.
+    fn uri_texts(raw: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut rest = raw;
+        while let Some(lt) = rest.iter().position(|&b| b == b'<') {
+            rest = &rest[lt + 1..];
+            if let Some(gt) = rest.iter().take(300).position(|&b| b == b'>') {
+                out.push(&rest[..gt]);
+            }
+        }
+        for line in raw.split(|&b| b == b'\n') {
+            if let Some(w) = line.split(|&b| b == b' ').nth(1) {
+                out.push(w);
+            }
+        }
+        out
+    }
+
+    /// `Uri::check` (what validation runs on the URIs it does not keep) gives
+    /// `Uri::parse`'s verdict and error: on every URI text of the corpus and on every text
+    /// made from one by replacing a byte with one that matters to a URI, or dropping it.
+    #[test]
+    fn uri_check_is_parse() {
+        let (mut ok, mut bad) = (0, 0);
+        let mut one = |b: &[u8]| {
+            let Ok(u) = std::str::from_utf8(b) else {
+                return;
+            };
+            let want = Uri::parse(u).map(|_| ());
+            assert_eq!(Uri::check(u), want, "{u:?}");
+            if want.is_ok() {
+                ok += 1;
+            } else {
+                bad += 1;
+            }
+        };
+        for raw in corpus() {
+            for u in uri_texts(&raw) {
+                one(u);
+                for at in 0..u.len() {
+                    let mut m = u.to_vec();
+                    m.remove(at);
+                    one(&m);
+                    for &b in b"@:;=?%[]. \"<>,&x5\x7f\0" {
+                        let mut m = u.to_vec();
+                        m[at] = b;
+                        one(&m);
+                    }
+                }
+            }
+        }
+        assert!(ok > 10_000 && bad > 10_000, "{ok} {bad}");
+    }
+
     fn same_verdict(raw: &[u8]) {
         let Ok(m) = Message::parse(Bytes::copy_from_slice(raw)) else {
             return;

@@ -256,7 +256,7 @@ impl<'a> Params<'a> {
     pub(crate) fn checked_clean(raw: &'a str) -> Option<Self> {
         let mut index = ParamIndex::default();
         if raw.len() <= usize::from(u16::MAX)
-            && scan_clean(raw.as_bytes(), false, &mut index) == Some(raw.len())
+            && scan_clean::<true>(raw.as_bytes(), false, &mut index) == Some(raw.len())
         {
             index.on = true;
             return Some(Params { raw, index });
@@ -267,10 +267,14 @@ impl<'a> Params<'a> {
     /// The parameters and the headers of a SIP URI: `tail` is what follows its host and
     /// port (`;params?headers`, either part optional); the parameters end at the first `?`.
     /// [`checked`](Self::checked) of the parameters, in the same pass on a clean list.
-    fn checked_with_headers(tail: &'a str) -> Result<(Self, Option<&'a str>), &'static str> {
+    /// `INDEX` false: a clean list is checked, not indexed (the caller does not keep it).
+    #[inline(always)]
+    fn checked_with_headers<const INDEX: bool>(
+        tail: &'a str,
+    ) -> Result<(Self, Option<&'a str>), &'static str> {
         let mut index = ParamIndex::default();
         if tail.len() <= usize::from(u16::MAX) {
-            if let Some(end) = scan_clean(tail.as_bytes(), true, &mut index) {
+            if let Some(end) = scan_clean::<INDEX>(tail.as_bytes(), true, &mut index) {
                 index.on = true;
                 let params = Params {
                     raw: &tail[..end],
@@ -425,8 +429,14 @@ fn validate_plain(b: &[u8]) -> Option<Result<(), &'static str>> {
 /// On a list it accepts, [`scan_plain`] gives `Ok` and the same index (on the text before
 /// the `?`): every parameter is one it judges valid and records alike, and the first `?` of
 /// the text is the one found here, since a parameter character is not a `?`.
+///
+/// `INDEX` false: nothing is recorded (for a check whose list is not kept).
 #[inline]
-fn scan_clean(b: &[u8], to_question: bool, index: &mut ParamIndex) -> Option<usize> {
+fn scan_clean<const INDEX: bool>(
+    b: &[u8],
+    to_question: bool,
+    index: &mut ParamIndex,
+) -> Option<usize> {
     use super::scan::{class::PARAM, run};
     let mut i = 0;
     loop {
@@ -451,7 +461,9 @@ fn scan_clean(b: &[u8], to_question: bool, index: &mut ParamIndex) -> Option<usi
             }
             value = Some((v, i));
         }
-        index.record(&b[start..name_end], value);
+        if INDEX {
+            index.record(&b[start..name_end], value);
+        }
     }
 }
 
@@ -556,6 +568,21 @@ impl<'a> Iterator for ParamIter<'a> {
 }
 
 impl<'a> Uri<'a> {
+    /// [`parse`](Self::parse)'s verdict without the URI: the same error, the same `Ok`, for
+    /// the URIs validation checks and does not keep (From, To, Contact, Record-Route). A
+    /// SIP URI is walked as `parse` walks it, without building it or indexing its
+    /// parameters; any other scheme is parsed.
+    pub fn check(s: &str) -> Result<(), UriError> {
+        let b = s.as_bytes();
+        if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
+            return SipUri::check_rest(&s[4..]);
+        }
+        if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
+            return SipUri::check_rest(&s[5..]);
+        }
+        Uri::parse(s).map(|_| ())
+    }
+
     /// Parse a URI. `s` must be the URI alone (no surrounding `<>` or whitespace).
     pub fn parse(s: &'a str) -> Result<Uri<'a>, UriError> {
         // The schemes nearly every URI has, without the general scheme checks they pass.
@@ -614,6 +641,18 @@ impl<'a> SipUri<'a> {
     /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon. Built in place
     /// as a [`Uri`]: wrapping a returned `SipUri` is a copy of it.
     fn parse_rest(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
+        Self::parse_rest_as::<true>(rest, secure)
+    }
+
+    /// [`parse_rest`](Self::parse_rest)'s verdict: the same walk, the URI left unbuilt and
+    /// its parameters unindexed (the optimiser drops what nothing reads).
+    fn check_rest(rest: &str) -> Result<(), UriError> {
+        SipUri::parse_rest_as::<false>(rest, false).map(|_| ())
+    }
+
+    /// [`parse_rest`](Self::parse_rest), the parameters indexed when `INDEX`.
+    #[inline(always)]
+    fn parse_rest_as<const INDEX: bool>(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
         // A user part without escapes or password ends at the first byte out of its class:
         // when that is the '@', no search for it.
@@ -658,7 +697,7 @@ impl<'a> SipUri<'a> {
                 (host, port, hp_end)
             }
         };
-        let (params, headers) = Params::checked_with_headers(&hostport_etc[hp_end..])?;
+        let (params, headers) = Params::checked_with_headers::<INDEX>(&hostport_etc[hp_end..])?;
         if let Some(h) = headers {
             if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'"') {
                 return Err("bad URI headers");
@@ -1096,9 +1135,12 @@ mod tests {
         for b in strings_over(alphabet, 7) {
             for q in [false, true] {
                 let mut fast = ParamIndex::default();
-                let Some(end) = scan_clean(&b, q, &mut fast) else {
+                let unindexed = scan_clean::<false>(&b, q, &mut ParamIndex::default());
+                let Some(end) = scan_clean::<true>(&b, q, &mut fast) else {
+                    assert_eq!(unindexed, None, "{b:?}");
                     continue;
                 };
+                assert_eq!(unindexed, Some(end), "{b:?}");
                 accepted += 1;
                 let want_end = if q {
                     b.iter().position(|&c| c == b'?').unwrap_or(b.len())
@@ -1130,8 +1172,14 @@ mod tests {
                 None => (s, None),
             };
             let want = Params::checked(p).map(|p| (p, h));
-            let got = Params::checked_with_headers(s);
+            let got = Params::checked_with_headers::<true>(s);
             assert_eq!(got, want, "{s:?}");
+            let unindexed = Params::checked_with_headers::<false>(s);
+            assert_eq!(
+                unindexed.map(|(p, h)| (p.as_str(), h)),
+                want.map(|(p, h)| (p.as_str(), h)),
+                "{s:?}"
+            );
             if let (Ok((g, _)), Ok((w, _))) = (got, want) {
                 assert_eq!(g.as_str(), w.as_str(), "{s:?}");
                 for name in ["tag", "t", "TAG", "a"] {
@@ -1346,6 +1394,23 @@ mod tests {
             }
         }
         assert!(read > 10_000, "{read}");
+    }
+
+    /// [`Uri::check`] is [`Uri::parse`]'s verdict on every short text after each scheme
+    /// prefix, over the bytes that separate a SIP URI's parts.
+    #[test]
+    fn check_is_parse_on_short_uris() {
+        let mut n = 0;
+        for prefix in ["sip:", "SIPS:", "tel:", "x:", ""] {
+            for b in strings_over(b"a1@:;=?%.[]", 5) {
+                let mut t = prefix.as_bytes().to_vec();
+                t.extend_from_slice(&b);
+                let u = std::str::from_utf8(&t).expect("ASCII");
+                assert_eq!(Uri::check(u), Uri::parse(u).map(|_| ()), "{u:?}");
+                n += 1;
+            }
+        }
+        assert!(n > 100_000, "{n}");
     }
 
     #[test]

@@ -307,9 +307,10 @@ impl<'a> NameAddr<'a> {
         self.params.get("tag").flatten()
     }
 
-    /// Check the URI too (the lazy accessors do not).
+    /// Check the URI too (the lazy accessors do not): [`uri`](Self::uri)'s verdict, without
+    /// building the URI.
     pub fn validate(&self) -> Result<(), ParseError> {
-        self.uri().map(|_| ())
+        Uri::check(self.uri_str).map_err(|what| ParseError::BadUri { at: self.at, what })
     }
 }
 
