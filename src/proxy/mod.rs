@@ -285,8 +285,10 @@ impl Proxy {
     /// ([`Action::Forward`]), or, when the next hop is an IP literal, the forwarded request.
     pub fn on_request(&self, msg: &Message, rx: &Inbound) -> Action {
         let is_ack = msg.method_kind() == Some(Method::Ack);
-        // What validation parsed (the top Via, the Request-URI) is not parsed again.
-        let checked = match msg.validated() {
+        // What validation parsed (the top Via, the Request-URI) is not parsed again, and is
+        // borrowed where it lies (not moved out of the `Result`: it is 824 bytes).
+        let validated = msg.validated();
+        let checked = match &validated {
             Ok(c) => c,
             Err(e) => {
                 if is_ack {
@@ -325,7 +327,7 @@ impl Proxy {
         // RFC 3261 §16.3 step 3: Max-Forwards.
         if checked.max_forwards == Some(0) {
             if method == Method::Options && ruri_is_me {
-                return self.options_reply(msg, rx, &checked);
+                return self.options_reply(msg, rx, checked);
             }
             if is_ack {
                 return Action::Drop {
@@ -360,7 +362,7 @@ impl Proxy {
             Ok(None) => {
                 // Addressed to siprox itself, with nowhere further to go.
                 return match method {
-                    Method::Options => self.options_reply(msg, rx, &checked),
+                    Method::Options => self.options_reply(msg, rx, checked),
                     Method::Ack => Action::Drop {
                         reason: "ACK for siprox itself",
                     },
@@ -647,19 +649,20 @@ impl Proxy {
         checked: Result<Validated<'_>, ParseError>,
     ) -> Action {
         let _ = rx;
-        // Validation parsed every Via: the two a response needs are kept, not parsed again.
-        let Ok(checked) = checked else {
+        // Validation parsed every Via: the two a response needs are kept, not parsed again,
+        // and borrowed where they lie (not moved).
+        let Ok(checked) = &checked else {
             return Action::Drop {
                 reason: "malformed response",
             };
         };
-        let mine = checked.top_via;
-        if !self.top_via_is_mine(&mine, own_conn) {
+        let mine = &checked.top_via;
+        if !self.top_via_is_mine(mine, own_conn) {
             return Action::Drop {
                 reason: "response whose top Via is not siprox",
             };
         }
-        let Some(next) = checked.next_via else {
+        let Some(next) = &checked.next_via else {
             return Action::Drop {
                 reason: "response to siprox itself",
             };
@@ -859,32 +862,35 @@ impl Proxy {
         }
         // Our own Route values on top are passed; the first other one is the next hop.
         // The strict router's last value (now the Request-URI) is not looked at.
+        // The URIs validation parsed are borrowed, not copied (152 bytes each).
         let mut first = 0;
         let mut later = None;
+        let mut later_uri = None;
         let next = loop {
             if strict_last.is_some_and(|last| first >= last) {
                 break None;
             }
-            let u = match known.and_then(|k| k.get(first)) {
-                Some(Some(u)) => u.clone(),
+            let u: &Uri<'_> = match known.and_then(|k| k.get(first)) {
+                Some(Some(u)) => u,
                 // Validation saw no more Route values.
                 Some(None) => break None,
                 None => {
                     let rest = later.get_or_insert_with(|| msg.routes().skip(first));
                     match rest.next() {
-                        Some(r) => r.and_then(|r| r.uri()).map_err(|_| Refused::BadRoute)?,
+                        Some(r) => later_uri
+                            .insert(r.and_then(|r| r.uri()).map_err(|_| Refused::BadRoute)?),
                         None => break None,
                     }
                 }
             };
-            if !self.uri_is_me(&u) {
+            if !self.uri_is_me(u) {
                 break Some(u);
             }
             own = true;
             // The first own Route with a token decides (a double Record-Route puts the
             // same token in both entries: one HMAC is enough).
             if !signed {
-                match flow_of_route(&u, rx_conn, &self.cfg.flow_keys, dialog) {
+                match flow_of_route(u, rx_conn, &self.cfg.flow_keys, dialog) {
                     Ok(RouteToken::None) => {}
                     Ok(RouteToken::Signed(f)) => {
                         signed = true;
@@ -899,7 +905,7 @@ impl Proxy {
                 }
             }
             // A peer node routes to a phone whose flow this node holds.
-            match self.node_flow_of_route(&u, from_node) {
+            match self.node_flow_of_route(u, from_node) {
                 Ok(None) => {}
                 Ok(Some(f)) => flow = Some(f),
                 Err(_) => {
@@ -921,7 +927,7 @@ impl Proxy {
             // into Route (§16.6 step 6); siprox sends to it as a loose router, which every
             // router since RFC 3261 is.
             return Ok(Some(Plan {
-                hop: hop_of(&s),
+                hop: hop_of(s),
                 own_routes: first,
                 strict_last,
                 new_ruri,
