@@ -380,7 +380,7 @@ impl Proxy {
         };
         // §16.3 step 4: loop detection (a Via of ours carrying this request's loop hash).
         let hash = loop_hash(msg, dialog, &checked.ids);
-        if self.is_loop(msg, hash) {
+        if self.is_loop(msg, hash, Some(checked.next_via.as_ref())) {
             if is_ack {
                 return Action::Drop {
                     reason: "looping ACK",
@@ -420,7 +420,7 @@ impl Proxy {
             Err(code) => return self.routing_error(msg, rx, code),
         };
         let hash = loop_hash(msg, dialog, &RequestIds::of(msg));
-        if self.is_loop(msg, hash) {
+        if self.is_loop(msg, hash, None) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
         let parsed = Parsed {
@@ -1269,21 +1269,32 @@ impl Proxy {
         text::push_hex_width(out, u64::from(lh), 8);
     }
 
-    fn is_loop(&self, msg: &Message, hash: u32) -> bool {
+    /// Whether a Via below the top one is siprox's with this request's loop hash.
+    /// `next_via`: the second Via as validation parsed it (`Some(None)`: there is none),
+    /// not parsed again; `None` when the caller has no validation at hand.
+    fn is_loop(&self, msg: &Message, hash: u32, next_via: Option<Option<&Via<'_>>>) -> bool {
         // "-{:08x}" of the hash, without a String per request.
         let mut suffix = [b'-'; 9];
         for (i, d) in suffix[1..].iter_mut().enumerate() {
             *d = b"0123456789abcdef"[((hash >> (28 - 4 * i)) & 0xf) as usize];
         }
-        // The top Via is the sender's: skipped before it is parsed.
+        let ours = |v: &Via<'_>| {
+            v.branch()
+                .is_some_and(|b| b.starts_with(BRANCH_PREFIX) && b.as_bytes().ends_with(&suffix))
+                && self.sent_by_is_me(&v.host, v.port, v.transport)
+        };
+        // The top Via is the sender's: skipped before it is parsed; so is the second when
+        // validation parsed it.
+        let skip = match next_via {
+            None => 1,
+            Some(None) => return false,
+            Some(Some(v)) if ours(v) => return true,
+            Some(Some(_)) => 2,
+        };
         msg.list_values(HeaderName::Via)
-            .skip(1)
+            .skip(skip)
             .filter_map(|v| v.ok().and_then(|v| crate::sip::Via::parse(v).ok()))
-            .any(|v| {
-                v.branch().is_some_and(|b| {
-                    b.starts_with(BRANCH_PREFIX) && b.as_bytes().ends_with(&suffix)
-                }) && self.sent_by_is_me(&v.host, v.port, v.transport)
-            })
+            .any(|v| ours(&v))
     }
 
     /// A deterministic To tag for local replies: the same for a retransmission.

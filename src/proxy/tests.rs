@@ -417,6 +417,81 @@ fn loop_is_detected_but_spiral_is_not() {
     ));
 }
 
+/// A loop through two other proxies: siprox's Via is the third, below the one validation
+/// keeps.
+#[test]
+fn loop_through_two_proxies_is_detected() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.5", "");
+    let (_, first) = sent(p.on_request(&m, &udp_in()));
+    let looped = format!(
+        "Via: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKother\r\nVia: SIP/2.0/TCP 203.0.113.9;branch=z9hG4bKthird\r\n{}",
+        &first.head_str()[first.start_line().len() + 2..]
+    );
+    let looped = msg(&format!("{}\r\n{looped}", first.start_line()).replace("\r\n", "\n"));
+    assert_eq!(reply_code(&p.on_request(&looped, &udp_in())).0, 482);
+}
+
+/// Loop detection with the second Via validation parsed gives what parsing every Via
+/// below the top gives: on requests that looped through none, one, two or three other
+/// proxies (Vias on separate lines or comma-joined), with the Request-URI changed or not,
+/// and with siprox's Via made foreign or its branch altered.
+#[test]
+fn loop_check_with_the_validated_via_is_the_parsing_one() {
+    let p = proxy(RecordRoute::Never);
+    let m = invite("sip:bob@203.0.113.5", "");
+    let (_, first) = sent(p.on_request(&m, &udp_in()));
+    let rest = &first.head_str()[first.start_line().len() + 2..];
+    let others = [
+        "Via: SIP/2.0/UDP 203.0.113.5;branch=z9hG4bKother\r\n",
+        "Via: SIP/2.0/TCP 203.0.113.9;branch=z9hG4bKthird\r\n",
+        "Via: SIP/2.0/UDP 203.0.113.8;branch=z9hG4bKfourth\r\n",
+    ];
+    let (mut n, mut loops) = (0, 0);
+    for above in 0..=others.len() {
+        let mut vias = others[..above].concat();
+        for joined in [false, true] {
+            if joined && above > 0 {
+                // The other proxies' Vias as one comma-joined line.
+                vias = format!(
+                    "Via: {}\r\n",
+                    others[..above]
+                        .iter()
+                        .map(|v| v.trim_start_matches("Via: ").trim_end())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for (from, to) in [
+                ("", ""),
+                ("sip:bob@203.0.113.5", "sip:bob@203.0.113.6"),
+                ("SIP/2.0/UDP 192.0.2.10:5060", "SIP/2.0/UDP 192.0.2.99:5060"),
+                (";branch=z9hG4bK-sx", ";branch=z9hG4bK-sy"),
+            ] {
+                let text = format!("{}\r\n{vias}{rest}", first.start_line());
+                let text = if from.is_empty() {
+                    text
+                } else {
+                    assert!(text.contains(from), "{from}");
+                    text.replacen(from, to, 1)
+                };
+                let m = msg(&text.replace("\r\n", "\n"));
+                let checked = m.validated().expect("valid");
+                let hash = loop_hash(&m, checked.call_id.as_bytes(), &checked.ids);
+                let parsing = p.is_loop(&m, hash, None);
+                assert_eq!(
+                    p.is_loop(&m, hash, Some(checked.next_via.as_ref())),
+                    parsing,
+                    "{text}"
+                );
+                n += 1;
+                loops += usize::from(parsing);
+            }
+        }
+    }
+    assert!(n >= 28 && loops >= 6, "{n} {loops}");
+}
+
 #[test]
 fn a_table_branch_replaces_the_stateless_one_and_keeps_loop_detection() {
     let p = proxy(RecordRoute::Never);
