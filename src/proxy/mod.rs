@@ -772,11 +772,12 @@ impl Proxy {
                 reason: "ACK is never answered",
             };
         }
-        let ids = match checked {
-            Some(c) => c.ids,
-            None => RequestIds::of(msg),
+        // Validation read the Call-ID too: not looked up and checked again.
+        let (ids, call_id) = match checked {
+            Some(c) => (c.ids, c.call_id),
+            None => (RequestIds::of(msg), msg.call_id().unwrap_or("")),
         };
-        let to_tag = self.local_tag(msg, &ids);
+        let to_tag = self.local_tag(call_id, &ids);
         let top = checked.map(|c| &c.top_via);
         let bytes = reply::build_reply_via(
             msg,
@@ -1299,10 +1300,11 @@ impl Proxy {
 
     /// A deterministic To tag for local replies: the same for a retransmission.
     /// `sx` and 12 hex digits.
-    /// `ids`: the request's, as validation (or [`RequestIds::of`]) read them.
-    fn local_tag(&self, msg: &Message, ids: &RequestIds<'_>) -> text::Short<14> {
+    /// `call_id` and `ids`: the request's, as validation (or [`Message::call_id`] and
+    /// [`RequestIds::of`]) read them (`""` for a Call-ID that does not read).
+    fn local_tag(&self, call_id: &str, ids: &RequestIds<'_>) -> text::Short<14> {
         let mut h = Fnv::new();
-        h.write(msg.call_id().unwrap_or("").as_bytes());
+        h.write(call_id.as_bytes());
         h.write(ids.from_tag.unwrap_or("").as_bytes());
         h.write(&ids.cseq.to_be_bytes());
         let mut tag = text::Short::new(b"sx");

@@ -417,6 +417,66 @@ fn loop_is_detected_but_spiral_is_not() {
     ));
 }
 
+/// A local reply to a validated request (its Via, tags, CSeq and Call-ID as validation
+/// read them) is the reply built from the message alone, byte for byte: over requests with
+/// and without tags, compact and long field names, `received`/`rport` to add or not.
+#[test]
+fn reply_from_validation_is_the_reply_from_the_message() {
+    let p = proxy(RecordRoute::Never);
+    let mut n = 0;
+    for (method, via, call_id, to) in [
+        (
+            "OPTIONS",
+            "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc;rport",
+            "a1@h",
+            "<sip:bob@example.com>",
+        ),
+        (
+            "OPTIONS",
+            "SIP/2.0/UDP 203.0.113.1;branch=z9hG4bKx",
+            "no-at",
+            "<sip:bob@example.com>;tag=t9",
+        ),
+        (
+            "INVITE",
+            "SIP/2.0/TCP h.example.com:5070;branch=z9hG4bKy;received=1.2.3.4",
+            "c@x.y",
+            "Bob <sip:bob@example.com>",
+        ),
+        (
+            "BYE",
+            "SIP/2.0/UDP 198.51.100.7;branch=z9hG4bKz, SIP/2.0/UDP 192.0.2.4;branch=z9hG4bKw",
+            "9f!~%*",
+            "<sip:b@e>;tag=q",
+        ),
+    ] {
+        for compact in [false, true] {
+            let (v, i) = if compact {
+                ("v", "i")
+            } else {
+                ("Via", "Call-ID")
+            };
+            let m = msg(&format!(
+                "{method} sip:bob@example.com SIP/2.0\n{v}: {via}\nMax-Forwards: 70\n\
+From: <sip:alice@example.com>;tag=f1\nTo: {to}\n{i}: {call_id}\nCSeq: 7 {method}\n\
+Content-Length: 0\n\n"
+            ));
+            let checked = m.validated().expect("valid");
+            for code in [100, 200, 404, 483] {
+                let want = p.reply(&m, &udp_in(), code, "Reason", "");
+                let got = p.reply_via(&m, &udp_in(), Some(&checked), code, "Reason", "");
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{want:?}"),
+                    "{method} {via} {code}"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 32);
+}
+
 /// A loop through two other proxies: siprox's Via is the third, below the one validation
 /// keeps.
 #[test]
