@@ -709,16 +709,15 @@ impl Proxy {
                         reason: "next Via is not a usable unicast address",
                     };
                 }
-                let mut bytes = ed;
                 if transport.is_stream() {
-                    bytes.ensure_content_length();
+                    ed.ensure_content_length();
                 }
                 Action::Send {
                     dest: Destination {
                         conn,
                         ..Destination::addr(transport, SocketAddr::new(ip, port))
                     },
-                    bytes: bytes.finish(),
+                    bytes: ed.finish(),
                 }
             }
             None => match next.host {
