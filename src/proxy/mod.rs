@@ -414,20 +414,45 @@ impl Proxy {
     /// (the runtime validated, the script decided), but routing, loop detection and the
     /// forwarding edits as in [`on_request`](Self::on_request), plus the script's edits.
     pub fn forward_with(&self, msg: &Message, rx: &Inbound, opts: &ForwardOpts) -> Action {
-        let dialog = msg.call_id().unwrap_or("").as_bytes();
-        let plan = match self.plan_for(msg, rx, opts, dialog) {
+        self.forward_checked(msg, rx, opts, None)
+    }
+
+    /// [`forward_with`](Self::forward_with) given what [`Message::validated`] parsed of
+    /// `msg` (the runtime validated before the script ran): the Request-URI, the first
+    /// Routes, the Call-ID, the tags and CSeq, the Vias and Max-Forwards are not parsed
+    /// again. A script never changes the message itself, only `opts` (its edits are
+    /// applied to the forwarded copy), so these stay true of it; what a script changes
+    /// (`opts.ruri`: `$ru`, `rewritehost`...) is read from `opts` as without `checked`.
+    /// `checked` must be `msg`'s own (`None`: everything is read from `msg`).
+    pub fn forward_checked<'m>(
+        &self,
+        msg: &'m Message,
+        rx: &Inbound,
+        opts: &ForwardOpts,
+        checked: Option<&Validated<'m>>,
+    ) -> Action {
+        let dialog = match checked {
+            Some(c) => c.call_id,
+            None => msg.call_id().unwrap_or(""),
+        }
+        .as_bytes();
+        let plan = match self.plan_for(msg, rx, opts, dialog, checked) {
             Ok(p) => p,
             Err(code) => return self.routing_error(msg, rx, code),
         };
-        let hash = loop_hash(msg, dialog, &RequestIds::of(msg));
-        if self.is_loop(msg, hash, None) {
+        let ids = match checked {
+            Some(c) => c.ids,
+            None => RequestIds::of(msg),
+        };
+        let hash = loop_hash(msg, dialog, &ids);
+        if self.is_loop(msg, hash, checked.map(|c| c.next_via.as_ref())) {
             return self.reply(msg, rx, 482, "Loop Detected", "");
         }
         let parsed = Parsed {
-            top_via: None,
+            top_via: checked.map(|c| &c.top_via),
             loop_hash: hash,
             dialog,
-            max_forwards: None,
+            max_forwards: checked.and_then(|c| c.max_forwards),
         };
         if let Some(flow) = opts.flow.as_ref().or(plan.flow.as_ref()) {
             return self.build_forward(msg, rx, &plan, flow, opts, parsed);
@@ -447,7 +472,7 @@ impl Proxy {
         opts: &ForwardOpts,
     ) -> Action {
         let dialog = msg.call_id().unwrap_or("").as_bytes();
-        match self.plan_for(msg, rx, opts, dialog) {
+        match self.plan_for(msg, rx, opts, dialog, None) {
             Ok(plan) => {
                 let parsed = Parsed {
                     top_via: None,
@@ -465,26 +490,37 @@ impl Proxy {
 
     /// The plan for a scripted forward: the script's target wins, else the route set and
     /// the (possibly rewritten) Request-URI decide. `Err`: answer as [`Refused`] says.
-    fn plan_for(
+    /// `checked`: `msg`'s validation, whose Request-URI (unless the script set one) and
+    /// Routes are borrowed instead of parsed again.
+    fn plan_for<'m>(
         &self,
-        msg: &Message,
+        msg: &'m Message,
         rx: &Inbound,
         opts: &ForwardOpts,
         dialog: &[u8],
+        checked: Option<&Validated<'m>>,
     ) -> Result<Plan, Refused> {
-        let ruri = match &opts.ruri {
-            Some(u) => Uri::parse(u).map_err(|_| Refused::BadRoute)?,
-            None => msg.request_uri().map_err(|_| Refused::BadRoute)?,
+        let parsed_ruri;
+        let ruri = match (&opts.ruri, checked.and_then(|c| c.request_uri.as_ref())) {
+            (Some(u), _) => {
+                parsed_ruri = Uri::parse(u).map_err(|_| Refused::BadRoute)?;
+                &parsed_ruri
+            }
+            (None, Some(u)) => u,
+            (None, None) => {
+                parsed_ruri = msg.request_uri().map_err(|_| Refused::BadRoute)?;
+                &parsed_ruri
+            }
         };
-        let ruri_is_me = self.uri_is_me(&ruri);
+        let ruri_is_me = self.uri_is_me(ruri);
         let plan = self.plan(
             msg,
-            &ruri,
+            ruri,
             ruri_is_me,
             rx.conn,
             opts.from_node,
             dialog,
-            None,
+            checked.map(|c| &c.routes),
         )?;
         match (plan, &opts.target) {
             (Some(mut p), Some(t)) => {

@@ -1335,3 +1335,124 @@ Call-ID: call-1\nCSeq: 1 INVITE\nContent-Length: 0\n\n"
         }
     }
 }
+
+/// A scripted forward given the runtime's validation is the one that parses the message
+/// again: over requests (loose and strict routing, siprox's own Routes, a loop, Max-Forwards
+/// absent, 0 or 1, compact forms, several Vias) and every script edit that touches what
+/// validation read: the Request-URI (to a literal, a name, siprox itself, garbage),
+/// Max-Forwards, removed and appended Via, Route and Max-Forwards lines, a Path, a target,
+/// a node token, a table branch, `force_rport()`.
+#[test]
+fn scripted_forward_with_validation_is_the_parsing_one() {
+    let p = proxy(RecordRoute::Never);
+    let looped = {
+        let (_, first) = sent(p.on_request(&invite("sip:bob@203.0.113.5", ""), &udp_in()));
+        let rest = &first.head_str()[first.start_line().len() + 2..];
+        msg(&format!("{}\r\n{rest}", first.start_line()).replace("\r\n", "\n"))
+    };
+    let mut messages =
+        vec![
+        invite("sip:bob@203.0.113.5", ""),
+        invite("sip:bob@203.0.113.5:5070;transport=tcp", "Record-Route: <sip:rr.example.net;lr>\n"),
+        invite("sips:bob@sip.example.net", ""),
+        invite("sip:bob@example.com", "Route: <sip:203.0.113.9;lr>\n"),
+        invite(
+            "sip:bob@example.com",
+            "Route: <sip:192.0.2.10;lr>, <sip:203.0.113.9:5080;lr>\nRoute: <sip:203.0.113.10;lr>\n",
+        ),
+        invite("sip:bob@example.com", "Route: <sip:proxy.example.com;lr>\n"),
+        // A strict router put siprox in the Request-URI and the target last in Route.
+        invite("sip:192.0.2.10", "Route: <sip:203.0.113.9;lr>, <sip:bob@203.0.113.5>\n"),
+        invite("sip:192.0.2.10:5060", ""),
+        invite("tel:+15551234", ""),
+        in_dialog("BYE", "sip:bob@203.0.113.5", "Route: <sip:192.0.2.10;lr>\n"),
+        in_dialog("ACK", "sip:bob@203.0.113.5", ""),
+        looped,
+    ];
+    for mf in ["Max-Forwards: 0\n", "Max-Forwards: 1\n", ""] {
+        messages.push(msg(&format!(
+            "INVITE sip:bob@203.0.113.5 SIP/2.0\n\
+Via: SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bKabc\n\
+{mf}To: <sip:bob@example.com>\nFrom: <sip:alice@example.com>;tag=a1\nCall-ID: call-1\n\
+CSeq: 1 INVITE\nContent-Length: 0\n\n"
+        )));
+    }
+    messages.push(msg(
+        "OPTIONS sip:bob@203.0.113.5 SIP/2.0\n\
+v: SIP/2.0/TCP h.example.com:5070;branch=z9hG4bKy;received=1.2.3.4, SIP/2.0/UDP 192.0.2.4;branch=z9hG4bKw\n\
+f: <sip:alice@example.com>;tag=f1\nt: <sip:b@e>;tag=q\ni: c@x.y\nCSeq: 7 OPTIONS\nl: 0\n\n",
+    ));
+    let hop = |h: &str| NextHop {
+        host: h.into(),
+        port: Some(5070),
+        transport: None,
+        secure: false,
+    };
+    let edits: Vec<ForwardOpts> = vec![
+        ForwardOpts::default(),
+        ForwardOpts {
+            ruri: Some("sip:carol@203.0.113.77:5090".into()),
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            ruri: Some("sip:carol@sip.example.org".into()),
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            ruri: Some("sip:192.0.2.10".into()),
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            ruri: Some("not a uri".into()),
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            max_forwards: Some(5),
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            remove_hf: vec!["Max-Forwards".into(), "Via".into()],
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            remove_hf: vec!["route".into()],
+            append_hf: "Max-Forwards: 3\r\nRoute: <sip:203.0.113.44;lr>\r\nVia: SIP/2.0/UDP 203.0.113.45;branch=z9hG4bKapp\r\n".into(),
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            routes: vec!["<sip:203.0.113.50;lr>".into()],
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            target: Some(hop("203.0.113.60")),
+            ruri: Some("sip:dave@192.0.2.10".into()),
+            record_route: true,
+            ..ForwardOpts::default()
+        },
+        ForwardOpts {
+            from_node: true,
+            force_rport: true,
+            branch: Some("z9hG4bK-sxt0.abc1".into()),
+            ..ForwardOpts::default()
+        },
+    ];
+    let (mut n, mut sends) = (0, 0);
+    for m in &messages {
+        let checked = m.validated().expect("valid");
+        for opts in &edits {
+            for rx in [udp_in(), tls_in()] {
+                let want = p.forward_with(m, &rx, opts);
+                let got = p.forward_checked(m, &rx, opts, Some(&checked));
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{want:?}"),
+                    "{}\n{opts:?}",
+                    m.head_str()
+                );
+                n += 1;
+                sends += usize::from(matches!(want, Action::Send { .. }));
+            }
+        }
+    }
+    assert!(n >= 300 && sends >= 150, "{n} {sends}");
+}

@@ -13,7 +13,7 @@ use crate::registrar::{self, Delivery, LocationStore, LookupResult, SaveError, S
 use crate::script::AuthFn;
 use crate::script::{self, Host, Level, MsgCtx, Script, ScriptSet};
 use crate::sip::HeaderName;
-use crate::sip::Message;
+use crate::sip::{Message, Validated};
 use crate::tls::TlsFacts;
 
 /// Whether a connection is still open (the runtime's connection table): a binding whose
@@ -150,6 +150,9 @@ pub struct ProxyHost<'a> {
     pub rx: &'a Inbound,
     pub tag: Option<&'a str>,
     pub actions: Vec<(Action, ForwardOpts)>,
+    /// What the runtime's validation of `msg` parsed, which `forward()` reuses (a script
+    /// edits only the forwarded copy: the message stays the one validated).
+    checked: Option<&'a Validated<'a>>,
     /// The message is an HTTP request on a SIP listener (SER-style RPC): replies and
     /// `dispatch_rpc()` are recorded, not sent as SIP.
     http: bool,
@@ -262,6 +265,7 @@ impl<'a> ProxyHost<'a> {
             rx,
             tag,
             actions: Vec::new(),
+            checked: None,
             http: false,
             dispatched: false,
             trusted: false,
@@ -376,7 +380,9 @@ impl Host for ProxyHost<'_> {
             Ok(o) => o,
             Err(r) => return r,
         };
-        let action = self.proxy.forward_with(msg, self.rx, &opts);
+        let action = self
+            .proxy
+            .forward_checked(msg, self.rx, &opts, self.checked);
         // A peer node sent this over a node token (`nf=`) to a flow that has closed since:
         // RFC 5626 §5.3, 430 Flow Failed, so that the node tries another binding or answers.
         if let (true, Some(reg), crate::proxy::Action::Send { dest, .. }) =
@@ -792,7 +798,25 @@ pub fn run_request(
     rx: &Inbound,
     tls: Option<&TlsFacts>,
 ) -> RequestRun {
+    run_request_checked(script, tag, proxy, env, msg, rx, tls, None)
+}
+
+/// [`run_request`] given what the runtime's [`Message::validated`] parsed of `msg`:
+/// `forward()` reuses it instead of parsing the request again (see
+/// [`Proxy::forward_checked`]). `checked` must be `msg`'s own.
+#[allow(clippy::too_many_arguments)]
+pub fn run_request_checked<'m>(
+    script: &Script,
+    tag: Option<&str>,
+    proxy: &Proxy,
+    env: &Env<'_>,
+    msg: &'m Message,
+    rx: &Inbound,
+    tls: Option<&TlsFacts>,
+    checked: Option<&Validated<'m>>,
+) -> RequestRun {
     let mut host = ProxyHost::new(proxy, env, Some(msg), rx, tag);
+    host.checked = checked;
     let mut ctx = MsgCtx::new(msg, rx, tls);
     let outcome = script.run_request(&mut ctx, &mut host);
     if outcome.is_error() && outcome.replied.is_none() && !outcome.forwarded {

@@ -8,8 +8,9 @@ use std::cell::RefCell;
 use bytes::Bytes;
 
 use super::host::{
-    run_branch, run_failure, run_http, run_reply_named, run_request, Auth, Env, Failed,
-    HttpDecision, Liveness, Note, Registrar, RequestRun, ScriptLog, Transactions, TxCheck,
+    run_branch, run_failure, run_http, run_reply_named, run_request, run_request_checked, Auth,
+    Env, Failed, HttpDecision, Liveness, Note, Registrar, RequestRun, ScriptLog, Transactions,
+    TxCheck,
 };
 use super::{compile, Level, ScriptSet};
 use crate::auth::{AuthKind, AuthResult, Challenge, CryptoError};
@@ -1473,4 +1474,99 @@ fn only_send_actions(actions: Vec<(Action, ForwardOpts)>) -> (Destination, Messa
         Some(Action::Send { dest, bytes }) => (dest, Message::parse(bytes).unwrap()),
         other => panic!("expected one Send, got {other:?}"),
     }
+}
+
+/// `forward()` and `t_relay()` given the runtime's validation do what they do without it,
+/// whatever the script changed before: the Request-URI (`$ru`, `rewritehost`,
+/// `rewriteuri`), `$du`, Max-Forwards, removed and appended headers (Route, Via,
+/// Max-Forwards), Record-Route; and what it changed shows in the forwarded request (the
+/// validated values are of the message as received, not of the script's edits).
+#[test]
+fn a_scripted_forward_with_validation_sees_every_script_edit() {
+    let w = World::new(&[]);
+    let p = proxy();
+    let env = w.env();
+    let m = request(
+        "INVITE",
+        "sip:bob@203.0.113.5",
+        "Route: <sip:203.0.113.9;lr>\nX-Drop: me\n",
+    );
+    let plain = request("INVITE", "sip:bob@203.0.113.5", "");
+    let checked_m = m.validated().expect("valid");
+    let checked_plain = plain.validated().expect("valid");
+    // (script, what the forwarded request must then contain, or not when `!`)
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "forward();",
+            &["INVITE sip:bob@203.0.113.5 ", "Route: <sip:203.0.113.9;lr>"],
+        ),
+        (
+            r#"$ru = "sip:carol@203.0.113.77:5090"; forward();"#,
+            &["INVITE sip:carol@203.0.113.77:5090 "],
+        ),
+        (
+            r#"rewritehost("203.0.113.78"); forward();"#,
+            &["INVITE sip:bob@203.0.113.78 "],
+        ),
+        (
+            r#"rewriteuri("sip:dave@192.0.2.10"); forward();"#,
+            &["INVITE sip:dave@192.0.2.10 "],
+        ),
+        (r#"$ru = "sip:carol@sip.example.org"; forward();"#, &[]),
+        (
+            r#"$du = "sip:203.0.113.80:5070"; forward();"#,
+            &["INVITE sip:bob@203.0.113.5 "],
+        ),
+        (r#"remove_hf("Route"); forward();"#, &["!\nRoute:"]),
+        (
+            r#"remove_hf("Max-Forwards"); forward();"#,
+            &["!Max-Forwards: 69"],
+        ),
+        (
+            r#"remove_hf("Via"); append_hf("Via: SIP/2.0/UDP 203.0.113.45;branch=z9hG4bKapp\r\n"); forward();"#,
+            &["203.0.113.45"],
+        ),
+        (
+            r#"append_hf("Max-Forwards: 3\r\n"); append_hf("Route: <sip:203.0.113.44;lr>\r\n"); forward();"#,
+            &["Route: <sip:203.0.113.44;lr>"],
+        ),
+        (
+            r#"remove_hf("X-Drop"); record_route(); forward();"#,
+            &["!X-Drop", "Record-Route:"],
+        ),
+        (
+            r#"mf_process_maxfwd_header("10"); forward();"#,
+            &["Max-Forwards: 69"],
+        ),
+        (r#"$ru = "sip:carol@203.0.113.77"; t_relay();"#, &[]),
+    ];
+    let mut sent = 0;
+    for (script, want) in cases {
+        let s = compile(&format!("route {{ {script} }}"), "test.cfg").unwrap();
+        for (m, checked) in [(&m, &checked_m), (&plain, &checked_plain)] {
+            let old = run_request(&s, None, &p, &env, m, &tls_in(1), None);
+            let new = run_request_checked(&s, None, &p, &env, m, &tls_in(1), None, Some(checked));
+            assert_eq!(
+                format!("{:?}", new.actions),
+                format!("{:?}", old.actions),
+                "{script}"
+            );
+            assert_eq!(new.relay, old.relay, "{script}");
+            assert_eq!(new.outcome.end, old.outcome.end, "{script}");
+        }
+        let new = run_request_checked(&s, None, &p, &env, &m, &tls_in(1), None, Some(&checked_m));
+        if want.is_empty() {
+            continue;
+        }
+        let (_, out) = only_send(new);
+        sent += 1;
+        let text = String::from_utf8_lossy(out.as_bytes()).into_owned();
+        for w in *want {
+            match w.strip_prefix('!') {
+                Some(w) => assert!(!text.contains(w), "{script}: {w} in\n{text}"),
+                None => assert!(text.contains(w), "{script}: no {w} in\n{text}"),
+            }
+        }
+    }
+    assert_eq!(sent, 11);
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use siprox::proxy::ForwardOpts;
 use siprox::script::host;
-use siprox::sip::Message;
+use siprox::sip::{Message, Validated};
 use siprox::transaction::TxId;
 use tracing::debug;
 
@@ -21,13 +21,15 @@ impl Worker {
     /// first through the armed branch_route (which may drop it). Returns how many were
     /// started (a branch whose forward fails at once counts: it answered the caller, or
     /// another branch of the batch rings).
-    pub(super) fn fork(
+    /// `checked`: what validation parsed of `msg`, when the caller has it (`t_relay()`).
+    pub(super) fn fork<'m>(
         self: &Rc<Self>,
         tm: &mut Tm,
         id: TxId,
-        msg: &Message,
+        msg: &'m Message,
         list: Vec<ForwardOpts>,
         now: Instant,
+        checked: Option<&Validated<'m>>,
     ) -> usize {
         let Some(r) = tm.servers.get_mut(&id) else {
             return 0;
@@ -51,7 +53,7 @@ impl Worker {
                 r.next_idx += 1;
             }
             started += 1;
-            self.branch(tm, id, msg, opts, now);
+            self.branch(tm, id, msg, opts, now, checked);
         }
         started
     }

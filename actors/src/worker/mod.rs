@@ -259,14 +259,17 @@ impl Worker {
             }
             // A message that fails validation never reaches a script: the core answers it.
             if let Some((script, tag)) = snap.scripts.for_request(tls.as_deref(), &msg) {
-                if msg.validate().is_ok() {
+                // What validation parsed serves the script's forward() and t_relay()'s
+                // branches: the request is parsed once (a script edits only the copy it
+                // forwards, never `msg`).
+                if let Ok(checked) = msg.validated() {
                     let hooks = tm::tm_script::Hooks {
                         worker: self,
                         tls: tls.clone(),
                         tag,
                     };
                     let run = script::with_env_tm(&self.shared, &snap, Some(&hooks), |env| {
-                        host::run_request(
+                        host::run_request_checked(
                             script,
                             tag,
                             &snap.proxy,
@@ -274,6 +277,7 @@ impl Worker {
                             &msg,
                             &inbound,
                             tls.as_deref(),
+                            Some(&checked),
                         )
                     });
                     if run.outcome.is_error() {
@@ -299,7 +303,7 @@ impl Worker {
                         self.tm_newtran_end(&msg, run.t_replies, end);
                     }
                     if let Some(relay) = run.relay {
-                        self.tm_relay(&msg, &inbound, tls.clone(), tag, relay);
+                        self.tm_relay(&msg, &inbound, tls.clone(), tag, relay, Some(&checked));
                     }
                     return;
                 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use siprox::proxy::{Action, Destination, ForwardOpts, Inbound, Target, Transport};
 use siprox::script::host::{self, Relay};
-use siprox::sip::{Limits, Message};
+use siprox::sip::{Limits, Message, Validated};
 use siprox::tls::TlsFacts;
 use siprox::transaction::{
     worker_of_branch, Action as TxAction, ClientOpts, ContextAction, Final, Incoming,
@@ -394,20 +394,24 @@ impl Worker {
     }
 
     /// `t_relay()`: the request gets a server transaction (100 Trying for INVITE) and its
-    /// first branch.
-    pub(crate) fn tm_relay(
+    /// first branch. `checked`: what validation parsed of `msg`, which its first branches
+    /// reuse.
+    pub(crate) fn tm_relay<'m>(
         self: &Rc<Self>,
-        msg: &Message,
+        msg: &'m Message,
         inbound: &Inbound,
         tls: Option<Arc<TlsFacts>>,
         tag: Option<&str>,
         relay: Relay,
+        checked: Option<&Validated<'m>>,
     ) {
         let snap = self.shared.snapshot.load();
         match msg.method() {
             // A 2xx's ACK has no transaction: end to end, statelessly.
             Some("ACK") => {
-                let action = snap.proxy.forward_with(msg, inbound, &relay.opts);
+                let action = snap
+                    .proxy
+                    .forward_checked(msg, inbound, &relay.opts, checked);
                 return self.execute_with(action, msg, inbound, relay.opts);
             }
             // A CANCEL of a relayed INVITE never gets here (`tm_request`).
@@ -450,7 +454,9 @@ impl Worker {
             Err(e) => {
                 drop(tm);
                 debug!(error = %e, "no transaction for a relayed request: forwarded statelessly");
-                let action = snap.proxy.forward_with(msg, inbound, &relay.opts);
+                let action = snap
+                    .proxy
+                    .forward_checked(msg, inbound, &relay.opts, checked);
                 return self.execute_with(action, msg, inbound, relay.opts);
             }
         };
@@ -475,7 +481,7 @@ impl Worker {
         );
         let mut list = relay.branches;
         list.insert(0, relay.opts);
-        if self.fork(&mut tm, id, msg, list, now) == 0 {
+        if self.fork(&mut tm, id, msg, list, now, checked) == 0 {
             self.local_reply(
                 &mut tm,
                 id,
@@ -488,14 +494,15 @@ impl Worker {
     }
 
     /// A new branch of server transaction `id` (whose request is `msg`) toward what
-    /// `opts` says.
-    pub(super) fn branch(
+    /// `opts` says. `checked`: `msg`'s validation when the caller has it.
+    pub(super) fn branch<'m>(
         self: &Rc<Self>,
         tm: &mut Tm,
         id: TxId,
-        msg: &Message,
+        msg: &'m Message,
         mut opts: ForwardOpts,
         now: Instant,
+        checked: Option<&Validated<'m>>,
     ) {
         let Some(r) = tm.servers.get(&id) else { return };
         let inbound = r.inbound;
@@ -505,7 +512,7 @@ impl Worker {
             .snapshot
             .load()
             .proxy
-            .forward_with(msg, &inbound, &opts);
+            .forward_checked(msg, &inbound, &opts, checked);
         self.start_branch(tm, id, action, opts, now);
     }
 
@@ -864,7 +871,7 @@ impl Worker {
             }
             let mut list = relay.branches;
             list.insert(0, relay.opts);
-            if self.fork(tm, id, &msg, list, now) > 0 {
+            if self.fork(tm, id, &msg, list, now, None) > 0 {
                 return true;
             }
         } else if run.next_contacts {
@@ -876,7 +883,7 @@ impl Worker {
                 r.set(run.branch_route, |e| &mut e.branch_route);
             }
             if let Some(group) = r.extra.as_mut().and_then(|e| e.next.pop_front()) {
-                if self.fork(tm, id, &msg, group, now) > 0 {
+                if self.fork(tm, id, &msg, group, now, None) > 0 {
                     return true;
                 }
             }
