@@ -9,6 +9,11 @@
 //!   `on_request`, four responses through `response_script_tag_from` and
 //!   `on_response_from`, as the runtime calls them.
 //! - `proxy/options`: one OPTIONS addressed to siprox over TLS, answered by the core.
+//! - `proxy/scripted-reparse` and `proxy/scripted-checked`: the call's three requests as
+//!   benches/conf.d-stateful's script forwards them (`record_route()` on the INVITE, then
+//!   `forward()`/`t_relay()`), with the runtime's validation first: its result thrown away
+//!   and the request parsed again (`forward_with`, before issue 18), or reused
+//!   (`forward_checked`).
 //!
 //! On a shared machine, compare two builds interleaved (A B A B), as for the load benches.
 
@@ -16,7 +21,9 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use siprox::proxy::{Action, ConnId, FlowKeys, Inbound, Listen, Proxy, ProxyConfig, Transport};
+use siprox::proxy::{
+    Action, ConnId, FlowKeys, ForwardOpts, Inbound, Listen, Proxy, ProxyConfig, Transport,
+};
 use siprox::sip::{HeaderName, Message};
 use siprox_testkit::ua;
 
@@ -158,6 +165,45 @@ fn benches(c: &mut Criterion) {
     }
     g.bench_function("options", |b| {
         b.iter(|| black_box(p.on_request(black_box(&options), &phone)))
+    });
+    let scripted = [
+        (
+            &call.invite,
+            ForwardOpts {
+                record_route: true,
+                ..ForwardOpts::default()
+            },
+        ),
+        (&call.ack, ForwardOpts::default()),
+        (&call.bye, ForwardOpts::default()),
+    ];
+    for (m, opts) in &scripted {
+        let checked = m.validated().expect("valid");
+        assert_eq!(
+            format!("{:?}", p.forward_checked(m, &phone, opts, Some(&checked))),
+            format!("{:?}", p.forward_with(m, &phone, opts)),
+        );
+        forwarded(p.forward_with(m, &phone, opts));
+    }
+    g.bench_function("scripted-reparse", |b| {
+        b.iter(|| {
+            for (m, opts) in &scripted {
+                let m = black_box(*m);
+                if m.validate().is_ok() {
+                    black_box(p.forward_with(m, &phone, opts));
+                }
+            }
+        })
+    });
+    g.bench_function("scripted-checked", |b| {
+        b.iter(|| {
+            for (m, opts) in &scripted {
+                let m = black_box(*m);
+                if let Ok(checked) = m.validated() {
+                    black_box(p.forward_checked(m, &phone, opts, Some(&checked)));
+                }
+            }
+        })
     });
     g.finish();
 }
