@@ -431,6 +431,15 @@ impl Proxy {
         opts: &ForwardOpts,
         checked: Option<&Validated<'m>>,
     ) -> Action {
+        // `checked` is `msg`'s own: what it borrows lies in `msg`'s bytes.
+        debug_assert!(
+            checked.is_none_or(|c| {
+                let r = msg.as_bytes().as_ptr_range();
+                let p = c.call_id.as_ptr();
+                r.start <= p && p <= r.end
+            }),
+            "checked is another message's validation"
+        );
         let dialog = match checked {
             Some(c) => c.call_id,
             None => msg.call_id().unwrap_or(""),

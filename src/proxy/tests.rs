@@ -1456,3 +1456,16 @@ f: <sip:alice@example.com>;tag=f1\nt: <sip:b@e>;tag=q\ni: c@x.y\nCSeq: 7 OPTIONS
     }
     assert!(n >= 300 && sends >= 150, "{n} {sends}");
 }
+
+/// A validation of another message is refused (in debug builds, as the tests run): the
+/// forward would mix the two messages' Routes and tags.
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "checked")]
+fn a_forward_given_another_messages_validation_is_refused() {
+    let p = proxy(RecordRoute::Never);
+    let a = invite("sip:bob@203.0.113.5", "");
+    let b = invite("sip:bob@203.0.113.5", "");
+    let checked = a.validated().expect("valid");
+    let _ = p.forward_checked(&b, &udp_in(), &ForwardOpts::default(), Some(&checked));
+}
