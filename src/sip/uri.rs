@@ -571,27 +571,27 @@ impl<'a> Uri<'a> {
     /// [`parse`](Self::parse)'s verdict without the URI: the same error, the same `Ok`, for
     /// the URIs validation checks and does not keep (From, To, Contact, Record-Route). A
     /// SIP URI is walked as `parse` walks it, without building it or indexing its
-    /// parameters; any other scheme is parsed.
+    /// parameters; any other scheme as `parse` reads it.
     pub fn check(s: &str) -> Result<(), UriError> {
-        let b = s.as_bytes();
-        if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
-            return SipUri::check_rest(&s[4..]);
-        }
-        if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
-            return SipUri::check_rest(&s[5..]);
-        }
-        Uri::parse(s).map(|_| ())
+        Uri::parse_as::<false>(s).map(|_| ())
     }
 
     /// Parse a URI. `s` must be the URI alone (no surrounding `<>` or whitespace).
     pub fn parse(s: &'a str) -> Result<Uri<'a>, UriError> {
+        Uri::parse_as::<true>(s)
+    }
+
+    /// [`parse`](Self::parse), a SIP URI's parameters indexed when `INDEX` (else the
+    /// verdict is all the caller keeps: [`check`](Self::check)).
+    #[inline(always)]
+    fn parse_as<const INDEX: bool>(s: &'a str) -> Result<Uri<'a>, UriError> {
         // The schemes nearly every URI has, without the general scheme checks they pass.
         let b = s.as_bytes();
         if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
-            return SipUri::parse_rest(&s[4..], false);
+            return SipUri::parse_rest::<INDEX>(&s[4..], false);
         }
         if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
-            return SipUri::parse_rest(&s[5..], true);
+            return SipUri::parse_rest::<INDEX>(&s[5..], true);
         }
         let colon = super::scan::find_byte(s, b':').ok_or("missing scheme")?;
         let scheme = &s[..colon];
@@ -605,9 +605,9 @@ impl<'a> Uri<'a> {
             return Err("bad scheme");
         }
         if scheme.eq_ignore_ascii_case("sip") {
-            SipUri::parse_rest(rest, false)
+            SipUri::parse_rest::<INDEX>(rest, false)
         } else if scheme.eq_ignore_ascii_case("sips") {
-            SipUri::parse_rest(rest, true)
+            SipUri::parse_rest::<INDEX>(rest, true)
         } else if scheme.eq_ignore_ascii_case("tel") {
             TelUri::parse_rest(rest).map(Uri::Tel)
         } else {
@@ -639,18 +639,14 @@ impl<'a> Uri<'a> {
 
 impl<'a> SipUri<'a> {
     /// Parse a `sip:`/`sips:` URI from the text after the scheme's colon. Built in place
-    /// as a [`Uri`]: wrapping a returned `SipUri` is a copy of it.
-    fn parse_rest(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
-        Self::parse_rest_as::<true>(rest, secure)
+    /// as a [`Uri`]: wrapping a returned `SipUri` is a copy of it. `INDEX` false: the
+    /// parameters are not indexed, for a caller that keeps only the verdict (the optimiser
+    /// drops what nothing reads).
+    fn parse_rest<const INDEX: bool>(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
+        Self::parse_rest_as::<INDEX>(rest, secure)
     }
 
-    /// [`parse_rest`](Self::parse_rest)'s verdict: the same walk, the URI left unbuilt and
-    /// its parameters unindexed (the optimiser drops what nothing reads).
-    fn check_rest(rest: &str) -> Result<(), UriError> {
-        SipUri::parse_rest_as::<false>(rest, false).map(|_| ())
-    }
-
-    /// [`parse_rest`](Self::parse_rest), the parameters indexed when `INDEX`.
+    /// [`parse_rest`](Self::parse_rest)'s body, inlined into each of its two versions.
     #[inline(always)]
     fn parse_rest_as<const INDEX: bool>(rest: &'a str, secure: bool) -> Result<Uri<'a>, UriError> {
         // userinfo ends at the first '@'; '@' may not appear unescaped elsewhere before the host.
