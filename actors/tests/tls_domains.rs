@@ -617,3 +617,121 @@ async fn a_domain_sends_its_certificate_file_as_the_chain() {
     }
     rt.shutdown();
 }
+
+/// The key-exchange group a connection agreed on, as OpenSSL names it.
+fn group(s: &tokio_openssl::SslStream<tokio::net::TcpStream>) -> String {
+    let k = s.ssl().peer_tmp_key().expect("a key exchange");
+    match k.ec_key() {
+        Ok(ec) => ec
+            .group()
+            .curve_name()
+            .and_then(|n| n.short_name().ok())
+            .unwrap_or("?")
+            .to_owned(),
+        Err(_) if k.id() == openssl::pkey::Id::X25519 => "X25519".to_owned(),
+        Err(_) => format!("{:?}", k.id()),
+    }
+}
+
+/// No finite-field group by default: one ffdhe8192 ClientHello would cost the server about
+/// 190 ms of CPU. A client offering only those is refused with an alert, on every domain
+/// and on the default one; a client offering one first and an elliptic curve after gets a
+/// HelloRetryRequest, and the second ClientHello stays on the domain the first chose
+/// (TLS 1.3's second pass through the ClientHello callback), holding one slot of its
+/// `max_connections`, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_finite_field_groups_and_a_hello_retry_keeps_its_domain_and_slot() {
+    let t = Tree::new("");
+    t.server_domain("one", "max_connections = 1\n");
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let offering = |sni: Option<&str>, groups: &str, version: SslVersion| Client {
+        sni: sni.map(str::to_owned),
+        groups: Some(groups.to_owned()),
+        min: Some(version),
+        max: Some(version),
+        ..Client::default()
+    };
+    for sni in [Some("one.example"), None] {
+        for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+            let e = offering(sni, "ffdhe2048:ffdhe8192", version)
+                .connect(addr)
+                .await
+                .expect_err("no group in common");
+            let text = format!("{e:?} {e}");
+            assert!(
+                text.contains("handshake failure") || text.contains("alert number 40"),
+                "{sni:?} {version:?}: expected a handshake_failure alert, got {text}"
+            );
+        }
+    }
+    // The key share is ffdhe2048's: X25519 can only come from a second ClientHello.
+    let mut first = offering(Some("one.example"), "ffdhe2048:X25519", SslVersion::TLS1_3)
+        .connect(addr)
+        .await
+        .expect("after a HelloRetryRequest");
+    assert_eq!(group(&first), "X25519");
+    assert_eq!(peer_cn(&first), "one.example");
+    assert!(options_ok(&mut first, addr, "hrr-1").await);
+    assert!(
+        Client::sni("one.example").connect(addr).await.is_err(),
+        "the retried connection holds the domain's one slot"
+    );
+    drop(first);
+    let mut again = None;
+    assert_eventually!(
+        {
+            if again.is_none() {
+                again = Client::sni("one.example").connect(addr).await.ok();
+            }
+            again.is_some()
+        },
+        T,
+        "the slot comes back when the retried connection closes (it was taken once)"
+    );
+    let mut again = again.expect("connected");
+    assert!(options_ok(&mut again, addr, "hrr-2").await);
+    rt.shutdown();
+}
+
+/// `groups` holds per domain: the dispatch context's groups are already in the `Ssl` when
+/// the ClientHello callback switches it, so a domain's own must be set on the `Ssl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_hold_per_domain() {
+    let t = Tree::new("");
+    t.server_domain("pinned", "groups = \"P-384\"\n");
+    t.server_domain("lax", "");
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let offering = |sni: &str, groups: &str, version: SslVersion| Client {
+        groups: Some(groups.to_owned()),
+        ..Client::sni_only(sni, version)
+    };
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        // The certificate's curve (P-256) is offered, so that TLS 1.2's ECDSA is possible:
+        // only the key exchange fails, and the same offer passes on `lax`.
+        assert!(
+            offering("pinned.example", "X25519:P-256", version)
+                .connect(addr)
+                .await
+                .is_err(),
+            "{version:?}"
+        );
+        offering("lax.example", "X25519:P-256", version)
+            .connect(addr)
+            .await
+            .expect("lax, the same offer");
+        let mut s = offering("pinned.example", "X25519:P-256:P-384", version)
+            .connect(addr)
+            .await
+            .expect("pinned");
+        assert_eq!(group(&s), "secp384r1", "{version:?}");
+        assert!(options_ok(&mut s, addr, "pinned").await, "{version:?}");
+        let s = offering("lax.example", "X25519:P-256:P-384", version)
+            .connect(addr)
+            .await
+            .expect("lax");
+        assert_eq!(group(&s), "X25519", "{version:?}");
+    }
+    rt.shutdown();
+}

@@ -112,6 +112,7 @@ const CLASSES: &[(&str, Class)] = &[
     ("tls.max_version", Class::Live),
     ("tls.ciphers", Class::Live),
     ("tls.ciphersuites", Class::Live),
+    ("tls.groups", Class::Live),
     ("tls.session_resumption", Class::Live),
     ("tls.client_certificate", Class::Live),
     ("tls.client_private_key", Class::Live),

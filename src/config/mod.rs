@@ -56,6 +56,6 @@ pub use runtime::{
 };
 pub use schema::{Config, DomainConfig, HostPort, Listener, LogConfig, LogFormat, Proto};
 pub use script::ScriptConfig;
-pub use tls::{ClientTls, ServerTls};
+pub use tls::{ClientTls, ServerTls, DEFAULT_GROUPS};
 pub use transactions::TransactionsConfig;
 pub use validate::{check_log_directives, MAX_MESSAGE_SIZE_CEILING};

@@ -252,6 +252,9 @@ pub struct TlsConfig {
     pub ciphers: String,
     /// TLS 1.3 ciphersuites. Empty: OpenSSL's default.
     pub ciphersuites: String,
+    /// Key-exchange groups accepted and offered (OpenSSL names, `:`-separated). Default:
+    /// [`crate::config::DEFAULT_GROUPS`], no finite-field groups.
+    pub groups: String,
     /// Allow session resumption (tickets and session ids).
     pub session_resumption: bool,
     /// PEM certificate chain siprox presents when a server asks for one (outgoing TLS).
@@ -294,6 +297,7 @@ impl Default for TlsConfig {
             max_version: TlsVersion::Tls13,
             ciphers: String::new(),
             ciphersuites: String::new(),
+            groups: crate::config::DEFAULT_GROUPS.to_owned(),
             session_resumption: true,
             client_certificate: None,
             client_private_key: None,
@@ -326,6 +330,7 @@ impl TlsConfig {
             max_version: self.max_version,
             ciphers: self.ciphers.clone(),
             ciphersuites: self.ciphersuites.clone(),
+            groups: self.groups.clone(),
             session_resumption: self.session_resumption,
             handshake_timeout: None,
             send_timeout: None,
@@ -347,6 +352,7 @@ impl TlsConfig {
             max_version: self.max_version,
             ciphers: self.ciphers.clone(),
             ciphersuites: self.ciphersuites.clone(),
+            groups: self.groups.clone(),
             session_resumption: self.session_resumption,
             ..crate::config::ClientTls::default()
         }

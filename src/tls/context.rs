@@ -6,6 +6,7 @@
 //! the file and the reason; key material is never logged or kept beyond the context.
 
 use std::collections::hash_map::DefaultHasher;
+use std::ffi::CString;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use openssl::x509::{X509Crl, X509CrlRef, X509Name, X509};
 
 use super::facts::CertFacts;
 use super::x509::cert_facts;
-use crate::config::{ClientTls, ServerTls, TlsVersion, VerifyClient};
+use crate::config::{ClientTls, ServerTls, TlsVersion, VerifyClient, DEFAULT_GROUPS};
 
 /// Why a domain's TLS material or settings cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +169,10 @@ pub struct BuildHooks {
 pub struct ServerContext {
     pub ctx: SslContext,
     pub policy: SslPolicy,
+    /// The domain's key-exchange groups when they differ from [`DEFAULT_GROUPS`], which a
+    /// connection has from the dispatch context it starts on: OpenSSL copies the groups
+    /// into the `Ssl` when it is made, and switching its context does not change them.
+    pub groups: Option<CString>,
     /// Facts of the leaf certificate (subject, SANs, not_after...).
     pub cert: Arc<CertFacts>,
     /// [`server_digest`] of its inputs: equal digests, equal contexts.
@@ -437,12 +442,25 @@ fn parse_crls(pem: &[u8]) -> Result<Vec<X509Crl>, String> {
     Ok(out)
 }
 
+/// A setting handed to OpenSSL as a C string: the `openssl` crate panics on a NUL inside
+/// one (a TOML `"\u0000"`), so it is refused here, naming the key.
+fn c_text(what: &str, v: &str) -> Result<(), TlsError> {
+    if v.contains('\0') {
+        return Err(TlsError::Setting {
+            what: what.into(),
+            reason: "contains a NUL character".into(),
+        });
+    }
+    Ok(())
+}
+
 fn set_common(
     b: &mut SslContextBuilder,
     min: TlsVersion,
     max: TlsVersion,
     ciphers: &str,
     ciphersuites: &str,
+    groups: &str,
     resumption: bool,
 ) -> Result<(), TlsError> {
     if min > max {
@@ -451,6 +469,11 @@ fn set_common(
             reason: "greater than max_version".into(),
         });
     }
+    c_text("ciphers", ciphers)?;
+    c_text("ciphersuites", ciphersuites)?;
+    c_text("groups", groups)?;
+    b.set_groups_list(groups)
+        .map_err(ossl(format!("groups `{groups}`")))?;
     b.set_min_proto_version(Some(ssl_version(min)))
         .map_err(ossl("min_version"))?;
     b.set_max_proto_version(Some(ssl_version(max)))
@@ -494,6 +517,7 @@ pub fn build_server(
         s.max_version,
         &s.ciphers,
         &s.ciphersuites,
+        &s.groups,
         s.session_resumption,
     )?;
     set_identity(&mut b, &identity)?;
@@ -524,9 +548,16 @@ pub fn build_server(
     // empty on a resumed TLS 1.2 session (measured). It must not switch contexts again.
     b.set_servername_callback(|_, _| Ok(()));
     let cert = Arc::new(cert_facts(&identity.chain[0]));
+    let groups = if s.groups == DEFAULT_GROUPS {
+        None
+    } else {
+        // No NUL: `set_common` refused it.
+        CString::new(s.groups.as_str()).ok()
+    };
     Ok(ServerContext {
         ctx: b.build(),
         policy,
+        groups,
         cert,
         digest,
     })
@@ -610,8 +641,12 @@ pub fn build_client(
         c.max_version,
         &c.ciphers,
         &c.ciphersuites,
+        &c.groups,
         c.session_resumption,
     )?;
+    if let Some(n) = &c.server_name {
+        c_text("server_name", n)?;
+    }
     match (&m.certificate, &m.private_key) {
         (Some(cert), Some(key)) => {
             let id = load_identity(cert, key, m.password.as_ref(), now)?;
@@ -903,6 +938,33 @@ mod tests {
         let err = build("a", &s, &f, &no_env).unwrap_err();
         assert!(err.to_string().contains("NOT-A-CIPHER"), "{err}");
         s.ciphers.clear();
+        s.groups = "X25519:NOT-A-GROUP".into();
+        let err = build("a", &s, &f, &no_env).unwrap_err();
+        assert!(
+            err.to_string().contains("groups `X25519:NOT-A-GROUP`"),
+            "{err}"
+        );
+        // A NUL (TOML "\u0000") in a setting OpenSSL takes as a C string: an error naming
+        // the key, not the `openssl` crate's panic.
+        for (k, set) in [
+            (
+                "ciphers",
+                (|s, v| s.ciphers = v) as fn(&mut ServerTls, String),
+            ),
+            ("ciphersuites", |s, v| s.ciphersuites = v),
+            ("groups", |s, v| s.groups = v),
+        ] {
+            let mut bad = s.clone();
+            set(&mut bad, "X25519\0P-256".into());
+            let err = build("a", &bad, &f, &no_env).unwrap_err();
+            assert_eq!(err.to_string(), format!("{k}: contains a NUL character"));
+        }
+        s.groups = DEFAULT_GROUPS.into();
+        assert!(build("a", &s, &f, &no_env).unwrap().groups.is_none());
+        s.groups = "P-384".into();
+        let own = build("a", &s, &f, &no_env).unwrap().groups;
+        assert_eq!(own.as_deref(), Some(c"P-384"));
+        s.groups = DEFAULT_GROUPS.into();
         s.ca_file = None;
         s.verify_client = VerifyClient::Require;
         let err = build("a", &s, &f, &no_env).unwrap_err();
@@ -978,10 +1040,91 @@ mod tests {
             .unwrap()
             .sessions
             .is_none());
+        let nul = ClientTls {
+            server_name: Some("sip.example\0com".into()),
+            ..c.clone()
+        };
+        let err = build_client(&nul, &m, now(), HOOKS).unwrap_err();
+        assert_eq!(err.to_string(), "server_name: contains a NUL character");
         let half = TlsMaterial {
             private_key: None,
             ..m
         };
         assert!(build_client(&c, &half, now(), HOOKS).is_err());
+    }
+
+    /// A handshake over a socket pair between a connection of `client` and one of
+    /// `server`: the key-exchange group agreed on, or the client's error.
+    fn agree(client: &ClientContext, server: &ServerContext) -> Result<String, String> {
+        use openssl::ssl::{Ssl, SslStream};
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let ctx = server.ctx.clone();
+        let srv = std::thread::spawn(move || {
+            let ssl = Ssl::new(&ctx).unwrap();
+            SslStream::new(ssl, b).unwrap().accept().is_ok()
+        });
+        let ssl = Ssl::new(&client.ctx).unwrap();
+        let mut s = SslStream::new(ssl, a).unwrap();
+        let r = match s.connect() {
+            Ok(()) => {
+                let k = s.ssl().peer_tmp_key().map_err(|e| e.to_string())?;
+                Ok(match k.ec_key() {
+                    Ok(ec) => ec
+                        .group()
+                        .curve_name()
+                        .unwrap()
+                        .short_name()
+                        .unwrap()
+                        .to_owned(),
+                    Err(_) => format!("{:?}", k.id()),
+                })
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        drop(s);
+        srv.join().unwrap();
+        r
+    }
+
+    /// The client side offers `groups` too: by default no finite-field group, so a server
+    /// that takes only those (and could make siprox spend 190 ms on ffdhe8192) fails the
+    /// handshake; a server's HelloRetryRequest for a group siprox offers without a key
+    /// share is followed.
+    #[test]
+    fn a_client_domain_offers_its_groups() {
+        let (s, f) = domain("a.example", now() - 100, now() + 86_400);
+        let m = f.material(&s, &no_env).unwrap();
+        let ca_file = s.ca_file.clone();
+        let client = |groups: &str| {
+            let c = ClientTls {
+                ca_file: ca_file.clone(),
+                groups: groups.into(),
+                ..ClientTls::default()
+            };
+            build_client(&c, &m, now(), HOOKS).unwrap()
+        };
+        let server = |groups: &str| {
+            let s = ServerTls {
+                groups: groups.into(),
+                ..s.clone()
+            };
+            build("a", &s, &f, &no_env).unwrap()
+        };
+        let x25519 = format!("{:?}", openssl::pkey::Id::X25519);
+        assert_eq!(
+            agree(&client(DEFAULT_GROUPS), &server(DEFAULT_GROUPS)),
+            Ok(x25519)
+        );
+        assert!(agree(&client(DEFAULT_GROUPS), &server("ffdhe2048:ffdhe8192")).is_err());
+        assert_eq!(
+            agree(&client(DEFAULT_GROUPS), &server("P-384")).as_deref(),
+            Ok("secp384r1")
+        );
+        assert_eq!(
+            agree(&client("P-256"), &server(DEFAULT_GROUPS)).as_deref(),
+            Ok("prime256v1")
+        );
+        assert!(agree(&client("P-256"), &server("P-384")).is_err());
     }
 }

@@ -144,6 +144,10 @@ pub fn dispatch_context_with(
     // Finished in one segment) and of every message after it. The buffer is OpenSSL's
     // usual one, still released when empty (RELEASE_BUFFERS).
     b.set_read_ahead(true);
+    // Every connection starts with these groups (OpenSSL copies them into the `Ssl`); a
+    // domain with others sets its own in the ClientHello callback. No finite-field groups
+    // by default: `DEFAULT_GROUPS` says why.
+    b.set_groups_list(siprox::config::DEFAULT_GROUPS)?;
     b.set_session_id_context(b"sx-dispatch")?;
     b.set_client_hello_callback(dispatch_hello);
     if let Some(ring) = tickets {
@@ -201,6 +205,9 @@ fn refuse(ssl: &mut SslRef, why: Refusal) -> Result<ClientHelloResponse, ErrorSt
 fn switch_to(ssl: &mut SslRef, domain: &ServerDomain) -> Result<(), ErrorStack> {
     ssl.set_ssl_context(&domain.ctx.ctx)?;
     domain.ctx.policy.apply(ssl)?;
+    if let Some(groups) = &domain.ctx.groups {
+        crate::tls::ffi::set_groups_list(ssl, groups)?;
+    }
     if !domain.ctx.policy.session_resumption {
         crate::tls::ffi::disable_resumption(ssl);
     }

@@ -6,10 +6,12 @@
 //! key ring); and the two libc calls std lacks: the open-file limit
 //! (`getrlimit`/`setrlimit`) and glibc's `malloc_trim`; and whether OpenSSL still holds
 //! bytes of a connection it has read (`SSL_has_pending`), and a TLS 1.3 KeyUpdate for the
-//! tests to send (`SSL_key_update`). The only module of siprox allowed
+//! tests to send (`SSL_key_update`); a connection's key-exchange groups
+//! (`SSL_set1_groups_list`, which the crate wraps only for a context). The only module of siprox allowed
 //! `unsafe`; every block says why it is sound. Must never hand out a pointer or a slice
 //! that outlives the borrow it came from.
 
+use std::ffi::CStr;
 use std::os::raw::c_int;
 
 use foreign_types::ForeignTypeRef;
@@ -111,6 +113,22 @@ pub fn request_key_update<S>(s: &mut openssl::ssl::SslStream<S>) -> Result<(), E
     // a KeyUpdate is due (it fails, returning 0, unless the connection is established
     // TLS 1.3) and keeps no pointer.
     if unsafe { SSL_key_update(s.ssl().as_ptr(), SSL_KEY_UPDATE_REQUESTED) } == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
+}
+
+/// Sets the key-exchange groups of one connection (TLS 1.3 key shares, TLS 1.2 curves),
+/// for a server domain whose groups differ from the dispatch context's: OpenSSL copies
+/// the groups into an `Ssl` when it is made, and switching its context keeps them. Called
+/// in the ClientHello callback, before OpenSSL reads the key shares. The crate wraps this
+/// only for a context.
+pub fn set_groups_list(ssl: &mut SslRef, groups: &CStr) -> Result<(), ErrorStack> {
+    // SAFETY: `ssl.as_ptr()` is a live SSL, exclusively borrowed; `groups` is a
+    // NUL-terminated string that OpenSSL only reads during the call (it parses the names
+    // into its own array and keeps no pointer).
+    if unsafe { openssl_sys::SSL_set1_groups_list(ssl.as_ptr(), groups.as_ptr()) } == 1 {
         Ok(())
     } else {
         Err(ErrorStack::get())

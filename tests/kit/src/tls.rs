@@ -24,6 +24,9 @@ pub struct Client {
     pub ciphers: Option<String>,
     /// TLS 1.3 ciphersuites to offer.
     pub ciphersuites: Option<String>,
+    /// Key-exchange groups to offer (OpenSSL names, `:`-separated); the client sends a
+    /// TLS 1.3 key share for the first only.
+    pub groups: Option<String>,
     /// (certificate PEM, followed by any intermediates; key PEM) to present.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -60,6 +63,9 @@ impl Client {
         }
         if let Some(c) = &self.ciphersuites {
             b.set_ciphersuites(c).expect("ciphersuites");
+        }
+        if let Some(g) = &self.groups {
+            b.set_groups_list(g).expect("groups");
         }
         if let Some((c, k)) = &self.identity {
             // The leaf, then any intermediates (a chain PEM).
