@@ -267,3 +267,31 @@ fn tls_domains_fit_a_100_column_terminal() {
         "{out}"
     );
 }
+
+/// A certificate path that is not UTF-8 is an error naming it, not a panic (the openssl
+/// crate hands OpenSSL paths as C strings made from `&str`). No server is needed: the
+/// files are checked before connecting.
+#[test]
+fn a_path_that_is_not_utf8_is_an_error() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join(OsStr::from_bytes(b"ca-\xff.pem"));
+    std::fs::write(&bad, b"not used").expect("write");
+    for flag in ["--ca", "--cert"] {
+        let out = Command::new(CTL)
+            .env_clear()
+            .env("HOME", dir.path())
+            .current_dir(dir.path())
+            .args(["--url", "https://127.0.0.1:1/", "--timeout", "5"])
+            .arg(flag)
+            .arg(&bad)
+            .arg("version")
+            .output()
+            .expect("siproxctl runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{flag}: {}", text(&out));
+        assert!(err.contains("not a UTF-8 path"), "{flag}: {}", text(&out));
+        assert!(!out.status.success(), "{flag}: {}", text(&out));
+    }
+}

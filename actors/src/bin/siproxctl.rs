@@ -10,7 +10,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use clap::Parser;
 use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod};
 use serde_json::Value;
@@ -175,6 +175,12 @@ fn exchange(
     m: &Material,
     timeout: Duration,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
+    // The openssl crate panics on a path that is not UTF-8 (it hands OpenSSL a C string).
+    for p in [&m.ca, &m.cert, &m.key].into_iter().flatten() {
+        if p.to_str().is_none() {
+            bail!("{}: not a UTF-8 path", p.display());
+        }
+    }
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     if let Some(ca) = &m.ca {
         b.set_ca_file(ca)
