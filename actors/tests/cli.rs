@@ -258,3 +258,43 @@ fn version_flag_works() {
     assert!(stdout.starts_with("siprox "), "{stdout}");
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
 }
+
+/// TLS settings OpenSSL takes as C strings: a NUL in one (TOML `"\u0000"`) made the
+/// openssl crate panic at start; a group OpenSSL does not know is named with the key.
+#[test]
+fn check_names_a_bad_tls_setting_without_panicking() {
+    for (setting, expected) in [
+        (
+            r#"ciphers = "ECDHE\u0000RSA""#,
+            "ciphers: contains a NUL character",
+        ),
+        (
+            r#"ciphersuites = "TLS\u0000""#,
+            "ciphersuites: contains a NUL character",
+        ),
+        (
+            r#"groups = "X25519\u0000""#,
+            "groups: contains a NUL character",
+        ),
+        (r#"groups = "X25519:ffdhe9""#, "groups `X25519:ffdhe9`"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "00-core.toml",
+            &format!("{GOOD}[tls]\n{setting}\n"),
+        );
+        let dir_arg = dir.path().to_string_lossy().into_owned();
+        for args in [vec!["check", "-c", &dir_arg], vec!["-c", &dir_arg]] {
+            let out = siprox(&args);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?} {setting}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{args:?} {setting}: {stderr}");
+            assert!(
+                stderr.starts_with("error: domain `default`: client side: ")
+                    && stderr.contains(expected),
+                "{args:?} {setting}: {stderr}"
+            );
+        }
+    }
+}

@@ -274,9 +274,11 @@ pub fn build_domains_isolated(
     };
 
     let client = |name: &str, c: &ClientTls, errors: &mut Vec<DomainError>| {
+        // "client side": `[tls]` is both default domains, and a setting wrong in both
+        // (a bad `groups`) would otherwise be two identical lines.
         let err = |e: TlsError| DomainError {
             domain: name.to_owned(),
-            reason: e.to_string(),
+            reason: format!("client side: {e}"),
         };
         let material = match o.read.client(o.base, c) {
             Ok(m) => m,
