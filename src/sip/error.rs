@@ -50,8 +50,6 @@ pub enum ParseError {
     BadStatusCode,
     #[error("malformed header line at byte {offset}")]
     BadHeaderLine { offset: usize },
-    #[error("header section is not valid UTF-8")]
-    InvalidUtf8,
     /// A NUL, or a CR that does not start a line end, in the head: never valid in SIP, and
     /// a way to smuggle a header past a parser that stops at NUL or splits at CR.
     #[error("NUL or bare CR at byte {offset}")]
