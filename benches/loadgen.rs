@@ -65,6 +65,8 @@
 //! --reregister ADDR       failover mode: where the phone registers again
 //! --poll-also ADDR        failover mode: another node callers enter (repeatable)
 //! --interval D            failover mode: one OPTIONS per node this often  [20ms]
+//! --self-test             only check the lean engine against its oracle (benches/lean/
+//!                         selftest.rs) and exit: `selftest ok ...` or status 1
 //! ```
 //!
 //! Failover mode (`benches/cluster_failover.sh`): the phone registers at `--phone`; one
@@ -879,6 +881,9 @@ async fn run_idle(a: Args, n: usize) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--self-test") {
+        return self_test();
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -924,6 +929,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--self-test`: the lean engine's checks (benches/lean/selftest.rs); exit status 1 when
+/// one fails.
+fn self_test() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(lean::selftest::run()) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("selftest failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -8,28 +8,45 @@
 //! - One task per connection runs all the calls of that connection (a slot per call in
 //!   flight): no task per call, no channel or mutex between a reader and the calls, and
 //!   the requests a burst of responses makes are written to the stream once (one TLS
-//!   record and one syscall per burst, not per message).
+//!   record and one syscall per burst, not per message). A read takes every TLS record
+//!   that is ready (OpenSSL hands out one per read) before the burst is answered.
 //! - Responses are read only as far as the flows need: the status code, Call-ID (which
 //!   names the slot), CSeq method, the To tag, Record-Route and Contact of the 200 to the
 //!   INVITE. The UAS reads the method and copies Via, From, To, Call-ID, CSeq (and
 //!   Record-Route into a 180/200) from the request line by line, as RFC 3261 §8.2.6 asks.
-//! - The UAS drains every datagram that is ready before it waits again.
+//! - The UAS takes every datagram that is ready with `recvmmsg` (up to [`RECV_BATCH`])
+//!   and sends the batch's responses with `sendmmsg`.
+//! - No allocation and no `core::fmt` per message: one pass over a head's lines (memchr),
+//!   one `memmem` finder built once, buffers and vectors reused, numbers written by hand.
+//!   The first, simple version of this code is kept in oracle.rs: `loadgen --self-test`
+//!   (selftest.rs) checks that this one writes the same bytes and reads the same fields.
 //!
 //! loadgen uses it for `--flow options|invite` over `--transport tcp|tls` with persistent
 //! connections, no `--rate`, `--phone` or `--new-conn-per-call`, and a UDP UAS
 //! (`--uas-transport udp`); every other combination runs on the test kit's UA as before.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use memchr::{memchr, memmem};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use siprox_testkit::ua::AsyncStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::UdpSocket;
 
 use crate::cluster_ua::Ruri;
+
+pub mod oracle;
+pub mod selftest;
 
 /// The flows the lean engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +98,18 @@ struct Slot {
 
 const SDP: &[u8] = b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
+/// The stream read buffer's first size (it grows only for a message larger than it).
+const READ_BUF: usize = 256 * 1024;
+
+/// Converts an empty vector to another element type, keeping its allocation (the
+/// `Vec<&[u8]>` of one message reused for the next: no allocation per message).
+fn recycle<T, U>(v: Vec<T>) -> Vec<U> {
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 /// One connection: `slots` calls in flight until the plan says stop.
 pub async fn run_connection(
-    mut s: std::pin::Pin<Box<dyn AsyncStream>>,
+    mut s: Pin<Box<dyn AsyncStream>>,
     local: SocketAddr,
     slots: usize,
     conn_no: usize,
@@ -100,24 +126,9 @@ pub async fn run_connection(
             deadline: now,
         })
         .collect();
-    let via = format!(
-        "Via: {} {local};branch=z9hG4bK-l{}",
-        plan.via_proto, plan.token
-    );
-    let contact = format!(
-        "Contact: <sip:alice@{local};transport={}>\r\n",
-        plan.transport_param
-    );
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut branch: u64 = 0;
-    let mut w = Writer {
-        plan: &plan,
-        via: &via,
-        contact: &contact,
-        conn_no,
-        branch: &mut branch,
-    };
+    let mut rb = ReadBuffer::new();
+    let mut w = Writer::new(&plan, local, conn_no);
     for c in calls.iter_mut() {
         start_call(&mut w, &mut out, c);
     }
@@ -134,25 +145,16 @@ pub async fn run_connection(
         if calls.iter().all(|c| c.wait == Wait::Idle) {
             break;
         }
+        let room = rb.room();
         tokio::select! {
-            r = s.read_buf(&mut buf) => match r {
+            r = read_ready(&mut s, room) => match r {
                 Ok(0) | Err(_) => {
                     fail_all(&mut t, &mut calls, "connection closed by the proxy");
                     break;
                 }
-                Ok(_) => {
-                    let mut at = 0;
-                    while let Some((len, body)) = frame(&buf[at..]) {
-                        let end = at + len + body;
-                        let m = &buf[at..at + len];
-                        at = end;
-                        if m.is_empty() {
-                            continue;
-                        }
-                        on_response(&mut w, &mut out, &mut t, &mut calls, m);
-                    }
-                    buf.drain(..at);
-                }
+                Ok(k) => rb.drain(k, |m, sc, rr| {
+                    on_response(&mut w, &mut out, &mut t, &mut calls, m, sc, rr);
+                }),
             },
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -175,7 +177,96 @@ pub async fn run_connection(
     t
 }
 
-async fn write_all(s: &mut std::pin::Pin<Box<dyn AsyncStream>>, b: &[u8]) -> std::io::Result<()> {
+/// Reads into `buf` (not empty): waits for the first bytes, then takes whatever else the
+/// stream has ready without waiting (a TLS stream hands out one record per read). 0 at
+/// the end of the stream.
+fn read_ready<'a>(
+    s: &'a mut Pin<Box<dyn AsyncStream>>,
+    buf: &'a mut [u8],
+) -> impl std::future::Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut total = 0;
+        while total < buf.len() {
+            let mut rb = ReadBuf::new(&mut buf[total..]);
+            match s.as_mut().poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let k = rb.filled().len();
+                    if k == 0 {
+                        break;
+                    }
+                    total += k;
+                }
+                // What was read first; the error (or the end) comes again on the next read.
+                Poll::Ready(Err(e)) if total == 0 => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(_)) => break,
+                Poll::Pending if total == 0 => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(total))
+    })
+}
+
+/// The bytes read from a stream and not yet taken as messages: `buf[start..end]`.
+pub struct ReadBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The Record-Route values of one response, reused (empty between messages).
+    rr: Vec<&'static [u8]>,
+}
+
+impl ReadBuffer {
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+            rr: Vec::with_capacity(16),
+        }
+    }
+
+    /// Where the next read goes (never empty): the pending bytes move to the front when
+    /// the end is reached, and the buffer doubles when one message fills it.
+    pub fn room(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `k` more bytes were read into [`ReadBuffer::room`]: hands every complete message
+    /// (head, what one pass over it found, its Record-Route values) to `f`, in order;
+    /// CRLF keep-alives are skipped.
+    pub fn drain(&mut self, k: usize, mut f: impl FnMut(&[u8], &Scan<'_>, &[&[u8]])) {
+        self.end += k;
+        let mut rr: Vec<&[u8]> = recycle(std::mem::take(&mut self.rr));
+        loop {
+            let b = &self.buf[self.start..self.end];
+            if b.starts_with(b"\r\n") {
+                self.start += 2;
+                continue;
+            }
+            let Some(sc) = scan(b, &mut rr) else { break };
+            self.start += sc.head + sc.body;
+            f(&b[..sc.head], &sc, &rr);
+        }
+        rr.clear();
+        self.rr = recycle(rr);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+async fn write_all(s: &mut Pin<Box<dyn AsyncStream>>, b: &[u8]) -> io::Result<()> {
     s.write_all(b).await?;
     s.flush().await
 }
@@ -187,64 +278,123 @@ fn fail_all(t: &mut LeanTally, calls: &mut [Slot], reason: &str) {
     }
 }
 
-/// What a request needs to be written.
-struct Writer<'a> {
+/// Writes a connection's requests: the parts that never change are built once.
+pub struct Writer<'a> {
     plan: &'a Plan,
-    /// `Via: SIP/2.0/TLS ip:port;branch=z9hG4bK-l<token>` (a counter and `;rport` follow).
-    via: &'a str,
-    contact: &'a str,
-    conn_no: usize,
-    branch: &'a mut u64,
+    /// The Request-URI when it is the same for every call.
+    fixed_ruri: Option<&'a str>,
+    branch: u64,
+    /// ` SIP/2.0\r\nVia: SIP/2.0/TLS ip:port;branch=z9hG4bK-l<token>-<conn>-`
+    via: Vec<u8>,
+    /// `-<token>\r\nTo: <sip:bob@siprox.test>` (after the From tag's call number)
+    from_tail: Vec<u8>,
+    /// `.<conn>.<token>@siprox.test\r\nCSeq: ` (after the Call-ID's call number)
+    call_id_tail: Vec<u8>,
+    contact: Vec<u8>,
 }
 
-impl Writer<'_> {
-    /// Appends a request to `out`. `to_tag` and `routes` for in-dialog requests.
+impl<'a> Writer<'a> {
+    pub fn new(plan: &'a Plan, local: SocketAddr, conn_no: usize) -> Self {
+        let tok = &plan.token;
+        Self {
+            plan,
+            fixed_ruri: (!plan.ruri.template.contains("{n}")).then_some(&*plan.ruri.template),
+            branch: 0,
+            via: format!(
+                " SIP/2.0\r\nVia: {} {local};branch=z9hG4bK-l{tok}-{conn_no:x}-",
+                plan.via_proto
+            )
+            .into_bytes(),
+            from_tail: format!("-{tok}\r\nTo: <sip:bob@siprox.test>").into_bytes(),
+            call_id_tail: format!(".{conn_no:x}.{tok}@siprox.test\r\nCSeq: ").into_bytes(),
+            contact: format!(
+                "Contact: <sip:alice@{local};transport={}>\r\n",
+                plan.transport_param
+            )
+            .into_bytes(),
+        }
+    }
+
+    /// Appends a request to `out`. `to_tag` and the route set for in-dialog requests:
+    /// `rr` is the 2xx's Record-Route values in their order (written reversed, each its
+    /// `<...>` part, RFC 3261 §12.1.2).
     #[allow(clippy::too_many_arguments)]
-    fn request(
+    pub fn request(
         &mut self,
         out: &mut Vec<u8>,
-        method: &str,
+        method: &[u8],
         ruri: &[u8],
         n: u64,
         cseq: u32,
         to_tag: Option<&[u8]>,
-        routes: &[&[u8]],
+        rr: &[&[u8]],
         body: &[u8],
     ) {
-        *self.branch += 1;
-        let tok = &self.plan.token;
-        let _ = write!(out, "{method} ");
+        self.branch += 1;
+        out.extend_from_slice(method);
+        out.push(b' ');
         out.extend_from_slice(ruri);
-        let _ = write!(
-            out,
-            " SIP/2.0\r\n{}-{:x}-{:x};rport\r\nMax-Forwards: 70\r\n",
-            self.via, self.conn_no, *self.branch
-        );
-        for r in routes {
+        out.extend_from_slice(&self.via);
+        put_hex(out, self.branch);
+        out.extend_from_slice(b";rport\r\nMax-Forwards: 70\r\n");
+        for r in rr.iter().rev() {
             out.extend_from_slice(b"Route: ");
-            out.extend_from_slice(r);
+            out.extend_from_slice(angle(r));
             out.extend_from_slice(b"\r\n");
         }
-        let _ = write!(
-            out,
-            "From: \"Alice\" <sip:alice@siprox.test>;tag=f{n:x}-{tok}\r\nTo: <sip:bob@siprox.test>"
-        );
+        out.extend_from_slice(b"From: \"Alice\" <sip:alice@siprox.test>;tag=f");
+        put_hex(out, n);
+        out.extend_from_slice(&self.from_tail);
         if let Some(tag) = to_tag {
             out.extend_from_slice(b";tag=");
             out.extend_from_slice(tag);
         }
-        let _ = write!(
-            out,
-            "\r\nCall-ID: {n:x}.{:x}.{tok}@siprox.test\r\nCSeq: {cseq} {method}\r\n",
-            self.conn_no
-        );
-        out.extend_from_slice(self.contact.as_bytes());
+        out.extend_from_slice(b"\r\nCall-ID: ");
+        put_hex(out, n);
+        out.extend_from_slice(&self.call_id_tail);
+        put_dec(out, u64::from(cseq));
+        out.push(b' ');
+        out.extend_from_slice(method);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.contact);
         if !body.is_empty() {
             out.extend_from_slice(b"Content-Type: application/sdp\r\n");
         }
-        let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+        out.extend_from_slice(b"Content-Length: ");
+        put_dec(out, body.len() as u64);
+        out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(body);
     }
+}
+
+/// `v` in lowercase hex, as `{:x}` writes it.
+pub fn put_hex(out: &mut Vec<u8>, mut v: u64) {
+    let mut d = [0u8; 16];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&d[i..]);
+}
+
+/// `v` in decimal, as `{}` writes it.
+pub fn put_dec(out: &mut Vec<u8>, mut v: u64) {
+    let mut d = [0u8; 20];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&d[i..]);
 }
 
 /// Starts the next call in slot `i` (or leaves it idle when the run is over).
@@ -260,10 +410,17 @@ fn start_call(w: &mut Writer<'_>, out: &mut Vec<u8>, c: &mut Slot) {
         return;
     }
     // The Call-ID is `<n>.<conn>.<token>`: a response finds its slot again by n.
-    let ruri = plan.ruri.of(n);
-    let (method, body, wait) = match plan.flow {
-        LeanFlow::Options => ("OPTIONS", &b""[..], Wait::Options),
-        LeanFlow::Invite => ("INVITE", SDP, Wait::Invite),
+    let owned;
+    let ruri = match w.fixed_ruri {
+        Some(r) => r,
+        None => {
+            owned = plan.ruri.of(n);
+            &owned
+        }
+    };
+    let (method, body, wait): (&[u8], _, _) = match plan.flow {
+        LeanFlow::Options => (b"OPTIONS", &b""[..], Wait::Options),
+        LeanFlow::Invite => (b"INVITE", SDP, Wait::Invite),
     };
     w.request(out, method, ruri.as_bytes(), n, 1, None, &[], body);
     c.n = n;
@@ -272,19 +429,54 @@ fn start_call(w: &mut Writer<'_>, out: &mut Vec<u8>, c: &mut Slot) {
     c.deadline = now + plan.timeout;
 }
 
-/// The header lines of a message (after the start line): (name, value) pairs, folded
-/// lines not joined (the peers here do not fold).
-fn headers(m: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let head_end = find(m, b"\r\n\r\n").unwrap_or(m.len());
+static BLANK_LINE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+static TAG_PARAM: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b";tag="));
+
+/// The header lines of `m[..head_end]` after the start line: (name, value) pairs, each
+/// trimmed; folded lines not joined (the peers here do not fold), lines without a colon
+/// skipped.
+pub fn lines(m: &[u8], head_end: usize) -> Lines<'_> {
     let head = &m[..head_end];
-    let first = find(head, b"\r\n").map_or(head.len(), |i| i + 2);
-    head[first.min(head.len())..]
-        .split(|b| *b == b'\n')
-        .filter_map(|l| {
+    // After the start line's CRLF (the whole head when there is none).
+    let first = memchr::memchr_iter(b'\n', head)
+        .find(|&i| i > 0 && head[i - 1] == b'\r')
+        .map_or(head.len(), |i| i + 1);
+    Lines {
+        rest: &head[first..],
+        done: false,
+    }
+}
+
+pub struct Lines<'a> {
+    rest: &'a [u8],
+    done: bool,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let l = match memchr(b'\n', self.rest) {
+                Some(i) => {
+                    let l = &self.rest[..i];
+                    self.rest = &self.rest[i + 1..];
+                    l
+                }
+                None => {
+                    self.done = true;
+                    self.rest
+                }
+            };
             let l = l.strip_suffix(b"\r").unwrap_or(l);
-            let colon = l.iter().position(|b| *b == b':')?;
-            Some((trim(&l[..colon]), trim(&l[colon + 1..])))
-        })
+            if let Some(colon) = memchr(b':', l) {
+                return Some((trim(&l[..colon]), trim(&l[colon + 1..])));
+            }
+        }
+        None
+    }
 }
 
 fn trim(mut b: &[u8]) -> &[u8] {
@@ -305,64 +497,169 @@ fn trim(mut b: &[u8]) -> &[u8] {
     b
 }
 
-fn find(h: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(h, needle)
+/// The headers the lean engine reads, by long or compact name (any case).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    Contact,
+    RecordRoute,
+    ContentLength,
+    Other,
 }
 
-fn is(name: &[u8], long: &str, short: &str) -> bool {
-    name.eq_ignore_ascii_case(long.as_bytes()) || name.eq_ignore_ascii_case(short.as_bytes())
-}
-
-/// One frame at the start of a stream buffer: (bytes of the message head, blank line
-/// included; bytes of its body), or `None` until it is complete. A CRLF keep-alive comes
-/// out as an empty head followed by 2 bytes to skip.
-fn frame(b: &[u8]) -> Option<(usize, usize)> {
-    if b.starts_with(b"\r\n") {
-        // A keep-alive (or the CRLF before a message): skip it.
-        return Some((0, 2));
+fn name(k: &[u8]) -> Name {
+    let is = |s: &str| k.eq_ignore_ascii_case(s.as_bytes());
+    match k.len() {
+        1 => match k[0].to_ascii_lowercase() {
+            b'v' => Name::Via,
+            b'f' => Name::From,
+            b't' => Name::To,
+            b'i' => Name::CallId,
+            b'm' => Name::Contact,
+            b'l' => Name::ContentLength,
+            _ => Name::Other,
+        },
+        2 if is("to") => Name::To,
+        3 if is("via") => Name::Via,
+        4 if is("cseq") => Name::CSeq,
+        4 if is("from") => Name::From,
+        7 if is("call-id") => Name::CallId,
+        7 if is("contact") => Name::Contact,
+        12 if is("record-route") => Name::RecordRoute,
+        14 if is("content-length") => Name::ContentLength,
+        _ => Name::Other,
     }
-    let end = find(b, b"\r\n\r\n")? + 4;
-    let mut len = 0usize;
-    for (k, v) in headers(&b[..end]) {
-        if is(k, "content-length", "l") {
-            len = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
+}
+
+/// What one pass over a response's head found.
+#[derive(Default)]
+pub struct Scan<'a> {
+    /// Bytes of the head, blank line included, and of the body.
+    pub head: usize,
+    pub body: usize,
+    /// The last Call-ID, CSeq and To, the first Contact.
+    pub call_id: Option<&'a [u8]>,
+    pub cseq: Option<&'a [u8]>,
+    pub to: Option<&'a [u8]>,
+    pub contact: Option<&'a [u8]>,
+}
+
+/// One message at the start of a stream buffer, once it is complete (its Record-Route
+/// values, in order, into `rr`), or `None` until then.
+pub fn scan<'a>(b: &'a [u8], rr: &mut Vec<&'a [u8]>) -> Option<Scan<'a>> {
+    let head_end = BLANK_LINE.find(b)?;
+    let mut sc = Scan {
+        head: head_end + 4,
+        ..Scan::default()
+    };
+    rr.clear();
+    for (k, v) in lines(b, head_end) {
+        match name(k) {
+            Name::ContentLength => {
+                sc.body = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
+            }
+            Name::CallId => sc.call_id = Some(v),
+            Name::CSeq => sc.cseq = Some(v),
+            Name::To => sc.to = Some(v),
+            Name::Contact => {
+                sc.contact.get_or_insert(v);
+            }
+            Name::RecordRoute => commas(v, |e| {
+                rr.push(e);
+                true
+            }),
+            _ => {}
         }
     }
-    if b.len() < end + len {
+    if b.len() < sc.head + sc.body {
         return None;
     }
-    Some((end, len))
+    Some(sc)
 }
 
 /// The `<...>` part of a name-addr (or the value up to `;` without them).
 fn angle(v: &[u8]) -> &[u8] {
-    match (
-        v.iter().position(|b| *b == b'<'),
-        v.iter().rposition(|b| *b == b'>'),
-    ) {
+    match (memchr(b'<', v), memchr::memrchr(b'>', v)) {
         (Some(a), Some(b)) if a < b => &v[a..=b],
         _ => v.split(|b| *b == b';').next().unwrap_or(v),
     }
 }
 
-/// Comma-separated values of one header line (commas inside `<>` or quotes kept).
-fn split_commas(v: &[u8]) -> Vec<&[u8]> {
+/// The comma-separated values of one header line (commas inside `<>` or quotes kept),
+/// trimmed, to `f` in order until it returns false.
+fn commas<'a>(v: &'a [u8], mut f: impl FnMut(&'a [u8]) -> bool) {
+    if memchr(b',', v).is_none() {
+        f(trim(v));
+        return;
+    }
     let (mut depth, mut quoted, mut start) = (0i32, false, 0);
-    let mut out = Vec::new();
     for (i, b) in v.iter().enumerate() {
         match b {
             b'"' => quoted = !quoted,
             b'<' if !quoted => depth += 1,
             b'>' if !quoted => depth -= 1,
             b',' if !quoted && depth == 0 => {
-                out.push(trim(&v[start..i]));
+                if !f(trim(&v[start..i])) {
+                    return;
+                }
                 start = i + 1;
             }
             _ => {}
         }
     }
-    out.push(trim(&v[start..]));
-    out
+    f(trim(&v[start..]));
+}
+
+fn first_comma(v: &[u8]) -> &[u8] {
+    let mut first = v;
+    commas(v, |e| {
+        first = e;
+        false
+    });
+    first
+}
+
+/// The status code of a response (`None`: not a response, or no code).
+fn code_of(m: &[u8]) -> Option<Option<u16>> {
+    if !m.starts_with(b"SIP/2.0 ") || m.len() < 12 {
+        return None;
+    }
+    Some(
+        std::str::from_utf8(&m[8..11])
+            .ok()
+            .and_then(|c| c.parse::<u16>().ok()),
+    )
+}
+
+fn method_of(cseq: Option<&[u8]>) -> &[u8] {
+    cseq.and_then(|c| c.split(|b| *b == b' ').rfind(|p| !p.is_empty()))
+        .unwrap_or(b"")
+}
+
+fn tag_of(to: Option<&[u8]>) -> Option<&[u8]> {
+    to.and_then(|v| {
+        let at = TAG_PARAM.find(v)? + 5;
+        let rest = &v[at..];
+        let end = rest
+            .iter()
+            .position(|b| *b == b';' || *b == b' ' || *b == b'>')
+            .unwrap_or(rest.len());
+        Some(&rest[..end])
+    })
+}
+
+/// The URI of the first Contact value (without its `<>`).
+fn target_of(contact: Option<&[u8]>) -> Option<&[u8]> {
+    contact.map(|v| {
+        let t = angle(first_comma(v));
+        t.strip_prefix(b"<")
+            .and_then(|x| x.strip_suffix(b">"))
+            .unwrap_or(t)
+    })
 }
 
 fn on_response(
@@ -371,34 +668,15 @@ fn on_response(
     t: &mut LeanTally,
     calls: &mut [Slot],
     m: &[u8],
+    sc: &Scan<'_>,
+    rr: &[&[u8]],
 ) {
-    if !m.starts_with(b"SIP/2.0 ") || m.len() < 12 {
-        return;
-    }
-    let Some(code) = std::str::from_utf8(&m[8..11])
-        .ok()
-        .and_then(|c| c.parse::<u16>().ok())
-    else {
+    let Some(Some(code)) = code_of(m) else {
         return;
     };
-    let (mut call_id, mut cseq, mut to, mut contact) = (None, None, None, None);
-    let mut rr: Vec<&[u8]> = Vec::new();
-    for (k, v) in headers(m) {
-        if is(k, "call-id", "i") {
-            call_id = Some(v);
-        } else if is(k, "cseq", "cseq") {
-            cseq = Some(v);
-        } else if is(k, "to", "t") {
-            to = Some(v);
-        } else if is(k, "contact", "m") {
-            contact.get_or_insert(v);
-        } else if is(k, "record-route", "record-route") {
-            rr.extend(split_commas(v));
-        }
-    }
     // Call-ID `<n>.<conn>.<token>@siprox.test`: find the slot calling n.
-    let Some(cid) = call_id else { return };
-    let Some(dot) = cid.iter().position(|b| *b == b'.') else {
+    let Some(cid) = sc.call_id else { return };
+    let Some(dot) = memchr(b'.', cid) else {
         return;
     };
     let Some(n) = std::str::from_utf8(&cid[..dot])
@@ -410,9 +688,7 @@ fn on_response(
     let Some(i) = calls.iter().position(|c| c.n == n && c.wait != Wait::Idle) else {
         return;
     };
-    let method = cseq
-        .and_then(|c| c.split(|b| *b == b' ').rfind(|p| !p.is_empty()))
-        .unwrap_or(b"");
+    let method = method_of(sc.cseq);
     let c = &mut calls[i];
     let expect: &[u8] = match c.wait {
         Wait::Invite => b"INVITE",
@@ -462,39 +738,25 @@ fn on_response(
                 start_call(w, out, c);
                 return;
             }
-            let tag = to.and_then(|v| {
-                let at = find(v, b";tag=")? + 5;
-                let rest = &v[at..];
-                let end = rest
-                    .iter()
-                    .position(|b| *b == b';' || *b == b' ' || *b == b'>')
-                    .unwrap_or(rest.len());
-                Some(&rest[..end])
-            });
-            let Some(tag) = tag else {
+            let Some(tag) = tag_of(sc.to) else {
                 *t.failures
                     .entry("200 to INVITE without To tag".to_owned())
                     .or_default() += 1;
                 start_call(w, out, c);
                 return;
             };
-            let Some(target) = contact.map(|v| angle(split_commas(v)[0])) else {
+            let Some(target) = target_of(sc.contact) else {
                 *t.failures
                     .entry("200 to INVITE without Contact".to_owned())
                     .or_default() += 1;
                 start_call(w, out, c);
                 return;
             };
-            let target = target
-                .strip_prefix(b"<")
-                .and_then(|x| x.strip_suffix(b">"))
-                .unwrap_or(target);
-            let routes: Vec<&[u8]> = rr.iter().rev().map(|r| angle(r)).collect();
             c.setup_us = us(now - c.t0);
             c.wait = Wait::Bye;
             c.deadline = now + w.plan.timeout;
-            w.request(out, "ACK", target, n, 1, Some(tag), &routes, b"");
-            w.request(out, "BYE", target, n, 2, Some(tag), &routes, b"");
+            w.request(out, b"ACK", target, n, 1, Some(tag), rr, b"");
+            w.request(out, b"BYE", target, n, 2, Some(tag), rr, b"");
         }
         Wait::Bye => {
             if code == 200 {
@@ -514,11 +776,168 @@ fn on_response(
 // ---------------------------------------------------------------------------------------
 // UAS
 
+/// Most datagrams taken by one `recvmmsg`, each into its own [`UDP_MAX`] slot.
+pub const RECV_BATCH: usize = 32;
+const UDP_MAX: usize = 65_535;
+/// Most datagrams handed to one `sendmmsg` (a batch's responses take as many as needed).
+const SEND_BATCH: usize = 64;
+
+/// nix's `recvmmsg`/`sendmmsg` headers, reused by every batch. They hold raw pointers
+/// (not `Send`), so they live per thread, outside the UAS future, and are used only
+/// between two awaits.
+struct Mmsg {
+    recv: MultiHeaders<SockaddrStorage>,
+    send: MultiHeaders<SockaddrStorage>,
+    send_slices: Vec<[IoSlice<'static>; 1]>,
+    addrs: Vec<Option<SockaddrStorage>>,
+}
+
+thread_local! {
+    static MMSG: RefCell<Mmsg> = RefCell::new(Mmsg {
+        recv: MultiHeaders::preallocate(RECV_BATCH, None),
+        send: MultiHeaders::preallocate(SEND_BATCH, None),
+        send_slices: Vec::with_capacity(SEND_BATCH),
+        addrs: Vec::with_capacity(SEND_BATCH),
+    });
+}
+
+fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// One `recvmmsg` into the [`UDP_MAX`] slots of `buf`: how many datagrams, each with its
+/// length and source in `got` (0: none waiting, readiness cleared). A batch shorter than
+/// asked for means the socket had no more: its readiness is cleared then (tokio's
+/// edge-triggered epoll raises a new event for a datagram that arrives after).
+fn recv_batch(
+    s: &UdpSocket,
+    buf: &mut [u8],
+    got: &mut [(usize, Option<SocketAddr>); RECV_BATCH],
+) -> io::Result<usize> {
+    MMSG.with(|m| {
+        let mut m = m.borrow_mut();
+        let m = &mut *m;
+        let mut n = 0;
+        let res = s.try_io(Interest::READABLE, || {
+            // On the stack: nix ties the slices' lifetime to their own borrow, so they
+            // cannot be kept for the next batch.
+            let mut chunks = buf.chunks_mut(UDP_MAX);
+            let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or(&mut []))]);
+            let r = match recvmmsg(
+                s.as_raw_fd(),
+                &mut m.recv,
+                slices.iter_mut(),
+                MsgFlags::empty(),
+                None,
+            ) {
+                Ok(res) => {
+                    for (g, msg) in got.iter_mut().zip(res) {
+                        *g = (msg.bytes, msg.address.as_ref().and_then(std_addr));
+                        n += 1;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(io::Error::from(e)),
+            };
+            r?;
+            if n < RECV_BATCH {
+                // Drained: tokio clears the readiness on WouldBlock.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// One `sendmmsg` of `chunk` (at most [`SEND_BATCH`]): how many the kernel took.
+fn send_chunk(
+    s: &UdpSocket,
+    out: &[u8],
+    chunk: &[(usize, usize, SocketAddr)],
+) -> io::Result<usize> {
+    MMSG.with(|m| {
+        let mut m = m.borrow_mut();
+        let m = &mut *m;
+        m.addrs.clear();
+        m.addrs
+            .extend(chunk.iter().map(|q| Some(SockaddrStorage::from(q.2))));
+        let mut slices: Vec<[IoSlice<'_>; 1]> = recycle(std::mem::take(&mut m.send_slices));
+        slices.extend(chunk.iter().map(|q| [IoSlice::new(&out[q.0..q.1])]));
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        let sent = s.try_io(Interest::WRITABLE, || {
+            sendmmsg(
+                s.as_raw_fd(),
+                &mut m.send,
+                &slices,
+                &m.addrs,
+                no_cmsgs,
+                MsgFlags::empty(),
+            )
+            .map(|r| r.count())
+            .map_err(io::Error::from)
+        });
+        m.send_slices = recycle(slices);
+        sent
+    })
+}
+
+/// Sends `msgs` (ranges of `out` and destinations) in order, in as few `sendmmsg` calls
+/// as it takes. A datagram the kernel refuses (not for a full buffer) is lost, as a
+/// `send_to` error was.
+async fn send_all(s: &UdpSocket, out: &[u8], msgs: &[(usize, usize, SocketAddr)]) {
+    let mut i = 0;
+    while i < msgs.len() {
+        let chunk = &msgs[i..msgs.len().min(i + SEND_BATCH)];
+        let sent = if let [(a, b, to)] = chunk {
+            s.try_send_to(&out[*a..*b], *to).map(|_| 1)
+        } else {
+            send_chunk(s, out, chunk)
+        };
+        match sent {
+            Ok(k) => i += k.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if s.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => i += 1,
+        }
+    }
+}
+
+/// The responses of one batch of requests: their bytes, and (start, end, destination)
+/// of each datagram in them.
+#[derive(Default)]
+pub struct Answers {
+    pub out: Vec<u8>,
+    pub msgs: Vec<(usize, usize, SocketAddr)>,
+    /// The header lines a response echoes, reused (empty between requests).
+    echo: Vec<(&'static [u8], &'static [u8], bool)>,
+}
+
+impl Answers {
+    pub fn clear(&mut self) {
+        self.out.clear();
+        self.msgs.clear();
+    }
+}
+
 /// A UDP UAS: 100/180/200 to INVITE, 200 to anything else, nothing to ACK. It runs until
 /// the task is dropped.
 pub async fn uas_udp(sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65_536];
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut buf = vec![0u8; UDP_MAX * RECV_BATCH];
+    let mut got = [(0usize, None::<SocketAddr>); RECV_BATCH];
+    let mut a = Answers::default();
+    a.out.reserve(64 * 1024);
     let contact = match sock.local_addr() {
         Ok(a) => format!("Contact: <sip:bob@{a};transport=udp>\r\n"),
         Err(_) => return,
@@ -529,19 +948,33 @@ pub async fn uas_udp(sock: Arc<UdpSocket>) {
         }
         // Everything that is ready, then wait again.
         loop {
-            let (n, from) = match sock.try_recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            let n = match recv_batch(&sock, &mut buf, &mut got) {
+                Ok(0) => break,
+                Ok(n) => n,
                 // ICMP port unreachable surfaces as an error on Linux: keep reading.
                 Err(_) => continue,
             };
-            answer(&sock, &buf[..n], from, &contact, &mut out).await;
+            a.clear();
+            for (i, (len, from)) in got[..n].iter().enumerate() {
+                if let Some(from) = from {
+                    let at = i * UDP_MAX;
+                    answer(&mut a, &buf[at..at + len], *from, contact.as_bytes());
+                }
+            }
+            send_all(&sock, &a.out, &a.msgs).await;
         }
     }
 }
 
-async fn answer(sock: &UdpSocket, req: &[u8], from: SocketAddr, contact: &str, out: &mut Vec<u8>) {
-    let Some(sp) = req.iter().position(|b| *b == b' ') else {
+const STATUS: [&[u8]; 3] = [
+    b"SIP/2.0 100 Trying\r\n",
+    b"SIP/2.0 180 Ringing\r\n",
+    b"SIP/2.0 200 OK\r\n",
+];
+
+/// Appends the responses to one request to `a`.
+pub fn answer(a: &mut Answers, req: &[u8], from: SocketAddr, contact: &[u8]) {
+    let Some(sp) = memchr(b' ', req) else {
         return;
     };
     let method = &req[..sp];
@@ -551,67 +984,60 @@ async fn answer(sock: &UdpSocket, req: &[u8], from: SocketAddr, contact: &str, o
     let invite = method == b"INVITE";
     // The request's headers, read once: what every response echoes, in order (Via, From,
     // Call-ID, CSeq, Record-Route as they came), and the To.
-    let mut echo: Vec<(&[u8], &[u8], bool)> = Vec::with_capacity(12);
+    let mut echo: Vec<(&[u8], &[u8], bool)> = recycle(std::mem::take(&mut a.echo));
     let (mut call_id, mut to_line, mut to_addr): (&[u8], &[u8], _) = (b"", b"", None);
-    for (k, v) in headers(req) {
-        if is(k, "via", "v") {
-            if to_addr.is_none() {
-                to_addr = Some(via_target(split_commas(v)[0], from));
+    let head_end = BLANK_LINE.find(req).unwrap_or(req.len());
+    for (k, v) in lines(req, head_end) {
+        match name(k) {
+            Name::Via => {
+                if to_addr.is_none() {
+                    to_addr = Some(via_target(first_comma(v), from));
+                }
+                echo.push((b"Via", v, false));
             }
-            echo.push((b"Via", v, false));
-        } else if is(k, "from", "f") {
-            echo.push((b"From", v, false));
-        } else if is(k, "call-id", "i") {
-            call_id = v;
-            echo.push((b"Call-ID", v, false));
-        } else if is(k, "cseq", "cseq") {
-            echo.push((b"CSeq", v, false));
-        } else if is(k, "to", "t") {
-            to_line = v;
-        } else if invite && is(k, "record-route", "record-route") {
+            Name::From => echo.push((b"From", v, false)),
+            Name::CallId => {
+                call_id = v;
+                echo.push((b"Call-ID", v, false));
+            }
+            Name::CSeq => echo.push((b"CSeq", v, false)),
+            Name::To => to_line = v,
             // Only into the 180 and 200 of an INVITE (RFC 3261 §12.1.1).
-            echo.push((b"Record-Route", v, true));
+            Name::RecordRoute if invite => echo.push((b"Record-Route", v, true)),
+            _ => {}
         }
     }
-    let tag = find(to_line, b";tag=").is_none().then(|| to_tag(call_id));
+    let tag = TAG_PARAM.find(to_line).is_none().then(|| to_tag(call_id));
     let to = to_addr.unwrap_or(from);
-    let codes: &[(u16, &str)] = if invite {
-        &[(100, "Trying"), (180, "Ringing"), (200, "OK")]
-    } else {
-        &[(200, "OK")]
-    };
-    for (code, reason) in codes {
-        out.clear();
-        let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    let codes: &[usize] = if invite { &[0, 1, 2] } else { &[2] };
+    let out = &mut a.out;
+    for &c in codes {
+        let start = out.len();
+        let dialog = c > 0;
+        out.extend_from_slice(STATUS[c]);
         for (name, v, dialog_only) in &echo {
-            if !dialog_only || *code > 100 {
-                line(out, name, v);
+            if !dialog_only || dialog {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
             }
         }
         out.extend_from_slice(b"To: ");
         out.extend_from_slice(to_line);
-        if let (Some(t), true) = (tag, *code > 100) {
-            let _ = write!(out, ";tag=uas{t:x}");
+        if let (Some(t), true) = (tag, dialog) {
+            out.extend_from_slice(b";tag=uas");
+            put_hex(out, t);
         }
         out.extend_from_slice(b"\r\n");
-        if *code > 100 {
-            out.extend_from_slice(contact.as_bytes());
+        if dialog {
+            out.extend_from_slice(contact);
         }
         out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-        match sock.try_send_to(out, to) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let _ = sock.send_to(out, to).await;
-            }
-            _ => {}
-        }
+        a.msgs.push((start, out.len(), to));
     }
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], v: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(v);
-    out.extend_from_slice(b"\r\n");
+    echo.clear();
+    a.echo = recycle(echo);
 }
 
 /// The test kit UAS's To tag (FNV-1a of the Call-ID), so 180 and 200 agree.
