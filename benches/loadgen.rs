@@ -44,7 +44,7 @@
 //! --ca PEM                verify the proxy's certificate (else: no verification)
 //! --tls-version V         1.2 | 1.3 | any                               [any]
 //! --timeout D             per transaction                               [5s]
-//! --threads N             tokio worker threads                          [CPU count]
+//! --threads N             tokio worker threads       [CPU count; lean engine: 1]
 //! --engine E              auto | kit | lean: the call engine (below)    [auto]
 //! --flow register        REGISTER with digest (user bob@siprox.test, realm siprox.test)
 //! --digest MD5|SHA-256    register flow: algorithm (default SHA-256)
@@ -478,15 +478,25 @@ impl Tally {
     }
 }
 
-async fn run_calls(a: Args) -> Result<(), String> {
-    let acc = acceptor(&a)?;
-    let conn = Arc::new(connector(&a)?);
-    let lean_fits = matches!(a.flow, Flow::Options | Flow::Invite)
+/// Whether the lean engine can run these calls.
+fn lean_fits(a: &Args) -> bool {
+    matches!(a.flow, Flow::Options | Flow::Invite)
         && a.transport != Transport::Udp
         && a.uas_transport == Transport::Udp
         && !a.new_conn_per_call
         && a.rate.is_none()
-        && a.phone.is_none();
+        && a.phone.is_none()
+}
+
+/// Whether this run is call mode on the lean engine.
+fn runs_lean(a: &Args) -> bool {
+    a.idle.is_none() && a.ringing.is_none() && a.lean != Some(false) && lean_fits(a)
+}
+
+async fn run_calls(a: Args) -> Result<(), String> {
+    let acc = acceptor(&a)?;
+    let conn = Arc::new(connector(&a)?);
+    let lean_fits = lean_fits(&a);
     let lean = match a.lean {
         Some(true) if !lean_fits => {
             return Err(
@@ -892,9 +902,15 @@ fn main() -> ExitCode {
         }
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = a.threads {
-        rt.worker_threads(n);
-    }
+    // The lean engine runs on one worker unless `--threads` says otherwise: its tasks
+    // hand nothing to each other, and a second worker only added wakeups and context
+    // switches (issue 18, 2 cores: -10% CPU per call on one worker; a current-thread
+    // runtime was dearer than one worker).
+    match a.threads {
+        Some(n) => rt.worker_threads(n),
+        None if runs_lean(&a) => rt.worker_threads(1),
+        None => &mut rt,
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
