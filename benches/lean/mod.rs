@@ -459,20 +459,26 @@ impl<'a> Iterator for Lines<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
-            let l = match memchr(b'\n', self.rest) {
-                Some(i) => {
-                    let l = &self.rest[..i];
-                    self.rest = &self.rest[i + 1..];
-                    l
+            let r = self.rest;
+            // The name is short: look for its colon byte by byte (or the line's end: a
+            // line without a colon is skipped), then for the end of the value.
+            match r.iter().position(|b| *b == b':' || *b == b'\n') {
+                Some(c) if r[c] == b':' => {
+                    let v = match memchr(b'\n', &r[c + 1..]) {
+                        Some(i) => {
+                            self.rest = &r[c + 2 + i..];
+                            &r[c + 1..c + 1 + i]
+                        }
+                        None => {
+                            self.done = true;
+                            &r[c + 1..]
+                        }
+                    };
+                    let v = v.strip_suffix(b"\r").unwrap_or(v);
+                    return Some((trim(&r[..c]), trim(v)));
                 }
-                None => {
-                    self.done = true;
-                    self.rest
-                }
-            };
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            if let Some(colon) = memchr(b':', l) {
-                return Some((trim(&l[..colon]), trim(&l[colon + 1..])));
+                Some(nl) => self.rest = &r[nl + 1..],
+                None => self.done = true,
             }
         }
         None
