@@ -34,6 +34,10 @@ if [ -n "$runtime_deps" ]; then
 fi
 echo "== cargo test"
 cargo test --workspace
+echo "== the loadgen's self-test"
+# benches/loadgen.rs has no test harness: its lean engine compares itself with the engine
+# it replaced (benches/lean/oracle.rs) and exits 1 on a difference.
+cargo test --bench loadgen -- --self-test
 echo "== operations: alert rules, Debian package, systemd unit"
 promtool check rules deploy/prometheus/alerts.yml
 # The package of the dev build cargo test just made (its layout, not its speed, is checked
