@@ -485,7 +485,7 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
-fn trim(mut b: &[u8]) -> &[u8] {
+pub(crate) fn trim(mut b: &[u8]) -> &[u8] {
     while let [x, rest @ ..] = b {
         if *x == b' ' || *x == b'\t' {
             b = rest;

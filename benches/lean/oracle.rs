@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 
-use super::{to_tag, via_target};
+use super::{to_tag, trim, via_target};
 
 /// The header lines of a message (after the start line): (name, value) pairs.
 pub fn headers(m: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -19,24 +19,6 @@ pub fn headers(m: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
             let colon = l.iter().position(|b| *b == b':')?;
             Some((trim(&l[..colon]), trim(&l[colon + 1..])))
         })
-}
-
-pub fn trim(mut b: &[u8]) -> &[u8] {
-    while let [x, rest @ ..] = b {
-        if *x == b' ' || *x == b'\t' {
-            b = rest;
-        } else {
-            break;
-        }
-    }
-    while let [rest @ .., x] = b {
-        if *x == b' ' || *x == b'\t' {
-            b = rest;
-        } else {
-            break;
-        }
-    }
-    b
 }
 
 pub fn find(h: &[u8], needle: &[u8]) -> Option<usize> {
