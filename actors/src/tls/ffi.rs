@@ -7,9 +7,9 @@
 //! (`getrlimit`/`setrlimit`) and glibc's `malloc_trim`; and whether OpenSSL still holds
 //! bytes of a connection it has read (`SSL_has_pending`), and a TLS 1.3 KeyUpdate for the
 //! tests to send (`SSL_key_update`); a connection's key-exchange groups
-//! (`SSL_set1_groups_list`, which the crate wraps only for a context). The only module of siprox allowed
-//! `unsafe`; every block says why it is sound. Must never hand out a pointer or a slice
-//! that outlives the borrow it came from.
+//! (`SSL_set1_groups_list`, which the crate wraps only for a context). The only module of
+//! siprox allowed `unsafe`; every block says why it is sound. Must never hand out a
+//! pointer or a slice that outlives the borrow it came from.
 
 use std::ffi::CStr;
 use std::os::raw::c_int;
