@@ -735,3 +735,80 @@ async fn groups_hold_per_domain() {
     }
     rt.shutdown();
 }
+
+/// A TLS 1.2 client cannot renegotiate: each renegotiation would be a full handshake's
+/// server CPU on one connection, as often as the client likes (OpenSSL 3.0 refuses
+/// client-initiated renegotiation unless told otherwise; siprox never tells it). Driven
+/// with `openssl s_client`'s `R` command once the handshake is done: siprox answers with
+/// the `no_renegotiation` alert, and a new connection is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_renegotiate_tls12() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Command, Stdio};
+    let t = Tree::new("");
+    let rt = t.start();
+    let addr = rt.local_addr(Transport::Tls).expect("tls");
+    let (stdout, stderr) = tokio::task::spawn_blocking(move || {
+        use std::sync::mpsc::{channel, RecvTimeoutError};
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-tls1_2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl s_client runs (package openssl)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        let mut seen = Vec::new();
+        // The session block ends the handshake's output; s_client reads commands after it.
+        loop {
+            let l = rx.recv_timeout(left()).expect("the handshake's output");
+            let end = l.starts_with("    Verify return code");
+            seen.push(l);
+            if end {
+                break;
+            }
+        }
+        stdin.write_all(b"R\n").expect("R written");
+        // siprox's alert ends the connection, and s_client with it.
+        loop {
+            match rx.recv_timeout(left()) {
+                Ok(l) => seen.push(l),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    break;
+                }
+            }
+        }
+        let out = child.wait_with_output().expect("s_client ends");
+        (
+            seen.join("\n"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("s_client task");
+    assert!(stdout.contains("Protocol  : TLSv1.2"), "{stdout}\n{stderr}");
+    // s_client tells what it does and what it got back on stderr.
+    assert!(
+        stderr.contains("RENEGOTIATING") && stderr.contains("no renegotiation"),
+        "{stdout}\n{stderr}"
+    );
+    let mut s = Client::sni_only("localhost", SslVersion::TLS1_2)
+        .connect(addr)
+        .await
+        .expect("a new connection");
+    assert!(options_ok(&mut s, addr, "after-reneg").await);
+    rt.shutdown();
+}
