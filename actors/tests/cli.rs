@@ -292,9 +292,28 @@ fn check_names_a_bad_tls_setting_without_panicking() {
             assert!(!stderr.contains("panicked"), "{args:?} {setting}: {stderr}");
             assert!(
                 stderr.starts_with("error: domain `default`: client side: ")
-                    && stderr.contains(expected),
+                    && stderr.contains(expected)
+                    && stderr.contains("(set in [tls])"),
                 "{args:?} {setting}: {stderr}"
             );
         }
     }
+    // A tenant's setting names the tenant's file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "00-core.toml", GOOD);
+    std::fs::create_dir(dir.path().join("domains")).expect("domains/");
+    let tenant = write(
+        &dir.path().join("domains"),
+        "carrier.toml",
+        "[domains.carrier.client]\nserver_names = [\"sbc.carrier.example\"]\n\
+         groups = \"X25519:ffdhe9\"\n",
+    );
+    let out = siprox(&["check", "-c", &dir.path().to_string_lossy()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("domain `carrier`: client side: groups `X25519:ffdhe9`")
+            && stderr.contains(&format!("(set in {})", tenant.display())),
+        "{stderr}"
+    );
 }

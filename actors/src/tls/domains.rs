@@ -37,6 +37,15 @@ pub trait ReadMaterial {
 /// `[domains.*]` can share its session-id context.
 const DEFAULT_ID: &str = "[tls]";
 
+/// The reason of a build error: a setting's error also names where the domain is set
+/// (its file, or `[tls]`); the others already name their file.
+fn with_source(e: TlsError, source: &str) -> String {
+    match e {
+        TlsError::Setting { .. } => format!("{e} (set in {source})"),
+        _ => e.to_string(),
+    }
+}
+
 /// One domain that cannot be built, and why (the reason names the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainError {
@@ -150,43 +159,44 @@ pub fn build_domains_isolated(
                 .find(|d| &*d.name == name)
         })
     };
-    let server = |name: &str, id: &str, s: &ServerTls, errors: &mut Vec<DomainError>| {
-        let err = |e: TlsError| DomainError {
-            domain: name.to_owned(),
-            reason: e.to_string(),
-        };
-        // Read once: the digest and the build come from the same bytes.
-        let material = match o.read.server(o.base, s) {
-            Ok(m) => m,
-            Err(e) => {
-                errors.push(err(e));
-                return None;
+    let server =
+        |name: &str, id: &str, source: &str, s: &ServerTls, errors: &mut Vec<DomainError>| {
+            let err = |e: TlsError| DomainError {
+                domain: name.to_owned(),
+                reason: with_source(e, source),
+            };
+            // Read once: the digest and the build come from the same bytes.
+            let material = match o.read.server(o.base, s) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(err(e));
+                    return None;
+                }
+            };
+            let digest = server_digest(id, s, &material);
+            let old = prev_server(name);
+            if let Some(old) = old.filter(|d| d.ctx.digest == digest) {
+                // Unchanged inputs: the very same context. Still refuse it once it has expired.
+                if old.ctx.cert.not_after_unix < o.now {
+                    errors.push(err(TlsError::Expired {
+                        path: resolve(o.base, &s.certificate),
+                        not_after: old.ctx.cert.not_after.clone(),
+                    }));
+                    return None;
+                }
+                return Some((old.ctx.clone(), old.open.clone()));
+            }
+            match build_server(id, s, &material, o.now, TLS_HOOKS) {
+                Ok(ctx) => Some((
+                    Arc::new(ctx),
+                    old.map(|d| d.open.clone()).unwrap_or_default(),
+                )),
+                Err(e) => {
+                    errors.push(err(e));
+                    None
+                }
             }
         };
-        let digest = server_digest(id, s, &material);
-        let old = prev_server(name);
-        if let Some(old) = old.filter(|d| d.ctx.digest == digest) {
-            // Unchanged inputs: the very same context. Still refuse it once it has expired.
-            if old.ctx.cert.not_after_unix < o.now {
-                errors.push(err(TlsError::Expired {
-                    path: resolve(o.base, &s.certificate),
-                    not_after: old.ctx.cert.not_after.clone(),
-                }));
-                return None;
-            }
-            return Some((old.ctx.clone(), old.open.clone()));
-        }
-        match build_server(id, s, &material, o.now, TLS_HOOKS) {
-            Ok(ctx) => Some((
-                Arc::new(ctx),
-                old.map(|d| d.open.clone()).unwrap_or_default(),
-            )),
-            Err(e) => {
-                errors.push(err(e));
-                None
-            }
-        }
-    };
 
     let mut servers = Vec::new();
     let mut specs = Vec::new();
@@ -194,7 +204,7 @@ pub fn build_domains_isolated(
         let Some(s) = &d.server else { continue };
         let spec = siprox::tls::server_spec(name, d, s, &domain_source(config, name));
         let mut failed = Vec::new();
-        if let Some((ctx, open)) = server(name, name, s, &mut failed) {
+        if let Some((ctx, open)) = server(name, name, &spec.source, s, &mut failed) {
             servers.push(Arc::new(ServerDomain {
                 name: name.as_str().into(),
                 ctx,
@@ -238,7 +248,13 @@ pub fn build_domains_isolated(
         && !(o.dev_certs_pending && t.generate_dev_certs && default_files_missing)
     {
         let mut failed = Vec::new();
-        match server(DEFAULT_DOMAIN, DEFAULT_ID, &t.server_tls(), &mut failed) {
+        match server(
+            DEFAULT_DOMAIN,
+            DEFAULT_ID,
+            DEFAULT_ID,
+            &t.server_tls(),
+            &mut failed,
+        ) {
             Some((ctx, open)) => Some(Arc::new(ServerDomain {
                 name: DEFAULT_DOMAIN.into(),
                 ctx,
@@ -273,12 +289,12 @@ pub fn build_domains_isolated(
         None
     };
 
-    let client = |name: &str, c: &ClientTls, errors: &mut Vec<DomainError>| {
+    let client = |name: &str, source: &str, c: &ClientTls, errors: &mut Vec<DomainError>| {
         // "client side": `[tls]` is both default domains, and a setting wrong in both
         // (a bad `groups`) would otherwise be two identical lines.
         let err = |e: TlsError| DomainError {
             domain: name.to_owned(),
-            reason: format!("client side: {e}"),
+            reason: format!("client side: {}", with_source(e, source)),
         };
         let material = match o.read.client(o.base, c) {
             Ok(m) => m,
@@ -310,7 +326,8 @@ pub fn build_domains_isolated(
             continue;
         };
         let mut failed = Vec::new();
-        if let Some(ctx) = client(&spec.name, c, &mut failed) {
+        let source = siprox::tls::domain_source(config, &spec.name);
+        if let Some(ctx) = client(&spec.name, &source, c, &mut failed) {
             clients.push(Arc::new(ClientDomain {
                 name: spec.name.as_str().into(),
                 ctx,
@@ -344,7 +361,7 @@ pub fn build_domains_isolated(
         dc.ca_file = None;
     }
     let mut failed = Vec::new();
-    let default_client = match client(DEFAULT_DOMAIN, &dc, &mut failed) {
+    let default_client = match client(DEFAULT_DOMAIN, DEFAULT_ID, &dc, &mut failed) {
         Some(ctx) => Some(Arc::new(ClientDomain {
             name: DEFAULT_DOMAIN.into(),
             ctx,
