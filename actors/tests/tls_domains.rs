@@ -11,7 +11,7 @@ use common::{options_to, read_message, status};
 use openssl::ssl::SslVersion;
 use siprox::proxy::Transport;
 use siprox_testkit::assert_eventually;
-use siprox_testkit::tls::{peer_cn, Client};
+use siprox_testkit::tls::{agreed_group, peer_cn, Client};
 use siprox_testkit::ua::Uas;
 
 const T: Duration = Duration::from_secs(5);
@@ -620,17 +620,7 @@ async fn a_domain_sends_its_certificate_file_as_the_chain() {
 
 /// The key-exchange group a connection agreed on, as OpenSSL names it.
 fn group(s: &tokio_openssl::SslStream<tokio::net::TcpStream>) -> String {
-    let k = s.ssl().peer_tmp_key().expect("a key exchange");
-    match k.ec_key() {
-        Ok(ec) => ec
-            .group()
-            .curve_name()
-            .and_then(|n| n.short_name().ok())
-            .unwrap_or("?")
-            .to_owned(),
-        Err(_) if k.id() == openssl::pkey::Id::X25519 => "X25519".to_owned(),
-        Err(_) => format!("{:?}", k.id()),
-    }
+    agreed_group(s.ssl()).expect("a key exchange")
 }
 
 /// No finite-field group by default: one ffdhe8192 ClientHello would cost the server about

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{Ssl, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{Ssl, SslConnector, SslFiletype, SslMethod, SslRef, SslVerifyMode, SslVersion};
 use openssl::x509::X509;
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
@@ -91,6 +91,22 @@ impl Client {
             Err(_) => panic!("handshake hung"),
         }
     }
+}
+
+/// The key-exchange group a client's handshake agreed on, as OpenSSL names it (`X25519`,
+/// `prime256v1`, `secp384r1`...); `None` before a key exchange.
+pub fn agreed_group(ssl: &SslRef) -> Option<String> {
+    let k = ssl.peer_tmp_key().ok()?;
+    Some(match k.ec_key() {
+        Ok(ec) => ec
+            .group()
+            .curve_name()
+            .and_then(|n| n.short_name().ok())
+            .unwrap_or("?")
+            .to_owned(),
+        Err(_) if k.id() == openssl::pkey::Id::X25519 => "X25519".to_owned(),
+        Err(_) => format!("{:?}", k.id()),
+    })
 }
 
 /// CN of the certificate siprox presented.
