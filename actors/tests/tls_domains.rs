@@ -623,6 +623,24 @@ fn group(s: &tokio_openssl::SslStream<tokio::net::TcpStream>) -> String {
     agreed_group(s.ssl()).expect("a key exchange")
 }
 
+/// `openssl s_client -connect addr -tls1_3 ARGS` with nothing to send: its stdout and
+/// stderr once it has made (or failed) the handshake and met the end of its input.
+async fn s_client_once(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(["s_client", "-connect", &addr.to_string(), "-tls1_3"])
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("s_client task")
+        .expect("openssl s_client runs (package openssl)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// No finite-field group by default: one ffdhe8192 ClientHello would cost the server about
 /// 190 ms of CPU. A client offering only those is refused with an alert, on every domain
 /// and on the default one; a client offering one first and an elliptic curve after gets a
@@ -633,8 +651,36 @@ fn group(s: &tokio_openssl::SslStream<tokio::net::TcpStream>) -> String {
 async fn no_finite_field_groups_and_a_hello_retry_keeps_its_domain_and_slot() {
     let t = Tree::new("");
     t.server_domain("one", "max_connections = 1\n");
+    t.server_domain("two", "");
     let rt = t.start();
     let addr = rt.local_addr(Transport::Tls).expect("tls");
+    // As an operator checks it, with openssl s_client (on `two`, which has no limit).
+    let out = s_client_once(
+        addr,
+        &["-servername", "two.example", "-groups", "ffdhe2048"],
+    )
+    .await;
+    assert!(out.contains("alert handshake failure"), "{out}");
+    let out = s_client_once(
+        addr,
+        &[
+            "-servername",
+            "two.example",
+            "-groups",
+            "ffdhe2048:X25519",
+            "-msg",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.matches(", ClientHello").count(),
+        2,
+        "a HelloRetryRequest: {out}"
+    );
+    assert!(
+        out.contains("Server Temp Key: X25519") && out.contains("CN = two.example"),
+        "{out}"
+    );
     let offering = |sni: Option<&str>, groups: &str, version: SslVersion| Client {
         sni: sni.map(str::to_owned),
         groups: Some(groups.to_owned()),
