@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use siprox_testkit::assert_eventually;
-use siprox_testkit::redis::{free_port, RedisCluster};
+use siprox_testkit::redis::RedisCluster;
 
 /// Node startup in a debug build includes generating its development certificates.
 const START: Duration = Duration::from_secs(60);
@@ -29,19 +29,35 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A base port whose node ports (base + 10..base + 33) are free on TCP and UDP now.
+/// The kernel's lowest ephemeral port (the local port of outgoing connections).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A base port whose node ports (base + 10..base + 33) and Redis port (base + 40) are free
+/// on TCP and UDP now, taken below the kernel's ephemeral range: a port of that range can
+/// go to any outgoing connection (the other test's siproxctl, Redis and cluster clients)
+/// in the seconds between this check and the third node's start, which then cannot bind.
 fn free_base() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Each call of this process starts elsewhere; the pid spreads processes.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    let span = u32::from(ephemeral_low()).saturating_sub(LOW + 50).max(50);
+    let seed = std::process::id().wrapping_mul(7_919);
     for _ in 0..200 {
-        let base = free_port().saturating_sub(40);
-        if base < 20_000 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(base) = u16::try_from(LOW + seed.wrapping_add(k * 50) % span) else {
             continue;
-        }
-        let ok = (1..=3).all(|n| {
-            (0..3).all(|k| {
-                let p = base + 10 * n + k;
-                TcpListener::bind(("127.0.0.1", p)).is_ok()
-                    && UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            })
+        };
+        let ports = (1..=3)
+            .flat_map(|n| (0..3).map(move |k| base + 10 * n + k))
+            .chain([base + 40]);
+        let ok = ports.into_iter().all(|p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
         });
         if ok {
             return base;
@@ -64,7 +80,7 @@ impl Deploy {
     fn start(redis_value: Option<String>) -> Deploy {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_base();
-        let redis = free_port();
+        let redis = base + 40;
         let log = std::fs::File::create(dir.path().join("script.log")).expect("log");
         let mut cmd = Command::new(repo().join("deploy/cluster.sh"));
         if let Some(r) = redis_value {
