@@ -9,7 +9,7 @@
 //! script stopping every process. The same script on a 3-master Redis Cluster: the nodes,
 //! a binding and a cluster-wide reload. Real sockets on 127.0.0.1 only.
 
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,41 +29,10 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The kernel's lowest ephemeral port (the local port of outgoing connections).
-fn ephemeral_low() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
-}
-
 /// A base port whose node ports (base + 10..base + 33) and Redis port (base + 40) are free
-/// on TCP and UDP now, taken below the kernel's ephemeral range: a port of that range can
-/// go to any outgoing connection (the other test's siproxctl, Redis and cluster clients)
-/// in the seconds between this check and the third node's start, which then cannot bind.
+/// on TCP and UDP now and claimed for this test process ([`siprox_testkit::ports`]).
 fn free_base() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    // Each call of this process starts elsewhere; the pid spreads processes.
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    let span = u32::from(ephemeral_low()).saturating_sub(LOW + 50).max(50);
-    let seed = std::process::id().wrapping_mul(7_919);
-    for _ in 0..200 {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let Ok(base) = u16::try_from(LOW + seed.wrapping_add(k * 50) % span) else {
-            continue;
-        };
-        let ports = (1..=3)
-            .flat_map(|n| (0..3).map(move |k| base + 10 * n + k))
-            .chain([base + 40]);
-        let ok = ports.into_iter().all(|p| {
-            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        });
-        if ok {
-            return base;
-        }
-    }
-    panic!("no free port range");
+    siprox_testkit::ports::free_run(std::net::Ipv4Addr::LOCALHOST.into(), 41)
 }
 
 /// The running script; stopped with SIGTERM on drop (killed if it does not stop).

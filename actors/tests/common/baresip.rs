@@ -5,16 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A port for baresip's `sip_listen`: baresip takes its TLS port as that + 1, so two free
-/// ones in a row.
+/// ones in a row, claimed for this test process ([`siprox_testkit::ports`]).
 pub fn free_port() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p < 60000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
+    siprox_testkit::ports::free_run(std::net::Ipv4Addr::LOCALHOST.into(), 2)
 }
 
 /// 8 kHz mono 16-bit PCM, 10 s of silence: the phones' microphone.

@@ -131,18 +131,10 @@ pub fn write_conf_d(dir: &Path, pki: &Pki, o: &Options, addrs: [SocketAddr; 3]) 
     conf
 }
 
-/// Free ports on 127.0.0.1 for the binary: one UDP, then TCP ports (tcp, tls) whose UDP
-/// twin is free too. Racy by nature (another process may take one before siprox binds it),
-/// which is why in-process tests use port 0 instead.
+/// Free ports on 127.0.0.1 for the binary (udp, tcp, tls), claimed for this test process
+/// ([`siprox_testkit::ports`]); in-process tests use port 0 instead.
 pub fn free_ports() -> [SocketAddr; 3] {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let t1 = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
-    let t2 = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
-    [
-        udp.local_addr().unwrap(),
-        t1.local_addr().unwrap(),
-        t2.local_addr().unwrap(),
-    ]
+    [(); 3].map(|()| SocketAddr::from(([127, 0, 0, 1], siprox_testkit::ports::free_port())))
 }
 
 /// siprox running in this process.

@@ -43,15 +43,11 @@ pub fn module_dir() -> PathBuf {
     dir
 }
 
-/// Free ports on 127.0.0.1: one for UDP, one for TLS (TCP). Racy by nature (another
-/// process may take one before Kamailio binds it); the start fails clearly then.
+/// Free ports on 127.0.0.1: one for UDP, one for TLS (TCP), claimed for this test process
+/// ([`siprox_testkit::ports`]).
 pub fn free_ports() -> (u16, u16) {
-    let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let t = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
-    (
-        u.local_addr().expect("addr").port(),
-        t.local_addr().expect("addr").port(),
-    )
+    let p = siprox_testkit::ports::free_port;
+    (p(), p())
 }
 
 /// `kamailio -c`: whether the configuration loads, and what Kamailio said.

@@ -33,16 +33,9 @@ pub struct Kamailio {
     _dir: tempfile::TempDir,
 }
 
-/// A free port on `ip` for both TCP and UDP (bound and released: another process may take
-/// it meanwhile, which shows as Kamailio failing to start).
+/// A free port on `ip` for both TCP and UDP, claimed for this test process.
 fn free_port(ip: IpAddr) -> u16 {
-    loop {
-        let t = std::net::TcpListener::bind((ip, 0)).expect("bind");
-        let p = t.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind((ip, p)).is_ok() {
-            return p;
-        }
-    }
+    siprox_testkit::ports::free_port_on(ip)
 }
 
 fn host(a: SocketAddr) -> String {

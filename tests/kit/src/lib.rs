@@ -2,7 +2,8 @@
 //! never published): a test PKI ([`pki`]), a SIP UA/UAS over UDP/TCP/TLS ([`ua`]), raw SIP
 //! text on the wire ([`wire`]), TLS clients ([`tls`]), `openssl s_client` as a resuming
 //! client ([`sclient`]), digest answers ([`digest`]), log capture ([`logs`]), real Redis
-//! servers and a Redis Cluster ([`redis`]) and [`assert_eventually!`]. It knows nothing of the runtime (`siprox-actors`): the core's
+//! servers and a Redis Cluster ([`redis`]), ports for servers started as other processes
+//! ([`ports`]) and [`assert_eventually!`]. It knows nothing of the runtime (`siprox-actors`): the core's
 //! tests use it too, and the runtime's tests start siprox through their own harness
 //! (`actors/tests/common/`). Test code: it may panic, but must never wait with a bare sleep
 //! or without a bound.
@@ -11,6 +12,7 @@
 pub mod digest;
 pub mod logs;
 pub mod pki;
+pub mod ports;
 pub mod redis;
 pub mod sclient;
 pub mod tls;

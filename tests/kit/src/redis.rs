@@ -4,7 +4,6 @@
 //! (`rediss://`) with a certificate given by the test. Every process is killed
 //! on drop. Test code: may panic, never waits without a bound.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,14 +11,8 @@ use std::time::{Duration, Instant};
 /// How long a server may take to answer its first PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A free loopback port now (the OS picks it; the listener is closed before the server
-/// binds it, which is the usual small race of this approach).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+/// A free loopback port for a server, claimed for this test process ([`crate::ports`]).
+pub use crate::ports::free_port;
 
 /// One `redis-server` process.
 pub struct RedisServer {
@@ -214,11 +207,16 @@ impl RedisCluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<RedisServer> = (0..3)
             .map(|i| {
+                // The bus port is given too: by default it is the port + 10000, which can
+                // fall in the kernel's ephemeral range (see crate::ports).
+                let bus = free_port().to_string();
                 RedisServer::start_in(
                     &tmp.path().join(format!("n{i}")),
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
