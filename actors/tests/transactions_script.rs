@@ -424,10 +424,9 @@ async fn failure_route_tells_a_timed_out_branch_from_one_that_replied() {
     let ringing = Peer::start(Peer::rings()).await;
     let busy = Peer::start(Peer::answers(&[486])).await;
     // A TCP next hop that refuses the connection: the branch fails with a transport error.
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A claimed port nobody binds (a released ephemeral one could be taken by a listener
+    // of a test running beside this one).
+    let refused = std::net::SocketAddr::from(([127, 0, 0, 1], siprox_testkit::ports::free_port()));
     let caller = Caller::new().await;
     for (ruri, call, want) in [
         (
@@ -538,10 +537,9 @@ async fn an_unreachable_stream_next_hop_fails_its_branch_and_the_caller_gets_one
     let proxy = rt.local_addr(Transport::Udp).unwrap();
     // One next hop refuses the TCP connection, the other accepts it and closes it at
     // once (a TLS handshake that dies before any answer).
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A claimed port nobody binds (a released ephemeral one could be taken by a listener
+    // of a test running beside this one).
+    let refused = std::net::SocketAddr::from(([127, 0, 0, 1], siprox_testkit::ports::free_port()));
     let dies = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dies_addr = dies.local_addr().unwrap();
     tokio::spawn(async move {
