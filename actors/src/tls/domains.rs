@@ -200,9 +200,10 @@ pub fn build_domains_isolated(
 
     let mut servers = Vec::new();
     let mut specs = Vec::new();
+    let sources = siprox::tls::DomainSources::new(config);
     for (name, d) in &config.domains {
         let Some(s) = &d.server else { continue };
-        let spec = siprox::tls::server_spec(name, d, s, &domain_source(config, name));
+        let spec = siprox::tls::server_spec(name, d, s, &sources.get(name));
         let mut failed = Vec::new();
         if let Some((ctx, open)) = server(name, name, &spec.source, s, &mut failed) {
             servers.push(Arc::new(ServerDomain {
@@ -329,7 +330,7 @@ pub fn build_domains_isolated(
             continue;
         };
         let mut failed = Vec::new();
-        let source = || siprox::tls::domain_source(config, &spec.name);
+        let source = || domain_source(config, &spec.name);
         if let Some(ctx) = client(&spec.name, &source, c, &mut failed) {
             clients.push(Arc::new(ClientDomain {
                 name: spec.name.as_str().into(),
