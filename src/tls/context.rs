@@ -551,8 +551,12 @@ pub fn build_server(
     let groups = if s.groups == DEFAULT_GROUPS {
         None
     } else {
-        // No NUL: `set_common` refused it.
-        CString::new(s.groups.as_str()).ok()
+        Some(
+            CString::new(s.groups.as_str()).map_err(|_| TlsError::Setting {
+                what: "groups".into(),
+                reason: "contains a NUL character".into(),
+            })?,
+        )
     };
     Ok(ServerContext {
         ctx: b.build(),
