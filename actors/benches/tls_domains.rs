@@ -166,8 +166,19 @@ fn main() {
         "[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:5061\"\n[tls]\ndefault_server = false\n",
     )
     .expect("write");
+    // The files it came from, as loading conf.d lists them: a build names each domain's
+    // file from these.
+    let mut sources = vec![base.join("conf.d/00-core.toml")];
+    let mut names: Vec<String> = domains.keys().cloned().collect();
+    names.sort();
+    sources.extend(
+        names
+            .iter()
+            .map(|d| base.join(format!("conf.d/domains/{d}.toml"))),
+    );
     let config = Config {
         domains,
+        sources,
         ..Config::default()
     };
 
