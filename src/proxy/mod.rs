@@ -431,10 +431,11 @@ impl Proxy {
         opts: &ForwardOpts,
         checked: Option<&Validated<'m>>,
     ) -> Action {
-        // `checked` is `msg`'s own: what it borrows lies in `msg`'s bytes.
+        // `checked` is `msg`'s own: what it borrows lies in `msg`'s head text (its raw
+        // bytes, or the text view of a head that is not all UTF-8).
         debug_assert!(
             checked.is_none_or(|c| {
-                let r = msg.as_bytes().as_ptr_range();
+                let r = msg.head_str().as_bytes().as_ptr_range();
                 let p = c.call_id.as_ptr();
                 r.start <= p && p <= r.end
             }),

@@ -1570,3 +1570,33 @@ fn a_scripted_forward_with_validation_sees_every_script_edit() {
     }
     assert_eq!(sent, 11);
 }
+
+/// A request whose head is not all UTF-8 (a Latin-1 display name from an older phone) is
+/// validated over the head's text view, not its raw bytes: forward() with what validation
+/// parsed must take it as the message's own (a debug assertion said otherwise; found by the
+/// `script_message` fuzz target).
+#[test]
+fn a_latin1_request_forwards_with_what_its_validation_parsed() {
+    let p = proxy();
+    let world = World::new(&[]);
+    let env = world.env();
+    let mut raw = request(
+        "INVITE",
+        "sip:bob@203.0.113.5",
+        "Accept: text/nobodyKnowsThis\n",
+    )
+    .as_bytes()
+    .to_vec();
+    let at = raw.windows(5).position(|w| w == b"Knows").expect("Knows");
+    raw[at] = 0xa9;
+    let m = Message::parse(Bytes::from(raw)).expect("parses");
+    assert_ne!(m.head_str().as_bytes(), &m.as_bytes()[..m.head_str().len()]);
+    let checked = m.validated().expect("valid");
+    let s = compile("route { forward(); }", "test.cfg").unwrap();
+    let run = run_request_checked(&s, None, &p, &env, &m, &tls_in(1), None, Some(&checked));
+    let (_, out) = only_send(run);
+    assert!(
+        out.as_bytes().windows(7).any(|w| w == b"dy\xa9nows"),
+        "forwarded as received"
+    );
+}
