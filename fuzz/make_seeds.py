@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate fuzz/seeds/: the SIP targets from the RFC 4475 corpus (tests/data/rfc4475),
 the management-RPC targets (http_framer, jsonrpc, xmlrpc) from hand-made requests like
-those of the tests and docs/rpc.md.
+those of the tests and docs/rpc.md, the script targets (script_message, script_text) from
+both and from the scripts siprox ships.
 
 Every bare LF becomes CRLF (the rule in EXPECTED.tsv). Run from anywhere:
     python3 fuzz/make_seeds.py
@@ -184,6 +185,48 @@ def rpc_seeds() -> None:
     write("http_framer", "pipeline-bytewise", b"\x01\x01" + pipeline)
 
 
+REGISTER_AUTH = b"""REGISTER sip:example.com SIP/2.0
+Via: SIP/2.0/TLS 198.51.100.7:40123;branch=z9hG4bKr2;rport
+Max-Forwards: 70
+To: <sip:alice@example.com>
+From: <sip:alice@example.com>;tag=r1
+Call-ID: r1@198.51.100.7
+CSeq: 2 REGISTER
+Contact: <sip:alice@198.51.100.7:40123;transport=tls;ob>;expires=600;+sip.instance="<urn:uuid:00000000-0000-0000-0000-000000000001>";reg-id=1
+Path: <sip:edge.example.net;lr>
+Supported: outbound, path
+Authorization: Digest username="alice", realm="example.com", nonce="AAAA", uri="sip:example.com", response="0123456789abcdef0123456789abcdef", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="c1"
+X-Foo: a=1;b=2, <sip:x@y>;p=q
+X-Num: 42
+Content-Length: 0
+
+"""
+
+
+def script_seeds() -> None:
+    msgs = {p.stem: crlf(p.read_bytes()) for p in sorted(DATA.glob("*.dat"))}
+    reg = crlf(REGISTER_AUTH)
+    # First byte: script (low 2 bits), TLS (4), a peer certificate (8).
+    for i, (stem, m) in enumerate(msgs.items()):
+        write("script_message", stem, bytes([i % 16 & ~8]) + m)
+    cert = "alice\x01Example Inc\x01sip:alice@example.com\x01/CN=alice/O=Example Inc".encode()
+    for k in range(4):
+        write("script_message", f"register-{k}", bytes([k | 4]) + reg)
+        write("script_message", f"register-cert-{k}", bytes([k | 12]) + cert + b"\x00" + reg)
+    root = FUZZ.parent
+    scripts = {
+        "conf-default": root / "conf.d" / "scripts" / "default.cfg",
+        "docs-default": root / "docs" / "examples" / "default.cfg",
+        "docs-htable-ban": root / "docs" / "examples" / "htable-ban.cfg",
+    }
+    for name, path in scripts.items():
+        write("script_text", name, path.read_bytes())
+    text = (FUZZ / "src" / "script.rs").read_text()
+    everything = text.split('pub const EVERYTHING: &str = r#"', 1)[1].split('"#;', 1)[0]
+    write("script_text", "everything", everything.encode())
+
+
 if __name__ == "__main__":
     main()
     rpc_seeds()
+    script_seeds()

@@ -310,6 +310,22 @@ fn nesting_is_bounded() {
     assert!(first(&deep_blocks).2.contains("nesting deeper than"));
 }
 
+/// The fuzz crate (outside the workspace, not built by the test command) runs a script that
+/// reads every kind of pseudo-variable, select and transformation; a language change that
+/// breaks it must show here, not as a crash at the fuzzer's start.
+#[test]
+fn the_script_message_fuzz_targets_script_compiles() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/src/script.rs");
+    let text = std::fs::read_to_string(path).unwrap();
+    let src = text
+        .split_once("pub const EVERYTHING: &str = r#\"")
+        .and_then(|(_, rest)| rest.split_once("\"#;"))
+        .map(|(src, _)| src)
+        .expect("EVERYTHING in fuzz/src/script.rs");
+    let sc = compile(src, "everything.cfg").unwrap_or_else(|e| panic!("{e}"));
+    assert!(sc.has_request_route() && sc.has_reply_route());
+}
+
 #[test]
 fn default_script_compiles_and_routes() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/examples/default.cfg");

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod rpc;
+pub mod script;
 
 use bytes::Bytes;
 use siprox::sip::{unescape, Editor, HeaderName, Message, NameAddr, Uri};
