@@ -2,7 +2,8 @@
 """Regenerate fuzz/seeds/: the SIP targets from the RFC 4475 corpus (tests/data/rfc4475),
 the management-RPC targets (http_framer, jsonrpc, xmlrpc) from hand-made requests like
 those of the tests and docs/rpc.md, the script targets (script_message, script_text) from
-both and from the scripts siprox ships.
+both and from the scripts siprox ships, config_files from the shipped and bench conf.d
+files and the README's tenant example.
 
 Every bare LF becomes CRLF (the rule in EXPECTED.tsv). Run from anywhere:
     python3 fuzz/make_seeds.py
@@ -226,7 +227,29 @@ def script_seeds() -> None:
     write("script_text", "everything", everything.encode())
 
 
+def config_seeds() -> None:
+    root = FUZZ.parent
+    core = (root / "conf.d" / "00-core.toml").read_bytes()
+    bench = (root / "benches" / "conf.d" / "00-bench.toml").read_bytes()
+    stateful = (root / "benches" / "conf.d-stateful" / "00-bench.toml").read_bytes()
+    readme = (root / "README.md").read_text()
+    # The tenant example: the ```toml block that starts with its file's name.
+    tenant = next(b for b in readme.split("```toml\n")[1:]
+                  if b.startswith("# conf.d/domains/")).split("```", 1)[0].encode()
+    env = b"SIPROX_LOG__LEVEL=debug\nSIPROX_TLS__MIN_VERSION=1.3\nSIPROX_NOPE=1\n"
+    # Parts at each NUL: 00-core.toml, domains/tenant.toml, 10-listen.toml, scripts.toml.
+    write("config_files", "core", core)
+    write("config_files", "bench", bench)
+    write("config_files", "stateful", stateful)
+    write("config_files", "core-tenant", core + b"\x00" + tenant)
+    write("config_files", "bench-tenant-env", bench + b"\x00" + tenant + b"\x00" + env)
+    write("config_files", "tenant-alone", b"\x00" + tenant)
+    write("config_files", "listen-replace", bench + b"\x00\x00listen_replace = true\n"
+          b"[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:5061\"\n")
+
+
 if __name__ == "__main__":
     main()
     rpc_seeds()
     script_seeds()
+    config_seeds()

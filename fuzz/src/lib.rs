@@ -3,6 +3,7 @@
 //! the only panics allowed are the `assert!`s that state properties of valid messages.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod rpc;
 pub mod script;
 
