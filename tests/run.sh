@@ -15,11 +15,15 @@ ensure_deps libssl-dev pkg-config baresip-core curl python3 openssl redis-server
     kamailio kamailio-tls-modules
 # promtool (the alert rules), dpkg-dev (cargo deb), systemd (systemd-analyze verify).
 ensure_deps prometheus dpkg-dev systemd
+# g++: libFuzzer, which the fuzz targets' lint below builds (libfuzzer-sys).
+ensure_deps g++
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== the fuzz targets build and lint (fuzz/ is outside the workspace, see fuzz/README.md)"
+(cd fuzz && cargo fmt -- --check && cargo clippy --all-targets -- -D warnings)
 echo "== the core's dependencies hold no runtime"
 # The core (package siprox) is sans-IO: no async runtime may enter its normal dependency
 # tree, even through a transitive crate. Dev-dependencies (the test kit, and tokio and

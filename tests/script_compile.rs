@@ -310,9 +310,10 @@ fn nesting_is_bounded() {
     assert!(first(&deep_blocks).2.contains("nesting deeper than"));
 }
 
-/// The fuzz crate (outside the workspace, not built by the test command) runs a script that
-/// reads every kind of pseudo-variable, select and transformation; a language change that
-/// breaks it must show here, not as a crash at the fuzzer's start.
+/// The `script_message` fuzz target runs a script that reads each kind of pseudo-variable,
+/// select and transformation; the test command builds the fuzz crate but does not run it,
+/// so a language change that breaks the script must show here, not as a crash at the
+/// fuzzer's start.
 #[test]
 fn the_script_message_fuzz_targets_script_compiles() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/src/script.rs");
