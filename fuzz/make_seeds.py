@@ -3,7 +3,8 @@
 the management-RPC targets (http_framer, jsonrpc, xmlrpc) from hand-made requests like
 those of the tests and docs/rpc.md, the script targets (script_message, script_text) from
 both and from the scripts siprox ships, config_files from the shipped and bench conf.d
-files and the README's tenant example.
+files and the README's tenant example, peer_certificate from certificates `openssl req`
+makes (random keys: written only when missing, so a re-run leaves them as committed).
 
 Every bare LF becomes CRLF (the rule in EXPECTED.tsv). Run from anywhere:
     python3 fuzz/make_seeds.py
@@ -248,8 +249,41 @@ def config_seeds() -> None:
           b"[[listen]]\nproto = \"tls\"\naddr = \"127.0.0.1:5061\"\n")
 
 
+def cert_seeds() -> None:
+    import subprocess
+    import tempfile
+    sans = ",".join(f"DNS:h{i}.example.com" for i in range(40))
+    certs = {
+        "ec-every-field": ("/C=US/ST=CA/L=Palo Alto/O=Example Inc/OU=Voice/CN=alice"
+                           "/UID=u-alice/emailAddress=alice@example.com",
+                           "DNS:alice.example.com,URI:sip:alice@example.com,"
+                           "email:alice@mail.example.com,IP:192.0.2.7,IP:2001:db8::7", "ec"),
+        "rsa-utf8-multivalued": ("/CN=J\u00fcrgen \u00c5ngstr\u00f6m+UID=j1/O=B\u00fcro", None, "rsa"),
+        "ec-empty-subject": ("/", "DNS:only-a-san.example.com", "ec"),
+        "ec-many-sans-two-cns": ("/CN=first/CN=second/O=a\\/O=b", sans, "ec"),
+    }
+    d = SEEDS / "peer_certificate"
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (subj, san, kind) in certs.items():
+            for form in ("DER", "PEM"):
+                out = d / f"{name}.{form.lower()}"
+                if out.exists():
+                    continue
+                key = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+                       if kind == "ec" else ["-newkey", "rsa:2048"])
+                cmd = ["openssl", "req", "-x509", "-nodes", "-utf8", "-days", "1",
+                       "-keyout", f"{tmp}/k.pem", "-subj", subj,
+                       "-set_serial", "0x00ffeeddccbbaa99887766554433221100", "-outform", form,
+                       "-out", str(out)] + key
+                if san:
+                    cmd += ["-addext", f"subjectAltName={san}"]
+                subprocess.run(cmd, check=True, capture_output=True)
+
+
 if __name__ == "__main__":
     main()
     rpc_seeds()
     script_seeds()
     config_seeds()
+    cert_seeds()

@@ -279,6 +279,25 @@ fn inbound(tls: bool) -> Inbound {
     }
 }
 
+/// Target `peer_certificate`: the input as a certificate (DER, else PEM), read into its facts
+/// as at a handshake (`tls::cert_facts`), then `EVERYTHING` (its `@tls` selects and `$tls_*`
+/// variables among the rest) on a fixed INVITE over TLS from a peer with that certificate.
+pub fn peer_certificate(data: &[u8]) {
+    let Ok(cert) =
+        openssl::x509::X509::from_der(data).or_else(|_| openssl::x509::X509::from_pem(data))
+    else {
+        return;
+    };
+    let peer = siprox::tls::cert_facts(&cert);
+    let mut tls = facts("");
+    tls.server_name = None;
+    tls.peer = Some(Arc::new(peer));
+    let world = World::new();
+    if let Some(invite) = fixed().first() {
+        world.run(&scripts()[0], invite, &inbound(true), Some(&tls));
+    }
+}
+
 /// TLS facts whose peer certificate's texts come from the fuzzer (a peer chooses its own
 /// certificate's subject and names, in any bytes a CA signs).
 fn facts(text: &str) -> TlsFacts {
