@@ -180,4 +180,19 @@ mod tests {
         assert_eq!(f.fingerprint_sha256.len(), 64);
         assert!(!f.expired_at(1_200_000_000));
     }
+
+    /// The one-line DN writes values as they are, `/` and `=` included, as Kamailio's
+    /// X509_NAME_oneline does: a value can look like more attributes in the line, never in
+    /// the single-attribute facts (docs/script.md says to match those).
+    #[test]
+    fn a_value_that_holds_a_slash_shows_in_the_line_and_stays_one_attribute() {
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Mallory/O=Bank")
+            .unwrap();
+        name.append_entry_by_nid(Nid::COMMONNAME, "alice").unwrap();
+        let f = dn_facts(&name.build());
+        assert_eq!(f.line, "/O=Mallory/O=Bank/CN=alice");
+        assert_eq!(f.o.as_deref(), Some("Mallory/O=Bank"));
+        assert_eq!(f.cn.as_deref(), Some("alice"));
+    }
 }
