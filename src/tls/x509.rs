@@ -181,9 +181,9 @@ mod tests {
         assert!(!f.expired_at(1_200_000_000));
     }
 
-    /// The one-line DN writes values as they are, `/` and `=` included, as Kamailio's
-    /// X509_NAME_oneline does: a value can look like more attributes in the line, never in
-    /// the single-attribute facts (docs/script.md says to match those).
+    /// The one-line DN writes values as they are, `/` and `=` included (as OpenSSL's
+    /// X509_NAME_oneline): a value can look like more attributes in the line, never in the
+    /// single-attribute facts (docs/script.md says to match those).
     #[test]
     fn a_value_that_holds_a_slash_shows_in_the_line_and_stays_one_attribute() {
         let mut name = X509NameBuilder::new().unwrap();
