@@ -19,8 +19,9 @@ use std::sync::Mutex;
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// The lowest port handed out here; below it are well-known services' ports.
-const LOW: u32 = 20_000;
+/// The lowest port handed out here: below it are well-known services' ports and baresip's
+/// default RTP ports (10000-20000), which the phones of the interop tests bind at will.
+const LOW: u32 = 21_000;
 
 /// The claims of this process, held until it exits.
 static CLAIMS: Mutex<Vec<Flock<File>>> = Mutex::new(Vec::new());
