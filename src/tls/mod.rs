@@ -16,7 +16,7 @@ pub use context::{
     CaDir, ClientContext, ClientSessionCache, FileBytes, KeyPassword, ServerContext, SslPolicy,
     TlsError, TlsMaterial,
 };
-pub use domains::{client_specs, domain_source, server_spec, DomainSources};
+pub use domains::{client_specs, server_spec, DomainSources};
 pub use facts::{CertFacts, DnFacts, TlsFacts};
 pub use matcher::{
     normalise_name, ClientMatcher, ClientSpec, MatchError, Selected, ServerMatcher, ServerSpec,

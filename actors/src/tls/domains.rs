@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use siprox::config::{ClientTls, Config, ServerTls};
 use siprox::tls::{
-    build_client, build_server, client_digest, domain_source, server_digest, BuildHooks,
-    ClientMatcher, ClientSpec, ServerMatcher, ServerSpec, TlsError, TlsMaterial,
+    build_client, build_server, client_digest, server_digest, BuildHooks, ClientMatcher,
+    ClientSpec, ServerMatcher, ServerSpec, TlsError, TlsMaterial,
 };
 
 use crate::state::{resolve, ClientDomain, ServerDomain, TlsDomains, DEFAULT_DOMAIN};
@@ -38,10 +38,10 @@ pub trait ReadMaterial {
 const DEFAULT_ID: &str = "[tls]";
 
 /// The reason of a build error: a setting's error also names where the domain is set
-/// (its file, or `[tls]`), looked up only then; the others already name their file.
-fn with_source(e: TlsError, source: impl FnOnce() -> String) -> String {
+/// (its file, or `[tls]`); the others already name their file.
+fn with_source(e: TlsError, source: &str) -> String {
     match e {
-        TlsError::Setting { .. } => format!("{e} (set in {})", source()),
+        TlsError::Setting { .. } => format!("{e} (set in {source})"),
         _ => e.to_string(),
     }
 }
@@ -163,7 +163,7 @@ pub fn build_domains_isolated(
         |name: &str, id: &str, source: &str, s: &ServerTls, errors: &mut Vec<DomainError>| {
             let err = |e: TlsError| DomainError {
                 domain: name.to_owned(),
-                reason: with_source(e, || source.to_owned()),
+                reason: with_source(e, source),
             };
             // Read once: the digest and the build come from the same bytes.
             let material = match o.read.server(o.base, s) {
@@ -198,9 +198,11 @@ pub fn build_domains_isolated(
             }
         };
 
+    // Each domain's file, indexed once for both sides (a scan per domain is quadratic in
+    // tenants).
+    let sources = siprox::tls::DomainSources::new(config);
     let mut servers = Vec::new();
     let mut specs = Vec::new();
-    let sources = siprox::tls::DomainSources::new(config);
     for (name, d) in &config.domains {
         let Some(s) = &d.server else { continue };
         let spec = siprox::tls::server_spec(name, d, s, &sources.get(name));
@@ -290,35 +292,32 @@ pub fn build_domains_isolated(
         None
     };
 
-    // `source`: where the domain is set, asked for only by an error (a tenant's file is
-    // found among every configuration file).
-    let client =
-        |name: &str, source: &dyn Fn() -> String, c: &ClientTls, errors: &mut Vec<DomainError>| {
-            // "client side": `[tls]` is both default domains, and a setting wrong in both
-            // (a bad `groups`) would otherwise be two identical lines.
-            let err = |e: TlsError| DomainError {
-                domain: name.to_owned(),
-                reason: format!("client side: {}", with_source(e, source)),
-            };
-            let material = match o.read.client(o.base, c) {
-                Ok(m) => m,
-                Err(e) => {
-                    errors.push(err(e));
-                    return None;
-                }
-            };
-            let digest = client_digest(c, &material);
-            if let Some(old) = prev_client(name).filter(|d| d.ctx.digest == digest) {
-                return Some(old.ctx.clone());
-            }
-            match build_client(c, &material, o.now, TLS_HOOKS) {
-                Ok(ctx) => Some(Arc::new(ctx)),
-                Err(e) => {
-                    errors.push(err(e));
-                    None
-                }
+    let client = |name: &str, source: &str, c: &ClientTls, errors: &mut Vec<DomainError>| {
+        // "client side": `[tls]` is both default domains, and a setting wrong in both
+        // (a bad `groups`) would otherwise be two identical lines.
+        let err = |e: TlsError| DomainError {
+            domain: name.to_owned(),
+            reason: format!("client side: {}", with_source(e, source)),
+        };
+        let material = match o.read.client(o.base, c) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(err(e));
+                return None;
             }
         };
+        let digest = client_digest(c, &material);
+        if let Some(old) = prev_client(name).filter(|d| d.ctx.digest == digest) {
+            return Some(old.ctx.clone());
+        }
+        match build_client(c, &material, o.now, TLS_HOOKS) {
+            Ok(ctx) => Some(Arc::new(ctx)),
+            Err(e) => {
+                errors.push(err(e));
+                None
+            }
+        }
+    };
     let client_specs = siprox::tls::client_specs(config);
     let mut clients = Vec::new();
     for spec in &client_specs {
@@ -330,8 +329,7 @@ pub fn build_domains_isolated(
             continue;
         };
         let mut failed = Vec::new();
-        let source = || domain_source(config, &spec.name);
-        if let Some(ctx) = client(&spec.name, &source, c, &mut failed) {
+        if let Some(ctx) = client(&spec.name, &sources.get(&spec.name), c, &mut failed) {
             clients.push(Arc::new(ClientDomain {
                 name: spec.name.as_str().into(),
                 ctx,
@@ -365,7 +363,7 @@ pub fn build_domains_isolated(
         dc.ca_file = None;
     }
     let mut failed = Vec::new();
-    let default_client = match client(DEFAULT_DOMAIN, &|| DEFAULT_ID.to_owned(), &dc, &mut failed) {
+    let default_client = match client(DEFAULT_DOMAIN, DEFAULT_ID, &dc, &mut failed) {
         Some(ctx) => Some(Arc::new(ClientDomain {
             name: DEFAULT_DOMAIN.into(),
             ctx,
