@@ -444,14 +444,11 @@ fn parse_crls(pem: &[u8]) -> Result<Vec<X509Crl>, String> {
 
 /// A setting handed to OpenSSL as a C string: the `openssl` crate panics on a NUL inside
 /// one (a TOML `"\u0000"`), so it is refused here, naming the key.
-fn c_text(what: &str, v: &str) -> Result<(), TlsError> {
-    if v.contains('\0') {
-        return Err(TlsError::Setting {
-            what: what.into(),
-            reason: "contains a NUL character".into(),
-        });
-    }
-    Ok(())
+fn c_text(what: &str, v: &str) -> Result<CString, TlsError> {
+    CString::new(v).map_err(|_| TlsError::Setting {
+        what: what.into(),
+        reason: "contains a NUL character".into(),
+    })
 }
 
 fn set_common(
@@ -551,12 +548,7 @@ pub fn build_server(
     let groups = if s.groups == DEFAULT_GROUPS {
         None
     } else {
-        Some(
-            CString::new(s.groups.as_str()).map_err(|_| TlsError::Setting {
-                what: "groups".into(),
-                reason: "contains a NUL character".into(),
-            })?,
-        )
+        Some(c_text("groups", &s.groups)?)
     };
     Ok(ServerContext {
         ctx: b.build(),
