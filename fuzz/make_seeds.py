@@ -28,8 +28,12 @@ def write(target: str, name: str, data: bytes) -> None:
     (d / name).write_bytes(data)
 
 
-def main() -> None:
-    msgs = {p.stem: crlf(p.read_bytes()) for p in sorted(DATA.glob("*.dat"))}
+def rfc4475() -> dict:
+    """The RFC 4475 messages by name, bare LFs made CRLF."""
+    return {p.stem: crlf(p.read_bytes()) for p in sorted(DATA.glob("*.dat"))}
+
+
+def main(msgs: dict) -> None:
     uris = set()
     for stem, m in msgs.items():
         write("parse_message", stem, m)
@@ -205,8 +209,7 @@ Content-Length: 0
 """
 
 
-def script_seeds() -> None:
-    msgs = {p.stem: crlf(p.read_bytes()) for p in sorted(DATA.glob("*.dat"))}
+def script_seeds(msgs: dict) -> None:
     reg = crlf(REGISTER_AUTH)
     # First byte: script (low 2 bits), TLS (4), a peer certificate (8).
     for i, (stem, m) in enumerate(msgs.items()):
@@ -282,8 +285,9 @@ def cert_seeds() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    messages = rfc4475()
+    main(messages)
     rpc_seeds()
-    script_seeds()
+    script_seeds(messages)
     config_seeds()
     cert_seeds()
