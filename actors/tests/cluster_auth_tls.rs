@@ -331,7 +331,7 @@ async fn a_ticket_resumes_after_a_rotation_until_its_key_leaves_the_ring() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_a_node_serves_tls_and_resumes_its_own_tickets() {
     // Nothing listens there: the ring never gets the cluster's keys.
-    let url = format!("redis://127.0.0.1:{}", siprox_testkit::redis::free_port());
+    let url = format!("redis://127.0.0.1:{}", siprox_testkit::ports::free_port());
     let (t, rt) = tls_node("n1", &url, "1h");
     let addr = rt.local_addr(Transport::Tls).expect("tls");
     assert!(names(&rt).is_empty());

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ports::free_port;
+
 /// How long a server may take to answer its first PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A free loopback port for a server, claimed for this test process ([`crate::ports`]).
-pub use crate::ports::free_port;
 
 /// One `redis-server` process.
 pub struct RedisServer {
