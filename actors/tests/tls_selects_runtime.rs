@@ -6,13 +6,15 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use openssl::nid::Nid;
 use openssl::ssl::SslVersion;
 use siprox::config::{Proto, VerifyClient};
-use siprox_testkit::pki::Spec;
+use siprox_actors::RuntimeHandle;
+use siprox_testkit::pki::{Ca, Spec};
 
 const SCRIPT: &str = r#"route {
     $var(d) = 0;
@@ -34,11 +36,24 @@ const SCRIPT: &str = r#"route {
 }
 "#;
 
+/// siprox in `root` with SCRIPT as its route and client certificates optional, and the
+/// development CA (in `root/certs`) that issues the clients'.
+fn start_with_script(root: &Path) -> (RuntimeHandle, Ca) {
+    let ca = dev_ca(root);
+    let script = root.join("scripts/tls.cfg");
+    std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+    std::fs::write(&script, SCRIPT).unwrap();
+    let mut cfg = config(&[Proto::Tls]);
+    cfg.script.file = Some("scripts/tls.cfg".into());
+    cfg.tls.verify_client = VerifyClient::Optional;
+    (start(cfg, root), ca)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_selects_read_the_connection_as_ser_does() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let ca = dev_ca(dir.path());
+    let (rt, ca) = start_with_script(dir.path());
     let ca_cn = ca
         .cert
         .subject_name()
@@ -53,14 +68,6 @@ async fn tls_selects_read_the_connection_as_ser_does() {
                 .email("bob@example.com"),
         )
         .write(&certs, "bob");
-    let script = dir.path().join("scripts/tls.cfg");
-    std::fs::create_dir_all(script.parent().unwrap()).unwrap();
-    std::fs::write(&script, SCRIPT).unwrap();
-
-    let mut cfg = config(&[Proto::Tls]);
-    cfg.script.file = Some("scripts/tls.cfg".into());
-    cfg.tls.verify_client = VerifyClient::Optional;
-    let rt = start(cfg, dir.path());
     let tls_addr = rt.local_addr(siprox::proxy::Transport::Tls).unwrap();
 
     for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
@@ -113,5 +120,46 @@ async fn tls_selects_read_the_connection_as_ser_does() {
         }
         assert_eq!(header(&r, "X-Raw"), None, "{r}");
     }
+    rt.shutdown();
+}
+
+/// A certificate value holding `/O=` (docs/script.md, `$tls_peer_subject`): the one-line DN
+/// writes it as it is, so the line seems to hold two organisations, while the
+/// single-attribute select reads the one the certificate has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_value_holding_a_slash_is_one_attribute() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (rt, ca) = start_with_script(dir.path());
+    let mallory = ca
+        .issue(&Spec::client("Mallory").o("Mallory/O=Bank"))
+        .write(&certs, "mallory");
+    let tls_addr = rt.local_addr(siprox::proxy::Transport::Tls).unwrap();
+    let mut s = tls_client(
+        tls_addr,
+        &certs.join("ca.pem"),
+        Some((mallory.cert_path.as_path(), mallory.key_path.as_path())),
+        SslVersion::TLS1_3,
+    )
+    .await;
+    let req = request(
+        "OPTIONS",
+        "sip:x@127.0.0.1",
+        "TLS 127.0.0.1:9",
+        "slash",
+        "",
+        "",
+    );
+    send(&mut s, &req).await;
+    let mut buf = Vec::new();
+    let r = read_message(&mut s, &mut buf, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(header(&r, "X-Org"), Some("Mallory/O=Bank"), "{r}");
+    assert_eq!(
+        header(&r, "X-Pv-Subject"),
+        Some("/O=Mallory/O=Bank/CN=Mallory"),
+        "{r}"
+    );
     rt.shutdown();
 }
