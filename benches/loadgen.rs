@@ -496,18 +496,15 @@ fn runs_lean(a: &Args) -> bool {
 async fn run_calls(a: Args) -> Result<(), String> {
     let acc = acceptor(&a)?;
     let conn = Arc::new(connector(&a)?);
-    let lean_fits = lean_fits(&a);
-    let lean = match a.lean {
-        Some(true) if !lean_fits => {
-            return Err(
-                "--engine lean runs --flow options|invite over persistent tcp/tls \
-                        connections to a udp UAS, without --rate or --phone"
-                    .to_owned(),
-            )
-        }
-        Some(l) => l,
-        None => lean_fits,
-    };
+    if a.lean == Some(true) && !lean_fits(&a) {
+        return Err(
+            "--engine lean runs --flow options|invite over persistent tcp/tls \
+                    connections to a udp UAS, without --rate or --phone"
+                .to_owned(),
+        );
+    }
+    // The same rule that gave the runtime its one worker.
+    let lean = runs_lean(&a);
     // The UAS: the lean engine's own over UDP, or the test kit's (kept until the end).
     let (_kit_uas, _lean_uas, uas_uri) = if lean {
         let sock =
